@@ -71,7 +71,7 @@ fn account(ctx: &XdpContext, ifindex: u32, dir: u8, code: u8) -> u32 {
         _pad: [0; 2],
     };
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    match COUNTERS.get_ptr_mut(&key) {
+    match COUNTERS.get_ptr_mut(key) {
         Some(counter) => unsafe {
             (*counter).packets += 1;
             (*counter).bytes += bytes;
@@ -79,8 +79,8 @@ fn account(ctx: &XdpContext, ifindex: u32, dir: u8, code: u8) -> u32 {
         None => {
             let first = Counter { packets: 1, bytes };
             // Another CPU may have created the key meanwhile: then count on ours.
-            if COUNTERS.insert(&key, &first, 1 /* BPF_NOEXIST */).is_err()
-                && let Some(counter) = COUNTERS.get_ptr_mut(&key)
+            if COUNTERS.insert(key, first, 1 /* BPF_NOEXIST */).is_err()
+                && let Some(counter) = COUNTERS.get_ptr_mut(key)
             {
                 unsafe {
                     (*counter).packets += 1;
@@ -122,7 +122,7 @@ fn judge_ingress(ctx: &XdpContext, ifindex: u32) -> u8 {
         Some(g) => *g,
         None => return verdict::NO_POLICY,
     };
-    let vif = match unsafe { VIFS.get(&VifKey { generation, ifindex }) } {
+    let vif = match unsafe { VIFS.get(VifKey { generation, ifindex }) } {
         Some(v) => v.segment,
         None => return verdict::NO_POLICY,
     };
@@ -151,7 +151,7 @@ fn judge_ingress(ctx: &XdpContext, ifindex: u32) -> u8 {
 
 #[inline(always)]
 fn tenant_of(generation: u32, segment: u32) -> Option<u32> {
-    unsafe { SEGMENTS.get(&SegmentKey { generation, segment }) }.map(|s| s.tenant)
+    unsafe { SEGMENTS.get(SegmentKey { generation, segment }) }.map(|s| s.tenant)
 }
 
 /// Parses the frame far enough to find its destination address and looks that up.

@@ -1,1 +1,21 @@
-pub static EBPF_OBJECT: &[u8] = &aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/isolator"));
+//! isolator's userspace: the policy model, its compilation into kernel map entries,
+//! the dataplane (loading, attaching, counters), the metrics exposition and the daemon.
+
+pub mod compile;
+pub mod daemon;
+pub mod dataplane;
+pub mod metrics;
+pub mod netlink;
+pub mod policy;
+
+/// An error and its sources on one line: "outer: inner: root cause".
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

@@ -1,1 +1,89 @@
-fn main() {}
+//! The `isolator` binary: `isolator check FILE` and `isolator run --config FILE`.
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use isolator::{daemon, policy};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "isolator",
+    version,
+    about = "eBPF/XDP tenant and segment isolation for hypervisor hosts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a policy file: exit 0 with a summary, or 1 with every error found.
+    Check {
+        /// The policy file (YAML, see docs/policy.md).
+        file: PathBuf,
+    },
+    /// Enforce a policy on this host's interfaces until SIGINT or SIGTERM.
+    Run {
+        /// The policy file (YAML, see docs/policy.md).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Address for /metrics and /healthz.
+        #[arg(long, value_name = "ADDR", default_value = daemon::DEFAULT_METRICS_ADDR)]
+        metrics_addr: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { file } => match policy::load(&file) {
+            Ok(policy) => {
+                println!("{}: valid: {}", file.display(), policy.summary());
+                ExitCode::SUCCESS
+            }
+            Err(diagnostics) => {
+                eprint!("{diagnostics}");
+                eprintln!(
+                    "{}: invalid: {} error(s)",
+                    file.display(),
+                    diagnostics.0.len()
+                );
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run {
+            config,
+            metrics_addr,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .init();
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: starting the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(daemon::run(daemon::RunOptions {
+                config,
+                metrics_addr,
+            })) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

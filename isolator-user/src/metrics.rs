@@ -1,0 +1,286 @@
+//! The Prometheus exposition: kernel counters plus the names of the vifs, tenants and
+//! segments they belong to, rendered at scrape time (text format 0.0.4).
+//!
+//! Pure: it turns an [`Inventory`] and a counter snapshot into text; the daemon reads
+//! the kernel maps and calls [`render`]. The metric names and labels are documented in
+//! docs/metrics.md.
+
+use std::collections::BTreeMap;
+
+use isolator_common::{Counter, CounterKey, direction, verdict};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, prometheus_text},
+    metrics::{counter::Counter as PromCounter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::compile::Plan;
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Labels of one managed vif.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VifLabels {
+    pub device: String,
+    pub tenant: String,
+    pub segment: String,
+}
+
+/// The names behind the kernel's numbers, as of the active policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inventory {
+    /// Attached vifs by ifindex.
+    pub vifs: BTreeMap<u32, VifLabels>,
+    /// Every segment of the policy as (tenant, segment), attached or not.
+    pub segments: Vec<(String, String)>,
+}
+
+impl Inventory {
+    /// The inventory of `plan`, keeping only the vifs in `attached` (ifindexes).
+    pub fn new(plan: &Plan, attached: impl IntoIterator<Item = u32>) -> Self {
+        let attached: std::collections::BTreeSet<u32> = attached.into_iter().collect();
+        let vifs = plan
+            .vifs
+            .iter()
+            .filter(|v| attached.contains(&v.ifindex))
+            .map(|v| {
+                let s = &plan.segments[v.segment as usize];
+                (
+                    v.ifindex,
+                    VifLabels {
+                        device: v.name.clone(),
+                        tenant: s.tenant.clone(),
+                        segment: s.name.clone(),
+                    },
+                )
+            })
+            .collect();
+        let segments = plan
+            .segments
+            .iter()
+            .map(|s| (s.tenant.clone(), s.name.clone()))
+            .collect();
+        Inventory { vifs, segments }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    device: String,
+    tenant: String,
+    segment: String,
+    direction: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PassLabels {
+    device: String,
+    tenant: String,
+    segment: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SegmentLabels {
+    tenant: String,
+    segment: String,
+}
+
+/// Directions whose programs exist today; their series are exported from zero.
+const DIRECTIONS: [u8; 1] = [direction::INGRESS];
+
+/// Renders the exposition. Every attached vif gets a series for each direction it is
+/// judged in and each drop reason, starting at zero, so that `rate()` sees the first drop.
+/// Counters of interfaces no longer attached are left out.
+pub fn render(inventory: &Inventory, counters: &[(CounterKey, Counter)]) -> String {
+    let drop_packets = Family::<DropLabels, PromCounter>::default();
+    let drop_bytes = Family::<DropLabels, PromCounter>::default();
+    let pass_packets = Family::<PassLabels, PromCounter>::default();
+    let pass_bytes = Family::<PassLabels, PromCounter>::default();
+    let interfaces = Family::<SegmentLabels, Gauge>::default();
+
+    let drop_labels = |vif: &VifLabels, dir: &str, reason: &str| DropLabels {
+        device: vif.device.clone(),
+        tenant: vif.tenant.clone(),
+        segment: vif.segment.clone(),
+        direction: dir.to_string(),
+        reason: reason.to_string(),
+    };
+    let pass_labels = |vif: &VifLabels, dir: &str| PassLabels {
+        device: vif.device.clone(),
+        tenant: vif.tenant.clone(),
+        segment: vif.segment.clone(),
+        direction: dir.to_string(),
+    };
+
+    for (tenant, segment) in &inventory.segments {
+        interfaces
+            .get_or_create(&SegmentLabels {
+                tenant: tenant.clone(),
+                segment: segment.clone(),
+            })
+            .set(0);
+    }
+    for vif in inventory.vifs.values() {
+        interfaces
+            .get_or_create(&SegmentLabels {
+                tenant: vif.tenant.clone(),
+                segment: vif.segment.clone(),
+            })
+            .inc();
+        for dir in DIRECTIONS {
+            let dir = direction::name(dir).unwrap_or("unknown");
+            pass_packets.get_or_create(&pass_labels(vif, dir)).inc_by(0);
+            pass_bytes.get_or_create(&pass_labels(vif, dir)).inc_by(0);
+            for (_, reason, _) in verdict::DROP_REASONS {
+                drop_packets
+                    .get_or_create(&drop_labels(vif, dir, reason))
+                    .inc_by(0);
+                drop_bytes
+                    .get_or_create(&drop_labels(vif, dir, reason))
+                    .inc_by(0);
+            }
+        }
+    }
+
+    for (key, value) in counters {
+        let Some(vif) = inventory.vifs.get(&key.ifindex) else {
+            continue;
+        };
+        let Some(dir) = direction::name(key.direction) else {
+            continue;
+        };
+        if key.verdict == verdict::PASS {
+            let labels = pass_labels(vif, dir);
+            pass_packets.get_or_create(&labels).inc_by(value.packets);
+            pass_bytes.get_or_create(&labels).inc_by(value.bytes);
+        } else if let Some(reason) = verdict::name(key.verdict) {
+            let labels = drop_labels(vif, dir, reason);
+            drop_packets.get_or_create(&labels).inc_by(value.packets);
+            drop_bytes.get_or_create(&labels).inc_by(value.bytes);
+        }
+    }
+
+    let mut registry = Registry::with_prefix("isolator");
+    registry.register(
+        "drop_packets",
+        "Packets dropped, by interface, tenant, segment, direction and reason",
+        drop_packets,
+    );
+    registry.register(
+        "drop_bytes",
+        "Bytes of dropped packets (layer 2 frame length)",
+        drop_bytes,
+    );
+    registry.register(
+        "pass_packets",
+        "Packets passed, by interface, tenant, segment and direction",
+        pass_packets,
+    );
+    registry.register(
+        "pass_bytes",
+        "Bytes of passed packets (layer 2 frame length)",
+        pass_bytes,
+    );
+    registry.register(
+        "interfaces",
+        "Interfaces with isolator attached, by tenant and segment",
+        interfaces,
+    );
+    let mut out = String::new();
+    prometheus_text::encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inventory() -> Inventory {
+        let mut vifs = BTreeMap::new();
+        vifs.insert(
+            7,
+            VifLabels {
+                device: "vacme-web1".into(),
+                tenant: "acme".into(),
+                segment: "web".into(),
+            },
+        );
+        Inventory {
+            vifs,
+            segments: vec![("acme".into(), "web".into()), ("acme".into(), "db".into())],
+        }
+    }
+
+    fn key(ifindex: u32, verdict: u8) -> CounterKey {
+        CounterKey {
+            ifindex,
+            direction: direction::INGRESS,
+            verdict,
+            _pad: [0; 2],
+        }
+    }
+
+    fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{text}"))
+    }
+
+    #[test]
+    fn counters_become_labelled_series() {
+        let counters = [
+            (
+                key(7, verdict::PASS),
+                Counter {
+                    packets: 3,
+                    bytes: 300,
+                },
+            ),
+            (
+                key(7, verdict::CROSS_TENANT),
+                Counter {
+                    packets: 5,
+                    bytes: 490,
+                },
+            ),
+            // An interface that is no longer attached: left out.
+            (
+                key(99, verdict::CROSS_TENANT),
+                Counter {
+                    packets: 1,
+                    bytes: 1,
+                },
+            ),
+        ];
+        let text = render(&inventory(), &counters);
+        assert_eq!(
+            line(
+                &text,
+                "isolator_drop_packets_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"ingress\",reason=\"cross_tenant\"}"
+            ),
+            "isolator_drop_packets_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"ingress\",reason=\"cross_tenant\"} 5"
+        );
+        assert!(text.contains("isolator_drop_bytes_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"ingress\",reason=\"cross_tenant\"} 490\n"));
+        assert!(text.contains("isolator_pass_packets_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"ingress\"} 3\n"));
+        assert!(text.contains("isolator_pass_bytes_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"ingress\"} 300\n"));
+        assert!(!text.contains("99"));
+        assert!(text.contains("# TYPE isolator_drop_packets_total counter\n"));
+        assert!(text.contains("# TYPE isolator_interfaces gauge\n"));
+    }
+
+    #[test]
+    fn every_reason_starts_at_zero_and_segments_without_vifs_are_shown() {
+        let text = render(&inventory(), &[]);
+        for (_, reason, _) in verdict::DROP_REASONS {
+            let series = format!(
+                "isolator_drop_packets_total{{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"ingress\",reason=\"{reason}\"}} 0\n"
+            );
+            assert!(text.contains(&series), "missing {series} in\n{text}");
+        }
+        assert!(text.contains("isolator_interfaces{tenant=\"acme\",segment=\"web\"} 1\n"));
+        assert!(text.contains("isolator_interfaces{tenant=\"acme\",segment=\"db\"} 0\n"));
+    }
+}
