@@ -36,10 +36,19 @@ pub const NAME_MAX_LEN: usize = 63;
 ///
 /// Guarantees: tenant names are unique, segment names are unique within their tenant,
 /// names follow the name rules, no interface name can be matched by entries of two
-/// segments, and no address lies in prefixes of two segments.
+/// segments, and no address lies in prefixes of two segments. Every exposed endpoint
+/// lies inside a prefix of its own segment, every flow names existing segments, no
+/// management prefix overlaps a segment prefix, and connection tracking timeouts are
+/// within 1..=[`TIMEOUT_MAX_SECONDS`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Policy {
     pub tenants: Vec<Tenant>,
+    /// The global default mode (`mode:` at the top level). Each segment's resolved
+    /// mode is in [`Segment::mode`]; use that one for enforcement.
+    pub mode: Mode,
+    /// Infrastructure prefixes no VM may reach, in file order; no two are equal.
+    pub management: Vec<Management>,
+    pub connection_tracking: ConnectionTracking,
 }
 
 /// A customer.
@@ -47,6 +56,9 @@ pub struct Policy {
 pub struct Tenant {
     pub name: String,
     pub segments: Vec<Segment>,
+    /// Allowances from one of this tenant's segments to another segment, in file order;
+    /// no two are equal, and none goes from a segment to itself.
+    pub flows: Vec<Flow>,
 }
 
 /// One service (private subnetwork) of a tenant.
@@ -57,6 +69,228 @@ pub struct Segment {
     pub interfaces: Vec<InterfacePattern>,
     /// Canonical prefixes (no host bits set), in file order.
     pub prefixes: Vec<IpNet>,
+    /// Resolved: the segment's own `mode`, else the policy's global one.
+    pub mode: Mode,
+    /// What happens to traffic from this segment to destinations outside every segment.
+    pub egress: Egress,
+    /// Endpoints others may reach, in file order; each lies inside one of
+    /// [`Segment::prefixes`], no two are equal.
+    pub expose: Vec<Expose>,
+}
+
+/// Whether a segment's verdicts are enforced or only counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// Drop what the policy forbids.
+    #[default]
+    Enforce,
+    /// Count what would be dropped (as an audit verdict, under its reason) and pass it.
+    Audit,
+}
+
+impl Mode {
+    /// The keyword used in the policy file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An IP protocol selector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    /// ICMP for IPv4 and ICMPv6 for IPv6, every message type.
+    Icmp,
+    /// Every IP protocol.
+    Any,
+}
+
+impl Protocol {
+    /// The keyword used in the policy file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+            Protocol::Any => "any",
+        }
+    }
+
+    /// Whether the protocol has ports (`tcp`, `udp`).
+    pub fn has_ports(self) -> bool {
+        matches!(self, Protocol::Tcp | Protocol::Udp)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An inclusive range of TCP or UDP ports. Validated: `1 <= first <= last <= 65535`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// A range, or `None` if it breaks the rules (port 0, or `first > last`).
+    pub fn new(first: u16, last: u16) -> Option<Self> {
+        (first >= 1 && first <= last).then_some(Self { first, last })
+    }
+
+    /// A single port, or `None` for port 0.
+    pub fn single(port: u16) -> Option<Self> {
+        Self::new(port, port)
+    }
+
+    /// Whether `port` is in the range.
+    pub fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    /// `443`, or `8000-8080`: the forms the policy file accepts.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// A protocol and, for TCP and UDP, optionally a port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Service {
+    pub protocol: Protocol,
+    /// `None` = every port. Always `None` for [`Protocol::Icmp`] and [`Protocol::Any`].
+    pub ports: Option<PortRange>,
+}
+
+impl Service {
+    /// Every protocol, every port.
+    pub const ANY: Service = Service {
+        protocol: Protocol::Any,
+        ports: None,
+    };
+}
+
+impl fmt::Display for Service {
+    /// `tcp 443`, `udp 8000-8080`, `tcp` (every port), `icmp`, `any`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.protocol)?;
+        if let Some(ports) = self.ports {
+            write!(f, " {ports}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What happens to traffic from a segment to destinations outside every segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Egress {
+    #[default]
+    Allow,
+    /// Dropped with reason `egress_denied`.
+    Deny,
+}
+
+impl Egress {
+    /// The keyword used in the policy file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Egress::Allow => "allow",
+            Egress::Deny => "deny",
+        }
+    }
+}
+
+impl fmt::Display for Egress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An endpoint of a segment that others (other segments, outside) may reach.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Expose {
+    /// Canonical; a lone address in the file becomes a /32 or /128.
+    pub prefix: IpNet,
+    pub service: Service,
+}
+
+/// A segment named by its tenant and its own name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SegmentId {
+    pub tenant: String,
+    pub segment: String,
+}
+
+impl fmt::Display for SegmentId {
+    /// `tenant/segment`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.segment)
+    }
+}
+
+/// An allowance from a segment of the owning tenant to another segment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Flow {
+    /// A segment of the tenant that lists the flow.
+    pub from: String,
+    /// Resolved: the tenant is always filled in, also for a segment of the same tenant.
+    pub to: SegmentId,
+    pub service: Service,
+}
+
+/// An address range of the infrastructure that no VM may reach.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Management {
+    /// Canonical; overlaps no segment prefix.
+    pub prefix: IpNet,
+    /// The protected services; empty = every protocol and port. No two are equal.
+    pub services: Vec<Service>,
+}
+
+/// Longest connection tracking timeout, in seconds (one day).
+pub const TIMEOUT_MAX_SECONDS: u32 = 86_400;
+
+/// Connection tracking idle timeouts, each in 1..=[`TIMEOUT_MAX_SECONDS`] seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionTracking {
+    /// An established TCP connection with no packet for this long ends.
+    pub tcp_idle_seconds: u32,
+    /// A TCP connection that saw FIN or RST ends after this long.
+    pub tcp_closing_seconds: u32,
+    /// A UDP conversation with no datagram for this long ends.
+    pub udp_idle_seconds: u32,
+    /// An ICMP echo exchange with no packet for this long ends.
+    pub icmp_idle_seconds: u32,
+}
+
+impl Default for ConnectionTracking {
+    fn default() -> Self {
+        Self {
+            tcp_idle_seconds: 7440,
+            tcp_closing_seconds: 10,
+            udp_idle_seconds: 120,
+            icmp_idle_seconds: 30,
+        }
+    }
 }
 
 impl Policy {
@@ -68,6 +302,9 @@ impl Policy {
             segments: segments().count(),
             interfaces: segments().map(|s| s.interfaces.len()).sum(),
             prefixes: segments().map(|s| s.prefixes.len()).sum(),
+            exposed: segments().map(|s| s.expose.len()).sum(),
+            flows: self.tenants.iter().map(|t| t.flows.len()).sum(),
+            management: self.management.len(),
         }
     }
 
@@ -82,6 +319,14 @@ impl Policy {
                 .map(|segment| (tenant, segment))
         })
     }
+
+    /// The segment `id` names, if it exists. Every [`Flow::to`] of a validated policy
+    /// resolves.
+    pub fn segment(&self, id: &SegmentId) -> Option<(&Tenant, &Segment)> {
+        let tenant = self.tenants.iter().find(|t| t.name == id.tenant)?;
+        let segment = tenant.segments.iter().find(|s| s.name == id.segment)?;
+        Some((tenant, segment))
+    }
 }
 
 /// Counts of a policy's elements.
@@ -92,10 +337,17 @@ pub struct Summary {
     /// Interface entries (exact names and patterns).
     pub interfaces: usize,
     pub prefixes: usize,
+    /// Exposed endpoints of all segments.
+    pub exposed: usize,
+    /// Flows of all tenants.
+    pub flows: usize,
+    /// Management prefixes.
+    pub management: usize,
 }
 
 impl fmt::Display for Summary {
-    /// E.g. `2 tenants, 4 segments, 6 interface patterns, 8 prefixes`.
+    /// E.g. `2 tenants, 4 segments, 6 interface patterns, 8 prefixes`. Exposed
+    /// endpoints, flows and management prefixes are not part of the line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fn count(n: usize, one: &str, many: &str) -> String {
             format!("{n} {}", if n == 1 { one } else { many })
@@ -255,6 +507,10 @@ fn yaml_help(error: &serde_saphyr::Error, message: &str) -> Option<String> {
             expected: "mapping start",
             ..
         } => "a mapping is expected here: `key: value` entries",
+        E::Unexpected {
+            expected: "string scalar",
+            ..
+        } => "a single value is expected here, not a list or a mapping",
         E::NullIntoString { .. } => "write a value after the colon",
         E::MultipleDocuments { .. } => {
             "a policy file holds exactly one YAML document; remove the `---` separator"

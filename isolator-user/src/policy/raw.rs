@@ -15,6 +15,13 @@ use serde_saphyr::Spanned;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPolicy {
     pub version: Spanned<RawVersion>,
+    /// Global default mode; `None` when absent or written without a value.
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub connection_tracking: Option<RawConnectionTracking>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub management: Vec<RawManagement>,
     /// Required, but may be empty (`tenants: []`, or `tenants:` with no entries).
     #[serde(deserialize_with = "null_as_empty")]
     pub tenants: Vec<RawTenant>,
@@ -26,16 +33,79 @@ pub(super) struct RawTenant {
     pub name: Spanned<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub segments: Vec<RawSegment>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub flows: Vec<RawFlow>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSegment {
     pub name: Spanned<String>,
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub egress: Option<Spanned<String>>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub interfaces: Vec<RawInterface>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub prefixes: Vec<Spanned<String>>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub expose: Vec<RawExpose>,
+}
+
+/// One entry of a segment's `expose:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExpose {
+    pub address: Spanned<String>,
+    pub protocol: Spanned<String>,
+    #[serde(default)]
+    pub ports: Option<Spanned<RawPorts>>,
+}
+
+/// One entry of a tenant's `flows:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFlow {
+    pub from: Spanned<String>,
+    pub to: Spanned<String>,
+    pub protocol: Spanned<String>,
+    #[serde(default)]
+    pub ports: Option<Spanned<RawPorts>>,
+}
+
+/// One entry of `management:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawManagement {
+    pub prefix: Spanned<String>,
+    /// `None` when absent or written without a value (= every service); an explicit
+    /// empty list is kept so validation can reject it.
+    #[serde(default)]
+    pub services: Option<Spanned<Vec<RawService>>>,
+}
+
+/// One entry of a management prefix's `services:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    pub protocol: Spanned<String>,
+    #[serde(default)]
+    pub ports: Option<Spanned<RawPorts>>,
+}
+
+/// `connection_tracking:`; every timeout is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConnectionTracking {
+    #[serde(default)]
+    pub tcp_idle_seconds: Option<Spanned<RawSeconds>>,
+    #[serde(default)]
+    pub tcp_closing_seconds: Option<Spanned<RawSeconds>>,
+    #[serde(default)]
+    pub udp_idle_seconds: Option<Spanned<RawSeconds>>,
+    #[serde(default)]
+    pub icmp_idle_seconds: Option<Spanned<RawSeconds>>,
 }
 
 /// One entry of `interfaces:`. Today a plain string (name or pattern).
@@ -108,4 +178,115 @@ where
     T: Deserialize<'de>,
 {
     Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// A scalar kept loose, so that a wrong value gets a semantic error at its position
+/// instead of a generic type error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum RawScalar {
+    Integer(i128),
+    Text(String),
+    /// Anything else, rendered for the error message: `80.5`, `true`, `null`,
+    /// `a list`, `a mapping`.
+    Other(String),
+}
+
+impl RawScalar {
+    /// The value as an operator would recognise it in a message (strings quoted).
+    pub fn shown(&self) -> String {
+        match self {
+            RawScalar::Integer(n) => n.to_string(),
+            RawScalar::Text(s) => format!("{s:?}"),
+            RawScalar::Other(s) => s.clone(),
+        }
+    }
+}
+
+/// The `ports:` value: a number, or a `"first-last"` string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RawPorts(pub RawScalar);
+
+/// A timeout in seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RawSeconds(pub RawScalar);
+
+impl<'de> Deserialize<'de> for RawPorts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_scalar(deserializer, "a port number or a \"first-last\" port range").map(Self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawSeconds {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_scalar(deserializer, "a number of seconds").map(Self)
+    }
+}
+
+fn deserialize_scalar<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    expecting: &'static str,
+) -> Result<RawScalar, D::Error> {
+    struct ScalarVisitor(&'static str);
+
+    impl<'de> Visitor<'de> for ScalarVisitor {
+        type Value = RawScalar;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawScalar, E> {
+            Ok(RawScalar::Integer(v.into()))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawScalar, E> {
+            Ok(RawScalar::Integer(v.into()))
+        }
+
+        fn visit_u128<E: de::Error>(self, v: u128) -> Result<RawScalar, E> {
+            Ok(match i128::try_from(v) {
+                Ok(v) => RawScalar::Integer(v),
+                Err(_) => RawScalar::Other(v.to_string()),
+            })
+        }
+
+        fn visit_i128<E: de::Error>(self, v: i128) -> Result<RawScalar, E> {
+            Ok(RawScalar::Integer(v))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawScalar, E> {
+            Ok(RawScalar::Other(format!("{v:?}")))
+        }
+
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawScalar, E> {
+            Ok(RawScalar::Other(v.to_string()))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<RawScalar, E> {
+            Ok(RawScalar::Text(v.to_owned()))
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<RawScalar, E> {
+            Ok(RawScalar::Other("null".to_owned()))
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<RawScalar, E> {
+            self.visit_unit()
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawScalar, A::Error> {
+            while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+            Ok(RawScalar::Other("a list".to_owned()))
+        }
+
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawScalar, A::Error> {
+            while map
+                .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(RawScalar::Other("a mapping".to_owned()))
+        }
+    }
+
+    deserializer.deserialize_any(ScalarVisitor(expecting))
 }

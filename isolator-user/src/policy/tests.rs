@@ -100,19 +100,30 @@ fn valid_file_parses_to_model() {
                         name: "web".into(),
                         interfaces: vec![pat("tap-acme-web-*"), pat("veth-acme1")],
                         prefixes: vec![net("10.1.1.0/24"), net("fd00:1:1::/64")],
+                        mode: Mode::Enforce,
+                        egress: Egress::Allow,
+                        expose: vec![],
                     },
                     Segment {
                         name: "db_1".into(),
                         interfaces: vec![pat("tap-acme-db?")],
                         prefixes: vec![],
+                        mode: Mode::Enforce,
+                        egress: Egress::Allow,
+                        expose: vec![],
                     },
                 ],
+                flows: vec![],
             },
             Tenant {
                 name: "9lives".into(),
                 segments: vec![],
+                flows: vec![],
             },
         ],
+        mode: Mode::Enforce,
+        management: vec![],
+        connection_tracking: ConnectionTracking::default(),
     };
     assert_eq!(policy, expected);
     let summary = policy.summary();
@@ -122,7 +133,10 @@ fn valid_file_parses_to_model() {
             tenants: 2,
             segments: 2,
             interfaces: 3,
-            prefixes: 2
+            prefixes: 2,
+            exposed: 0,
+            flows: 0,
+            management: 0,
         }
     );
     assert_eq!(
@@ -156,6 +170,7 @@ fn summary_uses_singular_for_one() {
         segments: 1,
         interfaces: 1,
         prefixes: 1,
+        ..Summary::default()
     };
     assert_eq!(
         s.to_string(),
@@ -252,14 +267,88 @@ fn syntax_error_has_position() {
 
 #[test]
 fn unknown_keys_are_rejected_everywhere() {
-    let top = one_error("version: 1\ntenants: []\nmanagement: []\n");
-    assert_diag(&top, 3, 1, &["unknown field `management`", "help:"]);
+    let top = one_error("version: 1\ntenants: []\nmanagment: []\n");
+    assert_diag(
+        &top,
+        3,
+        1,
+        &[
+            "unknown field `managment`",
+            "version, mode, connection_tracking, management, tenants",
+            "help:",
+        ],
+    );
 
-    let tenant = one_error("version: 1\ntenants:\n  - name: acme\n    flows: []\n");
-    assert_diag(&tenant, 4, 5, &["unknown field `flows`"]);
+    let tenant = one_error("version: 1\ntenants:\n  - name: acme\n    flow: []\n");
+    assert_diag(
+        &tenant,
+        4,
+        5,
+        &["unknown field `flow`", "name, segments, flows"],
+    );
 
-    let segment = one_error(&segment_with("expose", "[]"));
-    assert_diag(&segment, 6, 9, &["unknown field `expose`"]);
+    let segment = one_error(&segment_with("exposed", "[]"));
+    assert_diag(
+        &segment,
+        6,
+        9,
+        &[
+            "unknown field `exposed`",
+            "name, mode, egress, interfaces, prefixes, expose",
+        ],
+    );
+
+    let expose = one_error(&segment_with(
+        "expose",
+        "[{address: 10.1.1.1, protocol: tcp, port: 22}]",
+    ));
+    assert_diag(
+        &expose,
+        6,
+        53,
+        &["unknown field `port`", "address, protocol, ports"],
+    );
+
+    let flow = one_error(
+        "version: 1\ntenants:\n  - name: acme\n    flows: [{from: a, to: b, protocol: tcp, ports: 1, via: c}]\n",
+    );
+    assert_diag(
+        &flow,
+        4,
+        55,
+        &["unknown field `via`", "from, to, protocol, ports"],
+    );
+
+    let management = one_error(
+        "version: 1\ntenants: []\nmanagement:\n  - prefix: 10.0.0.0/8\n    protocol: tcp\n",
+    );
+    assert_diag(
+        &management,
+        5,
+        5,
+        &["unknown field `protocol`", "prefix, services"],
+    );
+
+    let service = one_error(
+        "version: 1\ntenants: []\nmanagement:\n  - prefix: 10.0.0.0/8\n    services: [{protocol: tcp, port: 22}]\n",
+    );
+    assert_diag(
+        &service,
+        5,
+        32,
+        &["unknown field `port`", "protocol, ports"],
+    );
+
+    let conntrack = one_error("version: 1\ntenants: []\nconnection_tracking:\n  tcp_timeout: 10\n");
+    assert_diag(
+        &conntrack,
+        4,
+        3,
+        &[
+            "unknown field `tcp_timeout`",
+            "tcp_idle_seconds, tcp_closing_seconds, udp_idle_seconds, icmp_idle_seconds",
+        ],
+    );
 }
 
 #[test]
@@ -716,6 +805,1177 @@ fn invalid_entries_do_not_cause_follow_up_errors() {
     assert!(all.iter().all(|d| d.message.contains("host bits")));
 }
 
+// ---------------------------------------------------------------- isolation policy: model
+
+/// `dedent(s)` with every non-empty line indented by `n` spaces.
+fn indent(s: &str, n: usize) -> String {
+    dedent(s)
+        .lines()
+        .map(|l| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{}{l}", " ".repeat(n))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// Segment acme/web (10.1.1.0/24, fd00:1:1::/64) with the given `expose:` entries
+/// (written at column 0), which start at line 8. Block style puts `address` values at
+/// column 22, `protocol` values at 23 and `ports` values at 20.
+fn web_exposing(entries: &str) -> String {
+    format!(
+        "version: 1\ntenants:\n  - name: acme\n    segments:\n      - name: web\n        \
+         prefixes: [10.1.1.0/24, \"fd00:1:1::/64\"]\n        expose:\n{}",
+        indent(entries, 10)
+    )
+}
+
+/// Tenant acme (segments web, db) with the given `flows:` entries (written at column 0),
+/// which start at line 8, then tenant globex (segments api, batch). Block style puts
+/// `from` values at column 15, `to` at 13, `protocol` at 19 and `ports` at 16.
+fn acme_flows(entries: &str) -> String {
+    format!(
+        "version: 1\ntenants:\n  - name: acme\n    segments:\n      - name: web\n      - name: db\n    \
+         flows:\n{}  - name: globex\n    segments:\n      - name: api\n      - name: batch\n",
+        indent(entries, 6)
+    )
+}
+
+fn svc(protocol: Protocol, ports: Option<(u16, u16)>) -> Service {
+    Service {
+        protocol,
+        ports: ports.map(|(first, last)| PortRange::new(first, last).unwrap()),
+    }
+}
+
+fn id(tenant: &str, segment: &str) -> SegmentId {
+    SegmentId {
+        tenant: tenant.into(),
+        segment: segment.into(),
+    }
+}
+
+#[test]
+fn full_policy_parses_to_model() {
+    let policy = ok(r#"
+        version: 1
+        mode: audit
+        connection_tracking:
+          udp_idle_seconds: 60
+        management:
+          - prefix: 192.168.100.0/24
+          - prefix: "fd00:ff::/64"
+            services:
+              - protocol: tcp
+                ports: 22
+              - protocol: tcp
+                ports: "6443-6444"
+              - protocol: icmp
+        tenants:
+          - name: acme
+            flows:
+              - from: web
+                to: db
+                protocol: tcp
+                ports: 5432
+              - from: web
+                to: globex/api
+                protocol: udp
+                ports: 8000-8080
+              - from: db
+                to: acme/web
+                protocol: any
+            segments:
+              - name: web
+                mode: enforce
+                egress: deny
+                interfaces: ["tap-acme-web-*"]
+                prefixes: [10.1.1.0/24, "fd00:1:1::/64"]
+                expose:
+                  - address: 10.1.1.10
+                    protocol: tcp
+                    ports: 443
+                  - address: 10.1.1.0/28
+                    protocol: icmp
+                  - address: "fd00:1:1::10"
+                    protocol: any
+              - name: db
+                prefixes: [10.1.2.0/24]
+          - name: globex
+            segments:
+              - name: api
+                egress: allow
+                prefixes: [10.2.0.0/24]
+        "#);
+    let expected = Policy {
+        tenants: vec![
+            Tenant {
+                name: "acme".into(),
+                segments: vec![
+                    Segment {
+                        name: "web".into(),
+                        interfaces: vec![pat("tap-acme-web-*")],
+                        prefixes: vec![net("10.1.1.0/24"), net("fd00:1:1::/64")],
+                        mode: Mode::Enforce,
+                        egress: Egress::Deny,
+                        expose: vec![
+                            Expose {
+                                prefix: net("10.1.1.10/32"),
+                                service: svc(Protocol::Tcp, Some((443, 443))),
+                            },
+                            Expose {
+                                prefix: net("10.1.1.0/28"),
+                                service: svc(Protocol::Icmp, None),
+                            },
+                            Expose {
+                                prefix: net("fd00:1:1::10/128"),
+                                service: Service::ANY,
+                            },
+                        ],
+                    },
+                    Segment {
+                        name: "db".into(),
+                        interfaces: vec![],
+                        prefixes: vec![net("10.1.2.0/24")],
+                        mode: Mode::Audit,
+                        egress: Egress::Allow,
+                        expose: vec![],
+                    },
+                ],
+                flows: vec![
+                    Flow {
+                        from: "web".into(),
+                        to: id("acme", "db"),
+                        service: svc(Protocol::Tcp, Some((5432, 5432))),
+                    },
+                    Flow {
+                        from: "web".into(),
+                        to: id("globex", "api"),
+                        service: svc(Protocol::Udp, Some((8000, 8080))),
+                    },
+                    Flow {
+                        from: "db".into(),
+                        to: id("acme", "web"),
+                        service: svc(Protocol::Any, None),
+                    },
+                ],
+            },
+            Tenant {
+                name: "globex".into(),
+                segments: vec![Segment {
+                    name: "api".into(),
+                    interfaces: vec![],
+                    prefixes: vec![net("10.2.0.0/24")],
+                    mode: Mode::Audit,
+                    egress: Egress::Allow,
+                    expose: vec![],
+                }],
+                flows: vec![],
+            },
+        ],
+        mode: Mode::Audit,
+        management: vec![
+            Management {
+                prefix: net("192.168.100.0/24"),
+                services: vec![],
+            },
+            Management {
+                prefix: net("fd00:ff::/64"),
+                services: vec![
+                    svc(Protocol::Tcp, Some((22, 22))),
+                    svc(Protocol::Tcp, Some((6443, 6444))),
+                    svc(Protocol::Icmp, None),
+                ],
+            },
+        ],
+        connection_tracking: ConnectionTracking {
+            tcp_idle_seconds: 7440,
+            tcp_closing_seconds: 10,
+            udp_idle_seconds: 60,
+            icmp_idle_seconds: 30,
+        },
+    };
+    assert_eq!(policy, expected);
+
+    let summary = policy.summary();
+    assert_eq!(
+        summary,
+        Summary {
+            tenants: 2,
+            segments: 3,
+            interfaces: 1,
+            prefixes: 4,
+            exposed: 3,
+            flows: 3,
+            management: 2,
+        }
+    );
+    // The one-line summary does not change with the new elements.
+    assert_eq!(
+        summary.to_string(),
+        "2 tenants, 3 segments, 1 interface pattern, 4 prefixes"
+    );
+
+    let (tenant, segment) = policy.segment(&policy.tenants[0].flows[1].to).unwrap();
+    assert_eq!(
+        (tenant.name.as_str(), segment.name.as_str()),
+        ("globex", "api")
+    );
+    assert!(policy.segment(&id("globex", "web")).is_none());
+    assert!(policy.segment(&id("mars", "api")).is_none());
+}
+
+#[test]
+fn new_keys_have_defaults() {
+    for src in [
+        "version: 1\ntenants: [{name: acme, segments: [{name: web}]}]\n",
+        // A key written without a value is the same as leaving it out.
+        "version: 1\nmode:\nconnection_tracking:\nmanagement:\ntenants:\n  - name: acme\n    \
+         flows:\n    segments:\n      - name: web\n        mode:\n        egress:\n        expose:\n",
+        "version: 1\nconnection_tracking: {}\ntenants: [{name: acme, segments: [{name: web}]}]\n",
+    ] {
+        let policy = parse(src, FILE).unwrap_or_else(|d| panic!("{src}\n{d}"));
+        assert_eq!(policy.mode, Mode::Enforce);
+        assert!(policy.management.is_empty());
+        assert_eq!(
+            policy.connection_tracking,
+            ConnectionTracking {
+                tcp_idle_seconds: 7440,
+                tcp_closing_seconds: 10,
+                udp_idle_seconds: 120,
+                icmp_idle_seconds: 30,
+            }
+        );
+        let tenant = &policy.tenants[0];
+        assert!(tenant.flows.is_empty());
+        let segment = &tenant.segments[0];
+        assert_eq!(segment.mode, Mode::Enforce);
+        assert_eq!(segment.egress, Egress::Allow);
+        assert!(segment.expose.is_empty());
+    }
+}
+
+#[test]
+fn segment_mode_defaults_to_the_global_mode() {
+    let modes = |src: &str| -> Vec<Mode> {
+        ok(src)
+            .tenants
+            .iter()
+            .flat_map(|t| &t.segments)
+            .map(|s| s.mode)
+            .collect()
+    };
+    let segments = "tenants:\n  - name: acme\n    segments:\n      - name: a\n      - name: b\n        \
+                    mode: audit\n      - name: c\n        mode: enforce\n";
+    assert_eq!(
+        modes(&format!("version: 1\n{segments}")),
+        [Mode::Enforce, Mode::Audit, Mode::Enforce]
+    );
+    assert_eq!(
+        modes(&format!("version: 1\nmode: enforce\n{segments}")),
+        [Mode::Enforce, Mode::Audit, Mode::Enforce]
+    );
+    assert_eq!(
+        modes(&format!("version: 1\nmode: audit\n{segments}")),
+        [Mode::Audit, Mode::Audit, Mode::Enforce]
+    );
+}
+
+#[test]
+fn model_helpers() {
+    assert_eq!(PortRange::new(0, 1), None);
+    assert_eq!(PortRange::new(2, 1), None);
+    assert_eq!(PortRange::single(0), None);
+    let range = PortRange::new(8000, 8080).unwrap();
+    assert!(range.contains(8000) && range.contains(8080) && !range.contains(8081));
+    assert_eq!(range.to_string(), "8000-8080");
+    assert_eq!(PortRange::single(443).unwrap().to_string(), "443");
+    assert_eq!(
+        PortRange::new(1, 65535),
+        Some(PortRange {
+            first: 1,
+            last: 65535
+        })
+    );
+
+    assert_eq!(svc(Protocol::Tcp, Some((443, 443))).to_string(), "tcp 443");
+    assert_eq!(svc(Protocol::Udp, Some((1, 2))).to_string(), "udp 1-2");
+    assert_eq!(svc(Protocol::Tcp, None).to_string(), "tcp");
+    assert_eq!(svc(Protocol::Icmp, None).to_string(), "icmp");
+    assert_eq!(Service::ANY.to_string(), "any");
+    assert!(Protocol::Tcp.has_ports() && Protocol::Udp.has_ports());
+    assert!(!Protocol::Icmp.has_ports() && !Protocol::Any.has_ports());
+
+    assert_eq!(id("acme", "web").to_string(), "acme/web");
+    assert_eq!(Mode::default(), Mode::Enforce);
+    assert_eq!(Mode::Audit.to_string(), "audit");
+    assert_eq!(Egress::default(), Egress::Allow);
+    assert_eq!(Egress::Deny.to_string(), "deny");
+    assert_eq!(ConnectionTracking::default().tcp_idle_seconds, 7440);
+    assert_eq!(TIMEOUT_MAX_SECONDS, 86_400);
+}
+
+// ---------------------------------------------------------------- mode, egress
+
+#[test]
+fn mode_and_egress_values_are_checked() {
+    let all = errors(
+        "
+        version: 1
+        mode: Audit
+        tenants:
+          - name: acme
+            segments:
+              - name: web
+                mode: block
+                egress: denied
+              - name: db
+                egress: allowed
+        ",
+    );
+    assert_eq!(all.len(), 4, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        2,
+        7,
+        &[
+            "`mode` must be `enforce` or `audit`, found \"Audit\"",
+            "help: did you mean `audit`?",
+            "`mode: enforce`",
+        ],
+    );
+    assert_diag(
+        &all[1],
+        7,
+        15,
+        &["found \"block\"", "help: write `mode: enforce` to drop"],
+    );
+    assert_diag(
+        &all[2],
+        8,
+        17,
+        &[
+            "`egress` must be `allow` or `deny`, found \"denied\"",
+            "help: write `egress: allow`",
+            "`egress: deny`",
+        ],
+    );
+    assert_diag(
+        &all[3],
+        10,
+        17,
+        &["found \"allowed\"", "did you mean `allow`?"],
+    );
+
+    let d = one_error("version: 1\nmode: [audit]\ntenants: []\n");
+    assert_diag(&d, 2, 7, &["help: a single value is expected here"]);
+}
+
+// ---------------------------------------------------------------- protocols, ports
+
+#[test]
+fn protocol_must_be_known() {
+    let all = errors(&web_exposing(
+        "
+        - address: 10.1.1.1
+          protocol: TCP
+        - address: 10.1.1.2
+          protocol: http
+        - address: 10.1.1.3
+          protocol: icmpv6
+        ",
+    ));
+    assert_eq!(all.len(), 3, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        9,
+        23,
+        &[
+            "`protocol` must be one of `tcp`, `udp`, `icmp`, `any`, found \"TCP\"",
+            "help: did you mean `tcp`?",
+        ],
+    );
+    assert_diag(
+        &all[1],
+        11,
+        23,
+        &[
+            "found \"http\"",
+            "help: write `protocol: tcp`, `udp`, `icmp`",
+        ],
+    );
+    assert!(!all[1].to_string().contains("did you mean"), "{}", all[1]);
+    assert_diag(
+        &all[2],
+        13,
+        23,
+        &["found \"icmpv6\"", "did you mean `icmp`?", "ICMPv6"],
+    );
+
+    let d = one_error(&web_exposing("- address: 10.1.1.1\n"));
+    assert_diag(&d, 8, 13, &["missing field `protocol`"]);
+}
+
+#[test]
+fn port_rules() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "0",
+            &["port 0 is out of range", "help: ports are 1 to 65535"],
+        ),
+        ("65536", &["port 65536 is out of range"]),
+        ("-1", &["port -1 is out of range"]),
+        ("\"0\"", &["port 0 is out of range"]),
+        (
+            "\"0-80\"",
+            &["port range \"0-80\": port 0 is out of range", "1 to 65535"],
+        ),
+        (
+            "\"80-70000\"",
+            &["port range \"80-70000\": port 70000 is out of range"],
+        ),
+        (
+            "\"8080-8000\"",
+            &[
+                "port range \"8080-8000\" is backwards: 8080 is greater than 8000",
+                "help: write the lower port first: \"8000-8080\"",
+            ],
+        ),
+        (
+            "\"80,443\"",
+            &[
+                "`ports` must be one port or one range of ports, found \"80,443\"",
+                "`ports: 443`",
+                "`ports: \"8000-8080\"`",
+                "one entry for each",
+            ],
+        ),
+        ("http", &["found \"http\"", "`ports: 443`"]),
+        ("\"80-\"", &["found \"80-\""]),
+        ("\"1-2-3\"", &["found \"1-2-3\""]),
+        ("80.5", &["found 80.5"]),
+        ("true", &["found true"]),
+        ("[80, 443]", &["found a list", "one entry for each"]),
+        ("{first: 80}", &["found a mapping"]),
+    ];
+    for (ports, words) in cases {
+        let src = web_exposing(&format!(
+            "- address: 10.1.1.1\n  protocol: tcp\n  ports: {ports}\n"
+        ));
+        let d = one_error(&src);
+        assert_diag(&d, 10, 20, words);
+    }
+
+    let valid: &[(&str, (u16, u16))] = &[
+        ("1", (1, 1)),
+        ("65535", (65535, 65535)),
+        ("\"443\"", (443, 443)),
+        ("\"8000-8080\"", (8000, 8080)),
+        ("8000-8080", (8000, 8080)),
+        ("\"80-80\"", (80, 80)),
+        ("\"1-65535\"", (1, 65535)),
+    ];
+    for (ports, (first, last)) in valid {
+        let policy = ok(&web_exposing(&format!(
+            "- address: 10.1.1.1\n  protocol: udp\n  ports: {ports}\n"
+        )));
+        assert_eq!(
+            policy.tenants[0].segments[0].expose[0].service,
+            svc(Protocol::Udp, Some((*first, *last))),
+            "ports: {ports}"
+        );
+    }
+}
+
+#[test]
+fn ports_are_forbidden_for_icmp_and_any() {
+    let all = errors(&web_exposing(
+        "
+        - address: 10.1.1.1
+          protocol: icmp
+          ports: 8
+        - address: 10.1.1.2
+          protocol: any
+          ports: 80
+        - address: 10.1.1.3
+          protocol: icmp
+          ports: bogus
+        ",
+    ));
+    assert_eq!(all.len(), 3, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        10,
+        20,
+        &["ICMP has no ports", "help: remove `ports`"],
+    );
+    assert_diag(
+        &all[1],
+        13,
+        20,
+        &[
+            "`ports` cannot be combined with `protocol: any`",
+            "help: remove `ports`",
+        ],
+    );
+    // The value does not matter: only the "no ports" error, no complaint about "bogus".
+    assert_diag(&all[2], 16, 20, &["ICMP has no ports"]);
+}
+
+// ---------------------------------------------------------------- expose
+
+#[test]
+fn expose_address_rules() {
+    let all = errors(&web_exposing(
+        "
+        - address: web
+          protocol: tcp
+        - address: 10.1.1.7/24
+          protocol: tcp
+        - address: 10.1.1.0/33
+          protocol: tcp
+        - address: \"fd00:1:1::1/64\"
+          protocol: tcp
+        ",
+    ));
+    assert_eq!(all.len(), 4, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        8,
+        22,
+        &[
+            "\"web\" is not an IP address or prefix",
+            "help: write an address such as \"10.1.1.10\"",
+            "\"10.1.1.0/28\"",
+        ],
+    );
+    assert_diag(
+        &all[1],
+        10,
+        22,
+        &[
+            "prefix \"10.1.1.7/24\" has host bits set",
+            "help: did you mean 10.1.1.0/24, or the single address 10.1.1.7?",
+        ],
+    );
+    assert_diag(&all[2], 12, 22, &["length 33", "maximum is 32"]);
+    assert_diag(
+        &all[3],
+        14,
+        22,
+        &[
+            "host bits",
+            "did you mean fd00:1:1::/64, or the single address fd00:1:1::1?",
+        ],
+    );
+}
+
+#[test]
+fn exposed_endpoint_must_lie_in_its_own_segment() {
+    let all = errors(
+        r#"
+        version: 1
+        tenants:
+          - name: acme
+            segments:
+              - name: web
+                prefixes: [10.1.1.0/24, "fd00:1:1::/64"]
+                expose:
+                  - address: 10.9.9.9
+                    protocol: tcp
+                  - address: 10.1.0.0/23
+                    protocol: tcp
+                  - address: 10.2.0.10
+                    protocol: tcp
+                  - address: "fd00:1:2::1"
+                    protocol: icmp
+              - name: empty
+                expose: [{address: 10.1.1.1, protocol: any}]
+          - name: globex
+            segments:
+              - name: api
+                prefixes: [10.2.0.0/24]
+        "#,
+    );
+    assert_eq!(all.len(), 5, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        8,
+        22,
+        &[
+            "exposed endpoint 10.9.9.9 is outside segment acme/web (10.1.1.0/24, fd00:1:1::/64)",
+            "help: an exposed endpoint must be an address of its own segment",
+            "add a prefix that contains it",
+        ],
+    );
+    assert_diag(
+        &all[1],
+        10,
+        22,
+        &[
+            "exposed endpoint 10.1.0.0/23 is not entirely inside segment acme/web (10.1.1.0/24, fd00:1:1::/64)",
+        ],
+    );
+    assert_diag(
+        &all[2],
+        12,
+        22,
+        &[
+            "exposed endpoint 10.2.0.10 is outside segment acme/web",
+            "help: 10.2.0.10 belongs to segment globex/api: expose it there",
+        ],
+    );
+    assert_diag(
+        &all[3],
+        14,
+        22,
+        &["exposed endpoint fd00:1:2::1 is outside segment acme/web"],
+    );
+    assert_diag(
+        &all[4],
+        17,
+        28,
+        &[
+            "exposed endpoint 10.1.1.1 is outside segment acme/empty, which has no prefixes",
+            "belongs to segment acme/web",
+        ],
+    );
+}
+
+#[test]
+fn invalid_segment_prefix_does_not_cause_expose_errors() {
+    let d = one_error(
+        "version: 1\ntenants:\n  - name: acme\n    segments:\n      - name: web\n        \
+         prefixes: [10.1.1.0/33]\n        expose: [{address: 10.1.1.10, protocol: tcp}]\n",
+    );
+    assert_diag(&d, 6, 20, &["length 33"]);
+}
+
+#[test]
+fn same_exposed_endpoint_twice() {
+    let all = errors(&web_exposing(
+        "
+        - address: 10.1.1.10
+          protocol: tcp
+          ports: 443
+        - address: 10.1.1.10/32
+          protocol: tcp
+          ports: \"443\"
+        - address: 10.1.1.10
+          protocol: tcp
+          ports: 80
+        - address: \"fd00:1:1::10\"
+          protocol: icmp
+        - address: \"fd00:1:1:0::10\"
+          protocol: icmp
+        ",
+    ));
+    assert_eq!(all.len(), 2, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        11,
+        22,
+        &[
+            "exposed endpoint 10.1.1.10/32 tcp 443 is listed twice in segment acme/web: \
+             first as 10.1.1.10 at 8:22",
+            "help: remove one of the two entries",
+        ],
+    );
+    assert_diag(
+        &all[1],
+        19,
+        22,
+        &[
+            "exposed endpoint fd00:1:1:0::10 icmp is listed twice",
+            "first as fd00:1:1::10 at 17:22",
+        ],
+    );
+}
+
+// ---------------------------------------------------------------- flows
+
+#[test]
+fn flow_source_must_be_a_segment_of_the_tenant() {
+    let all = errors(&acme_flows(
+        "
+        - from: wbe
+          to: db
+          protocol: tcp
+        - from: frontend
+          to: db
+          protocol: tcp
+        - from: acme/web
+          to: db
+          protocol: tcp
+        - from: globex/api
+          to: db
+          protocol: tcp
+        ",
+    ));
+    assert_eq!(all.len(), 4, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        8,
+        15,
+        &[
+            "flow source \"wbe\" is not a segment of tenant acme",
+            "help: did you mean \"web\"?",
+        ],
+    );
+    assert_diag(
+        &all[1],
+        11,
+        15,
+        &[
+            "flow source \"frontend\" is not a segment of tenant acme",
+            "the segments of acme are web, db",
+        ],
+    );
+    assert_diag(
+        &all[2],
+        14,
+        15,
+        &[
+            "flow source \"acme/web\" must be a segment of tenant acme, written without a tenant",
+            "help: write \"web\"",
+        ],
+    );
+    assert_diag(
+        &all[3],
+        17,
+        15,
+        &["list the flow under the `flows` of tenant globex"],
+    );
+
+    let all = errors(
+        "version: 1\ntenants:\n  - name: acme\n    flows: [{from: web, to: x, protocol: tcp}]\n",
+    );
+    assert_eq!(all.len(), 2, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        4,
+        20,
+        &["flow source \"web\"", "tenant acme has no segments"],
+    );
+    assert_diag(&all[1], 4, 29, &["flow destination \"x\""]);
+}
+
+#[test]
+fn flow_destination_must_resolve() {
+    let all = errors(&acme_flows(
+        "
+        - from: web
+          to: dbb
+          protocol: tcp
+        - from: web
+          to: api
+          protocol: tcp
+        - from: web
+          to: globx/api
+          protocol: tcp
+        - from: web
+          to: globex/apj
+          protocol: tcp
+        - from: web
+          to: globex/api/v1
+          protocol: tcp
+        - from: web
+          to: mars/x
+          protocol: tcp
+        - from: web
+          to: storage
+          protocol: tcp
+        ",
+    ));
+    assert_eq!(all.len(), 7, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        9,
+        13,
+        &[
+            "flow destination \"dbb\" is not a segment of tenant acme",
+            "help: did you mean \"db\"?",
+        ],
+    );
+    assert_diag(
+        &all[1],
+        12,
+        13,
+        &[
+            "flow destination \"api\" is not a segment of tenant acme",
+            "help: did you mean \"globex/api\"? a segment of another tenant is written `tenant/segment`",
+        ],
+    );
+    assert_diag(
+        &all[2],
+        15,
+        13,
+        &[
+            "flow destination \"globx/api\": there is no tenant \"globx\"",
+            "help: did you mean \"globex/api\"? the tenants are acme, globex",
+        ],
+    );
+    assert_diag(
+        &all[3],
+        18,
+        13,
+        &[
+            "flow destination \"globex/apj\": tenant globex has no segment \"apj\"",
+            "help: did you mean \"globex/api\"? the segments of globex are api, batch",
+        ],
+    );
+    assert_diag(
+        &all[4],
+        21,
+        13,
+        &[
+            "flow destination \"globex/api/v1\" is not a segment name",
+            "\"tenant/segment\"",
+        ],
+    );
+    assert_diag(
+        &all[5],
+        24,
+        13,
+        &[
+            "there is no tenant \"mars\"",
+            "help: the tenants are acme, globex",
+        ],
+    );
+    assert_diag(
+        &all[6],
+        27,
+        13,
+        &[
+            "flow destination \"storage\" is not a segment of tenant acme",
+            "`tenant/segment` for a segment of another tenant",
+            "the segments of acme are web, db",
+        ],
+    );
+}
+
+#[test]
+fn flow_to_itself_and_duplicate_flows() {
+    let all = errors(&acme_flows(
+        "
+        - from: web
+          to: web
+          protocol: any
+        - from: web
+          to: acme/web
+          protocol: tcp
+        - from: web
+          to: db
+          protocol: tcp
+          ports: 5432
+        - from: web
+          to: acme/db
+          protocol: tcp
+          ports: \"5432\"
+        - from: web
+          to: db
+          protocol: tcp
+          ports: 5433
+        - from: db
+          to: web
+          protocol: tcp
+          ports: 5432
+        ",
+    ));
+    assert_eq!(all.len(), 3, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        9,
+        13,
+        &[
+            "flow from acme/web to acme/web: traffic within a segment is always allowed",
+            "help: remove this flow",
+        ],
+    );
+    assert_diag(
+        &all[1],
+        12,
+        13,
+        &["traffic within a segment is always allowed"],
+    );
+    assert_diag(
+        &all[2],
+        18,
+        15,
+        &[
+            "flow acme/web -> acme/db tcp 5432 is listed twice in tenant acme: first at 14:15",
+            "help: remove one of the two entries",
+        ],
+    );
+}
+
+#[test]
+fn flow_service_is_checked() {
+    let all = errors(&acme_flows(
+        "
+        - from: web
+          to: db
+          protocol: icmp
+          ports: 7
+        - from: web
+          to: globex/api
+          protocol: tcp
+          ports: \"80,443\"
+        ",
+    ));
+    assert_eq!(all.len(), 2, "{}", Diagnostics(all.clone()));
+    assert_diag(&all[0], 11, 16, &["ICMP has no ports"]);
+    assert_diag(&all[1], 15, 16, &["found \"80,443\""]);
+}
+
+// ---------------------------------------------------------------- management
+
+#[test]
+fn management_rules() {
+    let all = errors(
+        r#"
+        version: 1
+        management:
+          - prefix: 10.1.0.0/16
+          - prefix: 10.1.1.128/25
+          - prefix: 10.1.1.0/24
+          - prefix: 192.168.100.0/24
+            services: []
+          - prefix: 192.168.100.0/24
+          - prefix: 192.168.100.7/24
+          - prefix: "fd00:ff::/64"
+            services:
+              - protocol: tcp
+                ports: 22
+              - protocol: tcp
+                ports: "22"
+              - protocol: icmp
+                ports: 1
+        tenants:
+          - name: acme
+            segments:
+              - name: web
+                prefixes: [10.1.1.0/24, 10.1.2.0/24]
+        "#,
+    );
+    assert_eq!(all.len(), 8, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        3,
+        13,
+        &[
+            "management prefix \"10.1.0.0/16\" contains prefix \"10.1.1.0/24\" of segment \
+             acme/web at 22:20 (and 1 more overlapping prefix)",
+            "help: a management prefix must never be inside a tenant segment",
+        ],
+    );
+    assert_diag(
+        &all[1],
+        4,
+        13,
+        &[
+            "management prefix \"10.1.1.128/25\" lies within prefix \"10.1.1.0/24\" of segment acme/web at 22:20",
+        ],
+    );
+    assert_diag(
+        &all[2],
+        5,
+        13,
+        &[
+            "management prefix \"10.1.1.0/24\" is the same as prefix \"10.1.1.0/24\" of segment acme/web",
+        ],
+    );
+    assert_diag(
+        &all[3],
+        7,
+        15,
+        &[
+            "management prefix \"192.168.100.0/24\" has an empty `services` list",
+            "help: leave out `services` to protect every protocol and port",
+        ],
+    );
+    assert_diag(
+        &all[4],
+        8,
+        13,
+        &[
+            "management prefix \"192.168.100.0/24\" is listed twice: first at 6:13",
+            "help: remove one of the two entries, or merge their `services`",
+        ],
+    );
+    assert_diag(
+        &all[5],
+        9,
+        13,
+        &["host bits", "help: did you mean 192.168.100.0/24?"],
+    );
+    assert_diag(
+        &all[6],
+        14,
+        19,
+        &["service tcp 22 is listed twice for management prefix \"fd00:ff::/64\": first at 12:19"],
+    );
+    assert_diag(&all[7], 17, 16, &["ICMP has no ports"]);
+}
+
+#[test]
+fn management_prefixes_may_overlap_each_other() {
+    let policy = ok(r#"
+        version: 1
+        management:
+          - prefix: 10.0.0.0/8
+            services: [{protocol: tcp, ports: 22}]
+          - prefix: 10.10.0.0/16
+          - prefix: "10.0.0.0/9"
+        tenants:
+          - name: acme
+            segments: [{name: web, prefixes: [172.16.0.0/24, "fd00::/64"]}]
+        "#);
+    assert_eq!(
+        policy.management,
+        [
+            Management {
+                prefix: net("10.0.0.0/8"),
+                services: vec![svc(Protocol::Tcp, Some((22, 22)))],
+            },
+            Management {
+                prefix: net("10.10.0.0/16"),
+                services: vec![],
+            },
+            Management {
+                prefix: net("10.0.0.0/9"),
+                services: vec![],
+            },
+        ]
+    );
+}
+
+// ---------------------------------------------------------------- connection tracking
+
+#[test]
+fn connection_tracking_rules() {
+    let all = errors(
+        "
+        version: 1
+        tenants: []
+        connection_tracking:
+          tcp_idle_seconds: 0
+          tcp_closing_seconds: 86401
+          udp_idle_seconds: 2m
+          icmp_idle_seconds: -5
+        ",
+    );
+    assert_eq!(all.len(), 4, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        4,
+        21,
+        &[
+            "`tcp_idle_seconds` must be from 1 to 86400 seconds (one day), found 0",
+            "help: the default is 7440; leave out the key to use it",
+        ],
+    );
+    assert_diag(&all[1], 5, 24, &["found 86401", "the default is 10"]);
+    assert_diag(
+        &all[2],
+        6,
+        21,
+        &[
+            "`udp_idle_seconds` must be a whole number of seconds, found \"2m\"",
+            "help: write a number from 1 to 86400, e.g. `udp_idle_seconds: 120`",
+        ],
+    );
+    assert_diag(&all[3], 7, 22, &["found -5", "the default is 30"]);
+
+    let policy = ok("
+        version: 1
+        tenants: []
+        connection_tracking:
+          tcp_idle_seconds: 86400
+          icmp_idle_seconds: 1
+        ");
+    assert_eq!(
+        policy.connection_tracking,
+        ConnectionTracking {
+            tcp_idle_seconds: 86400,
+            tcp_closing_seconds: 10,
+            udp_idle_seconds: 120,
+            icmp_idle_seconds: 1,
+        }
+    );
+
+    let d = one_error("version: 1\ntenants: []\nconnection_tracking: 30\n");
+    assert_diag(&d, 3, 22, &["help: a mapping is expected here"]);
+}
+
+// ---------------------------------------------------------------- collection, suggestions
+
+#[test]
+fn errors_of_all_new_rules_are_collected_and_sorted() {
+    let all = errors(
+        "
+        version: 1
+        mode: strict
+        connection_tracking: {udp_idle_seconds: 0}
+        management:
+          - prefix: 10.1.1.0/25
+        tenants:
+          - name: acme
+            flows: [{from: web, to: web, protocol: tcp}]
+            segments:
+              - name: web
+                egress: block
+                prefixes: [10.1.1.0/24]
+                expose: [{address: 10.1.2.1, protocol: tcp, ports: 0}]
+        ",
+    );
+    let positions: Vec<(u64, u64)> = all.iter().map(|d| (d.line, d.column)).collect();
+    assert_eq!(
+        positions,
+        [
+            (2, 7),
+            (3, 41),
+            (5, 13),
+            (8, 29),
+            (11, 17),
+            (13, 28),
+            (13, 60)
+        ],
+        "{}",
+        Diagnostics(all.clone())
+    );
+}
+
+#[test]
+fn suggestions() {
+    assert_eq!(validate::edit_distance("web", "web"), 0);
+    assert_eq!(validate::edit_distance("wbe", "web"), 1);
+    assert_eq!(validate::edit_distance("db", "dbb"), 1);
+    assert_eq!(validate::edit_distance("", "abc"), 3);
+    assert_eq!(validate::edit_distance("kitten", "sitting"), 3);
+    let close =
+        |value, candidates: &[&'static str]| validate::closest(value, candidates.iter().copied());
+    assert_eq!(close("TCP", &["tcp", "udp"]), Some("tcp"));
+    assert_eq!(close("wbe", &["db", "web"]), Some("web"));
+    assert_eq!(close("enforcing", &["enforce", "audit"]), Some("enforce"));
+    assert_eq!(close("api", &["web", "db"]), None);
+    assert_eq!(close("x", &["db"]), None);
+    assert_eq!(close("", &["db"]), None);
+    assert_eq!(validate::list_names(&["a", "b"]), "a, b");
+    let many: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert_eq!(
+        validate::list_names(&many),
+        "s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, ... (and 2 more)"
+    );
+    // The closest of several candidates wins.
+    assert_eq!(close("dbx", &["web", "dbxx", "dbx2", "db"]), Some("dbxx"));
+}
+
 // ---------------------------------------------------------------- display, load
 
 #[test]
@@ -964,7 +2224,10 @@ fn documented_example_is_valid() {
             tenants: 2,
             segments: 4,
             interfaces: 6,
-            prefixes: 8
+            prefixes: 8,
+            exposed: 4,
+            flows: 3,
+            management: 3,
         }
     );
     assert!(POLICY_DOC.contains(&policy.summary().to_string()));
@@ -975,6 +2238,47 @@ fn documented_example_is_valid() {
     let interfaces = || segments.iter().flat_map(|s| &s.interfaces);
     assert!(interfaces().any(InterfacePattern::is_glob));
     assert!(interfaces().any(|p| !p.is_glob()));
+
+    // The example shows every key of the format, and the documented defaults.
+    for key in [
+        "\nmode: ",
+        "\nconnection_tracking:",
+        "\nmanagement:",
+        " services:",
+        " flows:",
+        " egress: ",
+        " expose:",
+        "        mode: ",
+    ] {
+        assert!(
+            example.contains(key),
+            "the complete example does not use {key:?}"
+        );
+    }
+    assert_eq!(policy.connection_tracking, ConnectionTracking::default());
+    assert!(segments.iter().any(|s| s.mode == Mode::Audit));
+    assert!(segments.iter().any(|s| s.mode == Mode::Enforce));
+    assert!(segments.iter().any(|s| s.egress == Egress::Deny));
+    assert!(segments.iter().any(|s| s.egress == Egress::Allow));
+    let exposed = || segments.iter().flat_map(|s| &s.expose);
+    assert!(exposed().any(|e| e.prefix.prefix_len() == e.prefix.max_prefix_len()));
+    assert!(exposed().any(|e| e.prefix.prefix_len() < e.prefix.max_prefix_len()));
+    assert!(exposed().any(|e| matches!(e.prefix, IpNet::V6(_))));
+    assert!(exposed().any(|e| e.service.protocol == Protocol::Icmp));
+    let flows = || {
+        policy
+            .tenants
+            .iter()
+            .flat_map(|t| t.flows.iter().map(move |f| (t, f)))
+    };
+    assert!(
+        flows().any(|(t, f)| f.to.tenant != t.name),
+        "a cross-tenant flow"
+    );
+    assert!(flows().any(|(t, f)| f.to.tenant == t.name));
+    assert!(flows().any(|(_, f)| f.service.ports.is_some_and(|p| p.first < p.last)));
+    assert!(policy.management.iter().any(|m| m.services.is_empty()));
+    assert!(policy.management.iter().any(|m| !m.services.is_empty()));
 }
 
 /// Every later ```yaml block that is directly followed by a ```text block documents

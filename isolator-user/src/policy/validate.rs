@@ -7,11 +7,18 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
 
-use super::raw::{RawPolicy, RawVersion};
-use super::{Diagnostic, InterfacePattern, NAME_MAX_LEN, POLICY_VERSION, Policy, Segment, Tenant};
+use super::raw::{
+    RawConnectionTracking, RawExpose, RawManagement, RawPolicy, RawPorts, RawScalar, RawSeconds,
+    RawVersion,
+};
+use super::{
+    ConnectionTracking, Diagnostic, Egress, Expose, Flow, InterfacePattern, Management, Mode,
+    NAME_MAX_LEN, POLICY_VERSION, Policy, PortRange, Protocol, Segment, SegmentId, Service,
+    TIMEOUT_MAX_SECONDS, Tenant,
+};
 
 /// (tenant index, segment index): identifies a segment within the file.
-type SegmentId = (usize, usize);
+type SegmentIx = (usize, usize);
 
 struct Checker<'a> {
     file: &'a str,
@@ -43,23 +50,50 @@ pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagno
     check_version(&mut cx, &raw.version);
     check_names(&mut cx, raw);
 
-    // Qualified `tenant/segment` names for messages, indexed by SegmentId.
-    let qualified = |(t, s): SegmentId| {
+    // Qualified `tenant/segment` names for messages, indexed by SegmentIx.
+    let qualified = |(t, s): SegmentIx| {
         let tenant = &raw.tenants[t];
         format!("{}/{}", tenant.name.value, tenant.segments[s].name.value)
     };
 
+    let mode = raw
+        .mode
+        .as_ref()
+        .and_then(|m| choose(&mut cx, m, &MODE))
+        .unwrap_or_default();
+    let connection_tracking = check_connection_tracking(
+        &mut cx,
+        raw.connection_tracking
+            .as_ref()
+            .unwrap_or(&Default::default()),
+    );
+
     let mut interfaces: Vec<Placed<InterfacePattern>> = Vec::new();
     let mut prefixes: Vec<Placed<IpNet>> = Vec::new();
+    // Segments all of whose prefixes are valid, indexed like `raw.tenants[t].segments[s]`:
+    // only these get the "exposed endpoint outside its segment" check.
+    let mut prefixes_complete: Vec<Vec<bool>> = Vec::with_capacity(raw.tenants.len());
     let mut tenants = Vec::with_capacity(raw.tenants.len());
     for (t, raw_tenant) in raw.tenants.iter().enumerate() {
         let mut segments = Vec::with_capacity(raw_tenant.segments.len());
+        let mut complete = Vec::with_capacity(raw_tenant.segments.len());
         for (s, raw_segment) in raw_tenant.segments.iter().enumerate() {
             let id = (t, s);
             let mut segment = Segment {
                 name: raw_segment.name.value.clone(),
                 interfaces: Vec::with_capacity(raw_segment.interfaces.len()),
                 prefixes: Vec::with_capacity(raw_segment.prefixes.len()),
+                // Resolved here: the segment's own mode, else the global one.
+                mode: match &raw_segment.mode {
+                    Some(own) => choose(&mut cx, own, &MODE).unwrap_or(mode),
+                    None => mode,
+                },
+                egress: raw_segment
+                    .egress
+                    .as_ref()
+                    .and_then(|e| choose(&mut cx, e, &EGRESS))
+                    .unwrap_or_default(),
+                expose: Vec::with_capacity(raw_segment.expose.len()),
             };
 
             for entry in &raw_segment.interfaces {
@@ -79,9 +113,13 @@ pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagno
                 }
             }
 
+            let mut all_valid = true;
             for entry in &raw_segment.prefixes {
                 match parse_prefix(&entry.value) {
-                    Err((message, help)) => cx.error(&entry.referenced, message, help),
+                    Err((message, help)) => {
+                        all_valid = false;
+                        cx.error(&entry.referenced, message, help);
+                    }
                     Ok(net) => {
                         let placed = Placed {
                             value: net,
@@ -97,15 +135,40 @@ pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagno
             }
 
             segments.push(segment);
+            complete.push(all_valid);
         }
         tenants.push(Tenant {
             name: raw_tenant.name.value.clone(),
             segments,
+            flows: Vec::new(),
         });
+        prefixes_complete.push(complete);
     }
 
+    // Exposed endpoints and flows refer to prefixes and segments anywhere in the file.
+    for (t, raw_tenant) in raw.tenants.iter().enumerate() {
+        for (s, raw_segment) in raw_tenant.segments.iter().enumerate() {
+            let expose = check_expose(
+                &mut cx,
+                &raw_segment.expose,
+                &tenants[t].segments[s].prefixes,
+                prefixes_complete[t][s].then_some(&prefixes[..]),
+                (t, s),
+                &qualified,
+            );
+            tenants[t].segments[s].expose = expose;
+        }
+        tenants[t].flows = check_flows(&mut cx, raw, t);
+    }
+    let management = check_management(&mut cx, &raw.management, &prefixes, &qualified);
+
     if cx.diagnostics.is_empty() {
-        Ok(Policy { tenants })
+        Ok(Policy {
+            tenants,
+            mode,
+            management,
+            connection_tracking,
+        })
     } else {
         // Stable: problems at the same position keep the order they were found in.
         cx.diagnostics.sort_by_key(|d| (d.line, d.column));
@@ -236,7 +299,7 @@ struct Placed<T> {
     /// As written in the file, for messages.
     raw: String,
     at: Location,
-    segment: SegmentId,
+    segment: SegmentIx,
 }
 
 /// How a new entry conflicts with an earlier one.
@@ -292,7 +355,7 @@ fn check_interface(
     cx: &mut Checker<'_>,
     earlier: &[Placed<InterfacePattern>],
     new: &Placed<InterfacePattern>,
-    qualified: &impl Fn(SegmentId) -> String,
+    qualified: &impl Fn(SegmentIx) -> String,
 ) {
     let Some((old, conflict, more)) = first_conflict(earlier, new, |a, b| {
         if a == b {
@@ -347,7 +410,7 @@ fn check_prefix(
     cx: &mut Checker<'_>,
     earlier: &[Placed<IpNet>],
     new: &Placed<IpNet>,
-    qualified: &impl Fn(SegmentId) -> String,
+    qualified: &impl Fn(SegmentIx) -> String,
 ) {
     let Some((old, conflict, more)) = first_conflict(earlier, new, |a, b| {
         if a == b {
@@ -470,4 +533,793 @@ pub(super) fn parse_prefix(s: &str) -> Result<IpNet, (String, Option<String>)> {
         ));
     }
     Ok(net)
+}
+
+// ---------------------------------------------------------------- keywords
+
+/// The keywords a key accepts, for [`choose`].
+struct Keywords<T: 'static> {
+    key: &'static str,
+    choices: &'static [(&'static str, T)],
+    /// What to write instead, explaining each choice.
+    help: &'static str,
+}
+
+const MODE: Keywords<Mode> = Keywords {
+    key: "mode",
+    choices: &[("enforce", Mode::Enforce), ("audit", Mode::Audit)],
+    help: "write `mode: enforce` to drop what the policy forbids, or `mode: audit` to count it \
+           and let it pass",
+};
+
+const EGRESS: Keywords<Egress> = Keywords {
+    key: "egress",
+    choices: &[("allow", Egress::Allow), ("deny", Egress::Deny)],
+    help: "write `egress: allow` to let the segment's VMs reach destinations outside every \
+           segment, or `egress: deny` to drop that traffic",
+};
+
+const PROTOCOL: Keywords<Protocol> = Keywords {
+    key: "protocol",
+    choices: &[
+        ("tcp", Protocol::Tcp),
+        ("udp", Protocol::Udp),
+        ("icmp", Protocol::Icmp),
+        ("any", Protocol::Any),
+    ],
+    help: "write `protocol: tcp`, `udp`, `icmp` (ICMP and ICMPv6) or `any` (every IP protocol)",
+};
+
+/// The value of a keyword key, or `None` after reporting an unknown one.
+fn choose<T: Copy>(
+    cx: &mut Checker<'_>,
+    value: &Spanned<String>,
+    keywords: &Keywords<T>,
+) -> Option<T> {
+    let written = value.value.as_str();
+    if let Some(&(_, v)) = keywords.choices.iter().find(|(word, _)| *word == written) {
+        return Some(v);
+    }
+    let words: Vec<&str> = keywords.choices.iter().map(|(word, _)| *word).collect();
+    let quoted: Vec<String> = words.iter().map(|w| format!("`{w}`")).collect();
+    let allowed = match quoted.as_slice() {
+        [a, b] => format!("{a} or {b}"),
+        _ => format!("one of {}", quoted.join(", ")),
+    };
+    let help = match closest(written, words.iter().copied()) {
+        Some(word) => format!("did you mean `{word}`? {}", keywords.help),
+        None => keywords.help.to_owned(),
+    };
+    cx.error(
+        &value.referenced,
+        format!("`{}` must be {allowed}, found {written:?}", keywords.key),
+        Some(help),
+    );
+    None
+}
+
+/// The candidate `value` was most likely meant to be, if one is close enough: equal
+/// but for case, within a small edit distance, or sharing a long beginning.
+pub(super) fn closest<'c>(
+    value: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<&'c str> {
+    let lower = value.to_lowercase();
+    let mut best: Option<(usize, &'c str)> = None;
+    for candidate in candidates {
+        if candidate == lower {
+            return Some(candidate);
+        }
+        let shorter = lower.chars().count().min(candidate.chars().count());
+        let limit = if shorter <= 3 { 1 } else { 2 };
+        let common = lower
+            .chars()
+            .zip(candidate.chars())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let distance = edit_distance(&lower, candidate);
+        let score = if distance <= limit {
+            distance
+        } else if common >= 4 {
+            limit + 1
+        } else {
+            continue;
+        };
+        if best.is_none_or(|(b, _)| score < b) {
+            best = Some((score, candidate));
+        }
+    }
+    best.map(|(_, candidate)| candidate)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and
+/// transpositions of adjacent characters each cost 1.
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let width = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * width];
+    for i in 0..=a.len() {
+        d[i * width] = i;
+    }
+    for (j, cell) in d.iter_mut().enumerate().take(width) {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[(i - 1) * width + j] + 1)
+                .min(d[i * width + j - 1] + 1)
+                .min(d[(i - 1) * width + j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[(i - 2) * width + j - 2] + 1);
+            }
+            d[i * width + j] = best;
+        }
+    }
+    d[a.len() * width + b.len()]
+}
+
+// ---------------------------------------------------------------- services
+
+const PORTS_RANGE_HELP: &str = "ports are 1 to 65535; leave out `ports` for every port";
+
+const PORTS_FORM_HELP: &str = "write one port as a number (`ports: 443`) or one range as a \
+     quoted string (`ports: \"8000-8080\"`); for several ports or ranges, write one entry for each";
+
+/// A protocol and its optional ports, or `None` after reporting what is wrong.
+fn check_service(
+    cx: &mut Checker<'_>,
+    protocol: &Spanned<String>,
+    ports: Option<&Spanned<RawPorts>>,
+) -> Option<Service> {
+    let protocol = choose(cx, protocol, &PROTOCOL);
+    let Some(ports) = ports else {
+        return protocol.map(|protocol| Service {
+            protocol,
+            ports: None,
+        });
+    };
+    match protocol {
+        Some(Protocol::Icmp) => {
+            cx.error(
+                &ports.referenced,
+                "ICMP has no ports, but `ports` is given".to_owned(),
+                Some(
+                    "remove `ports`; an entry with `protocol: icmp` covers every ICMP and \
+                     ICMPv6 message"
+                        .to_owned(),
+                ),
+            );
+            return None;
+        }
+        Some(Protocol::Any) => {
+            cx.error(
+                &ports.referenced,
+                "`ports` cannot be combined with `protocol: any`, which includes protocols \
+                 without ports"
+                    .to_owned(),
+                Some(
+                    "remove `ports` to mean every protocol, or write one entry per protocol \
+                     (`tcp`, `udp`) with these ports"
+                        .to_owned(),
+                ),
+            );
+            return None;
+        }
+        _ => {}
+    }
+    let range = match parse_ports(&ports.value.0) {
+        Ok(range) => range,
+        Err((message, help)) => {
+            cx.error(&ports.referenced, message, Some(help));
+            return None;
+        }
+    };
+    protocol.map(|protocol| Service {
+        protocol,
+        ports: Some(range),
+    })
+}
+
+/// Parses a `ports:` value: a number, or a `"first-last"` string.
+fn parse_ports(value: &RawScalar) -> Result<PortRange, (String, String)> {
+    let form_error = || {
+        (
+            format!(
+                "`ports` must be one port or one range of ports, found {}",
+                value.shown()
+            ),
+            PORTS_FORM_HELP.to_owned(),
+        )
+    };
+    let out_of_range = |context: String, shown: &str| {
+        (
+            format!("{context}port {shown} is out of range"),
+            PORTS_RANGE_HELP.to_owned(),
+        )
+    };
+    let is_number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let port = |s: &str| s.parse::<u16>().ok().filter(|&p| p >= 1);
+
+    match value {
+        RawScalar::Integer(n) => u16::try_from(*n)
+            .ok()
+            .and_then(PortRange::single)
+            .ok_or_else(|| out_of_range(String::new(), &n.to_string())),
+        RawScalar::Text(text) => {
+            let t = text.trim();
+            if is_number(t) {
+                return port(t)
+                    .and_then(PortRange::single)
+                    .ok_or_else(|| out_of_range(String::new(), t));
+            }
+            let Some((first, last)) = t.split_once('-') else {
+                return Err(form_error());
+            };
+            let (first, last) = (first.trim(), last.trim());
+            if !is_number(first) || !is_number(last) {
+                return Err(form_error());
+            }
+            let context = format!("port range {text:?}: ");
+            let a = port(first).ok_or_else(|| out_of_range(context.clone(), first))?;
+            let b = port(last).ok_or_else(|| out_of_range(context, last))?;
+            PortRange::new(a, b).ok_or_else(|| {
+                (
+                    format!("port range {text:?} is backwards: {a} is greater than {b}"),
+                    format!("write the lower port first: \"{b}-{a}\""),
+                )
+            })
+        }
+        RawScalar::Other(_) => Err(form_error()),
+    }
+}
+
+// ---------------------------------------------------------------- connection tracking
+
+fn check_connection_tracking(
+    cx: &mut Checker<'_>,
+    raw: &RawConnectionTracking,
+) -> ConnectionTracking {
+    let default = ConnectionTracking::default();
+    let mut timeout = |key: &str, value: &Option<Spanned<RawSeconds>>, default: u32| {
+        let Some(value) = value else {
+            return default;
+        };
+        match &value.value.0 {
+            RawScalar::Integer(n) => {
+                if let Some(n) = u32::try_from(*n)
+                    .ok()
+                    .filter(|n| (1..=TIMEOUT_MAX_SECONDS).contains(n))
+                {
+                    return n;
+                }
+                cx.error(
+                    &value.referenced,
+                    format!(
+                        "`{key}` must be from 1 to {TIMEOUT_MAX_SECONDS} seconds (one day), \
+                         found {n}"
+                    ),
+                    Some(format!(
+                        "the default is {default}; leave out the key to use it"
+                    )),
+                );
+            }
+            other => cx.error(
+                &value.referenced,
+                format!(
+                    "`{key}` must be a whole number of seconds, found {}",
+                    other.shown()
+                ),
+                Some(format!(
+                    "write a number from 1 to {TIMEOUT_MAX_SECONDS}, e.g. `{key}: {default}`"
+                )),
+            ),
+        }
+        default
+    };
+    ConnectionTracking {
+        tcp_idle_seconds: timeout(
+            "tcp_idle_seconds",
+            &raw.tcp_idle_seconds,
+            default.tcp_idle_seconds,
+        ),
+        tcp_closing_seconds: timeout(
+            "tcp_closing_seconds",
+            &raw.tcp_closing_seconds,
+            default.tcp_closing_seconds,
+        ),
+        udp_idle_seconds: timeout(
+            "udp_idle_seconds",
+            &raw.udp_idle_seconds,
+            default.udp_idle_seconds,
+        ),
+        icmp_idle_seconds: timeout(
+            "icmp_idle_seconds",
+            &raw.icmp_idle_seconds,
+            default.icmp_idle_seconds,
+        ),
+    }
+}
+
+// ---------------------------------------------------------------- exposed endpoints
+
+/// Parses an exposed endpoint: a lone address (a /32 or /128) or a CIDR prefix.
+fn parse_endpoint(s: &str) -> Result<IpNet, (String, Option<String>)> {
+    if !s.contains('/') {
+        return s.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+            (
+                format!("{s:?} is not an IP address or prefix"),
+                Some(
+                    "write an address such as \"10.1.1.10\" or \"fd00:1:1::10\", or a prefix in \
+                     CIDR notation such as \"10.1.1.0/28\""
+                        .to_owned(),
+                ),
+            )
+        });
+    }
+    // An address with a length is most likely meant as that single address.
+    if let Ok(net) = s.parse::<IpNet>()
+        && net.trunc() != net
+    {
+        return Err((
+            format!(
+                "prefix {s:?} has host bits set: {} is not the first address of a /{}",
+                net.addr(),
+                net.prefix_len()
+            ),
+            Some(format!(
+                "did you mean {}, or the single address {}?",
+                net.trunc(),
+                net.addr()
+            )),
+        ));
+    }
+    parse_prefix(s)
+}
+
+/// The exposed endpoints of segment `own`. `all_prefixes` is `None` when some prefix
+/// of the segment is invalid: then whether an endpoint lies inside the segment is
+/// unknown and not checked.
+fn check_expose(
+    cx: &mut Checker<'_>,
+    raw: &[RawExpose],
+    own_prefixes: &[IpNet],
+    all_prefixes: Option<&[Placed<IpNet>]>,
+    own: SegmentIx,
+    qualified: &impl Fn(SegmentIx) -> String,
+) -> Vec<Expose> {
+    let mut seen: Vec<Placed<Expose>> = Vec::new();
+    for entry in raw {
+        let prefix = match parse_endpoint(&entry.address.value) {
+            Ok(net) => Some(net),
+            Err((message, help)) => {
+                cx.error(&entry.address.referenced, message, help);
+                None
+            }
+        };
+        let service = check_service(cx, &entry.protocol, entry.ports.as_ref());
+        let Some(prefix) = prefix else {
+            continue;
+        };
+        let written = &entry.address.value;
+        if let Some(all_prefixes) = all_prefixes
+            && !own_prefixes.iter().any(|p| p.contains(&prefix))
+        {
+            let relation = if own_prefixes.iter().any(|p| prefix.contains(p)) {
+                "is not entirely inside"
+            } else {
+                "is outside"
+            };
+            let listed = if own_prefixes.is_empty() {
+                ", which has no prefixes".to_owned()
+            } else {
+                let shown: Vec<String> = own_prefixes.iter().map(ToString::to_string).collect();
+                format!(" ({})", shown.join(", "))
+            };
+            let owner = all_prefixes
+                .iter()
+                .find(|p| p.segment != own && p.value.contains(&prefix));
+            let help = match owner {
+                Some(owner) => format!(
+                    "{written} belongs to segment {}: expose it there; an exposed endpoint \
+                     must be an address of its own segment",
+                    qualified(owner.segment)
+                ),
+                None => "an exposed endpoint must be an address of its own segment: fix the \
+                         address, or add a prefix that contains it to the segment's `prefixes`"
+                    .to_owned(),
+            };
+            cx.error(
+                &entry.address.referenced,
+                format!(
+                    "exposed endpoint {written} {relation} segment {}{listed}",
+                    qualified(own)
+                ),
+                Some(help),
+            );
+            continue;
+        }
+        let Some(service) = service else {
+            continue;
+        };
+        let placed = Placed {
+            value: Expose { prefix, service },
+            raw: written.clone(),
+            at: entry.address.referenced,
+            segment: own,
+        };
+        if let Some(first) = seen.iter().find(|e| e.value == placed.value) {
+            cx.error(
+                &placed.at,
+                format!(
+                    "exposed endpoint {written} {service} is listed twice in segment {}: \
+                     first{} at {}",
+                    qualified(own),
+                    if first.raw == placed.raw {
+                        String::new()
+                    } else {
+                        format!(" as {}", first.raw)
+                    },
+                    pos(&first.at)
+                ),
+                Some("remove one of the two entries".to_owned()),
+            );
+            continue;
+        }
+        seen.push(placed);
+    }
+    seen.into_iter().map(|e| e.value).collect()
+}
+
+// ---------------------------------------------------------------- flows
+
+/// Segment names of tenant `t`, in file order.
+fn segment_names(raw: &RawPolicy, t: usize) -> Vec<&str> {
+    raw.tenants[t]
+        .segments
+        .iter()
+        .map(|s| s.name.value.as_str())
+        .collect()
+}
+
+fn tenant_index(raw: &RawPolicy, name: &str) -> Option<usize> {
+    raw.tenants.iter().position(|t| t.name.value == name)
+}
+
+/// Most names listed in one message; the rest are counted.
+const LISTED_NAMES_MAX: usize = 10;
+
+/// `"a, b, c"`, or `"a, b, ... (and 7 more)"` for long lists.
+pub(super) fn list_names(names: &[&str]) -> String {
+    if names.len() <= LISTED_NAMES_MAX {
+        return names.join(", ");
+    }
+    format!(
+        "{}, ... (and {} more)",
+        names[..LISTED_NAMES_MAX].join(", "),
+        names.len() - LISTED_NAMES_MAX
+    )
+}
+
+/// `"the segments of acme are web, db"`, or that there are none.
+fn segments_of(raw: &RawPolicy, t: usize) -> String {
+    let tenant = &raw.tenants[t].name.value;
+    match segment_names(raw, t).as_slice() {
+        [] => format!("tenant {tenant} has no segments"),
+        [one] => format!("the only segment of {tenant} is {one}"),
+        names => format!("the segments of {tenant} are {}", list_names(names)),
+    }
+}
+
+/// The flows of tenant `t`.
+fn check_flows(cx: &mut Checker<'_>, raw: &RawPolicy, t: usize) -> Vec<Flow> {
+    let tenant = &raw.tenants[t].name.value;
+    let mut seen: Vec<(Flow, Location)> = Vec::new();
+    for entry in &raw.tenants[t].flows {
+        let from = resolve_from(cx, raw, t, &entry.from);
+        let to = resolve_to(cx, raw, t, &entry.to);
+        let service = check_service(cx, &entry.protocol, entry.ports.as_ref());
+        let (Some(from), Some(to), Some(service)) = (from, to, service) else {
+            continue;
+        };
+        if to.tenant == *tenant && to.segment == from {
+            cx.error(
+                &entry.to.referenced,
+                format!("flow from {to} to {to}: traffic within a segment is always allowed"),
+                Some("remove this flow".to_owned()),
+            );
+            continue;
+        }
+        let flow = Flow { from, to, service };
+        if let Some((_, first)) = seen.iter().find(|(f, _)| *f == flow) {
+            cx.error(
+                &entry.from.referenced,
+                format!(
+                    "flow {tenant}/{} -> {} {} is listed twice in tenant {tenant}: first at {}",
+                    flow.from,
+                    flow.to,
+                    flow.service,
+                    pos(first)
+                ),
+                Some("remove one of the two entries".to_owned()),
+            );
+            continue;
+        }
+        seen.push((flow, entry.from.referenced));
+    }
+    seen.into_iter().map(|(flow, _)| flow).collect()
+}
+
+/// `from:`: a segment of the tenant listing the flow, by its name alone.
+fn resolve_from(
+    cx: &mut Checker<'_>,
+    raw: &RawPolicy,
+    t: usize,
+    value: &Spanned<String>,
+) -> Option<String> {
+    const RULE: &str = "a flow starts at a segment of the tenant that lists it";
+    let tenant = &raw.tenants[t].name.value;
+    let written = value.value.as_str();
+    let names = segment_names(raw, t);
+    if names.contains(&written) {
+        return Some(written.to_owned());
+    }
+    let (message, help) = if let Some((other, segment)) = written.split_once('/') {
+        let help = if other == tenant && names.contains(&segment) {
+            format!("write {segment:?}; {RULE}")
+        } else if tenant_index(raw, other).is_some() {
+            format!(
+                "{RULE}: to allow traffic from {written}, list the flow under the `flows` of \
+                 tenant {other}"
+            )
+        } else {
+            format!("{RULE}; {}", segments_of(raw, t))
+        };
+        (
+            format!(
+                "flow source {written:?} must be a segment of tenant {tenant}, written without \
+                 a tenant"
+            ),
+            help,
+        )
+    } else {
+        let help = match closest(written, names.iter().copied()) {
+            Some(name) => format!("did you mean {name:?}? {RULE}"),
+            None => format!("{RULE}; {}", segments_of(raw, t)),
+        };
+        (
+            format!("flow source {written:?} is not a segment of tenant {tenant}"),
+            help,
+        )
+    };
+    cx.error(&value.referenced, message, Some(help));
+    None
+}
+
+/// `to:`: `segment` of the same tenant, or `tenant/segment`.
+fn resolve_to(
+    cx: &mut Checker<'_>,
+    raw: &RawPolicy,
+    t: usize,
+    value: &Spanned<String>,
+) -> Option<SegmentId> {
+    let tenant = &raw.tenants[t].name.value;
+    let written = value.value.as_str();
+    let parts: Vec<&str> = written.split('/').collect();
+    let (message, help) = match parts.as_slice() {
+        [segment] => {
+            let names = segment_names(raw, t);
+            if names.contains(segment) {
+                return Some(SegmentId {
+                    tenant: tenant.clone(),
+                    segment: (*segment).to_owned(),
+                });
+            }
+            let elsewhere = raw.tenants.iter().find(|other| {
+                other.name.value != *tenant
+                    && other.segments.iter().any(|s| s.name.value == *segment)
+            });
+            let help = if let Some(name) = closest(segment, names.iter().copied()) {
+                format!("did you mean {name:?}? {}", segments_of(raw, t))
+            } else if let Some(other) = elsewhere {
+                format!(
+                    "did you mean \"{}/{segment}\"? a segment of another tenant is written \
+                     `tenant/segment`",
+                    other.name.value
+                )
+            } else {
+                format!(
+                    "write a segment of tenant {tenant}, or `tenant/segment` for a segment of \
+                     another tenant; {}",
+                    segments_of(raw, t)
+                )
+            };
+            (
+                format!("flow destination {written:?} is not a segment of tenant {tenant}"),
+                help,
+            )
+        }
+        [other, segment] if !other.is_empty() && !segment.is_empty() => {
+            match tenant_index(raw, other) {
+                None => {
+                    let tenants: Vec<&str> =
+                        raw.tenants.iter().map(|t| t.name.value.as_str()).collect();
+                    let list = format!("the tenants are {}", list_names(&tenants));
+                    let help = match closest(other, tenants.iter().copied()) {
+                        Some(name) => format!("did you mean \"{name}/{segment}\"? {list}"),
+                        None => list,
+                    };
+                    (
+                        format!("flow destination {written:?}: there is no tenant {other:?}"),
+                        help,
+                    )
+                }
+                Some(o) => {
+                    let names = segment_names(raw, o);
+                    if names.contains(segment) {
+                        return Some(SegmentId {
+                            tenant: (*other).to_owned(),
+                            segment: (*segment).to_owned(),
+                        });
+                    }
+                    let help = match closest(segment, names.iter().copied()) {
+                        Some(name) => {
+                            format!("did you mean \"{other}/{name}\"? {}", segments_of(raw, o))
+                        }
+                        None => segments_of(raw, o),
+                    };
+                    (
+                        format!(
+                            "flow destination {written:?}: tenant {other} has no segment \
+                             {segment:?}"
+                        ),
+                        help,
+                    )
+                }
+            }
+        }
+        _ => (
+            format!("flow destination {written:?} is not a segment name"),
+            format!(
+                "write \"segment\" for a segment of tenant {tenant}, or \"tenant/segment\" for \
+                 a segment of another tenant"
+            ),
+        ),
+    };
+    cx.error(&value.referenced, message, Some(help));
+    None
+}
+
+// ---------------------------------------------------------------- management
+
+fn check_management(
+    cx: &mut Checker<'_>,
+    raw: &[RawManagement],
+    segment_prefixes: &[Placed<IpNet>],
+    qualified: &impl Fn(SegmentIx) -> String,
+) -> Vec<Management> {
+    let mut out = Vec::with_capacity(raw.len());
+    // (prefix, as written, position) of the valid management prefixes so far.
+    let mut seen: Vec<(IpNet, &str, Location)> = Vec::new();
+    for entry in raw {
+        let written = entry.prefix.value.as_str();
+        let prefix = match parse_prefix(written) {
+            Ok(net) => Some(net),
+            Err((message, help)) => {
+                cx.error(&entry.prefix.referenced, message, help);
+                None
+            }
+        };
+        let services = check_management_services(cx, entry, written);
+
+        let Some(prefix) = prefix else {
+            continue;
+        };
+        let mut valid = true;
+        let mut overlapping = segment_prefixes
+            .iter()
+            .filter(|p| p.value.contains(&prefix) || prefix.contains(&p.value));
+        if let Some(first) = overlapping.next() {
+            valid = false;
+            let relation = if first.value == prefix {
+                "is the same as"
+            } else if prefix.contains(&first.value) {
+                "contains"
+            } else {
+                "lies within"
+            };
+            cx.error(
+                &entry.prefix.referenced,
+                format!(
+                    "management prefix {written:?} {relation} prefix {:?} of segment {} at {}{}",
+                    first.raw,
+                    qualified(first.segment),
+                    pos(&first.at),
+                    and_more(
+                        overlapping.count(),
+                        "overlapping prefix",
+                        "overlapping prefixes"
+                    ),
+                ),
+                Some(
+                    "a management prefix must never be inside a tenant segment, nor a segment \
+                     inside it: VMs own their segment's addresses; make the prefixes disjoint, \
+                     e.g. by splitting the management prefix"
+                        .to_owned(),
+                ),
+            );
+        }
+        if let Some((_, first_raw, first_at)) = seen.iter().find(|(net, _, _)| *net == prefix) {
+            valid = false;
+            cx.error(
+                &entry.prefix.referenced,
+                format!(
+                    "management prefix {written:?} is listed twice: first{} at {}",
+                    if *first_raw == written {
+                        String::new()
+                    } else {
+                        format!(" as {first_raw:?}")
+                    },
+                    pos(first_at)
+                ),
+                Some("remove one of the two entries, or merge their `services`".to_owned()),
+            );
+        } else {
+            seen.push((prefix, written, entry.prefix.referenced));
+        }
+        if let (true, Some(services)) = (valid, services) {
+            out.push(Management { prefix, services });
+        }
+    }
+    out
+}
+
+/// The services of one management entry (empty = every service), or `None` after
+/// reporting what is wrong.
+fn check_management_services(
+    cx: &mut Checker<'_>,
+    entry: &RawManagement,
+    written: &str,
+) -> Option<Vec<Service>> {
+    let Some(list) = &entry.services else {
+        return Some(Vec::new());
+    };
+    if list.value.is_empty() {
+        cx.error(
+            &list.referenced,
+            format!("management prefix {written:?} has an empty `services` list"),
+            Some(
+                "leave out `services` to protect every protocol and port of the prefix, or list \
+                 the services to protect"
+                    .to_owned(),
+            ),
+        );
+        return None;
+    }
+    let mut valid = true;
+    let mut services: Vec<(Service, Location)> = Vec::new();
+    for raw_service in &list.value {
+        let Some(service) = check_service(cx, &raw_service.protocol, raw_service.ports.as_ref())
+        else {
+            valid = false;
+            continue;
+        };
+        let at = raw_service.protocol.referenced;
+        if let Some((_, first)) = services.iter().find(|(s, _)| *s == service) {
+            valid = false;
+            cx.error(
+                &at,
+                format!(
+                    "service {service} is listed twice for management prefix {written:?}: \
+                     first at {}",
+                    pos(first)
+                ),
+                Some("remove one of the two entries".to_owned()),
+            );
+            continue;
+        }
+        services.push((service, at));
+    }
+    valid.then(|| services.into_iter().map(|(s, _)| s).collect())
 }
