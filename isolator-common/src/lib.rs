@@ -19,12 +19,35 @@ pub mod maps {
     pub const PREFIXES_V6: &str = "PREFIXES_V6";
     /// `PerCpuHashMap<CounterKey, Counter>`: packets and bytes per (vif, direction, verdict).
     pub const COUNTERS: &str = "COUNTERS";
+    /// `Array<Settings>` of two entries, indexed by generation.
+    pub const SETTINGS: &str = "SETTINGS";
+    /// `LpmTrie<Ipv4PrefixKey, RuleSet>`: management prefixes and the services protected.
+    pub const MANAGEMENT_V4: &str = "MANAGEMENT_V4";
+    /// `LpmTrie<Ipv6PrefixKey, RuleSet>`.
+    pub const MANAGEMENT_V6: &str = "MANAGEMENT_V6";
+    /// `LpmTrie<Ipv4PrefixKey, RuleSet>`: exposed endpoints (services merged per prefix).
+    pub const EXPOSED_V4: &str = "EXPOSED_V4";
+    /// `LpmTrie<Ipv6PrefixKey, RuleSet>`.
+    pub const EXPOSED_V6: &str = "EXPOSED_V6";
+    /// `HashMap<PairKey, RuleSet>`: flows from one segment to another.
+    pub const FLOWS: &str = "FLOWS";
+    /// `HashMap<PairKey, u32>`: segment pairs that may resolve each other's addresses
+    /// (ARP, neighbour discovery) because a flow exists in one direction or the other.
+    pub const NEIGHBOURS: &str = "NEIGHBOURS";
+    /// `LruHashMap<ConnKey, ConnState>`: tracked connections.
+    pub const CONNTRACK: &str = "CONNTRACK";
+    /// `PerCpuArray<u64>`: connection tracking events, indexed by [`conntrack`] event.
+    pub const CONNTRACK_EVENTS: &str = "CONNTRACK_EVENTS";
+    /// `LruHashMap<MacKey, u32>`: the vif (ifindex) a source MAC was last seen on.
+    pub const MAC_VIFS: &str = "MAC_VIFS";
 }
 
 /// Program names in the eBPF object.
 pub mod programs {
     /// XDP program attached to the host side of each vif (direction ingress).
     pub const XDP_INGRESS: &str = "isolator_ingress";
+    /// TC program attached to the egress of each vif (direction egress).
+    pub const TC_EGRESS: &str = "isolator_egress";
 }
 
 /// Capacity of the maps. A generation-keyed map holds two generations at once during a
@@ -38,6 +61,18 @@ pub mod limits {
     pub const MAX_PREFIXES: u32 = 16384;
     /// Distinct (vif, direction, verdict) counter keys.
     pub const MAX_COUNTERS: u32 = 65536;
+    /// Management prefixes per address family in one generation.
+    pub const MAX_MANAGEMENT: u32 = 1024;
+    /// Exposed prefixes per address family in one generation.
+    pub const MAX_EXPOSED: u32 = 16384;
+    /// Segment pairs with flows in one generation.
+    pub const MAX_FLOW_PAIRS: u32 = 16384;
+    /// Services in one rule set (one exposed prefix, one flow pair, one management prefix).
+    pub const MAX_RULES: usize = 16;
+    /// Tracked connections; the least recently used entry is evicted when full.
+    pub const MAX_CONNECTIONS: u32 = 262_144;
+    /// Source MAC addresses remembered with the vif they were seen on.
+    pub const MAX_MACS: u32 = 65536;
 }
 
 /// Direction of a packet relative to the VM.
@@ -76,9 +111,15 @@ pub mod verdict {
     pub const NO_POLICY: u8 = 4;
     /// An EtherType the enforcer does not judge (anything but IPv4, IPv6 and ARP).
     pub const UNKNOWN_ETHERTYPE: u8 = 5;
+    /// Addressed to a management prefix (never allowed from a vif, never audited).
+    pub const MANAGEMENT: u8 = 6;
+    /// Addressed outside every segment while the sender's segment has `egress: deny`.
+    pub const EGRESS_DENIED: u8 = 7;
+    /// From outside every segment to something the VM's segment does not expose.
+    pub const NOT_EXPOSED: u8 = 8;
 
     /// Every drop reason, in code order: `(code, label, meaning)`.
-    pub const DROP_REASONS: [(u8, &str, &str); 5] = [
+    pub const DROP_REASONS: [(u8, &str, &str); 8] = [
         (
             MALFORMED,
             "malformed",
@@ -104,7 +145,27 @@ pub mod verdict {
             "unknown_ethertype",
             "an EtherType other than IPv4, IPv6 and ARP",
         ),
+        (MANAGEMENT, "management", "addressed to a management prefix"),
+        (
+            EGRESS_DENIED,
+            "egress_denied",
+            "addressed outside every segment from a segment with egress: deny",
+        ),
+        (
+            NOT_EXPOSED,
+            "not_exposed",
+            "from outside every segment to an endpoint the segment does not expose",
+        ),
     ];
+
+    /// Whether a segment in audit mode counts this reason and passes the packet.
+    /// Malformed frames, fail-closed drops and management protection are always enforced.
+    pub const fn auditable(code: u8) -> bool {
+        matches!(
+            code,
+            CROSS_SEGMENT | CROSS_TENANT | EGRESS_DENIED | NOT_EXPOSED
+        )
+    }
 
     /// The `reason` label of a drop code; `None` for `PASS` and unknown codes.
     pub fn name(code: u8) -> Option<&'static str> {
@@ -150,8 +211,15 @@ pub struct SegmentKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentInfo {
     pub tenant: u32,
-    /// Reserved for per-segment options; zero today.
+    /// [`SegmentInfo::EGRESS_ALLOW`], [`SegmentInfo::AUDIT`].
     pub flags: u32,
+}
+
+impl SegmentInfo {
+    /// The segment's VMs may send to destinations outside every segment.
+    pub const EGRESS_ALLOW: u32 = 1;
+    /// The segment is in audit mode: auditable drops are counted and passed.
+    pub const AUDIT: u32 = 2;
 }
 
 /// Data part of an IPv4 LPM key: the generation is the first 32 bits of every prefix,
@@ -185,7 +253,14 @@ pub struct CounterKey {
     pub direction: u8,
     /// One of [`verdict`].
     pub verdict: u8,
-    pub _pad: [u8; 2],
+    /// [`CounterKey::AUDIT`] when the verdict was a drop that audit mode passed.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+impl CounterKey {
+    /// The packet would have been dropped for `verdict` but was passed (audit mode).
+    pub const AUDIT: u8 = 1;
 }
 
 /// Value of the `COUNTERS` map (one per CPU; userspace sums them).
@@ -194,6 +269,118 @@ pub struct CounterKey {
 pub struct Counter {
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// Per-generation settings (map `SETTINGS`, indexed by generation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Idle timeout of an established TCP connection, nanoseconds.
+    pub tcp_idle_ns: u64,
+    /// Timeout of a TCP connection that is opening (SYN seen, no reply) or closing (FIN).
+    pub tcp_closing_ns: u64,
+    pub udp_idle_ns: u64,
+    pub icmp_idle_ns: u64,
+}
+
+/// Protocol of a [`Rule`]. `ICMP` means ICMP for IPv4 and ICMPv6 for IPv6.
+pub mod protocol {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    /// Every protocol.
+    pub const ANY: u8 = 255;
+}
+
+/// One allowed (or protected) service: a protocol and an inclusive port range.
+/// Port range `0..=65535` means every port (and matches packets without ports).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// One of [`protocol`].
+    pub protocol: u8,
+    pub _pad: u8,
+    pub first_port: u16,
+    pub last_port: u16,
+    pub _pad2: u16,
+}
+
+/// Services attached to an exposed prefix, a flow pair or a management prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleSet {
+    /// How many of `rules` are in use.
+    pub count: u32,
+    /// [`RuleSet::ALL`].
+    pub flags: u32,
+    pub rules: [Rule; limits::MAX_RULES],
+}
+
+impl RuleSet {
+    /// Every protocol and port (a management prefix without `services`).
+    pub const ALL: u32 = 1;
+}
+
+/// Key of the `FLOWS` and `NEIGHBOURS` maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PairKey {
+    pub generation: u32,
+    pub from: u32,
+    pub to: u32,
+}
+
+/// Key of the `CONNTRACK` map, in the direction of the packet that opened the
+/// connection. IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`). For ICMP echo
+/// the identifier stands in `src_port` and `dst_port` is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// IP protocol number (6, 17, 1 or 58).
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the `CONNTRACK` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnState {
+    /// `bpf_ktime_get_ns()` of the last packet.
+    pub last_seen_ns: u64,
+    /// One of [`conntrack`] states.
+    pub state: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Connection tracking states and event counters.
+pub mod conntrack {
+    /// Opened (TCP SYN, first UDP datagram, ICMP echo request), no reply seen yet.
+    pub const NEW: u8 = 1;
+    /// A reply has been seen.
+    pub const ESTABLISHED: u8 = 2;
+    /// A FIN has been seen.
+    pub const CLOSING: u8 = 3;
+
+    /// Index in `CONNTRACK_EVENTS`: connections opened.
+    pub const EVENT_CREATED: u32 = 0;
+    /// Connections ended by RST.
+    pub const EVENT_CLOSED: u32 = 1;
+    /// Connections found idle past their timeout and removed.
+    pub const EVENT_EXPIRED: u32 = 2;
+    /// Number of event counters.
+    pub const EVENTS: u32 = 3;
+}
+
+/// Key of the `MAC_VIFS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MacKey {
+    pub addr: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 #[cfg(feature = "user")]
@@ -209,6 +396,13 @@ mod pod {
     unsafe impl aya::Pod for Ipv6PrefixKey {}
     unsafe impl aya::Pod for CounterKey {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for Rule {}
+    unsafe impl aya::Pod for RuleSet {}
+    unsafe impl aya::Pod for PairKey {}
+    unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for ConnState {}
+    unsafe impl aya::Pod for MacKey {}
 }
 
 #[cfg(test)]
@@ -226,6 +420,13 @@ mod tests {
         assert_eq!(size_of::<Ipv6PrefixKey>(), 20);
         assert_eq!(size_of::<CounterKey>(), 8);
         assert_eq!(size_of::<Counter>(), 16);
+        assert_eq!(size_of::<Settings>(), 32);
+        assert_eq!(size_of::<Rule>(), 8);
+        assert_eq!(size_of::<RuleSet>(), 8 + 8 * limits::MAX_RULES);
+        assert_eq!(size_of::<PairKey>(), 12);
+        assert_eq!(size_of::<ConnKey>(), 40);
+        assert_eq!(size_of::<ConnState>(), 16);
+        assert_eq!(size_of::<MacKey>(), 8);
     }
 
     #[test]

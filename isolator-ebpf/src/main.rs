@@ -1,34 +1,36 @@
-//! Kernel side of isolator: the XDP program on the host side of every vif.
+//! Kernel side of isolator: an XDP program judging what each VM sends (ingress) and a
+//! TC program judging what is delivered to it (egress), on the host side of every vif.
 //!
-//! It reads like the policy: parse, identify the sender, classify the destination,
-//! decide, account. Every exit goes through [`account`], so the verdict and the
-//! counters can never disagree.
+//! Each reads like the policy: identify the vif, parse, classify, decide, account.
+//! Every exit goes through [`account`], so the verdict and the counters can never
+//! disagree. The order of the rules is documented in docs/design.md.
 #![no_std]
 #![no_main]
 
-use core::mem;
+mod packet;
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
-    maps::{
-        Array, HashMap, LpmTrie, PerCpuHashMap,
-        lpm_trie::Key,
-    },
-    programs::XdpContext,
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map, xdp},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    programs::{TcContext, XdpContext},
 };
 use isolator_common::{
-    Counter, CounterKey, GENERATION_PREFIX_BITS, Ipv4PrefixKey, Ipv6PrefixKey, SegmentInfo,
-    SegmentKey, VifInfo, VifKey, direction, limits, verdict,
+    ConnKey, ConnState, Counter, CounterKey, GENERATION_PREFIX_BITS, Ipv4PrefixKey, Ipv6PrefixKey,
+    MacKey, PairKey, RuleSet, SegmentInfo, SegmentKey, Settings, VifInfo, VifKey, conntrack,
+    direction, limits, protocol, verdict,
 };
-use network_types::{
-    arp::ArpHdr,
-    eth::{EthHdr, EtherType},
-    ip::{Ipv4Hdr, Ipv6Hdr},
+
+use crate::packet::{
+    Frame, IPPROTO_TCP, IPPROTO_UDP, KIND_ARP, Packet, TCP_FIN, TCP_RST, parse, quoted_key,
 };
 
 #[map]
 static CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+static SETTINGS: Array<Settings> = Array::with_max_entries(2, 0);
 
 #[map]
 static VIFS: HashMap<VifKey, VifInfo> = HashMap::with_max_entries(2 * limits::MAX_VIFS, 0);
@@ -46,31 +48,126 @@ static PREFIXES_V6: LpmTrie<Ipv6PrefixKey, u32> =
     LpmTrie::with_max_entries(2 * limits::MAX_PREFIXES, 0);
 
 #[map]
+static MANAGEMENT_V4: LpmTrie<Ipv4PrefixKey, RuleSet> =
+    LpmTrie::with_max_entries(2 * limits::MAX_MANAGEMENT, 0);
+
+#[map]
+static MANAGEMENT_V6: LpmTrie<Ipv6PrefixKey, RuleSet> =
+    LpmTrie::with_max_entries(2 * limits::MAX_MANAGEMENT, 0);
+
+#[map]
+static EXPOSED_V4: LpmTrie<Ipv4PrefixKey, RuleSet> =
+    LpmTrie::with_max_entries(2 * limits::MAX_EXPOSED, 0);
+
+#[map]
+static EXPOSED_V6: LpmTrie<Ipv6PrefixKey, RuleSet> =
+    LpmTrie::with_max_entries(2 * limits::MAX_EXPOSED, 0);
+
+#[map]
+static FLOWS: HashMap<PairKey, RuleSet> = HashMap::with_max_entries(2 * limits::MAX_FLOW_PAIRS, 0);
+
+#[map]
+static NEIGHBOURS: HashMap<PairKey, u32> = HashMap::with_max_entries(4 * limits::MAX_FLOW_PAIRS, 0);
+
+#[map]
+static CONNTRACK: LruHashMap<ConnKey, ConnState> =
+    LruHashMap::with_max_entries(limits::MAX_CONNECTIONS, 0);
+
+#[map]
+static CONNTRACK_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(conntrack::EVENTS, 0);
+
+#[map]
+static MAC_VIFS: LruHashMap<MacKey, u32> = LruHashMap::with_max_entries(limits::MAX_MACS, 0);
+
+#[map]
 static COUNTERS: PerCpuHashMap<CounterKey, Counter> =
     PerCpuHashMap::with_max_entries(limits::MAX_COUNTERS, 0);
 
-/// ARP for IPv4 over Ethernet: hardware type 1, protocol 0x0800, lengths 6 and 4.
-const ARP_HTYPE_ETHERNET: [u8; 2] = [0, 1];
-const ARP_PTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+/// Per-CPU working memory: the parsed packet and a connection key.
+#[repr(C)]
+struct Scratch {
+    packet: Packet,
+    key: ConnKey,
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+const BPF_NOEXIST: u64 = 1;
+
+/// The parsed packet and a key to build lookups in, on this CPU.
+#[inline(always)]
+fn scratch() -> Option<(&'static mut Packet, &'static mut ConnKey)> {
+    let s = SCRATCH.get_ptr_mut(0)?;
+    let s = unsafe { &mut *s };
+    s.packet.reset();
+    Some((&mut s.packet, &mut s.key))
+}
+
+/// The vif a program runs on, in the active generation.
+struct Vif {
+    generation: u32,
+    segment: u32,
+    info: SegmentInfo,
+}
+
+/// Where an address lies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Segment(u32),
+    Outside,
+}
 
 #[xdp]
 pub fn isolator_ingress(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
-    let code = judge_ingress(&ctx, ifindex);
-    account(&ctx, ifindex, direction::INGRESS, code)
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let (code, audited) = match identify(ifindex) {
+        Some(vif) => {
+            let code = judge_ingress(&ctx, ifindex, &vif);
+            audit(code, &vif)
+        }
+        None => (verdict::NO_POLICY, false),
+    };
+    if account(ifindex, direction::INGRESS, code, audited, bytes) {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
 }
 
-/// The single accounting exit: counts the packet under its verdict and turns the
-/// verdict into an XDP action. Anything but `PASS` drops.
+#[classifier]
+pub fn isolator_egress(ctx: TcContext) -> i32 {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let bytes = ctx.len() as u64;
+    // Make the headers linear so that they can be read directly.
+    let want = if ctx.len() < 256 { ctx.len() } else { 256 };
+    let _ = ctx.pull_data(want);
+    let (code, audited) = match identify(ifindex) {
+        Some(vif) => {
+            let code = judge_egress(&ctx, &vif);
+            audit(code, &vif)
+        }
+        None => (verdict::NO_POLICY, false),
+    };
+    if account(ifindex, direction::EGRESS, code, audited, bytes) {
+        TC_ACT_OK
+    } else {
+        TC_ACT_SHOT
+    }
+}
+
+/// The single accounting exit: counts the packet under its verdict (and audit flag)
+/// and says whether it passes.
 #[inline(always)]
-fn account(ctx: &XdpContext, ifindex: u32, dir: u8, code: u8) -> u32 {
+fn account(ifindex: u32, dir: u8, code: u8, audited: bool, bytes: u64) -> bool {
     let key = CounterKey {
         ifindex,
         direction: dir,
         verdict: code,
-        _pad: [0; 2],
+        flags: if audited { CounterKey::AUDIT } else { 0 },
+        _pad: 0,
     };
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
     match COUNTERS.get_ptr_mut(key) {
         Some(counter) => unsafe {
             (*counter).packets += 1;
@@ -79,7 +176,7 @@ fn account(ctx: &XdpContext, ifindex: u32, dir: u8, code: u8) -> u32 {
         None => {
             let first = Counter { packets: 1, bytes };
             // Another CPU may have created the key meanwhile: then count on ours.
-            if COUNTERS.insert(key, first, 1 /* BPF_NOEXIST */).is_err()
+            if COUNTERS.insert(key, first, BPF_NOEXIST).is_err()
                 && let Some(counter) = COUNTERS.get_ptr_mut(key)
             {
                 unsafe {
@@ -89,133 +186,525 @@ fn account(ctx: &XdpContext, ifindex: u32, dir: u8, code: u8) -> u32 {
             }
         }
     }
-    if code == verdict::PASS {
-        xdp_action::XDP_PASS
+    code == verdict::PASS || audited
+}
+
+/// Audit mode passes what its segment would drop for an auditable reason.
+#[inline(always)]
+fn audit(code: u8, vif: &Vif) -> (u8, bool) {
+    let audited = code != verdict::PASS
+        && verdict::auditable(code)
+        && vif.info.flags & SegmentInfo::AUDIT != 0;
+    (code, audited)
+}
+
+/// The vif's segment and its settings in the active generation; `None` fails closed.
+#[inline(always)]
+fn identify(ifindex: u32) -> Option<Vif> {
+    let generation = *CONFIG.get(0)?;
+    let vif = unsafe {
+        VIFS.get(VifKey {
+            generation,
+            ifindex,
+        })
+    }?;
+    let segment = vif.segment;
+    let info = *unsafe {
+        SEGMENTS.get(SegmentKey {
+            generation,
+            segment,
+        })
+    }?;
+    Some(Vif {
+        generation,
+        segment,
+        info,
+    })
+}
+
+/// What a frame a VM sends may do.
+#[inline(always)]
+fn judge_ingress(ctx: &XdpContext, ifindex: u32, vif: &Vif) -> u8 {
+    let Some((p, key)) = scratch() else {
+        return verdict::NO_POLICY;
+    };
+    if let Err(code) = parse(ctx, p) {
+        return code;
+    }
+    learn_mac(&p.src_mac, ifindex);
+    let generation = vif.generation;
+    let sender = vif.segment;
+
+    // Address resolution: judged by the address it is about (see `resolution_about`).
+    if p.kind == KIND_ARP || p.is_nd_neighbour() {
+        return match place(generation, p.is_v4(), resolution_about(p)) {
+            Place::Outside => verdict::PASS,
+            Place::Segment(s) if s == sender => verdict::PASS,
+            Place::Segment(s) => {
+                if resolution_allowed(generation, sender, s, p) {
+                    verdict::PASS
+                } else {
+                    cross(generation, sender, s)
+                }
+            }
+        };
+    }
+    // Router solicitations and advertisements, redirects: link-local control
+    // (the router-advertisement guard is separate work).
+    if p.is_nd() {
+        return verdict::PASS;
+    }
+
+    if management(generation, p) {
+        return verdict::MANAGEMENT;
+    }
+    let target = place(generation, p.is_v4(), &p.dst);
+    if target == Place::Segment(sender) {
+        return verdict::PASS;
+    }
+    if tracked(ctx, p, key, generation) {
+        return verdict::PASS;
+    }
+    match target {
+        Place::Segment(s) => {
+            if exposed(generation, p) || flow(generation, sender, s, p) {
+                track(p, key);
+                verdict::PASS
+            } else {
+                cross(generation, sender, s)
+            }
+        }
+        Place::Outside => {
+            if p.is_dhcp_client() || p.is_mld() {
+                return verdict::PASS;
+            }
+            // Addressed at layer 2 to a VM (link-local and other addresses outside every
+            // segment): judged as traffic to that VM's segment.
+            if let Place::Segment(s) = mac_place(generation, &p.dst_mac) {
+                return if s == sender {
+                    verdict::PASS
+                } else {
+                    cross(generation, sender, s)
+                };
+            }
+            if vif.info.flags & SegmentInfo::EGRESS_ALLOW != 0 {
+                track(p, key);
+                verdict::PASS
+            } else {
+                verdict::EGRESS_DENIED
+            }
+        }
+    }
+}
+
+/// What may be delivered to a VM.
+#[inline(always)]
+fn judge_egress(ctx: &TcContext, vif: &Vif) -> u8 {
+    let Some((p, key)) = scratch() else {
+        return verdict::NO_POLICY;
+    };
+    if let Err(code) = parse(ctx, p) {
+        return code;
+    }
+    let generation = vif.generation;
+    let receiver = vif.segment;
+    let source = source_place(generation, p);
+    if source == Place::Segment(receiver) {
+        return verdict::PASS;
+    }
+
+    // Address resolution from another segment: only about this segment, and only for
+    // what it may reach here or between segments joined by a flow. From outside every
+    // segment (routers, the host): allowed.
+    if p.kind == KIND_ARP || p.is_nd() {
+        let Place::Segment(s) = source else {
+            return verdict::PASS;
+        };
+        if (p.kind == KIND_ARP || p.is_nd_neighbour())
+            && place(generation, p.is_v4(), resolution_about(p)) == Place::Segment(receiver)
+            && resolution_allowed(generation, s, receiver, p)
+        {
+            return verdict::PASS;
+        }
+        return cross(generation, s, receiver);
+    }
+    // Link-local housekeeping from routers and the host: DHCP answers, multicast
+    // listener queries and reports.
+    if source == Place::Outside && (p.is_dhcp_server() || p.is_mld()) {
+        return verdict::PASS;
+    }
+    if tracked(ctx, p, key, generation) {
+        return verdict::PASS;
+    }
+    if exposed(generation, p) {
+        track(p, key);
+        return verdict::PASS;
+    }
+    match source {
+        Place::Segment(s) => {
+            if flow(generation, s, receiver, p) {
+                track(p, key);
+                verdict::PASS
+            } else {
+                cross(generation, s, receiver)
+            }
+        }
+        Place::Outside => verdict::NOT_EXPOSED,
+    }
+}
+
+/// The address an ARP or neighbour discovery frame concerns on the receiving side: the
+/// ARP target address (a request asks for it; a reply is sent to it), the target of a
+/// neighbour solicitation, and the destination of a neighbour advertisement (whose
+/// target is the sender's own address).
+#[inline(always)]
+fn resolution_about(p: &Packet) -> &[u8; 16] {
+    if p.kind == KIND_ARP {
+        &p.dst
+    } else if p.icmp_type == 135 {
+        &p.nd_target
     } else {
-        xdp_action::XDP_DROP
+        &p.dst
     }
 }
 
+/// Address resolution between segments `from` and `to` is allowed when a flow joins
+/// them (either direction) or it concerns an exposed address on either side.
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + mem::size_of::<T>() > end {
-        return Err(());
-    }
-    Ok((start + offset) as *const T)
+fn resolution_allowed(generation: u32, from: u32, to: u32, p: &Packet) -> bool {
+    neighbours(generation, from, to)
+        || exposed_any(generation, p.is_v4(), resolution_about(p))
+        || exposed_any(generation, p.is_v4(), &p.src)
+        || (p.icmp_type == 136 && exposed_any(generation, p.is_v4(), &p.nd_target))
 }
 
-/// Where a destination address lies.
-enum Destination {
-    /// Inside the prefixes of this segment.
-    Segment(u32),
-    /// Outside every segment.
-    Outside,
-}
-
-/// Decides the fate of a frame sent by the VM behind `ifindex`.
+/// `cross_segment` or `cross_tenant` for traffic from segment `a` to segment `b`.
 #[inline(always)]
-fn judge_ingress(ctx: &XdpContext, ifindex: u32) -> u8 {
-    // Identify the sender: its vif, segment and tenant in the active generation.
-    let generation = match CONFIG.get(0) {
-        Some(g) => *g,
-        None => return verdict::NO_POLICY,
+fn cross(generation: u32, a: u32, b: u32) -> u8 {
+    let tenant = |segment| unsafe {
+        SEGMENTS.get(SegmentKey {
+            generation,
+            segment,
+        })
     };
-    let vif = match unsafe { VIFS.get(VifKey { generation, ifindex }) } {
-        Some(v) => v.segment,
-        None => return verdict::NO_POLICY,
-    };
-    let tenant = match tenant_of(generation, vif) {
-        Some(t) => t,
-        None => return verdict::NO_POLICY,
-    };
-
-    // Parse and classify the destination.
-    let destination = match classify_destination(ctx, generation) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
-
-    // Decide.
-    match destination {
-        Destination::Outside => verdict::PASS,
-        Destination::Segment(segment) if segment == vif => verdict::PASS,
-        Destination::Segment(segment) => match tenant_of(generation, segment) {
-            Some(t) if t == tenant => verdict::CROSS_SEGMENT,
-            Some(_) => verdict::CROSS_TENANT,
-            None => verdict::NO_POLICY,
-        },
+    match (tenant(a), tenant(b)) {
+        (Some(x), Some(y)) if x.tenant == y.tenant => verdict::CROSS_SEGMENT,
+        (Some(_), Some(_)) => verdict::CROSS_TENANT,
+        _ => verdict::NO_POLICY,
     }
 }
 
+/// The segment an address belongs to.
 #[inline(always)]
-fn tenant_of(generation: u32, segment: u32) -> Option<u32> {
-    unsafe { SEGMENTS.get(SegmentKey { generation, segment }) }.map(|s| s.tenant)
+fn place(generation: u32, v4: bool, addr: &[u8; 16]) -> Place {
+    let g = generation.to_be_bytes();
+    let found = if v4 {
+        let key = Key::new(
+            GENERATION_PREFIX_BITS + 32,
+            Ipv4PrefixKey {
+                generation: g,
+                addr: [addr[12], addr[13], addr[14], addr[15]],
+            },
+        );
+        PREFIXES_V4.get(&key).copied()
+    } else {
+        let key = Key::new(
+            GENERATION_PREFIX_BITS + 128,
+            Ipv6PrefixKey {
+                generation: g,
+                addr: *addr,
+            },
+        );
+        PREFIXES_V6.get(&key).copied()
+    };
+    match found {
+        Some(segment) => Place::Segment(segment),
+        None => Place::Outside,
+    }
 }
 
-/// Parses the frame far enough to find its destination address and looks that up.
+/// Where a delivered frame comes from: the segment of its source address, else the
+/// segment of the vif its source MAC was last seen on (link-local and unspecified
+/// sources), else outside.
 #[inline(always)]
-fn classify_destination(ctx: &XdpContext, generation: u32) -> Result<Destination, u8> {
-    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|()| verdict::MALFORMED)?;
-    let gen_bytes = generation.to_be_bytes();
-    match unsafe { (*eth).ether_type() } {
-        Ok(EtherType::Ipv4) => {
-            let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).map_err(|()| verdict::MALFORMED)?;
-            let ip = unsafe { &*ip };
-            let header_len = ip.ihl() as usize;
-            if ip.version() != 4
-                || header_len < Ipv4Hdr::LEN
-                || ctx.data() + EthHdr::LEN + header_len > ctx.data_end()
-            {
-                return Err(verdict::MALFORMED);
-            }
-            Ok(lookup_v4(gen_bytes, ip.dst_addr))
+fn source_place(generation: u32, p: &Packet) -> Place {
+    let by_address = place(generation, p.is_v4(), &p.src);
+    if by_address != Place::Outside {
+        return by_address;
+    }
+    mac_place(generation, &p.src_mac)
+}
+
+/// The segment of the vif a unicast MAC was last seen sending on, else outside.
+#[inline(always)]
+fn mac_place(generation: u32, mac: &[u8; 6]) -> Place {
+    if mac[0] & 1 != 0 {
+        return Place::Outside;
+    }
+    let key = MacKey {
+        addr: *mac,
+        _pad: [0; 2],
+    };
+    let Some(ifindex) = (unsafe { MAC_VIFS.get(key) }) else {
+        return Place::Outside;
+    };
+    match unsafe {
+        VIFS.get(VifKey {
+            generation,
+            ifindex: *ifindex,
+        })
+    } {
+        Some(vif) => Place::Segment(vif.segment),
+        None => Place::Outside,
+    }
+}
+
+/// Remembers which vif a source MAC sends from (for [`source_place`]).
+#[inline(always)]
+fn learn_mac(mac: &[u8; 6], ifindex: u32) {
+    // Group addresses are never a sender's.
+    if mac[0] & 1 != 0 {
+        return;
+    }
+    let key = MacKey {
+        addr: *mac,
+        _pad: [0; 2],
+    };
+    match unsafe { MAC_VIFS.get(key) } {
+        Some(known) if *known == ifindex => {}
+        _ => {
+            let _ = MAC_VIFS.insert(key, ifindex, 0);
         }
-        Ok(EtherType::Ipv6) => {
-            let ip: *const Ipv6Hdr = ptr_at(ctx, EthHdr::LEN).map_err(|()| verdict::MALFORMED)?;
-            let ip = unsafe { &*ip };
-            if ip.version() != 6 {
-                return Err(verdict::MALFORMED);
-            }
-            let key = Key::new(
-                GENERATION_PREFIX_BITS + 128,
-                Ipv6PrefixKey {
-                    generation: gen_bytes,
-                    addr: ip.dst_addr,
-                },
-            );
-            Ok(match PREFIXES_V6.get(&key) {
-                Some(segment) => Destination::Segment(*segment),
-                None => Destination::Outside,
+    }
+}
+
+/// Whether any rule of `rules` admits the packet.
+#[inline(always)]
+fn admits(rules: &RuleSet, p: &Packet) -> bool {
+    if rules.flags & RuleSet::ALL != 0 {
+        return true;
+    }
+    let class = if p.is_icmp() {
+        protocol::ICMP
+    } else {
+        p.protocol
+    };
+    let count = rules.count as usize;
+    for i in 0..limits::MAX_RULES {
+        if i >= count {
+            break;
+        }
+        let r = &rules.rules[i];
+        let protocol_ok = r.protocol == protocol::ANY || r.protocol == class;
+        let every_port = r.first_port == 0 && r.last_port == u16::MAX;
+        let has_ports = p.has_ports && (p.protocol == IPPROTO_TCP || p.protocol == IPPROTO_UDP);
+        let port_ok =
+            every_port || (has_ports && p.dst_port >= r.first_port && p.dst_port <= r.last_port);
+        if protocol_ok && port_ok {
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn lpm_rules<'a>(
+    v4map: &'a LpmTrie<Ipv4PrefixKey, RuleSet>,
+    v6map: &'a LpmTrie<Ipv6PrefixKey, RuleSet>,
+    generation: u32,
+    v4: bool,
+    addr: &[u8; 16],
+) -> Option<&'a RuleSet> {
+    let g = generation.to_be_bytes();
+    if v4 {
+        let key = Key::new(
+            GENERATION_PREFIX_BITS + 32,
+            Ipv4PrefixKey {
+                generation: g,
+                addr: [addr[12], addr[13], addr[14], addr[15]],
+            },
+        );
+        v4map.get(&key)
+    } else {
+        let key = Key::new(
+            GENERATION_PREFIX_BITS + 128,
+            Ipv6PrefixKey {
+                generation: g,
+                addr: *addr,
+            },
+        );
+        v6map.get(&key)
+    }
+}
+
+/// The destination is a management address for this protocol and port.
+#[inline(always)]
+fn management(generation: u32, p: &Packet) -> bool {
+    match lpm_rules(
+        &MANAGEMENT_V4,
+        &MANAGEMENT_V6,
+        generation,
+        p.is_v4(),
+        &p.dst,
+    ) {
+        Some(rules) => admits(rules, p),
+        None => false,
+    }
+}
+
+/// The destination is an exposed endpoint for this protocol and port.
+#[inline(always)]
+fn exposed(generation: u32, p: &Packet) -> bool {
+    match lpm_rules(&EXPOSED_V4, &EXPOSED_V6, generation, p.is_v4(), &p.dst) {
+        Some(rules) => admits(rules, p),
+        None => false,
+    }
+}
+
+/// The address is exposed for some service (address resolution may reach it).
+#[inline(always)]
+fn exposed_any(generation: u32, v4: bool, addr: &[u8; 16]) -> bool {
+    lpm_rules(&EXPOSED_V4, &EXPOSED_V6, generation, v4, addr).is_some()
+}
+
+/// A flow from segment `from` to segment `to` admits the packet.
+#[inline(always)]
+fn flow(generation: u32, from: u32, to: u32, p: &Packet) -> bool {
+    match unsafe {
+        FLOWS.get(PairKey {
+            generation,
+            from,
+            to,
+        })
+    } {
+        Some(rules) => admits(rules, p),
+        None => false,
+    }
+}
+
+/// A flow joins the two segments in one direction or the other.
+#[inline(always)]
+fn neighbours(generation: u32, a: u32, b: u32) -> bool {
+    unsafe {
+        NEIGHBOURS
+            .get(PairKey {
+                generation,
+                from: a,
+                to: b,
             })
-        }
-        Ok(EtherType::Arp) => {
-            let arp: *const ArpHdr = ptr_at(ctx, EthHdr::LEN).map_err(|()| verdict::MALFORMED)?;
-            let arp = unsafe { &*arp };
-            if arp.htype != ARP_HTYPE_ETHERNET
-                || arp.ptype != ARP_PTYPE_IPV4
-                || arp.hlen != 6
-                || arp.plen != 4
-            {
-                return Err(verdict::MALFORMED);
-            }
-            Ok(lookup_v4(gen_bytes, arp.tpa))
-        }
-        _ => Err(verdict::UNKNOWN_ETHERTYPE),
+            .is_some()
     }
 }
 
 #[inline(always)]
-fn lookup_v4(generation: [u8; 4], addr: [u8; 4]) -> Destination {
-    let key = Key::new(
-        GENERATION_PREFIX_BITS + 32,
-        Ipv4PrefixKey { generation, addr },
-    );
-    match PREFIXES_V4.get(&key) {
-        Some(segment) => Destination::Segment(*segment),
-        None => Destination::Outside,
+fn count_event(event: u32) {
+    if let Some(c) = CONNTRACK_EVENTS.get_ptr_mut(event) {
+        unsafe { *c += 1 };
     }
+}
+
+/// Opens a tracked connection if the packet opens one (TCP SYN, UDP, ICMP echo request).
+#[inline(always)]
+fn track(p: &Packet, key: &mut ConnKey) {
+    if !p.opens_connection() {
+        return;
+    }
+    if !p.forward_key(key) {
+        return;
+    }
+    let state = ConnState {
+        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        state: conntrack::NEW,
+        _pad: [0; 7],
+    };
+    // By reference: a copy of the key would take stack the verifier does not give.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let inserted = CONNTRACK.insert(&*key, state, BPF_NOEXIST).is_ok();
+    if inserted {
+        count_event(conntrack::EVENT_CREATED);
+    }
+}
+
+/// Whether the packet belongs to a tracked connection (either direction, or an ICMP
+/// error about one); updates the connection's state.
+#[inline(always)]
+fn tracked(frame: &impl Frame, p: &Packet, key: &mut ConnKey, generation: u32) -> bool {
+    let Some(settings) = SETTINGS.get(generation) else {
+        return false;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if p.forward_key(key) && touch(key, p, settings, now, false) {
+        return true;
+    }
+    if p.reverse_key(key) && touch(key, p, settings, now, true) {
+        return true;
+    }
+    if p.is_icmp_error() && quoted_key(frame, p, key) {
+        // The quoted packet was sent by this packet's destination: it is either the
+        // connection's opening direction or its reply direction.
+        if live(key, settings, now) {
+            return true;
+        }
+        core::mem::swap(&mut key.src, &mut key.dst);
+        if key.protocol == IPPROTO_TCP || key.protocol == IPPROTO_UDP {
+            core::mem::swap(&mut key.src_port, &mut key.dst_port);
+        }
+        return live(key, settings, now);
+    }
+    false
+}
+
+#[inline(always)]
+fn timeout(state: &ConnState, protocol: u8, settings: &Settings) -> u64 {
+    match protocol {
+        IPPROTO_TCP => {
+            if state.state == conntrack::ESTABLISHED {
+                settings.tcp_idle_ns
+            } else {
+                settings.tcp_closing_ns
+            }
+        }
+        IPPROTO_UDP => settings.udp_idle_ns,
+        _ => settings.icmp_idle_ns,
+    }
+}
+
+/// Whether `key` is a live connection (without changing it).
+#[inline(always)]
+fn live(key: &ConnKey, settings: &Settings, now: u64) -> bool {
+    match unsafe { CONNTRACK.get(key) } {
+        Some(state) => {
+            now.saturating_sub(state.last_seen_ns) <= timeout(state, key.protocol, settings)
+        }
+        None => false,
+    }
+}
+
+/// Looks the connection up; if live, records this packet (reply, FIN, RST) and returns
+/// true. An entry idle past its timeout is removed.
+#[inline(always)]
+fn touch(key: &ConnKey, p: &Packet, settings: &Settings, now: u64, reply: bool) -> bool {
+    let Some(state) = CONNTRACK.get_ptr_mut(key) else {
+        return false;
+    };
+    let state = unsafe { &mut *state };
+    if now.saturating_sub(state.last_seen_ns) > timeout(state, key.protocol, settings) {
+        let _ = CONNTRACK.remove(key);
+        count_event(conntrack::EVENT_EXPIRED);
+        return false;
+    }
+    if p.protocol == IPPROTO_TCP && p.tcp_flags & TCP_RST != 0 {
+        let _ = CONNTRACK.remove(key);
+        count_event(conntrack::EVENT_CLOSED);
+        return true;
+    }
+    state.last_seen_ns = now;
+    if p.protocol == IPPROTO_TCP && p.tcp_flags & TCP_FIN != 0 {
+        state.state = conntrack::CLOSING;
+    } else if reply && state.state == conntrack::NEW {
+        state.state = conntrack::ESTABLISHED;
+    }
+    true
 }
 
 #[cfg(not(test))]

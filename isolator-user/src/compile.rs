@@ -5,11 +5,13 @@ use std::fmt;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use isolator_common::{
-    GENERATION_PREFIX_BITS, Ipv4PrefixKey, Ipv6PrefixKey, SegmentInfo, SegmentKey, VifInfo, VifKey,
-    limits,
+    GENERATION_PREFIX_BITS, Ipv4PrefixKey, Ipv6PrefixKey, PairKey, Rule, RuleSet, SegmentInfo,
+    SegmentKey, Settings, VifInfo, VifKey, limits, protocol,
 };
 
-use crate::policy::Policy;
+const NANOS: u64 = 1_000_000_000;
+
+use crate::policy::{Egress, Mode, Policy, Protocol, Service};
 
 /// A network interface of the host, as netlink reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +27,8 @@ pub struct SegmentRef {
     pub tenant_id: u32,
     pub tenant: String,
     pub name: String,
+    /// [`SegmentInfo`] flags: egress allowed, audit mode.
+    pub flags: u32,
 }
 
 /// A host interface that the policy manages, with the segment it belongs to.
@@ -44,6 +48,19 @@ pub struct Plan {
     pub vifs: Vec<ManagedVif>,
     pub v4: Vec<(Ipv4Net, u32)>,
     pub v6: Vec<(Ipv6Net, u32)>,
+    /// Connection tracking timeouts.
+    pub settings: Settings,
+    /// Management prefixes with the services they protect (merged over containing
+    /// prefixes, since the kernel finds only the longest match).
+    pub management_v4: Vec<(Ipv4Net, RuleSet)>,
+    pub management_v6: Vec<(Ipv6Net, RuleSet)>,
+    /// Exposed prefixes with their services (merged over containing exposures).
+    pub exposed_v4: Vec<(Ipv4Net, RuleSet)>,
+    pub exposed_v6: Vec<(Ipv6Net, RuleSet)>,
+    /// Flows: (from segment, to segment) and the services allowed.
+    pub flows: Vec<((u32, u32), RuleSet)>,
+    /// Segment pairs joined by a flow in either direction, both orders.
+    pub neighbours: Vec<(u32, u32)>,
 }
 
 /// Why a policy cannot be put into the kernel maps as it is.
@@ -55,6 +72,14 @@ pub enum PlanError {
         count: usize,
         limit: u32,
     },
+    /// More services on one prefix or flow pair than a kernel rule set holds.
+    TooManyServices {
+        what: String,
+        count: usize,
+        limit: usize,
+    },
+    /// A flow names a segment the policy does not have (validation rules this out).
+    UnknownSegment { name: String },
     /// Two segments claim the same link (validation rules this out; kept as a guard).
     AmbiguousLink {
         link: String,
@@ -71,6 +96,12 @@ impl fmt::Display for PlanError {
                 "the policy needs {count} {what}, but the kernel maps hold at most {limit}; \
                  split the host's policy or raise the limit in isolator-common"
             ),
+            PlanError::TooManyServices { what, count, limit } => write!(
+                f,
+                "{what} has {count} distinct services, but the kernel holds at most {limit} \
+                 per prefix or flow; merge port ranges or split the prefix"
+            ),
+            PlanError::UnknownSegment { name } => write!(f, "unknown segment {name}"),
             PlanError::AmbiguousLink {
                 link,
                 first,
@@ -90,7 +121,16 @@ impl Plan {
     /// Numbers the policy's segments and assigns each link the policy matches to its
     /// segment. Links that no pattern matches are not managed.
     pub fn new(policy: &Policy, links: &[Link]) -> Result<Plan, PlanError> {
-        let mut plan = Plan::default();
+        let ct = &policy.connection_tracking;
+        let mut plan = Plan {
+            settings: Settings {
+                tcp_idle_ns: u64::from(ct.tcp_idle_seconds) * NANOS,
+                tcp_closing_ns: u64::from(ct.tcp_closing_seconds) * NANOS,
+                udp_idle_ns: u64::from(ct.udp_idle_seconds) * NANOS,
+                icmp_idle_ns: u64::from(ct.icmp_idle_seconds) * NANOS,
+            },
+            ..Plan::default()
+        };
         // Which segment (id) claims each pattern, in policy order.
         let mut patterns = Vec::new();
         for (tenant_id, tenant) in policy.tenants.iter().enumerate() {
@@ -101,6 +141,7 @@ impl Plan {
                     tenant_id: tenant_id as u32,
                     tenant: tenant.name.clone(),
                     name: segment.name.clone(),
+                    flags: segment_flags(segment.egress, segment.mode),
                 });
                 for pattern in &segment.interfaces {
                     patterns.push((pattern, id));
@@ -111,8 +152,63 @@ impl Plan {
                         IpNet::V6(p) => plan.v6.push((*p, id)),
                     }
                 }
+                let exposures: Vec<(IpNet, Vec<Service>)> = segment
+                    .expose
+                    .iter()
+                    .map(|e| (e.prefix, vec![e.service]))
+                    .collect();
+                let label = format!("{}/{}", tenant.name, segment.name);
+                for (net, rules) in merge_over_containing(&exposures, &label, "exposed endpoint")? {
+                    match net {
+                        IpNet::V4(n) => plan.exposed_v4.push((n, rules)),
+                        IpNet::V6(n) => plan.exposed_v6.push((n, rules)),
+                    }
+                }
             }
         }
+
+        let management: Vec<(IpNet, Vec<Service>)> = policy
+            .management
+            .iter()
+            .map(|m| (m.prefix, m.services.clone()))
+            .collect();
+        for (net, rules) in merge_over_containing(&management, "the policy", "management prefix")? {
+            match net {
+                IpNet::V4(n) => plan.management_v4.push((n, rules)),
+                IpNet::V6(n) => plan.management_v6.push((n, rules)),
+            }
+        }
+
+        let id_of = |tenant: &str, segment: &str| -> Result<u32, PlanError> {
+            plan.segments
+                .iter()
+                .find(|s| s.tenant == tenant && s.name == segment)
+                .map(|s| s.id)
+                .ok_or_else(|| PlanError::UnknownSegment {
+                    name: format!("{tenant}/{segment}"),
+                })
+        };
+        let mut flows: std::collections::BTreeMap<(u32, u32), Vec<Service>> =
+            std::collections::BTreeMap::new();
+        for tenant in &policy.tenants {
+            for flow in &tenant.flows {
+                let from = id_of(&tenant.name, &flow.from)?;
+                let to = id_of(&flow.to.tenant, &flow.to.segment)?;
+                flows.entry((from, to)).or_default().push(flow.service);
+            }
+        }
+        let mut neighbours = std::collections::BTreeSet::new();
+        for ((from, to), services) in flows {
+            let what = format!(
+                "the flows from {} to {}",
+                plan.segment_label(from),
+                plan.segment_label(to)
+            );
+            plan.flows.push(((from, to), rule_set(&what, &services)?));
+            neighbours.insert((from, to));
+            neighbours.insert((to, from));
+        }
+        plan.neighbours = neighbours.into_iter().collect();
 
         let mut links: Vec<&Link> = links.iter().collect();
         links.sort_by_key(|l| l.ifindex);
@@ -146,6 +242,31 @@ impl Plan {
         check_limit("interfaces", plan.vifs.len(), limits::MAX_VIFS)?;
         check_limit("IPv4 prefixes", plan.v4.len(), limits::MAX_PREFIXES)?;
         check_limit("IPv6 prefixes", plan.v6.len(), limits::MAX_PREFIXES)?;
+        check_limit(
+            "IPv4 exposed prefixes",
+            plan.exposed_v4.len(),
+            limits::MAX_EXPOSED,
+        )?;
+        check_limit(
+            "IPv6 exposed prefixes",
+            plan.exposed_v6.len(),
+            limits::MAX_EXPOSED,
+        )?;
+        check_limit(
+            "IPv4 management prefixes",
+            plan.management_v4.len(),
+            limits::MAX_MANAGEMENT,
+        )?;
+        check_limit(
+            "IPv6 management prefixes",
+            plan.management_v6.len(),
+            limits::MAX_MANAGEMENT,
+        )?;
+        check_limit(
+            "segment pairs with flows",
+            plan.flows.len(),
+            limits::MAX_FLOW_PAIRS,
+        )?;
         Ok(plan)
     }
 
@@ -188,7 +309,7 @@ impl Plan {
                     },
                     SegmentInfo {
                         tenant: s.tenant_id,
-                        flags: 0,
+                        flags: s.flags,
                     },
                 )
             })
@@ -197,37 +318,182 @@ impl Plan {
 
     /// Entries of the `PREFIXES_V4` trie for `generation`: (trie prefix length, key, segment).
     pub fn v4_entries(&self, generation: u32) -> Vec<(u32, Ipv4PrefixKey, u32)> {
-        self.v4
+        v4_keys(&self.v4, generation)
+    }
+
+    /// Entries of the `PREFIXES_V6` trie for `generation`.
+    pub fn v6_entries(&self, generation: u32) -> Vec<(u32, Ipv6PrefixKey, u32)> {
+        v6_keys(&self.v6, generation)
+    }
+}
+
+impl Plan {
+    /// Entries of `MANAGEMENT_V4` for `generation`.
+    pub fn management_v4_entries(&self, generation: u32) -> Vec<(u32, Ipv4PrefixKey, RuleSet)> {
+        v4_keys(&self.management_v4, generation)
+    }
+
+    /// Entries of `MANAGEMENT_V6` for `generation`.
+    pub fn management_v6_entries(&self, generation: u32) -> Vec<(u32, Ipv6PrefixKey, RuleSet)> {
+        v6_keys(&self.management_v6, generation)
+    }
+
+    /// Entries of `EXPOSED_V4` for `generation`.
+    pub fn exposed_v4_entries(&self, generation: u32) -> Vec<(u32, Ipv4PrefixKey, RuleSet)> {
+        v4_keys(&self.exposed_v4, generation)
+    }
+
+    /// Entries of `EXPOSED_V6` for `generation`.
+    pub fn exposed_v6_entries(&self, generation: u32) -> Vec<(u32, Ipv6PrefixKey, RuleSet)> {
+        v6_keys(&self.exposed_v6, generation)
+    }
+
+    /// Entries of `FLOWS` for `generation`.
+    pub fn flow_entries(&self, generation: u32) -> Vec<(PairKey, RuleSet)> {
+        self.flows
             .iter()
-            .map(|(net, id)| {
+            .map(|((from, to), rules)| {
                 (
-                    GENERATION_PREFIX_BITS + u32::from(net.prefix_len()),
-                    Ipv4PrefixKey {
-                        generation: generation.to_be_bytes(),
-                        addr: net.network().octets(),
+                    PairKey {
+                        generation,
+                        from: *from,
+                        to: *to,
                     },
-                    *id,
+                    *rules,
                 )
             })
             .collect()
     }
 
-    /// Entries of the `PREFIXES_V6` trie for `generation`.
-    pub fn v6_entries(&self, generation: u32) -> Vec<(u32, Ipv6PrefixKey, u32)> {
-        self.v6
+    /// Entries of `NEIGHBOURS` for `generation`.
+    pub fn neighbour_entries(&self, generation: u32) -> Vec<PairKey> {
+        self.neighbours
             .iter()
-            .map(|(net, id)| {
-                (
-                    GENERATION_PREFIX_BITS + u32::from(net.prefix_len()),
-                    Ipv6PrefixKey {
-                        generation: generation.to_be_bytes(),
-                        addr: net.network().octets(),
-                    },
-                    *id,
-                )
+            .map(|(from, to)| PairKey {
+                generation,
+                from: *from,
+                to: *to,
             })
             .collect()
     }
+}
+
+fn v4_keys<V: Copy>(entries: &[(Ipv4Net, V)], generation: u32) -> Vec<(u32, Ipv4PrefixKey, V)> {
+    entries
+        .iter()
+        .map(|(net, value)| {
+            (
+                GENERATION_PREFIX_BITS + u32::from(net.prefix_len()),
+                Ipv4PrefixKey {
+                    generation: generation.to_be_bytes(),
+                    addr: net.network().octets(),
+                },
+                *value,
+            )
+        })
+        .collect()
+}
+
+fn v6_keys<V: Copy>(entries: &[(Ipv6Net, V)], generation: u32) -> Vec<(u32, Ipv6PrefixKey, V)> {
+    entries
+        .iter()
+        .map(|(net, value)| {
+            (
+                GENERATION_PREFIX_BITS + u32::from(net.prefix_len()),
+                Ipv6PrefixKey {
+                    generation: generation.to_be_bytes(),
+                    addr: net.network().octets(),
+                },
+                *value,
+            )
+        })
+        .collect()
+}
+
+fn segment_flags(egress: Egress, mode: Mode) -> u32 {
+    let mut flags = 0;
+    if egress == Egress::Allow {
+        flags |= SegmentInfo::EGRESS_ALLOW;
+    }
+    if mode == Mode::Audit {
+        flags |= SegmentInfo::AUDIT;
+    }
+    flags
+}
+
+/// The kernel form of a service.
+fn rule(service: &Service) -> Rule {
+    let protocol = match service.protocol {
+        Protocol::Tcp => protocol::TCP,
+        Protocol::Udp => protocol::UDP,
+        Protocol::Icmp => protocol::ICMP,
+        Protocol::Any => protocol::ANY,
+    };
+    let (first_port, last_port) = match service.ports {
+        Some(range) => (range.first, range.last),
+        None => (0, u16::MAX),
+    };
+    Rule {
+        protocol,
+        _pad: 0,
+        first_port,
+        last_port,
+        _pad2: 0,
+    }
+}
+
+/// A kernel rule set for `services`; an empty list means every protocol and port.
+fn rule_set(what: &str, services: &[Service]) -> Result<RuleSet, PlanError> {
+    let mut set = RuleSet::default();
+    if services.is_empty() {
+        set.flags = RuleSet::ALL;
+        return Ok(set);
+    }
+    let mut rules: Vec<Rule> = services.iter().map(rule).collect();
+    rules.sort_by_key(|r| (r.protocol, r.first_port, r.last_port));
+    rules.dedup();
+    if rules.len() > limits::MAX_RULES {
+        return Err(PlanError::TooManyServices {
+            what: what.to_string(),
+            count: rules.len(),
+            limit: limits::MAX_RULES,
+        });
+    }
+    set.count = rules.len() as u32;
+    set.rules[..rules.len()].copy_from_slice(&rules);
+    Ok(set)
+}
+
+/// For each distinct prefix, the rule set of every entry whose prefix contains it: the
+/// kernel's longest-prefix match then finds all services that apply to an address.
+/// An entry with no services stands for every protocol and port.
+fn merge_over_containing(
+    entries: &[(IpNet, Vec<Service>)],
+    owner: &str,
+    kind: &str,
+) -> Result<Vec<(IpNet, RuleSet)>, PlanError> {
+    let mut prefixes: Vec<IpNet> = entries.iter().map(|(p, _)| *p).collect();
+    prefixes.sort();
+    prefixes.dedup();
+    let mut out = Vec::new();
+    for prefix in prefixes {
+        let covering: Vec<&(IpNet, Vec<Service>)> = entries
+            .iter()
+            .filter(|(p, _)| p.contains(&prefix))
+            .collect();
+        let what = format!("{kind} {prefix} of {owner}");
+        let set = if covering.iter().any(|(_, services)| services.is_empty()) {
+            rule_set(&what, &[])?
+        } else {
+            let services: Vec<Service> = covering
+                .iter()
+                .flat_map(|(_, services)| services.iter().copied())
+                .collect();
+            rule_set(&what, &services)?
+        };
+        out.push((prefix, set));
+    }
+    Ok(out)
 }
 
 fn check_limit(what: &'static str, count: usize, limit: u32) -> Result<(), PlanError> {
@@ -347,7 +613,7 @@ tenants:
                 },
                 SegmentInfo {
                     tenant: 1,
-                    flags: 0
+                    flags: SegmentInfo::EGRESS_ALLOW
                 }
             )
         );
@@ -400,5 +666,183 @@ tenants:
         );
         assert!(err.to_string().contains("at most 10"));
         assert!(check_limit("x", 10, 10).is_ok());
+    }
+
+    const FULL: &str = r#"
+version: 1
+connection_tracking:
+  tcp_idle_seconds: 100
+  udp_idle_seconds: 20
+management:
+  - prefix: 192.168.100.0/24
+  - prefix: 192.168.100.8/29
+    services:
+      - protocol: tcp
+        ports: 22
+  - prefix: 172.16.0.0/16
+    services:
+      - protocol: tcp
+        ports: 22
+      - protocol: udp
+        ports: "53-54"
+tenants:
+  - name: acme
+    flows:
+      - from: web
+        to: db
+        protocol: tcp
+        ports: 5432
+      - from: web
+        to: db
+        protocol: icmp
+      - from: web
+        to: globex/web
+        protocol: tcp
+        ports: "8000-8080"
+    segments:
+      - name: web
+        egress: deny
+        mode: audit
+        interfaces: ["vacme-web*"]
+        prefixes: ["10.1.1.0/24", "fd00:1:1::/64"]
+        expose:
+          - address: 10.1.1.0/28
+            protocol: icmp
+          - address: 10.1.1.10
+            protocol: tcp
+            ports: 443
+          - address: fd00:1:1::10
+            protocol: udp
+      - name: db
+        interfaces: ["vacme-db1"]
+        prefixes: ["10.1.2.0/24"]
+  - name: globex
+    segments:
+      - name: web
+        interfaces: ["vglobex-web?"]
+        prefixes: ["10.2.1.0/24"]
+"#;
+
+    fn full_plan() -> Plan {
+        let policy = policy::parse(FULL, "full.yaml").expect("the full test policy is valid");
+        Plan::new(&policy, &[]).expect("plan")
+    }
+
+    /// (protocol, first port, last port) of each rule.
+    type Rules = Vec<(u8, u16, u16)>;
+
+    fn rules(set: &RuleSet) -> Rules {
+        set.rules[..set.count as usize]
+            .iter()
+            .map(|r| (r.protocol, r.first_port, r.last_port))
+            .collect()
+    }
+
+    #[test]
+    fn segment_flags_follow_egress_and_mode() {
+        let plan = full_plan();
+        assert_eq!(
+            plan.segments[0].flags,
+            SegmentInfo::AUDIT,
+            "acme/web: deny, audit"
+        );
+        assert_eq!(
+            plan.segments[1].flags,
+            SegmentInfo::EGRESS_ALLOW,
+            "acme/db: defaults"
+        );
+        assert_eq!(plan.settings.tcp_idle_ns, 100 * NANOS);
+        assert_eq!(plan.settings.udp_idle_ns, 20 * NANOS);
+        assert_eq!(plan.settings.tcp_closing_ns, 10 * NANOS, "default");
+        assert_eq!(plan.settings.icmp_idle_ns, 30 * NANOS, "default");
+    }
+
+    #[test]
+    fn exposures_are_merged_over_containing_prefixes() {
+        let plan = full_plan();
+        let v4: Vec<(String, Rules)> = plan
+            .exposed_v4
+            .iter()
+            .map(|(n, set)| (n.to_string(), rules(set)))
+            .collect();
+        assert_eq!(
+            v4,
+            vec![
+                ("10.1.1.0/28".to_string(), vec![(protocol::ICMP, 0, 65535)]),
+                (
+                    "10.1.1.10/32".to_string(),
+                    vec![(protocol::ICMP, 0, 65535), (protocol::TCP, 443, 443)]
+                ),
+            ]
+        );
+        assert_eq!(plan.exposed_v6.len(), 1);
+        assert_eq!(plan.exposed_v6[0].0.to_string(), "fd00:1:1::10/128");
+        assert_eq!(
+            rules(&plan.exposed_v6[0].1),
+            vec![(protocol::UDP, 0, 65535)]
+        );
+    }
+
+    #[test]
+    fn management_without_services_protects_everything_even_under_a_narrower_entry() {
+        let plan = full_plan();
+        let by_prefix = |p: &str| {
+            plan.management_v4
+                .iter()
+                .find(|(n, _)| n.to_string() == p)
+                .map(|(_, set)| *set)
+                .unwrap_or_else(|| panic!("{p} missing"))
+        };
+        assert_eq!(by_prefix("192.168.100.0/24").flags, RuleSet::ALL);
+        assert_eq!(by_prefix("192.168.100.8/29").flags, RuleSet::ALL);
+        let narrow = by_prefix("172.16.0.0/16");
+        assert_eq!(narrow.flags, 0);
+        assert_eq!(
+            rules(&narrow),
+            vec![(protocol::TCP, 22, 22), (protocol::UDP, 53, 54)]
+        );
+    }
+
+    #[test]
+    fn flows_are_grouped_per_segment_pair_and_neighbours_go_both_ways() {
+        let plan = full_plan();
+        let flows: Vec<((u32, u32), Rules)> =
+            plan.flows.iter().map(|(k, set)| (*k, rules(set))).collect();
+        assert_eq!(
+            flows,
+            vec![
+                (
+                    (0, 1),
+                    vec![(protocol::ICMP, 0, 65535), (protocol::TCP, 5432, 5432)]
+                ),
+                ((0, 2), vec![(protocol::TCP, 8000, 8080)]),
+            ]
+        );
+        assert_eq!(plan.neighbours, vec![(0, 1), (0, 2), (1, 0), (2, 0)]);
+        let entries = plan.flow_entries(1);
+        assert_eq!(
+            entries[1].0,
+            PairKey {
+                generation: 1,
+                from: 0,
+                to: 2
+            }
+        );
+    }
+
+    #[test]
+    fn more_services_than_a_rule_set_holds_is_an_error() {
+        let services: Vec<Service> = (1..=(limits::MAX_RULES as u16 + 1))
+            .map(|port| Service {
+                protocol: Protocol::Tcp,
+                ports: Some(crate::policy::PortRange {
+                    first: port,
+                    last: port,
+                }),
+            })
+            .collect();
+        let err = rule_set("the flows from a/b to a/c", &services).unwrap_err();
+        assert!(matches!(err, PlanError::TooManyServices { count: 17, .. }));
+        assert!(rule_set("x", &services[..limits::MAX_RULES]).is_ok());
     }
 }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use axum::{
@@ -14,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::compile::Plan;
 use crate::dataplane::{AttachMode, Dataplane};
-use crate::metrics::{self, Inventory};
+use crate::metrics::{self, ConntrackStats, Inventory};
 use crate::{error_chain, netlink, policy};
 
 /// Where `/metrics` and `/healthz` are served unless `--metrics-addr` says otherwise.
@@ -25,11 +26,25 @@ pub struct RunOptions {
     pub metrics_addr: SocketAddr,
 }
 
+/// How often idle tracked connections are swept from the kernel table.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
 struct Shared {
     dataplane: Mutex<Dataplane>,
     inventory: Inventory,
     /// Interfaces the policy manages but the program could not be attached to.
     failures: Vec<String>,
+    /// Connection tracking figures kept by the daemon.
+    tally: Mutex<Tally>,
+}
+
+#[derive(Default)]
+struct Tally {
+    /// Idle connections the sweep removed.
+    swept: u64,
+    /// Highest eviction count reported so far (the estimate can dip while the table
+    /// changes between the reads it is made of; a counter must not).
+    evicted: u64,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -84,7 +99,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         dataplane: Mutex::new(dataplane),
         inventory,
         failures,
+        tally: Mutex::new(Tally::default()),
     });
+    let sweeper = tokio::spawn(sweep_connections(shared.clone(), plan.settings));
 
     let app = Router::new()
         .route("/metrics", get(serve_metrics))
@@ -96,6 +113,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .await
         .context("serving HTTP")?;
 
+    sweeper.abort();
     let mut dataplane = shared.dataplane.lock().unwrap_or_else(|p| p.into_inner());
     let failed = dataplane.detach_all();
     for (name, e) in &failed {
@@ -125,16 +143,71 @@ async fn shutdown_signal() {
     }
 }
 
+/// Removes idle connections from the kernel table every [`SWEEP_INTERVAL`].
+async fn sweep_connections(shared: Arc<Shared>, settings: isolator_common::Settings) {
+    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        interval.tick().await;
+        let shared = shared.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            let mut dataplane = shared.dataplane.lock().unwrap_or_else(|p| p.into_inner());
+            let result = dataplane.sweep_connections(&settings);
+            drop(dataplane);
+            if let Ok(n) = result {
+                shared.tally.lock().unwrap_or_else(|p| p.into_inner()).swept += n;
+            }
+            result
+        })
+        .await;
+        match swept {
+            Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "swept idle connections"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %error_chain(&e), "sweeping idle connections failed"),
+            Err(e) => warn!(error = %e, "the connection sweep task failed"),
+        }
+    }
+}
+
+/// Reads everything a scrape shows from the kernel.
+fn snapshot(
+    shared: &Shared,
+) -> Result<
+    (
+        Vec<(isolator_common::CounterKey, isolator_common::Counter)>,
+        ConntrackStats,
+    ),
+    crate::dataplane::DataplaneError,
+> {
+    let dataplane = shared.dataplane.lock().unwrap_or_else(|p| p.into_inner());
+    let counters = dataplane.counters()?;
+    let (entries, events) = dataplane.conntrack()?;
+    drop(dataplane);
+    let mut tally = shared.tally.lock().unwrap_or_else(|p| p.into_inner());
+    let opened = events[isolator_common::conntrack::EVENT_CREATED as usize];
+    let reset = events[isolator_common::conntrack::EVENT_CLOSED as usize];
+    let expired = events[isolator_common::conntrack::EVENT_EXPIRED as usize] + tally.swept;
+    // Whatever was opened and is neither live nor ended by RST or timeout was evicted.
+    let evicted = opened.saturating_sub(reset + expired + entries);
+    tally.evicted = tally.evicted.max(evicted);
+    Ok((
+        counters,
+        ConntrackStats {
+            entries,
+            capacity: u64::from(isolator_common::limits::MAX_CONNECTIONS),
+            opened,
+            reset,
+            expired,
+            evicted: tally.evicted,
+        },
+    ))
+}
+
 async fn serve_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let counters = {
-        let dataplane = shared.dataplane.lock().unwrap_or_else(|p| p.into_inner());
-        dataplane.counters()
-    };
-    match counters {
-        Ok(counters) => (
+    match snapshot(&shared) {
+        Ok((counters, conntrack)) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-            metrics::render(&shared.inventory, &counters),
+            metrics::render(&shared.inventory, &counters, &conntrack),
         ),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -13,13 +13,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aya::{
-    Ebpf, EbpfError,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuHashMap, lpm_trie::Key},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    Ebpf, EbpfError, Pod,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
+        tc::SchedClassifierLinkId, xdp::XdpLinkId,
+    },
 };
 use isolator_common::{
-    Counter, CounterKey, Ipv4PrefixKey, Ipv6PrefixKey, SegmentInfo, SegmentKey, VifInfo, VifKey,
-    maps, programs,
+    ConnKey, ConnState, Counter, CounterKey, Ipv4PrefixKey, Ipv6PrefixKey, PairKey, RuleSet,
+    SegmentInfo, SegmentKey, Settings, VifInfo, VifKey, conntrack, maps, programs,
 };
 use thiserror::Error;
 
@@ -85,7 +88,8 @@ pub enum AttachMode {
 #[derive(Debug)]
 struct Attachment {
     name: String,
-    link: XdpLinkId,
+    xdp: XdpLinkId,
+    tc: SchedClassifierLinkId,
     mode: AttachMode,
 }
 
@@ -93,10 +97,19 @@ struct Attachment {
 pub struct Dataplane {
     ebpf: Ebpf,
     config: Array<MapData, u32>,
+    settings: Array<MapData, Settings>,
     vifs: HashMap<MapData, VifKey, VifInfo>,
     segments: HashMap<MapData, SegmentKey, SegmentInfo>,
     v4: LpmTrie<MapData, Ipv4PrefixKey, u32>,
     v6: LpmTrie<MapData, Ipv6PrefixKey, u32>,
+    management_v4: LpmTrie<MapData, Ipv4PrefixKey, RuleSet>,
+    management_v6: LpmTrie<MapData, Ipv6PrefixKey, RuleSet>,
+    exposed_v4: LpmTrie<MapData, Ipv4PrefixKey, RuleSet>,
+    exposed_v6: LpmTrie<MapData, Ipv6PrefixKey, RuleSet>,
+    flows: HashMap<MapData, PairKey, RuleSet>,
+    neighbours: HashMap<MapData, PairKey, u32>,
+    conntrack: HashMap<MapData, ConnKey, ConnState>,
+    conntrack_events: PerCpuArray<MapData, u64>,
     counters: PerCpuHashMap<MapData, CounterKey, Counter>,
     active: u32,
     attached: BTreeMap<u32, Attachment>,
@@ -118,18 +131,36 @@ impl Dataplane {
     pub fn load() -> Result<Self, DataplaneError> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
         let config = take(&mut ebpf, maps::CONFIG)?;
+        let settings = take(&mut ebpf, maps::SETTINGS)?;
         let vifs = take(&mut ebpf, maps::VIFS)?;
         let segments = take(&mut ebpf, maps::SEGMENTS)?;
         let v4 = take(&mut ebpf, maps::PREFIXES_V4)?;
         let v6 = take(&mut ebpf, maps::PREFIXES_V6)?;
         let counters = take(&mut ebpf, maps::COUNTERS)?;
+        let management_v4 = take(&mut ebpf, maps::MANAGEMENT_V4)?;
+        let management_v6 = take(&mut ebpf, maps::MANAGEMENT_V6)?;
+        let exposed_v4 = take(&mut ebpf, maps::EXPOSED_V4)?;
+        let exposed_v6 = take(&mut ebpf, maps::EXPOSED_V6)?;
+        let flows = take(&mut ebpf, maps::FLOWS)?;
+        let neighbours = take(&mut ebpf, maps::NEIGHBOURS)?;
+        let conntrack = take(&mut ebpf, maps::CONNTRACK)?;
+        let conntrack_events = take(&mut ebpf, maps::CONNTRACK_EVENTS)?;
         let mut dp = Dataplane {
             ebpf,
             config,
+            settings,
             vifs,
             segments,
             v4,
             v6,
+            management_v4,
+            management_v6,
+            exposed_v4,
+            exposed_v6,
+            flows,
+            neighbours,
+            conntrack,
+            conntrack_events,
             counters,
             active: 0,
             attached: BTreeMap::new(),
@@ -137,6 +168,9 @@ impl Dataplane {
         dp.ingress()?
             .load()
             .map_err(prog_err(programs::XDP_INGRESS, "verifying and loading"))?;
+        dp.egress()?
+            .load()
+            .map_err(prog_err(programs::TC_EGRESS, "verifying and loading"))?;
         Ok(dp)
     }
 
@@ -148,6 +182,16 @@ impl Dataplane {
         program
             .try_into()
             .map_err(prog_err(programs::XDP_INGRESS, "unexpected program type"))
+    }
+
+    fn egress(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        let program = self
+            .ebpf
+            .program_mut(programs::TC_EGRESS)
+            .ok_or(DataplaneError::MissingProgram(programs::TC_EGRESS))?;
+        program
+            .try_into()
+            .map_err(prog_err(programs::TC_EGRESS, "unexpected program type"))
     }
 
     /// The generation the kernel judges packets by.
@@ -176,28 +220,43 @@ impl Dataplane {
     }
 
     fn write(&mut self, plan: &Plan, generation: u32) -> Result<(), DataplaneError> {
+        self.settings
+            .set(generation, plan.settings, 0)
+            .map_err(map_err(maps::SETTINGS, "writing the settings"))?;
         for (key, value) in plan.segment_entries(generation) {
-            self.segments.insert(key, value, 0).map_err(map_err(
-                maps::SEGMENTS,
-                format!("adding segment {}", key.segment),
-            ))?;
+            insert(&mut self.segments, maps::SEGMENTS, &key, &value)?;
         }
-        for (len, data, segment) in plan.v4_entries(generation) {
-            self.v4
-                .insert(&Key::new(len, data), segment, 0)
-                .map_err(map_err(maps::PREFIXES_V4, "adding a prefix"))?;
+        insert_lpm(&mut self.v4, maps::PREFIXES_V4, plan.v4_entries(generation))?;
+        insert_lpm(&mut self.v6, maps::PREFIXES_V6, plan.v6_entries(generation))?;
+        insert_lpm(
+            &mut self.management_v4,
+            maps::MANAGEMENT_V4,
+            plan.management_v4_entries(generation),
+        )?;
+        insert_lpm(
+            &mut self.management_v6,
+            maps::MANAGEMENT_V6,
+            plan.management_v6_entries(generation),
+        )?;
+        insert_lpm(
+            &mut self.exposed_v4,
+            maps::EXPOSED_V4,
+            plan.exposed_v4_entries(generation),
+        )?;
+        insert_lpm(
+            &mut self.exposed_v6,
+            maps::EXPOSED_V6,
+            plan.exposed_v6_entries(generation),
+        )?;
+        for (key, value) in plan.flow_entries(generation) {
+            insert(&mut self.flows, maps::FLOWS, &key, &value)?;
         }
-        for (len, data, segment) in plan.v6_entries(generation) {
-            self.v6
-                .insert(&Key::new(len, data), segment, 0)
-                .map_err(map_err(maps::PREFIXES_V6, "adding a prefix"))?;
+        for key in plan.neighbour_entries(generation) {
+            insert(&mut self.neighbours, maps::NEIGHBOURS, &key, &1)?;
         }
         // Vifs last: a vif's entry only ever points at segments already written.
         for (key, value) in plan.vif_entries(generation) {
-            self.vifs.insert(key, value, 0).map_err(map_err(
-                maps::VIFS,
-                format!("adding ifindex {}", key.ifindex),
-            ))?;
+            insert(&mut self.vifs, maps::VIFS, &key, &value)?;
         }
         Ok(())
     }
@@ -205,48 +264,41 @@ impl Dataplane {
     /// Removes every entry of `generation`. Vifs first, so that a straggling packet of
     /// that generation fails closed rather than finding half of a policy.
     fn purge(&mut self, generation: u32) -> Result<(), DataplaneError> {
-        let keys = collect_keys(self.vifs.keys(), maps::VIFS)?;
-        for key in keys.into_iter().filter(|k| k.generation == generation) {
-            self.vifs
-                .remove(&key)
-                .map_err(map_err(maps::VIFS, "removing an old entry"))?;
-        }
-        let keys = collect_keys(self.segments.keys(), maps::SEGMENTS)?;
-        for key in keys.into_iter().filter(|k| k.generation == generation) {
-            self.segments
-                .remove(&key)
-                .map_err(map_err(maps::SEGMENTS, "removing an old entry"))?;
-        }
-        let gen_bytes = generation.to_be_bytes();
-        let keys = collect_keys(self.v4.keys(), maps::PREFIXES_V4)?;
-        for key in keys
-            .into_iter()
-            .filter(|k| k.data().generation == gen_bytes)
-        {
-            self.v4
-                .remove(&key)
-                .map_err(map_err(maps::PREFIXES_V4, "removing an old entry"))?;
-        }
-        let keys = collect_keys(self.v6.keys(), maps::PREFIXES_V6)?;
-        for key in keys
-            .into_iter()
-            .filter(|k| k.data().generation == gen_bytes)
-        {
-            self.v6
-                .remove(&key)
-                .map_err(map_err(maps::PREFIXES_V6, "removing an old entry"))?;
-        }
+        let g = generation.to_be_bytes();
+        purge(&mut self.vifs, maps::VIFS, |k| k.generation == generation)?;
+        purge(&mut self.segments, maps::SEGMENTS, |k| {
+            k.generation == generation
+        })?;
+        purge(&mut self.flows, maps::FLOWS, |k| k.generation == generation)?;
+        purge(&mut self.neighbours, maps::NEIGHBOURS, |k| {
+            k.generation == generation
+        })?;
+        purge_lpm(&mut self.v4, maps::PREFIXES_V4, |k| k.generation == g)?;
+        purge_lpm(&mut self.v6, maps::PREFIXES_V6, |k| k.generation == g)?;
+        purge_lpm(&mut self.management_v4, maps::MANAGEMENT_V4, |k| {
+            k.generation == g
+        })?;
+        purge_lpm(&mut self.management_v6, maps::MANAGEMENT_V6, |k| {
+            k.generation == g
+        })?;
+        purge_lpm(&mut self.exposed_v4, maps::EXPOSED_V4, |k| {
+            k.generation == g
+        })?;
+        purge_lpm(&mut self.exposed_v6, maps::EXPOSED_V6, |k| {
+            k.generation == g
+        })?;
         Ok(())
     }
 
-    /// Attaches the ingress program to a vif: native mode, or generic mode when the
-    /// driver refuses native XDP.
+    /// Attaches both programs to a vif: XDP (ingress) in native mode, or generic mode
+    /// when the driver refuses native XDP, and TC on its egress (TCX). Both or neither:
+    /// if the second attachment fails, the first is undone.
     pub fn attach(&mut self, name: &str, ifindex: u32) -> Result<AttachMode, DataplaneError> {
         if let Some(existing) = self.attached.get(&ifindex) {
             return Ok(existing.mode);
         }
         let program = self.ingress()?;
-        let (link, mode) = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
+        let (xdp, mode) = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
             Ok(link) => (link, AttachMode::Native),
             Err(native_err) => {
                 let link = program
@@ -261,27 +313,43 @@ impl Dataplane {
                 (link, AttachMode::Generic)
             }
         };
+        let tc = match self.egress()?.attach(name, TcAttachType::Egress) {
+            Ok(link) => link,
+            Err(e) => {
+                let _ = self.ingress()?.detach(xdp);
+                return Err(prog_err(
+                    programs::TC_EGRESS,
+                    format!("attaching to the egress of {name} (ifindex {ifindex})"),
+                )(e));
+            }
+        };
         self.attached.insert(
             ifindex,
             Attachment {
                 name: name.to_string(),
-                link,
+                xdp,
+                tc,
                 mode,
             },
         );
         Ok(mode)
     }
 
-    /// Detaches the program from one vif.
+    /// Detaches both programs from one vif.
     pub fn detach(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         let Some(attachment) = self.attached.remove(&ifindex) else {
             return Ok(());
         };
-        let name = attachment.name.clone();
-        self.ingress()?.detach(attachment.link).map_err(prog_err(
+        let name = attachment.name;
+        let xdp = self.ingress()?.detach(attachment.xdp).map_err(prog_err(
             programs::XDP_INGRESS,
             format!("detaching from {name}"),
-        ))
+        ));
+        let tc = self.egress()?.detach(attachment.tc).map_err(prog_err(
+            programs::TC_EGRESS,
+            format!("detaching from {name}"),
+        ));
+        xdp.and(tc)
     }
 
     /// Detaches from every vif; returns the names of the ones that failed with why.
@@ -320,6 +388,58 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// Every tracked connection, as the kernel holds it.
+    pub fn connections(&self) -> Result<Vec<(ConnKey, ConnState)>, DataplaneError> {
+        self.conntrack
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(maps::CONNTRACK, "listing connections"))
+    }
+
+    /// Removes tracked connections idle past their timeout under `settings` (the kernel
+    /// removes them only when a packet looks them up) and returns how many it removed.
+    pub fn sweep_connections(&mut self, settings: &Settings) -> Result<u64, DataplaneError> {
+        let now = monotonic_ns();
+        let mut removed = 0;
+        for (key, state) in self.connections()? {
+            let timeout = match key.protocol {
+                6 if state.state == conntrack::ESTABLISHED => settings.tcp_idle_ns,
+                6 => settings.tcp_closing_ns,
+                17 => settings.udp_idle_ns,
+                _ => settings.icmp_idle_ns,
+            };
+            if now.saturating_sub(state.last_seen_ns) > timeout {
+                match self.conntrack.remove(&key) {
+                    Ok(()) => removed += 1,
+                    // Removed meanwhile by the kernel (RST, expiry) or evicted.
+                    Err(MapError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(map_err(maps::CONNTRACK, "removing an idle entry")(e)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Connection tracking: (entries in the table, events by [`conntrack`] index summed
+    /// over CPUs).
+    pub fn conntrack(&self) -> Result<(u64, [u64; conntrack::EVENTS as usize]), DataplaneError> {
+        let mut entries = 0;
+        for key in self.conntrack.keys() {
+            key.map_err(map_err(maps::CONNTRACK, "counting entries"))?;
+            entries += 1;
+        }
+        let mut events = [0u64; conntrack::EVENTS as usize];
+        for (i, total) in events.iter_mut().enumerate() {
+            let per_cpu = self
+                .conntrack_events
+                .get(&(i as u32), 0)
+                .map_err(map_err(maps::CONNTRACK_EVENTS, "reading"))?;
+            *total = per_cpu.iter().sum();
+        }
+        Ok((entries, events))
+    }
+
     /// Runs the ingress program once on `frame` as if it arrived on `ifindex`
     /// (BPF_PROG_TEST_RUN) and returns the XDP action. `ifindex` must name a device in
     /// the calling thread's network namespace.
@@ -340,6 +460,85 @@ impl Dataplane {
             .map_err(prog_err(programs::XDP_INGRESS, "test run"))?;
         Ok(result.return_value)
     }
+
+    /// Runs the egress program once on `frame` as if it were delivered through
+    /// `ifindex` (BPF_PROG_TEST_RUN) and returns the TC action (0 pass, 2 drop).
+    /// `ifindex` must name a device in the calling thread's network namespace.
+    pub fn test_run_egress(&mut self, ifindex: u32, frame: &[u8]) -> Result<i32, DataplaneError> {
+        // struct __sk_buff up to `ifindex` (offset 40); the kernel takes a prefix and
+        // wants every field it does not allow to be set left zero.
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::new()
+        };
+        let result = self
+            .egress()?
+            .test_run(opts)
+            .map_err(prog_err(programs::TC_EGRESS, "test run"))?;
+        Ok(result.return_value as i32)
+    }
+}
+
+fn insert<K: Pod, V: Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    key: &K,
+    value: &V,
+) -> Result<(), DataplaneError> {
+    map.insert(key, value, 0)
+        .map_err(map_err(name, "adding an entry"))
+}
+
+fn insert_lpm<K: Pod, V: Pod>(
+    map: &mut LpmTrie<MapData, K, V>,
+    name: &'static str,
+    entries: Vec<(u32, K, V)>,
+) -> Result<(), DataplaneError> {
+    for (len, data, value) in entries {
+        map.insert(&Key::new(len, data), value, 0)
+            .map_err(map_err(name, "adding a prefix"))?;
+    }
+    Ok(())
+}
+
+fn purge<K: Pod, V: Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    doomed: impl Fn(&K) -> bool,
+) -> Result<(), DataplaneError> {
+    let keys = collect_keys(map.keys(), name)?;
+    for key in keys.iter().filter(|k| doomed(k)) {
+        map.remove(key)
+            .map_err(map_err(name, "removing an old entry"))?;
+    }
+    Ok(())
+}
+
+fn purge_lpm<K: Pod, V: Pod>(
+    map: &mut LpmTrie<MapData, K, V>,
+    name: &'static str,
+    doomed: impl Fn(&K) -> bool,
+) -> Result<(), DataplaneError> {
+    let keys = collect_keys(map.keys(), name)?;
+    for key in keys.iter().filter(|k| doomed(&k.data())) {
+        map.remove(key)
+            .map_err(map_err(name, "removing an old entry"))?;
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn collect_keys<K>(

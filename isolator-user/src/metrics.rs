@@ -83,20 +83,48 @@ struct PassLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: String,
+}
+
+/// Connection tracking figures for the exposition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackStats {
+    /// Connections in the table now.
+    pub entries: u64,
+    /// The table's size; when full, the least recently used connection is evicted.
+    pub capacity: u64,
+    /// Connections opened (TCP SYN, first UDP datagram, ICMP echo request).
+    pub opened: u64,
+    /// Connections ended by a TCP RST.
+    pub reset: u64,
+    /// Connections removed after their idle timeout (by the kernel or the daemon's sweep).
+    pub expired: u64,
+    /// Connections evicted because the table was full.
+    pub evicted: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SegmentLabels {
     tenant: String,
     segment: String,
 }
 
-/// Directions whose programs exist today; their series are exported from zero.
-const DIRECTIONS: [u8; 1] = [direction::INGRESS];
+/// Directions whose programs exist; their series are exported from zero.
+const DIRECTIONS: [u8; 2] = [direction::INGRESS, direction::EGRESS];
 
 /// Renders the exposition. Every attached vif gets a series for each direction it is
 /// judged in and each drop reason, starting at zero, so that `rate()` sees the first drop.
 /// Counters of interfaces no longer attached are left out.
-pub fn render(inventory: &Inventory, counters: &[(CounterKey, Counter)]) -> String {
+pub fn render(
+    inventory: &Inventory,
+    counters: &[(CounterKey, Counter)],
+    conntrack: &ConntrackStats,
+) -> String {
     let drop_packets = Family::<DropLabels, PromCounter>::default();
     let drop_bytes = Family::<DropLabels, PromCounter>::default();
+    let audit_packets = Family::<DropLabels, PromCounter>::default();
+    let audit_bytes = Family::<DropLabels, PromCounter>::default();
     let pass_packets = Family::<PassLabels, PromCounter>::default();
     let pass_bytes = Family::<PassLabels, PromCounter>::default();
     let interfaces = Family::<SegmentLabels, Gauge>::default();
@@ -158,8 +186,13 @@ pub fn render(inventory: &Inventory, counters: &[(CounterKey, Counter)]) -> Stri
             pass_bytes.get_or_create(&labels).inc_by(value.bytes);
         } else if let Some(reason) = verdict::name(key.verdict) {
             let labels = drop_labels(vif, dir, reason);
-            drop_packets.get_or_create(&labels).inc_by(value.packets);
-            drop_bytes.get_or_create(&labels).inc_by(value.bytes);
+            if key.flags & CounterKey::AUDIT != 0 {
+                audit_packets.get_or_create(&labels).inc_by(value.packets);
+                audit_bytes.get_or_create(&labels).inc_by(value.bytes);
+            } else {
+                drop_packets.get_or_create(&labels).inc_by(value.packets);
+                drop_bytes.get_or_create(&labels).inc_by(value.bytes);
+            }
         }
     }
 
@@ -183,6 +216,48 @@ pub fn render(inventory: &Inventory, counters: &[(CounterKey, Counter)]) -> Stri
         "pass_bytes",
         "Bytes of passed packets (layer 2 frame length)",
         pass_bytes,
+    );
+    registry.register(
+        "audit_packets",
+        "Packets a segment in audit mode would have dropped, counted and passed",
+        audit_packets,
+    );
+    registry.register(
+        "audit_bytes",
+        "Bytes of packets audit mode passed (layer 2 frame length)",
+        audit_bytes,
+    );
+    let entries = Gauge::<i64>::default();
+    entries.set(i64::try_from(conntrack.entries).unwrap_or(i64::MAX));
+    registry.register(
+        "conntrack_entries",
+        "Tracked connections in the kernel table",
+        entries,
+    );
+    let capacity = Gauge::<i64>::default();
+    capacity.set(i64::try_from(conntrack.capacity).unwrap_or(i64::MAX));
+    registry.register(
+        "conntrack_capacity",
+        "Size of the connection table; when full the least recently used entry is evicted",
+        capacity,
+    );
+    let events = Family::<EventLabels, PromCounter>::default();
+    for (event, value) in [
+        ("opened", conntrack.opened),
+        ("reset", conntrack.reset),
+        ("expired", conntrack.expired),
+        ("evicted", conntrack.evicted),
+    ] {
+        events
+            .get_or_create(&EventLabels {
+                event: event.to_string(),
+            })
+            .inc_by(value);
+    }
+    registry.register(
+        "conntrack_events",
+        "Connection tracking events: opened, reset (TCP RST), expired (idle), evicted (table full)",
+        events,
     );
     registry.register(
         "interfaces",
@@ -219,8 +294,39 @@ mod tests {
             ifindex,
             direction: direction::INGRESS,
             verdict,
-            _pad: [0; 2],
+            flags: 0,
+            _pad: 0,
         }
+    }
+
+    #[test]
+    fn audit_counters_are_their_own_family_and_egress_is_exported() {
+        let mut audited = key(7, verdict::NOT_EXPOSED);
+        audited.direction = direction::EGRESS;
+        audited.flags = CounterKey::AUDIT;
+        let counters = [(
+            audited,
+            Counter {
+                packets: 4,
+                bytes: 400,
+            },
+        )];
+        let stats = ConntrackStats {
+            entries: 3,
+            capacity: 262_144,
+            opened: 10,
+            reset: 2,
+            expired: 4,
+            evicted: 1,
+        };
+        let text = render(&inventory(), &counters, &stats);
+        assert!(text.contains("isolator_audit_packets_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"egress\",reason=\"not_exposed\"} 4\n"), "{text}");
+        assert!(text.contains("isolator_drop_packets_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"egress\",reason=\"not_exposed\"} 0\n"), "{text}");
+        assert!(!text.contains("isolator_audit_packets_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"ingress\",reason=\"malformed\"}"), "malformed is never audited");
+        assert!(text.contains("isolator_conntrack_entries 3\n"));
+        assert!(text.contains("isolator_conntrack_capacity 262144\n"));
+        assert!(text.contains("isolator_conntrack_events_total{event=\"evicted\"} 1\n"));
+        assert!(text.contains("isolator_conntrack_events_total{event=\"opened\"} 10\n"));
     }
 
     fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
@@ -255,7 +361,7 @@ mod tests {
                 },
             ),
         ];
-        let text = render(&inventory(), &counters);
+        let text = render(&inventory(), &counters, &ConntrackStats::default());
         assert_eq!(
             line(
                 &text,
@@ -273,7 +379,7 @@ mod tests {
 
     #[test]
     fn every_reason_starts_at_zero_and_segments_without_vifs_are_shown() {
-        let text = render(&inventory(), &[]);
+        let text = render(&inventory(), &[], &ConntrackStats::default());
         for (_, reason, _) in verdict::DROP_REASONS {
             let series = format!(
                 "isolator_drop_packets_total{{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"ingress\",reason=\"{reason}\"}} 0\n"

@@ -6,17 +6,16 @@
 //! created in, attached to or sent from the root namespace, and everything vanishes with
 //! the thread.
 
+mod common;
+
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::process::Command;
 
 use bytes::{BufMut, BytesMut};
-use isolator::compile::{Link, ManagedVif, Plan};
+use common::{Lab, in_private_netns, row, veths};
+use isolator::compile::{ManagedVif, Plan};
 use isolator::dataplane::Dataplane;
 use isolator::policy;
-use isolator_common::{Counter, CounterKey, direction, verdict};
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
+use isolator_common::verdict;
 
 const POLICY: &str = r#"
 version: 1
@@ -36,138 +35,10 @@ tenants:
         prefixes: ["10.2.1.0/24", "fd00:2:1::/64"]
 "#;
 
-/// Runs `body` on a fresh thread in a new, anonymous network namespace.
-fn in_private_netns<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        // SAFETY: unshare affects only this thread's network namespace.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET) failed: {} (these tests need root)",
-            std::io::Error::last_os_error()
-        );
-        body()
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
+const LINKS: &[&str] = &["d-aw1", "d-aw2", "d-ad", "d-gw", "d-stranger"];
 
-/// Creates a veth pair per name in the calling thread's (private) namespace (this kernel
-/// has no dummy driver) and returns the named ends.
-fn dummies(names: &[&str]) -> Vec<Link> {
-    names
-        .iter()
-        .map(|name| {
-            let status = Command::new("ip")
-                .args(["link", "add", name, "type", "veth", "peer", "name"])
-                .arg(format!("{name}-p"))
-                .status()
-                .expect("running ip");
-            assert!(status.success(), "ip link add {name} failed");
-            let c = std::ffi::CString::new(*name).unwrap();
-            // SAFETY: c is a valid NUL-terminated string.
-            let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-            assert_ne!(ifindex, 0, "{name} has no ifindex");
-            Link {
-                name: name.to_string(),
-                ifindex,
-            }
-        })
-        .collect()
-}
-
-struct Lab {
-    dp: Dataplane,
-    links: Vec<Link>,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        let links = dummies(&["d-aw1", "d-aw2", "d-ad", "d-gw", "d-stranger"]);
-        let policy = policy::parse(POLICY, "verdicts.yaml").expect("valid policy");
-        let plan = Plan::new(&policy, &links).expect("plan");
-        assert_eq!(plan.vifs.len(), 4, "d-stranger must not be managed");
-        let mut dp = Dataplane::load().expect("loading the programs");
-        dp.apply(&plan).expect("applying the policy");
-        Lab { dp, links }
-    }
-
-    fn ifindex(&self, name: &str) -> u32 {
-        self.links.iter().find(|l| l.name == name).unwrap().ifindex
-    }
-
-    /// Runs one row and checks the action and that exactly the row's counter moved by
-    /// one packet and the frame's length in bytes.
-    fn check(&mut self, row: &Row) {
-        let ifindex = self.ifindex(row.vif);
-        let before = self.dp.counters().expect("counters");
-        let action = self
-            .dp
-            .test_run_ingress(ifindex, &row.frame)
-            .unwrap_or_else(|e| panic!("{}: test run failed: {e:?}", row.name));
-        let expected_action = if row.verdict == verdict::PASS {
-            XDP_PASS
-        } else {
-            XDP_DROP
-        };
-        assert_eq!(
-            action, expected_action,
-            "{}: action (1 = drop, 2 = pass)",
-            row.name
-        );
-        let after = self.dp.counters().expect("counters");
-        let key = CounterKey {
-            ifindex,
-            direction: direction::INGRESS,
-            verdict: row.verdict,
-            _pad: [0; 2],
-        };
-        let get = |snapshot: &[(CounterKey, Counter)], k: &CounterKey| {
-            snapshot
-                .iter()
-                .find(|(kk, _)| kk == k)
-                .map(|(_, c)| *c)
-                .unwrap_or_default()
-        };
-        let delta_packets = get(&after, &key).packets - get(&before, &key).packets;
-        let delta_bytes = get(&after, &key).bytes - get(&before, &key).bytes;
-        assert_eq!(
-            (delta_packets, delta_bytes),
-            (1, row.frame.len() as u64),
-            "{}: counter for verdict {} on {}",
-            row.name,
-            verdict::name(row.verdict).unwrap_or("pass"),
-            row.vif
-        );
-        // No other counter moved.
-        for (k, c) in &after {
-            if *k != key {
-                assert_eq!(
-                    get(&before, k),
-                    *c,
-                    "{}: unexpected counter change at {k:?}",
-                    row.name
-                );
-            }
-        }
-    }
-}
-
-struct Row {
-    name: &'static str,
-    vif: &'static str,
-    frame: Vec<u8>,
-    verdict: u8,
-}
-
-fn row(name: &'static str, vif: &'static str, frame: Vec<u8>, verdict: u8) -> Row {
-    Row {
-        name,
-        vif,
-        frame,
-        verdict,
-    }
+fn lab() -> Lab {
+    Lab::new(POLICY, LINKS)
 }
 
 const VM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
@@ -250,7 +121,7 @@ fn truncated(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
 #[test]
 fn ipv4_verdicts() {
     in_private_netns(|| {
-        let mut lab = Lab::new();
+        let mut lab = lab();
         let rows = [
             row(
                 "same segment",
@@ -372,7 +243,7 @@ fn ipv4_verdicts() {
 #[test]
 fn ipv6_verdicts() {
     in_private_netns(|| {
-        let mut lab = Lab::new();
+        let mut lab = lab();
         let rows = [
             row(
                 "same segment",
@@ -438,7 +309,7 @@ fn ipv6_verdicts() {
 #[test]
 fn arp_verdicts() {
     in_private_netns(|| {
-        let mut lab = Lab::new();
+        let mut lab = lab();
         let rows = [
             row(
                 "who-has in own segment",
@@ -486,7 +357,7 @@ fn arp_verdicts() {
 #[test]
 fn a_vif_whose_segment_entry_is_missing_fails_closed() {
     in_private_netns(|| {
-        let links = dummies(&["d-aw1", "d-orphan"]);
+        let links = veths(&["d-aw1", "d-orphan"]);
         let policy = policy::parse(POLICY, "verdicts.yaml").expect("valid policy");
         let mut plan = Plan::new(&policy, &links).expect("plan");
         // A vif pointing at a segment that has no entry in the SEGMENTS map.
@@ -518,7 +389,7 @@ fn a_vif_whose_segment_entry_is_missing_fails_closed() {
 #[test]
 fn a_policy_swap_is_all_or_nothing() {
     in_private_netns(|| {
-        let mut lab = Lab::new();
+        let mut lab = lab();
         let to_db = ipv4("10.1.1.2", "10.1.2.3");
         lab.check(&row(
             "before",

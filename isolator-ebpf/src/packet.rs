@@ -1,0 +1,447 @@
+//! Parsing a frame far enough to judge it, shared by the XDP and TC programs.
+
+use core::mem;
+
+use aya_ebpf::programs::{TcContext, XdpContext};
+use isolator_common::{ConnKey, verdict};
+use network_types::{
+    arp::ArpHdr,
+    eth::{EthHdr, EtherType},
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
+
+/// Bounds of a frame's data, for XDP and TC alike.
+pub trait Frame {
+    fn start(&self) -> usize;
+    fn end(&self) -> usize;
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
+/// The one bounds check: a pointer to a `T` at `offset`, or an error when it would reach
+/// past the end of the frame.
+#[inline(always)]
+pub fn ptr_at<T>(frame: &impl Frame, offset: usize) -> Result<*const T, ()> {
+    let start = frame.start();
+    let end = frame.end();
+    if start + offset + mem::size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + offset) as *const T)
+}
+
+pub const KIND_IPV4: u8 = 4;
+pub const KIND_IPV6: u8 = 6;
+pub const KIND_ARP: u8 = 1;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// IPv6 extension headers walked before giving up (the frame is then malformed).
+const MAX_IPV6_EXTENSIONS: usize = 4;
+
+/// What the programs need to know about a frame (kept in a per-CPU scratch map: it does
+/// not fit on the BPF stack alongside everything else). Addresses are 16 bytes, IPv4 ones
+/// IPv4-mapped; for ARP, `src`/`dst` are the sender and target protocol addresses.
+#[repr(C)]
+pub struct Packet {
+    pub kind: u8,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// IP protocol of the transport header (after IPv6 extension headers).
+    pub protocol: u8,
+    /// Whether the transport header was parsed (false for non-first fragments and
+    /// protocols other than TCP, UDP, ICMP, ICMPv6).
+    pub has_ports: bool,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    /// Offset of the transport header.
+    pub l4_offset: usize,
+    /// Target address of an IPv6 neighbour solicitation or advertisement.
+    pub nd_target: [u8; 16],
+}
+
+impl Packet {
+    /// Clears what the previous packet on this CPU left.
+    #[inline(always)]
+    pub fn reset(&mut self) {
+        self.kind = 0;
+        self.protocol = 0;
+        self.has_ports = false;
+        self.src_port = 0;
+        self.dst_port = 0;
+        self.tcp_flags = 0;
+        self.icmp_type = 0;
+        self.l4_offset = 0;
+        self.nd_target = [0; 16];
+    }
+
+    #[inline(always)]
+    pub fn is_v4(&self) -> bool {
+        self.kind != KIND_IPV6
+    }
+
+    #[inline(always)]
+    pub fn is_icmp(&self) -> bool {
+        (self.kind == KIND_IPV4 && self.protocol == IPPROTO_ICMP)
+            || (self.kind == KIND_IPV6 && self.protocol == IPPROTO_ICMPV6)
+    }
+
+    /// ICMP echo request (either family).
+    #[inline(always)]
+    pub fn is_echo_request(&self) -> bool {
+        self.is_icmp()
+            && self.has_ports
+            && ((self.kind == KIND_IPV4 && self.icmp_type == 8)
+                || (self.kind == KIND_IPV6 && self.icmp_type == 128))
+    }
+
+    #[inline(always)]
+    pub fn is_echo_reply(&self) -> bool {
+        self.is_icmp()
+            && self.has_ports
+            && ((self.kind == KIND_IPV4 && self.icmp_type == 0)
+                || (self.kind == KIND_IPV6 && self.icmp_type == 129))
+    }
+
+    /// ICMP errors that quote the packet they answer.
+    #[inline(always)]
+    pub fn is_icmp_error(&self) -> bool {
+        self.is_icmp()
+            && self.has_ports
+            && ((self.kind == KIND_IPV4 && matches!(self.icmp_type, 3 | 11 | 12))
+                || (self.kind == KIND_IPV6 && matches!(self.icmp_type, 1..=4)))
+    }
+
+    /// IPv6 neighbour discovery: router solicitation/advertisement, neighbour
+    /// solicitation/advertisement, redirect.
+    #[inline(always)]
+    pub fn is_nd(&self) -> bool {
+        self.kind == KIND_IPV6
+            && self.protocol == IPPROTO_ICMPV6
+            && self.has_ports
+            && matches!(self.icmp_type, 133..=137)
+    }
+
+    /// Neighbour solicitation or advertisement (these carry a target address).
+    #[inline(always)]
+    pub fn is_nd_neighbour(&self) -> bool {
+        self.is_nd() && matches!(self.icmp_type, 135 | 136)
+    }
+
+    /// IPv6 multicast listener messages (MLD queries, reports, done).
+    #[inline(always)]
+    pub fn is_mld(&self) -> bool {
+        self.kind == KIND_IPV6
+            && self.protocol == IPPROTO_ICMPV6
+            && self.has_ports
+            && matches!(self.icmp_type, 130..=132 | 143)
+    }
+
+    /// A DHCP or DHCPv6 client message to servers.
+    #[inline(always)]
+    pub fn is_dhcp_client(&self) -> bool {
+        self.protocol == IPPROTO_UDP
+            && self.has_ports
+            && ((self.kind == KIND_IPV4 && self.src_port == 68 && self.dst_port == 67)
+                || (self.kind == KIND_IPV6 && self.src_port == 546 && self.dst_port == 547))
+    }
+
+    /// A DHCP or DHCPv6 server message to a client.
+    #[inline(always)]
+    pub fn is_dhcp_server(&self) -> bool {
+        self.protocol == IPPROTO_UDP
+            && self.has_ports
+            && ((self.kind == KIND_IPV4 && self.src_port == 67 && self.dst_port == 68)
+                || (self.kind == KIND_IPV6 && self.src_port == 547 && self.dst_port == 546))
+    }
+
+    /// The key of the connection this packet would open or continue in its own
+    /// direction. ICMP echo replies have none (they only ever answer).
+    #[inline(always)]
+    pub fn forward_key(&self, key: &mut ConnKey) -> bool {
+        if !self.trackable() || self.is_echo_reply() {
+            return false;
+        }
+        key.src = self.src;
+        key.dst = self.dst;
+        key.protocol = self.protocol;
+        if self.is_icmp() {
+            key.src_port = self.src_port;
+            key.dst_port = 0;
+        } else {
+            key.src_port = self.src_port;
+            key.dst_port = self.dst_port;
+        }
+        true
+    }
+
+    /// The key of the connection this packet would answer. ICMP echo requests have none.
+    #[inline(always)]
+    pub fn reverse_key(&self, key: &mut ConnKey) -> bool {
+        if !self.trackable() || self.is_echo_request() {
+            return false;
+        }
+        key.src = self.dst;
+        key.dst = self.src;
+        key.protocol = self.protocol;
+        if self.is_icmp() {
+            key.src_port = self.src_port;
+            key.dst_port = 0;
+        } else {
+            key.src_port = self.dst_port;
+            key.dst_port = self.src_port;
+        }
+        true
+    }
+
+    /// TCP, UDP and ICMP echo can be tracked.
+    #[inline(always)]
+    fn trackable(&self) -> bool {
+        self.has_ports
+            && (self.protocol == IPPROTO_TCP
+                || self.protocol == IPPROTO_UDP
+                || self.is_echo_request()
+                || self.is_echo_reply())
+    }
+
+    /// Whether this packet opens a connection: TCP SYN without ACK, any UDP datagram,
+    /// ICMP echo request.
+    #[inline(always)]
+    pub fn opens_connection(&self) -> bool {
+        if !self.has_ports {
+            return false;
+        }
+        match self.protocol {
+            IPPROTO_TCP => self.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN,
+            IPPROTO_UDP => true,
+            _ => self.is_echo_request(),
+        }
+    }
+}
+
+#[inline(always)]
+fn mapped(addr: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+    ]
+}
+
+/// Parses the frame into `p`. Errors are verdict codes (`MALFORMED`, `UNKNOWN_ETHERTYPE`).
+#[inline(always)]
+pub fn parse(frame: &impl Frame, p: &mut Packet) -> Result<(), u8> {
+    let eth: *const EthHdr = ptr_at(frame, 0).map_err(|()| verdict::MALFORMED)?;
+    let eth = unsafe { &*eth };
+    p.src_mac = eth.src_addr;
+    p.dst_mac = eth.dst_addr;
+    match eth.ether_type() {
+        Ok(EtherType::Ipv4) => parse_ipv4(frame, p),
+        Ok(EtherType::Ipv6) => parse_ipv6(frame, p),
+        Ok(EtherType::Arp) => parse_arp(frame, p),
+        _ => Err(verdict::UNKNOWN_ETHERTYPE),
+    }
+}
+
+#[inline(always)]
+fn parse_arp(frame: &impl Frame, p: &mut Packet) -> Result<(), u8> {
+    let arp: *const ArpHdr = ptr_at(frame, EthHdr::LEN).map_err(|()| verdict::MALFORMED)?;
+    let arp = unsafe { &*arp };
+    if arp.htype != [0, 1] || arp.ptype != [0x08, 0x00] || arp.hlen != 6 || arp.plen != 4 {
+        return Err(verdict::MALFORMED);
+    }
+    p.kind = KIND_ARP;
+    p.src = mapped(arp.spa);
+    p.dst = mapped(arp.tpa);
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_ipv4(frame: &impl Frame, p: &mut Packet) -> Result<(), u8> {
+    let ip: *const Ipv4Hdr = ptr_at(frame, EthHdr::LEN).map_err(|()| verdict::MALFORMED)?;
+    let ip = unsafe { &*ip };
+    let header_len = ip.ihl() as usize;
+    if ip.version() != 4
+        || header_len < Ipv4Hdr::LEN
+        || frame.start() + EthHdr::LEN + header_len > frame.end()
+    {
+        return Err(verdict::MALFORMED);
+    }
+    p.kind = KIND_IPV4;
+    p.src = mapped(ip.src_addr);
+    p.dst = mapped(ip.dst_addr);
+    p.protocol = ip.proto;
+    // A fragment other than the first carries no transport header: it is judged
+    // without ports (see docs/design.md).
+    if ip.frag_offset() != 0 {
+        return Ok(());
+    }
+    parse_l4(frame, p, EthHdr::LEN + header_len)
+}
+
+#[inline(always)]
+fn parse_ipv6(frame: &impl Frame, p: &mut Packet) -> Result<(), u8> {
+    let ip: *const Ipv6Hdr = ptr_at(frame, EthHdr::LEN).map_err(|()| verdict::MALFORMED)?;
+    let ip = unsafe { &*ip };
+    if ip.version() != 6 {
+        return Err(verdict::MALFORMED);
+    }
+    p.kind = KIND_IPV6;
+    p.src = ip.src_addr;
+    p.dst = ip.dst_addr;
+    let mut next = ip.next_hdr;
+    let mut offset = EthHdr::LEN + Ipv6Hdr::LEN;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        match next {
+            // Hop-by-hop options, routing, destination options.
+            0 | 43 | 60 => {
+                let h: *const [u8; 2] = ptr_at(frame, offset).map_err(|()| verdict::MALFORMED)?;
+                let h = unsafe { &*h };
+                next = h[0];
+                offset += (h[1] as usize + 1) * 8;
+            }
+            // Fragment header.
+            44 => {
+                let h: *const [u8; 8] = ptr_at(frame, offset).map_err(|()| verdict::MALFORMED)?;
+                let h = unsafe { &*h };
+                next = h[0];
+                offset += 8;
+                let fragment_offset = u16::from_be_bytes([h[2], h[3]]) & 0xfff8;
+                if fragment_offset != 0 {
+                    p.protocol = next;
+                    return Ok(());
+                }
+            }
+            _ => break,
+        }
+    }
+    if matches!(next, 0 | 43 | 44 | 60) {
+        // More extension headers than the bound: refuse rather than guess.
+        return Err(verdict::MALFORMED);
+    }
+    p.protocol = next;
+    parse_l4(frame, p, offset)
+}
+
+#[inline(always)]
+fn parse_l4(frame: &impl Frame, p: &mut Packet, offset: usize) -> Result<(), u8> {
+    p.l4_offset = offset;
+    match p.protocol {
+        IPPROTO_TCP => {
+            let h: *const [u8; 14] = ptr_at(frame, offset).map_err(|()| verdict::MALFORMED)?;
+            let h = unsafe { &*h };
+            p.src_port = u16::from_be_bytes([h[0], h[1]]);
+            p.dst_port = u16::from_be_bytes([h[2], h[3]]);
+            p.tcp_flags = h[13];
+            p.has_ports = true;
+        }
+        IPPROTO_UDP => {
+            let h: *const [u8; 4] = ptr_at(frame, offset).map_err(|()| verdict::MALFORMED)?;
+            let h = unsafe { &*h };
+            p.src_port = u16::from_be_bytes([h[0], h[1]]);
+            p.dst_port = u16::from_be_bytes([h[2], h[3]]);
+            p.has_ports = true;
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            if (p.protocol == IPPROTO_ICMP) != (p.kind == KIND_IPV4) {
+                // ICMP inside IPv6 or ICMPv6 inside IPv4: other protocols, no ports.
+                return Ok(());
+            }
+            let h: *const [u8; 8] = ptr_at(frame, offset).map_err(|()| verdict::MALFORMED)?;
+            let h = unsafe { &*h };
+            p.icmp_type = h[0];
+            // The echo identifier stands in for a port.
+            p.src_port = u16::from_be_bytes([h[4], h[5]]);
+            p.has_ports = true;
+            if p.is_nd_neighbour() {
+                let t: *const [u8; 16] =
+                    ptr_at(frame, offset + 8).map_err(|()| verdict::MALFORMED)?;
+                p.nd_target = unsafe { *t };
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// For an ICMP error, the key of the packet it quotes, as that packet was sent.
+/// Returns false when the quote is too short or not TCP, UDP or ICMP echo.
+#[inline(always)]
+pub fn quoted_key(frame: &impl Frame, p: &Packet, key: &mut ConnKey) -> bool {
+    // The mask changes nothing (offsets stay below 14 + 40 + 4 * 2048) but gives the
+    // verifier a bound for a value read back from memory.
+    let offset = (p.l4_offset & 0x3fff) + 8;
+    let l4;
+    if p.kind == KIND_IPV4 {
+        let Ok(ip) = ptr_at::<Ipv4Hdr>(frame, offset) else {
+            return false;
+        };
+        let ip = unsafe { &*ip };
+        let header_len = ip.ihl() as usize;
+        if header_len < Ipv4Hdr::LEN {
+            return false;
+        }
+        key.src = mapped(ip.src_addr);
+        key.dst = mapped(ip.dst_addr);
+        key.protocol = ip.proto;
+        l4 = offset + header_len;
+    } else {
+        let Ok(ip) = ptr_at::<Ipv6Hdr>(frame, offset) else {
+            return false;
+        };
+        let ip = unsafe { &*ip };
+        key.src = ip.src_addr;
+        key.dst = ip.dst_addr;
+        key.protocol = ip.next_hdr;
+        l4 = offset + Ipv6Hdr::LEN;
+    }
+    let Ok(h) = ptr_at::<[u8; 8]>(frame, l4) else {
+        return false;
+    };
+    let h = unsafe { &*h };
+    match key.protocol {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            key.src_port = u16::from_be_bytes([h[0], h[1]]);
+            key.dst_port = u16::from_be_bytes([h[2], h[3]]);
+            true
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            // Only a quoted echo request belongs to a tracked connection.
+            let echo = if key.protocol == IPPROTO_ICMP { 8 } else { 128 };
+            key.src_port = u16::from_be_bytes([h[4], h[5]]);
+            key.dst_port = 0;
+            h[0] == echo
+        }
+        _ => false,
+    }
+}

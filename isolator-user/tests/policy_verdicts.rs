@@ -1,0 +1,686 @@
+//! Verdict tables for the full isolation policy (BPF_PROG_TEST_RUN, both programs):
+//! management prefixes, exposed endpoints, flows, egress, connection tracking, audit
+//! mode, and what the egress program lets reach a VM. IPv4 and IPv6. Needs root.
+//!
+//! Rows run in order on one loaded program, so the connection tracking rows build on
+//! each other as a real exchange would.
+
+mod common;
+
+use common::{
+    ACK, BROADCAST, FIN, L4, Lab, ROUTER_MAC, RST, SYN, SYN_ACK, arp_request, echo_reply,
+    echo_request, from_outside, icmp_error, in_private_netns, ip, ip_from, nd, out, quoted,
+    router_advertisement, row, tcp, udp,
+};
+use isolator_common::verdict;
+
+const POLICY: &str = r#"
+version: 1
+management:
+  - prefix: 192.168.100.0/24
+  - prefix: fd00:ff::/64
+  - prefix: 10.9.0.0/16
+    services:
+      - protocol: tcp
+        ports: 22
+tenants:
+  - name: acme
+    flows:
+      - from: web
+        to: db
+        protocol: tcp
+        ports: 5432
+      - from: web
+        to: globex/api
+        protocol: udp
+        ports: "5000-5010"
+    segments:
+      - name: web
+        interfaces: ["d-aw*"]
+        prefixes: ["10.1.1.0/24", "fd00:1:1::/64"]
+        expose:
+          - address: 10.1.1.10
+            protocol: tcp
+            ports: 443
+          - address: fd00:1:1::10
+            protocol: tcp
+            ports: 443
+          - address: 10.1.1.0/24
+            protocol: icmp
+      - name: db
+        egress: deny
+        interfaces: ["d-ad"]
+        prefixes: ["10.1.2.0/24", "fd00:1:2::/64"]
+        expose:
+          - address: 10.1.2.10
+            protocol: tcp
+            ports: 80
+          - address: fd00:1:2::10
+            protocol: tcp
+            ports: 80
+  - name: globex
+    segments:
+      - name: api
+        mode: audit
+        interfaces: ["d-ga"]
+        prefixes: ["10.2.1.0/24", "fd00:2:1::/64"]
+"#;
+
+const LINKS: &[&str] = &["d-aw1", "d-aw2", "d-ad", "d-ga"];
+
+fn lab() -> Lab {
+    Lab::new(POLICY, LINKS)
+}
+
+#[test]
+fn ingress_rules_ipv4() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        lab.check_all(&[
+            row(
+                "to a management prefix",
+                "d-aw1",
+                ip("10.1.1.2", "192.168.100.5", tcp(40000, 80, SYN)),
+                verdict::MANAGEMENT,
+            ),
+            row(
+                "to a management prefix protecting ssh, on ssh",
+                "d-aw1",
+                ip("10.1.1.2", "10.9.1.1", tcp(40000, 22, SYN)),
+                verdict::MANAGEMENT,
+            ),
+            row(
+                "to a management prefix protecting ssh, other port: outside, egress allowed",
+                "d-aw1",
+                ip("10.1.1.2", "10.9.1.1", tcp(40000, 80, SYN)),
+                verdict::PASS,
+            ),
+            row(
+                "outside every segment from a segment with egress deny",
+                "d-ad",
+                ip("10.1.2.5", "192.0.2.1", udp(40000, 53)),
+                verdict::EGRESS_DENIED,
+            ),
+            row(
+                "DHCP discovery passes despite egress deny",
+                "d-ad",
+                ip("0.0.0.0", "255.255.255.255", udp(68, 67)),
+                verdict::PASS,
+            ),
+            row(
+                "to an exposed endpoint of another segment",
+                "d-ad",
+                ip("10.1.2.5", "10.1.1.10", tcp(41000, 443, SYN)),
+                verdict::PASS,
+            ),
+            row(
+                "to an address of that segment that is not exposed",
+                "d-ad",
+                ip("10.1.2.5", "10.1.1.11", tcp(41000, 443, SYN)),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "to the exposed address on a port not exposed",
+                "d-ad",
+                ip("10.1.2.5", "10.1.1.10", tcp(41000, 80, SYN)),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "ICMP to a prefix exposed for ICMP",
+                "d-ad",
+                ip("10.1.2.5", "10.1.1.77", echo_request(7)),
+                verdict::PASS,
+            ),
+            row(
+                "UDP to a prefix exposed for ICMP only",
+                "d-ad",
+                ip("10.1.2.5", "10.1.1.77", udp(41000, 53)),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "over a flow",
+                "d-aw1",
+                ip("10.1.1.2", "10.1.2.5", tcp(42000, 5432, SYN)),
+                verdict::PASS,
+            ),
+            row(
+                "a flow's segment pair on another port",
+                "d-aw1",
+                ip("10.1.1.2", "10.1.2.5", tcp(42000, 5433, SYN)),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "against a flow's direction",
+                "d-ad",
+                ip("10.1.2.5", "10.1.1.2", tcp(42000, 5432, SYN)),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "over a cross-tenant flow, inside its port range",
+                "d-aw1",
+                ip("10.1.1.2", "10.2.1.5", udp(43000, 5010)),
+                verdict::PASS,
+            ),
+            row(
+                "cross-tenant, outside the flow's port range",
+                "d-aw1",
+                ip("10.1.1.2", "10.2.1.5", udp(43000, 5011)),
+                verdict::CROSS_TENANT,
+            ),
+            row(
+                "from a segment in audit mode: counted, passed",
+                "d-ga",
+                ip("10.2.1.5", "10.1.1.2", tcp(44000, 22, SYN)),
+                verdict::CROSS_TENANT,
+            )
+            .audited(),
+            row(
+                "audit mode never lets a management drop through",
+                "d-ga",
+                ip("10.2.1.5", "192.168.100.1", tcp(44000, 22, SYN)),
+                verdict::MANAGEMENT,
+            ),
+        ]);
+    });
+}
+
+#[test]
+fn ingress_rules_ipv6() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        lab.check_all(&[
+            row(
+                "to a management prefix",
+                "d-aw1",
+                ip("fd00:1:1::2", "fd00:ff::1", tcp(40000, 443, SYN)),
+                verdict::MANAGEMENT,
+            ),
+            row(
+                "outside every segment from a segment with egress deny",
+                "d-ad",
+                ip("fd00:1:2::5", "2001:db8::1", tcp(40000, 443, SYN)),
+                verdict::EGRESS_DENIED,
+            ),
+            row(
+                "outside every segment, egress allowed",
+                "d-aw1",
+                ip("fd00:1:1::2", "2001:db8::1", tcp(40000, 443, SYN)),
+                verdict::PASS,
+            ),
+            row(
+                "to an exposed endpoint",
+                "d-ad",
+                ip("fd00:1:2::5", "fd00:1:1::10", tcp(41000, 443, SYN)),
+                verdict::PASS,
+            ),
+            row(
+                "to the exposed address on another port",
+                "d-ad",
+                ip("fd00:1:2::5", "fd00:1:1::10", tcp(41000, 444, SYN)),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "ICMPv6 to a segment exposing ICMP only on IPv4",
+                "d-ad",
+                ip("fd00:1:2::5", "fd00:1:1::77", echo_request(3)),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "over a flow",
+                "d-aw1",
+                ip("fd00:1:1::2", "fd00:1:2::5", tcp(42000, 5432, SYN)),
+                verdict::PASS,
+            ),
+            row(
+                "over a cross-tenant flow",
+                "d-aw2",
+                ip("fd00:1:1::3", "fd00:2:1::5", udp(43000, 5000)),
+                verdict::PASS,
+            ),
+            row(
+                "neighbour solicitation for another segment's address, no flow or exposure",
+                "d-ga",
+                nd(
+                    [2, 0, 0, 0, 0, 0x0a],
+                    135,
+                    "fd00:2:1::5",
+                    "ff02::1:ff00:3",
+                    "fd00:1:2::3",
+                ),
+                verdict::CROSS_TENANT,
+            )
+            .audited(),
+            row(
+                "neighbour solicitation for an exposed address",
+                "d-ad",
+                nd(
+                    [2, 0, 0, 0, 0, 0x0b],
+                    135,
+                    "fd00:1:2::5",
+                    "ff02::1:ff00:10",
+                    "fd00:1:1::10",
+                ),
+                verdict::PASS,
+            ),
+            row(
+                "neighbour solicitation between segments joined by a flow",
+                "d-ad",
+                nd(
+                    [2, 0, 0, 0, 0, 0x0b],
+                    135,
+                    "fd00:1:2::5",
+                    "ff02::1:ff00:2",
+                    "fd00:1:1::2",
+                ),
+                verdict::PASS,
+            ),
+        ]);
+    });
+}
+
+#[test]
+fn connection_tracking_ipv4() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        lab.check_all(&[
+            // A client in db opens a connection to web's exposed endpoint.
+            row(
+                "SYN to the exposed endpoint opens a connection",
+                "d-ad",
+                ip("10.1.2.5", "10.1.1.10", tcp(50000, 443, SYN)),
+                verdict::PASS,
+            ),
+            out(
+                "the SYN is delivered to the server",
+                "d-aw1",
+                ip("10.1.2.5", "10.1.1.10", tcp(50000, 443, SYN)),
+                verdict::PASS,
+            ),
+            row(
+                "the server's SYN-ACK is a reply",
+                "d-aw1",
+                ip("10.1.1.10", "10.1.2.5", tcp(443, 50000, SYN_ACK)),
+                verdict::PASS,
+            ),
+            out(
+                "and is delivered to the client",
+                "d-ad",
+                ip("10.1.1.10", "10.1.2.5", tcp(443, 50000, SYN_ACK)),
+                verdict::PASS,
+            ),
+            row(
+                "an unsolicited packet from the exposed port to another client port",
+                "d-aw1",
+                ip("10.1.1.10", "10.1.2.5", tcp(443, 50001, ACK)),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "a non-SYN to the exposed endpoint passes but opens nothing",
+                "d-ad",
+                ip("10.1.2.5", "10.1.1.10", tcp(50002, 443, ACK)),
+                verdict::PASS,
+            ),
+            row(
+                "so the server's answer to it is refused",
+                "d-aw1",
+                ip("10.1.1.10", "10.1.2.5", tcp(443, 50002, ACK)),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "an ICMP error about the tracked connection passes",
+                "d-aw1",
+                icmp_error(
+                    "10.1.1.10",
+                    "10.1.2.5",
+                    3,
+                    3,
+                    &quoted("10.1.2.5", "10.1.1.10", tcp(50000, 443, SYN)),
+                ),
+                verdict::PASS,
+            ),
+            row(
+                "an ICMP error about no connection is refused",
+                "d-aw1",
+                icmp_error(
+                    "10.1.1.10",
+                    "10.1.2.5",
+                    3,
+                    3,
+                    &quoted("10.1.2.5", "10.1.1.10", tcp(50009, 443, SYN)),
+                ),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "the client's RST ends the connection",
+                "d-ad",
+                ip("10.1.2.5", "10.1.1.10", tcp(50000, 443, RST | ACK)),
+                verdict::PASS,
+            ),
+            row(
+                "after the RST the server's packets are no replies",
+                "d-aw1",
+                ip("10.1.1.10", "10.1.2.5", tcp(443, 50000, ACK)),
+                verdict::CROSS_SEGMENT,
+            ),
+            // ICMP echo through an exposure.
+            row(
+                "echo request to a prefix exposed for ICMP",
+                "d-ad",
+                ip("10.1.2.5", "10.1.1.77", echo_request(9)),
+                verdict::PASS,
+            ),
+            row(
+                "its echo reply",
+                "d-aw2",
+                ip("10.1.1.77", "10.1.2.5", echo_reply(9)),
+                verdict::PASS,
+            ),
+            row(
+                "an echo reply nobody asked for",
+                "d-aw2",
+                ip("10.1.1.77", "10.1.2.5", echo_reply(10)),
+                verdict::CROSS_SEGMENT,
+            ),
+            // From outside to db's exposed endpoint: db has egress deny, yet replies pass.
+            out(
+                "from outside to an exposed endpoint",
+                "d-ad",
+                from_outside("203.0.113.9", "10.1.2.10", tcp(51000, 80, SYN)),
+                verdict::PASS,
+            ),
+            row(
+                "the reply leaves a segment with egress deny",
+                "d-ad",
+                ip("10.1.2.10", "203.0.113.9", tcp(80, 51000, SYN_ACK)),
+                verdict::PASS,
+            ),
+            row(
+                "but the server opening anything outside does not",
+                "d-ad",
+                ip("10.1.2.10", "203.0.113.9", tcp(80, 51001, SYN)),
+                verdict::EGRESS_DENIED,
+            ),
+            row(
+                "FIN moves the connection to closing; it still passes",
+                "d-ad",
+                ip("10.1.2.10", "203.0.113.9", tcp(80, 51000, FIN | ACK)),
+                verdict::PASS,
+            ),
+            // A VM of web (egress allowed) opens a connection outside.
+            row(
+                "a VM opens a connection outside",
+                "d-aw1",
+                ip("10.1.1.2", "198.51.100.7", tcp(52000, 80, SYN)),
+                verdict::PASS,
+            ),
+            out(
+                "the outside server's reply reaches the VM",
+                "d-aw1",
+                from_outside("198.51.100.7", "10.1.1.2", tcp(80, 52000, SYN_ACK)),
+                verdict::PASS,
+            ),
+            out(
+                "the outside server to another port of the VM",
+                "d-aw1",
+                from_outside("198.51.100.7", "10.1.1.2", tcp(80, 52001, SYN_ACK)),
+                verdict::NOT_EXPOSED,
+            ),
+        ]);
+    });
+}
+
+#[test]
+fn connection_tracking_ipv6() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        lab.check_all(&[
+            row(
+                "SYN over a flow opens a connection",
+                "d-aw1",
+                ip("fd00:1:1::2", "fd00:1:2::5", tcp(53000, 5432, SYN)),
+                verdict::PASS,
+            ),
+            row(
+                "the reply passes",
+                "d-ad",
+                ip("fd00:1:2::5", "fd00:1:1::2", tcp(5432, 53000, SYN_ACK)),
+                verdict::PASS,
+            ),
+            out(
+                "and is delivered",
+                "d-aw1",
+                ip("fd00:1:2::5", "fd00:1:1::2", tcp(5432, 53000, SYN_ACK)),
+                verdict::PASS,
+            ),
+            row(
+                "an ICMPv6 packet-too-big about the connection passes",
+                "d-ad",
+                icmp_error(
+                    "fd00:1:2::5",
+                    "fd00:1:1::2",
+                    2,
+                    0,
+                    &quoted("fd00:1:1::2", "fd00:1:2::5", tcp(53000, 5432, ACK)),
+                ),
+                verdict::PASS,
+            ),
+            row(
+                "the server opening the other way is refused",
+                "d-ad",
+                ip("fd00:1:2::5", "fd00:1:1::2", tcp(5432, 53001, SYN)),
+                verdict::CROSS_SEGMENT,
+            ),
+            out(
+                "from outside to an exposed endpoint",
+                "d-aw1",
+                from_outside("2001:db8::9", "fd00:1:1::10", tcp(54000, 443, SYN)),
+                verdict::PASS,
+            ),
+            row(
+                "its reply",
+                "d-aw1",
+                ip("fd00:1:1::10", "2001:db8::9", tcp(443, 54000, SYN_ACK)),
+                verdict::PASS,
+            ),
+            out(
+                "from outside to a port not exposed",
+                "d-aw1",
+                from_outside("2001:db8::9", "fd00:1:1::10", tcp(54000, 22, SYN)),
+                verdict::NOT_EXPOSED,
+            ),
+        ]);
+    });
+}
+
+#[test]
+fn egress_rules() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        let db_mac = [2, 0, 0, 0, 0, 0xdb];
+        let web_mac = [2, 0, 0, 0, 0, 0xab];
+        lab.check_all(&[
+            out(
+                "same segment",
+                "d-aw1",
+                ip("10.1.1.3", "10.1.1.2", tcp(1000, 22, SYN)),
+                verdict::PASS,
+            ),
+            out(
+                "from another segment, not exposed",
+                "d-aw1",
+                ip("10.1.2.5", "10.1.1.2", tcp(1000, 22, SYN)),
+                verdict::CROSS_SEGMENT,
+            ),
+            out(
+                "from another tenant",
+                "d-aw1",
+                ip("10.2.1.5", "10.1.1.2", tcp(1000, 22, SYN)),
+                verdict::CROSS_TENANT,
+            ),
+            out(
+                "from another segment over a flow into this one",
+                "d-ad",
+                ip("10.1.1.5", "10.1.2.5", tcp(1000, 5432, SYN)),
+                verdict::PASS,
+            ),
+            out(
+                "from outside to an exposed endpoint",
+                "d-aw1",
+                from_outside("203.0.113.9", "10.1.1.10", tcp(1000, 443, SYN)),
+                verdict::PASS,
+            ),
+            out(
+                "from outside to an address not exposed",
+                "d-aw1",
+                from_outside("203.0.113.9", "10.1.1.11", tcp(1000, 443, SYN)),
+                verdict::NOT_EXPOSED,
+            ),
+            out(
+                "from outside, UDP to a VM",
+                "d-aw1",
+                from_outside("203.0.113.9", "10.1.1.2", udp(1000, 53)),
+                verdict::NOT_EXPOSED,
+            ),
+            out(
+                "from outside into an audit segment: counted, passed",
+                "d-ga",
+                from_outside("203.0.113.9", "10.2.1.5", tcp(1000, 22, SYN)),
+                verdict::NOT_EXPOSED,
+            )
+            .audited(),
+            out(
+                "a multicast listener query from the host",
+                "d-aw1",
+                ip_from(
+                    ROUTER_MAC,
+                    [0x33, 0x33, 0, 0, 0, 1],
+                    "fe80::1",
+                    "ff02::1",
+                    L4::Icmp {
+                        kind: 130,
+                        code: 0,
+                        id: 0,
+                    },
+                ),
+                verdict::PASS,
+            ),
+            out(
+                "a multicast listener report from another segment's VM",
+                "d-aw1",
+                ip_from(
+                    [2, 0, 0, 0, 0, 0xdb],
+                    [0x33, 0x33, 0, 0, 0, 0x16],
+                    "fd00:1:2::5",
+                    "ff02::16",
+                    L4::Icmp {
+                        kind: 143,
+                        code: 0,
+                        id: 0,
+                    },
+                ),
+                verdict::CROSS_SEGMENT,
+            ),
+            out(
+                "a DHCP server's answer from outside",
+                "d-ad",
+                ip_from(
+                    ROUTER_MAC,
+                    BROADCAST,
+                    "192.0.2.1",
+                    "255.255.255.255",
+                    udp(67, 68),
+                ),
+                verdict::PASS,
+            ),
+            out(
+                "ARP from another segment's VM for its own neighbour (shared bridge)",
+                "d-aw1",
+                arp_request(db_mac, "10.1.2.5", "10.1.2.6"),
+                verdict::CROSS_SEGMENT,
+            ),
+            out(
+                "ARP from another segment's VM for this segment's exposed address",
+                "d-aw1",
+                arp_request(db_mac, "10.1.2.5", "10.1.1.10"),
+                verdict::PASS,
+            ),
+            out(
+                "ARP from a router outside every segment",
+                "d-aw1",
+                arp_request(ROUTER_MAC, "192.0.2.1", "10.1.1.2"),
+                verdict::PASS,
+            ),
+            out(
+                "neighbour solicitation from another segment for its own neighbour",
+                "d-ga",
+                nd(db_mac, 135, "fd00:1:2::5", "ff02::1:ff00:6", "fd00:1:2::6"),
+                verdict::CROSS_TENANT,
+            )
+            .audited(),
+            out(
+                "router advertisement from a router outside every segment",
+                "d-aw1",
+                router_advertisement(ROUTER_MAC, "fe80::1"),
+                verdict::PASS,
+            ),
+        ]);
+        // Link-local sources are attributed by the vif their MAC was seen on (learned
+        // from what the vif sends).
+        lab.check_all(&[
+            row(
+                "a db VM solicits a neighbour of its segment from its link-local address",
+                "d-ad",
+                nd(db_mac, 135, "fe80::db", "ff02::1:ff00:6", "fd00:1:2::6"),
+                verdict::PASS,
+            ),
+            out(
+                "its link-local traffic to a web VM",
+                "d-aw1",
+                ip_from(db_mac, BROADCAST, "fe80::db", "fe80::1:2", echo_request(1)),
+                verdict::CROSS_SEGMENT,
+            ),
+            out(
+                "its router advertisement (from a VM, another segment)",
+                "d-aw1",
+                router_advertisement(db_mac, "fe80::db"),
+                verdict::CROSS_SEGMENT,
+            ),
+            out(
+                "its DHCP discovery broadcast (unspecified source)",
+                "d-aw1",
+                ip_from(db_mac, BROADCAST, "0.0.0.0", "255.255.255.255", udp(68, 67)),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "a web VM learns its MAC by sending",
+                "d-aw2",
+                nd(web_mac, 135, "fe80::1:3", "ff02::1:ff00:2", "fd00:1:1::2"),
+                verdict::PASS,
+            ),
+            row(
+                "link-local to a web VM's MAC from db, egress deny: another segment",
+                "d-ad",
+                ip_from(db_mac, web_mac, "fe80::db", "fe80::1:3", echo_request(2)),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "link-local to the host (a MAC of no vif), egress deny",
+                "d-ad",
+                ip_from(db_mac, ROUTER_MAC, "fe80::db", "fe80::1", echo_request(2)),
+                verdict::EGRESS_DENIED,
+            ),
+            row(
+                "link-local between two VMs of one segment, egress deny notwithstanding",
+                "d-ad",
+                ip_from(db_mac, db_mac, "fe80::db", "fe80::db:2", echo_request(2)),
+                verdict::PASS,
+            ),
+            out(
+                "but to a VM of its own segment",
+                "d-ad",
+                ip_from(db_mac, BROADCAST, "fe80::db", "fe80::2:2", echo_request(1)),
+                verdict::PASS,
+            ),
+        ]);
+    });
+}
