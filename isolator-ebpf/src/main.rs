@@ -328,6 +328,14 @@ fn judge_egress(ctx: &TcContext, vif: &Vif) -> u8 {
         }
         return cross(generation, s, receiver);
     }
+    // A unicast packet for an address outside this segment is not for this VM, however
+    // it got its MAC: no connection or exposure of another place applies here.
+    if p.is_unicast_routable() && place(generation, p.is_v4(), &p.dst) != Place::Segment(receiver) {
+        return match source {
+            Place::Segment(s) => cross(generation, s, receiver),
+            Place::Outside => verdict::NOT_EXPOSED,
+        };
+    }
     // Link-local housekeeping from routers and the host: DHCP answers, multicast
     // listener queries and reports.
     if source == Place::Outside && (p.is_dhcp_server() || p.is_mld()) {

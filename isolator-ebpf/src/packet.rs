@@ -135,6 +135,20 @@ impl Packet {
                 || (self.kind == KIND_IPV6 && self.icmp_type == 129))
     }
 
+    /// A destination that names one host beyond the link: not broadcast, multicast,
+    /// link-local or unspecified.
+    #[inline(always)]
+    pub fn is_unicast_routable(&self) -> bool {
+        let d = &self.dst;
+        if self.kind == KIND_IPV4 {
+            let first = d[12];
+            !(first >= 224 || (first == 169 && d[13] == 254) || first == 0)
+        } else {
+            let unspecified = d.iter().all(|b| *b == 0);
+            !(d[0] == 0xff || (d[0] == 0xfe && d[1] & 0xc0 == 0x80) || unspecified)
+        }
+    }
+
     /// ICMP errors that quote the packet they answer.
     #[inline(always)]
     pub fn is_icmp_error(&self) -> bool {

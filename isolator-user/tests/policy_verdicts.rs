@@ -624,6 +624,34 @@ fn egress_rules() {
                 verdict::PASS,
             ),
         ]);
+        // Frames delivered by MAC to a VM whose segment their destination address is not
+        // in are not for it, whatever connection or exposure they belong to.
+        lab.check_all(&[
+            row(
+                "a web VM pings an address outside every segment (egress allowed)",
+                "d-aw1",
+                ip("10.1.1.2", "10.9.9.9", echo_request(5)),
+                verdict::PASS,
+            ),
+            out(
+                "the same frame delivered by MAC to a db VM",
+                "d-ad",
+                ip("10.1.1.2", "10.9.9.9", echo_request(5)),
+                verdict::CROSS_SEGMENT,
+            ),
+            out(
+                "a frame to web's exposed endpoint delivered by MAC to a db VM",
+                "d-ad",
+                ip("10.2.1.5", "10.1.1.10", tcp(1000, 443, SYN)),
+                verdict::CROSS_TENANT,
+            ),
+            out(
+                "from outside, to an address outside every segment",
+                "d-aw1",
+                from_outside("203.0.113.9", "198.51.100.1", tcp(1000, 443, SYN)),
+                verdict::NOT_EXPOSED,
+            ),
+        ]);
         // Link-local sources are attributed by the vif their MAC was seen on (learned
         // from what the vif sends).
         lab.check_all(&[
