@@ -1,1 +1,134 @@
-fn main(){}
+//! The verbs a person runs: `cargo xtask setup | demo | test | lint`.
+
+mod demo;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand};
+
+use crate::setup::run_cmd;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Install every prerequisite (Debian packages, rust-src, bpf-linker); idempotent.
+    Setup,
+    /// Set up, build, and show isolator enforcing on a lab of network namespaces.
+    Demo,
+    /// Set up, check formatting and lints, build, and run every test (unit, BPF test
+    /// runs, namespace integration tests). This is what CI runs.
+    Test,
+    /// Check formatting and clippy only.
+    Lint,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Verb::Setup => setup::run(),
+        Verb::Demo => {
+            require_root("the demo creates network namespaces and loads eBPF programs")?;
+            setup::run()?;
+            let isolator_bin = build_isolator()?;
+            demo::run(demo::DemoOptions { isolator_bin })
+        }
+        Verb::Test => {
+            require_root("the tests create network namespaces and load eBPF programs")?;
+            setup::run()?;
+            lint()?;
+            let isolator_bin = build_isolator()?;
+            println!("test: running every test");
+            run_cmd(
+                cargo()
+                    .args(["test", "--workspace", "--exclude", "isolator-ebpf"])
+                    .env("ISOLATOR_BIN", &isolator_bin),
+            )
+        }
+        Verb::Lint => lint(),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn lint() -> anyhow::Result<()> {
+    println!("lint: rustfmt");
+    run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
+    println!("lint: clippy");
+    run_cmd(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "isolator-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    println!("lint: clippy on the eBPF crate (nightly, bpfel-unknown-none)");
+    let target = target_dir().join("ebpf-lint");
+    // Through rustup: `$CARGO` is the stable toolchain's own cargo, which knows no `+nightly`.
+    run_cmd(
+        Command::new("rustup")
+            .current_dir(workspace_root())
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--package",
+                "isolator-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env("CARGO_TARGET_DIR", target),
+    )
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Builds the `isolator` binary and returns its path.
+fn build_isolator() -> anyhow::Result<PathBuf> {
+    println!("build: isolator");
+    run_cmd(cargo().args(["build", "--package", "isolator-user", "--bin", "isolator"]))?;
+    let bin = target_dir().join("debug/isolator");
+    if !bin.exists() {
+        bail!("{} was not built", bin.display());
+    }
+    Ok(bin)
+}
+
+fn require_root(why: &str) -> anyhow::Result<()> {
+    if !setup::is_root() {
+        bail!("run this as root: {why}");
+    }
+    Ok(())
+}
