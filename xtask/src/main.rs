@@ -6,7 +6,7 @@ mod setup;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 use crate::setup::run_cmd;
@@ -46,14 +46,64 @@ fn main() -> anyhow::Result<()> {
             lint()?;
             let isolator_bin = build_isolator()?;
             println!("test: running every test");
-            run_cmd(
+            run_tests(
                 cargo()
-                    .args(["test", "--workspace", "--exclude", "isolator-ebpf"])
+                    .args([
+                        "test",
+                        "--workspace",
+                        "--exclude",
+                        "isolator-ebpf",
+                        "--lib",
+                        "--bins",
+                        "--tests",
+                    ])
                     .env("ISOLATOR_BIN", &isolator_bin),
             )
         }
         Verb::Lint => lint(),
     }
+}
+
+/// Runs `cargo test`, passing its output through, and ends with one line that totals
+/// every test binary's result.
+fn run_tests(cmd: &mut Command) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {shown}"))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        std::io::stdout().flush().ok();
+        if let Some(rest) = line.trim().strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    "ignored" => ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("{passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {
