@@ -40,6 +40,14 @@ pub mod maps {
     pub const CONNTRACK_EVENTS: &str = "CONNTRACK_EVENTS";
     /// `LruHashMap<MacKey, u32>`: the vif (ifindex) a source MAC was last seen on.
     pub const MAC_VIFS: &str = "MAC_VIFS";
+    /// `LpmTrie<VifAddrV4Key, u8>`: addresses a vif declared (its only allowed sources).
+    pub const VIF_ADDRS_V4: &str = "VIF_ADDRS_V4";
+    /// `LpmTrie<VifAddrV6Key, u8>`.
+    pub const VIF_ADDRS_V6: &str = "VIF_ADDRS_V6";
+    /// `HashMap<VlanKey, u8>`: VLAN ids a vif may tag its frames with.
+    pub const VIF_VLANS: &str = "VIF_VLANS";
+    /// `LruHashMap<FragKey, u64>`: fragmented datagrams whose first fragment passed.
+    pub const FRAGMENTS: &str = "FRAGMENTS";
 }
 
 /// Program names in the eBPF object.
@@ -73,6 +81,12 @@ pub mod limits {
     pub const MAX_CONNECTIONS: u32 = 262_144;
     /// Source MAC addresses remembered with the vif they were seen on.
     pub const MAX_MACS: u32 = 65536;
+    /// Declared source prefixes per address family in one generation, all vifs together.
+    pub const MAX_VIF_ADDRS: u32 = 16384;
+    /// Allowed (vif, VLAN) pairs in one generation.
+    pub const MAX_VIF_VLANS: u32 = 16384;
+    /// Fragmented datagrams in flight.
+    pub const MAX_FRAGMENTS: u32 = 16384;
 }
 
 /// Direction of a packet relative to the VM.
@@ -117,9 +131,30 @@ pub mod verdict {
     pub const EGRESS_DENIED: u8 = 7;
     /// From outside every segment to something the VM's segment does not expose.
     pub const NOT_EXPOSED: u8 = 8;
+    /// Sent with a source MAC other than the vif's declared one.
+    pub const SPOOFED_MAC: u8 = 9;
+    /// Sent from a source address the VM does not own.
+    pub const SPOOFED_IP: u8 = 10;
+    /// ARP whose sender address or sender MAC the VM does not own.
+    pub const ARP_SPOOF: u8 = 11;
+    /// Neighbour discovery claiming an address or link-layer address the VM does not own.
+    pub const ND_SPOOF: u8 = 12;
+    /// A router advertisement or redirect from a VM of a segment that does not allow them.
+    pub const RA_GUARD: u8 = 13;
+    /// A DHCP or DHCPv6 server message from a VM of a segment that does not allow them.
+    pub const DHCP_GUARD: u8 = 14;
+    /// A VLAN tag the interface may not use, or stacked tags.
+    pub const VLAN: u8 = 15;
+    /// IPv4 options (other than a lone router alert).
+    pub const IP_OPTIONS: u8 = 16;
+    /// A fragment that cannot be judged: a later fragment whose first did not pass, an
+    /// overlapping one, or a first fragment too short to hold the transport header.
+    pub const FRAGMENT: u8 = 17;
+    /// More IPv6 extension headers than the enforcer walks.
+    pub const IPV6_EXTENSIONS: u8 = 18;
 
     /// Every drop reason, in code order: `(code, label, meaning)`.
-    pub const DROP_REASONS: [(u8, &str, &str); 8] = [
+    pub const DROP_REASONS: [(u8, &str, &str); 18] = [
         (
             MALFORMED,
             "malformed",
@@ -155,6 +190,56 @@ pub mod verdict {
             NOT_EXPOSED,
             "not_exposed",
             "from outside every segment to an endpoint the segment does not expose",
+        ),
+        (
+            SPOOFED_MAC,
+            "spoofed_mac",
+            "sent with a source MAC other than the interface's declared one",
+        ),
+        (
+            SPOOFED_IP,
+            "spoofed_ip",
+            "sent from a source address the VM does not own",
+        ),
+        (
+            ARP_SPOOF,
+            "arp_spoof",
+            "ARP with a sender address or sender MAC the VM does not own",
+        ),
+        (
+            ND_SPOOF,
+            "nd_spoof",
+            "neighbour discovery claiming an address or link-layer address the VM does not own",
+        ),
+        (
+            RA_GUARD,
+            "ra_guard",
+            "a router advertisement or redirect from a VM",
+        ),
+        (
+            DHCP_GUARD,
+            "dhcp_guard",
+            "a DHCP or DHCPv6 server message from a VM",
+        ),
+        (
+            VLAN,
+            "vlan",
+            "a VLAN tag the interface may not use, or stacked tags",
+        ),
+        (
+            IP_OPTIONS,
+            "ip_options",
+            "IPv4 options other than a lone router alert",
+        ),
+        (
+            FRAGMENT,
+            "fragment",
+            "a fragment whose first fragment did not pass, an overlapping fragment, or a first fragment without the whole transport header",
+        ),
+        (
+            IPV6_EXTENSIONS,
+            "ipv6_extensions",
+            "more IPv6 extension headers than the enforcer walks",
         ),
     ];
 
@@ -194,8 +279,19 @@ pub struct VifKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VifInfo {
     pub segment: u32,
-    /// Reserved for per-vif options; zero today.
+    /// [`VifInfo::HAS_MAC`], [`VifInfo::HAS_ADDRESSES`].
     pub flags: u32,
+    /// The declared MAC (when [`VifInfo::HAS_MAC`]).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl VifInfo {
+    /// The interface declared the only MAC it may send from.
+    pub const HAS_MAC: u32 = 1;
+    /// The interface declared the only addresses it may send from (`VIF_ADDRS_*`);
+    /// otherwise its segment's prefixes apply.
+    pub const HAS_ADDRESSES: u32 = 2;
 }
 
 /// Key of the `SEGMENTS` map.
@@ -220,6 +316,10 @@ impl SegmentInfo {
     pub const EGRESS_ALLOW: u32 = 1;
     /// The segment is in audit mode: auditable drops are counted and passed.
     pub const AUDIT: u32 = 2;
+    /// The segment's VMs may send router advertisements and redirects.
+    pub const ALLOW_RA: u32 = 4;
+    /// The segment's VMs may send DHCP and DHCPv6 server messages.
+    pub const ALLOW_DHCP_SERVER: u32 = 8;
 }
 
 /// Data part of an IPv4 LPM key: the generation is the first 32 bits of every prefix,
@@ -375,6 +475,51 @@ pub mod conntrack {
     pub const EVENTS: u32 = 3;
 }
 
+/// Data part of a `VIF_ADDRS_V4` key: prefix length is `64 + prefix length of addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VifAddrV4Key {
+    /// Generation, big-endian.
+    pub generation: [u8; 4],
+    /// Ifindex, big-endian.
+    pub ifindex: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+/// Data part of a `VIF_ADDRS_V6` key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VifAddrV6Key {
+    pub generation: [u8; 4],
+    pub ifindex: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// Bits of generation and ifindex that lead every `VIF_ADDRS_*` key.
+pub const VIF_PREFIX_BITS: u32 = 64;
+
+/// Key of the `VIF_VLANS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VlanKey {
+    pub generation: u32,
+    pub ifindex: u32,
+    pub vlan: u16,
+    pub _pad: [u8; 2],
+}
+
+/// Key of the `FRAGMENTS` map: a datagram (IPv4-mapped addresses for IPv4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// IPv4 identification or IPv6 fragment identification.
+    pub id: u32,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
 /// Key of the `MAC_VIFS` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -403,6 +548,10 @@ mod pod {
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ConnState {}
     unsafe impl aya::Pod for MacKey {}
+    unsafe impl aya::Pod for VifAddrV4Key {}
+    unsafe impl aya::Pod for VifAddrV6Key {}
+    unsafe impl aya::Pod for VlanKey {}
+    unsafe impl aya::Pod for FragKey {}
 }
 
 #[cfg(test)]
@@ -413,7 +562,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<VifKey>(), 8);
-        assert_eq!(size_of::<VifInfo>(), 8);
+        assert_eq!(size_of::<VifInfo>(), 16);
         assert_eq!(size_of::<SegmentKey>(), 8);
         assert_eq!(size_of::<SegmentInfo>(), 8);
         assert_eq!(size_of::<Ipv4PrefixKey>(), 8);
@@ -427,6 +576,10 @@ mod tests {
         assert_eq!(size_of::<ConnKey>(), 40);
         assert_eq!(size_of::<ConnState>(), 16);
         assert_eq!(size_of::<MacKey>(), 8);
+        assert_eq!(size_of::<VifAddrV4Key>(), 12);
+        assert_eq!(size_of::<VifAddrV6Key>(), 24);
+        assert_eq!(size_of::<VlanKey>(), 12);
+        assert_eq!(size_of::<FragKey>(), 40);
     }
 
     #[test]
@@ -437,7 +590,11 @@ mod tests {
             for (other, _, _) in &verdict::DROP_REASONS[i + 1..] {
                 assert_ne!(code, other);
             }
-            assert!(label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(
+                label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            );
         }
         assert_eq!(verdict::name(verdict::PASS), None);
     }

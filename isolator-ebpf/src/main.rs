@@ -6,6 +6,9 @@
 //! disagree. The order of the rules is documented in docs/design.md.
 #![no_std]
 #![no_main]
+// Map keys that live in the per-CPU scratch map are passed by reference: clippy's
+// suggestion (pass by value) would copy them onto the BPF stack, which is too small.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod packet;
 
@@ -17,13 +20,15 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use isolator_common::{
-    ConnKey, ConnState, Counter, CounterKey, GENERATION_PREFIX_BITS, Ipv4PrefixKey, Ipv6PrefixKey,
-    MacKey, PairKey, RuleSet, SegmentInfo, SegmentKey, Settings, VifInfo, VifKey, conntrack,
-    direction, limits, protocol, verdict,
+    ConnKey, ConnState, Counter, CounterKey, FragKey, GENERATION_PREFIX_BITS, Ipv4PrefixKey,
+    Ipv6PrefixKey, MacKey, PairKey, RuleSet, SegmentInfo, SegmentKey, Settings, VIF_PREFIX_BITS,
+    VifAddrV4Key, VifAddrV6Key, VifInfo, VifKey, VlanKey, conntrack, direction, limits, protocol,
+    verdict,
 };
 
 use crate::packet::{
-    Frame, IPPROTO_TCP, IPPROTO_UDP, KIND_ARP, Packet, TCP_FIN, TCP_RST, parse, quoted_key,
+    FRAGMENT_FIRST, FRAGMENT_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, KIND_ARP, KIND_IPV4, Packet,
+    TCP_FIN, TCP_RST, parse, quoted_key,
 };
 
 #[map]
@@ -80,6 +85,23 @@ static CONNTRACK_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(conntr
 static MAC_VIFS: LruHashMap<MacKey, u32> = LruHashMap::with_max_entries(limits::MAX_MACS, 0);
 
 #[map]
+static VIF_ADDRS_V4: LpmTrie<VifAddrV4Key, u8> =
+    LpmTrie::with_max_entries(2 * limits::MAX_VIF_ADDRS, 0);
+
+#[map]
+static VIF_ADDRS_V6: LpmTrie<VifAddrV6Key, u8> =
+    LpmTrie::with_max_entries(2 * limits::MAX_VIF_ADDRS, 0);
+
+#[map]
+static VIF_VLANS: HashMap<VlanKey, u8> = HashMap::with_max_entries(2 * limits::MAX_VIF_VLANS, 0);
+
+#[map]
+static FRAGMENTS: LruHashMap<FragKey, u64> = LruHashMap::with_max_entries(limits::MAX_FRAGMENTS, 0);
+
+/// How long later fragments may follow their first.
+const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
+
+#[map]
 static COUNTERS: PerCpuHashMap<CounterKey, Counter> =
     PerCpuHashMap::with_max_entries(limits::MAX_COUNTERS, 0);
 
@@ -88,6 +110,7 @@ static COUNTERS: PerCpuHashMap<CounterKey, Counter> =
 struct Scratch {
     packet: Packet,
     key: ConnKey,
+    frag: FragKey,
 }
 
 #[map]
@@ -97,17 +120,25 @@ const BPF_NOEXIST: u64 = 1;
 
 /// The parsed packet and a key to build lookups in, on this CPU.
 #[inline(always)]
-fn scratch() -> Option<(&'static mut Packet, &'static mut ConnKey)> {
+fn scratch() -> Option<(
+    &'static mut Packet,
+    &'static mut ConnKey,
+    &'static mut FragKey,
+)> {
     let s = SCRATCH.get_ptr_mut(0)?;
     let s = unsafe { &mut *s };
     s.packet.reset();
-    Some((&mut s.packet, &mut s.key))
+    Some((&mut s.packet, &mut s.key, &mut s.frag))
 }
 
 /// The vif a program runs on, in the active generation.
 struct Vif {
     generation: u32,
+    ifindex: u32,
     segment: u32,
+    /// The vif's declared identity.
+    vif: VifInfo,
+    /// Its segment's tenant and flags.
     info: SegmentInfo,
 }
 
@@ -123,10 +154,7 @@ pub fn isolator_ingress(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let (code, audited) = match identify(ifindex) {
-        Some(vif) => {
-            let code = judge_ingress(&ctx, ifindex, &vif);
-            audit(code, &vif)
-        }
+        Some(vif) => judge(&ctx, &vif, direction::INGRESS),
         None => (verdict::NO_POLICY, false),
     };
     if account(ifindex, direction::INGRESS, code, audited, bytes) {
@@ -144,10 +172,7 @@ pub fn isolator_egress(ctx: TcContext) -> i32 {
     let want = if ctx.len() < 256 { ctx.len() } else { 256 };
     let _ = ctx.pull_data(want);
     let (code, audited) = match identify(ifindex) {
-        Some(vif) => {
-            let code = judge_egress(&ctx, &vif);
-            audit(code, &vif)
-        }
+        Some(vif) => judge(&ctx, &vif, direction::EGRESS),
         None => (verdict::NO_POLICY, false),
     };
     if account(ifindex, direction::EGRESS, code, audited, bytes) {
@@ -189,6 +214,69 @@ fn account(ifindex: u32, dir: u8, code: u8, audited: bool, bytes: u64) -> bool {
     code == verdict::PASS || audited
 }
 
+/// Parses the frame, applies the checks both directions share (VLAN tags, later
+/// fragments), then the direction's rules; remembers a first fragment that passes so
+/// that its later fragments may follow.
+#[inline(always)]
+fn judge(frame: &impl Frame, vif: &Vif, dir: u8) -> (u8, bool) {
+    let Some((p, key, frag)) = scratch() else {
+        return (verdict::NO_POLICY, false);
+    };
+    let code = match parse(frame, p) {
+        Err(code) => code,
+        Ok(()) => {
+            if p.has_vlan && !vlan_allowed(vif, p.vlan) {
+                verdict::VLAN
+            } else if dir == direction::INGRESS {
+                judge_ingress(frame, vif, p, key, frag)
+            } else {
+                judge_egress(frame, vif, p, key, frag)
+            }
+        }
+    };
+    let (code, audited) = audit(code, vif);
+    if (code == verdict::PASS || audited) && p.fragment == FRAGMENT_FIRST {
+        fragment_key(p, frag);
+        let now = unsafe { bpf_ktime_get_ns() };
+        let _ = FRAGMENTS.insert(&*frag, now, 0);
+    }
+    (code, audited)
+}
+
+#[inline(always)]
+fn vlan_allowed(vif: &Vif, vlan: u16) -> bool {
+    unsafe {
+        VIF_VLANS
+            .get(VlanKey {
+                generation: vif.generation,
+                ifindex: vif.ifindex,
+                vlan,
+                _pad: [0; 2],
+            })
+            .is_some()
+    }
+}
+
+#[inline(always)]
+fn fragment_key(p: &Packet, frag: &mut FragKey) {
+    frag.src = p.src;
+    frag.dst = p.dst;
+    frag.id = p.frag_id;
+    frag.protocol = p.protocol;
+    frag._pad = [0; 3];
+}
+
+/// A later fragment passes only if its datagram's first fragment passed, recently.
+#[inline(always)]
+fn later_fragment(p: &Packet, frag: &mut FragKey) -> u8 {
+    fragment_key(p, frag);
+    let now = unsafe { bpf_ktime_get_ns() };
+    match unsafe { FRAGMENTS.get(&*frag) } {
+        Some(first) if now.saturating_sub(*first) <= FRAGMENT_TIMEOUT_NS => verdict::PASS,
+        _ => verdict::FRAGMENT,
+    }
+}
+
 /// Audit mode passes what its segment would drop for an auditable reason.
 #[inline(always)]
 fn audit(code: u8, vif: &Vif) -> (u8, bool) {
@@ -209,6 +297,7 @@ fn identify(ifindex: u32) -> Option<Vif> {
         })
     }?;
     let segment = vif.segment;
+    let vif = *vif;
     let info = *unsafe {
         SEGMENTS.get(SegmentKey {
             generation,
@@ -217,21 +306,30 @@ fn identify(ifindex: u32) -> Option<Vif> {
     }?;
     Some(Vif {
         generation,
+        ifindex,
         segment,
+        vif,
         info,
     })
 }
 
 /// What a frame a VM sends may do.
 #[inline(always)]
-fn judge_ingress(ctx: &XdpContext, ifindex: u32, vif: &Vif) -> u8 {
-    let Some((p, key)) = scratch() else {
-        return verdict::NO_POLICY;
-    };
-    if let Err(code) = parse(ctx, p) {
-        return code;
+fn judge_ingress(
+    frame: &impl Frame,
+    vif: &Vif,
+    p: &Packet,
+    key: &mut ConnKey,
+    frag: &mut FragKey,
+) -> u8 {
+    let guard = guard_source(vif, p);
+    if guard != verdict::PASS {
+        return guard;
     }
-    learn_mac(&p.src_mac, ifindex);
+    learn_mac(&p.src_mac, vif.ifindex);
+    if p.fragment == FRAGMENT_LATER {
+        return later_fragment(p, frag);
+    }
     let generation = vif.generation;
     let sender = vif.segment;
 
@@ -249,8 +347,8 @@ fn judge_ingress(ctx: &XdpContext, ifindex: u32, vif: &Vif) -> u8 {
             }
         };
     }
-    // Router solicitations and advertisements, redirects: link-local control
-    // (the router-advertisement guard is separate work).
+    // Router solicitations, and router advertisements and redirects the guard let
+    // through: link-local control.
     if p.is_nd() {
         return verdict::PASS;
     }
@@ -262,7 +360,7 @@ fn judge_ingress(ctx: &XdpContext, ifindex: u32, vif: &Vif) -> u8 {
     if target == Place::Segment(sender) {
         return verdict::PASS;
     }
-    if tracked(ctx, p, key, generation) {
+    if tracked(frame, p, key, generation) {
         return verdict::PASS;
     }
     match target {
@@ -299,12 +397,15 @@ fn judge_ingress(ctx: &XdpContext, ifindex: u32, vif: &Vif) -> u8 {
 
 /// What may be delivered to a VM.
 #[inline(always)]
-fn judge_egress(ctx: &TcContext, vif: &Vif) -> u8 {
-    let Some((p, key)) = scratch() else {
-        return verdict::NO_POLICY;
-    };
-    if let Err(code) = parse(ctx, p) {
-        return code;
+fn judge_egress(
+    frame: &impl Frame,
+    vif: &Vif,
+    p: &Packet,
+    key: &mut ConnKey,
+    frag: &mut FragKey,
+) -> u8 {
+    if p.fragment == FRAGMENT_LATER {
+        return later_fragment(p, frag);
     }
     let generation = vif.generation;
     let receiver = vif.segment;
@@ -341,7 +442,7 @@ fn judge_egress(ctx: &TcContext, vif: &Vif) -> u8 {
     if source == Place::Outside && (p.is_dhcp_server() || p.is_mld()) {
         return verdict::PASS;
     }
-    if tracked(ctx, p, key, generation) {
+    if tracked(frame, p, key, generation) {
         return verdict::PASS;
     }
     if exposed(generation, p) {
@@ -384,6 +485,84 @@ fn resolution_allowed(generation: u32, from: u32, to: u32, p: &Packet) -> bool {
         || exposed_any(generation, p.is_v4(), resolution_about(p))
         || exposed_any(generation, p.is_v4(), &p.src)
         || (p.icmp_type == 136 && exposed_any(generation, p.is_v4(), &p.nd_target))
+}
+
+/// A VM may only speak as itself (invariant I2): its declared MAC, addresses it owns,
+/// ARP and neighbour discovery only about itself, no router or DHCP server messages
+/// unless its segment allows them.
+#[inline(always)]
+fn guard_source(vif: &Vif, p: &Packet) -> u8 {
+    if vif.vif.flags & VifInfo::HAS_MAC != 0 && p.src_mac != vif.vif.mac {
+        return verdict::SPOOFED_MAC;
+    }
+    if p.kind == KIND_ARP {
+        // ARP probes (sender 0.0.0.0) announce nothing.
+        let probe = p.src[12..].iter().all(|b| *b == 0);
+        if p.arp_sha != p.src_mac || (!probe && !owns(vif, true, &p.src)) {
+            return verdict::ARP_SPOOF;
+        }
+        return verdict::PASS;
+    }
+    if p.source_unspecified() {
+        if !p.unspecified_source_allowed() {
+            return verdict::SPOOFED_IP;
+        }
+    } else if !p.source_link_local() && !owns(vif, p.kind == KIND_IPV4, &p.src) {
+        return verdict::SPOOFED_IP;
+    }
+    if p.is_nd_neighbour() {
+        if p.nd_lladdr_present && p.nd_lladdr != p.src_mac {
+            return verdict::ND_SPOOF;
+        }
+        // An advertisement speaks for its target: it must be the VM's own address.
+        if p.icmp_type == 136 && !link_local(&p.nd_target) && !owns(vif, false, &p.nd_target) {
+            return verdict::ND_SPOOF;
+        }
+    }
+    if p.is_router_message() && vif.info.flags & SegmentInfo::ALLOW_RA == 0 {
+        return verdict::RA_GUARD;
+    }
+    if p.is_dhcp_server() && vif.info.flags & SegmentInfo::ALLOW_DHCP_SERVER == 0 {
+        return verdict::DHCP_GUARD;
+    }
+    verdict::PASS
+}
+
+#[inline(always)]
+fn link_local(addr: &[u8; 16]) -> bool {
+    addr[0] == 0xfe && addr[1] & 0xc0 == 0x80
+}
+
+/// Whether the VM behind `vif` owns `addr`: one of its declared addresses, or, when it
+/// declared none, an address of its segment.
+#[inline(always)]
+fn owns(vif: &Vif, v4: bool, addr: &[u8; 16]) -> bool {
+    if vif.vif.flags & VifInfo::HAS_ADDRESSES == 0 {
+        return place(vif.generation, v4, addr) == Place::Segment(vif.segment);
+    }
+    let generation = vif.generation.to_be_bytes();
+    let ifindex = vif.ifindex.to_be_bytes();
+    if v4 {
+        let key = Key::new(
+            VIF_PREFIX_BITS + 32,
+            VifAddrV4Key {
+                generation,
+                ifindex,
+                addr: [addr[12], addr[13], addr[14], addr[15]],
+            },
+        );
+        VIF_ADDRS_V4.get(&key).is_some()
+    } else {
+        let key = Key::new(
+            VIF_PREFIX_BITS + 128,
+            VifAddrV6Key {
+                generation,
+                ifindex,
+                addr: *addr,
+            },
+        );
+        VIF_ADDRS_V6.get(&key).is_some()
+    }
 }
 
 /// `cross_segment` or `cross_tenant` for traffic from segment `a` to segment `b`.
@@ -625,8 +804,6 @@ fn track(p: &Packet, key: &mut ConnKey) {
         state: conntrack::NEW,
         _pad: [0; 7],
     };
-    // By reference: a copy of the key would take stack the verifier does not give.
-    #[allow(clippy::needless_borrows_for_generic_args)]
     let inserted = CONNTRACK.insert(&*key, state, BPF_NOEXIST).is_ok();
     if inserted {
         count_event(conntrack::EVENT_CREATED);

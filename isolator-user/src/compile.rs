@@ -6,7 +6,8 @@ use std::fmt;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use isolator_common::{
     GENERATION_PREFIX_BITS, Ipv4PrefixKey, Ipv6PrefixKey, PairKey, Rule, RuleSet, SegmentInfo,
-    SegmentKey, Settings, VifInfo, VifKey, limits, protocol,
+    SegmentKey, Settings, VIF_PREFIX_BITS, VifAddrV4Key, VifAddrV6Key, VifInfo, VifKey, VlanKey,
+    limits, protocol,
 };
 
 const NANOS: u64 = 1_000_000_000;
@@ -31,12 +32,19 @@ pub struct SegmentRef {
     pub flags: u32,
 }
 
-/// A host interface that the policy manages, with the segment it belongs to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A host interface that the policy manages, with the segment it belongs to and the
+/// identity it declared.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ManagedVif {
     pub name: String,
     pub ifindex: u32,
     pub segment: u32,
+    /// The only source MAC it may use.
+    pub mac: Option<[u8; 6]>,
+    /// The only source addresses it may use; empty: its segment's prefixes.
+    pub addresses: Vec<IpNet>,
+    /// VLAN ids it may tag frames with.
+    pub vlans: Vec<u16>,
 }
 
 /// Everything one policy generation puts into the kernel, plus the names metrics need.
@@ -234,6 +242,7 @@ impl Plan {
                     name: link.name.clone(),
                     ifindex: link.ifindex,
                     segment,
+                    ..ManagedVif::default()
                 });
             }
         }
@@ -290,7 +299,9 @@ impl Plan {
                     },
                     VifInfo {
                         segment: v.segment,
-                        flags: 0,
+                        flags: vif_flags(v),
+                        mac: v.mac.unwrap_or_default(),
+                        _pad: [0; 2],
                     },
                 )
             })
@@ -365,6 +376,63 @@ impl Plan {
             .collect()
     }
 
+    /// Entries of `VIF_ADDRS_V4` for `generation`: each vif's declared IPv4 sources.
+    pub fn vif_addr_v4_entries(&self, generation: u32) -> Vec<(u32, VifAddrV4Key, u8)> {
+        let mut out = Vec::new();
+        for vif in &self.vifs {
+            for addr in &vif.addresses {
+                if let IpNet::V4(net) = addr {
+                    out.push((
+                        VIF_PREFIX_BITS + u32::from(net.prefix_len()),
+                        VifAddrV4Key {
+                            generation: generation.to_be_bytes(),
+                            ifindex: vif.ifindex.to_be_bytes(),
+                            addr: net.network().octets(),
+                        },
+                        1,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Entries of `VIF_ADDRS_V6` for `generation`.
+    pub fn vif_addr_v6_entries(&self, generation: u32) -> Vec<(u32, VifAddrV6Key, u8)> {
+        let mut out = Vec::new();
+        for vif in &self.vifs {
+            for addr in &vif.addresses {
+                if let IpNet::V6(net) = addr {
+                    out.push((
+                        VIF_PREFIX_BITS + u32::from(net.prefix_len()),
+                        VifAddrV6Key {
+                            generation: generation.to_be_bytes(),
+                            ifindex: vif.ifindex.to_be_bytes(),
+                            addr: net.network().octets(),
+                        },
+                        1,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Entries of `VIF_VLANS` for `generation`.
+    pub fn vlan_entries(&self, generation: u32) -> Vec<VlanKey> {
+        self.vifs
+            .iter()
+            .flat_map(|vif| {
+                vif.vlans.iter().map(move |vlan| VlanKey {
+                    generation,
+                    ifindex: vif.ifindex,
+                    vlan: *vlan,
+                    _pad: [0; 2],
+                })
+            })
+            .collect()
+    }
+
     /// Entries of `NEIGHBOURS` for `generation`.
     pub fn neighbour_entries(&self, generation: u32) -> Vec<PairKey> {
         self.neighbours
@@ -408,6 +476,17 @@ fn v6_keys<V: Copy>(entries: &[(Ipv6Net, V)], generation: u32) -> Vec<(u32, Ipv6
             )
         })
         .collect()
+}
+
+fn vif_flags(vif: &ManagedVif) -> u32 {
+    let mut flags = 0;
+    if vif.mac.is_some() {
+        flags |= VifInfo::HAS_MAC;
+    }
+    if !vif.addresses.is_empty() {
+        flags |= VifInfo::HAS_ADDRESSES;
+    }
+    flags
 }
 
 fn segment_flags(egress: Egress, mode: Mode) -> u32 {
@@ -600,7 +679,9 @@ tenants:
                 },
                 VifInfo {
                     segment: 1,
-                    flags: 0
+                    flags: 0,
+                    mac: [0; 6],
+                    _pad: [0; 2],
                 }
             )]
         );

@@ -22,7 +22,8 @@ use aya::{
 };
 use isolator_common::{
     ConnKey, ConnState, Counter, CounterKey, Ipv4PrefixKey, Ipv6PrefixKey, PairKey, RuleSet,
-    SegmentInfo, SegmentKey, Settings, VifInfo, VifKey, conntrack, maps, programs,
+    SegmentInfo, SegmentKey, Settings, VifAddrV4Key, VifAddrV6Key, VifInfo, VifKey, VlanKey,
+    conntrack, maps, programs,
 };
 use thiserror::Error;
 
@@ -108,6 +109,9 @@ pub struct Dataplane {
     exposed_v6: LpmTrie<MapData, Ipv6PrefixKey, RuleSet>,
     flows: HashMap<MapData, PairKey, RuleSet>,
     neighbours: HashMap<MapData, PairKey, u32>,
+    vif_addrs_v4: LpmTrie<MapData, VifAddrV4Key, u8>,
+    vif_addrs_v6: LpmTrie<MapData, VifAddrV6Key, u8>,
+    vif_vlans: HashMap<MapData, VlanKey, u8>,
     conntrack: HashMap<MapData, ConnKey, ConnState>,
     conntrack_events: PerCpuArray<MapData, u64>,
     counters: PerCpuHashMap<MapData, CounterKey, Counter>,
@@ -143,6 +147,9 @@ impl Dataplane {
         let exposed_v6 = take(&mut ebpf, maps::EXPOSED_V6)?;
         let flows = take(&mut ebpf, maps::FLOWS)?;
         let neighbours = take(&mut ebpf, maps::NEIGHBOURS)?;
+        let vif_addrs_v4 = take(&mut ebpf, maps::VIF_ADDRS_V4)?;
+        let vif_addrs_v6 = take(&mut ebpf, maps::VIF_ADDRS_V6)?;
+        let vif_vlans = take(&mut ebpf, maps::VIF_VLANS)?;
         let conntrack = take(&mut ebpf, maps::CONNTRACK)?;
         let conntrack_events = take(&mut ebpf, maps::CONNTRACK_EVENTS)?;
         let mut dp = Dataplane {
@@ -159,6 +166,9 @@ impl Dataplane {
             exposed_v6,
             flows,
             neighbours,
+            vif_addrs_v4,
+            vif_addrs_v6,
+            vif_vlans,
             conntrack,
             conntrack_events,
             counters,
@@ -253,6 +263,19 @@ impl Dataplane {
         }
         for key in plan.neighbour_entries(generation) {
             insert(&mut self.neighbours, maps::NEIGHBOURS, &key, &1)?;
+        }
+        insert_lpm(
+            &mut self.vif_addrs_v4,
+            maps::VIF_ADDRS_V4,
+            plan.vif_addr_v4_entries(generation),
+        )?;
+        insert_lpm(
+            &mut self.vif_addrs_v6,
+            maps::VIF_ADDRS_V6,
+            plan.vif_addr_v6_entries(generation),
+        )?;
+        for key in plan.vlan_entries(generation) {
+            insert(&mut self.vif_vlans, maps::VIF_VLANS, &key, &1)?;
         }
         // Vifs last: a vif's entry only ever points at segments already written.
         for (key, value) in plan.vif_entries(generation) {

@@ -215,7 +215,7 @@ fn ipv4_verdicts() {
                 verdict::UNKNOWN_ETHERTYPE,
             ),
             row(
-                "802.1Q tag (judged by a later guard; not passed blind)",
+                "802.1Q tag on an interface without VLANs",
                 "d-aw1",
                 {
                     let mut b = BytesMut::new();
@@ -225,7 +225,7 @@ fn ipv4_verdicts() {
                     b.put_slice(&ipv4("10.1.1.2", "10.2.1.9")[14..]);
                     b.to_vec()
                 },
-                verdict::UNKNOWN_ETHERTYPE,
+                verdict::VLAN,
             ),
             row(
                 "interface not in the policy (fail closed)",
@@ -365,6 +365,7 @@ fn a_vif_whose_segment_entry_is_missing_fails_closed() {
             name: "d-orphan".into(),
             ifindex: links[1].ifindex,
             segment: 77,
+            ..ManagedVif::default()
         });
         // And a prefix pointing at a segment without an entry.
         plan.v4.push(("10.7.7.0/24".parse().unwrap(), 78));
@@ -427,6 +428,7 @@ fn a_policy_swap_is_all_or_nothing() {
                 name: format!("fake{i}"),
                 ifindex: 100_000 + i,
                 segment: 2,
+                ..ManagedVif::default()
             });
         }
         assert!(

@@ -111,9 +111,15 @@ pub struct Lab {
 impl Lab {
     /// Loads the programs and applies `policy_text` with `names` as the host's links.
     pub fn new(policy_text: &str, names: &[&str]) -> Lab {
+        Lab::with_plan(policy_text, names, |_| {})
+    }
+
+    /// Like [`Lab::new`], letting `adjust` change the compiled plan before it is applied.
+    pub fn with_plan(policy_text: &str, names: &[&str], adjust: impl FnOnce(&mut Plan)) -> Lab {
         let links = veths(names);
         let policy = policy::parse(policy_text, "test.yaml").expect("valid policy");
-        let plan = Plan::new(&policy, &links).expect("plan");
+        let mut plan = Plan::new(&policy, &links).expect("plan");
+        adjust(&mut plan);
         let mut dp = Dataplane::load().expect("loading the programs");
         dp.apply(&plan).expect("applying the policy");
         Lab { dp, links }
@@ -367,7 +373,7 @@ pub fn ip_from(src_mac: [u8; 6], dst_mac: [u8; 6], src: &str, dst: &str, l4: L4)
     )
 }
 
-fn ethernet(src_mac: [u8; 6], dst_mac: [u8; 6], v6: bool, packet: &[u8]) -> Vec<u8> {
+pub fn ethernet(src_mac: [u8; 6], dst_mac: [u8; 6], v6: bool, packet: &[u8]) -> Vec<u8> {
     let mut b = BytesMut::new();
     b.put_slice(&dst_mac);
     b.put_slice(&src_mac);
@@ -436,5 +442,151 @@ pub fn router_advertisement(src_mac: [u8; 6], src: &str) -> Vec<u8> {
         58,
         &payload,
     );
+    ethernet(src_mac, [0x33, 0x33, 0, 0, 0, 1], true, &packet)
+}
+
+// ------------------------------------------------------- frames for the L2/L3 guards
+
+/// The transport bytes of `l4` (and its IP protocol number) for the family.
+pub fn l4(l4: L4, v6: bool) -> (u8, Vec<u8>) {
+    l4_bytes(l4, v6)
+}
+
+/// An IPv4 header and payload with every field under the caller's control.
+#[derive(Clone)]
+pub struct V4 {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub protocol: u8,
+    pub id: u16,
+    /// Flags (DF 0x4000, MF 0x2000) and fragment offset in 8-byte units.
+    pub flags_offset: u16,
+    /// Option bytes (a multiple of 4).
+    pub options: Vec<u8>,
+    /// Total length; by default the true one.
+    pub total_len: Option<u16>,
+    pub payload: Vec<u8>,
+}
+
+impl V4 {
+    pub fn new(src: &str, dst: &str, l4: L4) -> V4 {
+        let (protocol, payload) = l4_bytes(l4, false);
+        V4 {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol,
+            id: 0x1234,
+            flags_offset: 0,
+            options: Vec::new(),
+            total_len: None,
+            payload,
+        }
+    }
+
+    pub fn frame(&self, src_mac: [u8; 6]) -> Vec<u8> {
+        let header_len = 20 + self.options.len();
+        let mut b = BytesMut::new();
+        b.put_slice(&PEER_MAC);
+        b.put_slice(&src_mac);
+        b.put_u16(0x0800);
+        b.put_u8(0x40 | (header_len / 4) as u8);
+        b.put_u8(0);
+        b.put_u16(
+            self.total_len
+                .unwrap_or((header_len + self.payload.len()) as u16),
+        );
+        b.put_u16(self.id);
+        b.put_u16(self.flags_offset);
+        b.put_u8(64);
+        b.put_u8(self.protocol);
+        b.put_u16(0);
+        b.put_slice(&self.src.octets());
+        b.put_slice(&self.dst.octets());
+        b.put_slice(&self.options);
+        b.put_slice(&self.payload);
+        b.to_vec()
+    }
+}
+
+/// An IPv6 frame with extension headers `(next-header value of the extension, body)`;
+/// a body must make the extension a multiple of 8 bytes with its 2-byte head.
+pub fn v6_with_extensions(
+    src_mac: [u8; 6],
+    src: &str,
+    dst: &str,
+    extensions: &[(u8, Vec<u8>)],
+    l4: L4,
+) -> Vec<u8> {
+    let (proto, payload) = l4_bytes(l4, true);
+    let mut body = BytesMut::new();
+    for (i, (_, ext)) in extensions.iter().enumerate() {
+        let next = extensions.get(i + 1).map(|(t, _)| *t).unwrap_or(proto);
+        body.put_u8(next);
+        body.put_u8(((ext.len() + 2) / 8 - 1) as u8);
+        body.put_slice(ext);
+    }
+    body.put_slice(&payload);
+    let first = extensions.first().map(|(t, _)| *t).unwrap_or(proto);
+    let packet = ip_packet(src.parse().unwrap(), dst.parse().unwrap(), first, &body);
+    ethernet(src_mac, PEER_MAC, true, &packet)
+}
+
+/// An IPv6 fragment header body (after next-header and reserved): offset in 8-byte
+/// units, more-fragments flag, identification.
+pub fn fragment_header(offset: u16, more: bool, id: u32) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_u16(offset << 3 | u16::from(more));
+    b.put_u32(id);
+    // The 2-byte head is written by `v6_with_extensions` (next header, and this "length"
+    // byte, which for a fragment header is reserved and zero).
+    b.to_vec()
+}
+
+/// `frame` with an 802.1Q (or other `tpid`) tag inserted after the MAC addresses.
+pub fn tagged(frame: &[u8], tpid: u16, vlan: u16) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_slice(&frame[..12]);
+    b.put_u16(tpid);
+    b.put_u16(vlan);
+    b.put_slice(&frame[12..]);
+    b.to_vec()
+}
+
+/// An ARP packet with every address under the caller's control.
+pub fn arp_frame(eth_src: [u8; 6], sha: [u8; 6], spa: &str, tpa: &str, op: u16) -> Vec<u8> {
+    let spa: Ipv4Addr = spa.parse().unwrap();
+    let tpa: Ipv4Addr = tpa.parse().unwrap();
+    let mut b = BytesMut::new();
+    b.put_slice(&BROADCAST);
+    b.put_slice(&eth_src);
+    b.put_u16(0x0806);
+    b.put_u16(1);
+    b.put_u16(0x0800);
+    b.put_u8(6);
+    b.put_u8(4);
+    b.put_u16(op);
+    b.put_slice(&sha);
+    b.put_slice(&spa.octets());
+    b.put_slice(&[0; 6]);
+    b.put_slice(&tpa.octets());
+    b.to_vec()
+}
+
+/// A neighbour solicitation (135) or advertisement (136) whose link-layer address option
+/// carries `lladdr` (sent from `src_mac`).
+pub fn nd_with_lladdr(
+    src_mac: [u8; 6],
+    lladdr: [u8; 6],
+    kind: u8,
+    src: &str,
+    dst: &str,
+    target: &str,
+) -> Vec<u8> {
+    let target: Ipv6Addr = target.parse().unwrap();
+    let mut payload = vec![kind, 0, 0, 0, 0, 0, 0, 0];
+    payload.extend_from_slice(&target.octets());
+    payload.extend_from_slice(&[if kind == 135 { 1 } else { 2 }, 1]);
+    payload.extend_from_slice(&lladdr);
+    let packet = ip_packet(src.parse().unwrap(), dst.parse().unwrap(), 58, &payload);
     ethernet(src_mac, [0x33, 0x33, 0, 0, 0, 1], true, &packet)
 }

@@ -1,0 +1,615 @@
+//! Verdict tables for the source and layer-2 guards (invariant I2) and for malformed
+//! and evasive frames (BPF_PROG_TEST_RUN). Needs root.
+//!
+//! d-aw1 declares its identity (MAC, addresses, VLAN 100); d-aw2 declares none (its
+//! segment's prefixes apply); db allows router advertisements and DHCP servers.
+
+mod common;
+
+use common::{
+    BROADCAST, L4, Lab, PEER_MAC, V4, VM_MAC, arp_frame, echo_request, fragment_header,
+    in_private_netns, ip_from, nd_with_lladdr, out, router_advertisement, row, tagged, tcp, udp,
+    v6_with_extensions,
+};
+use isolator::compile::Plan;
+use isolator_common::{SegmentInfo, verdict};
+
+const POLICY: &str = r#"
+version: 1
+tenants:
+  - name: acme
+    segments:
+      - name: web
+        interfaces: ["d-aw*"]
+        prefixes: ["10.1.1.0/24", "fd00:1:1::/64"]
+      - name: db
+        interfaces: ["d-ad"]
+        prefixes: ["10.1.2.0/24", "fd00:1:2::/64"]
+"#;
+
+const M1: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 0x01];
+const M2: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 0x02];
+const MDB: [u8; 6] = [0x02, 0, 0, 0, 0xdb, 0x01];
+
+fn declare(plan: &mut Plan) {
+    let aw1 = plan
+        .vifs
+        .iter_mut()
+        .find(|v| v.name == "d-aw1")
+        .expect("d-aw1 is managed");
+    aw1.mac = Some(M1);
+    aw1.addresses = vec![
+        "10.1.1.2/32".parse().unwrap(),
+        "fd00:1:1::2/128".parse().unwrap(),
+    ];
+    aw1.vlans = vec![100];
+    let db = plan.segments.iter_mut().find(|s| s.name == "db").unwrap();
+    db.flags |= SegmentInfo::ALLOW_RA | SegmentInfo::ALLOW_DHCP_SERVER;
+}
+
+fn lab() -> Lab {
+    Lab::with_plan(POLICY, &["d-aw1", "d-aw2", "d-ad"], declare)
+}
+
+#[test]
+fn source_addresses_and_macs() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        lab.check_all(&[
+            row(
+                "declared MAC and address",
+                "d-aw1",
+                ip_from(M1, PEER_MAC, "10.1.1.2", "10.1.1.3", tcp(1000, 22, 2)),
+                verdict::PASS,
+            ),
+            row(
+                "another source MAC than the declared one",
+                "d-aw1",
+                ip_from(M2, PEER_MAC, "10.1.1.2", "10.1.1.3", tcp(1000, 22, 2)),
+                verdict::SPOOFED_MAC,
+            ),
+            row(
+                "an address of the segment that was not declared",
+                "d-aw1",
+                ip_from(M1, PEER_MAC, "10.1.1.3", "10.1.1.4", tcp(1000, 22, 2)),
+                verdict::SPOOFED_IP,
+            ),
+            row(
+                "declared IPv6 address",
+                "d-aw1",
+                ip_from(M1, PEER_MAC, "fd00:1:1::2", "fd00:1:1::3", tcp(1000, 22, 2)),
+                verdict::PASS,
+            ),
+            row(
+                "undeclared IPv6 address",
+                "d-aw1",
+                ip_from(M1, PEER_MAC, "fd00:1:1::3", "fd00:1:1::4", tcp(1000, 22, 2)),
+                verdict::SPOOFED_IP,
+            ),
+            row(
+                "IPv6 link-local source",
+                "d-aw1",
+                ip_from(M1, PEER_MAC, "fe80::1", "fe80::2", echo_request(1)),
+                verdict::PASS,
+            ),
+            row(
+                "no declared addresses: any address of the segment",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "10.1.1.77", "10.1.1.3", tcp(1000, 22, 2)),
+                verdict::PASS,
+            ),
+            row(
+                "no declared addresses: another segment's address",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "10.1.2.5", "10.1.1.3", tcp(1000, 22, 2)),
+                verdict::SPOOFED_IP,
+            ),
+            row(
+                "no declared addresses: an address outside every segment",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "192.0.2.1", "10.1.1.3", tcp(1000, 22, 2)),
+                verdict::SPOOFED_IP,
+            ),
+            row(
+                "unspecified source for DHCP discovery",
+                "d-aw2",
+                ip_from(M2, BROADCAST, "0.0.0.0", "255.255.255.255", udp(68, 67)),
+                verdict::PASS,
+            ),
+            row(
+                "unspecified source for anything else",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "0.0.0.0", "10.1.1.3", tcp(1000, 22, 2)),
+                verdict::SPOOFED_IP,
+            ),
+            row(
+                "unspecified source for duplicate address detection",
+                "d-aw2",
+                nd_with_lladdr(M2, M2, 135, "::", "ff02::1:ff00:9", "fd00:1:1::9"),
+                verdict::PASS,
+            ),
+            row(
+                "unspecified IPv6 source for an echo",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "::", "fd00:1:1::3", echo_request(1)),
+                verdict::SPOOFED_IP,
+            ),
+        ]);
+    });
+}
+
+#[test]
+fn arp_and_neighbour_discovery() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        lab.check_all(&[
+            row(
+                "ARP for itself",
+                "d-aw1",
+                arp_frame(M1, M1, "10.1.1.2", "10.1.1.3", 1),
+                verdict::PASS,
+            ),
+            row(
+                "gratuitous ARP taking over another VM's address",
+                "d-aw1",
+                arp_frame(M1, M1, "10.1.1.3", "10.1.1.3", 2),
+                verdict::ARP_SPOOF,
+            ),
+            row(
+                "ARP whose sender MAC is not the frame's",
+                "d-aw2",
+                arp_frame(M2, M1, "10.1.1.7", "10.1.1.3", 1),
+                verdict::ARP_SPOOF,
+            ),
+            row(
+                "ARP claiming another segment's address",
+                "d-aw2",
+                arp_frame(M2, M2, "10.1.2.5", "10.1.1.3", 1),
+                verdict::ARP_SPOOF,
+            ),
+            row(
+                "ARP probe (sender 0.0.0.0)",
+                "d-aw2",
+                arp_frame(M2, M2, "0.0.0.0", "10.1.1.9", 1),
+                verdict::PASS,
+            ),
+            row(
+                "ARP from the declared MAC with another MAC in the frame",
+                "d-aw1",
+                arp_frame(M2, M2, "10.1.1.2", "10.1.1.3", 1),
+                verdict::SPOOFED_MAC,
+            ),
+            row(
+                "advertisement of its own address",
+                "d-aw1",
+                nd_with_lladdr(M1, M1, 136, "fd00:1:1::2", "ff02::1", "fd00:1:1::2"),
+                verdict::PASS,
+            ),
+            row(
+                "advertisement of another VM's address",
+                "d-aw1",
+                nd_with_lladdr(M1, M1, 136, "fd00:1:1::2", "ff02::1", "fd00:1:1::3"),
+                verdict::ND_SPOOF,
+            ),
+            row(
+                "advertisement with another target link-layer address",
+                "d-aw2",
+                nd_with_lladdr(M2, M1, 136, "fd00:1:1::7", "ff02::1", "fd00:1:1::7"),
+                verdict::ND_SPOOF,
+            ),
+            row(
+                "solicitation with another source link-layer address",
+                "d-aw2",
+                nd_with_lladdr(M2, M1, 135, "fd00:1:1::7", "ff02::1:ff00:3", "fd00:1:1::3"),
+                verdict::ND_SPOOF,
+            ),
+            row(
+                "advertisement of another segment's address",
+                "d-aw2",
+                nd_with_lladdr(M2, M2, 136, "fd00:1:1::7", "ff02::1", "fd00:1:2::5"),
+                verdict::ND_SPOOF,
+            ),
+        ]);
+    });
+}
+
+#[test]
+fn router_and_dhcp_guards() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        let icmp = |kind| L4::Icmp {
+            kind,
+            code: 0,
+            id: 0,
+        };
+        lab.check_all(&[
+            row(
+                "router advertisement from a VM",
+                "d-aw2",
+                router_advertisement(M2, "fe80::2"),
+                verdict::RA_GUARD,
+            ),
+            row(
+                "router advertisement where the segment allows it",
+                "d-ad",
+                router_advertisement(MDB, "fe80::db"),
+                verdict::PASS,
+            ),
+            row(
+                "IPv6 redirect from a VM",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "fe80::2", "fe80::3", icmp(137)),
+                verdict::RA_GUARD,
+            ),
+            row(
+                "ICMPv4 redirect from a VM",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "10.1.1.7", "10.1.1.3", icmp(5)),
+                verdict::RA_GUARD,
+            ),
+            row(
+                "DHCP server message from a VM",
+                "d-aw2",
+                ip_from(M2, BROADCAST, "10.1.1.7", "255.255.255.255", udp(67, 68)),
+                verdict::DHCP_GUARD,
+            ),
+            row(
+                "DHCPv6 server message from a VM",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "fe80::2", "fe80::3", udp(547, 546)),
+                verdict::DHCP_GUARD,
+            ),
+            row(
+                "DHCP server where the segment allows it",
+                "d-ad",
+                ip_from(MDB, BROADCAST, "10.1.2.1", "255.255.255.255", udp(67, 68)),
+                verdict::PASS,
+            ),
+            row(
+                "DHCP client",
+                "d-aw2",
+                ip_from(M2, BROADCAST, "10.1.1.7", "255.255.255.255", udp(68, 67)),
+                verdict::PASS,
+            ),
+        ]);
+    });
+}
+
+#[test]
+fn vlan_tags() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        let plain = ip_from(M1, PEER_MAC, "10.1.1.2", "10.1.1.3", tcp(1000, 22, 2));
+        lab.check_all(&[
+            row(
+                "a VLAN the interface lists",
+                "d-aw1",
+                tagged(&plain, 0x8100, 100),
+                verdict::PASS,
+            ),
+            row(
+                "a VLAN the interface does not list",
+                "d-aw1",
+                tagged(&plain, 0x8100, 200),
+                verdict::VLAN,
+            ),
+            row(
+                "any tag from an interface without VLANs",
+                "d-aw2",
+                tagged(
+                    &ip_from(M2, PEER_MAC, "10.1.1.7", "10.1.1.3", tcp(1000, 22, 2)),
+                    0x8100,
+                    100,
+                ),
+                verdict::VLAN,
+            ),
+            row(
+                "stacked tags, both listed",
+                "d-aw1",
+                tagged(&tagged(&plain, 0x8100, 100), 0x88a8, 100),
+                verdict::VLAN,
+            ),
+            row(
+                "stacked 802.1Q tags",
+                "d-aw1",
+                tagged(&tagged(&plain, 0x8100, 100), 0x8100, 100),
+                verdict::VLAN,
+            ),
+            row(
+                "a listed VLAN does not excuse a spoofed source inside",
+                "d-aw1",
+                tagged(
+                    &ip_from(M1, PEER_MAC, "10.1.1.9", "10.1.1.3", tcp(1000, 22, 2)),
+                    0x8100,
+                    100,
+                ),
+                verdict::SPOOFED_IP,
+            ),
+            out(
+                "a tagged frame delivered to a VM without VLANs",
+                "d-aw2",
+                tagged(
+                    &ip_from(M1, PEER_MAC, "10.1.1.2", "10.1.1.7", tcp(1000, 22, 2)),
+                    0x8100,
+                    100,
+                ),
+                verdict::VLAN,
+            ),
+        ]);
+    });
+}
+
+#[test]
+fn malformed_and_evasive_frames() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        let base = || V4::new("10.1.1.7", "10.1.1.3", tcp(1000, 22, 2));
+        let longer = V4 {
+            total_len: Some(200),
+            ..base()
+        };
+        let shorter = V4 {
+            total_len: Some(16),
+            ..base()
+        };
+        let options = V4 {
+            options: vec![0x07, 0x04, 0x04, 0x00], // record route
+            ..base()
+        };
+        let router_alert = V4 {
+            options: vec![0x94, 0x04, 0, 0],
+            protocol: 2, // IGMP
+            payload: vec![0x16, 0, 0, 0, 224, 0, 0, 251],
+            ..base()
+        };
+        let two_options = V4 {
+            options: vec![0x94, 0x04, 0, 0, 0x01, 0x01, 0x01, 0x00],
+            ..base()
+        };
+        let mut bad_offset = base();
+        bad_offset.payload[12] = 4 << 4; // TCP data offset 4 words
+        let udp_len = {
+            let mut v = V4::new("10.1.1.7", "10.1.1.3", udp(1000, 53));
+            v.payload[5] = 7; // UDP length 7
+            v
+        };
+        let dst_opts = || (60u8, vec![0u8; 6]);
+        lab.check_all(&[
+            row(
+                "IPv4 total length beyond the frame",
+                "d-aw2",
+                longer.frame(M2),
+                verdict::MALFORMED,
+            ),
+            row(
+                "IPv4 total length below the header length",
+                "d-aw2",
+                shorter.frame(M2),
+                verdict::MALFORMED,
+            ),
+            row(
+                "IPv4 options",
+                "d-aw2",
+                options.frame(M2),
+                verdict::IP_OPTIONS,
+            ),
+            row(
+                "a lone router alert option (IGMP)",
+                "d-aw2",
+                router_alert.frame(M2),
+                verdict::PASS,
+            ),
+            row(
+                "router alert followed by another option",
+                "d-aw2",
+                two_options.frame(M2),
+                verdict::IP_OPTIONS,
+            ),
+            row(
+                "TCP data offset below 5 words",
+                "d-aw2",
+                bad_offset.frame(M2),
+                verdict::MALFORMED,
+            ),
+            row(
+                "UDP length below its header",
+                "d-aw2",
+                udp_len.frame(M2),
+                verdict::MALFORMED,
+            ),
+            row(
+                "IPv6 with two extension headers",
+                "d-aw2",
+                v6_with_extensions(
+                    M2,
+                    "fd00:1:1::7",
+                    "fd00:1:1::3",
+                    &[(0, vec![0; 6]), dst_opts()],
+                    tcp(1000, 22, 2),
+                ),
+                verdict::PASS,
+            ),
+            row(
+                "IPv6 with more extension headers than walked",
+                "d-aw2",
+                v6_with_extensions(
+                    M2,
+                    "fd00:1:1::7",
+                    "fd00:1:1::3",
+                    &[dst_opts(), dst_opts(), dst_opts(), dst_opts(), dst_opts()],
+                    tcp(1000, 22, 2),
+                ),
+                verdict::IPV6_EXTENSIONS,
+            ),
+            row(
+                "an extension chain hiding a cross-segment destination",
+                "d-aw2",
+                v6_with_extensions(
+                    M2,
+                    "fd00:1:1::7",
+                    "fd00:1:2::5",
+                    &[dst_opts(), dst_opts()],
+                    tcp(1000, 22, 2),
+                ),
+                verdict::CROSS_SEGMENT,
+            ),
+        ]);
+    });
+}
+
+#[test]
+fn truncated_at_every_header_boundary() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        let v4 = V4::new("10.1.1.7", "10.1.1.3", tcp(1000, 22, 2)).frame(M2);
+        let v6 = ip_from(M2, PEER_MAC, "fd00:1:1::7", "fd00:1:1::3", tcp(1000, 22, 2));
+        let udp4 = V4::new("10.1.1.7", "10.1.1.3", udp(1000, 53)).frame(M2);
+        let icmp6 = ip_from(M2, PEER_MAC, "fd00:1:1::7", "fd00:1:1::3", echo_request(1));
+        let arp = arp_frame(M2, M2, "10.1.1.7", "10.1.1.3", 1);
+        let tag = tagged(&v4, 0x8100, 100);
+        // (frame, cut lengths): every header end and one byte before it.
+        let cases: [(&str, &Vec<u8>, &[usize]); 6] = [
+            ("IPv4/TCP", &v4, &[14, 15, 33, 34, 53]),
+            ("IPv6/TCP", &v6, &[14, 53, 54, 73]),
+            ("IPv4/UDP", &udp4, &[34, 41]),
+            ("IPv6/ICMPv6", &icmp6, &[54, 61]),
+            ("ARP", &arp, &[14, 41]),
+            ("802.1Q", &tag, &[15, 17]),
+        ];
+        for (what, frame, cuts) in cases {
+            for cut in cuts {
+                let name: &'static str =
+                    Box::leak(format!("{what} cut to {cut} bytes").into_boxed_str());
+                let mut f = frame.to_vec();
+                f.truncate(*cut);
+                lab.check(&row(name, "d-aw2", f, verdict::MALFORMED));
+            }
+        }
+    });
+}
+
+#[test]
+fn fragments() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        let mf = 0x2000;
+        let first = V4 {
+            id: 7,
+            flags_offset: mf,
+            ..V4::new("10.1.1.7", "10.1.1.3", udp(1000, 53))
+        };
+        let later = V4 {
+            id: 7,
+            flags_offset: 2, // 16 bytes in, last
+            protocol: 17,
+            payload: vec![0; 8],
+            ..V4::new("10.1.1.7", "10.1.1.3", udp(1000, 53))
+        };
+        let stray = V4 {
+            id: 8,
+            ..later.clone()
+        };
+        let cross_first = V4 {
+            id: 9,
+            flags_offset: mf,
+            ..V4::new("10.1.1.7", "10.1.2.5", udp(1000, 53))
+        };
+        let cross_later = V4 {
+            id: 9,
+            dst: "10.1.2.5".parse().unwrap(),
+            ..later.clone()
+        };
+        let tiny_first = V4 {
+            id: 10,
+            flags_offset: mf,
+            payload: vec![0x03, 0xe8, 0, 22, 0, 0, 0, 1], // 8 bytes of a TCP header
+            protocol: 6,
+            ..V4::new("10.1.1.7", "10.1.1.3", udp(1000, 53))
+        };
+        let overlap = V4 {
+            id: 11,
+            flags_offset: 1, // 8 bytes in: over TCP's flags
+            protocol: 6,
+            payload: vec![0; 16],
+            ..V4::new("10.1.1.7", "10.1.1.3", udp(1000, 53))
+        };
+        let v6_first = v6_with_extensions(
+            M2,
+            "fd00:1:1::7",
+            "fd00:1:1::3",
+            &[(44, fragment_header(0, true, 77))],
+            udp(1000, 53),
+        );
+        let v6_later = v6_with_extensions(
+            M2,
+            "fd00:1:1::7",
+            "fd00:1:1::3",
+            &[(44, fragment_header(2, false, 77))],
+            udp(1000, 53),
+        );
+        let v6_stray = v6_with_extensions(
+            M2,
+            "fd00:1:1::7",
+            "fd00:1:1::3",
+            &[(44, fragment_header(2, false, 78))],
+            udp(1000, 53),
+        );
+        lab.check_all(&[
+            row("a first fragment", "d-aw2", first.frame(M2), verdict::PASS),
+            row(
+                "its later fragment",
+                "d-aw2",
+                later.frame(M2),
+                verdict::PASS,
+            ),
+            row(
+                "a later fragment whose first never passed",
+                "d-aw2",
+                stray.frame(M2),
+                verdict::FRAGMENT,
+            ),
+            row(
+                "a first fragment across segments",
+                "d-aw2",
+                cross_first.frame(M2),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "its later fragment does not slip through",
+                "d-aw2",
+                cross_later.frame(M2),
+                verdict::FRAGMENT,
+            ),
+            row(
+                "a first fragment too short for the TCP header",
+                "d-aw2",
+                tiny_first.frame(M2),
+                verdict::FRAGMENT,
+            ),
+            row(
+                "a TCP fragment overlapping the header's flags",
+                "d-aw2",
+                overlap.frame(M2),
+                verdict::FRAGMENT,
+            ),
+            row("an IPv6 first fragment", "d-aw2", v6_first, verdict::PASS),
+            row("its later fragment", "d-aw2", v6_later, verdict::PASS),
+            row(
+                "an IPv6 later fragment whose first never passed",
+                "d-aw2",
+                v6_stray,
+                verdict::FRAGMENT,
+            ),
+            out(
+                "a later fragment delivered to a VM without its first",
+                "d-ad",
+                V4 {
+                    id: 12,
+                    ..later.clone()
+                }
+                .frame(VM_MAC),
+                verdict::FRAGMENT,
+            ),
+        ]);
+    });
+}
