@@ -36,10 +36,11 @@ pub const NAME_MAX_LEN: usize = 63;
 ///
 /// Guarantees: tenant names are unique, segment names are unique within their tenant,
 /// names follow the name rules, no interface name can be matched by entries of two
-/// segments, and no address lies in prefixes of two segments. Every exposed endpoint
-/// lies inside a prefix of its own segment, every flow names existing segments, no
-/// management prefix overlaps a segment prefix, and connection tracking timeouts are
-/// within 1..=[`TIMEOUT_MAX_SECONDS`].
+/// segments, and no address lies in prefixes of two segments. Interface identities
+/// follow the rules in [`Interface`]. Every exposed endpoint lies inside a prefix of its
+/// own segment, every flow names existing segments, no management prefix overlaps a
+/// segment prefix, and connection tracking timeouts are within
+/// 1..=[`TIMEOUT_MAX_SECONDS`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Policy {
     pub tenants: Vec<Tenant>,
@@ -65,8 +66,10 @@ pub struct Tenant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
     pub name: String,
-    /// Exact interface names and glob patterns, in file order.
-    pub interfaces: Vec<InterfacePattern>,
+    /// Interface entries (exact names and glob patterns, with their identity), in file
+    /// order. Use [`Segment::interface_for`] to find the entry that applies to a host
+    /// interface.
+    pub interfaces: Vec<Interface>,
     /// Canonical prefixes (no host bits set), in file order.
     pub prefixes: Vec<IpNet>,
     /// Resolved: the segment's own `mode`, else the policy's global one.
@@ -76,6 +79,106 @@ pub struct Segment {
     /// Endpoints others may reach, in file order; each lies inside one of
     /// [`Segment::prefixes`], no two are equal.
     pub expose: Vec<Expose>,
+    /// The segment's VMs may send IPv6 router advertisements and redirects, and ICMPv4
+    /// redirects. Default `false`: dropped with reason `ra_guard`.
+    pub allow_router_advertisements: bool,
+    /// The segment's VMs may send DHCP and DHCPv6 server messages. Default `false`:
+    /// dropped with reason `dhcp_guard`.
+    pub allow_dhcp_server: bool,
+}
+
+impl Segment {
+    /// The entry of this segment that applies to the interface named `ifname`: its
+    /// exact-name entry if it has one, else the first pattern that matches it (validation
+    /// guarantees that every pattern of a segment matching one name declares the same
+    /// `vlans`, and patterns have no `mac` or `addresses`). `None` if no entry matches.
+    pub fn interface_for(&self, ifname: &str) -> Option<&Interface> {
+        self.interfaces
+            .iter()
+            .find(|i| !i.pattern.is_glob() && i.matches(ifname))
+            .or_else(|| self.interfaces.iter().find(|i| i.matches(ifname)))
+    }
+}
+
+/// A MAC address. Displays as `52:54:00:12:34:56` (lowercase hex, `:`-separated).
+/// In a validated policy it is unicast and not all zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// The group bit (lowest bit of the first octet) is clear.
+    pub fn is_unicast(self) -> bool {
+        self.0[0] & 1 == 0
+    }
+
+    /// `00:00:00:00:00:00`.
+    pub fn is_zero(self) -> bool {
+        self.0 == [0; 6]
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// One entry of a segment's `interfaces`: an exact name or a glob pattern, and for an
+/// exact name optionally the identity of the VM behind it.
+///
+/// Guarantees of a validated policy: a glob pattern has no `mac` and no `addresses`;
+/// no MAC is declared on two interfaces; every address lies inside one of its segment's
+/// prefixes, no two of an interface are equal, and no address of one interface overlaps
+/// one of another interface; `vlans` are in 1..=4094; patterns of one segment that
+/// match a common name have the same `vlans`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub pattern: InterfacePattern,
+    /// The only source MAC the VM may use; `None`: not pinned (ARP and neighbour
+    /// discovery must still name the frame's own source MAC).
+    pub mac: Option<MacAddr>,
+    /// The only source addresses the VM may use besides IPv6 link-local ones (and the
+    /// unspecified address for DHCP discovery and duplicate address detection):
+    /// canonical (a lone address in the file becomes a /32 or /128), in file order.
+    /// Empty: any address of the segment's prefixes.
+    pub addresses: Vec<IpNet>,
+    /// 802.1Q VLAN ids the VM may tag frames with, sorted, deduplicated. Empty: tagged
+    /// frames are dropped.
+    pub vlans: Vec<u16>,
+}
+
+impl Interface {
+    /// An entry with no identity: no MAC, no addresses, no VLANs.
+    pub fn new(pattern: InterfacePattern) -> Self {
+        Self {
+            pattern,
+            mac: None,
+            addresses: Vec::new(),
+            vlans: Vec::new(),
+        }
+    }
+
+    /// Whether the interface named `ifname` is matched by this entry's pattern.
+    pub fn matches(&self, ifname: &str) -> bool {
+        self.pattern.matches(ifname)
+    }
+
+    /// The name or pattern as written in the policy.
+    pub fn as_str(&self) -> &str {
+        self.pattern.as_str()
+    }
+
+    /// `true` for a glob pattern, `false` for an exact name.
+    pub fn is_glob(&self) -> bool {
+        self.pattern.is_glob()
+    }
+}
+
+impl From<InterfacePattern> for Interface {
+    fn from(pattern: InterfacePattern) -> Self {
+        Self::new(pattern)
+    }
 }
 
 /// Whether a segment's verdicts are enforced or only counted.

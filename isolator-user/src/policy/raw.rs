@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
-use serde_saphyr::Spanned;
+use serde_saphyr::{Location, Spanned};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +45,10 @@ pub(super) struct RawSegment {
     pub mode: Option<Spanned<String>>,
     #[serde(default)]
     pub egress: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow_router_advertisements: Option<Spanned<RawFlag>>,
+    #[serde(default)]
+    pub allow_dhcp_server: Option<Spanned<RawFlag>>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub interfaces: Vec<RawInterface>,
     #[serde(default, deserialize_with = "null_as_empty")]
@@ -108,12 +112,137 @@ pub(super) struct RawConnectionTracking {
     pub icmp_idle_seconds: Option<Spanned<RawSeconds>>,
 }
 
-/// One entry of `interfaces:`. Today a plain string (name or pattern).
+/// One entry of `interfaces:`: a name or pattern (string form), or a mapping with
+/// `name` and the interface's identity (mapping form). For the string form the span is
+/// the name's position.
+pub(super) type RawInterface = Spanned<RawInterfaceEntry>;
+
+/// The two forms of an `interfaces:` entry.
 ///
-/// When the mapping form (`{name: ..., mac: ..., addresses: [...]}`) arrives, turn this
-/// into `Spanned<RawInterfaceEntry>` with an untagged enum inside: serde-saphyr loses
-/// spans of `Spanned` fields nested in untagged variants, so wrap the whole enum.
-pub(super) type RawInterface = Spanned<String>;
+/// Deserialized by hand, not as an untagged enum: serde buffers untagged enums in a
+/// generic content type, which loses the spans of the `Spanned` fields inside
+/// [`RawInterfaceMapping`]. The hand-written visitor hands serde-saphyr's own map access
+/// to the derived mapping type, so every key keeps its position.
+#[derive(Debug)]
+pub(super) enum RawInterfaceEntry {
+    Name(String),
+    /// Boxed: much larger than the other variants.
+    Mapping(Box<RawInterfaceMapping>),
+    /// A scalar that YAML reads as something other than a string (`123`, `true`, `on`,
+    /// or nothing at all): what it was read as, and the value rendered.
+    NotAString {
+        kind: &'static str,
+        shown: String,
+    },
+}
+
+impl RawInterfaceEntry {
+    /// The interface name or pattern, with its position (`at` is the entry's own
+    /// position, which is the name's for the string form). `None` for
+    /// [`RawInterfaceEntry::NotAString`] and a mapping without `name`.
+    pub fn name(&self, at: Location) -> Option<Spanned<&str>> {
+        match self {
+            RawInterfaceEntry::Name(name) => Some(Spanned::new(name.as_str(), at, at)),
+            RawInterfaceEntry::Mapping(m) => m
+                .name
+                .as_ref()
+                .map(|name| Spanned::new(name.value.as_str(), name.referenced, name.defined)),
+            RawInterfaceEntry::NotAString { .. } => None,
+        }
+    }
+}
+
+/// The mapping form of an `interfaces:` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInterfaceMapping {
+    /// Required; optional here so that a missing name is reported at the entry, with
+    /// the other problems of the file.
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub mac: Option<Spanned<String>>,
+    /// `None` when absent or written without a value; an explicit empty list is kept so
+    /// validation can reject it.
+    #[serde(default)]
+    pub addresses: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `None` when absent or written without a value; empty is the same as absent.
+    #[serde(default)]
+    pub vlans: Option<Spanned<Vec<Spanned<RawVlan>>>>,
+}
+
+impl<'de> Deserialize<'de> for RawInterfaceEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntryVisitor;
+
+        impl EntryVisitor {
+            fn not_a_string<E: de::Error>(
+                kind: &'static str,
+                shown: String,
+            ) -> Result<RawInterfaceEntry, E> {
+                Ok(RawInterfaceEntry::NotAString { kind, shown })
+            }
+        }
+
+        impl<'de> Visitor<'de> for EntryVisitor {
+            type Value = RawInterfaceEntry;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an interface name or pattern, or a mapping with `name`")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawInterfaceEntry, E> {
+                Ok(RawInterfaceEntry::Name(v.to_owned()))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<RawInterfaceEntry, E> {
+                Ok(RawInterfaceEntry::Name(v))
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawInterfaceEntry, A::Error> {
+                RawInterfaceMapping::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|mapping| RawInterfaceEntry::Mapping(Box::new(mapping)))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawInterfaceEntry, E> {
+                Self::not_a_string("the number", v.to_string())
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawInterfaceEntry, E> {
+                Self::not_a_string("the number", v.to_string())
+            }
+
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<RawInterfaceEntry, E> {
+                Self::not_a_string("the number", v.to_string())
+            }
+
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<RawInterfaceEntry, E> {
+                Self::not_a_string("the number", v.to_string())
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawInterfaceEntry, E> {
+                Self::not_a_string("the number", format!("{v:?}"))
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawInterfaceEntry, E> {
+                Self::not_a_string("the boolean", v.to_string())
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<RawInterfaceEntry, E> {
+                Self::not_a_string("null", String::new())
+            }
+
+            fn visit_none<E: de::Error>(self) -> Result<RawInterfaceEntry, E> {
+                self.visit_unit()
+            }
+        }
+
+        deserializer.deserialize_any(EntryVisitor)
+    }
+}
 
 /// The `version:` value, kept loose so a wrong value gets a semantic error at the
 /// value's position instead of a generic type error at the key.
@@ -186,8 +315,9 @@ where
 pub(super) enum RawScalar {
     Integer(i128),
     Text(String),
-    /// Anything else, rendered for the error message: `80.5`, `true`, `null`,
-    /// `a list`, `a mapping`.
+    Bool(bool),
+    /// Anything else, rendered for the error message: `80.5`, `null`, `a list`,
+    /// `a mapping`.
     Other(String),
 }
 
@@ -197,6 +327,7 @@ impl RawScalar {
         match self {
             RawScalar::Integer(n) => n.to_string(),
             RawScalar::Text(s) => format!("{s:?}"),
+            RawScalar::Bool(b) => b.to_string(),
             RawScalar::Other(s) => s.clone(),
         }
     }
@@ -210,6 +341,14 @@ pub(super) struct RawPorts(pub RawScalar);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct RawSeconds(pub RawScalar);
 
+/// A VLAN id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RawVlan(pub RawScalar);
+
+/// A yes/no option (`true` or `false`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RawFlag(pub RawScalar);
+
 impl<'de> Deserialize<'de> for RawPorts {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserialize_scalar(deserializer, "a port number or a \"first-last\" port range").map(Self)
@@ -219,6 +358,18 @@ impl<'de> Deserialize<'de> for RawPorts {
 impl<'de> Deserialize<'de> for RawSeconds {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserialize_scalar(deserializer, "a number of seconds").map(Self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawVlan {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_scalar(deserializer, "a VLAN id").map(Self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawFlag {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_scalar(deserializer, "true or false").map(Self)
     }
 }
 
@@ -259,7 +410,7 @@ fn deserialize_scalar<'de, D: Deserializer<'de>>(
         }
 
         fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawScalar, E> {
-            Ok(RawScalar::Other(v.to_string()))
+            Ok(RawScalar::Bool(v))
         }
 
         fn visit_str<E: de::Error>(self, v: &str) -> Result<RawScalar, E> {

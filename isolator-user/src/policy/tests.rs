@@ -69,6 +69,11 @@ fn pat(s: &str) -> InterfacePattern {
     InterfacePattern::new(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
 }
 
+/// An interface entry without identity.
+fn iface(s: &str) -> Interface {
+    Interface::new(pat(s))
+}
+
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()
 }
@@ -98,19 +103,23 @@ fn valid_file_parses_to_model() {
                 segments: vec![
                     Segment {
                         name: "web".into(),
-                        interfaces: vec![pat("tap-acme-web-*"), pat("veth-acme1")],
+                        interfaces: vec![iface("tap-acme-web-*"), iface("veth-acme1")],
                         prefixes: vec![net("10.1.1.0/24"), net("fd00:1:1::/64")],
                         mode: Mode::Enforce,
                         egress: Egress::Allow,
                         expose: vec![],
+                        allow_router_advertisements: false,
+                        allow_dhcp_server: false,
                     },
                     Segment {
                         name: "db_1".into(),
-                        interfaces: vec![pat("tap-acme-db?")],
+                        interfaces: vec![iface("tap-acme-db?")],
                         prefixes: vec![],
                         mode: Mode::Enforce,
                         egress: Egress::Allow,
                         expose: vec![],
+                        allow_router_advertisements: false,
+                        allow_dhcp_server: false,
                     },
                 ],
                 flows: vec![],
@@ -294,7 +303,8 @@ fn unknown_keys_are_rejected_everywhere() {
         9,
         &[
             "unknown field `exposed`",
-            "name, mode, egress, interfaces, prefixes, expose",
+            "name, mode, egress, allow_router_advertisements, allow_dhcp_server, interfaces, \
+             prefixes, expose",
         ],
     );
 
@@ -775,6 +785,901 @@ fn different_families_do_not_overlap() {
         "#);
 }
 
+// ---------------------------------------------------------------- interface identities
+
+/// Segment acme/web (10.1.1.0/24, fd00:1:1::/64) with the given `interfaces:` entries
+/// (written at column 0), which start at line 8. For a block-style entry `- name: x`, the
+/// `name` value is at column 19; on the lines after it, a `mac` value is at column 18, a
+/// flow-style `addresses` list at column 24 (its first entry at 25), a flow-style `vlans`
+/// list at column 20 (its first entry at 21). A string-form entry is at column 13.
+fn web_interfaces(entries: &str) -> String {
+    format!(
+        "version: 1\ntenants:\n  - name: acme\n    segments:\n      - name: web\n        \
+         prefixes: [10.1.1.0/24, \"fd00:1:1::/64\"]\n        interfaces:\n{}",
+        indent(entries, 10)
+    )
+}
+
+/// The interfaces of the first segment of the first tenant.
+fn first_interfaces(policy: &Policy) -> &[Interface] {
+    &policy.tenants[0].segments[0].interfaces
+}
+
+const MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+
+#[test]
+fn interface_identities_parse_to_model() {
+    let policy = ok(r#"
+        version: 1
+        tenants:
+          - name: acme
+            segments:
+              - name: web
+                allow_router_advertisements: false
+                allow_dhcp_server: true
+                interfaces:
+                  - "tap-acme-web-*"
+                  - name: tap-acme-web-01
+                    mac: "52:54:00:12:34:56"
+                    addresses: ["10.1.1.10", "fd00:1:1::10", "10.1.1.64/28"]
+                    vlans: [200, 100]
+                  - name: tap-acme-web-02
+                    mac: 52:54:00:AB:cd:EF
+                    addresses:
+                      - 10.1.1.11
+                  - {name: "tap-acme-lb?", vlans: [300]}
+                prefixes: [10.1.1.0/24, "fd00:1:1::/64"]
+              - name: gw
+                allow_router_advertisements: true
+                interfaces: [{name: tap-acme-gw}]
+                prefixes: ["fd00:1:ff::/64"]
+        "#);
+    let web = &policy.tenants[0].segments[0];
+    assert_eq!(
+        web.interfaces,
+        [
+            iface("tap-acme-web-*"),
+            Interface {
+                pattern: pat("tap-acme-web-01"),
+                mac: Some(MAC),
+                addresses: vec![
+                    net("10.1.1.10/32"),
+                    net("fd00:1:1::10/128"),
+                    net("10.1.1.64/28")
+                ],
+                vlans: vec![100, 200],
+            },
+            Interface {
+                pattern: pat("tap-acme-web-02"),
+                mac: Some(MacAddr([0x52, 0x54, 0x00, 0xab, 0xcd, 0xef])),
+                addresses: vec![net("10.1.1.11/32")],
+                vlans: vec![],
+            },
+            Interface {
+                vlans: vec![300],
+                ..iface("tap-acme-lb?")
+            },
+        ]
+    );
+    assert!(!web.allow_router_advertisements);
+    assert!(web.allow_dhcp_server);
+    let gw = &policy.tenants[0].segments[1];
+    assert_eq!(gw.interfaces, [iface("tap-acme-gw")]);
+    assert!(gw.allow_router_advertisements);
+    assert!(!gw.allow_dhcp_server);
+
+    // Both forms count as interface entries.
+    assert_eq!(policy.summary().interfaces, 5);
+    assert_eq!(
+        policy.summary().to_string(),
+        "1 tenant, 2 segments, 5 interface patterns, 3 prefixes"
+    );
+
+    // An exact-name entry applies to its interface even where a pattern also matches.
+    let entry = |ifname| web.interface_for(ifname).map(Interface::as_str);
+    assert_eq!(entry("tap-acme-web-01"), Some("tap-acme-web-01"));
+    assert_eq!(web.interface_for("tap-acme-web-01").unwrap().mac, Some(MAC));
+    assert_eq!(entry("tap-acme-web-07"), Some("tap-acme-web-*"));
+    assert_eq!(web.interface_for("tap-acme-lb1").unwrap().vlans, vec![300]);
+    assert_eq!(entry("tap-acme-gw"), None);
+    let (_, segment) = policy.segment_for_interface("tap-acme-web-01").unwrap();
+    assert_eq!(segment.name, "web");
+    let (_, segment) = policy.segment_for_interface("tap-acme-gw").unwrap();
+    assert_eq!(segment.name, "gw");
+
+    let interface = &web.interfaces[1];
+    assert!(interface.matches("tap-acme-web-01") && !interface.matches("tap-acme-web-02"));
+    assert!(!interface.is_glob() && web.interfaces[0].is_glob());
+    assert_eq!(interface.as_str(), "tap-acme-web-01");
+    assert_eq!(MAC.to_string(), "52:54:00:12:34:56");
+    assert_eq!(
+        MacAddr([0x02, 0, 0, 0xab, 0xcd, 0xef]).to_string(),
+        "02:00:00:ab:cd:ef"
+    );
+    assert!(MAC.is_unicast() && !MAC.is_zero());
+    assert!(!MacAddr([0x01, 0, 0x5e, 0, 0, 1]).is_unicast());
+    assert!(MacAddr([0; 6]).is_zero());
+    assert_eq!(Interface::from(pat("veth1")), iface("veth1"));
+}
+
+#[test]
+fn interface_identity_defaults() {
+    let policy = ok(r#"
+        version: 1
+        tenants:
+          - name: acme
+            segments:
+              - name: web
+                allow_router_advertisements:
+                allow_dhcp_server:
+                interfaces:
+                  - tap1
+                  - name: tap2
+                  - name: tap3
+                    mac:
+                    addresses:
+                    vlans:
+                  - name: tap4
+                    vlans: []
+        "#);
+    let web = &policy.tenants[0].segments[0];
+    assert_eq!(
+        web.interfaces,
+        [iface("tap1"), iface("tap2"), iface("tap3"), iface("tap4")]
+    );
+    assert!(!web.allow_router_advertisements);
+    assert!(!web.allow_dhcp_server);
+
+    let policy = ok("version: 1\ntenants: [{name: acme, segments: [{name: web}]}]\n");
+    let web = &policy.tenants[0].segments[0];
+    assert!(!web.allow_router_advertisements);
+    assert!(!web.allow_dhcp_server);
+}
+
+#[test]
+fn interface_mapping_keys() {
+    let d = one_error(&web_interfaces(
+        "- name: tap1\n  macaddr: \"52:54:00:12:34:56\"\n",
+    ));
+    assert_diag(
+        &d,
+        9,
+        13,
+        &[
+            "unknown field `macaddr`",
+            "name, mac, addresses, vlans",
+            "help: remove the key",
+        ],
+    );
+
+    let d = one_error(&web_interfaces("- {name: tap1, vlan: 100}\n"));
+    assert_diag(&d, 8, 26, &["unknown field `vlan`"]);
+
+    let d = one_error(&web_interfaces("- name: tap1\n  name: tap2\n"));
+    assert_diag(&d, 9, 13, &["duplicate", "name"]);
+
+    // A missing name is reported at the entry, with the file's other problems.
+    let all = errors(&web_interfaces(
+        "- mac: \"52:54:00:12:34:56\"\n  vlans: [1]\n- \"tap 1\"\n",
+    ));
+    assert_eq!(all.len(), 2, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        8,
+        13,
+        &[
+            "interface entry has no `name`",
+            "help: write the interface's exact name",
+        ],
+    );
+    assert_diag(&all[1], 10, 13, &["whitespace"]);
+
+    // Values of the wrong type stop reading, as everywhere.
+    let d = one_error(&web_interfaces("- name: tap1\n  addresses: 10.1.1.10\n"));
+    assert_diag(&d, 9, 24, &["help: a list is expected"]);
+    let d = one_error(&web_interfaces("- name: tap1\n  vlans: 100\n"));
+    assert_diag(&d, 9, 20, &["help: a list is expected"]);
+    let d = one_error(&web_interfaces("- name: tap1\n  mac: [52, 54]\n"));
+    assert_diag(&d, 9, 18, &["help: a single value is expected"]);
+    let d = one_error(&web_interfaces("- [tap1]\n"));
+    assert_diag(
+        &d,
+        8,
+        13,
+        &["expected an interface name or pattern, or a mapping with `name`"],
+    );
+}
+
+#[test]
+fn interface_entry_must_be_a_string_or_a_mapping() {
+    let all = errors(&segment_with("interfaces", "[123, on, 1.5]"));
+    assert_eq!(all.len(), 3, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        6,
+        22,
+        &[
+            "interface entry must be a name or a mapping with `name`, found the number 123",
+            "help: YAML reads some unquoted values",
+            "quotes",
+        ],
+    );
+    assert_diag(&all[1], 6, 27, &["found the boolean true"]);
+    assert_diag(&all[2], 6, 31, &["found the number 1.5"]);
+
+    let d = one_error(&web_interfaces("- tap1\n-\n"));
+    assert_diag(
+        &d,
+        9,
+        12,
+        &["interface entry is empty", "help: write an interface name"],
+    );
+
+    // Quoted, such names are names; in the mapping form `name` is always text.
+    let policy = ok(&segment_with("interfaces", "[\"123\", {name: 456}]"));
+    assert_eq!(first_interfaces(&policy), [iface("123"), iface("456")]);
+}
+
+#[test]
+fn interface_rules_apply_to_the_mapping_form() {
+    let cases: &[(&str, &[&str])] = &[
+        ("\"tap acme\"", &["whitespace"]),
+        ("tap-0123456789ab", &["16 bytes"]),
+        ("\"*\"", &["every interface", "uplink"]),
+        ("\"\"", &["interface name is empty"]),
+    ];
+    for (name, words) in cases {
+        let d = one_error(&web_interfaces(&format!(
+            "- name: {name}\n  vlans: [100]\n"
+        )));
+        assert_diag(&d, 8, 19, words);
+    }
+
+    let all = errors(
+        r#"
+        version: 1
+        tenants:
+          - name: acme
+            segments:
+              - name: web
+                interfaces:
+                  - name: tap-acme-1
+                    mac: "52:54:00:00:00:01"
+              - name: db
+                interfaces:
+                  - "tap-acme-1"
+                  - name: "tap-*"
+                  - name: tap-db1
+                  - tap-db1
+        "#,
+    );
+    assert_eq!(all.len(), 3, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        11,
+        13,
+        &["interface \"tap-acme-1\" of segment acme/db is also listed in segment acme/web at 7:19"],
+    );
+    assert_diag(
+        &all[1],
+        12,
+        19,
+        &[
+            "interface pattern \"tap-*\" of segment acme/db overlaps interface \"tap-acme-1\" of \
+             segment acme/web at 7:19: both match \"tap-acme-1\"",
+        ],
+    );
+    assert_diag(
+        &all[2],
+        14,
+        13,
+        &["interface \"tap-db1\" is listed twice in segment acme/db: first at 13:19"],
+    );
+}
+
+#[test]
+fn mac_rules() {
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "\"52-54-00-12-34-56\"",
+            &["\"52-54-00-12-34-56\" is not a MAC address"],
+            "did you mean \"52:54:00:12:34:56\"? write a MAC address as six pairs of hex digits \
+             separated by ':'",
+        ),
+        (
+            "5254001234AB",
+            &["\"5254001234AB\" is not a MAC address"],
+            "did you mean \"52:54:00:12:34:ab\"?",
+        ),
+        (
+            "525400123456",
+            &["\"525400123456\" is not a MAC address"],
+            "did you mean \"52:54:00:12:34:56\"?",
+        ),
+        (
+            "\"52:54:00:12:34\"",
+            &["\"52:54:00:12:34\" is not a MAC address"],
+            "write a MAC address as six pairs of hex digits separated by ':', e.g. \
+             \"52:54:00:12:34:56\"",
+        ),
+        (
+            "\"52:54:00:12:34:56:78\"",
+            &["is not a MAC address"],
+            "six pairs",
+        ),
+        (
+            "\"52:54:0:12:34:56\"",
+            &["is not a MAC address"],
+            "six pairs",
+        ),
+        (
+            "\"52:54:00:12:34:5g\"",
+            &["is not a MAC address"],
+            "six pairs",
+        ),
+        (
+            "\"52:54:00:12:34:+5\"",
+            &["is not a MAC address"],
+            "six pairs",
+        ),
+        // Twelve bytes, but not twelve hex digits (nor split at character boundaries).
+        ("\"a€0012345678\"", &["is not a MAC address"], "six pairs"),
+        (
+            "\"01:00:5e:00:00:01\"",
+            &[
+                "MAC address \"01:00:5e:00:00:01\" is a multicast address",
+                "lowest bit of its first octet",
+            ],
+            "a VM sends from a unicast MAC address, whose first octet is even",
+        ),
+        ("\"33:33:00:00:00:01\"", &["multicast"], "unicast"),
+        (
+            "\"FF:FF:FF:FF:FF:FF\"",
+            &["\"FF:FF:FF:FF:FF:FF\" is the broadcast address"],
+            "unicast",
+        ),
+        (
+            "\"00:00:00:00:00:00\"",
+            &["MAC address \"00:00:00:00:00:00\" is all zeros"],
+            "write the MAC address of the VM's interface",
+        ),
+    ];
+    for (mac, words, help) in cases {
+        let d = one_error(&web_interfaces(&format!("- name: tap1\n  mac: {mac}\n")));
+        assert_diag(&d, 9, 18, words);
+        assert!(d.help.as_deref().unwrap().contains(help), "{d}");
+    }
+
+    // Either case, quoted or not (YAML reads 52:54:00:12:34:56 as text here).
+    for mac in [
+        "52:54:00:12:34:56",
+        "\"52:54:00:12:34:56\"",
+        "'52:54:00:12:34:56'",
+    ] {
+        let policy = ok(&web_interfaces(&format!("- name: tap1\n  mac: {mac}\n")));
+        assert_eq!(first_interfaces(&policy)[0].mac, Some(MAC), "{mac}");
+    }
+    let policy = ok(&web_interfaces("- {name: tap1, mac: 02:AB:cd:00:00:01}\n"));
+    assert_eq!(
+        first_interfaces(&policy)[0].mac,
+        Some(MacAddr([0x02, 0xab, 0xcd, 0, 0, 1]))
+    );
+}
+
+#[test]
+fn same_mac_on_two_interfaces() {
+    let all = errors(
+        r#"
+        version: 1
+        tenants:
+          - name: acme
+            segments:
+              - name: web
+                interfaces:
+                  - name: tap-web1
+                    mac: "52:54:00:12:34:56"
+                  - name: tap-web2
+                    mac: "52:54:00:12:34:56"
+          - name: globex
+            segments:
+              - name: db
+                interfaces:
+                  - name: tap-db1
+                    mac: "52:54:00:12:34:56"
+                  - name: tap-db2
+                    mac: "52:54:00:12:34:57"
+        "#,
+    );
+    assert_eq!(all.len(), 2, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        10,
+        18,
+        &[
+            "MAC address \"52:54:00:12:34:56\" of interface \"tap-web2\" is also declared for \
+             interface \"tap-web1\" at 8:18",
+            "help: a MAC address belongs to one interface",
+        ],
+    );
+    assert_diag(
+        &all[1],
+        16,
+        18,
+        &[
+            "MAC address \"52:54:00:12:34:56\" of interface \"tap-db1\" is also declared for \
+             interface \"tap-web1\" of segment acme/web at 8:18",
+        ],
+    );
+
+    // Written differently, still the same MAC.
+    let d = one_error(&web_interfaces(
+        "- name: tap1\n  mac: 52:54:00:ab:cd:ef\n- name: tap2\n  mac: 52:54:00:AB:CD:EF\n",
+    ));
+    assert_diag(
+        &d,
+        11,
+        18,
+        &[
+            "MAC address \"52:54:00:AB:CD:EF\" of interface \"tap2\"",
+            "\"tap1\" at 9:18",
+        ],
+    );
+}
+
+#[test]
+fn identity_on_a_pattern_is_rejected() {
+    let all = errors(&web_interfaces(
+        "- name: \"tap-web-*\"\n  mac: \"52:54:00:12:34:56\"\n  addresses: [10.1.1.10]\n  \
+         vlans: [100]\n- name: \"tap-db?\"\n  addresses: [10.1.1.11]\n",
+    ));
+    assert_eq!(all.len(), 3, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        9,
+        18,
+        &[
+            "interface pattern \"tap-web-*\" has a `mac`, but a pattern can match many interfaces",
+            "help: an identity belongs to one interface; use an exact name",
+        ],
+    );
+    assert_diag(
+        &all[1],
+        10,
+        24,
+        &[
+            "interface pattern \"tap-web-*\" has `addresses`, but a pattern can match many \
+             interfaces",
+            "help: an identity belongs to one interface; use an exact name",
+        ],
+    );
+    assert_diag(
+        &all[2],
+        13,
+        24,
+        &["interface pattern \"tap-db?\" has `addresses`"],
+    );
+
+    // VLANs are fine on a pattern.
+    let policy = ok(&web_interfaces("- name: \"tap-web-*\"\n  vlans: [100]\n"));
+    assert_eq!(first_interfaces(&policy)[0].vlans, [100]);
+}
+
+#[test]
+fn address_rules() {
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "web",
+            &["\"web\" is not an IP address or prefix"],
+            "write an address such as",
+        ),
+        (
+            "10.1.300.1",
+            &["\"10.1.300.1\" is not an IP address or prefix"],
+            "",
+        ),
+        (
+            "10.1.1.7/24",
+            &["prefix \"10.1.1.7/24\" has host bits set"],
+            "did you mean 10.1.1.0/24, or the single address 10.1.1.7?",
+        ),
+        ("10.1.1.0/33", &["length 33 is too long for IPv4"], ""),
+        (
+            "10.9.9.9",
+            &[
+                "address \"10.9.9.9\" of interface \"tap1\" is outside segment acme/web \
+                 (10.1.1.0/24, fd00:1:1::/64)",
+            ],
+            "an interface sends only from addresses of its own segment: fix the address, or \
+             add a prefix that contains it to the segment's `prefixes`",
+        ),
+        (
+            "10.1.0.0/16",
+            &[
+                "address \"10.1.0.0/16\" of interface \"tap1\" is not entirely inside segment acme/web",
+            ],
+            "",
+        ),
+        (
+            "\"fd00:2::1\"",
+            &["address \"fd00:2::1\" of interface \"tap1\" is outside segment acme/web"],
+            "",
+        ),
+    ];
+    for (address, words, help) in cases {
+        let d = one_error(&web_interfaces(&format!(
+            "- name: tap1\n  addresses: [{address}]\n"
+        )));
+        assert_diag(&d, 9, 25, words);
+        assert!(d.help.as_deref().unwrap_or("").contains(help), "{d}");
+    }
+    // IPv6 link-local addresses lie outside every segment, yet may be declared: they pin
+    // the VM's link-local sources.
+    let policy = parse(
+        &web_interfaces("- name: tap1\n  addresses: [\"fe80::1\", \"10.1.1.5\"]\n"),
+        "t.yaml",
+    )
+    .expect("a link-local address may be declared");
+    let addresses = &policy.tenants[0].segments[0].interfaces[0].addresses;
+    assert_eq!(
+        addresses,
+        &vec![
+            "fe80::1/128".parse::<IpNet>().unwrap(),
+            "10.1.1.5/32".parse().unwrap()
+        ]
+    );
+
+    // Listed twice, however written; overlapping addresses of one interface are fine.
+    let d = one_error(&web_interfaces(
+        "- name: tap1\n  addresses: [10.1.1.10, \"fd00:1:1::10\", 10.1.1.10/32, 10.1.1.0/28]\n",
+    ));
+    assert_diag(
+        &d,
+        9,
+        52,
+        &[
+            "address \"10.1.1.10/32\" is listed twice for interface \"tap1\": first as \
+             \"10.1.1.10\" at 9:25",
+            "help: remove one of the two entries",
+        ],
+    );
+
+    let d = one_error(&web_interfaces("- name: tap1\n  addresses: []\n"));
+    assert_diag(
+        &d,
+        9,
+        24,
+        &[
+            "interface \"tap1\" has an empty `addresses` list",
+            "help: leave out `addresses` to let the VM send from any address of its segment",
+        ],
+    );
+}
+
+#[test]
+fn addresses_must_lie_in_their_own_segment() {
+    let all = errors(
+        r#"
+        version: 1
+        tenants:
+          - name: acme
+            segments:
+              - name: web
+                prefixes: [10.1.1.0/24]
+                interfaces:
+                  - name: tap-web1
+                    addresses: [10.1.2.10]
+              - name: empty
+                interfaces:
+                  - name: tap-empty1
+                    addresses: [10.1.1.11]
+              - name: db
+                prefixes: [10.1.2.0/24]
+        "#,
+    );
+    assert_eq!(all.len(), 2, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        9,
+        25,
+        &[
+            "address \"10.1.2.10\" of interface \"tap-web1\" is outside segment acme/web \
+             (10.1.1.0/24)",
+            "help: 10.1.2.10 belongs to segment acme/db; an interface sends only from \
+             addresses of its own segment",
+        ],
+    );
+    assert_diag(
+        &all[1],
+        13,
+        25,
+        &[
+            "address \"10.1.1.11\" of interface \"tap-empty1\" is outside segment acme/empty, \
+             which has no prefixes",
+            "help: 10.1.1.11 belongs to segment acme/web",
+        ],
+    );
+
+    // With an invalid prefix in the segment, whether an address lies inside it is unknown.
+    let d = one_error(
+        r#"
+        version: 1
+        tenants:
+          - name: acme
+            segments:
+              - name: web
+                prefixes: [10.1.1.0/24, 10.1.2.1/24]
+                interfaces:
+                  - name: tap-web1
+                    addresses: [10.1.2.10]
+        "#,
+    );
+    assert_diag(&d, 6, 33, &["host bits"]);
+}
+
+#[test]
+fn addresses_of_two_interfaces_must_not_overlap() {
+    let all = errors(&web_interfaces(
+        r#"
+        - name: tap1
+          addresses: [10.1.1.10, 10.1.1.0/28, "fd00:1:1::10"]
+        - name: tap2
+          addresses: [10.1.1.10]
+        - name: tap3
+          addresses: [10.1.1.0/29]
+        - name: tap4
+          addresses: [10.1.1.0/25]
+        - name: tap5
+          addresses: ["fd00:1:1::10/128", 10.1.1.16/28]
+        "#,
+    ));
+    let positions: Vec<(u64, u64)> = all.iter().map(|d| (d.line, d.column)).collect();
+    assert_eq!(
+        positions,
+        [(11, 25), (13, 25), (15, 25), (17, 25)],
+        "{}",
+        Diagnostics(all.clone())
+    );
+    assert_diag(
+        &all[0],
+        11,
+        25,
+        &[
+            "address \"10.1.1.10\" of interface \"tap2\" is also declared for interface \
+             \"tap1\" at 9:25",
+            "help: a source address belongs to one interface",
+        ],
+    );
+    assert_diag(
+        &all[1],
+        13,
+        25,
+        &[
+            "address \"10.1.1.0/29\" of interface \"tap3\" lies within address \
+             \"10.1.1.0/28\" of interface \"tap1\" at 9:36",
+        ],
+    );
+    assert_diag(
+        &all[2],
+        15,
+        25,
+        &[
+            "address \"10.1.1.0/25\" of interface \"tap4\" contains address \"10.1.1.10\" of \
+             interface \"tap1\" at 9:25 (and 1 more overlapping address)",
+        ],
+    );
+    assert_diag(
+        &all[3],
+        17,
+        25,
+        &[
+            "address \"fd00:1:1::10/128\" of interface \"tap5\" is also declared for interface \"tap1\" at 9:49",
+        ],
+    );
+}
+
+#[test]
+fn vlan_rules() {
+    let all = errors(&web_interfaces(
+        "- name: tap1\n  vlans: [0, 4095, \"100-200\", 1.5, 200, 100, 200, -1]\n",
+    ));
+    let positions: Vec<(u64, u64)> = all.iter().map(|d| (d.line, d.column)).collect();
+    assert_eq!(
+        positions,
+        [(9, 21), (9, 24), (9, 30), (9, 41), (9, 56), (9, 61)],
+        "{}",
+        Diagnostics(all.clone())
+    );
+    assert_diag(
+        &all[0],
+        9,
+        21,
+        &[
+            "VLAN id 0 is out of range",
+            "help: VLAN ids are 1 to 4094; 802.1Q reserves 0 and 4095",
+        ],
+    );
+    assert_diag(&all[1], 9, 24, &["VLAN id 4095 is out of range"]);
+    assert_diag(
+        &all[2],
+        9,
+        30,
+        &[
+            "a VLAN id must be a whole number, found \"100-200\"",
+            "help: write each VLAN id as a number, e.g. `vlans: [100, 200]`; ranges are not \
+             supported",
+        ],
+    );
+    assert_diag(&all[3], 9, 41, &["found 1.5"]);
+    assert_diag(
+        &all[4],
+        9,
+        56,
+        &[
+            "VLAN 200 is listed twice for interface \"tap1\": first at 9:46",
+            "help: remove one of the two entries",
+        ],
+    );
+    assert_diag(&all[5], 9, 61, &["VLAN id -1 is out of range"]);
+
+    let policy = ok(&web_interfaces(
+        "- name: tap1\n  vlans: [4094, 1, 100]\n- name: tap2\n  vlans:\n    - 7\n",
+    ));
+    assert_eq!(first_interfaces(&policy)[0].vlans, [1, 100, 4094]);
+    assert_eq!(first_interfaces(&policy)[1].vlans, [7]);
+}
+
+#[test]
+fn overlapping_patterns_need_the_same_vlans() {
+    let all = errors(&web_interfaces(
+        r#"
+        - name: "tap-a*"
+          vlans: [100]
+        - "tap-*"
+        - name: "tap-b*"
+          vlans: [100, 200]
+        "#,
+    ));
+    assert_eq!(all.len(), 2, "{}", Diagnostics(all.clone()));
+    assert_diag(
+        &all[0],
+        10,
+        13,
+        &[
+            "interface pattern \"tap-*\" of segment acme/web allows no VLAN, but pattern \
+             \"tap-a*\" at 8:19 allows VLAN 100: both match \"tap-a\"",
+            "help: an interface that only patterns match takes its VLANs from them",
+            "exact name",
+        ],
+    );
+    assert_diag(
+        &all[1],
+        11,
+        19,
+        &[
+            "\"tap-b*\" of segment acme/web allows VLANs 100, 200, but pattern \"tap-*\" at 10:13 allows no VLAN: both match \"tap-b\"",
+        ],
+    );
+
+    // Same VLANs, disjoint patterns, or an exact name, which takes precedence.
+    let policy = ok(&web_interfaces(
+        r#"
+        - name: "tap-a*"
+          vlans: [100, 200]
+        - name: "tap-*1"
+          vlans: [200, 100]
+        - name: "veth*"
+        - name: tap-a7
+          vlans: [300]
+        "#,
+    ));
+    let web = &policy.tenants[0].segments[0];
+    assert_eq!(web.interface_for("tap-a7").unwrap().vlans, [300]);
+    assert_eq!(web.interface_for("tap-a8").unwrap().vlans, [100, 200]);
+    assert_eq!(web.interface_for("tap-b1").unwrap().vlans, [100, 200]);
+    assert!(web.interface_for("veth0").unwrap().vlans.is_empty());
+    assert!(web.interface_for("eth0").is_none());
+}
+
+#[test]
+fn guard_options_are_booleans() {
+    for (key, column) in [
+        ("allow_router_advertisements", 38),
+        ("allow_dhcp_server", 28),
+    ] {
+        for (value, shown) in [
+            ("\"true\"", "\"true\""),
+            ("1", "1"),
+            ("enabled", "\"enabled\""),
+            ("[true]", "a list"),
+        ] {
+            let d = one_error(&segment_with(key, value));
+            assert_diag(
+                &d,
+                6,
+                column,
+                &[
+                    &format!("`{key}` must be `true` or `false`, found {shown}"),
+                    &format!("help: write `{key}: true`"),
+                    "default `false`",
+                ],
+            );
+        }
+        for (value, expected) in [("true", true), ("false", false), ("", false)] {
+            let policy = ok(&segment_with(key, value));
+            let web = &policy.tenants[0].segments[0];
+            let actual = if key == "allow_dhcp_server" {
+                web.allow_dhcp_server
+            } else {
+                web.allow_router_advertisements
+            };
+            assert_eq!(actual, expected, "{key}: {value}");
+        }
+    }
+}
+
+#[test]
+fn errors_of_identity_rules_are_collected_and_sorted() {
+    let all = errors(&web_interfaces(
+        r#"
+        - name: "tap 1"
+          mac: "52:54:00:12:34"
+          addresses: [10.9.9.9]
+          vlans: [0]
+        - name: tap2
+          mac: "01:00:00:00:00:01"
+          addresses: [10.1.1.1/24, 10.1.1.10]
+        - name: tap3
+          addresses: [10.1.1.10]
+        "#,
+    ));
+    let positions: Vec<(u64, u64)> = all.iter().map(|d| (d.line, d.column)).collect();
+    assert_eq!(
+        positions,
+        [
+            (8, 19),
+            (9, 18),
+            (10, 25),
+            (11, 21),
+            (13, 18),
+            (14, 25),
+            (16, 25)
+        ],
+        "{}",
+        Diagnostics(all.clone())
+    );
+    assert!(all[6].message.contains("\"tap2\""), "{}", all[6]);
+}
+
+#[test]
+fn invalid_names_and_addresses_do_not_cause_follow_up_errors() {
+    // tap 1 is invalid: its MAC and address are not compared with the others'. An
+    // invalid address is not compared either.
+    let all = errors(&web_interfaces(
+        r#"
+        - name: "tap 1"
+          mac: "52:54:00:12:34:56"
+          addresses: [10.1.1.10]
+        - name: tap2
+          mac: "52:54:00:12:34:56"
+          addresses: [10.1.1.10, 10.1.1.1/24]
+        - name: tap3
+          addresses: [10.1.1.0/24]
+        "#,
+    ));
+    let positions: Vec<(u64, u64)> = all.iter().map(|d| (d.line, d.column)).collect();
+    assert_eq!(
+        positions,
+        [(8, 19), (13, 36), (15, 25)],
+        "{}",
+        Diagnostics(all.clone())
+    );
+    assert!(
+        all[2]
+            .message
+            .contains("contains address \"10.1.1.10\" of interface \"tap2\"")
+    );
+}
+
 // ---------------------------------------------------------------- collection
 
 #[test]
@@ -918,7 +1823,7 @@ fn full_policy_parses_to_model() {
                 segments: vec![
                     Segment {
                         name: "web".into(),
-                        interfaces: vec![pat("tap-acme-web-*")],
+                        interfaces: vec![iface("tap-acme-web-*")],
                         prefixes: vec![net("10.1.1.0/24"), net("fd00:1:1::/64")],
                         mode: Mode::Enforce,
                         egress: Egress::Deny,
@@ -936,6 +1841,8 @@ fn full_policy_parses_to_model() {
                                 service: Service::ANY,
                             },
                         ],
+                        allow_router_advertisements: false,
+                        allow_dhcp_server: false,
                     },
                     Segment {
                         name: "db".into(),
@@ -944,6 +1851,8 @@ fn full_policy_parses_to_model() {
                         mode: Mode::Audit,
                         egress: Egress::Allow,
                         expose: vec![],
+                        allow_router_advertisements: false,
+                        allow_dhcp_server: false,
                     },
                 ],
                 flows: vec![
@@ -973,6 +1882,8 @@ fn full_policy_parses_to_model() {
                     mode: Mode::Audit,
                     egress: Egress::Allow,
                     expose: vec![],
+                    allow_router_advertisements: false,
+                    allow_dhcp_server: false,
                 }],
                 flows: vec![],
             },
@@ -2223,7 +3134,7 @@ fn documented_example_is_valid() {
         Summary {
             tenants: 2,
             segments: 4,
-            interfaces: 6,
+            interfaces: 7,
             prefixes: 8,
             exposed: 4,
             flows: 3,
@@ -2236,8 +3147,28 @@ fn documented_example_is_valid() {
     let segments: Vec<&Segment> = policy.tenants.iter().flat_map(|t| &t.segments).collect();
     assert!(segments.iter().all(|s| has_v4(s) && has_v6(s)));
     let interfaces = || segments.iter().flat_map(|s| &s.interfaces);
-    assert!(interfaces().any(InterfacePattern::is_glob));
+    assert!(interfaces().any(Interface::is_glob));
     assert!(interfaces().any(|p| !p.is_glob()));
+    // An interface with its whole identity, whose entry takes precedence over a pattern
+    // of its segment; and an interface without identity.
+    let pinned = interfaces()
+        .find(|i| i.mac.is_some())
+        .expect("an interface with a `mac`");
+    assert!(!pinned.addresses.is_empty() && pinned.vlans.len() > 1);
+    assert!(pinned.addresses.iter().any(|a| matches!(a, IpNet::V4(_))));
+    assert!(pinned.addresses.iter().any(|a| matches!(a, IpNet::V6(_))));
+    let (_, owner) = policy.segment_for_interface(pinned.as_str()).unwrap();
+    assert!(
+        owner
+            .interfaces
+            .iter()
+            .any(|i| i.is_glob() && i.matches(pinned.as_str()))
+    );
+    assert_eq!(owner.interface_for(pinned.as_str()), Some(pinned));
+    assert!(interfaces().any(|i| *i == Interface::new(i.pattern.clone())));
+    assert!(segments.iter().any(|s| s.allow_dhcp_server));
+    assert!(segments.iter().any(|s| !s.allow_dhcp_server));
+    assert!(segments.iter().any(|s| s.allow_router_advertisements));
 
     // The example shows every key of the format, and the documented defaults.
     for key in [
@@ -2249,6 +3180,12 @@ fn documented_example_is_valid() {
         " egress: ",
         " expose:",
         "        mode: ",
+        " allow_router_advertisements: ",
+        " allow_dhcp_server: ",
+        "  - name: ",
+        " mac: ",
+        " addresses: ",
+        " vlans: ",
     ] {
         assert!(
             example.contains(key),

@@ -8,13 +8,14 @@ use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
 
 use super::raw::{
-    RawConnectionTracking, RawExpose, RawManagement, RawPolicy, RawPorts, RawScalar, RawSeconds,
-    RawVersion,
+    RawConnectionTracking, RawExpose, RawFlag, RawInterface, RawInterfaceEntry,
+    RawInterfaceMapping, RawManagement, RawPolicy, RawPorts, RawScalar, RawSeconds, RawVersion,
+    RawVlan,
 };
 use super::{
-    ConnectionTracking, Diagnostic, Egress, Expose, Flow, InterfacePattern, Management, Mode,
-    NAME_MAX_LEN, POLICY_VERSION, Policy, PortRange, Protocol, Segment, SegmentId, Service,
-    TIMEOUT_MAX_SECONDS, Tenant,
+    ConnectionTracking, Diagnostic, Egress, Expose, Flow, Interface, InterfacePattern, MacAddr,
+    Management, Mode, NAME_MAX_LEN, POLICY_VERSION, Policy, PortRange, Protocol, Segment,
+    SegmentId, Service, TIMEOUT_MAX_SECONDS, Tenant,
 };
 
 /// (tenant index, segment index): identifies a segment within the file.
@@ -94,21 +95,34 @@ pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagno
                     .and_then(|e| choose(&mut cx, e, &EGRESS))
                     .unwrap_or_default(),
                 expose: Vec::with_capacity(raw_segment.expose.len()),
+                allow_router_advertisements: check_flag(
+                    &mut cx,
+                    raw_segment.allow_router_advertisements.as_ref(),
+                    &ALLOW_RA,
+                ),
+                allow_dhcp_server: check_flag(
+                    &mut cx,
+                    raw_segment.allow_dhcp_server.as_ref(),
+                    &ALLOW_DHCP_SERVER,
+                ),
             };
 
+            // Names and patterns here; identities once every segment's prefixes are known.
             for entry in &raw_segment.interfaces {
-                match InterfacePattern::new(&entry.value) {
-                    Err(e) => cx.error(&entry.referenced, e.message, e.help),
+                let Some(name) = interface_name(&mut cx, entry) else {
+                    continue;
+                };
+                match InterfacePattern::new(name.value) {
+                    Err(e) => cx.error(&name.referenced, e.message, e.help),
                     Ok(pattern) => {
                         let placed = Placed {
-                            value: pattern.clone(),
-                            raw: entry.value.clone(),
-                            at: entry.referenced,
+                            value: pattern,
+                            raw: name.value.to_owned(),
+                            at: name.referenced,
                             segment: id,
                         };
                         check_interface(&mut cx, &interfaces, &placed, &qualified);
                         interfaces.push(placed);
-                        segment.interfaces.push(pattern);
                     }
                 }
             }
@@ -145,9 +159,20 @@ pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagno
         prefixes_complete.push(complete);
     }
 
-    // Exposed endpoints and flows refer to prefixes and segments anywhere in the file.
+    // Interface identities, exposed endpoints and flows refer to prefixes and segments
+    // anywhere in the file.
+    let mut identities = Identities::default();
     for (t, raw_tenant) in raw.tenants.iter().enumerate() {
         for (s, raw_segment) in raw_tenant.segments.iter().enumerate() {
+            tenants[t].segments[s].interfaces = check_identities(
+                &mut cx,
+                &raw_segment.interfaces,
+                &tenants[t].segments[s].prefixes,
+                prefixes_complete[t][s].then_some(&prefixes[..]),
+                (t, s),
+                &qualified,
+                &mut identities,
+            );
             let expose = check_expose(
                 &mut cx,
                 &raw_segment.expose,
@@ -404,6 +429,583 @@ fn check_interface(
         ),
     };
     cx.error(&new.at, message, Some(help));
+}
+
+/// The interface name (or pattern) of an entry with its position, or `None` after
+/// reporting an entry that is neither a string nor a mapping with `name`.
+fn interface_name<'r>(cx: &mut Checker<'_>, entry: &'r RawInterface) -> Option<Spanned<&'r str>> {
+    if let RawInterfaceEntry::NotAString { kind, shown } = &entry.value {
+        let (message, help) = if shown.is_empty() {
+            (
+                "interface entry is empty".to_owned(),
+                "write an interface name such as \"veth-acme1\", a pattern such as \
+                 \"tap-acme-*\", or a mapping with `name`; or remove the entry"
+                    .to_owned(),
+            )
+        } else {
+            (
+                format!(
+                    "interface entry must be a name or a mapping with `name`, found {kind} \
+                     {shown}"
+                ),
+                "YAML reads some unquoted values (numbers, true/false, yes/no, on/off) as \
+                 something other than text: write the interface name in quotes"
+                    .to_owned(),
+            )
+        };
+        cx.error(&entry.referenced, message, Some(help));
+    }
+    let name = entry.value.name(entry.referenced);
+    if let (RawInterfaceEntry::Mapping(_), None) = (&entry.value, &name) {
+        cx.error(
+            &entry.referenced,
+            "interface entry has no `name`".to_owned(),
+            Some(
+                "write the interface's exact name (or a pattern) under `name`, e.g. \
+                 `- name: tap-acme-web-01`"
+                    .to_owned(),
+            ),
+        );
+    }
+    name
+}
+
+// ---------------------------------------------------------------- interface identities
+
+/// Identities declared so far anywhere in the file: no MAC or address may belong to two
+/// interfaces.
+#[derive(Default)]
+struct Identities {
+    /// (MAC, interface name, position of the `mac` value, segment).
+    macs: Vec<(MacAddr, String, Location, SegmentIx)>,
+    addresses: Vec<Declared>,
+}
+
+/// A declared address of an interface.
+struct Declared {
+    net: IpNet,
+    /// As written in the file.
+    raw: String,
+    interface: String,
+    at: Location,
+    segment: SegmentIx,
+}
+
+/// The interface entry whose identity is being checked.
+struct Entry<'a> {
+    name: &'a str,
+    /// `interface "name"` or `interface pattern "name"`, for messages.
+    this: String,
+    glob: bool,
+    /// The name is valid: the entry's MAC and addresses take part in the uniqueness
+    /// checks.
+    valid: bool,
+    segment: SegmentIx,
+}
+
+/// The interfaces of segment `own` with their identities. `all_prefixes` is `None`
+/// when some prefix of the segment is invalid: then whether an address lies inside the
+/// segment is unknown and not checked. Entries whose name is invalid are left out (their
+/// name was reported); what of their identity does not depend on the name is checked.
+fn check_identities(
+    cx: &mut Checker<'_>,
+    raw: &[RawInterface],
+    own_prefixes: &[IpNet],
+    all_prefixes: Option<&[Placed<IpNet>]>,
+    own: SegmentIx,
+    qualified: &impl Fn(SegmentIx) -> String,
+    identities: &mut Identities,
+) -> Vec<Interface> {
+    // Entries with a valid name, with the name's position.
+    let mut out: Vec<(Interface, Location)> = Vec::with_capacity(raw.len());
+    for raw_entry in raw {
+        let Some(name) = raw_entry.value.name(raw_entry.referenced) else {
+            continue;
+        };
+        let pattern = InterfacePattern::new(name.value).ok();
+        let RawInterfaceEntry::Mapping(mapping) = &raw_entry.value else {
+            out.extend(pattern.map(|p| (Interface::new(p), name.referenced)));
+            continue;
+        };
+        let entry = Entry {
+            name: name.value,
+            this: match &pattern {
+                Some(p) => describe_interface(name.value, p),
+                None => format!("interface {:?}", name.value),
+            },
+            glob: pattern.as_ref().is_some_and(InterfacePattern::is_glob),
+            valid: pattern.is_some(),
+            segment: own,
+        };
+        let mac = mapping
+            .mac
+            .as_ref()
+            .and_then(|mac| check_mac(cx, mac, &entry, qualified, identities));
+        let addresses = check_addresses(
+            cx,
+            mapping,
+            &entry,
+            own_prefixes,
+            all_prefixes,
+            qualified,
+            identities,
+        );
+        let vlans = check_vlans(cx, mapping, &entry);
+        if let Some(pattern) = pattern {
+            let interface = Interface {
+                pattern,
+                mac,
+                addresses,
+                vlans,
+            };
+            out.push((interface, name.referenced));
+        }
+    }
+    check_pattern_vlans(cx, &out, own, qualified);
+    out.into_iter().map(|(interface, _)| interface).collect()
+}
+
+const MAC_FORM: &str = "write a MAC address as six pairs of hex digits separated by ':', e.g. \
+                        \"52:54:00:12:34:56\"";
+
+/// The six octets of `s` written as six pairs of hex digits (either case) separated by
+/// `separator`, if it is.
+fn mac_octets(s: &str, separator: char) -> Option<[u8; 6]> {
+    let mut octets = [0u8; 6];
+    let mut parts = s.split(separator);
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *octet = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(octets)
+}
+
+/// Parses a `mac:` value: a unicast MAC address other than all zeros.
+fn parse_mac(s: &str) -> Result<MacAddr, (String, String)> {
+    let Some(octets) = mac_octets(s, ':') else {
+        // Other common spellings: '-' separators, or twelve hex digits in a row.
+        let compact = || {
+            let pairs: Option<Vec<&str>> = (0..6).map(|i| s.get(2 * i..2 * i + 2)).collect();
+            pairs
+                .filter(|_| s.len() == 12)
+                .and_then(|pairs| mac_octets(&pairs.join(":"), ':'))
+        };
+        let help = match mac_octets(s, '-').or_else(compact) {
+            Some(octets) => format!("did you mean \"{}\"? {MAC_FORM}", MacAddr(octets)),
+            None => MAC_FORM.to_owned(),
+        };
+        return Err((format!("{s:?} is not a MAC address"), help));
+    };
+    let mac = MacAddr(octets);
+    if mac.is_zero() {
+        return Err((
+            format!("MAC address {s:?} is all zeros"),
+            "write the MAC address of the VM's interface, e.g. \"52:54:00:12:34:56\"".to_owned(),
+        ));
+    }
+    if !mac.is_unicast() {
+        let what = if octets == [0xff; 6] {
+            "the broadcast address"
+        } else {
+            "a multicast address (the lowest bit of its first octet is set)"
+        };
+        return Err((
+            format!("MAC address {s:?} is {what}"),
+            "a VM sends from a unicast MAC address, whose first octet is even, e.g. \
+             \"52:54:00:12:34:56\""
+                .to_owned(),
+        ));
+    }
+    Ok(mac)
+}
+
+const IDENTITY_ON_GLOB_HELP: &str = "an identity belongs to one interface; use an exact name: \
+     list the interface as an entry of its own (`- name: tap-acme-web-01`) and keep the \
+     pattern for the others";
+
+/// The `mac` of an interface entry, or `None` after reporting what is wrong.
+fn check_mac(
+    cx: &mut Checker<'_>,
+    mac: &Spanned<String>,
+    entry: &Entry<'_>,
+    qualified: &impl Fn(SegmentIx) -> String,
+    identities: &mut Identities,
+) -> Option<MacAddr> {
+    let this = &entry.this;
+    if entry.glob {
+        cx.error(
+            &mac.referenced,
+            format!("{this} has a `mac`, but a pattern can match many interfaces"),
+            Some(IDENTITY_ON_GLOB_HELP.to_owned()),
+        );
+        return None;
+    }
+    let parsed = match parse_mac(&mac.value) {
+        Ok(parsed) => parsed,
+        Err((message, help)) => {
+            cx.error(&mac.referenced, message, Some(help));
+            return None;
+        }
+    };
+    if !entry.valid {
+        return None;
+    }
+    if let Some((_, other, at, segment)) = identities.macs.iter().find(|(m, ..)| *m == parsed) {
+        let segment = if *segment == entry.segment {
+            String::new()
+        } else {
+            format!(" of segment {}", qualified(*segment))
+        };
+        cx.error(
+            &mac.referenced,
+            format!(
+                "MAC address {:?} of {this} is also declared for interface {other:?}{segment} \
+                 at {}",
+                mac.value,
+                pos(at)
+            ),
+            Some(
+                "a MAC address belongs to one interface; fix the MAC address of one of the two"
+                    .to_owned(),
+            ),
+        );
+        return None;
+    }
+    identities
+        .macs
+        .push((parsed, entry.name.to_owned(), mac.referenced, entry.segment));
+    Some(parsed)
+}
+
+/// The declared `addresses` of an interface entry (empty when absent or invalid).
+fn check_addresses(
+    cx: &mut Checker<'_>,
+    mapping: &RawInterfaceMapping,
+    entry: &Entry<'_>,
+    own_prefixes: &[IpNet],
+    all_prefixes: Option<&[Placed<IpNet>]>,
+    qualified: &impl Fn(SegmentIx) -> String,
+    identities: &mut Identities,
+) -> Vec<IpNet> {
+    let this = &entry.this;
+    let Some(list) = &mapping.addresses else {
+        return Vec::new();
+    };
+    if entry.glob {
+        cx.error(
+            &list.referenced,
+            format!("{this} has `addresses`, but a pattern can match many interfaces"),
+            Some(IDENTITY_ON_GLOB_HELP.to_owned()),
+        );
+        return Vec::new();
+    }
+    if list.value.is_empty() {
+        cx.error(
+            &list.referenced,
+            format!("{this} has an empty `addresses` list"),
+            Some(
+                "leave out `addresses` to let the VM send from any address of its segment, \
+                 or list the addresses it may send from"
+                    .to_owned(),
+            ),
+        );
+        return Vec::new();
+    }
+    let own = entry.segment;
+    // This entry's valid addresses, with how they were written and where.
+    let mut seen: Vec<(IpNet, &str, Location)> = Vec::with_capacity(list.value.len());
+    for address in &list.value {
+        let written = address.value.as_str();
+        let net = match parse_endpoint(written) {
+            Ok(net) => net,
+            Err((message, help)) => {
+                cx.error(&address.referenced, message, help);
+                continue;
+            }
+        };
+        // IPv6 link-local addresses (fe80::/10) lie outside every segment; declaring them
+        // pins the VM's link-local sources.
+        let link_local = matches!(net, IpNet::V6(n) if n.network().segments()[0] & 0xffc0 == 0xfe80
+            && n.prefix_len() >= 10);
+        if let Some(all_prefixes) = all_prefixes
+            && !link_local
+            && !own_prefixes.iter().any(|p| p.contains(&net))
+        {
+            let relation = if own_prefixes.iter().any(|p| net.contains(p)) {
+                "is not entirely inside"
+            } else {
+                "is outside"
+            };
+            let owner = all_prefixes
+                .iter()
+                .find(|p| p.segment != own && p.value.contains(&net));
+            let help = match owner {
+                Some(owner) => format!(
+                    "{written} belongs to segment {}; an interface sends only from addresses \
+                     of its own segment",
+                    qualified(owner.segment)
+                ),
+                None => "an interface sends only from addresses of its own segment: fix the \
+                         address, or add a prefix that contains it to the segment's `prefixes`"
+                    .to_owned(),
+            };
+            cx.error(
+                &address.referenced,
+                format!(
+                    "address {written:?} of {this} {relation} segment {}{}",
+                    qualified(own),
+                    listed_prefixes(own_prefixes)
+                ),
+                Some(help),
+            );
+            continue;
+        }
+        if let Some((_, first, at)) = seen.iter().find(|(n, ..)| *n == net) {
+            cx.error(
+                &address.referenced,
+                format!(
+                    "address {written:?} is listed twice for {this}: first{} at {}",
+                    if *first == written {
+                        String::new()
+                    } else {
+                        format!(" as {first:?}")
+                    },
+                    pos(at)
+                ),
+                Some("remove one of the two entries".to_owned()),
+            );
+            continue;
+        }
+        seen.push((net, written, address.referenced));
+        if !entry.valid {
+            continue;
+        }
+        let mut overlapping = identities
+            .addresses
+            .iter()
+            .filter(|d| d.interface != entry.name || d.segment != own)
+            .filter(|d| d.net.contains(&net) || net.contains(&d.net));
+        if let Some(other) = overlapping.next() {
+            let relation = if other.net == net {
+                "is also declared for"
+            } else if net.contains(&other.net) {
+                "contains address"
+            } else {
+                "lies within address"
+            };
+            let other_address = if other.net == net {
+                String::new()
+            } else {
+                format!(" {:?} of", other.raw)
+            };
+            let segment = if other.segment == own {
+                String::new()
+            } else {
+                format!(" of segment {}", qualified(other.segment))
+            };
+            cx.error(
+                &address.referenced,
+                format!(
+                    "address {written:?} of {this} {relation}{other_address} interface {:?}{segment} \
+                     at {}{}",
+                    other.interface,
+                    pos(&other.at),
+                    and_more(
+                        overlapping.count(),
+                        "overlapping address",
+                        "overlapping addresses"
+                    ),
+                ),
+                Some(
+                    "a source address belongs to one interface, or either VM could send as the \
+                     other; remove the address from one of them, or make the prefixes disjoint"
+                        .to_owned(),
+                ),
+            );
+            continue;
+        }
+        identities.addresses.push(Declared {
+            net,
+            raw: written.to_owned(),
+            interface: entry.name.to_owned(),
+            at: address.referenced,
+            segment: own,
+        });
+    }
+    seen.into_iter().map(|(net, ..)| net).collect()
+}
+
+/// ` (10.1.1.0/24, fd00:1:1::/64)`, or that the segment has none.
+fn listed_prefixes(prefixes: &[IpNet]) -> String {
+    if prefixes.is_empty() {
+        ", which has no prefixes".to_owned()
+    } else {
+        let shown: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
+        format!(" ({})", shown.join(", "))
+    }
+}
+
+/// Lowest and highest VLAN id a frame may carry (802.1Q reserves 0 and 4095).
+const VLAN_MIN: u16 = 1;
+const VLAN_MAX: u16 = 4094;
+
+/// The `vlans` of an interface entry, sorted and deduplicated (empty when absent).
+fn check_vlans(cx: &mut Checker<'_>, mapping: &RawInterfaceMapping, entry: &Entry<'_>) -> Vec<u16> {
+    let Some(list) = &mapping.vlans else {
+        return Vec::new();
+    };
+    let mut seen: Vec<(u16, Location)> = Vec::with_capacity(list.value.len());
+    for vlan in &list.value {
+        let id = match parse_vlan(&vlan.value) {
+            Ok(id) => id,
+            Err((message, help)) => {
+                cx.error(&vlan.referenced, message, Some(help));
+                continue;
+            }
+        };
+        if let Some((_, first)) = seen.iter().find(|(v, _)| *v == id) {
+            cx.error(
+                &vlan.referenced,
+                format!(
+                    "VLAN {id} is listed twice for {}: first at {}",
+                    entry.this,
+                    pos(first)
+                ),
+                Some("remove one of the two entries".to_owned()),
+            );
+            continue;
+        }
+        seen.push((id, vlan.referenced));
+    }
+    let mut vlans: Vec<u16> = seen.into_iter().map(|(id, _)| id).collect();
+    vlans.sort_unstable();
+    vlans
+}
+
+fn parse_vlan(value: &RawVlan) -> Result<u16, (String, String)> {
+    match &value.0 {
+        RawScalar::Integer(n) => u16::try_from(*n)
+            .ok()
+            .filter(|id| (VLAN_MIN..=VLAN_MAX).contains(id))
+            .ok_or_else(|| {
+                (
+                    format!("VLAN id {n} is out of range"),
+                    format!("VLAN ids are {VLAN_MIN} to {VLAN_MAX}; 802.1Q reserves 0 and 4095"),
+                )
+            }),
+        other => Err((
+            format!("a VLAN id must be a whole number, found {}", other.shown()),
+            "write each VLAN id as a number, e.g. `vlans: [100, 200]`; ranges are not supported"
+                .to_owned(),
+        )),
+    }
+}
+
+/// `VLAN 100`, `VLANs 100, 200`, `no VLAN`.
+fn describe_vlans(vlans: &[u16]) -> String {
+    match vlans {
+        [] => "no VLAN".to_owned(),
+        [one] => format!("VLAN {one}"),
+        many => {
+            let shown: Vec<String> = many.iter().map(ToString::to_string).collect();
+            format!("VLANs {}", shown.join(", "))
+        }
+    }
+}
+
+/// Two patterns of one segment that match a common name must allow the same VLANs: an
+/// interface that only patterns match takes its VLANs from them. (An exact-name entry
+/// takes precedence over patterns.)
+fn check_pattern_vlans(
+    cx: &mut Checker<'_>,
+    interfaces: &[(Interface, Location)],
+    own: SegmentIx,
+    qualified: &impl Fn(SegmentIx) -> String,
+) {
+    let globs: Vec<&(Interface, Location)> = interfaces
+        .iter()
+        .filter(|(i, _)| i.pattern.is_glob())
+        .collect();
+    for (n, (new, at)) in globs.iter().enumerate() {
+        let conflict = globs[..n].iter().find_map(|(old, old_at)| {
+            if old.vlans == new.vlans {
+                return None;
+            }
+            old.pattern
+                .overlap_example(&new.pattern)
+                .map(|example| (old, old_at, example))
+        });
+        let Some((old, old_at, example)) = conflict else {
+            continue;
+        };
+        cx.error(
+            at,
+            format!(
+                "interface pattern {:?} of segment {} allows {}, but pattern {:?} at {} allows \
+                 {}: both match {example:?}",
+                new.as_str(),
+                qualified(own),
+                describe_vlans(&new.vlans),
+                old.as_str(),
+                pos(old_at),
+                describe_vlans(&old.vlans),
+            ),
+            Some(
+                "an interface that only patterns match takes its VLANs from them, so \
+                 overlapping patterns need the same `vlans`; or list such an interface by its \
+                 exact name, whose entry takes precedence over patterns"
+                    .to_owned(),
+            ),
+        );
+    }
+}
+
+// ---------------------------------------------------------------- yes/no options
+
+/// A yes/no key of a segment, for [`check_flag`].
+struct Flag {
+    key: &'static str,
+    /// What to write instead.
+    help: &'static str,
+}
+
+const ALLOW_RA: Flag = Flag {
+    key: "allow_router_advertisements",
+    help: "write `allow_router_advertisements: true` to let the segment's VMs act as IPv6 \
+           routers (router advertisements and redirects), or leave out the key (default \
+           `false`)",
+};
+
+const ALLOW_DHCP_SERVER: Flag = Flag {
+    key: "allow_dhcp_server",
+    help: "write `allow_dhcp_server: true` to let the segment's VMs answer DHCP and DHCPv6 \
+           requests, or leave out the key (default `false`)",
+};
+
+/// The value of a yes/no key (`false` when absent), or `false` after reporting a value
+/// that is not a boolean.
+fn check_flag(cx: &mut Checker<'_>, value: Option<&Spanned<RawFlag>>, flag: &Flag) -> bool {
+    let Some(value) = value else {
+        return false;
+    };
+    match &value.value.0 {
+        RawScalar::Bool(b) => *b,
+        other => {
+            cx.error(
+                &value.referenced,
+                format!(
+                    "`{}` must be `true` or `false`, found {}",
+                    flag.key,
+                    other.shown()
+                ),
+                Some(flag.help.to_owned()),
+            );
+            false
+        }
+    }
 }
 
 fn check_prefix(
@@ -771,7 +1373,7 @@ fn parse_ports(value: &RawScalar) -> Result<PortRange, (String, String)> {
                 )
             })
         }
-        RawScalar::Other(_) => Err(form_error()),
+        RawScalar::Bool(_) | RawScalar::Other(_) => Err(form_error()),
     }
 }
 
@@ -911,12 +1513,7 @@ fn check_expose(
             } else {
                 "is outside"
             };
-            let listed = if own_prefixes.is_empty() {
-                ", which has no prefixes".to_owned()
-            } else {
-                let shown: Vec<String> = own_prefixes.iter().map(ToString::to_string).collect();
-                format!(" ({})", shown.join(", "))
-            };
+            let listed = listed_prefixes(own_prefixes);
             let owner = all_prefixes
                 .iter()
                 .find(|p| p.segment != own && p.value.contains(&prefix));
