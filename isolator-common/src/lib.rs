@@ -292,6 +292,9 @@ impl VifInfo {
     /// The interface declared the only addresses it may send from (`VIF_ADDRS_*`);
     /// otherwise its segment's prefixes apply.
     pub const HAS_ADDRESSES: u32 = 2;
+    /// The interface declared its IPv6 link-local addresses (`VIF_ADDRS_V6`); otherwise
+    /// any link-local source is its own.
+    pub const HAS_LINK_LOCAL: u32 = 4;
 }
 
 /// Key of the `SEGMENTS` map.

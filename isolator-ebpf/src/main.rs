@@ -507,7 +507,7 @@ fn guard_source(vif: &Vif, p: &Packet) -> u8 {
         if !p.unspecified_source_allowed() {
             return verdict::SPOOFED_IP;
         }
-    } else if !p.source_link_local() && !owns(vif, p.kind == KIND_IPV4, &p.src) {
+    } else if !owns(vif, p.kind == KIND_IPV4, &p.src) {
         return verdict::SPOOFED_IP;
     }
     if p.is_nd_neighbour() {
@@ -515,7 +515,7 @@ fn guard_source(vif: &Vif, p: &Packet) -> u8 {
             return verdict::ND_SPOOF;
         }
         // An advertisement speaks for its target: it must be the VM's own address.
-        if p.icmp_type == 136 && !link_local(&p.nd_target) && !owns(vif, false, &p.nd_target) {
+        if p.icmp_type == 136 && !owns(vif, false, &p.nd_target) {
             return verdict::ND_SPOOF;
         }
     }
@@ -534,11 +534,18 @@ fn link_local(addr: &[u8; 16]) -> bool {
 }
 
 /// Whether the VM behind `vif` owns `addr`: one of its declared addresses, or, when it
-/// declared none, an address of its segment.
+/// declared none, an address of its segment. IPv6 link-local addresses are its own
+/// unless it declared its link-local addresses.
 #[inline(always)]
 fn owns(vif: &Vif, v4: bool, addr: &[u8; 16]) -> bool {
-    if vif.vif.flags & VifInfo::HAS_ADDRESSES == 0 {
-        return place(vif.generation, v4, addr) == Place::Segment(vif.segment);
+    let declared = if !v4 && link_local(addr) {
+        VifInfo::HAS_LINK_LOCAL
+    } else {
+        VifInfo::HAS_ADDRESSES
+    };
+    if vif.vif.flags & declared == 0 {
+        return declared == VifInfo::HAS_LINK_LOCAL
+            || place(vif.generation, v4, addr) == Place::Segment(vif.segment);
     }
     let generation = vif.generation.to_be_bytes();
     let ifindex = vif.ifindex.to_be_bytes();

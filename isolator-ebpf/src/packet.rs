@@ -199,12 +199,6 @@ impl Packet {
         }
     }
 
-    /// An IPv6 link-local source (fe80::/10).
-    #[inline(always)]
-    pub fn source_link_local(&self) -> bool {
-        self.kind == KIND_IPV6 && self.src[0] == 0xfe && self.src[1] & 0xc0 == 0x80
-    }
-
     /// A router advertisement or redirect (ICMPv6 134, 137; ICMPv4 redirect 5).
     #[inline(always)]
     pub fn is_router_message(&self) -> bool {

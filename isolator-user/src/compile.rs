@@ -139,8 +139,8 @@ impl Plan {
             },
             ..Plan::default()
         };
-        // Which segment (id) claims each pattern, in policy order.
-        let mut patterns = Vec::new();
+        // The policy's segments with their ids, in policy order.
+        let mut by_id = Vec::new();
         for (tenant_id, tenant) in policy.tenants.iter().enumerate() {
             for segment in &tenant.segments {
                 let id = plan.segments.len() as u32;
@@ -149,11 +149,9 @@ impl Plan {
                     tenant_id: tenant_id as u32,
                     tenant: tenant.name.clone(),
                     name: segment.name.clone(),
-                    flags: segment_flags(segment.egress, segment.mode),
+                    flags: segment_flags(segment),
                 });
-                for pattern in &segment.interfaces {
-                    patterns.push((pattern, id));
-                }
+                by_id.push((id, segment));
                 for prefix in &segment.prefixes {
                     match prefix {
                         IpNet::V4(p) => plan.v4.push((*p, id)),
@@ -221,28 +219,28 @@ impl Plan {
         let mut links: Vec<&Link> = links.iter().collect();
         links.sort_by_key(|l| l.ifindex);
         for link in links {
-            let mut owner: Option<u32> = None;
-            for (pattern, id) in &patterns {
-                if !pattern.matches(&link.name) {
+            let mut owner: Option<(u32, &crate::policy::Interface)> = None;
+            for (id, segment) in &by_id {
+                let Some(interface) = segment.interface_for(&link.name) else {
                     continue;
+                };
+                if let Some((first, _)) = owner {
+                    return Err(PlanError::AmbiguousLink {
+                        link: link.name.clone(),
+                        first: plan.segment_label(first),
+                        second: plan.segment_label(*id),
+                    });
                 }
-                match owner {
-                    Some(first) if first != *id => {
-                        return Err(PlanError::AmbiguousLink {
-                            link: link.name.clone(),
-                            first: plan.segment_label(first),
-                            second: plan.segment_label(*id),
-                        });
-                    }
-                    _ => owner = Some(*id),
-                }
+                owner = Some((*id, interface));
             }
-            if let Some(segment) = owner {
+            if let Some((segment, interface)) = owner {
                 plan.vifs.push(ManagedVif {
                     name: link.name.clone(),
                     ifindex: link.ifindex,
                     segment,
-                    ..ManagedVif::default()
+                    mac: interface.mac.map(|m| m.0),
+                    addresses: interface.addresses.clone(),
+                    vlans: interface.vlans.clone(),
                 });
             }
         }
@@ -483,19 +481,36 @@ fn vif_flags(vif: &ManagedVif) -> u32 {
     if vif.mac.is_some() {
         flags |= VifInfo::HAS_MAC;
     }
-    if !vif.addresses.is_empty() {
+    if vif.addresses.iter().any(|a| !is_link_local(a)) {
         flags |= VifInfo::HAS_ADDRESSES;
+    }
+    if vif.addresses.iter().any(is_link_local) {
+        flags |= VifInfo::HAS_LINK_LOCAL;
     }
     flags
 }
 
-fn segment_flags(egress: Egress, mode: Mode) -> u32 {
+/// An IPv6 link-local prefix (inside fe80::/10).
+fn is_link_local(net: &IpNet) -> bool {
+    match net {
+        IpNet::V6(n) => n.network().segments()[0] & 0xffc0 == 0xfe80,
+        IpNet::V4(_) => false,
+    }
+}
+
+fn segment_flags(segment: &crate::policy::Segment) -> u32 {
     let mut flags = 0;
-    if egress == Egress::Allow {
+    if segment.egress == Egress::Allow {
         flags |= SegmentInfo::EGRESS_ALLOW;
     }
-    if mode == Mode::Audit {
+    if segment.mode == Mode::Audit {
         flags |= SegmentInfo::AUDIT;
+    }
+    if segment.allow_router_advertisements {
+        flags |= SegmentInfo::ALLOW_RA;
+    }
+    if segment.allow_dhcp_server {
+        flags |= SegmentInfo::ALLOW_DHCP_SERVER;
     }
     flags
 }
@@ -925,5 +940,61 @@ tenants:
         let err = rule_set("the flows from a/b to a/c", &services).unwrap_err();
         assert!(matches!(err, PlanError::TooManyServices { count: 17, .. }));
         assert!(rule_set("x", &services[..limits::MAX_RULES]).is_ok());
+    }
+
+    #[test]
+    fn declared_identities_and_guard_options_reach_the_kernel_entries() {
+        let text = r#"
+version: 1
+tenants:
+  - name: acme
+    segments:
+      - name: web
+        allow_router_advertisements: true
+        allow_dhcp_server: true
+        prefixes: ["10.1.1.0/24", "fd00:1:1::/64"]
+        interfaces:
+          - "vweb*"
+          - name: vweb-lb
+            mac: "52:54:00:12:34:56"
+            addresses: ["10.1.1.10", "10.1.1.64/28", "fd00:1:1::10", "fe80::10"]
+            vlans: [200, 100]
+"#;
+        let policy = policy::parse(text, "id.yaml").expect("valid");
+        let plan = Plan::new(&policy, &links(&[("vweb-lb", 4), ("vweb-1", 5)])).expect("plan");
+        assert_eq!(
+            plan.segments[0].flags,
+            SegmentInfo::EGRESS_ALLOW | SegmentInfo::ALLOW_RA | SegmentInfo::ALLOW_DHCP_SERVER
+        );
+        let lb = &plan.vifs[0];
+        assert_eq!(lb.name, "vweb-lb");
+        assert_eq!(lb.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert_eq!(lb.vlans, vec![100, 200]);
+        let (key, info) = plan.vif_entries(1)[0];
+        assert_eq!(key.ifindex, 4);
+        assert_eq!(
+            info.flags,
+            VifInfo::HAS_MAC | VifInfo::HAS_ADDRESSES | VifInfo::HAS_LINK_LOCAL
+        );
+        assert_eq!(info.mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        let plain = plan.vif_entries(1)[1].1;
+        assert_eq!(plain.flags, 0, "a pattern entry declares nothing");
+
+        let v4: Vec<(u32, [u8; 4])> = plan
+            .vif_addr_v4_entries(1)
+            .iter()
+            .map(|(len, key, _)| (*len, key.addr))
+            .collect();
+        assert_eq!(v4, vec![(96, [10, 1, 1, 10]), (92, [10, 1, 1, 64])]);
+        let v4_key = plan.vif_addr_v4_entries(1)[0].1;
+        assert_eq!(v4_key.ifindex, 4u32.to_be_bytes());
+        assert_eq!(v4_key.generation, 1u32.to_be_bytes());
+        assert_eq!(plan.vif_addr_v6_entries(1).len(), 2);
+        let vlans: Vec<(u32, u16)> = plan
+            .vlan_entries(0)
+            .iter()
+            .map(|k| (k.ifindex, k.vlan))
+            .collect();
+        assert_eq!(vlans, vec![(4, 100), (4, 200)]);
     }
 }

@@ -41,6 +41,7 @@ fn declare(plan: &mut Plan) {
     aw1.addresses = vec![
         "10.1.1.2/32".parse().unwrap(),
         "fd00:1:1::2/128".parse().unwrap(),
+        "fe80::a1/128".parse().unwrap(),
     ];
     aw1.vlans = vec![100];
     let db = plan.segments.iter_mut().find(|s| s.name == "db").unwrap();
@@ -87,9 +88,21 @@ fn source_addresses_and_macs() {
                 verdict::SPOOFED_IP,
             ),
             row(
-                "IPv6 link-local source",
+                "its declared link-local source",
+                "d-aw1",
+                ip_from(M1, PEER_MAC, "fe80::a1", "fe80::2", echo_request(1)),
+                verdict::PASS,
+            ),
+            row(
+                "another link-local source, link-local addresses declared",
                 "d-aw1",
                 ip_from(M1, PEER_MAC, "fe80::1", "fe80::2", echo_request(1)),
+                verdict::SPOOFED_IP,
+            ),
+            row(
+                "any link-local source when none are declared",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "fe80::1", "fe80::2", echo_request(1)),
                 verdict::PASS,
             ),
             row(
@@ -202,6 +215,18 @@ fn arp_and_neighbour_discovery() {
                 "d-aw2",
                 nd_with_lladdr(M2, M1, 135, "fd00:1:1::7", "ff02::1:ff00:3", "fd00:1:1::3"),
                 verdict::ND_SPOOF,
+            ),
+            row(
+                "advertisement of another link-local address, link-local declared",
+                "d-aw1",
+                nd_with_lladdr(M1, M1, 136, "fe80::a1", "ff02::1", "fe80::b2"),
+                verdict::ND_SPOOF,
+            ),
+            row(
+                "advertisement of its declared link-local address",
+                "d-aw1",
+                nd_with_lladdr(M1, M1, 136, "fe80::a1", "ff02::1", "fe80::a1"),
+                verdict::PASS,
             ),
             row(
                 "advertisement of another segment's address",
