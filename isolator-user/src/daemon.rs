@@ -1,21 +1,31 @@
-//! `isolator run`: load the policy, enforce it on every matching interface, serve
-//! `/metrics` and `/healthz`, and detach everything on SIGINT/SIGTERM.
+//! `isolator run`: load the policy, enforce it on every matching interface, follow
+//! interfaces as they come and go, reload the policy on SIGHUP, serve `/metrics` and
+//! `/healthz`, and detach everything on SIGINT/SIGTERM.
+//!
+//! Every change goes through [`reconcile`]: list the links, compile a plan from the
+//! policy and the links, swap it into the kernel all at once, then attach to the new
+//! vifs and detach from the ones that are gone. A policy that does not validate, or a
+//! plan the kernel refuses, leaves the running policy in force.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use axum::{
     Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
 };
+use futures::StreamExt as _;
+use rtnetlink::sys::AsyncSocket as _;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::compile::Plan;
 use crate::dataplane::{AttachMode, Dataplane};
-use crate::metrics::{self, ConntrackStats, Inventory};
+use crate::metrics::{self, ConntrackStats, Inventory, ReloadStats};
+use crate::policy::Policy;
 use crate::{error_chain, netlink, policy};
 
 /// Where `/metrics` and `/healthz` are served unless `--metrics-addr` says otherwise.
@@ -29,13 +39,28 @@ pub struct RunOptions {
 /// How often idle tracked connections are swept from the kernel table.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long link events are gathered before the daemon reconciles once for all of them.
+const LINK_SETTLE: Duration = Duration::from_millis(50);
+
+/// rtnetlink multicast group mask of link events.
+const RTMGRP_LINK: u32 = 1;
+
 struct Shared {
+    /// Held for a whole [`reconcile`]: one change at a time.
+    reconciling: tokio::sync::Mutex<()>,
     dataplane: Mutex<Dataplane>,
-    inventory: Inventory,
-    /// Interfaces the policy manages but the program could not be attached to.
-    failures: Vec<String>,
+    state: RwLock<Enforced>,
     /// Connection tracking figures kept by the daemon.
     tally: Mutex<Tally>,
+}
+
+/// What is in force.
+struct Enforced {
+    policy: Policy,
+    plan: Plan,
+    inventory: Inventory,
+    /// Interfaces the policy manages but the programs could not be attached to.
+    failures: Vec<String>,
 }
 
 #[derive(Default)]
@@ -45,6 +70,7 @@ struct Tally {
     /// Highest eviction count reported so far (the estimate can dip while the table
     /// changes between the reads it is made of; a counter must not).
     evicted: u64,
+    reloads: ReloadStats,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -63,21 +89,174 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             )
         })?;
 
+    // Subscribe to link events before listing the links, so that none is missed.
+    let (mut connection, _handle, mut link_events) =
+        rtnetlink::new_connection().context("opening a netlink socket for link events")?;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&rtnetlink::sys::SocketAddr::new(0, RTMGRP_LINK))
+        .context("subscribing to link events")?;
+    let link_task = tokio::spawn(connection);
+
+    let dataplane =
+        Dataplane::load().context("loading the kernel programs (are you root, kernel >= 6.6?)")?;
+    let shared = Arc::new(Shared {
+        reconciling: tokio::sync::Mutex::new(()),
+        dataplane: Mutex::new(dataplane),
+        state: RwLock::new(Enforced {
+            policy: policy.clone(),
+            plan: Plan::default(),
+            inventory: Inventory::default(),
+            failures: Vec::new(),
+        }),
+        tally: Mutex::new(Tally::default()),
+    });
+    reconcile(&shared, Some(policy))
+        .await
+        .context("putting the policy into effect")?;
+
+    let sweeper = tokio::spawn(sweep_connections(shared.clone()));
+    let follower = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while link_events.next().await.is_some() {
+                // Gather the burst (a VM start brings several events), then reconcile once.
+                tokio::time::sleep(LINK_SETTLE).await;
+                while let Ok(Some(_)) =
+                    tokio::time::timeout(Duration::ZERO, link_events.next()).await
+                {}
+                if let Err(e) = reconcile(&shared, None).await {
+                    error!(error = %format!("{e:#}"), "following an interface change failed; the previous state stays in force");
+                }
+            }
+            warn!("the link event stream ended: interfaces are no longer followed");
+        })
+    };
+    let reloader = {
+        let shared = shared.clone();
+        let config = opts.config.clone();
+        let mut hangup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                reload(&shared, &config).await;
+            }
+        })
+    };
+
+    let app = Router::new()
+        .route("/metrics", get(serve_metrics))
+        .route("/healthz", get(serve_health))
+        .with_state(shared.clone());
+    info!(addr = %opts.metrics_addr, "serving /metrics and /healthz");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+
+    for task in [sweeper, follower, reloader, link_task] {
+        task.abort();
+    }
+    let mut dataplane = shared.dataplane.lock().unwrap_or_else(|p| p.into_inner());
+    let failed = dataplane.detach_all();
+    for (name, e) in &failed {
+        error!(device = %name, error = %error_chain(e), "detaching failed");
+    }
+    if !failed.is_empty() {
+        return Err(anyhow!(
+            "{} interface(s) could not be detached",
+            failed.len()
+        ));
+    }
+    info!("detached from every interface; exiting");
+    Ok(())
+}
+
+/// SIGHUP: validate the file again and put it into effect, or keep the running policy.
+async fn reload(shared: &Shared, config: &std::path::Path) {
+    info!(config = %config.display(), "SIGHUP: reloading the policy");
+    let outcome = match policy::load(config) {
+        Err(diagnostics) => Err(anyhow!(
+            "{diagnostics}the new policy is not valid; the running policy stays in force"
+        )),
+        Ok(policy) => {
+            let summary = policy.summary();
+            reconcile(shared, Some(policy))
+                .await
+                .map(|()| summary)
+                .context("the new policy could not be put into effect; the running policy stays in force")
+        }
+    };
+    let mut tally = shared.tally.lock().unwrap_or_else(|p| p.into_inner());
+    match outcome {
+        Ok(summary) => {
+            tally.reloads.succeeded += 1;
+            info!(%summary, "policy reloaded");
+        }
+        Err(e) => {
+            tally.reloads.failed += 1;
+            error!("{e:#}");
+        }
+    }
+}
+
+/// Brings the kernel in line with `policy` (or the policy in force) and the host's
+/// links as they are now. On error nothing changed in the kernel's policy.
+async fn reconcile(shared: &Shared, policy: Option<Policy>) -> anyhow::Result<()> {
+    let _one_at_a_time = shared.reconciling.lock().await;
     let links = netlink::list_links().await?;
+    let policy_changed = policy.is_some();
+    let policy = match policy {
+        Some(p) => p,
+        None => shared
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .policy
+            .clone(),
+    };
     let plan = Plan::new(&policy, &links)?;
-    if plan.vifs.is_empty() {
-        warn!(
-            "the policy matches no interface of this host; nothing is enforced until one appears"
-        );
+    let mut dataplane = shared.dataplane.lock().unwrap_or_else(|p| p.into_inner());
+
+    // Detach from interfaces the new plan no longer manages (gone, renamed, or dropped
+    // from the policy) before the swap; attach to new ones after it, so that a program
+    // never runs on a vif without its entries.
+    let wanted: BTreeSet<(u32, &str)> = plan
+        .vifs
+        .iter()
+        .map(|v| (v.ifindex, v.name.as_str()))
+        .collect();
+    let stale: Vec<(u32, String)> = dataplane
+        .attachments()
+        .filter(|(ifindex, name, _)| !wanted.contains(&(*ifindex, *name)))
+        .map(|(ifindex, name, _)| (ifindex, name.to_string()))
+        .collect();
+    for (ifindex, name) in stale {
+        match dataplane.detach(ifindex) {
+            Ok(()) => info!(device = %name, "no longer managed: detached"),
+            // A deleted interface takes its programs with it.
+            Err(e) => {
+                debug!(device = %name, error = %error_chain(&e), "detaching a vanished interface")
+            }
+        }
     }
 
-    let mut dataplane =
-        Dataplane::load().context("loading the kernel programs (are you root, kernel >= 6.6?)")?;
-    dataplane
-        .apply(&plan)
-        .context("writing the policy into the kernel maps")?;
+    let unchanged =
+        !policy_changed && shared.state.read().unwrap_or_else(|p| p.into_inner()).plan == plan;
+    if !unchanged {
+        dataplane
+            .apply(&plan)
+            .context("writing the policy into the kernel maps")?;
+    }
+
     let mut failures = Vec::new();
     for vif in &plan.vifs {
+        if dataplane
+            .attachments()
+            .any(|(ifindex, _, _)| ifindex == vif.ifindex)
+        {
+            continue;
+        }
         let segment = plan.segment_label(vif.segment);
         match dataplane.attach(&vif.name, vif.ifindex) {
             Ok(AttachMode::Native) => info!(device = %vif.name, %segment, "enforcing (native XDP)"),
@@ -91,41 +270,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
         }
     }
-    let inventory = Inventory::new(
-        &plan,
-        dataplane.attachments().map(|(ifindex, _, _)| ifindex),
-    );
-    let shared = Arc::new(Shared {
-        dataplane: Mutex::new(dataplane),
+    if plan.vifs.is_empty() {
+        warn!(
+            "the policy matches no interface of this host; nothing is enforced until one appears"
+        );
+    }
+    let inventory = Inventory::new(&plan, dataplane.attachments().map(|(i, _, _)| i));
+    drop(dataplane);
+    *shared.state.write().unwrap_or_else(|p| p.into_inner()) = Enforced {
+        policy,
+        plan,
         inventory,
         failures,
-        tally: Mutex::new(Tally::default()),
-    });
-    let sweeper = tokio::spawn(sweep_connections(shared.clone(), plan.settings));
-
-    let app = Router::new()
-        .route("/metrics", get(serve_metrics))
-        .route("/healthz", get(serve_health))
-        .with_state(shared.clone());
-    info!(addr = %opts.metrics_addr, "serving /metrics and /healthz");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
-
-    sweeper.abort();
-    let mut dataplane = shared.dataplane.lock().unwrap_or_else(|p| p.into_inner());
-    let failed = dataplane.detach_all();
-    for (name, e) in &failed {
-        error!(device = %name, error = %error_chain(e), "detaching failed");
-    }
-    if !failed.is_empty() {
-        return Err(anyhow!(
-            "{} interface(s) could not be detached",
-            failed.len()
-        ));
-    }
-    info!("detached from every interface; exiting");
+    };
     Ok(())
 }
 
@@ -144,12 +301,18 @@ async fn shutdown_signal() {
 }
 
 /// Removes idle connections from the kernel table every [`SWEEP_INTERVAL`].
-async fn sweep_connections(shared: Arc<Shared>, settings: isolator_common::Settings) {
+async fn sweep_connections(shared: Arc<Shared>) {
     let mut interval = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         interval.tick().await;
         let shared = shared.clone();
         let swept = tokio::task::spawn_blocking(move || {
+            let settings = shared
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .plan
+                .settings;
             let mut dataplane = shared.dataplane.lock().unwrap_or_else(|p| p.into_inner());
             let result = dataplane.sweep_connections(&settings);
             drop(dataplane);
@@ -160,7 +323,7 @@ async fn sweep_connections(shared: Arc<Shared>, settings: isolator_common::Setti
         })
         .await;
         match swept {
-            Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "swept idle connections"),
+            Ok(Ok(n)) if n > 0 => debug!(removed = n, "swept idle connections"),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => warn!(error = %error_chain(&e), "sweeping idle connections failed"),
             Err(e) => warn!(error = %e, "the connection sweep task failed"),
@@ -168,16 +331,14 @@ async fn sweep_connections(shared: Arc<Shared>, settings: isolator_common::Setti
     }
 }
 
+type Snapshot = (
+    Vec<(isolator_common::CounterKey, isolator_common::Counter)>,
+    ConntrackStats,
+    ReloadStats,
+);
+
 /// Reads everything a scrape shows from the kernel.
-fn snapshot(
-    shared: &Shared,
-) -> Result<
-    (
-        Vec<(isolator_common::CounterKey, isolator_common::Counter)>,
-        ConntrackStats,
-    ),
-    crate::dataplane::DataplaneError,
-> {
+fn snapshot(shared: &Shared) -> Result<Snapshot, crate::dataplane::DataplaneError> {
     let dataplane = shared.dataplane.lock().unwrap_or_else(|p| p.into_inner());
     let counters = dataplane.counters()?;
     let (entries, events) = dataplane.conntrack()?;
@@ -199,16 +360,20 @@ fn snapshot(
             expired,
             evicted: tally.evicted,
         },
+        tally.reloads,
     ))
 }
 
 async fn serve_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     match snapshot(&shared) {
-        Ok((counters, conntrack)) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-            metrics::render(&shared.inventory, &counters, &conntrack),
-        ),
+        Ok((counters, conntrack, reloads)) => {
+            let state = shared.state.read().unwrap_or_else(|p| p.into_inner());
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+                metrics::render(&state.inventory, &counters, &conntrack, &reloads),
+            )
+        }
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -218,12 +383,13 @@ async fn serve_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn serve_health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    if shared.failures.is_empty() {
+    let state = shared.state.read().unwrap_or_else(|p| p.into_inner());
+    if state.failures.is_empty() {
         (StatusCode::OK, "ok\n".to_string())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not enforcing on: {}\n", shared.failures.join(", ")),
+            format!("not enforcing on: {}\n", state.failures.join(", ")),
         )
     }
 }

@@ -104,6 +104,20 @@ pub struct ConntrackStats {
     pub evicted: u64,
 }
 
+/// Policy reloads (SIGHUP) by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReloadStats {
+    pub succeeded: u64,
+    /// Refused: the file did not validate or the kernel refused the plan. The running
+    /// policy stayed in force.
+    pub failed: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SegmentLabels {
     tenant: String,
@@ -120,6 +134,7 @@ pub fn render(
     inventory: &Inventory,
     counters: &[(CounterKey, Counter)],
     conntrack: &ConntrackStats,
+    reloads: &ReloadStats,
 ) -> String {
     let drop_packets = Family::<DropLabels, PromCounter>::default();
     let drop_bytes = Family::<DropLabels, PromCounter>::default();
@@ -259,6 +274,19 @@ pub fn render(
         "Connection tracking events: opened, reset (TCP RST), expired (idle), evicted (table full)",
         events,
     );
+    let reload_family = Family::<ResultLabels, PromCounter>::default();
+    for (result, value) in [("succeeded", reloads.succeeded), ("failed", reloads.failed)] {
+        reload_family
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc_by(value);
+    }
+    registry.register(
+        "policy_reloads",
+        "Policy reloads on SIGHUP by result; after a failed one the running policy stays in force",
+        reload_family,
+    );
     registry.register(
         "interfaces",
         "Interfaces with isolator attached, by tenant and segment",
@@ -319,7 +347,15 @@ mod tests {
             expired: 4,
             evicted: 1,
         };
-        let text = render(&inventory(), &counters, &stats);
+        let text = render(
+            &inventory(),
+            &counters,
+            &stats,
+            &ReloadStats {
+                succeeded: 2,
+                failed: 1,
+            },
+        );
         assert!(text.contains("isolator_audit_packets_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"egress\",reason=\"not_exposed\"} 4\n"), "{text}");
         assert!(text.contains("isolator_drop_packets_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"egress\",reason=\"not_exposed\"} 0\n"), "{text}");
         assert!(!text.contains("isolator_audit_packets_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"ingress\",reason=\"malformed\"}"), "malformed is never audited");
@@ -327,6 +363,8 @@ mod tests {
         assert!(text.contains("isolator_conntrack_capacity 262144\n"));
         assert!(text.contains("isolator_conntrack_events_total{event=\"evicted\"} 1\n"));
         assert!(text.contains("isolator_conntrack_events_total{event=\"opened\"} 10\n"));
+        assert!(text.contains("isolator_policy_reloads_total{result=\"failed\"} 1\n"));
+        assert!(text.contains("isolator_policy_reloads_total{result=\"succeeded\"} 2\n"));
     }
 
     fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
@@ -361,7 +399,12 @@ mod tests {
                 },
             ),
         ];
-        let text = render(&inventory(), &counters, &ConntrackStats::default());
+        let text = render(
+            &inventory(),
+            &counters,
+            &ConntrackStats::default(),
+            &ReloadStats::default(),
+        );
         assert_eq!(
             line(
                 &text,
@@ -379,7 +422,12 @@ mod tests {
 
     #[test]
     fn every_reason_starts_at_zero_and_segments_without_vifs_are_shown() {
-        let text = render(&inventory(), &[], &ConntrackStats::default());
+        let text = render(
+            &inventory(),
+            &[],
+            &ConntrackStats::default(),
+            &ReloadStats::default(),
+        );
         for (_, reason, _) in verdict::DROP_REASONS {
             let series = format!(
                 "isolator_drop_packets_total{{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"ingress\",reason=\"{reason}\"}} 0\n"
