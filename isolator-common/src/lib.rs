@@ -56,6 +56,8 @@ pub mod programs {
     pub const XDP_INGRESS: &str = "isolator_ingress";
     /// TC program attached to the egress of each vif (direction egress).
     pub const TC_EGRESS: &str = "isolator_egress";
+    /// XDP program that passes everything: the benchmark baseline, never attached.
+    pub const XDP_BASELINE: &str = "isolator_baseline";
 }
 
 /// Capacity of the maps. A generation-keyed map holds two generations at once during a

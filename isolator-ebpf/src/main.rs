@@ -182,6 +182,13 @@ pub fn isolator_egress(ctx: TcContext) -> i32 {
     }
 }
 
+/// A program that passes everything: the baseline `cargo xtask bench` measures the
+/// enforcer against (the kernel's own cost of running an XDP program). Never attached.
+#[xdp]
+pub fn isolator_baseline(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 /// The single accounting exit: counts the packet under its verdict (and audit flag)
 /// and says whether it passes.
 #[inline(always)]

@@ -484,6 +484,47 @@ impl Dataplane {
         Ok(result.return_value)
     }
 
+    /// Runs the ingress program (or, with `baseline`, the pass-everything baseline)
+    /// `repeat` times on `frame` arriving on `ifindex` and returns the kernel's average
+    /// time per run. For benchmarks.
+    pub fn bench_ingress(
+        &mut self,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+        baseline: bool,
+    ) -> Result<Duration, DataplaneError> {
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..TestRunOptions::new()
+        };
+        let name = if baseline {
+            programs::XDP_BASELINE
+        } else {
+            programs::XDP_INGRESS
+        };
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingProgram(programs::XDP_BASELINE))?
+            .try_into()
+            .map_err(prog_err(programs::XDP_BASELINE, "unexpected program type"))?;
+        if baseline && program.fd().is_err() {
+            program
+                .load()
+                .map_err(prog_err(programs::XDP_BASELINE, "loading"))?;
+        }
+        let result = program
+            .test_run(opts)
+            .map_err(prog_err(programs::XDP_INGRESS, "benchmark run"))?;
+        Ok(result.duration)
+    }
+
     /// Runs the egress program once on `frame` as if it were delivered through
     /// `ifindex` (BPF_PROG_TEST_RUN) and returns the TC action (0 pass, 2 drop).
     /// `ifindex` must name a device in the calling thread's network namespace.

@@ -29,6 +29,9 @@ enum Verb {
     Test,
     /// Check formatting and clippy only.
     Lint,
+    /// Measure the ingress verdict per frame against a pass-everything XDP program,
+    /// side by side in one run (BPF_PROG_TEST_RUN); prints ratios, never a verdict.
+    Bench,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +64,20 @@ fn main() -> anyhow::Result<()> {
             )
         }
         Verb::Lint => lint(),
+        Verb::Bench => {
+            require_root("the benchmark loads eBPF programs")?;
+            setup::run()?;
+            println!("bench: building (release) and running");
+            run_cmd(cargo().args([
+                "run",
+                "--release",
+                "--quiet",
+                "--package",
+                "isolator-user",
+                "--example",
+                "bench",
+            ]))
+        }
     }
 }
 
