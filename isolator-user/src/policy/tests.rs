@@ -3243,3 +3243,20 @@ fn documented_error_examples_are_current() {
         "only {checked} documented error examples found"
     );
 }
+
+#[test]
+fn readme_example_is_valid() {
+    let readme = include_str!("../../../README.md");
+    let start = readme.find("```yaml\n").expect("the README has a yaml block") + 8;
+    let end = start + readme[start..].find("```").expect("closed");
+    // The block is indented under a list item.
+    let text: String = readme[start..end]
+        .lines()
+        .map(|l| l.strip_prefix("   ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let policy = parse(&text, "README.md").unwrap_or_else(|d| panic!("{d}"));
+    let summary = policy.summary();
+    assert_eq!((summary.tenants, summary.segments), (1, 2));
+    assert_eq!(summary.flows, 1);
+}
