@@ -342,7 +342,11 @@ fn judge_ingress(
 
     // Address resolution: judged by the address it is about (see `resolution_about`).
     if p.kind == KIND_ARP || p.is_nd_neighbour() {
-        return match place(generation, p.is_v4(), resolution_about(p)) {
+        let about = resolution_about(p);
+        if management_address(generation, p.is_v4(), about) {
+            return verdict::MANAGEMENT;
+        }
+        return match place(generation, p.is_v4(), about) {
             Place::Outside => verdict::PASS,
             Place::Segment(s) if s == sender => verdict::PASS,
             Place::Segment(s) => {
@@ -485,13 +489,35 @@ fn resolution_about(p: &Packet) -> &[u8; 16] {
 }
 
 /// Address resolution between segments `from` and `to` is allowed when a flow joins
-/// them (either direction) or it concerns an exposed address on either side.
+/// them (either direction) or it asks for an exposed address. An exposed sender may
+/// answer (ARP reply, neighbour advertisement) and refresh what it already knows
+/// (requests sent unicast, as neighbour-cache probes are), but not discover: a
+/// broadcast or multicast request from it about another segment is refused, or any VM
+/// with an exposed address could map the host at layer 2.
 #[inline(always)]
 fn resolution_allowed(generation: u32, from: u32, to: u32, p: &Packet) -> bool {
-    neighbours(generation, from, to)
-        || exposed_any(generation, p.is_v4(), resolution_about(p))
-        || exposed_any(generation, p.is_v4(), &p.src)
-        || (p.icmp_type == 136 && exposed_any(generation, p.is_v4(), &p.nd_target))
+    if neighbours(generation, from, to) || exposed_any(generation, p.is_v4(), resolution_about(p)) {
+        return true;
+    }
+    let answer = if p.kind == KIND_ARP {
+        p.arp_op == 2
+    } else {
+        p.icmp_type == 136
+    };
+    let unicast = p.dst_mac[0] & 1 == 0;
+    (answer || unicast)
+        && (exposed_any(generation, p.is_v4(), &p.src)
+            || (p.icmp_type == 136 && exposed_any(generation, p.is_v4(), &p.nd_target)))
+}
+
+/// The address is in a management prefix protected for every protocol: not even its
+/// existence may be learned from a VM.
+#[inline(always)]
+fn management_address(generation: u32, v4: bool, addr: &[u8; 16]) -> bool {
+    match lpm_rules(&MANAGEMENT_V4, &MANAGEMENT_V6, generation, v4, addr) {
+        Some(rules) => rules.flags & RuleSet::ALL != 0,
+        None => false,
+    }
 }
 
 /// A VM may only speak as itself (invariant I2): its declared MAC, addresses it owns,

@@ -12,8 +12,12 @@ use network_types::{
 
 /// Bounds of a frame's data, for XDP and TC alike.
 pub trait Frame {
+    /// Start of the directly readable data.
     fn start(&self) -> usize;
+    /// End of the directly readable data (for TC, of the linear part only).
     fn end(&self) -> usize;
+    /// Length of the whole frame, what length fields in headers are checked against.
+    fn len(&self) -> usize;
 }
 
 impl Frame for XdpContext {
@@ -25,6 +29,10 @@ impl Frame for XdpContext {
     fn end(&self) -> usize {
         self.data_end()
     }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.data_end() - self.data()
+    }
 }
 
 impl Frame for TcContext {
@@ -35,6 +43,11 @@ impl Frame for TcContext {
     #[inline(always)]
     fn end(&self) -> usize {
         self.data_end()
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        // A socket buffer's payload may lie beyond its linear part.
+        TcContext::len(self) as usize
     }
 }
 
@@ -93,8 +106,9 @@ pub struct Packet {
     /// A link-layer address option of a neighbour solicitation or advertisement.
     pub nd_lladdr: [u8; 6],
     pub nd_lladdr_present: bool,
-    /// ARP sender hardware address.
+    /// ARP sender hardware address and operation (1 request, 2 reply).
     pub arp_sha: [u8; 6],
+    pub arp_op: u16,
     /// An 802.1Q / 802.1ad tag and its VLAN id.
     pub has_vlan: bool,
     pub vlan: u16,
@@ -123,6 +137,7 @@ impl Packet {
         self.l4_offset = 0;
         self.nd_target = [0; 16];
         self.nd_lladdr_present = false;
+        self.arp_op = 0;
         self.has_vlan = false;
         self.vlan = 0;
         self.fragment = 0;
@@ -378,6 +393,7 @@ fn parse_arp(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), u8> {
     p.src = mapped(arp.spa);
     p.dst = mapped(arp.tpa);
     p.arp_sha = arp.sha;
+    p.arp_op = u16::from_be_bytes(arp.oper);
     Ok(())
 }
 
@@ -393,7 +409,7 @@ fn parse_ipv4(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), u8> {
     if ip.version() != 4
         || header_len < Ipv4Hdr::LEN
         || total_len < header_len
-        || frame.start() + l3 + total_len > frame.end()
+        || l3 + total_len > frame.len()
     {
         return Err(verdict::MALFORMED);
     }
@@ -434,7 +450,7 @@ fn parse_ipv6(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), u8> {
     let ip: *const Ipv6Hdr = ptr_at(frame, l3).map_err(|()| verdict::MALFORMED)?;
     let ip = unsafe { &*ip };
     let payload_len = ip.payload_len() as usize;
-    if ip.version() != 6 || frame.start() + l3 + Ipv6Hdr::LEN + payload_len > frame.end() {
+    if ip.version() != 6 || l3 + Ipv6Hdr::LEN + payload_len > frame.len() {
         return Err(verdict::MALFORMED);
     }
     p.kind = KIND_IPV6;

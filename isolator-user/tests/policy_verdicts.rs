@@ -8,9 +8,9 @@
 mod common;
 
 use common::{
-    ACK, BROADCAST, FIN, L4, Lab, ROUTER_MAC, RST, SYN, SYN_ACK, arp_request, echo_reply,
-    echo_request, from_outside, icmp_error, in_private_netns, ip, ip_from, nd, out, quoted,
-    router_advertisement, row, tcp, udp,
+    ACK, BROADCAST, FIN, L4, Lab, PEER_MAC, ROUTER_MAC, RST, SYN, SYN_ACK, VM_MAC, arp_frame,
+    arp_request, echo_reply, echo_request, from_outside, icmp_error, in_private_netns, ip, ip_from,
+    nd, out, quoted, router_advertisement, row, tcp, udp,
 };
 use isolator_common::verdict;
 
@@ -175,6 +175,40 @@ fn ingress_rules_ipv4() {
             )
             .audited(),
             row(
+                "ARP for a management address",
+                "d-aw1",
+                arp_request(VM_MAC, "10.1.1.2", "192.168.100.10"),
+                verdict::MANAGEMENT,
+            ),
+            row(
+                "ARP for an address of a prefix protected only for ssh",
+                "d-aw1",
+                arp_request(VM_MAC, "10.1.1.2", "10.9.1.1"),
+                verdict::PASS,
+            ),
+            row(
+                "an exposed server broadcasting ARP for another tenant's VM (discovery)",
+                "d-ad",
+                arp_request(VM_MAC, "10.1.2.10", "10.2.1.5"),
+                verdict::CROSS_TENANT,
+            ),
+            row(
+                "the exposed server answering that VM's ARP",
+                "d-ad",
+                arp_frame(VM_MAC, VM_MAC, "10.1.2.10", "10.2.1.5", 2),
+                verdict::PASS,
+            ),
+            row(
+                "the exposed server probing that VM's MAC (unicast request)",
+                "d-ad",
+                {
+                    let mut f = arp_frame(VM_MAC, VM_MAC, "10.1.2.10", "10.2.1.5", 1);
+                    f[..6].copy_from_slice(&PEER_MAC);
+                    f
+                },
+                verdict::PASS,
+            ),
+            row(
                 "audit mode never lets a management drop through",
                 "d-ga",
                 ip("10.2.1.5", "192.168.100.1", tcp(44000, 22, SYN)),
@@ -250,6 +284,30 @@ fn ingress_rules_ipv6() {
                 verdict::CROSS_TENANT,
             )
             .audited(),
+            row(
+                "neighbour solicitation for a management address",
+                "d-aw1",
+                nd(
+                    [2, 0, 0, 0, 0, 0x0c],
+                    135,
+                    "fd00:1:1::2",
+                    "ff02::1:ff00:10",
+                    "fd00:ff::10",
+                ),
+                verdict::MANAGEMENT,
+            ),
+            row(
+                "an exposed server soliciting another segment's address (discovery)",
+                "d-ad",
+                nd(
+                    [2, 0, 0, 0, 0, 0x0b],
+                    135,
+                    "fd00:1:2::10",
+                    "ff02::1:ff00:5",
+                    "fd00:2:1::5",
+                ),
+                verdict::CROSS_TENANT,
+            ),
             row(
                 "neighbour solicitation for an exposed address",
                 "d-ad",

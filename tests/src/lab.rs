@@ -14,6 +14,12 @@
 //! nothing but isolator keeps them apart. No namespace has a default route or any link to the
 //! root namespace. Nothing here touches the root namespace apart from `ip netns add/del`.
 //!
+//! Besides VMs a lab can hold [`Host`]s: namespaces that are not VMs, attached to the bridge
+//! through a port that no policy names (a router, a management host: [`Lab::add_bridge_host`],
+//! [`Lab::add_router`]) or linked to another host by a private veth pair (an "outside" host
+//! behind the router: [`Lab::add_linked_host`]). Routes are added with [`Lab::add_route`],
+//! which refuses default routes.
+//!
 //! Cleanup is the [`Drop`] of [`Lab`]: it kills tracked child processes, then every process
 //! still living in one of the lab's namespaces, then deletes the namespaces. It runs on normal
 //! return, on `?` errors (also half-way through construction) and while unwinding a panic.
@@ -75,6 +81,44 @@ impl Vm {
     }
 }
 
+/// A lab namespace that is not a VM: a router, a management host, an outside host. Plain data,
+/// like [`Vm`].
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// Logical name, e.g. `router`.
+    pub name: String,
+    /// Its network namespace.
+    pub ns: String,
+    /// The host-namespace end of its veth pair on the bridge (e.g. `xrouter`), if it is
+    /// attached to the bridge. The name must match no interface pattern of the policy, so
+    /// isolator leaves it alone.
+    pub port: Option<String>,
+    /// MAC address of its `eth0`.
+    pub mac: String,
+    /// Every address it holds (on any interface), with the prefix length.
+    pub addrs: Vec<(IpAddr, u8)>,
+}
+
+impl Host {
+    /// The first IPv4 address of the host.
+    pub fn v4(&self) -> IpAddr {
+        self.addrs
+            .iter()
+            .map(|a| a.0)
+            .find(IpAddr::is_ipv4)
+            .unwrap_or_else(|| panic!("host {} has no IPv4 address", self.name))
+    }
+
+    /// The first IPv6 address of the host.
+    pub fn v6(&self) -> IpAddr {
+        self.addrs
+            .iter()
+            .map(|a| a.0)
+            .find(IpAddr::is_ipv6)
+            .unwrap_or_else(|| panic!("host {} has no IPv6 address", self.name))
+    }
+}
+
 /// The RAII guard of one lab. See the module documentation.
 pub struct Lab {
     id: String,
@@ -82,6 +126,7 @@ pub struct Lab {
     /// Every namespace this lab created (or tried to), host first.
     namespaces: Vec<String>,
     vms: Vec<Vm>,
+    hosts: Vec<Host>,
     children: Mutex<Vec<Child>>,
     onlink_routes: Vec<String>,
 }
@@ -104,6 +149,7 @@ impl Lab {
             id,
             namespaces: Vec::new(),
             vms: Vec::new(),
+            hosts: Vec::new(),
             children: Mutex::new(Vec::new()),
             onlink_routes: vec!["10.0.0.0/8".into(), "fd00::/16".into()],
         };
@@ -155,6 +201,19 @@ impl Lab {
             .unwrap_or_else(|| panic!("lab {} has no VM {name}", self.id))
     }
 
+    /// All hosts (non-VM namespaces) added so far.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// The host called `name`; panics if there is none (a test bug).
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("lab {} has no host {name}", self.id))
+    }
+
     /// All namespaces of this lab.
     pub fn namespaces(&self) -> &[String] {
         &self.namespaces
@@ -175,11 +234,7 @@ impl Lab {
             !vif.is_empty() && vif.len() <= 15,
             "vif name {vif:?} must be 1..=15 characters"
         );
-        ensure!(
-            self.vms.iter().all(|v| v.name != name && v.vif != vif),
-            "lab {}: duplicate VM {name} or vif {vif}",
-            self.id
-        );
+        self.check_new_name(name, Some(vif))?;
         let mut parsed = Vec::new();
         for a in addrs {
             parsed.push(parse_cidr(a)?);
@@ -191,15 +246,7 @@ impl Lab {
         let lab_id = self.id.clone();
         let ctx = || format!("lab {lab_id}: VM {name} (netns {ns}, vif {vif})");
         self.add_netns(&ns).with_context(ctx)?;
-        // Quiet, deterministic IPv6: no DAD, no router solicitations.
-        for key in [
-            "net.ipv6.conf.default.accept_dad",
-            "net.ipv6.conf.all.accept_dad",
-            "net.ipv6.conf.default.router_solicitations",
-            "net.ipv6.conf.default.accept_ra",
-        ] {
-            sysctl(&ns, key, "0").with_context(ctx)?;
-        }
+        quiet_ipv6(&ns).with_context(ctx)?;
         let mac = format!("02:15:00:00:{:02x}:{:02x}", (idx >> 8) & 0xff, idx & 0xff);
         let host = self.host.clone();
         ip_n(
@@ -212,13 +259,7 @@ impl Lab {
         .with_context(ctx)?;
         ip_n(&host, &["link", "set", vif, "master", BRIDGE]).with_context(ctx)?;
         ip_n(&host, &["link", "set", vif, "up"]).with_context(ctx)?;
-        for a in addrs {
-            let mut args = vec!["addr", "add", a, "dev", VM_IFNAME];
-            if a.contains(':') {
-                args.push("nodad");
-            }
-            ip_n(&ns, &args).with_context(ctx)?;
-        }
+        add_addrs(&ns, VM_IFNAME, addrs).with_context(ctx)?;
         ip_n(&ns, &["link", "set", VM_IFNAME, "up"]).with_context(ctx)?;
         for route in &self.onlink_routes {
             let v6 = route.contains(':');
@@ -235,6 +276,185 @@ impl Lab {
         };
         self.vms.push(vm.clone());
         Ok(vm)
+    }
+
+    /// Fails if a VM or host called `name`, or a bridge port `port`, exists already.
+    fn check_new_name(&self, name: &str, port: Option<&str>) -> Result<()> {
+        let taken = self
+            .vms
+            .iter()
+            .any(|v| v.name == name || Some(v.vif.as_str()) == port)
+            || self
+                .hosts
+                .iter()
+                .any(|h| h.name == name || (port.is_some() && h.port.as_deref() == port));
+        ensure!(
+            !taken,
+            "lab {}: duplicate name {name} or port {port:?}",
+            self.id
+        );
+        Ok(())
+    }
+
+    /// Adds a host attached to the bridge: a namespace whose `eth0` is the peer of `port` (a
+    /// port of `br0` in the host namespace), with `addrs` (CIDR form; IPv6 without DAD) and
+    /// `routes` (see [`Lab::add_route`]). `port` must match no interface pattern of the
+    /// policy: isolator must leave it alone.
+    pub fn add_bridge_host(
+        &mut self,
+        name: &str,
+        port: &str,
+        addrs: &[&str],
+        routes: &[&str],
+    ) -> Result<Host> {
+        ensure!(
+            !port.is_empty() && port.len() <= 15,
+            "port name {port:?} must be 1..=15 characters"
+        );
+        self.check_new_name(name, Some(port))?;
+        let parsed = addrs
+            .iter()
+            .map(|a| parse_cidr(a))
+            .collect::<Result<Vec<_>>>()?;
+        let idx = self.namespaces.len();
+        let ns = format!("{}-{idx}", self.id);
+        let lab_id = self.id.clone();
+        let ctx = || format!("lab {lab_id}: host {name} (netns {ns}, bridge port {port})");
+        self.add_netns(&ns).with_context(ctx)?;
+        quiet_ipv6(&ns).with_context(ctx)?;
+        let mac = format!("02:15:01:00:{:02x}:{:02x}", (idx >> 8) & 0xff, idx & 0xff);
+        let host = self.host.clone();
+        ip_n(
+            &host,
+            &[
+                "link", "add", port, "type", "veth", "peer", "name", VM_IFNAME, "address", &mac,
+                "netns", &ns,
+            ],
+        )
+        .with_context(ctx)?;
+        ip_n(&host, &["link", "set", port, "master", BRIDGE]).with_context(ctx)?;
+        ip_n(&host, &["link", "set", port, "up"]).with_context(ctx)?;
+        add_addrs(&ns, VM_IFNAME, addrs).with_context(ctx)?;
+        ip_n(&ns, &["link", "set", VM_IFNAME, "up"]).with_context(ctx)?;
+        for route in routes {
+            self.add_route(&ns, route).with_context(ctx)?;
+        }
+        let h = Host {
+            name: name.to_string(),
+            ns,
+            port: Some(port.to_string()),
+            mac,
+            addrs: parsed,
+        };
+        self.hosts.push(h.clone());
+        Ok(h)
+    }
+
+    /// Adds a router: a host on the bridge ([`Lab::add_bridge_host`]) with IPv4 and IPv6
+    /// forwarding on and ICMP redirects off. Its `lan_addrs` are typically one gateway address
+    /// in each segment's subnet. Link it to more namespaces with [`Lab::add_linked_host`].
+    pub fn add_router(&mut self, name: &str, port: &str, lan_addrs: &[&str]) -> Result<Host> {
+        let router = self.add_bridge_host(name, port, lan_addrs, &[])?;
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv4.conf.all.send_redirects", "0"),
+            ("net.ipv4.conf.default.send_redirects", "0"),
+        ] {
+            sysctl(&router.ns, key, value)
+                .with_context(|| format!("lab {}: router {name}", self.id))?;
+        }
+        Ok(router)
+    }
+
+    /// Adds a host linked to host `via` (e.g. the router) by a veth pair of its own, not
+    /// through the bridge: `via_ifname` in `via`'s namespace carries `via_addrs`, the new
+    /// namespace's `eth0` carries `addrs`; `routes` as in [`Lab::add_route`] (e.g.
+    /// `10.0.0.0/8 via 203.0.113.1`: never a default route).
+    pub fn add_linked_host(
+        &mut self,
+        name: &str,
+        via: &str,
+        via_ifname: &str,
+        via_addrs: &[&str],
+        addrs: &[&str],
+        routes: &[&str],
+    ) -> Result<Host> {
+        self.check_new_name(name, None)?;
+        let via_idx = self
+            .hosts
+            .iter()
+            .position(|h| h.name == via)
+            .with_context(|| format!("lab {}: no host {via}", self.id))?;
+        let via_ns = self.hosts[via_idx].ns.clone();
+        let mut parsed = Vec::new();
+        for a in addrs {
+            parsed.push(parse_cidr(a)?);
+        }
+        let mut via_parsed = Vec::new();
+        for a in via_addrs {
+            via_parsed.push(parse_cidr(a)?);
+        }
+        let idx = self.namespaces.len();
+        let ns = format!("{}-{idx}", self.id);
+        let lab_id = self.id.clone();
+        let ctx = || format!("lab {lab_id}: host {name} (netns {ns}, linked to {via})");
+        self.add_netns(&ns).with_context(ctx)?;
+        quiet_ipv6(&ns).with_context(ctx)?;
+        let mac = format!("02:15:02:00:{:02x}:{:02x}", (idx >> 8) & 0xff, idx & 0xff);
+        ip_n(
+            &via_ns,
+            &[
+                "link", "add", via_ifname, "type", "veth", "peer", "name", VM_IFNAME, "address",
+                &mac, "netns", &ns,
+            ],
+        )
+        .with_context(ctx)?;
+        add_addrs(&via_ns, via_ifname, via_addrs).with_context(ctx)?;
+        ip_n(&via_ns, &["link", "set", via_ifname, "up"]).with_context(ctx)?;
+        add_addrs(&ns, VM_IFNAME, addrs).with_context(ctx)?;
+        ip_n(&ns, &["link", "set", VM_IFNAME, "up"]).with_context(ctx)?;
+        for route in routes {
+            self.add_route(&ns, route).with_context(ctx)?;
+        }
+        self.hosts[via_idx].addrs.extend(via_parsed);
+        let h = Host {
+            name: name.to_string(),
+            ns,
+            port: None,
+            mac,
+            addrs: parsed,
+        };
+        self.hosts.push(h.clone());
+        Ok(h)
+    }
+
+    /// `ip -n NS route add ROUTE` in one of this lab's namespaces, ROUTE split on whitespace
+    /// (`203.0.113.0/24 via 10.1.1.1`, `192.168.100.0/24 dev eth0`). Refuses default routes
+    /// (`default`, any `/0`): no lab namespace may route to the world.
+    pub fn add_route(&self, ns: &str, route: &str) -> Result<()> {
+        ensure!(
+            self.namespaces.iter().any(|n| n == ns),
+            "lab {}: {ns} is not one of its namespaces",
+            self.id
+        );
+        let words: Vec<&str> = route.split_whitespace().collect();
+        let dst = words.first().copied().unwrap_or_default();
+        ensure!(
+            !dst.is_empty()
+                && dst != "default"
+                && !dst.ends_with("/0")
+                && words.iter().all(|w| *w != "default"),
+            "lab {}: refusing route {route:?} in {ns}: lab namespaces get no default route",
+            self.id
+        );
+        let mut args = vec!["route", "add"];
+        args.extend(&words);
+        if !words.contains(&"dev") && !words.contains(&"via") {
+            args.extend(["dev", VM_IFNAME]);
+        }
+        ip_n(ns, &args).with_context(|| format!("route {route:?} in {ns}"))?;
+        Ok(())
     }
 
     /// Creates namespace `ns`, records it for cleanup first, brings `lo` up.
@@ -455,6 +675,34 @@ pub fn check_root() -> Result<()> {
     // SAFETY: plain syscall.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the isolator lab needs root (network namespaces, veth, bridge, XDP)");
+    }
+    Ok(())
+}
+
+/// Quiet, deterministic IPv6 in a new namespace: no DAD, no router solicitations, no
+/// autoconfiguration from router advertisements (set before its interfaces exist, so they
+/// inherit it).
+fn quiet_ipv6(ns: &str) -> Result<()> {
+    for key in [
+        "net.ipv6.conf.default.accept_dad",
+        "net.ipv6.conf.all.accept_dad",
+        "net.ipv6.conf.default.router_solicitations",
+        "net.ipv6.conf.default.accept_ra",
+    ] {
+        sysctl(ns, key, "0")?;
+    }
+    Ok(())
+}
+
+/// Adds `addrs` (CIDR form) to `ifname` in `ns`; IPv6 without DAD.
+fn add_addrs(ns: &str, ifname: &str, addrs: &[&str]) -> Result<()> {
+    for a in addrs {
+        parse_cidr(a)?;
+        let mut args = vec!["addr", "add", a, "dev", ifname];
+        if a.contains(':') {
+            args.push("nodad");
+        }
+        ip_n(ns, &args)?;
     }
     Ok(())
 }

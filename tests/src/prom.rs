@@ -81,7 +81,10 @@ impl Metrics {
 
     /// Sum over [`Metrics::find`] (0 if none).
     pub fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
-        self.find(name, filter).iter().map(|s| s.value).sum()
+        // A fold from +0.0: `Sum` of no f64 is -0.0, which prints as "-0".
+        self.find(name, filter)
+            .iter()
+            .fold(0.0, |acc, s| acc + s.value)
     }
 
     /// The non-zero samples of `name`, one per line, sorted, for error messages.

@@ -1,0 +1,1283 @@
+//! End-to-end: what policy v1 says (exposed endpoints, flows, egress, audit mode,
+//! management prefixes), checked with real tools and real packets. Each test builds its own
+//! service lab ([`isolator_tests::service_lab`]: 8 VMs of 3 tenants on one bridge, a router
+//! to an outside host, a management host; echo servers on every VM) and its own daemon, and
+//! the tests run in parallel. Needs root, `nmap` and `promtool`, and the daemon binary
+//! (`cargo build -p isolator-user`, or `ISOLATOR_BIN`).
+//!
+//! What each scan must find is written out in full in each test, not derived from the
+//! policy: the policy is in `service_lab::policy_yaml()`, the expectations here are what an
+//! operator reading it would expect. Scans from the router (whose addresses lie in every
+//! segment) are the baseline: every listener is up and reachable through the bridge, so a
+//! port a scan does not find open was closed by isolator.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use isolator_tests::echo::{EchoOutcome, HeldConnection, tcp_echo};
+use isolator_tests::nmap::{
+    Endpoint, Scan, addrs, endpoints, fmt_addrs, fmt_endpoints, host_discovery, tcp_connect_scan,
+};
+use isolator_tests::service_lab::{
+    self, MGMT, MGMT_PORT, MGMT_V4, MGMT_V6, OUTSIDE, OUTSIDE_V4, OUTSIDE_V6, ROUTER_PORT,
+    SCAN_PORTS, ServiceLab, spec,
+};
+use isolator_tests::{Daemon, Metrics, TempDir, isolator_bin, ping_count, promtool_check};
+
+const METRICS_PORT: u16 = 9464;
+
+const DROP_PKTS: &str = "isolator_drop_packets_total";
+const DROP_BYTES: &str = "isolator_drop_bytes_total";
+const PASS_PKTS: &str = "isolator_pass_packets_total";
+const AUDIT_PKTS: &str = "isolator_audit_packets_total";
+const AUDIT_BYTES: &str = "isolator_audit_bytes_total";
+const CT_ENTRIES: &str = "isolator_conntrack_entries";
+const CT_CAPACITY: &str = "isolator_conntrack_capacity";
+const CT_EVENTS: &str = "isolator_conntrack_events_total";
+
+/// Payload of exchanges between VMs: large enough for many full-size segments each way.
+const BIG: usize = 256 * 1024;
+/// Payload of exchanges with the outside host, whose frames reach the VMs' vifs from a port
+/// without XDP (non-linear socket buffers at the TC program): several full-size segments.
+const OUTSIDE_PAYLOAD: usize = 16 * 1024;
+/// Connect timeout of a probe that is expected to be refused.
+const BLOCKED: Duration = Duration::from_millis(1000);
+/// Connect timeout of a probe that is expected to pass.
+const ALLOWED: Duration = Duration::from_secs(3);
+
+/// Service lab + daemon. Field order is drop order: daemon, lab (echo servers first), tmp.
+struct Env {
+    daemon: Daemon,
+    sl: ServiceLab,
+    _tmp: TempDir,
+}
+
+impl Env {
+    fn start(hint: &str) -> Env {
+        let bin = isolator_bin().unwrap_or_else(|e| panic!("{e:#}"));
+        let tmp = TempDir::new("isot").expect("temp dir");
+        let config = tmp
+            .write("policy.yaml", &service_lab::policy_yaml())
+            .expect("write policy");
+        let sl = ServiceLab::build(hint).unwrap_or_else(|e| panic!("building the lab: {e:#}"));
+        let daemon = Daemon::start_healthy(&sl.lab, &bin, &config, METRICS_PORT, tmp.path())
+            .unwrap_or_else(|e| panic!("starting `{} run`: {e:#}", bin.display()));
+        Env {
+            daemon,
+            sl,
+            _tmp: tmp,
+        }
+    }
+
+    fn ns(&self, name: &str) -> String {
+        if let Some(vm) = self.sl.lab.vms().iter().find(|v| v.name == name) {
+            vm.ns.clone()
+        } else {
+            self.sl.lab.host(name).ns.clone()
+        }
+    }
+
+    fn metrics(&self) -> Metrics {
+        self.daemon.metrics().unwrap_or_else(|e| {
+            panic!(
+                "scraping /metrics: {e:#}\ndaemon output:\n{}",
+                self.daemon.log()
+            )
+        })
+    }
+
+    /// The non-zero drop and audit counters, for failure messages.
+    fn counters(&self) -> String {
+        match self.daemon.metrics() {
+            Ok(m) => format!(
+                "daemon counters now:\n{}{}",
+                m.dump(DROP_PKTS),
+                m.dump(AUDIT_PKTS)
+            ),
+            Err(e) => format!("(cannot scrape /metrics: {e:#})\n{}", self.daemon.log()),
+        }
+    }
+
+    /// `nmap -sT` from `from` (VM or host); panics with the output if nmap fails.
+    fn scan(&self, from: &str, targets: &[&str]) -> Scan {
+        tcp_connect_scan(&self.ns(from), targets, &SCAN_PORTS)
+            .unwrap_or_else(|e| panic!("scan from {from}: {e:#}"))
+    }
+
+    /// Asserts that a scan from `from` found exactly `expected` open.
+    fn assert_scan(&self, what: &str, from: &str, scan: &Scan, expected: &BTreeSet<Endpoint>) {
+        if scan.open == *expected {
+            return;
+        }
+        let missing: BTreeSet<_> = expected.difference(&scan.open).collect();
+        let extra: BTreeSet<_> = scan.open.difference(expected).collect();
+        panic!(
+            "{what}: a scan from {from} must find exactly {{{}}} open\n  \
+             found open that must be closed: {}\n  \
+             not found open that must be: {}\n{scan}{}",
+            fmt_endpoints(expected),
+            fmt_endpoints(extra),
+            fmt_endpoints(missing),
+            self.counters()
+        );
+    }
+
+    /// A TCP echo exchange of `len` bytes from `from` to `target`.
+    fn echo(&self, from: &str, target: &str, len: usize, timeout: Duration) -> EchoOutcome {
+        let target: SocketAddr = target.parse().expect("socket address");
+        tcp_echo(&self.ns(from), target, len, timeout).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Whether one ICMP echo from `from` to `dst` is answered within 1 s.
+    fn ping(&self, from: &str, dst: &str) -> bool {
+        let dst: IpAddr = dst.parse().expect("address");
+        ping_count(
+            &self.ns(from),
+            dst,
+            1,
+            Duration::ZERO,
+            Duration::from_secs(1),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
+            == 1
+    }
+
+    /// Connections that VM or host `at` accepted from `peer`, as `local <- peer` lines.
+    fn arrivals(&self, at: &str, peer: &str) -> Vec<String> {
+        let peer: IpAddr = peer.parse().expect("address");
+        self.sl
+            .arrived_from(at, peer)
+            .iter()
+            .map(|a| format!("{} <- {}", a.local, a.peer))
+            .collect()
+    }
+}
+
+/// One expected probe: what, from, to (socket address), payload, whether it must pass.
+struct Probe {
+    what: &'static str,
+    from: &'static str,
+    to: String,
+    len: usize,
+    allowed: bool,
+}
+
+fn probe(what: &'static str, from: &'static str, to: &str, len: usize, allowed: bool) -> Probe {
+    Probe {
+        what,
+        from,
+        to: to.to_string(),
+        len,
+        allowed,
+    }
+}
+
+/// Runs the probes in parallel threads and fails with every wrong outcome at once.
+fn check_probes(env: &Env, probes: &[Probe]) {
+    let outcomes: Vec<EchoOutcome> = std::thread::scope(|s| {
+        let handles: Vec<_> = probes
+            .iter()
+            .map(|p| {
+                let timeout = if p.allowed { ALLOWED } else { BLOCKED };
+                s.spawn(move || env.echo(p.from, &p.to, p.len, timeout))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut wrong = Vec::new();
+    for (p, o) in probes.iter().zip(&outcomes) {
+        let ok = if p.allowed { o.echoed() } else { o.refused() };
+        if !ok {
+            wrong.push(format!(
+                "{}: {} -> {} ({} bytes): expected {}, got {o:?}",
+                p.what,
+                p.from,
+                p.to,
+                p.len,
+                if p.allowed {
+                    "the data echoed back"
+                } else {
+                    "no connection"
+                }
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "wrong outcomes:\n  {}\n{}",
+        wrong.join("\n  "),
+        env.counters()
+    );
+}
+
+/// A labelled series.
+struct Series {
+    name: &'static str,
+    labels: Vec<(&'static str, String)>,
+}
+
+impl Series {
+    /// `name{device=<vif of vm>,tenant,segment,direction,reason}`.
+    fn on(name: &'static str, vm: &str, direction: &str, reason: &str) -> Series {
+        let s = spec(vm);
+        Series {
+            name,
+            labels: vec![
+                ("device", s.vif()),
+                ("tenant", s.seg.tenant.to_string()),
+                ("segment", s.seg.segment.to_string()),
+                ("direction", direction.to_string()),
+                ("reason", reason.to_string()),
+            ],
+        }
+    }
+
+    fn drop(vm: &str, direction: &str, reason: &str) -> Series {
+        Series::on(DROP_PKTS, vm, direction, reason)
+    }
+
+    fn audit(vm: &str, direction: &str, reason: &str) -> Series {
+        Series::on(AUDIT_PKTS, vm, direction, reason)
+    }
+
+    fn with_name(&self, name: &'static str) -> Series {
+        Series {
+            name,
+            labels: self.labels.clone(),
+        }
+    }
+
+    fn labels(&self) -> Vec<(&str, &str)> {
+        self.labels.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    /// The value, if the series exists with exactly these labels.
+    fn get(&self, m: &Metrics) -> Option<f64> {
+        m.get(self.name, &self.labels())
+    }
+
+    fn value(&self, m: &Metrics) -> f64 {
+        self.get(m).unwrap_or(0.0)
+    }
+}
+
+impl std::fmt::Display for Series {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let l: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect();
+        write!(f, "{}{{{}}}", self.name, l.join(","))
+    }
+}
+
+/// Asserts that `series` grew between the two scrapes (it must exist afterwards).
+fn assert_grew(before: &Metrics, after: &Metrics, series: &Series, why: &str) {
+    let (b, a) = (series.value(before), series.get(after));
+    assert!(
+        a.is_some_and(|a| a > b),
+        "{why}: expected {series} to grow, it went from {b} to {a:?}; now:\n{}{}",
+        after.dump(series.name),
+        after.dump(AUDIT_PKTS)
+    );
+}
+
+/// Asserts that `series` did not change between the two scrapes.
+fn assert_unchanged(before: &Metrics, after: &Metrics, series: &Series, why: &str) {
+    let (b, a) = (series.value(before), series.value(after));
+    assert!(
+        a == b,
+        "{why}: expected {series} to stay at {b}, it is {a}; now:\n{}",
+        after.dump(series.name)
+    );
+}
+
+fn v4_targets(segs: &[service_lab::Seg]) -> Vec<String> {
+    segs.iter().map(|s| s.v4_prefix()).collect()
+}
+
+fn v6_targets(segs: &[service_lab::Seg]) -> Vec<String> {
+    segs.iter().map(|s| s.v6_scan_range()).collect()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Every (address, port) of the listeners of `vms`, in one family: the baseline.
+fn all_listeners(vms: &[&str], v6: bool) -> BTreeSet<Endpoint> {
+    let mut set = BTreeSet::new();
+    for vm in vms {
+        let s = spec(vm);
+        let a: IpAddr = if v6 { s.v6() } else { s.v4() }.parse().unwrap();
+        for p in SCAN_PORTS {
+            set.insert((a, p));
+        }
+    }
+    set
+}
+
+const ACME: [service_lab::Seg; 2] = [service_lab::ACME_WEB, service_lab::ACME_DB];
+const GLOBEX: [service_lab::Seg; 2] = [service_lab::GLOBEX_API, service_lab::GLOBEX_OPS];
+const GLOBEX_VMS: [&str; 3] = ["globex-api1", "globex-api2", "globex-ops1"];
+
+/// Case 1 (and 4 as a scan): from another tenant, a TCP scan of globex's prefixes finds
+/// exactly its exposed (address, port) pairs, plus the flow's port from the flow's source
+/// segment; an ARP scan finds only the exposed hosts; ICMP exposure is per address.
+#[test]
+fn scans_from_another_tenant_find_exactly_the_exposed_endpoints_v4() {
+    let env = Env::start("scan4");
+    let globex = v4_targets(&GLOBEX);
+    let globex = strs(&globex);
+
+    let baseline = env.scan(service_lab::ROUTER, &globex);
+    env.assert_scan(
+        "baseline (router, in every segment's subnet)",
+        "router",
+        &baseline,
+        &all_listeners(&GLOBEX_VMS, false),
+    );
+    let same = env.scan("globex-api2", &[&service_lab::GLOBEX_API.v4_prefix()]);
+    env.assert_scan(
+        "same segment: every listener of globex/api",
+        "globex-api2",
+        &same,
+        &all_listeners(&["globex-api1", "globex-api2"], false),
+    );
+
+    let before = env.metrics();
+    let from_db = env.scan("acme-db1", &globex);
+    env.assert_scan(
+        "acme/db has no flow to globex: only globex's exposed endpoints",
+        "acme-db1",
+        &from_db,
+        &endpoints(&[("10.2.1.2", 80), ("10.2.1.3", 8080)]),
+    );
+    let from_web = env.scan("acme-web1", &globex);
+    env.assert_scan(
+        "acme/web: globex's exposed endpoints and the flow acme/web -> globex/api tcp 9000",
+        "acme-web1",
+        &from_web,
+        &endpoints(&[
+            ("10.2.1.2", 80),
+            ("10.2.1.3", 8080),
+            ("10.2.1.2", 9000),
+            ("10.2.1.3", 9000),
+        ]),
+    );
+    let after = env.metrics();
+    assert_grew(
+        &before,
+        &after,
+        &Series::drop("acme-db1", "ingress", "cross_tenant"),
+        "acme-db1 scanned globex",
+    );
+    assert_grew(
+        &before,
+        &after,
+        &Series::drop("acme-web1", "ingress", "cross_tenant"),
+        "acme-web1 scanned globex",
+    );
+
+    // What arrived: globex/ops is private, nothing from acme reached it; globex-api1 saw
+    // acme-db1 only on its exposed port.
+    for peer in ["10.1.2.2", "10.1.1.2"] {
+        let got = env.arrivals("globex-ops1", peer);
+        assert!(got.is_empty(), "globex-ops1 accepted from {peer}: {got:?}");
+    }
+    let got = env.arrivals("globex-api1", "10.1.2.2");
+    assert!(
+        !got.is_empty() && got.iter().all(|c| c.starts_with("10.2.1.2:80 ")),
+        "globex-api1 must have accepted acme-db1's scan on 10.2.1.2:80 only: {got:?}"
+    );
+
+    // Layer 2: an ARP scan from a private VM sees only the exposed hosts of globex.
+    let arp = host_discovery(&env.ns("acme-db1"), &globex).unwrap();
+    assert_eq!(
+        arp.up,
+        addrs(&["10.2.1.2", "10.2.1.3"]),
+        "ARP scan of globex from acme-db1 must find exactly the hosts with exposed \
+         endpoints:\n{arp}"
+    );
+
+    // ICMP exposure: 10.1.1.2 answers pings from anywhere, its neighbour does not.
+    let before = env.metrics();
+    assert!(
+        env.ping("acme-db1", "10.1.1.2"),
+        "10.1.1.2 exposes icmp: acme-db1 must get an echo reply"
+    );
+    assert!(
+        !env.ping("acme-db1", "10.1.1.3"),
+        "10.1.1.3 exposes nothing: acme-db1's ping must be dropped"
+    );
+    assert!(
+        !env.ping("acme-db1", "fd00:1:1::2"),
+        "fd00:1:1::2 exposes only tcp 443 (the icmp exposure is 10.1.1.2's)"
+    );
+    let after = env.metrics();
+    assert_grew(
+        &before,
+        &after,
+        &Series::drop("acme-db1", "ingress", "cross_segment"),
+        "acme-db1 pinged 10.1.1.3",
+    );
+}
+
+/// Case 6: the same over IPv6 (nmap -6 over the first 16 addresses of each /64).
+#[test]
+fn scans_from_another_tenant_find_exactly_the_exposed_endpoints_v6() {
+    let env = Env::start("scan6");
+    let globex = v6_targets(&GLOBEX);
+    let globex = strs(&globex);
+
+    let baseline = env.scan(service_lab::ROUTER, &globex);
+    env.assert_scan(
+        "baseline (router, in every segment's subnet)",
+        "router",
+        &baseline,
+        &all_listeners(&GLOBEX_VMS, true),
+    );
+    let before = env.metrics();
+    let from_db = env.scan("acme-db1", &globex);
+    env.assert_scan(
+        "acme/db has no flow to globex: only globex's exposed IPv6 endpoints",
+        "acme-db1",
+        &from_db,
+        &endpoints(&[("fd00:2:1::2", 80), ("fd00:2:1::3", 8080)]),
+    );
+    let from_web = env.scan("acme-web1", &globex);
+    env.assert_scan(
+        "acme/web: globex's exposed IPv6 endpoints and the flow's tcp 9000",
+        "acme-web1",
+        &from_web,
+        &endpoints(&[
+            ("fd00:2:1::2", 80),
+            ("fd00:2:1::3", 8080),
+            ("fd00:2:1::2", 9000),
+            ("fd00:2:1::3", 9000),
+        ]),
+    );
+    let after = env.metrics();
+    assert_grew(
+        &before,
+        &after,
+        &Series::drop("acme-db1", "ingress", "cross_tenant"),
+        "acme-db1 scanned globex over IPv6",
+    );
+    let got = env.arrivals("globex-ops1", "fd00:1:2::2");
+    assert!(
+        got.is_empty(),
+        "globex-ops1 accepted from acme-db1: {got:?}"
+    );
+
+    let nd = host_discovery(&env.ns("acme-db1"), &globex).unwrap();
+    assert_eq!(
+        nd.up,
+        addrs(&["fd00:2:1::2", "fd00:2:1::3"]),
+        "neighbour-discovery scan of globex from acme-db1 must find exactly the hosts with \
+         exposed endpoints:\n{nd}"
+    );
+}
+
+/// Case 2: the management host, with listeners on every scanned port, shows nothing to any
+/// VM (enforced, egress denied, or in audit mode), over IPv4 and IPv6; every attempt is a
+/// `management` drop on the VM's vif, never an audit verdict.
+#[test]
+fn management_host_is_unreachable_from_every_vm() {
+    let env = Env::start("mgmt");
+    let baseline4 = env.scan(service_lab::ROUTER, &[MGMT_V4]);
+    let baseline6 = env.scan(service_lab::ROUTER, &[MGMT_V6]);
+    for (scan, a) in [(&baseline4, MGMT_V4), (&baseline6, MGMT_V6)] {
+        let all: BTreeSet<Endpoint> = SCAN_PORTS
+            .iter()
+            .map(|p| (a.parse().unwrap(), *p))
+            .collect();
+        env.assert_scan(
+            "baseline: the management host's listeners",
+            "router",
+            scan,
+            &all,
+        );
+    }
+
+    let vms = ["acme-web1", "acme-db1", "initech-lab1"];
+    let before = env.metrics();
+    let scans: Vec<(&str, Scan, Scan)> = std::thread::scope(|s| {
+        let handles: Vec<_> = vms
+            .iter()
+            .map(|vm| {
+                let env = &env;
+                s.spawn(move || (*vm, env.scan(vm, &[MGMT_V4]), env.scan(vm, &[MGMT_V6])))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (vm, s4, s6) in &scans {
+        env.assert_scan("management prefix", vm, s4, &BTreeSet::new());
+        env.assert_scan("management prefix", vm, s6, &BTreeSet::new());
+    }
+    for vm in vms {
+        assert!(
+            !env.ping(vm, MGMT_V4),
+            "{vm} must not get a ping reply from {MGMT_V4}"
+        );
+    }
+    let after = env.metrics();
+    for vm in vms {
+        let s = spec(vm);
+        for peer in [s.v4(), s.v6()] {
+            let got = env.arrivals(MGMT, &peer);
+            assert!(
+                got.is_empty(),
+                "the management host accepted connections from {vm}: {got:?}"
+            );
+        }
+        let series = Series::drop(vm, "ingress", "management");
+        assert_grew(
+            &before,
+            &after,
+            &series,
+            &format!("{vm} scanned the management host"),
+        );
+        assert_grew(
+            &before,
+            &after,
+            &series.with_name(DROP_BYTES),
+            &format!("{vm} scanned the management host"),
+        );
+        // Never audited, not even in the audit segment.
+        let audited = Series::audit(vm, "ingress", "management");
+        assert_eq!(
+            audited.value(&after),
+            0.0,
+            "management is never audited, yet {audited} is non-zero:\n{}",
+            after.dump(AUDIT_PKTS)
+        );
+    }
+}
+
+/// I3 and "a scan finds nothing" at layer 2: a VM must not even learn that a management host
+/// exists. An ARP request or neighbour solicitation for a management address is dropped
+/// (`management`), so `nmap -sn` finds no host and learns no MAC address.
+#[test]
+fn management_host_is_invisible_to_address_resolution_scans() {
+    let env = Env::start("mgmt-l2");
+    let arp = host_discovery(&env.ns("acme-db1"), &[MGMT_V4]).unwrap();
+    let nd = host_discovery(&env.ns("acme-db1"), &[MGMT_V6]).unwrap();
+    assert!(
+        arp.up.is_empty() && nd.up.is_empty(),
+        "an ARP/ND scan from acme-db1 must not find the management host; found {} and {}\n\
+         {arp}{nd}{}",
+        fmt_addrs(&arp.up),
+        fmt_addrs(&nd.up),
+        env.counters()
+    );
+}
+
+/// Cases 3, 6 and 9: the flow acme/web -> acme/db tcp 5432 carries data both ways (the
+/// replies are recognised as the connection's), over IPv4 and IPv6; it is one-way and for
+/// its port only; the connection shows in the conntrack metrics while it is open.
+#[test]
+fn flow_within_a_tenant_carries_data_both_ways_and_only_one_way() {
+    let env = Env::start("flow");
+    let before = env.metrics();
+    {
+        let mut held = HeldConnection::open(
+            &env.ns("acme-web1"),
+            "10.1.2.2:5432".parse().unwrap(),
+            ALLOWED,
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "acme-web1 -> 10.1.2.2:5432 (flow): {e:#}\n{}",
+                env.counters()
+            )
+        });
+        let got = held.exchange(b"SELECT 1;\n").unwrap();
+        assert_eq!(got, b"SELECT 1;\n", "the flow's reply came back changed");
+        let m = env.metrics();
+        let entries = m.get(CT_ENTRIES, &[]);
+        let capacity = m.get(CT_CAPACITY, &[]);
+        let opened = Series {
+            name: CT_EVENTS,
+            labels: vec![("event", "opened".into())],
+        };
+        assert!(
+            entries.is_some_and(|e| e > 0.0),
+            "a connection is open: {CT_ENTRIES} must be > 0, got {entries:?}"
+        );
+        assert!(
+            capacity.is_some_and(|c| c >= entries.unwrap_or(0.0) && c > 0.0),
+            "{CT_CAPACITY} must be > 0 and >= the entries, got {capacity:?}"
+        );
+        assert_grew(
+            &before,
+            &m,
+            &opened,
+            "acme-web1 opened a connection over the flow",
+        );
+    }
+    check_probes(
+        &env,
+        &[
+            probe("flow (IPv4)", "acme-web1", "10.1.2.2:5432", BIG, true),
+            probe("flow (IPv6)", "acme-web1", "[fd00:1:2::2]:5432", BIG, true),
+            probe(
+                "flow from the other web VM",
+                "acme-web2",
+                "10.1.2.2:5432",
+                BIG,
+                true,
+            ),
+            // The listener on acme-web1:5432 is up: its own segment reaches it.
+            probe("same segment", "acme-web2", "10.1.1.2:5432", BIG, true),
+            probe(
+                "reverse of the flow",
+                "acme-db1",
+                "10.1.1.2:5432",
+                16,
+                false,
+            ),
+            probe(
+                "reverse of the flow (IPv6)",
+                "acme-db1",
+                "[fd00:1:1::2]:5432",
+                16,
+                false,
+            ),
+            probe(
+                "flow is for 5432 only",
+                "acme-web1",
+                "10.1.2.2:22",
+                16,
+                false,
+            ),
+            probe(
+                "flow is for 5432 only (IPv6)",
+                "acme-web1",
+                "[fd00:1:2::2]:22",
+                16,
+                false,
+            ),
+        ],
+    );
+    let after = env.metrics();
+    assert_grew(
+        &before,
+        &after,
+        &Series::drop("acme-db1", "ingress", "cross_segment"),
+        "acme-db1 tried the reverse of the flow",
+    );
+    assert_grew(
+        &before,
+        &after,
+        &Series::drop("acme-web1", "ingress", "cross_segment"),
+        "acme-web1 tried acme-db1:22",
+    );
+    // The data went both ways through both vifs: passes in both directions on the db vif.
+    for dir in ["ingress", "egress"] {
+        let series = Series {
+            name: PASS_PKTS,
+            labels: vec![
+                ("device", "vacme-db1".into()),
+                ("tenant", "acme".into()),
+                ("segment", "db".into()),
+                ("direction", dir.into()),
+            ],
+        };
+        let grew = series.value(&after) - series.value(&before);
+        // At least 4 frames per 256 KiB even if the veth hands over 64 KiB GSO packets.
+        assert!(
+            grew >= 12.0,
+            "3 x 256 KiB each way over the flow: {series} grew by only {grew}"
+        );
+    }
+    for peer in ["10.1.2.2", "fd00:1:2::2"] {
+        let got = env.arrivals("acme-web1", peer);
+        assert!(got.is_empty(), "acme-web1 accepted from acme-db1: {got:?}");
+    }
+}
+
+/// Case 4: the cross-tenant flow acme/web -> globex/api tcp 9000 admits exactly that: from
+/// acme/web, to globex/api, to port 9000, one way.
+#[test]
+fn cross_tenant_flow_admits_only_its_port_and_direction() {
+    let env = Env::start("xflow");
+    let before = env.metrics();
+    check_probes(
+        &env,
+        &[
+            probe("cross-tenant flow", "acme-web1", "10.2.1.2:9000", BIG, true),
+            probe(
+                "cross-tenant flow (IPv6)",
+                "acme-web1",
+                "[fd00:2:1::3]:9000",
+                BIG,
+                true,
+            ),
+            probe("cross-tenant flow", "acme-web2", "10.2.1.3:9000", BIG, true),
+            probe("exposed endpoint", "acme-web1", "10.2.1.2:80", BIG, true),
+            probe("other port", "acme-web1", "10.2.1.2:5432", 16, false),
+            probe(
+                "other port (IPv6)",
+                "acme-web1",
+                "[fd00:2:1::2]:22",
+                16,
+                false,
+            ),
+            probe(
+                "other segment of globex",
+                "acme-web1",
+                "10.2.2.2:9000",
+                16,
+                false,
+            ),
+            probe(
+                "other segment of acme",
+                "acme-db1",
+                "10.2.1.2:9000",
+                16,
+                false,
+            ),
+            probe("reverse", "globex-api1", "10.1.1.2:9000", 16, false),
+            probe(
+                "reverse (IPv6)",
+                "globex-api1",
+                "[fd00:1:1::3]:9000",
+                16,
+                false,
+            ),
+        ],
+    );
+    let after = env.metrics();
+    for (vm, why) in [
+        ("acme-web1", "acme-web1 tried ports the flow does not name"),
+        ("acme-db1", "acme-db1 is not the flow's source"),
+        ("globex-api1", "globex-api1 tried the reverse of the flow"),
+    ] {
+        assert_grew(
+            &before,
+            &after,
+            &Series::drop(vm, "ingress", "cross_tenant"),
+            why,
+        );
+    }
+    let got = env.arrivals("globex-ops1", "10.1.1.2");
+    assert!(
+        got.is_empty(),
+        "globex-ops1 accepted from acme-web1: {got:?}"
+    );
+}
+
+/// Case 5 (and 6): from the outside host, through the router, a scan of every enforced
+/// segment finds exactly the exposed endpoints, over IPv4 and IPv6; everything else is a
+/// `not_exposed` drop on the egress side of the target's vif.
+#[test]
+fn outside_host_reaches_only_exposed_endpoints() {
+    let env = Env::start("outside");
+    let all = [ACME.as_slice(), GLOBEX.as_slice()].concat();
+    let (t4, t6) = (v4_targets(&all), v6_targets(&all));
+    let before = env.metrics();
+    let s4 = env.scan(OUTSIDE, &strs(&t4));
+    env.assert_scan(
+        "from the outside: the exposed endpoints",
+        OUTSIDE,
+        &s4,
+        &endpoints(&[("10.1.1.2", 443), ("10.2.1.2", 80), ("10.2.1.3", 8080)]),
+    );
+    let s6 = env.scan(OUTSIDE, &strs(&t6));
+    env.assert_scan(
+        "from the outside over IPv6: the exposed endpoints",
+        OUTSIDE,
+        &s6,
+        &endpoints(&[
+            ("fd00:1:1::2", 443),
+            ("fd00:2:1::2", 80),
+            ("fd00:2:1::3", 8080),
+        ]),
+    );
+    let after = env.metrics();
+    for vm in [
+        "acme-web1",
+        "acme-web2",
+        "acme-db1",
+        "globex-api1",
+        "globex-ops1",
+    ] {
+        assert_grew(
+            &before,
+            &after,
+            &Series::drop(vm, "egress", "not_exposed"),
+            &format!("the outside host scanned {vm}'s private ports"),
+        );
+        let ingress = Series::drop(vm, "ingress", "not_exposed");
+        assert_eq!(
+            ingress.value(&after),
+            0.0,
+            "not_exposed is judged where traffic reaches a VM (egress), yet {ingress} moved"
+        );
+    }
+    for vm in ["acme-db1", "globex-ops1", "acme-web2"] {
+        for peer in [OUTSIDE_V4, OUTSIDE_V6] {
+            let got = env.arrivals(vm, peer);
+            assert!(
+                got.is_empty(),
+                "{vm} accepted from the outside host: {got:?}"
+            );
+        }
+    }
+    assert!(
+        env.ping(OUTSIDE, "10.1.1.2"),
+        "10.1.1.2 exposes icmp: the outside host must get an echo reply"
+    );
+    assert!(
+        !env.ping(OUTSIDE, "10.1.1.3"),
+        "10.1.1.3 exposes nothing: the outside host's ping must be dropped"
+    );
+}
+
+/// Case 5: egress allow lets a VM open connections to the outside (and get the replies);
+/// egress deny drops them (`egress_denied`), while the segment's exposed services still
+/// answer the outside; a connection a VM opened does not open the VM to the outside.
+#[test]
+fn egress_allow_and_deny_towards_the_outside() {
+    let env = Env::start("egress");
+    let out4 = format!("{OUTSIDE_V4}:443");
+    let out6 = format!("[{OUTSIDE_V6}]:443");
+    let before = env.metrics();
+    check_probes(
+        &env,
+        &[
+            probe(
+                "acme/web: egress allow",
+                "acme-web1",
+                &out4,
+                OUTSIDE_PAYLOAD,
+                true,
+            ),
+            probe(
+                "acme/web: egress allow (IPv6)",
+                "acme-web2",
+                &out6,
+                OUTSIDE_PAYLOAD,
+                true,
+            ),
+            probe(
+                "globex/ops: egress allow by default",
+                "globex-ops1",
+                &out4,
+                OUTSIDE_PAYLOAD,
+                true,
+            ),
+            probe("globex/api: egress deny", "globex-api1", &out4, 16, false),
+            probe(
+                "globex/api: egress deny (IPv6)",
+                "globex-api2",
+                &out6,
+                16,
+                false,
+            ),
+            probe("acme/db: egress deny", "acme-db1", &out4, 16, false),
+            probe(
+                "exposed, egress deny",
+                OUTSIDE,
+                "10.2.1.2:80",
+                OUTSIDE_PAYLOAD,
+                true,
+            ),
+            probe(
+                "exposed, egress deny (IPv6)",
+                OUTSIDE,
+                "[fd00:2:1::3]:8080",
+                OUTSIDE_PAYLOAD,
+                true,
+            ),
+            probe(
+                "exposed, egress allow",
+                OUTSIDE,
+                "10.1.1.2:443",
+                OUTSIDE_PAYLOAD,
+                true,
+            ),
+        ],
+    );
+    // acme-web1 has just talked to the outside: that opens nothing towards it.
+    check_probes(
+        &env,
+        &[
+            probe(
+                "not exposed, egress allow",
+                OUTSIDE,
+                "10.1.1.2:22",
+                16,
+                false,
+            ),
+            probe(
+                "not exposed (IPv6)",
+                OUTSIDE,
+                "[fd00:1:1::3]:443",
+                16,
+                false,
+            ),
+            probe(
+                "not exposed, egress deny",
+                OUTSIDE,
+                "10.2.1.2:8080",
+                16,
+                false,
+            ),
+        ],
+    );
+    let after = env.metrics();
+    for vm in ["globex-api1", "globex-api2", "acme-db1"] {
+        assert_grew(
+            &before,
+            &after,
+            &Series::drop(vm, "ingress", "egress_denied"),
+            &format!("{vm} (egress: deny) tried to reach the outside host"),
+        );
+    }
+    for vm in ["acme-web1", "acme-web2", "globex-api1"] {
+        assert_grew(
+            &before,
+            &after,
+            &Series::drop(vm, "egress", "not_exposed"),
+            &format!("the outside host tried a private port of {vm}"),
+        );
+    }
+    for vm in ["acme-web1", "acme-web2", "globex-ops1"] {
+        let egress = Series::drop(vm, "ingress", "egress_denied");
+        assert_eq!(
+            egress.value(&after),
+            0.0,
+            "{vm} has egress allow, yet {egress} moved"
+        );
+    }
+    // What the outside host saw: the allowed VMs, none of the denied ones.
+    for (vm, expect) in [
+        ("10.1.1.2", true),
+        ("fd00:1:1::3", true),
+        ("10.2.2.2", true),
+        ("10.2.1.2", false),
+        ("fd00:2:1::3", false),
+        ("10.1.2.2", false),
+    ] {
+        let got = env.arrivals(OUTSIDE, vm);
+        assert_eq!(
+            !got.is_empty(),
+            expect,
+            "connections the outside host accepted from {vm}: {got:?}"
+        );
+    }
+}
+
+/// The same exchanges as above with full-size segments. Frames that reach a VM's vif from a
+/// port without XDP (the router here, an uplink or the host stack in production) arrive
+/// as non-linear skbs; the TC egress program must judge them by their whole length (a
+/// check against the linear part only once dropped every payload above ~190 bytes).
+#[test]
+fn full_size_data_from_the_outside_is_not_dropped() {
+    let env = Env::start("bigdata");
+    let out4 = format!("{OUTSIDE_V4}:443");
+    let out6 = format!("[{OUTSIDE_V6}]:443");
+    check_probes(
+        &env,
+        &[
+            probe("exposed, from outside", OUTSIDE, "10.2.1.2:80", BIG, true),
+            probe(
+                "exposed, from outside (IPv6)",
+                OUTSIDE,
+                "[fd00:1:1::2]:443",
+                BIG,
+                true,
+            ),
+            probe("egress allow, replies", "acme-web1", &out4, BIG, true),
+            probe(
+                "egress allow, replies (IPv6)",
+                "globex-ops1",
+                &out6,
+                BIG,
+                true,
+            ),
+        ],
+    );
+    let m = env.metrics();
+    for vm in ["globex-api1", "acme-web1", "globex-ops1"] {
+        let malformed = Series::drop(vm, "egress", "malformed");
+        assert_eq!(malformed.value(&m), 0.0, "{malformed}");
+    }
+}
+
+/// Case 7: in a segment with `mode: audit` what would be dropped for an auditable reason
+/// passes and is counted in `isolator_audit_packets_total` under that reason, while the drop
+/// counter for the reason stays still; management is still enforced.
+#[test]
+fn audit_mode_counts_what_it_would_drop_and_passes_it() {
+    let env = Env::start("audit");
+    let out4 = format!("{OUTSIDE_V4}:443");
+    let before = env.metrics();
+    check_probes(
+        &env,
+        &[
+            probe(
+                "egress deny, audited",
+                "initech-lab1",
+                &out4,
+                OUTSIDE_PAYLOAD,
+                true,
+            ),
+            probe(
+                "not exposed, audited",
+                OUTSIDE,
+                "10.3.1.2:22",
+                OUTSIDE_PAYLOAD,
+                true,
+            ),
+            probe(
+                "cross segment, both audited",
+                "initech-lab1",
+                "10.3.2.2:22",
+                BIG,
+                true,
+            ),
+            probe(
+                "cross segment, both audited (IPv6)",
+                "initech-dev1",
+                "[fd00:3:1::2]:5432",
+                BIG,
+                true,
+            ),
+            // The receiver is enforced: its own vif still drops.
+            probe(
+                "into an enforced segment",
+                "initech-lab1",
+                "10.1.2.2:5432",
+                16,
+                false,
+            ),
+            probe(
+                "management",
+                "initech-lab1",
+                &format!("{MGMT_V4}:22"),
+                16,
+                false,
+            ),
+        ],
+    );
+    // Audit segments show everything to an outside scan.
+    let scan = env.scan(
+        OUTSIDE,
+        &[
+            &service_lab::INITECH_LAB.v4_prefix(),
+            &service_lab::INITECH_DEV.v4_prefix(),
+        ],
+    );
+    env.assert_scan(
+        "audit mode passes what it would drop",
+        OUTSIDE,
+        &scan,
+        &all_listeners(&["initech-lab1", "initech-dev1"], false),
+    );
+    let after = env.metrics();
+    for (vm, dir, reason) in [
+        ("initech-lab1", "ingress", "egress_denied"),
+        ("initech-lab1", "egress", "not_exposed"),
+        ("initech-lab1", "ingress", "cross_segment"),
+        ("initech-dev1", "egress", "cross_segment"),
+        ("initech-dev1", "ingress", "cross_segment"),
+        ("initech-lab1", "ingress", "cross_tenant"),
+        ("initech-dev1", "egress", "not_exposed"),
+    ] {
+        let audit = Series::audit(vm, dir, reason);
+        assert_grew(&before, &after, &audit, "audited traffic");
+        assert_grew(
+            &before,
+            &after,
+            &audit.with_name(AUDIT_BYTES),
+            "audited traffic",
+        );
+    }
+    for vm in ["initech-lab1", "initech-dev1"] {
+        for dir in ["ingress", "egress"] {
+            for reason in [
+                "cross_segment",
+                "cross_tenant",
+                "egress_denied",
+                "not_exposed",
+            ] {
+                assert_unchanged(
+                    &before,
+                    &after,
+                    &Series::drop(vm, dir, reason),
+                    &format!("{vm} is in audit mode: {reason} is audited, not dropped"),
+                );
+            }
+        }
+    }
+    assert_grew(
+        &before,
+        &after,
+        &Series::drop("initech-lab1", "ingress", "management"),
+        "management is enforced in audit mode too",
+    );
+    assert_grew(
+        &before,
+        &after,
+        &Series::drop("acme-db1", "egress", "cross_tenant"),
+        "acme/db is enforced: initech-lab1's connection is dropped where it reaches acme-db1",
+    );
+    let got = env.arrivals(MGMT, "10.3.1.2");
+    assert!(
+        got.is_empty(),
+        "the management host accepted from initech-lab1: {got:?}"
+    );
+}
+
+/// Case 8: each policy drop reason appears on /metrics with the labels that say where and
+/// which way (device, tenant, segment, direction, reason), in packets and bytes; the
+/// exposition passes `promtool check metrics`; the bridge ports of the router and the
+/// management host carry no program.
+#[test]
+fn every_policy_drop_reason_is_counted_with_its_labels() {
+    let env = Env::start("reasons");
+    let before = env.metrics();
+    check_probes(
+        &env,
+        &[
+            probe(
+                "management",
+                "acme-db1",
+                &format!("{MGMT_V4}:22"),
+                16,
+                false,
+            ),
+            probe(
+                "egress_denied",
+                "acme-db1",
+                &format!("{OUTSIDE_V4}:443"),
+                16,
+                false,
+            ),
+            probe("not_exposed", OUTSIDE, "10.1.2.2:5432", 16, false),
+            probe("cross_segment", "acme-db1", "10.1.1.3:22", 16, false),
+            probe("cross_tenant", "globex-ops1", "10.1.2.2:5432", 16, false),
+            probe("cross_tenant", "acme-db1", "[fd00:2:2::2]:22", 16, false),
+        ],
+    );
+    let text = env
+        .daemon
+        .scrape()
+        .unwrap_or_else(|e| panic!("scrape: {e:#}"));
+    if let Err(e) = promtool_check(&text) {
+        panic!("{e:#}\n--- scraped text ---\n{text}");
+    }
+    let after = Metrics::parse(&text).unwrap();
+    for (vm, dir, reason) in [
+        ("acme-db1", "ingress", "management"),
+        ("acme-db1", "ingress", "egress_denied"),
+        ("acme-db1", "egress", "not_exposed"),
+        ("acme-db1", "ingress", "cross_segment"),
+        ("globex-ops1", "ingress", "cross_tenant"),
+        ("acme-db1", "ingress", "cross_tenant"),
+    ] {
+        let pkts = Series::drop(vm, dir, reason);
+        assert_grew(&before, &after, &pkts, &format!("a {reason} probe"));
+        assert_grew(
+            &before,
+            &after,
+            &pkts.with_name(DROP_BYTES),
+            &format!("a {reason} probe"),
+        );
+    }
+    // Types and label sets of the families this version adds.
+    for (name, ty) in [
+        (AUDIT_PKTS, "counter"),
+        (AUDIT_BYTES, "counter"),
+        (CT_ENTRIES, "gauge"),
+        (CT_CAPACITY, "gauge"),
+        (CT_EVENTS, "counter"),
+    ] {
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        let t = after.types.get(name).or_else(|| after.types.get(family));
+        assert_eq!(t.map(String::as_str), Some(ty), "# TYPE of {name}");
+        assert!(!after.find(name, &[]).is_empty(), "no samples of {name}");
+    }
+    for s in &after.samples {
+        let keys: Vec<&str> = s.labels.keys().map(String::as_str).collect();
+        let expected: &[&str] = match s.name.as_str() {
+            DROP_PKTS | DROP_BYTES | AUDIT_PKTS | AUDIT_BYTES => {
+                &["device", "direction", "reason", "segment", "tenant"]
+            }
+            CT_ENTRIES | CT_CAPACITY => &[],
+            CT_EVENTS => &["event"],
+            _ => continue,
+        };
+        assert_eq!(keys, expected, "labels of {s:?}");
+        if let Some(dir) = s.labels.get("direction") {
+            assert!(dir == "ingress" || dir == "egress", "direction of {s:?}");
+        }
+    }
+    for port in [ROUTER_PORT, MGMT_PORT] {
+        let progs = env.sl.lab.vif_programs(port).unwrap();
+        assert!(
+            progs.is_empty(),
+            "{port} matches no interface pattern of the policy, yet carries {progs:?}"
+        );
+    }
+}
+
+/// The lab itself keeps the safety rules: no namespace has a default route (IPv4 or IPv6),
+/// the router forwards only between lab networks, and everything is removed afterwards.
+#[test]
+fn service_lab_has_no_default_route_and_is_removed() {
+    let sl = ServiceLab::build("routes").unwrap_or_else(|e| panic!("{e:#}"));
+    let namespaces = sl.lab.namespaces().to_vec();
+    assert_eq!(
+        namespaces.len(),
+        1 + 8 + 3,
+        "host, 8 VMs, router, outside, mgmt"
+    );
+    for ns in &namespaces {
+        for family in ["-4", "-6"] {
+            let out = std::process::Command::new("ip")
+                .args([family, "-n", ns, "route", "show", "default"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.trim().is_empty(),
+                "{ns} has a default route ({family}): {text}"
+            );
+        }
+    }
+    assert!(
+        sl.lab
+            .add_route(&sl.outside().ns, "0.0.0.0/0 via 203.0.113.1")
+            .is_err()
+            && sl
+                .lab
+                .add_route(&sl.outside().ns, "default via 203.0.113.1")
+                .is_err(),
+        "Lab::add_route must refuse default routes"
+    );
+    // Without isolator the router connects the outside host to every VM.
+    let ok = tcp_echo(
+        &sl.outside().ns,
+        "10.1.2.2:5432".parse().unwrap(),
+        OUTSIDE_PAYLOAD,
+        ALLOWED,
+    )
+    .unwrap();
+    assert!(
+        ok.echoed(),
+        "outside -> acme-db1 through the router: {ok:?}"
+    );
+    sl.destroy().unwrap();
+    let left: Vec<String> = isolator_tests::lab::our_namespaces()
+        .into_iter()
+        .filter(|n| namespaces.contains(n))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
