@@ -3247,7 +3247,10 @@ fn documented_error_examples_are_current() {
 #[test]
 fn readme_example_is_valid() {
     let readme = include_str!("../../../README.md");
-    let start = readme.find("```yaml\n").expect("the README has a yaml block") + 8;
+    let start = readme
+        .find("```yaml\n")
+        .expect("the README has a yaml block")
+        + 8;
     let end = start + readme[start..].find("```").expect("closed");
     // The block is indented under a list item.
     let text: String = readme[start..end]
