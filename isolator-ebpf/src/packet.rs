@@ -285,13 +285,9 @@ impl Packet {
         key.src = self.src;
         key.dst = self.dst;
         key.protocol = self.protocol;
-        if self.is_icmp() {
-            key.src_port = self.src_port;
-            key.dst_port = 0;
-        } else {
-            key.src_port = self.src_port;
-            key.dst_port = self.dst_port;
-        }
+        key.src_port = self.src_port;
+        key.dst_port = if self.is_icmp() { 0 } else { self.dst_port };
+        key._pad = [0; 3];
         true
     }
 
@@ -304,6 +300,7 @@ impl Packet {
         key.src = self.dst;
         key.dst = self.src;
         key.protocol = self.protocol;
+        // An echo reply carries the request's identifier where a request has its port.
         if self.is_icmp() {
             key.src_port = self.src_port;
             key.dst_port = 0;
@@ -311,6 +308,7 @@ impl Packet {
             key.src_port = self.dst_port;
             key.dst_port = self.src_port;
         }
+        key._pad = [0; 3];
         true
     }
 

@@ -467,11 +467,7 @@ impl Dataplane {
     /// (BPF_PROG_TEST_RUN) and returns the XDP action. `ifindex` must name a device in
     /// the calling thread's network namespace.
     pub fn test_run_ingress(&mut self, ifindex: u32, frame: &[u8]) -> Result<u32, DataplaneError> {
-        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex }: the kernel wants data_end = frame length, the rest zero.
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let ctx = xdp_md(ifindex, frame);
         let opts = TestRunOptions {
             data_in: Some(frame),
             ctx_in: Some(&ctx),
@@ -494,9 +490,7 @@ impl Dataplane {
         repeat: u32,
         baseline: bool,
     ) -> Result<Duration, DataplaneError> {
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let ctx = xdp_md(ifindex, frame);
         let opts = TestRunOptions {
             data_in: Some(frame),
             ctx_in: Some(&ctx),
@@ -592,6 +586,16 @@ fn purge_lpm<K: Pod, V: Pod>(
             .map_err(map_err(name, "removing an old entry"))?;
     }
     Ok(())
+}
+
+/// The context of a test run of an XDP program: `struct xdp_md { data, data_end,
+/// data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }`; the kernel wants
+/// data_end = frame length and the rest zero but the ingress interface.
+fn xdp_md(ifindex: u32, frame: &[u8]) -> [u8; 24] {
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
