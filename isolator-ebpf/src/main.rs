@@ -544,7 +544,7 @@ fn guard_source(vif: &Vif, p: &Packet) -> u8 {
         return verdict::SPOOFED_IP;
     }
     if p.is_nd_neighbour() {
-        if p.nd_lladdr_present && p.nd_lladdr != p.src_mac {
+        if p.nd_lladdr_foreign {
             return verdict::ND_SPOOF;
         }
         // An advertisement speaks for its target: it must be the VM's own address.
@@ -555,7 +555,7 @@ fn guard_source(vif: &Vif, p: &Packet) -> u8 {
     if p.is_router_message() && vif.info.flags & SegmentInfo::ALLOW_RA == 0 {
         return verdict::RA_GUARD;
     }
-    if p.is_dhcp_server() && vif.info.flags & SegmentInfo::ALLOW_DHCP_SERVER == 0 {
+    if p.is_dhcp_server_message() && vif.info.flags & SegmentInfo::ALLOW_DHCP_SERVER == 0 {
         return verdict::DHCP_GUARD;
     }
     verdict::PASS

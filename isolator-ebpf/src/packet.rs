@@ -103,9 +103,9 @@ pub struct Packet {
     pub l4_offset: usize,
     /// Target address of an IPv6 neighbour solicitation or advertisement.
     pub nd_target: [u8; 16],
-    /// A link-layer address option of a neighbour solicitation or advertisement.
-    pub nd_lladdr: [u8; 6],
-    pub nd_lladdr_present: bool,
+    /// A neighbour solicitation or advertisement carries a link-layer address option
+    /// other than the frame's source MAC (or more options than the parser walks).
+    pub nd_lladdr_foreign: bool,
     /// ARP sender hardware address and operation (1 request, 2 reply).
     pub arp_sha: [u8; 6],
     pub arp_op: u16,
@@ -136,7 +136,7 @@ impl Packet {
         self.icmp_type = 0;
         self.l4_offset = 0;
         self.nd_target = [0; 16];
-        self.nd_lladdr_present = false;
+        self.nd_lladdr_foreign = false;
         self.arp_op = 0;
         self.has_vlan = false;
         self.vlan = 0;
@@ -264,6 +264,16 @@ impl Packet {
             && self.has_ports
             && ((self.kind == KIND_IPV4 && self.src_port == 68 && self.dst_port == 67)
                 || (self.kind == KIND_IPV6 && self.src_port == 546 && self.dst_port == 547))
+    }
+
+    /// A message only a DHCP or DHCPv6 server (or relay) sends: from a server port, or to
+    /// a client port.
+    #[inline(always)]
+    pub fn is_dhcp_server_message(&self) -> bool {
+        self.protocol == IPPROTO_UDP
+            && self.has_ports
+            && ((self.kind == KIND_IPV4 && (self.src_port == 67 || self.dst_port == 68))
+                || (self.kind == KIND_IPV6 && (self.src_port == 547 || self.dst_port == 546)))
     }
 
     /// A DHCP or DHCPv6 server message to a client.
@@ -560,11 +570,13 @@ fn parse_l4(frame: &impl Frame, p: &mut Packet, offset: usize, available: usize)
     Ok(())
 }
 
-/// Options of a neighbour solicitation or advertisement walked for a link-layer address.
-const MAX_ND_OPTIONS: usize = 3;
+/// Options of a neighbour solicitation or advertisement walked for link-layer addresses;
+/// a message with more is refused (its later options could not be checked).
+const MAX_ND_OPTIONS: usize = 8;
 
-/// Reads the target address and the source/target link-layer address option of a
-/// neighbour solicitation or advertisement at `offset` (its ICMPv6 header).
+/// Reads the target address of a neighbour solicitation or advertisement at `offset`
+/// (its ICMPv6 header) and checks every source/target link-layer address option against
+/// the frame's source MAC: all must match, as a receiver may believe any of them.
 #[inline(always)]
 fn parse_nd(frame: &impl Frame, p: &mut Packet, offset: usize, available: usize) -> Result<(), u8> {
     if available < 24 {
@@ -572,10 +584,14 @@ fn parse_nd(frame: &impl Frame, p: &mut Packet, offset: usize, available: usize)
     }
     let t: *const [u8; 16] = ptr_at(frame, offset + 8).map_err(|()| verdict::MALFORMED)?;
     p.nd_target = unsafe { *t };
+    p.nd_lladdr_foreign = false;
     let mut walked = 24usize;
     for _ in 0..MAX_ND_OPTIONS {
+        if walked >= available {
+            return Ok(());
+        }
         if walked + 8 > available {
-            break;
+            return Err(verdict::MALFORMED);
         }
         let o: *const [u8; 8] = ptr_at(frame, offset + walked).map_err(|()| verdict::MALFORMED)?;
         let o = unsafe { &*o };
@@ -583,11 +599,14 @@ fn parse_nd(frame: &impl Frame, p: &mut Packet, offset: usize, available: usize)
             return Err(verdict::MALFORMED);
         }
         // 1: source link-layer address (solicitations), 2: target (advertisements).
-        if o[0] == 1 || o[0] == 2 {
-            p.nd_lladdr_present = true;
-            p.nd_lladdr = [o[2], o[3], o[4], o[5], o[6], o[7]];
+        if (o[0] == 1 || o[0] == 2) && [o[2], o[3], o[4], o[5], o[6], o[7]] != p.src_mac {
+            p.nd_lladdr_foreign = true;
         }
         walked += o[1] as usize * 8;
+    }
+    if walked < available {
+        // Options beyond the walk: they could carry a link-layer address unchecked.
+        p.nd_lladdr_foreign = true;
     }
     Ok(())
 }

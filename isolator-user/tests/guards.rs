@@ -8,8 +8,8 @@ mod common;
 
 use common::{
     BROADCAST, L4, Lab, PEER_MAC, V4, VM_MAC, arp_frame, echo_request, fragment_header,
-    in_private_netns, ip_from, nd_with_lladdr, out, router_advertisement, row, tagged, tcp, udp,
-    v6_with_extensions,
+    in_private_netns, ip_from, nd_with_lladdr, nd_with_options, out, router_advertisement, row,
+    tagged, tcp, udp, v6_with_extensions,
 };
 use isolator::compile::Plan;
 use isolator_common::{SegmentInfo, verdict};
@@ -30,6 +30,8 @@ tenants:
 const M1: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 0x01];
 const M2: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 0x02];
 const MDB: [u8; 6] = [0x02, 0, 0, 0, 0xdb, 0x01];
+/// An MTU option's body: reserved, MTU 1500.
+const MTU: [u8; 6] = [0, 0, 0, 0, 0x05, 0xdc];
 
 fn declare(plan: &mut Plan) {
     let aw1 = plan
@@ -229,6 +231,71 @@ fn arp_and_neighbour_discovery() {
                 verdict::PASS,
             ),
             row(
+                "a foreign target link-layer address after three other options",
+                "d-aw2",
+                nd_with_options(
+                    M2,
+                    136,
+                    "fd00:1:1::7",
+                    "ff02::1",
+                    "fd00:1:1::7",
+                    &[(5, MTU), (5, MTU), (5, MTU), (2, M1)],
+                ),
+                verdict::ND_SPOOF,
+            ),
+            row(
+                "a foreign target link-layer address first, its own second",
+                "d-aw2",
+                nd_with_options(
+                    M2,
+                    136,
+                    "fd00:1:1::7",
+                    "ff02::1",
+                    "fd00:1:1::7",
+                    &[(2, M1), (2, M2)],
+                ),
+                verdict::ND_SPOOF,
+            ),
+            row(
+                "a foreign source link-layer address in a solicitation's fourth option",
+                "d-aw2",
+                nd_with_options(
+                    M2,
+                    135,
+                    "fd00:1:1::7",
+                    "ff02::1:ff00:3",
+                    "fd00:1:1::3",
+                    &[(5, MTU), (5, MTU), (5, MTU), (1, M1)],
+                ),
+                verdict::ND_SPOOF,
+            ),
+            row(
+                "more options than are walked",
+                "d-aw2",
+                nd_with_options(
+                    M2,
+                    136,
+                    "fd00:1:1::7",
+                    "ff02::1",
+                    "fd00:1:1::7",
+                    &[(5, MTU); 9],
+                ),
+                verdict::ND_SPOOF,
+            ),
+            row(
+                "its own link-layer address among other options",
+                "d-aw2",
+                nd_with_options(
+                    M2,
+                    136,
+                    "fd00:1:1::7",
+                    "ff02::1",
+                    "fd00:1:1::7",
+                    &[(5, MTU), (2, M2), (5, MTU)],
+                ),
+                verdict::PASS,
+            ),
+            row(
                 "advertisement of another segment's address",
                 "d-aw2",
                 nd_with_lladdr(M2, M2, 136, "fd00:1:1::7", "ff02::1", "fd00:1:2::5"),
@@ -282,6 +349,30 @@ fn router_and_dhcp_guards() {
                 "DHCPv6 server message from a VM",
                 "d-aw2",
                 ip_from(M2, PEER_MAC, "fe80::2", "fe80::3", udp(547, 546)),
+                verdict::DHCP_GUARD,
+            ),
+            row(
+                "DHCP server message to a relay (67 -> 67)",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "10.1.1.7", "10.1.1.3", udp(67, 67)),
+                verdict::DHCP_GUARD,
+            ),
+            row(
+                "DHCPv6 relay reply (547 -> 547)",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "fd00:1:1::7", "fd00:1:1::3", udp(547, 547)),
+                verdict::DHCP_GUARD,
+            ),
+            row(
+                "a DHCP answer from another source port (6767 -> 68)",
+                "d-aw2",
+                ip_from(M2, BROADCAST, "10.1.1.7", "255.255.255.255", udp(6767, 68)),
+                verdict::DHCP_GUARD,
+            ),
+            row(
+                "a DHCPv6 answer from another source port (6767 -> 546)",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "fe80::2", "fe80::3", udp(6767, 546)),
                 verdict::DHCP_GUARD,
             ),
             row(

@@ -13,6 +13,7 @@ pub mod net;
 pub mod netns;
 pub mod nmap;
 pub mod prom;
+pub mod scapy;
 pub mod service_lab;
 pub mod signal;
 pub mod topology;

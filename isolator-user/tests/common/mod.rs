@@ -590,3 +590,24 @@ pub fn nd_with_lladdr(
     let packet = ip_packet(src.parse().unwrap(), dst.parse().unwrap(), 58, &payload);
     ethernet(src_mac, [0x33, 0x33, 0, 0, 0, 1], true, &packet)
 }
+
+/// A neighbour solicitation (135) or advertisement (136) with several 8-byte options
+/// `(type, six bytes)`: 1 source and 2 target link-layer address, 5 MTU.
+pub fn nd_with_options(
+    src_mac: [u8; 6],
+    kind: u8,
+    src: &str,
+    dst: &str,
+    target: &str,
+    options: &[(u8, [u8; 6])],
+) -> Vec<u8> {
+    let target: Ipv6Addr = target.parse().unwrap();
+    let mut payload = vec![kind, 0, 0, 0, 0, 0, 0, 0];
+    payload.extend_from_slice(&target.octets());
+    for (kind, body) in options {
+        payload.extend_from_slice(&[*kind, 1]);
+        payload.extend_from_slice(body);
+    }
+    let packet = ip_packet(src.parse().unwrap(), dst.parse().unwrap(), 58, &payload);
+    ethernet(src_mac, [0x33, 0x33, 0, 0, 0, 1], true, &packet)
+}
