@@ -50,6 +50,11 @@ pub mod maps {
     pub const FRAGMENTS: &str = "FRAGMENTS";
 }
 
+/// Version of the map layout (keys, values, sizes). Pinned maps live in a directory named
+/// after it, so that a daemon never reuses maps of another layout; bump it with any
+/// change to the types below or to a map's definition.
+pub const STATE_LAYOUT: u32 = 1;
+
 /// Program names in the eBPF object.
 pub mod programs {
     /// XDP program attached to the host side of each vif (direction ingress).

@@ -31,9 +31,16 @@ use crate::{error_chain, netlink, policy};
 /// Where `/metrics` and `/healthz` are served unless `--metrics-addr` says otherwise.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9647";
 
+/// Where pinned maps and links live unless `--state-dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/sys/fs/bpf/isolator";
+
 pub struct RunOptions {
     pub config: PathBuf,
     pub metrics_addr: SocketAddr,
+    /// A bpffs directory for pinned maps and links (one per daemon).
+    pub state_dir: PathBuf,
+    /// On SIGINT/SIGTERM, leave the programs enforcing for the next daemon.
+    pub persist: bool,
 }
 
 /// How often idle tracked connections are swept from the kernel table.
@@ -99,8 +106,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .context("subscribing to link events")?;
     let link_task = tokio::spawn(connection);
 
-    let dataplane =
-        Dataplane::load().context("loading the kernel programs (are you root, kernel >= 6.6?)")?;
+    let dataplane = Dataplane::load_pinned(&opts.state_dir).with_context(|| {
+        format!(
+            "loading the kernel programs with their state in {} (are you root, kernel >= \
+                 6.6, bpffs mounted at /sys/fs/bpf?)",
+            opts.state_dir.display()
+        )
+    })?;
     let shared = Arc::new(Shared {
         reconciling: tokio::sync::Mutex::new(()),
         dataplane: Mutex::new(dataplane),
@@ -158,7 +170,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         task.abort();
     }
     let mut dataplane = shared.dataplane.lock().unwrap_or_else(|p| p.into_inner());
-    let failed = dataplane.detach_all();
+    if opts.persist {
+        info!(
+            state_dir = %opts.state_dir.display(),
+            "--persist: leaving every interface enforced for the next daemon; exiting"
+        );
+        return Ok(());
+    }
+    let failed = dataplane.shut_down(Some(&opts.state_dir));
     for (name, e) in &failed {
         error!(device = %name, error = %error_chain(e), "detaching failed");
     }
@@ -264,11 +283,22 @@ async fn reconcile(shared: &Shared, policy: Option<Policy>) -> anyhow::Result<()
                 device = %vif.name, %segment,
                 "enforcing in generic XDP mode: the driver refused native mode; correct but slower"
             ),
+            Ok(AttachMode::TakenOver) => info!(
+                device = %vif.name, %segment,
+                "enforcing (took over the previous daemon's programs without a gap)"
+            ),
             Err(e) => {
                 error!(device = %vif.name, %segment, error = %error_chain(&e), "NOT enforcing on this interface");
                 failures.push(vif.name.clone());
             }
         }
+    }
+    let released = dataplane.release_leftovers();
+    if released > 0 {
+        info!(
+            count = released,
+            "removed programs a previous daemon left on interfaces that are gone or no longer managed"
+        );
     }
     if plan.vifs.is_empty() {
         warn!(

@@ -10,14 +10,17 @@
 //! generation fails, it is removed again and the old policy stays active.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::{
-    Ebpf, EbpfError, Pod,
+    Ebpf, EbpfError, EbpfLoader, Pod,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
-        tc::SchedClassifierLinkId, xdp::XdpLinkId,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 use isolator_common::{
@@ -50,6 +53,12 @@ pub enum DataplaneError {
         what: String,
         #[source]
         source: MapError,
+    },
+    #[error("pinned state: {what}")]
+    Pin {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("program {program}: {what}")]
     Program {
@@ -84,14 +93,76 @@ pub enum AttachMode {
     Native,
     /// Generic (skb) mode: correct, slower; used when the driver refuses native mode.
     Generic,
+    /// Taken over from a previous daemon: its links were pinned and now run this
+    /// daemon's programs (the mode they were attached in is kept).
+    TakenOver,
 }
 
-#[derive(Debug)]
+/// A link the dataplane holds: by its file descriptor alone, or pinned as well, so that
+/// it outlives the daemon.
+enum Held {
+    Owned(FdLink),
+    Pinned(PinnedLink),
+}
+
+impl Held {
+    /// Detaches the link (and removes its pin).
+    fn release(self) -> std::io::Result<()> {
+        match self {
+            Held::Owned(link) => drop(link),
+            Held::Pinned(link) => drop(link.unpin()?),
+        }
+        Ok(())
+    }
+}
+
 struct Attachment {
     name: String,
-    xdp: XdpLinkId,
-    tc: SchedClassifierLinkId,
+    xdp: Held,
+    tc: Held,
     mode: AttachMode,
+}
+
+/// A vif's pinned (XDP, TC) links left by a previous daemon, by ifindex.
+type LeftLinks = BTreeMap<u32, (Option<PinnedLink>, Option<PinnedLink>)>;
+
+/// Where pinned links are kept, and the links a previous daemon left there.
+struct Pins {
+    links: PathBuf,
+    /// Not yet taken over.
+    left: LeftLinks,
+}
+
+/// Maps kept in the state directory, so that a restarted daemon finds the policy in
+/// force, its counters and its tracked connections.
+const PINNED_MAPS: [&str; 20] = [
+    maps::CONFIG,
+    maps::SETTINGS,
+    maps::VIFS,
+    maps::SEGMENTS,
+    maps::PREFIXES_V4,
+    maps::PREFIXES_V6,
+    maps::MANAGEMENT_V4,
+    maps::MANAGEMENT_V6,
+    maps::EXPOSED_V4,
+    maps::EXPOSED_V6,
+    maps::FLOWS,
+    maps::NEIGHBOURS,
+    maps::CONNTRACK,
+    maps::CONNTRACK_EVENTS,
+    maps::MAC_VIFS,
+    maps::VIF_ADDRS_V4,
+    maps::VIF_ADDRS_V6,
+    maps::VIF_VLANS,
+    maps::FRAGMENTS,
+    maps::COUNTERS,
+];
+
+fn pin_err(
+    what: impl Into<String>,
+) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> DataplaneError {
+    let what = what.into();
+    move |source| DataplaneError::Pin { what, source }
 }
 
 /// The loaded programs and their maps.
@@ -117,6 +188,7 @@ pub struct Dataplane {
     counters: PerCpuHashMap<MapData, CounterKey, Counter>,
     active: u32,
     attached: BTreeMap<u32, Attachment>,
+    pins: Option<Pins>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -133,7 +205,50 @@ impl Dataplane {
     /// Loads the programs into the kernel (verifier included) without attaching them.
     /// Until a policy is applied, every frame would be dropped as `no_policy`.
     pub fn load() -> Result<Self, DataplaneError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
+        let ebpf = Ebpf::load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
+        Self::from_ebpf(ebpf, None)
+    }
+
+    /// Loads the programs with their maps and links kept under `state_dir` (a bpffs
+    /// directory): maps a previous daemon pinned there are reused (the policy in force,
+    /// counters, tracked connections), and its pinned links are taken over by
+    /// [`Dataplane::attach`]. Without a previous daemon this is [`Dataplane::load`]
+    /// plus pinning.
+    pub fn load_pinned(state_dir: &Path) -> Result<Self, DataplaneError> {
+        ensure_bpffs(state_dir)?;
+        let map_dir = state_dir.join(format!("maps-v{}", isolator_common::STATE_LAYOUT));
+        let links = state_dir.join("links");
+        for dir in [&map_dir, &links] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| pin_err(format!("creating {}", dir.display()))(Box::new(e)))?;
+        }
+        let mut loader = EbpfLoader::new();
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, map_dir.join(name));
+        }
+        let ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
+        let left = read_pinned_links(&links)?;
+        let mut dp = Self::from_ebpf(ebpf, Some(Pins { links, left }))?;
+        // A previous daemon's policy may be in force: continue from its generation.
+        dp.active = dp
+            .config
+            .get(&0, 0)
+            .map_err(map_err(maps::CONFIG, "reading the active generation"))?;
+        // Maps of other layouts belong to older versions; their programs are replaced
+        // as this daemon takes their links over, so the maps can go.
+        if let Ok(entries) = std::fs::read_dir(state_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("maps-v") && entry.path() != map_dir {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(dp)
+    }
+
+    fn from_ebpf(mut ebpf: Ebpf, pins: Option<Pins>) -> Result<Self, DataplaneError> {
         let config = take(&mut ebpf, maps::CONFIG)?;
         let settings = take(&mut ebpf, maps::SETTINGS)?;
         let vifs = take(&mut ebpf, maps::VIFS)?;
@@ -174,6 +289,7 @@ impl Dataplane {
             counters,
             active: 0,
             attached: BTreeMap::new(),
+            pins,
         };
         dp.ingress()?
             .load()
@@ -315,37 +431,53 @@ impl Dataplane {
 
     /// Attaches both programs to a vif: XDP (ingress) in native mode, or generic mode
     /// when the driver refuses native XDP, and TC on its egress (TCX). Both or neither:
-    /// if the second attachment fails, the first is undone.
+    /// if the second attachment fails, the first is undone. Links a previous daemon
+    /// pinned for this vif are taken over instead: the running programs are replaced by
+    /// this daemon's, atomically, so the vif is never without one.
     pub fn attach(&mut self, name: &str, ifindex: u32) -> Result<AttachMode, DataplaneError> {
         if let Some(existing) = self.attached.get(&ifindex) {
             return Ok(existing.mode);
         }
-        let program = self.ingress()?;
-        let (xdp, mode) = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
-            Ok(link) => (link, AttachMode::Native),
-            Err(native_err) => {
-                let link = program
-                    .attach_to_if_index(ifindex, XdpMode::Skb)
-                    .map_err(prog_err(
-                        programs::XDP_INGRESS,
-                        format!(
-                            "attaching to {name} (ifindex {ifindex}) in native mode failed \
-                             ({native_err}) and in generic mode too"
-                        ),
-                    ))?;
-                (link, AttachMode::Generic)
-            }
+        let (old_xdp, old_tc) = self
+            .pins
+            .as_mut()
+            .and_then(|p| p.left.remove(&ifindex))
+            .unwrap_or((None, None));
+        let taken_over = old_xdp.is_some() || old_tc.is_some();
+
+        let (xdp, mut mode) = match old_xdp {
+            Some(old) => (self.take_over_xdp(name, old)?, AttachMode::TakenOver),
+            None => self.attach_xdp(name, ifindex)?,
         };
-        let tc = match self.egress()?.attach(name, TcAttachType::Egress) {
-            Ok(link) => link,
+        let tc = match old_tc {
+            Some(old) => self.take_over_tc(name, old),
+            None => self.attach_tc(name, ifindex),
+        };
+        let tc = match tc {
+            Ok(tc) => tc,
             Err(e) => {
-                let _ = self.ingress()?.detach(xdp);
-                return Err(prog_err(
-                    programs::TC_EGRESS,
-                    format!("attaching to the egress of {name} (ifindex {ifindex})"),
-                )(e));
+                let _ = xdp.release();
+                return Err(e);
             }
         };
+        // Pinned, the links outlive this daemon (a crash leaves the vif enforced).
+        let xdp = match self.pin(ifindex, "xdp", xdp) {
+            Ok(xdp) => xdp,
+            Err(e) => {
+                let _ = tc.release();
+                return Err(e);
+            }
+        };
+        let tc = match self.pin(ifindex, "tc", tc) {
+            Ok(tc) => tc,
+            Err(e) => {
+                let _ = xdp.release();
+                return Err(e);
+            }
+        };
+        if taken_over {
+            mode = AttachMode::TakenOver;
+        }
         self.attached.insert(
             ifindex,
             Attachment {
@@ -358,21 +490,134 @@ impl Dataplane {
         Ok(mode)
     }
 
+    fn attach_xdp(
+        &mut self,
+        name: &str,
+        ifindex: u32,
+    ) -> Result<(Held, AttachMode), DataplaneError> {
+        let program = self.ingress()?;
+        let (id, mode) = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Ok(id) => (id, AttachMode::Native),
+            Err(native_err) => {
+                let id = program
+                    .attach_to_if_index(ifindex, XdpMode::Skb)
+                    .map_err(prog_err(
+                        programs::XDP_INGRESS,
+                        format!(
+                            "attaching to {name} (ifindex {ifindex}) in native mode failed \
+                             ({native_err}) and in generic mode too"
+                        ),
+                    ))?;
+                (id, AttachMode::Generic)
+            }
+        };
+        let link = program
+            .take_link(id)
+            .map_err(prog_err(programs::XDP_INGRESS, "taking the link"))?;
+        let link = FdLink::try_from(link).map_err(|e| {
+            pin_err(format!("the XDP link of {name} is not a bpf_link"))(Box::new(e))
+        })?;
+        Ok((Held::Owned(link), mode))
+    }
+
+    fn attach_tc(&mut self, name: &str, ifindex: u32) -> Result<Held, DataplaneError> {
+        let program = self.egress()?;
+        let id = program
+            .attach(name, TcAttachType::Egress)
+            .map_err(prog_err(
+                programs::TC_EGRESS,
+                format!("attaching to the egress of {name} (ifindex {ifindex})"),
+            ))?;
+        let link = program
+            .take_link(id)
+            .map_err(prog_err(programs::TC_EGRESS, "taking the link"))?;
+        let link = FdLink::try_from(link).map_err(|e| {
+            pin_err(format!("the TC link of {name} is not a bpf_link"))(Box::new(e))
+        })?;
+        Ok(Held::Owned(link))
+    }
+
+    fn take_over_xdp(&mut self, name: &str, old: PinnedLink) -> Result<Held, DataplaneError> {
+        let link = old
+            .unpin()
+            .map_err(|e| pin_err(format!("unpinning the XDP link of {name}"))(Box::new(e)))?;
+        let link = XdpLink::try_from(link)
+            .map_err(|e| pin_err(format!("the pinned XDP link of {name}"))(Box::new(e)))?;
+        let program = self.ingress()?;
+        let id = program.attach_to_link(link).map_err(prog_err(
+            programs::XDP_INGRESS,
+            format!("replacing the program on {name}'s pinned link"),
+        ))?;
+        let link = program
+            .take_link(id)
+            .map_err(prog_err(programs::XDP_INGRESS, "taking the link"))?;
+        let link = FdLink::try_from(link)
+            .map_err(|e| pin_err(format!("the XDP link of {name}"))(Box::new(e)))?;
+        Ok(Held::Owned(link))
+    }
+
+    fn take_over_tc(&mut self, name: &str, old: PinnedLink) -> Result<Held, DataplaneError> {
+        let link = old
+            .unpin()
+            .map_err(|e| pin_err(format!("unpinning the TC link of {name}"))(Box::new(e)))?;
+        let link = SchedClassifierLink::try_from(link)
+            .map_err(|e| pin_err(format!("the pinned TC link of {name}"))(Box::new(e)))?;
+        let program = self.egress()?;
+        let id = program.attach_to_link(link).map_err(prog_err(
+            programs::TC_EGRESS,
+            format!("replacing the program on {name}'s pinned link"),
+        ))?;
+        let link = program
+            .take_link(id)
+            .map_err(prog_err(programs::TC_EGRESS, "taking the link"))?;
+        let link = FdLink::try_from(link)
+            .map_err(|e| pin_err(format!("the TC link of {name}"))(Box::new(e)))?;
+        Ok(Held::Owned(link))
+    }
+
+    /// Pins a link under the state directory (when there is one). On error the link is
+    /// gone (detached).
+    fn pin(&self, ifindex: u32, kind: &str, link: Held) -> Result<Held, DataplaneError> {
+        let Some(pins) = &self.pins else {
+            return Ok(link);
+        };
+        let Held::Owned(fd) = link else {
+            return Ok(link);
+        };
+        let path = pins.links.join(format!("{ifindex}-{kind}"));
+        // A leftover that was not a link would block the pin.
+        let _ = std::fs::remove_file(&path);
+        fd.pin(&path)
+            .map(Held::Pinned)
+            .map_err(|e| pin_err(format!("pinning {}", path.display()))(Box::new(e)))
+    }
+
+    /// Links pinned by a previous daemon that no vif took over: the vifs are gone or no
+    /// longer managed, so their programs are removed.
+    pub fn release_leftovers(&mut self) -> usize {
+        let Some(pins) = self.pins.as_mut() else {
+            return 0;
+        };
+        let left = std::mem::take(&mut pins.left);
+        let count = left.len();
+        for (_, (xdp, tc)) in left {
+            for link in [xdp, tc].into_iter().flatten() {
+                let _ = link.unpin();
+            }
+        }
+        count
+    }
+
     /// Detaches both programs from one vif.
     pub fn detach(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         let Some(attachment) = self.attached.remove(&ifindex) else {
             return Ok(());
         };
         let name = attachment.name;
-        let xdp = self.ingress()?.detach(attachment.xdp).map_err(prog_err(
-            programs::XDP_INGRESS,
-            format!("detaching from {name}"),
-        ));
-        let tc = self.egress()?.detach(attachment.tc).map_err(prog_err(
-            programs::TC_EGRESS,
-            format!("detaching from {name}"),
-        ));
+        let xdp = attachment.xdp.release();
+        let tc = attachment.tc.release();
         xdp.and(tc)
+            .map_err(|e| pin_err(format!("detaching from {name}"))(Box::new(e)))
     }
 
     /// Detaches from every vif; returns the names of the ones that failed with why.
@@ -384,6 +629,20 @@ impl Dataplane {
             if let Err(e) = self.detach(ifindex) {
                 failures.push((name, e));
             }
+        }
+        failures
+    }
+
+    /// Detaches from every vif and removes the state directory (pinned maps and links):
+    /// once this daemon exits, nothing of it stays in the kernel.
+    pub fn shut_down(&mut self, state_dir: Option<&Path>) -> Vec<(String, DataplaneError)> {
+        let failures = self.detach_all();
+        self.release_leftovers();
+        if let Some(dir) = state_dir
+            && let Err(e) = std::fs::remove_dir_all(dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing the state directory");
         }
         failures
     }
@@ -607,6 +866,92 @@ fn monotonic_ns() -> u64 {
     // SAFETY: ts is a valid timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The state directory must be on bpffs. The conventional place, /sys/fs/bpf, is
+/// mounted here when nothing is (as systemd does at boot); anywhere else the operator
+/// has to mount it.
+fn ensure_bpffs(state_dir: &Path) -> Result<(), DataplaneError> {
+    let mut existing = state_dir;
+    while !existing.exists() {
+        existing = existing.parent().unwrap_or(Path::new("/"));
+    }
+    if fs_magic(existing) == Some(BPF_FS_MAGIC) {
+        return Ok(());
+    }
+    let conventional = Path::new("/sys/fs/bpf");
+    if existing == conventional && fs_magic(conventional) != Some(BPF_FS_MAGIC) {
+        tracing::info!("mounting bpffs at /sys/fs/bpf (nothing was mounted there)");
+        // SAFETY: valid NUL-terminated strings; mounting bpffs has no other preconditions.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        return Err(pin_err("mounting bpffs at /sys/fs/bpf")(Box::new(
+            std::io::Error::last_os_error(),
+        )));
+    }
+    Err(pin_err(format!(
+        "{} is not on a bpf filesystem; mount one (mount -t bpf bpf DIR) or choose \
+         --state-dir under /sys/fs/bpf",
+        state_dir.display()
+    ))(Box::new(std::io::Error::from(
+        std::io::ErrorKind::Unsupported,
+    ))))
+}
+
+fn fs_magic(path: &Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is NUL-terminated and st is a valid statfs to fill.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_type as i64)
+}
+
+/// The links pinned under `dir` by a previous daemon, by ifindex: files `<ifindex>-xdp`
+/// and `<ifindex>-tc`.
+fn read_pinned_links(dir: &Path) -> Result<LeftLinks, DataplaneError> {
+    let mut left = LeftLinks::new();
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| pin_err(format!("listing {}", dir.display()))(Box::new(e)))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((ifindex, kind)) = name.split_once('-') else {
+            continue;
+        };
+        let Ok(ifindex) = ifindex.parse::<u32>() else {
+            continue;
+        };
+        let link = match PinnedLink::from_pin(entry.path()) {
+            Ok(link) => link,
+            Err(e) => {
+                // Not a link (or unreadable): leave it, say so.
+                tracing::warn!(path = %entry.path().display(), error = %e, "ignoring a pin that is not a link");
+                continue;
+            }
+        };
+        let slot = left.entry(ifindex).or_default();
+        match kind {
+            "xdp" => slot.0 = Some(link),
+            "tc" => slot.1 = Some(link),
+            _ => {}
+        }
+    }
+    Ok(left)
 }
 
 fn collect_keys<K>(

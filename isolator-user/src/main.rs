@@ -35,6 +35,14 @@ enum Command {
         /// Address for /metrics and /healthz.
         #[arg(long, value_name = "ADDR", default_value = daemon::DEFAULT_METRICS_ADDR)]
         metrics_addr: SocketAddr,
+        /// Directory on bpffs for the pinned maps and links that keep enforcement running
+        /// if the daemon dies; a daemon started with the same directory takes them over.
+        #[arg(long, value_name = "DIR", default_value = daemon::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// On SIGINT/SIGTERM keep enforcing (leave the programs attached and pinned) for
+        /// the next daemon, as for an upgrade; without it everything is detached.
+        #[arg(long)]
+        persist: bool,
     },
 }
 
@@ -59,6 +67,8 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             metrics_addr,
+            state_dir,
+            persist,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -77,6 +87,8 @@ fn main() -> ExitCode {
             match runtime.block_on(daemon::run(daemon::RunOptions {
                 config,
                 metrics_addr,
+                state_dir,
+                persist,
             })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -66,16 +66,32 @@ impl Daemon {
         metrics_port: u16,
         log_dir: &Path,
     ) -> Result<Daemon> {
+        Daemon::start_with(lab, bin, config, metrics_port, log_dir, &[])
+    }
+
+    /// [`Daemon::start`] with more `isolator run` arguments (e.g. `--persist`).
+    pub fn start_with(
+        lab: &Lab,
+        bin: &Path,
+        config: &Path,
+        metrics_port: u16,
+        log_dir: &Path,
+        extra: &[&str],
+    ) -> Result<Daemon> {
         let metrics_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, metrics_port));
         let log_path = log_dir.join("isolator.log");
         let log =
             File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
+        let state_dir = lab.state_dir()?;
         let mut cmd = lab.nsenter_host(bin);
         cmd.arg("run")
             .arg("--config")
             .arg(config)
             .arg("--metrics-addr")
             .arg(metrics_addr.to_string())
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

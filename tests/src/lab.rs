@@ -25,6 +25,7 @@
 //! return, on `?` errors (also half-way through construction) and while unwinding a panic.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -129,6 +130,8 @@ pub struct Lab {
     hosts: Vec<Host>,
     children: Mutex<Vec<Child>>,
     onlink_routes: Vec<String>,
+    /// A private bpffs instance for the daemon's pinned state, mounted on first use.
+    bpffs: Mutex<Option<PathBuf>>,
 }
 
 impl Lab {
@@ -152,6 +155,7 @@ impl Lab {
             hosts: Vec::new(),
             children: Mutex::new(Vec::new()),
             onlink_routes: vec!["10.0.0.0/8".into(), "fd00::/16".into()],
+            bpffs: Mutex::new(None),
         };
         let host = lab.host.clone();
         lab.add_netns(&host)
@@ -588,7 +592,29 @@ impl Lab {
             let _ = child.wait();
         }
         let namespaces = std::mem::take(&mut self.namespaces);
-        delete_namespaces(&namespaces)
+        let left = delete_namespaces(&namespaces);
+        // After the namespaces (and the daemons in them) are gone: the pins go with the
+        // private bpffs instance.
+        if let Some(dir) = self.bpffs.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            unmount_bpffs(&dir);
+        }
+        left
+    }
+
+    /// A directory for `isolator run --state-dir`: inside a bpffs instance private to this
+    /// lab (mounted on first use under the temp dir, unmounted when the lab is dropped), so
+    /// that parallel labs never share pinned maps and nothing is pinned under the host's
+    /// /sys/fs/bpf. Daemons started again on the same lab find what the previous one left.
+    pub fn state_dir(&self) -> Result<PathBuf> {
+        let mut slot = self.bpffs.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            let dir = bpffs_mount_point(&self.id);
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            netns::run_ok(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir))
+                .with_context(|| format!("mount a bpffs at {}", dir.display()))?;
+            *slot = Some(dir);
+        }
+        Ok(slot.as_ref().expect("mounted").join("isolator"))
     }
 }
 
@@ -641,6 +667,7 @@ fn delete_namespaces(namespaces: &[String]) -> Vec<String> {
 /// Removes namespaces `isot-<pid>-...` whose creating process `pid` no longer exists
 /// (left behind by a test run that was SIGKILLed). Never panics.
 pub fn reap_stale() {
+    reap_stale_bpffs();
     let Ok(all) = netns::list_netns() else { return };
     let stale: Vec<String> = all
         .into_iter()
@@ -657,6 +684,37 @@ pub fn reap_stale() {
             stale.join(", ")
         );
         delete_namespaces(&stale);
+    }
+}
+
+/// Where a lab's private bpffs is mounted.
+fn bpffs_mount_point(lab_id: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{lab_id}-bpffs"))
+}
+
+/// Unmounts a lab's bpffs (lazily, should a file still be open) and removes the mount
+/// point. Never panics.
+fn unmount_bpffs(dir: &std::path::Path) {
+    let _ = run(Command::new("umount").arg("-l").arg(dir));
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Private bpffs instances of labs whose process died without cleaning up.
+fn reap_stale_bpffs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = name
+            .strip_prefix(NS_PREFIX)
+            .filter(|rest| rest.ends_with("-bpffs"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+            .is_some_and(|pid| !pid_alive(pid));
+        if stale {
+            unmount_bpffs(&entry.path());
+        }
     }
 }
 

@@ -709,3 +709,150 @@ fn sighup_reloads_the_policy_and_refuses_a_bad_one() {
     let g = env.vm("globex-web1").clone();
     assert!(!ping(&w1, g.v4()).unwrap(), "and keeps isolating");
 }
+
+/// Waits until the daemon process has exited (after a signal).
+fn wait_exit(daemon: &mut Daemon) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while daemon.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// I7: enforcement keeps running when the daemon crashes; a new daemon with the same state
+/// directory takes the programs over without a gap (counters and policy continue), and a
+/// clean SIGTERM afterwards leaves nothing behind.
+#[test]
+fn enforcement_survives_a_crash_and_a_restart_takes_over() {
+    let mut env = Env::start("crash");
+    let (w1, w2, g) = (
+        env.vm("acme-web1").clone(),
+        env.vm("acme-web2").clone(),
+        env.vm("globex-web1").clone(),
+    );
+    let cross = [
+        ("device", "vacme-web1"),
+        ("direction", "ingress"),
+        ("reason", "cross_tenant"),
+    ];
+    assert!(
+        !ping(&w1, g.v4()).unwrap(),
+        "isolated while the daemon runs"
+    );
+    let before = env.metrics().sum(DROP_PKTS, &cross);
+    assert!(before >= 1.0);
+
+    // Crash: no chance to clean up.
+    let mut crashed = env.daemon.take().unwrap();
+    crashed.signal(libc::SIGKILL).unwrap();
+    wait_exit(&mut crashed);
+    assert!(
+        env.lab.vif_has_xdp(&w1.vif).unwrap(),
+        "the programs stay attached after a crash"
+    );
+    assert!(
+        !ping(&w1, g.v4()).unwrap(),
+        "still isolated with no daemon running"
+    );
+    assert!(
+        ping(&w1, w2.v4()).unwrap(),
+        "same-segment traffic still passes with no daemon running"
+    );
+
+    // Restart: the new daemon takes over.
+    let bin = isolator_bin().unwrap();
+    let config = env.tmp.path().join("policy.yaml");
+    let restarted =
+        Daemon::start_healthy(&env.lab, &bin, &config, METRICS_PORT, env.tmp.path()).unwrap();
+    assert!(
+        restarted.log().contains("took over"),
+        "the restarted daemon took the pinned programs over:\n{}",
+        restarted.log()
+    );
+    env.daemon = Some(restarted);
+    assert!(!ping(&w1, g.v4()).unwrap(), "isolated after the restart");
+    let after = env.metrics().sum(DROP_PKTS, &cross);
+    assert!(
+        after >= before + 2.0,
+        "counters continue across the crash and restart ({before} before, {after} after \
+         two more blocked pings)"
+    );
+    assert!(
+        ping(&w1, w2.v4()).unwrap(),
+        "same segment after the restart"
+    );
+
+    // A clean stop removes everything, pins included.
+    let status = env
+        .daemon
+        .take()
+        .unwrap()
+        .stop(Duration::from_secs(10))
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    for vm in env.lab.vms() {
+        assert_eq!(
+            env.lab.vif_programs(&vm.vif).unwrap(),
+            Vec::<String>::new(),
+            "{} still carries programs after SIGTERM",
+            vm.vif
+        );
+    }
+    assert!(
+        !env.lab.state_dir().unwrap().exists(),
+        "the state directory is removed on a clean stop"
+    );
+    assert!(ping(&w1, g.v4()).unwrap(), "nothing enforces any more");
+}
+
+/// `--persist`: SIGTERM stops the daemon but not the enforcement, for an upgrade; the next
+/// daemon takes over.
+#[test]
+fn persist_keeps_enforcing_across_a_planned_restart() {
+    let mut env = Env::start("persist");
+    let (w1, g) = (env.vm("acme-web1").clone(), env.vm("globex-web1").clone());
+    // Replace the test's daemon by one started with --persist.
+    let status = env
+        .daemon
+        .take()
+        .unwrap()
+        .stop(Duration::from_secs(10))
+        .unwrap();
+    assert!(status.success());
+    let bin = isolator_bin().unwrap();
+    let config = env.tmp.path().join("policy.yaml");
+    let persistent = Daemon::start_with(
+        &env.lab,
+        &bin,
+        &config,
+        METRICS_PORT,
+        env.tmp.path(),
+        &["--persist"],
+    )
+    .unwrap();
+    let mut persistent = persistent;
+    persistent.wait_healthy(Duration::from_secs(30)).unwrap();
+    assert!(!ping(&w1, g.v4()).unwrap());
+    let log = persistent.log();
+    let status = persistent.stop(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "exit status {status}\n{log}");
+    assert!(
+        env.lab.vif_has_xdp(&w1.vif).unwrap(),
+        "--persist leaves the programs attached"
+    );
+    assert!(
+        !ping(&w1, g.v4()).unwrap(),
+        "still isolated between daemons"
+    );
+    let next =
+        Daemon::start_healthy(&env.lab, &bin, &config, METRICS_PORT, env.tmp.path()).unwrap();
+    assert!(next.log().contains("took over"), "{}", next.log());
+    env.daemon = Some(next);
+    assert!(
+        !ping(&w1, g.v4()).unwrap(),
+        "isolated under the next daemon"
+    );
+}
