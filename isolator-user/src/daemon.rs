@@ -305,7 +305,11 @@ async fn reconcile(shared: &Shared, policy: Option<Policy>) -> anyhow::Result<()
             "the policy matches no interface of this host; nothing is enforced until one appears"
         );
     }
-    let inventory = Inventory::new(&plan, dataplane.attachments().map(|(i, _, _)| i));
+    let attached: BTreeSet<u32> = dataplane.attachments().map(|(i, _, _)| i).collect();
+    if let Err(e) = dataplane.prune_counters(&attached) {
+        warn!(error = %error_chain(&e), "removing the counters of vanished interfaces failed");
+    }
+    let inventory = Inventory::new(&plan, attached);
     drop(dataplane);
     *shared.state.write().unwrap_or_else(|p| p.into_inner()) = Enforced {
         policy,

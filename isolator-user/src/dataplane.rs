@@ -654,6 +654,26 @@ impl Dataplane {
             .map(|(i, a)| (*i, a.name.as_str(), a.mode))
     }
 
+    /// Removes the counters of interfaces other than `keep` (ifindexes): those of
+    /// interfaces that are gone would otherwise fill the map over time. Returns how many
+    /// keys it removed.
+    pub fn prune_counters(
+        &mut self,
+        keep: &std::collections::BTreeSet<u32>,
+    ) -> Result<usize, DataplaneError> {
+        let keys = collect_keys(self.counters.keys(), maps::COUNTERS)?;
+        let mut removed = 0;
+        for key in keys.iter().filter(|k| !keep.contains(&k.ifindex)) {
+            match self.counters.remove(key) {
+                Ok(()) => removed += 1,
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_err(maps::COUNTERS, "removing stale counters")(e)),
+            }
+        }
+        Ok(removed)
+    }
+
     /// Every counter, summed over CPUs, sorted by key.
     pub fn counters(&self) -> Result<Vec<(CounterKey, Counter)>, DataplaneError> {
         let mut out = Vec::new();

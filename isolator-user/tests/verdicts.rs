@@ -450,3 +450,32 @@ fn a_policy_swap_is_all_or_nothing() {
         ));
     });
 }
+
+#[test]
+fn counters_of_interfaces_that_are_gone_can_be_pruned() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        lab.check(&row(
+            "a frame on d-aw1",
+            "d-aw1",
+            ipv4("10.1.1.2", "10.1.1.3"),
+            verdict::PASS,
+        ));
+        lab.check(&row(
+            "a frame on d-aw2",
+            "d-aw2",
+            ipv4("10.1.1.3", "10.1.1.2"),
+            verdict::PASS,
+        ));
+        let keep: std::collections::BTreeSet<u32> = [lab.ifindex("d-aw2")].into();
+        assert_eq!(lab.dp.prune_counters(&keep).unwrap(), 1);
+        let left: Vec<u32> = lab
+            .dp
+            .counters()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.ifindex)
+            .collect();
+        assert_eq!(left, vec![lab.ifindex("d-aw2")]);
+    });
+}
