@@ -27,7 +27,8 @@ enum Command {
         /// The policy file (YAML, see docs/policy.md).
         file: PathBuf,
     },
-    /// Enforce a policy on this host's interfaces until SIGINT or SIGTERM.
+    /// Enforce a policy on this host's interfaces, following them as they come and go;
+    /// SIGHUP reloads the policy, SIGINT/SIGTERM detaches everything and exits.
     Run {
         /// The policy file (YAML, see docs/policy.md).
         #[arg(long, value_name = "FILE")]
