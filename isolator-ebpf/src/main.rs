@@ -353,7 +353,7 @@ fn judge_ingress(
                 if resolution_allowed(generation, sender, s, p) {
                     verdict::PASS
                 } else {
-                    cross(generation, sender, s)
+                    cross(vif, s)
                 }
             }
         };
@@ -380,7 +380,7 @@ fn judge_ingress(
                 track(p, key);
                 verdict::PASS
             } else {
-                cross(generation, sender, s)
+                cross(vif, s)
             }
         }
         Place::Outside => {
@@ -393,7 +393,7 @@ fn judge_ingress(
                 return if s == sender {
                     verdict::PASS
                 } else {
-                    cross(generation, sender, s)
+                    cross(vif, s)
                 };
             }
             if vif.info.flags & SegmentInfo::EGRESS_ALLOW != 0 {
@@ -438,13 +438,13 @@ fn judge_egress(
         {
             return verdict::PASS;
         }
-        return cross(generation, s, receiver);
+        return cross(vif, s);
     }
     // A unicast packet for an address outside this segment is not for this VM, however
     // it got its MAC: no connection or exposure of another place applies here.
     if p.is_unicast_routable() && place(generation, p.is_v4(), &p.dst) != Place::Segment(receiver) {
         return match source {
-            Place::Segment(s) => cross(generation, s, receiver),
+            Place::Segment(s) => cross(vif, s),
             Place::Outside => verdict::NOT_EXPOSED,
         };
     }
@@ -466,7 +466,7 @@ fn judge_egress(
                 track(p, key);
                 verdict::PASS
             } else {
-                cross(generation, s, receiver)
+                cross(vif, s)
             }
         }
         Place::Outside => verdict::NOT_EXPOSED,
@@ -605,19 +605,19 @@ fn owns(vif: &Vif, v4: bool, addr: &[u8; 16]) -> bool {
     }
 }
 
-/// `cross_segment` or `cross_tenant` for traffic from segment `a` to segment `b`.
+/// `cross_segment` or `cross_tenant` for traffic between the vif's own segment and
+/// segment `other` (either direction): the vif's tenant is already known.
 #[inline(always)]
-fn cross(generation: u32, a: u32, b: u32) -> u8 {
-    let tenant = |segment| unsafe {
+fn cross(vif: &Vif, other: u32) -> u8 {
+    match unsafe {
         SEGMENTS.get(SegmentKey {
-            generation,
-            segment,
+            generation: vif.generation,
+            segment: other,
         })
-    };
-    match (tenant(a), tenant(b)) {
-        (Some(x), Some(y)) if x.tenant == y.tenant => verdict::CROSS_SEGMENT,
-        (Some(_), Some(_)) => verdict::CROSS_TENANT,
-        _ => verdict::NO_POLICY,
+    } {
+        Some(o) if o.tenant == vif.info.tenant => verdict::CROSS_SEGMENT,
+        Some(_) => verdict::CROSS_TENANT,
+        None => verdict::NO_POLICY,
     }
 }
 

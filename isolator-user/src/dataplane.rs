@@ -134,8 +134,9 @@ struct Pins {
 }
 
 /// Maps kept in the state directory, so that a restarted daemon finds the policy in
-/// force, its counters and its tracked connections.
-const PINNED_MAPS: [&str; 20] = [
+/// force, its counters and its tracked connections: every map of the object but the
+/// per-CPU scratch space (a test keeps this list complete).
+pub const PINNED_MAPS: [&str; 20] = [
     maps::CONFIG,
     maps::SETTINGS,
     maps::VIFS,
@@ -784,17 +785,15 @@ impl Dataplane {
         let program: &mut Xdp = self
             .ebpf
             .program_mut(name)
-            .ok_or(DataplaneError::MissingProgram(programs::XDP_BASELINE))?
+            .ok_or(DataplaneError::MissingProgram(name))?
             .try_into()
-            .map_err(prog_err(programs::XDP_BASELINE, "unexpected program type"))?;
+            .map_err(prog_err(name, "unexpected program type"))?;
         if baseline && program.fd().is_err() {
-            program
-                .load()
-                .map_err(prog_err(programs::XDP_BASELINE, "loading"))?;
+            program.load().map_err(prog_err(name, "loading"))?;
         }
         let result = program
             .test_run(opts)
-            .map_err(prog_err(programs::XDP_INGRESS, "benchmark run"))?;
+            .map_err(prog_err(name, "benchmark run"))?;
         Ok(result.duration)
     }
 

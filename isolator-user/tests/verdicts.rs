@@ -479,3 +479,17 @@ fn counters_of_interfaces_that_are_gone_can_be_pruned() {
         assert_eq!(left, vec![lab.ifindex("d-aw2")]);
     });
 }
+
+#[test]
+fn every_map_but_the_scratch_space_is_pinned() {
+    let ebpf = aya::Ebpf::load(isolator::dataplane::EBPF_OBJECT).expect("load (needs root)");
+    let mut in_object: Vec<&str> = ebpf.maps().map(|(name, _)| name).collect();
+    in_object.sort();
+    let mut expected: Vec<&str> = isolator::dataplane::PINNED_MAPS.to_vec();
+    expected.push("SCRATCH");
+    expected.sort();
+    assert_eq!(
+        in_object, expected,
+        "a map missing from PINNED_MAPS would not survive a daemon restart"
+    );
+}

@@ -6,25 +6,19 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-/// Debian packages: LLVM 22 for bpf-linker, and the tools the lab, demo and tests use.
+/// Debian packages: LLVM 22 for bpf-linker, and the tools the lab, demo and tests run:
+/// ip and tc, ping, nsenter and mount, nmap, scapy (for /usr/bin/python3), promtool.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
     "libxml2-dev",
-    "bpftool",
     "iproute2",
     "iputils-ping",
     "util-linux",
-    "nftables",
-    "tcpdump",
     "nmap",
-    "ncat",
-    "hping3",
     "python3-scapy",
-    "socat",
-    "curl",
     "prometheus",
 ];
 
