@@ -738,12 +738,27 @@ fn enforcement_survives_a_crash_and_a_restart_takes_over() {
         ("direction", "ingress"),
         ("reason", "cross_tenant"),
     ];
-    assert!(
-        !ping(&w1, g.v4()).unwrap(),
-        "isolated while the daemon runs"
-    );
+    // A permanent neighbour entry: every blocked echo request is exactly one dropped frame,
+    // with no ARP retries whose number depends on timing.
+    env.lab.static_neigh(&w1, &g, g.v4()).unwrap();
+    const N: u16 = 3;
+    let blocked = |what: &str| {
+        let replies = ping_count(
+            &w1.ns,
+            g.v4(),
+            N,
+            Duration::from_millis(20),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        assert_eq!(replies, 0, "{what}");
+    };
+    blocked("isolated while the daemon runs");
     let before = env.metrics().sum(DROP_PKTS, &cross);
-    assert!(before >= 1.0);
+    assert!(
+        before >= N as f64,
+        "{before} drops counted for {N} echo requests"
+    );
 
     // Crash: no chance to clean up.
     let mut crashed = env.daemon.take().unwrap();
@@ -753,10 +768,7 @@ fn enforcement_survives_a_crash_and_a_restart_takes_over() {
         env.lab.vif_has_xdp(&w1.vif).unwrap(),
         "the programs stay attached after a crash"
     );
-    assert!(
-        !ping(&w1, g.v4()).unwrap(),
-        "still isolated with no daemon running"
-    );
+    blocked("still isolated with no daemon running");
     assert!(
         ping(&w1, w2.v4()).unwrap(),
         "same-segment traffic still passes with no daemon running"
@@ -773,12 +785,13 @@ fn enforcement_survives_a_crash_and_a_restart_takes_over() {
         restarted.log()
     );
     env.daemon = Some(restarted);
-    assert!(!ping(&w1, g.v4()).unwrap(), "isolated after the restart");
+    blocked("isolated after the restart");
     let after = env.metrics().sum(DROP_PKTS, &cross);
-    assert!(
-        after >= before + 2.0,
-        "counters continue across the crash and restart ({before} before, {after} after \
-         two more blocked pings)"
+    assert_eq!(
+        after,
+        before + 2.0 * N as f64,
+        "counters continue across the crash and restart: {before} before, then {N} echo \
+         requests blocked with no daemon and {N} after the restart"
     );
     assert!(
         ping(&w1, w2.v4()).unwrap(),

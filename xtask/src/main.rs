@@ -59,6 +59,8 @@ fn main() -> anyhow::Result<()> {
                         "--lib",
                         "--bins",
                         "--tests",
+                        // Every test binary runs, so the total line counts every failure.
+                        "--no-fail-fast",
                     ])
                     .env("ISOLATOR_BIN", &isolator_bin),
             )
