@@ -53,7 +53,7 @@ pub mod maps {
 /// Version of the map layout (keys, values, sizes). Pinned maps live in a directory named
 /// after it, so that a daemon never reuses maps of another layout; bump it with any
 /// change to the types below or to a map's definition.
-pub const STATE_LAYOUT: u32 = 1;
+pub const STATE_LAYOUT: u32 = 2;
 
 /// Program names in the eBPF object.
 pub mod programs {
@@ -429,6 +429,36 @@ pub struct RuleSet {
 impl RuleSet {
     /// Every protocol and port (a management prefix without `services`).
     pub const ALL: u32 = 1;
+
+    /// Whether the set admits a packet of protocol class `class` (one of [`protocol`]
+    /// except `ANY`: ICMP stands for ICMP and ICMPv6) to `dst_port` (`None`: the packet
+    /// carries no ports, e.g. ICMP or a later fragment). A rule with a port range admits
+    /// only packets with a port in it, unless the range is every port. The kernel
+    /// programs and the daemon's re-check of tracked connections both judge by this.
+    #[inline(always)]
+    pub fn admits(&self, class: u8, dst_port: Option<u16>) -> bool {
+        if self.flags & RuleSet::ALL != 0 {
+            return true;
+        }
+        let count = self.count as usize;
+        for i in 0..limits::MAX_RULES {
+            if i >= count {
+                break;
+            }
+            let r = &self.rules[i];
+            let protocol_ok = r.protocol == protocol::ANY || r.protocol == class;
+            let every_port = r.first_port == 0 && r.last_port == u16::MAX;
+            let port_ok = every_port
+                || match dst_port {
+                    Some(port) => port >= r.first_port && port <= r.last_port,
+                    None => false,
+                };
+            if protocol_ok && port_ok {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 /// Key of the `FLOWS` and `NEIGHBOURS` maps.
@@ -463,7 +493,11 @@ pub struct ConnState {
     pub last_seen_ns: u64,
     /// One of [`conntrack`] states.
     pub state: u8,
-    pub _pad: [u8; 7],
+    /// Where the opening packet was judged: [`direction`] on the vif `ifindex`. The
+    /// daemon re-checks the connection against every new policy from there.
+    pub direction: u8,
+    pub _pad: [u8; 2],
+    pub ifindex: u32,
 }
 
 /// Connection tracking states and event counters.
@@ -481,6 +515,8 @@ pub mod conntrack {
     pub const EVENT_CLOSED: u32 = 1;
     /// Connections found idle past their timeout and removed.
     pub const EVENT_EXPIRED: u32 = 2;
+    // Connections a new policy no longer admits are removed by the daemon, which
+    // counts them itself.
     /// Number of event counters.
     pub const EVENTS: u32 = 3;
 }
@@ -607,5 +643,55 @@ mod tests {
             );
         }
         assert_eq!(verdict::name(verdict::PASS), None);
+    }
+
+    fn rules(list: &[(u8, u16, u16)]) -> RuleSet {
+        let mut set = RuleSet::default();
+        for (i, (protocol, first_port, last_port)) in list.iter().enumerate() {
+            set.rules[i] = Rule {
+                protocol: *protocol,
+                first_port: *first_port,
+                last_port: *last_port,
+                ..Rule::default()
+            };
+        }
+        set.count = list.len() as u32;
+        set
+    }
+
+    #[test]
+    fn rule_sets_admit_by_protocol_class_and_port() {
+        use protocol::{ANY, ICMP, TCP, UDP};
+        let web = rules(&[(TCP, 80, 80), (TCP, 8000, 8080), (ICMP, 0, u16::MAX)]);
+        let cases: &[(u8, Option<u16>, bool)] = &[
+            (TCP, Some(80), true),
+            (TCP, Some(81), false),
+            (TCP, Some(7999), false),
+            (TCP, Some(8000), true),
+            (TCP, Some(8080), true),
+            (TCP, Some(8081), false),
+            (UDP, Some(80), false),
+            (ICMP, None, true),
+            // A packet without ports (a later fragment) never matches a port range.
+            (TCP, None, false),
+        ];
+        for (class, port, expected) in cases {
+            assert_eq!(web.admits(*class, *port), *expected, "{class} {port:?}");
+        }
+        let any = rules(&[(ANY, 0, u16::MAX)]);
+        assert!(any.admits(UDP, Some(53)) && any.admits(ICMP, None) && any.admits(TCP, None));
+        let any_dns = rules(&[(ANY, 53, 53)]);
+        assert!(any_dns.admits(UDP, Some(53)) && any_dns.admits(TCP, Some(53)));
+        assert!(!any_dns.admits(ICMP, None));
+        assert!(!RuleSet::default().admits(TCP, Some(80)));
+        let all = RuleSet {
+            flags: RuleSet::ALL,
+            ..RuleSet::default()
+        };
+        assert!(all.admits(UDP, None));
+        // Rules past `count` are not in use.
+        let mut stale = web;
+        stale.count = 1;
+        assert!(!stale.admits(ICMP, None));
     }
 }

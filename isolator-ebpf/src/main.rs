@@ -377,7 +377,7 @@ fn judge_ingress(
     match target {
         Place::Segment(s) => {
             if exposed(generation, p) || flow(generation, sender, s, p) {
-                track(p, key);
+                track(p, key, vif, direction::INGRESS);
                 verdict::PASS
             } else {
                 cross(vif, s)
@@ -397,7 +397,7 @@ fn judge_ingress(
                 };
             }
             if vif.info.flags & SegmentInfo::EGRESS_ALLOW != 0 {
-                track(p, key);
+                track(p, key, vif, direction::INGRESS);
                 verdict::PASS
             } else {
                 verdict::EGRESS_DENIED
@@ -457,13 +457,13 @@ fn judge_egress(
         return verdict::PASS;
     }
     if exposed(generation, p) {
-        track(p, key);
+        track(p, key, vif, direction::EGRESS);
         return verdict::PASS;
     }
     match source {
         Place::Segment(s) => {
             if flow(generation, s, receiver, p) {
-                track(p, key);
+                track(p, key, vif, direction::EGRESS);
                 verdict::PASS
             } else {
                 cross(vif, s)
@@ -708,30 +708,13 @@ fn learn_mac(mac: &[u8; 6], ifindex: u32) {
 /// Whether any rule of `rules` admits the packet.
 #[inline(always)]
 fn admits(rules: &RuleSet, p: &Packet) -> bool {
-    if rules.flags & RuleSet::ALL != 0 {
-        return true;
-    }
     let class = if p.is_icmp() {
         protocol::ICMP
     } else {
         p.protocol
     };
-    let count = rules.count as usize;
-    for i in 0..limits::MAX_RULES {
-        if i >= count {
-            break;
-        }
-        let r = &rules.rules[i];
-        let protocol_ok = r.protocol == protocol::ANY || r.protocol == class;
-        let every_port = r.first_port == 0 && r.last_port == u16::MAX;
-        let has_ports = p.has_ports && (p.protocol == IPPROTO_TCP || p.protocol == IPPROTO_UDP);
-        let port_ok =
-            every_port || (has_ports && p.dst_port >= r.first_port && p.dst_port <= r.last_port);
-        if protocol_ok && port_ok {
-            return true;
-        }
-    }
-    false
+    let has_ports = p.has_ports && (p.protocol == IPPROTO_TCP || p.protocol == IPPROTO_UDP);
+    rules.admits(class, if has_ports { Some(p.dst_port) } else { None })
 }
 
 #[inline(always)]
@@ -830,9 +813,10 @@ fn count_event(event: u32) {
     }
 }
 
-/// Opens a tracked connection if the packet opens one (TCP SYN, UDP, ICMP echo request).
+/// Opens a tracked connection if the packet opens one (TCP SYN, UDP, ICMP echo request),
+/// recording where it was judged (for the daemon's re-check against a new policy).
 #[inline(always)]
-fn track(p: &Packet, key: &mut ConnKey) {
+fn track(p: &Packet, key: &mut ConnKey, vif: &Vif, direction: u8) {
     if !p.opens_connection() {
         return;
     }
@@ -842,7 +826,9 @@ fn track(p: &Packet, key: &mut ConnKey) {
     let state = ConnState {
         last_seen_ns: unsafe { bpf_ktime_get_ns() },
         state: conntrack::NEW,
-        _pad: [0; 7],
+        direction,
+        _pad: [0; 2],
+        ifindex: vif.ifindex,
     };
     let inserted = CONNTRACK.insert(&*key, state, BPF_NOEXIST).is_ok();
     if inserted {

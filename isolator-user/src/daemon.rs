@@ -26,6 +26,7 @@ use crate::compile::Plan;
 use crate::dataplane::{AttachMode, Dataplane};
 use crate::metrics::{self, ConntrackStats, Inventory, ReloadStats};
 use crate::policy::Policy;
+use crate::recheck::Recheck;
 use crate::{error_chain, netlink, policy};
 
 /// Where `/metrics` and `/healthz` are served unless `--metrics-addr` says otherwise.
@@ -74,6 +75,8 @@ struct Enforced {
 struct Tally {
     /// Idle connections the sweep removed.
     swept: u64,
+    /// Connections removed because a new policy no longer admits them.
+    revoked: u64,
     /// Highest eviction count reported so far (the estimate can dip while the table
     /// changes between the reads it is made of; a counter must not).
     evicted: u64,
@@ -266,6 +269,28 @@ async fn reconcile(shared: &Shared, policy: Option<Policy>) -> anyhow::Result<()
         dataplane
             .apply(&plan)
             .context("writing the policy into the kernel maps")?;
+        // Connections the old policy admitted are judged again by the new one.
+        match dataplane.revoke_connections(&Recheck::new(&plan)) {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(
+                    count = n,
+                    "removed tracked connections the policy no longer admits"
+                );
+                shared
+                    .tally
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .revoked += n;
+            }
+            // The new policy is in force for every new connection; the next swap
+            // re-checks again.
+            Err(e) => error!(
+                error = %error_chain(&e),
+                "re-checking tracked connections against the new policy failed: some \
+                 connections it no longer admits may keep passing until they end"
+            ),
+        }
     }
 
     let mut failures = Vec::new();
@@ -381,8 +406,10 @@ fn snapshot(shared: &Shared) -> Result<Snapshot, crate::dataplane::DataplaneErro
     let opened = events[isolator_common::conntrack::EVENT_CREATED as usize];
     let reset = events[isolator_common::conntrack::EVENT_CLOSED as usize];
     let expired = events[isolator_common::conntrack::EVENT_EXPIRED as usize] + tally.swept;
-    // Whatever was opened and is neither live nor ended by RST or timeout was evicted.
-    let evicted = opened.saturating_sub(reset + expired + entries);
+    let revoked = tally.revoked;
+    // Whatever was opened and is neither live nor ended by RST, timeout or a new policy
+    // was evicted.
+    let evicted = opened.saturating_sub(reset + expired + revoked + entries);
     tally.evicted = tally.evicted.max(evicted);
     Ok((
         counters,
@@ -392,6 +419,7 @@ fn snapshot(shared: &Shared) -> Result<Snapshot, crate::dataplane::DataplaneErro
             opened,
             reset,
             expired,
+            revoked,
             evicted: tally.evicted,
         },
         tally.reloads,

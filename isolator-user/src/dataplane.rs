@@ -31,6 +31,7 @@ use isolator_common::{
 use thiserror::Error;
 
 use crate::compile::Plan;
+use crate::recheck::Recheck;
 
 /// The compiled kernel programs, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/isolator"));
@@ -718,6 +719,27 @@ impl Dataplane {
                     Err(MapError::SyscallError(e))
                         if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
                     Err(e) => return Err(map_err(maps::CONNTRACK, "removing an idle entry")(e)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes the tracked connections the policy in `recheck` would not admit (see
+    /// [`Recheck`]) and returns how many it removed. Run after every policy swap.
+    pub fn revoke_connections(&mut self, recheck: &Recheck) -> Result<u64, DataplaneError> {
+        let mut removed = 0;
+        for (key, state) in self.connections()? {
+            if recheck.admits(&key, &state) {
+                continue;
+            }
+            match self.conntrack.remove(&key) {
+                Ok(()) => removed += 1,
+                // Ended meanwhile (RST, expiry) or evicted.
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => {
+                    return Err(map_err(maps::CONNTRACK, "removing a revoked connection")(e));
                 }
             }
         }

@@ -7,6 +7,7 @@ pub mod dataplane;
 pub mod metrics;
 pub mod netlink;
 pub mod policy;
+pub mod recheck;
 
 /// An error and its sources on one line: "outer: inner: root cause".
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -100,6 +100,8 @@ pub struct ConntrackStats {
     pub reset: u64,
     /// Connections removed after their idle timeout (by the kernel or the daemon's sweep).
     pub expired: u64,
+    /// Connections removed because a new policy no longer admits them.
+    pub revoked: u64,
     /// Connections evicted because the table was full.
     pub evicted: u64,
 }
@@ -261,6 +263,7 @@ pub fn render(
         ("opened", conntrack.opened),
         ("reset", conntrack.reset),
         ("expired", conntrack.expired),
+        ("revoked", conntrack.revoked),
         ("evicted", conntrack.evicted),
     ] {
         events
@@ -271,7 +274,7 @@ pub fn render(
     }
     registry.register(
         "conntrack_events",
-        "Connection tracking events: opened, reset (TCP RST), expired (idle), evicted (table full)",
+        "Connection tracking events: opened, reset (TCP RST), expired (idle), revoked (no longer admitted by a new policy), evicted (table full)",
         events,
     );
     let reload_family = Family::<ResultLabels, PromCounter>::default();
@@ -345,6 +348,7 @@ mod tests {
             opened: 10,
             reset: 2,
             expired: 4,
+            revoked: 5,
             evicted: 1,
         };
         let text = render(
@@ -362,6 +366,7 @@ mod tests {
         assert!(text.contains("isolator_conntrack_entries 3\n"));
         assert!(text.contains("isolator_conntrack_capacity 262144\n"));
         assert!(text.contains("isolator_conntrack_events_total{event=\"evicted\"} 1\n"));
+        assert!(text.contains("isolator_conntrack_events_total{event=\"revoked\"} 5\n"));
         assert!(text.contains("isolator_conntrack_events_total{event=\"opened\"} 10\n"));
         assert!(text.contains("isolator_policy_reloads_total{result=\"failed\"} 1\n"));
         assert!(text.contains("isolator_policy_reloads_total{result=\"succeeded\"} 2\n"));

@@ -770,3 +770,114 @@ fn egress_rules() {
         ]);
     });
 }
+
+/// Every tracked connection records where it was opened; after a policy swap the ones the
+/// new policy would not admit are removed, and their next packets are judged as new ones.
+#[test]
+fn a_new_policy_revokes_the_connections_it_no_longer_admits() {
+    use isolator::compile::Plan;
+    use isolator::policy;
+    use isolator::recheck::Recheck;
+    use isolator_common::direction;
+
+    in_private_netns(|| {
+        let mut lab = lab();
+        let (web1, db) = (lab.ifindex("d-aw1"), lab.ifindex("d-ad"));
+        lab.check_all(&[
+            row(
+                "a flow web -> db opens a connection (at web's ingress)",
+                "d-aw1",
+                ip("10.1.1.2", "10.1.2.5", tcp(42000, 5432, SYN)),
+                verdict::PASS,
+            ),
+            row(
+                "db opens one to web's exposed endpoint (at db's ingress)",
+                "d-ad",
+                ip("10.1.2.5", "10.1.1.10", tcp(50000, 443, SYN)),
+                verdict::PASS,
+            ),
+            out(
+                "an outside client opens one to it (at web's egress)",
+                "d-aw1",
+                from_outside("198.51.100.7", "10.1.1.10", tcp(51000, 443, SYN)),
+                verdict::PASS,
+            ),
+        ]);
+        let mut opened: Vec<(u16, u8, u32)> = lab
+            .dp
+            .connections()
+            .unwrap()
+            .iter()
+            .map(|(k, s)| (k.src_port, s.direction, s.ifindex))
+            .collect();
+        opened.sort();
+        assert_eq!(
+            opened,
+            vec![
+                (42000, direction::INGRESS, web1),
+                (50000, direction::INGRESS, db),
+                (51000, direction::EGRESS, web1),
+            ],
+            "each connection records the direction and vif it was opened on"
+        );
+
+        let swap = |lab: &mut Lab, text: &str| -> u64 {
+            let policy = policy::parse(text, "test.yaml").expect("valid policy");
+            let plan = Plan::new(&policy, &lab.links).expect("plan");
+            lab.dp.apply(&plan).expect("applying the new policy");
+            lab.dp.revoke_connections(&Recheck::new(&plan)).unwrap()
+        };
+
+        // The flow now admits another port only.
+        let narrower = POLICY.replace("        ports: 5432\n", "        ports: 5433\n");
+        assert_ne!(narrower, POLICY);
+        assert_eq!(
+            swap(&mut lab, &narrower),
+            1,
+            "only the web -> db connection"
+        );
+        lab.check_all(&[
+            row(
+                "the revoked connection's next segment is judged anew",
+                "d-aw1",
+                ip("10.1.1.2", "10.1.2.5", tcp(42000, 5432, ACK)),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "and so is its reply direction",
+                "d-ad",
+                ip("10.1.2.5", "10.1.1.2", tcp(5432, 42000, ACK)),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "a connection the new policy still admits keeps passing",
+                "d-aw1",
+                ip("10.1.1.10", "10.1.2.5", tcp(443, 50000, SYN_ACK)),
+                verdict::PASS,
+            ),
+        ]);
+
+        let mut kept: Vec<u16> = lab
+            .dp
+            .connections()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.src_port)
+            .collect();
+        kept.sort();
+        assert_eq!(kept, vec![50000, 51000], "both connections to 443 are kept");
+
+        // No longer exposed on 443: both connections to it end.
+        let unexposed = narrower.replace("ports: 443\n", "ports: 8443\n");
+        assert_ne!(unexposed, narrower);
+        assert_eq!(swap(&mut lab, &unexposed), 2);
+        assert_eq!(lab.dp.connections().unwrap(), vec![]);
+        lab.check_all(&[row(
+            "the server's next segment to db is refused",
+            "d-aw1",
+            ip("10.1.1.10", "10.1.2.5", tcp(443, 50000, ACK)),
+            verdict::CROSS_SEGMENT,
+        )]);
+        assert_eq!(swap(&mut lab, &unexposed), 0, "nothing left to revoke");
+    });
+}
