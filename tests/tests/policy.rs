@@ -838,6 +838,108 @@ fn outside_host_reaches_only_exposed_endpoints() {
     );
 }
 
+/// Issue 3, point 4: traffic the host itself sends (its own stack, which enters no vif's
+/// ingress program on the way) is judged where it reaches a VM, like the outside host's.
+/// The lab host gets an address outside every segment on the bridge and on-link routes to
+/// the VMs; a scan from it finds exactly the exposed endpoints, over IPv4 and IPv6.
+#[test]
+fn the_hosts_own_stack_reaches_only_exposed_endpoints() {
+    const HOST_V4: &str = "10.255.0.1";
+    const HOST_V6: &str = "fd00:ee::1";
+    let env = Env::start("hoststack");
+    let lab = &env.sl.lab;
+    let host = lab.host_ns().to_string();
+    let bridge = isolator_tests::lab::BRIDGE;
+    let sysctl = format!("net.ipv6.conf.{bridge}.disable_ipv6=0");
+    for args in [
+        vec!["sysctl", "-qw", sysctl.as_str()],
+        vec!["ip", "addr", "add", "10.255.0.1/32", "dev", bridge],
+        vec![
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00:ee::1/128",
+            "dev",
+            bridge,
+            "nodad",
+        ],
+        vec![
+            "ip",
+            "route",
+            "add",
+            "10.0.0.0/8",
+            "dev",
+            bridge,
+            "src",
+            HOST_V4,
+        ],
+        vec![
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "fd00::/16",
+            "dev",
+            bridge,
+            "src",
+            HOST_V6,
+        ],
+    ] {
+        lab.exec_ok(&host, &args)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", args.join(" ")));
+    }
+    let all = [ACME.as_slice(), GLOBEX.as_slice()].concat();
+    let (t4, t6) = (v4_targets(&all), v6_targets(&all));
+    let before = env.metrics();
+    let scan = |targets: &[String]| {
+        tcp_connect_scan(&host, &strs(targets), &SCAN_PORTS)
+            .unwrap_or_else(|e| panic!("scan from the host: {e:#}"))
+    };
+    env.assert_scan(
+        "from the host's own stack: the exposed endpoints",
+        "the lab host",
+        &scan(&t4),
+        &endpoints(&[("10.1.1.2", 443), ("10.2.1.2", 80), ("10.2.1.3", 8080)]),
+    );
+    env.assert_scan(
+        "from the host's own stack over IPv6: the exposed endpoints",
+        "the lab host",
+        &scan(&t6),
+        &endpoints(&[
+            ("fd00:1:1::2", 443),
+            ("fd00:2:1::2", 80),
+            ("fd00:2:1::3", 8080),
+        ]),
+    );
+    let after = env.metrics();
+    for vm in [
+        "acme-web1",
+        "acme-web2",
+        "acme-db1",
+        "globex-api1",
+        "globex-ops1",
+    ] {
+        assert_grew(
+            &before,
+            &after,
+            &Series::drop(vm, "egress", "not_exposed"),
+            &format!("the host scanned {vm}'s private ports"),
+        );
+    }
+    for vm in ["acme-db1", "globex-ops1", "acme-web2"] {
+        for peer in [HOST_V4, HOST_V6] {
+            let got = env.arrivals(vm, peer);
+            assert!(got.is_empty(), "{vm} accepted from the host: {got:?}");
+        }
+    }
+    let got = env.arrivals("acme-web1", HOST_V4);
+    assert!(
+        got.iter().any(|a| a.contains(":443 <-")),
+        "the exposed endpoint 10.1.1.2:443 accepted the host's connection: {got:?}"
+    );
+}
+
 /// Case 5: egress allow lets a VM open connections to the outside (and get the replies);
 /// egress deny drops them (`egress_denied`), while the segment's exposed services still
 /// answer the outside; a connection a VM opened does not open the VM to the outside.
