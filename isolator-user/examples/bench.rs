@@ -7,13 +7,14 @@
 
 use std::net::IpAddr;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::{BufMut, BytesMut};
 use isolator::compile::{Link, Plan};
 use isolator::dataplane::Dataplane;
 use isolator::policy;
+use isolator::recheck::Recheck;
 
 const POLICY: &str = r#"
 version: 1
@@ -159,6 +160,51 @@ fn run() -> anyhow::Result<()> {
         "(times are the kernel's average per run; noise of a few ns is normal: compare ratios \
          within one run)"
     );
+    recheck(&mut dp, &links)
+}
+
+/// The re-check of tracked connections after a policy swap, with a full table: once with
+/// the same policy (everything kept: the cost of listing and judging) and once with the
+/// exposure removed (everything revoked: listing, judging and deleting).
+fn recheck(dp: &mut Dataplane, links: &[Link]) -> anyhow::Result<()> {
+    let db = links[1].ifindex;
+    let capacity = isolator_common::limits::MAX_CONNECTIONS;
+    let started = Instant::now();
+    for i in 0..capacity {
+        // Distinct clients of db (10.1.2.1-254) on distinct ports, SYN to web's exposed
+        // endpoint: each opens one connection.
+        let host = 1 + (i % 254);
+        let port = 1024 + (i / 254) as u16;
+        let frame = tcp(&format!("10.1.2.{host}"), "10.1.1.10", port, 443, 0x02);
+        dp.test_run_ingress(db, &frame)?;
+    }
+    let fill = started.elapsed();
+    let entries = dp.connections()?.len();
+    println!(
+        "\nre-check after a policy swap, {entries} tracked connections (table of {capacity}, \
+         filled in {:.1} s by test runs)",
+        fill.as_secs_f64()
+    );
+    let same = Plan::new(
+        &policy::parse(POLICY, "bench.yaml").map_err(|d| anyhow::anyhow!("{d}"))?,
+        links,
+    )?;
+    let narrower = POLICY.replace("ports: 443", "ports: 8443");
+    let narrower = Plan::new(
+        &policy::parse(&narrower, "bench.yaml").map_err(|d| anyhow::anyhow!("{d}"))?,
+        links,
+    )?;
+    for (what, plan) in [
+        ("same policy, every connection kept", &same),
+        ("exposure removed, every connection revoked", &narrower),
+    ] {
+        let started = Instant::now();
+        let revoked = dp.revoke_connections(&Recheck::new(plan))?;
+        println!(
+            "{what:<46} {:>8} ms ({revoked} revoked)",
+            started.elapsed().as_millis()
+        );
+    }
     Ok(())
 }
 
