@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use isolator_tests::echo::HeldConnection;
 use isolator_tests::nmap::{Endpoint, endpoints, fmt_endpoints, tcp_connect_scan};
 use isolator_tests::service_lab::{
     self, MGMT, MGMT_V4, MGMT_V6, OUTSIDE, OUTSIDE_V4, OUTSIDE_V6, ROUTER, SCAN_PORTS, ServiceLab,
@@ -526,6 +527,10 @@ pub fn run(opts: DemoOptions) -> Result<()> {
     }
     println!();
 
+    check_interrupted()?;
+    reload_scene(&sl, &daemon, &tmp, &policy, &mut mismatches)?;
+    println!();
+
     println!("counters on /metrics per vif (packets; in = from the VM, out = to the VM):");
     let m = daemon.metrics()?;
     println!(
@@ -619,6 +624,95 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         }
         bail!("{} observation(s) differ from the policy", mismatches.len())
     }
+}
+
+/// The flow the reload scene removes, as it stands in `service_lab::policy_yaml()`.
+const REVOKED_FLOW: &str = "      - {from: web, to: db, protocol: tcp, ports: 5432}\n";
+
+/// A policy reload (SIGHUP) that removes the flow web -> db: the connection that flow
+/// admitted is cut at once (its tracked entry revoked), a new one is refused, and the
+/// counters say so.
+fn reload_scene(
+    sl: &ServiceLab,
+    daemon: &Daemon,
+    tmp: &TempDir,
+    policy: &str,
+    mismatches: &mut Vec<String>,
+) -> Result<()> {
+    let web1 = &sl.vm("acme-web1").ns;
+    let target: SocketAddr = "10.1.2.2:5432".parse().expect("socket address");
+    println!("reloading the policy without the flow acme web -> db tcp 5432 (SIGHUP)…");
+    let mut expect = |what: &str, expected: bool, observed: bool| {
+        let ok = expected == observed;
+        println!(
+            "  {} {what:<58} expected {:<8} observed {}",
+            if ok { "ok" } else { "!!" },
+            verdict(expected),
+            verdict(observed)
+        );
+        if !ok {
+            mismatches.push(format!(
+                "reload: {what}: expected {}, observed {}",
+                verdict(expected),
+                verdict(observed)
+            ));
+        }
+    };
+    let mut held = HeldConnection::open(web1, target, Duration::from_secs(3))
+        .context("acme-web1 -> 10.1.2.2:5432 over the flow")?;
+    let before_reload = held
+        .exchange(b"SELECT 1;\n")
+        .is_ok_and(|b| b == b"SELECT 1;\n");
+    expect(
+        "before: acme-web1 -> acme-db1 tcp 5432, held open",
+        true,
+        before_reload,
+    );
+    let narrower = policy.replacen(REVOKED_FLOW, "", 1);
+    if narrower == policy {
+        bail!("the demo policy no longer contains the flow {REVOKED_FLOW:?}");
+    }
+    let before = daemon.metrics()?;
+    tmp.write("policy.yaml", &narrower)?;
+    daemon.signal(libc::SIGHUP)?;
+    let reloads = |m: &Metrics| m.sum("isolator_policy_reloads_total", &[("result", "succeeded")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads(&daemon.metrics()?) <= reloads(&before) {
+        check_interrupted()?;
+        if Instant::now() > deadline {
+            bail!(
+                "the daemon did not reload the policy within 10 s:\n{}",
+                daemon.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reloaded = daemon.metrics()?;
+    // The echo of a revoked connection never comes back (the read times out after 3 s).
+    let after_reload = held.exchange(b"SELECT 2;\n").is_ok();
+    expect("after: the same connection", false, after_reload);
+    let fresh = tcp_echo(web1, target, 64, Duration::from_millis(1500))?.echoed();
+    expect(
+        "after: a new connection acme-web1 -> acme-db1 tcp 5432",
+        false,
+        fresh,
+    );
+    let after = daemon.metrics()?;
+    let event = |m: &Metrics, e: &str| m.sum("isolator_conntrack_events_total", &[("event", e)]);
+    println!(
+        "  counted: revoked connections +{}, reloads succeeded +{}; {}",
+        event(&reloaded, "revoked") - event(&before, "revoked"),
+        reloads(&reloaded) - reloads(&before),
+        row_change(
+            &reloaded,
+            &after,
+            &vifs_of(&sl.lab, &["acme-web1", "acme-db1"])
+        )
+    );
+    if event(&reloaded, "revoked") <= event(&before, "revoked") {
+        mismatches.push("reload: no tracked connection was revoked".into());
+    }
+    Ok(())
 }
 
 /// The vifs of those of `names` that are VMs.
