@@ -61,6 +61,9 @@ pub mod programs {
     pub const XDP_INGRESS: &str = "isolator_ingress";
     /// TC program attached to the egress of each vif (direction egress).
     pub const TC_EGRESS: &str = "isolator_egress";
+    /// TC program on the ingress of each vif, after the XDP program: judges the VLAN tag
+    /// a frame carries in offload metadata (`skb->vlan_tci`), which XDP cannot see.
+    pub const TC_INGRESS_TAGS: &str = "isolator_tags";
     /// XDP program that passes everything: the benchmark baseline, never attached.
     pub const XDP_BASELINE: &str = "isolator_baseline";
 }

@@ -14,7 +14,7 @@ mod packet;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_meta},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::{TcContext, XdpContext},
@@ -158,9 +158,115 @@ pub fn isolator_ingress(ctx: XdpContext) -> u32 {
         None => (verdict::NO_POLICY, false),
     };
     if account(ifindex, direction::INGRESS, code, audited, bytes) {
+        if audited {
+            note_audited(&ctx, code);
+        }
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
+    }
+}
+
+/// First byte of the metadata the XDP program leaves in front of a frame it passed under
+/// audit mode: `[AUDIT_META, reason, 0, 0]`. Frames it passed plainly carry none.
+const AUDIT_META: u8 = 0xa7;
+
+/// Tells [`isolator_tags`] under which counter a passed frame was counted (it may have to
+/// move it). Only audited frames, so the common path pays nothing. A driver without XDP
+/// metadata support leaves it out; see [`isolator_tags`].
+#[inline(always)]
+fn note_audited(ctx: &XdpContext, code: u8) {
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -4) } != 0 {
+        return;
+    }
+    let meta = ctx.metadata();
+    if meta + 4 > ctx.data() {
+        return;
+    }
+    unsafe {
+        *(meta as *mut [u8; 4]) = [AUDIT_META, code, 0, 0];
+    }
+}
+
+/// The VLAN guard for tags outside the frame bytes. A kernel VLAN device (or bridge, or
+/// program) on a VM whose interface offloads VLAN insertion (veth does) hands the frame
+/// over untagged with the tag in `skb->vlan_tci`: the XDP program never sees it. This
+/// program runs next, on the skb, and applies the same rule as the XDP program does to
+/// tags in the bytes: one tag with an id the interface lists, never two. A frame it
+/// refuses was already counted by the XDP program (as passed, or audited); that count is
+/// moved to `vlan`, so every frame is still counted once.
+#[classifier]
+pub fn isolator_tags(ctx: TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    let (present, tci, ifindex, inner) = unsafe {
+        (
+            (*skb).vlan_present,
+            (*skb).vlan_tci,
+            (*skb).ifindex,
+            (*skb).protocol,
+        )
+    };
+    if present == 0 {
+        return TC_ACT_OK;
+    }
+    let inner = u16::from_be(inner as u16);
+    let stacked = inner == ETH_P_8021Q || inner == ETH_P_8021AD;
+    let allowed = !stacked
+        && match identify(ifindex) {
+            Some(vif) => vlan_allowed(&vif, (tci & 0x0fff) as u16),
+            None => false,
+        };
+    if allowed {
+        return TC_ACT_OK;
+    }
+    let bytes = ctx.len() as u64;
+    let (data, meta) = unsafe { ((*skb).data as usize, (*skb).data_meta as usize) };
+    let (counted, audited) = if meta + 4 <= data {
+        let note = unsafe { *(meta as *const [u8; 4]) };
+        if note[0] == AUDIT_META {
+            (note[1], true)
+        } else {
+            (verdict::PASS, false)
+        }
+    } else {
+        (verdict::PASS, false)
+    };
+    uncount(ifindex, direction::INGRESS, counted, audited, bytes);
+    account(ifindex, direction::INGRESS, verdict::VLAN, false, bytes);
+    TC_ACT_SHOT
+}
+
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+#[inline(always)]
+fn counter_key(ifindex: u32, dir: u8, code: u8, audited: bool) -> CounterKey {
+    CounterKey {
+        ifindex,
+        direction: dir,
+        verdict: code,
+        flags: if audited { CounterKey::AUDIT } else { 0 },
+        _pad: 0,
+    }
+}
+
+/// Takes back one packet counted by [`account`]. Per-CPU values may wrap below zero when
+/// the two programs ran on different CPUs; userspace sums them with wrapping arithmetic.
+#[inline(always)]
+fn uncount(ifindex: u32, dir: u8, code: u8, audited: bool, bytes: u64) {
+    let key = counter_key(ifindex, dir, code, audited);
+    match COUNTERS.get_ptr_mut(key) {
+        Some(counter) => unsafe {
+            (*counter).packets = (*counter).packets.wrapping_sub(1);
+            (*counter).bytes = (*counter).bytes.wrapping_sub(bytes);
+        },
+        None => {
+            let minus = Counter {
+                packets: 0u64.wrapping_sub(1),
+                bytes: 0u64.wrapping_sub(bytes),
+            };
+            let _ = COUNTERS.insert(key, minus, BPF_NOEXIST);
+        }
     }
 }
 
@@ -193,13 +299,7 @@ pub fn isolator_baseline(_ctx: XdpContext) -> u32 {
 /// and says whether it passes.
 #[inline(always)]
 fn account(ifindex: u32, dir: u8, code: u8, audited: bool, bytes: u64) -> bool {
-    let key = CounterKey {
-        ifindex,
-        direction: dir,
-        verdict: code,
-        flags: if audited { CounterKey::AUDIT } else { 0 },
-        _pad: 0,
-    };
+    let key = counter_key(ifindex, dir, code, audited);
     match COUNTERS.get_ptr_mut(key) {
         Some(counter) => unsafe {
             (*counter).packets += 1;

@@ -156,6 +156,17 @@ fn run() -> anyhow::Result<()> {
             1e3 / (e.as_nanos().max(1) as f64)
         );
     }
+    let frame = &cases[0].2;
+    let mut tags = Vec::new();
+    for _ in 0..ROUNDS {
+        tags.push(dp.bench_tags(web, frame, REPEAT)?);
+    }
+    println!(
+        "{:<46} {:>12} {:>12}",
+        "TC ingress (VLAN tag in metadata?), untagged",
+        "-",
+        median(&mut tags).as_nanos()
+    );
     println!(
         "(times are the kernel's average per run; noise of a few ns is normal: compare ratios \
          within one run)"

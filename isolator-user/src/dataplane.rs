@@ -121,11 +121,20 @@ struct Attachment {
     name: String,
     xdp: Held,
     tc: Held,
+    tags: Held,
     mode: AttachMode,
 }
 
-/// A vif's pinned (XDP, TC) links left by a previous daemon, by ifindex.
-type LeftLinks = BTreeMap<u32, (Option<PinnedLink>, Option<PinnedLink>)>;
+/// A vif's pinned links left by a previous daemon.
+#[derive(Default)]
+struct LeftVif {
+    xdp: Option<PinnedLink>,
+    tc: Option<PinnedLink>,
+    tags: Option<PinnedLink>,
+}
+
+/// Links left by a previous daemon, by ifindex.
+type LeftLinks = BTreeMap<u32, LeftVif>;
 
 /// Where pinned links are kept, and the links a previous daemon left there.
 struct Pins {
@@ -296,9 +305,11 @@ impl Dataplane {
         dp.ingress()?
             .load()
             .map_err(prog_err(programs::XDP_INGRESS, "verifying and loading"))?;
-        dp.egress()?
-            .load()
-            .map_err(prog_err(programs::TC_EGRESS, "verifying and loading"))?;
+        for program in [programs::TC_EGRESS, programs::TC_INGRESS_TAGS] {
+            dp.classifier(program)?
+                .load()
+                .map_err(prog_err(program, "verifying and loading"))?;
+        }
         Ok(dp)
     }
 
@@ -312,14 +323,14 @@ impl Dataplane {
             .map_err(prog_err(programs::XDP_INGRESS, "unexpected program type"))
     }
 
-    fn egress(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+    fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DataplaneError> {
         let program = self
             .ebpf
-            .program_mut(programs::TC_EGRESS)
-            .ok_or(DataplaneError::MissingProgram(programs::TC_EGRESS))?;
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingProgram(name))?;
         program
             .try_into()
-            .map_err(prog_err(programs::TC_EGRESS, "unexpected program type"))
+            .map_err(prog_err(name, "unexpected program type"))
     }
 
     /// The generation the kernel judges packets by.
@@ -431,51 +442,63 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches both programs to a vif: XDP (ingress) in native mode, or generic mode
-    /// when the driver refuses native XDP, and TC on its egress (TCX). Both or neither:
-    /// if the second attachment fails, the first is undone. Links a previous daemon
-    /// pinned for this vif are taken over instead: the running programs are replaced by
-    /// this daemon's, atomically, so the vif is never without one.
+    /// Attaches the programs to a vif: XDP (ingress) in native mode, or generic mode
+    /// when the driver refuses native XDP; TC on its egress; and TC on its ingress for
+    /// VLAN tags carried outside the frame (both TCX). All or none: if one attachment
+    /// fails, the others are undone. Links a previous daemon pinned for this vif are
+    /// taken over instead: the running programs are replaced by this daemon's, atomically,
+    /// so the vif is never without one.
     pub fn attach(&mut self, name: &str, ifindex: u32) -> Result<AttachMode, DataplaneError> {
         if let Some(existing) = self.attached.get(&ifindex) {
             return Ok(existing.mode);
         }
-        let (old_xdp, old_tc) = self
+        let old = self
             .pins
             .as_mut()
             .and_then(|p| p.left.remove(&ifindex))
-            .unwrap_or((None, None));
-        let taken_over = old_xdp.is_some() || old_tc.is_some();
+            .unwrap_or_default();
+        let taken_over = old.xdp.is_some() || old.tc.is_some() || old.tags.is_some();
 
-        let (xdp, mut mode) = match old_xdp {
+        let (xdp, mut mode) = match old.xdp {
             Some(old) => (self.take_over_xdp(name, old)?, AttachMode::TakenOver),
             None => self.attach_xdp(name, ifindex)?,
         };
-        let tc = match old_tc {
-            Some(old) => self.take_over_tc(name, old),
-            None => self.attach_tc(name, ifindex),
-        };
-        let tc = match tc {
-            Ok(tc) => tc,
-            Err(e) => {
-                let _ = xdp.release();
-                return Err(e);
+        let mut held = vec![xdp];
+        for (program, attach_type, old) in [
+            (programs::TC_EGRESS, TcAttachType::Egress, old.tc),
+            (programs::TC_INGRESS_TAGS, TcAttachType::Ingress, old.tags),
+        ] {
+            let link = match old {
+                Some(old) => self.take_over_tc(program, name, old),
+                None => self.attach_tc(program, attach_type, name, ifindex),
+            };
+            match link {
+                Ok(link) => held.push(link),
+                Err(e) => {
+                    for link in held {
+                        let _ = link.release();
+                    }
+                    return Err(e);
+                }
             }
-        };
+        }
         // Pinned, the links outlive this daemon (a crash leaves the vif enforced).
-        let xdp = match self.pin(ifindex, "xdp", xdp) {
-            Ok(xdp) => xdp,
-            Err(e) => {
-                let _ = tc.release();
-                return Err(e);
+        let mut pinned = Vec::new();
+        let mut unpinned = PIN_KINDS.into_iter().zip(held);
+        while let Some((kind, link)) = unpinned.next() {
+            match self.pin(ifindex, kind, link) {
+                Ok(link) => pinned.push(link),
+                Err(e) => {
+                    for link in pinned.into_iter().chain(unpinned.map(|(_, l)| l)) {
+                        let _ = link.release();
+                    }
+                    return Err(e);
+                }
             }
-        };
-        let tc = match self.pin(ifindex, "tc", tc) {
-            Ok(tc) => tc,
-            Err(e) => {
-                let _ = xdp.release();
-                return Err(e);
-            }
+        }
+        let [xdp, tc, tags]: [Held; 3] = match pinned.try_into() {
+            Ok(links) => links,
+            Err(_) => unreachable!("three programs, three links"),
         };
         if taken_over {
             mode = AttachMode::TakenOver;
@@ -486,6 +509,7 @@ impl Dataplane {
                 name: name.to_string(),
                 xdp,
                 tc,
+                tags,
                 mode,
             },
         );
@@ -522,17 +546,21 @@ impl Dataplane {
         Ok((Held::Owned(link), mode))
     }
 
-    fn attach_tc(&mut self, name: &str, ifindex: u32) -> Result<Held, DataplaneError> {
-        let program = self.egress()?;
-        let id = program
-            .attach(name, TcAttachType::Egress)
-            .map_err(prog_err(
-                programs::TC_EGRESS,
-                format!("attaching to the egress of {name} (ifindex {ifindex})"),
-            ))?;
+    fn attach_tc(
+        &mut self,
+        program_name: &'static str,
+        attach_type: TcAttachType,
+        name: &str,
+        ifindex: u32,
+    ) -> Result<Held, DataplaneError> {
+        let program = self.classifier(program_name)?;
+        let id = program.attach(name, attach_type).map_err(prog_err(
+            program_name,
+            format!("attaching to the {attach_type:?} of {name} (ifindex {ifindex})"),
+        ))?;
         let link = program
             .take_link(id)
-            .map_err(prog_err(programs::TC_EGRESS, "taking the link"))?;
+            .map_err(prog_err(program_name, "taking the link"))?;
         let link = FdLink::try_from(link).map_err(|e| {
             pin_err(format!("the TC link of {name} is not a bpf_link"))(Box::new(e))
         })?;
@@ -558,20 +586,25 @@ impl Dataplane {
         Ok(Held::Owned(link))
     }
 
-    fn take_over_tc(&mut self, name: &str, old: PinnedLink) -> Result<Held, DataplaneError> {
+    fn take_over_tc(
+        &mut self,
+        program_name: &'static str,
+        name: &str,
+        old: PinnedLink,
+    ) -> Result<Held, DataplaneError> {
         let link = old
             .unpin()
             .map_err(|e| pin_err(format!("unpinning the TC link of {name}"))(Box::new(e)))?;
         let link = SchedClassifierLink::try_from(link)
             .map_err(|e| pin_err(format!("the pinned TC link of {name}"))(Box::new(e)))?;
-        let program = self.egress()?;
+        let program = self.classifier(program_name)?;
         let id = program.attach_to_link(link).map_err(prog_err(
-            programs::TC_EGRESS,
+            program_name,
             format!("replacing the program on {name}'s pinned link"),
         ))?;
         let link = program
             .take_link(id)
-            .map_err(prog_err(programs::TC_EGRESS, "taking the link"))?;
+            .map_err(prog_err(program_name, "taking the link"))?;
         let link = FdLink::try_from(link)
             .map_err(|e| pin_err(format!("the TC link of {name}"))(Box::new(e)))?;
         Ok(Held::Owned(link))
@@ -602,8 +635,8 @@ impl Dataplane {
         };
         let left = std::mem::take(&mut pins.left);
         let count = left.len();
-        for (_, (xdp, tc)) in left {
-            for link in [xdp, tc].into_iter().flatten() {
+        for (_, vif) in left {
+            for link in [vif.xdp, vif.tc, vif.tags].into_iter().flatten() {
                 let _ = link.unpin();
             }
         }
@@ -618,7 +651,9 @@ impl Dataplane {
         let name = attachment.name;
         let xdp = attachment.xdp.release();
         let tc = attachment.tc.release();
+        let tags = attachment.tags.release();
         xdp.and(tc)
+            .and(tags)
             .map_err(|e| pin_err(format!("detaching from {name}"))(Box::new(e)))
     }
 
@@ -683,8 +718,10 @@ impl Dataplane {
             let (key, per_cpu) = item.map_err(map_err(maps::COUNTERS, "reading"))?;
             let mut total = Counter::default();
             for c in per_cpu.iter() {
-                total.packets += c.packets;
-                total.bytes += c.bytes;
+                // Wrapping: a CPU's share can dip below zero when a frame counted on
+                // one CPU is taken back on another (see `isolator_tags`).
+                total.packets = total.packets.wrapping_add(c.packets);
+                total.bytes = total.bytes.wrapping_add(c.bytes);
             }
             out.push((key, total));
         }
@@ -819,6 +856,30 @@ impl Dataplane {
         Ok(result.duration)
     }
 
+    /// Times `repeat` runs of the TC ingress program (VLAN tags in offload metadata) on
+    /// `frame` received on `ifindex` (BPF_PROG_TEST_RUN cannot set a metadata tag, so this
+    /// is the cost every untagged frame pays); returns the kernel's average per run.
+    pub fn bench_tags(
+        &mut self,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<Duration, DataplaneError> {
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..TestRunOptions::new()
+        };
+        let result = self
+            .classifier(programs::TC_INGRESS_TAGS)?
+            .test_run(opts)
+            .map_err(prog_err(programs::TC_INGRESS_TAGS, "benchmark run"))?;
+        Ok(result.duration)
+    }
+
     /// Runs the egress program once on `frame` as if it were delivered through
     /// `ifindex` (BPF_PROG_TEST_RUN) and returns the TC action (0 pass, 2 drop).
     /// `ifindex` must name a device in the calling thread's network namespace.
@@ -833,7 +894,7 @@ impl Dataplane {
             ..TestRunOptions::new()
         };
         let result = self
-            .egress()?
+            .classifier(programs::TC_EGRESS)?
             .test_run(opts)
             .map_err(prog_err(programs::TC_EGRESS, "test run"))?;
         Ok(result.return_value as i32)
@@ -963,8 +1024,11 @@ fn fs_magic(path: &Path) -> Option<i64> {
     Some(st.f_type as i64)
 }
 
-/// The links pinned under `dir` by a previous daemon, by ifindex: files `<ifindex>-xdp`
-/// and `<ifindex>-tc`.
+/// Pin names of a vif's links, in attachment order: `<ifindex>-<kind>`.
+const PIN_KINDS: [&str; 3] = ["xdp", "tc", "tags"];
+
+/// The links pinned under `dir` by a previous daemon, by ifindex: files `<ifindex>-xdp`,
+/// `<ifindex>-tc` and `<ifindex>-tags`.
 fn read_pinned_links(dir: &Path) -> Result<LeftLinks, DataplaneError> {
     let mut left = LeftLinks::new();
     let entries = std::fs::read_dir(dir)
@@ -987,8 +1051,9 @@ fn read_pinned_links(dir: &Path) -> Result<LeftLinks, DataplaneError> {
         };
         let slot = left.entry(ifindex).or_default();
         match kind {
-            "xdp" => slot.0 = Some(link),
-            "tc" => slot.1 = Some(link),
+            "xdp" => slot.xdp = Some(link),
+            "tc" => slot.tc = Some(link),
+            "tags" => slot.tags = Some(link),
             _ => {}
         }
     }

@@ -17,6 +17,7 @@ pub mod scapy;
 pub mod service_lab;
 pub mod signal;
 pub mod topology;
+pub mod vlan_push;
 
 pub use daemon::{Daemon, TempDir, isolator_bin};
 pub use echo::{EchoOutcome, EchoServers, tcp_echo};

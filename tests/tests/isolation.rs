@@ -416,6 +416,12 @@ fn sigterm_detaches_every_program_and_exits_zero() {
             "while isolator runs, {vif} must carry its XDP program:\n{}",
             env.lab.vif_details(vif).unwrap()
         );
+        assert_eq!(
+            env.lab.vif_programs(vif).unwrap(),
+            ["xdp", "tcx ingress", "tcx egress"],
+            "while isolator runs, {vif} carries the XDP program, the TC program for VLAN \
+             tags in metadata (ingress) and the TC program on its egress, once each"
+        );
     }
     let on_bridge = env.lab.vif_programs(isolator_tests::lab::BRIDGE).unwrap();
     assert!(
