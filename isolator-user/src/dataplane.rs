@@ -643,7 +643,7 @@ impl Dataplane {
         count
     }
 
-    /// Detaches both programs from one vif.
+    /// Detaches the programs from one vif.
     pub fn detach(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         let Some(attachment) = self.attached.remove(&ifindex) else {
             return Ok(());
