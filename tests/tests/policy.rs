@@ -850,9 +850,9 @@ fn the_hosts_own_stack_reaches_only_exposed_endpoints() {
     let lab = &env.sl.lab;
     let host = lab.host_ns().to_string();
     let bridge = isolator_tests::lab::BRIDGE;
-    let sysctl = format!("net.ipv6.conf.{bridge}.disable_ipv6=0");
+    isolator_tests::netns::sysctl(&host, &format!("net.ipv6.conf.{bridge}.disable_ipv6"), "0")
+        .unwrap_or_else(|e| panic!("enabling IPv6 on the bridge: {e:#}"));
     for args in [
-        vec!["sysctl", "-qw", sysctl.as_str()],
         vec!["ip", "addr", "add", "10.255.0.1/32", "dev", bridge],
         vec![
             "ip",

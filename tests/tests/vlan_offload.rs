@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use isolator_tests::net::{Capture, parse_mac, send_frame};
-use isolator_tests::netns::in_netns;
+use isolator_tests::netns::{in_netns, sysctl};
 use isolator_tests::vlan_push::VlanPusher;
 use isolator_tests::{Daemon, Lab, Metrics, TempDir, Vm, isolator_bin};
 
@@ -58,15 +58,8 @@ impl Env {
         // choosing, among the counted frames.
         for vm in lab.vms() {
             for key in ["all", "default", "eth0"] {
-                lab.exec_ok(
-                    &vm.ns,
-                    &[
-                        "sysctl",
-                        "-qw",
-                        &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
-                    ],
-                )
-                .unwrap_or_else(|e| panic!("disabling IPv6 in {}: {e:#}", vm.name));
+                sysctl(&vm.ns, &format!("net.ipv6.conf.{key}.disable_ipv6"), "1")
+                    .unwrap_or_else(|e| panic!("disabling IPv6 in {}: {e:#}", vm.name));
             }
         }
         let d = lab.vm("d").ns.clone();
