@@ -407,9 +407,7 @@ fn snapshot(shared: &Shared) -> Result<Snapshot, crate::dataplane::DataplaneErro
     let reset = events[isolator_common::conntrack::EVENT_CLOSED as usize];
     let expired = events[isolator_common::conntrack::EVENT_EXPIRED as usize] + tally.swept;
     let revoked = tally.revoked;
-    // Whatever was opened and is neither live nor ended by RST, timeout or a new policy
-    // was evicted.
-    let evicted = opened.saturating_sub(reset + expired + revoked + entries);
+    let evicted = metrics::evicted(opened, reset, expired, revoked, entries);
     tally.evicted = tally.evicted.max(evicted);
     Ok((
         counters,

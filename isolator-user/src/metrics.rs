@@ -106,6 +106,12 @@ pub struct ConntrackStats {
     pub evicted: u64,
 }
 
+/// Connections evicted from a full table, which the kernel does not report: whatever was
+/// opened and is neither live nor ended by an RST, a timeout or a new policy.
+pub fn evicted(opened: u64, reset: u64, expired: u64, revoked: u64, entries: u64) -> u64 {
+    opened.saturating_sub(reset + expired + revoked + entries)
+}
+
 /// Policy reloads (SIGHUP) by outcome.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReloadStats {

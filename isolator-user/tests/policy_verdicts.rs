@@ -881,3 +881,65 @@ fn a_new_policy_revokes_the_connections_it_no_longer_admits() {
         assert_eq!(swap(&mut lab, &unexposed), 0, "nothing left to revoke");
     });
 }
+
+/// A full connection table evicts the least recently used entry for a new connection:
+/// the table never holds more than its capacity, the evictions show in the daemon's
+/// estimate, and an evicted connection's replies are refused like unsolicited packets
+/// while the newest connection's still pass.
+#[test]
+fn a_full_connection_table_evicts_the_least_recently_used() {
+    use isolator_common::{conntrack, limits::MAX_CONNECTIONS};
+
+    in_private_netns(|| {
+        let mut lab = lab();
+        let db = lab.ifindex("d-ad");
+        let extra = 5000u32;
+        let total = MAX_CONNECTIONS + extra;
+        // Distinct clients of db (10.1.2.1-250) on distinct ports, SYN to web's exposed
+        // endpoint: each opens one connection.
+        let client = |i: u32| (format!("10.1.2.{}", 1 + i % 250), 1024 + (i / 250) as u16);
+        for i in 0..total {
+            let (src, port) = client(i);
+            let action = lab
+                .dp
+                .test_run_ingress(db, &ip(&src, "10.1.1.10", tcp(port, 443, SYN)))
+                .unwrap();
+            assert_eq!(action, 2, "SYN {i} to the exposed endpoint passes");
+        }
+        let (entries, events) = lab.dp.conntrack().unwrap();
+        let opened = events[conntrack::EVENT_CREATED as usize];
+        assert_eq!(opened, u64::from(total), "every SYN opened a connection");
+        assert!(
+            entries <= u64::from(MAX_CONNECTIONS),
+            "{entries} entries in a table of {MAX_CONNECTIONS}"
+        );
+        let evicted = isolator::metrics::evicted(
+            opened,
+            events[conntrack::EVENT_CLOSED as usize],
+            events[conntrack::EVENT_EXPIRED as usize],
+            0,
+            entries,
+        );
+        assert!(
+            evicted >= u64::from(extra),
+            "{total} connections opened into {MAX_CONNECTIONS} places: at least {extra} \
+             evicted, the estimate says {evicted}"
+        );
+        let (oldest, oldest_port) = client(0);
+        let (newest, newest_port) = client(total - 1);
+        lab.check_all(&[
+            row(
+                "the newest connection's reply passes",
+                "d-aw1",
+                ip("10.1.1.10", &newest, tcp(443, newest_port, SYN_ACK)),
+                verdict::PASS,
+            ),
+            row(
+                "the evicted oldest connection's reply is refused",
+                "d-aw1",
+                ip("10.1.1.10", &oldest, tcp(443, oldest_port, SYN_ACK)),
+                verdict::CROSS_SEGMENT,
+            ),
+        ]);
+    });
+}
