@@ -9,7 +9,7 @@
 //! it is judged entirely by the old or entirely by the new policy. If writing the new
 //! generation fails, it is removed again and the old policy stays active.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -439,7 +439,65 @@ impl Dataplane {
         purge_lpm(&mut self.exposed_v6, maps::EXPOSED_V6, |k| {
             k.generation == g
         })?;
+        purge_lpm(&mut self.vif_addrs_v4, maps::VIF_ADDRS_V4, |k| {
+            k.generation == g
+        })?;
+        purge_lpm(&mut self.vif_addrs_v6, maps::VIF_ADDRS_V6, |k| {
+            k.generation == g
+        })?;
+        purge(&mut self.vif_vlans, maps::VIF_VLANS, |k| {
+            k.generation == generation
+        })?;
         Ok(())
+    }
+
+    /// The generations that entries of each generation-keyed map belong to. After a
+    /// completed swap every map holds the active generation only (or nothing): a map
+    /// left out of the purge would bring an old policy back when its generation number
+    /// is reused.
+    pub fn generations(&self) -> Result<Vec<(&'static str, BTreeSet<u32>)>, DataplaneError> {
+        fn of<K>(
+            keys: impl Iterator<Item = Result<K, MapError>>,
+            name: &'static str,
+            generation: impl Fn(&K) -> u32,
+        ) -> Result<(&'static str, BTreeSet<u32>), DataplaneError> {
+            Ok((
+                name,
+                collect_keys(keys, name)?.iter().map(generation).collect(),
+            ))
+        }
+        let be = u32::from_be_bytes;
+        Ok(vec![
+            of(self.vifs.keys(), maps::VIFS, |k| k.generation)?,
+            of(self.segments.keys(), maps::SEGMENTS, |k| k.generation)?,
+            of(self.v4.keys(), maps::PREFIXES_V4, |k| {
+                be(k.data().generation)
+            })?,
+            of(self.v6.keys(), maps::PREFIXES_V6, |k| {
+                be(k.data().generation)
+            })?,
+            of(self.management_v4.keys(), maps::MANAGEMENT_V4, |k| {
+                be(k.data().generation)
+            })?,
+            of(self.management_v6.keys(), maps::MANAGEMENT_V6, |k| {
+                be(k.data().generation)
+            })?,
+            of(self.exposed_v4.keys(), maps::EXPOSED_V4, |k| {
+                be(k.data().generation)
+            })?,
+            of(self.exposed_v6.keys(), maps::EXPOSED_V6, |k| {
+                be(k.data().generation)
+            })?,
+            of(self.flows.keys(), maps::FLOWS, |k| k.generation)?,
+            of(self.neighbours.keys(), maps::NEIGHBOURS, |k| k.generation)?,
+            of(self.vif_addrs_v4.keys(), maps::VIF_ADDRS_V4, |k| {
+                be(k.data().generation)
+            })?,
+            of(self.vif_addrs_v6.keys(), maps::VIF_ADDRS_V6, |k| {
+                be(k.data().generation)
+            })?,
+            of(self.vif_vlans.keys(), maps::VIF_VLANS, |k| k.generation)?,
+        ])
     }
 
     /// Attaches the programs to a vif: XDP (ingress) in native mode, or generic mode

@@ -729,3 +729,99 @@ fn fragments() {
         ]);
     });
 }
+
+/// A swap that withdraws a declared address or VLAN withdraws it for good. The two
+/// generations alternate, so the third policy is written under the generation of the
+/// first: nothing of the first may come back with it.
+#[test]
+fn withdrawn_addresses_and_vlans_stay_withdrawn_across_generations() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        let old_source = ip_from(M1, PEER_MAC, "10.1.1.2", "10.1.1.3", tcp(1000, 22, 2));
+        let new_source = ip_from(M1, PEER_MAC, "10.1.1.9", "10.1.1.3", tcp(1000, 22, 2));
+        lab.check_all(&[
+            row(
+                "declared at first",
+                "d-aw1",
+                old_source.clone(),
+                verdict::PASS,
+            ),
+            row(
+                "its VLAN at first",
+                "d-aw1",
+                tagged(&old_source, 0x8100, 100),
+                verdict::PASS,
+            ),
+        ]);
+        let policy = isolator::policy::parse(POLICY, "test.yaml").expect("valid policy");
+        let mut narrower = Plan::new(&policy, &lab.links).expect("plan");
+        declare(&mut narrower);
+        let aw1 = narrower
+            .vifs
+            .iter_mut()
+            .find(|v| v.name == "d-aw1")
+            .unwrap();
+        aw1.addresses = vec!["10.1.1.9/32".parse().unwrap()];
+        aw1.vlans = vec![];
+        for swap in ["the second policy", "the same policy again"] {
+            lab.dp.apply(&narrower).expect("applying");
+            lab.check_all(&[
+                row(
+                    match swap {
+                        "the second policy" => "withdrawn address, second policy",
+                        _ => "withdrawn address, generation of the first policy",
+                    },
+                    "d-aw1",
+                    old_source.clone(),
+                    verdict::SPOOFED_IP,
+                ),
+                row(
+                    "the newly declared address",
+                    "d-aw1",
+                    new_source.clone(),
+                    verdict::PASS,
+                ),
+                row(
+                    match swap {
+                        "the second policy" => "withdrawn VLAN, second policy",
+                        _ => "withdrawn VLAN, generation of the first policy",
+                    },
+                    "d-aw1",
+                    tagged(&new_source, 0x8100, 100),
+                    verdict::VLAN,
+                ),
+            ]);
+            // Every policy map holds the active generation and nothing else.
+            let active = lab.dp.active_generation();
+            for (map, generations) in lab.dp.generations().unwrap() {
+                assert!(
+                    generations.iter().all(|g| *g == active),
+                    "after {swap}, {map} still holds generations {generations:?} \
+                     (active: {active})"
+                );
+            }
+        }
+        // Every map of the object is either policy (generation-keyed, listed by
+        // `generations`) or state that outlives policies; a new map must be put in one.
+        let mut classified: Vec<&str> = lab
+            .dp
+            .generations()
+            .unwrap()
+            .iter()
+            .map(|(name, _)| *name)
+            .chain([
+                "CONFIG",
+                "SETTINGS",
+                "CONNTRACK",
+                "CONNTRACK_EVENTS",
+                "MAC_VIFS",
+                "FRAGMENTS",
+                "COUNTERS",
+            ])
+            .collect();
+        classified.sort();
+        let mut pinned = isolator::dataplane::PINNED_MAPS.to_vec();
+        pinned.sort();
+        assert_eq!(classified, pinned);
+    });
+}
