@@ -46,6 +46,14 @@ pub mod maps {
     pub const VIF_ADDRS_V6: &str = "VIF_ADDRS_V6";
     /// `HashMap<VlanKey, u8>`: VLAN ids a vif may tag its frames with.
     pub const VIF_VLANS: &str = "VIF_VLANS";
+    /// `HashMap<DeclaredMacKey, u32>`: every declared MAC and the vif (ifindex) that
+    /// declared it; no other vif may send with it.
+    pub const DECLARED_MACS: &str = "DECLARED_MACS";
+    /// `LpmTrie<Ipv4PrefixKey, u32>`: every declared IPv4 address (prefix) and the vif
+    /// that declared it; no other vif may send from it.
+    pub const DECLARED_V4: &str = "DECLARED_V4";
+    /// `LpmTrie<Ipv6PrefixKey, u32>`: the same for IPv6 (link-local included).
+    pub const DECLARED_V6: &str = "DECLARED_V6";
     /// `LruHashMap<FragKey, u64>`: fragmented datagrams whose first fragment passed.
     pub const FRAGMENTS: &str = "FRAGMENTS";
 }
@@ -305,6 +313,11 @@ impl VifInfo {
     /// The interface declared its IPv6 link-local addresses (`VIF_ADDRS_V6`); otherwise
     /// any link-local source is its own.
     pub const HAS_LINK_LOCAL: u32 = 4;
+    /// Other interfaces declared MACs (`DECLARED_MACS`) this one must not use. Without
+    /// it (nothing declared anywhere) the lookup is skipped.
+    pub const OTHERS_DECLARED_MACS: u32 = 8;
+    /// Other interfaces declared addresses (`DECLARED_V4`/`_V6`) this one must not use.
+    pub const OTHERS_DECLARED_ADDRESSES: u32 = 16;
 }
 
 /// Key of the `SEGMENTS` map.
@@ -569,6 +582,15 @@ pub struct FragKey {
     pub _pad: [u8; 3],
 }
 
+/// Key of the `DECLARED_MACS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DeclaredMacKey {
+    pub generation: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
 /// Key of the `MAC_VIFS` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -597,6 +619,7 @@ mod pod {
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ConnState {}
     unsafe impl aya::Pod for MacKey {}
+    unsafe impl aya::Pod for DeclaredMacKey {}
     unsafe impl aya::Pod for VifAddrV4Key {}
     unsafe impl aya::Pod for VifAddrV6Key {}
     unsafe impl aya::Pod for VlanKey {}
@@ -625,6 +648,7 @@ mod tests {
         assert_eq!(size_of::<ConnKey>(), 40);
         assert_eq!(size_of::<ConnState>(), 16);
         assert_eq!(size_of::<MacKey>(), 8);
+        assert_eq!(size_of::<DeclaredMacKey>(), 12);
         assert_eq!(size_of::<VifAddrV4Key>(), 12);
         assert_eq!(size_of::<VifAddrV6Key>(), 24);
         assert_eq!(size_of::<VlanKey>(), 12);

@@ -20,10 +20,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use isolator_common::{
-    ConnKey, ConnState, Counter, CounterKey, FragKey, GENERATION_PREFIX_BITS, Ipv4PrefixKey,
-    Ipv6PrefixKey, MacKey, PairKey, RuleSet, SegmentInfo, SegmentKey, Settings, VIF_PREFIX_BITS,
-    VifAddrV4Key, VifAddrV6Key, VifInfo, VifKey, VlanKey, conntrack, direction, limits, protocol,
-    verdict,
+    ConnKey, ConnState, Counter, CounterKey, DeclaredMacKey, FragKey, GENERATION_PREFIX_BITS,
+    Ipv4PrefixKey, Ipv6PrefixKey, MacKey, PairKey, RuleSet, SegmentInfo, SegmentKey, Settings,
+    VIF_PREFIX_BITS, VifAddrV4Key, VifAddrV6Key, VifInfo, VifKey, VlanKey, conntrack, direction,
+    limits, protocol, verdict,
 };
 
 use crate::packet::{
@@ -90,6 +90,18 @@ static VIF_ADDRS_V4: LpmTrie<VifAddrV4Key, u8> =
 
 #[map]
 static VIF_ADDRS_V6: LpmTrie<VifAddrV6Key, u8> =
+    LpmTrie::with_max_entries(2 * limits::MAX_VIF_ADDRS, 0);
+
+#[map]
+static DECLARED_MACS: HashMap<DeclaredMacKey, u32> =
+    HashMap::with_max_entries(2 * limits::MAX_VIFS, 0);
+
+#[map]
+static DECLARED_V4: LpmTrie<Ipv4PrefixKey, u32> =
+    LpmTrie::with_max_entries(2 * limits::MAX_VIF_ADDRS, 0);
+
+#[map]
+static DECLARED_V6: LpmTrie<Ipv6PrefixKey, u32> =
     LpmTrie::with_max_entries(2 * limits::MAX_VIF_ADDRS, 0);
 
 #[map]
@@ -625,7 +637,11 @@ fn management_address(generation: u32, v4: bool, addr: &[u8; 16]) -> bool {
 /// unless its segment allows them.
 #[inline(always)]
 fn guard_source(vif: &Vif, p: &Packet) -> u8 {
-    if vif.vif.flags & VifInfo::HAS_MAC != 0 && p.src_mac != vif.vif.mac {
+    if vif.vif.flags & VifInfo::HAS_MAC != 0 {
+        if p.src_mac != vif.vif.mac {
+            return verdict::SPOOFED_MAC;
+        }
+    } else if mac_declared_by_another(vif, &p.src_mac) {
         return verdict::SPOOFED_MAC;
     }
     if p.kind == KIND_ARP {
@@ -661,6 +677,55 @@ fn guard_source(vif: &Vif, p: &Packet) -> u8 {
     verdict::PASS
 }
 
+/// A MAC another interface declared: reserved for it.
+#[inline(always)]
+fn mac_declared_by_another(vif: &Vif, mac: &[u8; 6]) -> bool {
+    let key = DeclaredMacKey {
+        generation: vif.generation,
+        mac: *mac,
+        _pad: [0; 2],
+    };
+    if vif.vif.flags & VifInfo::OTHERS_DECLARED_MACS == 0 {
+        return false;
+    }
+    match unsafe { DECLARED_MACS.get(key) } {
+        Some(owner) => *owner != vif.ifindex,
+        None => false,
+    }
+}
+
+/// An address another interface declared: reserved for it.
+#[inline(always)]
+fn address_declared_by_another(vif: &Vif, v4: bool, addr: &[u8; 16]) -> bool {
+    if vif.vif.flags & VifInfo::OTHERS_DECLARED_ADDRESSES == 0 {
+        return false;
+    }
+    let g = vif.generation.to_be_bytes();
+    let owner = if v4 {
+        let key = Key::new(
+            GENERATION_PREFIX_BITS + 32,
+            Ipv4PrefixKey {
+                generation: g,
+                addr: [addr[12], addr[13], addr[14], addr[15]],
+            },
+        );
+        DECLARED_V4.get(&key).copied()
+    } else {
+        let key = Key::new(
+            GENERATION_PREFIX_BITS + 128,
+            Ipv6PrefixKey {
+                generation: g,
+                addr: *addr,
+            },
+        );
+        DECLARED_V6.get(&key).copied()
+    };
+    match owner {
+        Some(owner) => owner != vif.ifindex,
+        None => false,
+    }
+}
+
 #[inline(always)]
 fn link_local(addr: &[u8; 16]) -> bool {
     addr[0] == 0xfe && addr[1] & 0xc0 == 0x80
@@ -677,8 +742,9 @@ fn owns(vif: &Vif, v4: bool, addr: &[u8; 16]) -> bool {
         VifInfo::HAS_ADDRESSES
     };
     if vif.vif.flags & declared == 0 {
-        return declared == VifInfo::HAS_LINK_LOCAL
-            || place(vif.generation, v4, addr) == Place::Segment(vif.segment);
+        return (declared == VifInfo::HAS_LINK_LOCAL
+            || place(vif.generation, v4, addr) == Place::Segment(vif.segment))
+            && !address_declared_by_another(vif, v4, addr);
     }
     let generation = vif.generation.to_be_bytes();
     let ifindex = vif.ifindex.to_be_bytes();

@@ -5,9 +5,9 @@ use std::fmt;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use isolator_common::{
-    GENERATION_PREFIX_BITS, Ipv4PrefixKey, Ipv6PrefixKey, PairKey, Rule, RuleSet, SegmentInfo,
-    SegmentKey, Settings, VIF_PREFIX_BITS, VifAddrV4Key, VifAddrV6Key, VifInfo, VifKey, VlanKey,
-    limits, protocol,
+    DeclaredMacKey, GENERATION_PREFIX_BITS, Ipv4PrefixKey, Ipv6PrefixKey, PairKey, Rule, RuleSet,
+    SegmentInfo, SegmentKey, Settings, VIF_PREFIX_BITS, VifAddrV4Key, VifAddrV6Key, VifInfo,
+    VifKey, VlanKey, limits, protocol,
 };
 
 const NANOS: u64 = 1_000_000_000;
@@ -274,6 +274,11 @@ impl Plan {
             plan.flows.len(),
             limits::MAX_FLOW_PAIRS,
         )?;
+        check_limit(
+            "declared interface addresses",
+            plan.vifs.iter().map(|v| v.addresses.len()).sum(),
+            limits::MAX_VIF_ADDRS,
+        )?;
         Ok(plan)
     }
 
@@ -297,7 +302,7 @@ impl Plan {
                     },
                     VifInfo {
                         segment: v.segment,
-                        flags: vif_flags(v),
+                        flags: vif_flags(v, &self.vifs),
                         mac: v.mac.unwrap_or_default(),
                         _pad: [0; 2],
                     },
@@ -416,6 +421,56 @@ impl Plan {
         out
     }
 
+    /// Entries of `DECLARED_MACS` for `generation`: each declared MAC and its vif.
+    pub fn declared_mac_entries(&self, generation: u32) -> Vec<(DeclaredMacKey, u32)> {
+        self.vifs
+            .iter()
+            .filter_map(|vif| {
+                vif.mac.map(|mac| {
+                    (
+                        DeclaredMacKey {
+                            generation,
+                            mac,
+                            _pad: [0; 2],
+                        },
+                        vif.ifindex,
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Entries of `DECLARED_V4` for `generation`: each declared IPv4 address (prefix)
+    /// and the vif that declared it.
+    pub fn declared_v4_entries(&self, generation: u32) -> Vec<(u32, Ipv4PrefixKey, u32)> {
+        let declared: Vec<(Ipv4Net, u32)> = self
+            .vifs
+            .iter()
+            .flat_map(|vif| {
+                vif.addresses.iter().filter_map(move |a| match a {
+                    IpNet::V4(net) => Some((net.trunc(), vif.ifindex)),
+                    IpNet::V6(_) => None,
+                })
+            })
+            .collect();
+        v4_keys(&declared, generation)
+    }
+
+    /// Entries of `DECLARED_V6` for `generation` (link-local addresses included).
+    pub fn declared_v6_entries(&self, generation: u32) -> Vec<(u32, Ipv6PrefixKey, u32)> {
+        let declared: Vec<(Ipv6Net, u32)> = self
+            .vifs
+            .iter()
+            .flat_map(|vif| {
+                vif.addresses.iter().filter_map(move |a| match a {
+                    IpNet::V6(net) => Some((net.trunc(), vif.ifindex)),
+                    IpNet::V4(_) => None,
+                })
+            })
+            .collect();
+        v6_keys(&declared, generation)
+    }
+
     /// Entries of `VIF_VLANS` for `generation`.
     pub fn vlan_entries(&self, generation: u32) -> Vec<VlanKey> {
         self.vifs
@@ -476,8 +531,15 @@ fn v6_keys<V: Copy>(entries: &[(Ipv6Net, V)], generation: u32) -> Vec<(u32, Ipv6
         .collect()
 }
 
-fn vif_flags(vif: &ManagedVif) -> u32 {
+fn vif_flags(vif: &ManagedVif, all: &[ManagedVif]) -> u32 {
     let mut flags = 0;
+    let others = || all.iter().filter(|o| o.ifindex != vif.ifindex);
+    if others().any(|o| o.mac.is_some()) {
+        flags |= VifInfo::OTHERS_DECLARED_MACS;
+    }
+    if others().any(|o| !o.addresses.is_empty()) {
+        flags |= VifInfo::OTHERS_DECLARED_ADDRESSES;
+    }
     if vif.mac.is_some() {
         flags |= VifInfo::HAS_MAC;
     }
@@ -978,7 +1040,11 @@ tenants:
         );
         assert_eq!(info.mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
         let plain = plan.vif_entries(1)[1].1;
-        assert_eq!(plain.flags, 0, "a pattern entry declares nothing");
+        assert_eq!(
+            plain.flags,
+            VifInfo::OTHERS_DECLARED_MACS | VifInfo::OTHERS_DECLARED_ADDRESSES,
+            "a pattern entry declares nothing, and must keep off what vweb-lb declared"
+        );
 
         let v4: Vec<(u32, [u8; 4])> = plan
             .vif_addr_v4_entries(1)
@@ -996,5 +1062,31 @@ tenants:
             .map(|k| (k.ifindex, k.vlan))
             .collect();
         assert_eq!(vlans, vec![(4, 100), (4, 200)]);
+
+        // Reserved for vweb-lb: its MAC and addresses, by generation, owned by ifindex 4.
+        let macs = plan.declared_mac_entries(1);
+        assert_eq!(macs.len(), 1);
+        assert_eq!(
+            (macs[0].0.generation, macs[0].0.mac, macs[0].1),
+            (1, [0x52, 0x54, 0, 0x12, 0x34, 0x56], 4)
+        );
+        let v4: Vec<(u32, [u8; 4], [u8; 4], u32)> = plan
+            .declared_v4_entries(1)
+            .iter()
+            .map(|(len, key, owner)| (*len, key.generation, key.addr, *owner))
+            .collect();
+        assert_eq!(
+            v4,
+            vec![
+                (64, 1u32.to_be_bytes(), [10, 1, 1, 10], 4),
+                (60, 1u32.to_be_bytes(), [10, 1, 1, 64], 4)
+            ]
+        );
+        let v6: Vec<(u32, u32)> = plan
+            .declared_v6_entries(0)
+            .iter()
+            .map(|(len, _, owner)| (*len, *owner))
+            .collect();
+        assert_eq!(v6, vec![(160, 4), (160, 4)], "fd00:1:1::10 and fe80::10");
     }
 }

@@ -24,9 +24,9 @@ use aya::{
     },
 };
 use isolator_common::{
-    ConnKey, ConnState, Counter, CounterKey, Ipv4PrefixKey, Ipv6PrefixKey, PairKey, RuleSet,
-    SegmentInfo, SegmentKey, Settings, VifAddrV4Key, VifAddrV6Key, VifInfo, VifKey, VlanKey,
-    conntrack, maps, programs,
+    ConnKey, ConnState, Counter, CounterKey, DeclaredMacKey, Ipv4PrefixKey, Ipv6PrefixKey, PairKey,
+    RuleSet, SegmentInfo, SegmentKey, Settings, VifAddrV4Key, VifAddrV6Key, VifInfo, VifKey,
+    VlanKey, conntrack, maps, programs,
 };
 use thiserror::Error;
 
@@ -146,7 +146,7 @@ struct Pins {
 /// Maps kept in the state directory, so that a restarted daemon finds the policy in
 /// force, its counters and its tracked connections: every map of the object but the
 /// per-CPU scratch space (a test keeps this list complete).
-pub const PINNED_MAPS: [&str; 20] = [
+pub const PINNED_MAPS: [&str; 23] = [
     maps::CONFIG,
     maps::SETTINGS,
     maps::VIFS,
@@ -165,6 +165,9 @@ pub const PINNED_MAPS: [&str; 20] = [
     maps::VIF_ADDRS_V4,
     maps::VIF_ADDRS_V6,
     maps::VIF_VLANS,
+    maps::DECLARED_MACS,
+    maps::DECLARED_V4,
+    maps::DECLARED_V6,
     maps::FRAGMENTS,
     maps::COUNTERS,
 ];
@@ -194,6 +197,9 @@ pub struct Dataplane {
     vif_addrs_v4: LpmTrie<MapData, VifAddrV4Key, u8>,
     vif_addrs_v6: LpmTrie<MapData, VifAddrV6Key, u8>,
     vif_vlans: HashMap<MapData, VlanKey, u8>,
+    declared_macs: HashMap<MapData, DeclaredMacKey, u32>,
+    declared_v4: LpmTrie<MapData, Ipv4PrefixKey, u32>,
+    declared_v6: LpmTrie<MapData, Ipv6PrefixKey, u32>,
     conntrack: HashMap<MapData, ConnKey, ConnState>,
     conntrack_events: PerCpuArray<MapData, u64>,
     counters: PerCpuHashMap<MapData, CounterKey, Counter>,
@@ -276,6 +282,9 @@ impl Dataplane {
         let vif_addrs_v4 = take(&mut ebpf, maps::VIF_ADDRS_V4)?;
         let vif_addrs_v6 = take(&mut ebpf, maps::VIF_ADDRS_V6)?;
         let vif_vlans = take(&mut ebpf, maps::VIF_VLANS)?;
+        let declared_macs = take(&mut ebpf, maps::DECLARED_MACS)?;
+        let declared_v4 = take(&mut ebpf, maps::DECLARED_V4)?;
+        let declared_v6 = take(&mut ebpf, maps::DECLARED_V6)?;
         let conntrack = take(&mut ebpf, maps::CONNTRACK)?;
         let conntrack_events = take(&mut ebpf, maps::CONNTRACK_EVENTS)?;
         let mut dp = Dataplane {
@@ -295,6 +304,9 @@ impl Dataplane {
             vif_addrs_v4,
             vif_addrs_v6,
             vif_vlans,
+            declared_macs,
+            declared_v4,
+            declared_v6,
             conntrack,
             conntrack_events,
             counters,
@@ -406,6 +418,19 @@ impl Dataplane {
         for key in plan.vlan_entries(generation) {
             insert(&mut self.vif_vlans, maps::VIF_VLANS, &key, &1)?;
         }
+        for (key, ifindex) in plan.declared_mac_entries(generation) {
+            insert(&mut self.declared_macs, maps::DECLARED_MACS, &key, &ifindex)?;
+        }
+        insert_lpm(
+            &mut self.declared_v4,
+            maps::DECLARED_V4,
+            plan.declared_v4_entries(generation),
+        )?;
+        insert_lpm(
+            &mut self.declared_v6,
+            maps::DECLARED_V6,
+            plan.declared_v6_entries(generation),
+        )?;
         // Vifs last: a vif's entry only ever points at segments already written.
         for (key, value) in plan.vif_entries(generation) {
             insert(&mut self.vifs, maps::VIFS, &key, &value)?;
@@ -447,6 +472,15 @@ impl Dataplane {
         })?;
         purge(&mut self.vif_vlans, maps::VIF_VLANS, |k| {
             k.generation == generation
+        })?;
+        purge(&mut self.declared_macs, maps::DECLARED_MACS, |k| {
+            k.generation == generation
+        })?;
+        purge_lpm(&mut self.declared_v4, maps::DECLARED_V4, |k| {
+            k.generation == g
+        })?;
+        purge_lpm(&mut self.declared_v6, maps::DECLARED_V6, |k| {
+            k.generation == g
         })?;
         Ok(())
     }
@@ -497,6 +531,15 @@ impl Dataplane {
                 be(k.data().generation)
             })?,
             of(self.vif_vlans.keys(), maps::VIF_VLANS, |k| k.generation)?,
+            of(self.declared_macs.keys(), maps::DECLARED_MACS, |k| {
+                k.generation
+            })?,
+            of(self.declared_v4.keys(), maps::DECLARED_V4, |k| {
+                be(k.data().generation)
+            })?,
+            of(self.declared_v6.keys(), maps::DECLARED_V6, |k| {
+                be(k.data().generation)
+            })?,
         ])
     }
 

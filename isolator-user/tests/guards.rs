@@ -825,3 +825,93 @@ fn withdrawn_addresses_and_vlans_stay_withdrawn_across_generations() {
         assert_eq!(classified, pinned);
     });
 }
+
+/// A declared identity is reserved: a VM that declared nothing (d-aw2) may use any MAC
+/// and its segment's addresses, but not the MAC or an address that another interface
+/// (d-aw1) declared, whether as a source, an ARP sender or an advertised target.
+#[test]
+fn a_declared_identity_is_reserved_for_its_interface() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        lab.check_all(&[
+            row(
+                "an undeclared VM with its own MAC and an address of its segment",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "10.1.1.7", "10.1.1.3", tcp(1000, 22, 2)),
+                verdict::PASS,
+            ),
+            row(
+                "the MAC d-aw1 declared",
+                "d-aw2",
+                ip_from(M1, PEER_MAC, "10.1.1.7", "10.1.1.3", tcp(1000, 22, 2)),
+                verdict::SPOOFED_MAC,
+            ),
+            row(
+                "the IPv4 address d-aw1 declared",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "10.1.1.2", "10.1.1.3", tcp(1000, 22, 2)),
+                verdict::SPOOFED_IP,
+            ),
+            row(
+                "the IPv6 address d-aw1 declared",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "fd00:1:1::2", "fd00:1:1::3", tcp(1000, 22, 2)),
+                verdict::SPOOFED_IP,
+            ),
+            row(
+                "an IPv6 address of its segment nobody declared",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "fd00:1:1::7", "fd00:1:1::3", tcp(1000, 22, 2)),
+                verdict::PASS,
+            ),
+            row(
+                "the link-local address d-aw1 declared",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "fe80::a1", "fe80::3", tcp(1000, 22, 2)),
+                verdict::SPOOFED_IP,
+            ),
+            row(
+                "a link-local address nobody declared",
+                "d-aw2",
+                ip_from(M2, PEER_MAC, "fe80::a2", "fe80::3", tcp(1000, 22, 2)),
+                verdict::PASS,
+            ),
+            row(
+                "ARP claiming the address d-aw1 declared",
+                "d-aw2",
+                arp_frame(M2, M2, "10.1.1.2", "10.1.1.3", 2),
+                verdict::ARP_SPOOF,
+            ),
+            row(
+                "ARP for its own address",
+                "d-aw2",
+                arp_frame(M2, M2, "10.1.1.7", "10.1.1.3", 1),
+                verdict::PASS,
+            ),
+            row(
+                "advertisement of the address d-aw1 declared",
+                "d-aw2",
+                nd_with_lladdr(M2, M2, 136, "fd00:1:1::7", "ff02::1", "fd00:1:1::2"),
+                verdict::ND_SPOOF,
+            ),
+            row(
+                "advertisement of its own address",
+                "d-aw2",
+                nd_with_lladdr(M2, M2, 136, "fd00:1:1::7", "ff02::1", "fd00:1:1::7"),
+                verdict::PASS,
+            ),
+            row(
+                "the owner itself",
+                "d-aw1",
+                ip_from(M1, PEER_MAC, "10.1.1.2", "10.1.1.3", tcp(1000, 22, 2)),
+                verdict::PASS,
+            ),
+            row(
+                "another segment's VM with the MAC d-aw1 declared",
+                "d-ad",
+                ip_from(M1, PEER_MAC, "10.1.2.5", "10.1.2.6", tcp(1000, 22, 2)),
+                verdict::SPOOFED_MAC,
+            ),
+        ]);
+    });
+}

@@ -2539,3 +2539,364 @@ fn guards_are_enforced_in_audit_mode() {
     }
     env.verdict("guards in audit mode", &bad);
 }
+
+/// A declared identity is reserved: web2, a member of web that declares nothing, may not
+/// send with web1's declared MAC, with an address web1 declared (IPv4, IPv6, its
+/// link-local), nor claim one of them in ARP or in a neighbour advertisement; its own MAC
+/// and its own (undeclared) addresses keep working, and so does web1, the owner.
+#[test]
+fn an_undeclared_vm_cannot_use_a_declared_identity() {
+    let env = Env::start("guard-reserved", "enforce");
+    let (w1, w2, w3) = (env.node("web1"), env.node("web2"), env.node("web3"));
+    let all_nodes = ("ff02::1", "33:33:00:00:00:01");
+    let before = env.metrics();
+    let mut bad = Vec::new();
+
+    // Case 5, first part: the owner of the identity reaches the observer, IPv4, IPv6 and
+    // link-local (which also gives web3 neighbour entries for web1's three addresses,
+    // checked against poisoning at the end).
+    let owner_reaches_web3 = |when: &str, bad: &mut Vec<String>| {
+        for dst in [&w3.v4, &w3.v6] {
+            if !ping(&w1.vm(), dst.parse().unwrap()).unwrap() {
+                bad.push(format!("[case 5] web1 -> web3 ({dst}) ping {when} failed"));
+            }
+        }
+        let target = format!("{}%eth0", w3.ll);
+        let out = env
+            .lab
+            .exec(&w1.ns, &["ping", "-6", "-c", "1", "-W", "2", &target])
+            .unwrap();
+        if !out.status.success() {
+            bad.push(format!(
+                "[case 5] web1 -> web3 link-local ping ({target}) {when} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    };
+    owner_reaches_web3("before the spoofing attempts", &mut bad);
+    for addr in [&w1.v4, &w1.v6, &w1.ll] {
+        let now = neigh_mac(&w3.ns, addr);
+        assert_eq!(
+            now.as_deref(),
+            Some(w1.mac.as_str()),
+            "web3 must know web1's {addr} by web1's MAC after the pings"
+        );
+    }
+    // Case 5, second part: web1 sends with its declared MAC and every declared address.
+    let mut s1 = env.scapy("web1");
+    fire_all(
+        &env,
+        &mut s1,
+        &[
+            shot(
+                "[case 5] the owner's declared IPv4",
+                w1,
+                w3,
+                udp4(w1, &w1.v4, w3, &w3.v4, "rsv-w1-ip4"),
+                Expect::Delivered,
+            ),
+            shot(
+                "[case 5] the owner's declared IPv6",
+                w1,
+                w3,
+                udp6(w1, &w1.v6, w3, &w3.v6, "rsv-w1-ip6"),
+                Expect::Delivered,
+            ),
+            shot(
+                "[case 5] the owner's declared link-local",
+                w1,
+                w3,
+                udp6(w1, &w1.ll, w3, &w3.ll, "rsv-w1-ll"),
+                Expect::Delivered,
+            ),
+        ],
+        &mut bad,
+    );
+    drop(s1);
+
+    let mut s2 = env.scapy("web2");
+    // Case 1: web1's declared MAC as source.
+    let with_mac = |mac: &str, marker: &str| {
+        format!(
+            "Ether(src='{mac}', dst='{}')/IP(src='{}', dst='{}')/UDP(sport=40000, dport=9)/Raw(load=b'{marker}')",
+            w3.mac, w2.v4, w3.v4
+        )
+    };
+    fire_all(
+        &env,
+        &mut s2,
+        &[
+            shot(
+                "[case 1] own MAC (twin)",
+                w2,
+                w3,
+                with_mac(&w2.mac, "rsv-mac-own"),
+                Expect::Delivered,
+            ),
+            shot(
+                "[case 1] web1's declared MAC, own IPv4",
+                w2,
+                w3,
+                with_mac(&w1.mac, "rsv-mac-web1"),
+                Expect::Dropped("spoofed_mac"),
+            )
+            .times(3),
+            shot(
+                "[case 1] web1's declared MAC, own IPv6",
+                w2,
+                w3,
+                format!(
+                    "Ether(src='{}', dst='{}')/IPv6(src='{}', dst='{}')/UDP(sport=40000, dport=9)/Raw(load=b'rsv-mac6-web1')",
+                    w1.mac, w3.mac, w2.v6, w3.v6
+                ),
+                Expect::Dropped("spoofed_mac"),
+            ),
+            shot(
+                "[case 1] ARP request from web1's declared MAC for web2's own address",
+                w2,
+                w3,
+                format!(
+                    "Ether(src='{m}', dst='ff:ff:ff:ff:ff:ff')/ARP(op=1, hwsrc='{m}', psrc='{}', pdst='{}')",
+                    w2.v4,
+                    w3.v4,
+                    m = w1.mac
+                ),
+                Expect::Dropped("spoofed_mac"),
+            ),
+        ],
+        &mut bad,
+    );
+
+    // Case 2: web2's own MAC, an address web1 declared as source.
+    fire_all(
+        &env,
+        &mut s2,
+        &[
+            shot(
+                "[case 2] own IPv4 (twin)",
+                w2,
+                w3,
+                udp4(w2, &w2.v4, w3, &w3.v4, "rsv-ip4-own"),
+                Expect::Delivered,
+            ),
+            shot(
+                "[case 2] an undeclared IPv4 of its segment (twin)",
+                w2,
+                w3,
+                udp4(w2, "10.1.1.77", w3, &w3.v4, "rsv-ip4-77"),
+                Expect::Delivered,
+            ),
+            shot(
+                "[case 2] web1's declared IPv4",
+                w2,
+                w3,
+                udp4(w2, &w1.v4, w3, &w3.v4, "rsv-ip4-web1"),
+                Expect::Dropped("spoofed_ip"),
+            )
+            .times(2),
+            shot(
+                "[case 2] own IPv6 (twin)",
+                w2,
+                w3,
+                udp6(w2, &w2.v6, w3, &w3.v6, "rsv-ip6-own"),
+                Expect::Delivered,
+            ),
+            shot(
+                "[case 2] web1's declared IPv6",
+                w2,
+                w3,
+                udp6(w2, &w1.v6, w3, &w3.v6, "rsv-ip6-web1"),
+                Expect::Dropped("spoofed_ip"),
+            )
+            .times(2),
+            shot(
+                "[case 2] own link-local (twin)",
+                w2,
+                w3,
+                udp6(w2, &w2.ll, w3, &w3.ll, "rsv-ll-own"),
+                Expect::Delivered,
+            ),
+            shot(
+                "[case 2] web1's declared link-local",
+                w2,
+                w3,
+                udp6(w2, &w1.ll, w3, &w3.ll, "rsv-ll-web1"),
+                Expect::Dropped("spoofed_ip"),
+            ),
+        ],
+        &mut bad,
+    );
+
+    // Case 3: ARP claiming web1's declared IPv4. Twin first, and proof that an arriving
+    // gratuitous ARP does change the observer's cache.
+    let garp = |ip: &str| {
+        format!(
+            "{}/ARP(op=1, hwsrc='{m}', psrc='{ip}', hwdst='00:00:00:00:00:00', pdst='{ip}')",
+            w2.eth("ff:ff:ff:ff:ff:ff"),
+            m = w2.mac
+        )
+    };
+    set_neigh(&w3.ns, &w2.v4, BOGUS_MAC);
+    bad.extend(
+        shot(
+            "[case 3] gratuitous ARP for its own address (twin)",
+            w2,
+            w3,
+            garp(&w2.v4),
+            Expect::Delivered,
+        )
+        .fire(&env, &mut s2)
+        .0,
+    );
+    let now = neigh_becomes(&w3.ns, &w2.v4, &w2.mac, Duration::from_secs(2));
+    if now.as_deref() != Some(w2.mac.as_str()) {
+        bad.push(format!(
+            "[case 3 twin] web2's gratuitous ARP for {} arrived, yet web3's cache says {now:?} \
+             instead of {}: the cache check below would prove nothing",
+            w2.v4, w2.mac
+        ));
+    }
+    fire_all(
+        &env,
+        &mut s2,
+        &[
+            shot(
+                "[case 3] gratuitous ARP request claiming web1's declared IPv4",
+                w2,
+                w3,
+                garp(&w1.v4),
+                Expect::Dropped("arp_spoof"),
+            )
+            .times(3),
+            shot(
+                "[case 3] gratuitous ARP reply claiming web1's declared IPv4",
+                w2,
+                w3,
+                format!(
+                    "{}/ARP(op=2, hwsrc='{m}', psrc='{ip}', hwdst='{m}', pdst='{ip}')",
+                    w2.eth("ff:ff:ff:ff:ff:ff"),
+                    m = w2.mac,
+                    ip = w1.v4
+                ),
+                Expect::Dropped("arp_spoof"),
+            ),
+            shot(
+                "[case 3] unicast ARP reply to web3 claiming web1's declared IPv4",
+                w2,
+                w3,
+                format!(
+                    "{}/ARP(op=2, hwsrc='{}', psrc='{}', hwdst='{}', pdst='{}')",
+                    w2.eth(&w3.mac),
+                    w2.mac,
+                    w1.v4,
+                    w3.mac,
+                    w3.v4
+                ),
+                Expect::Dropped("arp_spoof"),
+            ),
+            shot(
+                "[case 3] ARP request for web3 from its own address (twin)",
+                w2,
+                w3,
+                format!(
+                    "{}/ARP(op=1, hwsrc='{}', psrc='{}', pdst='{}')",
+                    w2.eth("ff:ff:ff:ff:ff:ff"),
+                    w2.mac,
+                    w2.v4,
+                    w3.v4
+                ),
+                Expect::Delivered,
+            ),
+        ],
+        &mut bad,
+    );
+
+    // Case 4: neighbour advertisements for web1's declared addresses. Twin first, with the
+    // same proof that an arriving advertisement changes the observer's cache.
+    set_neigh(&w3.ns, &w2.v6, BOGUS_MAC);
+    bad.extend(
+        shot(
+            "[case 4] unsolicited NA for its own address (twin)",
+            w2,
+            w3,
+            na(w2, all_nodes, &w2.v6, &w2.v6, &w2.mac),
+            Expect::Delivered,
+        )
+        .fire(&env, &mut s2)
+        .0,
+    );
+    let now = neigh_becomes(&w3.ns, &w2.v6, &w2.mac, Duration::from_secs(2));
+    if now.as_deref() != Some(w2.mac.as_str()) {
+        bad.push(format!(
+            "[case 4 twin] web2's NA for {} arrived, yet web3's cache says {now:?} instead of \
+             {}: the cache check below would prove nothing",
+            w2.v6, w2.mac
+        ));
+    }
+    fire_all(
+        &env,
+        &mut s2,
+        &[
+            shot(
+                "[case 4] unsolicited NA for web1's declared IPv6",
+                w2,
+                w3,
+                na(w2, all_nodes, &w2.v6, &w1.v6, &w2.mac),
+                Expect::Dropped("nd_spoof"),
+            )
+            .times(3),
+            shot(
+                "[case 4] unicast NA to web3 for web1's declared IPv6",
+                w2,
+                w3,
+                na(w2, (&w3.v6, &w3.mac), &w2.v6, &w1.v6, &w2.mac),
+                Expect::Dropped("nd_spoof"),
+            ),
+            shot(
+                "[case 4] unsolicited NA for web1's declared link-local",
+                w2,
+                w3,
+                na(w2, all_nodes, &w2.ll, &w1.ll, &w2.mac),
+                Expect::Dropped("nd_spoof"),
+            ),
+            shot(
+                "[case 4] unsolicited NA for its own link-local (twin)",
+                w2,
+                w3,
+                na(w2, all_nodes, &w2.ll, &w2.ll, &w2.mac),
+                Expect::Delivered,
+            ),
+        ],
+        &mut bad,
+    );
+    drop(s2);
+
+    // Cases 3 and 4: the observer still knows web1's addresses by web1's MAC.
+    for addr in [&w1.v4, &w1.v6, &w1.ll] {
+        let now = neigh_mac(&w3.ns, addr);
+        if now.as_deref() != Some(w1.mac.as_str()) {
+            bad.push(format!(
+                "[cases 3/4] web3's neighbour cache for web1's {addr} was poisoned: {now:?}, \
+                 must stay {}",
+                w1.mac
+            ));
+        }
+    }
+    // Case 5 again: the owner still reaches the observer after the attempts, and none of
+    // its own traffic was dropped on ingress during the whole test.
+    owner_reaches_web3("after the spoofing attempts", &mut bad);
+    let after = env.metrics();
+    let d = delta(
+        &ingress_drops(&before, &w1.vif),
+        &ingress_drops(&after, &w1.vif),
+    );
+    if !d.is_empty() {
+        bad.push(format!(
+            "[case 5] the owner's traffic was dropped at {} (ingress): {}",
+            w1.vif,
+            fmt_delta(&d)
+        ));
+    }
+    env.verdict("declared identity reserved", &bad);
+}
