@@ -626,7 +626,7 @@ fn resolution_allowed(generation: u32, from: u32, to: u32, p: &Packet) -> bool {
 /// existence may be learned from a VM.
 #[inline(always)]
 fn management_address(generation: u32, v4: bool, addr: &[u8; 16]) -> bool {
-    match lpm_rules(&MANAGEMENT_V4, &MANAGEMENT_V6, generation, v4, addr) {
+    match lpm_lookup(&MANAGEMENT_V4, &MANAGEMENT_V6, generation, v4, addr) {
         Some(rules) => rules.flags & RuleSet::ALL != 0,
         None => false,
     }
@@ -700,28 +700,8 @@ fn address_declared_by_another(vif: &Vif, v4: bool, addr: &[u8; 16]) -> bool {
     if vif.vif.flags & VifInfo::OTHERS_DECLARED_ADDRESSES == 0 {
         return false;
     }
-    let g = vif.generation.to_be_bytes();
-    let owner = if v4 {
-        let key = Key::new(
-            GENERATION_PREFIX_BITS + 32,
-            Ipv4PrefixKey {
-                generation: g,
-                addr: [addr[12], addr[13], addr[14], addr[15]],
-            },
-        );
-        DECLARED_V4.get(&key).copied()
-    } else {
-        let key = Key::new(
-            GENERATION_PREFIX_BITS + 128,
-            Ipv6PrefixKey {
-                generation: g,
-                addr: *addr,
-            },
-        );
-        DECLARED_V6.get(&key).copied()
-    };
-    match owner {
-        Some(owner) => owner != vif.ifindex,
+    match lpm_lookup(&DECLARED_V4, &DECLARED_V6, vif.generation, v4, addr) {
+        Some(owner) => *owner != vif.ifindex,
         None => false,
     }
 }
@@ -790,28 +770,8 @@ fn cross(vif: &Vif, other: u32) -> u8 {
 /// The segment an address belongs to.
 #[inline(always)]
 fn place(generation: u32, v4: bool, addr: &[u8; 16]) -> Place {
-    let g = generation.to_be_bytes();
-    let found = if v4 {
-        let key = Key::new(
-            GENERATION_PREFIX_BITS + 32,
-            Ipv4PrefixKey {
-                generation: g,
-                addr: [addr[12], addr[13], addr[14], addr[15]],
-            },
-        );
-        PREFIXES_V4.get(&key).copied()
-    } else {
-        let key = Key::new(
-            GENERATION_PREFIX_BITS + 128,
-            Ipv6PrefixKey {
-                generation: g,
-                addr: *addr,
-            },
-        );
-        PREFIXES_V6.get(&key).copied()
-    };
-    match found {
-        Some(segment) => Place::Segment(segment),
+    match lpm_lookup(&PREFIXES_V4, &PREFIXES_V6, generation, v4, addr) {
+        Some(segment) => Place::Segment(*segment),
         None => Place::Outside,
     }
 }
@@ -883,14 +843,16 @@ fn admits(rules: &RuleSet, p: &Packet) -> bool {
     rules.admits(class, if has_ports { Some(p.dst_port) } else { None })
 }
 
+/// Longest-prefix lookup of `addr` (IPv4-mapped for IPv4) under `generation` in the
+/// map pair of its family.
 #[inline(always)]
-fn lpm_rules<'a>(
-    v4map: &'a LpmTrie<Ipv4PrefixKey, RuleSet>,
-    v6map: &'a LpmTrie<Ipv6PrefixKey, RuleSet>,
+fn lpm_lookup<'a, V>(
+    v4map: &'a LpmTrie<Ipv4PrefixKey, V>,
+    v6map: &'a LpmTrie<Ipv6PrefixKey, V>,
     generation: u32,
     v4: bool,
     addr: &[u8; 16],
-) -> Option<&'a RuleSet> {
+) -> Option<&'a V> {
     let g = generation.to_be_bytes();
     if v4 {
         let key = Key::new(
@@ -916,7 +878,7 @@ fn lpm_rules<'a>(
 /// The destination is a management address for this protocol and port.
 #[inline(always)]
 fn management(generation: u32, p: &Packet) -> bool {
-    match lpm_rules(
+    match lpm_lookup(
         &MANAGEMENT_V4,
         &MANAGEMENT_V6,
         generation,
@@ -931,7 +893,7 @@ fn management(generation: u32, p: &Packet) -> bool {
 /// The destination is an exposed endpoint for this protocol and port.
 #[inline(always)]
 fn exposed(generation: u32, p: &Packet) -> bool {
-    match lpm_rules(&EXPOSED_V4, &EXPOSED_V6, generation, p.is_v4(), &p.dst) {
+    match lpm_lookup(&EXPOSED_V4, &EXPOSED_V6, generation, p.is_v4(), &p.dst) {
         Some(rules) => admits(rules, p),
         None => false,
     }
@@ -940,7 +902,7 @@ fn exposed(generation: u32, p: &Packet) -> bool {
 /// The address is exposed for some service (address resolution may reach it).
 #[inline(always)]
 fn exposed_any(generation: u32, v4: bool, addr: &[u8; 16]) -> bool {
-    lpm_rules(&EXPOSED_V4, &EXPOSED_V6, generation, v4, addr).is_some()
+    lpm_lookup(&EXPOSED_V4, &EXPOSED_V6, generation, v4, addr).is_some()
 }
 
 /// A flow from segment `from` to segment `to` admits the packet.
