@@ -28,7 +28,7 @@ use isolator_common::{
 
 use crate::packet::{
     FRAGMENT_FIRST, FRAGMENT_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, KIND_ARP, KIND_IPV4, Packet,
-    TCP_FIN, TCP_RST, parse, quoted_key,
+    TCP_FIN, TCP_RST, is_vlan_tag, parse, quoted_key,
 };
 
 #[map]
@@ -221,8 +221,7 @@ pub fn isolator_tags(ctx: TcContext) -> i32 {
     if present == 0 {
         return TC_ACT_OK;
     }
-    let inner = u16::from_be(inner as u16);
-    let stacked = inner == ETH_P_8021Q || inner == ETH_P_8021AD;
+    let stacked = is_vlan_tag(u16::from_be(inner as u16));
     let allowed = !stacked
         && match identify(ifindex) {
             Some(vif) => vlan_allowed(&vif, (tci & 0x0fff) as u16),
@@ -247,9 +246,6 @@ pub fn isolator_tags(ctx: TcContext) -> i32 {
     account(ifindex, direction::INGRESS, verdict::VLAN, false, bytes);
     TC_ACT_SHOT
 }
-
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
 
 #[inline(always)]
 fn counter_key(ifindex: u32, dir: u8, code: u8, audited: bool) -> CounterKey {

@@ -364,13 +364,13 @@ pub fn parse(frame: &impl Frame, p: &mut Packet) -> Result<(), u8> {
     p.dst_mac = eth.dst_addr;
     let mut ether_type = u16::from_be(eth.ether_type);
     let mut l3 = EthHdr::LEN;
-    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+    if is_vlan_tag(ether_type) {
         let tag: *const [u8; 4] = ptr_at(frame, EthHdr::LEN).map_err(|()| verdict::MALFORMED)?;
         let tag = unsafe { &*tag };
         p.has_vlan = true;
         p.vlan = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
         ether_type = u16::from_be_bytes([tag[2], tag[3]]);
-        if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        if is_vlan_tag(ether_type) {
             // Stacked tags never pass.
             return Err(verdict::VLAN);
         }
@@ -389,6 +389,12 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
+
+/// Whether an EtherType (host order) announces a VLAN tag: 802.1Q or 802.1ad.
+#[inline(always)]
+pub fn is_vlan_tag(ether_type: u16) -> bool {
+    ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD
+}
 
 #[inline(always)]
 fn parse_arp(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), u8> {

@@ -292,6 +292,10 @@ impl Plan {
 
     /// Entries of the `VIFS` map for `generation`.
     pub fn vif_entries(&self, generation: u32) -> Vec<(VifKey, VifInfo)> {
+        let declared = Declared {
+            macs: self.vifs.iter().filter(|v| v.mac.is_some()).count(),
+            addresses: self.vifs.iter().filter(|v| !v.addresses.is_empty()).count(),
+        };
         self.vifs
             .iter()
             .map(|v| {
@@ -302,7 +306,7 @@ impl Plan {
                     },
                     VifInfo {
                         segment: v.segment,
-                        flags: vif_flags(v, &self.vifs),
+                        flags: vif_flags(v, &declared),
                         mac: v.mac.unwrap_or_default(),
                         _pad: [0; 2],
                     },
@@ -443,32 +447,37 @@ impl Plan {
     /// Entries of `DECLARED_V4` for `generation`: each declared IPv4 address (prefix)
     /// and the vif that declared it.
     pub fn declared_v4_entries(&self, generation: u32) -> Vec<(u32, Ipv4PrefixKey, u32)> {
-        let declared: Vec<(Ipv4Net, u32)> = self
-            .vifs
-            .iter()
-            .flat_map(|vif| {
-                vif.addresses.iter().filter_map(move |a| match a {
-                    IpNet::V4(net) => Some((net.trunc(), vif.ifindex)),
-                    IpNet::V6(_) => None,
-                })
-            })
-            .collect();
-        v4_keys(&declared, generation)
+        v4_keys(
+            &self.declared(|net| match net {
+                IpNet::V4(net) => Some(net.trunc()),
+                IpNet::V6(_) => None,
+            }),
+            generation,
+        )
     }
 
     /// Entries of `DECLARED_V6` for `generation` (link-local addresses included).
     pub fn declared_v6_entries(&self, generation: u32) -> Vec<(u32, Ipv6PrefixKey, u32)> {
-        let declared: Vec<(Ipv6Net, u32)> = self
-            .vifs
+        v6_keys(
+            &self.declared(|net| match net {
+                IpNet::V6(net) => Some(net.trunc()),
+                IpNet::V4(_) => None,
+            }),
+            generation,
+        )
+    }
+
+    /// Every declared address of one family (picked by `family`) with its vif's ifindex.
+    fn declared<N>(&self, family: impl Fn(&IpNet) -> Option<N>) -> Vec<(N, u32)> {
+        self.vifs
             .iter()
             .flat_map(|vif| {
-                vif.addresses.iter().filter_map(move |a| match a {
-                    IpNet::V6(net) => Some((net.trunc(), vif.ifindex)),
-                    IpNet::V4(_) => None,
-                })
+                vif.addresses
+                    .iter()
+                    .filter_map(&family)
+                    .map(|net| (net, vif.ifindex))
             })
-            .collect();
-        v6_keys(&declared, generation)
+            .collect()
     }
 
     /// Entries of `VIF_VLANS` for `generation`.
@@ -531,13 +540,18 @@ fn v6_keys<V: Copy>(entries: &[(Ipv6Net, V)], generation: u32) -> Vec<(u32, Ipv6
         .collect()
 }
 
-fn vif_flags(vif: &ManagedVif, all: &[ManagedVif]) -> u32 {
+/// How many vifs of a plan declared a MAC, and addresses.
+struct Declared {
+    macs: usize,
+    addresses: usize,
+}
+
+fn vif_flags(vif: &ManagedVif, declared: &Declared) -> u32 {
     let mut flags = 0;
-    let others = || all.iter().filter(|o| o.ifindex != vif.ifindex);
-    if others().any(|o| o.mac.is_some()) {
+    if declared.macs > usize::from(vif.mac.is_some()) {
         flags |= VifInfo::OTHERS_DECLARED_MACS;
     }
-    if others().any(|o| !o.addresses.is_empty()) {
+    if declared.addresses > usize::from(!vif.addresses.is_empty()) {
         flags |= VifInfo::OTHERS_DECLARED_ADDRESSES;
     }
     if vif.mac.is_some() {

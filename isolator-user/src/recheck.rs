@@ -17,6 +17,7 @@
 //! * and in either case the vif is still managed.
 
 use std::collections::HashMap;
+use std::net::Ipv6Addr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use isolator_common::{ConnKey, ConnState, RuleSet, SegmentInfo, direction, protocol};
@@ -91,13 +92,10 @@ enum Addr {
 
 impl Addr {
     fn of(bytes: &[u8; 16]) -> Addr {
-        const MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
-        if bytes[..12] == MAPPED {
-            Addr::V4(u128::from(u32::from_be_bytes([
-                bytes[12], bytes[13], bytes[14], bytes[15],
-            ])))
-        } else {
-            Addr::V6(u128::from_be_bytes(*bytes))
+        let v6 = Ipv6Addr::from(*bytes);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => Addr::V4(u128::from(u32::from(v4))),
+            None => Addr::V6(u128::from(v6)),
         }
     }
 }

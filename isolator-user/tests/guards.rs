@@ -763,18 +763,21 @@ fn withdrawn_addresses_and_vlans_stay_withdrawn_across_generations() {
             .unwrap();
         aw1.addresses = vec!["10.1.1.9/32".parse().unwrap()];
         aw1.vlans = vec![];
-        for swap in ["the second policy", "the same policy again"] {
+        for (swap, address, vlan) in [
+            (
+                "the second policy",
+                "withdrawn address, second policy",
+                "withdrawn VLAN, second policy",
+            ),
+            (
+                "the same policy again",
+                "withdrawn address, generation of the first policy",
+                "withdrawn VLAN, generation of the first policy",
+            ),
+        ] {
             lab.dp.apply(&narrower).expect("applying");
             lab.check_all(&[
-                row(
-                    match swap {
-                        "the second policy" => "withdrawn address, second policy",
-                        _ => "withdrawn address, generation of the first policy",
-                    },
-                    "d-aw1",
-                    old_source.clone(),
-                    verdict::SPOOFED_IP,
-                ),
+                row(address, "d-aw1", old_source.clone(), verdict::SPOOFED_IP),
                 row(
                     "the newly declared address",
                     "d-aw1",
@@ -782,10 +785,7 @@ fn withdrawn_addresses_and_vlans_stay_withdrawn_across_generations() {
                     verdict::PASS,
                 ),
                 row(
-                    match swap {
-                        "the second policy" => "withdrawn VLAN, second policy",
-                        _ => "withdrawn VLAN, generation of the first policy",
-                    },
+                    vlan,
                     "d-aw1",
                     tagged(&new_source, 0x8100, 100),
                     verdict::VLAN,

@@ -154,6 +154,67 @@ impl Env {
     }
 }
 
+impl Env {
+    /// Scans every enforced segment (ACME and GLOBEX) from namespace `ns`, a source
+    /// outside every segment with addresses `peers` (v4, v6): over IPv4 and IPv6 it finds
+    /// exactly the exposed endpoints; every VM counts `not_exposed` drops on its egress
+    /// (never on its ingress); the private VMs accepted nothing from `peers`.
+    fn assert_only_exposed_reachable(&self, who: &str, ns: &str, peers: [&str; 2]) {
+        let all = [ACME.as_slice(), GLOBEX.as_slice()].concat();
+        let before = self.metrics();
+        for (targets, expected) in [
+            (
+                v4_targets(&all),
+                endpoints(&[("10.1.1.2", 443), ("10.2.1.2", 80), ("10.2.1.3", 8080)]),
+            ),
+            (
+                v6_targets(&all),
+                endpoints(&[
+                    ("fd00:1:1::2", 443),
+                    ("fd00:2:1::2", 80),
+                    ("fd00:2:1::3", 8080),
+                ]),
+            ),
+        ] {
+            let scan = tcp_connect_scan(ns, &strs(&targets), &SCAN_PORTS)
+                .unwrap_or_else(|e| panic!("scan from {who}: {e:#}"));
+            self.assert_scan(
+                &format!("from {who}: the exposed endpoints"),
+                who,
+                &scan,
+                &expected,
+            );
+        }
+        let after = self.metrics();
+        for vm in [
+            "acme-web1",
+            "acme-web2",
+            "acme-db1",
+            "globex-api1",
+            "globex-ops1",
+        ] {
+            assert_grew(
+                &before,
+                &after,
+                &Series::drop(vm, "egress", "not_exposed"),
+                &format!("{who} scanned {vm}'s private ports"),
+            );
+            let ingress = Series::drop(vm, "ingress", "not_exposed");
+            assert_eq!(
+                ingress.value(&after),
+                0.0,
+                "not_exposed is judged where traffic reaches a VM (egress), yet {ingress} moved"
+            );
+        }
+        for vm in ["acme-db1", "globex-ops1", "acme-web2"] {
+            for peer in peers {
+                let got = self.arrivals(vm, peer);
+                assert!(got.is_empty(), "{vm} accepted from {who}: {got:?}");
+            }
+        }
+    }
+}
+
 /// One expected probe: what, from, to (socket address), payload, whether it must pass.
 struct Probe {
     what: &'static str,
@@ -777,57 +838,11 @@ fn cross_tenant_flow_admits_only_its_port_and_direction() {
 #[test]
 fn outside_host_reaches_only_exposed_endpoints() {
     let env = Env::start("outside");
-    let all = [ACME.as_slice(), GLOBEX.as_slice()].concat();
-    let (t4, t6) = (v4_targets(&all), v6_targets(&all));
-    let before = env.metrics();
-    let s4 = env.scan(OUTSIDE, &strs(&t4));
-    env.assert_scan(
-        "from the outside: the exposed endpoints",
-        OUTSIDE,
-        &s4,
-        &endpoints(&[("10.1.1.2", 443), ("10.2.1.2", 80), ("10.2.1.3", 8080)]),
+    env.assert_only_exposed_reachable(
+        "the outside host",
+        &env.ns(OUTSIDE),
+        [OUTSIDE_V4, OUTSIDE_V6],
     );
-    let s6 = env.scan(OUTSIDE, &strs(&t6));
-    env.assert_scan(
-        "from the outside over IPv6: the exposed endpoints",
-        OUTSIDE,
-        &s6,
-        &endpoints(&[
-            ("fd00:1:1::2", 443),
-            ("fd00:2:1::2", 80),
-            ("fd00:2:1::3", 8080),
-        ]),
-    );
-    let after = env.metrics();
-    for vm in [
-        "acme-web1",
-        "acme-web2",
-        "acme-db1",
-        "globex-api1",
-        "globex-ops1",
-    ] {
-        assert_grew(
-            &before,
-            &after,
-            &Series::drop(vm, "egress", "not_exposed"),
-            &format!("the outside host scanned {vm}'s private ports"),
-        );
-        let ingress = Series::drop(vm, "ingress", "not_exposed");
-        assert_eq!(
-            ingress.value(&after),
-            0.0,
-            "not_exposed is judged where traffic reaches a VM (egress), yet {ingress} moved"
-        );
-    }
-    for vm in ["acme-db1", "globex-ops1", "acme-web2"] {
-        for peer in [OUTSIDE_V4, OUTSIDE_V6] {
-            let got = env.arrivals(vm, peer);
-            assert!(
-                got.is_empty(),
-                "{vm} accepted from the outside host: {got:?}"
-            );
-        }
-    }
     assert!(
         env.ping(OUTSIDE, "10.1.1.2"),
         "10.1.1.2 exposes icmp: the outside host must get an echo reply"
@@ -889,50 +904,7 @@ fn the_hosts_own_stack_reaches_only_exposed_endpoints() {
         lab.exec_ok(&host, &args)
             .unwrap_or_else(|e| panic!("{}: {e:#}", args.join(" ")));
     }
-    let all = [ACME.as_slice(), GLOBEX.as_slice()].concat();
-    let (t4, t6) = (v4_targets(&all), v6_targets(&all));
-    let before = env.metrics();
-    let scan = |targets: &[String]| {
-        tcp_connect_scan(&host, &strs(targets), &SCAN_PORTS)
-            .unwrap_or_else(|e| panic!("scan from the host: {e:#}"))
-    };
-    env.assert_scan(
-        "from the host's own stack: the exposed endpoints",
-        "the lab host",
-        &scan(&t4),
-        &endpoints(&[("10.1.1.2", 443), ("10.2.1.2", 80), ("10.2.1.3", 8080)]),
-    );
-    env.assert_scan(
-        "from the host's own stack over IPv6: the exposed endpoints",
-        "the lab host",
-        &scan(&t6),
-        &endpoints(&[
-            ("fd00:1:1::2", 443),
-            ("fd00:2:1::2", 80),
-            ("fd00:2:1::3", 8080),
-        ]),
-    );
-    let after = env.metrics();
-    for vm in [
-        "acme-web1",
-        "acme-web2",
-        "acme-db1",
-        "globex-api1",
-        "globex-ops1",
-    ] {
-        assert_grew(
-            &before,
-            &after,
-            &Series::drop(vm, "egress", "not_exposed"),
-            &format!("the host scanned {vm}'s private ports"),
-        );
-    }
-    for vm in ["acme-db1", "globex-ops1", "acme-web2"] {
-        for peer in [HOST_V4, HOST_V6] {
-            let got = env.arrivals(vm, peer);
-            assert!(got.is_empty(), "{vm} accepted from the host: {got:?}");
-        }
-    }
+    env.assert_only_exposed_reachable("the host's own stack", &host, [HOST_V4, HOST_V6]);
     let got = env.arrivals("acme-web1", HOST_V4);
     assert!(
         got.iter().any(|a| a.contains(":443 <-")),
