@@ -124,164 +124,8 @@ pub mod direction {
     }
 }
 
-/// What the program decided: `PASS`, or the reason a packet was dropped.
-///
-/// This is the one definition of the drop reasons; the kernel writes these codes into
-/// [`CounterKey::verdict`], userspace turns them into the `reason` label with
-/// [`verdict::name`], and `docs/metrics.md` documents each one.
-pub mod verdict {
-    /// The packet was passed.
-    pub const PASS: u8 = 0;
-    /// A header could not be parsed (truncated or inconsistent).
-    pub const MALFORMED: u8 = 1;
-    /// Addressed to another segment of the sender's tenant.
-    pub const CROSS_SEGMENT: u8 = 2;
-    /// Addressed to a segment of another tenant.
-    pub const CROSS_TENANT: u8 = 3;
-    /// The policy has no complete entry for the sending vif or for a segment it needs
-    /// (fail closed: the kernel never guesses).
-    pub const NO_POLICY: u8 = 4;
-    /// An EtherType the enforcer does not judge (anything but IPv4, IPv6 and ARP).
-    pub const UNKNOWN_ETHERTYPE: u8 = 5;
-    /// Addressed to a management prefix (never allowed from a vif, never audited).
-    pub const MANAGEMENT: u8 = 6;
-    /// Addressed outside every segment while the sender's segment has `egress: deny`.
-    pub const EGRESS_DENIED: u8 = 7;
-    /// From outside every segment to something the VM's segment does not expose.
-    pub const NOT_EXPOSED: u8 = 8;
-    /// Sent with a source MAC other than the vif's declared one.
-    pub const SPOOFED_MAC: u8 = 9;
-    /// Sent from a source address the VM does not own.
-    pub const SPOOFED_IP: u8 = 10;
-    /// ARP whose sender address or sender MAC the VM does not own.
-    pub const ARP_SPOOF: u8 = 11;
-    /// Neighbour discovery claiming an address or link-layer address the VM does not own.
-    pub const ND_SPOOF: u8 = 12;
-    /// A router advertisement or redirect from a VM of a segment that does not allow them.
-    pub const RA_GUARD: u8 = 13;
-    /// A DHCP or DHCPv6 server message from a VM of a segment that does not allow them.
-    pub const DHCP_GUARD: u8 = 14;
-    /// A VLAN tag the interface may not use, or stacked tags.
-    pub const VLAN: u8 = 15;
-    /// IPv4 options (other than a lone router alert).
-    pub const IP_OPTIONS: u8 = 16;
-    /// A fragment that cannot be judged: a later fragment whose first did not pass, an
-    /// overlapping one, or a first fragment too short to hold the transport header.
-    pub const FRAGMENT: u8 = 17;
-    /// More IPv6 extension headers than the enforcer walks.
-    pub const IPV6_EXTENSIONS: u8 = 18;
-
-    /// Every drop reason, in code order: `(code, label, meaning)`.
-    pub const DROP_REASONS: [(u8, &str, &str); 18] = [
-        (
-            MALFORMED,
-            "malformed",
-            "a header could not be parsed (truncated or inconsistent)",
-        ),
-        (
-            CROSS_SEGMENT,
-            "cross_segment",
-            "addressed to another segment of the same tenant",
-        ),
-        (
-            CROSS_TENANT,
-            "cross_tenant",
-            "addressed to a segment of another tenant",
-        ),
-        (
-            NO_POLICY,
-            "no_policy",
-            "no complete policy entry for the vif or a segment it needs (fail closed)",
-        ),
-        (
-            UNKNOWN_ETHERTYPE,
-            "unknown_ethertype",
-            "an EtherType other than IPv4, IPv6 and ARP",
-        ),
-        (MANAGEMENT, "management", "addressed to a management prefix"),
-        (
-            EGRESS_DENIED,
-            "egress_denied",
-            "addressed outside every segment from a segment with egress: deny",
-        ),
-        (
-            NOT_EXPOSED,
-            "not_exposed",
-            "from outside every segment to an endpoint the segment does not expose",
-        ),
-        (
-            SPOOFED_MAC,
-            "spoofed_mac",
-            "sent with a source MAC other than the interface's declared one",
-        ),
-        (
-            SPOOFED_IP,
-            "spoofed_ip",
-            "sent from a source address the VM does not own",
-        ),
-        (
-            ARP_SPOOF,
-            "arp_spoof",
-            "ARP with a sender address or sender MAC the VM does not own",
-        ),
-        (
-            ND_SPOOF,
-            "nd_spoof",
-            "neighbour discovery claiming an address or link-layer address the VM does not own",
-        ),
-        (
-            RA_GUARD,
-            "ra_guard",
-            "a router advertisement or redirect from a VM",
-        ),
-        (
-            DHCP_GUARD,
-            "dhcp_guard",
-            "a DHCP or DHCPv6 server message from a VM",
-        ),
-        (
-            VLAN,
-            "vlan",
-            "a VLAN tag the interface may not use, or stacked tags",
-        ),
-        (
-            IP_OPTIONS,
-            "ip_options",
-            "IPv4 options other than a lone router alert",
-        ),
-        (
-            FRAGMENT,
-            "fragment",
-            "a fragment whose first fragment did not pass, an overlapping fragment, or a first fragment without the whole transport header",
-        ),
-        (
-            IPV6_EXTENSIONS,
-            "ipv6_extensions",
-            "more IPv6 extension headers than the enforcer walks",
-        ),
-    ];
-
-    /// Whether a segment in audit mode counts this reason and passes the packet.
-    /// Malformed frames, fail-closed drops and management protection are always enforced.
-    pub const fn auditable(code: u8) -> bool {
-        matches!(
-            code,
-            CROSS_SEGMENT | CROSS_TENANT | EGRESS_DENIED | NOT_EXPOSED
-        )
-    }
-
-    /// The `reason` label of a drop code; `None` for `PASS` and unknown codes.
-    pub fn name(code: u8) -> Option<&'static str> {
-        let mut i = 0;
-        while i < DROP_REASONS.len() {
-            if DROP_REASONS[i].0 == code {
-                return Some(DROP_REASONS[i].1);
-            }
-            i += 1;
-        }
-        None
-    }
-}
+pub mod verdict;
+pub use verdict::Verdict;
 
 /// Key of the `VIFS` map.
 #[repr(C)]
@@ -597,6 +441,153 @@ pub struct DeclaredMacKey {
 pub struct MacKey {
     pub addr: [u8; 6],
     pub _pad: [u8; 2],
+}
+
+/// A key of a generation-keyed policy map: every such key names the policy generation it
+/// belongs to, so that userspace can remove a whole generation and check that only the
+/// active one is left.
+pub trait GenerationKey {
+    /// The policy generation this key belongs to.
+    fn generation(&self) -> u32;
+}
+
+macro_rules! generation_field {
+    ($($ty:ty),*) => {$(
+        impl GenerationKey for $ty {
+            #[inline(always)]
+            fn generation(&self) -> u32 {
+                self.generation
+            }
+        }
+    )*};
+}
+generation_field!(VifKey, SegmentKey, PairKey, VlanKey, DeclaredMacKey);
+
+macro_rules! generation_big_endian {
+    ($($ty:ty),*) => {$(
+        impl GenerationKey for $ty {
+            #[inline(always)]
+            fn generation(&self) -> u32 {
+                u32::from_be_bytes(self.generation)
+            }
+        }
+    )*};
+}
+generation_big_endian!(Ipv4PrefixKey, Ipv6PrefixKey, VifAddrV4Key, VifAddrV6Key);
+
+/// An IPv4 address as the maps store it in 16-byte fields: IPv4-mapped (`::ffff:a.b.c.d`).
+#[inline(always)]
+pub const fn mapped(addr: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+    ]
+}
+
+/// The IPv4 address in the last four bytes of a 16-byte address field.
+#[inline(always)]
+pub const fn unmapped(addr: &[u8; 16]) -> [u8; 4] {
+    [addr[12], addr[13], addr[14], addr[15]]
+}
+
+impl Ipv4PrefixKey {
+    /// The trie entry for `addr/len` under `generation`: (trie prefix length, data).
+    #[inline(always)]
+    pub const fn prefix(generation: u32, addr: [u8; 4], len: u8) -> (u32, Self) {
+        (
+            GENERATION_PREFIX_BITS + len as u32,
+            Self {
+                generation: generation.to_be_bytes(),
+                addr,
+            },
+        )
+    }
+
+    /// The trie key that looks up one address under `generation`.
+    #[inline(always)]
+    pub const fn address(generation: u32, addr: [u8; 4]) -> (u32, Self) {
+        Self::prefix(generation, addr, 32)
+    }
+}
+
+impl Ipv6PrefixKey {
+    /// The trie entry for `addr/len` under `generation`: (trie prefix length, data).
+    #[inline(always)]
+    pub const fn prefix(generation: u32, addr: [u8; 16], len: u8) -> (u32, Self) {
+        (
+            GENERATION_PREFIX_BITS + len as u32,
+            Self {
+                generation: generation.to_be_bytes(),
+                addr,
+            },
+        )
+    }
+
+    /// The trie key that looks up one address under `generation`.
+    #[inline(always)]
+    pub const fn address(generation: u32, addr: [u8; 16]) -> (u32, Self) {
+        Self::prefix(generation, addr, 128)
+    }
+}
+
+impl VifAddrV4Key {
+    /// The trie entry for a declared source `addr/len` of vif `ifindex` under `generation`.
+    #[inline(always)]
+    pub const fn prefix(generation: u32, ifindex: u32, addr: [u8; 4], len: u8) -> (u32, Self) {
+        (
+            VIF_PREFIX_BITS + len as u32,
+            Self {
+                generation: generation.to_be_bytes(),
+                ifindex: ifindex.to_be_bytes(),
+                addr,
+            },
+        )
+    }
+
+    /// The trie key that looks up one source address of vif `ifindex`.
+    #[inline(always)]
+    pub const fn address(generation: u32, ifindex: u32, addr: [u8; 4]) -> (u32, Self) {
+        Self::prefix(generation, ifindex, addr, 32)
+    }
+}
+
+impl VifAddrV6Key {
+    /// The trie entry for a declared source `addr/len` of vif `ifindex` under `generation`.
+    #[inline(always)]
+    pub const fn prefix(generation: u32, ifindex: u32, addr: [u8; 16], len: u8) -> (u32, Self) {
+        (
+            VIF_PREFIX_BITS + len as u32,
+            Self {
+                generation: generation.to_be_bytes(),
+                ifindex: ifindex.to_be_bytes(),
+                addr,
+            },
+        )
+    }
+
+    /// The trie key that looks up one source address of vif `ifindex`.
+    #[inline(always)]
+    pub const fn address(generation: u32, ifindex: u32, addr: [u8; 16]) -> (u32, Self) {
+        Self::prefix(generation, ifindex, addr, 128)
+    }
+}
+
+impl Settings {
+    /// How long a connection of IP protocol `protocol` in [`conntrack`] state `state` may
+    /// stay idle. The kernel (on lookup) and the daemon (its sweep) both expire by this.
+    #[inline(always)]
+    pub const fn timeout_ns(&self, protocol: u8, state: u8) -> u64 {
+        match protocol {
+            protocol::TCP => {
+                if state == conntrack::ESTABLISHED {
+                    self.tcp_idle_ns
+                } else {
+                    self.tcp_closing_ns
+                }
+            }
+            protocol::UDP => self.udp_idle_ns,
+            _ => self.icmp_idle_ns,
+        }
+    }
 }
 
 #[cfg(feature = "user")]

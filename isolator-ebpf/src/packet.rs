@@ -2,8 +2,9 @@
 
 use core::mem;
 
+use crate::proto::{dhcp, ether, icmp4, icmp6, ip, nd_option, tcp};
 use aya_ebpf::programs::{TcContext, XdpContext};
-use isolator_common::{ConnKey, verdict};
+use isolator_common::{ConnKey, Verdict, mapped};
 use network_types::{
     arp::ArpHdr,
     eth::EthHdr,
@@ -16,8 +17,9 @@ pub trait Frame {
     fn start(&self) -> usize;
     /// End of the directly readable data (for TC, of the linear part only).
     fn end(&self) -> usize;
-    /// Length of the whole frame, what length fields in headers are checked against.
-    fn len(&self) -> usize;
+    /// Length of the whole frame as it travels, what length fields in headers are
+    /// checked against.
+    fn wire_len(&self) -> usize;
 }
 
 impl Frame for XdpContext {
@@ -30,7 +32,7 @@ impl Frame for XdpContext {
         self.data_end()
     }
     #[inline(always)]
-    fn len(&self) -> usize {
+    fn wire_len(&self) -> usize {
         self.data_end() - self.data()
     }
 }
@@ -45,37 +47,45 @@ impl Frame for TcContext {
         self.data_end()
     }
     #[inline(always)]
-    fn len(&self) -> usize {
+    fn wire_len(&self) -> usize {
         // A socket buffer's payload may lie beyond its linear part.
         TcContext::len(self) as usize
     }
 }
 
-/// The one bounds check: a pointer to a `T` at `offset`, or an error when it would reach
+/// A frame held in a byte slice: the parser on the host (unit tests, fuzzing, `explain`).
+pub struct Bytes<'a>(pub &'a [u8]);
+
+impl Frame for Bytes<'_> {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.0.as_ptr() as usize
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.0.as_ptr() as usize + self.0.len()
+    }
+    #[inline(always)]
+    fn wire_len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// The one bounds check: a pointer to a `T` at `offset`, or `None` when it would reach
 /// past the end of the frame.
 #[inline(always)]
-pub fn ptr_at<T>(frame: &impl Frame, offset: usize) -> Result<*const T, ()> {
+pub fn ptr_at<T>(frame: &impl Frame, offset: usize) -> Option<*const T> {
     let start = frame.start();
     let end = frame.end();
     if start + offset + mem::size_of::<T>() > end {
-        return Err(());
+        return None;
     }
-    Ok((start + offset) as *const T)
+    Some((start + offset) as *const T)
 }
 
 pub const KIND_IPV4: u8 = 4;
 pub const KIND_IPV6: u8 = 6;
 pub const KIND_ARP: u8 = 1;
-
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
 
 /// IPv6 extension headers walked before giving up (the frame is then malformed).
 const MAX_IPV6_EXTENSIONS: usize = 4;
@@ -151,8 +161,8 @@ impl Packet {
 
     #[inline(always)]
     pub fn is_icmp(&self) -> bool {
-        (self.kind == KIND_IPV4 && self.protocol == IPPROTO_ICMP)
-            || (self.kind == KIND_IPV6 && self.protocol == IPPROTO_ICMPV6)
+        (self.kind == KIND_IPV4 && self.protocol == ip::ICMP)
+            || (self.kind == KIND_IPV6 && self.protocol == ip::ICMPV6)
     }
 
     /// ICMP echo request (either family).
@@ -160,16 +170,16 @@ impl Packet {
     pub fn is_echo_request(&self) -> bool {
         self.is_icmp()
             && self.has_ports
-            && ((self.kind == KIND_IPV4 && self.icmp_type == 8)
-                || (self.kind == KIND_IPV6 && self.icmp_type == 128))
+            && ((self.kind == KIND_IPV4 && self.icmp_type == icmp4::ECHO_REQUEST)
+                || (self.kind == KIND_IPV6 && self.icmp_type == icmp6::ECHO_REQUEST))
     }
 
     #[inline(always)]
     pub fn is_echo_reply(&self) -> bool {
         self.is_icmp()
             && self.has_ports
-            && ((self.kind == KIND_IPV4 && self.icmp_type == 0)
-                || (self.kind == KIND_IPV6 && self.icmp_type == 129))
+            && ((self.kind == KIND_IPV4 && self.icmp_type == icmp4::ECHO_REPLY)
+                || (self.kind == KIND_IPV6 && self.icmp_type == icmp6::ECHO_REPLY))
     }
 
     /// A destination that names one host beyond the link: not broadcast, multicast,
@@ -192,15 +202,16 @@ impl Packet {
     #[inline(always)]
     pub fn unspecified_source_allowed(&self) -> bool {
         if self.kind == KIND_IPV4 {
-            self.protocol == IPPROTO_UDP
+            self.protocol == ip::UDP
                 && self.has_ports
-                && self.src_port == 68
-                && self.dst_port == 67
+                && self.src_port == dhcp::V4_CLIENT
+                && self.dst_port == dhcp::V4_SERVER
         } else {
             self.kind == KIND_IPV6
-                && self.protocol == IPPROTO_ICMPV6
+                && self.protocol == ip::ICMPV6
                 && self.has_ports
-                && (self.icmp_type == 135 || self.icmp_type == 143)
+                && (self.icmp_type == icmp6::NEIGHBOUR_SOLICITATION
+                    || self.icmp_type == icmp6::MLDV2_REPORT)
         }
     }
 
@@ -219,8 +230,10 @@ impl Packet {
     pub fn is_router_message(&self) -> bool {
         self.is_icmp()
             && self.has_ports
-            && ((self.kind == KIND_IPV6 && (self.icmp_type == 134 || self.icmp_type == 137))
-                || (self.kind == KIND_IPV4 && self.icmp_type == 5))
+            && ((self.kind == KIND_IPV6
+                && (self.icmp_type == icmp6::ROUTER_ADVERTISEMENT
+                    || self.icmp_type == icmp6::REDIRECT))
+                || (self.kind == KIND_IPV4 && self.icmp_type == icmp4::REDIRECT))
     }
 
     /// ICMP errors that quote the packet they answer.
@@ -228,8 +241,19 @@ impl Packet {
     pub fn is_icmp_error(&self) -> bool {
         self.is_icmp()
             && self.has_ports
-            && ((self.kind == KIND_IPV4 && matches!(self.icmp_type, 3 | 11 | 12))
-                || (self.kind == KIND_IPV6 && matches!(self.icmp_type, 1..=4)))
+            && ((self.kind == KIND_IPV4
+                && matches!(
+                    self.icmp_type,
+                    icmp4::DEST_UNREACHABLE | icmp4::TIME_EXCEEDED | icmp4::PARAMETER_PROBLEM
+                ))
+                || (self.kind == KIND_IPV6
+                    && matches!(
+                        self.icmp_type,
+                        icmp6::DEST_UNREACHABLE
+                            | icmp6::PACKET_TOO_BIG
+                            | icmp6::TIME_EXCEEDED
+                            | icmp6::PARAMETER_PROBLEM
+                    )))
     }
 
     /// IPv6 neighbour discovery: router solicitation/advertisement, neighbour
@@ -237,52 +261,69 @@ impl Packet {
     #[inline(always)]
     pub fn is_nd(&self) -> bool {
         self.kind == KIND_IPV6
-            && self.protocol == IPPROTO_ICMPV6
+            && self.protocol == ip::ICMPV6
             && self.has_ports
-            && matches!(self.icmp_type, 133..=137)
+            && matches!(self.icmp_type, icmp6::ROUTER_SOLICITATION..=icmp6::REDIRECT)
     }
 
     /// Neighbour solicitation or advertisement (these carry a target address).
     #[inline(always)]
     pub fn is_nd_neighbour(&self) -> bool {
-        self.is_nd() && matches!(self.icmp_type, 135 | 136)
+        self.is_nd()
+            && matches!(
+                self.icmp_type,
+                icmp6::NEIGHBOUR_SOLICITATION | icmp6::NEIGHBOUR_ADVERTISEMENT
+            )
     }
 
     /// IPv6 multicast listener messages (MLD queries, reports, done).
     #[inline(always)]
     pub fn is_mld(&self) -> bool {
         self.kind == KIND_IPV6
-            && self.protocol == IPPROTO_ICMPV6
+            && self.protocol == ip::ICMPV6
             && self.has_ports
-            && matches!(self.icmp_type, 130..=132 | 143)
+            && matches!(
+                self.icmp_type,
+                icmp6::MLD_QUERY..=icmp6::MLD_DONE | icmp6::MLDV2_REPORT
+            )
     }
 
     /// A DHCP or DHCPv6 client message to servers.
     #[inline(always)]
     pub fn is_dhcp_client(&self) -> bool {
-        self.protocol == IPPROTO_UDP
+        self.protocol == ip::UDP
             && self.has_ports
-            && ((self.kind == KIND_IPV4 && self.src_port == 68 && self.dst_port == 67)
-                || (self.kind == KIND_IPV6 && self.src_port == 546 && self.dst_port == 547))
+            && ((self.kind == KIND_IPV4
+                && self.src_port == dhcp::V4_CLIENT
+                && self.dst_port == dhcp::V4_SERVER)
+                || (self.kind == KIND_IPV6
+                    && self.src_port == dhcp::V6_CLIENT
+                    && self.dst_port == dhcp::V6_SERVER))
     }
 
     /// A message only a DHCP or DHCPv6 server (or relay) sends: from a server port, or to
     /// a client port.
     #[inline(always)]
     pub fn is_dhcp_server_message(&self) -> bool {
-        self.protocol == IPPROTO_UDP
+        self.protocol == ip::UDP
             && self.has_ports
-            && ((self.kind == KIND_IPV4 && (self.src_port == 67 || self.dst_port == 68))
-                || (self.kind == KIND_IPV6 && (self.src_port == 547 || self.dst_port == 546)))
+            && ((self.kind == KIND_IPV4
+                && (self.src_port == dhcp::V4_SERVER || self.dst_port == dhcp::V4_CLIENT))
+                || (self.kind == KIND_IPV6
+                    && (self.src_port == dhcp::V6_SERVER || self.dst_port == dhcp::V6_CLIENT)))
     }
 
     /// A DHCP or DHCPv6 server message to a client.
     #[inline(always)]
     pub fn is_dhcp_server(&self) -> bool {
-        self.protocol == IPPROTO_UDP
+        self.protocol == ip::UDP
             && self.has_ports
-            && ((self.kind == KIND_IPV4 && self.src_port == 67 && self.dst_port == 68)
-                || (self.kind == KIND_IPV6 && self.src_port == 547 && self.dst_port == 546))
+            && ((self.kind == KIND_IPV4
+                && self.src_port == dhcp::V4_SERVER
+                && self.dst_port == dhcp::V4_CLIENT)
+                || (self.kind == KIND_IPV6
+                    && self.src_port == dhcp::V6_SERVER
+                    && self.dst_port == dhcp::V6_CLIENT))
     }
 
     /// The key of the connection this packet would open or continue in its own
@@ -326,8 +367,8 @@ impl Packet {
     #[inline(always)]
     fn trackable(&self) -> bool {
         self.has_ports
-            && (self.protocol == IPPROTO_TCP
-                || self.protocol == IPPROTO_UDP
+            && (self.protocol == ip::TCP
+                || self.protocol == ip::UDP
                 || self.is_echo_request()
                 || self.is_echo_reply())
     }
@@ -340,68 +381,49 @@ impl Packet {
             return false;
         }
         match self.protocol {
-            IPPROTO_TCP => self.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN,
-            IPPROTO_UDP => true,
+            ip::TCP => self.tcp_flags & (tcp::SYN | tcp::ACK | tcp::RST) == tcp::SYN,
+            ip::UDP => true,
             _ => self.is_echo_request(),
         }
     }
 }
 
-#[inline(always)]
-fn mapped(addr: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
-    ]
-}
-
 /// Parses the frame into `p`. Errors are verdict codes (`MALFORMED`, `UNKNOWN_ETHERTYPE`,
 /// `VLAN`, `IP_OPTIONS`, `FRAGMENT`, `IPV6_EXTENSIONS`).
 #[inline(always)]
-pub fn parse(frame: &impl Frame, p: &mut Packet) -> Result<(), u8> {
-    let eth: *const EthHdr = ptr_at(frame, 0).map_err(|()| verdict::MALFORMED)?;
+pub fn parse(frame: &impl Frame, p: &mut Packet) -> Result<(), Verdict> {
+    let eth: *const EthHdr = ptr_at(frame, 0).ok_or(Verdict::Malformed)?;
     let eth = unsafe { &*eth };
     p.src_mac = eth.src_addr;
     p.dst_mac = eth.dst_addr;
     let mut ether_type = u16::from_be(eth.ether_type);
     let mut l3 = EthHdr::LEN;
-    if is_vlan_tag(ether_type) {
-        let tag: *const [u8; 4] = ptr_at(frame, EthHdr::LEN).map_err(|()| verdict::MALFORMED)?;
+    if ether::is_vlan_tag(ether_type) {
+        let tag: *const [u8; 4] = ptr_at(frame, EthHdr::LEN).ok_or(Verdict::Malformed)?;
         let tag = unsafe { &*tag };
         p.has_vlan = true;
         p.vlan = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
         ether_type = u16::from_be_bytes([tag[2], tag[3]]);
-        if is_vlan_tag(ether_type) {
+        if ether::is_vlan_tag(ether_type) {
             // Stacked tags never pass.
-            return Err(verdict::VLAN);
+            return Err(Verdict::Vlan);
         }
         l3 = EthHdr::LEN + 4;
     }
     match ether_type {
-        ETH_P_IPV4 => parse_ipv4(frame, p, l3),
-        ETH_P_IPV6 => parse_ipv6(frame, p, l3),
-        ETH_P_ARP => parse_arp(frame, p, l3),
-        _ => Err(verdict::UNKNOWN_ETHERTYPE),
+        ether::IPV4 => parse_ipv4(frame, p, l3),
+        ether::IPV6 => parse_ipv6(frame, p, l3),
+        ether::ARP => parse_arp(frame, p, l3),
+        _ => Err(Verdict::UnknownEthertype),
     }
 }
 
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-
-/// Whether an EtherType (host order) announces a VLAN tag: 802.1Q or 802.1ad.
 #[inline(always)]
-pub fn is_vlan_tag(ether_type: u16) -> bool {
-    ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD
-}
-
-#[inline(always)]
-fn parse_arp(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), u8> {
-    let arp: *const ArpHdr = ptr_at(frame, l3).map_err(|()| verdict::MALFORMED)?;
+fn parse_arp(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdict> {
+    let arp: *const ArpHdr = ptr_at(frame, l3).ok_or(Verdict::Malformed)?;
     let arp = unsafe { &*arp };
     if arp.htype != [0, 1] || arp.ptype != [0x08, 0x00] || arp.hlen != 6 || arp.plen != 4 {
-        return Err(verdict::MALFORMED);
+        return Err(Verdict::Malformed);
     }
     p.kind = KIND_ARP;
     p.src = mapped(arp.spa);
@@ -415,23 +437,22 @@ fn parse_arp(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), u8> {
 const ROUTER_ALERT: [u8; 4] = [0x94, 0x04, 0, 0];
 
 #[inline(always)]
-fn parse_ipv4(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), u8> {
-    let ip: *const Ipv4Hdr = ptr_at(frame, l3).map_err(|()| verdict::MALFORMED)?;
+fn parse_ipv4(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdict> {
+    let ip: *const Ipv4Hdr = ptr_at(frame, l3).ok_or(Verdict::Malformed)?;
     let ip = unsafe { &*ip };
     let header_len = ip.ihl() as usize;
     let total_len = ip.tot_len() as usize;
     if ip.version() != 4
         || header_len < Ipv4Hdr::LEN
         || total_len < header_len
-        || l3 + total_len > frame.len()
+        || l3 + total_len > frame.wire_len()
     {
-        return Err(verdict::MALFORMED);
+        return Err(Verdict::Malformed);
     }
     if header_len > Ipv4Hdr::LEN {
-        let options: *const [u8; 4] =
-            ptr_at(frame, l3 + Ipv4Hdr::LEN).map_err(|()| verdict::MALFORMED)?;
+        let options: *const [u8; 4] = ptr_at(frame, l3 + Ipv4Hdr::LEN).ok_or(Verdict::Malformed)?;
         if header_len != Ipv4Hdr::LEN + 4 || unsafe { *options } != ROUTER_ALERT {
-            return Err(verdict::IP_OPTIONS);
+            return Err(Verdict::IpOptions);
         }
     }
     p.kind = KIND_IPV4;
@@ -451,8 +472,8 @@ fn parse_ipv4(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), u8> {
     if offset != 0 {
         // A later fragment carries no transport header: it passes only with its first
         // (see docs/design.md). One starting 8 bytes in would overwrite TCP's flags.
-        if offset == 1 && ip.proto == IPPROTO_TCP {
-            return Err(verdict::FRAGMENT);
+        if offset == 1 && ip.proto == ip::TCP {
+            return Err(Verdict::Fragment);
         }
         return Ok(());
     }
@@ -460,12 +481,12 @@ fn parse_ipv4(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), u8> {
 }
 
 #[inline(always)]
-fn parse_ipv6(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), u8> {
-    let ip: *const Ipv6Hdr = ptr_at(frame, l3).map_err(|()| verdict::MALFORMED)?;
+fn parse_ipv6(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdict> {
+    let ip: *const Ipv6Hdr = ptr_at(frame, l3).ok_or(Verdict::Malformed)?;
     let ip = unsafe { &*ip };
     let payload_len = ip.payload_len() as usize;
-    if ip.version() != 6 || l3 + Ipv6Hdr::LEN + payload_len > frame.len() {
-        return Err(verdict::MALFORMED);
+    if ip.version() != 6 || l3 + Ipv6Hdr::LEN + payload_len > frame.wire_len() {
+        return Err(Verdict::Malformed);
     }
     p.kind = KIND_IPV6;
     p.src = ip.src_addr;
@@ -476,15 +497,15 @@ fn parse_ipv6(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), u8> {
         let offset = l3 + Ipv6Hdr::LEN + walked;
         match next {
             // Hop-by-hop options, routing, destination options.
-            0 | 43 | 60 => {
-                let h: *const [u8; 2] = ptr_at(frame, offset).map_err(|()| verdict::MALFORMED)?;
+            ip::HOP_BY_HOP | ip::ROUTING | ip::DESTINATION_OPTIONS => {
+                let h: *const [u8; 2] = ptr_at(frame, offset).ok_or(Verdict::Malformed)?;
                 let h = unsafe { &*h };
                 next = h[0];
                 walked += (h[1] as usize + 1) * 8;
             }
             // Fragment header.
-            44 => {
-                let h: *const [u8; 8] = ptr_at(frame, offset).map_err(|()| verdict::MALFORMED)?;
+            ip::FRAGMENT => {
+                let h: *const [u8; 8] = ptr_at(frame, offset).ok_or(Verdict::Malformed)?;
                 let h = unsafe { &*h };
                 next = h[0];
                 walked += 8;
@@ -502,12 +523,12 @@ fn parse_ipv6(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), u8> {
             _ => break,
         }
     }
-    if matches!(next, 0 | 43 | 44 | 60) {
+    if ip::is_extension(next) {
         // More extension headers than the bound: refuse rather than guess.
-        return Err(verdict::IPV6_EXTENSIONS);
+        return Err(Verdict::Ipv6Extensions);
     }
     if walked > payload_len {
-        return Err(verdict::MALFORMED);
+        return Err(Verdict::Malformed);
     }
     p.protocol = next;
     parse_l4(frame, p, l3 + Ipv6Hdr::LEN + walked, payload_len - walked)
@@ -516,52 +537,57 @@ fn parse_ipv6(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), u8> {
 /// Parses the transport header at `offset`, of which the IP header says `available`
 /// bytes are payload.
 #[inline(always)]
-fn parse_l4(frame: &impl Frame, p: &mut Packet, offset: usize, available: usize) -> Result<(), u8> {
+fn parse_l4(
+    frame: &impl Frame,
+    p: &mut Packet,
+    offset: usize,
+    available: usize,
+) -> Result<(), Verdict> {
     p.l4_offset = offset;
     // A first fragment must carry the whole transport header (RFC 1858); any other
     // packet too short for it is malformed.
     let short = if p.fragment == FRAGMENT_FIRST {
-        verdict::FRAGMENT
+        Verdict::Fragment
     } else {
-        verdict::MALFORMED
+        Verdict::Malformed
     };
     match p.protocol {
-        IPPROTO_TCP => {
+        ip::TCP => {
             if available < 20 {
                 return Err(short);
             }
-            let h: *const [u8; 20] = ptr_at(frame, offset).map_err(|()| verdict::MALFORMED)?;
+            let h: *const [u8; 20] = ptr_at(frame, offset).ok_or(Verdict::Malformed)?;
             let h = unsafe { &*h };
             if h[12] >> 4 < 5 {
-                return Err(verdict::MALFORMED);
+                return Err(Verdict::Malformed);
             }
             p.src_port = u16::from_be_bytes([h[0], h[1]]);
             p.dst_port = u16::from_be_bytes([h[2], h[3]]);
             p.tcp_flags = h[13];
             p.has_ports = true;
         }
-        IPPROTO_UDP => {
+        ip::UDP => {
             if available < 8 {
                 return Err(short);
             }
-            let h: *const [u8; 8] = ptr_at(frame, offset).map_err(|()| verdict::MALFORMED)?;
+            let h: *const [u8; 8] = ptr_at(frame, offset).ok_or(Verdict::Malformed)?;
             let h = unsafe { &*h };
             if u16::from_be_bytes([h[4], h[5]]) < 8 {
-                return Err(verdict::MALFORMED);
+                return Err(Verdict::Malformed);
             }
             p.src_port = u16::from_be_bytes([h[0], h[1]]);
             p.dst_port = u16::from_be_bytes([h[2], h[3]]);
             p.has_ports = true;
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            if (p.protocol == IPPROTO_ICMP) != (p.kind == KIND_IPV4) {
+        ip::ICMP | ip::ICMPV6 => {
+            if (p.protocol == ip::ICMP) != (p.kind == KIND_IPV4) {
                 // ICMP inside IPv6 or ICMPv6 inside IPv4: other protocols, no ports.
                 return Ok(());
             }
             if available < 8 {
                 return Err(short);
             }
-            let h: *const [u8; 8] = ptr_at(frame, offset).map_err(|()| verdict::MALFORMED)?;
+            let h: *const [u8; 8] = ptr_at(frame, offset).ok_or(Verdict::Malformed)?;
             let h = unsafe { &*h };
             p.icmp_type = h[0];
             // The echo identifier stands in for a port.
@@ -584,11 +610,16 @@ const MAX_ND_OPTIONS: usize = 8;
 /// (its ICMPv6 header) and checks every source/target link-layer address option against
 /// the frame's source MAC: all must match, as a receiver may believe any of them.
 #[inline(always)]
-fn parse_nd(frame: &impl Frame, p: &mut Packet, offset: usize, available: usize) -> Result<(), u8> {
+fn parse_nd(
+    frame: &impl Frame,
+    p: &mut Packet,
+    offset: usize,
+    available: usize,
+) -> Result<(), Verdict> {
     if available < 24 {
-        return Err(verdict::MALFORMED);
+        return Err(Verdict::Malformed);
     }
-    let t: *const [u8; 16] = ptr_at(frame, offset + 8).map_err(|()| verdict::MALFORMED)?;
+    let t: *const [u8; 16] = ptr_at(frame, offset + 8).ok_or(Verdict::Malformed)?;
     p.nd_target = unsafe { *t };
     p.nd_lladdr_foreign = false;
     let mut walked = 24usize;
@@ -597,15 +628,18 @@ fn parse_nd(frame: &impl Frame, p: &mut Packet, offset: usize, available: usize)
             return Ok(());
         }
         if walked + 8 > available {
-            return Err(verdict::MALFORMED);
+            return Err(Verdict::Malformed);
         }
-        let o: *const [u8; 8] = ptr_at(frame, offset + walked).map_err(|()| verdict::MALFORMED)?;
+        let o: *const [u8; 8] = ptr_at(frame, offset + walked).ok_or(Verdict::Malformed)?;
         let o = unsafe { &*o };
         if o[1] == 0 {
-            return Err(verdict::MALFORMED);
+            return Err(Verdict::Malformed);
         }
         // 1: source link-layer address (solicitations), 2: target (advertisements).
-        if (o[0] == 1 || o[0] == 2) && [o[2], o[3], o[4], o[5], o[6], o[7]] != p.src_mac {
+        if (o[0] == nd_option::SOURCE_LINK_LAYER_ADDRESS
+            || o[0] == nd_option::TARGET_LINK_LAYER_ADDRESS)
+            && [o[2], o[3], o[4], o[5], o[6], o[7]] != p.src_mac
+        {
             p.nd_lladdr_foreign = true;
         }
         walked += o[1] as usize * 8;
@@ -626,7 +660,7 @@ pub fn quoted_key(frame: &impl Frame, p: &Packet, key: &mut ConnKey) -> bool {
     let offset = (p.l4_offset & 0x3fff) + 8;
     let l4;
     if p.kind == KIND_IPV4 {
-        let Ok(ip) = ptr_at::<Ipv4Hdr>(frame, offset) else {
+        let Some(ip) = ptr_at::<Ipv4Hdr>(frame, offset) else {
             return false;
         };
         let ip = unsafe { &*ip };
@@ -639,7 +673,7 @@ pub fn quoted_key(frame: &impl Frame, p: &Packet, key: &mut ConnKey) -> bool {
         key.protocol = ip.proto;
         l4 = offset + header_len;
     } else {
-        let Ok(ip) = ptr_at::<Ipv6Hdr>(frame, offset) else {
+        let Some(ip) = ptr_at::<Ipv6Hdr>(frame, offset) else {
             return false;
         };
         let ip = unsafe { &*ip };
@@ -648,23 +682,304 @@ pub fn quoted_key(frame: &impl Frame, p: &Packet, key: &mut ConnKey) -> bool {
         key.protocol = ip.next_hdr;
         l4 = offset + Ipv6Hdr::LEN;
     }
-    let Ok(h) = ptr_at::<[u8; 8]>(frame, l4) else {
+    let Some(h) = ptr_at::<[u8; 8]>(frame, l4) else {
         return false;
     };
     let h = unsafe { &*h };
     match key.protocol {
-        IPPROTO_TCP | IPPROTO_UDP => {
+        ip::TCP | ip::UDP => {
             key.src_port = u16::from_be_bytes([h[0], h[1]]);
             key.dst_port = u16::from_be_bytes([h[2], h[3]]);
             true
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+        ip::ICMP | ip::ICMPV6 => {
             // Only a quoted echo request belongs to a tracked connection.
-            let echo = if key.protocol == IPPROTO_ICMP { 8 } else { 128 };
+            let echo = if key.protocol == ip::ICMP {
+                icmp4::ECHO_REQUEST
+            } else {
+                icmp6::ECHO_REQUEST
+            };
             key.src_port = u16::from_be_bytes([h[4], h[5]]);
             key.dst_port = 0;
             h[0] == echo
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VM: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
+    const PEER: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
+
+    fn ethernet(ether_type: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&PEER);
+        f.extend_from_slice(&VM);
+        f.extend_from_slice(&ether_type.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], fragment: u16, l4: &[u8]) -> Vec<u8> {
+        let total = (20 + l4.len()) as u16;
+        let mut h = vec![0x45, 0];
+        h.extend_from_slice(&total.to_be_bytes());
+        h.extend_from_slice(&[0x12, 0x34]);
+        h.extend_from_slice(&fragment.to_be_bytes());
+        h.extend_from_slice(&[64, proto, 0, 0]);
+        h.extend_from_slice(&src);
+        h.extend_from_slice(&dst);
+        h.extend_from_slice(l4);
+        ethernet(ether::IPV4, &h)
+    }
+
+    fn ipv6(next: u8, src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Vec<u8> {
+        let mut h = vec![0x60, 0, 0, 0];
+        h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        h.extend_from_slice(&[next, 255]);
+        h.extend_from_slice(&src);
+        h.extend_from_slice(&dst);
+        h.extend_from_slice(payload);
+        ethernet(ether::IPV6, &h)
+    }
+
+    fn tcp_header(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&sport.to_be_bytes());
+        h.extend_from_slice(&dport.to_be_bytes());
+        h.extend_from_slice(&[0; 8]);
+        h.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        h
+    }
+
+    fn v6(last: u8) -> [u8; 16] {
+        let mut a = [0u8; 16];
+        a[0] = 0xfd;
+        a[15] = last;
+        a
+    }
+
+    fn parsed(frame: &[u8]) -> Result<Packet, Verdict> {
+        // SAFETY: Packet is plain integers and byte arrays; all zeros is a valid value.
+        let mut p: Packet = unsafe { core::mem::zeroed() };
+        p.reset();
+        parse(&Bytes(frame), &mut p).map(|()| p)
+    }
+
+    #[test]
+    fn ipv4_tcp_is_read_with_ports_flags_and_mapped_addresses() {
+        let f = ipv4(
+            ip::TCP,
+            [10, 1, 1, 2],
+            [10, 2, 1, 3],
+            0,
+            &tcp_header(4000, 443, tcp::SYN),
+        );
+        let p = parsed(&f).expect("well-formed");
+        assert_eq!(p.kind, KIND_IPV4);
+        assert_eq!(p.src, mapped([10, 1, 1, 2]));
+        assert_eq!(p.dst, mapped([10, 2, 1, 3]));
+        assert_eq!((p.protocol, p.src_port, p.dst_port), (ip::TCP, 4000, 443));
+        assert_eq!(p.tcp_flags, tcp::SYN);
+        assert!(p.has_ports && p.opens_connection());
+        assert_eq!((p.src_mac, p.dst_mac), (VM, PEER));
+    }
+
+    #[test]
+    fn truncated_and_inconsistent_headers_are_malformed() {
+        let good = ipv4(
+            ip::UDP,
+            [10, 1, 1, 2],
+            [10, 2, 1, 3],
+            0,
+            &[0, 1, 0, 2, 0, 8, 0, 0],
+        );
+        assert!(parsed(&good).is_ok());
+        for cut in [0, 13, 14, 20, 33] {
+            assert_eq!(
+                parsed(&good[..cut]).err(),
+                Some(Verdict::Malformed),
+                "cut at {cut}"
+            );
+        }
+        // Header length below 20 bytes.
+        let mut short_ihl = good.clone();
+        short_ihl[14] = 0x44;
+        assert_eq!(parsed(&short_ihl).err(), Some(Verdict::Malformed));
+        // Version 6 under the IPv4 EtherType.
+        let mut wrong_version = good.clone();
+        wrong_version[14] = 0x65;
+        assert_eq!(parsed(&wrong_version).err(), Some(Verdict::Malformed));
+        // Total length beyond the frame.
+        let mut long = good.clone();
+        long[17] = 200;
+        assert_eq!(parsed(&long).err(), Some(Verdict::Malformed));
+        // UDP length below its header.
+        let mut udp = good;
+        udp[14 + 20 + 5] = 4;
+        assert_eq!(parsed(&udp).err(), Some(Verdict::Malformed));
+    }
+
+    #[test]
+    fn vlan_tags_are_read_and_stacked_tags_refused() {
+        let inner = ipv4(
+            ip::UDP,
+            [10, 1, 1, 2],
+            [10, 1, 1, 3],
+            0,
+            &[0, 1, 0, 2, 0, 8, 0, 0],
+        );
+        let mut tagged = inner[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 100]);
+        tagged.extend_from_slice(&inner[12..]);
+        let p = parsed(&tagged).expect("one tag parses");
+        assert!(p.has_vlan);
+        assert_eq!(p.vlan, 100);
+        let mut stacked = inner[..12].to_vec();
+        stacked.extend_from_slice(&[0x88, 0xa8, 0x00, 10, 0x81, 0x00, 0x00, 100]);
+        stacked.extend_from_slice(&inner[12..]);
+        assert_eq!(parsed(&stacked).err(), Some(Verdict::Vlan));
+    }
+
+    #[test]
+    fn unknown_ethertypes_and_ipv4_options_are_refused() {
+        assert_eq!(
+            parsed(&ethernet(0x88cc, &[0; 46])).err(),
+            Some(Verdict::UnknownEthertype)
+        );
+        let options_then_udp = [0, 0, 0, 0, 0, 1, 0, 2, 0, 8, 0, 0];
+        let mut with_options = ipv4(ip::UDP, [10, 1, 1, 2], [10, 1, 1, 3], 0, &options_then_udp);
+        with_options[14] = 0x46;
+        with_options[14 + 20..14 + 24].copy_from_slice(&[0x07, 0x04, 0, 0]);
+        assert_eq!(parsed(&with_options).err(), Some(Verdict::IpOptions));
+        with_options[14 + 20..14 + 24].copy_from_slice(&[0x94, 0x04, 0, 0]);
+        assert!(parsed(&with_options).is_ok(), "a lone router alert passes");
+    }
+
+    #[test]
+    fn fragments_are_classified_and_short_first_fragments_refused() {
+        let more = 0x2000;
+        let first = ipv4(
+            ip::TCP,
+            [10, 1, 1, 2],
+            [10, 2, 1, 3],
+            more,
+            &tcp_header(1, 2, 0),
+        );
+        let p = parsed(&first).expect("a first fragment with the whole header");
+        assert_eq!((p.fragment, p.frag_id), (FRAGMENT_FIRST, 0x1234));
+        let short = ipv4(ip::TCP, [10, 1, 1, 2], [10, 2, 1, 3], more, &[0; 8]);
+        assert_eq!(parsed(&short).err(), Some(Verdict::Fragment));
+        let later = ipv4(ip::UDP, [10, 1, 1, 2], [10, 2, 1, 3], 3, &[0; 8]);
+        let p = parsed(&later).expect("a later fragment");
+        assert!(p.fragment == FRAGMENT_LATER && !p.has_ports);
+        let over_flags = ipv4(ip::TCP, [10, 1, 1, 2], [10, 2, 1, 3], 1, &[0; 8]);
+        assert_eq!(parsed(&over_flags).err(), Some(Verdict::Fragment));
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_walked_up_to_the_bound() {
+        let udp = [0u8, 1, 0, 2, 0, 8, 0, 0];
+        let mut payload = vec![ip::UDP, 0, 0, 0, 0, 0, 0, 0];
+        payload.extend_from_slice(&udp);
+        let p = parsed(&ipv6(ip::DESTINATION_OPTIONS, v6(2), v6(3), &payload)).expect("parses");
+        assert_eq!((p.protocol, p.dst_port), (ip::UDP, 2));
+        // Five hop-by-hop headers in a row: more than the walk's bound.
+        let mut chain = Vec::new();
+        for _ in 0..5 {
+            chain.extend_from_slice(&[ip::HOP_BY_HOP, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        chain.extend_from_slice(&udp);
+        assert_eq!(
+            parsed(&ipv6(ip::HOP_BY_HOP, v6(2), v6(3), &chain)).err(),
+            Some(Verdict::Ipv6Extensions)
+        );
+    }
+
+    #[test]
+    fn neighbour_discovery_options_are_all_checked() {
+        let mut ns = vec![icmp6::NEIGHBOUR_SOLICITATION, 0, 0, 0, 0, 0, 0, 0];
+        ns.extend_from_slice(&v6(9));
+        ns.extend_from_slice(&[nd_option::SOURCE_LINK_LAYER_ADDRESS, 1]);
+        ns.extend_from_slice(&VM);
+        let p = parsed(&ipv6(ip::ICMPV6, v6(2), v6(9), &ns)).expect("parses");
+        assert!(p.is_nd_neighbour() && !p.nd_lladdr_foreign);
+        assert_eq!(p.nd_target, v6(9));
+        // A second option naming another MAC.
+        ns.extend_from_slice(&[nd_option::SOURCE_LINK_LAYER_ADDRESS, 1]);
+        ns.extend_from_slice(&PEER);
+        let p = parsed(&ipv6(ip::ICMPV6, v6(2), v6(9), &ns)).expect("parses");
+        assert!(p.nd_lladdr_foreign);
+    }
+
+    #[test]
+    fn icmp_errors_yield_the_key_of_the_quoted_packet() {
+        let quoted = ipv4(
+            ip::TCP,
+            [10, 2, 1, 3],
+            [10, 1, 1, 2],
+            0,
+            &tcp_header(443, 4000, 0),
+        );
+        let mut icmp = vec![icmp4::DEST_UNREACHABLE, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&quoted[14..14 + 28]);
+        let f = ipv4(ip::ICMP, [10, 1, 1, 2], [10, 2, 1, 3], 0, &icmp);
+        let p = parsed(&f).expect("parses");
+        assert!(p.is_icmp_error());
+        // SAFETY: ConnKey is plain integers and byte arrays.
+        let mut key: ConnKey = unsafe { core::mem::zeroed() };
+        assert!(quoted_key(&Bytes(&f), &p, &mut key));
+        assert_eq!(
+            (key.src, key.dst),
+            (mapped([10, 2, 1, 3]), mapped([10, 1, 1, 2]))
+        );
+        assert_eq!(
+            (key.src_port, key.dst_port, key.protocol),
+            (443, 4000, ip::TCP)
+        );
+    }
+
+    /// Every truncation of a well-formed frame is malformed (its length fields then reach
+    /// past the end), and no corruption of one makes the parser panic (in a debug build an
+    /// arithmetic overflow would).
+    #[test]
+    fn every_truncation_is_malformed_and_no_byte_flip_panics() {
+        let frames = [
+            ipv4(
+                ip::TCP,
+                [10, 1, 1, 2],
+                [10, 2, 1, 3],
+                0,
+                &tcp_header(1, 2, tcp::SYN),
+            ),
+            ipv6(
+                ip::ICMPV6,
+                v6(2),
+                v6(3),
+                &[icmp6::ECHO_REQUEST, 0, 0, 0, 0, 1, 0, 1],
+            ),
+        ];
+        for frame in frames {
+            assert!(parsed(&frame).is_ok());
+            for cut in 0..frame.len() {
+                let head = frame[..cut].to_vec();
+                assert_eq!(
+                    parsed(&head).err(),
+                    Some(Verdict::Malformed),
+                    "cut at {cut}"
+                );
+            }
+            for i in 0..frame.len() {
+                for bit in 0..8 {
+                    let mut flipped = frame.clone();
+                    flipped[i] ^= 1 << bit;
+                    // Decided either way; the property is that it returns.
+                    let _decided = parsed(&flipped);
+                }
+            }
+        }
     }
 }

@@ -49,7 +49,9 @@ fn main() -> anyhow::Result<()> {
             lint()?;
             let isolator_bin = build_isolator()?;
             println!("test: running every test");
-            run_tests(
+            run_tests(&mut [
+                // The eBPF crate's parser, on the host (its programs build for BPF only).
+                cargo().args(["test", "--package", "isolator-ebpf", "--lib"]),
                 cargo()
                     .args([
                         "test",
@@ -63,7 +65,7 @@ fn main() -> anyhow::Result<()> {
                         "--no-fail-fast",
                     ])
                     .env("ISOLATOR_BIN", &isolator_bin),
-            )
+            ])
         }
         Verb::Lint => lint(),
         Verb::Bench => {
@@ -83,9 +85,39 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Runs `cargo test`, passing its output through, and ends with one line that totals
-/// every test binary's result.
-fn run_tests(cmd: &mut Command) -> anyhow::Result<()> {
+/// Runs each `cargo test`, passing their output through (all of them, even after a
+/// failure), and ends with one line that totals every test binary's result.
+fn run_tests(cmds: &mut [&mut Command]) -> anyhow::Result<()> {
+    let mut totals = Totals::default();
+    let mut failures = Vec::new();
+    for cmd in cmds.iter_mut() {
+        if let Err(e) = run_test_command(cmd, &mut totals) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    let Totals {
+        passed,
+        failed,
+        ignored,
+    } = totals;
+    println!("{passed} passed, {failed} failed, {ignored} skipped");
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+fn run_test_command(cmd: &mut Command, totals: &mut Totals) -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader, Write};
     let shown = format!("{cmd:?}");
     let mut child = cmd
@@ -93,7 +125,11 @@ fn run_tests(cmd: &mut Command) -> anyhow::Result<()> {
         .spawn()
         .with_context(|| format!("starting {shown}"))?;
     let stdout = child.stdout.take().expect("piped stdout");
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let Totals {
+        passed,
+        failed,
+        ignored,
+    } = totals;
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test output")?;
         println!("{line}");
@@ -106,21 +142,17 @@ fn run_tests(cmd: &mut Command) -> anyhow::Result<()> {
                 };
                 let n: u64 = n.parse().unwrap_or(0);
                 match what {
-                    "passed" => passed += n,
-                    "failed" => failed += n,
-                    "ignored" => ignored += n,
+                    "passed" => *passed += n,
+                    "failed" => *failed += n,
+                    "ignored" => *ignored += n,
                     _ => {}
                 }
             }
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
-    println!("{passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
         bail!("{shown} failed ({status})");
-    }
-    if passed == 0 {
-        bail!("no test ran");
     }
     Ok(())
 }

@@ -1,0 +1,134 @@
+//! Every map of the programs. Names, keys and values are defined in `isolator-common`
+//! (one definition for both sides); docs/design.md ("Map layout") describes each.
+//!
+//! Policy maps (keys carry the generation) are written by the daemon and only read here;
+//! state maps (counters, connections, fragments, learned MACs) are written here.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+};
+use isolator_common::{
+    ConnKey, ConnState, Counter, CounterKey, DeclaredMacKey, FragKey, Ipv4PrefixKey, Ipv6PrefixKey,
+    MacKey, PairKey, RuleSet, SegmentInfo, SegmentKey, Settings, VifAddrV4Key, VifAddrV6Key,
+    VifInfo, VifKey, VlanKey, conntrack, limits,
+};
+
+use crate::packet::Packet;
+
+// Policy maps.
+
+#[map]
+pub static CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(2, 0);
+
+#[map]
+pub static VIFS: HashMap<VifKey, VifInfo> = HashMap::with_max_entries(2 * limits::MAX_VIFS, 0);
+
+#[map]
+pub static SEGMENTS: HashMap<SegmentKey, SegmentInfo> =
+    HashMap::with_max_entries(2 * limits::MAX_SEGMENTS, 0);
+
+#[map]
+pub static PREFIXES_V4: LpmTrie<Ipv4PrefixKey, u32> =
+    LpmTrie::with_max_entries(2 * limits::MAX_PREFIXES, 0);
+
+#[map]
+pub static PREFIXES_V6: LpmTrie<Ipv6PrefixKey, u32> =
+    LpmTrie::with_max_entries(2 * limits::MAX_PREFIXES, 0);
+
+#[map]
+pub static MANAGEMENT_V4: LpmTrie<Ipv4PrefixKey, RuleSet> =
+    LpmTrie::with_max_entries(2 * limits::MAX_MANAGEMENT, 0);
+
+#[map]
+pub static MANAGEMENT_V6: LpmTrie<Ipv6PrefixKey, RuleSet> =
+    LpmTrie::with_max_entries(2 * limits::MAX_MANAGEMENT, 0);
+
+#[map]
+pub static EXPOSED_V4: LpmTrie<Ipv4PrefixKey, RuleSet> =
+    LpmTrie::with_max_entries(2 * limits::MAX_EXPOSED, 0);
+
+#[map]
+pub static EXPOSED_V6: LpmTrie<Ipv6PrefixKey, RuleSet> =
+    LpmTrie::with_max_entries(2 * limits::MAX_EXPOSED, 0);
+
+#[map]
+pub static FLOWS: HashMap<PairKey, RuleSet> =
+    HashMap::with_max_entries(2 * limits::MAX_FLOW_PAIRS, 0);
+
+#[map]
+pub static NEIGHBOURS: HashMap<PairKey, u32> =
+    HashMap::with_max_entries(4 * limits::MAX_FLOW_PAIRS, 0);
+
+#[map]
+pub static VIF_ADDRS_V4: LpmTrie<VifAddrV4Key, u8> =
+    LpmTrie::with_max_entries(2 * limits::MAX_VIF_ADDRS, 0);
+
+#[map]
+pub static VIF_ADDRS_V6: LpmTrie<VifAddrV6Key, u8> =
+    LpmTrie::with_max_entries(2 * limits::MAX_VIF_ADDRS, 0);
+
+#[map]
+pub static DECLARED_MACS: HashMap<DeclaredMacKey, u32> =
+    HashMap::with_max_entries(2 * limits::MAX_VIFS, 0);
+
+#[map]
+pub static DECLARED_V4: LpmTrie<Ipv4PrefixKey, u32> =
+    LpmTrie::with_max_entries(2 * limits::MAX_VIF_ADDRS, 0);
+
+#[map]
+pub static DECLARED_V6: LpmTrie<Ipv6PrefixKey, u32> =
+    LpmTrie::with_max_entries(2 * limits::MAX_VIF_ADDRS, 0);
+
+#[map]
+pub static VIF_VLANS: HashMap<VlanKey, u8> =
+    HashMap::with_max_entries(2 * limits::MAX_VIF_VLANS, 0);
+
+// State maps.
+
+#[map]
+pub static CONNTRACK: LruHashMap<ConnKey, ConnState> =
+    LruHashMap::with_max_entries(limits::MAX_CONNECTIONS, 0);
+
+#[map]
+pub static CONNTRACK_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(conntrack::EVENTS, 0);
+
+#[map]
+pub static MAC_VIFS: LruHashMap<MacKey, u32> = LruHashMap::with_max_entries(limits::MAX_MACS, 0);
+
+#[map]
+pub static FRAGMENTS: LruHashMap<FragKey, u64> =
+    LruHashMap::with_max_entries(limits::MAX_FRAGMENTS, 0);
+
+#[map]
+pub static COUNTERS: PerCpuHashMap<CounterKey, Counter> =
+    PerCpuHashMap::with_max_entries(limits::MAX_COUNTERS, 0);
+
+/// Per-CPU working memory: the parsed packet and keys to build lookups in (they do not fit
+/// on the 512-byte BPF stack beside the rest).
+#[repr(C)]
+pub struct Scratch {
+    pub packet: Packet,
+    pub key: ConnKey,
+    pub frag: FragKey,
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// `BPF_NOEXIST`: insert only if the key is absent.
+pub const BPF_NOEXIST: u64 = 1;
+
+/// This CPU's scratch space, with the previous packet's fields cleared.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    let s = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU array slot, valid for the whole run. XDP and TC run with bottom
+    // halves disabled, so no other run of these programs interleaves on this CPU.
+    let s = unsafe { &mut *s };
+    s.packet.reset();
+    Some(s)
+}

@@ -1,0 +1,78 @@
+//! Which vif a program runs on, and what the active policy says about it.
+
+use isolator_common::{SegmentInfo, SegmentKey, Verdict, VifInfo, VifKey, VlanKey};
+
+use crate::maps::{CONFIG, SEGMENTS, VIF_VLANS, VIFS};
+
+/// The vif a program runs on, in the active generation.
+pub struct Vif {
+    pub generation: u32,
+    pub ifindex: u32,
+    pub segment: u32,
+    /// The vif's declared identity.
+    pub vif: VifInfo,
+    /// Its segment's tenant and flags.
+    pub info: SegmentInfo,
+}
+
+/// The vif's segment and its settings in the active generation; `None` fails closed.
+#[inline(always)]
+pub fn identify(ifindex: u32) -> Option<Vif> {
+    let generation = *CONFIG.get(0)?;
+    // SAFETY: the value is copied out at once; entries of the active generation are not
+    // removed while a program can run on it (docs/design.md, the swap).
+    let vif = *unsafe {
+        VIFS.get(VifKey {
+            generation,
+            ifindex,
+        })
+    }?;
+    let segment = vif.segment;
+    // SAFETY: as above.
+    let info = *unsafe {
+        SEGMENTS.get(SegmentKey {
+            generation,
+            segment,
+        })
+    }?;
+    Some(Vif {
+        generation,
+        ifindex,
+        segment,
+        vif,
+        info,
+    })
+}
+
+/// Whether the vif may tag its frames with VLAN id `vlan`.
+#[inline(always)]
+pub fn vlan_allowed(vif: &Vif, vlan: u16) -> bool {
+    // SAFETY: only the presence of the entry is read.
+    unsafe {
+        VIF_VLANS
+            .get(VlanKey {
+                generation: vif.generation,
+                ifindex: vif.ifindex,
+                vlan,
+                _pad: [0; 2],
+            })
+            .is_some()
+    }
+}
+
+/// `cross_segment` or `cross_tenant` for traffic between the vif's own segment and segment
+/// `other` (either direction): the vif's tenant is already known.
+#[inline(always)]
+pub fn cross(vif: &Vif, other: u32) -> Verdict {
+    // SAFETY: only the tenant id is read, at once.
+    match unsafe {
+        SEGMENTS.get(SegmentKey {
+            generation: vif.generation,
+            segment: other,
+        })
+    } {
+        Some(o) if o.tenant == vif.info.tenant => Verdict::CrossSegment,
+        Some(_) => Verdict::CrossTenant,
+        None => Verdict::NoPolicy,
+    }
+}
