@@ -4,11 +4,7 @@
 use std::fmt;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use isolator_common::{
-    DeclaredMacKey, GENERATION_PREFIX_BITS, Ipv4PrefixKey, Ipv6PrefixKey, PairKey, Rule, RuleSet,
-    SegmentInfo, SegmentKey, Settings, VIF_PREFIX_BITS, VifAddrV4Key, VifAddrV6Key, VifInfo,
-    VifKey, VlanKey, limits, protocol,
-};
+use isolator_common::{Rule, RuleSet, SegmentInfo, Settings, VifInfo, limits, protocol};
 
 const NANOS: u64 = 1_000_000_000;
 
@@ -289,264 +285,26 @@ impl Plan {
             None => format!("#{id}"),
         }
     }
-
-    /// Entries of the `VIFS` map for `generation`.
-    pub fn vif_entries(&self, generation: u32) -> Vec<(VifKey, VifInfo)> {
-        let declared = Declared {
-            macs: self.vifs.iter().filter(|v| v.mac.is_some()).count(),
-            addresses: self.vifs.iter().filter(|v| !v.addresses.is_empty()).count(),
-        };
-        self.vifs
-            .iter()
-            .map(|v| {
-                (
-                    VifKey {
-                        generation,
-                        ifindex: v.ifindex,
-                    },
-                    VifInfo {
-                        segment: v.segment,
-                        flags: vif_flags(v, &declared),
-                        mac: v.mac.unwrap_or_default(),
-                        _pad: [0; 2],
-                    },
-                )
-            })
-            .collect()
-    }
-
-    /// Entries of the `SEGMENTS` map for `generation`.
-    pub fn segment_entries(&self, generation: u32) -> Vec<(SegmentKey, SegmentInfo)> {
-        self.segments
-            .iter()
-            .map(|s| {
-                (
-                    SegmentKey {
-                        generation,
-                        segment: s.id,
-                    },
-                    SegmentInfo {
-                        tenant: s.tenant_id,
-                        flags: s.flags,
-                    },
-                )
-            })
-            .collect()
-    }
-
-    /// Entries of the `PREFIXES_V4` trie for `generation`: (trie prefix length, key, segment).
-    pub fn v4_entries(&self, generation: u32) -> Vec<(u32, Ipv4PrefixKey, u32)> {
-        v4_keys(&self.v4, generation)
-    }
-
-    /// Entries of the `PREFIXES_V6` trie for `generation`.
-    pub fn v6_entries(&self, generation: u32) -> Vec<(u32, Ipv6PrefixKey, u32)> {
-        v6_keys(&self.v6, generation)
-    }
-}
-
-impl Plan {
-    /// Entries of `MANAGEMENT_V4` for `generation`.
-    pub fn management_v4_entries(&self, generation: u32) -> Vec<(u32, Ipv4PrefixKey, RuleSet)> {
-        v4_keys(&self.management_v4, generation)
-    }
-
-    /// Entries of `MANAGEMENT_V6` for `generation`.
-    pub fn management_v6_entries(&self, generation: u32) -> Vec<(u32, Ipv6PrefixKey, RuleSet)> {
-        v6_keys(&self.management_v6, generation)
-    }
-
-    /// Entries of `EXPOSED_V4` for `generation`.
-    pub fn exposed_v4_entries(&self, generation: u32) -> Vec<(u32, Ipv4PrefixKey, RuleSet)> {
-        v4_keys(&self.exposed_v4, generation)
-    }
-
-    /// Entries of `EXPOSED_V6` for `generation`.
-    pub fn exposed_v6_entries(&self, generation: u32) -> Vec<(u32, Ipv6PrefixKey, RuleSet)> {
-        v6_keys(&self.exposed_v6, generation)
-    }
-
-    /// Entries of `FLOWS` for `generation`.
-    pub fn flow_entries(&self, generation: u32) -> Vec<(PairKey, RuleSet)> {
-        self.flows
-            .iter()
-            .map(|((from, to), rules)| {
-                (
-                    PairKey {
-                        generation,
-                        from: *from,
-                        to: *to,
-                    },
-                    *rules,
-                )
-            })
-            .collect()
-    }
-
-    /// Entries of `VIF_ADDRS_V4` for `generation`: each vif's declared IPv4 sources.
-    pub fn vif_addr_v4_entries(&self, generation: u32) -> Vec<(u32, VifAddrV4Key, u8)> {
-        let mut out = Vec::new();
-        for vif in &self.vifs {
-            for addr in &vif.addresses {
-                if let IpNet::V4(net) = addr {
-                    out.push((
-                        VIF_PREFIX_BITS + u32::from(net.prefix_len()),
-                        VifAddrV4Key {
-                            generation: generation.to_be_bytes(),
-                            ifindex: vif.ifindex.to_be_bytes(),
-                            addr: net.network().octets(),
-                        },
-                        1,
-                    ));
-                }
-            }
-        }
-        out
-    }
-
-    /// Entries of `VIF_ADDRS_V6` for `generation`.
-    pub fn vif_addr_v6_entries(&self, generation: u32) -> Vec<(u32, VifAddrV6Key, u8)> {
-        let mut out = Vec::new();
-        for vif in &self.vifs {
-            for addr in &vif.addresses {
-                if let IpNet::V6(net) = addr {
-                    out.push((
-                        VIF_PREFIX_BITS + u32::from(net.prefix_len()),
-                        VifAddrV6Key {
-                            generation: generation.to_be_bytes(),
-                            ifindex: vif.ifindex.to_be_bytes(),
-                            addr: net.network().octets(),
-                        },
-                        1,
-                    ));
-                }
-            }
-        }
-        out
-    }
-
-    /// Entries of `DECLARED_MACS` for `generation`: each declared MAC and its vif.
-    pub fn declared_mac_entries(&self, generation: u32) -> Vec<(DeclaredMacKey, u32)> {
-        self.vifs
-            .iter()
-            .filter_map(|vif| {
-                vif.mac.map(|mac| {
-                    (
-                        DeclaredMacKey {
-                            generation,
-                            mac,
-                            _pad: [0; 2],
-                        },
-                        vif.ifindex,
-                    )
-                })
-            })
-            .collect()
-    }
-
-    /// Entries of `DECLARED_V4` for `generation`: each declared IPv4 address (prefix)
-    /// and the vif that declared it.
-    pub fn declared_v4_entries(&self, generation: u32) -> Vec<(u32, Ipv4PrefixKey, u32)> {
-        v4_keys(
-            &self.declared(|net| match net {
-                IpNet::V4(net) => Some(net.trunc()),
-                IpNet::V6(_) => None,
-            }),
-            generation,
-        )
-    }
-
-    /// Entries of `DECLARED_V6` for `generation` (link-local addresses included).
-    pub fn declared_v6_entries(&self, generation: u32) -> Vec<(u32, Ipv6PrefixKey, u32)> {
-        v6_keys(
-            &self.declared(|net| match net {
-                IpNet::V6(net) => Some(net.trunc()),
-                IpNet::V4(_) => None,
-            }),
-            generation,
-        )
-    }
-
-    /// Every declared address of one family (picked by `family`) with its vif's ifindex.
-    fn declared<N>(&self, family: impl Fn(&IpNet) -> Option<N>) -> Vec<(N, u32)> {
-        self.vifs
-            .iter()
-            .flat_map(|vif| {
-                vif.addresses
-                    .iter()
-                    .filter_map(&family)
-                    .map(|net| (net, vif.ifindex))
-            })
-            .collect()
-    }
-
-    /// Entries of `VIF_VLANS` for `generation`.
-    pub fn vlan_entries(&self, generation: u32) -> Vec<VlanKey> {
-        self.vifs
-            .iter()
-            .flat_map(|vif| {
-                vif.vlans.iter().map(move |vlan| VlanKey {
-                    generation,
-                    ifindex: vif.ifindex,
-                    vlan: *vlan,
-                    _pad: [0; 2],
-                })
-            })
-            .collect()
-    }
-
-    /// Entries of `NEIGHBOURS` for `generation`.
-    pub fn neighbour_entries(&self, generation: u32) -> Vec<PairKey> {
-        self.neighbours
-            .iter()
-            .map(|(from, to)| PairKey {
-                generation,
-                from: *from,
-                to: *to,
-            })
-            .collect()
-    }
-}
-
-fn v4_keys<V: Copy>(entries: &[(Ipv4Net, V)], generation: u32) -> Vec<(u32, Ipv4PrefixKey, V)> {
-    entries
-        .iter()
-        .map(|(net, value)| {
-            (
-                GENERATION_PREFIX_BITS + u32::from(net.prefix_len()),
-                Ipv4PrefixKey {
-                    generation: generation.to_be_bytes(),
-                    addr: net.network().octets(),
-                },
-                *value,
-            )
-        })
-        .collect()
-}
-
-fn v6_keys<V: Copy>(entries: &[(Ipv6Net, V)], generation: u32) -> Vec<(u32, Ipv6PrefixKey, V)> {
-    entries
-        .iter()
-        .map(|(net, value)| {
-            (
-                GENERATION_PREFIX_BITS + u32::from(net.prefix_len()),
-                Ipv6PrefixKey {
-                    generation: generation.to_be_bytes(),
-                    addr: net.network().octets(),
-                },
-                *value,
-            )
-        })
-        .collect()
 }
 
 /// How many vifs of a plan declared a MAC, and addresses.
-struct Declared {
+pub(crate) struct Declared {
     macs: usize,
     addresses: usize,
 }
 
-fn vif_flags(vif: &ManagedVif, declared: &Declared) -> u32 {
+impl Declared {
+    pub(crate) fn of(plan: &Plan) -> Declared {
+        Declared {
+            macs: plan.vifs.iter().filter(|v| v.mac.is_some()).count(),
+            addresses: plan.vifs.iter().filter(|v| !v.addresses.is_empty()).count(),
+        }
+    }
+}
+
+/// The [`VifInfo`] flags of a vif: what it declared, and whether others declared anything
+/// it must keep off.
+pub(crate) fn vif_flags(vif: &ManagedVif, declared: &Declared) -> u32 {
     let mut flags = 0;
     if declared.macs > usize::from(vif.mac.is_some()) {
         flags |= VifInfo::OTHERS_DECLARED_MACS;
@@ -676,7 +434,9 @@ fn check_limit(what: &'static str, count: usize, limit: u32) -> Result<(), PlanE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::encode::encode;
     use crate::policy;
+    use isolator_common::{Ipv4PrefixKey, PairKey, SegmentKey, VifKey};
 
     const POLICY: &str = r#"
 version: 1
@@ -762,7 +522,7 @@ tenants:
     fn map_entries_carry_the_generation() {
         let plan = plan(&[("vacme-db1", 6)]);
         assert_eq!(
-            plan.vif_entries(1),
+            encode(&plan, 1).vifs,
             vec![(
                 VifKey {
                     generation: 1,
@@ -777,7 +537,7 @@ tenants:
             )]
         );
         assert_eq!(
-            plan.segment_entries(0)[2],
+            encode(&plan, 0).segments[2],
             (
                 SegmentKey {
                     generation: 0,
@@ -789,40 +549,28 @@ tenants:
                 }
             )
         );
+        let v4: Vec<(u32, Ipv4PrefixKey, u32)> = encode(&plan, 1)
+            .prefixes_v4
+            .iter()
+            .map(|(key, segment)| (key.prefix_len(), key.data(), *segment))
+            .collect();
+        let key = |addr| Ipv4PrefixKey {
+            generation: [0, 0, 0, 1],
+            addr,
+        };
         assert_eq!(
-            plan.v4_entries(1),
+            v4,
             vec![
-                (
-                    56,
-                    Ipv4PrefixKey {
-                        generation: [0, 0, 0, 1],
-                        addr: [10, 1, 1, 0]
-                    },
-                    0
-                ),
-                (
-                    56,
-                    Ipv4PrefixKey {
-                        generation: [0, 0, 0, 1],
-                        addr: [10, 1, 2, 0]
-                    },
-                    1
-                ),
-                (
-                    56,
-                    Ipv4PrefixKey {
-                        generation: [0, 0, 0, 1],
-                        addr: [10, 2, 1, 0]
-                    },
-                    2
-                ),
+                (56, key([10, 1, 1, 0]), 0),
+                (56, key([10, 1, 2, 0]), 1),
+                (56, key([10, 2, 1, 0]), 2),
             ]
         );
-        let v6 = plan.v6_entries(0);
+        let v6 = encode(&plan, 0).prefixes_v6;
         assert_eq!(v6.len(), 2);
-        assert_eq!(v6[1].0, 32 + 64);
-        assert_eq!(&v6[1].1.addr[..6], &[0xfd, 0, 0, 2, 0, 1]);
-        assert_eq!(v6[1].2, 2);
+        assert_eq!(v6[1].0.prefix_len(), 32 + 64);
+        assert_eq!(&v6[1].0.data().addr[..6], &[0xfd, 0, 0, 2, 0, 1]);
+        assert_eq!(v6[1].1, 2);
     }
 
     #[test]
@@ -991,7 +739,7 @@ tenants:
             ]
         );
         assert_eq!(plan.neighbours, vec![(0, 1), (0, 2), (1, 0), (2, 0)]);
-        let entries = plan.flow_entries(1);
+        let entries = encode(&plan, 1).flows;
         assert_eq!(
             entries[1].0,
             PairKey {
@@ -1046,48 +794,56 @@ tenants:
         assert_eq!(lb.name, "vweb-lb");
         assert_eq!(lb.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
         assert_eq!(lb.vlans, vec![100, 200]);
-        let (key, info) = plan.vif_entries(1)[0];
+        let entries = encode(&plan, 1);
+        let (key, info) = entries.vifs[0];
         assert_eq!(key.ifindex, 4);
         assert_eq!(
             info.flags,
             VifInfo::HAS_MAC | VifInfo::HAS_ADDRESSES | VifInfo::HAS_LINK_LOCAL
         );
         assert_eq!(info.mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
-        let plain = plan.vif_entries(1)[1].1;
+        let plain = entries.vifs[1].1;
         assert_eq!(
             plain.flags,
             VifInfo::OTHERS_DECLARED_MACS | VifInfo::OTHERS_DECLARED_ADDRESSES,
             "a pattern entry declares nothing, and must keep off what vweb-lb declared"
         );
 
-        let v4: Vec<(u32, [u8; 4])> = plan
-            .vif_addr_v4_entries(1)
+        let v4: Vec<(u32, [u8; 4])> = entries
+            .vif_addrs_v4
             .iter()
-            .map(|(len, key, _)| (*len, key.addr))
+            .map(|(key, _)| (key.prefix_len(), key.data().addr))
             .collect();
         assert_eq!(v4, vec![(96, [10, 1, 1, 10]), (92, [10, 1, 1, 64])]);
-        let v4_key = plan.vif_addr_v4_entries(1)[0].1;
+        let v4_key = entries.vif_addrs_v4[0].0.data();
         assert_eq!(v4_key.ifindex, 4u32.to_be_bytes());
         assert_eq!(v4_key.generation, 1u32.to_be_bytes());
-        assert_eq!(plan.vif_addr_v6_entries(1).len(), 2);
-        let vlans: Vec<(u32, u16)> = plan
-            .vlan_entries(0)
+        assert_eq!(entries.vif_addrs_v6.len(), 2);
+        let vlans: Vec<(u32, u16)> = encode(&plan, 0)
+            .vif_vlans
             .iter()
-            .map(|k| (k.ifindex, k.vlan))
+            .map(|(k, _)| (k.ifindex, k.vlan))
             .collect();
         assert_eq!(vlans, vec![(4, 100), (4, 200)]);
 
         // Reserved for vweb-lb: its MAC and addresses, by generation, owned by ifindex 4.
-        let macs = plan.declared_mac_entries(1);
+        let macs = &entries.declared_macs;
         assert_eq!(macs.len(), 1);
         assert_eq!(
             (macs[0].0.generation, macs[0].0.mac, macs[0].1),
             (1, [0x52, 0x54, 0, 0x12, 0x34, 0x56], 4)
         );
-        let v4: Vec<(u32, [u8; 4], [u8; 4], u32)> = plan
-            .declared_v4_entries(1)
+        let v4: Vec<(u32, [u8; 4], [u8; 4], u32)> = entries
+            .declared_v4
             .iter()
-            .map(|(len, key, owner)| (*len, key.generation, key.addr, *owner))
+            .map(|(key, owner)| {
+                (
+                    key.prefix_len(),
+                    key.data().generation,
+                    key.data().addr,
+                    *owner,
+                )
+            })
             .collect();
         assert_eq!(
             v4,
@@ -1096,10 +852,10 @@ tenants:
                 (60, 1u32.to_be_bytes(), [10, 1, 1, 64], 4)
             ]
         );
-        let v6: Vec<(u32, u32)> = plan
-            .declared_v6_entries(0)
+        let v6: Vec<(u32, u32)> = encode(&plan, 0)
+            .declared_v6
             .iter()
-            .map(|(len, _, owner)| (*len, *owner))
+            .map(|(key, owner)| (key.prefix_len(), *owner))
             .collect();
         assert_eq!(v6, vec![(160, 4), (160, 4)], "fd00:1:1::10 and fe80::10");
     }

@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod daemon;
 pub mod dataplane;
+pub mod encode;
 pub mod metrics;
 pub mod netlink;
 pub mod policy;

@@ -809,15 +809,7 @@ fn withdrawn_addresses_and_vlans_stay_withdrawn_across_generations() {
             .unwrap()
             .iter()
             .map(|(name, _)| *name)
-            .chain([
-                "CONFIG",
-                "SETTINGS",
-                "CONNTRACK",
-                "CONNTRACK_EVENTS",
-                "MAC_VIFS",
-                "FRAGMENTS",
-                "COUNTERS",
-            ])
+            .chain(isolator::dataplane::STATE_MAPS)
             .collect();
         classified.sort();
         let mut pinned = isolator::dataplane::PINNED_MAPS.to_vec();

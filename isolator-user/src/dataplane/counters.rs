@@ -1,0 +1,47 @@
+//! The per-CPU drop and pass counters.
+
+use aya::maps::MapError;
+use isolator_common::{Counter, CounterKey, maps};
+
+use super::error::{DataplaneError, map_err};
+use super::{Dataplane, collect_keys};
+
+impl Dataplane {
+    /// Removes the counters of interfaces other than `keep` (ifindexes): those of
+    /// interfaces that are gone would otherwise fill the map over time. Returns how many
+    /// keys it removed.
+    pub fn prune_counters(
+        &mut self,
+        keep: &std::collections::BTreeSet<u32>,
+    ) -> Result<usize, DataplaneError> {
+        let keys = collect_keys(self.counters.keys(), maps::COUNTERS)?;
+        let mut removed = 0;
+        for key in keys.iter().filter(|k| !keep.contains(&k.ifindex)) {
+            match self.counters.remove(key) {
+                Ok(()) => removed += 1,
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_err(maps::COUNTERS, "removing stale counters")(e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Every counter, summed over CPUs, sorted by key.
+    pub fn counters(&self) -> Result<Vec<(CounterKey, Counter)>, DataplaneError> {
+        let mut out = Vec::new();
+        for item in self.counters.iter() {
+            let (key, per_cpu) = item.map_err(map_err(maps::COUNTERS, "reading"))?;
+            let mut total = Counter::default();
+            for c in per_cpu.iter() {
+                // Wrapping: a CPU's share can dip below zero when a frame counted on
+                // one CPU is taken back on another (see `isolator_tags`).
+                total.packets = total.packets.wrapping_add(c.packets);
+                total.bytes = total.bytes.wrapping_add(c.bytes);
+            }
+            out.push((key, total));
+        }
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+}

@@ -1,0 +1,289 @@
+//! Attaching the programs to vifs, pinning their links, taking over a previous daemon's
+//! links without a gap, and detaching.
+
+use aya::programs::{
+    TcAttachType, XdpMode,
+    links::{FdLink, PinnedLink},
+    tc::SchedClassifierLink,
+    xdp::XdpLink,
+};
+use isolator_common::programs;
+
+use super::Dataplane;
+use super::error::{DataplaneError, pin_err, prog_err};
+use super::state::PIN_KINDS;
+
+/// How an XDP program ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver (native XDP).
+    Native,
+    /// Generic (skb) mode: correct, slower; used when the driver refuses native mode.
+    Generic,
+    /// Taken over from a previous daemon: its links were pinned and now run this
+    /// daemon's programs (the mode they were attached in is kept).
+    TakenOver,
+}
+
+/// A link the dataplane holds: by its file descriptor alone, or pinned as well, so that
+/// it outlives the daemon.
+pub(super) enum Held {
+    Owned(FdLink),
+    Pinned(PinnedLink),
+}
+
+impl Held {
+    /// Detaches the link (and removes its pin).
+    pub(super) fn release(self) -> std::io::Result<()> {
+        match self {
+            Held::Owned(link) => drop(link),
+            Held::Pinned(link) => drop(link.unpin()?),
+        }
+        Ok(())
+    }
+}
+
+pub(super) struct Attachment {
+    name: String,
+    xdp: Held,
+    tc: Held,
+    tags: Held,
+    mode: AttachMode,
+}
+
+impl Dataplane {
+    /// Attaches the programs to a vif: XDP (ingress) in native mode, or generic mode
+    /// when the driver refuses native XDP; TC on its egress; and TC on its ingress for
+    /// VLAN tags carried outside the frame (both TCX). All or none: if one attachment
+    /// fails, the others are undone. Links a previous daemon pinned for this vif are
+    /// taken over instead: the running programs are replaced by this daemon's, atomically,
+    /// so the vif is never without one.
+    pub fn attach(&mut self, name: &str, ifindex: u32) -> Result<AttachMode, DataplaneError> {
+        if let Some(existing) = self.attached.get(&ifindex) {
+            return Ok(existing.mode);
+        }
+        let old = self
+            .pins
+            .as_mut()
+            .and_then(|p| p.left.remove(&ifindex))
+            .unwrap_or_default();
+        let taken_over = old.xdp.is_some() || old.tc.is_some() || old.tags.is_some();
+
+        let (xdp, mut mode) = match old.xdp {
+            Some(old) => (self.take_over_xdp(name, old)?, AttachMode::TakenOver),
+            None => self.attach_xdp(name, ifindex)?,
+        };
+        let mut held = vec![xdp];
+        for (program, attach_type, old) in [
+            (programs::TC_EGRESS, TcAttachType::Egress, old.tc),
+            (programs::TC_INGRESS_TAGS, TcAttachType::Ingress, old.tags),
+        ] {
+            let link = match old {
+                Some(old) => self.take_over_tc(program, name, old),
+                None => self.attach_tc(program, attach_type, name, ifindex),
+            };
+            match link {
+                Ok(link) => held.push(link),
+                Err(e) => {
+                    for link in held {
+                        let _ = link.release();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // Pinned, the links outlive this daemon (a crash leaves the vif enforced).
+        let mut pinned = Vec::new();
+        let mut unpinned = PIN_KINDS.into_iter().zip(held);
+        while let Some((kind, link)) = unpinned.next() {
+            match self.pin(ifindex, kind, link) {
+                Ok(link) => pinned.push(link),
+                Err(e) => {
+                    for link in pinned.into_iter().chain(unpinned.map(|(_, l)| l)) {
+                        let _ = link.release();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let [xdp, tc, tags]: [Held; 3] = match pinned.try_into() {
+            Ok(links) => links,
+            Err(_) => unreachable!("three programs, three links"),
+        };
+        if taken_over {
+            mode = AttachMode::TakenOver;
+        }
+        self.attached.insert(
+            ifindex,
+            Attachment {
+                name: name.to_string(),
+                xdp,
+                tc,
+                tags,
+                mode,
+            },
+        );
+        Ok(mode)
+    }
+
+    fn attach_xdp(
+        &mut self,
+        name: &str,
+        ifindex: u32,
+    ) -> Result<(Held, AttachMode), DataplaneError> {
+        let program = self.ingress()?;
+        let (id, mode) = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Ok(id) => (id, AttachMode::Native),
+            Err(native_err) => {
+                let id = program
+                    .attach_to_if_index(ifindex, XdpMode::Skb)
+                    .map_err(prog_err(
+                        programs::XDP_INGRESS,
+                        format!(
+                            "attaching to {name} (ifindex {ifindex}) in native mode failed \
+                             ({native_err}) and in generic mode too"
+                        ),
+                    ))?;
+                (id, AttachMode::Generic)
+            }
+        };
+        let link = program
+            .take_link(id)
+            .map_err(prog_err(programs::XDP_INGRESS, "taking the link"))?;
+        let link = FdLink::try_from(link).map_err(|e| {
+            pin_err(format!("the XDP link of {name} is not a bpf_link"))(Box::new(e))
+        })?;
+        Ok((Held::Owned(link), mode))
+    }
+
+    fn attach_tc(
+        &mut self,
+        program_name: &'static str,
+        attach_type: TcAttachType,
+        name: &str,
+        ifindex: u32,
+    ) -> Result<Held, DataplaneError> {
+        let program = self.classifier(program_name)?;
+        let id = program.attach(name, attach_type).map_err(prog_err(
+            program_name,
+            format!("attaching to the {attach_type:?} of {name} (ifindex {ifindex})"),
+        ))?;
+        let link = program
+            .take_link(id)
+            .map_err(prog_err(program_name, "taking the link"))?;
+        let link = FdLink::try_from(link).map_err(|e| {
+            pin_err(format!("the TC link of {name} is not a bpf_link"))(Box::new(e))
+        })?;
+        Ok(Held::Owned(link))
+    }
+
+    fn take_over_xdp(&mut self, name: &str, old: PinnedLink) -> Result<Held, DataplaneError> {
+        let link = old
+            .unpin()
+            .map_err(|e| pin_err(format!("unpinning the XDP link of {name}"))(Box::new(e)))?;
+        let link = XdpLink::try_from(link)
+            .map_err(|e| pin_err(format!("the pinned XDP link of {name}"))(Box::new(e)))?;
+        let program = self.ingress()?;
+        let id = program.attach_to_link(link).map_err(prog_err(
+            programs::XDP_INGRESS,
+            format!("replacing the program on {name}'s pinned link"),
+        ))?;
+        let link = program
+            .take_link(id)
+            .map_err(prog_err(programs::XDP_INGRESS, "taking the link"))?;
+        let link = FdLink::try_from(link)
+            .map_err(|e| pin_err(format!("the XDP link of {name}"))(Box::new(e)))?;
+        Ok(Held::Owned(link))
+    }
+
+    fn take_over_tc(
+        &mut self,
+        program_name: &'static str,
+        name: &str,
+        old: PinnedLink,
+    ) -> Result<Held, DataplaneError> {
+        let link = old
+            .unpin()
+            .map_err(|e| pin_err(format!("unpinning the TC link of {name}"))(Box::new(e)))?;
+        let link = SchedClassifierLink::try_from(link)
+            .map_err(|e| pin_err(format!("the pinned TC link of {name}"))(Box::new(e)))?;
+        let program = self.classifier(program_name)?;
+        let id = program.attach_to_link(link).map_err(prog_err(
+            program_name,
+            format!("replacing the program on {name}'s pinned link"),
+        ))?;
+        let link = program
+            .take_link(id)
+            .map_err(prog_err(program_name, "taking the link"))?;
+        let link = FdLink::try_from(link)
+            .map_err(|e| pin_err(format!("the TC link of {name}"))(Box::new(e)))?;
+        Ok(Held::Owned(link))
+    }
+
+    /// Pins a link under the state directory (when there is one). On error the link is
+    /// gone (detached).
+    fn pin(&self, ifindex: u32, kind: &str, link: Held) -> Result<Held, DataplaneError> {
+        let Some(pins) = &self.pins else {
+            return Ok(link);
+        };
+        let Held::Owned(fd) = link else {
+            return Ok(link);
+        };
+        let path = pins.links.join(format!("{ifindex}-{kind}"));
+        // A leftover that was not a link would block the pin.
+        let _ = std::fs::remove_file(&path);
+        fd.pin(&path)
+            .map(Held::Pinned)
+            .map_err(|e| pin_err(format!("pinning {}", path.display()))(Box::new(e)))
+    }
+
+    /// Links pinned by a previous daemon that no vif took over: the vifs are gone or no
+    /// longer managed, so their programs are removed.
+    pub fn release_leftovers(&mut self) -> usize {
+        let Some(pins) = self.pins.as_mut() else {
+            return 0;
+        };
+        let left = std::mem::take(&mut pins.left);
+        let count = left.len();
+        for (_, vif) in left {
+            for link in [vif.xdp, vif.tc, vif.tags].into_iter().flatten() {
+                let _ = link.unpin();
+            }
+        }
+        count
+    }
+
+    /// Detaches the programs from one vif.
+    pub fn detach(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let Some(attachment) = self.attached.remove(&ifindex) else {
+            return Ok(());
+        };
+        let name = attachment.name;
+        let xdp = attachment.xdp.release();
+        let tc = attachment.tc.release();
+        let tags = attachment.tags.release();
+        xdp.and(tc)
+            .and(tags)
+            .map_err(|e| pin_err(format!("detaching from {name}"))(Box::new(e)))
+    }
+
+    /// Detaches from every vif; returns the names of the ones that failed with why.
+    pub fn detach_all(&mut self) -> Vec<(String, DataplaneError)> {
+        let mut failures = Vec::new();
+        let ifindexes: Vec<u32> = self.attached.keys().copied().collect();
+        for ifindex in ifindexes {
+            let name = self.attached[&ifindex].name.clone();
+            if let Err(e) = self.detach(ifindex) {
+                failures.push((name, e));
+            }
+        }
+        failures
+    }
+
+    /// The vifs the program is attached to: (ifindex, name, mode).
+    pub fn attachments(&self) -> impl Iterator<Item = (u32, &str, AttachMode)> {
+        self.attached
+            .iter()
+            .map(|(i, a)| (*i, a.name.as_str(), a.mode))
+    }
+}

@@ -1,0 +1,183 @@
+//! The policy maps of the kernel, generated from [`policy_tables!`]: writing a generation,
+//! purging one, and reporting which generations each map holds, all in one order.
+
+use std::collections::BTreeSet;
+
+use aya::{
+    Ebpf, Pod,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
+};
+use isolator_common::{
+    DeclaredMacKey, GenerationKey, Ipv4PrefixKey, Ipv6PrefixKey, PairKey, RuleSet, SegmentInfo,
+    SegmentKey, Settings, VifAddrV4Key, VifAddrV6Key, VifInfo, VifKey, VlanKey, maps,
+};
+
+use super::error::{DataplaneError, map_err};
+use crate::encode::{Entries, entry_key, policy_tables};
+
+/// A policy map: entries keyed by generation, written, purged and listed by generation.
+trait Table {
+    type Key: Pod;
+    type Value: Pod;
+    fn put(&mut self, key: &Self::Key, value: &Self::Value) -> Result<(), MapError>;
+    fn delete(&mut self, key: &Self::Key) -> Result<(), MapError>;
+    /// Every key holding an entry.
+    fn all_keys(&self) -> Result<Vec<Self::Key>, MapError>;
+    fn generation_of(key: &Self::Key) -> u32;
+}
+
+impl<V: Pod + Default + PartialEq> Table for Array<MapData, V> {
+    type Key = u32;
+    type Value = V;
+    fn put(&mut self, key: &u32, value: &V) -> Result<(), MapError> {
+        self.set(*key, *value, 0)
+    }
+    /// An array slot cannot be removed: it is reset to its default.
+    fn delete(&mut self, key: &u32) -> Result<(), MapError> {
+        self.set(*key, V::default(), 0)
+    }
+    /// The slots that hold something other than the default.
+    fn all_keys(&self) -> Result<Vec<u32>, MapError> {
+        let mut keys = Vec::new();
+        for index in 0..self.len() {
+            if self.get(&index, 0)? != V::default() {
+                keys.push(index);
+            }
+        }
+        Ok(keys)
+    }
+    fn generation_of(key: &u32) -> u32 {
+        *key
+    }
+}
+
+impl<K: Pod + GenerationKey, V: Pod> Table for HashMap<MapData, K, V> {
+    type Key = K;
+    type Value = V;
+    fn put(&mut self, key: &K, value: &V) -> Result<(), MapError> {
+        self.insert(key, value, 0)
+    }
+    fn delete(&mut self, key: &K) -> Result<(), MapError> {
+        self.remove(key)
+    }
+    fn all_keys(&self) -> Result<Vec<K>, MapError> {
+        self.keys().collect()
+    }
+    fn generation_of(key: &K) -> u32 {
+        key.generation()
+    }
+}
+
+impl<K: Pod + GenerationKey, V: Pod> Table for LpmTrie<MapData, K, V> {
+    type Key = Key<K>;
+    type Value = V;
+    fn put(&mut self, key: &Key<K>, value: &V) -> Result<(), MapError> {
+        self.insert(key, value, 0)
+    }
+    fn delete(&mut self, key: &Key<K>) -> Result<(), MapError> {
+        self.remove(key)
+    }
+    fn all_keys(&self) -> Result<Vec<Key<K>>, MapError> {
+        self.keys().collect()
+    }
+    fn generation_of(key: &Key<K>) -> u32 {
+        key.data().generation()
+    }
+}
+
+fn write<T: Table>(
+    table: &mut T,
+    name: &'static str,
+    entries: &[(T::Key, T::Value)],
+) -> Result<(), DataplaneError> {
+    for (key, value) in entries {
+        table
+            .put(key, value)
+            .map_err(map_err(name, "adding an entry"))?;
+    }
+    Ok(())
+}
+
+fn purge<T: Table>(
+    table: &mut T,
+    name: &'static str,
+    generation: u32,
+) -> Result<(), DataplaneError> {
+    let keys = table.all_keys().map_err(map_err(name, "listing keys"))?;
+    for key in keys.iter().filter(|k| T::generation_of(k) == generation) {
+        table
+            .delete(key)
+            .map_err(map_err(name, "removing an old entry"))?;
+    }
+    Ok(())
+}
+
+fn generations<T: Table>(table: &T, name: &'static str) -> Result<BTreeSet<u32>, DataplaneError> {
+    Ok(table
+        .all_keys()
+        .map_err(map_err(name, "listing keys"))?
+        .iter()
+        .map(T::generation_of)
+        .collect())
+}
+
+/// The aya map type of a table kind.
+macro_rules! map_type {
+    (Array, $k:ty, $v:ty) => { Array<MapData, $v> };
+    (Hash, $k:ty, $v:ty) => { HashMap<MapData, $k, $v> };
+    (Lpm, $k:ty, $v:ty) => { LpmTrie<MapData, $k, $v> };
+}
+
+macro_rules! define_tables {
+    ($($field:ident: $name:ident => $kind:ident<$k:ty, $v:ty>,)*) => {
+        /// The names of the policy maps, in write order.
+        pub const POLICY_MAPS: [&str; [$(maps::$name),*].len()] = [$(maps::$name),*];
+
+        /// The policy maps of the loaded object.
+        pub struct PolicyTables {
+            $( $field: map_type!($kind, $k, $v), )*
+        }
+
+        impl PolicyTables {
+            /// Takes the policy maps out of the loaded object.
+            pub fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+                Ok(PolicyTables {
+                    $( $field: super::take(ebpf, maps::$name)?, )*
+                })
+            }
+
+            /// Writes every entry, table by table in write order (vifs last).
+            pub fn write(&mut self, entries: &Entries) -> Result<(), DataplaneError> {
+                $( write(&mut self.$field, maps::$name, &entries.$field)?; )*
+                Ok(())
+            }
+
+            /// Removes every entry of `generation`, in reverse write order (vifs first,
+            /// so that a straggling packet of that generation fails closed rather than
+            /// finding half of a policy).
+            pub fn purge(&mut self, generation: u32) -> Result<(), DataplaneError> {
+                let mut steps: Vec<&mut dyn FnMut() -> Result<(), DataplaneError>> = Vec::new();
+                $(
+                    let table = &mut self.$field;
+                    let mut step = move || purge(table, maps::$name, generation);
+                    steps.push(&mut step);
+                )*
+                for step in steps.into_iter().rev() {
+                    step()?;
+                }
+                Ok(())
+            }
+
+            /// The generations that entries of each policy map belong to, by map name.
+            pub fn generations(&self) -> Result<Vec<(&'static str, BTreeSet<u32>)>, DataplaneError> {
+                Ok(vec![$( (maps::$name, generations(&self.$field, maps::$name)?), )*])
+            }
+        }
+
+        // Entries and tables agree on every key and value type.
+        const _: fn(&Entries) = |e| {
+            $( let _: &[(entry_key!($kind, $k), $v)] = &e.$field; )*
+        };
+    };
+}
+policy_tables!(define_tables);
