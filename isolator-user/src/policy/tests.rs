@@ -2863,24 +2863,25 @@ fn errors_of_all_new_rules_are_collected_and_sorted() {
 
 #[test]
 fn suggestions() {
-    assert_eq!(validate::edit_distance("web", "web"), 0);
-    assert_eq!(validate::edit_distance("wbe", "web"), 1);
-    assert_eq!(validate::edit_distance("db", "dbb"), 1);
-    assert_eq!(validate::edit_distance("", "abc"), 3);
-    assert_eq!(validate::edit_distance("kitten", "sitting"), 3);
-    let close =
-        |value, candidates: &[&'static str]| validate::closest(value, candidates.iter().copied());
+    assert_eq!(validate::values::edit_distance("web", "web"), 0);
+    assert_eq!(validate::values::edit_distance("wbe", "web"), 1);
+    assert_eq!(validate::values::edit_distance("db", "dbb"), 1);
+    assert_eq!(validate::values::edit_distance("", "abc"), 3);
+    assert_eq!(validate::values::edit_distance("kitten", "sitting"), 3);
+    let close = |value, candidates: &[&'static str]| {
+        validate::values::closest(value, candidates.iter().copied())
+    };
     assert_eq!(close("TCP", &["tcp", "udp"]), Some("tcp"));
     assert_eq!(close("wbe", &["db", "web"]), Some("web"));
     assert_eq!(close("enforcing", &["enforce", "audit"]), Some("enforce"));
     assert_eq!(close("api", &["web", "db"]), None);
     assert_eq!(close("x", &["db"]), None);
     assert_eq!(close("", &["db"]), None);
-    assert_eq!(validate::list_names(&["a", "b"]), "a, b");
+    assert_eq!(validate::flows::list_names(&["a", "b"]), "a, b");
     let many: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
     assert_eq!(
-        validate::list_names(&many),
+        validate::flows::list_names(&many),
         "s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, ... (and 2 more)"
     );
     // The closest of several candidates wins.
