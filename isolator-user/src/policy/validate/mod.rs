@@ -18,7 +18,7 @@ mod identity;
 mod interfaces;
 mod management;
 mod names;
-mod prefixes;
+pub(super) mod prefixes;
 mod settings;
 pub(super) mod values;
 
