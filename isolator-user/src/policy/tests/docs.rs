@@ -43,6 +43,8 @@ fn documented_example_is_valid() {
             exposed: 4,
             flows: 3,
             management: 3,
+            gateways: 0,
+            uplinks: 0,
         }
     );
     assert!(POLICY_DOC.contains(&policy.summary().to_string()));

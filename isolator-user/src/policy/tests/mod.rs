@@ -5,6 +5,7 @@
 
 mod docs;
 mod fixtures;
+mod host;
 mod identity;
 mod interfaces;
 mod load;

@@ -32,6 +32,8 @@ fn valid_file_parses_to_model() {
                         expose: vec![],
                         allow_router_advertisements: false,
                         allow_dhcp_server: false,
+                        gateways: vec![],
+                        uplinks: vec![],
                     },
                     Segment {
                         name: "db_1".into(),
@@ -42,6 +44,8 @@ fn valid_file_parses_to_model() {
                         expose: vec![],
                         allow_router_advertisements: false,
                         allow_dhcp_server: false,
+                        gateways: vec![],
+                        uplinks: vec![],
                     },
                 ],
                 flows: vec![],
@@ -55,6 +59,7 @@ fn valid_file_parses_to_model() {
         mode: Mode::Enforce,
         management: vec![],
         connection_tracking: ConnectionTracking::default(),
+        vif_names: vec![],
     };
     assert_eq!(policy, expected);
     let summary = policy.summary();
@@ -68,6 +73,8 @@ fn valid_file_parses_to_model() {
             exposed: 0,
             flows: 0,
             management: 0,
+            gateways: 0,
+            uplinks: 0,
         }
     );
     assert_eq!(
@@ -161,6 +168,8 @@ fn full_policy_parses_to_model() {
                         ],
                         allow_router_advertisements: false,
                         allow_dhcp_server: false,
+                        gateways: vec![],
+                        uplinks: vec![],
                     },
                     Segment {
                         name: "db".into(),
@@ -171,6 +180,8 @@ fn full_policy_parses_to_model() {
                         expose: vec![],
                         allow_router_advertisements: false,
                         allow_dhcp_server: false,
+                        gateways: vec![],
+                        uplinks: vec![],
                     },
                 ],
                 flows: vec![
@@ -202,6 +213,8 @@ fn full_policy_parses_to_model() {
                     expose: vec![],
                     allow_router_advertisements: false,
                     allow_dhcp_server: false,
+                    gateways: vec![],
+                    uplinks: vec![],
                 }],
                 flows: vec![],
             },
@@ -227,6 +240,7 @@ fn full_policy_parses_to_model() {
             udp_idle_seconds: 60,
             icmp_idle_seconds: 30,
         },
+        vif_names: vec![],
     };
     assert_eq!(policy, expected);
 
@@ -241,6 +255,8 @@ fn full_policy_parses_to_model() {
             exposed: 3,
             flows: 3,
             management: 2,
+            gateways: 0,
+            uplinks: 0,
         }
     );
     // The one-line summary does not change with the new elements.

@@ -7,7 +7,7 @@ use super::{Checker, Outside, Placed, Scope, pos};
 use crate::policy::Expose;
 
 /// The exposed endpoints of the segment.
-pub(super) fn check(cx: &mut Checker<'_>, scope: &Scope<'_>) -> Vec<Expose> {
+pub(super) fn check(cx: &mut Checker<'_>, scope: &Scope<'_>) -> Vec<Placed<Expose>> {
     let own = scope.ix;
     let mut seen: Vec<Placed<Expose>> = Vec::new();
     for entry in &scope.raw.expose {
@@ -74,5 +74,5 @@ pub(super) fn check(cx: &mut Checker<'_>, scope: &Scope<'_>) -> Vec<Expose> {
         }
         seen.push(placed);
     }
-    seen.into_iter().map(|e| e.value).collect()
+    seen
 }

@@ -5,13 +5,16 @@ use ipnet::IpNet;
 use serde_saphyr::Location;
 
 use super::prefixes::parse_prefix;
-use super::values::check_service;
-use super::{Checker, Placed, and_more, pos};
+use super::values::check_services;
+use super::{Checker, Listed, Placed, and_more, pos};
 use crate::policy::raw::RawManagement;
 use crate::policy::{Management, Service};
 
 /// The management prefixes, each checked against every segment's valid prefixes.
-pub(super) fn check(cx: &mut Checker<'_>, segment_prefixes: &[Placed<IpNet>]) -> Vec<Management> {
+pub(super) fn check(
+    cx: &mut Checker<'_>,
+    segment_prefixes: &[Placed<IpNet>],
+) -> Vec<Listed<Management>> {
     let raw = &cx.raw.management;
     let mut out = Vec::with_capacity(raw.len());
     // (prefix, as written, position) of the valid management prefixes so far.
@@ -83,7 +86,11 @@ pub(super) fn check(cx: &mut Checker<'_>, segment_prefixes: &[Placed<IpNet>]) ->
             seen.push((prefix, written, entry.prefix.referenced));
         }
         if let (true, Some(services)) = (valid, services) {
-            out.push(Management { prefix, services });
+            out.push(Listed {
+                value: Management { prefix, services },
+                raw: written.to_owned(),
+                at: entry.prefix.referenced,
+            });
         }
     }
     out
@@ -111,29 +118,5 @@ fn check_management_services(
         );
         return None;
     }
-    let mut valid = true;
-    let mut services: Vec<(Service, Location)> = Vec::new();
-    for raw_service in &list.value {
-        let Some(service) = check_service(cx, &raw_service.protocol, raw_service.ports.as_ref())
-        else {
-            valid = false;
-            continue;
-        };
-        let at = raw_service.protocol.referenced;
-        if let Some((_, first)) = services.iter().find(|(s, _)| *s == service) {
-            valid = false;
-            cx.error(
-                &at,
-                format!(
-                    "service {service} is listed twice for management prefix {written:?}: \
-                     first at {}",
-                    pos(first)
-                ),
-                Some("remove one of the two entries".to_owned()),
-            );
-            continue;
-        }
-        services.push((service, at));
-    }
-    valid.then(|| services.into_iter().map(|(s, _)| s).collect())
+    check_services(cx, &list.value, &format!("management prefix {written:?}"))
 }

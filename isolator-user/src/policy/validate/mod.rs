@@ -4,18 +4,24 @@
 //! One module per section of the file: [`settings`] (version, modes, guard options,
 //! connection tracking), [`names`], [`interfaces`] (names and patterns, and which segment
 //! owns them), [`identity`] (MAC, addresses, VLANs of an interface), [`prefixes`],
-//! [`expose`], [`flows`] and [`management`]; [`values`] holds the value kinds several
-//! sections share (keywords, protocols and ports).
+//! [`expose`], [`flows`] and [`management`], and for the host's side of a segment
+//! [`gateways`] and [`links`] (`uplinks` and `vif_names`); [`values`] holds the value
+//! kinds several sections share (keywords, protocols and ports, services).
 //!
 //! Validation runs in two passes over the segments. The first collects every segment's
 //! interface names and prefixes; the second checks what refers to them anywhere in the
-//! file (identities, exposed endpoints, flows, management prefixes), one segment at a
-//! time, through a [`Scope`].
+//! file (identities, exposed endpoints, gateways, uplinks, flows), one segment at a time,
+//! through a [`Scope`]. Last come the checks between entries of the whole file that
+//! only the second pass completes: management prefixes, the gateways against the
+//! declared addresses and management prefixes, the uplinks against every interface
+//! entry and `vif_names`.
 
 mod expose;
 pub(super) mod flows;
+mod gateways;
 mod identity;
 mod interfaces;
+mod links;
 mod management;
 mod names;
 pub(super) mod prefixes;
@@ -26,7 +32,7 @@ use ipnet::IpNet;
 use serde_saphyr::Location;
 
 use super::raw::{RawPolicy, RawSegment};
-use super::{Diagnostic, InterfacePattern, Policy, Segment, Tenant};
+use super::{Diagnostic, Gateway, InterfacePattern, Policy, Segment, Tenant};
 
 /// (tenant index, segment index): identifies a segment within the file.
 type SegmentIx = (usize, usize);
@@ -68,6 +74,14 @@ struct Placed<T> {
     raw: String,
     at: Location,
     segment: SegmentIx,
+}
+
+/// A validated top-level entry (of no segment) with its source position.
+struct Listed<T> {
+    value: T,
+    /// As written in the file, for messages.
+    raw: String,
+    at: Location,
 }
 
 /// How a new entry conflicts with an earlier one.
@@ -173,6 +187,7 @@ pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagno
     names::check(&mut cx);
     let mode = settings::global_mode(&mut cx);
     let connection_tracking = settings::check_connection_tracking(&mut cx);
+    let vif_names = links::check_vif_names(&mut cx);
 
     // First pass: every segment's own settings, interface names and prefixes.
     let mut interfaces: Vec<Placed<InterfacePattern>> = Vec::new();
@@ -198,6 +213,8 @@ pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagno
                 expose: Vec::new(),
                 allow_router_advertisements: options.allow_router_advertisements,
                 allow_dhcp_server: options.allow_dhcp_server,
+                gateways: Vec::new(),
+                uplinks: Vec::new(),
             });
             complete.push(all_valid);
         }
@@ -209,9 +226,11 @@ pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagno
         prefixes_complete.push(complete);
     }
 
-    // Second pass: interface identities, exposed endpoints and flows refer to prefixes
-    // and segments anywhere in the file.
+    // Second pass: interface identities, exposed endpoints, gateways, uplinks and flows
+    // refer to prefixes and segments anywhere in the file.
     let mut identities = identity::Identities::default();
+    let mut gateways: Vec<Placed<Gateway>> = Vec::new();
+    let mut uplinks: Vec<Placed<InterfacePattern>> = Vec::new();
     for (t, raw_tenant) in raw.tenants.iter().enumerate() {
         for (s, raw_segment) in raw_tenant.segments.iter().enumerate() {
             let segment = &mut tenants[t].segments[s];
@@ -222,20 +241,35 @@ pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagno
                 file_prefixes: prefixes_complete[t][s].then_some(&prefixes[..]),
             };
             let own_interfaces = identity::check(&mut cx, &scope, &mut identities);
-            let expose = expose::check(&mut cx, &scope);
+            let exposed = expose::check(&mut cx, &scope);
+            gateways.extend(gateways::check(&mut cx, &scope, &exposed));
+            uplinks.extend(links::check_uplinks(&mut cx, &scope));
             segment.interfaces = own_interfaces;
-            segment.expose = expose;
+            segment.expose = exposed.into_iter().map(|e| e.value).collect();
         }
         tenants[t].flows = flows::check(&mut cx, t);
     }
     let management = management::check(&mut cx, &prefixes);
 
+    // The host's side of the segments against the whole file.
+    gateways::check_host_addresses(&mut cx, &gateways, &identities.addresses, &management);
+    links::check_uplinks_against_vifs(&mut cx, &uplinks, &interfaces, &vif_names);
+    for gateway in gateways {
+        let (t, s) = gateway.segment;
+        tenants[t].segments[s].gateways.push(gateway.value);
+    }
+    for uplink in uplinks {
+        let (t, s) = uplink.segment;
+        tenants[t].segments[s].uplinks.push(uplink.value);
+    }
+
     if cx.diagnostics.is_empty() {
         Ok(Policy {
             tenants,
             mode,
-            management,
+            management: management.into_iter().map(|m| m.value).collect(),
             connection_tracking,
+            vif_names: vif_names.into_iter().map(|v| v.value).collect(),
         })
     } else {
         // Stable: problems at the same position keep the order they were found in.

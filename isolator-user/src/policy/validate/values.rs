@@ -3,8 +3,10 @@
 
 use serde_saphyr::Spanned;
 
-use super::Checker;
-use crate::policy::raw::{RawPorts, RawScalar};
+use super::{Checker, pos};
+use serde_saphyr::Location;
+
+use crate::policy::raw::{RawPorts, RawScalar, RawService};
 use crate::policy::{PortRange, Protocol, Service};
 
 /// The keywords a key accepts, for [`choose`].
@@ -174,6 +176,40 @@ pub(super) fn check_service(
         protocol,
         ports: Some(range),
     })
+}
+
+/// The `services` of `owner` (a management prefix or a gateway, for messages), in file
+/// order, or `None` after reporting what is wrong: an invalid service, or one listed
+/// twice.
+pub(super) fn check_services(
+    cx: &mut Checker<'_>,
+    list: &[RawService],
+    owner: &str,
+) -> Option<Vec<Service>> {
+    let mut valid = true;
+    let mut services: Vec<(Service, Location)> = Vec::new();
+    for raw_service in list {
+        let Some(service) = check_service(cx, &raw_service.protocol, raw_service.ports.as_ref())
+        else {
+            valid = false;
+            continue;
+        };
+        let at = raw_service.protocol.referenced;
+        if let Some((_, first)) = services.iter().find(|(s, _)| *s == service) {
+            valid = false;
+            cx.error(
+                &at,
+                format!(
+                    "service {service} is listed twice for {owner}: first at {}",
+                    pos(first)
+                ),
+                Some("remove one of the two entries".to_owned()),
+            );
+            continue;
+        }
+        services.push((service, at));
+    }
+    valid.then(|| services.into_iter().map(|(s, _)| s).collect())
 }
 
 /// Parses a `ports:` value: a number, or a `"first-last"` string.
