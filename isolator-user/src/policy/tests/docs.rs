@@ -43,8 +43,8 @@ fn documented_example_is_valid() {
             exposed: 4,
             flows: 3,
             management: 3,
-            gateways: 0,
-            uplinks: 0,
+            gateways: 2,
+            uplinks: 1,
         }
     );
     assert!(POLICY_DOC.contains(&policy.summary().to_string()));
@@ -92,6 +92,9 @@ fn documented_example_is_valid() {
         " mac: ",
         " addresses: ",
         " vlans: ",
+        "\nvif_names: ",
+        " gateways:",
+        " uplinks: ",
     ] {
         assert!(
             example.contains(key),
@@ -122,6 +125,20 @@ fn documented_example_is_valid() {
     assert!(flows().any(|(_, f)| f.service.ports.is_some_and(|p| p.first < p.last)));
     assert!(policy.management.iter().any(|m| m.services.is_empty()));
     assert!(policy.management.iter().any(|m| !m.services.is_empty()));
+
+    // The host's side: `vif_names` that cover segments' interfaces, a gateway in a
+    // segment prefix and a link-local one, each with services, and an uplink.
+    assert!(
+        policy
+            .vif_names
+            .iter()
+            .any(|v| interfaces().any(|i| v.overlaps(&i.pattern)))
+    );
+    let gateways = || segments.iter().flat_map(|s| &s.gateways);
+    assert!(gateways().all(|g| !g.services.is_empty()));
+    assert!(gateways().any(|g| g.address.is_ipv4()));
+    assert!(gateways().any(|g| matches!(g.address, IpAddr::V6(a) if a.is_unicast_link_local())));
+    assert!(segments.iter().any(|s| !s.uplinks.is_empty()));
 }
 
 /// Every later ```yaml block that is directly followed by a ```text block documents
