@@ -6,7 +6,9 @@
 //! `docs/policy.md`.
 //!
 //! Layout: `raw` holds the serde types as written (with source positions), `validate`
-//! turns them into the model below, `pattern` implements interface name patterns.
+//! turns them into the model below (one module per section of the file), `pattern`
+//! implements interface name patterns. The tests are in `tests`; the diagnostics for
+//! invalid files are fixtures in `fixtures` (a policy file and its exact diagnostics).
 
 mod pattern;
 mod raw;
@@ -17,6 +19,7 @@ mod tests;
 
 use std::borrow::Cow;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::Path;
 
 use ipnet::IpNet;
@@ -36,10 +39,13 @@ pub const NAME_MAX_LEN: usize = 63;
 ///
 /// Guarantees: tenant names are unique, segment names are unique within their tenant,
 /// names follow the name rules, no interface name can be matched by entries of two
-/// segments, and no address lies in prefixes of two segments. Interface identities
-/// follow the rules in [`Interface`]. Every exposed endpoint lies inside a prefix of its
-/// own segment, every flow names existing segments, no management prefix overlaps a
-/// segment prefix, and connection tracking timeouts are within
+/// segments, no address lies in prefixes of two segments, and no segment prefix overlaps
+/// an address range no VM can own (loopback, link-local, multicast, ...; see
+/// `docs/policy.md`). Interface identities follow the rules in [`Interface`]. Every
+/// exposed endpoint lies inside a prefix of its own segment, every flow names existing
+/// segments, no management prefix overlaps a segment prefix, gateways follow the rules in
+/// [`Gateway`], no uplink can match a name that an `interfaces` entry or a
+/// [`Policy::vif_names`] pattern matches, and connection tracking timeouts are within
 /// 1..=[`TIMEOUT_MAX_SECONDS`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Policy {
@@ -50,6 +56,12 @@ pub struct Policy {
     /// Infrastructure prefixes no VM may reach, in file order; no two are equal.
     pub management: Vec<Management>,
     pub connection_tracking: ConnectionTracking,
+    /// The hypervisor's naming scheme for VM interfaces, in file order; no two are equal.
+    /// An interface whose name one of these matches but no segment's `interfaces` entry
+    /// is not left open: it is attached to and everything it sends and receives is
+    /// dropped (reason `unknown_interface`) until a policy classifies it. May overlap
+    /// segments' `interfaces` entries: that is their purpose.
+    pub vif_names: Vec<InterfacePattern>,
 }
 
 /// A customer.
@@ -85,6 +97,16 @@ pub struct Segment {
     /// The segment's VMs may send DHCP and DHCPv6 server messages. Default `false`:
     /// dropped with reason `dhcp_guard`.
     pub allow_dhcp_server: bool,
+    /// The host's own addresses in this segment (the VMs' gateway) and the services the
+    /// segment's VMs may use there, in file order; no two have the same address.
+    pub gateways: Vec<Gateway>,
+    /// Links that are not VMs (a VXLAN device, a bond towards other hypervisors) over
+    /// which this segment's VMs on other hosts reach this host's, in file order; no two
+    /// are equal. A frame entering through one counts as from this segment only if its
+    /// source address lies in [`Segment::prefixes`]; any other, as from outside. One link
+    /// may be an uplink of several segments; none can match a name that an
+    /// `interfaces` entry of any segment or a [`Policy::vif_names`] pattern matches.
+    pub uplinks: Vec<InterfacePattern>,
 }
 
 impl Segment {
@@ -360,6 +382,23 @@ pub struct Flow {
     pub service: Service,
 }
 
+/// The host's own address in a segment (the VMs' gateway), and what the segment's VMs
+/// may use there. Everything else a VM sends to the address is dropped (reason
+/// `management`); address resolution for it (ARP, neighbour discovery) passes.
+///
+/// Guarantees of a validated policy: the address lies inside one of its segment's
+/// prefixes or is IPv6 link-local (fe80::/10); no other gateway of the segment has it;
+/// no interface of any segment declares it in `addresses`; it lies in no exposed
+/// endpoint of its segment and in no management prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Gateway {
+    pub address: IpAddr,
+    /// The services the segment's VMs may use at the address, in file order; no two are
+    /// equal. Empty: none, only address resolution. (Unlike [`Management::services`],
+    /// where empty means every service.)
+    pub services: Vec<Service>,
+}
+
 /// An address range of the infrastructure that no VM may reach.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Management {
@@ -408,6 +447,8 @@ impl Policy {
             exposed: segments().map(|s| s.expose.len()).sum(),
             flows: self.tenants.iter().map(|t| t.flows.len()).sum(),
             management: self.management.len(),
+            gateways: segments().map(|s| s.gateways.len()).sum(),
+            uplinks: segments().map(|s| s.uplinks.len()).sum(),
         }
     }
 
@@ -446,11 +487,17 @@ pub struct Summary {
     pub flows: usize,
     /// Management prefixes.
     pub management: usize,
+    /// Gateways of all segments.
+    pub gateways: usize,
+    /// Uplink entries of all segments (a link that carries several segments counts once
+    /// for each).
+    pub uplinks: usize,
 }
 
 impl fmt::Display for Summary {
     /// E.g. `2 tenants, 4 segments, 6 interface patterns, 8 prefixes`. Exposed
-    /// endpoints, flows and management prefixes are not part of the line.
+    /// endpoints, flows, management prefixes, gateways and uplinks are not part of the
+    /// line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fn count(n: usize, one: &str, many: &str) -> String {
             format!("{n} {}", if n == 1 { one } else { many })

@@ -22,6 +22,8 @@ pub(super) struct RawPolicy {
     pub connection_tracking: Option<RawConnectionTracking>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub management: Vec<RawManagement>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub vif_names: Vec<Spanned<RawLinkName>>,
     /// Required, but may be empty (`tenants: []`, or `tenants:` with no entries).
     #[serde(deserialize_with = "null_as_empty")]
     pub tenants: Vec<RawTenant>,
@@ -55,6 +57,20 @@ pub(super) struct RawSegment {
     pub prefixes: Vec<Spanned<String>>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub expose: Vec<RawExpose>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub gateways: Vec<RawGateway>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub uplinks: Vec<Spanned<RawLinkName>>,
+}
+
+/// One entry of a segment's `gateways:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGateway {
+    pub address: Spanned<String>,
+    /// Absent, written without a value and empty all mean: no service.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub services: Vec<RawService>,
 }
 
 /// One entry of a segment's `expose:`.
@@ -89,7 +105,7 @@ pub(super) struct RawManagement {
     pub services: Option<Spanned<Vec<RawService>>>,
 }
 
-/// One entry of a management prefix's `services:`.
+/// One entry of the `services:` of a management prefix or a gateway.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
@@ -345,6 +361,10 @@ pub(super) struct RawSeconds(pub RawScalar);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct RawVlan(pub RawScalar);
 
+/// An entry of `vif_names` or `uplinks`: an interface name or pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RawLinkName(pub RawScalar);
+
 /// A yes/no option (`true` or `false`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct RawFlag(pub RawScalar);
@@ -364,6 +384,12 @@ impl<'de> Deserialize<'de> for RawSeconds {
 impl<'de> Deserialize<'de> for RawVlan {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserialize_scalar(deserializer, "a VLAN id").map(Self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawLinkName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_scalar(deserializer, "an interface name or pattern").map(Self)
     }
 }
 
