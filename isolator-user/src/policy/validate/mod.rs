@@ -125,15 +125,16 @@ fn and_more(more: usize, one: &str, many: &str) -> String {
     }
 }
 
-/// One segment, while the entries that refer to addresses of the file are checked.
+/// One segment, as the second pass checks its entries that refer to addresses and
+/// segments anywhere in the file (identities, exposed endpoints, gateways, uplinks).
 struct Scope<'a> {
     ix: SegmentIx,
     raw: &'a RawSegment,
     /// The segment's valid prefixes, in file order.
     prefixes: &'a [IpNet],
     /// Every segment's valid prefixes, or `None` when some prefix of this segment is
-    /// invalid: then whether an address lies inside the segment is unknown and not
-    /// checked.
+    /// invalid or refused: then whether an address lies inside the segment is unknown
+    /// and not checked.
     file_prefixes: Option<&'a [Placed<IpNet>]>,
 }
 
