@@ -34,12 +34,14 @@ pub mod maps {
     /// `HashMap<PairKey, u32>`: segment pairs that may resolve each other's addresses
     /// (ARP, neighbour discovery) because a flow exists in one direction or the other.
     pub const NEIGHBOURS: &str = "NEIGHBOURS";
-    /// `LruHashMap<ConnKey, ConnState>`: tracked connections.
+    /// `HashOfMaps<u32, LruHashMap<ConnKey, ConnState>>`: each vif's (by ifindex)
+    /// established connections.
     pub const CONNTRACK: &str = "CONNTRACK";
+    /// `HashOfMaps<u32, LruHashMap<ConnKey, ConnState>>`: each vif's connections being
+    /// opened.
+    pub const CONNTRACK_OPENING: &str = "CONNTRACK_OPENING";
     /// `PerCpuArray<u64>`: connection tracking events, indexed by [`conntrack`] event.
     pub const CONNTRACK_EVENTS: &str = "CONNTRACK_EVENTS";
-    /// `LruHashMap<MacKey, u32>`: the vif (ifindex) a source MAC was last seen on.
-    pub const MAC_VIFS: &str = "MAC_VIFS";
     /// `LpmTrie<VifAddrV4Key, u8>`: addresses a vif declared (its only allowed sources).
     pub const VIF_ADDRS_V4: &str = "VIF_ADDRS_V4";
     /// `LpmTrie<VifAddrV6Key, u8>`.
@@ -54,14 +56,78 @@ pub mod maps {
     pub const DECLARED_V4: &str = "DECLARED_V4";
     /// `LpmTrie<Ipv6PrefixKey, u32>`: the same for IPv6 (link-local included).
     pub const DECLARED_V6: &str = "DECLARED_V6";
-    /// `LruHashMap<FragKey, u64>`: fragmented datagrams whose first fragment passed.
+    /// `HashOfMaps<u32, LruHashMap<FragKey, FragState>>`: each vif's fragmented
+    /// datagrams whose first fragment it passed.
     pub const FRAGMENTS: &str = "FRAGMENTS";
+    /// `HashMap<VifKey, LinkInfo>`: every link of the host that is not an attached vif
+    /// (bridges, uplinks, the loopback device): frames entering through one of them come
+    /// from outside every segment, or, for a trusted uplink, from the segment its source
+    /// address lies in if `UPLINKS` trusts it for that segment.
+    pub const LINKS: &str = "LINKS";
+    /// `HashMap<UplinkKey, u8>`: (uplink, segment) pairs the policy trusts.
+    pub const UPLINKS: &str = "UPLINKS";
+    /// `HashMap<AddrKey, u8>`: the host's own addresses (none of them reachable from a VM
+    /// but as a gateway of its segment).
+    pub const HOST_ADDRS: &str = "HOST_ADDRS";
+    /// `HashMap<GatewayKey, RuleSet>`: gateway addresses of each segment and the services
+    /// its VMs may use there.
+    pub const GATEWAYS: &str = "GATEWAYS";
+    /// `PerCpuArray<u64>`: what the kernel could not record, indexed by [`fault`](crate::fault).
+    pub const KERNEL_FAULTS: &str = "KERNEL_FAULTS";
+    /// `PerCpuArray<u64>`: when each fault was last logged (rate limit).
+    pub const FAULTS_LOGGED: &str = "FAULTS_LOGGED";
+    /// `PerCpuArray<Counter>`: frames judged while `COUNTERS` was full, counted by
+    /// [`uncounted_index`](crate::uncounted_index) (direction, verdict, audit flag) only.
+    pub const UNCOUNTED: &str = "UNCOUNTED";
+    /// The ring buffer of aya-log records (the kernel's diagnostics).
+    pub const AYA_LOGS: &str = "AYA_LOGS";
+}
+
+/// What the kernel could not record: each is counted in `KERNEL_FAULTS` and logged (at
+/// most once per 10 s per CPU) through aya-log. Never on the common path.
+pub mod fault {
+    /// `COUNTERS` was full: a frame was counted by direction and reason only (`UNCOUNTED`).
+    pub const COUNTER_MAP_FULL: u32 = 0;
+    /// A connection could not be recorded (its vif had no table, or the insert failed):
+    /// its replies will be judged as new traffic.
+    pub const CONNECTION_UNRECORDED: u32 = 1;
+    /// A first fragment could not be recorded: its later fragments will drop.
+    pub const FRAGMENT_UNRECORDED: u32 = 2;
+    /// Number of fault kinds.
+    pub const KINDS: u32 = 3;
+    /// The `what` label of each fault kind, by index.
+    pub const NAMES: [&str; KINDS as usize] = [
+        "counter_map_full",
+        "connection_unrecorded",
+        "fragment_unrecorded",
+    ];
+}
+
+/// Index in `UNCOUNTED` of a (direction, verdict, audit flag).
+#[inline(always)]
+pub const fn uncounted_index(direction: u8, verdict: u8, audited: bool) -> u32 {
+    (direction as u32 & 1) << 6 | (audited as u32) << 5 | (verdict as u32 & 0x1f)
+}
+
+/// Entries of `UNCOUNTED`: two directions × audit flag × 32 verdict codes.
+pub const UNCOUNTED_SLOTS: u32 = 128;
+
+/// What one `UNCOUNTED` slot counted, summed over CPUs (userspace's view).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Uncounted {
+    /// One of [`direction`].
+    pub direction: u8,
+    /// One of [`verdict`].
+    pub verdict: u8,
+    /// Passed by audit mode.
+    pub audited: bool,
+    pub frames: Counter,
 }
 
 /// Version of the map layout (keys, values, sizes). Pinned maps live in a directory named
 /// after it, so that a daemon never reuses maps of another layout; bump it with any
 /// change to the types below or to a map's definition.
-pub const STATE_LAYOUT: u32 = 2;
+pub const STATE_LAYOUT: u32 = 3;
 
 /// Program names in the eBPF object.
 pub mod programs {
@@ -95,16 +161,26 @@ pub mod limits {
     pub const MAX_FLOW_PAIRS: u32 = 16384;
     /// Services in one rule set (one exposed prefix, one flow pair, one management prefix).
     pub const MAX_RULES: usize = 16;
-    /// Tracked connections; the least recently used entry is evicted when full.
-    pub const MAX_CONNECTIONS: u32 = 262_144;
-    /// Source MAC addresses remembered with the vif they were seen on.
-    pub const MAX_MACS: u32 = 65536;
+    /// Established connections per vif (the vif's own table: what one VM, or the outside
+    /// talking to it, can fill is its own); the least recently used is evicted when full.
+    pub const CONNECTIONS_PER_VIF: u32 = 4096;
+    /// Connections being opened per vif, in a table of their own so that half-open ones
+    /// (a SYN flood) never displace established ones.
+    pub const OPENING_PER_VIF: u32 = 1024;
+    /// Links of the host that are not attached vifs, in one generation.
+    pub const MAX_LINKS: u32 = 8192;
+    /// Trusted (uplink, segment) pairs in one generation.
+    pub const MAX_UPLINKS: u32 = 8192;
+    /// Addresses of the host itself in one generation.
+    pub const MAX_HOST_ADDRS: u32 = 4096;
+    /// Gateway addresses (all segments together) in one generation.
+    pub const MAX_GATEWAYS: u32 = 8192;
     /// Declared source prefixes per address family in one generation, all vifs together.
     pub const MAX_VIF_ADDRS: u32 = 16384;
     /// Allowed (vif, VLAN) pairs in one generation.
     pub const MAX_VIF_VLANS: u32 = 16384;
-    /// Fragmented datagrams in flight.
-    pub const MAX_FRAGMENTS: u32 = 16384;
+    /// Fragmented datagrams in flight per vif.
+    pub const FRAGMENTS_PER_VIF: u32 = 256;
 }
 
 /// Direction of a packet relative to the VM.
@@ -162,6 +238,49 @@ impl VifInfo {
     pub const OTHERS_DECLARED_MACS: u32 = 8;
     /// Other interfaces declared addresses (`DECLARED_V4`/`_V6`) this one must not use.
     pub const OTHERS_DECLARED_ADDRESSES: u32 = 16;
+    /// The interface looks like a VM's but is not enforceable as one (the policy does not
+    /// classify it, or its link kind is not supported): everything it sends and everything
+    /// sent to it is dropped (`unknown_interface`). Its `segment` means nothing.
+    pub const QUARANTINED: u32 = 32;
+}
+
+/// Value of the `LINKS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// [`LinkInfo::UPLINK`].
+    pub flags: u32,
+}
+
+impl LinkInfo {
+    /// The policy trusts this link for some segments (see `UPLINKS`).
+    pub const UPLINK: u32 = 1;
+}
+
+/// Key of the `UPLINKS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UplinkKey {
+    pub generation: u32,
+    pub ifindex: u32,
+    pub segment: u32,
+}
+
+/// Key of the `HOST_ADDRS` map: one address (IPv4-mapped for IPv4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub generation: u32,
+    pub addr: [u8; 16],
+}
+
+/// Key of the `GATEWAYS` map: a gateway address of a segment (IPv4-mapped for IPv4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GatewayKey {
+    pub generation: u32,
+    pub segment: u32,
+    pub addr: [u8; 16],
 }
 
 /// Key of the `SEGMENTS` map.
@@ -174,7 +293,7 @@ pub struct SegmentKey {
 
 /// Value of the `SEGMENTS` map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentInfo {
     pub tenant: u32,
     /// [`SegmentInfo::EGRESS_ALLOW`], [`SegmentInfo::AUDIT`].
@@ -345,7 +464,7 @@ pub struct ConnKey {
     pub _pad: [u8; 3],
 }
 
-/// Value of the `CONNTRACK` map.
+/// Value of the per-vif connection tables (`CONNTRACK`, `CONNTRACK_OPENING`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnState {
@@ -356,18 +475,45 @@ pub struct ConnState {
     /// Where the opening packet was judged: [`direction`] on the vif `ifindex`. The
     /// daemon re-checks the connection against every new policy from there.
     pub direction: u8,
-    pub _pad: [u8; 2],
+    /// [`ConnState::SYN_ACK_SEEN`], [`ConnState::FIN_FROM_OPENER`],
+    /// [`ConnState::FIN_FROM_RESPONDER`], [`ConnState::FROM_OUTSIDE`].
+    pub flags: u8,
+    pub _pad: u8,
     pub ifindex: u32,
+    /// TCP: the sequence number after the furthest byte (SYN and FIN count one) the
+    /// opener has sent; RST and FIN from it count only near it.
+    pub opener_end: u32,
+    /// TCP: the same for the responder.
+    pub responder_end: u32,
+}
+
+impl ConnState {
+    /// TCP: the responder answered the SYN with a SYN-ACK acknowledging it.
+    pub const SYN_ACK_SEEN: u8 = 1;
+    /// TCP: the opener closed its direction (half-close).
+    pub const FIN_FROM_OPENER: u8 = 2;
+    /// TCP: the responder closed its direction.
+    pub const FIN_FROM_RESPONDER: u8 = 4;
+    /// Opened towards the VM (direction egress) by a sender outside every segment (the
+    /// interface it entered through was no vif and no uplink trusted for its source).
+    pub const FROM_OUTSIDE: u8 = 8;
 }
 
 /// Connection tracking states and event counters.
 pub mod conntrack {
-    /// Opened (TCP SYN, first UDP datagram, ICMP echo request), no reply seen yet.
+    /// Opened (TCP SYN, first UDP datagram, ICMP echo request) and not yet answered (for
+    /// TCP: the handshake is not complete). Such entries live in the vif's opening table,
+    /// where they cannot displace established connections.
     pub const NEW: u8 = 1;
-    /// A reply has been seen.
+    /// Answered (TCP: the opener acknowledged the responder's SYN-ACK).
     pub const ESTABLISHED: u8 = 2;
-    /// A FIN has been seen.
+    /// TCP: both directions sent a FIN; ends after the short closing timeout.
     pub const CLOSING: u8 = 3;
+
+    /// How far (in sequence space) from the sender's furthest byte an RST or FIN may lie
+    /// to be honoured: a coarse window (Linux conntrack uses the peers' windows); an
+    /// off-path attacker must guess within it, 1 in 2048 of the sequence space.
+    pub const SEQUENCE_WINDOW: u32 = 1 << 20;
 
     /// Index in `CONNTRACK_EVENTS`: connections opened.
     pub const EVENT_CREATED: u32 = 0;
@@ -414,7 +560,7 @@ pub struct VlanKey {
     pub _pad: [u8; 2],
 }
 
-/// Key of the `FRAGMENTS` map: a datagram (IPv4-mapped addresses for IPv4).
+/// Key of the per-vif `FRAGMENTS` tables: a datagram (IPv4-mapped addresses for IPv4).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FragKey {
@@ -422,8 +568,23 @@ pub struct FragKey {
     pub dst: [u8; 16],
     /// IPv4 identification or IPv6 fragment identification.
     pub id: u32,
+    /// IPv4: the protocol field; IPv6: the Fragment header's Next Header (the same in
+    /// every fragment of a datagram).
     pub protocol: u8,
     pub _pad: [u8; 3],
+}
+
+/// Value of the per-vif `FRAGMENTS` tables: a datagram whose first fragment passed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragState {
+    /// When the first fragment passed (`bpf_ktime_get_ns()`).
+    pub first_ns: u64,
+    /// The lowest offset (bytes into the fragmentable part) a later fragment may start
+    /// at: the end of the transport header the first fragment was judged by. A later
+    /// fragment below it would overwrite that header.
+    pub min_offset: u32,
+    pub _pad: u32,
 }
 
 /// Key of the `DECLARED_MACS` map.
@@ -432,14 +593,6 @@ pub struct FragKey {
 pub struct DeclaredMacKey {
     pub generation: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
-}
-
-/// Key of the `MAC_VIFS` map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct MacKey {
-    pub addr: [u8; 6],
     pub _pad: [u8; 2],
 }
 
@@ -461,7 +614,16 @@ macro_rules! generation_field {
         }
     )*};
 }
-generation_field!(VifKey, SegmentKey, PairKey, VlanKey, DeclaredMacKey);
+generation_field!(
+    VifKey,
+    SegmentKey,
+    PairKey,
+    VlanKey,
+    DeclaredMacKey,
+    UplinkKey,
+    AddrKey,
+    GatewayKey
+);
 
 macro_rules! generation_big_endian {
     ($($ty:ty),*) => {$(
@@ -609,12 +771,16 @@ mod pod {
     unsafe impl aya::Pod for PairKey {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ConnState {}
-    unsafe impl aya::Pod for MacKey {}
+    unsafe impl aya::Pod for LinkInfo {}
+    unsafe impl aya::Pod for UplinkKey {}
+    unsafe impl aya::Pod for AddrKey {}
+    unsafe impl aya::Pod for GatewayKey {}
     unsafe impl aya::Pod for DeclaredMacKey {}
     unsafe impl aya::Pod for VifAddrV4Key {}
     unsafe impl aya::Pod for VifAddrV6Key {}
     unsafe impl aya::Pod for VlanKey {}
     unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragState {}
 }
 
 #[cfg(test)]
@@ -637,8 +803,12 @@ mod tests {
         assert_eq!(size_of::<RuleSet>(), 8 + 8 * limits::MAX_RULES);
         assert_eq!(size_of::<PairKey>(), 12);
         assert_eq!(size_of::<ConnKey>(), 40);
-        assert_eq!(size_of::<ConnState>(), 16);
-        assert_eq!(size_of::<MacKey>(), 8);
+        assert_eq!(size_of::<ConnState>(), 24);
+        assert_eq!(size_of::<FragState>(), 16);
+        assert_eq!(size_of::<LinkInfo>(), 4);
+        assert_eq!(size_of::<UplinkKey>(), 12);
+        assert_eq!(size_of::<AddrKey>(), 20);
+        assert_eq!(size_of::<GatewayKey>(), 24);
         assert_eq!(size_of::<DeclaredMacKey>(), 12);
         assert_eq!(size_of::<VifAddrV4Key>(), 12);
         assert_eq!(size_of::<VifAddrV6Key>(), 24);

@@ -132,6 +132,10 @@ verdicts! {
     /// More IPv6 extension headers than the enforcer walks.
     Ipv6Extensions / IPV6_EXTENSIONS = 18, "ipv6_extensions", audit: false,
         "more IPv6 extension headers than the enforcer walks";
+    /// From or to an interface that looks like a VM's but is not enforceable as one, or
+    /// delivered from a link the daemon has not classified yet (fail closed).
+    UnknownInterface / UNKNOWN_INTERFACE = 19, "unknown_interface", audit: false,
+        "from or to an interface the policy does not classify, whose kind is not supported, or that the daemon has not classified yet";
 }
 
 /// The `reason` label of a drop code; `None` for [`PASS`] and unknown codes.

@@ -3,9 +3,10 @@
 //! The verdict, the reason and the counters can therefore never disagree (invariant I5).
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_meta, programs::XdpContext};
-use isolator_common::{Counter, CounterKey, SegmentInfo, Verdict};
+use isolator_common::{Counter, CounterKey, SegmentInfo, Verdict, fault, uncounted_index};
 
-use crate::maps::{BPF_NOEXIST, COUNTERS};
+use crate::faults;
+use crate::maps::{BPF_NOEXIST, COUNTERS, UNCOUNTED};
 use crate::vif::Vif;
 
 /// A verdict with what audit mode made of it: `audited` when a drop was counted as such
@@ -69,23 +70,37 @@ pub fn uncount(ifindex: u32, direction: u8, verdict: u8, audited: bool, bytes: u
 #[inline(always)]
 fn add(key: CounterKey, packets: u64, bytes: u64) {
     if let Some(counter) = COUNTERS.get_ptr_mut(key) {
-        // SAFETY: a per-CPU value of a live entry; only this CPU writes it.
-        unsafe {
-            (*counter).packets = (*counter).packets.wrapping_add(packets);
-            (*counter).bytes = (*counter).bytes.wrapping_add(bytes);
-        }
+        bump(counter, packets, bytes);
         return;
     }
     let first = Counter { packets, bytes };
+    if COUNTERS.insert(key, first, BPF_NOEXIST).is_ok() {
+        return;
+    }
     // Another CPU may have created the key meanwhile: then count on ours.
-    if COUNTERS.insert(key, first, BPF_NOEXIST).is_err()
-        && let Some(counter) = COUNTERS.get_ptr_mut(key)
-    {
-        // SAFETY: as above.
-        unsafe {
-            (*counter).packets = (*counter).packets.wrapping_add(packets);
-            (*counter).bytes = (*counter).bytes.wrapping_add(bytes);
-        }
+    if let Some(counter) = COUNTERS.get_ptr_mut(key) {
+        bump(counter, packets, bytes);
+        return;
+    }
+    // The map is full: count by direction and verdict only, and say so.
+    let slot = uncounted_index(
+        key.direction,
+        key.verdict,
+        key.flags & CounterKey::AUDIT != 0,
+    );
+    if let Some(counter) = UNCOUNTED.get_ptr_mut(slot) {
+        bump(counter, packets, bytes);
+    }
+    faults::record(fault::COUNTER_MAP_FULL);
+}
+
+#[inline(always)]
+fn bump(counter: *mut Counter, packets: u64, bytes: u64) {
+    // SAFETY: a per-CPU value of a live entry (or a per-CPU array slot); only this CPU
+    // writes it.
+    unsafe {
+        (*counter).packets = (*counter).packets.wrapping_add(packets);
+        (*counter).bytes = (*counter).bytes.wrapping_add(bytes);
     }
 }
 

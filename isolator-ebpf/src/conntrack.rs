@@ -1,13 +1,26 @@
 //! Connection tracking: a connection a rule admitted lets its replies (and ICMP errors
 //! about it) through, until it ends or idles out (docs/design.md, "Connection tracking").
+//!
+//! Every vif has its own two tables, so what one VM, or the outside talking to it, opens
+//! can only ever displace that vif's own entries. A connection starts in the vif's
+//! opening table and moves to its established table only when answered: for TCP when the
+//! opener acknowledges the responder's SYN-ACK (which a spoofed source cannot do), for UDP
+//! and ICMP echo on the first reply. So half-open entries (a SYN flood) never displace
+//! established ones. TCP RST and FIN count only near the sender's position in sequence
+//! space, and a FIN closes one direction only: the connection ends when both have.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use isolator_common::{ConnKey, ConnState, Settings, conntrack};
+use isolator_common::{ConnKey, ConnState, Settings, conntrack, direction, fault};
 
-use crate::maps::{BPF_NOEXIST, CONNTRACK, CONNTRACK_EVENTS, SETTINGS};
+use crate::faults;
+use crate::guard::owns;
+use crate::maps::{BPF_NOEXIST, CONNTRACK, CONNTRACK_EVENTS, CONNTRACK_OPENING, SETTINGS};
 use crate::packet::{Frame, Packet, quoted_key};
 use crate::proto::{ip, tcp};
 use crate::vif::Vif;
+
+/// `-EEXIST`, what an insert with `BPF_NOEXIST` returns for a key that is there.
+const EEXIST: i32 = -17;
 
 #[inline(always)]
 fn count_event(event: u32) {
@@ -23,10 +36,25 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Opens a tracked connection if the packet opens one (TCP SYN, UDP, ICMP echo request),
-/// recording where it was judged (for the daemon's re-check against a new policy).
+/// `seq` lies within the coarse window around `end` (sequence arithmetic, modulo 2^32).
 #[inline(always)]
-pub fn open(p: &Packet, key: &mut ConnKey, vif: &Vif, direction: u8) {
+fn in_window(seq: u32, end: u32) -> bool {
+    (seq.wrapping_sub(end) as i32).unsigned_abs() <= conntrack::SEQUENCE_WINDOW
+}
+
+/// Moves `end` forward to `to` if `to` lies after it (sequence arithmetic).
+#[inline(always)]
+fn advance(end: &mut u32, to: u32) {
+    if (to.wrapping_sub(*end) as i32) > 0 {
+        *end = to;
+    }
+}
+
+/// Opens a tracked connection in the vif's opening table if the packet opens one (TCP
+/// SYN, UDP, ICMP echo request), recording where it was judged and whether its sender was
+/// outside every segment (for the daemon's re-check against a new policy).
+#[inline(always)]
+pub fn open(p: &Packet, key: &mut ConnKey, vif: &Vif, direction: u8, from_outside: bool) {
     if !p.opens_connection() || !p.forward_key(key) {
         return;
     }
@@ -34,80 +62,278 @@ pub fn open(p: &Packet, key: &mut ConnKey, vif: &Vif, direction: u8) {
         last_seen_ns: now(),
         state: conntrack::NEW,
         direction,
-        _pad: [0; 2],
+        flags: if from_outside {
+            ConnState::FROM_OUTSIDE
+        } else {
+            0
+        },
+        _pad: 0,
         ifindex: vif.ifindex,
+        opener_end: if p.protocol == ip::TCP {
+            p.tcp_end()
+        } else {
+            0
+        },
+        responder_end: 0,
     };
-    if CONNTRACK.insert(&*key, state, BPF_NOEXIST).is_ok() {
-        count_event(conntrack::EVENT_CREATED);
+    // SAFETY: the inner table outlives this run (the outer map holds it).
+    let Some(opening) = (unsafe { CONNTRACK_OPENING.get(&vif.ifindex) }) else {
+        faults::record(fault::CONNECTION_UNRECORDED);
+        return;
+    };
+    match opening.insert(&*key, state, BPF_NOEXIST) {
+        Ok(()) => count_event(conntrack::EVENT_CREATED),
+        // Opened already (a retransmitted SYN, the next datagram).
+        Err(EEXIST) => {}
+        Err(_) => faults::record(fault::CONNECTION_UNRECORDED),
     }
 }
 
-/// Whether the packet belongs to a tracked connection (either direction, or an ICMP
-/// error about one); updates the connection's state.
-#[inline(always)]
-pub fn tracked(frame: &impl Frame, p: &Packet, key: &mut ConnKey, generation: u32) -> bool {
-    let Some(settings) = SETTINGS.get(generation) else {
+/// Whether the packet belongs to a tracked connection of this vif (either direction, or
+/// an ICMP error about one); updates the connection's state. An ICMP error counts only
+/// if it goes to the source of the packet it quotes (as Linux conntrack requires) and,
+/// sent by a VM (`direction` ingress), only if that packet was addressed to the VM.
+#[inline(never)]
+pub fn tracked(
+    frame: &impl Frame,
+    vif: &Vif,
+    p: &Packet,
+    key: &mut ConnKey,
+    direction: u8,
+) -> bool {
+    let Some(settings) = SETTINGS.get(vif.generation) else {
         return false;
     };
     let now = now();
-    if p.forward_key(key) && touch(key, p, settings, now, false) {
-        return true;
-    }
-    if p.reverse_key(key) && touch(key, p, settings, now, true) {
-        return true;
+    let ifindex = vif.ifindex;
+    for from_opener in [true, false] {
+        let keyed = if from_opener {
+            p.forward_key(key)
+        } else {
+            p.reverse_key(key)
+        };
+        if !keyed {
+            continue;
+        }
+        // SAFETY: entries are changed in place through these pointers within this run;
+        // the inner tables outlive it.
+        if let Some(state) = unsafe { CONNTRACK.get_value_ptr_mut(&ifindex, &*key) } {
+            return established(
+                ifindex,
+                key,
+                unsafe { &mut *state },
+                p,
+                settings,
+                now,
+                from_opener,
+            );
+        }
+        // SAFETY: as above.
+        if let Some(state) = unsafe { CONNTRACK_OPENING.get_value_ptr_mut(&ifindex, &*key) } {
+            return opening(
+                ifindex,
+                key,
+                unsafe { &mut *state },
+                p,
+                settings,
+                now,
+                from_opener,
+            );
+        }
     }
     if p.is_icmp_error() && quoted_key(frame, p, key) {
+        if key.src != p.dst {
+            return false;
+        }
+        if direction == direction::INGRESS && !owns(vif, p.is_v4(), &key.dst) {
+            return false;
+        }
         // The quoted packet was sent by this packet's destination: it is either the
         // connection's opening direction or its reply direction.
-        if live(key, settings, now) {
+        if live(ifindex, key, settings, now) {
             return true;
         }
         core::mem::swap(&mut key.src, &mut key.dst);
         if key.protocol == ip::TCP || key.protocol == ip::UDP {
             core::mem::swap(&mut key.src_port, &mut key.dst_port);
         }
-        return live(key, settings, now);
+        return live(ifindex, key, settings, now);
     }
     false
 }
 
-/// Whether `key` is a live connection (without changing it).
+/// Whether `key` is a live connection of the vif, in either table (without changing it).
 #[inline(always)]
-fn live(key: &ConnKey, settings: &Settings, now: u64) -> bool {
-    // SAFETY: the state is read at once.
-    match unsafe { CONNTRACK.get(key) } {
-        Some(state) => {
-            now.saturating_sub(state.last_seen_ns) <= settings.timeout_ns(key.protocol, state.state)
-        }
+fn live(ifindex: u32, key: &ConnKey, settings: &Settings, now: u64) -> bool {
+    let fresh = |state: &ConnState| {
+        now.saturating_sub(state.last_seen_ns) <= settings.timeout_ns(key.protocol, state.state)
+    };
+    // SAFETY: the states are read at once.
+    if let Some(state) = unsafe { CONNTRACK.get_value(&ifindex, key) } {
+        return fresh(state);
+    }
+    // SAFETY: as above.
+    match unsafe { CONNTRACK_OPENING.get_value(&ifindex, key) } {
+        Some(state) => fresh(state),
         None => false,
     }
 }
 
-/// Looks the connection up; if live, records this packet (reply, FIN, RST) and returns
-/// true. An entry idle past its timeout is removed.
+/// A packet of an established connection (`from_opener`: in its opening direction).
 #[inline(always)]
-fn touch(key: &ConnKey, p: &Packet, settings: &Settings, now: u64, reply: bool) -> bool {
-    let Some(state) = CONNTRACK.get_ptr_mut(key) else {
-        return false;
-    };
-    // SAFETY: a live entry; concurrent updates of its few fields are benign (last writer
-    // wins, as in any per-packet state update without locks).
-    let state = unsafe { &mut *state };
+fn established(
+    ifindex: u32,
+    key: &ConnKey,
+    state: &mut ConnState,
+    p: &Packet,
+    settings: &Settings,
+    now: u64,
+    from_opener: bool,
+) -> bool {
     if now.saturating_sub(state.last_seen_ns) > settings.timeout_ns(key.protocol, state.state) {
-        let _ = CONNTRACK.remove(key);
-        count_event(conntrack::EVENT_EXPIRED);
+        remove_established(ifindex, key, conntrack::EVENT_EXPIRED);
         return false;
     }
-    if p.protocol == ip::TCP && p.tcp_flags & tcp::RST != 0 {
-        let _ = CONNTRACK.remove(key);
-        count_event(conntrack::EVENT_CLOSED);
-        return true;
+    if p.protocol == ip::TCP {
+        let (end, fin) = if from_opener {
+            (&mut state.opener_end, ConnState::FIN_FROM_OPENER)
+        } else {
+            (&mut state.responder_end, ConnState::FIN_FROM_RESPONDER)
+        };
+        if p.tcp_flags & tcp::RST != 0 {
+            if !in_window(p.tcp_seq, *end) {
+                return false;
+            }
+            remove_established(ifindex, key, conntrack::EVENT_CLOSED);
+            return true;
+        }
+        // A new SYN on a connection both sides closed: the 5-tuple is being reused, and
+        // the new connection is judged anew.
+        if from_opener
+            && p.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN
+            && state.state == conntrack::CLOSING
+        {
+            remove_established(ifindex, key, conntrack::EVENT_EXPIRED);
+            return false;
+        }
+        if p.tcp_flags & tcp::FIN != 0 {
+            if !in_window(p.tcp_seq, *end) {
+                return false;
+            }
+            state.flags |= fin;
+            if state.flags & (ConnState::FIN_FROM_OPENER | ConnState::FIN_FROM_RESPONDER)
+                == ConnState::FIN_FROM_OPENER | ConnState::FIN_FROM_RESPONDER
+            {
+                state.state = conntrack::CLOSING;
+            }
+        }
+        advance(end, p.tcp_end());
     }
     state.last_seen_ns = now;
-    if p.protocol == ip::TCP && p.tcp_flags & tcp::FIN != 0 {
-        state.state = conntrack::CLOSING;
-    } else if reply && state.state == conntrack::NEW {
-        state.state = conntrack::ESTABLISHED;
-    }
     true
+}
+
+/// A packet of a connection being opened (`from_opener`: in its opening direction).
+#[inline(always)]
+fn opening(
+    ifindex: u32,
+    key: &ConnKey,
+    state: &mut ConnState,
+    p: &Packet,
+    settings: &Settings,
+    now: u64,
+    from_opener: bool,
+) -> bool {
+    if now.saturating_sub(state.last_seen_ns) > settings.timeout_ns(key.protocol, state.state) {
+        remove_opening(ifindex, key, conntrack::EVENT_EXPIRED);
+        return false;
+    }
+    if p.protocol != ip::TCP {
+        state.last_seen_ns = now;
+        if !from_opener {
+            // The first reply: the connection is established.
+            state.state = conntrack::ESTABLISHED;
+            promote(ifindex, key, state);
+        }
+        return true;
+    }
+    let flags = p.tcp_flags;
+    if from_opener {
+        if flags & tcp::RST != 0 {
+            if !in_window(p.tcp_seq, state.opener_end) {
+                return false;
+            }
+            remove_opening(ifindex, key, conntrack::EVENT_CLOSED);
+            return true;
+        }
+        advance(&mut state.opener_end, p.tcp_end());
+        state.last_seen_ns = now;
+        // The handshake's last step: the opener acknowledges the responder's SYN.
+        if flags & (tcp::SYN | tcp::ACK) == tcp::ACK
+            && state.flags & ConnState::SYN_ACK_SEEN != 0
+            && p.tcp_ack == state.responder_end
+        {
+            state.state = conntrack::ESTABLISHED;
+            promote(ifindex, key, state);
+        }
+        return true;
+    }
+    // From the responder: a SYN-ACK or an RST acknowledging the opener's SYN; after the
+    // SYN-ACK, an RST near the responder's position.
+    let acknowledges = flags & tcp::ACK != 0 && p.tcp_ack == state.opener_end;
+    if flags & tcp::RST != 0 {
+        let in_sequence =
+            state.flags & ConnState::SYN_ACK_SEEN != 0 && in_window(p.tcp_seq, state.responder_end);
+        if !(acknowledges || in_sequence) {
+            return false;
+        }
+        remove_opening(ifindex, key, conntrack::EVENT_CLOSED);
+        return true;
+    }
+    if flags & tcp::SYN != 0 && acknowledges {
+        state.flags |= ConnState::SYN_ACK_SEEN;
+        state.responder_end = p.tcp_end();
+        state.last_seen_ns = now;
+        return true;
+    }
+    // Anything else from the responder before the handshake completes is not part of it.
+    false
+}
+
+/// Moves an answered connection from the vif's opening table to its established one.
+#[inline(always)]
+fn promote(ifindex: u32, key: &ConnKey, state: &ConnState) {
+    // SAFETY: the inner tables outlive this run.
+    let promoted = match unsafe { CONNTRACK.get(&ifindex) } {
+        Some(established) => established.insert(key, *state, 0).is_ok(),
+        None => false,
+    };
+    if !promoted {
+        faults::record(fault::CONNECTION_UNRECORDED);
+        return;
+    }
+    // SAFETY: as above.
+    if let Some(opening) = unsafe { CONNTRACK_OPENING.get(&ifindex) } {
+        let _ = opening.remove(key);
+    }
+}
+
+#[inline(always)]
+fn remove_established(ifindex: u32, key: &ConnKey, event: u32) {
+    // SAFETY: the inner table outlives this run.
+    if let Some(table) = unsafe { CONNTRACK.get(&ifindex) }
+        && table.remove(key).is_ok()
+    {
+        count_event(event);
+    }
+}
+
+#[inline(always)]
+fn remove_opening(ifindex: u32, key: &ConnKey, event: u32) {
+    // SAFETY: the inner table outlives this run.
+    if let Some(table) = unsafe { CONNTRACK_OPENING.get(&ifindex) }
+        && table.remove(key).is_ok()
+    {
+        count_event(event);
+    }
 }

@@ -15,7 +15,7 @@ use crate::vif::Vif;
 use crate::{CONTINUE, Step, decide};
 
 /// Checks that the frame's sender is who the vif says it is.
-#[inline(always)]
+#[inline(never)]
 pub fn source(vif: &Vif, p: &Packet) -> Step {
     if vif.vif.flags & VifInfo::HAS_MAC != 0 {
         if p.src_mac != vif.vif.mac {

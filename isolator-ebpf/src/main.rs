@@ -19,6 +19,7 @@
 //! | `resolution` | ARP and neighbour discovery between segments |
 //! | `fragments` | later fragments follow their first |
 //! | `conntrack` | tracked connections |
+//! | `faults` | what the kernel could not record: counted and logged |
 //! | `isolator_ebpf::packet` | the parser (host-testable) |
 #![no_std]
 #![no_main]
@@ -30,6 +31,7 @@
 
 mod account;
 mod conntrack;
+mod faults;
 mod fragments;
 mod guard;
 mod maps;
@@ -39,7 +41,7 @@ mod sender;
 mod vif;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -47,8 +49,9 @@ use isolator_common::{ConnKey, FragKey, SegmentInfo, Verdict, direction};
 use isolator_ebpf::{packet, proto};
 
 use crate::account::{Outcome, account, audit, counted_as, note_audited, uncount};
+use crate::packet::KIND_ARP;
 use crate::packet::{Frame, Packet, parse};
-use crate::rules::{Place, exposed, flow, management, place};
+use crate::rules::{HostVerdict, Place, exposed, flow, gateway, host, management, place};
 use crate::vif::{Vif, cross, identify, vlan_allowed};
 
 /// What one step of a story says: `Ok(())` (not decided, go on) or `Err(verdict)`
@@ -77,7 +80,7 @@ fn verdict_of(story: Step) -> Verdict {
 pub fn isolator_ingress(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let outcome = judge(&ctx, ifindex, direction::INGRESS);
+    let outcome = judge(&ctx, ifindex, direction::INGRESS, ifindex);
     if account(ifindex, direction::INGRESS, outcome, bytes) {
         if outcome.audited {
             note_audited(&ctx, outcome.verdict);
@@ -88,17 +91,21 @@ pub fn isolator_ingress(ctx: XdpContext) -> u32 {
     }
 }
 
+/// What the TC programs return for a frame they let pass: `TCX_NEXT`, so that programs
+/// attached after isolator's (it attaches first) still judge it; a drop is final.
+const TC_PASS_ON: i32 = TCX_NEXT;
+
 #[classifier]
 pub fn isolator_egress(ctx: TcContext) -> i32 {
     // SAFETY: the context's socket buffer is valid for the whole run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let (ifindex, entered) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
     let bytes = ctx.len() as u64;
     // Make the headers linear so that they can be read directly.
     let want = if ctx.len() < 256 { ctx.len() } else { 256 };
     let _ = ctx.pull_data(want);
-    let outcome = judge(&ctx, ifindex, direction::EGRESS);
+    let outcome = judge(&ctx, ifindex, direction::EGRESS, entered);
     if account(ifindex, direction::EGRESS, outcome, bytes) {
-        TC_ACT_OK
+        TC_PASS_ON
     } else {
         TC_ACT_SHOT
     }
@@ -124,7 +131,7 @@ pub fn isolator_tags(ctx: TcContext) -> i32 {
         )
     };
     if present == 0 {
-        return TC_ACT_OK;
+        return TC_PASS_ON;
     }
     let stacked = proto::ether::is_vlan_tag(u16::from_be(inner as u16));
     let allowed = !stacked
@@ -133,7 +140,7 @@ pub fn isolator_tags(ctx: TcContext) -> i32 {
             None => false,
         };
     if allowed {
-        return TC_ACT_OK;
+        return TC_PASS_ON;
     }
     let bytes = ctx.len() as u64;
     // SAFETY: as above.
@@ -157,16 +164,21 @@ pub fn isolator_baseline(_ctx: XdpContext) -> u32 {
 
 /// Identifies the vif, parses the frame, applies the checks both directions share (VLAN
 /// tags in the bytes, later fragments), then the direction's story; remembers a first
-/// fragment that passes so that its later fragments may follow.
+/// fragment that passes so that its later fragments may follow. `entered` is the
+/// interface the frame entered the host through (the vif itself on ingress).
 #[inline(always)]
-fn judge(frame: &impl Frame, ifindex: u32, dir: u8) -> Outcome {
-    let fail_closed = Outcome {
-        verdict: Verdict::NoPolicy,
+fn judge(frame: &impl Frame, ifindex: u32, dir: u8, entered: u32) -> Outcome {
+    let refuse = |verdict| Outcome {
+        verdict,
         audited: false,
     };
     let Some(vif) = identify(ifindex) else {
-        return fail_closed;
+        return refuse(Verdict::NoPolicy);
     };
+    if vif.quarantined() {
+        return refuse(Verdict::UnknownInterface);
+    }
+    let fail_closed = refuse(Verdict::NoPolicy);
     let Some(scratch) = maps::scratch() else {
         return fail_closed;
     };
@@ -177,11 +189,18 @@ fn judge(frame: &impl Frame, ifindex: u32, dir: u8) -> Outcome {
         Ok(()) if dir == direction::INGRESS => {
             verdict_of(ingress(frame, &vif, p, &mut scratch.key, &mut scratch.frag))
         }
-        Ok(()) => verdict_of(egress(frame, &vif, p, &mut scratch.key, &mut scratch.frag)),
+        Ok(()) => verdict_of(egress(
+            frame,
+            &vif,
+            entered,
+            p,
+            &mut scratch.key,
+            &mut scratch.frag,
+        )),
     };
     let outcome = audit(verdict, &vif);
     if outcome.passes() {
-        fragments::remember_first(p, &mut scratch.frag);
+        fragments::remember_first(vif.ifindex, p, &mut scratch.frag);
     }
     outcome
 }
@@ -197,51 +216,58 @@ fn ingress(
 ) -> Step {
     let generation = vif.generation;
     let sender = vif.segment;
-    // 0. The source guard, then: a later fragment is judged by its first.
+    // 1. The source guard; a later fragment is then judged by its first.
     guard::source(vif, p)?;
-    sender::learn_mac(&p.src_mac, vif.ifindex);
-    fragments::later(p, frag)?;
-    // 1. Address resolution, by the address it concerns.
-    resolution::ingress(vif, p)?;
-    // 2. Management.
-    if management(generation, p) {
+    fragments::later(vif.ifindex, p, frag)?;
+    // 2. Management prefixes and loopback, before every exception.
+    if p.kind != KIND_ARP && management(generation, p) {
         return decide(Verdict::Management);
     }
-    // 3. Within the segment.
+    // 3. Address resolution, by the address it concerns, and only on the link.
+    resolution::ingress(vif, p)?;
+    // 4. The host itself and the segment's gateways: only the services declared there.
+    match host(generation, sender, p) {
+        HostVerdict::NotHost => {}
+        HostVerdict::Service => {
+            conntrack::open(p, key, vif, direction::INGRESS, false);
+            return decide(Verdict::Pass);
+        }
+        HostVerdict::Protected => return decide(Verdict::Management),
+    }
+    // 5. Link-scope housekeeping, which receivers on the link judge themselves: DHCP
+    // discovery to the servers' broadcast addresses, multicast listener and IGMP
+    // messages, link-scope multicast, IPv6 link-local unicast.
+    if p.is_dhcp_client_broadcast()
+        || (p.is_mld() && p.dst_link_scope_multicast())
+        || (p.is_igmp() && p.dst_multicast())
+        || p.dst_link_scope_multicast()
+        || p.dst_ipv6_link_local()
+    {
+        return decide(Verdict::Pass);
+    }
+    // 6. Within the segment.
     let target = place(generation, p.is_v4(), &p.dst);
     if target == Place::Segment(sender) {
         return decide(Verdict::Pass);
     }
-    // 4. A tracked connection, or an ICMP error about one.
-    if conntrack::tracked(frame, p, key, generation) {
+    // 7. A tracked connection, or an ICMP error about one the VM took part in.
+    if conntrack::tracked(frame, vif, p, key, direction::INGRESS) {
         return decide(Verdict::Pass);
     }
     match target {
-        // 5. Another segment: an exposed endpoint or a flow.
+        // 8. Another segment: an exposed endpoint or a flow.
         Place::Segment(s) => {
             if exposed(generation, p) || flow(generation, sender, s, p) {
-                conntrack::open(p, key, vif, direction::INGRESS);
+                conntrack::open(p, key, vif, direction::INGRESS, false);
                 decide(Verdict::Pass)
             } else {
                 decide(cross(vif, s))
             }
         }
-        // 6. Outside every segment.
+        // 9. Outside every segment.
         Place::Outside => {
-            if p.is_dhcp_client() || p.is_mld() {
-                return decide(Verdict::Pass);
-            }
-            // Addressed at layer 2 to a VM (link-local and other addresses outside every
-            // segment): judged as traffic to that VM's segment.
-            if let Place::Segment(s) = sender::mac_place(generation, &p.dst_mac) {
-                return if s == sender {
-                    decide(Verdict::Pass)
-                } else {
-                    decide(cross(vif, s))
-                };
-            }
             if vif.info.flags & SegmentInfo::EGRESS_ALLOW != 0 {
-                conntrack::open(p, key, vif, direction::INGRESS);
+                conntrack::open(p, key, vif, direction::INGRESS, false);
                 decide(Verdict::Pass)
             } else {
                 decide(Verdict::EgressDenied)
@@ -255,46 +281,53 @@ fn ingress(
 fn egress(
     frame: &impl Frame,
     vif: &Vif,
+    entered: u32,
     p: &Packet,
     key: &mut ConnKey,
     frag: &mut FragKey,
 ) -> Step {
     let generation = vif.generation;
     let receiver = vif.segment;
-    fragments::later(p, frag)?;
-    let source = sender::source_place(generation, p);
-    // 1. From T.
+    fragments::later(vif.ifindex, p, frag)?;
+    // 1. The sender: the interface the frame entered the host through.
+    let source = sender::of(generation, entered, p)?;
+    // 2. From T.
     if source == Place::Segment(receiver) {
         return decide(Verdict::Pass);
     }
-    // 2. Address resolution from another segment.
+    // 3. Address resolution.
     resolution::egress(vif, source, p)?;
-    // A unicast packet for an address outside this segment is not for this VM, however it
-    // got its MAC: no connection or exposure of another place applies here.
+    // 4. A unicast packet for an address outside this segment is not for this VM,
+    // however it got its MAC: no connection or exposure of another place applies here.
     if p.is_unicast_routable() && place(generation, p.is_v4(), &p.dst) != Place::Segment(receiver) {
         return match source {
             Place::Segment(s) => decide(cross(vif, s)),
             Place::Outside => decide(Verdict::NotExposed),
         };
     }
-    // 3. Link-local housekeeping from routers and the host: DHCP answers, multicast
-    // listener queries and reports.
-    if source == Place::Outside && (p.is_dhcp_server() || p.is_mld()) {
+    // 5. Link-local housekeeping from outside: DHCP answers from a link-local source or a
+    // gateway of T, multicast listener queries from a link-local source, IGMP queries.
+    if source == Place::Outside
+        && ((p.is_dhcp_server()
+            && (p.src_ipv6_link_local() || gateway(generation, receiver, &p.src).is_some()))
+            || (p.is_mld() && p.src_ipv6_link_local())
+            || p.is_igmp_query())
+    {
         return decide(Verdict::Pass);
     }
-    // 4. A tracked connection, or an ICMP error about one.
-    if conntrack::tracked(frame, p, key, generation) {
+    // 6. A tracked connection, or an ICMP error about one the VM took part in.
+    if conntrack::tracked(frame, vif, p, key, direction::EGRESS) {
         return decide(Verdict::Pass);
     }
-    // 5. An exposed endpoint of T.
+    // 7. An exposed endpoint of T.
     if exposed(generation, p) {
-        conntrack::open(p, key, vif, direction::EGRESS);
+        conntrack::open(p, key, vif, direction::EGRESS, source == Place::Outside);
         return decide(Verdict::Pass);
     }
-    // 6. From another segment: a flow; from outside: nothing else.
+    // 8. From another segment: a flow; from outside: nothing else.
     match source {
         Place::Segment(s) if flow(generation, s, receiver, p) => {
-            conntrack::open(p, key, vif, direction::EGRESS);
+            conntrack::open(p, key, vif, direction::EGRESS, false);
             decide(Verdict::Pass)
         }
         Place::Segment(s) => decide(cross(vif, s)),

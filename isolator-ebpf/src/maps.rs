@@ -2,16 +2,18 @@
 //! (one definition for both sides); docs/design.md ("Map layout") describes each.
 //!
 //! Policy maps (keys carry the generation) are written by the daemon and only read here;
-//! state maps (counters, connections, fragments, learned MACs) are written here.
+//! state maps (counters, connections, fragments) are written here.
 
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{HashOfMaps, LruHashMap as BtfLruHashMap},
+    macros::{btf_map, map},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
 use isolator_common::{
-    ConnKey, ConnState, Counter, CounterKey, DeclaredMacKey, FragKey, Ipv4PrefixKey, Ipv6PrefixKey,
-    MacKey, PairKey, RuleSet, SegmentInfo, SegmentKey, Settings, VifAddrV4Key, VifAddrV6Key,
-    VifInfo, VifKey, VlanKey, conntrack, limits,
+    AddrKey, ConnKey, ConnState, Counter, CounterKey, DeclaredMacKey, FragKey, FragState,
+    GatewayKey, Ipv4PrefixKey, Ipv6PrefixKey, LinkInfo, PairKey, RuleSet, SegmentInfo, SegmentKey,
+    Settings, UNCOUNTED_SLOTS, UplinkKey, VifAddrV4Key, VifAddrV6Key, VifInfo, VifKey, VlanKey,
+    conntrack, fault, limits,
 };
 
 use crate::packet::Packet;
@@ -87,25 +89,58 @@ pub static DECLARED_V6: LpmTrie<Ipv6PrefixKey, u32> =
 pub static VIF_VLANS: HashMap<VlanKey, u8> =
     HashMap::with_max_entries(2 * limits::MAX_VIF_VLANS, 0);
 
-// State maps.
+#[map]
+pub static LINKS: HashMap<VifKey, LinkInfo> = HashMap::with_max_entries(2 * limits::MAX_LINKS, 0);
 
 #[map]
-pub static CONNTRACK: LruHashMap<ConnKey, ConnState> =
-    LruHashMap::with_max_entries(limits::MAX_CONNECTIONS, 0);
+pub static UPLINKS: HashMap<UplinkKey, u8> = HashMap::with_max_entries(2 * limits::MAX_UPLINKS, 0);
+
+#[map]
+pub static HOST_ADDRS: HashMap<AddrKey, u8> =
+    HashMap::with_max_entries(2 * limits::MAX_HOST_ADDRS, 0);
+
+#[map]
+pub static GATEWAYS: HashMap<GatewayKey, RuleSet> =
+    HashMap::with_max_entries(2 * limits::MAX_GATEWAYS, 0);
+
+// State maps.
+
+/// A vif's established connections.
+pub type ConnTable = BtfLruHashMap<ConnKey, ConnState, { limits::CONNECTIONS_PER_VIF as usize }>;
+/// A vif's connections being opened.
+pub type OpeningTable = BtfLruHashMap<ConnKey, ConnState, { limits::OPENING_PER_VIF as usize }>;
+/// A vif's fragmented datagrams in flight.
+pub type FragTable = BtfLruHashMap<FragKey, FragState, { limits::FRAGMENTS_PER_VIF as usize }>;
+
+// Per-vif state, one table of each kind per vif (by ifindex), created by the daemon
+// before the vif is attached: what a VM (or the outside talking to it) fills can only
+// displace its own entries, never another tenant's.
+
+#[btf_map]
+pub static CONNTRACK: HashOfMaps<u32, ConnTable, { limits::MAX_VIFS as usize }> = HashOfMaps::new();
+
+#[btf_map]
+pub static CONNTRACK_OPENING: HashOfMaps<u32, OpeningTable, { limits::MAX_VIFS as usize }> =
+    HashOfMaps::new();
+
+#[btf_map]
+pub static FRAGMENTS: HashOfMaps<u32, FragTable, { limits::MAX_VIFS as usize }> = HashOfMaps::new();
 
 #[map]
 pub static CONNTRACK_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(conntrack::EVENTS, 0);
 
 #[map]
-pub static MAC_VIFS: LruHashMap<MacKey, u32> = LruHashMap::with_max_entries(limits::MAX_MACS, 0);
-
-#[map]
-pub static FRAGMENTS: LruHashMap<FragKey, u64> =
-    LruHashMap::with_max_entries(limits::MAX_FRAGMENTS, 0);
-
-#[map]
 pub static COUNTERS: PerCpuHashMap<CounterKey, Counter> =
     PerCpuHashMap::with_max_entries(limits::MAX_COUNTERS, 0);
+
+#[map]
+pub static UNCOUNTED: PerCpuArray<Counter> = PerCpuArray::with_max_entries(UNCOUNTED_SLOTS, 0);
+
+#[map]
+pub static KERNEL_FAULTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(fault::KINDS, 0);
+
+#[map]
+pub static FAULTS_LOGGED: PerCpuArray<u64> = PerCpuArray::with_max_entries(fault::KINDS, 0);
 
 /// Per-CPU working memory: the parsed packet and keys to build lookups in (they do not fit
 /// on the 512-byte BPF stack beside the rest).

@@ -108,7 +108,10 @@ pub struct Packet {
     pub src_port: u16,
     pub dst_port: u16,
     pub tcp_flags: u8,
+    /// ICMP/ICMPv6 message type; for IGMP, the IGMP message type.
     pub icmp_type: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
     /// Offset of the transport header.
     pub l4_offset: usize,
     /// Target address of an IPv6 neighbour solicitation or advertisement.
@@ -126,6 +129,20 @@ pub struct Packet {
     pub fragment: u8,
     /// IPv4 identification or IPv6 fragment identification.
     pub frag_id: u32,
+    /// The protocol a fragment's key names: IPv4's protocol field, or the Next Header of
+    /// IPv6's Fragment header (the same in every fragment of a datagram).
+    pub frag_proto: u8,
+    /// A later fragment's offset, in bytes into the fragmentable part.
+    pub frag_offset: u32,
+    /// Where the fragmentable part starts (after the IPv4 header, or after IPv6's
+    /// Fragment header), as an offset in the frame.
+    pub frag_part_start: usize,
+    /// Length of the transport header (TCP with its options, UDP, ICMP: 8).
+    pub l4_header_len: usize,
+    /// TCP sequence and acknowledgement numbers, and the payload length.
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    pub tcp_payload: u32,
 }
 
 /// The first fragment of a fragmented datagram (it carries the transport header).
@@ -144,6 +161,7 @@ impl Packet {
         self.dst_port = 0;
         self.tcp_flags = 0;
         self.icmp_type = 0;
+        self.hop_limit = 0;
         self.l4_offset = 0;
         self.nd_target = [0; 16];
         self.nd_lladdr_foreign = false;
@@ -152,6 +170,13 @@ impl Packet {
         self.vlan = 0;
         self.fragment = 0;
         self.frag_id = 0;
+        self.frag_proto = 0;
+        self.frag_offset = 0;
+        self.frag_part_start = 0;
+        self.l4_header_len = 0;
+        self.tcp_seq = 0;
+        self.tcp_ack = 0;
+        self.tcp_payload = 0;
     }
 
     #[inline(always)]
@@ -194,6 +219,93 @@ impl Packet {
             let unspecified = d.iter().all(|b| *b == 0);
             !(d[0] == 0xff || (d[0] == 0xfe && d[1] & 0xc0 == 0x80) || unspecified)
         }
+    }
+
+    /// The destination is a link-scope multicast group (224.0.0.0/24, ff02::/16): never
+    /// routed, it reaches only the link.
+    #[inline(always)]
+    pub fn dst_link_scope_multicast(&self) -> bool {
+        let d = &self.dst;
+        if self.kind == KIND_IPV4 {
+            d[12] == 224 && d[13] == 0 && d[14] == 0
+        } else {
+            d[0] == 0xff && d[1] & 0x0f == 0x02
+        }
+    }
+
+    /// The destination is a multicast group (224.0.0.0/4, ff00::/8).
+    #[inline(always)]
+    pub fn dst_multicast(&self) -> bool {
+        if self.kind == KIND_IPV4 {
+            self.dst[12] & 0xf0 == 0xe0
+        } else {
+            self.dst[0] == 0xff
+        }
+    }
+
+    /// The destination is an IPv6 link-local unicast address (fe80::/10).
+    #[inline(always)]
+    pub fn dst_ipv6_link_local(&self) -> bool {
+        self.kind == KIND_IPV6 && ipv6_link_local(&self.dst)
+    }
+
+    /// The source is an IPv6 link-local address (fe80::/10).
+    #[inline(always)]
+    pub fn src_ipv6_link_local(&self) -> bool {
+        self.kind == KIND_IPV6 && ipv6_link_local(&self.src)
+    }
+
+    /// The destination is a loopback address (127.0.0.0/8, ::1), which no frame on a
+    /// link may carry.
+    #[inline(always)]
+    pub fn dst_loopback(&self) -> bool {
+        let d = &self.dst;
+        if self.kind == KIND_IPV4 {
+            d[12] == 127
+        } else if self.kind == KIND_IPV6 {
+            d[..15].iter().all(|b| *b == 0) && d[15] == 1
+        } else {
+            false
+        }
+    }
+
+    /// An IGMP message (any type); IGMP is link-local control (TTL 1).
+    #[inline(always)]
+    pub fn is_igmp(&self) -> bool {
+        self.kind == KIND_IPV4 && self.protocol == ip::IGMP
+    }
+
+    /// An IGMP membership query (a router asking who listens).
+    #[inline(always)]
+    pub fn is_igmp_query(&self) -> bool {
+        self.is_igmp() && self.icmp_type == IGMP_MEMBERSHIP_QUERY
+    }
+
+    /// A DHCP or DHCPv6 client message to the servers' link-scope addresses: the limited
+    /// broadcast (255.255.255.255) or All_DHCP_Relay_Agents_and_Servers (ff02::1:2).
+    #[inline(always)]
+    pub fn is_dhcp_client_broadcast(&self) -> bool {
+        if !self.is_dhcp_client() {
+            return false;
+        }
+        let d = &self.dst;
+        if self.kind == KIND_IPV4 {
+            d[12..].iter().all(|b| *b == 0xff)
+        } else {
+            d[0] == 0xff
+                && d[1] == 0x02
+                && d[2..13].iter().all(|b| *b == 0)
+                && d[13] == 1
+                && d[14] == 0
+                && d[15] == 2
+        }
+    }
+
+    /// Neighbour discovery that is what it claims: hop limit 255 (RFC 4861 requires it; a
+    /// message with less was forwarded, so it did not come from the link).
+    #[inline(always)]
+    pub fn is_link_nd(&self) -> bool {
+        self.is_nd() && self.hop_limit == 255
     }
 
     /// Whether the packet is an unspecified-source message the protocols allow: DHCP
@@ -373,6 +485,23 @@ impl Packet {
                 || self.is_echo_reply())
     }
 
+    /// For a first fragment: where in the fragmentable part its transport header ends; no
+    /// later fragment may start before it.
+    #[inline(always)]
+    pub fn fragment_header_end(&self) -> u32 {
+        (self.l4_offset + self.l4_header_len).saturating_sub(self.frag_part_start) as u32
+    }
+
+    /// TCP: the sequence number after this segment (SYN and FIN count one).
+    #[inline(always)]
+    pub fn tcp_end(&self) -> u32 {
+        let mut end = self.tcp_seq.wrapping_add(self.tcp_payload);
+        if self.tcp_flags & (tcp::SYN | tcp::FIN) != 0 {
+            end = end.wrapping_add(1);
+        }
+        end
+    }
+
     /// Whether this packet opens a connection: TCP SYN without ACK, any UDP datagram,
     /// ICMP echo request.
     #[inline(always)]
@@ -401,8 +530,9 @@ pub fn parse(frame: &impl Frame, p: &mut Packet) -> Result<(), Verdict> {
     if ether::is_vlan_tag(ether_type) {
         let tag: *const [u8; 4] = ptr_at(frame, EthHdr::LEN).ok_or(Verdict::Malformed)?;
         let tag = unsafe { &*tag };
-        p.has_vlan = true;
         p.vlan = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
+        // VLAN id 0 is an 802.1p priority tag: the frame belongs to no VLAN.
+        p.has_vlan = p.vlan != 0;
         ether_type = u16::from_be_bytes([tag[2], tag[3]]);
         if ether::is_vlan_tag(ether_type) {
             // Stacked tags never pass.
@@ -459,10 +589,14 @@ fn parse_ipv4(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdi
     p.src = mapped(ip.src_addr);
     p.dst = mapped(ip.dst_addr);
     p.protocol = ip.proto;
+    p.hop_limit = ip.ttl;
     let offset = ip.frag_offset();
     let more = ip.frag_flags() & 1 != 0;
     if offset != 0 || more {
         p.frag_id = u32::from(ip.id());
+        p.frag_proto = ip.proto;
+        p.frag_offset = u32::from(offset) * 8;
+        p.frag_part_start = l3 + header_len;
         p.fragment = if offset != 0 {
             FRAGMENT_LATER
         } else {
@@ -491,6 +625,12 @@ fn parse_ipv6(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdi
     p.kind = KIND_IPV6;
     p.src = ip.src_addr;
     p.dst = ip.dst_addr;
+    p.hop_limit = ip.hop_limit;
+    // IPv4-mapped addresses never appear on the wire (RFC 4291, 2.5.5.2); the maps store
+    // IPv4 addresses in that form, so such a packet could pose as IPv4 traffic.
+    if ipv4_mapped(&p.src) || ipv4_mapped(&p.dst) {
+        return Err(Verdict::Malformed);
+    }
     let mut next = ip.next_hdr;
     let mut walked = 0usize;
     for _ in 0..MAX_IPV6_EXTENSIONS {
@@ -511,9 +651,16 @@ fn parse_ipv6(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdi
                 walked += 8;
                 let fragment = u16::from_be_bytes([h[2], h[3]]);
                 p.frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                p.frag_proto = next;
+                p.frag_offset = u32::from(fragment & 0xfff8);
+                p.frag_part_start = offset + 8;
                 if fragment & 0xfff8 != 0 {
                     p.fragment = FRAGMENT_LATER;
                     p.protocol = next;
+                    // One starting 8 bytes in would overwrite TCP's flags (RFC 1858).
+                    if p.frag_offset == 8 && next == ip::TCP {
+                        return Err(Verdict::Fragment);
+                    }
                     return Ok(());
                 }
                 if fragment & 1 != 0 {
@@ -532,6 +679,21 @@ fn parse_ipv6(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdi
     }
     p.protocol = next;
     parse_l4(frame, p, l3 + Ipv6Hdr::LEN + walked, payload_len - walked)
+}
+
+/// IGMP membership query (RFC 3376).
+pub const IGMP_MEMBERSHIP_QUERY: u8 = 0x11;
+
+/// An IPv6 link-local address (fe80::/10).
+#[inline(always)]
+pub fn ipv6_link_local(addr: &[u8; 16]) -> bool {
+    addr[0] == 0xfe && addr[1] & 0xc0 == 0x80
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:0:0/96`).
+#[inline(always)]
+pub fn ipv4_mapped(addr: &[u8; 16]) -> bool {
+    addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff
 }
 
 /// Parses the transport header at `offset`, of which the IP header says `available`
@@ -558,12 +720,20 @@ fn parse_l4(
             }
             let h: *const [u8; 20] = ptr_at(frame, offset).ok_or(Verdict::Malformed)?;
             let h = unsafe { &*h };
-            if h[12] >> 4 < 5 {
+            let header_len = (h[12] >> 4) as usize * 4;
+            if header_len < 20 {
                 return Err(Verdict::Malformed);
+            }
+            if available < header_len {
+                return Err(short);
             }
             p.src_port = u16::from_be_bytes([h[0], h[1]]);
             p.dst_port = u16::from_be_bytes([h[2], h[3]]);
+            p.tcp_seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            p.tcp_ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
             p.tcp_flags = h[13];
+            p.tcp_payload = (available - header_len) as u32;
+            p.l4_header_len = header_len;
             p.has_ports = true;
         }
         ip::UDP => {
@@ -577,6 +747,7 @@ fn parse_l4(
             }
             p.src_port = u16::from_be_bytes([h[0], h[1]]);
             p.dst_port = u16::from_be_bytes([h[2], h[3]]);
+            p.l4_header_len = 8;
             p.has_ports = true;
         }
         ip::ICMP | ip::ICMPV6 => {
@@ -592,10 +763,20 @@ fn parse_l4(
             p.icmp_type = h[0];
             // The echo identifier stands in for a port.
             p.src_port = u16::from_be_bytes([h[4], h[5]]);
+            p.l4_header_len = 8;
             p.has_ports = true;
             if p.is_nd_neighbour() {
                 parse_nd(frame, p, offset, available)?;
             }
+        }
+        ip::IGMP if p.kind == KIND_IPV4 => {
+            if available < 8 {
+                return Err(short);
+            }
+            let h: *const [u8; 8] = ptr_at(frame, offset).ok_or(Verdict::Malformed)?;
+            // SAFETY: bounds-checked by ptr_at.
+            p.icmp_type = unsafe { (*h)[0] };
+            p.l4_header_len = 8;
         }
         _ => {}
     }
@@ -665,7 +846,7 @@ pub fn quoted_key(frame: &impl Frame, p: &Packet, key: &mut ConnKey) -> bool {
         };
         let ip = unsafe { &*ip };
         let header_len = ip.ihl() as usize;
-        if header_len < Ipv4Hdr::LEN {
+        if ip.version() != 4 || header_len < Ipv4Hdr::LEN {
             return false;
         }
         key.src = mapped(ip.src_addr);
@@ -677,6 +858,10 @@ pub fn quoted_key(frame: &impl Frame, p: &Packet, key: &mut ConnKey) -> bool {
             return false;
         };
         let ip = unsafe { &*ip };
+        // An IPv6 header quoting IPv4-mapped addresses could only match IPv4 connections.
+        if ip.version() != 6 || ipv4_mapped(&ip.src_addr) || ipv4_mapped(&ip.dst_addr) {
+            return false;
+        }
         key.src = ip.src_addr;
         key.dst = ip.dst_addr;
         key.protocol = ip.next_hdr;
@@ -686,13 +871,14 @@ pub fn quoted_key(frame: &impl Frame, p: &Packet, key: &mut ConnKey) -> bool {
         return false;
     };
     let h = unsafe { &*h };
+    key._pad = [0; 3];
     match key.protocol {
         ip::TCP | ip::UDP => {
             key.src_port = u16::from_be_bytes([h[0], h[1]]);
             key.dst_port = u16::from_be_bytes([h[2], h[3]]);
             true
         }
-        ip::ICMP | ip::ICMPV6 => {
+        ip::ICMP | ip::ICMPV6 if (key.protocol == ip::ICMP) == (p.kind == KIND_IPV4) => {
             // Only a quoted echo request belongs to a tracked connection.
             let echo = if key.protocol == ip::ICMP {
                 icmp4::ECHO_REQUEST

@@ -5,53 +5,111 @@ use isolator_common::Verdict;
 
 use crate::packet::{KIND_ARP, Packet};
 use crate::proto::{arp, icmp6};
-use crate::rules::{Place, exposed_any, management_address, neighbours, place};
+use crate::rules::{Place, exposed_any, gateway, management_address, neighbours, place};
 use crate::vif::{Vif, cross};
 use crate::{CONTINUE, Step, decide};
 
-/// Step 1 of ingress: ARP and neighbour solicitations/advertisements a VM sends, judged
-/// by the address they concern; other neighbour discovery (router solicitations, and
-/// advertisements and redirects the guard let through) is link-local control and passes.
-#[inline(always)]
+/// Address resolution a VM sends: ARP, and neighbour discovery that is what it claims
+/// (hop limit 255) and stays on the link (a link-scope destination; for a unicast
+/// neighbour solicitation or advertisement, an address of a segment). Neighbour
+/// solicitations and advertisements and ARP are judged by the address they concern;
+/// router solicitations (and advertisements and redirects the guard let through) pass.
+/// Anything else that looks like neighbour discovery is ordinary ICMPv6 to the rules.
+#[inline(never)]
 pub fn ingress(vif: &Vif, p: &Packet) -> Step {
-    if p.kind == KIND_ARP || p.is_nd_neighbour() {
-        let about = about(p);
-        if management_address(vif.generation, p.is_v4(), about) {
-            return decide(Verdict::Management);
-        }
-        return match place(vif.generation, p.is_v4(), about) {
-            Place::Outside => decide(Verdict::Pass),
-            Place::Segment(s) if s == vif.segment => decide(Verdict::Pass),
-            Place::Segment(s) if allowed(vif.generation, vif.segment, s, p) => {
-                decide(Verdict::Pass)
-            }
-            Place::Segment(s) => decide(cross(vif, s)),
-        };
+    if p.kind == KIND_ARP {
+        return by_address_concerned(vif, p);
     }
-    if p.is_nd() {
+    if !p.is_link_nd() {
+        return CONTINUE;
+    }
+    let link_scope = p.dst_link_scope_multicast() || p.dst_ipv6_link_local();
+    if p.is_nd_neighbour() {
+        if link_scope || place(vif.generation, false, &p.dst) != Place::Outside {
+            return by_address_concerned(vif, p);
+        }
+        return CONTINUE;
+    }
+    if link_scope {
         return decide(Verdict::Pass);
     }
     CONTINUE
 }
 
-/// Step 2 of egress: address resolution delivered to a VM from another segment passes
-/// only if it concerns an address of the VM's segment and a flow joins the two or the
-/// address concerned (or the sender) is exposed. From outside (routers, the host) it passes.
+/// ARP or a neighbour solicitation/advertisement from a VM, judged by the address it
+/// concerns: outside every segment or in the sender's own → pass; in another segment →
+/// only if the two may resolve each other; a management address → never.
 #[inline(always)]
-pub fn egress(vif: &Vif, source: Place, p: &Packet) -> Step {
+fn by_address_concerned(vif: &Vif, p: &Packet) -> Step {
+    let about = about(p);
+    if management_address(vif.generation, p.is_v4(), about) {
+        return decide(Verdict::Management);
+    }
+    match place(vif.generation, p.is_v4(), about) {
+        Place::Outside => decide(Verdict::Pass),
+        Place::Segment(s) if s == vif.segment => decide(Verdict::Pass),
+        Place::Segment(s) if allowed(vif.generation, vif.segment, s, p) => decide(Verdict::Pass),
+        Place::Segment(s) => decide(cross(vif, s)),
+    }
+}
+
+/// Address resolution delivered to a VM. From another segment it passes only if it
+/// concerns an address of the VM's segment and the two may resolve each other. From
+/// outside (routers, the host, uplinks): ARP passes unless it claims an address of a
+/// segment (other than a gateway of the VM's segment), which would let an outside host
+/// divert a VM's traffic; neighbour discovery passes only as what it claims to be (hop
+/// limit 255) from a link-local, unspecified or gateway source, and an advertisement
+/// may not claim an address of a segment either.
+#[inline(never)]
+pub fn egress(vif: &Vif, sender: Place, p: &Packet) -> Step {
     if p.kind != KIND_ARP && !p.is_nd() {
         return CONTINUE;
     }
-    let Place::Segment(s) = source else {
-        return decide(Verdict::Pass);
+    let Place::Segment(s) = sender else {
+        return from_outside(vif, p);
     };
-    if (p.kind == KIND_ARP || p.is_nd_neighbour())
+    if (p.kind == KIND_ARP || (p.is_link_nd() && p.is_nd_neighbour()))
         && place(vif.generation, p.is_v4(), about(p)) == Place::Segment(vif.segment)
         && allowed(vif.generation, s, vif.segment, p)
     {
         return decide(Verdict::Pass);
     }
     decide(cross(vif, s))
+}
+
+#[inline(always)]
+fn from_outside(vif: &Vif, p: &Packet) -> Step {
+    if p.kind == KIND_ARP {
+        // Probes (sender 0.0.0.0) claim nothing.
+        let probe = p.src[12..].iter().all(|b| *b == 0);
+        if !probe && claims_segment_address(vif, true, &p.src) {
+            return decide(Verdict::ArpSpoof);
+        }
+        return decide(Verdict::Pass);
+    }
+    if !p.is_link_nd() {
+        return CONTINUE;
+    }
+    let source_ok = p.src_ipv6_link_local()
+        || p.source_unspecified()
+        || gateway(vif.generation, vif.segment, &p.src).is_some();
+    if !source_ok {
+        return CONTINUE;
+    }
+    if p.icmp_type == icmp6::NEIGHBOUR_ADVERTISEMENT
+        && claims_segment_address(vif, false, &p.nd_target)
+    {
+        return decide(Verdict::NdSpoof);
+    }
+    decide(Verdict::Pass)
+}
+
+/// An address of some segment that is not a gateway of the VM's own: no host outside
+/// the segments may speak for it.
+#[inline(always)]
+fn claims_segment_address(vif: &Vif, v4: bool, addr: &[u8; 16]) -> bool {
+    place(vif.generation, v4, addr) != Place::Outside
+        && gateway(vif.generation, vif.segment, addr).is_none()
 }
 
 /// The address an ARP or neighbour discovery frame concerns on the receiving side: the

@@ -1,10 +1,14 @@
 //! Where addresses lie and what the policy's rules admit: segments by prefix, management
-//! prefixes, exposed endpoints, flows between segments.
+//! prefixes, the host and gateways, exposed endpoints, flows between segments.
 
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
-use isolator_common::{Ipv4PrefixKey, Ipv6PrefixKey, PairKey, RuleSet, protocol, unmapped};
+use isolator_common::{
+    AddrKey, GatewayKey, Ipv4PrefixKey, Ipv6PrefixKey, PairKey, RuleSet, protocol, unmapped,
+};
 
-use crate::maps::{EXPOSED_V4, EXPOSED_V6, FLOWS, MANAGEMENT_V4, MANAGEMENT_V6, NEIGHBOURS};
+use crate::maps::{
+    EXPOSED_V4, EXPOSED_V6, FLOWS, GATEWAYS, HOST_ADDRS, MANAGEMENT_V4, MANAGEMENT_V6, NEIGHBOURS,
+};
 use crate::maps::{PREFIXES_V4, PREFIXES_V6};
 use crate::packet::Packet;
 use crate::proto::ip;
@@ -45,7 +49,7 @@ pub fn place(generation: u32, v4: bool, addr: &[u8; 16]) -> Place {
 }
 
 /// Whether any rule of `rules` admits the packet.
-#[inline(always)]
+#[inline(never)]
 pub fn admits(rules: &RuleSet, p: &Packet) -> bool {
     let class = if p.is_icmp() {
         protocol::ICMP
@@ -56,9 +60,13 @@ pub fn admits(rules: &RuleSet, p: &Packet) -> bool {
     rules.admits(class, if has_ports { Some(p.dst_port) } else { None })
 }
 
-/// The destination is a management address for this protocol and port.
+/// The destination is a management address for this protocol and port, or a loopback
+/// address (which no frame on a link may carry).
 #[inline(always)]
 pub fn management(generation: u32, p: &Packet) -> bool {
+    if p.dst_loopback() {
+        return true;
+    }
     match lpm_lookup(
         &MANAGEMENT_V4,
         &MANAGEMENT_V6,
@@ -124,5 +132,50 @@ pub fn neighbours(generation: u32, a: u32, b: u32) -> bool {
                 to: b,
             })
             .is_some()
+    }
+}
+
+/// The address is a gateway of `segment` (the host's or a router's address there).
+#[inline(always)]
+pub fn gateway(generation: u32, segment: u32, addr: &[u8; 16]) -> Option<&'static RuleSet> {
+    let key = GatewayKey {
+        generation,
+        segment,
+        addr: *addr,
+    };
+    // SAFETY: the rule set is read within this run.
+    unsafe { GATEWAYS.get(key) }
+}
+
+/// What the policy says about a destination that is the host itself or a gateway.
+pub enum HostVerdict {
+    /// Neither: judged by the other rules.
+    NotHost,
+    /// A gateway of the sender's segment, for a service its VMs may use there.
+    Service,
+    /// The host (or a gateway) for anything else: `management`.
+    Protected,
+}
+
+/// Whether the packet is for the host itself (one of its own addresses) or a gateway of
+/// the sender's segment, and if so whether the service is one the segment may use.
+#[inline(always)]
+pub fn host(generation: u32, sender: u32, p: &Packet) -> HostVerdict {
+    if let Some(rules) = gateway(generation, sender, &p.dst) {
+        return if admits(rules, p) {
+            HostVerdict::Service
+        } else {
+            HostVerdict::Protected
+        };
+    }
+    let key = AddrKey {
+        generation,
+        addr: p.dst,
+    };
+    // SAFETY: only the presence of the entry is read.
+    if unsafe { HOST_ADDRS.get(key) }.is_some() {
+        HostVerdict::Protected
+    } else {
+        HostVerdict::NotHost
     }
 }

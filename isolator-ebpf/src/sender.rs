@@ -1,65 +1,53 @@
-//! Who sent a frame that is delivered to a VM.
+//! Who sent a frame that is delivered to a VM: decided by the interface it entered the
+//! host through (`__sk_buff.ingress_ifindex`), never by a MAC or an address it claims
+//! (invariant I8).
+//!
+//! - a managed vif: the vif's segment (its source guard already ran on the frame);
+//! - a link the policy trusts as an uplink for some segments: the segment of the source
+//!   address, if the link is trusted for it, else outside;
+//! - any other link the daemon knows, or the host's own stack (ifindex 0): outside;
+//! - a quarantined vif, or a link the daemon has not classified yet: the frame is dropped
+//!   (`unknown_interface`): fail closed.
 
-use isolator_common::{MacKey, VifKey};
+use isolator_common::{LinkInfo, UplinkKey, Verdict, VifInfo, VifKey};
 
-use crate::maps::{MAC_VIFS, VIFS};
+use crate::maps::{LINKS, UPLINKS, VIFS};
 use crate::packet::Packet;
 use crate::rules::{Place, place};
 
-/// Where a delivered frame comes from: the segment of its source address, else the
-/// segment of the vif its source MAC was last seen sending on (link-local and unspecified
-/// sources), else outside.
+/// The place of the sender of a frame that entered the host through `ingress_ifindex`.
 #[inline(always)]
-pub fn source_place(generation: u32, p: &Packet) -> Place {
-    let by_address = place(generation, p.is_v4(), &p.src);
-    if by_address != Place::Outside {
-        return by_address;
+pub fn of(generation: u32, ingress_ifindex: u32, p: &Packet) -> Result<Place, Verdict> {
+    if ingress_ifindex == 0 {
+        return Ok(Place::Outside);
     }
-    mac_place(generation, &p.src_mac)
-}
-
-/// The segment of the vif a unicast MAC was last seen sending on, else outside.
-#[inline(always)]
-pub fn mac_place(generation: u32, mac: &[u8; 6]) -> Place {
-    if mac[0] & 1 != 0 {
-        return Place::Outside;
+    let key = VifKey {
+        generation,
+        ifindex: ingress_ifindex,
+    };
+    // SAFETY: the value is copied out at once.
+    if let Some(vif) = unsafe { VIFS.get(key) }.copied() {
+        if vif.flags & VifInfo::QUARANTINED != 0 {
+            return Err(Verdict::UnknownInterface);
+        }
+        return Ok(Place::Segment(vif.segment));
     }
-    let key = MacKey {
-        addr: *mac,
-        _pad: [0; 2],
+    // SAFETY: the value is copied out at once.
+    let Some(link) = unsafe { LINKS.get(key) }.copied() else {
+        return Err(Verdict::UnknownInterface);
     };
-    // SAFETY: the ifindex is read at once.
-    let Some(ifindex) = (unsafe { MAC_VIFS.get(key) }) else {
-        return Place::Outside;
-    };
-    // SAFETY: the segment is read at once.
-    match unsafe {
-        VIFS.get(VifKey {
+    if link.flags & LinkInfo::UPLINK != 0
+        && let Place::Segment(segment) = place(generation, p.is_v4(), &p.src)
+    {
+        let trust = UplinkKey {
             generation,
-            ifindex: *ifindex,
-        })
-    } {
-        Some(vif) => Place::Segment(vif.segment),
-        None => Place::Outside,
-    }
-}
-
-/// Remembers which vif a source MAC sends from (for [`source_place`]).
-#[inline(always)]
-pub fn learn_mac(mac: &[u8; 6], ifindex: u32) {
-    // Group addresses are never a sender's.
-    if mac[0] & 1 != 0 {
-        return;
-    }
-    let key = MacKey {
-        addr: *mac,
-        _pad: [0; 2],
-    };
-    // SAFETY: the ifindex is read at once.
-    match unsafe { MAC_VIFS.get(key) } {
-        Some(known) if *known == ifindex => {}
-        _ => {
-            let _ = MAC_VIFS.insert(key, ifindex, 0);
+            ifindex: ingress_ifindex,
+            segment,
+        };
+        // SAFETY: only the presence of the entry is read.
+        if unsafe { UPLINKS.get(trust) }.is_some() {
+            return Ok(Place::Segment(segment));
         }
     }
+    Ok(Place::Outside)
 }

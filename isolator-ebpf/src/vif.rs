@@ -28,13 +28,18 @@ pub fn identify(ifindex: u32) -> Option<Vif> {
         })
     }?;
     let segment = vif.segment;
-    // SAFETY: as above.
-    let info = *unsafe {
-        SEGMENTS.get(SegmentKey {
-            generation,
-            segment,
-        })
-    }?;
+    let info = if vif.flags & VifInfo::QUARANTINED != 0 {
+        // Not in a segment: judged by nothing but its quarantine.
+        SegmentInfo::default()
+    } else {
+        // SAFETY: as above.
+        *unsafe {
+            SEGMENTS.get(SegmentKey {
+                generation,
+                segment,
+            })
+        }?
+    };
     Some(Vif {
         generation,
         ifindex,
@@ -42,6 +47,14 @@ pub fn identify(ifindex: u32) -> Option<Vif> {
         vif,
         info,
     })
+}
+
+impl Vif {
+    /// The vif looks like a VM's but is not enforceable as one: everything drops.
+    #[inline(always)]
+    pub fn quarantined(&self) -> bool {
+        self.vif.flags & VifInfo::QUARANTINED != 0
+    }
 }
 
 /// Whether the vif may tag its frames with VLAN id `vlan`.

@@ -76,10 +76,7 @@ fn run() -> anyhow::Result<()> {
         let c = std::ffi::CString::new(name)?;
         // SAFETY: c is a valid NUL-terminated string.
         let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        links.push(Link {
-            name: name.to_string(),
-            ifindex,
-        });
+        links.push(Link::veth(name, ifindex));
     }
     let policy = policy::parse(POLICY, "bench.yaml").map_err(|d| anyhow::anyhow!("{d}"))?;
     let plan = Plan::new(&policy, &links)?;
@@ -179,7 +176,8 @@ fn run() -> anyhow::Result<()> {
 /// exposure removed (everything revoked: listing, judging and deleting).
 fn recheck(dp: &mut Dataplane, links: &[Link]) -> anyhow::Result<()> {
     let db = links[1].ifindex;
-    let capacity = isolator_common::limits::MAX_CONNECTIONS;
+    // One vif's table of connections being opened (SYNs without answers stay there).
+    let capacity = isolator_common::limits::OPENING_PER_VIF;
     let started = Instant::now();
     for i in 0..capacity {
         // Distinct clients of db (10.1.2.1-254) on distinct ports, SYN to web's exposed

@@ -1,7 +1,9 @@
 //! Compiling a validated policy and the host's live links into the entries of one
 //! policy generation of the kernel maps. Pure: no kernel access, unit-tested.
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use isolator_common::{Rule, RuleSet, SegmentInfo, Settings, VifInfo, limits, protocol};
@@ -11,10 +13,129 @@ const NANOS: u64 = 1_000_000_000;
 use crate::policy::{Egress, Mode, Policy, Protocol, Service};
 
 /// A network interface of the host, as netlink reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Link {
     pub name: String,
     pub ifindex: u32,
+    /// The link kind (`IFLA_INFO_KIND`: `veth`, `tun`, `macvtap`, …); empty for a
+    /// physical device.
+    pub kind: String,
+}
+
+impl Link {
+    /// A link of kind `veth` (what the lab and most container hosts use).
+    pub fn veth(name: &str, ifindex: u32) -> Link {
+        Link {
+            name: name.to_string(),
+            ifindex,
+            kind: VETH.to_string(),
+        }
+    }
+}
+
+/// Link kinds that can be a vif: on these, what the VM sends is received by the host
+/// side (XDP, TC ingress) and what it receives is transmitted (TC egress). On macvtap,
+/// macvlan, ipvlan and ipvtap it is the other way round, so they are refused rather than
+/// judged in the wrong direction.
+pub const VIF_KINDS: [&str; 2] = [VETH, TUN];
+const VETH: &str = "veth";
+/// Tap devices (`ip tuntap`, qemu's vhost-net) report the kind `tun`.
+const TUN: &str = "tun";
+
+/// What the daemon sees of the host: every link and every address of its namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostView {
+    pub links: Vec<Link>,
+    /// The host's own addresses (on any link).
+    pub addresses: Vec<IpAddr>,
+}
+
+impl From<&[Link]> for HostView {
+    /// A host with these links and no addresses.
+    fn from(links: &[Link]) -> HostView {
+        HostView {
+            links: links.to_vec(),
+            addresses: Vec::new(),
+        }
+    }
+}
+
+impl From<&Vec<Link>> for HostView {
+    fn from(links: &Vec<Link>) -> HostView {
+        HostView::from(links.as_slice())
+    }
+}
+
+impl From<&HostView> for HostView {
+    fn from(host: &HostView) -> HostView {
+        host.clone()
+    }
+}
+
+/// Why an interface that looks like a VM's is not enforced as one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Quarantine {
+    /// Its name matches the hypervisor's vif naming scheme (`vif_names`), but no
+    /// segment's `interfaces`.
+    Unclassified,
+    /// A segment names it, but its link kind cannot be enforced as a vif.
+    UnsupportedKind(String),
+}
+
+impl fmt::Display for Quarantine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Quarantine::Unclassified => f.write_str(
+                "its name matches vif_names but no segment's interfaces: classify it in the policy",
+            ),
+            Quarantine::UnsupportedKind(kind) if kind.is_empty() => write!(
+                f,
+                "it is a physical device, which cannot be enforced as a vif (supported kinds: {})",
+                VIF_KINDS.join(", ")
+            ),
+            Quarantine::UnsupportedKind(kind) => write!(
+                f,
+                "its link kind {kind:?} cannot be enforced as a vif (supported: {}); use a tap or veth",
+                VIF_KINDS.join(", ")
+            ),
+        }
+    }
+}
+
+impl Quarantine {
+    /// The `reason` label of the refused-interface metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Quarantine::Unclassified => "unclassified",
+            Quarantine::UnsupportedKind(_) => "unsupported_kind",
+        }
+    }
+}
+
+/// An interface the programs are attached to but that passes nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuarantinedVif {
+    pub name: String,
+    pub ifindex: u32,
+    pub why: Quarantine,
+}
+
+/// A link of the host that is not a vif: frames entering through it come from outside
+/// every segment, unless it is an uplink trusted for the segment of their source address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostLink {
+    pub name: String,
+    pub ifindex: u32,
+    /// Segments that trust it as an uplink, sorted.
+    pub uplink_for: Vec<u32>,
+}
+
+/// A gateway address of a segment and the services its VMs may use there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayPlan {
+    pub segment: u32,
+    pub address: IpAddr,
+    pub services: RuleSet,
 }
 
 /// A segment with the numeric ids the kernel maps use.
@@ -65,6 +186,15 @@ pub struct Plan {
     pub flows: Vec<((u32, u32), RuleSet)>,
     /// Segment pairs joined by a flow in either direction, both orders.
     pub neighbours: Vec<(u32, u32)>,
+    /// Interfaces that look like VMs' but are not enforceable as such, sorted by ifindex:
+    /// attached, and everything dropped.
+    pub quarantined: Vec<QuarantinedVif>,
+    /// Every other link of the host, sorted by ifindex.
+    pub links: Vec<HostLink>,
+    /// The host's own addresses.
+    pub host_addresses: Vec<IpAddr>,
+    /// Gateways of the segments.
+    pub gateways: Vec<GatewayPlan>,
 }
 
 /// Why a policy cannot be put into the kernel maps as it is.
@@ -122,9 +252,12 @@ impl fmt::Display for PlanError {
 impl std::error::Error for PlanError {}
 
 impl Plan {
-    /// Numbers the policy's segments and assigns each link the policy matches to its
-    /// segment. Links that no pattern matches are not managed.
-    pub fn new(policy: &Policy, links: &[Link]) -> Result<Plan, PlanError> {
+    /// Numbers the policy's segments and sorts the host's links: each link a segment's
+    /// `interfaces` match is a vif of that segment (or quarantined if its kind cannot be
+    /// enforced), a link `vif_names` matches but no segment is quarantined, and every
+    /// other link is the host's own (an uplink for the segments that trust it).
+    pub fn new(policy: &Policy, host: impl Into<HostView>) -> Result<Plan, PlanError> {
+        let host = host.into();
         let ct = &policy.connection_tracking;
         let mut plan = Plan {
             settings: Settings {
@@ -212,7 +345,7 @@ impl Plan {
         }
         plan.neighbours = neighbours.into_iter().collect();
 
-        let mut links: Vec<&Link> = links.iter().collect();
+        let mut links: Vec<&Link> = host.links.iter().collect();
         links.sort_by_key(|l| l.ifindex);
         for link in links {
             let mut owner: Option<(u32, &crate::policy::Interface)> = None;
@@ -229,7 +362,17 @@ impl Plan {
                 }
                 owner = Some((*id, interface));
             }
+            let quarantine = |why| QuarantinedVif {
+                name: link.name.clone(),
+                ifindex: link.ifindex,
+                why,
+            };
             if let Some((segment, interface)) = owner {
+                if !VIF_KINDS.contains(&link.kind.as_str()) {
+                    plan.quarantined
+                        .push(quarantine(Quarantine::UnsupportedKind(link.kind.clone())));
+                    continue;
+                }
                 plan.vifs.push(ManagedVif {
                     name: link.name.clone(),
                     ifindex: link.ifindex,
@@ -238,11 +381,56 @@ impl Plan {
                     addresses: interface.addresses.clone(),
                     vlans: interface.vlans.clone(),
                 });
+            } else if policy.vif_names.iter().any(|p| p.matches(&link.name)) {
+                plan.quarantined.push(quarantine(Quarantine::Unclassified));
+            } else {
+                let uplink_for = by_id
+                    .iter()
+                    .filter(|(_, s)| s.uplinks.iter().any(|p| p.matches(&link.name)))
+                    .map(|(id, _)| *id)
+                    .collect();
+                plan.links.push(HostLink {
+                    name: link.name.clone(),
+                    ifindex: link.ifindex,
+                    uplink_for,
+                });
+            }
+        }
+        let addresses: BTreeSet<IpAddr> = host.addresses.iter().copied().collect();
+        plan.host_addresses = addresses.into_iter().collect();
+        for (id, segment) in &by_id {
+            for gateway in &segment.gateways {
+                let what = format!(
+                    "the services of gateway {} of {}",
+                    gateway.address,
+                    plan.segment_label(*id)
+                );
+                plan.gateways.push(GatewayPlan {
+                    segment: *id,
+                    address: gateway.address,
+                    services: allowed_services(&what, &gateway.services)?,
+                });
             }
         }
 
         check_limit("segments", plan.segments.len(), limits::MAX_SEGMENTS)?;
-        check_limit("interfaces", plan.vifs.len(), limits::MAX_VIFS)?;
+        check_limit(
+            "interfaces",
+            plan.vifs.len() + plan.quarantined.len(),
+            limits::MAX_VIFS,
+        )?;
+        check_limit("other links", plan.links.len(), limits::MAX_LINKS)?;
+        check_limit(
+            "trusted uplinks",
+            plan.links.iter().map(|l| l.uplink_for.len()).sum(),
+            limits::MAX_UPLINKS,
+        )?;
+        check_limit(
+            "host addresses",
+            plan.host_addresses.len(),
+            limits::MAX_HOST_ADDRS,
+        )?;
+        check_limit("gateways", plan.gateways.len(), limits::MAX_GATEWAYS)?;
         check_limit("IPv4 prefixes", plan.v4.len(), limits::MAX_PREFIXES)?;
         check_limit("IPv6 prefixes", plan.v6.len(), limits::MAX_PREFIXES)?;
         check_limit(
@@ -392,6 +580,15 @@ fn rule_set(what: &str, services: &[Service]) -> Result<RuleSet, PlanError> {
     Ok(set)
 }
 
+/// The rule set of services a gateway allows: an empty list allows none (unlike a
+/// management prefix's, where it protects every service).
+fn allowed_services(what: &str, services: &[Service]) -> Result<RuleSet, PlanError> {
+    if services.is_empty() {
+        return Ok(RuleSet::default());
+    }
+    rule_set(what, services)
+}
+
 /// For each distinct prefix, the rule set of every entry whose prefix contains it: the
 /// kernel's longest-prefix match then finds all services that apply to an address.
 /// An entry with no services stands for every protocol and port.
@@ -457,13 +654,7 @@ tenants:
 "#;
 
     fn links(names: &[(&str, u32)]) -> Vec<Link> {
-        names
-            .iter()
-            .map(|(n, i)| Link {
-                name: n.to_string(),
-                ifindex: *i,
-            })
-            .collect()
+        names.iter().map(|(n, i)| Link::veth(n, *i)).collect()
     }
 
     fn plan(links_: &[(&str, u32)]) -> Plan {
@@ -645,7 +836,7 @@ tenants:
 
     fn full_plan() -> Plan {
         let policy = policy::parse(FULL, "full.yaml").expect("the full test policy is valid");
-        Plan::new(&policy, &[]).expect("plan")
+        Plan::new(&policy, &HostView::default()).expect("plan")
     }
 
     /// (protocol, first port, last port) of each rule.

@@ -1,33 +1,43 @@
 //! `isolator run`: load the policy, enforce it on every matching interface, follow
-//! interfaces as they come and go, reload the policy on SIGHUP, serve `/metrics` and
-//! `/healthz`, and detach everything on SIGINT/SIGTERM.
+//! interfaces and addresses as they come and go, reload the policy on SIGHUP, serve
+//! `/metrics` and `/healthz`, and detach everything on SIGINT/SIGTERM (or, with
+//! `--persist`, leave it enforcing for the next daemon).
 //!
-//! Every change goes through [`reconcile`]: list the links, compile a plan from the
-//! policy and the links, swap it into the kernel all at once, then attach to the new
-//! vifs and detach from the ones that are gone. A policy that does not validate, or a
-//! plan the kernel refuses, leaves the running policy in force.
+//! Three parts, and no lock shared between them:
+//!
+//! - the **dataplane thread** owns the kernel side ([`Dataplane`]): every blocking kernel
+//!   call runs there, one command at a time (apply a plan, scrape the counters, stop), and
+//!   it sweeps idle connections in between;
+//! - the **controller** task owns the policy and the one netlink connection: link and
+//!   address events (gathered for a moment), SIGHUP, a periodic full resync, and retries
+//!   after a failure each lead to one reconcile: list the host, compile a plan, hand it to
+//!   the dataplane thread, publish the outcome. A policy that does not validate, or a plan
+//!   the kernel refuses, leaves the running policy in force; a reconcile that fails shows
+//!   in `/healthz` and the metrics and is retried;
+//! - the **HTTP server** serves `/metrics` (a scrape from the dataplane thread) and
+//!   `/healthz` (the published status).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use axum::{
     Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
 };
-use futures::StreamExt as _;
-use rtnetlink::sys::AsyncSocket as _;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::compile::Plan;
-use crate::dataplane::{AttachMode, Dataplane};
-use crate::metrics::{self, ConntrackStats, Inventory, ReloadStats};
+use crate::dataplane::{AttachMode, Dataplane, DataplaneError, KernelLogger};
+use crate::metrics::{self, ConntrackStats, DaemonStats, Inventory, Refused, ReloadStats, Scrape};
+use crate::netlink::Netlink;
 use crate::policy::Policy;
 use crate::recheck::Recheck;
-use crate::{error_chain, netlink, policy};
+use crate::{error_chain, policy};
 
 /// Where `/metrics` and `/healthz` are served unless `--metrics-addr` says otherwise.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9647";
@@ -44,42 +54,29 @@ pub struct RunOptions {
     pub persist: bool,
 }
 
-/// How often idle tracked connections are swept from the kernel table.
+/// How often idle tracked connections are swept from the kernel tables.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// How long link events are gathered before the daemon reconciles once for all of them.
-const LINK_SETTLE: Duration = Duration::from_millis(50);
+/// How long link and address events are gathered before one reconcile handles them all.
+const EVENT_SETTLE: Duration = Duration::from_millis(20);
 
-/// rtnetlink multicast group mask of link events.
-const RTMGRP_LINK: u32 = 1;
+/// How often the whole host is listed again even without events (a missed event, or a
+/// change netlink does not report, is caught up with here).
+const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 
-struct Shared {
-    /// Held for a whole [`reconcile`]: one change at a time.
-    reconciling: tokio::sync::Mutex<()>,
-    dataplane: Mutex<Dataplane>,
-    state: RwLock<Enforced>,
-    /// Connection tracking figures kept by the daemon.
-    tally: Mutex<Tally>,
-}
+/// Retries of a failed reconcile: the first after this, doubling up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// What is in force.
-struct Enforced {
-    policy: Policy,
-    plan: Plan,
+/// What the daemon says about itself: `/healthz` and part of `/metrics`.
+#[derive(Clone, Debug, Default)]
+struct Status {
     inventory: Inventory,
-    /// Interfaces the policy manages but the programs could not be attached to.
-    failures: Vec<String>,
-}
-
-#[derive(Default)]
-struct Tally {
-    /// Idle connections the sweep removed.
-    swept: u64,
-    /// Connections removed because a new policy no longer admits them.
-    revoked: u64,
-    /// Highest eviction count reported so far (the estimate can dip while the table
-    /// changes between the reads it is made of; a counter must not).
-    evicted: u64,
+    /// Interfaces not enforced as vifs: (name, why, metric reason).
+    refused: Vec<(String, String, &'static str)>,
+    /// Why the kernel is not in line with the policy and the host, while that lasts.
+    reconcile_error: Option<String>,
+    reconcile_failures: u64,
     reloads: ReloadStats,
 }
 
@@ -99,80 +96,58 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             )
         })?;
 
-    // Subscribe to link events before listing the links, so that none is missed.
-    let (mut connection, _handle, mut link_events) =
-        rtnetlink::new_connection().context("opening a netlink socket for link events")?;
-    connection
-        .socket_mut()
-        .socket_mut()
-        .bind(&rtnetlink::sys::SocketAddr::new(0, RTMGRP_LINK))
-        .context("subscribing to link events")?;
-    let link_task = tokio::spawn(connection);
+    // Subscribe to events before listing anything, so that no change is missed.
+    let netlink = Netlink::open()?;
 
-    let dataplane = Dataplane::load_pinned(&opts.state_dir).with_context(|| {
-        format!(
-            "loading the kernel programs with their state in {} (are you root, kernel >= \
+    let state_dir = opts.state_dir.clone();
+    let mut dataplane = tokio::task::spawn_blocking(move || Dataplane::load_pinned(&state_dir))
+        .await
+        .context("loading the kernel programs")?
+        .with_context(|| {
+            format!(
+                "loading the kernel programs with their state in {} (are you root, kernel >= \
                  6.6, bpffs mounted at /sys/fs/bpf?)",
-            opts.state_dir.display()
-        )
-    })?;
-    let shared = Arc::new(Shared {
-        reconciling: tokio::sync::Mutex::new(()),
-        dataplane: Mutex::new(dataplane),
-        state: RwLock::new(Enforced {
-            policy: policy.clone(),
-            plan: Plan::default(),
-            inventory: Inventory::default(),
-            failures: Vec::new(),
-        }),
-        tally: Mutex::new(Tally::default()),
-    });
-    reconcile(&shared, Some(policy))
+                opts.state_dir.display()
+            )
+        })?;
+    let kernel_log = dataplane.take_kernel_logger();
+    let kernel = KernelHandle::spawn(dataplane);
+    if let Some(logger) = kernel_log {
+        tokio::spawn(follow_kernel_log(logger));
+    }
+
+    let (status_tx, status) = watch::channel(Status::default());
+    let mut controller = Controller {
+        config: opts.config.clone(),
+        policy,
+        netlink,
+        kernel: kernel.clone(),
+        status: status_tx,
+        failing_since_retry: RETRY_FIRST,
+    };
+    controller
+        .reconcile(None)
         .await
         .context("putting the policy into effect")?;
 
-    let sweeper = tokio::spawn(sweep_connections(shared.clone()));
-    let follower = {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            while link_events.next().await.is_some() {
-                // Gather the burst (a VM start brings several events), then reconcile once.
-                tokio::time::sleep(LINK_SETTLE).await;
-                while let Ok(Some(_)) =
-                    tokio::time::timeout(Duration::ZERO, link_events.next()).await
-                {}
-                if let Err(e) = reconcile(&shared, None).await {
-                    error!(error = %format!("{e:#}"), "following an interface change failed; the previous state stays in force");
-                }
-            }
-            warn!("the link event stream ended: interfaces are no longer followed");
-        })
-    };
-    let reloader = {
-        let shared = shared.clone();
-        let config = opts.config.clone();
-        let mut hangup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
-        tokio::spawn(async move {
-            while hangup.recv().await.is_some() {
-                reload(&shared, &config).await;
-            }
-        })
-    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let controller_task = tokio::spawn(controller.run(stop_rx));
 
     let app = Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(serve_health))
-        .with_state(shared.clone());
+        .with_state(Http {
+            kernel: kernel.clone(),
+            status,
+        });
     info!(addr = %opts.metrics_addr, "serving /metrics and /healthz");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;
 
-    for task in [sweeper, follower, reloader, link_task] {
-        task.abort();
-    }
-    let mut dataplane = shared.dataplane.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = stop_tx.send(true);
+    let _ = controller_task.await;
     if opts.persist {
         info!(
             state_dir = %opts.state_dir.display(),
@@ -180,7 +155,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let failed = dataplane.shut_down(Some(&opts.state_dir));
+    let failed = kernel.shut_down(opts.state_dir.clone()).await?;
     for (name, e) in &failed {
         error!(device = %name, error = %error_chain(e), "detaching failed");
     }
@@ -194,155 +169,451 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP: validate the file again and put it into effect, or keep the running policy.
-async fn reload(shared: &Shared, config: &std::path::Path) {
-    info!(config = %config.display(), "SIGHUP: reloading the policy");
-    let outcome = match policy::load(config) {
-        Err(diagnostics) => Err(anyhow!(
-            "{diagnostics}the new policy is not valid; the running policy stays in force"
-        )),
-        Ok(policy) => {
-            let summary = policy.summary();
-            reconcile(shared, Some(policy))
-                .await
-                .map(|()| summary)
-                .context("the new policy could not be put into effect; the running policy stays in force")
+/// The controller: the one place that decides what the kernel should enforce.
+struct Controller {
+    config: PathBuf,
+    /// The policy in force.
+    policy: Policy,
+    netlink: Netlink,
+    kernel: KernelHandle,
+    status: watch::Sender<Status>,
+    /// The wait before the next retry while reconciles fail.
+    failing_since_retry: Duration,
+}
+
+impl Controller {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGHUP: reloads are off");
+                return;
+            }
+        };
+        let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+        resync.tick().await;
+        loop {
+            let failing = self.status.borrow().reconcile_error.is_some();
+            let retry = self.failing_since_retry;
+            tokio::select! {
+                _ = stop.changed() => return,
+                event = self.netlink.next_event() => match event {
+                    Some(()) => {
+                        // Gather the burst (a VM start brings several events).
+                        tokio::time::sleep(EVENT_SETTLE).await;
+                        self.netlink.drain_events();
+                        let _ = self.reconcile(None).await;
+                    }
+                    None => self.reopen_netlink(&mut stop).await,
+                },
+                Some(()) = hangup.recv() => self.reload().await,
+                _ = resync.tick() => {
+                    debug!("periodic resync");
+                    let _ = self.reconcile(None).await;
+                }
+                _ = tokio::time::sleep(retry), if failing => {
+                    info!("retrying after a failed reconcile");
+                    let _ = self.reconcile(None).await;
+                }
+            }
         }
-    };
-    let mut tally = shared.tally.lock().unwrap_or_else(|p| p.into_inner());
-    match outcome {
-        Ok(summary) => {
-            tally.reloads.succeeded += 1;
-            info!(%summary, "policy reloaded");
+    }
+
+    /// The event stream ended: open a new connection (with backoff) and list everything.
+    async fn reopen_netlink(&mut self, stop: &mut watch::Receiver<bool>) {
+        warn!("the netlink event stream ended; reconnecting");
+        let mut wait = RETRY_FIRST;
+        loop {
+            match Netlink::open() {
+                Ok(netlink) => {
+                    self.netlink = netlink;
+                    info!("netlink reconnected; resynchronizing");
+                    let _ = self.reconcile(None).await;
+                    return;
+                }
+                Err(e) => {
+                    self.fail(format!("{e:#}"));
+                    error!(error = %format!("{e:#}"), "reconnecting to netlink failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(RETRY_MAX);
         }
-        Err(e) => {
-            tally.reloads.failed += 1;
-            error!("{e:#}");
+    }
+
+    /// SIGHUP: validate the file again and put it into effect, or keep the running policy.
+    async fn reload(&mut self) {
+        info!(config = %self.config.display(), "SIGHUP: reloading the policy");
+        let outcome = match policy::load(&self.config) {
+            Err(diagnostics) => Err(anyhow!(
+                "{diagnostics}the new policy is not valid; the running policy stays in force"
+            )),
+            Ok(policy) => {
+                let summary = policy.summary();
+                self.reconcile(Some(policy)).await.map(|()| summary).context(
+                    "the new policy could not be put into effect; the running policy stays in force",
+                )
+            }
+        };
+        self.status.send_modify(|s| match &outcome {
+            Ok(_) => s.reloads.succeeded += 1,
+            Err(_) => s.reloads.failed += 1,
+        });
+        match outcome {
+            Ok(summary) => info!(%summary, "policy reloaded"),
+            Err(e) => error!("{e:#}"),
         }
+    }
+
+    /// Brings the kernel in line with `policy` (or the policy in force) and the host's
+    /// links and addresses as they are now. On error the kernel's policy is unchanged,
+    /// the failure is published, and (for the policy in force) retried.
+    async fn reconcile(&mut self, policy: Option<Policy>) -> anyhow::Result<()> {
+        let new_policy = policy.is_some();
+        let outcome = async {
+            let host = self.netlink.host_view().await?;
+            let plan = Plan::new(policy.as_ref().unwrap_or(&self.policy), &host)?;
+            self.kernel.apply(plan, new_policy).await
+        }
+        .await;
+        match outcome {
+            Ok(applied) => {
+                if let Some(policy) = policy {
+                    self.policy = policy;
+                }
+                self.failing_since_retry = RETRY_FIRST;
+                self.status.send_modify(|s| {
+                    if s.reconcile_error.take().is_some() {
+                        info!("the kernel is in line with the policy and the host again");
+                    }
+                    s.inventory = applied.inventory;
+                    s.refused = applied.refused;
+                });
+                Ok(())
+            }
+            // A new policy that cannot be put into effect is a refused reload: the policy
+            // in force stays, and stays in line with the host.
+            Err(e) if new_policy => Err(e),
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "the kernel could not be brought in line with the policy and the host; the previous state stays in force, retrying");
+                self.fail(format!("{e:#}"));
+                Err(e)
+            }
+        }
+    }
+
+    fn fail(&mut self, cause: String) {
+        self.status.send_modify(|s| {
+            s.reconcile_error = Some(cause);
+            s.reconcile_failures += 1;
+        });
+        self.failing_since_retry = (self.failing_since_retry * 2).min(RETRY_MAX);
     }
 }
 
-/// Brings the kernel in line with `policy` (or the policy in force) and the host's
-/// links as they are now. On error nothing changed in the kernel's policy.
-async fn reconcile(shared: &Shared, policy: Option<Policy>) -> anyhow::Result<()> {
-    let _one_at_a_time = shared.reconciling.lock().await;
-    let links = netlink::list_links().await?;
-    let policy_changed = policy.is_some();
-    let policy = match policy {
-        Some(p) => p,
-        None => shared
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .policy
-            .clone(),
-    };
-    let plan = Plan::new(&policy, &links)?;
-    let mut dataplane = shared.dataplane.lock().unwrap_or_else(|p| p.into_inner());
+/// What a successful apply left in force.
+struct Applied {
+    inventory: Inventory,
+    refused: Vec<(String, String, &'static str)>,
+}
 
-    // Detach from interfaces the new plan no longer manages (gone, renamed, or dropped
-    // from the policy) before the swap; attach to new ones after it, so that a program
-    // never runs on a vif without its entries.
-    let wanted: BTreeSet<(u32, &str)> = plan
-        .vifs
-        .iter()
-        .map(|v| (v.ifindex, v.name.as_str()))
-        .collect();
-    let stale: Vec<(u32, String)> = dataplane
-        .attachments()
-        .filter(|(ifindex, name, _)| !wanted.contains(&(*ifindex, *name)))
-        .map(|(ifindex, name, _)| (ifindex, name.to_string()))
-        .collect();
-    for (ifindex, name) in stale {
-        match dataplane.detach(ifindex) {
-            Ok(()) => info!(device = %name, "no longer managed: detached"),
-            // A deleted interface takes its programs with it.
-            Err(e) => {
-                debug!(device = %name, error = %error_chain(&e), "detaching a vanished interface")
+/// What a scrape reads from the kernel.
+struct KernelScrape {
+    counters: Vec<(isolator_common::CounterKey, isolator_common::Counter)>,
+    uncounted: Vec<isolator_common::Uncounted>,
+    faults: [u64; isolator_common::fault::KINDS as usize],
+    conntrack: ConntrackStats,
+}
+
+enum Command {
+    Apply {
+        plan: Box<Plan>,
+        /// The policy changed: swap even if the plan's entries did not.
+        force: bool,
+        reply: oneshot::Sender<anyhow::Result<Applied>>,
+    },
+    Scrape {
+        reply: oneshot::Sender<Result<KernelScrape, DataplaneError>>,
+    },
+    ShutDown {
+        state_dir: PathBuf,
+        reply: oneshot::Sender<Vec<(String, DataplaneError)>>,
+    },
+}
+
+/// The way to the dataplane thread.
+#[derive(Clone)]
+struct KernelHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl KernelHandle {
+    fn spawn(dataplane: Dataplane) -> KernelHandle {
+        let (commands, inbox) = mpsc::channel();
+        let kernel = Kernel {
+            dataplane,
+            plan: None,
+            swept: 0,
+            revoked: 0,
+            evicted: 0,
+        };
+        std::thread::Builder::new()
+            .name("dataplane".into())
+            .spawn(move || kernel.serve(inbox))
+            .expect("spawning the dataplane thread");
+        KernelHandle { commands }
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> anyhow::Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .map_err(|_| anyhow!("the dataplane thread has stopped"))?;
+        answer
+            .await
+            .map_err(|_| anyhow!("the dataplane thread stopped without answering"))
+    }
+
+    async fn apply(&self, plan: Plan, force: bool) -> anyhow::Result<Applied> {
+        self.ask(|reply| Command::Apply {
+            plan: Box::new(plan),
+            force,
+            reply,
+        })
+        .await?
+    }
+
+    async fn scrape(&self) -> anyhow::Result<KernelScrape> {
+        Ok(self.ask(|reply| Command::Scrape { reply }).await??)
+    }
+
+    async fn shut_down(&self, state_dir: PathBuf) -> anyhow::Result<Vec<(String, DataplaneError)>> {
+        self.ask(|reply| Command::ShutDown { state_dir, reply })
+            .await
+    }
+}
+
+/// The dataplane thread's state.
+struct Kernel {
+    dataplane: Dataplane,
+    /// The plan in force.
+    plan: Option<Plan>,
+    /// Idle connections the sweep removed.
+    swept: u64,
+    /// Connections removed because a new policy no longer admits them.
+    revoked: u64,
+    /// Highest eviction estimate reported so far (the estimate can dip while the tables
+    /// change between the reads it is made of; a counter must not).
+    evicted: u64,
+}
+
+impl Kernel {
+    fn serve(mut self, inbox: mpsc::Receiver<Command>) {
+        loop {
+            match inbox.recv_timeout(SWEEP_INTERVAL) {
+                Ok(Command::Apply { plan, force, reply }) => {
+                    let _ = reply.send(self.apply(*plan, force));
+                }
+                Ok(Command::Scrape { reply }) => {
+                    let _ = reply.send(self.scrape());
+                }
+                Ok(Command::ShutDown { state_dir, reply }) => {
+                    let _ = reply.send(self.dataplane.shut_down(Some(&state_dir)));
+                    return;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => self.sweep(),
+                // Every handle is gone (the daemon is exiting): leave everything as it is.
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
         }
     }
 
-    let unchanged =
-        !policy_changed && shared.state.read().unwrap_or_else(|p| p.into_inner()).plan == plan;
-    if !unchanged {
-        dataplane
-            .apply(&plan)
-            .context("writing the policy into the kernel maps")?;
-        // Connections the old policy admitted are judged again by the new one.
-        match dataplane.revoke_connections(&Recheck::new(&plan)) {
+    fn sweep(&mut self) {
+        let Some(plan) = &self.plan else {
+            return;
+        };
+        match self.dataplane.sweep_connections(&plan.settings) {
             Ok(0) => {}
             Ok(n) => {
-                info!(
-                    count = n,
-                    "removed tracked connections the policy no longer admits"
-                );
-                shared
-                    .tally
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .revoked += n;
+                debug!(removed = n, "swept idle connections");
+                self.swept += n;
             }
-            // The new policy is in force for every new connection; the next swap
-            // re-checks again.
-            Err(e) => error!(
-                error = %error_chain(&e),
-                "re-checking tracked connections against the new policy failed: some \
-                 connections it no longer admits may keep passing until they end"
-            ),
+            Err(e) => warn!(error = %error_chain(&e), "sweeping idle connections failed"),
         }
     }
 
-    let mut failures = Vec::new();
-    for vif in &plan.vifs {
-        if dataplane
+    /// Detaches from interfaces the plan no longer has, swaps the plan in (unless nothing
+    /// changed), re-checks tracked connections, attaches to new interfaces.
+    fn apply(&mut self, plan: Plan, force: bool) -> anyhow::Result<Applied> {
+        let dp = &mut self.dataplane;
+        // Detach from interfaces the new plan no longer has (gone, renamed, or dropped
+        // from the policy) before the swap; attach to new ones after it, so that a
+        // program never runs on a vif without its entries.
+        let wanted: BTreeSet<(u32, &str)> = plan
+            .vifs
+            .iter()
+            .map(|v| (v.ifindex, v.name.as_str()))
+            .chain(
+                plan.quarantined
+                    .iter()
+                    .map(|q| (q.ifindex, q.name.as_str())),
+            )
+            .collect();
+        let stale: Vec<(u32, String)> = dp
             .attachments()
-            .any(|(ifindex, _, _)| ifindex == vif.ifindex)
-        {
-            continue;
-        }
-        let segment = plan.segment_label(vif.segment);
-        match dataplane.attach(&vif.name, vif.ifindex) {
-            Ok(AttachMode::Native) => info!(device = %vif.name, %segment, "enforcing (native XDP)"),
-            Ok(AttachMode::Generic) => warn!(
-                device = %vif.name, %segment,
-                "enforcing in generic XDP mode: the driver refused native mode; correct but slower"
-            ),
-            Ok(AttachMode::TakenOver) => info!(
-                device = %vif.name, %segment,
-                "enforcing (took over the previous daemon's programs without a gap)"
-            ),
-            Err(e) => {
-                error!(device = %vif.name, %segment, error = %error_chain(&e), "NOT enforcing on this interface");
-                failures.push(vif.name.clone());
+            .filter(|(ifindex, name, _)| !wanted.contains(&(*ifindex, *name)))
+            .map(|(ifindex, name, _)| (ifindex, name.to_string()))
+            .collect();
+        for (ifindex, name) in stale {
+            match dp.detach(ifindex) {
+                Ok(()) => info!(device = %name, "no longer managed: detached"),
+                // A deleted interface takes its programs with it.
+                Err(e) => {
+                    debug!(device = %name, error = %error_chain(&e), "detaching a vanished interface")
+                }
             }
         }
+
+        if force || self.plan.as_ref() != Some(&plan) {
+            dp.apply(&plan)
+                .context("writing the policy into the kernel maps")?;
+            // Connections the old policy admitted are judged again by the new one.
+            match dp.revoke_connections(&Recheck::new(&plan)) {
+                Ok(0) => {}
+                Ok(n) => {
+                    info!(
+                        count = n,
+                        "removed tracked connections the policy no longer admits"
+                    );
+                    self.revoked += n;
+                }
+                // The new policy is in force for every new connection; the next swap
+                // re-checks again.
+                Err(e) => error!(
+                    error = %error_chain(&e),
+                    "re-checking tracked connections against the new policy failed: some \
+                     connections it no longer admits may keep passing until they end"
+                ),
+            }
+        }
+
+        let mut refused = Vec::new();
+        for vif in &plan.vifs {
+            if dp
+                .attachments()
+                .any(|(ifindex, _, _)| ifindex == vif.ifindex)
+            {
+                continue;
+            }
+            let segment = plan.segment_label(vif.segment);
+            match dp.attach(&vif.name, vif.ifindex) {
+                Ok(AttachMode::Native) => {
+                    info!(device = %vif.name, %segment, "enforcing (native XDP)")
+                }
+                Ok(AttachMode::Generic) => warn!(
+                    device = %vif.name, %segment,
+                    "enforcing in generic XDP mode: the driver refused native mode; correct but slower"
+                ),
+                Ok(AttachMode::TakenOver) => info!(
+                    device = %vif.name, %segment,
+                    "enforcing (took over the previous daemon's programs without a gap)"
+                ),
+                Err(e) => {
+                    error!(device = %vif.name, %segment, error = %error_chain(&e), "NOT enforcing on this interface");
+                    refused.push((
+                        vif.name.clone(),
+                        format!("attaching failed: {}", error_chain(&e)),
+                        "attach_failed",
+                    ));
+                }
+            }
+        }
+        // Interfaces that look like VMs' but cannot be enforced as such: attached all the
+        // same, so that they pass nothing (their entries say so), and reported.
+        for q in &plan.quarantined {
+            let attached = dp.attachments().any(|(ifindex, _, _)| ifindex == q.ifindex);
+            if !attached {
+                error!(device = %q.name, why = %q.why, "NOT enforcing on this interface as a vif: everything it sends or receives is dropped (unknown_interface)");
+                if let Err(e) = dp.attach(&q.name, q.ifindex) {
+                    error!(device = %q.name, error = %error_chain(&e), "could not even attach the drop-all programs to it");
+                }
+            }
+            refused.push((q.name.clone(), q.why.to_string(), q.why.label()));
+        }
+        let released = dp.release_leftovers();
+        if released > 0 {
+            info!(
+                count = released,
+                "removed programs a previous daemon left on interfaces that are gone or no longer managed"
+            );
+        }
+        if plan.vifs.is_empty() {
+            warn!(
+                "the policy matches no interface of this host; nothing is enforced until one appears"
+            );
+        }
+        let attached: BTreeSet<u32> = dp.attachments().map(|(i, _, _)| i).collect();
+        if let Err(e) = dp.prune_counters(&attached) {
+            warn!(error = %error_chain(&e), "removing the counters of vanished interfaces failed");
+        }
+        let inventory = Inventory::new(&plan, attached);
+        self.plan = Some(plan);
+        Ok(Applied { inventory, refused })
     }
-    let released = dataplane.release_leftovers();
-    if released > 0 {
-        info!(
-            count = released,
-            "removed programs a previous daemon left on interfaces that are gone or no longer managed"
-        );
+
+    fn scrape(&mut self) -> Result<KernelScrape, DataplaneError> {
+        let dp = &self.dataplane;
+        let counters = dp.counters()?;
+        let uncounted = dp.uncounted()?;
+        let faults = dp.faults()?;
+        let (entries, capacity, events) = dp.conntrack()?;
+        let opened = events[isolator_common::conntrack::EVENT_CREATED as usize];
+        let reset = events[isolator_common::conntrack::EVENT_CLOSED as usize];
+        let expired = events[isolator_common::conntrack::EVENT_EXPIRED as usize] + self.swept;
+        let evicted = metrics::evicted(opened, reset, expired, self.revoked, entries);
+        self.evicted = self.evicted.max(evicted);
+        Ok(KernelScrape {
+            counters,
+            uncounted,
+            faults,
+            conntrack: ConntrackStats {
+                entries,
+                capacity,
+                opened,
+                reset,
+                expired,
+                revoked: self.revoked,
+                evicted: self.evicted,
+            },
+        })
     }
-    if plan.vifs.is_empty() {
-        warn!(
-            "the policy matches no interface of this host; nothing is enforced until one appears"
-        );
-    }
-    let attached: BTreeSet<u32> = dataplane.attachments().map(|(i, _, _)| i).collect();
-    if let Err(e) = dataplane.prune_counters(&attached) {
-        warn!(error = %error_chain(&e), "removing the counters of vanished interfaces failed");
-    }
-    let inventory = Inventory::new(&plan, attached);
-    drop(dataplane);
-    *shared.state.write().unwrap_or_else(|p| p.into_inner()) = Enforced {
-        policy,
-        plan,
-        inventory,
-        failures,
+}
+
+/// Writes the kernel's aya-log records (what it could not record) into the daemon's log
+/// whenever there are some.
+async fn follow_kernel_log(logger: KernelLogger) {
+    // SAFETY: the logger owns its file descriptor (the ring buffer map's) for as long as
+    // it lives, and the AsyncFd owns the logger.
+    let mut logger = match unsafe { tokio::io::unix::AsyncFd::register(logger) } {
+        Ok(logger) => logger,
+        Err(e) => {
+            warn!(error = %e, "cannot follow the kernel's log records");
+            return;
+        }
     };
-    Ok(())
+    loop {
+        let Ok(mut ready) = logger.readable_mut().await else {
+            return;
+        };
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
+    }
 }
 
 async fn shutdown_signal() {
@@ -359,97 +630,104 @@ async fn shutdown_signal() {
     }
 }
 
-/// Removes idle connections from the kernel table every [`SWEEP_INTERVAL`].
-async fn sweep_connections(shared: Arc<Shared>) {
-    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
-    loop {
-        interval.tick().await;
-        let shared = shared.clone();
-        let swept = tokio::task::spawn_blocking(move || {
-            let settings = shared
-                .state
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .plan
-                .settings;
-            let mut dataplane = shared.dataplane.lock().unwrap_or_else(|p| p.into_inner());
-            let result = dataplane.sweep_connections(&settings);
-            drop(dataplane);
-            if let Ok(n) = result {
-                shared.tally.lock().unwrap_or_else(|p| p.into_inner()).swept += n;
-            }
-            result
-        })
-        .await;
-        match swept {
-            Ok(Ok(n)) if n > 0 => debug!(removed = n, "swept idle connections"),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => warn!(error = %error_chain(&e), "sweeping idle connections failed"),
-            Err(e) => warn!(error = %e, "the connection sweep task failed"),
-        }
-    }
+#[derive(Clone)]
+struct Http {
+    kernel: KernelHandle,
+    status: watch::Receiver<Status>,
 }
 
-type Snapshot = (
-    Vec<(isolator_common::CounterKey, isolator_common::Counter)>,
-    ConntrackStats,
-    ReloadStats,
-);
-
-/// Reads everything a scrape shows from the kernel.
-fn snapshot(shared: &Shared) -> Result<Snapshot, crate::dataplane::DataplaneError> {
-    let dataplane = shared.dataplane.lock().unwrap_or_else(|p| p.into_inner());
-    let counters = dataplane.counters()?;
-    let (entries, events) = dataplane.conntrack()?;
-    drop(dataplane);
-    let mut tally = shared.tally.lock().unwrap_or_else(|p| p.into_inner());
-    let opened = events[isolator_common::conntrack::EVENT_CREATED as usize];
-    let reset = events[isolator_common::conntrack::EVENT_CLOSED as usize];
-    let expired = events[isolator_common::conntrack::EVENT_EXPIRED as usize] + tally.swept;
-    let revoked = tally.revoked;
-    let evicted = metrics::evicted(opened, reset, expired, revoked, entries);
-    tally.evicted = tally.evicted.max(evicted);
-    Ok((
-        counters,
-        ConntrackStats {
-            entries,
-            capacity: u64::from(isolator_common::limits::MAX_CONNECTIONS),
-            opened,
-            reset,
-            expired,
-            revoked,
-            evicted: tally.evicted,
-        },
-        tally.reloads,
-    ))
-}
-
-async fn serve_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    match snapshot(&shared) {
-        Ok((counters, conntrack, reloads)) => {
-            let state = shared.state.read().unwrap_or_else(|p| p.into_inner());
+async fn serve_metrics(State(http): State<Http>) -> impl IntoResponse {
+    match http.kernel.scrape().await {
+        Ok(kernel) => {
+            let status = http.status.borrow().clone();
+            let scrape = Scrape {
+                inventory: status.inventory,
+                counters: kernel.counters,
+                uncounted: kernel.uncounted,
+                faults: kernel.faults,
+                conntrack: kernel.conntrack,
+                daemon: DaemonStats {
+                    reloads: status.reloads,
+                    reconcile_failing: status.reconcile_error.is_some(),
+                    reconcile_failures: status.reconcile_failures,
+                    refused: status
+                        .refused
+                        .iter()
+                        .map(|(device, _, reason)| Refused {
+                            device: device.clone(),
+                            reason,
+                        })
+                        .collect(),
+                },
+            };
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-                metrics::render(&state.inventory, &counters, &conntrack, &reloads),
+                metrics::render(&scrape),
             )
         }
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("reading the kernel counters failed: {}\n", error_chain(&e)),
+            format!("reading the kernel counters failed: {e:#}\n"),
         ),
     }
 }
 
-async fn serve_health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let state = shared.state.read().unwrap_or_else(|p| p.into_inner());
-    if state.failures.is_empty() {
+async fn serve_health(State(http): State<Http>) -> impl IntoResponse {
+    let status = http.status.borrow().clone();
+    health(&status)
+}
+
+/// `/healthz`: 200 when every interface that looks like a VM's is enforced and the kernel
+/// is in line with the policy and the host; 503 naming what is not, otherwise.
+fn health(status: &Status) -> (StatusCode, String) {
+    let mut problems = Vec::new();
+    if !status.refused.is_empty() {
+        let names: Vec<String> = status
+            .refused
+            .iter()
+            .map(|(device, why, _)| format!("{device} ({why})"))
+            .collect();
+        problems.push(format!("not enforcing on: {}", names.join(", ")));
+    }
+    if let Some(cause) = &status.reconcile_error {
+        problems.push(format!(
+            "not in line with the policy and the host (retrying): {cause}"
+        ));
+    }
+    if problems.is_empty() {
         (StatusCode::OK, "ok\n".to_string())
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not enforcing on: {}\n", state.failures.join(", ")),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_names_every_refused_interface_and_a_failing_reconcile() {
+        assert_eq!(health(&Status::default()), (StatusCode::OK, "ok\n".into()));
+        let status = Status {
+            refused: vec![(
+                "macvtap0".into(),
+                "its link kind \"macvtap\" cannot be enforced as a vif".into(),
+                "unsupported_kind",
+            )],
+            reconcile_error: Some("the policy needs 9000 interfaces".into()),
+            ..Status::default()
+        };
+        let (code, text) = health(&status);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            text.contains("not enforcing on: macvtap0 (its link kind"),
+            "{text}"
+        );
+        assert!(
+            text.contains("retrying): the policy needs 9000 interfaces"),
+            "{text}"
+        );
     }
 }

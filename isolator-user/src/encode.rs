@@ -8,9 +8,12 @@
 
 use aya::maps::lpm_trie::Key;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use std::net::IpAddr;
+
 use isolator_common::{
-    DeclaredMacKey, Ipv4PrefixKey, Ipv6PrefixKey, PairKey, RuleSet, SegmentInfo, SegmentKey,
-    Settings, VifAddrV4Key, VifAddrV6Key, VifInfo, VifKey, VlanKey,
+    AddrKey, DeclaredMacKey, GatewayKey, Ipv4PrefixKey, Ipv6PrefixKey, LinkInfo, PairKey, RuleSet,
+    SegmentInfo, SegmentKey, Settings, UplinkKey, VifAddrV4Key, VifAddrV6Key, VifInfo, VifKey,
+    VlanKey, mapped,
 };
 
 use crate::compile::{Declared, ManagedVif, Plan, vif_flags};
@@ -37,6 +40,10 @@ macro_rules! policy_tables {
             declared_macs: DECLARED_MACS => Hash<DeclaredMacKey, u32>,
             declared_v4: DECLARED_V4 => Lpm<Ipv4PrefixKey, u32>,
             declared_v6: DECLARED_V6 => Lpm<Ipv6PrefixKey, u32>,
+            links: LINKS => Hash<VifKey, LinkInfo>,
+            uplinks: UPLINKS => Hash<UplinkKey, u8>,
+            host_addrs: HOST_ADDRS => Hash<AddrKey, u8>,
+            gateways: GATEWAYS => Hash<GatewayKey, RuleSet>,
             vifs: VIFS => Hash<VifKey, VifInfo>,
         }
     };
@@ -185,6 +192,67 @@ pub fn encode(plan: &Plan, generation: u32) -> Entries {
             }
             IpNet::V4(_) => None,
         }),
+        links: plan
+            .links
+            .iter()
+            .map(|link| {
+                let flags = if link.uplink_for.is_empty() {
+                    0
+                } else {
+                    LinkInfo::UPLINK
+                };
+                (
+                    VifKey {
+                        generation,
+                        ifindex: link.ifindex,
+                    },
+                    LinkInfo { flags },
+                )
+            })
+            .collect(),
+        uplinks: plan
+            .links
+            .iter()
+            .flat_map(|link| {
+                link.uplink_for.iter().map(move |segment| {
+                    (
+                        UplinkKey {
+                            generation,
+                            ifindex: link.ifindex,
+                            segment: *segment,
+                        },
+                        1,
+                    )
+                })
+            })
+            .collect(),
+        host_addrs: plan
+            .host_addresses
+            .iter()
+            .map(|addr| {
+                (
+                    AddrKey {
+                        generation,
+                        addr: bytes(*addr),
+                    },
+                    1,
+                )
+            })
+            .collect(),
+        gateways: plan
+            .gateways
+            .iter()
+            .map(|g| {
+                (
+                    GatewayKey {
+                        generation,
+                        segment: g.segment,
+                        addr: bytes(g.address),
+                    },
+                    g.services,
+                )
+            })
+            .collect(),
         vifs: plan
             .vifs
             .iter()
@@ -202,7 +270,29 @@ pub fn encode(plan: &Plan, generation: u32) -> Entries {
                     },
                 )
             })
+            .chain(plan.quarantined.iter().map(|q| {
+                (
+                    VifKey {
+                        generation,
+                        ifindex: q.ifindex,
+                    },
+                    VifInfo {
+                        segment: u32::MAX,
+                        flags: VifInfo::QUARANTINED,
+                        mac: [0; 6],
+                        _pad: [0; 2],
+                    },
+                )
+            }))
             .collect(),
+    }
+}
+
+/// An address as the maps store it: 16 bytes, IPv4 IPv4-mapped.
+fn bytes(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(a) => mapped(a.octets()),
+        IpAddr::V6(a) => a.octets(),
     }
 }
 

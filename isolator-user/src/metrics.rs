@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use isolator_common::{Counter, CounterKey, direction, verdict};
+use isolator_common::{Counter, CounterKey, Uncounted, Verdict, direction, fault, verdict};
 use prometheus_client::{
     encoding::{EncodeLabelSet, prometheus_text},
     metrics::{counter::Counter as PromCounter, family::Family, gauge::Gauge},
@@ -56,6 +56,22 @@ impl Inventory {
                 )
             })
             .collect();
+        let mut vifs: BTreeMap<u32, VifLabels> = vifs;
+        // Quarantined interfaces belong to no tenant or segment; their drops still count.
+        for q in plan
+            .quarantined
+            .iter()
+            .filter(|q| attached.contains(&q.ifindex))
+        {
+            vifs.insert(
+                q.ifindex,
+                VifLabels {
+                    device: q.name.clone(),
+                    tenant: String::new(),
+                    segment: String::new(),
+                },
+            );
+        }
         let segments = plan
             .segments
             .iter()
@@ -135,15 +151,70 @@ struct SegmentLabels {
 /// Directions whose programs exist; their series are exported from zero.
 const DIRECTIONS: [u8; 2] = [direction::INGRESS, direction::EGRESS];
 
+/// An interface the daemon does not enforce as a vif.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub device: String,
+    /// `unclassified`, `unsupported_kind` or `attach_failed`.
+    pub reason: &'static str,
+}
+
+/// What the daemon itself reports: reloads, reconciles, refused interfaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DaemonStats {
+    pub reloads: ReloadStats,
+    /// The last attempt to bring the kernel in line with the policy and the host failed
+    /// (it is being retried).
+    pub reconcile_failing: bool,
+    /// Attempts that failed, since the start.
+    pub reconcile_failures: u64,
+    pub refused: Vec<Refused>,
+}
+
+/// Everything one scrape shows.
+#[derive(Clone, Debug, Default)]
+pub struct Scrape {
+    pub inventory: Inventory,
+    /// The kernel's counters, summed over CPUs.
+    pub counters: Vec<(CounterKey, Counter)>,
+    /// Frames counted while the counter map was full, by (direction, verdict, audited).
+    pub uncounted: Vec<Uncounted>,
+    /// What the kernel could not record, by [`fault`] kind.
+    pub faults: [u64; fault::KINDS as usize],
+    pub conntrack: ConntrackStats,
+    pub daemon: DaemonStats,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    device: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FaultLabels {
+    what: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UncountedLabels {
+    direction: String,
+    verdict: String,
+}
+
 /// Renders the exposition. Every attached vif gets a series for each direction it is
 /// judged in and each drop reason, starting at zero, so that `rate()` sees the first drop.
 /// Counters of interfaces no longer attached are left out.
-pub fn render(
-    inventory: &Inventory,
-    counters: &[(CounterKey, Counter)],
-    conntrack: &ConntrackStats,
-    reloads: &ReloadStats,
-) -> String {
+pub fn render(scrape: &Scrape) -> String {
+    let Scrape {
+        inventory,
+        counters,
+        uncounted,
+        faults,
+        conntrack,
+        daemon,
+    } = scrape;
+    let reloads = &daemon.reloads;
     let drop_packets = Family::<DropLabels, PromCounter>::default();
     let drop_bytes = Family::<DropLabels, PromCounter>::default();
     let audit_packets = Family::<DropLabels, PromCounter>::default();
@@ -175,12 +246,15 @@ pub fn render(
             .set(0);
     }
     for vif in inventory.vifs.values() {
-        interfaces
-            .get_or_create(&SegmentLabels {
-                tenant: vif.tenant.clone(),
-                segment: vif.segment.clone(),
-            })
-            .inc();
+        // A quarantined interface belongs to no segment.
+        if !vif.segment.is_empty() {
+            interfaces
+                .get_or_create(&SegmentLabels {
+                    tenant: vif.tenant.clone(),
+                    segment: vif.segment.clone(),
+                })
+                .inc();
+        }
         for dir in DIRECTIONS {
             let dir = direction::name(dir).unwrap_or("unknown");
             pass_packets.get_or_create(&pass_labels(vif, dir)).inc_by(0);
@@ -196,7 +270,7 @@ pub fn render(
         }
     }
 
-    for (key, value) in counters {
+    for (key, value) in counters.iter() {
         let Some(vif) = inventory.vifs.get(&key.ifindex) else {
             continue;
         };
@@ -301,6 +375,67 @@ pub fn render(
         "Interfaces with isolator attached, by tenant and segment",
         interfaces,
     );
+    let refused = Family::<RefusedLabels, Gauge>::default();
+    for r in &daemon.refused {
+        refused
+            .get_or_create(&RefusedLabels {
+                device: r.device.clone(),
+                reason: r.reason.to_string(),
+            })
+            .set(1);
+    }
+    registry.register(
+        "interfaces_refused",
+        "Interfaces that look like VMs' but are not enforced as such (everything they send and receive is dropped, or the programs could not be attached), by reason: unclassified, unsupported_kind, attach_failed",
+        refused,
+    );
+    let failing = Gauge::<i64>::default();
+    failing.set(i64::from(daemon.reconcile_failing));
+    registry.register(
+        "reconcile_failing",
+        "1 while the daemon cannot bring the kernel in line with the policy and the host's interfaces (it retries; see /healthz for the cause)",
+        failing,
+    );
+    let failures = PromCounter::<u64>::default();
+    failures.inc_by(daemon.reconcile_failures);
+    registry.register(
+        "reconcile_failures",
+        "Attempts to bring the kernel in line with the policy and the host that failed",
+        failures,
+    );
+    let fault_family = Family::<FaultLabels, PromCounter>::default();
+    for (what, value) in fault::NAMES.iter().zip(faults.iter()) {
+        fault_family
+            .get_or_create(&FaultLabels {
+                what: what.to_string(),
+            })
+            .inc_by(*value);
+    }
+    registry.register(
+        "kernel_faults",
+        "What the kernel could not record: counter_map_full (a frame was counted by direction and reason only), connection_unrecorded, fragment_unrecorded",
+        fault_family,
+    );
+    let uncounted_family = Family::<UncountedLabels, PromCounter>::default();
+    for slot in uncounted {
+        let (Some(dir), Some(verdict)) = (
+            direction::name(slot.direction),
+            Verdict::from_code(slot.verdict).map(|v| v.label().unwrap_or("pass")),
+        ) else {
+            continue;
+        };
+        uncounted_family
+            .get_or_create(&UncountedLabels {
+                direction: dir.to_string(),
+                verdict: verdict.to_string(),
+            })
+            .inc_by(slot.frames.packets);
+    }
+    registry.register(
+        "uncounted_packets",
+        "Frames judged while the counter map was full, so not counted by interface: by direction and verdict (pass or the drop reason)",
+        uncounted_family,
+    );
     let mut out = String::new();
     prometheus_text::encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
@@ -357,15 +492,19 @@ mod tests {
             revoked: 5,
             evicted: 1,
         };
-        let text = render(
-            &inventory(),
-            &counters,
-            &stats,
-            &ReloadStats {
-                succeeded: 2,
-                failed: 1,
+        let text = render(&Scrape {
+            inventory: inventory(),
+            counters: counters.to_vec(),
+            conntrack: stats,
+            daemon: DaemonStats {
+                reloads: ReloadStats {
+                    succeeded: 2,
+                    failed: 1,
+                },
+                ..DaemonStats::default()
             },
-        );
+            ..Scrape::default()
+        });
         assert!(text.contains("isolator_audit_packets_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"egress\",reason=\"not_exposed\"} 4\n"), "{text}");
         assert!(text.contains("isolator_drop_packets_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"egress\",reason=\"not_exposed\"} 0\n"), "{text}");
         assert!(!text.contains("isolator_audit_packets_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"ingress\",reason=\"malformed\"}"), "malformed is never audited");
@@ -410,12 +549,11 @@ mod tests {
                 },
             ),
         ];
-        let text = render(
-            &inventory(),
-            &counters,
-            &ConntrackStats::default(),
-            &ReloadStats::default(),
-        );
+        let text = render(&Scrape {
+            inventory: inventory(),
+            counters: counters.to_vec(),
+            ..Scrape::default()
+        });
         assert_eq!(
             line(
                 &text,
@@ -433,12 +571,10 @@ mod tests {
 
     #[test]
     fn every_reason_starts_at_zero_and_segments_without_vifs_are_shown() {
-        let text = render(
-            &inventory(),
-            &[],
-            &ConntrackStats::default(),
-            &ReloadStats::default(),
-        );
+        let text = render(&Scrape {
+            inventory: inventory(),
+            ..Scrape::default()
+        });
         for (_, reason, _) in verdict::DROP_REASONS {
             let series = format!(
                 "isolator_drop_packets_total{{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"ingress\",reason=\"{reason}\"}} 0\n"

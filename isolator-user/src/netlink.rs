@@ -1,16 +1,84 @@
-//! The host's links, read with rtnetlink.
+//! The host's links and addresses, read with rtnetlink over one connection that is also
+//! subscribed to their changes.
+
+use std::net::IpAddr;
 
 use anyhow::Context as _;
-use futures::TryStreamExt as _;
-use rtnetlink::packet_route::link::LinkAttribute;
+use futures::{StreamExt as _, TryStreamExt as _};
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkInfo};
+use rtnetlink::sys::AsyncSocket as _;
 
-use crate::compile::Link;
+use crate::compile::{HostView, Link};
 
-/// Every link of the calling process's network namespace.
-pub async fn list_links() -> anyhow::Result<Vec<Link>> {
-    let (connection, handle, _) =
-        rtnetlink::new_connection().context("opening a netlink socket")?;
-    let task = tokio::spawn(connection);
+/// rtnetlink multicast groups: link events and IPv4 and IPv6 address events (the host's
+/// own addresses are part of a plan).
+const RTMGRP_LINK: u32 = 0x1;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+
+type Events = futures::channel::mpsc::UnboundedReceiver<(
+    rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+    rtnetlink::sys::SocketAddr,
+)>;
+
+/// The daemon's one netlink connection: it lists links and addresses, and delivers their
+/// changes.
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+    events: Events,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Netlink {
+    /// Opens the connection and subscribes to link and address events (before anything is
+    /// listed, so that no change between the two is missed).
+    pub fn open() -> anyhow::Result<Netlink> {
+        let (mut connection, handle, events) =
+            rtnetlink::new_connection().context("opening a netlink socket")?;
+        connection
+            .socket_mut()
+            .socket_mut()
+            .bind(&rtnetlink::sys::SocketAddr::new(
+                0,
+                RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR,
+            ))
+            .context("subscribing to link and address events")?;
+        let task = tokio::spawn(connection);
+        Ok(Netlink {
+            handle,
+            events,
+            task,
+        })
+    }
+
+    /// Waits for the next link or address event; `None` when the connection has ended
+    /// (the caller opens a new one).
+    pub async fn next_event(&mut self) -> Option<()> {
+        self.events.next().await.map(|_| ())
+    }
+
+    /// Takes every event already queued, without waiting.
+    pub fn drain_events(&mut self) {
+        while self.events.try_recv().is_ok() {}
+    }
+
+    /// Every link of the calling process's network namespace, and every address on them:
+    /// what a plan is compiled from.
+    pub async fn host_view(&self) -> anyhow::Result<HostView> {
+        let links = list_links(&self.handle).await?;
+        let addresses = list_addresses(&self.handle).await?;
+        Ok(HostView { links, addresses })
+    }
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn list_links(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Link>> {
     let mut stream = handle.link().get().execute();
     let mut links = Vec::new();
     while let Some(message) = stream
@@ -18,17 +86,56 @@ pub async fn list_links() -> anyhow::Result<Vec<Link>> {
         .await
         .context("listing links over netlink")?
     {
-        let name = message.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfName(name) => Some(name.clone()),
-            _ => None,
-        });
+        let mut name = None;
+        let mut kind = String::new();
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(k) = info {
+                            kind = k.to_string();
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
         if let Some(name) = name {
             links.push(Link {
                 name,
                 ifindex: message.header.index,
+                kind,
             });
         }
     }
-    task.abort();
     Ok(links)
+}
+
+async fn list_addresses(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<IpAddr>> {
+    let mut stream = handle.address().get().execute();
+    let mut addresses = Vec::new();
+    while let Some(message) = stream
+        .try_next()
+        .await
+        .context("listing addresses over netlink")?
+    {
+        // IFA_LOCAL is the host's own address; on a point-to-point link IFA_ADDRESS is
+        // the peer's, elsewhere the two are equal or only IFA_ADDRESS is sent.
+        let mut local = None;
+        let mut address = None;
+        for attribute in &message.attributes {
+            match attribute {
+                AddressAttribute::Local(a) => local = Some(*a),
+                AddressAttribute::Address(a) => address = Some(*a),
+                _ => {}
+            }
+        }
+        if let Some(a) = local.or(address) {
+            addresses.push(a);
+        }
+    }
+    addresses.sort();
+    addresses.dedup();
+    Ok(addresses)
 }

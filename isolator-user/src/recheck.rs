@@ -8,19 +8,24 @@
 //! kernel's (docs/design.md, "The verdict"), restricted to what can open a connection:
 //!
 //! * opened by a VM (ingress, sender segment S): not into a protected management
-//!   prefix, and the destination is in S, or is an exposed endpoint for the protocol
-//!   and port, or a flow S→T admits it, or it is outside every segment and S has
+//!   prefix or loopback; to the host itself or a gateway only for a service a gateway of
+//!   S declares; else the destination is in S, or is an exposed endpoint for the
+//!   protocol and port, or a flow S→T admits it, or it is outside every segment and S has
 //!   `egress: allow`;
-//! * opened towards a VM (egress, receiving segment T): the source is in T, or the
-//!   destination is an exposed endpoint of T for the protocol and port, or the source
-//!   is in a segment X and a flow X→T admits it;
+//! * opened towards a VM (egress, receiving segment T) by a sender outside every segment
+//!   (as the kernel recorded it, from the interface the packet entered through): the
+//!   destination is an exposed endpoint; by a sender in a segment (a vif, or a trusted
+//!   uplink), whose segment is that of the source address: the source is in T, or the
+//!   destination is exposed, or a flow X→T admits it;
 //! * and in either case the vif is still managed.
 
-use std::collections::HashMap;
-use std::net::Ipv6Addr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use isolator_common::{ConnKey, ConnState, RuleSet, SegmentInfo, direction, protocol};
+
+use crate::compile::GatewayPlan;
 
 use crate::compile::Plan;
 
@@ -84,13 +89,28 @@ fn lpm_v6<V: Clone>(entries: &[(Ipv6Net, V)]) -> Lpm<V> {
 }
 
 /// An address of a [`ConnKey`]: IPv4 is stored IPv4-mapped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Addr {
     V4(u128),
     V6(u128),
 }
 
 impl Addr {
+    fn ip(addr: IpAddr) -> Addr {
+        match addr {
+            IpAddr::V4(a) => Addr::V4(u128::from(u32::from(a))),
+            IpAddr::V6(a) => Addr::V6(u128::from(a)),
+        }
+    }
+
+    /// Loopback (127.0.0.0/8, ::1): never reachable from a link.
+    fn loopback(self) -> bool {
+        match self {
+            Addr::V4(a) => a >> 24 == 127,
+            Addr::V6(a) => a == 1,
+        }
+    }
+
     fn of(bytes: &[u8; 16]) -> Addr {
         let v6 = Ipv6Addr::from(*bytes);
         match v6.to_ipv4_mapped() {
@@ -134,6 +154,10 @@ pub struct Recheck {
     management: Family<RuleSet>,
     exposed: Family<RuleSet>,
     flows: HashMap<(u32, u32), RuleSet>,
+    /// The host's own addresses.
+    host: HashSet<Addr>,
+    /// (segment, gateway address) → services.
+    gateways: HashMap<(u32, Addr), RuleSet>,
 }
 
 impl Recheck {
@@ -149,6 +173,18 @@ impl Recheck {
             management: Family::new(&plan.management_v4, &plan.management_v6),
             exposed: Family::new(&plan.exposed_v4, &plan.exposed_v6),
             flows: plan.flows.iter().copied().collect(),
+            host: plan.host_addresses.iter().map(|a| Addr::ip(*a)).collect(),
+            gateways: plan
+                .gateways
+                .iter()
+                .map(
+                    |GatewayPlan {
+                         segment,
+                         address,
+                         services,
+                     }| { ((*segment, Addr::ip(*address)), *services) },
+                )
+                .collect(),
         }
     }
 
@@ -180,11 +216,18 @@ impl Recheck {
         match state.direction {
             direction::INGRESS => {
                 let sender = vif_segment;
-                if self
-                    .management
-                    .get(dst)
-                    .is_some_and(|rules| rules.admits(class, port))
+                if dst.loopback()
+                    || self
+                        .management
+                        .get(dst)
+                        .is_some_and(|rules| rules.admits(class, port))
                 {
+                    return false;
+                }
+                if let Some(services) = self.gateways.get(&(sender, dst)) {
+                    return services.admits(class, port);
+                }
+                if self.host.contains(&dst) {
                     return false;
                 }
                 match self.segments.get(dst).copied() {
@@ -199,6 +242,9 @@ impl Recheck {
             }
             direction::EGRESS => {
                 let receiver = vif_segment;
+                if state.flags & ConnState::FROM_OUTSIDE != 0 {
+                    return exposed();
+                }
                 match self.segments.get(src).copied() {
                     Some(x) if x == receiver => true,
                     Some(x) => exposed() || flow(x, receiver),
@@ -265,12 +311,9 @@ tenants:
 
     fn recheck(text: &str) -> Recheck {
         let policy = policy::parse(text, "policy.yaml").expect("a valid policy");
-        let links =
-            [("vweb1", WEB), ("vdb1", DB), ("vfront1", FRONT)].map(|(name, ifindex)| Link {
-                name: name.into(),
-                ifindex,
-            });
-        Recheck::new(&Plan::new(&policy, &links).expect("a plan"))
+        let links = [("vweb1", WEB), ("vdb1", DB), ("vfront1", FRONT)]
+            .map(|(name, ifindex)| Link::veth(name, ifindex));
+        Recheck::new(&Plan::new(&policy, links.as_slice()).expect("a plan"))
     }
 
     fn bytes(addr: &str) -> [u8; 16] {
@@ -296,8 +339,17 @@ tenants:
             last_seen_ns: 1,
             state: isolator_common::conntrack::ESTABLISHED,
             direction,
-            _pad: [0; 2],
             ifindex,
+            ..ConnState::default()
+        }
+    }
+
+    /// Opened at the receiver's egress by a sender the kernel placed outside every
+    /// segment (whatever its source address claims).
+    fn from_outside(ifindex: u32) -> ConnState {
+        ConnState {
+            flags: ConnState::FROM_OUTSIDE,
+            ..at(direction::EGRESS, ifindex)
         }
     }
 
@@ -367,6 +419,24 @@ tenants:
                 conn("10.1.0.5", "10.2.0.7", 6, 5432),
                 at(OUT, DB),
                 true,
+            ),
+            (
+                "a web source address, but entered from outside: the flow does not apply",
+                conn("10.1.0.5", "10.2.0.7", 6, 5432),
+                from_outside(DB),
+                false,
+            ),
+            (
+                "entered from outside, to an exposed endpoint",
+                conn("10.2.0.9", "10.1.0.10", 6, 443),
+                from_outside(WEB),
+                true,
+            ),
+            (
+                "to loopback, even with egress: allow",
+                conn("10.1.0.5", "127.0.0.1", 6, 80),
+                at(IN, WEB),
+                false,
             ),
             (
                 "cross-tenant flow web->globex/front",

@@ -1,20 +1,236 @@
-//! The tracked connections: listing, sweeping idle ones, revoking those a new policy no
-//! longer admits, and the event counts.
+//! The per-vif state tables (tracked connections being opened and established, fragments
+//! in flight): creating them before a vif is attached, dropping them with it, listing
+//! connections, sweeping idle ones, revoking those a new policy no longer admits, and the
+//! event counts.
 
-use aya::maps::MapError;
-use isolator_common::{ConnKey, ConnState, Settings, conntrack, maps};
+use std::collections::BTreeSet;
+use std::marker::PhantomData;
 
-use super::Dataplane;
+use aya::{
+    Ebpf, Pod,
+    maps::{HashMap, HashOfMaps, Map, MapData, MapError},
+};
+use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH;
+use isolator_common::{ConnKey, ConnState, FragKey, FragState, Settings, conntrack, limits, maps};
+
 use super::error::{DataplaneError, map_err};
+use super::{Dataplane, take};
 use crate::recheck::Recheck;
 
-impl Dataplane {
-    /// Every tracked connection, as the kernel holds it.
-    pub fn connections(&self) -> Result<Vec<(ConnKey, ConnState)>, DataplaneError> {
-        self.conntrack
-            .iter()
+/// One kind of per-vif table: an outer map from a vif's ifindex to its own LRU table.
+pub(super) struct PerVif<K, V> {
+    outer: HashOfMaps<MapData, u32, MapData>,
+    name: &'static str,
+    capacity: u32,
+    _kv: PhantomData<(K, V)>,
+}
+
+impl<K: Pod, V: Pod> PerVif<K, V> {
+    fn take(ebpf: &mut Ebpf, name: &'static str, capacity: u32) -> Result<Self, DataplaneError> {
+        Ok(PerVif {
+            outer: take(ebpf, name)?,
+            name,
+            capacity,
+            _kv: PhantomData,
+        })
+    }
+
+    /// The vifs that have a table.
+    fn vifs(&self) -> Result<Vec<u32>, DataplaneError> {
+        self.outer
+            .keys()
             .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(maps::CONNTRACK, "listing connections"))
+            .map_err(map_err(self.name, "listing the vifs' tables"))
+    }
+
+    /// Gives each of `ifindexes` a table of its own if it has none.
+    fn ensure_all(&mut self, ifindexes: &BTreeSet<u32>) -> Result<(), DataplaneError> {
+        let present: BTreeSet<u32> = self.vifs()?.into_iter().collect();
+        for ifindex in ifindexes.difference(&present) {
+            self.create(*ifindex)?;
+        }
+        Ok(())
+    }
+
+    fn create(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        // The kernel requires every inner table to match the object's template: type,
+        // key and value size, capacity and flags.
+        let spec = aya_obj::Map::new_from_params(
+            BPF_MAP_TYPE_LRU_HASH as u32,
+            size_of::<K>() as u32,
+            size_of::<V>() as u32,
+            self.capacity,
+            0,
+        );
+        let table = MapData::create(spec, &format!("{}_{ifindex}", self.short_name()), None)
+            .map_err(map_err(
+                self.name,
+                format!("creating the table of ifindex {ifindex}"),
+            ))?;
+        self.outer.insert(ifindex, &table, 0).map_err(map_err(
+            self.name,
+            format!("adding the table of ifindex {ifindex}"),
+        ))
+    }
+
+    /// A kernel map name (at most 15 characters) for a vif's table.
+    fn short_name(&self) -> &'static str {
+        match self.name {
+            maps::CONNTRACK => "ct",
+            maps::CONNTRACK_OPENING => "ct_open",
+            _ => "frag",
+        }
+    }
+
+    /// Drops the table of `ifindex` (the kernel frees it once no program holds it).
+    fn remove(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        match self.outer.remove(&ifindex) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(map_err(
+                self.name,
+                format!("dropping the table of ifindex {ifindex}"),
+            )(e)),
+        }
+    }
+
+    /// The table of `ifindex`.
+    fn table(&self, ifindex: u32) -> Result<HashMap<MapData, K, V>, DataplaneError> {
+        let data: MapData = self.outer.get(&ifindex, 0).map_err(map_err(
+            self.name,
+            format!("opening the table of ifindex {ifindex}"),
+        ))?;
+        HashMap::try_from(Map::LruHashMap(data)).map_err(map_err(
+            self.name,
+            format!("the table of ifindex {ifindex}"),
+        ))
+    }
+
+    /// Every entry of every vif's table: (ifindex, key, value).
+    fn entries(&self) -> Result<Vec<(u32, K, V)>, DataplaneError> {
+        let mut out = Vec::new();
+        for ifindex in self.vifs()? {
+            for item in self.table(ifindex)?.iter() {
+                let (key, value) = item.map_err(map_err(self.name, "listing entries"))?;
+                out.push((ifindex, key, value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes `key` from the table of `ifindex`; `false` if it was gone already (ended or
+    /// evicted meanwhile).
+    fn remove_entry(&self, ifindex: u32, key: &K) -> Result<bool, DataplaneError> {
+        let mut table = self.table(ifindex)?;
+        match table.remove(key) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(e) => Err(map_err(self.name, "removing an entry")(e)),
+        }
+    }
+}
+
+/// The per-vif state tables of the object.
+pub(super) struct VifState {
+    established: PerVif<ConnKey, ConnState>,
+    opening: PerVif<ConnKey, ConnState>,
+    fragments: PerVif<FragKey, FragState>,
+}
+
+impl VifState {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+        Ok(VifState {
+            established: PerVif::take(ebpf, maps::CONNTRACK, limits::CONNECTIONS_PER_VIF)?,
+            opening: PerVif::take(ebpf, maps::CONNTRACK_OPENING, limits::OPENING_PER_VIF)?,
+            fragments: PerVif::take(ebpf, maps::FRAGMENTS, limits::FRAGMENTS_PER_VIF)?,
+        })
+    }
+
+    /// Gives each vif its tables (kept where it has them: a restarted daemon finds them).
+    pub(super) fn ensure_all(
+        &mut self,
+        ifindexes: impl IntoIterator<Item = u32>,
+    ) -> Result<(), DataplaneError> {
+        let ifindexes: BTreeSet<u32> = ifindexes.into_iter().collect();
+        self.established.ensure_all(&ifindexes)?;
+        self.opening.ensure_all(&ifindexes)?;
+        self.fragments.ensure_all(&ifindexes)
+    }
+
+    /// Drops a vif's tables: its connections and fragments end with it.
+    pub(super) fn remove(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.established.remove(ifindex)?;
+        self.opening.remove(ifindex)?;
+        self.fragments.remove(ifindex)
+    }
+
+    /// The vifs that have tables.
+    pub(super) fn vifs(&self) -> Result<BTreeSet<u32>, DataplaneError> {
+        let mut vifs: BTreeSet<u32> = self.established.vifs()?.into_iter().collect();
+        vifs.extend(self.opening.vifs()?);
+        vifs.extend(self.fragments.vifs()?);
+        Ok(vifs)
+    }
+}
+
+/// A tracked connection as the kernel holds it, and where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    /// The vif whose table holds it.
+    pub vif: u32,
+    pub key: ConnKey,
+    pub state: ConnState,
+    /// In the vif's opening table (not answered yet).
+    pub opening: bool,
+}
+
+impl Dataplane {
+    /// Every tracked connection, in every vif's tables.
+    pub fn tracked(&self) -> Result<Vec<Tracked>, DataplaneError> {
+        let established = self
+            .state
+            .established
+            .entries()?
+            .into_iter()
+            .map(|(vif, key, state)| Tracked {
+                vif,
+                key,
+                state,
+                opening: false,
+            });
+        let opening = self
+            .state
+            .opening
+            .entries()?
+            .into_iter()
+            .map(|(vif, key, state)| Tracked {
+                vif,
+                key,
+                state,
+                opening: true,
+            });
+        Ok(established.chain(opening).collect())
+    }
+
+    /// Every tracked connection: its key and state.
+    pub fn connections(&self) -> Result<Vec<(ConnKey, ConnState)>, DataplaneError> {
+        Ok(self
+            .tracked()?
+            .into_iter()
+            .map(|t| (t.key, t.state))
+            .collect())
+    }
+
+    fn remove_tracked(&self, t: &Tracked) -> Result<bool, DataplaneError> {
+        if t.opening {
+            self.state.opening.remove_entry(t.vif, &t.key)
+        } else {
+            self.state.established.remove_entry(t.vif, &t.key)
+        }
     }
 
     /// Removes tracked connections idle past their timeout under `settings` (the kernel
@@ -22,17 +238,12 @@ impl Dataplane {
     pub fn sweep_connections(&mut self, settings: &Settings) -> Result<u64, DataplaneError> {
         let now = monotonic_ns();
         let mut removed = 0;
-        for (key, state) in self.connections()? {
-            if now.saturating_sub(state.last_seen_ns)
-                > settings.timeout_ns(key.protocol, state.state)
+        for t in self.tracked()? {
+            let idle = now.saturating_sub(t.state.last_seen_ns);
+            if idle > settings.timeout_ns(t.key.protocol, t.state.state)
+                && self.remove_tracked(&t)?
             {
-                match self.conntrack.remove(&key) {
-                    Ok(()) => removed += 1,
-                    // Removed meanwhile by the kernel (RST, expiry) or evicted.
-                    Err(MapError::SyscallError(e))
-                        if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                    Err(e) => return Err(map_err(maps::CONNTRACK, "removing an idle entry")(e)),
-                }
+                removed += 1;
             }
         }
         Ok(removed)
@@ -42,30 +253,26 @@ impl Dataplane {
     /// [`Recheck`]) and returns how many it removed. Run after every policy swap.
     pub fn revoke_connections(&mut self, recheck: &Recheck) -> Result<u64, DataplaneError> {
         let mut removed = 0;
-        for (key, state) in self.connections()? {
-            if recheck.admits(&key, &state) {
-                continue;
-            }
-            match self.conntrack.remove(&key) {
-                Ok(()) => removed += 1,
-                // Ended meanwhile (RST, expiry) or evicted.
-                Err(MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => {
-                    return Err(map_err(maps::CONNTRACK, "removing a revoked connection")(e));
-                }
+        for t in self.tracked()? {
+            if !recheck.admits(&t.key, &t.state) && self.remove_tracked(&t)? {
+                removed += 1;
             }
         }
         Ok(removed)
     }
 
-    /// Connection tracking: (entries in the table, events by [`conntrack`] index summed
-    /// over CPUs).
-    pub fn conntrack(&self) -> Result<(u64, [u64; conntrack::EVENTS as usize]), DataplaneError> {
+    /// Connection tracking: (entries in all tables, their capacity, events by
+    /// [`conntrack`] index summed over CPUs).
+    pub fn conntrack(
+        &self,
+    ) -> Result<(u64, u64, [u64; conntrack::EVENTS as usize]), DataplaneError> {
         let mut entries = 0;
-        for key in self.conntrack.keys() {
-            key.map_err(map_err(maps::CONNTRACK, "counting entries"))?;
-            entries += 1;
+        let mut capacity = 0;
+        for table in [&self.state.established, &self.state.opening] {
+            for vif in table.vifs()? {
+                entries += table.table(vif)?.keys().count() as u64;
+                capacity += u64::from(table.capacity);
+            }
         }
         let mut events = [0u64; conntrack::EVENTS as usize];
         for (i, total) in events.iter_mut().enumerate() {
@@ -75,7 +282,17 @@ impl Dataplane {
                 .map_err(map_err(maps::CONNTRACK_EVENTS, "reading"))?;
             *total = per_cpu.iter().sum();
         }
-        Ok((entries, events))
+        Ok((entries, capacity, events))
+    }
+
+    /// Drops the state tables of vifs other than `keep` (ifindexes): those of vifs that
+    /// are gone or no longer managed. Returns how many vifs' tables it dropped.
+    pub fn prune_vif_state(&mut self, keep: &BTreeSet<u32>) -> Result<usize, DataplaneError> {
+        let stale: Vec<u32> = self.state.vifs()?.difference(keep).copied().collect();
+        for ifindex in &stale {
+            self.state.remove(*ifindex)?;
+        }
+        Ok(stale.len())
     }
 }
 

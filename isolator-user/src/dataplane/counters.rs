@@ -44,4 +44,52 @@ impl Dataplane {
         out.sort_by_key(|(k, _)| *k);
         Ok(out)
     }
+
+    /// Frames judged while the counter map was full, by (direction, verdict, audit flag),
+    /// summed over CPUs; only slots that counted something.
+    pub fn uncounted(&self) -> Result<Vec<isolator_common::Uncounted>, DataplaneError> {
+        let mut out = Vec::new();
+        for direction in [
+            isolator_common::direction::INGRESS,
+            isolator_common::direction::EGRESS,
+        ] {
+            for audited in [false, true] {
+                for verdict in 0..32u8 {
+                    let slot = isolator_common::uncounted_index(direction, verdict, audited);
+                    let per_cpu = self
+                        .uncounted
+                        .get(&slot, 0)
+                        .map_err(map_err(maps::UNCOUNTED, "reading"))?;
+                    let mut total = Counter::default();
+                    for c in per_cpu.iter() {
+                        total.packets = total.packets.wrapping_add(c.packets);
+                        total.bytes = total.bytes.wrapping_add(c.bytes);
+                    }
+                    if total.packets != 0 {
+                        out.push(isolator_common::Uncounted {
+                            direction,
+                            verdict,
+                            audited,
+                            frames: total,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the kernel could not record, by [`isolator_common::fault`] kind, summed over
+    /// CPUs.
+    pub fn faults(&self) -> Result<[u64; isolator_common::fault::KINDS as usize], DataplaneError> {
+        let mut out = [0u64; isolator_common::fault::KINDS as usize];
+        for (kind, total) in out.iter_mut().enumerate() {
+            let per_cpu = self
+                .faults
+                .get(&(kind as u32), 0)
+                .map_err(map_err(maps::KERNEL_FAULTS, "reading"))?;
+            *total = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
 }

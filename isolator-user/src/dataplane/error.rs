@@ -12,6 +12,12 @@ pub enum DataplaneError {
     MissingMap(&'static str),
     #[error("eBPF object has no program {0}")]
     MissingProgram(&'static str),
+    #[error("the plan has {count} {what}, more than the kernel maps hold ({limit})")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        limit: u32,
+    },
     #[error("map {map}: {what}")]
     Map {
         map: &'static str,

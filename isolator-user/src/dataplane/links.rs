@@ -3,8 +3,9 @@
 
 use aya::programs::{
     TcAttachType, XdpMode,
-    links::{FdLink, PinnedLink},
+    links::{FdLink, LinkOrder, PinnedLink},
     tc::SchedClassifierLink,
+    tc::TcAttachOptions,
     xdp::XdpLink,
 };
 use isolator_common::programs;
@@ -164,10 +165,15 @@ impl Dataplane {
         ifindex: u32,
     ) -> Result<Held, DataplaneError> {
         let program = self.classifier(program_name)?;
-        let id = program.attach(name, attach_type).map_err(prog_err(
-            program_name,
-            format!("attaching to the {attach_type:?} of {name} (ifindex {ifindex})"),
-        ))?;
+        // First in the interface's TCX chain: no program attached earlier can pass a frame
+        // before isolator has judged it. isolator hands what it passes on to the rest.
+        let first = TcAttachOptions::TcxOrder(LinkOrder::first());
+        let id = program
+            .attach_with_options(name, attach_type, first)
+            .map_err(prog_err(
+                program_name,
+                format!("attaching to the {attach_type:?} of {name} (ifindex {ifindex})"),
+            ))?;
         let link = program
             .take_link(id)
             .map_err(prog_err(program_name, "taking the link"))?;

@@ -24,11 +24,13 @@ use std::time::Duration;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap},
     programs::{SchedClassifier, Xdp},
 };
-use isolator_common::{ConnKey, ConnState, Counter, CounterKey, maps, programs};
+use isolator_common::{Counter, CounterKey, limits, maps, programs};
 
+pub use self::connections::Tracked;
+use self::connections::VifState;
 pub use self::error::DataplaneError;
 use self::error::{io_err, map_err, prog_err};
 pub use self::links::AttachMode;
@@ -38,22 +40,76 @@ use self::tables::{POLICY_MAPS, PolicyTables};
 use crate::compile::Plan;
 use crate::encode::encode;
 
+/// Waits until no program run that may have read the old generation is still running.
+///
+/// The programs run inside RCU read-side critical sections (XDP and TC run with bottom
+/// halves disabled, test runs under `rcu_read_lock`), and `membarrier(MEMBARRIER_CMD_GLOBAL)`
+/// returns only after an RCU grace period (the kernel implements it with
+/// `synchronize_rcu()`), so every run that started before the generation flip has ended.
+/// Where the kernel refuses it (`nohz_full` CPUs), [`GRACE_PERIOD`] stands in.
+fn wait_for_readers() {
+    /// `MEMBARRIER_CMD_GLOBAL` (include/uapi/linux/membarrier.h).
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes two integer arguments (and a CPU id that GLOBAL ignores)
+    // and touches no memory of ours.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "membarrier refused; waiting a fixed grace period instead"
+        );
+        std::thread::sleep(GRACE_PERIOD);
+    }
+}
+
+/// The kernel's aya-log records, readable when its file descriptor is.
+pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Writes the kernel's aya-log records into the daemon's log.
+struct KernelLog;
+
+static KERNEL_LOG: KernelLog = KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let message = record.args();
+        match record.level() {
+            log::Level::Error => tracing::error!(target: "isolator::kernel", "{message}"),
+            log::Level::Warn => tracing::warn!(target: "isolator::kernel", "{message}"),
+            log::Level::Info => tracing::info!(target: "isolator::kernel", "{message}"),
+            _ => tracing::debug!(target: "isolator::kernel", "{message}"),
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 /// The compiled kernel programs, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/isolator"));
 
-/// How long to wait after a generation flip before removing the old generation's
-/// entries. A program run takes microseconds; this is many orders of magnitude more.
+/// How long to wait after a generation flip before removing the old generation's entries
+/// where the kernel cannot wait for an RCU grace period on request (see
+/// [`wait_for_readers`]). A program run takes microseconds; this is many orders of
+/// magnitude more.
 pub const GRACE_PERIOD: Duration = Duration::from_millis(50);
 
 /// The maps that hold state rather than policy: written by the programs (counters,
-/// connections, fragments, learned MACs) or read first by them (`CONFIG`).
-pub const STATE_MAPS: [&str; 6] = [
+/// connections, fragments) or read first by them (`CONFIG`).
+pub const STATE_MAPS: [&str; 10] = [
     maps::CONFIG,
     maps::CONNTRACK,
+    maps::CONNTRACK_OPENING,
     maps::CONNTRACK_EVENTS,
-    maps::MAC_VIFS,
     maps::FRAGMENTS,
     maps::COUNTERS,
+    maps::UNCOUNTED,
+    maps::KERNEL_FAULTS,
+    maps::FAULTS_LOGGED,
+    maps::AYA_LOGS,
 ];
 
 /// Maps kept in the state directory, so that a restarted daemon finds the policy in
@@ -85,9 +141,13 @@ pub struct Dataplane {
     ebpf: Ebpf,
     config: Array<MapData, u32>,
     tables: PolicyTables,
-    conntrack: HashMap<MapData, ConnKey, ConnState>,
+    state: VifState,
     conntrack_events: PerCpuArray<MapData, u64>,
     counters: PerCpuHashMap<MapData, CounterKey, Counter>,
+    uncounted: PerCpuArray<MapData, Counter>,
+    faults: PerCpuArray<MapData, u64>,
+    /// The kernel's aya-log records, until the daemon takes it to follow them.
+    logger: Option<KernelLogger>,
     active: u32,
     attached: BTreeMap<u32, Attachment>,
     pins: Option<Pins>,
@@ -150,12 +210,20 @@ impl Dataplane {
     }
 
     fn from_ebpf(mut ebpf: Ebpf, pins: Option<Pins>) -> Result<Self, DataplaneError> {
+        let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, &KERNEL_LOG as &dyn log::Log)
+            .map_err(|e| DataplaneError::Pin {
+                what: "following the kernel's log records".into(),
+                source: Box::new(e),
+            })?;
         let mut dp = Dataplane {
             config: take(&mut ebpf, maps::CONFIG)?,
             tables: PolicyTables::take(&mut ebpf)?,
-            conntrack: take(&mut ebpf, maps::CONNTRACK)?,
+            state: VifState::take(&mut ebpf)?,
             conntrack_events: take(&mut ebpf, maps::CONNTRACK_EVENTS)?,
             counters: take(&mut ebpf, maps::COUNTERS)?,
+            uncounted: take(&mut ebpf, maps::UNCOUNTED)?,
+            faults: take(&mut ebpf, maps::KERNEL_FAULTS)?,
+            logger: Some(logger),
             ebpf,
             active: 0,
             attached: BTreeMap::new(),
@@ -200,9 +268,21 @@ impl Dataplane {
     /// Puts `plan` into effect all at once (see the module documentation). On error the
     /// previously active policy is still in force, untouched.
     pub fn apply(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
+        // A plan beyond the kernel's capacity is refused before anything changes (one
+        // from `Plan::new` never is; this guards plans made otherwise).
+        let interfaces = plan.vifs.len() + plan.quarantined.len();
+        if interfaces > limits::MAX_VIFS as usize {
+            return Err(DataplaneError::TooMany {
+                what: "interfaces",
+                count: interfaces,
+                limit: limits::MAX_VIFS,
+            });
+        }
         let next = self.active ^ 1;
         // Leftovers of an earlier, failed apply would otherwise mix into this one.
         self.purge(next)?;
+        // Every vif of the plan has its state tables before its entry exists.
+        self.state.ensure_all(plan.vifs.iter().map(|v| v.ifindex))?;
         if let Err(e) = self.write(plan, next) {
             // Best effort: the entries are inert while `next` is not active.
             let _ = self.purge(next);
@@ -213,8 +293,12 @@ impl Dataplane {
             .map_err(map_err(maps::CONFIG, "activating the new generation"))?;
         let old = self.active;
         self.active = next;
-        std::thread::sleep(GRACE_PERIOD);
-        self.purge(old)
+        wait_for_readers();
+        self.purge(old)?;
+        // The state tables of vifs the plan no longer has go with them.
+        let keep: BTreeSet<u32> = plan.vifs.iter().map(|v| v.ifindex).collect();
+        self.prune_vif_state(&keep)?;
+        Ok(())
     }
 
     fn write(&mut self, plan: &Plan, generation: u32) -> Result<(), DataplaneError> {
@@ -253,4 +337,12 @@ pub(crate) fn collect_keys<K>(
 ) -> Result<Vec<K>, DataplaneError> {
     keys.collect::<Result<Vec<_>, _>>()
         .map_err(map_err(map, "listing keys"))
+}
+
+impl Dataplane {
+    /// The kernel's log records (once: the daemon follows them on its runtime, flushing
+    /// whenever the returned logger's file descriptor is readable).
+    pub fn take_kernel_logger(&mut self) -> Option<KernelLogger> {
+        self.logger.take()
+    }
 }

@@ -8,8 +8,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
 };
 use isolator_common::{
-    DeclaredMacKey, GenerationKey, Ipv4PrefixKey, Ipv6PrefixKey, PairKey, RuleSet, SegmentInfo,
-    SegmentKey, Settings, VifAddrV4Key, VifAddrV6Key, VifInfo, VifKey, VlanKey, maps,
+    AddrKey, DeclaredMacKey, GatewayKey, GenerationKey, Ipv4PrefixKey, Ipv6PrefixKey, LinkInfo,
+    PairKey, RuleSet, SegmentInfo, SegmentKey, Settings, UplinkKey, VifAddrV4Key, VifAddrV6Key,
+    VifInfo, VifKey, VlanKey, maps,
 };
 
 use super::error::{DataplaneError, map_err};
