@@ -5,14 +5,16 @@
 //! Rows run in order on one loaded program, so the connection tracking rows build on
 //! each other as a real exchange would.
 
-mod common;
-
-use common::{
-    ACK, BROADCAST, FIN, L4, Lab, PEER_MAC, ROUTER_MAC, RST, SYN, SYN_ACK, VM_MAC, arp_frame,
-    arp_request, echo_reply, echo_request, from_outside, icmp_error, in_private_netns, ip, ip_from,
-    nd, out, quoted, router_advertisement, row, tcp, udp,
-};
 use isolator_common::verdict;
+use isolator_tests::frame::{
+    ACK, BROADCAST, FIN, RST, SYN, SYN_ACK, echo_reply, echo_request, icmp, ip as ip_from,
+    router_advertisement, tcp, udp,
+};
+
+use crate::fixture::{
+    Lab, PEER_MAC, ROUTER_MAC, VM_MAC, arp as arp_frame, arp_request, from_outside, icmp_error,
+    in_private_netns, ip, nd, out, quoted, row,
+};
 
 const POLICY: &str = r#"
 version: 1
@@ -614,11 +616,7 @@ fn egress_rules() {
                     [0x33, 0x33, 0, 0, 0, 1],
                     "fe80::1",
                     "ff02::1",
-                    L4::Icmp {
-                        kind: 130,
-                        code: 0,
-                        id: 0,
-                    },
+                    icmp(130),
                 ),
                 verdict::PASS,
             ),
@@ -630,11 +628,7 @@ fn egress_rules() {
                     [0x33, 0x33, 0, 0, 0, 0x16],
                     "fd00:1:2::5",
                     "ff02::16",
-                    L4::Icmp {
-                        kind: 143,
-                        code: 0,
-                        id: 0,
-                    },
+                    icmp(143),
                 ),
                 verdict::CROSS_SEGMENT,
             ),
