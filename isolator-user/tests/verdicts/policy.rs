@@ -877,7 +877,7 @@ fn a_new_policy_revokes_the_connections_it_no_longer_admits() {
 }
 
 /// A full connection table evicts the least recently used entry for a new connection:
-/// the table never holds more than its capacity, the evictions show in the daemon's
+/// the table stays full (never emptied to make room), the evictions show in the daemon's
 /// estimate, and an evicted connection's replies are refused like unsolicited packets
 /// while the newest connection's still pass.
 #[test]
@@ -903,9 +903,12 @@ fn a_full_connection_table_evicts_the_least_recently_used() {
         let (entries, events) = lab.dp.conntrack().unwrap();
         let opened = events[conntrack::EVENT_CREATED as usize];
         assert_eq!(opened, u64::from(total), "every SYN opened a connection");
+        // The kernel evicts to make room a batch at a time (per-CPU free lists), never
+        // more: the table stays full. (That it holds no more than its size is the
+        // kernel's guarantee for any LRU map, not isolator's to test.)
         assert!(
-            entries <= u64::from(MAX_CONNECTIONS),
-            "{entries} entries in a table of {MAX_CONNECTIONS}"
+            entries >= u64::from(MAX_CONNECTIONS) - 1024,
+            "{entries} entries left in a table of {MAX_CONNECTIONS} that was overfilled"
         );
         let evicted = isolator::metrics::evicted(
             opened,
