@@ -166,23 +166,20 @@ fn legitimate_traffic_keeps_working() {
 /// Waits up to 5 s for DAD of `addr` on eth0 in `ns`: "valid", "dadfailed", or what it
 /// last looked like.
 fn wait_dad(ns: &str, addr: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = ip_n(ns, &["-6", "-o", "addr", "show", "dev", "eth0"]).unwrap_or_default();
+    let outcome = poll("DAD", Duration::from_secs(5), || {
+        let out = ip_n(ns, &["-6", "-o", "addr", "show", "dev", "eth0"])?;
         let line = out
             .lines()
             .find(|l| l.contains(&format!(" {addr}/")))
             .unwrap_or("")
             .to_string();
-        if line.contains("dadfailed") {
-            return "dadfailed".into();
-        }
-        if !line.is_empty() && !line.contains("tentative") {
-            return "valid".into();
-        }
-        if Instant::now() > deadline {
-            return format!("still {line:?} after 5 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Ok(if line.contains("dadfailed") {
+            Ok("dadfailed".to_string())
+        } else if !line.is_empty() && !line.contains("tentative") {
+            Ok("valid".to_string())
+        } else {
+            Err(format!("still {line:?}"))
+        })
+    });
+    outcome.unwrap_or_else(|e| format!("{e:#}"))
 }

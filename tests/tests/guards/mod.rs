@@ -36,7 +36,7 @@ mod vlan;
 
 use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use isolator_tests::frame::{describe, fmt_mac, source_mac};
 use isolator_tests::metrics::{DEADLINE, DROP_PACKETS, PASS_PACKETS, poll, reason};
@@ -192,28 +192,24 @@ tenants:
 
 /// The link-local address the kernel gave `eth0` in `ns` (it appears as the link comes up).
 pub fn link_local(ns: &str) -> Ipv6Addr {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let out = ip_n(
-            ns,
-            &["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"],
-        )
-        .unwrap_or_default();
-        let found = out
-            .split_whitespace()
-            .skip_while(|w| *w != "inet6")
-            .nth(1)
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok());
-        if let Some(a) = found {
-            return a;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no IPv6 link-local address on eth0 in {ns}: {out:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll(
+        &format!("an IPv6 link-local address on eth0 in {ns}"),
+        Duration::from_secs(3),
+        || {
+            let out = ip_n(
+                ns,
+                &["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"],
+            )?;
+            let found = out
+                .split_whitespace()
+                .skip_while(|w| *w != "inet6")
+                .nth(1)
+                .and_then(|a| a.split('/').next())
+                .and_then(|a| a.parse().ok());
+            Ok(found.ok_or(out))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Ingress drops of `vif` by reason (non-zero only).
@@ -499,14 +495,15 @@ pub fn neigh_mac(ns: &str, addr: &str) -> Option<String> {
 
 /// Waits up to `timeout` until `ns`'s neighbour entry for `addr` has MAC `mac`.
 pub fn neigh_becomes(ns: &str, addr: &str, mac: &str, timeout: Duration) -> Option<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let wanted = poll("the neighbour entry", timeout, || {
         let now = neigh_mac(ns, addr);
-        if now.as_deref() == Some(mac) || Instant::now() > deadline {
-            return now;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        Ok(if now.as_deref() == Some(mac) {
+            Ok(now)
+        } else {
+            Err(format!("{now:?}"))
+        })
+    });
+    wanted.unwrap_or_else(|_| neigh_mac(ns, addr))
 }
 
 pub fn set_neigh(ns: &str, addr: &str, mac: &str) {
