@@ -55,22 +55,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `BIN run --config CONFIG --metrics-addr 127.0.0.1:PORT` in the lab's host
-    /// namespace, in its own process group (a terminal's Ctrl-C does not reach it: whoever
-    /// started it stops it). `log_dir` receives `isolator.log`. Does not wait: see
-    /// [`Daemon::wait_healthy`] or use [`Daemon::start_healthy`].
+    /// Starts `BIN run --config CONFIG --metrics-addr 127.0.0.1:PORT --state-dir ... ARGS`
+    /// in the lab's host namespace, in its own process group (a terminal's Ctrl-C does not
+    /// reach it: whoever started it stops it). `log_dir` receives `isolator.log`. Does not
+    /// wait: see [`Daemon::wait_healthy`]; [`crate::env::Env`] does both.
     pub fn start(
-        lab: &Lab,
-        bin: &Path,
-        config: &Path,
-        metrics_port: u16,
-        log_dir: &Path,
-    ) -> Result<Daemon> {
-        Daemon::start_with(lab, bin, config, metrics_port, log_dir, &[])
-    }
-
-    /// [`Daemon::start`] with more `isolator run` arguments (e.g. `--persist`).
-    pub fn start_with(
         lab: &Lab,
         bin: &Path,
         config: &Path,
@@ -108,19 +97,6 @@ impl Daemon {
             metrics_addr,
             log_path,
         })
-    }
-
-    /// [`Daemon::start`], then [`Daemon::wait_healthy`] with 30 s.
-    pub fn start_healthy(
-        lab: &Lab,
-        bin: &Path,
-        config: &Path,
-        metrics_port: u16,
-        log_dir: &Path,
-    ) -> Result<Daemon> {
-        let mut d = Daemon::start(lab, bin, config, metrics_port, log_dir)?;
-        d.wait_healthy(Duration::from_secs(30))?;
-        Ok(d)
     }
 
     /// Waits until `GET /healthz` answers 200. Fails, with the daemon's output, if the daemon

@@ -86,7 +86,7 @@ impl<T: Topology> Env<T> {
     /// directory, and `args` added to `isolator run`; waits for `/healthz`.
     pub fn start_daemon(&mut self, args: &[&str]) -> Result<&Daemon> {
         anyhow::ensure!(self.daemon.is_none(), "a daemon is running already");
-        let mut d = Daemon::start_with(
+        let mut d = Daemon::start(
             self.topo.lab(),
             &self.bin,
             &self.config,
