@@ -21,7 +21,15 @@ pub const PING_PAYLOAD: usize = 56;
 /// Frame length (Ethernet header included, no FCS) of one echo request to `dst`.
 pub fn echo_request_frame_len(dst: IpAddr) -> u64 {
     use crate::frame::{echo_request, ip_frame};
-    ip_frame([0; 6], [0; 6], dst, dst, echo_request(0), &[0; PING_PAYLOAD]).len() as u64
+    ip_frame(
+        [0; 6],
+        [0; 6],
+        dst,
+        dst,
+        echo_request(0),
+        &[0; PING_PAYLOAD],
+    )
+    .len() as u64
 }
 
 static ICMP_ID: AtomicU16 = AtomicU16::new(0);

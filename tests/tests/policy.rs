@@ -518,6 +518,10 @@ fn management_host_is_unreachable_from_every_vm() {
         env.assert_scan("management prefix", vm, s4, &BTreeSet::new());
         env.assert_scan("management prefix", vm, s6, &BTreeSet::new());
     }
+    assert!(
+        env.ping(service_lab::ROUTER, MGMT_V4),
+        "baseline: the router gets a ping reply from {MGMT_V4}"
+    );
     for vm in vms {
         assert!(
             !env.ping(vm, MGMT_V4),
@@ -564,6 +568,15 @@ fn management_host_is_unreachable_from_every_vm() {
 #[test]
 fn management_host_is_invisible_to_address_resolution_scans() {
     let env = start("mgmt-l2");
+    // The twin: from the router, on the bridge but no VM, the same scans find it.
+    for target in [MGMT_V4, MGMT_V6] {
+        let seen = host_discovery(env.ns(service_lab::ROUTER), &[target]).unwrap();
+        assert_eq!(
+            seen.up,
+            addrs(&[target]),
+            "baseline: a scan from the router finds the management host\n{seen}"
+        );
+    }
     let arp = host_discovery(env.ns("acme-db1"), &[MGMT_V4]).unwrap();
     let nd = host_discovery(env.ns("acme-db1"), &[MGMT_V6]).unwrap();
     assert!(
@@ -1160,6 +1173,8 @@ fn every_policy_drop_reason_is_counted_with_its_labels() {
             probe("cross_segment", "acme-db1", "10.1.1.3:22", 16, false),
             probe("cross_tenant", "globex-ops1", "10.1.2.2:5432", 16, false),
             probe("cross_tenant", "acme-db1", "[fd00:2:2::2]:22", 16, false),
+            // The twin: the same VM reaches what is exposed to it.
+            probe("exposed", "acme-db1", "10.2.1.2:80", 16, true),
         ],
     );
     let after = env.scrape();
