@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::lab::Lab;
-use crate::net::{HttpResponse, http_get};
-use crate::prom::Metrics;
+use crate::metrics::Scrape;
+use crate::netns::in_netns;
 
 /// The `isolator` binary to test: `$ISOLATOR_BIN`, else `<target dir>/debug/isolator` (target
 /// dir = `$CARGO_TARGET_DIR` or `<workspace>/target`). Fails with a clear message if missing.
@@ -55,22 +55,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `BIN run --config CONFIG --metrics-addr 127.0.0.1:PORT` in the lab's host
-    /// namespace, in its own process group (a terminal's Ctrl-C does not reach it: whoever
-    /// started it stops it). `log_dir` receives `isolator.log`. Does not wait: see
-    /// [`Daemon::wait_healthy`] or use [`Daemon::start_healthy`].
+    /// Starts `BIN run --config CONFIG --metrics-addr 127.0.0.1:PORT --state-dir ... ARGS`
+    /// in the lab's host namespace, in its own process group (a terminal's Ctrl-C does not
+    /// reach it: whoever started it stops it). `log_dir` receives `isolator.log`. Does not
+    /// wait: see [`Daemon::wait_healthy`]; [`crate::env::Env`] does both.
     pub fn start(
-        lab: &Lab,
-        bin: &Path,
-        config: &Path,
-        metrics_port: u16,
-        log_dir: &Path,
-    ) -> Result<Daemon> {
-        Daemon::start_with(lab, bin, config, metrics_port, log_dir, &[])
-    }
-
-    /// [`Daemon::start`] with more `isolator run` arguments (e.g. `--persist`).
-    pub fn start_with(
         lab: &Lab,
         bin: &Path,
         config: &Path,
@@ -108,19 +97,6 @@ impl Daemon {
             metrics_addr,
             log_path,
         })
-    }
-
-    /// [`Daemon::start`], then [`Daemon::wait_healthy`] with 30 s.
-    pub fn start_healthy(
-        lab: &Lab,
-        bin: &Path,
-        config: &Path,
-        metrics_port: u16,
-        log_dir: &Path,
-    ) -> Result<Daemon> {
-        let mut d = Daemon::start(lab, bin, config, metrics_port, log_dir)?;
-        d.wait_healthy(Duration::from_secs(30))?;
-        Ok(d)
     }
 
     /// Waits until `GET /healthz` answers 200. Fails, with the daemon's output, if the daemon
@@ -162,29 +138,37 @@ impl Daemon {
         self.metrics_addr
     }
 
-    /// GET `path` from the daemon's HTTP endpoint (inside the host namespace).
+    /// GET `path` from the daemon's HTTP endpoint (inside the host namespace), with the
+    /// `minreq` client.
     pub fn get(&self, path: &str) -> Result<HttpResponse> {
-        http_get(
-            &self.host_ns,
-            self.metrics_addr,
-            path,
-            Duration::from_secs(5),
-        )
+        let url = format!("http://{}{path}", self.metrics_addr);
+        in_netns(&self.host_ns, || {
+            let r = minreq::get(&url)
+                .with_timeout(5)
+                .send()
+                .with_context(|| format!("GET {url}"))?;
+            Ok(HttpResponse {
+                status: r.status_code,
+                body: r
+                    .as_str()
+                    .with_context(|| format!("GET {url}"))?
+                    .to_string(),
+                headers: r.headers,
+            })
+        })
+        .with_context(|| format!("in netns {}", self.host_ns))
     }
 
-    /// The raw text of `/metrics` (fails unless HTTP 200).
-    pub fn scrape(&self) -> Result<String> {
-        let r = self.get("/metrics")?;
+    /// `/metrics`, parsed (fails unless HTTP 200 and every line parses; the error carries
+    /// the daemon's output).
+    pub fn scrape(&self) -> Result<Scrape> {
+        let r = self
+            .get("/metrics")
+            .with_context(|| format!("scraping /metrics; daemon output:\n{}", self.log()))?;
         if r.status != 200 {
             bail!("/metrics answered HTTP {}: {}", r.status, r.body);
         }
-        Ok(r.body)
-    }
-
-    /// `/metrics`, parsed.
-    pub fn metrics(&self) -> Result<Metrics> {
-        let text = self.scrape()?;
-        Metrics::parse(&text).with_context(|| format!("parse /metrics:\n{text}"))
+        Scrape::parse(&r.body).with_context(|| format!("parsing /metrics:\n{}", r.body))
     }
 
     /// Everything the daemon printed so far.
@@ -204,6 +188,21 @@ impl Daemon {
             Some(c) => Ok(c.try_wait()?),
             None => bail!("daemon already stopped"),
         }
+    }
+
+    /// Waits up to `timeout` for the daemon to exit (after a signal); returns how it ended.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        crate::metrics::poll("the daemon exits", timeout, || {
+            Ok(self.try_wait()?.ok_or_else(|| "still running".to_string()))
+        })
+    }
+
+    /// Polls `/metrics` until the counters moved as `expect` says, then checks they stay
+    /// there ([`Expect::wait`](crate::metrics::Expect::wait)); returns the last scrape.
+    pub fn expect(&self, before: &Scrape, expect: &crate::metrics::Expect) -> Result<Scrape> {
+        expect
+            .wait(before, || self.scrape())
+            .with_context(|| format!("daemon output:\n{}", tail(&self.log(), 30)))
     }
 
     /// Sends `signal` to the daemon.
@@ -259,6 +258,30 @@ impl Drop for Daemon {
             }
             let _ = child.wait();
         }
+    }
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// An HTTP response of the daemon.
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// First header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 

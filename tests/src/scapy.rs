@@ -234,7 +234,7 @@ pub fn unhex(s: &str) -> Result<Vec<u8>> {
 /// The IPv6 link-local address (modified EUI-64, as the kernel derives it by default) of a
 /// MAC `aa:bb:cc:dd:ee:ff`: `fe80::a8bb:ccff:fedd:eeff` with the universal/local bit flipped.
 pub fn eui64_link_local(mac: &str) -> Result<std::net::Ipv6Addr> {
-    let m = crate::net::parse_mac(mac)?;
+    let m = crate::frame::parse_mac(mac)?;
     Ok(std::net::Ipv6Addr::new(
         0xfe80,
         0,

@@ -1,27 +1,32 @@
-//! Ctrl-C handling without extra crates: SIGINT/SIGTERM set a flag that long-running
-//! programs (the demo) poll between steps, so they unwind normally and every RAII guard
-//! (lab namespaces, daemon) cleans up.
+//! Ctrl-C for long-running programs (the demo), with `signal-hook`: SIGINT and SIGTERM set
+//! a flag that the program polls between steps, so that it unwinds normally and every RAII
+//! guard (lab namespaces, daemon) cleans up.
 
+use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Result, bail};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static INSTALL: Once = Once::new();
 
-extern "C" fn on_signal(_sig: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-    let msg = b"\ninterrupted: cleaning up (namespaces, daemon)...\n";
-    // SAFETY: write(2) is async-signal-safe; the buffer is valid.
-    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
-}
-
-/// Installs the handler for SIGINT and SIGTERM (idempotent).
-pub fn install_interrupt_handler() {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only touches an atomic and calls write(2).
-        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
-    }
+/// Installs the handler for SIGINT and SIGTERM (once; later calls do nothing).
+pub fn install_interrupt_handler() -> Result<()> {
+    let mut result = Ok(());
+    INSTALL.call_once(|| match Signals::new([SIGINT, SIGTERM]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                for _ in signals.forever() {
+                    INTERRUPTED.store(true, Ordering::SeqCst);
+                    eprintln!("\ninterrupted: cleaning up (namespaces, daemon)...");
+                }
+            });
+        }
+        Err(e) => result = Err(e.into()),
+    });
+    result
 }
 
 /// Whether SIGINT/SIGTERM arrived since the handler was installed.

@@ -126,6 +126,13 @@ pub fn plan(name: &str) -> VmPlan {
         .unwrap_or_else(|| panic!("no VM {name} in the standard topology"))
 }
 
+/// A new lab with every VM of [`VMS`].
+pub fn lab(hint: &str) -> Result<Lab> {
+    let mut lab = Lab::new(hint)?;
+    build(&mut lab)?;
+    Ok(lab)
+}
+
 /// Adds every VM of [`VMS`] to the lab.
 pub fn build(lab: &mut Lab) -> Result<Vec<Vm>> {
     VMS.iter()
@@ -179,12 +186,12 @@ impl Relation {
         *self == Relation::SameSegment
     }
 
-    /// The drop reason label isolator must count, if dropped.
-    pub fn reason(&self) -> Option<&'static str> {
+    /// The drop reason (`isolator_common::verdict` code) isolator must count, if dropped.
+    pub fn reason(&self) -> Option<u8> {
         match self {
             Relation::SameSegment => None,
-            Relation::CrossSegment => Some("cross_segment"),
-            Relation::CrossTenant => Some("cross_tenant"),
+            Relation::CrossSegment => Some(isolator_common::verdict::CROSS_SEGMENT),
+            Relation::CrossTenant => Some(isolator_common::verdict::CROSS_TENANT),
         }
     }
 }

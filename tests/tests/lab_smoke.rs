@@ -11,6 +11,8 @@ use isolator_tests::lab::{self, Lab};
 use isolator_tests::netns::{self, pid_alive};
 use isolator_tests::{ping, tcp_probe, topology};
 
+use crate::common::capture;
+
 fn exists(ns: &str) -> bool {
     Path::new(&netns::netns_path(ns)).exists()
         || netns::list_netns().unwrap().iter().any(|n| n == ns)
@@ -39,7 +41,8 @@ fn bridge_connects_every_vm_v4_and_v6() {
          these pings got no reply:\n  {}",
         failures.join("\n  ")
     );
-    // Negative control: the ping helper does not invent replies.
+    // Negative control: the ping helper does not invent replies, and one that cannot even
+    // send (no route to the address) is a harness error, not "blocked".
     let a = lab.vm("acme-web1");
     for dst in ["10.1.1.99", "fd00:1:1::99"] {
         assert!(
@@ -47,6 +50,25 @@ fn bridge_connects_every_vm_v4_and_v6() {
             "reply from absent {dst}?"
         );
     }
+    for dst in ["192.0.2.1", "2001:db8::1"] {
+        // No route: the VMs have on-link routes for the lab's ranges only.
+        let Err(err) = ping(a, dst.parse().unwrap()) else {
+            panic!("a ping to {dst}, which acme-web1 has no route to, did not fail");
+        };
+        assert!(
+            format!("{err:#}").contains("could not send"),
+            "{dst}: {err:#}"
+        );
+    }
+    // The capture sees what arrives: a ping's request at the target.
+    let b = lab.vm("acme-web2");
+    let (pinged, frames) = capture(&b.ns, "eth0", || ping(a, b.v4()).unwrap());
+    assert!(pinged);
+    assert!(
+        !crate::common::about(&frames, &a.mac, b.v4()).is_empty(),
+        "the echo request to {} was not captured: {frames:?}",
+        b.v4()
+    );
     // TCP works too (v4 and v6), across tenants: nothing but isolator separates them.
     let (a, b) = (lab.vm("acme-web1"), lab.vm("globex-db1"));
     for dst in [b.v4(), b.v6()] {

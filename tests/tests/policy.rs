@@ -1,9 +1,7 @@
-//! End-to-end: what policy v1 says (exposed endpoints, flows, egress, audit mode,
-//! management prefixes), checked with real tools and real packets. Each test builds its own
-//! service lab ([`isolator_tests::service_lab`]: 8 VMs of 3 tenants on one bridge, a router
-//! to an outside host, a management host; echo servers on every VM) and its own daemon, and
-//! the tests run in parallel. Needs root, `nmap` and `promtool`, and the daemon binary
-//! (`cargo build -p isolator-user`, or `ISOLATOR_BIN`).
+//! What policy v1 says (exposed endpoints, flows, egress, audit mode, management
+//! prefixes), checked with real tools and real packets on the service lab
+//! ([`isolator_tests::service_lab`]: 8 VMs of 3 tenants on one bridge, a router to an
+//! outside host, a management host; echo servers on every VM) under its policy.
 //!
 //! What each scan must find is written out in full in each test, not derived from the
 //! policy: the policy is in `service_lab::policy_yaml()`, the expectations here are what an
@@ -15,7 +13,13 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use isolator_common::{limits::MAX_CONNECTIONS, verdict};
 use isolator_tests::echo::{EchoOutcome, HeldConnection, tcp_echo};
+use isolator_tests::metrics::all_reasons;
+use isolator_tests::metrics::{
+    AUDIT_BYTES, AUDIT_PACKETS, CONNTRACK_CAPACITY, CONNTRACK_ENTRIES, CONNTRACK_EVENTS,
+    DROP_PACKETS,
+};
 use isolator_tests::nmap::{
     Endpoint, Scan, addrs, endpoints, fmt_addrs, fmt_endpoints, host_discovery, tcp_connect_scan,
 };
@@ -23,18 +27,9 @@ use isolator_tests::service_lab::{
     self, MGMT, MGMT_PORT, MGMT_V4, MGMT_V6, OUTSIDE, OUTSIDE_V4, OUTSIDE_V6, ROUTER_PORT,
     SCAN_PORTS, ServiceLab, spec,
 };
-use isolator_tests::{Daemon, Metrics, TempDir, isolator_bin, ping_count, promtool_check};
+use isolator_tests::{Dir, Env, Scrape, Series, ping_count};
 
-const METRICS_PORT: u16 = 9464;
-
-const DROP_PKTS: &str = "isolator_drop_packets_total";
-const DROP_BYTES: &str = "isolator_drop_bytes_total";
-const PASS_PKTS: &str = "isolator_pass_packets_total";
-const AUDIT_PKTS: &str = "isolator_audit_packets_total";
-const AUDIT_BYTES: &str = "isolator_audit_bytes_total";
-const CT_ENTRIES: &str = "isolator_conntrack_entries";
-const CT_CAPACITY: &str = "isolator_conntrack_capacity";
-const CT_EVENTS: &str = "isolator_conntrack_events_total";
+use crate::common::{assert_well_formed, service_lab as start};
 
 /// Payload of exchanges between VMs: large enough for many full-size segments each way.
 const BIG: usize = 256 * 1024;
@@ -46,66 +41,54 @@ const BLOCKED: Duration = Duration::from_millis(1000);
 /// Connect timeout of a probe that is expected to pass.
 const ALLOWED: Duration = Duration::from_secs(3);
 
-/// Service lab + daemon. Field order is drop order: daemon, lab (echo servers first), tmp.
-struct Env {
-    daemon: Daemon,
-    sl: ServiceLab,
-    _tmp: TempDir,
+/// The series of drops on VM `vm`'s vif, with the tenant and segment labels of its plan.
+fn drop(vm: &str, dir: Dir, code: u8) -> Series {
+    let s = spec(vm);
+    Series::drop(&s.vif(), dir, code).of(s.seg.tenant, s.seg.segment)
 }
 
-impl Env {
-    fn start(hint: &str) -> Env {
-        let bin = isolator_bin().unwrap_or_else(|e| panic!("{e:#}"));
-        let tmp = TempDir::new("isot").expect("temp dir");
-        let config = tmp
-            .write("policy.yaml", &service_lab::policy_yaml())
-            .expect("write policy");
-        let sl = ServiceLab::build(hint).unwrap_or_else(|e| panic!("building the lab: {e:#}"));
-        let daemon = Daemon::start_healthy(&sl.lab, &bin, &config, METRICS_PORT, tmp.path())
-            .unwrap_or_else(|e| panic!("starting `{} run`: {e:#}", bin.display()));
-        Env {
-            daemon,
-            sl,
-            _tmp: tmp,
-        }
-    }
+/// The series of audit verdicts on VM `vm`'s vif, with its tenant and segment labels.
+fn audit(vm: &str, dir: Dir, code: u8) -> Series {
+    let s = spec(vm);
+    Series::audit(&s.vif(), dir, code).of(s.seg.tenant, s.seg.segment)
+}
 
-    fn ns(&self, name: &str) -> String {
-        if let Some(vm) = self.sl.lab.vms().iter().find(|v| v.name == name) {
-            vm.ns.clone()
-        } else {
-            self.sl.lab.host(name).ns.clone()
-        }
-    }
-
-    fn metrics(&self) -> Metrics {
-        self.daemon.metrics().unwrap_or_else(|e| {
-            panic!(
-                "scraping /metrics: {e:#}\ndaemon output:\n{}",
-                self.daemon.log()
-            )
-        })
-    }
-
+/// What the tests do on the service lab, with the failure messages they need.
+trait ServiceEnv {
     /// The non-zero drop and audit counters, for failure messages.
+    fn counters(&self) -> String;
+    /// `nmap -sT` from `from` (VM or host); panics with the output if nmap fails.
+    fn scan(&self, from: &str, targets: &[&str]) -> Scan;
+    /// Asserts that a scan from `from` found exactly `expected` open.
+    fn assert_scan(&self, what: &str, from: &str, scan: &Scan, expected: &BTreeSet<Endpoint>);
+    /// A TCP echo exchange of `len` bytes from `from` to `target`.
+    fn echo(&self, from: &str, target: &str, len: usize, timeout: Duration) -> EchoOutcome;
+    /// Whether one ICMP echo from `from` to `dst` is answered within 1 s.
+    fn ping(&self, from: &str, dst: &str) -> bool;
+    /// Connections that VM or host `at` accepted from `peer`, as `local <- peer` lines.
+    fn arrivals(&self, at: &str, peer: &str) -> Vec<String>;
+    /// Scans every enforced segment from `ns`, a source outside every segment with
+    /// addresses `peers`; see the implementation.
+    fn assert_only_exposed_reachable(&self, who: &str, ns: &str, peers: [&str; 2]);
+}
+
+impl ServiceEnv for Env<ServiceLab> {
     fn counters(&self) -> String {
-        match self.daemon.metrics() {
+        match self.daemon().scrape() {
             Ok(m) => format!(
                 "daemon counters now:\n{}{}",
-                m.dump(DROP_PKTS),
-                m.dump(AUDIT_PKTS)
+                m.dump(DROP_PACKETS),
+                m.dump(AUDIT_PACKETS)
             ),
-            Err(e) => format!("(cannot scrape /metrics: {e:#})\n{}", self.daemon.log()),
+            Err(e) => format!("(cannot scrape /metrics: {e:#})"),
         }
     }
 
-    /// `nmap -sT` from `from` (VM or host); panics with the output if nmap fails.
     fn scan(&self, from: &str, targets: &[&str]) -> Scan {
-        tcp_connect_scan(&self.ns(from), targets, &SCAN_PORTS)
+        tcp_connect_scan(self.ns(from), targets, &SCAN_PORTS)
             .unwrap_or_else(|e| panic!("scan from {from}: {e:#}"))
     }
 
-    /// Asserts that a scan from `from` found exactly `expected` open.
     fn assert_scan(&self, what: &str, from: &str, scan: &Scan, expected: &BTreeSet<Endpoint>) {
         if scan.open == *expected {
             return;
@@ -123,17 +106,15 @@ impl Env {
         );
     }
 
-    /// A TCP echo exchange of `len` bytes from `from` to `target`.
     fn echo(&self, from: &str, target: &str, len: usize, timeout: Duration) -> EchoOutcome {
         let target: SocketAddr = target.parse().expect("socket address");
-        tcp_echo(&self.ns(from), target, len, timeout).unwrap_or_else(|e| panic!("{e:#}"))
+        tcp_echo(self.ns(from), target, len, timeout).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
-    /// Whether one ICMP echo from `from` to `dst` is answered within 1 s.
     fn ping(&self, from: &str, dst: &str) -> bool {
         let dst: IpAddr = dst.parse().expect("address");
         ping_count(
-            &self.ns(from),
+            self.ns(from),
             dst,
             1,
             Duration::ZERO,
@@ -143,25 +124,21 @@ impl Env {
             == 1
     }
 
-    /// Connections that VM or host `at` accepted from `peer`, as `local <- peer` lines.
     fn arrivals(&self, at: &str, peer: &str) -> Vec<String> {
         let peer: IpAddr = peer.parse().expect("address");
-        self.sl
+        self.topo()
             .arrived_from(at, peer)
             .iter()
             .map(|a| format!("{} <- {}", a.local, a.peer))
             .collect()
     }
-}
 
-impl Env {
-    /// Scans every enforced segment (ACME and GLOBEX) from namespace `ns`, a source
-    /// outside every segment with addresses `peers` (v4, v6): over IPv4 and IPv6 it finds
-    /// exactly the exposed endpoints; every VM counts `not_exposed` drops on its egress
-    /// (never on its ingress); the private VMs accepted nothing from `peers`.
+    /// Over IPv4 and IPv6 the scan finds exactly the exposed endpoints; every VM counts
+    /// `not_exposed` drops on its egress (never on its ingress); the private VMs accepted
+    /// nothing from `peers`, and the exposed one accepted the scan on its exposed port.
     fn assert_only_exposed_reachable(&self, who: &str, ns: &str, peers: [&str; 2]) {
         let all = [ACME.as_slice(), GLOBEX.as_slice()].concat();
-        let before = self.metrics();
+        let before = self.scrape();
         for (targets, expected) in [
             (
                 v4_targets(&all),
@@ -185,7 +162,7 @@ impl Env {
                 &expected,
             );
         }
-        let after = self.metrics();
+        let after = self.scrape();
         for vm in [
             "acme-web1",
             "acme-web2",
@@ -196,12 +173,12 @@ impl Env {
             assert_grew(
                 &before,
                 &after,
-                &Series::drop(vm, "egress", "not_exposed"),
+                &drop(vm, Dir::Egress, verdict::NOT_EXPOSED),
                 &format!("{who} scanned {vm}'s private ports"),
             );
-            let ingress = Series::drop(vm, "ingress", "not_exposed");
+            let ingress = drop(vm, Dir::Ingress, verdict::NOT_EXPOSED);
             assert_eq!(
-                ingress.value(&after),
+                after.value(&ingress).unwrap(),
                 0.0,
                 "not_exposed is judged where traffic reaches a VM (egress), yet {ingress} moved"
             );
@@ -210,6 +187,16 @@ impl Env {
             for peer in peers {
                 let got = self.arrivals(vm, peer);
                 assert!(got.is_empty(), "{vm} accepted from {who}: {got:?}");
+            }
+        }
+        // The twins: the exposed endpoints did accept the scan.
+        for (vm, port) in [("acme-web1", 443), ("globex-api1", 80)] {
+            for peer in peers {
+                let got = self.arrivals(vm, peer);
+                assert!(
+                    got.iter().any(|a| a.contains(&format!(":{port} <-"))),
+                    "{vm}'s exposed tcp {port} accepted nothing from {who} ({peer}): {got:?}"
+                );
             }
         }
     }
@@ -235,7 +222,7 @@ fn probe(what: &'static str, from: &'static str, to: &str, len: usize, allowed: 
 }
 
 /// Runs the probes in parallel threads and fails with every wrong outcome at once.
-fn check_probes(env: &Env, probes: &[Probe]) {
+fn check_probes(env: &Env<ServiceLab>, probes: &[Probe]) {
     let outcomes: Vec<EchoOutcome> = std::thread::scope(|s| {
         let handles: Vec<_> = probes
             .iter()
@@ -272,82 +259,34 @@ fn check_probes(env: &Env, probes: &[Probe]) {
     );
 }
 
-/// A labelled series.
-struct Series {
-    name: &'static str,
-    labels: Vec<(&'static str, String)>,
-}
-
-impl Series {
-    /// `name{device=<vif of vm>,tenant,segment,direction,reason}`.
-    fn on(name: &'static str, vm: &str, direction: &str, reason: &str) -> Series {
-        let s = spec(vm);
-        Series {
-            name,
-            labels: vec![
-                ("device", s.vif()),
-                ("tenant", s.seg.tenant.to_string()),
-                ("segment", s.seg.segment.to_string()),
-                ("direction", direction.to_string()),
-                ("reason", reason.to_string()),
-            ],
-        }
-    }
-
-    fn drop(vm: &str, direction: &str, reason: &str) -> Series {
-        Series::on(DROP_PKTS, vm, direction, reason)
-    }
-
-    fn audit(vm: &str, direction: &str, reason: &str) -> Series {
-        Series::on(AUDIT_PKTS, vm, direction, reason)
-    }
-
-    fn with_name(&self, name: &'static str) -> Series {
-        Series {
-            name,
-            labels: self.labels.clone(),
-        }
-    }
-
-    fn labels(&self) -> Vec<(&str, &str)> {
-        self.labels.iter().map(|(k, v)| (*k, v.as_str())).collect()
-    }
-
-    /// The value, if the series exists with exactly these labels.
-    fn get(&self, m: &Metrics) -> Option<f64> {
-        m.get(self.name, &self.labels())
-    }
-
-    fn value(&self, m: &Metrics) -> f64 {
-        self.get(m).unwrap_or(0.0)
-    }
-}
-
-impl std::fmt::Display for Series {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let l: Vec<String> = self
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v:?}"))
-            .collect();
-        write!(f, "{}{{{}}}", self.name, l.join(","))
-    }
-}
-
-/// Asserts that `series` grew between the two scrapes (it must exist afterwards).
-fn assert_grew(before: &Metrics, after: &Metrics, series: &Series, why: &str) {
-    let (b, a) = (series.value(before), series.get(after));
+/// Asserts that `series` grew between the two scrapes.
+fn assert_grew(before: &Scrape, after: &Scrape, series: &Series, why: &str) {
+    let (b, a) = (
+        before
+            .value(series)
+            .unwrap_or_else(|e| panic!("{why}: {e:#}")),
+        after
+            .value(series)
+            .unwrap_or_else(|e| panic!("{why}: {e:#}")),
+    );
     assert!(
-        a.is_some_and(|a| a > b),
-        "{why}: expected {series} to grow, it went from {b} to {a:?}; now:\n{}{}",
+        a > b,
+        "{why}: expected {series} to grow, it went from {b} to {a}; now:\n{}{}",
         after.dump(series.name),
-        after.dump(AUDIT_PKTS)
+        after.dump(AUDIT_PACKETS)
     );
 }
 
 /// Asserts that `series` did not change between the two scrapes.
-fn assert_unchanged(before: &Metrics, after: &Metrics, series: &Series, why: &str) {
-    let (b, a) = (series.value(before), series.value(after));
+fn assert_unchanged(before: &Scrape, after: &Scrape, series: &Series, why: &str) {
+    let (b, a) = (
+        before
+            .value(series)
+            .unwrap_or_else(|e| panic!("{why}: {e:#}")),
+        after
+            .value(series)
+            .unwrap_or_else(|e| panic!("{why}: {e:#}")),
+    );
     assert!(
         a == b,
         "{why}: expected {series} to stay at {b}, it is {a}; now:\n{}",
@@ -389,7 +328,7 @@ const GLOBEX_VMS: [&str; 3] = ["globex-api1", "globex-api2", "globex-ops1"];
 /// segment; an ARP scan finds only the exposed hosts; ICMP exposure is per address.
 #[test]
 fn scans_from_another_tenant_find_exactly_the_exposed_endpoints_v4() {
-    let env = Env::start("scan4");
+    let env = start("scan4");
     let globex = v4_targets(&GLOBEX);
     let globex = strs(&globex);
 
@@ -408,7 +347,7 @@ fn scans_from_another_tenant_find_exactly_the_exposed_endpoints_v4() {
         &all_listeners(&["globex-api1", "globex-api2"], false),
     );
 
-    let before = env.metrics();
+    let before = env.scrape();
     let from_db = env.scan("acme-db1", &globex);
     env.assert_scan(
         "acme/db has no flow to globex: only globex's exposed endpoints",
@@ -428,17 +367,17 @@ fn scans_from_another_tenant_find_exactly_the_exposed_endpoints_v4() {
             ("10.2.1.3", 9000),
         ]),
     );
-    let after = env.metrics();
+    let after = env.scrape();
     assert_grew(
         &before,
         &after,
-        &Series::drop("acme-db1", "ingress", "cross_tenant"),
+        &drop("acme-db1", Dir::Ingress, verdict::CROSS_TENANT),
         "acme-db1 scanned globex",
     );
     assert_grew(
         &before,
         &after,
-        &Series::drop("acme-web1", "ingress", "cross_tenant"),
+        &drop("acme-web1", Dir::Ingress, verdict::CROSS_TENANT),
         "acme-web1 scanned globex",
     );
 
@@ -455,7 +394,7 @@ fn scans_from_another_tenant_find_exactly_the_exposed_endpoints_v4() {
     );
 
     // Layer 2: an ARP scan from a private VM sees only the exposed hosts of globex.
-    let arp = host_discovery(&env.ns("acme-db1"), &globex).unwrap();
+    let arp = host_discovery(env.ns("acme-db1"), &globex).unwrap();
     assert_eq!(
         arp.up,
         addrs(&["10.2.1.2", "10.2.1.3"]),
@@ -464,7 +403,7 @@ fn scans_from_another_tenant_find_exactly_the_exposed_endpoints_v4() {
     );
 
     // ICMP exposure: 10.1.1.2 answers pings from anywhere, its neighbour does not.
-    let before = env.metrics();
+    let before = env.scrape();
     assert!(
         env.ping("acme-db1", "10.1.1.2"),
         "10.1.1.2 exposes icmp: acme-db1 must get an echo reply"
@@ -477,11 +416,11 @@ fn scans_from_another_tenant_find_exactly_the_exposed_endpoints_v4() {
         !env.ping("acme-db1", "fd00:1:1::2"),
         "fd00:1:1::2 exposes only tcp 443 (the icmp exposure is 10.1.1.2's)"
     );
-    let after = env.metrics();
+    let after = env.scrape();
     assert_grew(
         &before,
         &after,
-        &Series::drop("acme-db1", "ingress", "cross_segment"),
+        &drop("acme-db1", Dir::Ingress, verdict::CROSS_SEGMENT),
         "acme-db1 pinged 10.1.1.3",
     );
 }
@@ -489,7 +428,7 @@ fn scans_from_another_tenant_find_exactly_the_exposed_endpoints_v4() {
 /// Case 6: the same over IPv6 (nmap -6 over the first 16 addresses of each /64).
 #[test]
 fn scans_from_another_tenant_find_exactly_the_exposed_endpoints_v6() {
-    let env = Env::start("scan6");
+    let env = start("scan6");
     let globex = v6_targets(&GLOBEX);
     let globex = strs(&globex);
 
@@ -500,7 +439,7 @@ fn scans_from_another_tenant_find_exactly_the_exposed_endpoints_v6() {
         &baseline,
         &all_listeners(&GLOBEX_VMS, true),
     );
-    let before = env.metrics();
+    let before = env.scrape();
     let from_db = env.scan("acme-db1", &globex);
     env.assert_scan(
         "acme/db has no flow to globex: only globex's exposed IPv6 endpoints",
@@ -520,11 +459,11 @@ fn scans_from_another_tenant_find_exactly_the_exposed_endpoints_v6() {
             ("fd00:2:1::3", 9000),
         ]),
     );
-    let after = env.metrics();
+    let after = env.scrape();
     assert_grew(
         &before,
         &after,
-        &Series::drop("acme-db1", "ingress", "cross_tenant"),
+        &drop("acme-db1", Dir::Ingress, verdict::CROSS_TENANT),
         "acme-db1 scanned globex over IPv6",
     );
     let got = env.arrivals("globex-ops1", "fd00:1:2::2");
@@ -533,7 +472,7 @@ fn scans_from_another_tenant_find_exactly_the_exposed_endpoints_v6() {
         "globex-ops1 accepted from acme-db1: {got:?}"
     );
 
-    let nd = host_discovery(&env.ns("acme-db1"), &globex).unwrap();
+    let nd = host_discovery(env.ns("acme-db1"), &globex).unwrap();
     assert_eq!(
         nd.up,
         addrs(&["fd00:2:1::2", "fd00:2:1::3"]),
@@ -547,7 +486,7 @@ fn scans_from_another_tenant_find_exactly_the_exposed_endpoints_v6() {
 /// `management` drop on the VM's vif, never an audit verdict.
 #[test]
 fn management_host_is_unreachable_from_every_vm() {
-    let env = Env::start("mgmt");
+    let env = start("mgmt");
     let baseline4 = env.scan(service_lab::ROUTER, &[MGMT_V4]);
     let baseline6 = env.scan(service_lab::ROUTER, &[MGMT_V6]);
     for (scan, a) in [(&baseline4, MGMT_V4), (&baseline6, MGMT_V6)] {
@@ -564,7 +503,7 @@ fn management_host_is_unreachable_from_every_vm() {
     }
 
     let vms = ["acme-web1", "acme-db1", "initech-lab1"];
-    let before = env.metrics();
+    let before = env.scrape();
     let scans: Vec<(&str, Scan, Scan)> = std::thread::scope(|s| {
         let handles: Vec<_> = vms
             .iter()
@@ -579,13 +518,17 @@ fn management_host_is_unreachable_from_every_vm() {
         env.assert_scan("management prefix", vm, s4, &BTreeSet::new());
         env.assert_scan("management prefix", vm, s6, &BTreeSet::new());
     }
+    assert!(
+        env.ping(service_lab::ROUTER, MGMT_V4),
+        "baseline: the router gets a ping reply from {MGMT_V4}"
+    );
     for vm in vms {
         assert!(
             !env.ping(vm, MGMT_V4),
             "{vm} must not get a ping reply from {MGMT_V4}"
         );
     }
-    let after = env.metrics();
+    let after = env.scrape();
     for vm in vms {
         let s = spec(vm);
         for peer in [s.v4(), s.v6()] {
@@ -595,7 +538,7 @@ fn management_host_is_unreachable_from_every_vm() {
                 "the management host accepted connections from {vm}: {got:?}"
             );
         }
-        let series = Series::drop(vm, "ingress", "management");
+        let series = drop(vm, Dir::Ingress, verdict::MANAGEMENT);
         assert_grew(
             &before,
             &after,
@@ -605,16 +548,16 @@ fn management_host_is_unreachable_from_every_vm() {
         assert_grew(
             &before,
             &after,
-            &series.with_name(DROP_BYTES),
+            &series.bytes(),
             &format!("{vm} scanned the management host"),
         );
         // Never audited, not even in the audit segment.
-        let audited = Series::audit(vm, "ingress", "management");
+        let audited = audit(vm, Dir::Ingress, verdict::MANAGEMENT);
         assert_eq!(
-            audited.value(&after),
+            after.value(&audited).unwrap(),
             0.0,
             "management is never audited, yet {audited} is non-zero:\n{}",
-            after.dump(AUDIT_PKTS)
+            after.dump(AUDIT_PACKETS)
         );
     }
 }
@@ -624,9 +567,18 @@ fn management_host_is_unreachable_from_every_vm() {
 /// (`management`), so `nmap -sn` finds no host and learns no MAC address.
 #[test]
 fn management_host_is_invisible_to_address_resolution_scans() {
-    let env = Env::start("mgmt-l2");
-    let arp = host_discovery(&env.ns("acme-db1"), &[MGMT_V4]).unwrap();
-    let nd = host_discovery(&env.ns("acme-db1"), &[MGMT_V6]).unwrap();
+    let env = start("mgmt-l2");
+    // The twin: from the router, on the bridge but no VM, the same scans find it.
+    for target in [MGMT_V4, MGMT_V6] {
+        let seen = host_discovery(env.ns(service_lab::ROUTER), &[target]).unwrap();
+        assert_eq!(
+            seen.up,
+            addrs(&[target]),
+            "baseline: a scan from the router finds the management host\n{seen}"
+        );
+    }
+    let arp = host_discovery(env.ns("acme-db1"), &[MGMT_V4]).unwrap();
+    let nd = host_discovery(env.ns("acme-db1"), &[MGMT_V6]).unwrap();
     assert!(
         arp.up.is_empty() && nd.up.is_empty(),
         "an ARP/ND scan from acme-db1 must not find the management host; found {} and {}\n\
@@ -642,11 +594,11 @@ fn management_host_is_invisible_to_address_resolution_scans() {
 /// its port only; the connection shows in the conntrack metrics while it is open.
 #[test]
 fn flow_within_a_tenant_carries_data_both_ways_and_only_one_way() {
-    let env = Env::start("flow");
-    let before = env.metrics();
+    let env = start("flow");
+    let before = env.scrape();
     {
         let mut held = HeldConnection::open(
-            &env.ns("acme-web1"),
+            env.ns("acme-web1"),
             "10.1.2.2:5432".parse().unwrap(),
             ALLOWED,
         )
@@ -658,20 +610,18 @@ fn flow_within_a_tenant_carries_data_both_ways_and_only_one_way() {
         });
         let got = held.exchange(b"SELECT 1;\n").unwrap();
         assert_eq!(got, b"SELECT 1;\n", "the flow's reply came back changed");
-        let m = env.metrics();
-        let entries = m.get(CT_ENTRIES, &[]);
-        let capacity = m.get(CT_CAPACITY, &[]);
-        let opened = Series {
-            name: CT_EVENTS,
-            labels: vec![("event", "opened".into())],
-        };
+        let m = env.scrape();
+        let entries = m.value(&Series::conntrack_entries()).unwrap();
+        let capacity = m.value(&Series::conntrack_capacity()).unwrap();
+        let opened = Series::conntrack_event("opened");
         assert!(
-            entries.is_some_and(|e| e > 0.0),
-            "a connection is open: {CT_ENTRIES} must be > 0, got {entries:?}"
+            entries > 0.0,
+            "a connection is open: {CONNTRACK_ENTRIES} must be > 0, got {entries}"
         );
-        assert!(
-            capacity.is_some_and(|c| c >= entries.unwrap_or(0.0) && c > 0.0),
-            "{CT_CAPACITY} must be > 0 and >= the entries, got {capacity:?}"
+        assert_eq!(
+            capacity,
+            f64::from(MAX_CONNECTIONS),
+            "{CONNTRACK_CAPACITY} is the kernel table's size (docs/metrics.md)"
         );
         assert_grew(
             &before,
@@ -724,31 +674,23 @@ fn flow_within_a_tenant_carries_data_both_ways_and_only_one_way() {
             ),
         ],
     );
-    let after = env.metrics();
+    let after = env.scrape();
     assert_grew(
         &before,
         &after,
-        &Series::drop("acme-db1", "ingress", "cross_segment"),
+        &drop("acme-db1", Dir::Ingress, verdict::CROSS_SEGMENT),
         "acme-db1 tried the reverse of the flow",
     );
     assert_grew(
         &before,
         &after,
-        &Series::drop("acme-web1", "ingress", "cross_segment"),
+        &drop("acme-web1", Dir::Ingress, verdict::CROSS_SEGMENT),
         "acme-web1 tried acme-db1:22",
     );
     // The data went both ways through both vifs: passes in both directions on the db vif.
-    for dir in ["ingress", "egress"] {
-        let series = Series {
-            name: PASS_PKTS,
-            labels: vec![
-                ("device", "vacme-db1".into()),
-                ("tenant", "acme".into()),
-                ("segment", "db".into()),
-                ("direction", dir.into()),
-            ],
-        };
-        let grew = series.value(&after) - series.value(&before);
+    for dir in Dir::BOTH {
+        let series = Series::pass("vacme-db1", dir).of("acme", "db");
+        let grew = after.value(&series).unwrap() - before.value(&series).unwrap();
         // At least 4 frames per 256 KiB even if the veth hands over 64 KiB GSO packets.
         assert!(
             grew >= 12.0,
@@ -765,8 +707,8 @@ fn flow_within_a_tenant_carries_data_both_ways_and_only_one_way() {
 /// acme/web, to globex/api, to port 9000, one way.
 #[test]
 fn cross_tenant_flow_admits_only_its_port_and_direction() {
-    let env = Env::start("xflow");
-    let before = env.metrics();
+    let env = start("xflow");
+    let before = env.scrape();
     check_probes(
         &env,
         &[
@@ -812,7 +754,7 @@ fn cross_tenant_flow_admits_only_its_port_and_direction() {
             ),
         ],
     );
-    let after = env.metrics();
+    let after = env.scrape();
     for (vm, why) in [
         ("acme-web1", "acme-web1 tried ports the flow does not name"),
         ("acme-db1", "acme-db1 is not the flow's source"),
@@ -821,7 +763,7 @@ fn cross_tenant_flow_admits_only_its_port_and_direction() {
         assert_grew(
             &before,
             &after,
-            &Series::drop(vm, "ingress", "cross_tenant"),
+            &drop(vm, Dir::Ingress, verdict::CROSS_TENANT),
             why,
         );
     }
@@ -837,10 +779,10 @@ fn cross_tenant_flow_admits_only_its_port_and_direction() {
 /// `not_exposed` drop on the egress side of the target's vif.
 #[test]
 fn outside_host_reaches_only_exposed_endpoints() {
-    let env = Env::start("outside");
+    let env = start("outside");
     env.assert_only_exposed_reachable(
         "the outside host",
-        &env.ns(OUTSIDE),
+        env.ns(OUTSIDE),
         [OUTSIDE_V4, OUTSIDE_V6],
     );
     assert!(
@@ -861,8 +803,8 @@ fn outside_host_reaches_only_exposed_endpoints() {
 fn the_hosts_own_stack_reaches_only_exposed_endpoints() {
     const HOST_V4: &str = "10.255.0.1";
     const HOST_V6: &str = "fd00:ee::1";
-    let env = Env::start("hoststack");
-    let lab = &env.sl.lab;
+    let env = start("hoststack");
+    let lab = env.lab();
     let host = lab.host_ns().to_string();
     let bridge = isolator_tests::lab::BRIDGE;
     isolator_tests::netns::sysctl(&host, &format!("net.ipv6.conf.{bridge}.disable_ipv6"), "0")
@@ -917,10 +859,10 @@ fn the_hosts_own_stack_reaches_only_exposed_endpoints() {
 /// answer the outside; a connection a VM opened does not open the VM to the outside.
 #[test]
 fn egress_allow_and_deny_towards_the_outside() {
-    let env = Env::start("egress");
+    let env = start("egress");
     let out4 = format!("{OUTSIDE_V4}:443");
     let out6 = format!("[{OUTSIDE_V6}]:443");
-    let before = env.metrics();
+    let before = env.scrape();
     check_probes(
         &env,
         &[
@@ -1004,12 +946,12 @@ fn egress_allow_and_deny_towards_the_outside() {
             ),
         ],
     );
-    let after = env.metrics();
+    let after = env.scrape();
     for vm in ["globex-api1", "globex-api2", "acme-db1"] {
         assert_grew(
             &before,
             &after,
-            &Series::drop(vm, "ingress", "egress_denied"),
+            &drop(vm, Dir::Ingress, verdict::EGRESS_DENIED),
             &format!("{vm} (egress: deny) tried to reach the outside host"),
         );
     }
@@ -1017,14 +959,14 @@ fn egress_allow_and_deny_towards_the_outside() {
         assert_grew(
             &before,
             &after,
-            &Series::drop(vm, "egress", "not_exposed"),
+            &drop(vm, Dir::Egress, verdict::NOT_EXPOSED),
             &format!("the outside host tried a private port of {vm}"),
         );
     }
     for vm in ["acme-web1", "acme-web2", "globex-ops1"] {
-        let egress = Series::drop(vm, "ingress", "egress_denied");
+        let egress = drop(vm, Dir::Ingress, verdict::EGRESS_DENIED);
         assert_eq!(
-            egress.value(&after),
+            after.value(&egress).unwrap(),
             0.0,
             "{vm} has egress allow, yet {egress} moved"
         );
@@ -1053,7 +995,7 @@ fn egress_allow_and_deny_towards_the_outside() {
 /// check against the linear part only once dropped every payload above ~190 bytes).
 #[test]
 fn full_size_data_from_the_outside_is_not_dropped() {
-    let env = Env::start("bigdata");
+    let env = start("bigdata");
     let out4 = format!("{OUTSIDE_V4}:443");
     let out6 = format!("[{OUTSIDE_V6}]:443");
     check_probes(
@@ -1077,10 +1019,10 @@ fn full_size_data_from_the_outside_is_not_dropped() {
             ),
         ],
     );
-    let m = env.metrics();
+    let m = env.scrape();
     for vm in ["globex-api1", "acme-web1", "globex-ops1"] {
-        let malformed = Series::drop(vm, "egress", "malformed");
-        assert_eq!(malformed.value(&m), 0.0, "{malformed}");
+        let malformed = drop(vm, Dir::Egress, verdict::MALFORMED);
+        assert_eq!(m.value(&malformed).unwrap(), 0.0, "{malformed}");
     }
 }
 
@@ -1089,9 +1031,9 @@ fn full_size_data_from_the_outside_is_not_dropped() {
 /// counter for the reason stays still; management is still enforced.
 #[test]
 fn audit_mode_counts_what_it_would_drop_and_passes_it() {
-    let env = Env::start("audit");
+    let env = start("audit");
     let out4 = format!("{OUTSIDE_V4}:443");
-    let before = env.metrics();
+    let before = env.scrape();
     check_probes(
         &env,
         &[
@@ -1154,38 +1096,31 @@ fn audit_mode_counts_what_it_would_drop_and_passes_it() {
         &scan,
         &all_listeners(&["initech-lab1", "initech-dev1"], false),
     );
-    let after = env.metrics();
+    let after = env.scrape();
     for (vm, dir, reason) in [
-        ("initech-lab1", "ingress", "egress_denied"),
-        ("initech-lab1", "egress", "not_exposed"),
-        ("initech-lab1", "ingress", "cross_segment"),
-        ("initech-dev1", "egress", "cross_segment"),
-        ("initech-dev1", "ingress", "cross_segment"),
-        ("initech-lab1", "ingress", "cross_tenant"),
-        ("initech-dev1", "egress", "not_exposed"),
+        ("initech-lab1", Dir::Ingress, verdict::EGRESS_DENIED),
+        ("initech-lab1", Dir::Egress, verdict::NOT_EXPOSED),
+        ("initech-lab1", Dir::Ingress, verdict::CROSS_SEGMENT),
+        ("initech-dev1", Dir::Egress, verdict::CROSS_SEGMENT),
+        ("initech-dev1", Dir::Ingress, verdict::CROSS_SEGMENT),
+        ("initech-lab1", Dir::Ingress, verdict::CROSS_TENANT),
+        ("initech-dev1", Dir::Egress, verdict::NOT_EXPOSED),
     ] {
-        let audit = Series::audit(vm, dir, reason);
+        let audit = audit(vm, dir, reason);
         assert_grew(&before, &after, &audit, "audited traffic");
-        assert_grew(
-            &before,
-            &after,
-            &audit.with_name(AUDIT_BYTES),
-            "audited traffic",
-        );
+        assert_grew(&before, &after, &audit.bytes(), "audited traffic");
     }
     for vm in ["initech-lab1", "initech-dev1"] {
-        for dir in ["ingress", "egress"] {
-            for reason in [
-                "cross_segment",
-                "cross_tenant",
-                "egress_denied",
-                "not_exposed",
-            ] {
+        for dir in Dir::BOTH {
+            for reason in all_reasons().filter(|r| verdict::auditable(*r)) {
                 assert_unchanged(
                     &before,
                     &after,
-                    &Series::drop(vm, dir, reason),
-                    &format!("{vm} is in audit mode: {reason} is audited, not dropped"),
+                    &drop(vm, dir, reason),
+                    &format!(
+                        "{vm} is in audit mode: {} is audited, not dropped",
+                        isolator_tests::metrics::reason(reason)
+                    ),
                 );
             }
         }
@@ -1193,13 +1128,13 @@ fn audit_mode_counts_what_it_would_drop_and_passes_it() {
     assert_grew(
         &before,
         &after,
-        &Series::drop("initech-lab1", "ingress", "management"),
+        &drop("initech-lab1", Dir::Ingress, verdict::MANAGEMENT),
         "management is enforced in audit mode too",
     );
     assert_grew(
         &before,
         &after,
-        &Series::drop("acme-db1", "egress", "cross_tenant"),
+        &drop("acme-db1", Dir::Egress, verdict::CROSS_TENANT),
         "acme/db is enforced: initech-lab1's connection is dropped where it reaches acme-db1",
     );
     let got = env.arrivals(MGMT, "10.3.1.2");
@@ -1215,8 +1150,8 @@ fn audit_mode_counts_what_it_would_drop_and_passes_it() {
 /// management host carry no program.
 #[test]
 fn every_policy_drop_reason_is_counted_with_its_labels() {
-    let env = Env::start("reasons");
-    let before = env.metrics();
+    let env = start("reasons");
+    let before = env.scrape();
     check_probes(
         &env,
         &[
@@ -1238,63 +1173,37 @@ fn every_policy_drop_reason_is_counted_with_its_labels() {
             probe("cross_segment", "acme-db1", "10.1.1.3:22", 16, false),
             probe("cross_tenant", "globex-ops1", "10.1.2.2:5432", 16, false),
             probe("cross_tenant", "acme-db1", "[fd00:2:2::2]:22", 16, false),
+            // The twin: the same VM reaches what is exposed to it.
+            probe("exposed", "acme-db1", "10.2.1.2:80", 16, true),
         ],
     );
-    let text = env
-        .daemon
-        .scrape()
-        .unwrap_or_else(|e| panic!("scrape: {e:#}"));
-    if let Err(e) = promtool_check(&text) {
-        panic!("{e:#}\n--- scraped text ---\n{text}");
-    }
-    let after = Metrics::parse(&text).unwrap();
+    let after = env.scrape();
     for (vm, dir, reason) in [
-        ("acme-db1", "ingress", "management"),
-        ("acme-db1", "ingress", "egress_denied"),
-        ("acme-db1", "egress", "not_exposed"),
-        ("acme-db1", "ingress", "cross_segment"),
-        ("globex-ops1", "ingress", "cross_tenant"),
-        ("acme-db1", "ingress", "cross_tenant"),
+        ("acme-db1", Dir::Ingress, verdict::MANAGEMENT),
+        ("acme-db1", Dir::Ingress, verdict::EGRESS_DENIED),
+        ("acme-db1", Dir::Egress, verdict::NOT_EXPOSED),
+        ("acme-db1", Dir::Ingress, verdict::CROSS_SEGMENT),
+        ("globex-ops1", Dir::Ingress, verdict::CROSS_TENANT),
+        ("acme-db1", Dir::Ingress, verdict::CROSS_TENANT),
     ] {
-        let pkts = Series::drop(vm, dir, reason);
-        assert_grew(&before, &after, &pkts, &format!("a {reason} probe"));
-        assert_grew(
-            &before,
-            &after,
-            &pkts.with_name(DROP_BYTES),
-            &format!("a {reason} probe"),
-        );
+        let pkts = drop(vm, dir, reason);
+        let why = format!("a {} probe", isolator_tests::metrics::reason(reason));
+        assert_grew(&before, &after, &pkts, &why);
+        assert_grew(&before, &after, &pkts.bytes(), &why);
     }
-    // Types and label sets of the families this version adds.
-    for (name, ty) in [
-        (AUDIT_PKTS, "counter"),
-        (AUDIT_BYTES, "counter"),
-        (CT_ENTRIES, "gauge"),
-        (CT_CAPACITY, "gauge"),
-        (CT_EVENTS, "counter"),
-    ] {
-        let family = name.strip_suffix("_total").unwrap_or(name);
-        let t = after.types.get(name).or_else(|| after.types.get(family));
-        assert_eq!(t.map(String::as_str), Some(ty), "# TYPE of {name}");
-        assert!(!after.find(name, &[]).is_empty(), "no samples of {name}");
-    }
-    for s in &after.samples {
-        let keys: Vec<&str> = s.labels.keys().map(String::as_str).collect();
-        let expected: &[&str] = match s.name.as_str() {
-            DROP_PKTS | DROP_BYTES | AUDIT_PKTS | AUDIT_BYTES => {
-                &["device", "direction", "reason", "segment", "tenant"]
-            }
-            CT_ENTRIES | CT_CAPACITY => &[],
-            CT_EVENTS => &["event"],
-            _ => continue,
-        };
-        assert_eq!(keys, expected, "labels of {s:?}");
-        if let Some(dir) = s.labels.get("direction") {
-            assert!(dir == "ingress" || dir == "egress", "direction of {s:?}");
-        }
-    }
+    // Types and label sets of every family, and samples of the families this version adds.
+    assert_well_formed(
+        &after,
+        &[
+            AUDIT_PACKETS,
+            AUDIT_BYTES,
+            CONNTRACK_ENTRIES,
+            CONNTRACK_CAPACITY,
+            CONNTRACK_EVENTS,
+        ],
+    );
     for port in [ROUTER_PORT, MGMT_PORT] {
-        let progs = env.sl.lab.vif_programs(port).unwrap();
+        let progs = env.lab().vif_programs(port).unwrap();
         assert!(
             progs.is_empty(),
             "{port} matches no interface pattern of the policy, yet carries {progs:?}"

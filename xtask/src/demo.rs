@@ -20,17 +20,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use isolator_tests::echo::HeldConnection;
+use isolator_tests::metrics::{
+    AUDIT_PACKETS, CONNTRACK_EVENTS, DROP_PACKETS, PASS_PACKETS, Sample, Scrape,
+};
 use isolator_tests::nmap::{Endpoint, endpoints, fmt_endpoints, tcp_connect_scan};
 use isolator_tests::service_lab::{
     self, MGMT, MGMT_V4, MGMT_V6, OUTSIDE, OUTSIDE_V4, OUTSIDE_V6, ROUTER, SCAN_PORTS, ServiceLab,
     spec,
 };
 use isolator_tests::signal::{check_interrupted, install_interrupt_handler};
-use isolator_tests::{Daemon, Metrics, TempDir, ping_count, tcp_echo, tcp_probe};
-
-/// Port of `/metrics` inside the lab's host namespace (its own loopback: no clash with the
-/// root namespace).
-pub const METRICS_PORT: u16 = 9464;
+use isolator_tests::{Dir, Env, Series, ping_count, tcp_echo, tcp_probe};
 
 /// What the demo needs.
 pub struct DemoOptions {
@@ -337,13 +336,11 @@ fn scans() -> Vec<(&'static str, Vec<String>, BTreeSet<Endpoint>, &'static str)>
 }
 
 pub fn run(opts: DemoOptions) -> Result<()> {
-    install_interrupt_handler();
+    install_interrupt_handler()?;
     if !opts.isolator_bin.is_file() {
         bail!("{} does not exist", opts.isolator_bin.display());
     }
     let started = Instant::now();
-    // Declaration order = reverse drop order: the daemon goes first, then the lab, then tmp.
-    let tmp = TempDir::new("isolator-demo")?;
 
     println!("creating the service lab…");
     let sl = ServiceLab::build("demo")?;
@@ -379,24 +376,27 @@ pub fn run(opts: DemoOptions) -> Result<()> {
     check_interrupted()?;
 
     let policy = service_lab::policy_yaml();
-    let config = tmp.write("policy.yaml", &policy)?;
-    println!("writing policy {}:", config.display());
+    println!("policy:");
     for line in policy.lines() {
         println!("  | {line}");
     }
-
     println!(
         "starting isolator ({}) in {}…",
         opts.isolator_bin.display(),
         lab.host_ns()
     );
-    let daemon = Daemon::start_healthy(lab, &opts.isolator_bin, &config, METRICS_PORT, tmp.path())
-        .context("starting isolator")?;
+    // The fixture's drop order: the daemon goes first, then the lab, then the files.
+    let mut env =
+        Env::start_bin(sl, &policy, opts.isolator_bin.clone()).context("starting isolator")?;
+    println!("  policy file {}", env.config().display());
     println!(
         "  /healthz answers 200 at http://{} (inside {})",
-        daemon.metrics_addr(),
-        lab.host_ns()
+        env.daemon().metrics_addr(),
+        env.lab().host_ns()
     );
+    let sl = env.topo();
+    let lab = &sl.lab;
+    let daemon = env.daemon();
     let mut mismatches = Vec::new();
     for vm in lab.vms() {
         let attached = lab.vif_has_xdp(&vm.vif)?;
@@ -460,9 +460,9 @@ pub fn run(opts: DemoOptions) -> Result<()> {
     rows.extend(policy_rows());
     for r in &rows {
         check_interrupted()?;
-        let before = daemon.metrics()?;
-        let observed = perform(&sl, r)?;
-        let after = daemon.metrics()?;
+        let before = daemon.scrape()?;
+        let observed = perform(sl, r)?;
+        let after = daemon.scrape()?;
         let ok = observed == r.expected;
         println!(
             "{:<12} {:<12} {:<17} {:<6} {:<9} {:<9} {:<2}  {}",
@@ -502,9 +502,9 @@ pub fn run(opts: DemoOptions) -> Result<()> {
             lab.host(from).ns.clone()
         };
         let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
-        let before = daemon.metrics()?;
+        let before = daemon.scrape()?;
         let scan = tcp_connect_scan(&ns, &targets, &SCAN_PORTS)?;
-        let after = daemon.metrics()?;
+        let after = daemon.scrape()?;
         let ok = scan.open == expected;
         println!(
             "  {} from {from} against {} ({:.1?}): {}",
@@ -528,50 +528,42 @@ pub fn run(opts: DemoOptions) -> Result<()> {
     println!();
 
     check_interrupted()?;
-    reload_scene(&sl, &daemon, &tmp, &policy, &mut mismatches)?;
+    reload_scene(&env, &policy, &mut mismatches)?;
     println!();
 
     println!("counters on /metrics per vif (packets; in = from the VM, out = to the VM):");
-    let m = daemon.metrics()?;
+    let m = env.daemon().scrape()?;
+    let lab = env.lab();
     println!(
         "  {:<14} {:<8} {:<4} {:>7} {:>7} {:>8} {:>8} {:>6}   drops by reason (audit verdicts)",
         "DEVICE", "TENANT", "SEG", "PASS IN", "DROP IN", "PASS OUT", "DROP OUT", "AUDIT"
     );
     for vm in lab.vms() {
         let s = spec(&vm.name);
-        let c =
-            |name: &str, dir: &str| m.sum(name, &[("device", vm.vif.as_str()), ("direction", dir)]);
-        let audit = m.sum(
-            "isolator_audit_packets_total",
-            &[("device", vm.vif.as_str())],
-        );
+        let audit = m.sum(&Series::new(AUDIT_PACKETS, &[("device", &vm.vif)]))?;
         println!(
             "  {:<14} {:<8} {:<4} {:>7} {:>7} {:>8} {:>8} {:>6}   {}",
             vm.vif,
             s.seg.tenant,
             s.seg.segment,
-            c("isolator_pass_packets_total", "ingress"),
-            c("isolator_drop_packets_total", "ingress"),
-            c("isolator_pass_packets_total", "egress"),
-            c("isolator_drop_packets_total", "egress"),
+            m.value(&Series::pass(&vm.vif, Dir::Ingress))?,
+            m.sum(&Series::drops(&vm.vif, Dir::Ingress))?,
+            m.value(&Series::pass(&vm.vif, Dir::Egress))?,
+            m.sum(&Series::drops(&vm.vif, Dir::Egress))?,
             audit,
             reasons(&m, &vm.vif)
         );
     }
     for seg in service_lab::SEGMENTS {
-        let n = m.get(
-            "isolator_interfaces",
-            &[("tenant", seg.tenant), ("segment", seg.segment)],
-        );
         println!(
             "  isolator_interfaces{{tenant={},segment={}}} = {}",
             seg.tenant,
             seg.segment,
-            n.map_or("missing".to_string(), |v| v.to_string())
+            m.value(&Series::interfaces(seg.tenant, seg.segment))?
         );
     }
     let events: Vec<String> = m
-        .find("isolator_conntrack_events_total", &[])
+        .select(&Series::new(CONNTRACK_EVENTS, &[]))
         .iter()
         .map(|s| {
             format!(
@@ -583,23 +575,21 @@ pub fn run(opts: DemoOptions) -> Result<()> {
         .collect();
     println!(
         "  connection table: {} of {} entries; events: {}",
-        m.get("isolator_conntrack_entries", &[])
-            .map_or("missing".into(), |v| v.to_string()),
-        m.get("isolator_conntrack_capacity", &[])
-            .map_or("missing".into(), |v| v.to_string()),
+        m.value(&Series::conntrack_entries())?,
+        m.value(&Series::conntrack_capacity())?,
         events.join(", ")
     );
     println!();
 
     println!("stopping isolator (SIGTERM)…");
-    let status = daemon.stop(Duration::from_secs(10))?;
+    let status = env.take_daemon().stop(Duration::from_secs(10))?;
     println!("  isolator exited: {status}");
     if !status.success() {
         mismatches.push(format!("isolator exited with {status} on SIGTERM"));
     }
     let mut clean = true;
-    for vm in lab.vms() {
-        let left = lab.vif_programs(&vm.vif)?;
+    for vm in env.lab().vms() {
+        let left = env.lab().vif_programs(&vm.vif)?;
         if !left.is_empty() {
             clean = false;
             println!("  {} still has {left:?}", vm.vif);
@@ -611,8 +601,7 @@ pub fn run(opts: DemoOptions) -> Result<()> {
     }
 
     println!("removing lab…");
-    sl.destroy()?;
-    drop(tmp);
+    env.destroy()?;
     println!("demo took {:.1?}", started.elapsed());
 
     if mismatches.is_empty() {
@@ -632,14 +621,9 @@ const REVOKED_FLOW: &str = "      - {from: web, to: db, protocol: tcp, ports: 54
 /// A policy reload (SIGHUP) that removes the flow web -> db: the connection that flow
 /// admitted is cut at once (its tracked entry revoked), a new one is refused, and the
 /// counters say so.
-fn reload_scene(
-    sl: &ServiceLab,
-    daemon: &Daemon,
-    tmp: &TempDir,
-    policy: &str,
-    mismatches: &mut Vec<String>,
-) -> Result<()> {
-    let web1 = &sl.vm("acme-web1").ns;
+fn reload_scene(env: &Env<ServiceLab>, policy: &str, mismatches: &mut Vec<String>) -> Result<()> {
+    let daemon = env.daemon();
+    let web1 = env.ns("acme-web1");
     let target: SocketAddr = "10.1.2.2:5432".parse().expect("socket address");
     println!("reloading the policy without the flow acme web -> db tcp 5432 (SIGHUP)…");
     let mut expect = |what: &str, expected: bool, observed: bool| {
@@ -672,22 +656,10 @@ fn reload_scene(
     if narrower == policy {
         bail!("the demo policy no longer contains the flow {REVOKED_FLOW:?}");
     }
-    let before = daemon.metrics()?;
-    tmp.write("policy.yaml", &narrower)?;
-    daemon.signal(libc::SIGHUP)?;
-    let reloads = |m: &Metrics| m.sum("isolator_policy_reloads_total", &[("result", "succeeded")]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reloads(&daemon.metrics()?) <= reloads(&before) {
-        check_interrupted()?;
-        if Instant::now() > deadline {
-            bail!(
-                "the daemon did not reload the policy within 10 s:\n{}",
-                daemon.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let reloaded = daemon.metrics()?;
+    let before = daemon.scrape()?;
+    // Waits (at most 5 s) until the daemon counts the reload as succeeded.
+    env.reload(&narrower, true)?;
+    let reloaded = daemon.scrape()?;
     // The echo of a revoked connection never comes back (the read times out after 3 s).
     let after_reload = held.exchange(b"SELECT 2;\n").is_ok();
     expect("after: the same connection", false, after_reload);
@@ -697,19 +669,18 @@ fn reload_scene(
         false,
         fresh,
     );
-    let after = daemon.metrics()?;
-    let event = |m: &Metrics, e: &str| m.sum("isolator_conntrack_events_total", &[("event", e)]);
+    let after = daemon.scrape()?;
+    let revoked = reloaded.delta(&before, &Series::conntrack_event("revoked"))?;
     println!(
-        "  counted: revoked connections +{}, reloads succeeded +{}; {}",
-        event(&reloaded, "revoked") - event(&before, "revoked"),
-        reloads(&reloaded) - reloads(&before),
+        "  counted: revoked connections +{revoked}, reloads succeeded +{}; {}",
+        reloaded.delta(&before, &Series::reloads("succeeded"))?,
         row_change(
             &reloaded,
             &after,
-            &vifs_of(&sl.lab, &["acme-web1", "acme-db1"])
+            &vifs_of(env.lab(), &["acme-web1", "acme-db1"])
         )
     );
-    if event(&reloaded, "revoked") <= event(&before, "revoked") {
+    if revoked <= 0.0 {
         mismatches.push("reload: no tracked connection was revoked".into());
     }
     Ok(())
@@ -756,21 +727,18 @@ struct Change {
     counters: BTreeMap<(&'static str, String, &'static str, String), f64>,
 }
 
-fn change(before: &Metrics, after: &Metrics) -> Change {
-    let pass = after.sum("isolator_pass_packets_total", &[])
-        - before.sum("isolator_pass_packets_total", &[]);
+fn change(before: &Scrape, after: &Scrape) -> Change {
+    let all = |name: &'static str| Series::new(name, &[]);
+    let sum = |m: &Scrape| m.sum(&all(PASS_PACKETS)).unwrap_or(0.0);
+    let pass = sum(after) - sum(before);
     let mut counters = BTreeMap::new();
-    for (family, tag) in [
-        ("isolator_drop_packets_total", "drop"),
-        ("isolator_audit_packets_total", "audit"),
-    ] {
-        for s in after.find(family, &[]) {
-            let key: Vec<(&str, &str)> = s
-                .labels
+    for (family, tag) in [(DROP_PACKETS, "drop"), (AUDIT_PACKETS, "audit")] {
+        for s in after.select(&all(family)) {
+            let was = before
+                .samples
                 .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let was = before.get(family, &key).unwrap_or(0.0);
+                .find(|b: &&Sample| b.name == s.name && b.labels == s.labels)
+                .map_or(0.0, |b| b.value);
             if s.value > was {
                 let l = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
                 let dir = if l("direction") == "ingress" {
@@ -789,7 +757,7 @@ fn change(before: &Metrics, after: &Metrics) -> Change {
 
 /// A row's counters: in detail on the vifs of the row's VMs (`vacme-db1 in cross_segment
 /// +1`), the rest (broadcast ARP/ND dropped where it reaches other VMs) as one number.
-fn row_change(before: &Metrics, after: &Metrics, vifs: &[String]) -> String {
+fn row_change(before: &Scrape, after: &Scrape, vifs: &[String]) -> String {
     let c = change(before, after);
     let mut parts = vec![format!("pass +{}", c.pass)];
     let mut elsewhere = 0.0;
@@ -807,7 +775,7 @@ fn row_change(before: &Metrics, after: &Metrics, vifs: &[String]) -> String {
 }
 
 /// A scan's counters, summed by kind, direction and reason over every vif.
-fn scan_change(before: &Metrics, after: &Metrics) -> String {
+fn scan_change(before: &Scrape, after: &Scrape) -> String {
     let c = change(before, after);
     let mut by_reason: BTreeMap<(&str, &str, &str), (f64, BTreeSet<&str>)> = BTreeMap::new();
     for ((tag, device, dir, reason), d) in &c.counters {
@@ -828,9 +796,9 @@ fn scan_change(before: &Metrics, after: &Metrics) -> String {
 }
 
 /// `reason in=N, ...` for the non-zero drop counters of `vif`, then its audit verdicts.
-fn reasons(m: &Metrics, vif: &str) -> String {
-    let list = |family: &str| -> Vec<String> {
-        m.find(family, &[("device", vif)])
+fn reasons(m: &Scrape, vif: &str) -> String {
+    let list = |family: &'static str| -> Vec<String> {
+        m.select(&Series::new(family, &[("device", vif)]))
             .iter()
             .filter(|s| s.value > 0.0)
             .filter_map(|s| {
@@ -845,8 +813,8 @@ fn reasons(m: &Metrics, vif: &str) -> String {
             .into_iter()
             .collect()
     };
-    let drops = list("isolator_drop_packets_total");
-    let audits = list("isolator_audit_packets_total");
+    let drops = list(DROP_PACKETS);
+    let audits = list(AUDIT_PACKETS);
     let mut s = drops.join(", ");
     if !audits.is_empty() {
         s.push_str(&format!(" (audit: {})", audits.join(", ")));

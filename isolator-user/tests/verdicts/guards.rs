@@ -4,15 +4,19 @@
 //! d-aw1 declares its identity (MAC, addresses, VLAN 100); d-aw2 declares none (its
 //! segment's prefixes apply); db allows router advertisements and DHCP servers.
 
-mod common;
-
-use common::{
-    BROADCAST, L4, Lab, PEER_MAC, V4, VM_MAC, arp_frame, echo_request, fragment_header,
-    in_private_netns, ip_from, nd_with_lladdr, nd_with_options, out, router_advertisement, row,
-    tagged, tcp, udp, v6_with_extensions,
-};
 use isolator::compile::Plan;
 use isolator_common::{SegmentInfo, verdict};
+use isolator_tests::frame::{
+    BROADCAST, Ext, V4, echo_request, icmp, ip as ip_from, router_advertisement, tagged, tcp,
+    truncated, udp,
+};
+
+use isolator_tests::frame::v6_with_extensions;
+
+use crate::fixture::{
+    Lab, PEER_MAC, VM_MAC, arp as arp_frame, in_private_netns, nd_with_lladdr, nd_with_options,
+    out, row,
+};
 
 const POLICY: &str = r#"
 version: 1
@@ -309,11 +313,6 @@ fn arp_and_neighbour_discovery() {
 fn router_and_dhcp_guards() {
     in_private_netns(|| {
         let mut lab = lab();
-        let icmp = |kind| L4::Icmp {
-            kind,
-            code: 0,
-            id: 0,
-        };
         lab.check_all(&[
             row(
                 "router advertisement from a VM",
@@ -489,48 +488,47 @@ fn malformed_and_evasive_frames() {
             v.payload[5] = 7; // UDP length 7
             v
         };
-        let dst_opts = || (60u8, vec![0u8; 6]);
         lab.check_all(&[
             row(
                 "IPv4 total length beyond the frame",
                 "d-aw2",
-                longer.frame(M2),
+                longer.frame(M2, PEER_MAC),
                 verdict::MALFORMED,
             ),
             row(
                 "IPv4 total length below the header length",
                 "d-aw2",
-                shorter.frame(M2),
+                shorter.frame(M2, PEER_MAC),
                 verdict::MALFORMED,
             ),
             row(
                 "IPv4 options",
                 "d-aw2",
-                options.frame(M2),
+                options.frame(M2, PEER_MAC),
                 verdict::IP_OPTIONS,
             ),
             row(
                 "a lone router alert option (IGMP)",
                 "d-aw2",
-                router_alert.frame(M2),
+                router_alert.frame(M2, PEER_MAC),
                 verdict::PASS,
             ),
             row(
                 "router alert followed by another option",
                 "d-aw2",
-                two_options.frame(M2),
+                two_options.frame(M2, PEER_MAC),
                 verdict::IP_OPTIONS,
             ),
             row(
                 "TCP data offset below 5 words",
                 "d-aw2",
-                bad_offset.frame(M2),
+                bad_offset.frame(M2, PEER_MAC),
                 verdict::MALFORMED,
             ),
             row(
                 "UDP length below its header",
                 "d-aw2",
-                udp_len.frame(M2),
+                udp_len.frame(M2, PEER_MAC),
                 verdict::MALFORMED,
             ),
             row(
@@ -538,9 +536,10 @@ fn malformed_and_evasive_frames() {
                 "d-aw2",
                 v6_with_extensions(
                     M2,
+                    PEER_MAC,
                     "fd00:1:1::7",
                     "fd00:1:1::3",
-                    &[(0, vec![0; 6]), dst_opts()],
+                    &[Ext::HopByHop, Ext::DestinationOptions],
                     tcp(1000, 22, 2),
                 ),
                 verdict::PASS,
@@ -550,9 +549,10 @@ fn malformed_and_evasive_frames() {
                 "d-aw2",
                 v6_with_extensions(
                     M2,
+                    PEER_MAC,
                     "fd00:1:1::7",
                     "fd00:1:1::3",
-                    &[dst_opts(), dst_opts(), dst_opts(), dst_opts(), dst_opts()],
+                    &[Ext::DestinationOptions; 5],
                     tcp(1000, 22, 2),
                 ),
                 verdict::IPV6_EXTENSIONS,
@@ -562,9 +562,10 @@ fn malformed_and_evasive_frames() {
                 "d-aw2",
                 v6_with_extensions(
                     M2,
+                    PEER_MAC,
                     "fd00:1:1::7",
                     "fd00:1:2::5",
-                    &[dst_opts(), dst_opts()],
+                    &[Ext::DestinationOptions; 2],
                     tcp(1000, 22, 2),
                 ),
                 verdict::CROSS_SEGMENT,
@@ -577,9 +578,9 @@ fn malformed_and_evasive_frames() {
 fn truncated_at_every_header_boundary() {
     in_private_netns(|| {
         let mut lab = lab();
-        let v4 = V4::new("10.1.1.7", "10.1.1.3", tcp(1000, 22, 2)).frame(M2);
+        let v4 = V4::new("10.1.1.7", "10.1.1.3", tcp(1000, 22, 2)).frame(M2, PEER_MAC);
         let v6 = ip_from(M2, PEER_MAC, "fd00:1:1::7", "fd00:1:1::3", tcp(1000, 22, 2));
-        let udp4 = V4::new("10.1.1.7", "10.1.1.3", udp(1000, 53)).frame(M2);
+        let udp4 = V4::new("10.1.1.7", "10.1.1.3", udp(1000, 53)).frame(M2, PEER_MAC);
         let icmp6 = ip_from(M2, PEER_MAC, "fd00:1:1::7", "fd00:1:1::3", echo_request(1));
         let arp = arp_frame(M2, M2, "10.1.1.7", "10.1.1.3", 1);
         let tag = tagged(&v4, 0x8100, 100);
@@ -594,11 +595,13 @@ fn truncated_at_every_header_boundary() {
         ];
         for (what, frame, cuts) in cases {
             for cut in cuts {
-                let name: &'static str =
-                    Box::leak(format!("{what} cut to {cut} bytes").into_boxed_str());
-                let mut f = frame.to_vec();
-                f.truncate(*cut);
-                lab.check(&row(name, "d-aw2", f, verdict::MALFORMED));
+                let name = format!("{what} cut to {cut} bytes");
+                lab.check(&row(
+                    name,
+                    "d-aw2",
+                    truncated(frame, *cut),
+                    verdict::MALFORMED,
+                ));
             }
         }
     });
@@ -608,15 +611,14 @@ fn truncated_at_every_header_boundary() {
 fn fragments() {
     in_private_netns(|| {
         let mut lab = lab();
-        let mf = 0x2000;
         let first = V4 {
             id: 7,
-            flags_offset: mf,
+            more_fragments: true,
             ..V4::new("10.1.1.7", "10.1.1.3", udp(1000, 53))
         };
         let later = V4 {
             id: 7,
-            flags_offset: 2, // 16 bytes in, last
+            offset: 2, // 16 bytes in, last
             protocol: 17,
             payload: vec![0; 8],
             ..V4::new("10.1.1.7", "10.1.1.3", udp(1000, 53))
@@ -627,7 +629,7 @@ fn fragments() {
         };
         let cross_first = V4 {
             id: 9,
-            flags_offset: mf,
+            more_fragments: true,
             ..V4::new("10.1.1.7", "10.1.2.5", udp(1000, 53))
         };
         let cross_later = V4 {
@@ -637,75 +639,95 @@ fn fragments() {
         };
         let tiny_first = V4 {
             id: 10,
-            flags_offset: mf,
+            more_fragments: true,
             payload: vec![0x03, 0xe8, 0, 22, 0, 0, 0, 1], // 8 bytes of a TCP header
             protocol: 6,
             ..V4::new("10.1.1.7", "10.1.1.3", udp(1000, 53))
         };
         let overlap = V4 {
             id: 11,
-            flags_offset: 1, // 8 bytes in: over TCP's flags
+            offset: 1, // 8 bytes in: over TCP's flags
             protocol: 6,
             payload: vec![0; 16],
             ..V4::new("10.1.1.7", "10.1.1.3", udp(1000, 53))
         };
         let v6_first = v6_with_extensions(
             M2,
+            PEER_MAC,
             "fd00:1:1::7",
             "fd00:1:1::3",
-            &[(44, fragment_header(0, true, 77))],
+            &[Ext::Fragment {
+                offset: 0,
+                more: true,
+                id: 77,
+            }],
             udp(1000, 53),
         );
         let v6_later = v6_with_extensions(
             M2,
+            PEER_MAC,
             "fd00:1:1::7",
             "fd00:1:1::3",
-            &[(44, fragment_header(2, false, 77))],
+            &[Ext::Fragment {
+                offset: 2,
+                more: false,
+                id: 77,
+            }],
             udp(1000, 53),
         );
         let v6_stray = v6_with_extensions(
             M2,
+            PEER_MAC,
             "fd00:1:1::7",
             "fd00:1:1::3",
-            &[(44, fragment_header(2, false, 78))],
+            &[Ext::Fragment {
+                offset: 2,
+                more: false,
+                id: 78,
+            }],
             udp(1000, 53),
         );
         lab.check_all(&[
-            row("a first fragment", "d-aw2", first.frame(M2), verdict::PASS),
+            row(
+                "a first fragment",
+                "d-aw2",
+                first.frame(M2, PEER_MAC),
+                verdict::PASS,
+            ),
             row(
                 "its later fragment",
                 "d-aw2",
-                later.frame(M2),
+                later.frame(M2, PEER_MAC),
                 verdict::PASS,
             ),
             row(
                 "a later fragment whose first never passed",
                 "d-aw2",
-                stray.frame(M2),
+                stray.frame(M2, PEER_MAC),
                 verdict::FRAGMENT,
             ),
             row(
                 "a first fragment across segments",
                 "d-aw2",
-                cross_first.frame(M2),
+                cross_first.frame(M2, PEER_MAC),
                 verdict::CROSS_SEGMENT,
             ),
             row(
                 "its later fragment does not slip through",
                 "d-aw2",
-                cross_later.frame(M2),
+                cross_later.frame(M2, PEER_MAC),
                 verdict::FRAGMENT,
             ),
             row(
                 "a first fragment too short for the TCP header",
                 "d-aw2",
-                tiny_first.frame(M2),
+                tiny_first.frame(M2, PEER_MAC),
                 verdict::FRAGMENT,
             ),
             row(
                 "a TCP fragment overlapping the header's flags",
                 "d-aw2",
-                overlap.frame(M2),
+                overlap.frame(M2, PEER_MAC),
                 verdict::FRAGMENT,
             ),
             row("an IPv6 first fragment", "d-aw2", v6_first, verdict::PASS),
@@ -723,7 +745,7 @@ fn fragments() {
                     id: 12,
                     ..later.clone()
                 }
-                .frame(VM_MAC),
+                .frame(VM_MAC, PEER_MAC),
                 verdict::FRAGMENT,
             ),
         ]);

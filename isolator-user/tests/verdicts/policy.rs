@@ -5,14 +5,16 @@
 //! Rows run in order on one loaded program, so the connection tracking rows build on
 //! each other as a real exchange would.
 
-mod common;
-
-use common::{
-    ACK, BROADCAST, FIN, L4, Lab, PEER_MAC, ROUTER_MAC, RST, SYN, SYN_ACK, VM_MAC, arp_frame,
-    arp_request, echo_reply, echo_request, from_outside, icmp_error, in_private_netns, ip, ip_from,
-    nd, out, quoted, router_advertisement, row, tcp, udp,
-};
 use isolator_common::verdict;
+use isolator_tests::frame::{
+    ACK, BROADCAST, FIN, RST, SYN, SYN_ACK, echo_reply, echo_request, icmp, ip as ip_from,
+    router_advertisement, tcp, udp,
+};
+
+use crate::fixture::{
+    Lab, PEER_MAC, ROUTER_MAC, VM_MAC, arp as arp_frame, arp_request, from_outside, icmp_error,
+    in_private_netns, ip, nd, out, quoted, row,
+};
 
 const POLICY: &str = r#"
 version: 1
@@ -614,11 +616,7 @@ fn egress_rules() {
                     [0x33, 0x33, 0, 0, 0, 1],
                     "fe80::1",
                     "ff02::1",
-                    L4::Icmp {
-                        kind: 130,
-                        code: 0,
-                        id: 0,
-                    },
+                    icmp(130),
                 ),
                 verdict::PASS,
             ),
@@ -630,11 +628,7 @@ fn egress_rules() {
                     [0x33, 0x33, 0, 0, 0, 0x16],
                     "fd00:1:2::5",
                     "ff02::16",
-                    L4::Icmp {
-                        kind: 143,
-                        code: 0,
-                        id: 0,
-                    },
+                    icmp(143),
                 ),
                 verdict::CROSS_SEGMENT,
             ),
@@ -883,7 +877,7 @@ fn a_new_policy_revokes_the_connections_it_no_longer_admits() {
 }
 
 /// A full connection table evicts the least recently used entry for a new connection:
-/// the table never holds more than its capacity, the evictions show in the daemon's
+/// the table stays full (never emptied to make room), the evictions show in the daemon's
 /// estimate, and an evicted connection's replies are refused like unsolicited packets
 /// while the newest connection's still pass.
 #[test]
@@ -909,9 +903,12 @@ fn a_full_connection_table_evicts_the_least_recently_used() {
         let (entries, events) = lab.dp.conntrack().unwrap();
         let opened = events[conntrack::EVENT_CREATED as usize];
         assert_eq!(opened, u64::from(total), "every SYN opened a connection");
+        // The kernel evicts to make room a batch at a time (per-CPU free lists), never
+        // more: the table stays full. (That it holds no more than its size is the
+        // kernel's guarantee for any LRU map, not isolator's to test.)
         assert!(
-            entries <= u64::from(MAX_CONNECTIONS),
-            "{entries} entries in a table of {MAX_CONNECTIONS}"
+            entries >= u64::from(MAX_CONNECTIONS) - 1024,
+            "{entries} entries left in a table of {MAX_CONNECTIONS} that was overfilled"
         );
         let evicted = isolator::metrics::evicted(
             opened,

@@ -1,21 +1,15 @@
-//! Table-driven verdict tests: each row is a frame, the vif it arrives on, the expected
-//! XDP action and the counter that must move (BPF_PROG_TEST_RUN through aya's TestRun).
-//!
-//! Needs root. Each test runs on its own thread inside a private, anonymous network
-//! namespace (unshare), where it creates veth pairs to stand for vifs: nothing is
-//! created in, attached to or sent from the root namespace, and everything vanishes with
-//! the thread.
+//! The basic verdicts: segments and tenants apart over IPv4, IPv6 and ARP, parse errors,
+//! fail closed, all-or-nothing swaps, counter pruning, pinned maps.
 
-mod common;
-
-use std::net::{Ipv4Addr, Ipv6Addr};
-
-use bytes::{BufMut, BytesMut};
-use common::{Lab, in_private_netns, row, veths};
 use isolator::compile::{ManagedVif, Plan};
 use isolator::dataplane::Dataplane;
 use isolator::policy;
 use isolator_common::verdict;
+use isolator_tests::frame::{
+    echo_request, ethernet, tagged, truncated, with_arp_htype, with_ihl, with_ip_version,
+};
+
+use crate::fixture::{Lab, PEER_MAC, VM_MAC, arp, in_private_netns, ip, row, veths};
 
 const POLICY: &str = r#"
 version: 1
@@ -41,81 +35,14 @@ fn lab() -> Lab {
     Lab::new(POLICY, LINKS)
 }
 
-const VM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
-const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
-
-fn ethernet(buf: &mut BytesMut, ether_type: u16) {
-    buf.put_slice(&PEER_MAC);
-    buf.put_slice(&VM_MAC);
-    buf.put_u16(ether_type);
+/// An ICMP or ICMPv6 echo request the VM sends (the family follows the addresses).
+fn echo(src: &str, dst: &str) -> Vec<u8> {
+    ip(src, dst, echo_request(1))
 }
 
-/// An IPv4 ICMP echo request; `ihl` in 32-bit words.
-fn ipv4_with_ihl(src: Ipv4Addr, dst: Ipv4Addr, ihl: u8) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    ethernet(&mut b, 0x0800);
-    b.put_u8(0x40 | ihl);
-    b.put_u8(0);
-    b.put_u16(20 + 8);
-    b.put_u32(0); // id, flags, fragment offset
-    b.put_u8(64);
-    b.put_u8(1); // ICMP
-    b.put_u16(0); // checksum: not checked by the enforcer
-    b.put_slice(&src.octets());
-    b.put_slice(&dst.octets());
-    b.put_slice(&[8, 0, 0, 0, 0, 1, 0, 1]); // echo request
-    b.to_vec()
-}
-
-fn ipv4(src: &str, dst: &str) -> Vec<u8> {
-    ipv4_with_ihl(src.parse().unwrap(), dst.parse().unwrap(), 5)
-}
-
-fn ipv6_with_version(src: &str, dst: &str, version: u8) -> Vec<u8> {
-    let src: Ipv6Addr = src.parse().unwrap();
-    let dst: Ipv6Addr = dst.parse().unwrap();
-    let mut b = BytesMut::new();
-    ethernet(&mut b, 0x86dd);
-    b.put_u32(u32::from(version) << 28);
-    b.put_u16(8);
-    b.put_u8(58); // ICMPv6
-    b.put_u8(64);
-    b.put_slice(&src.octets());
-    b.put_slice(&dst.octets());
-    b.put_slice(&[128, 0, 0, 0, 0, 1, 0, 1]); // echo request
-    b.to_vec()
-}
-
-fn ipv6(src: &str, dst: &str) -> Vec<u8> {
-    ipv6_with_version(src, dst, 6)
-}
-
-fn arp_with_htype(sender: &str, target: &str, htype: u16) -> Vec<u8> {
-    let sender: Ipv4Addr = sender.parse().unwrap();
-    let target: Ipv4Addr = target.parse().unwrap();
-    let mut b = BytesMut::new();
-    b.put_slice(&[0xff; 6]);
-    b.put_slice(&VM_MAC);
-    b.put_u16(0x0806);
-    b.put_u16(htype);
-    b.put_u16(0x0800);
-    b.put_u8(6);
-    b.put_u8(4);
-    b.put_u16(1); // request
-    b.put_slice(&VM_MAC);
-    b.put_slice(&sender.octets());
-    b.put_slice(&[0; 6]);
-    b.put_slice(&target.octets());
-    b.to_vec()
-}
-
-fn arp(sender: &str, target: &str) -> Vec<u8> {
-    arp_with_htype(sender, target, 1)
-}
-
-fn truncated(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
-    frame.truncate(len);
-    frame
+/// An ARP request the VM sends for `target`.
+fn arp_for(sender: &str, target: &str) -> Vec<u8> {
+    arp(VM_MAC, VM_MAC, sender, target, 1)
 }
 
 #[test]
@@ -126,73 +53,73 @@ fn ipv4_verdicts() {
             row(
                 "same segment",
                 "d-aw1",
-                ipv4("10.1.1.2", "10.1.1.3"),
+                echo("10.1.1.2", "10.1.1.3"),
                 verdict::PASS,
             ),
             row(
                 "same segment, second vif",
                 "d-aw2",
-                ipv4("10.1.1.3", "10.1.1.2"),
+                echo("10.1.1.3", "10.1.1.2"),
                 verdict::PASS,
             ),
             row(
                 "other segment, same tenant",
                 "d-aw1",
-                ipv4("10.1.1.2", "10.1.2.3"),
+                echo("10.1.1.2", "10.1.2.3"),
                 verdict::CROSS_SEGMENT,
             ),
             row(
                 "other segment, back the other way",
                 "d-ad",
-                ipv4("10.1.2.3", "10.1.1.2"),
+                echo("10.1.2.3", "10.1.1.2"),
                 verdict::CROSS_SEGMENT,
             ),
             row(
                 "other tenant",
                 "d-aw1",
-                ipv4("10.1.1.2", "10.2.1.9"),
+                echo("10.1.1.2", "10.2.1.9"),
                 verdict::CROSS_TENANT,
             ),
             row(
                 "other tenant, from the other side",
                 "d-gw",
-                ipv4("10.2.1.9", "10.1.1.2"),
+                echo("10.2.1.9", "10.1.1.2"),
                 verdict::CROSS_TENANT,
             ),
             row(
                 "outside every segment",
                 "d-aw1",
-                ipv4("10.1.1.2", "192.0.2.1"),
+                echo("10.1.1.2", "192.0.2.1"),
                 verdict::PASS,
             ),
             row(
                 "edge of another tenant's prefix",
                 "d-aw1",
-                ipv4("10.1.1.2", "10.2.1.255"),
+                echo("10.1.1.2", "10.2.1.255"),
                 verdict::CROSS_TENANT,
             ),
             row(
                 "just past another tenant's prefix",
                 "d-aw1",
-                ipv4("10.1.1.2", "10.2.2.0"),
+                echo("10.1.1.2", "10.2.2.0"),
                 verdict::PASS,
             ),
             row(
                 "IPv4 header cut short",
                 "d-aw1",
-                truncated(ipv4("10.1.1.2", "10.1.1.3"), 14 + 19),
+                truncated(&echo("10.1.1.2", "10.1.1.3"), 14 + 19),
                 verdict::MALFORMED,
             ),
             row(
                 "IPv4 header length below 5 words",
                 "d-aw1",
-                ipv4_with_ihl("10.1.1.2".parse().unwrap(), "10.1.1.3".parse().unwrap(), 4),
+                with_ihl(&echo("10.1.1.2", "10.1.1.3"), 4),
                 verdict::MALFORMED,
             ),
             row(
                 "IPv4 header length beyond the frame",
                 "d-aw1",
-                ipv4_with_ihl("10.1.1.2".parse().unwrap(), "10.1.1.3".parse().unwrap(), 15),
+                with_ihl(&echo("10.1.1.2", "10.1.1.3"), 15),
                 verdict::MALFORMED,
             ),
             // A frame shorter than an Ethernet header cannot be test-run (the kernel
@@ -200,43 +127,29 @@ fn ipv4_verdicts() {
             row(
                 "EtherType present, nothing after it",
                 "d-aw1",
-                truncated(ipv4("10.1.1.2", "10.1.1.3"), 14),
+                truncated(&echo("10.1.1.2", "10.1.1.3"), 14),
                 verdict::MALFORMED,
             ),
             row(
                 "unknown EtherType (LLDP)",
                 "d-aw1",
-                {
-                    let mut b = BytesMut::new();
-                    ethernet(&mut b, 0x88cc);
-                    b.put_slice(&[0; 46]);
-                    b.to_vec()
-                },
+                ethernet(VM_MAC, PEER_MAC, 0x88cc, &[0; 46]),
                 verdict::UNKNOWN_ETHERTYPE,
             ),
             row(
                 "802.1Q tag on an interface without VLANs",
                 "d-aw1",
-                {
-                    let mut b = BytesMut::new();
-                    ethernet(&mut b, 0x8100);
-                    b.put_u16(100);
-                    b.put_u16(0x0800);
-                    b.put_slice(&ipv4("10.1.1.2", "10.2.1.9")[14..]);
-                    b.to_vec()
-                },
+                tagged(&echo("10.1.1.2", "10.2.1.9"), 0x8100, 100),
                 verdict::VLAN,
             ),
             row(
                 "interface not in the policy (fail closed)",
                 "d-stranger",
-                ipv4("10.9.9.9", "10.1.1.2"),
+                echo("10.9.9.9", "10.1.1.2"),
                 verdict::NO_POLICY,
             ),
         ];
-        for r in &rows {
-            lab.check(r);
-        }
+        lab.check_all(&rows);
     });
 }
 
@@ -248,61 +161,59 @@ fn ipv6_verdicts() {
             row(
                 "same segment",
                 "d-aw1",
-                ipv6("fd00:1:1::2", "fd00:1:1::3"),
+                echo("fd00:1:1::2", "fd00:1:1::3"),
                 verdict::PASS,
             ),
             row(
                 "other segment, same tenant",
                 "d-aw1",
-                ipv6("fd00:1:1::2", "fd00:1:2::3"),
+                echo("fd00:1:1::2", "fd00:1:2::3"),
                 verdict::CROSS_SEGMENT,
             ),
             row(
                 "other tenant",
                 "d-aw2",
-                ipv6("fd00:1:1::3", "fd00:2:1::9"),
+                echo("fd00:1:1::3", "fd00:2:1::9"),
                 verdict::CROSS_TENANT,
             ),
             row(
                 "other tenant, from the other side",
                 "d-gw",
-                ipv6("fd00:2:1::9", "fd00:1:1::3"),
+                echo("fd00:2:1::9", "fd00:1:1::3"),
                 verdict::CROSS_TENANT,
             ),
             row(
                 "outside every segment",
                 "d-aw1",
-                ipv6("fd00:1:1::2", "2001:db8::1"),
+                echo("fd00:1:1::2", "2001:db8::1"),
                 verdict::PASS,
             ),
             row(
                 "last address of another tenant's /64",
                 "d-aw1",
-                ipv6("fd00:1:1::2", "fd00:2:1::ffff:ffff:ffff:ffff"),
+                echo("fd00:1:1::2", "fd00:2:1::ffff:ffff:ffff:ffff"),
                 verdict::CROSS_TENANT,
             ),
             row(
                 "IPv6 header cut short",
                 "d-aw1",
-                truncated(ipv6("fd00:1:1::2", "fd00:1:1::3"), 14 + 39),
+                truncated(&echo("fd00:1:1::2", "fd00:1:1::3"), 14 + 39),
                 verdict::MALFORMED,
             ),
             row(
                 "IPv6 EtherType with version 4 inside",
                 "d-aw1",
-                ipv6_with_version("fd00:1:1::2", "fd00:1:1::3", 4),
+                with_ip_version(&echo("fd00:1:1::2", "fd00:1:1::3"), 4),
                 verdict::MALFORMED,
             ),
             row(
                 "interface not in the policy (fail closed)",
                 "d-stranger",
-                ipv6("fd00:9::1", "fd00:1:1::2"),
+                echo("fd00:9::1", "fd00:1:1::2"),
                 verdict::NO_POLICY,
             ),
         ];
-        for r in &rows {
-            lab.check(r);
-        }
+        lab.check_all(&rows);
     });
 }
 
@@ -314,43 +225,41 @@ fn arp_verdicts() {
             row(
                 "who-has in own segment",
                 "d-aw1",
-                arp("10.1.1.2", "10.1.1.3"),
+                arp_for("10.1.1.2", "10.1.1.3"),
                 verdict::PASS,
             ),
             row(
                 "who-has in another segment",
                 "d-aw1",
-                arp("10.1.1.2", "10.1.2.3"),
+                arp_for("10.1.1.2", "10.1.2.3"),
                 verdict::CROSS_SEGMENT,
             ),
             row(
                 "who-has in another tenant",
                 "d-gw",
-                arp("10.2.1.9", "10.1.1.2"),
+                arp_for("10.2.1.9", "10.1.1.2"),
                 verdict::CROSS_TENANT,
             ),
             row(
                 "who-has outside every segment",
                 "d-aw1",
-                arp("10.1.1.2", "192.0.2.1"),
+                arp_for("10.1.1.2", "192.0.2.1"),
                 verdict::PASS,
             ),
             row(
                 "ARP cut before the target address",
                 "d-aw1",
-                truncated(arp("10.1.1.2", "10.2.1.9"), 14 + 27),
+                truncated(&arp_for("10.1.1.2", "10.2.1.9"), 14 + 27),
                 verdict::MALFORMED,
             ),
             row(
                 "ARP with a non-Ethernet hardware type",
                 "d-aw1",
-                arp_with_htype("10.1.1.2", "10.1.1.3", 6),
+                with_arp_htype(&arp_for("10.1.1.2", "10.1.1.3"), 6),
                 verdict::MALFORMED,
             ),
         ];
-        for r in &rows {
-            lab.check(r);
-        }
+        lab.check_all(&rows);
     });
 }
 
@@ -375,13 +284,13 @@ fn a_vif_whose_segment_entry_is_missing_fails_closed() {
         lab.check(&row(
             "sender's segment entry missing",
             "d-orphan",
-            ipv4("10.1.1.9", "10.1.1.2"),
+            echo("10.1.1.9", "10.1.1.2"),
             verdict::NO_POLICY,
         ));
         lab.check(&row(
             "destination's segment entry missing",
             "d-aw1",
-            ipv4("10.1.1.2", "10.7.7.7"),
+            echo("10.1.1.2", "10.7.7.7"),
             verdict::NO_POLICY,
         ));
     });
@@ -391,7 +300,7 @@ fn a_vif_whose_segment_entry_is_missing_fails_closed() {
 fn a_policy_swap_is_all_or_nothing() {
     in_private_netns(|| {
         let mut lab = lab();
-        let to_db = ipv4("10.1.1.2", "10.1.2.3");
+        let to_db = echo("10.1.1.2", "10.1.2.3");
         lab.check(&row(
             "before",
             "d-aw1",
@@ -445,7 +354,7 @@ fn a_policy_swap_is_all_or_nothing() {
         lab.check(&row(
             "after the refused swap, other tenant",
             "d-aw1",
-            ipv4("10.1.1.2", "10.2.1.9"),
+            echo("10.1.1.2", "10.2.1.9"),
             verdict::CROSS_TENANT,
         ));
     });
@@ -458,13 +367,13 @@ fn counters_of_interfaces_that_are_gone_can_be_pruned() {
         lab.check(&row(
             "a frame on d-aw1",
             "d-aw1",
-            ipv4("10.1.1.2", "10.1.1.3"),
+            echo("10.1.1.2", "10.1.1.3"),
             verdict::PASS,
         ));
         lab.check(&row(
             "a frame on d-aw2",
             "d-aw2",
-            ipv4("10.1.1.3", "10.1.1.2"),
+            echo("10.1.1.3", "10.1.1.2"),
             verdict::PASS,
         ));
         let keep: std::collections::BTreeSet<u32> = [lab.ifindex("d-aw2")].into();

@@ -1,0 +1,347 @@
+//! The generic runner of the verdict tables (after katran's `KatranBaseTestFixtures`): a
+//! table is data, rows of a description, the vif a frame crosses, the program (ingress
+//! XDP or egress TC), the frame, and the expected verdict; the expected counter change
+//! follows from them: exactly one packet and the frame's length under `(vif, direction,
+//! verdict, audit flag)`, and no other counter moves. [`Lab::check_all`] runs every row on
+//! one loaded program, in order (connection tracking rows build on each other), and fails
+//! with every row that went wrong.
+//!
+//! Frames come from the one frame builder of the tests, `isolator_tests::frame`; the
+//! helpers here only fix the MAC addresses the tables use.
+//!
+//! Each test runs on its own thread inside a private, anonymous network namespace
+//! (unshare), where it creates veth pairs to stand for vifs: nothing is created in,
+//! attached to or sent from the root namespace, and everything vanishes with the thread.
+
+use std::process::Command;
+
+use isolator::compile::{Link, Plan};
+use isolator::dataplane::Dataplane;
+use isolator::policy;
+use isolator_common::{Counter, CounterKey, direction, verdict};
+use isolator_tests::frame::{self, L4, Mac};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const TC_ACT_OK: i32 = 0;
+pub const TC_ACT_SHOT: i32 = 2;
+
+/// The MAC of the VM behind the vif a row runs on.
+pub const VM_MAC: Mac = [0x02, 0, 0, 0, 0, 1];
+/// The MAC it sends to.
+pub const PEER_MAC: Mac = [0x02, 0, 0, 0, 0, 2];
+/// A router's MAC: frames from outside every segment come from it, never from a vif.
+pub const ROUTER_MAC: Mac = [0x02, 0, 0, 0, 0, 0xee];
+/// The solicited-node group MAC the neighbour solicitations of [`nd`] go to.
+pub const SOLICITED: Mac = [0x33, 0x33, 0xff, 0, 0, 1];
+
+/// Runs `body` on a fresh thread in a new, anonymous network namespace: whatever it
+/// creates there vanishes with the thread; nothing touches the root namespace.
+pub fn in_private_netns<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: unshare affects only this thread's network namespace.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET) failed: {} (these tests need root)",
+            std::io::Error::last_os_error()
+        );
+        body()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Creates a veth pair per name in the calling thread's (private) namespace (this kernel
+/// has no dummy driver) and returns the named ends.
+pub fn veths(names: &[&str]) -> Vec<Link> {
+    names
+        .iter()
+        .map(|name| {
+            let status = Command::new("ip")
+                .args(["link", "add", name, "type", "veth", "peer", "name"])
+                .arg(format!("{name}-p"))
+                .status()
+                .expect("running ip");
+            assert!(status.success(), "ip link add {name} failed");
+            let c = std::ffi::CString::new(*name).unwrap();
+            // SAFETY: c is a valid NUL-terminated string.
+            let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            assert_ne!(ifindex, 0, "{name} has no ifindex");
+            Link {
+                name: name.to_string(),
+                ifindex,
+            }
+        })
+        .collect()
+}
+
+/// Which program a row runs through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    /// XDP: the frame is sent by the VM behind the vif.
+    In,
+    /// TC egress: the frame is delivered to the VM behind the vif.
+    Out,
+}
+
+/// One row of a table.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub name: String,
+    pub dir: Dir,
+    pub vif: &'static str,
+    pub frame: Vec<u8>,
+    pub verdict: u8,
+    /// A drop that audit mode passes (counted with the audit flag).
+    pub audited: bool,
+}
+
+/// A frame the VM behind `vif` sends (ingress).
+pub fn row(name: impl Into<String>, vif: &'static str, frame: Vec<u8>, verdict: u8) -> Row {
+    Row {
+        name: name.into(),
+        dir: Dir::In,
+        vif,
+        frame,
+        verdict,
+        audited: false,
+    }
+}
+
+/// A frame delivered to the VM behind `vif` (egress).
+pub fn out(name: impl Into<String>, vif: &'static str, frame: Vec<u8>, verdict: u8) -> Row {
+    Row {
+        dir: Dir::Out,
+        ..row(name, vif, frame, verdict)
+    }
+}
+
+impl Row {
+    pub fn audited(mut self) -> Row {
+        self.audited = true;
+        self
+    }
+
+    /// Whether the program must let the frame through.
+    fn passes(&self) -> bool {
+        self.verdict == verdict::PASS || self.audited
+    }
+
+    /// The one counter the row must move.
+    fn counter(&self, ifindex: u32) -> CounterKey {
+        CounterKey {
+            ifindex,
+            direction: match self.dir {
+                Dir::In => direction::INGRESS,
+                Dir::Out => direction::EGRESS,
+            },
+            verdict: self.verdict,
+            flags: if self.audited { CounterKey::AUDIT } else { 0 },
+            _pad: 0,
+        }
+    }
+
+    fn expected(&self) -> String {
+        format!(
+            "{} {}{} on {} ({})",
+            if self.passes() { "pass" } else { "drop" },
+            verdict::name(self.verdict).unwrap_or("pass"),
+            if self.audited { ", audited" } else { "" },
+            self.vif,
+            match self.dir {
+                Dir::In => "ingress",
+                Dir::Out => "egress",
+            }
+        )
+    }
+}
+
+/// The loaded programs with a policy applied, and the links standing for its vifs.
+pub struct Lab {
+    pub dp: Dataplane,
+    pub links: Vec<Link>,
+}
+
+impl Lab {
+    /// Loads the programs and applies `policy_text` with `names` as the host's links.
+    pub fn new(policy_text: &str, names: &[&str]) -> Lab {
+        Lab::with_plan(policy_text, names, |_| {})
+    }
+
+    /// Like [`Lab::new`], letting `adjust` change the compiled plan before it is applied.
+    pub fn with_plan(policy_text: &str, names: &[&str], adjust: impl FnOnce(&mut Plan)) -> Lab {
+        let links = veths(names);
+        let policy = policy::parse(policy_text, "test.yaml").expect("valid policy");
+        let mut plan = Plan::new(&policy, &links).expect("plan");
+        adjust(&mut plan);
+        let mut dp = Dataplane::load().expect("loading the programs");
+        dp.apply(&plan).expect("applying the policy");
+        Lab { dp, links }
+    }
+
+    pub fn ifindex(&self, name: &str) -> u32 {
+        self.links
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("no link {name}"))
+            .ifindex
+    }
+
+    /// Runs one row; returns what went wrong (the action, or any counter other than
+    /// exactly the row's by one packet and the frame's length).
+    fn run(&mut self, row: &Row) -> Result<(), String> {
+        let ifindex = self.ifindex(row.vif);
+        let before = self.dp.counters().expect("counters");
+        let (action, expected) = match row.dir {
+            Dir::In => {
+                let action = self
+                    .dp
+                    .test_run_ingress(ifindex, &row.frame)
+                    .map_err(|e| format!("test run failed: {e:?}"))?;
+                let expected = if row.passes() { XDP_PASS } else { XDP_DROP };
+                (i64::from(action), i64::from(expected))
+            }
+            Dir::Out => {
+                let action = self
+                    .dp
+                    .test_run_egress(ifindex, &row.frame)
+                    .map_err(|e| format!("test run failed: {e:?}"))?;
+                let expected = if row.passes() { TC_ACT_OK } else { TC_ACT_SHOT };
+                (i64::from(action), i64::from(expected))
+            }
+        };
+        let mut wrong = Vec::new();
+        if action != expected {
+            wrong.push(format!(
+                "action {action}, expected {expected} (XDP: 1 drop, 2 pass; TC: 0 pass, 2 drop)"
+            ));
+        }
+        let after = self.dp.counters().expect("counters");
+        let get = |snapshot: &[(CounterKey, Counter)], k: &CounterKey| {
+            snapshot
+                .iter()
+                .find(|(kk, _)| kk == k)
+                .map(|(_, c)| *c)
+                .unwrap_or_default()
+        };
+        let key = row.counter(ifindex);
+        let moved = (
+            get(&after, &key).packets - get(&before, &key).packets,
+            get(&after, &key).bytes - get(&before, &key).bytes,
+        );
+        if moved != (1, row.frame.len() as u64) {
+            wrong.push(format!(
+                "its counter moved by {moved:?} (packets, bytes), expected (1, {})",
+                row.frame.len()
+            ));
+        }
+        for (k, c) in &after {
+            if *k != key && get(&before, k) != *c {
+                wrong.push(format!(
+                    "another counter moved: {k:?} from {:?} to {c:?}",
+                    get(&before, k)
+                ));
+            }
+        }
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(wrong.join("; "))
+        }
+    }
+
+    /// Runs one row and fails unless it went as expected.
+    pub fn check(&mut self, row: &Row) {
+        self.check_all(std::slice::from_ref(row));
+    }
+
+    /// Runs every row in order and fails with all the rows that went wrong.
+    pub fn check_all(&mut self, rows: &[Row]) {
+        let failures: Vec<String> = rows
+            .iter()
+            .filter_map(|r| {
+                self.run(r)
+                    .err()
+                    .map(|e| format!("{}: expected {}: {e}", r.name, r.expected()))
+            })
+            .collect();
+        assert!(
+            failures.is_empty(),
+            "{} of {} rows failed:\n  {}",
+            failures.len(),
+            rows.len(),
+            failures.join("\n  ")
+        );
+    }
+}
+
+// ------------------------------------------------- the tables' frames, from the builder
+
+/// An IP frame the VM sends to its peer.
+pub fn ip(src: &str, dst: &str, l4: L4) -> Vec<u8> {
+    frame::ip(VM_MAC, PEER_MAC, src, dst, l4)
+}
+
+/// A frame from outside every segment, through a router, to the VM.
+pub fn from_outside(src: &str, dst: &str, l4: L4) -> Vec<u8> {
+    frame::ip(ROUTER_MAC, VM_MAC, src, dst, l4)
+}
+
+/// The IP packet of [`ip`], without Ethernet (what an ICMP error quotes).
+pub fn quoted(src: &str, dst: &str, l4: L4) -> Vec<u8> {
+    ip(src, dst, l4)[14..].to_vec()
+}
+
+/// An ICMP (or ICMPv6) error the VM sends, quoting `quoted`.
+pub fn icmp_error(src: &str, dst: &str, kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    frame::icmp_error(VM_MAC, PEER_MAC, src, dst, kind, code, quoted)
+}
+
+/// A broadcast ARP packet from `eth_src` with sender `sha`/`spa`, about `tpa`.
+pub fn arp(eth_src: Mac, sha: Mac, spa: &str, tpa: &str, op: u16) -> Vec<u8> {
+    frame::arp(eth_src, frame::BROADCAST, op, sha, spa, tpa)
+}
+
+/// A broadcast ARP request from `src_mac` (sender `sender`) for `target`.
+pub fn arp_request(src_mac: Mac, sender: &str, target: &str) -> Vec<u8> {
+    arp(src_mac, src_mac, sender, target, 1)
+}
+
+/// A neighbour solicitation or advertisement about `target` with the sender's MAC as
+/// source link-layer address option, to a solicited-node group.
+pub fn nd(src_mac: Mac, kind: u8, src: &str, dst: &str, target: &str) -> Vec<u8> {
+    let options = [(frame::nd_option::SOURCE_LL, src_mac)];
+    frame::nd(src_mac, SOLICITED, kind, src, dst, target, &options)
+}
+
+/// A neighbour solicitation (source) or advertisement (target link-layer address option)
+/// carrying `lladdr`, to all nodes.
+pub fn nd_with_lladdr(
+    src_mac: Mac,
+    lladdr: Mac,
+    kind: u8,
+    src: &str,
+    dst: &str,
+    target: &str,
+) -> Vec<u8> {
+    let option = if kind == frame::icmp::NEIGHBOUR_SOLICITATION {
+        frame::nd_option::SOURCE_LL
+    } else {
+        frame::nd_option::TARGET_LL
+    };
+    nd_with_options(src_mac, kind, src, dst, target, &[(option, lladdr)])
+}
+
+/// A neighbour solicitation or advertisement with the given options, to all nodes.
+pub fn nd_with_options(
+    src_mac: Mac,
+    kind: u8,
+    src: &str,
+    dst: &str,
+    target: &str,
+    options: &[(u8, [u8; 6])],
+) -> Vec<u8> {
+    frame::nd(src_mac, frame::ALL_NODES, kind, src, dst, target, options)
+}

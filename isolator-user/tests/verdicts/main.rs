@@ -1,0 +1,13 @@
+//! Verdict tables run through BPF_PROG_TEST_RUN (aya's `TestRun`): one test binary, one
+//! table file per feature, one generic runner ([`fixture`]). Needs root.
+//!
+//! | module   | what                                                                  |
+//! |----------|-----------------------------------------------------------------------|
+//! | `basic`  | segments and tenants apart, parse errors, fail closed, swaps, pins    |
+//! | `guards` | source and layer-2 guards (I2), malformed and evasive frames, fragments|
+//! | `policy` | management, exposures, flows, egress, audit, connection tracking      |
+
+mod basic;
+mod fixture;
+mod guards;
+mod policy;

@@ -1,0 +1,28 @@
+//! End-to-end tests of isolator: real packets between network namespaces, with the daemon
+//! enforcing a policy. One test binary, one module per feature (as aya's
+//! `test/integration-test`), one fixture for all ([`isolator_tests::Env`]: lab + policy +
+//! daemon behind one RAII guard). Tests run in parallel, each on labs of its own.
+//!
+//! Needs root, the `isolator` binary (`cargo build -p isolator-user`, or `ISOLATOR_BIN`),
+//! and Debian's `nmap`, `prometheus` (promtool) and `python3-scapy`.
+//!
+//! | module         | what                                                              |
+//! |----------------|-------------------------------------------------------------------|
+//! | `lab_smoke`    | the lab itself, no daemon: one bridge connects all, RAII cleanup  |
+//! | `isolation`    | segments and tenants apart (I1), exact drop counters              |
+//! | `exposition`   | `/metrics`: promtool, types, label sets, the interfaces gauge     |
+//! | `lifecycle`    | SIGTERM, SIGHUP, hotplug, crash and planned restarts (I7), `check`|
+//! | `policy`       | exposed endpoints, flows, egress, audit, management (scans, data) |
+//! | `revoke`       | reloads cut tracked connections they no longer admit              |
+//! | `guards::*`    | source and layer-2 guards (I2), malformed frames, fragments       |
+//! | `vlan_offload` | VLAN tags in offload metadata                                     |
+
+mod common;
+mod exposition;
+mod guards;
+mod isolation;
+mod lab_smoke;
+mod lifecycle;
+mod policy;
+mod revoke;
+mod vlan_offload;
