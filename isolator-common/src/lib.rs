@@ -476,7 +476,7 @@ pub struct ConnState {
     /// daemon re-checks the connection against every new policy from there.
     pub direction: u8,
     /// [`ConnState::SYN_ACK_SEEN`], [`ConnState::FIN_FROM_OPENER`],
-    /// [`ConnState::FIN_FROM_RESPONDER`], [`ConnState::FROM_OUTSIDE`].
+    /// [`ConnState::FIN_FROM_RESPONDER`].
     pub flags: u8,
     pub _pad: u8,
     pub ifindex: u32,
@@ -485,6 +485,12 @@ pub struct ConnState {
     pub opener_end: u32,
     /// TCP: the same for the responder.
     pub responder_end: u32,
+    /// Who the VM talks to in this connection, as the programs placed them: the segment
+    /// id, or [`ConnState::PEER_OUTSIDE`]. A frame delivered to the VM is part of the
+    /// connection only if it entered the host from that peer (a spoofed frame from
+    /// elsewhere with the same addresses and ports is not).
+    pub peer: u32,
+    pub _pad2: u32,
 }
 
 impl ConnState {
@@ -494,9 +500,10 @@ impl ConnState {
     pub const FIN_FROM_OPENER: u8 = 2;
     /// TCP: the responder closed its direction.
     pub const FIN_FROM_RESPONDER: u8 = 4;
-    /// Opened towards the VM (direction egress) by a sender outside every segment (the
-    /// interface it entered through was no vif and no uplink trusted for its source).
-    pub const FROM_OUTSIDE: u8 = 8;
+    /// [`ConnState::peer`] outside every segment.
+    pub const PEER_OUTSIDE: u32 = u32::MAX;
+    /// For the programs' lookups: the sender is the VM itself (ingress), no peer check.
+    pub const PEER_VM: u32 = u32::MAX - 1;
 }
 
 /// Connection tracking states and event counters.
@@ -803,7 +810,7 @@ mod tests {
         assert_eq!(size_of::<RuleSet>(), 8 + 8 * limits::MAX_RULES);
         assert_eq!(size_of::<PairKey>(), 12);
         assert_eq!(size_of::<ConnKey>(), 40);
-        assert_eq!(size_of::<ConnState>(), 24);
+        assert_eq!(size_of::<ConnState>(), 32);
         assert_eq!(size_of::<FragState>(), 16);
         assert_eq!(size_of::<LinkInfo>(), 4);
         assert_eq!(size_of::<UplinkKey>(), 12);

@@ -10,13 +10,14 @@
 //! space, and a FIN closes one direction only: the connection ends when both have.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use isolator_common::{ConnKey, ConnState, Settings, conntrack, direction, fault};
+use isolator_common::{ConnKey, ConnState, Settings, conntrack, fault};
 
 use crate::faults;
 use crate::guard::owns;
 use crate::maps::{BPF_NOEXIST, CONNTRACK, CONNTRACK_EVENTS, CONNTRACK_OPENING, SETTINGS};
 use crate::packet::{Frame, Packet, quoted_key};
 use crate::proto::{ip, tcp};
+use crate::rules::Place;
 use crate::vif::Vif;
 
 /// `-EEXIST`, what an insert with `BPF_NOEXIST` returns for a key that is there.
@@ -50,11 +51,21 @@ fn advance(end: &mut u32, to: u32) {
     }
 }
 
-/// Opens a tracked connection in the vif's opening table if the packet opens one (TCP
-/// SYN, UDP, ICMP echo request), recording where it was judged and whether its sender was
-/// outside every segment (for the daemon's re-check against a new policy).
+/// The peer id of a place ([`ConnState::peer`]).
 #[inline(always)]
-pub fn open(p: &Packet, key: &mut ConnKey, vif: &Vif, direction: u8, from_outside: bool) {
+pub fn peer(place: Place) -> u32 {
+    match place {
+        Place::Segment(s) => s,
+        Place::Outside => ConnState::PEER_OUTSIDE,
+    }
+}
+
+/// Opens a tracked connection in the vif's opening table if the packet opens one (TCP
+/// SYN, UDP, ICMP echo request), recording where it was judged and who the peer is (the
+/// destination's place on ingress, the sender's on egress): frames delivered to the VM
+/// count as part of it only from that peer, and the daemon re-checks it from there.
+#[inline(always)]
+pub fn open(p: &Packet, key: &mut ConnKey, vif: &Vif, direction: u8, peer: Place) {
     if !p.opens_connection() || !p.forward_key(key) {
         return;
     }
@@ -62,11 +73,7 @@ pub fn open(p: &Packet, key: &mut ConnKey, vif: &Vif, direction: u8, from_outsid
         last_seen_ns: now(),
         state: conntrack::NEW,
         direction,
-        flags: if from_outside {
-            ConnState::FROM_OUTSIDE
-        } else {
-            0
-        },
+        flags: 0,
         _pad: 0,
         ifindex: vif.ifindex,
         opener_end: if p.protocol == ip::TCP {
@@ -75,6 +82,8 @@ pub fn open(p: &Packet, key: &mut ConnKey, vif: &Vif, direction: u8, from_outsid
             0
         },
         responder_end: 0,
+        peer: self::peer(peer),
+        _pad2: 0,
     };
     // SAFETY: the inner table outlives this run (the outer map holds it).
     let Some(opening) = (unsafe { CONNTRACK_OPENING.get(&vif.ifindex) }) else {
@@ -90,17 +99,13 @@ pub fn open(p: &Packet, key: &mut ConnKey, vif: &Vif, direction: u8, from_outsid
 }
 
 /// Whether the packet belongs to a tracked connection of this vif (either direction, or
-/// an ICMP error about one); updates the connection's state. An ICMP error counts only
-/// if it goes to the source of the packet it quotes (as Linux conntrack requires) and,
-/// sent by a VM (`direction` ingress), only if that packet was addressed to the VM.
+/// an ICMP error about one); updates the connection's state. `sender` is who sent the
+/// packet as a peer id ([`peer`]), or [`ConnState::PEER_VM`] for the VM itself (ingress):
+/// a packet delivered to the VM counts only if it comes from the connection's peer. An
+/// ICMP error counts only if it goes to the source of the packet it quotes (as Linux
+/// conntrack requires) and, sent by the VM, only if that packet was addressed to it.
 #[inline(never)]
-pub fn tracked(
-    frame: &impl Frame,
-    vif: &Vif,
-    p: &Packet,
-    key: &mut ConnKey,
-    direction: u8,
-) -> bool {
+pub fn tracked(frame: &impl Frame, vif: &Vif, p: &Packet, key: &mut ConnKey, sender: u32) -> bool {
     let Some(settings) = SETTINGS.get(vif.generation) else {
         return false;
     };
@@ -118,55 +123,53 @@ pub fn tracked(
         // SAFETY: entries are changed in place through these pointers within this run;
         // the inner tables outlive it.
         if let Some(state) = unsafe { CONNTRACK.get_value_ptr_mut(&ifindex, &*key) } {
-            return established(
-                ifindex,
-                key,
-                unsafe { &mut *state },
-                p,
-                settings,
-                now,
-                from_opener,
-            );
+            let state = unsafe { &mut *state };
+            return from_peer(state, sender)
+                && established(ifindex, key, state, p, settings, now, from_opener);
         }
         // SAFETY: as above.
         if let Some(state) = unsafe { CONNTRACK_OPENING.get_value_ptr_mut(&ifindex, &*key) } {
-            return opening(
-                ifindex,
-                key,
-                unsafe { &mut *state },
-                p,
-                settings,
-                now,
-                from_opener,
-            );
+            let state = unsafe { &mut *state };
+            return from_peer(state, sender)
+                && opening(ifindex, key, state, p, settings, now, from_opener);
         }
     }
     if p.is_icmp_error() && quoted_key(frame, p, key) {
         if key.src != p.dst {
             return false;
         }
-        if direction == direction::INGRESS && !owns(vif, p.is_v4(), &key.dst) {
+        if sender == ConnState::PEER_VM && !owns(vif, p.is_v4(), &key.dst) {
             return false;
         }
         // The quoted packet was sent by this packet's destination: it is either the
         // connection's opening direction or its reply direction.
-        if live(ifindex, key, settings, now) {
+        if live(ifindex, key, settings, now, sender) {
             return true;
         }
         core::mem::swap(&mut key.src, &mut key.dst);
         if key.protocol == ip::TCP || key.protocol == ip::UDP {
             core::mem::swap(&mut key.src_port, &mut key.dst_port);
         }
-        return live(ifindex, key, settings, now);
+        return live(ifindex, key, settings, now, sender);
     }
     false
 }
 
-/// Whether `key` is a live connection of the vif, in either table (without changing it).
+/// A packet delivered to the VM is part of a connection only if it came from the
+/// connection's peer; what the VM sends is its own.
 #[inline(always)]
-fn live(ifindex: u32, key: &ConnKey, settings: &Settings, now: u64) -> bool {
+fn from_peer(state: &ConnState, sender: u32) -> bool {
+    sender == ConnState::PEER_VM || sender == state.peer
+}
+
+/// Whether `key` is a live connection of the vif, in either table, with `sender` as its
+/// peer (without changing it).
+#[inline(always)]
+fn live(ifindex: u32, key: &ConnKey, settings: &Settings, now: u64, sender: u32) -> bool {
     let fresh = |state: &ConnState| {
-        now.saturating_sub(state.last_seen_ns) <= settings.timeout_ns(key.protocol, state.state)
+        from_peer(state, sender)
+            && now.saturating_sub(state.last_seen_ns)
+                <= settings.timeout_ns(key.protocol, state.state)
     };
     // SAFETY: the states are read at once.
     if let Some(state) = unsafe { CONNTRACK.get_value(&ifindex, key) } {

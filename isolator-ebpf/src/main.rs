@@ -45,13 +45,13 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use isolator_common::{ConnKey, FragKey, SegmentInfo, Verdict, direction};
+use isolator_common::{ConnKey, ConnState, FragKey, SegmentInfo, Verdict, direction};
 use isolator_ebpf::{packet, proto};
 
 use crate::account::{Outcome, account, audit, counted_as, note_audited, uncount};
 use crate::packet::KIND_ARP;
 use crate::packet::{Frame, Packet, parse};
-use crate::rules::{HostVerdict, Place, exposed, flow, gateway, host, management, place};
+use crate::rules::{HostVerdict, Place, exposed, flow, host, management, place};
 use crate::vif::{Vif, cross, identify, vlan_allowed};
 
 /// What one step of a story says: `Ok(())` (not decided, go on) or `Err(verdict)`
@@ -225,14 +225,22 @@ fn ingress(
     }
     // 3. Address resolution, by the address it concerns, and only on the link.
     resolution::ingress(vif, p)?;
-    // 4. The host itself and the segment's gateways: only the services declared there.
+    // 4. The host itself and the segment's gateways: only the services declared there,
+    // and replies within connections the host opened.
     match host(generation, sender, p) {
         HostVerdict::NotHost => {}
         HostVerdict::Service => {
-            conntrack::open(p, key, vif, direction::INGRESS, false);
+            conntrack::open(p, key, vif, direction::INGRESS, Place::Outside);
             return decide(Verdict::Pass);
         }
-        HostVerdict::Protected => return decide(Verdict::Management),
+        // Nothing new; but the host's own connections to the VM (to an exposed endpoint)
+        // get their replies.
+        HostVerdict::Protected => {
+            if conntrack::tracked(frame, vif, p, key, ConnState::PEER_VM) {
+                return decide(Verdict::Pass);
+            }
+            return decide(Verdict::Management);
+        }
     }
     // 5. Link-scope housekeeping, which receivers on the link judge themselves: DHCP
     // discovery to the servers' broadcast addresses, multicast listener and IGMP
@@ -251,14 +259,14 @@ fn ingress(
         return decide(Verdict::Pass);
     }
     // 7. A tracked connection, or an ICMP error about one the VM took part in.
-    if conntrack::tracked(frame, vif, p, key, direction::INGRESS) {
+    if conntrack::tracked(frame, vif, p, key, ConnState::PEER_VM) {
         return decide(Verdict::Pass);
     }
     match target {
         // 8. Another segment: an exposed endpoint or a flow.
         Place::Segment(s) => {
             if exposed(generation, p) || flow(generation, sender, s, p) {
-                conntrack::open(p, key, vif, direction::INGRESS, false);
+                conntrack::open(p, key, vif, direction::INGRESS, target);
                 decide(Verdict::Pass)
             } else {
                 decide(cross(vif, s))
@@ -267,7 +275,7 @@ fn ingress(
         // 9. Outside every segment.
         Place::Outside => {
             if vif.info.flags & SegmentInfo::EGRESS_ALLOW != 0 {
-                conntrack::open(p, key, vif, direction::INGRESS, false);
+                conntrack::open(p, key, vif, direction::INGRESS, target);
                 decide(Verdict::Pass)
             } else {
                 decide(Verdict::EgressDenied)
@@ -305,29 +313,29 @@ fn egress(
             Place::Outside => decide(Verdict::NotExposed),
         };
     }
-    // 5. Link-local housekeeping from outside: DHCP answers from a link-local source or a
-    // gateway of T, multicast listener queries from a link-local source, IGMP queries.
+    // 5. Link-local housekeeping from outside: DHCP answers from the infrastructure (a
+    // link-local source, a gateway of T, the host), multicast listener queries from a
+    // link-local source, IGMP queries.
     if source == Place::Outside
-        && ((p.is_dhcp_server()
-            && (p.src_ipv6_link_local() || gateway(generation, receiver, &p.src).is_some()))
+        && ((p.is_dhcp_server() && resolution::infrastructure(vif, p))
             || (p.is_mld() && p.src_ipv6_link_local())
             || p.is_igmp_query())
     {
         return decide(Verdict::Pass);
     }
     // 6. A tracked connection, or an ICMP error about one the VM took part in.
-    if conntrack::tracked(frame, vif, p, key, direction::EGRESS) {
+    if conntrack::tracked(frame, vif, p, key, conntrack::peer(source)) {
         return decide(Verdict::Pass);
     }
     // 7. An exposed endpoint of T.
     if exposed(generation, p) {
-        conntrack::open(p, key, vif, direction::EGRESS, source == Place::Outside);
+        conntrack::open(p, key, vif, direction::EGRESS, source);
         return decide(Verdict::Pass);
     }
     // 8. From another segment: a flow; from outside: nothing else.
     match source {
         Place::Segment(s) if flow(generation, s, receiver, p) => {
-            conntrack::open(p, key, vif, direction::EGRESS, false);
+            conntrack::open(p, key, vif, direction::EGRESS, source);
             decide(Verdict::Pass)
         }
         Place::Segment(s) => decide(cross(vif, s)),

@@ -5,13 +5,16 @@ use isolator_common::Verdict;
 
 use crate::packet::{KIND_ARP, Packet};
 use crate::proto::{arp, icmp6};
-use crate::rules::{Place, exposed_any, gateway, management_address, neighbours, place};
+use crate::rules::{
+    Place, exposed_any, gateway, host_address, management_address, neighbours, place,
+};
 use crate::vif::{Vif, cross};
 use crate::{CONTINUE, Step, decide};
 
 /// Address resolution a VM sends: ARP, and neighbour discovery that is what it claims
 /// (hop limit 255) and stays on the link (a link-scope destination; for a unicast
-/// neighbour solicitation or advertisement, an address of a segment). Neighbour
+/// neighbour solicitation or advertisement, an address of a segment, a gateway of the VM's
+/// segment or the host's own). Neighbour
 /// solicitations and advertisements and ARP are judged by the address they concern;
 /// router solicitations (and advertisements and redirects the guard let through) pass.
 /// Anything else that looks like neighbour discovery is ordinary ICMPv6 to the rules.
@@ -25,7 +28,12 @@ pub fn ingress(vif: &Vif, p: &Packet) -> Step {
     }
     let link_scope = p.dst_link_scope_multicast() || p.dst_ipv6_link_local();
     if p.is_nd_neighbour() {
-        if link_scope || place(vif.generation, false, &p.dst) != Place::Outside {
+        // Unicast to a neighbour on the link: an address of a segment, a gateway of the
+        // VM's segment, or the host itself.
+        let on_link = place(vif.generation, false, &p.dst) != Place::Outside
+            || gateway(vif.generation, vif.segment, &p.dst).is_some()
+            || host_address(vif.generation, &p.dst);
+        if link_scope || on_link {
             return by_address_concerned(vif, p);
         }
         return CONTINUE;
@@ -58,7 +66,7 @@ fn by_address_concerned(vif: &Vif, p: &Packet) -> Step {
 /// outside (routers, the host, uplinks): ARP passes unless it claims an address of a
 /// segment (other than a gateway of the VM's segment), which would let an outside host
 /// divert a VM's traffic; neighbour discovery passes only as what it claims to be (hop
-/// limit 255) from a link-local, unspecified or gateway source, and an advertisement
+/// limit 255) from a link-local, unspecified, gateway or host source, and an advertisement
 /// may not claim an address of a segment either.
 #[inline(never)]
 pub fn egress(vif: &Vif, sender: Place, p: &Packet) -> Step {
@@ -90,9 +98,7 @@ fn from_outside(vif: &Vif, p: &Packet) -> Step {
     if !p.is_link_nd() {
         return CONTINUE;
     }
-    let source_ok = p.src_ipv6_link_local()
-        || p.source_unspecified()
-        || gateway(vif.generation, vif.segment, &p.src).is_some();
+    let source_ok = p.source_unspecified() || infrastructure(vif, p);
     if !source_ok {
         return CONTINUE;
     }
@@ -102,6 +108,16 @@ fn from_outside(vif: &Vif, p: &Packet) -> Step {
         return decide(Verdict::NdSpoof);
     }
     decide(Verdict::Pass)
+}
+
+/// A source outside every segment that the VM may believe about its link: a link-local
+/// address (routers speak from those), a gateway of its segment, or one of the host's own
+/// addresses.
+#[inline(always)]
+pub fn infrastructure(vif: &Vif, p: &Packet) -> bool {
+    p.src_ipv6_link_local()
+        || gateway(vif.generation, vif.segment, &p.src).is_some()
+        || host_address(vif.generation, &p.src)
 }
 
 /// An address of some segment that is not a gateway of the VM's own: no host outside

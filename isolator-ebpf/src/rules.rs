@@ -168,14 +168,20 @@ pub fn host(generation: u32, sender: u32, p: &Packet) -> HostVerdict {
             HostVerdict::Protected
         };
     }
-    let key = AddrKey {
-        generation,
-        addr: p.dst,
-    };
-    // SAFETY: only the presence of the entry is read.
-    if unsafe { HOST_ADDRS.get(key) }.is_some() {
+    if host_address(generation, &p.dst) {
         HostVerdict::Protected
     } else {
         HostVerdict::NotHost
     }
+}
+
+/// One of the host's own addresses.
+#[inline(always)]
+pub fn host_address(generation: u32, addr: &[u8; 16]) -> bool {
+    let key = AddrKey {
+        generation,
+        addr: *addr,
+    };
+    // SAFETY: only the presence of the entry is read.
+    unsafe { HOST_ADDRS.get(key) }.is_some()
 }

@@ -836,7 +836,7 @@ tenants:
 
     fn full_plan() -> Plan {
         let policy = policy::parse(FULL, "full.yaml").expect("the full test policy is valid");
-        Plan::new(&policy, &HostView::default()).expect("plan")
+        Plan::new(&policy, HostView::default()).expect("plan")
     }
 
     /// (protocol, first port, last port) of each rule.

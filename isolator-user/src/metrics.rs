@@ -584,4 +584,47 @@ mod tests {
         assert!(text.contains("isolator_interfaces{tenant=\"acme\",segment=\"web\"} 1\n"));
         assert!(text.contains("isolator_interfaces{tenant=\"acme\",segment=\"db\"} 0\n"));
     }
+
+    /// docs/metrics.md's table of drop reasons is the code's one list: the same reasons
+    /// in the same order, and the auditable ones named as such.
+    #[test]
+    fn the_documented_reasons_are_the_code_s() {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md"),
+        )
+        .expect("docs/metrics.md");
+        let section = doc
+            .split("## Drop reasons")
+            .nth(1)
+            .expect("a section \"Drop reasons\"");
+        let documented: Vec<&str> = section
+            .lines()
+            .take_while(|l| !l.starts_with("## "))
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        let listed: Vec<&str> = Verdict::DROPS.iter().filter_map(|v| v.label()).collect();
+        assert_eq!(documented, listed, "docs/metrics.md's reason table");
+        let auditable: Vec<String> = Verdict::DROPS
+            .iter()
+            .filter(|v| v.auditable())
+            .filter_map(|v| v.label())
+            .map(|l| format!("`{l}`"))
+            .collect();
+        let line = section
+            .lines()
+            .find(|l| l.starts_with("Auditable reasons"))
+            .expect("the line naming the auditable reasons");
+        let paragraph: String = section
+            .split(line)
+            .nth(1)
+            .map(|rest| format!("{line}{}", rest.split("\n\n").next().unwrap_or("")))
+            .unwrap_or_default();
+        for reason in &auditable {
+            assert!(
+                paragraph.contains(reason.as_str()),
+                "{reason} is auditable: {paragraph}"
+            );
+        }
+    }
 }

@@ -194,7 +194,7 @@ impl Recheck {
         let Some(&vif_segment) = self.vifs.get(&state.ifindex) else {
             return false;
         };
-        let (src, dst) = (Addr::of(&key.src), Addr::of(&key.dst));
+        let dst = Addr::of(&key.dst);
         let class = match key.protocol {
             1 | 58 => protocol::ICMP,
             other => other,
@@ -242,14 +242,13 @@ impl Recheck {
             }
             direction::EGRESS => {
                 let receiver = vif_segment;
-                if state.flags & ConnState::FROM_OUTSIDE != 0 {
+                // The sender's place as the kernel recorded it (by the interface the
+                // opening packet entered through, not its source address).
+                if state.peer == ConnState::PEER_OUTSIDE {
                     return exposed();
                 }
-                match self.segments.get(src).copied() {
-                    Some(x) if x == receiver => true,
-                    Some(x) => exposed() || flow(x, receiver),
-                    None => exposed(),
-                }
+                let sender = state.peer;
+                sender == receiver || exposed() || flow(sender, receiver)
             }
             _ => false,
         }
@@ -344,17 +343,25 @@ tenants:
         }
     }
 
+    /// Opened at the receiver's egress by a VM of segment `peer` (the sender as the kernel
+    /// placed it, by the interface its packet entered through).
+    fn from_segment(ifindex: u32, peer: u32) -> ConnState {
+        ConnState {
+            peer,
+            ..at(direction::EGRESS, ifindex)
+        }
+    }
+
     /// Opened at the receiver's egress by a sender the kernel placed outside every
     /// segment (whatever its source address claims).
     fn from_outside(ifindex: u32) -> ConnState {
         ConnState {
-            flags: ConnState::FROM_OUTSIDE,
+            peer: ConnState::PEER_OUTSIDE,
             ..at(direction::EGRESS, ifindex)
         }
     }
 
     const IN: u8 = direction::INGRESS;
-    const OUT: u8 = direction::EGRESS;
 
     #[test]
     fn connections_are_judged_like_their_opening_packet() {
@@ -405,19 +412,19 @@ tenants:
             (
                 "exposed endpoint, opened at the receiver's egress from outside",
                 conn("192.0.2.1", "10.1.0.10", 6, 443),
-                at(OUT, WEB),
+                from_outside(WEB),
                 true,
             ),
             (
                 "not exposed, from outside",
                 conn("192.0.2.1", "10.1.0.11", 6, 443),
-                at(OUT, WEB),
+                from_outside(WEB),
                 false,
             ),
             (
-                "flow into db, opened at db's egress",
+                "flow into db, opened at db's egress by a web VM",
                 conn("10.1.0.5", "10.2.0.7", 6, 5432),
-                at(OUT, DB),
+                from_segment(DB, 0),
                 true,
             ),
             (
@@ -527,7 +534,8 @@ tenants:
         assert!(!recheck(&denied).admits(&conn("10.1.0.5", "192.0.2.1", 6, 80), &state));
         let unexposed = POLICY.replace("ports: 443", "ports: 8443");
         assert!(
-            !recheck(&unexposed).admits(&conn("192.0.2.1", "10.1.0.10", 6, 443), &at(OUT, WEB))
+            !recheck(&unexposed)
+                .admits(&conn("192.0.2.1", "10.1.0.10", 6, 443), &from_outside(WEB))
         );
     }
 

@@ -37,6 +37,7 @@ pub use self::links::AttachMode;
 use self::links::Attachment;
 use self::state::{Pins, ensure_bpffs, read_pinned_links};
 use self::tables::{POLICY_MAPS, PolicyTables};
+pub use self::test_run::{TC_DROP, TC_PASS};
 use crate::compile::Plan;
 use crate::encode::encode;
 

@@ -9,6 +9,12 @@ use isolator_common::programs;
 use super::Dataplane;
 use super::error::{DataplaneError, prog_err};
 
+/// What the TC programs return for a frame they pass: `TCX_NEXT`, so that programs
+/// attached after isolator's still judge it.
+pub const TC_PASS: i32 = -1;
+/// What the TC programs return for a frame they drop: `TC_ACT_SHOT`.
+pub const TC_DROP: i32 = 2;
+
 /// `struct xdp_md` as BPF_PROG_TEST_RUN takes it: the kernel wants `data_end` = the frame's
 /// length and every other field zero but the ingress interface.
 #[repr(C)]
@@ -149,10 +155,16 @@ impl Dataplane {
     }
 
     /// Runs the egress program once on `frame` as if it were delivered through `ifindex`
-    /// (BPF_PROG_TEST_RUN) and returns the TC action (0 pass, 2 drop). `ifindex` must name
-    /// a device in the calling thread's network namespace.
-    pub fn test_run_egress(&mut self, ifindex: u32, frame: &[u8]) -> Result<i32, DataplaneError> {
-        let ctx = sk_buff(ifindex, 0);
+    /// after entering the host through `entered` (0: from the host's own stack), with
+    /// BPF_PROG_TEST_RUN, and returns the TC action ([`TC_PASS`] or [`TC_DROP`]). The
+    /// interfaces must be devices in the calling thread's network namespace.
+    pub fn test_run_egress(
+        &mut self,
+        ifindex: u32,
+        entered: u32,
+        frame: &[u8],
+    ) -> Result<i32, DataplaneError> {
+        let ctx = sk_buff(ifindex, entered);
         let opts = TestRunOptions {
             data_in: Some(frame),
             ctx_in: Some(ctx.bytes()),
