@@ -33,6 +33,7 @@ pub mod icmp {
     pub const V4_REDIRECT: u8 = 5;
     pub const V6_PACKET_TOO_BIG: u8 = 2;
     pub const MLD_QUERY: u8 = 130;
+    pub const ROUTER_SOLICITATION: u8 = 133;
     pub const ROUTER_ADVERTISEMENT: u8 = 134;
     pub const NEIGHBOUR_SOLICITATION: u8 = 135;
     pub const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
@@ -54,6 +55,8 @@ pub enum L4 {
         sport: u16,
         dport: u16,
         flags: u8,
+        seq: u32,
+        ack: u32,
     },
     Udp {
         sport: u16,
@@ -75,11 +78,21 @@ pub enum L4 {
     },
 }
 
+/// A TCP segment with sequence number 1 and acknowledgement number 0 (a first SYN).
 pub fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
+    tcp_at(sport, dport, flags, 1, 0)
+}
+
+/// A TCP segment with the given sequence and acknowledgement numbers (connection tracking
+/// follows both: a SYN-ACK must acknowledge the SYN, an RST must lie near the sender's
+/// position).
+pub fn tcp_at(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> L4 {
     L4::Tcp {
         sport,
         dport,
         flags,
+        seq,
+        ack,
     }
 }
 
@@ -133,8 +146,11 @@ pub fn transport(src: IpAddr, dst: IpAddr, l4: L4, payload: &[u8]) -> (u8, Vec<u
             sport,
             dport,
             flags,
+            seq,
+            ack,
         } => {
-            let mut h = TcpHeader::new(sport, dport, 1, 65535);
+            let mut h = TcpHeader::new(sport, dport, seq, 65535);
+            h.acknowledgment_number = ack;
             h.fin = flags & FIN != 0;
             h.syn = flags & SYN != 0;
             h.rst = flags & RST != 0;
@@ -202,11 +218,33 @@ pub fn transport(src: IpAddr, dst: IpAddr, l4: L4, payload: &[u8]) -> (u8, Vec<u
 /// An IP packet (no Ethernet header) carrying `body` as protocol `proto`; the family
 /// follows the addresses.
 pub fn ip_packet(src: IpAddr, dst: IpAddr, proto: u8, body: &[u8]) -> Vec<u8> {
+    // Neighbour discovery is sent with hop limit 255 (RFC 4861), everything else with 64.
+    let nd = proto == IpNumber::IPV6_ICMP.0
+        && body
+            .first()
+            .is_some_and(|kind| (icmp::ROUTER_SOLICITATION..=icmp::REDIRECT).contains(kind));
+    ip_packet_with_hop_limit(src, dst, proto, body, if nd { 255 } else { 64 })
+}
+
+/// [`ip_packet`] with a chosen TTL / hop limit.
+pub fn ip_packet_with_hop_limit(
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    body: &[u8],
+    hop_limit: u8,
+) -> Vec<u8> {
     let mut out = Vec::new();
     match (src, dst) {
         (IpAddr::V4(_), IpAddr::V4(_)) => {
-            let mut h = Ipv4Header::new(body.len() as u16, 64, IpNumber(proto), v4(src), v4(dst))
-                .expect("IPv4 payload size");
+            let mut h = Ipv4Header::new(
+                body.len() as u16,
+                hop_limit,
+                IpNumber(proto),
+                v4(src),
+                v4(dst),
+            )
+            .expect("IPv4 payload size");
             h.dont_fragment = false;
             h.write(&mut out).expect("writing to a Vec");
         }
@@ -214,7 +252,7 @@ pub fn ip_packet(src: IpAddr, dst: IpAddr, proto: u8, body: &[u8]) -> Vec<u8> {
             let h = Ipv6Header {
                 payload_length: body.len() as u16,
                 next_header: IpNumber(proto),
-                hop_limit: 64,
+                hop_limit,
                 source: v6(src),
                 destination: v6(dst),
                 ..Default::default()
@@ -494,6 +532,17 @@ pub fn with_ihl(frame: &[u8], ihl: u8) -> Vec<u8> {
 pub fn with_ip_version(frame: &[u8], version: u8) -> Vec<u8> {
     let mut f = frame.to_vec();
     f[14] = (version << 4) | (f[14] & 0x0f);
+    f
+}
+
+/// An untagged IPv4 or IPv6 frame with its TTL / hop limit set to `hop_limit` (checksums
+/// are not recomputed: the programs do not check them).
+pub fn with_hop_limit(frame: &[u8], hop_limit: u8) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    match u16::from_be_bytes([f[12], f[13]]) {
+        0x0800 => f[14 + 8] = hop_limit,
+        _ => f[14 + 7] = hop_limit,
+    }
     f
 }
 

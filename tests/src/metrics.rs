@@ -31,13 +31,18 @@ pub const CONNTRACK_ENTRIES: &str = "isolator_conntrack_entries";
 pub const CONNTRACK_CAPACITY: &str = "isolator_conntrack_capacity";
 pub const POLICY_RELOADS: &str = "isolator_policy_reloads_total";
 pub const CONNTRACK_EVENTS: &str = "isolator_conntrack_events_total";
+pub const INTERFACES_REFUSED: &str = "isolator_interfaces_refused";
+pub const RECONCILE_FAILING: &str = "isolator_reconcile_failing";
+pub const RECONCILE_FAILURES: &str = "isolator_reconcile_failures_total";
+pub const KERNEL_FAULTS: &str = "isolator_kernel_faults_total";
+pub const UNCOUNTED_PACKETS: &str = "isolator_uncounted_packets_total";
 
 const DEVICE_REASON: &[&str] = &["device", "tenant", "segment", "direction", "reason"];
 const DEVICE: &[&str] = &["device", "tenant", "segment", "direction"];
 
 /// Every metric family of `docs/metrics.md`: sample name, `# TYPE`, label names in the
 /// order the documentation lists them.
-pub const FAMILIES: [(&str, &str, &[&str]); 11] = [
+pub const FAMILIES: [(&str, &str, &[&str]); 16] = [
     (DROP_PACKETS, "counter", DEVICE_REASON),
     (DROP_BYTES, "counter", DEVICE_REASON),
     (PASS_PACKETS, "counter", DEVICE),
@@ -48,6 +53,11 @@ pub const FAMILIES: [(&str, &str, &[&str]); 11] = [
     (CONNTRACK_ENTRIES, "gauge", &[]),
     (CONNTRACK_CAPACITY, "gauge", &[]),
     (POLICY_RELOADS, "counter", &["result"]),
+    (INTERFACES_REFUSED, "gauge", &["device", "reason"]),
+    (RECONCILE_FAILING, "gauge", &[]),
+    (RECONCILE_FAILURES, "counter", &[]),
+    (KERNEL_FAULTS, "counter", &["what"]),
+    (UNCOUNTED_PACKETS, "counter", &["direction", "verdict"]),
     (CONNTRACK_EVENTS, "counter", &["event"]),
 ];
 

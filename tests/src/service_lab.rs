@@ -32,10 +32,10 @@
 //! The router and the management host hang off the bridge through ports (`xrouter`,
 //! `xmgmt`) that no policy entry names, so isolator does not manage them; isolator judges
 //! their traffic where it reaches a VM (TC egress on the VM's vif). The router's addresses
-//! lie in the segments' subnets (it is each segment's gateway), so a connection it opens
-//! itself counts as from within that segment: scans from the router show every listener
-//! (the baseline without isolation). Forwarded traffic from the outside host keeps the
-//! outside source address and is judged as coming from outside every segment.
+//! lie in the segments' subnets: the policy declares them as each segment's gateways (with
+//! no service a VM may use there), so that its ARP and neighbour discovery for them is
+//! believed. Everything the router sends, itself or forwarded from the outside host,
+//! entered the host through `xrouter` and is judged as from outside every segment.
 //!
 //! [`ServiceLab::build`] starts TCP echo servers ([`EchoServers`]) on [`SCAN_PORTS`] in every
 //! VM and on the management host, and on [`OUTSIDE_PORTS`] on the outside host, so that a
@@ -191,6 +191,9 @@ tenants:
       - name: web                      # the shop's front end: HTTPS and ping
         interfaces: ["vacme-web*"]
         prefixes: [10.1.1.0/28, "fd00:1:1::/64"]
+        gateways:                      # the router's addresses in the segment
+          - {address: 10.1.1.1}
+          - {address: "fd00:1:1::1"}
         expose:
           - {address: 10.1.1.2, protocol: tcp, ports: 443}
           - {address: "fd00:1:1::2", protocol: tcp, ports: 443}
@@ -199,6 +202,9 @@ tenants:
         egress: deny
         interfaces: ["vacme-db*"]
         prefixes: [10.1.2.0/28, "fd00:1:2::/64"]
+        gateways:                      # the router's addresses in the segment
+          - {address: 10.1.2.1}
+          - {address: "fd00:1:2::1"}
     flows:
       - {from: web, to: db, protocol: tcp, ports: 5432}
       - {from: web, to: globex/api, protocol: tcp, ports: 9000}
@@ -209,6 +215,9 @@ tenants:
         egress: deny
         interfaces: ["vglobex-api*"]
         prefixes: [10.2.1.0/28, "fd00:2:1::/64"]
+        gateways:                      # the router's addresses in the segment
+          - {address: 10.2.1.1}
+          - {address: "fd00:2:1::1"}
         expose:
           - {address: 10.2.1.2, protocol: tcp, ports: 80}
           - {address: "fd00:2:1::2", protocol: tcp, ports: 80}
@@ -217,6 +226,9 @@ tenants:
       - name: ops                      # internal tools: private, may call out
         interfaces: ["vglobex-ops*"]
         prefixes: [10.2.2.0/28, "fd00:2:2::/64"]
+        gateways:                      # the router's addresses in the segment
+          - {address: 10.2.2.1}
+          - {address: "fd00:2:2::1"}
 
   - name: initech                      # a new customer, watched before enforcing
     segments:
@@ -225,10 +237,16 @@ tenants:
         egress: deny
         interfaces: ["vinitech-lab*"]
         prefixes: [10.3.1.0/28, "fd00:3:1::/64"]
+        gateways:                      # the router's addresses in the segment
+          - {address: 10.3.1.1}
+          - {address: "fd00:3:1::1"}
       - name: dev
         mode: audit
         interfaces: ["vinitech-dev*"]
         prefixes: [10.3.2.0/28, "fd00:3:2::/64"]
+        gateways:                      # the router's addresses in the segment
+          - {address: 10.3.2.1}
+          - {address: "fd00:3:2::1"}
 "#
     .to_string()
 }

@@ -96,7 +96,7 @@ impl Policy {
 
     fn yaml(&self) -> String {
         format!(
-            r#"# isolator revocation tests (tests/tests/revoke.rs)
+            r#"# isolator revocation tests (tests/tests/revoke.rs); the gateways are the router's
 version: 1
 management:
   - prefix: 192.168.100.0/24
@@ -109,28 +109,34 @@ tenants:
         egress: {web_egress}
         interfaces: ["vacme-web*"]
         prefixes: [10.1.1.0/28, "fd00:1:1::/64"]
+        gateways: [{{address: 10.1.1.1}}, {{address: "fd00:1:1::1"}}]
       - name: db
         egress: deny
         interfaces: ["vacme-db*"]
         prefixes: [10.1.2.0/28, "fd00:1:2::/64"]
+        gateways: [{{address: 10.1.2.1}}, {{address: "fd00:1:2::1"}}]
   - name: globex
     segments:
       - name: api
         egress: deny
         interfaces: ["vglobex-api*"]
         prefixes: [10.2.1.0/28, "fd00:2:1::/64"]
+        gateways: [{{address: 10.2.1.1}}, {{address: "fd00:2:1::1"}}]
         expose: [{expose}]
       - name: ops
         interfaces: ["vglobex-ops*"]
         prefixes: [10.2.2.0/28, "fd00:2:2::/64"]
+        gateways: [{{address: 10.2.2.1}}, {{address: "fd00:2:2::1"}}]
   - name: initech
     segments:
       - name: lab
         interfaces: ["vinitech-lab*"]
         prefixes: [10.3.1.0/28, "fd00:3:1::/64"]
+        gateways: [{{address: 10.3.1.1}}, {{address: "fd00:3:1::1"}}]
       - name: dev
         interfaces: ["vinitech-dev*"]
         prefixes: [10.3.2.0/28, "fd00:3:2::/64"]
+        gateways: [{{address: 10.3.2.1}}, {{address: "fd00:3:2::1"}}]
 "#,
             flows = self.flows.join(", "),
             expose = self.api_expose.join(", "),
@@ -440,14 +446,15 @@ fn removing_a_flow_revokes_its_tracked_connection() {
         &format!("10.1.2.2:{PORT_REVOKED}"),
     );
     env.assert_entries(
-        1,
-        "one connection over the flow, nothing else crosses a boundary",
+        2,
+        "one connection over the flow, tracked at each of its two vifs; nothing else \
+         crosses a boundary",
     );
 
     env.reload_revoking(
         &Policy::new(),
-        1,
-        "the reload removed the flow of the one tracked connection",
+        2,
+        "the reload removed the flow of the one tracked connection (at both vifs)",
     );
     let before = env.scrape();
     assert_stalled(
@@ -533,8 +540,9 @@ fn connections_the_new_policy_still_allows_survive_the_reload() {
         ),
     ];
     env.assert_entries(
-        4,
-        "four connections cross a boundary (the same-segment one does not)",
+        7,
+        "four connections cross a boundary (the same-segment one does not): the three \
+         between VMs tracked at both of their vifs, the outside host's at the server's",
     );
     let before = env.scrape();
 
@@ -574,7 +582,7 @@ fn connections_the_new_policy_still_allows_survive_the_reload() {
         let reloaded_at = Instant::now();
         // The idle connection of the removed flow, and only it, is revoked.
         env.daemon()
-            .expect(&before, &Expect::new().grows(revoked(), 1.0))
+            .expect(&before, &Expect::new().grows(revoked(), 2.0))
             .unwrap_or_else(|e| panic!("{e:#}\n{}", env.report()));
         std::thread::sleep(Duration::from_millis(700));
         std::mem::drop(guard);
@@ -631,11 +639,11 @@ fn connections_the_new_policy_still_allows_survive_the_reload() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(
         grew,
-        1.0,
-        "exactly the connection of the removed flow is revoked\n{}",
+        2.0,
+        "exactly the connection of the removed flow is revoked (at both of its vifs)\n{}",
         env.report()
     );
-    env.assert_entries(3, "the three tracked survivors stay in the table");
+    env.assert_entries(5, "the three tracked survivors stay in the tables");
 }
 
 /// 3. Exposure: connections to an exposed endpoint, from another tenant's VM and from the
@@ -663,7 +671,11 @@ fn removing_an_exposure_revokes_cross_tenant_and_outside_connections() {
         "globex-api1",
         &exposed,
     );
-    env.assert_entries(2, "two connections to the exposed endpoint");
+    env.assert_entries(
+        3,
+        "two connections to the exposed endpoint: acme-db1's at both VMs' vifs, the \
+         outside host's at the server's",
+    );
 
     // A reload that keeps the exposure (it drops the other one): nothing is revoked.
     env.reload_revoking(
@@ -673,12 +685,12 @@ fn removing_an_exposure_revokes_cross_tenant_and_outside_connections() {
     );
     assert_survives(&env, &mut from_vm, "the reload kept the exposure");
     assert_survives(&env, &mut from_outside, "the reload kept the exposure");
-    env.assert_entries(2, "both connections are still tracked");
+    env.assert_entries(3, "both connections are still tracked");
 
     // A reload that removes it: both are revoked.
     env.reload_revoking(
         &Policy::new().expose("10.2.1.3", PORT_OTHER),
-        2,
+        3,
         "the reload removed the exposure both connections depended on",
     );
     let before = env.scrape();
@@ -819,11 +831,11 @@ fn removing_a_flow_revokes_its_ipv6_connection_and_keeps_the_other() {
         "acme-db1",
         &format!("[fd00:1:2::2]:{PORT_KEPT}"),
     );
-    env.assert_entries(2, "two connections over the flows");
+    env.assert_entries(4, "two connections over the flows, each at both vifs");
 
     env.reload_revoking(
         &kept,
-        1,
+        2,
         "the reload removed the flow of one of the two connections",
     );
     let before = env.scrape();
@@ -858,5 +870,5 @@ fn removing_a_flow_revokes_its_ipv6_connection_and_keeps_the_other() {
         "acme-db1",
         &format!("[fd00:1:2::2]:{PORT_REVOKED}"),
     );
-    env.assert_entries(1, "the surviving connection is still tracked");
+    env.assert_entries(2, "the surviving connection is still tracked, at both vifs");
 }

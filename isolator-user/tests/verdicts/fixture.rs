@@ -23,8 +23,11 @@ use isolator_tests::frame::{self, L4, Mac};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
-pub const TC_ACT_OK: i32 = 0;
-pub const TC_ACT_SHOT: i32 = 2;
+use isolator::dataplane::{TC_DROP, TC_PASS};
+
+/// A link of every lab that no policy names: the uplink frames from outside every segment
+/// enter the host through.
+pub const UPLINK: &str = "x-uplink";
 
 /// The MAC of the VM behind the vif a row runs on.
 pub const VM_MAC: Mac = [0x02, 0, 0, 0, 0, 1];
@@ -69,10 +72,7 @@ pub fn veths(names: &[&str]) -> Vec<Link> {
             // SAFETY: c is a valid NUL-terminated string.
             let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
             assert_ne!(ifindex, 0, "{name} has no ifindex");
-            Link {
-                name: name.to_string(),
-                ifindex,
-            }
+            Link::veth(name, ifindex)
         })
         .collect()
 }
@@ -86,12 +86,29 @@ pub enum Dir {
     Out,
 }
 
+/// The interface a frame delivered to a VM entered the host through: the sender, as the
+/// egress program sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entered {
+    /// The lab's [`UPLINK`]: from outside every segment.
+    Uplink,
+    /// The host's own stack (ingress ifindex 0): from outside.
+    Host,
+    /// A vif of the lab: from the VM behind it.
+    Vif(&'static str),
+    /// A link the plan does not know (the namespace's `lo`, which the lab's plan leaves
+    /// out): the daemon has not classified it yet.
+    Unclassified,
+}
+
 /// One row of a table.
 #[derive(Clone, Debug)]
 pub struct Row {
     pub name: String,
     pub dir: Dir,
     pub vif: &'static str,
+    /// For a frame delivered to the VM: where it entered the host.
+    pub entered: Entered,
     pub frame: Vec<u8>,
     pub verdict: u8,
     /// A drop that audit mode passes (counted with the audit flag).
@@ -104,21 +121,42 @@ pub fn row(name: impl Into<String>, vif: &'static str, frame: Vec<u8>, verdict: 
         name: name.into(),
         dir: Dir::In,
         vif,
+        entered: Entered::Vif(vif),
         frame,
         verdict,
         audited: false,
     }
 }
 
-/// A frame delivered to the VM behind `vif` (egress).
+/// A frame delivered to the VM behind `vif` (egress), from outside every segment (it
+/// entered through the lab's uplink; see [`Row::from`] and [`Row::by_host`]).
 pub fn out(name: impl Into<String>, vif: &'static str, frame: Vec<u8>, verdict: u8) -> Row {
     Row {
         dir: Dir::Out,
+        entered: Entered::Uplink,
         ..row(name, vif, frame, verdict)
     }
 }
 
 impl Row {
+    /// A frame delivered to the VM that the VM behind `vif` sent.
+    pub fn from(mut self, vif: &'static str) -> Row {
+        self.entered = Entered::Vif(vif);
+        self
+    }
+
+    /// A frame delivered to the VM that the host's own stack sent.
+    pub fn by_host(mut self) -> Row {
+        self.entered = Entered::Host;
+        self
+    }
+
+    /// A frame delivered to the VM that entered through a link the plan does not know.
+    pub fn through_unclassified(mut self) -> Row {
+        self.entered = Entered::Unclassified;
+        self
+    }
+
     pub fn audited(mut self) -> Row {
         self.audited = true;
         self
@@ -171,8 +209,11 @@ impl Lab {
     }
 
     /// Like [`Lab::new`], letting `adjust` change the compiled plan before it is applied.
+    /// Every lab also has the link [`UPLINK`], which no policy names.
     pub fn with_plan(policy_text: &str, names: &[&str], adjust: impl FnOnce(&mut Plan)) -> Lab {
-        let links = veths(names);
+        let mut names = names.to_vec();
+        names.push(UPLINK);
+        let links = veths(&names);
         let policy = policy::parse(policy_text, "test.yaml").expect("valid policy");
         let mut plan = Plan::new(&policy, &links).expect("plan");
         adjust(&mut plan);
@@ -204,18 +245,24 @@ impl Lab {
                 (i64::from(action), i64::from(expected))
             }
             Dir::Out => {
+                let entered = match row.entered {
+                    Entered::Uplink => self.ifindex(UPLINK),
+                    Entered::Host => 0,
+                    Entered::Vif(vif) => self.ifindex(vif),
+                    Entered::Unclassified => 1,
+                };
                 let action = self
                     .dp
-                    .test_run_egress(ifindex, &row.frame)
+                    .test_run_egress(ifindex, entered, &row.frame)
                     .map_err(|e| format!("test run failed: {e:?}"))?;
-                let expected = if row.passes() { TC_ACT_OK } else { TC_ACT_SHOT };
+                let expected = if row.passes() { TC_PASS } else { TC_DROP };
                 (i64::from(action), i64::from(expected))
             }
         };
         let mut wrong = Vec::new();
         if action != expected {
             wrong.push(format!(
-                "action {action}, expected {expected} (XDP: 1 drop, 2 pass; TC: 0 pass, 2 drop)"
+                "action {action}, expected {expected} (XDP: 1 drop, 2 pass; TC: -1 pass, 2 drop)"
             ));
         }
         let after = self.dp.counters().expect("counters");
@@ -332,6 +379,19 @@ pub fn nd_with_lladdr(
         frame::nd_option::TARGET_LL
     };
     nd_with_options(src_mac, kind, src, dst, target, &[(option, lladdr)])
+}
+
+/// An unsolicited neighbour advertisement from `src_mac` for `target`, with its own MAC as
+/// the target link-layer address.
+pub fn nd_advertisement(src_mac: Mac, src: &str, dst: &str, target: &str) -> Vec<u8> {
+    nd_with_lladdr(
+        src_mac,
+        src_mac,
+        frame::icmp::NEIGHBOUR_ADVERTISEMENT,
+        src,
+        dst,
+        target,
+    )
 }
 
 /// A neighbour solicitation or advertisement with the given options, to all nodes.

@@ -6,7 +6,10 @@
 //! | `basic`  | segments and tenants apart, parse errors, fail closed, swaps, pins    |
 //! | `guards` | source and layer-2 guards (I2), malformed and evasive frames, fragments|
 //! | `policy` | management, exposures, flows, egress, audit, connection tracking      |
+//! | `attacks`| what an attacker sends, each next to its twin: the host, gateways,    |
+//! |          | link-scope exceptions, uplinks, quarantine, fragments per vif          |
 
+mod attacks;
 mod basic;
 mod fixture;
 mod guards;

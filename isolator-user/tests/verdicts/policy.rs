@@ -8,12 +8,14 @@
 use isolator_common::verdict;
 use isolator_tests::frame::{
     ACK, BROADCAST, FIN, RST, SYN, SYN_ACK, echo_reply, echo_request, icmp, ip as ip_from,
-    router_advertisement, tcp, udp,
+    router_advertisement, tcp, tcp_at, udp,
 };
+
+use isolator_tests::frame;
 
 use crate::fixture::{
     Lab, PEER_MAC, ROUTER_MAC, VM_MAC, arp as arp_frame, arp_request, from_outside, icmp_error,
-    in_private_netns, ip, nd, out, quoted, row,
+    in_private_netns, ip, nd, nd_advertisement, out, quoted, row,
 };
 
 const POLICY: &str = r#"
@@ -53,6 +55,11 @@ tenants:
         egress: deny
         interfaces: ["d-ad"]
         prefixes: ["10.1.2.0/24", "fd00:1:2::/64"]
+        gateways:
+          - address: 10.1.2.1
+            services:
+              - {protocol: udp, ports: 67}
+              - {protocol: udp, ports: 53}
         expose:
           - address: 10.1.2.10
             protocol: tcp
@@ -338,36 +345,83 @@ fn ingress_rules_ipv6() {
     });
 }
 
+/// Sequence numbers of the tables' TCP conversations: the client's and the server's
+/// initial ones.
+const C: u32 = 1000;
+const S: u32 = 5000;
+
 #[test]
 fn connection_tracking_ipv4() {
     in_private_netns(|| {
         let mut lab = lab();
         lab.check_all(&[
-            // A client in db opens a connection to web's exposed endpoint.
+            // A client in db opens a connection to web's exposed endpoint. Each vif it
+            // crosses tracks it in its own tables.
             row(
-                "SYN to the exposed endpoint opens a connection",
+                "SYN to the exposed endpoint opens a connection (at db)",
                 "d-ad",
-                ip("10.1.2.5", "10.1.1.10", tcp(50000, 443, SYN)),
+                ip("10.1.2.5", "10.1.1.10", tcp_at(50000, 443, SYN, C, 0)),
                 verdict::PASS,
             ),
             out(
-                "the SYN is delivered to the server",
+                "the SYN is delivered to the server (opens at web)",
                 "d-aw1",
-                ip("10.1.2.5", "10.1.1.10", tcp(50000, 443, SYN)),
+                ip("10.1.2.5", "10.1.1.10", tcp_at(50000, 443, SYN, C, 0)),
                 verdict::PASS,
+            )
+            .from("d-ad"),
+            row(
+                "a SYN-ACK that does not acknowledge the SYN is no reply",
+                "d-aw1",
+                ip(
+                    "10.1.1.10",
+                    "10.1.2.5",
+                    tcp_at(443, 50000, SYN_ACK, S, C + 7),
+                ),
+                verdict::CROSS_SEGMENT,
             ),
             row(
-                "the server's SYN-ACK is a reply",
+                "the server's SYN-ACK acknowledging the SYN is a reply",
                 "d-aw1",
-                ip("10.1.1.10", "10.1.2.5", tcp(443, 50000, SYN_ACK)),
+                ip(
+                    "10.1.1.10",
+                    "10.1.2.5",
+                    tcp_at(443, 50000, SYN_ACK, S, C + 1),
+                ),
                 verdict::PASS,
             ),
             out(
                 "and is delivered to the client",
                 "d-ad",
-                ip("10.1.1.10", "10.1.2.5", tcp(443, 50000, SYN_ACK)),
+                ip(
+                    "10.1.1.10",
+                    "10.1.2.5",
+                    tcp_at(443, 50000, SYN_ACK, S, C + 1),
+                ),
+                verdict::PASS,
+            )
+            .from("d-aw1"),
+            row(
+                "the client's ACK completes the handshake",
+                "d-ad",
+                ip(
+                    "10.1.2.5",
+                    "10.1.1.10",
+                    tcp_at(50000, 443, ACK, C + 1, S + 1),
+                ),
                 verdict::PASS,
             ),
+            out(
+                "at the server's vif too",
+                "d-aw1",
+                ip(
+                    "10.1.2.5",
+                    "10.1.1.10",
+                    tcp_at(50000, 443, ACK, C + 1, S + 1),
+                ),
+                verdict::PASS,
+            )
+            .from("d-ad"),
             row(
                 "an unsolicited packet from the exposed port to another client port",
                 "d-aw1",
@@ -387,7 +441,7 @@ fn connection_tracking_ipv4() {
                 verdict::CROSS_SEGMENT,
             ),
             row(
-                "an ICMP error about the tracked connection passes",
+                "an ICMP error about the connection, to its client, passes",
                 "d-aw1",
                 icmp_error(
                     "10.1.1.10",
@@ -397,6 +451,30 @@ fn connection_tracking_ipv4() {
                     &quoted("10.1.2.5", "10.1.1.10", tcp(50000, 443, SYN)),
                 ),
                 verdict::PASS,
+            ),
+            row(
+                "an ICMP error about it sent to a third party (another tenant) is refused",
+                "d-aw1",
+                icmp_error(
+                    "10.1.1.10",
+                    "10.2.1.5",
+                    3,
+                    3,
+                    &quoted("10.1.2.5", "10.1.1.10", tcp(50000, 443, SYN)),
+                ),
+                verdict::CROSS_TENANT,
+            ),
+            row(
+                "a neighbour VM cannot report on a connection it never saw",
+                "d-aw2",
+                icmp_error(
+                    "10.1.1.10",
+                    "10.1.2.5",
+                    3,
+                    3,
+                    &quoted("10.1.2.5", "10.1.1.10", tcp(50000, 443, SYN)),
+                ),
+                verdict::CROSS_SEGMENT,
             ),
             row(
                 "an ICMP error about no connection is refused",
@@ -410,16 +488,56 @@ fn connection_tracking_ipv4() {
                 ),
                 verdict::CROSS_SEGMENT,
             ),
-            row(
-                "the client's RST ends the connection",
+            out(
+                "an RST far from the server's position, spoofed from outside, is not part of it",
                 "d-ad",
-                ip("10.1.2.5", "10.1.1.10", tcp(50000, 443, RST | ACK)),
+                from_outside(
+                    "10.1.1.10",
+                    "10.1.2.5",
+                    tcp_at(443, 50000, RST | ACK, S + 1 + (1 << 21), C + 1),
+                ),
+                verdict::NOT_EXPOSED,
+            ),
+            out(
+                "and the connection goes on",
+                "d-ad",
+                ip(
+                    "10.1.1.10",
+                    "10.1.2.5",
+                    tcp_at(443, 50000, ACK, S + 1, C + 1),
+                ),
+                verdict::PASS,
+            )
+            .from("d-aw1"),
+            row(
+                "the client's RST (in sequence) ends the connection at db",
+                "d-ad",
+                ip(
+                    "10.1.2.5",
+                    "10.1.1.10",
+                    tcp_at(50000, 443, RST | ACK, C + 1, S + 1),
+                ),
                 verdict::PASS,
             ),
+            out(
+                "and at web",
+                "d-aw1",
+                ip(
+                    "10.1.2.5",
+                    "10.1.1.10",
+                    tcp_at(50000, 443, RST | ACK, C + 1, S + 1),
+                ),
+                verdict::PASS,
+            )
+            .from("d-ad"),
             row(
                 "after the RST the server's packets are no replies",
                 "d-aw1",
-                ip("10.1.1.10", "10.1.2.5", tcp(443, 50000, ACK)),
+                ip(
+                    "10.1.1.10",
+                    "10.1.2.5",
+                    tcp_at(443, 50000, ACK, S + 1, C + 1),
+                ),
                 verdict::CROSS_SEGMENT,
             ),
             // ICMP echo through an exposure.
@@ -429,6 +547,13 @@ fn connection_tracking_ipv4() {
                 ip("10.1.2.5", "10.1.1.77", echo_request(9)),
                 verdict::PASS,
             ),
+            out(
+                "delivered to the VM that holds the address",
+                "d-aw2",
+                ip("10.1.2.5", "10.1.1.77", echo_request(9)),
+                verdict::PASS,
+            )
+            .from("d-ad"),
             row(
                 "its echo reply",
                 "d-aw2",
@@ -445,13 +570,17 @@ fn connection_tracking_ipv4() {
             out(
                 "from outside to an exposed endpoint",
                 "d-ad",
-                from_outside("203.0.113.9", "10.1.2.10", tcp(51000, 80, SYN)),
+                from_outside("203.0.113.9", "10.1.2.10", tcp_at(51000, 80, SYN, C, 0)),
                 verdict::PASS,
             ),
             row(
                 "the reply leaves a segment with egress deny",
                 "d-ad",
-                ip("10.1.2.10", "203.0.113.9", tcp(80, 51000, SYN_ACK)),
+                ip(
+                    "10.1.2.10",
+                    "203.0.113.9",
+                    tcp_at(80, 51000, SYN_ACK, S, C + 1),
+                ),
                 verdict::PASS,
             ),
             row(
@@ -460,29 +589,71 @@ fn connection_tracking_ipv4() {
                 ip("10.1.2.10", "203.0.113.9", tcp(80, 51001, SYN)),
                 verdict::EGRESS_DENIED,
             ),
-            row(
-                "FIN moves the connection to closing; it still passes",
+            out(
+                "the client completes the handshake",
                 "d-ad",
-                ip("10.1.2.10", "203.0.113.9", tcp(80, 51000, FIN | ACK)),
+                from_outside(
+                    "203.0.113.9",
+                    "10.1.2.10",
+                    tcp_at(51000, 80, ACK, C + 1, S + 1),
+                ),
+                verdict::PASS,
+            ),
+            row(
+                "the server's FIN closes its direction only",
+                "d-ad",
+                ip(
+                    "10.1.2.10",
+                    "203.0.113.9",
+                    tcp_at(80, 51000, FIN | ACK, S + 1, C + 1),
+                ),
+                verdict::PASS,
+            ),
+            out(
+                "the client may still send (half-close)",
+                "d-ad",
+                from_outside(
+                    "203.0.113.9",
+                    "10.1.2.10",
+                    tcp_at(51000, 80, ACK, C + 1, S + 2),
+                ),
+                verdict::PASS,
+            ),
+            row(
+                "and the server acknowledge it",
+                "d-ad",
+                ip(
+                    "10.1.2.10",
+                    "203.0.113.9",
+                    tcp_at(80, 51000, ACK, S + 2, C + 1),
+                ),
                 verdict::PASS,
             ),
             // A VM of web (egress allowed) opens a connection outside.
             row(
                 "a VM opens a connection outside",
                 "d-aw1",
-                ip("10.1.1.2", "198.51.100.7", tcp(52000, 80, SYN)),
+                ip("10.1.1.2", "198.51.100.7", tcp_at(52000, 80, SYN, C, 0)),
                 verdict::PASS,
             ),
             out(
                 "the outside server's reply reaches the VM",
                 "d-aw1",
-                from_outside("198.51.100.7", "10.1.1.2", tcp(80, 52000, SYN_ACK)),
+                from_outside(
+                    "198.51.100.7",
+                    "10.1.1.2",
+                    tcp_at(80, 52000, SYN_ACK, S, C + 1),
+                ),
                 verdict::PASS,
             ),
             out(
                 "the outside server to another port of the VM",
                 "d-aw1",
-                from_outside("198.51.100.7", "10.1.1.2", tcp(80, 52001, SYN_ACK)),
+                from_outside(
+                    "198.51.100.7",
+                    "10.1.1.2",
+                    tcp_at(80, 52001, SYN_ACK, S, C + 1),
+                ),
                 verdict::NOT_EXPOSED,
             ),
         ]);
@@ -497,21 +668,37 @@ fn connection_tracking_ipv6() {
             row(
                 "SYN over a flow opens a connection",
                 "d-aw1",
-                ip("fd00:1:1::2", "fd00:1:2::5", tcp(53000, 5432, SYN)),
+                ip("fd00:1:1::2", "fd00:1:2::5", tcp_at(53000, 5432, SYN, C, 0)),
                 verdict::PASS,
             ),
+            out(
+                "delivered over the flow",
+                "d-ad",
+                ip("fd00:1:1::2", "fd00:1:2::5", tcp_at(53000, 5432, SYN, C, 0)),
+                verdict::PASS,
+            )
+            .from("d-aw1"),
             row(
                 "the reply passes",
                 "d-ad",
-                ip("fd00:1:2::5", "fd00:1:1::2", tcp(5432, 53000, SYN_ACK)),
+                ip(
+                    "fd00:1:2::5",
+                    "fd00:1:1::2",
+                    tcp_at(5432, 53000, SYN_ACK, S, C + 1),
+                ),
                 verdict::PASS,
             ),
             out(
                 "and is delivered",
                 "d-aw1",
-                ip("fd00:1:2::5", "fd00:1:1::2", tcp(5432, 53000, SYN_ACK)),
+                ip(
+                    "fd00:1:2::5",
+                    "fd00:1:1::2",
+                    tcp_at(5432, 53000, SYN_ACK, S, C + 1),
+                ),
                 verdict::PASS,
-            ),
+            )
+            .from("d-ad"),
             row(
                 "an ICMPv6 packet-too-big about the connection passes",
                 "d-ad",
@@ -525,6 +712,24 @@ fn connection_tracking_ipv6() {
                 verdict::PASS,
             ),
             row(
+                "an ICMPv6 error quoting IPv4-mapped addresses matches nothing",
+                "d-ad",
+                icmp_error(
+                    "fd00:1:2::5",
+                    "fd00:1:1::2",
+                    2,
+                    0,
+                    &quoted("::ffff:10.1.1.2", "::ffff:10.1.2.5", tcp(53000, 5432, ACK)),
+                ),
+                verdict::CROSS_SEGMENT,
+            ),
+            row(
+                "an IPv6 packet from an IPv4-mapped address is malformed",
+                "d-aw1",
+                ip("::ffff:10.1.1.2", "fd00:1:2::5", tcp(53000, 5432, SYN)),
+                verdict::MALFORMED,
+            ),
+            row(
                 "the server opening the other way is refused",
                 "d-ad",
                 ip("fd00:1:2::5", "fd00:1:1::2", tcp(5432, 53001, SYN)),
@@ -533,13 +738,17 @@ fn connection_tracking_ipv6() {
             out(
                 "from outside to an exposed endpoint",
                 "d-aw1",
-                from_outside("2001:db8::9", "fd00:1:1::10", tcp(54000, 443, SYN)),
+                from_outside("2001:db8::9", "fd00:1:1::10", tcp_at(54000, 443, SYN, C, 0)),
                 verdict::PASS,
             ),
             row(
                 "its reply",
                 "d-aw1",
-                ip("fd00:1:1::10", "2001:db8::9", tcp(443, 54000, SYN_ACK)),
+                ip(
+                    "fd00:1:1::10",
+                    "2001:db8::9",
+                    tcp_at(443, 54000, SYN_ACK, S, C + 1),
+                ),
                 verdict::PASS,
             ),
             out(
@@ -557,32 +766,35 @@ fn egress_rules() {
     in_private_netns(|| {
         let mut lab = lab();
         let db_mac = [2, 0, 0, 0, 0, 0xdb];
-        let web_mac = [2, 0, 0, 0, 0, 0xab];
         lab.check_all(&[
             out(
                 "same segment",
                 "d-aw1",
                 ip("10.1.1.3", "10.1.1.2", tcp(1000, 22, SYN)),
                 verdict::PASS,
-            ),
+            )
+            .from("d-aw2"),
             out(
                 "from another segment, not exposed",
                 "d-aw1",
                 ip("10.1.2.5", "10.1.1.2", tcp(1000, 22, SYN)),
                 verdict::CROSS_SEGMENT,
-            ),
+            )
+            .from("d-ad"),
             out(
                 "from another tenant",
                 "d-aw1",
                 ip("10.2.1.5", "10.1.1.2", tcp(1000, 22, SYN)),
                 verdict::CROSS_TENANT,
-            ),
+            )
+            .from("d-ga"),
             out(
                 "from another segment over a flow into this one",
                 "d-ad",
                 ip("10.1.1.5", "10.1.2.5", tcp(1000, 5432, SYN)),
                 verdict::PASS,
-            ),
+            )
+            .from("d-aw1"),
             out(
                 "from outside to an exposed endpoint",
                 "d-aw1",
@@ -595,6 +807,32 @@ fn egress_rules() {
                 from_outside("203.0.113.9", "10.1.1.11", tcp(1000, 443, SYN)),
                 verdict::NOT_EXPOSED,
             ),
+            out(
+                "from the uplink with a source address of the segment itself: still outside",
+                "d-aw1",
+                from_outside("10.1.1.3", "10.1.1.2", tcp(1000, 22, SYN)),
+                verdict::NOT_EXPOSED,
+            ),
+            out(
+                "from the uplink with a source in a segment a flow comes from: still outside",
+                "d-ad",
+                from_outside("10.1.1.5", "10.1.2.5", tcp(1000, 5432, SYN)),
+                verdict::NOT_EXPOSED,
+            ),
+            out(
+                "from the host's own stack with a source of the segment: outside",
+                "d-aw1",
+                ip("10.1.1.3", "10.1.1.2", tcp(1000, 22, SYN)),
+                verdict::NOT_EXPOSED,
+            )
+            .by_host(),
+            out(
+                "from a link the daemon has not classified: dropped, fail closed",
+                "d-aw1",
+                ip("10.1.1.3", "10.1.1.2", tcp(1000, 22, SYN)),
+                verdict::UNKNOWN_INTERFACE,
+            )
+            .through_unclassified(),
             out(
                 "from outside, UDP to a VM",
                 "d-aw1",
@@ -609,7 +847,7 @@ fn egress_rules() {
             )
             .audited(),
             out(
-                "a multicast listener query from the host",
+                "a multicast listener query from a link-local source outside",
                 "d-aw1",
                 ip_from(
                     ROUTER_MAC,
@@ -619,6 +857,18 @@ fn egress_rules() {
                     icmp(130),
                 ),
                 verdict::PASS,
+            ),
+            out(
+                "a multicast listener query from a global source outside",
+                "d-aw1",
+                ip_from(
+                    ROUTER_MAC,
+                    [0x33, 0x33, 0, 0, 0, 1],
+                    "2001:db8::1",
+                    "ff02::1",
+                    icmp(130),
+                ),
+                verdict::NOT_EXPOSED,
             ),
             out(
                 "a multicast listener report from another segment's VM",
@@ -631,9 +881,22 @@ fn egress_rules() {
                     icmp(143),
                 ),
                 verdict::CROSS_SEGMENT,
+            )
+            .from("d-ad"),
+            out(
+                "a DHCP server's answer from the segment's gateway",
+                "d-ad",
+                ip_from(
+                    ROUTER_MAC,
+                    BROADCAST,
+                    "10.1.2.1",
+                    "255.255.255.255",
+                    udp(67, 68),
+                ),
+                verdict::PASS,
             ),
             out(
-                "a DHCP server's answer from outside",
+                "a DHCP server's answer from any other outside host",
                 "d-ad",
                 ip_from(
                     ROUTER_MAC,
@@ -642,24 +905,38 @@ fn egress_rules() {
                     "255.255.255.255",
                     udp(67, 68),
                 ),
-                verdict::PASS,
+                verdict::NOT_EXPOSED,
             ),
             out(
                 "ARP from another segment's VM for its own neighbour (shared bridge)",
                 "d-aw1",
                 arp_request(db_mac, "10.1.2.5", "10.1.2.6"),
                 verdict::CROSS_SEGMENT,
-            ),
+            )
+            .from("d-ad"),
             out(
                 "ARP from another segment's VM for this segment's exposed address",
                 "d-aw1",
                 arp_request(db_mac, "10.1.2.5", "10.1.1.10"),
                 verdict::PASS,
-            ),
+            )
+            .from("d-ad"),
             out(
                 "ARP from a router outside every segment",
                 "d-aw1",
                 arp_request(ROUTER_MAC, "192.0.2.1", "10.1.1.2"),
+                verdict::PASS,
+            ),
+            out(
+                "ARP from outside claiming an address of a segment (to divert its traffic)",
+                "d-aw1",
+                arp_request(ROUTER_MAC, "10.1.1.3", "10.1.1.2"),
+                verdict::ARP_SPOOF,
+            ),
+            out(
+                "ARP from outside for the segment's gateway",
+                "d-ad",
+                arp_request(ROUTER_MAC, "10.1.2.1", "10.1.2.5"),
                 verdict::PASS,
             ),
             out(
@@ -668,12 +945,25 @@ fn egress_rules() {
                 nd(db_mac, 135, "fd00:1:2::5", "ff02::1:ff00:6", "fd00:1:2::6"),
                 verdict::CROSS_TENANT,
             )
+            .from("d-ad")
             .audited(),
             out(
                 "router advertisement from a router outside every segment",
                 "d-aw1",
                 router_advertisement(ROUTER_MAC, "fe80::1"),
                 verdict::PASS,
+            ),
+            out(
+                "a router advertisement that was forwarded (hop limit 64) is no ND",
+                "d-aw1",
+                frame::with_hop_limit(&router_advertisement(ROUTER_MAC, "fe80::1"), 64),
+                verdict::NOT_EXPOSED,
+            ),
+            out(
+                "a neighbour advertisement from outside claiming a segment's address",
+                "d-aw1",
+                nd_advertisement(ROUTER_MAC, "fe80::1", "ff02::1", "fd00:1:1::3"),
+                verdict::ND_SPOOF,
             ),
         ]);
         // Frames delivered by MAC to a VM whose segment their destination address is not
@@ -690,13 +980,15 @@ fn egress_rules() {
                 "d-ad",
                 ip("10.1.1.2", "10.9.9.9", echo_request(5)),
                 verdict::CROSS_SEGMENT,
-            ),
+            )
+            .from("d-aw1"),
             out(
                 "a frame to web's exposed endpoint delivered by MAC to a db VM",
                 "d-ad",
                 ip("10.2.1.5", "10.1.1.10", tcp(1000, 443, SYN)),
                 verdict::CROSS_TENANT,
-            ),
+            )
+            .from("d-ga"),
             out(
                 "from outside, to an address outside every segment",
                 "d-aw1",
@@ -704,8 +996,8 @@ fn egress_rules() {
                 verdict::NOT_EXPOSED,
             ),
         ]);
-        // Link-local sources are attributed by the vif their MAC was seen on (learned
-        // from what the vif sends).
+        // Link-scope traffic: the sending VM lets it onto the link, and each receiving
+        // VM judges it by where it entered the host.
         lab.check_all(&[
             row(
                 "a db VM solicits a neighbour of its segment from its link-local address",
@@ -718,48 +1010,79 @@ fn egress_rules() {
                 "d-aw1",
                 ip_from(db_mac, BROADCAST, "fe80::db", "fe80::1:2", echo_request(1)),
                 verdict::CROSS_SEGMENT,
-            ),
+            )
+            .from("d-ad"),
             out(
                 "its router advertisement (from a VM, another segment)",
                 "d-aw1",
                 router_advertisement(db_mac, "fe80::db"),
                 verdict::CROSS_SEGMENT,
-            ),
+            )
+            .from("d-ad"),
             out(
                 "its DHCP discovery broadcast (unspecified source)",
                 "d-aw1",
                 ip_from(db_mac, BROADCAST, "0.0.0.0", "255.255.255.255", udp(68, 67)),
                 verdict::CROSS_SEGMENT,
-            ),
+            )
+            .from("d-ad"),
             row(
-                "a web VM learns its MAC by sending",
-                "d-aw2",
-                nd(web_mac, 135, "fe80::1:3", "ff02::1:ff00:2", "fd00:1:1::2"),
-                verdict::PASS,
-            ),
-            row(
-                "link-local to a web VM's MAC from db, egress deny: another segment",
+                "link-local unicast from db (egress deny) goes onto the link",
                 "d-ad",
-                ip_from(db_mac, web_mac, "fe80::db", "fe80::1:3", echo_request(2)),
-                verdict::CROSS_SEGMENT,
-            ),
-            row(
-                "link-local to the host (a MAC of no vif), egress deny",
-                "d-ad",
-                ip_from(db_mac, ROUTER_MAC, "fe80::db", "fe80::1", echo_request(2)),
-                verdict::EGRESS_DENIED,
-            ),
-            row(
-                "link-local between two VMs of one segment, egress deny notwithstanding",
-                "d-ad",
-                ip_from(db_mac, db_mac, "fe80::db", "fe80::db:2", echo_request(2)),
+                ip_from(db_mac, ROUTER_MAC, "fe80::db", "fe80::1:3", echo_request(2)),
                 verdict::PASS,
             ),
             out(
-                "but to a VM of its own segment",
+                "where a web VM refuses it",
+                "d-aw1",
+                ip_from(db_mac, ROUTER_MAC, "fe80::db", "fe80::1:3", echo_request(2)),
+                verdict::CROSS_SEGMENT,
+            )
+            .from("d-ad"),
+            out(
+                "and a VM of its own segment takes it",
                 "d-ad",
                 ip_from(db_mac, BROADCAST, "fe80::db", "fe80::2:2", echo_request(1)),
                 verdict::PASS,
+            )
+            .from("d-ad"),
+            row(
+                "mDNS (link-scope multicast) from db, egress deny notwithstanding",
+                "d-ad",
+                ip_from(
+                    db_mac,
+                    [1, 0, 0x5e, 0, 0, 0xfb],
+                    "10.1.2.5",
+                    "224.0.0.251",
+                    udp(5353, 5353),
+                ),
+                verdict::PASS,
+            ),
+            out(
+                "reaches no other tenant",
+                "d-ga",
+                ip_from(
+                    db_mac,
+                    [1, 0, 0x5e, 0, 0, 0xfb],
+                    "10.1.2.5",
+                    "224.0.0.251",
+                    udp(5353, 5353),
+                ),
+                verdict::CROSS_TENANT,
+            )
+            .from("d-ad")
+            .audited(),
+            row(
+                "multicast beyond the link from db (egress deny)",
+                "d-ad",
+                ip_from(
+                    db_mac,
+                    [1, 0, 0x5e, 1, 1, 1],
+                    "10.1.2.5",
+                    "239.1.1.1",
+                    udp(5000, 5000),
+                ),
+                verdict::EGRESS_DENIED,
             ),
         ]);
     });
@@ -781,38 +1104,64 @@ fn a_new_policy_revokes_the_connections_it_no_longer_admits() {
             row(
                 "a flow web -> db opens a connection (at web's ingress)",
                 "d-aw1",
-                ip("10.1.1.2", "10.1.2.5", tcp(42000, 5432, SYN)),
-                verdict::PASS,
-            ),
-            row(
-                "db opens one to web's exposed endpoint (at db's ingress)",
-                "d-ad",
-                ip("10.1.2.5", "10.1.1.10", tcp(50000, 443, SYN)),
+                ip("10.1.1.2", "10.1.2.5", tcp_at(42000, 5432, SYN, C, 0)),
                 verdict::PASS,
             ),
             out(
+                "and at db's egress",
+                "d-ad",
+                ip("10.1.1.2", "10.1.2.5", tcp_at(42000, 5432, SYN, C, 0)),
+                verdict::PASS,
+            )
+            .from("d-aw1"),
+            row(
+                "db opens one to web's exposed endpoint (at db's ingress)",
+                "d-ad",
+                ip("10.1.2.5", "10.1.1.10", tcp_at(50000, 443, SYN, C, 0)),
+                verdict::PASS,
+            ),
+            out(
+                "and at web's egress",
+                "d-aw1",
+                ip("10.1.2.5", "10.1.1.10", tcp_at(50000, 443, SYN, C, 0)),
+                verdict::PASS,
+            )
+            .from("d-ad"),
+            out(
                 "an outside client opens one to it (at web's egress)",
                 "d-aw1",
-                from_outside("198.51.100.7", "10.1.1.10", tcp(51000, 443, SYN)),
+                from_outside("198.51.100.7", "10.1.1.10", tcp_at(51000, 443, SYN, C, 0)),
                 verdict::PASS,
             ),
         ]);
-        let mut opened: Vec<(u16, u8, u32)> = lab
+        let mut opened: Vec<(u16, u8, u32, u32, bool)> = lab
             .dp
-            .connections()
+            .tracked()
             .unwrap()
             .iter()
-            .map(|(k, s)| (k.src_port, s.direction, s.ifindex))
+            .map(|t| {
+                let outside = t.state.peer == isolator_common::ConnState::PEER_OUTSIDE;
+                (
+                    t.key.src_port,
+                    t.state.direction,
+                    t.state.ifindex,
+                    t.vif,
+                    outside,
+                )
+            })
             .collect();
         opened.sort();
         assert_eq!(
             opened,
             vec![
-                (42000, direction::INGRESS, web1),
-                (50000, direction::INGRESS, db),
-                (51000, direction::EGRESS, web1),
+                (42000, direction::INGRESS, web1, web1, false),
+                (42000, direction::EGRESS, db, db, false),
+                (50000, direction::INGRESS, db, db, false),
+                (50000, direction::EGRESS, web1, web1, false),
+                (51000, direction::EGRESS, web1, web1, true),
             ],
-            "each connection records the direction and vif it was opened on"
+            "each vif tracks what it judged, recording the direction, the vif and whether \
+             the peer is outside"
         );
 
         let swap = |lab: &mut Lab, text: &str| -> u64 {
@@ -827,26 +1176,38 @@ fn a_new_policy_revokes_the_connections_it_no_longer_admits() {
         assert_ne!(narrower, POLICY);
         assert_eq!(
             swap(&mut lab, &narrower),
-            1,
-            "only the web -> db connection"
+            2,
+            "only the web -> db connection, at both of its vifs"
         );
         lab.check_all(&[
             row(
                 "the revoked connection's next segment is judged anew",
                 "d-aw1",
-                ip("10.1.1.2", "10.1.2.5", tcp(42000, 5432, ACK)),
+                ip(
+                    "10.1.1.2",
+                    "10.1.2.5",
+                    tcp_at(42000, 5432, ACK, C + 1, S + 1),
+                ),
                 verdict::CROSS_SEGMENT,
             ),
             row(
                 "and so is its reply direction",
                 "d-ad",
-                ip("10.1.2.5", "10.1.1.2", tcp(5432, 42000, ACK)),
+                ip(
+                    "10.1.2.5",
+                    "10.1.1.2",
+                    tcp_at(5432, 42000, SYN_ACK, S, C + 1),
+                ),
                 verdict::CROSS_SEGMENT,
             ),
             row(
                 "a connection the new policy still admits keeps passing",
                 "d-aw1",
-                ip("10.1.1.10", "10.1.2.5", tcp(443, 50000, SYN_ACK)),
+                ip(
+                    "10.1.1.10",
+                    "10.1.2.5",
+                    tcp_at(443, 50000, SYN_ACK, S, C + 1),
+                ),
                 verdict::PASS,
             ),
         ]);
@@ -859,84 +1220,176 @@ fn a_new_policy_revokes_the_connections_it_no_longer_admits() {
             .map(|(k, _)| k.src_port)
             .collect();
         kept.sort();
-        assert_eq!(kept, vec![50000, 51000], "both connections to 443 are kept");
+        assert_eq!(
+            kept,
+            vec![50000, 50000, 51000],
+            "both connections to 443 are kept, at each vif that tracks them"
+        );
 
         // No longer exposed on 443: both connections to it end.
         let unexposed = narrower.replace("ports: 443\n", "ports: 8443\n");
         assert_ne!(unexposed, narrower);
-        assert_eq!(swap(&mut lab, &unexposed), 2);
+        assert_eq!(swap(&mut lab, &unexposed), 3);
         assert_eq!(lab.dp.connections().unwrap(), vec![]);
         lab.check_all(&[row(
             "the server's next segment to db is refused",
             "d-aw1",
-            ip("10.1.1.10", "10.1.2.5", tcp(443, 50000, ACK)),
+            ip(
+                "10.1.1.10",
+                "10.1.2.5",
+                tcp_at(443, 50000, ACK, S + 1, C + 1),
+            ),
             verdict::CROSS_SEGMENT,
         )]);
         assert_eq!(swap(&mut lab, &unexposed), 0, "nothing left to revoke");
     });
 }
 
-/// A full connection table evicts the least recently used entry for a new connection:
-/// the table stays full (never emptied to make room), the evictions show in the daemon's
-/// estimate, and an evicted connection's replies are refused like unsolicited packets
-/// while the newest connection's still pass.
+/// Each vif has its own connection tables, and connections being opened have a table of
+/// their own: a flood of spoofed SYNs from outside fills only the half-open table of the
+/// VM it targets (the oldest half-open entries go), never its established connections and
+/// never another vif's; a spoofed SYN never becomes an established entry.
 #[test]
-fn a_full_connection_table_evicts_the_least_recently_used() {
-    use isolator_common::{conntrack, limits::MAX_CONNECTIONS};
+fn a_syn_flood_displaces_only_its_targets_half_open_entries() {
+    use isolator_common::limits::OPENING_PER_VIF;
 
     in_private_netns(|| {
         let mut lab = lab();
-        let db = lab.ifindex("d-ad");
-        let extra = 5000u32;
-        let total = MAX_CONNECTIONS + extra;
-        // Distinct clients of db (10.1.2.1-250) on distinct ports, SYN to web's exposed
-        // endpoint: each opens one connection.
-        let client = |i: u32| (format!("10.1.2.{}", 1 + i % 250), 1024 + (i / 250) as u16);
-        for i in 0..total {
-            let (src, port) = client(i);
-            let action = lab
-                .dp
-                .test_run_ingress(db, &ip(&src, "10.1.1.10", tcp(port, 443, SYN)))
-                .unwrap();
-            assert_eq!(action, 2, "SYN {i} to the exposed endpoint passes");
-        }
-        let (entries, events) = lab.dp.conntrack().unwrap();
-        let opened = events[conntrack::EVENT_CREATED as usize];
-        assert_eq!(opened, u64::from(total), "every SYN opened a connection");
-        // The kernel evicts to make room a batch at a time (per-CPU free lists), never
-        // more: the table stays full. (That it holds no more than its size is the
-        // kernel's guarantee for any LRU map, not isolator's to test.)
-        assert!(
-            entries >= u64::from(MAX_CONNECTIONS) - 1024,
-            "{entries} entries left in a table of {MAX_CONNECTIONS} that was overfilled"
-        );
-        let evicted = isolator::metrics::evicted(
-            opened,
-            events[conntrack::EVENT_CLOSED as usize],
-            events[conntrack::EVENT_EXPIRED as usize],
-            0,
-            entries,
-        );
-        assert!(
-            evicted >= u64::from(extra),
-            "{total} connections opened into {MAX_CONNECTIONS} places: at least {extra} \
-             evicted, the estimate says {evicted}"
-        );
-        let (oldest, oldest_port) = client(0);
-        let (newest, newest_port) = client(total - 1);
+        let web1 = lab.ifindex("d-aw1");
+        // An established connection of the target (web's exposed server, a client in db)
+        // and one of another tenant's VM (globex, to an outside server).
         lab.check_all(&[
-            row(
-                "the newest connection's reply passes",
+            out(
+                "db's client to web's server",
                 "d-aw1",
-                ip("10.1.1.10", &newest, tcp(443, newest_port, SYN_ACK)),
+                ip("10.1.2.5", "10.1.1.10", tcp_at(40000, 443, SYN, C, 0)),
+                verdict::PASS,
+            )
+            .from("d-ad"),
+            row(
+                "the server answers",
+                "d-aw1",
+                ip(
+                    "10.1.1.10",
+                    "10.1.2.5",
+                    tcp_at(443, 40000, SYN_ACK, S, C + 1),
+                ),
+                verdict::PASS,
+            ),
+            out(
+                "the client completes the handshake",
+                "d-aw1",
+                ip(
+                    "10.1.2.5",
+                    "10.1.1.10",
+                    tcp_at(40000, 443, ACK, C + 1, S + 1),
+                ),
+                verdict::PASS,
+            )
+            .from("d-ad"),
+            row(
+                "a globex VM opens a connection outside (its segment allows egress)",
+                "d-ga",
+                ip("10.2.1.5", "198.51.100.7", tcp_at(41000, 80, SYN, C, 0)),
+                verdict::PASS,
+            ),
+            out(
+                "and gets its answer",
+                "d-ga",
+                from_outside(
+                    "198.51.100.7",
+                    "10.2.1.5",
+                    tcp_at(80, 41000, SYN_ACK, S, C + 1),
+                ),
                 verdict::PASS,
             ),
             row(
-                "the evicted oldest connection's reply is refused",
-                "d-aw1",
-                ip("10.1.1.10", &oldest, tcp(443, oldest_port, SYN_ACK)),
-                verdict::CROSS_SEGMENT,
+                "which it acknowledges",
+                "d-ga",
+                ip(
+                    "10.2.1.5",
+                    "198.51.100.7",
+                    tcp_at(41000, 80, ACK, C + 1, S + 1),
+                ),
+                verdict::PASS,
             ),
         ]);
+        // The flood: spoofed sources from outside, SYN to the exposed endpoint.
+        let extra = 500u32;
+        let total = OPENING_PER_VIF + extra;
+        let spoofed = |i: u32| {
+            (
+                format!("198.51.{}.{}", 1 + i / 250, 1 + i % 250),
+                1024 + i as u16,
+            )
+        };
+        for i in 0..total {
+            let (src, port) = spoofed(i);
+            let frame = from_outside(&src, "10.1.1.10", tcp_at(port, 443, SYN, C, 0));
+            let action = lab
+                .dp
+                .test_run_egress(web1, lab.ifindex(crate::fixture::UPLINK), &frame)
+                .unwrap();
+            assert_eq!(
+                action,
+                isolator::dataplane::TC_PASS,
+                "SYN {i} to the exposed endpoint passes"
+            );
+        }
+        let tracked = lab.dp.tracked().unwrap();
+        let at_web: Vec<_> = tracked.iter().filter(|t| t.vif == web1).collect();
+        let half_open = at_web.iter().filter(|t| t.opening).count();
+        assert!(
+            half_open <= OPENING_PER_VIF as usize && half_open >= (OPENING_PER_VIF - 256) as usize,
+            "{half_open} half-open entries at the target, in a table of {OPENING_PER_VIF}"
+        );
+        assert_eq!(
+            at_web.iter().filter(|t| !t.opening).count(),
+            1,
+            "the target's established connection is still there"
+        );
+        let (oldest, oldest_port) = spoofed(0);
+        let (newest, newest_port) = spoofed(total - 1);
+        lab.check_all(&[
+            out(
+                "the target's established connection still works",
+                "d-aw1",
+                ip(
+                    "10.1.2.5",
+                    "10.1.1.10",
+                    tcp_at(40000, 443, ACK, C + 1, S + 1),
+                ),
+                verdict::PASS,
+            )
+            .from("d-ad"),
+            out(
+                "so does the other tenant's",
+                "d-ga",
+                from_outside(
+                    "198.51.100.7",
+                    "10.2.1.5",
+                    tcp_at(80, 41000, ACK, S + 1, C + 1),
+                ),
+                verdict::PASS,
+            ),
+        ]);
+        // The oldest spoofed entries were pushed out of the half-open table; the newest is
+        // there, and stays half-open (the spoofer never sees the SYN-ACK, so it cannot
+        // complete the handshake).
+        let tracked = lab.dp.tracked().unwrap();
+        let find = |port: u16| {
+            tracked
+                .iter()
+                .find(|t| t.vif == web1 && t.key.src_port == port)
+        };
+        assert!(
+            find(oldest_port).is_none(),
+            "the oldest half-open entry ({oldest}) was evicted"
+        );
+        let newest_entry = find(newest_port).expect("the newest spoofed connection is tracked");
+        assert!(
+            newest_entry.opening,
+            "a spoofed SYN ({newest}) stays half-open"
+        );
     });
 }
