@@ -762,32 +762,42 @@ impl Settings {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: all of these are repr(C) structs of integers and byte arrays without
-    // implicit padding, valid for any bit pattern.
-    unsafe impl aya::Pod for VifKey {}
-    unsafe impl aya::Pod for VifInfo {}
-    unsafe impl aya::Pod for SegmentKey {}
-    unsafe impl aya::Pod for SegmentInfo {}
-    unsafe impl aya::Pod for Ipv4PrefixKey {}
-    unsafe impl aya::Pod for Ipv6PrefixKey {}
-    unsafe impl aya::Pod for CounterKey {}
-    unsafe impl aya::Pod for Counter {}
-    unsafe impl aya::Pod for Settings {}
-    unsafe impl aya::Pod for Rule {}
-    unsafe impl aya::Pod for RuleSet {}
-    unsafe impl aya::Pod for PairKey {}
-    unsafe impl aya::Pod for ConnKey {}
-    unsafe impl aya::Pod for ConnState {}
-    unsafe impl aya::Pod for LinkInfo {}
-    unsafe impl aya::Pod for UplinkKey {}
-    unsafe impl aya::Pod for AddrKey {}
-    unsafe impl aya::Pod for GatewayKey {}
-    unsafe impl aya::Pod for DeclaredMacKey {}
-    unsafe impl aya::Pod for VifAddrV4Key {}
-    unsafe impl aya::Pod for VifAddrV6Key {}
-    unsafe impl aya::Pod for VlanKey {}
-    unsafe impl aya::Pod for FragKey {}
-    unsafe impl aya::Pod for FragState {}
+
+    macro_rules! pod {
+        ($($ty:ty),* $(,)?) => {$(
+            // SAFETY: every one of these is a `#[repr(C)]` struct of integers and byte
+            // arrays without implicit padding (the layout test below checks the sizes),
+            // valid for any bit pattern.
+            unsafe impl aya::Pod for $ty {}
+        )*};
+    }
+
+    pod!(
+        VifKey,
+        VifInfo,
+        SegmentKey,
+        SegmentInfo,
+        Ipv4PrefixKey,
+        Ipv6PrefixKey,
+        CounterKey,
+        Counter,
+        Settings,
+        Rule,
+        RuleSet,
+        PairKey,
+        ConnKey,
+        ConnState,
+        LinkInfo,
+        UplinkKey,
+        AddrKey,
+        GatewayKey,
+        DeclaredMacKey,
+        VifAddrV4Key,
+        VifAddrV6Key,
+        VlanKey,
+        FragKey,
+        FragState,
+    );
 }
 
 #[cfg(test)]

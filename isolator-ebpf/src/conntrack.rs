@@ -66,6 +66,12 @@ pub fn peer(place: Place) -> u32 {
 /// count as part of it only from that peer, and the daemon re-checks it from there.
 #[inline(always)]
 pub fn open(p: &Packet, key: &mut ConnKey, vif: &Vif, direction: u8, peer: Place) {
+    open_with(p, key, vif.ifindex, direction, self::peer(peer));
+}
+
+/// [`open`], as a BPF subprogram of its own (several steps call it).
+#[inline(never)]
+fn open_with(p: &Packet, key: &mut ConnKey, ifindex: u32, direction: u8, peer: u32) {
     if !p.opens_connection() || !p.forward_key(key) {
         return;
     }
@@ -75,18 +81,18 @@ pub fn open(p: &Packet, key: &mut ConnKey, vif: &Vif, direction: u8, peer: Place
         direction,
         flags: 0,
         _pad: 0,
-        ifindex: vif.ifindex,
+        ifindex,
         opener_end: if p.protocol == ip::TCP {
             p.tcp_end()
         } else {
             0
         },
         responder_end: 0,
-        peer: self::peer(peer),
+        peer,
         _pad2: 0,
     };
     // SAFETY: the inner table outlives this run (the outer map holds it).
-    let Some(opening) = (unsafe { CONNTRACK_OPENING.get(&vif.ifindex) }) else {
+    let Some(opening) = (unsafe { CONNTRACK_OPENING.get(&ifindex) }) else {
         faults::record(fault::CONNECTION_UNRECORDED);
         return;
     };
@@ -120,18 +126,24 @@ pub fn tracked(frame: &impl Frame, vif: &Vif, p: &Packet, key: &mut ConnKey, sen
         if !keyed {
             continue;
         }
-        // SAFETY: entries are changed in place through these pointers within this run;
-        // the inner tables outlive it.
+        let seen = Seen {
+            ifindex,
+            settings,
+            now,
+            from_opener,
+        };
+        // SAFETY: the inner table outlives this run (the outer map holds it).
         if let Some(state) = unsafe { CONNTRACK.get_value_ptr_mut(&ifindex, &*key) } {
+            // SAFETY: a live entry, changed in place within this run; concurrent updates
+            // of its fields are benign (last writer wins), as for any per-packet state.
             let state = unsafe { &mut *state };
-            return from_peer(state, sender)
-                && established(ifindex, key, state, p, settings, now, from_opener);
+            return from_peer(state, sender) && established(&seen, key, state, p);
         }
         // SAFETY: as above.
         if let Some(state) = unsafe { CONNTRACK_OPENING.get_value_ptr_mut(&ifindex, &*key) } {
+            // SAFETY: as above.
             let state = unsafe { &mut *state };
-            return from_peer(state, sender)
-                && opening(ifindex, key, state, p, settings, now, from_opener);
+            return from_peer(state, sender) && opening(&seen, key, state, p);
         }
     }
     if p.is_icmp_error() && quoted_key(frame, p, key) {
@@ -182,17 +194,25 @@ fn live(ifindex: u32, key: &ConnKey, settings: &Settings, now: u64, sender: u32)
     }
 }
 
-/// A packet of an established connection (`from_opener`: in its opening direction).
-#[inline(always)]
-fn established(
+/// Where and when a packet of a tracked connection was seen, and in which direction.
+struct Seen<'a> {
     ifindex: u32,
-    key: &ConnKey,
-    state: &mut ConnState,
-    p: &Packet,
-    settings: &Settings,
+    settings: &'a Settings,
     now: u64,
+    /// In the connection's opening direction.
     from_opener: bool,
-) -> bool {
+}
+
+/// A packet of an established connection. A BPF subprogram of its own (as is
+/// [`opening`]): the tracker calls each for both directions.
+#[inline(never)]
+fn established(seen: &Seen<'_>, key: &ConnKey, state: &mut ConnState, p: &Packet) -> bool {
+    let Seen {
+        ifindex,
+        settings,
+        now,
+        from_opener,
+    } = *seen;
     if now.saturating_sub(state.last_seen_ns) > settings.timeout_ns(key.protocol, state.state) {
         remove_established(ifindex, key, conntrack::EVENT_EXPIRED);
         return false;
@@ -236,17 +256,15 @@ fn established(
     true
 }
 
-/// A packet of a connection being opened (`from_opener`: in its opening direction).
-#[inline(always)]
-fn opening(
-    ifindex: u32,
-    key: &ConnKey,
-    state: &mut ConnState,
-    p: &Packet,
-    settings: &Settings,
-    now: u64,
-    from_opener: bool,
-) -> bool {
+/// A packet of a connection being opened.
+#[inline(never)]
+fn opening(seen: &Seen<'_>, key: &ConnKey, state: &mut ConnState, p: &Packet) -> bool {
+    let Seen {
+        ifindex,
+        settings,
+        now,
+        from_opener,
+    } = *seen;
     if now.saturating_sub(state.last_seen_ns) > settings.timeout_ns(key.protocol, state.state) {
         remove_opening(ifindex, key, conntrack::EVENT_EXPIRED);
         return false;

@@ -45,12 +45,13 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use isolator_common::{ConnKey, ConnState, FragKey, SegmentInfo, Verdict, direction};
+use isolator_common::{ConnState, SegmentInfo, Verdict, direction};
 use isolator_ebpf::{packet, proto};
 
 use crate::account::{Outcome, account, audit, counted_as, note_audited, uncount};
+use crate::maps::Scratch;
 use crate::packet::KIND_ARP;
-use crate::packet::{Frame, Packet, parse};
+use crate::packet::{Frame, TcFrame, XdpFrame, parse};
 use crate::rules::{HostVerdict, Place, exposed, flow, host, management, place};
 use crate::vif::{Vif, cross, identify, vlan_allowed};
 
@@ -80,8 +81,10 @@ fn verdict_of(story: Step) -> Verdict {
 pub fn isolator_ingress(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let outcome = judge(&ctx, ifindex, direction::INGRESS, ifindex);
-    if account(ifindex, direction::INGRESS, outcome, bytes) {
+    let outcome = judge(&XdpFrame::new(&ctx), ifindex, direction::INGRESS, ifindex);
+    let passes = account(ifindex, direction::INGRESS, outcome, bytes);
+    faults::flush();
+    if passes {
         if outcome.audited {
             note_audited(&ctx, outcome.verdict);
         }
@@ -103,12 +106,10 @@ pub fn isolator_egress(ctx: TcContext) -> i32 {
     // Make the headers linear so that they can be read directly.
     let want = if ctx.len() < 256 { ctx.len() } else { 256 };
     let _ = ctx.pull_data(want);
-    let outcome = judge(&ctx, ifindex, direction::EGRESS, entered);
-    if account(ifindex, direction::EGRESS, outcome, bytes) {
-        TC_PASS_ON
-    } else {
-        TC_ACT_SHOT
-    }
+    let outcome = judge(&TcFrame::new(&ctx), ifindex, direction::EGRESS, entered);
+    let passes = account(ifindex, direction::EGRESS, outcome, bytes);
+    faults::flush();
+    if passes { TC_PASS_ON } else { TC_ACT_SHOT }
 }
 
 /// The VLAN guard for tags outside the frame bytes. A kernel VLAN device (or bridge, or
@@ -152,6 +153,7 @@ pub fn isolator_tags(ctx: TcContext) -> i32 {
         audited: false,
     };
     account(ifindex, direction::INGRESS, refused, bytes);
+    faults::flush();
     TC_ACT_SHOT
 }
 
@@ -182,38 +184,33 @@ fn judge(frame: &impl Frame, ifindex: u32, dir: u8, entered: u32) -> Outcome {
     let Some(scratch) = maps::scratch() else {
         return fail_closed;
     };
-    let p = &mut scratch.packet;
-    let verdict = match parse(frame, p) {
+    let verdict = match parse(frame, &mut scratch.packet) {
         Err(verdict) => verdict,
-        Ok(()) if p.has_vlan && !vlan_allowed(&vif, p.vlan) => Verdict::Vlan,
-        Ok(()) if dir == direction::INGRESS => {
-            verdict_of(ingress(frame, &vif, p, &mut scratch.key, &mut scratch.frag))
+        Ok(()) if scratch.packet.has_vlan && !vlan_allowed(&vif, scratch.packet.vlan) => {
+            Verdict::Vlan
         }
-        Ok(()) => verdict_of(egress(
-            frame,
-            &vif,
-            entered,
-            p,
-            &mut scratch.key,
-            &mut scratch.frag,
-        )),
+        Ok(()) if dir == direction::INGRESS => verdict_of(ingress(frame, &vif, scratch)),
+        Ok(()) => verdict_of(egress(frame, &vif, entered, scratch)),
     };
     let outcome = audit(verdict, &vif);
     if outcome.passes() {
-        fragments::remember_first(vif.ifindex, p, &mut scratch.frag);
+        fragments::remember_first(vif.ifindex, &scratch.packet, &mut scratch.frag);
     }
     outcome
 }
 
-/// Ingress: what a VM of segment S may send (docs/design.md, "Ingress").
-#[inline(always)]
-fn ingress(
-    frame: &impl Frame,
-    vif: &Vif,
-    p: &Packet,
-    key: &mut ConnKey,
-    frag: &mut FragKey,
-) -> Step {
+/// Ingress: what a VM of segment S may send (docs/design.md, "Ingress"). A BPF subprogram
+/// of its own (as is [`egress`]): the verifier then walks each story's branches apart from
+/// the rest of the program, which keeps it well inside its budget.
+#[inline(never)]
+fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch) -> Step {
+    let Scratch {
+        packet: p,
+        key,
+        frag,
+        ..
+    } = scratch;
+    let p = &*p;
     let generation = vif.generation;
     let sender = vif.segment;
     // 1. The source guard; a later fragment is then judged by its first.
@@ -225,42 +222,41 @@ fn ingress(
     }
     // 3. Address resolution, by the address it concerns, and only on the link.
     resolution::ingress(vif, p)?;
-    // 4. The host itself and the segment's gateways: only the services declared there,
-    // and replies within connections the host opened.
-    match host(generation, sender, p) {
-        HostVerdict::NotHost => {}
+    // 4. The host itself and the segment's gateways: only the services declared there;
+    // anything else to them is `management` (step 7 aside: replies within connections the
+    // host opened).
+    let to_host = match host(generation, sender, p) {
+        HostVerdict::NotHost => false,
         HostVerdict::Service => {
             conntrack::open(p, key, vif, direction::INGRESS, Place::Outside);
             return decide(Verdict::Pass);
         }
-        // Nothing new; but the host's own connections to the VM (to an exposed endpoint)
-        // get their replies.
-        HostVerdict::Protected => {
-            if conntrack::tracked(frame, vif, p, key, ConnState::PEER_VM) {
-                return decide(Verdict::Pass);
-            }
-            return decide(Verdict::Management);
-        }
-    }
-    // 5. Link-scope housekeeping, which receivers on the link judge themselves: DHCP
-    // discovery to the servers' broadcast addresses, multicast listener and IGMP
-    // messages, link-scope multicast, IPv6 link-local unicast.
-    if p.is_dhcp_client_broadcast()
-        || (p.is_mld() && p.dst_link_scope_multicast())
-        || (p.is_igmp() && p.dst_multicast())
-        || p.dst_link_scope_multicast()
-        || p.dst_ipv6_link_local()
-    {
-        return decide(Verdict::Pass);
-    }
-    // 6. Within the segment.
+        HostVerdict::Protected => true,
+    };
     let target = place(generation, p.is_v4(), &p.dst);
-    if target == Place::Segment(sender) {
-        return decide(Verdict::Pass);
+    if !to_host {
+        // 5. Link-scope housekeeping, which receivers on the link judge themselves: DHCP
+        // discovery to the servers' broadcast addresses, multicast listener and IGMP
+        // messages, link-scope multicast, IPv6 link-local unicast.
+        if p.is_dhcp_client_broadcast()
+            || (p.is_mld() && p.dst_link_scope_multicast())
+            || (p.is_igmp() && p.dst_multicast())
+            || p.dst_link_scope_multicast()
+            || p.dst_ipv6_link_local()
+        {
+            return decide(Verdict::Pass);
+        }
+        // 6. Within the segment.
+        if target == Place::Segment(sender) {
+            return decide(Verdict::Pass);
+        }
     }
     // 7. A tracked connection, or an ICMP error about one the VM took part in.
     if conntrack::tracked(frame, vif, p, key, ConnState::PEER_VM) {
         return decide(Verdict::Pass);
+    }
+    if to_host {
+        return decide(Verdict::Management);
     }
     match target {
         // 8. Another segment: an exposed endpoint or a flow.
@@ -285,15 +281,15 @@ fn ingress(
 }
 
 /// Egress: what may reach a VM of segment T (docs/design.md, "Egress").
-#[inline(always)]
-fn egress(
-    frame: &impl Frame,
-    vif: &Vif,
-    entered: u32,
-    p: &Packet,
-    key: &mut ConnKey,
-    frag: &mut FragKey,
-) -> Step {
+#[inline(never)]
+fn egress(frame: &impl Frame, vif: &Vif, entered: u32, scratch: &mut Scratch) -> Step {
+    let Scratch {
+        packet: p,
+        key,
+        frag,
+        ..
+    } = scratch;
+    let p = &*p;
     let generation = vif.generation;
     let receiver = vif.segment;
     fragments::later(vif.ifindex, p, frag)?;
@@ -349,6 +345,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+// SAFETY: the kernel reads the license from this section by this name; nothing else in
+// the object is called LICENSE.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

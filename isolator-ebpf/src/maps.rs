@@ -149,6 +149,9 @@ pub struct Scratch {
     pub packet: Packet,
     pub key: ConnKey,
     pub frag: FragKey,
+    /// Faults this run recorded, a bit per [`isolator_common::fault`] kind (reported at the
+    /// program's exit).
+    pub faults: u32,
 }
 
 #[map]
@@ -165,5 +168,6 @@ pub fn scratch() -> Option<&'static mut Scratch> {
     // halves disabled, so no other run of these programs interleaves on this CPU.
     let s = unsafe { &mut *s };
     s.packet.reset();
+    s.faults = 0;
     Some(s)
 }

@@ -3,11 +3,13 @@
 use core::mem;
 
 use crate::proto::{dhcp, ether, icmp4, icmp6, ip, nd_option, tcp};
-use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_ebpf::{
+    bindings::{__sk_buff, xdp_md},
+    programs::{TcContext, XdpContext},
+};
 use isolator_common::{ConnKey, Verdict, mapped};
 use network_types::{
     arp::ArpHdr,
-    eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
@@ -22,34 +24,71 @@ pub trait Frame {
     fn wire_len(&self) -> usize;
 }
 
-impl Frame for XdpContext {
+/// An XDP frame, by its context pointer held as an integer. Handed to a BPF subprogram by
+/// reference, a context wrapper lets the compiler read `data` and `data_end` in the caller
+/// and pass them on as 32-bit integers, which the verifier refuses as pointer arithmetic;
+/// an integer handle keeps the loads where they are used.
+#[derive(Clone, Copy)]
+pub struct XdpFrame(usize);
+
+impl XdpFrame {
     #[inline(always)]
-    fn start(&self) -> usize {
-        self.data()
+    pub fn new(ctx: &XdpContext) -> XdpFrame {
+        XdpFrame(ctx.ctx as usize)
     }
+
     #[inline(always)]
-    fn end(&self) -> usize {
-        self.data_end()
-    }
-    #[inline(always)]
-    fn wire_len(&self) -> usize {
-        self.data_end() - self.data()
+    fn md(&self) -> &xdp_md {
+        // SAFETY: the context the kernel handed the program, valid for the whole run.
+        unsafe { &*(self.0 as *const xdp_md) }
     }
 }
 
-impl Frame for TcContext {
+impl Frame for XdpFrame {
     #[inline(always)]
     fn start(&self) -> usize {
-        self.data()
+        self.md().data as usize
     }
     #[inline(always)]
     fn end(&self) -> usize {
-        self.data_end()
+        self.md().data_end as usize
+    }
+    #[inline(always)]
+    fn wire_len(&self) -> usize {
+        self.end() - self.start()
+    }
+}
+
+/// A socket buffer of a TC program, by its context pointer (see [`XdpFrame`]).
+#[derive(Clone, Copy)]
+pub struct TcFrame(usize);
+
+impl TcFrame {
+    #[inline(always)]
+    pub fn new(ctx: &TcContext) -> TcFrame {
+        TcFrame(ctx.skb.skb as usize)
+    }
+
+    #[inline(always)]
+    fn skb(&self) -> &__sk_buff {
+        // SAFETY: the context the kernel handed the program, valid for the whole run.
+        unsafe { &*(self.0 as *const __sk_buff) }
+    }
+}
+
+impl Frame for TcFrame {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.skb().data as usize
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.skb().data_end as usize
     }
     #[inline(always)]
     fn wire_len(&self) -> usize {
         // A socket buffer's payload may lie beyond its linear part.
-        TcContext::len(self) as usize
+        self.skb().len as usize
     }
 }
 
@@ -81,6 +120,26 @@ pub fn ptr_at<T>(frame: &impl Frame, offset: usize) -> Option<*const T> {
         return None;
     }
     Some((start + offset) as *const T)
+}
+
+/// Length of an Ethernet header (destination, source, EtherType).
+pub const ETH_LEN: usize = 14;
+
+/// A reference to the `T` at `offset`, or `None` when it would reach past the end of the
+/// frame. Every header read goes through here.
+#[inline(always)]
+pub fn at<T>(frame: &impl Frame, offset: usize) -> Option<&T> {
+    const {
+        assert!(
+            align_of::<T>() == 1,
+            "headers are read unaligned: byte-aligned types only"
+        )
+    };
+    let ptr = ptr_at::<T>(frame, offset)?;
+    // SAFETY: `ptr_at` checked that the `size_of::<T>()` bytes at `offset` lie within the
+    // frame's data, which outlives the borrow of `frame`; `T` is byte-aligned (above) and a
+    // header of plain bytes, valid for any contents.
+    Some(unsafe { &*ptr })
 }
 
 pub const KIND_IPV4: u8 = 4;
@@ -518,18 +577,19 @@ impl Packet {
 }
 
 /// Parses the frame into `p`. Errors are verdict codes (`MALFORMED`, `UNKNOWN_ETHERTYPE`,
-/// `VLAN`, `IP_OPTIONS`, `FRAGMENT`, `IPV6_EXTENSIONS`).
-#[inline(always)]
+/// `VLAN`, `IP_OPTIONS`, `FRAGMENT`, `IPV6_EXTENSIONS`). A BPF subprogram of its own: its
+/// many paths (extension headers, ND options) end in one result, so they do not multiply
+/// what the verifier walks after it.
+#[inline(never)]
 pub fn parse(frame: &impl Frame, p: &mut Packet) -> Result<(), Verdict> {
-    let eth: *const EthHdr = ptr_at(frame, 0).ok_or(Verdict::Malformed)?;
-    let eth = unsafe { &*eth };
-    p.src_mac = eth.src_addr;
-    p.dst_mac = eth.dst_addr;
-    let mut ether_type = u16::from_be(eth.ether_type);
-    let mut l3 = EthHdr::LEN;
+    // Read as bytes: network-types' EthHdr holds a u16 and so is not byte-aligned.
+    let eth: &[u8; ETH_LEN] = at(frame, 0).ok_or(Verdict::Malformed)?;
+    p.dst_mac = [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]];
+    p.src_mac = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
+    let mut ether_type = u16::from_be_bytes([eth[12], eth[13]]);
+    let mut l3 = ETH_LEN;
     if ether::is_vlan_tag(ether_type) {
-        let tag: *const [u8; 4] = ptr_at(frame, EthHdr::LEN).ok_or(Verdict::Malformed)?;
-        let tag = unsafe { &*tag };
+        let tag: &[u8; 4] = at(frame, ETH_LEN).ok_or(Verdict::Malformed)?;
         p.vlan = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
         // VLAN id 0 is an 802.1p priority tag: the frame belongs to no VLAN.
         p.has_vlan = p.vlan != 0;
@@ -538,7 +598,7 @@ pub fn parse(frame: &impl Frame, p: &mut Packet) -> Result<(), Verdict> {
             // Stacked tags never pass.
             return Err(Verdict::Vlan);
         }
-        l3 = EthHdr::LEN + 4;
+        l3 = ETH_LEN + 4;
     }
     match ether_type {
         ether::IPV4 => parse_ipv4(frame, p, l3),
@@ -550,8 +610,7 @@ pub fn parse(frame: &impl Frame, p: &mut Packet) -> Result<(), Verdict> {
 
 #[inline(always)]
 fn parse_arp(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdict> {
-    let arp: *const ArpHdr = ptr_at(frame, l3).ok_or(Verdict::Malformed)?;
-    let arp = unsafe { &*arp };
+    let arp: &ArpHdr = at(frame, l3).ok_or(Verdict::Malformed)?;
     if arp.htype != [0, 1] || arp.ptype != [0x08, 0x00] || arp.hlen != 6 || arp.plen != 4 {
         return Err(Verdict::Malformed);
     }
@@ -568,8 +627,7 @@ const ROUTER_ALERT: [u8; 4] = [0x94, 0x04, 0, 0];
 
 #[inline(always)]
 fn parse_ipv4(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdict> {
-    let ip: *const Ipv4Hdr = ptr_at(frame, l3).ok_or(Verdict::Malformed)?;
-    let ip = unsafe { &*ip };
+    let ip: &Ipv4Hdr = at(frame, l3).ok_or(Verdict::Malformed)?;
     let header_len = ip.ihl() as usize;
     let total_len = ip.tot_len() as usize;
     if ip.version() != 4
@@ -580,8 +638,8 @@ fn parse_ipv4(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdi
         return Err(Verdict::Malformed);
     }
     if header_len > Ipv4Hdr::LEN {
-        let options: *const [u8; 4] = ptr_at(frame, l3 + Ipv4Hdr::LEN).ok_or(Verdict::Malformed)?;
-        if header_len != Ipv4Hdr::LEN + 4 || unsafe { *options } != ROUTER_ALERT {
+        let options: &[u8; 4] = at(frame, l3 + Ipv4Hdr::LEN).ok_or(Verdict::Malformed)?;
+        if header_len != Ipv4Hdr::LEN + 4 || *options != ROUTER_ALERT {
             return Err(Verdict::IpOptions);
         }
     }
@@ -616,8 +674,7 @@ fn parse_ipv4(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdi
 
 #[inline(always)]
 fn parse_ipv6(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdict> {
-    let ip: *const Ipv6Hdr = ptr_at(frame, l3).ok_or(Verdict::Malformed)?;
-    let ip = unsafe { &*ip };
+    let ip: &Ipv6Hdr = at(frame, l3).ok_or(Verdict::Malformed)?;
     let payload_len = ip.payload_len() as usize;
     if ip.version() != 6 || l3 + Ipv6Hdr::LEN + payload_len > frame.wire_len() {
         return Err(Verdict::Malformed);
@@ -638,15 +695,13 @@ fn parse_ipv6(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdi
         match next {
             // Hop-by-hop options, routing, destination options.
             ip::HOP_BY_HOP | ip::ROUTING | ip::DESTINATION_OPTIONS => {
-                let h: *const [u8; 2] = ptr_at(frame, offset).ok_or(Verdict::Malformed)?;
-                let h = unsafe { &*h };
+                let h: &[u8; 2] = at(frame, offset).ok_or(Verdict::Malformed)?;
                 next = h[0];
                 walked += (h[1] as usize + 1) * 8;
             }
             // Fragment header.
             ip::FRAGMENT => {
-                let h: *const [u8; 8] = ptr_at(frame, offset).ok_or(Verdict::Malformed)?;
-                let h = unsafe { &*h };
+                let h: &[u8; 8] = at(frame, offset).ok_or(Verdict::Malformed)?;
                 next = h[0];
                 walked += 8;
                 let fragment = u16::from_be_bytes([h[2], h[3]]);
@@ -718,8 +773,7 @@ fn parse_l4(
             if available < 20 {
                 return Err(short);
             }
-            let h: *const [u8; 20] = ptr_at(frame, offset).ok_or(Verdict::Malformed)?;
-            let h = unsafe { &*h };
+            let h: &[u8; 20] = at(frame, offset).ok_or(Verdict::Malformed)?;
             let header_len = (h[12] >> 4) as usize * 4;
             if header_len < 20 {
                 return Err(Verdict::Malformed);
@@ -740,8 +794,7 @@ fn parse_l4(
             if available < 8 {
                 return Err(short);
             }
-            let h: *const [u8; 8] = ptr_at(frame, offset).ok_or(Verdict::Malformed)?;
-            let h = unsafe { &*h };
+            let h: &[u8; 8] = at(frame, offset).ok_or(Verdict::Malformed)?;
             if u16::from_be_bytes([h[4], h[5]]) < 8 {
                 return Err(Verdict::Malformed);
             }
@@ -758,8 +811,7 @@ fn parse_l4(
             if available < 8 {
                 return Err(short);
             }
-            let h: *const [u8; 8] = ptr_at(frame, offset).ok_or(Verdict::Malformed)?;
-            let h = unsafe { &*h };
+            let h: &[u8; 8] = at(frame, offset).ok_or(Verdict::Malformed)?;
             p.icmp_type = h[0];
             // The echo identifier stands in for a port.
             p.src_port = u16::from_be_bytes([h[4], h[5]]);
@@ -773,9 +825,8 @@ fn parse_l4(
             if available < 8 {
                 return Err(short);
             }
-            let h: *const [u8; 8] = ptr_at(frame, offset).ok_or(Verdict::Malformed)?;
-            // SAFETY: bounds-checked by ptr_at.
-            p.icmp_type = unsafe { (*h)[0] };
+            let h: &[u8; 8] = at(frame, offset).ok_or(Verdict::Malformed)?;
+            p.icmp_type = h[0];
             p.l4_header_len = 8;
         }
         _ => {}
@@ -800,8 +851,8 @@ fn parse_nd(
     if available < 24 {
         return Err(Verdict::Malformed);
     }
-    let t: *const [u8; 16] = ptr_at(frame, offset + 8).ok_or(Verdict::Malformed)?;
-    p.nd_target = unsafe { *t };
+    let t: &[u8; 16] = at(frame, offset + 8).ok_or(Verdict::Malformed)?;
+    p.nd_target = *t;
     p.nd_lladdr_foreign = false;
     let mut walked = 24usize;
     for _ in 0..MAX_ND_OPTIONS {
@@ -811,8 +862,7 @@ fn parse_nd(
         if walked + 8 > available {
             return Err(Verdict::Malformed);
         }
-        let o: *const [u8; 8] = ptr_at(frame, offset + walked).ok_or(Verdict::Malformed)?;
-        let o = unsafe { &*o };
+        let o: &[u8; 8] = at(frame, offset + walked).ok_or(Verdict::Malformed)?;
         if o[1] == 0 {
             return Err(Verdict::Malformed);
         }
@@ -841,10 +891,9 @@ pub fn quoted_key(frame: &impl Frame, p: &Packet, key: &mut ConnKey) -> bool {
     let offset = (p.l4_offset & 0x3fff) + 8;
     let l4;
     if p.kind == KIND_IPV4 {
-        let Some(ip) = ptr_at::<Ipv4Hdr>(frame, offset) else {
+        let Some(ip) = at::<Ipv4Hdr>(frame, offset) else {
             return false;
         };
-        let ip = unsafe { &*ip };
         let header_len = ip.ihl() as usize;
         if ip.version() != 4 || header_len < Ipv4Hdr::LEN {
             return false;
@@ -854,10 +903,9 @@ pub fn quoted_key(frame: &impl Frame, p: &Packet, key: &mut ConnKey) -> bool {
         key.protocol = ip.proto;
         l4 = offset + header_len;
     } else {
-        let Some(ip) = ptr_at::<Ipv6Hdr>(frame, offset) else {
+        let Some(ip) = at::<Ipv6Hdr>(frame, offset) else {
             return false;
         };
-        let ip = unsafe { &*ip };
         // An IPv6 header quoting IPv4-mapped addresses could only match IPv4 connections.
         if ip.version() != 6 || ipv4_mapped(&ip.src_addr) || ipv4_mapped(&ip.dst_addr) {
             return false;
@@ -867,10 +915,9 @@ pub fn quoted_key(frame: &impl Frame, p: &Packet, key: &mut ConnKey) -> bool {
         key.protocol = ip.next_hdr;
         l4 = offset + Ipv6Hdr::LEN;
     }
-    let Some(h) = ptr_at::<[u8; 8]>(frame, l4) else {
+    let Some(h) = at::<[u8; 8]>(frame, l4) else {
         return false;
     };
-    let h = unsafe { &*h };
     key._pad = [0; 3];
     match key.protocol {
         ip::TCP | ip::UDP => {
@@ -949,7 +996,7 @@ mod tests {
     }
 
     fn parsed(frame: &[u8]) -> Result<Packet, Verdict> {
-        // SAFETY: Packet is plain integers and byte arrays; all zeros is a valid value.
+        // SAFETY: Packet is integers, booleans and byte arrays; all zeros is a valid value.
         let mut p: Packet = unsafe { core::mem::zeroed() };
         p.reset();
         parse(&Bytes(frame), &mut p).map(|()| p)

@@ -21,8 +21,10 @@ pub enum Place {
 }
 
 /// Longest-prefix lookup of `addr` (IPv4-mapped for IPv4) under `generation` in the map
-/// pair of its family.
-#[inline(always)]
+/// pair of its family. A BPF subprogram: its two branches build keys of different sizes on
+/// the stack, which inlined would never merge again and double what the verifier walks at
+/// every lookup.
+#[inline(never)]
 pub fn lpm_lookup<'a, V>(
     v4map: &'a LpmTrie<Ipv4PrefixKey, V>,
     v6map: &'a LpmTrie<Ipv6PrefixKey, V>,

@@ -137,6 +137,29 @@ const fn concat<const N: usize, const M: usize, const T: usize>(
     out
 }
 
+/// The sizes of the maps that are set at load time rather than in the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    /// Keys of `COUNTERS`: (vif, direction, verdict, audit flag) combinations seen. When it
+    /// is full, frames are counted by direction and verdict only (`UNCOUNTED`) and the
+    /// fault is counted and logged.
+    pub counters: u32,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes {
+            counters: limits::MAX_COUNTERS,
+        }
+    }
+}
+
+impl Sizes {
+    fn apply(&self, loader: &mut EbpfLoader<'_>) {
+        loader.map_max_entries(maps::COUNTERS, self.counters);
+    }
+}
+
 /// The loaded programs and their maps.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -168,7 +191,14 @@ impl Dataplane {
     /// Loads the programs into the kernel (verifier included) without attaching them.
     /// Until a policy is applied, every frame would be dropped as `no_policy`.
     pub fn load() -> Result<Self, DataplaneError> {
-        let ebpf = Ebpf::load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
+        Self::load_sized(&Sizes::default())
+    }
+
+    /// [`Dataplane::load`] with the given map sizes.
+    pub fn load_sized(sizes: &Sizes) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        sizes.apply(&mut loader);
+        let ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
         Self::from_ebpf(ebpf, None)
     }
 
@@ -185,6 +215,7 @@ impl Dataplane {
             std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
         let mut loader = EbpfLoader::new();
+        Sizes::default().apply(&mut loader);
         for name in PINNED_MAPS {
             loader.map_pin_path(name, map_dir.join(name));
         }
@@ -345,5 +376,26 @@ impl Dataplane {
     /// whenever the returned logger's file descriptor is readable).
     pub fn take_kernel_logger(&mut self) -> Option<KernelLogger> {
         self.logger.take()
+    }
+
+    /// How many instructions the kernel's verifier walked to accept each program: their
+    /// distance from its limit of 1 000 000 is what the next change to the programs has.
+    pub fn verified_instructions(&mut self) -> Result<Vec<(&'static str, u32)>, DataplaneError> {
+        let mut out = Vec::new();
+        for name in [
+            programs::XDP_INGRESS,
+            programs::TC_EGRESS,
+            programs::TC_INGRESS_TAGS,
+        ] {
+            let program = self
+                .ebpf
+                .program(name)
+                .ok_or(DataplaneError::MissingProgram(name))?;
+            let info = program
+                .info()
+                .map_err(prog_err(name, "reading the program's information"))?;
+            out.push((name, info.verified_instruction_count().unwrap_or(0)));
+        }
+        Ok(out)
     }
 }

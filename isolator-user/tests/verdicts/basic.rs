@@ -407,3 +407,25 @@ fn every_map_but_the_scratch_space_is_pinned() {
         "a map missing from PINNED_MAPS would not survive a daemon restart"
     );
 }
+
+/// The kernel's verifier walks at most 1 000 000 instructions per program; near that limit
+/// the next small change to the programs fails to load anywhere. Each program stays under
+/// half of it.
+#[test]
+fn the_programs_stay_well_inside_the_verifier_s_budget() {
+    in_private_netns(|| {
+        let mut dp = isolator::dataplane::Dataplane::load().expect("loading the programs");
+        let counts = dp.verified_instructions().unwrap();
+        println!("verified instructions: {counts:?}");
+        for (program, count) in counts {
+            assert!(
+                count > 0,
+                "{program}: the kernel reported no verified instructions"
+            );
+            assert!(
+                count < 500_000,
+                "{program}: the verifier walked {count} instructions, over half its limit"
+            );
+        }
+    });
+}

@@ -211,13 +211,27 @@ impl Lab {
     /// Like [`Lab::new`], letting `adjust` change the compiled plan before it is applied.
     /// Every lab also has the link [`UPLINK`], which no policy names.
     pub fn with_plan(policy_text: &str, names: &[&str], adjust: impl FnOnce(&mut Plan)) -> Lab {
+        Lab::loaded(
+            Dataplane::load().expect("loading the programs"),
+            policy_text,
+            names,
+            adjust,
+        )
+    }
+
+    /// Like [`Lab::with_plan`], on programs loaded already (with other map sizes).
+    pub fn loaded(
+        mut dp: Dataplane,
+        policy_text: &str,
+        names: &[&str],
+        adjust: impl FnOnce(&mut Plan),
+    ) -> Lab {
         let mut names = names.to_vec();
         names.push(UPLINK);
         let links = veths(&names);
         let policy = policy::parse(policy_text, "test.yaml").expect("valid policy");
         let mut plan = Plan::new(&policy, &links).expect("plan");
         adjust(&mut plan);
-        let mut dp = Dataplane::load().expect("loading the programs");
         dp.apply(&plan).expect("applying the policy");
         Lab { dp, links }
     }

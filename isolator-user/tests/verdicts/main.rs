@@ -8,9 +8,11 @@
 //! | `policy` | management, exposures, flows, egress, audit, connection tracking      |
 //! | `attacks`| what an attacker sends, each next to its twin: the host, gateways,    |
 //! |          | link-scope exceptions, uplinks, quarantine, fragments per vif          |
+//! | `faults` | a full counter map: counted by verdict, the fault counted and logged    |
 
 mod attacks;
 mod basic;
+mod faults;
 mod fixture;
 mod guards;
 mod policy;
