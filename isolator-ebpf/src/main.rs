@@ -222,17 +222,10 @@ fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch) -> Step {
     }
     // 3. Address resolution, by the address it concerns, and only on the link.
     resolution::ingress(vif, p)?;
-    // 4. The host itself and the segment's gateways: only the services declared there;
-    // anything else to them is `management` (step 7 aside: replies within connections the
-    // host opened).
-    let to_host = match host(generation, sender, p) {
-        HostVerdict::NotHost => false,
-        HostVerdict::Service => {
-            conntrack::open(p, key, vif, direction::INGRESS, Place::Outside);
-            return decide(Verdict::Pass);
-        }
-        HostVerdict::Protected => true,
-    };
+    // 4. The host itself and the segment's gateways: skip the link-scope and segment
+    // exceptions; after step 7 (the connections either side opened), a service declared
+    // at a gateway opens a connection, anything else is `management`.
+    let to_host = !matches!(host(generation, sender, p), HostVerdict::NotHost);
     let target = place(generation, p.is_v4(), &p.dst);
     if !to_host {
         // 5. Link-scope housekeeping, which receivers on the link judge themselves: DHCP
@@ -251,11 +244,20 @@ fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch) -> Step {
             return decide(Verdict::Pass);
         }
     }
-    // 7. A tracked connection, or an ICMP error about one the VM took part in.
+    // 7. A tracked connection, or an ICMP error about one the VM took part in. This comes
+    // before a gateway's service opens one, so that the VM's side of a connection to the
+    // service (the handshake's last ACK, its data) moves it along.
     if conntrack::tracked(frame, vif, p, key, ConnState::PEER_VM) {
         return decide(Verdict::Pass);
     }
     if to_host {
+        // Asked again rather than carried across step 7: the verifier then walks the
+        // tracker with one flag, not three states (the lookups are cheap and this path
+        // rare).
+        if let HostVerdict::Service = host(generation, sender, p) {
+            conntrack::open(p, key, vif, direction::INGRESS, Place::Outside);
+            return decide(Verdict::Pass);
+        }
         return decide(Verdict::Management);
     }
     match target {

@@ -160,8 +160,9 @@ pub enum HostVerdict {
 }
 
 /// Whether the packet is for the host itself (one of its own addresses) or a gateway of
-/// the sender's segment, and if so whether the service is one the segment may use.
-#[inline(always)]
+/// the sender's segment, and if so whether the service is one the segment may use. A BPF
+/// subprogram of its own.
+#[inline(never)]
 pub fn host(generation: u32, sender: u32, p: &Packet) -> HostVerdict {
     if let Some(rules) = gateway(generation, sender, &p.dst) {
         return if admits(rules, p) {

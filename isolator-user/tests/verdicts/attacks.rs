@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use isolator::compile::Plan;
 use isolator_common::verdict;
 use isolator_tests::frame::{
-    self, BROADCAST, Ext, SYN, V4, echo_request, icmp, ip as ip_from, tagged, tcp, udp,
-    v6_with_extensions,
+    self, ACK, BROADCAST, Ext, SYN, SYN_ACK, V4, echo_request, icmp, ip as ip_from, tagged, tcp,
+    tcp_at, udp, v6_with_extensions,
 };
 
 use crate::fixture::{
@@ -35,6 +35,7 @@ tenants:
           - address: 10.1.1.1
             services:
               - {protocol: udp, ports: 53}
+              - {protocol: tcp, ports: 53}
           - address: fe80::1
             services:
               - {protocol: udp, ports: 547}
@@ -203,6 +204,68 @@ fn the_host_and_its_gateways_loopback_and_management_come_first() {
                 ),
                 verdict::PASS,
             ),
+        ]);
+    });
+}
+
+/// A TCP connection to a gateway's service goes through its whole handshake and carries
+/// data both ways: the VM's own segments (the handshake's last ACK, its data) move the
+/// connection along, so that the host's data after its SYN-ACK reaches the VM. Its twin:
+/// the same segment from the host on a port the VM never connected from is not a reply.
+#[test]
+fn a_tcp_connection_to_a_gateway_service_carries_data_both_ways() {
+    const C: u32 = 1_000;
+    const S: u32 = 7_000_000;
+    in_private_netns(|| {
+        let mut lab = lab();
+        lab.check_all(&[
+            row(
+                "the VM opens a connection to the gateway's DNS over TCP",
+                "d-aw1",
+                ip("10.1.1.2", "10.1.1.1", tcp_at(40000, 53, SYN, C, 0)),
+                verdict::PASS,
+            ),
+            out(
+                "the host accepts",
+                "d-aw1",
+                ip("10.1.1.1", "10.1.1.2", tcp_at(53, 40000, SYN_ACK, S, C + 1)),
+                verdict::PASS,
+            )
+            .by_host(),
+            row(
+                "the VM completes the handshake",
+                "d-aw1",
+                ip("10.1.1.2", "10.1.1.1", tcp_at(40000, 53, ACK, C + 1, S + 1)),
+                verdict::PASS,
+            ),
+            row(
+                "the VM's query",
+                "d-aw1",
+                ip("10.1.1.2", "10.1.1.1", tcp_at(40000, 53, ACK, C + 1, S + 1)),
+                verdict::PASS,
+            ),
+            out(
+                "the host's answer",
+                "d-aw1",
+                ip(
+                    "10.1.1.1",
+                    "10.1.1.2",
+                    tcp_at(53, 40000, ACK, S + 1, C + 40),
+                ),
+                verdict::PASS,
+            )
+            .by_host(),
+            out(
+                "the same segment to a port the VM never connected from",
+                "d-aw1",
+                ip(
+                    "10.1.1.1",
+                    "10.1.1.2",
+                    tcp_at(53, 40001, ACK, S + 1, C + 40),
+                ),
+                verdict::NOT_EXPOSED,
+            )
+            .by_host(),
         ]);
     });
 }
