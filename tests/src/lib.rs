@@ -8,6 +8,7 @@
 //! namespace's interfaces; every namespace is named `isot-<pid>-<n>...` and removed by RAII
 //! guards, also on panics.
 
+pub mod attack_lab;
 pub mod daemon;
 pub mod echo;
 pub mod env;

@@ -17,6 +17,7 @@
 //! | `guards::*`    | source and layer-2 guards (I2), malformed frames, fragments       |
 //! | `vlan_offload` | VLAN tags in offload metadata                                     |
 
+mod attacks;
 mod common;
 mod exposition;
 mod guards;
