@@ -31,7 +31,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::compile::Plan;
+use crate::compile::{Link, Plan};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, KernelLogger};
 use crate::metrics::{self, ConntrackStats, DaemonStats, Inventory, Refused, ReloadStats, Scrape};
 use crate::netlink::Netlink;
@@ -198,10 +198,13 @@ impl Controller {
             tokio::select! {
                 _ = stop.changed() => return,
                 event = self.netlink.next_event() => match event {
-                    Some(()) => {
+                    Some(link) => {
+                        self.guard(link).await;
                         // Gather the burst (a VM start brings several events).
                         tokio::time::sleep(EVENT_SETTLE).await;
-                        self.netlink.drain_events();
+                        for link in self.netlink.drain_events() {
+                            self.guard(Some(link)).await;
+                        }
                         let _ = self.reconcile(None).await;
                     }
                     None => self.reopen_netlink(&mut stop).await,
@@ -216,6 +219,22 @@ impl Controller {
                     let _ = self.reconcile(None).await;
                 }
             }
+        }
+    }
+
+    /// A link the policy claims as a VM's is guarded the moment it is announced, before
+    /// the reconcile that classifies it: the programs are attached with no entry for it
+    /// yet, so that everything it sends or receives drops (`no_policy`) until its entries
+    /// are in place (or until a failing reconcile recovers).
+    async fn guard(&mut self, link: Option<Link>) {
+        let Some(link) = link else {
+            return;
+        };
+        if !self.policy.claims(&link.name) {
+            return;
+        }
+        if let Err(e) = self.kernel.guard(link.name.clone(), link.ifindex).await {
+            warn!(device = %link.name, error = %format!("{e:#}"), "could not guard a new interface before classifying it");
         }
     }
 
@@ -335,6 +354,12 @@ enum Command {
         force: bool,
         reply: oneshot::Sender<anyhow::Result<Applied>>,
     },
+    /// Attach to a link the plan does not have yet (nothing passes it until it does).
+    Guard {
+        name: String,
+        ifindex: u32,
+        reply: oneshot::Sender<Result<(), DataplaneError>>,
+    },
     Scrape {
         reply: oneshot::Sender<Result<KernelScrape, DataplaneError>>,
     },
@@ -356,6 +381,7 @@ impl KernelHandle {
         let kernel = Kernel {
             dataplane,
             plan: None,
+            guarded: BTreeSet::new(),
             swept: 0,
             revoked: 0,
             evicted: 0,
@@ -389,6 +415,16 @@ impl KernelHandle {
         .await?
     }
 
+    async fn guard(&self, name: String, ifindex: u32) -> anyhow::Result<()> {
+        Ok(self
+            .ask(|reply| Command::Guard {
+                name,
+                ifindex,
+                reply,
+            })
+            .await??)
+    }
+
     async fn scrape(&self) -> anyhow::Result<KernelScrape> {
         Ok(self.ask(|reply| Command::Scrape { reply }).await??)
     }
@@ -404,6 +440,8 @@ struct Kernel {
     dataplane: Dataplane,
     /// The plan in force.
     plan: Option<Plan>,
+    /// Links attached before the plan had them ([`Kernel::guard`]).
+    guarded: BTreeSet<u32>,
     /// Idle connections the sweep removed.
     swept: u64,
     /// Connections removed because a new policy no longer admits them.
@@ -420,6 +458,13 @@ impl Kernel {
                 Ok(Command::Apply { plan, force, reply }) => {
                     let _ = reply.send(self.apply(*plan, force));
                 }
+                Ok(Command::Guard {
+                    name,
+                    ifindex,
+                    reply,
+                }) => {
+                    let _ = reply.send(self.guard(&name, ifindex));
+                }
                 Ok(Command::Scrape { reply }) => {
                     let _ = reply.send(self.scrape());
                 }
@@ -432,6 +477,31 @@ impl Kernel {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
         }
+    }
+
+    /// Attaches to a link the plan in force does not manage (yet): with no entry for it,
+    /// the programs drop everything it sends and everything sent to it.
+    fn guard(&mut self, name: &str, ifindex: u32) -> Result<(), DataplaneError> {
+        let managed = self.plan.as_ref().is_some_and(|plan| {
+            plan.vifs.iter().any(|v| v.ifindex == ifindex)
+                || plan.quarantined.iter().any(|q| q.ifindex == ifindex)
+        });
+        if managed || self.dataplane.attachments().any(|(i, _, _)| i == ifindex) {
+            return Ok(());
+        }
+        let mode = self.dataplane.attach(name, ifindex)?;
+        if mode == AttachMode::Generic {
+            warn!(
+                device = name,
+                "generic XDP mode: the driver refused native mode; correct but slower"
+            );
+        }
+        info!(
+            device = name,
+            "guarding a new interface: nothing passes it until it is classified"
+        );
+        self.guarded.insert(ifindex);
+        Ok(())
     }
 
     fn sweep(&mut self) {
@@ -454,7 +524,8 @@ impl Kernel {
         let dp = &mut self.dataplane;
         // Detach from interfaces the new plan no longer has (gone, renamed, or dropped
         // from the policy) before the swap; attach to new ones after it, so that a
-        // program never runs on a vif without its entries.
+        // program never runs on a vif without its entries (a guarded link aside, which
+        // passes nothing until then).
         let wanted: BTreeSet<(u32, &str)> = plan
             .vifs
             .iter()
@@ -504,14 +575,19 @@ impl Kernel {
         }
 
         let mut refused = Vec::new();
+        self.guarded
+            .retain(|i| dp.attachments().any(|(ifindex, _, _)| ifindex == *i));
         for vif in &plan.vifs {
+            let segment = plan.segment_label(vif.segment);
             if dp
                 .attachments()
                 .any(|(ifindex, _, _)| ifindex == vif.ifindex)
             {
+                if self.guarded.remove(&vif.ifindex) {
+                    info!(device = %vif.name, %segment, "classified: enforcing");
+                }
                 continue;
             }
-            let segment = plan.segment_label(vif.segment);
             match dp.attach(&vif.name, vif.ifindex) {
                 Ok(AttachMode::Native) => {
                     info!(device = %vif.name, %segment, "enforcing (native XDP)")
@@ -538,11 +614,12 @@ impl Kernel {
         // same, so that they pass nothing (their entries say so), and reported.
         for q in &plan.quarantined {
             let attached = dp.attachments().any(|(ifindex, _, _)| ifindex == q.ifindex);
-            if !attached {
+            // Said once: when first attached, or when a guarded link turns out to be one.
+            if self.guarded.remove(&q.ifindex) || !attached {
                 error!(device = %q.name, why = %q.why, "NOT enforcing on this interface as a vif: everything it sends or receives is dropped (unknown_interface)");
-                if let Err(e) = dp.attach(&q.name, q.ifindex) {
-                    error!(device = %q.name, error = %error_chain(&e), "could not even attach the drop-all programs to it");
-                }
+            }
+            if !attached && let Err(e) = dp.attach(&q.name, q.ifindex) {
+                error!(device = %q.name, error = %error_chain(&e), "could not even attach the drop-all programs to it");
             }
             refused.push((q.name.clone(), q.why.to_string(), q.why.label()));
         }

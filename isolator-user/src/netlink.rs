@@ -5,8 +5,10 @@ use std::net::IpAddr;
 
 use anyhow::Context as _;
 use futures::{StreamExt as _, TryStreamExt as _};
+use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkInfo};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::sys::AsyncSocket as _;
 
 use crate::compile::{HostView, Link};
@@ -53,14 +55,20 @@ impl Netlink {
     }
 
     /// Waits for the next link or address event; `None` when the connection has ended
-    /// (the caller opens a new one).
-    pub async fn next_event(&mut self) -> Option<()> {
-        self.events.next().await.map(|_| ())
+    /// (the caller opens a new one). `Some` holds the link the event announces, if it
+    /// announces one (a new link, or a change to one).
+    pub async fn next_event(&mut self) -> Option<Option<Link>> {
+        let (message, _) = self.events.next().await?;
+        Some(announced(message.payload))
     }
 
-    /// Takes every event already queued, without waiting.
-    pub fn drain_events(&mut self) {
-        while self.events.try_recv().is_ok() {}
+    /// Takes every event already queued, without waiting: the links they announce.
+    pub fn drain_events(&mut self) -> Vec<Link> {
+        let mut links = Vec::new();
+        while let Ok((message, _)) = self.events.try_recv() {
+            links.extend(announced(message.payload));
+        }
+        links
     }
 
     /// Every link of the calling process's network namespace, and every address on them:
@@ -86,30 +94,41 @@ async fn list_links(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Link>> {
         .await
         .context("listing links over netlink")?
     {
-        let mut name = None;
-        let mut kind = String::new();
-        for attribute in &message.attributes {
-            match attribute {
-                LinkAttribute::IfName(n) => name = Some(n.clone()),
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        if let LinkInfo::Kind(k) = info {
-                            kind = k.to_string();
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        if let Some(name) = name {
-            links.push(Link {
-                name,
-                ifindex: message.header.index,
-                kind,
-            });
-        }
+        links.extend(link_of(&message));
     }
     Ok(links)
+}
+
+/// The link a netlink message announces (`RTM_NEWLINK`: a new link or a change to one).
+fn announced(payload: NetlinkPayload<RouteNetlinkMessage>) -> Option<Link> {
+    match payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(message)) => link_of(&message),
+        _ => None,
+    }
+}
+
+/// A link's name, index and kind (`IFLA_INFO_KIND`, empty for a physical device).
+fn link_of(message: &LinkMessage) -> Option<Link> {
+    let mut name = None;
+    let mut kind = String::new();
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(k) = info {
+                        kind = k.to_string();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Link {
+        name: name?,
+        ifindex: message.header.index,
+        kind,
+    })
 }
 
 async fn list_addresses(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<IpAddr>> {

@@ -436,6 +436,16 @@ impl Default for ConnectionTracking {
 }
 
 impl Policy {
+    /// Whether the policy claims the link named `ifname` as a VM's: a segment's
+    /// `interfaces` or `vif_names` match it. Such a link must never pass frames unjudged.
+    pub fn claims(&self, ifname: &str) -> bool {
+        self.tenants
+            .iter()
+            .flat_map(|t| &t.segments)
+            .any(|s| s.interface_for(ifname).is_some())
+            || self.vif_names.iter().any(|p| p.matches(ifname))
+    }
+
     /// Counts for a one-line report.
     pub fn summary(&self) -> Summary {
         let segments = || self.tenants.iter().flat_map(|t| &t.segments);

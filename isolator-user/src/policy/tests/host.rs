@@ -107,3 +107,26 @@ fn host_side_keys_default_to_empty() {
         assert!(web.gateways.is_empty() && web.uplinks.is_empty(), "{src}");
     }
 }
+
+/// The links the daemon guards the moment they appear: those a segment's `interfaces` or
+/// `vif_names` match; uplinks and other links are not VMs'.
+#[test]
+fn the_policy_claims_its_segments_interfaces_and_the_vif_naming_scheme() {
+    let policy = ok(r#"
+        version: 1
+        vif_names: ["vnet*"]
+        tenants:
+          - name: acme
+            segments:
+              - name: web
+                prefixes: [10.1.1.0/24]
+                interfaces: ["tap-acme-web-*", veth-acme1]
+                uplinks: [vxlan100]
+        "#);
+    for claimed in ["tap-acme-web-7", "veth-acme1", "vnet12"] {
+        assert!(policy.claims(claimed), "{claimed}");
+    }
+    for other in ["vxlan100", "tap-acme-db-1", "veth-acme10", "eth0", "br0"] {
+        assert!(!policy.claims(other), "{other}");
+    }
+}
