@@ -19,6 +19,7 @@
 
 mod common;
 mod exposition;
+mod failclosed;
 mod guards;
 mod isolation;
 mod lab_smoke;
