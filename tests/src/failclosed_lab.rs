@@ -859,3 +859,51 @@ impl Drop for PinnedCpu {
         }
     }
 }
+
+/// A lab of IPv4-only namespaces ([`quiet_v4`]) with permanent neighbour entries between
+/// every two of them ([`static_mesh`]): `vms` as `(name, vif, address/len)`, and `hosts`
+/// outside every segment on the bridge as `(name, bridge port, address/len)`, returned as
+/// [`Vm`]s too (their `vif` is their bridge port), VMs first.
+pub fn quiet_lab(
+    hint: &str,
+    vms: &[(&str, &str, &str)],
+    hosts: &[(&str, &str, &str)],
+) -> Result<(Lab, Vec<Vm>)> {
+    let mut lab = Lab::new(hint)?;
+    let mut all = Vec::new();
+    for (name, vif, addr) in vms {
+        all.push(add_v4_vm(&mut lab, name, vif, addr)?);
+    }
+    for (name, port, addr) in hosts {
+        let h = lab.add_bridge_host(name, port, &[addr], &[])?;
+        quiet_v4(&h.ns)?;
+        sysctl(&h.ns, "net.ipv6.conf.eth0.disable_ipv6", "1")?;
+        all.push(Vm {
+            name: h.name.clone(),
+            ns: h.ns.clone(),
+            vif: port.to_string(),
+            mac: h.mac.clone(),
+            addrs: h.addrs.clone(),
+        });
+    }
+    let refs: Vec<&Vm> = all.iter().collect();
+    static_mesh(&lab, &refs)?;
+    Ok((lab, all))
+}
+
+/// A UDP socket bound to `0.0.0.0:port` in each VM of `vms`: datagrams to that port are
+/// received quietly (without one, the VM's kernel would answer each with an ICMP error,
+/// a frame of its own among the counted ones). Keep them as long as frames are sent.
+pub fn udp_sinks(vms: &[&Vm], port: u16) -> Result<Vec<std::net::UdpSocket>> {
+    vms.iter()
+        .map(|vm| {
+            in_netns(&vm.ns, || {
+                Ok(std::net::UdpSocket::bind((
+                    std::net::Ipv4Addr::UNSPECIFIED,
+                    port,
+                ))?)
+            })
+            .with_context(|| format!("UDP sink on port {port} in {}", vm.name))
+        })
+        .collect()
+}

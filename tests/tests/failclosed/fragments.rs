@@ -20,9 +20,9 @@ use isolator_tests::frame::{V4, describe, parse_mac, udp};
 use isolator_tests::metrics::DROP_PACKETS;
 use isolator_tests::netns::in_netns;
 use isolator_tests::scapy::Scapy;
-use isolator_tests::{Env, Expect, Lab, Scrape, Vm};
+use isolator_tests::{Env, Lab, Scrape, Vm};
 
-use super::{Problems, awaited, changes, expected, series_of, settle};
+use super::{Problems, expect_exactly, settle};
 use crate::common::capture;
 
 const POLICY: &str = r#"version: 1
@@ -73,8 +73,8 @@ impl Frags {
         settle(&vifs, Duration::from_millis(700), || self.env.scrape())
     }
 
-    /// Waits for `moves` (device, "<direction> <what>", by) and checks that these are the
-    /// only changes of the four VMs' counters.
+    /// Waits for `moves` (VM, "<direction> <what>", by) and checks that these are the only
+    /// changes of the four VMs' counters.
     fn expect_exactly(
         &self,
         bad: &mut Problems,
@@ -82,26 +82,12 @@ impl Frags {
         moves: &[(&str, &str, f64)],
         what: &str,
     ) -> Scrape {
-        let mut expect = Expect::new();
-        for (vm, key, by) in moves {
-            expect = expect.grows(series_of(&self.vm(vm).vif, key), *by);
-        }
-        let after = awaited(bad, self.env.daemon(), before, &expect, what);
-        for vm in &self.vms {
-            let wanted: Vec<(&str, f64)> = moves
-                .iter()
-                .filter(|(name, _, _)| *name == vm.name)
-                .map(|(_, key, by)| (*key, *by))
-                .collect();
-            let got = changes(before, &after, &vm.vif);
-            bad.check(got == expected(&wanted), || {
-                format!(
-                    "{what}: {}'s counters must change by exactly {wanted:?}, they changed by {got:?}",
-                    vm.name
-                )
-            });
-        }
-        after
+        let moves: Vec<(&str, &str, f64)> = moves
+            .iter()
+            .map(|(vm, key, by)| (self.vm(vm).vif.as_str(), *key, *by))
+            .collect();
+        let watched: Vec<&str> = self.vms.iter().map(|v| v.vif.as_str()).collect();
+        expect_exactly(bad, self.env.daemon(), &watched, before, &moves, what)
     }
 
     fn report(&self) -> String {

@@ -26,7 +26,10 @@ use std::time::{Duration, Instant};
 
 use isolator_tests::frame::{self, parse_mac, udp};
 use isolator_tests::metrics::{DROP_PACKETS, PASS_PACKETS};
+use isolator_tests::net::Capture;
 use isolator_tests::{Daemon, Dir, Expect, Scrape, Series, Vm};
+
+use crate::common::ARRIVAL;
 
 /// Problems found by a test, reported all at once with the daemon's output: a test that
 /// stops at the first wrong thing hides what else the product got wrong.
@@ -86,6 +89,53 @@ pub fn awaited(
                 .unwrap_or_else(|e| panic!("scraping /metrics: {e:#}"))
         }
     }
+}
+
+/// Waits for `moves` (vif, `"<direction> pass"` or `"<direction> <reason>"`, by) and
+/// checks that these are the only changes of the counters of every vif in `watched`.
+pub fn expect_exactly(
+    bad: &mut Problems,
+    daemon: &Daemon,
+    watched: &[&str],
+    before: &Scrape,
+    moves: &[(&str, &str, f64)],
+    what: &str,
+) -> Scrape {
+    let mut expect = Expect::new();
+    for (vif, key, by) in moves {
+        expect = expect.grows(series_of(vif, key), *by);
+    }
+    let after = awaited(bad, daemon, before, &expect, what);
+    for vif in watched {
+        let wanted: Vec<(&str, f64)> = moves
+            .iter()
+            .filter(|(v, _, _)| v == vif)
+            .map(|(_, key, by)| (*key, *by))
+            .collect();
+        let got = changes(before, &after, vif);
+        bad.check(got == expected(&wanted), || {
+            format!(
+                "{what}: the counters of {vif} must change by exactly {wanted:?}, they changed by {got:?}"
+            )
+        });
+    }
+    after
+}
+
+/// Captures on `eth0` of every namespace in `namespaces` while `act` runs, and
+/// [`ARRIVAL`] longer; returns what `act` returned and the frames of each namespace.
+pub fn captured<T>(namespaces: &[&str], act: impl FnOnce() -> T) -> (T, Vec<Vec<Vec<u8>>>) {
+    let caps: Vec<Capture> = namespaces
+        .iter()
+        .map(|ns| Capture::start(ns, "eth0").unwrap_or_else(|e| panic!("capture: {e:#}")))
+        .collect();
+    let result = act();
+    std::thread::sleep(ARRIVAL);
+    let frames = caps
+        .into_iter()
+        .map(|c| c.stop().unwrap_or_else(|e| panic!("capture: {e:#}")))
+        .collect();
+    (result, frames)
 }
 
 /// An IPv4 or IPv6 UDP frame from `from` to (`to_mac`, `to_ip`), destination port
