@@ -350,7 +350,7 @@ fn only_an_rst_in_the_window_ends_a_connection() {
         )
     });
     bad.check(
-        frames.iter().any(|f| *f == sent),
+        frames.contains(&sent),
         || "the out-of-window RST, addressed to the exposed endpoint, reaches web1 (whose stack ignores it)".into(),
     );
     let before = ct.quiet();
@@ -397,7 +397,7 @@ fn only_an_rst_in_the_window_ends_a_connection() {
     bad.check(moved == expected(&[("ingress pass", 1.0)]), || {
         format!("web1's segment within the live connection passes once; web1's counters changed by {moved:?}")
     });
-    bad.check(frames.iter().any(|f| *f == sent), || {
+    bad.check(frames.contains(&sent), || {
         "web1's segment within the live connection reaches the client".into()
     });
 
@@ -421,7 +421,7 @@ fn only_an_rst_in_the_window_ends_a_connection() {
     bad.check(moved == expected(&[("egress pass", 1.0)]), || {
         format!("the in-window RST passes once as part of the connection; web1's counters changed by {moved:?}")
     });
-    bad.check(frames.iter().any(|f| *f == sent), || {
+    bad.check(frames.contains(&sent), || {
         "the in-window RST reaches web1".into()
     });
 
@@ -444,7 +444,7 @@ fn only_an_rst_in_the_window_ends_a_connection() {
              dropped as egress_denied; web1's counters changed by {moved:?}"
         )
     });
-    bad.check(!frames.iter().any(|f| *f == sent), || {
+    bad.check(!frames.contains(&sent), || {
         "after the in-window RST, web1's segment still reached the client".into()
     });
     // And with the real stacks: the request still reaches the server (an exposed

@@ -48,11 +48,6 @@ impl Problems {
         }
     }
 
-    /// Records an error.
-    pub fn err(&mut self, e: anyhow::Error) {
-        self.0.push(format!("{e:#}"));
-    }
-
     /// Records one problem.
     pub fn push(&mut self, what: String) {
         self.0.push(what);

@@ -91,12 +91,12 @@ fn an_unclassified_vif_passes_nothing_until_a_reload_classifies_it() {
     );
 
     // One frame, what must change, who must get it.
-    let mut shoot = |what: &str,
-                     from: &Vm,
-                     to: &Vm,
-                     moves: &[(&str, &str, f64)],
-                     arrives: bool,
-                     bad: &mut Problems| {
+    let shoot = |what: &str,
+                 from: &Vm,
+                 to: &Vm,
+                 moves: &[(&str, &str, f64)],
+                 arrives: bool,
+                 bad: &mut Problems| {
         let marker = format!("{what}: {} -> {}", from.name, to.name);
         let frame = udp_frame(from, &to.mac, to.v4(), 9, &marker);
         let before = quiet();

@@ -18,6 +18,10 @@ use isolator_tests::{Dir, Env, Expect, Lab, Series, Vm};
 use super::{Problems, awaited, captured, expect_exactly, settle, udp_frame};
 use crate::common::copies;
 
+/// Counter changes a frame must cause: (vif, `"<direction> pass"` or
+/// `"<direction> <reason>"`, by).
+type Moves<'a> = Vec<(&'a str, &'a str, f64)>;
+
 fn vm<'a>(vms: &'a [Vm], name: &str) -> &'a Vm {
     vms.iter().find(|v| v.name == name).expect("VM")
 }
@@ -77,7 +81,8 @@ fn a_foreign_tc_program_attached_first_does_not_skip_the_egress_judgement() {
         || format!("web2's egress carries isolator's program and the foreign one: {programs:?}"),
     );
     let vifs = watched(&vms);
-    let mut cases: Vec<(&str, &Vm, Vec<u8>, Vec<(&str, &str, f64)>, bool)> = vec![
+    // (what, sender, frame, counter changes, arrives at web2)
+    let mut cases: Vec<(&str, &Vm, Vec<u8>, Moves, bool)> = vec![
         (
             "same segment: web1 -> web2",
             web1,
@@ -196,7 +201,7 @@ struct Shot<'a> {
     what: &'a str,
     from: &'a Vm,
     expr: String,
-    moves: Vec<(&'a str, &'a str, f64)>,
+    moves: Moves<'a>,
     reaches: Vec<&'a str>,
 }
 
@@ -360,7 +365,8 @@ fn priority_tagged_frames_pass_like_untagged_ones() {
     let sender = FrameSender::open(&db1.ns, "eth0").expect("sender");
     let receivers = [db2.ns.as_str(), web1.ns.as_str()];
     let same = |marker: &str| udp_frame(db1, &db2.mac, db2.v4(), 9, marker);
-    let cases: Vec<(&str, Vec<u8>, Vec<(&str, &str, f64)>, [usize; 2])> = vec![
+    // (what, frame, counter changes, copies at db2 and web1)
+    let cases: Vec<(&str, Vec<u8>, Moves, [usize; 2])> = vec![
         (
             "untagged, same segment",
             same("prio-untagged"),
