@@ -318,8 +318,9 @@ impl Stream {
                         sent2[k].fetch_add(1, Ordering::SeqCst);
                         i += 1;
                     }
-                    // The interface is not up yet, or went away and came back.
+                    // The interface went away: wait for it again.
                     Err(e) if e.raw_os_error() == Some(libc::ENXIO) => socket = None,
+                    // Not up yet (ENETDOWN), or its queue is full: not sent, not counted.
                     Err(_) => {}
                 }
                 std::thread::sleep(gap);
