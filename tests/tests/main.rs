@@ -20,6 +20,7 @@
 mod attacks;
 mod common;
 mod exposition;
+mod failclosed;
 mod guards;
 mod isolation;
 mod lab_smoke;

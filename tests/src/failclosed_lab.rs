@@ -1,0 +1,910 @@
+//! What the fail-closed tests (`tests/tests/failclosed/`) need beyond the rest of the lab:
+//!
+//! - [`Watched`]: the daemon on a lab whose `/healthz` may answer 503 from the start (an
+//!   interface it refuses exists before it starts), where [`crate::Env`] waits for 200;
+//! - [`quiet_v4`]: a VM namespace without IPv6, so that no multicast listener report sent
+//!   at the kernel's own time lands among counted frames;
+//! - [`FrameSender`]: one packet socket in a namespace that sends many frames fast (a SYN
+//!   flood, a flood of first fragments), and [`Stream`], a sender on a thread that waits
+//!   for its interface to appear and sends from the first moment it can;
+//! - [`Macvtap`]: a macvtap on a veth of the lab's host namespace, whose character
+//!   device the test opens as the VM would;
+//! - [`CountingTcx`]: a foreign TC program (hand-assembled, like [`crate::vlan_push`]) on
+//!   a vif's egress that counts the frames it sees and passes them with `TC_ACT_OK`
+//!   (TCX_PASS: "pass, and stop the chain");
+//! - [`LateNetns`]: a namespace made outside the [`Lab`], for a VM that exists before its
+//!   vif does;
+//! - [`tcp_segments`]: the TCP segments of a capture, for the sequence numbers of a live
+//!   connection.
+//!
+//! Like the rest of the lab, nothing here touches the root namespace's interfaces.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+use crate::daemon::{Daemon, HttpResponse, TempDir, isolator_bin, tail};
+use crate::env::METRICS_PORT;
+use crate::lab::{BRIDGE, Lab, Vm};
+use crate::metrics::{Expect, Scrape, Series, poll};
+use crate::netns::{in_netns, ip_n, netns_path, netns_pids, run, sysctl};
+
+/// The daemon on a lab, whatever `/healthz` says. Field order is drop order: the daemon
+/// stops before the lab's namespaces go, the directory with the policy and the log last.
+pub struct Watched {
+    daemon: Daemon,
+    lab: Lab,
+    tmp: TempDir,
+    config: PathBuf,
+}
+
+impl Watched {
+    /// Writes `policy`, starts `isolator run` in the lab's host namespace and waits until
+    /// `/healthz` answers at all (the daemon serves it once its first plan is in force and
+    /// attached).
+    pub fn start(lab: Lab, policy: &str) -> Result<Watched> {
+        let tmp = TempDir::new("isot-fc")?;
+        let config = tmp.write("policy.yaml", policy)?;
+        let mut daemon = Daemon::start(
+            &lab,
+            &isolator_bin()?,
+            &config,
+            METRICS_PORT,
+            tmp.path(),
+            &[],
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = daemon.try_wait()? {
+                bail!(
+                    "isolator exited ({status}) before /healthz answered; policy:\n{policy}\n\
+                     its output:\n{}",
+                    daemon.log()
+                );
+            }
+            if daemon.get("/healthz").is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "isolator did not answer /healthz within 30 s; its output:\n{}",
+                    daemon.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Watched {
+            daemon,
+            lab,
+            tmp,
+            config,
+        })
+    }
+
+    pub fn lab(&self) -> &Lab {
+        &self.lab
+    }
+
+    pub fn daemon(&self) -> &Daemon {
+        &self.daemon
+    }
+
+    /// `GET /healthz`.
+    pub fn health(&self) -> HttpResponse {
+        self.daemon
+            .get("/healthz")
+            .unwrap_or_else(|e| panic!("GET /healthz: {e:#}"))
+    }
+
+    pub fn scrape(&self) -> Scrape {
+        self.daemon
+            .scrape()
+            .unwrap_or_else(|e| panic!("scraping /metrics: {e:#}"))
+    }
+
+    /// Polls until the counters moved as `expect` says and stay there; panics otherwise.
+    pub fn expect(&self, before: &Scrape, expect: &Expect) -> Scrape {
+        self.daemon
+            .expect(before, expect)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Replaces the policy file, sends SIGHUP and waits until the daemon counts the
+    /// reload as `succeeded` (`true`) or `failed`.
+    pub fn reload(&self, policy: &str, succeeds: bool) -> Result<()> {
+        let series = Series::reloads(if succeeds { "succeeded" } else { "failed" });
+        let before = self.daemon.scrape()?;
+        std::fs::write(&self.config, policy)
+            .with_context(|| format!("write {}", self.config.display()))?;
+        self.daemon.signal(libc::SIGHUP)?;
+        self.daemon
+            .expect(&before, &Expect::new().grows(series, 1.0))
+            .with_context(|| format!("reloading this policy:\n{policy}"))?;
+        Ok(())
+    }
+
+    /// The last lines of the daemon's output.
+    pub fn log_tail(&self) -> String {
+        tail(&self.daemon.log(), 40)
+    }
+
+    /// Where the daemon's log and the policy live.
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+}
+
+/// Turns IPv6 off in namespace `ns` (before or after its interfaces exist): its kernel
+/// then sends nothing of its own choosing over IPv6 (no listener reports, no neighbour
+/// discovery) among the frames a test counts.
+pub fn quiet_v4(ns: &str) -> Result<()> {
+    for key in ["all", "default"] {
+        sysctl(ns, &format!("net.ipv6.conf.{key}.disable_ipv6"), "1")?;
+    }
+    Ok(())
+}
+
+/// A VM with only IPv4 ([`quiet_v4`]): `lab.add_vm` with one address, IPv6 then off.
+pub fn add_v4_vm(lab: &mut Lab, name: &str, vif: &str, addr: &str) -> Result<Vm> {
+    let vm = lab.add_vm(name, vif, &[addr])?;
+    quiet_v4(&vm.ns)?;
+    sysctl(&vm.ns, "net.ipv6.conf.eth0.disable_ipv6", "1")?;
+    Ok(vm)
+}
+
+/// Permanent neighbour entries between every two of `vms` for each address family they
+/// share: no ARP or neighbour discovery among the frames a test counts.
+pub fn static_mesh(lab: &Lab, vms: &[&Vm]) -> Result<()> {
+    for a in vms {
+        for b in vms {
+            if a.name == b.name {
+                continue;
+            }
+            for (addr, _) in &b.addrs {
+                if a.addrs.iter().any(|(x, _)| x.is_ipv4() == addr.is_ipv4()) {
+                    lab.static_neigh(a, b, *addr)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The ifindex of `ifname` in the calling thread's namespace.
+fn ifindex_here(ifname: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(ifname)?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    ensure!(ifindex != 0, "no interface {ifname}");
+    Ok(ifindex)
+}
+
+/// A packet socket bound to `ifname`, in the calling thread's namespace.
+fn packet_socket(ifname: &str) -> Result<(OwnedFd, u32)> {
+    let ifindex = ifindex_here(ifname)?;
+    // SAFETY: plain syscall; the fd is owned right away.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok((sock, ifindex))
+}
+
+/// Sends `frame` (Ethernet header first) on the packet socket `sock` out of `ifindex`.
+fn send_on(sock: &OwnedFd, ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
+    // SAFETY: zeroed sockaddr_ll is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = ifindex as i32;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&frame[..6.min(frame.len())]);
+    // SAFETY: buffers valid for the lengths given.
+    let rc = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One packet socket on an interface of a namespace, for many frames in a row.
+pub struct FrameSender {
+    sock: OwnedFd,
+    ifindex: u32,
+    what: String,
+}
+
+impl FrameSender {
+    /// A sender on `ifname` of namespace `ns`.
+    pub fn open(ns: &str, ifname: &str) -> Result<FrameSender> {
+        let (sock, ifindex) = in_netns(ns, || packet_socket(ifname))
+            .with_context(|| format!("packet socket on {ifname} in netns {ns}"))?;
+        Ok(FrameSender {
+            sock,
+            ifindex,
+            what: format!("{ifname} in netns {ns}"),
+        })
+    }
+
+    /// Sends one frame.
+    pub fn send(&self, frame: &[u8]) -> Result<()> {
+        send_on(&self.sock, self.ifindex, frame)
+            .with_context(|| format!("sending a frame on {}", self.what))
+    }
+
+    /// Sends every frame of `frames`, in order. When the kernel's queues are full
+    /// (`ENOBUFS`) it waits a moment and sends that frame again: every frame leaves.
+    pub fn send_all<F: AsRef<[u8]>>(&self, frames: impl IntoIterator<Item = F>) -> Result<usize> {
+        let mut sent = 0;
+        for frame in frames {
+            let frame = frame.as_ref();
+            let mut tries = 0;
+            loop {
+                match send_on(&self.sock, self.ifindex, frame) {
+                    Ok(()) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && tries < 1000 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("frame {sent} on {}", self.what));
+                    }
+                }
+            }
+            sent += 1;
+        }
+        Ok(sent)
+    }
+}
+
+/// Frames sent over and over from a thread of their own, from the moment their interface
+/// exists and is up, until stopped: [`Stream::start`] may run before the interface is
+/// created. Counts the frames of each kind that the kernel accepted.
+pub struct Stream {
+    stop: Arc<AtomicBool>,
+    sent: Arc<Vec<AtomicU64>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Stream {
+    /// In namespace `ns`, waits for `ifname`, then sends `frames[0]`, `frames[1]`, ... in
+    /// turn, one every `gap`, until [`Stream::stop`].
+    pub fn start(ns: &str, ifname: &str, frames: Vec<Vec<u8>>, gap: Duration) -> Result<Stream> {
+        let path = netns_path(ns);
+        let file = File::open(&path).with_context(|| format!("open {path}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent: Arc<Vec<AtomicU64>> =
+            Arc::new(frames.iter().map(|_| AtomicU64::new(0)).collect());
+        let (stop2, sent2) = (stop.clone(), sent.clone());
+        let ifname = ifname.to_string();
+        let thread = std::thread::spawn(move || -> Result<()> {
+            // SAFETY: plain syscall on a valid fd; affects only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns({path}): {}", std::io::Error::last_os_error());
+            }
+            let mut socket = None;
+            let mut i = 0;
+            while !stop2.load(Ordering::SeqCst) {
+                if socket.is_none() {
+                    socket = packet_socket(&ifname).ok();
+                    if socket.is_none() {
+                        std::thread::sleep(Duration::from_micros(200));
+                        continue;
+                    }
+                }
+                let (sock, ifindex) = socket.as_ref().expect("opened");
+                let k = i % frames.len();
+                match send_on(sock, *ifindex, &frames[k]) {
+                    Ok(()) => {
+                        sent2[k].fetch_add(1, Ordering::SeqCst);
+                        i += 1;
+                    }
+                    // The interface went away: wait for it again.
+                    Err(e) if e.raw_os_error() == Some(libc::ENXIO) => socket = None,
+                    // Not up yet (ENETDOWN), or its queue is full: not sent, not counted.
+                    Err(_) => {}
+                }
+                std::thread::sleep(gap);
+            }
+            Ok(())
+        });
+        Ok(Stream {
+            stop,
+            sent,
+            thread: Some(thread),
+        })
+    }
+
+    /// How many frames of each kind were sent so far.
+    pub fn sent(&self) -> Vec<u64> {
+        self.sent.iter().map(|c| c.load(Ordering::SeqCst)).collect()
+    }
+
+    /// Stops sending; returns how many frames of each kind were sent.
+    pub fn stop(mut self) -> Result<Vec<u64>> {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r?,
+            Some(Err(p)) => std::panic::resume_unwind(p),
+            None => {}
+        }
+        Ok(self.sent())
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A network namespace made outside the [`Lab`] (named after the lab, so that a test
+/// run that dies leaves nothing [`crate::lab::reap_stale`] would not remove), deleted with
+/// every process in it on drop.
+pub struct LateNetns {
+    pub name: String,
+}
+
+impl LateNetns {
+    /// `<lab id>-<suffix>`, with `lo` up and IPv6 off ([`quiet_v4`]).
+    pub fn new(lab: &Lab, suffix: &str) -> Result<LateNetns> {
+        let name = format!("{}-{suffix}", lab.id());
+        crate::netns::ip(&["netns", "add", &name])?;
+        let ns = LateNetns { name };
+        ip_n(&ns.name, &["link", "set", "lo", "up"])?;
+        quiet_v4(&ns.name)?;
+        Ok(ns)
+    }
+}
+
+impl Drop for LateNetns {
+    fn drop(&mut self) {
+        for pid in netns_pids(&self.name) {
+            // SAFETY: plain syscall; a process in a namespace this test made.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = run(std::process::Command::new("ip").args(["netns", "del", &self.name]));
+    }
+}
+
+/// A macvtap in the lab's host namespace, in bridge mode on `lower`, a veth whose peer is
+/// a port of the bridge; its character device is opened as the VM would open it (through
+/// a node of its own, made from the device number the namespace's sysfs gives: `/dev/tapN`
+/// is named after an ifindex, which other namespaces reuse).
+pub struct Macvtap {
+    pub name: String,
+    pub mac: String,
+    file: File,
+    _dir: TempDir,
+}
+
+/// The size of the `virtio_net_hdr` that a macvtap's file carries before every frame
+/// (`IFF_VNET_HDR` is on by default).
+const VNET_HDR: usize = 10;
+
+impl Macvtap {
+    /// Creates `lower` (a veth whose peer `port` joins the bridge) and the macvtap `name`
+    /// with MAC `mac` on it, brings them up and opens the macvtap's character device.
+    pub fn create(lab: &Lab, name: &str, mac: &str, lower: &str, port: &str) -> Result<Macvtap> {
+        let host = lab.host_ns();
+        ip_n(
+            host,
+            &["link", "add", lower, "type", "veth", "peer", "name", port],
+        )?;
+        ip_n(host, &["link", "set", port, "master", BRIDGE])?;
+        ip_n(host, &["link", "set", port, "up"])?;
+        ip_n(host, &["link", "set", lower, "up"])?;
+        ip_n(
+            host,
+            &[
+                "link", "add", "link", lower, "name", name, "address", mac, "type", "macvtap",
+                "mode", "bridge",
+            ],
+        )?;
+        ip_n(host, &["link", "set", name, "up"])?;
+        let sysfs = |what: &str| -> Result<String> {
+            let out = lab.exec_ok(host, &["cat", &format!("/sys/class/net/{name}/{what}")])?;
+            Ok(out.trim().to_string())
+        };
+        let ifindex = sysfs("ifindex")?;
+        let dev = sysfs(&format!("macvtap/tap{ifindex}/dev"))?;
+        let (major, minor) = dev
+            .split_once(':')
+            .with_context(|| format!("device number {dev:?} of {name}"))?;
+        let (major, minor): (u32, u32) = (major.parse()?, minor.parse()?);
+        let dir = TempDir::new("isot-macvtap")?;
+        let node = dir.path().join(format!("tap{ifindex}"));
+        let c = std::ffi::CString::new(node.as_os_str().as_encoded_bytes())?;
+        // SAFETY: a valid path; makedev of the numbers the kernel reported.
+        let rc = unsafe {
+            libc::mknod(
+                c.as_ptr(),
+                libc::S_IFCHR | 0o600,
+                libc::makedev(major, minor),
+            )
+        };
+        ensure!(
+            rc == 0,
+            "mknod {} {major}:{minor}: {}",
+            node.display(),
+            std::io::Error::last_os_error()
+        );
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&node)
+            .with_context(|| format!("open {} (the character device of {name})", node.display()))?;
+        Ok(Macvtap {
+            name: name.to_string(),
+            mac: mac.to_string(),
+            file,
+            _dir: dir,
+        })
+    }
+
+    /// The VM sends `frame`: written to the character device.
+    pub fn write(&self, frame: &[u8]) -> Result<()> {
+        let mut buf = vec![0u8; VNET_HDR];
+        buf.extend_from_slice(frame);
+        (&self.file)
+            .write_all(&buf)
+            .with_context(|| format!("write a frame to {}'s character device", self.name))
+    }
+
+    /// Everything the VM could read from the character device within `window`.
+    pub fn read_for(&self, window: Duration) -> Result<Vec<Vec<u8>>> {
+        let deadline = Instant::now() + window;
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(frames);
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.file.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+            if rc <= 0 {
+                continue;
+            }
+            // SAFETY: the buffer is valid for its length.
+            let n =
+                unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n > VNET_HDR as isize {
+                frames.push(buf[VNET_HDR..n as usize].to_vec());
+            }
+        }
+    }
+}
+
+/// `BPF_*` commands and constants of the foreign program.
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_TCX_EGRESS: u32 = 47;
+const BPF_PSEUDO_MAP_FD: u8 = 1;
+const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a zero-padded `union bpf_attr` of the size passed.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+fn bpf_fd(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<OwnedFd> {
+    let fd = bpf(cmd, attr)?;
+    // SAFETY: a successful MAP_CREATE / PROG_LOAD / LINK_CREATE returns a new fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// One eBPF instruction.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[0] = code;
+    b[1] = (dst & 0x0f) | (src << 4);
+    b[2..4].copy_from_slice(&off.to_le_bytes());
+    b[4..8].copy_from_slice(&imm.to_le_bytes());
+    b
+}
+
+/// `key = 0; v = map_lookup(map, &key); if v { *v += 1 (atomic) }; return TC_ACT_OK`.
+fn counting_program(map_fd: i32) -> Vec<u8> {
+    const ST_MEM_W: u8 = 0x62;
+    const MOV64_X: u8 = 0xbf;
+    const ADD64_K: u8 = 0x07;
+    const LD_IMM64: u8 = 0x18;
+    const CALL: u8 = 0x85;
+    const JEQ_K: u8 = 0x15;
+    const MOV64_K: u8 = 0xb7;
+    const ATOMIC_DW: u8 = 0xdb;
+    const EXIT: u8 = 0x95;
+    [
+        insn(ST_MEM_W, 10, 0, -4, 0),
+        insn(MOV64_X, 2, 10, 0, 0),
+        insn(ADD64_K, 2, 0, 0, -4),
+        insn(LD_IMM64, 1, BPF_PSEUDO_MAP_FD, 0, map_fd),
+        insn(0, 0, 0, 0, 0),
+        insn(CALL, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),
+        insn(JEQ_K, 0, 0, 2, 0),
+        insn(MOV64_K, 1, 0, 0, 1),
+        // BPF_ADD (imm 0), 64 bits, *(r0 + 0) += r1.
+        insn(ATOMIC_DW, 0, 1, 0, 0),
+        // TC_ACT_OK, which TCX reads as TCX_PASS: pass, and run no later program.
+        insn(MOV64_K, 0, 0, 0, 0),
+        insn(EXIT, 0, 0, 0, 0),
+    ]
+    .concat()
+}
+
+/// A foreign TC program on a vif's egress, attached through TCX (at the end of the chain,
+/// as any tool that does not ask for a position): it counts every frame it sees and
+/// returns `TC_ACT_OK` (TCX_PASS), which ends the chain. Dropping it detaches it.
+pub struct CountingTcx {
+    map: OwnedFd,
+    _link: OwnedFd,
+    _prog: OwnedFd,
+}
+
+impl CountingTcx {
+    /// Loads the program and attaches it to the egress of `ifname` in namespace `ns`.
+    pub fn attach_egress(ns: &str, ifname: &str) -> Result<CountingTcx> {
+        let ifname = ifname.to_string();
+        in_netns(ns, move || {
+            let mut attr = [0u8; 128];
+            attr[0..4].copy_from_slice(&BPF_MAP_TYPE_ARRAY.to_ne_bytes());
+            attr[4..8].copy_from_slice(&4u32.to_ne_bytes());
+            attr[8..12].copy_from_slice(&8u32.to_ne_bytes());
+            attr[12..16].copy_from_slice(&1u32.to_ne_bytes());
+            let map = bpf_fd(BPF_MAP_CREATE, &mut attr).context("creating the counter map")?;
+            let insns = counting_program(map.as_raw_fd());
+            let license = c"GPL";
+            let mut log = vec![0u8; 8192];
+            let mut attr = [0u8; 128];
+            attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
+            attr[4..8].copy_from_slice(&((insns.len() / 8) as u32).to_ne_bytes());
+            attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+            attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+            attr[24..28].copy_from_slice(&1u32.to_ne_bytes());
+            attr[28..32].copy_from_slice(&(log.len() as u32).to_ne_bytes());
+            attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_ne_bytes());
+            let prog = bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|e| {
+                let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+                anyhow::anyhow!(
+                    "loading the counting TC program: {e}; verifier log:\n{}",
+                    String::from_utf8_lossy(&log[..end])
+                )
+            })?;
+            let ifindex = ifindex_here(&ifname)?;
+            let mut attr = [0u8; 128];
+            attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+            attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+            attr[8..12].copy_from_slice(&BPF_TCX_EGRESS.to_ne_bytes());
+            let link = bpf_fd(BPF_LINK_CREATE, &mut attr)
+                .with_context(|| format!("attaching the counting program to {ifname}'s egress"))?;
+            Ok(CountingTcx {
+                map,
+                _link: link,
+                _prog: prog,
+            })
+        })
+        .with_context(|| format!("in netns {ns}"))
+    }
+
+    /// How many frames the program has seen.
+    pub fn count(&self) -> Result<u64> {
+        let key = 0u32;
+        let mut value = 0u64;
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&(self.map.as_raw_fd() as u32).to_ne_bytes());
+        attr[8..16].copy_from_slice(&(&key as *const u32 as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(&mut value as *mut u64 as u64).to_ne_bytes());
+        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).context("reading the counting program's map")?;
+        Ok(value)
+    }
+}
+
+/// One TCP segment of a capture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub syn: bool,
+    pub fin: bool,
+    pub rst: bool,
+    pub payload: usize,
+}
+
+impl Segment {
+    /// The sequence number after this segment (what its sender's position becomes).
+    pub fn end(&self) -> u32 {
+        self.seq
+            .wrapping_add(self.payload as u32)
+            .wrapping_add(u32::from(self.syn) + u32::from(self.fin))
+    }
+}
+
+/// The TCP segments among `frames` from `src:sport` to `dst:dport`, in capture order.
+pub fn tcp_segments(frames: &[Vec<u8>], src: (IpAddr, u16), dst: (IpAddr, u16)) -> Vec<Segment> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let p = SlicedPacket::from_ethernet(f).ok()?;
+            let (s, d): (IpAddr, IpAddr) = match &p.net {
+                Some(NetSlice::Ipv4(ip)) => (
+                    ip.header().source_addr().into(),
+                    ip.header().destination_addr().into(),
+                ),
+                Some(NetSlice::Ipv6(ip)) => (
+                    ip.header().source_addr().into(),
+                    ip.header().destination_addr().into(),
+                ),
+                _ => return None,
+            };
+            let Some(TransportSlice::Tcp(t)) = &p.transport else {
+                return None;
+            };
+            let seg = Segment {
+                src: s,
+                dst: d,
+                sport: t.source_port(),
+                dport: t.destination_port(),
+                seq: t.sequence_number(),
+                ack: t.acknowledgment_number(),
+                syn: t.syn(),
+                fin: t.fin(),
+                rst: t.rst(),
+                payload: t.payload().len(),
+            };
+            (seg.src == src.0 && seg.sport == src.1 && seg.dst == dst.0 && seg.dport == dst.1)
+                .then_some(seg)
+        })
+        .collect()
+}
+
+/// The furthest position (sequence number after the last byte) among `segments`.
+pub fn position(segments: &[Segment]) -> Option<u32> {
+    segments
+        .iter()
+        .map(Segment::end)
+        .reduce(|a, b| if (b.wrapping_sub(a) as i32) > 0 { b } else { a })
+}
+
+/// Polls `/healthz` of `daemon` until its status is `code` and its body contains every
+/// one of `needles`; returns the body. Fails naming the last answer after `timeout`.
+pub fn await_health(
+    daemon: &Daemon,
+    code: u16,
+    needles: &[&str],
+    timeout: Duration,
+) -> Result<String> {
+    poll(
+        &format!("/healthz answers {code} naming {needles:?}"),
+        timeout,
+        || {
+            let r = daemon.get("/healthz")?;
+            Ok(
+                if r.status == code && needles.iter().all(|n| r.body.contains(n)) {
+                    Ok(r.body)
+                } else {
+                    Err(format!("HTTP {}: {}", r.status, r.body.trim()))
+                },
+            )
+        },
+    )
+}
+
+/// A TCP connection between two lab namespaces whose two ends the test holds: a listener
+/// bound in the server's namespace, a client connected from the client's.
+pub struct TcpPair {
+    pub client: std::net::TcpStream,
+    pub server: std::net::TcpStream,
+    n: u32,
+}
+
+impl TcpPair {
+    /// Binds `target` in `server_ns`, connects to it from `client_ns` within `timeout`,
+    /// accepts. Both ends time out reads and writes after `timeout`.
+    pub fn open(
+        client_ns: &str,
+        server_ns: &str,
+        target: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> Result<TcpPair> {
+        use std::net::{TcpListener, TcpStream};
+        let listener = in_netns(server_ns, || {
+            let l = TcpListener::bind(target).with_context(|| format!("bind {target}"))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .with_context(|| format!("listener in netns {server_ns}"))?;
+        let client = in_netns(client_ns, || {
+            TcpStream::connect_timeout(&target, timeout)
+                .with_context(|| format!("connect to {target} within {timeout:?}"))
+        })
+        .with_context(|| format!("client in netns {client_ns}"))?;
+        let deadline = Instant::now() + timeout;
+        let server = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => bail!("accept on {target}: {e}"),
+            }
+        };
+        server.set_nonblocking(false)?;
+        for s in [&client, &server] {
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            s.set_nodelay(true)?;
+        }
+        Ok(TcpPair {
+            client,
+            server,
+            n: 0,
+        })
+    }
+
+    /// The client's end (address, port).
+    pub fn client_addr(&self) -> std::net::SocketAddr {
+        let a = self.client.local_addr().expect("a connected socket");
+        std::net::SocketAddr::new(a.ip().to_canonical(), a.port())
+    }
+
+    /// A request client -> server and a reply server -> client, each read in full by the
+    /// other end within the pair's timeout.
+    pub fn round_trip(&mut self) -> Result<()> {
+        use std::io::Read;
+        self.n += 1;
+        let request = format!("request {:08}\n", self.n);
+        self.client.write_all(request.as_bytes())?;
+        let mut got = vec![0u8; request.len()];
+        self.server
+            .read_exact(&mut got)
+            .with_context(|| format!("the server reads request {} (client -> server)", self.n))?;
+        ensure!(
+            got == request.as_bytes(),
+            "request {} changed on the way",
+            self.n
+        );
+        let reply = format!("reply   {:08}\n", self.n);
+        self.server.write_all(reply.as_bytes())?;
+        self.client
+            .read_exact(&mut got)
+            .with_context(|| format!("the client reads reply {} (server -> client)", self.n))?;
+        ensure!(
+            got == reply.as_bytes(),
+            "reply {} changed on the way",
+            self.n
+        );
+        Ok(())
+    }
+}
+
+/// Runs the calling thread (and every thread and process it starts while pinned: they
+/// inherit the mask) on one CPU, until dropped. The kernel's LRU maps keep a list per CPU
+/// of entries recently added there, which eviction on another CPU does not reach: a test
+/// that floods a shared LRU table to show what it evicts pins the flood and the victim to
+/// one CPU, so that the table has to choose between them whatever the scheduler does.
+pub struct PinnedCpu {
+    previous: libc::cpu_set_t,
+}
+
+impl PinnedCpu {
+    pub fn to(cpu: usize) -> Result<PinnedCpu> {
+        // SAFETY: zeroed cpu_set_t is valid; plain syscalls on the calling thread.
+        unsafe {
+            let mut previous: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut previous)
+                != 0
+            {
+                bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+            }
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) != 0 {
+                bail!(
+                    "sched_setaffinity(CPU {cpu}): {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            Ok(PinnedCpu { previous })
+        }
+    }
+}
+
+impl Drop for PinnedCpu {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask read in `to`, on the same thread.
+        unsafe {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.previous);
+        }
+    }
+}
+
+/// A lab of IPv4-only namespaces ([`quiet_v4`]) with permanent neighbour entries between
+/// every two of them ([`static_mesh`]): `vms` as `(name, vif, address/len)`, and `hosts`
+/// outside every segment on the bridge as `(name, bridge port, address/len)`, returned as
+/// [`Vm`]s too (their `vif` is their bridge port), VMs first.
+pub fn quiet_lab(
+    hint: &str,
+    vms: &[(&str, &str, &str)],
+    hosts: &[(&str, &str, &str)],
+) -> Result<(Lab, Vec<Vm>)> {
+    let mut lab = Lab::new(hint)?;
+    let mut all = Vec::new();
+    for (name, vif, addr) in vms {
+        all.push(add_v4_vm(&mut lab, name, vif, addr)?);
+    }
+    for (name, port, addr) in hosts {
+        let h = lab.add_bridge_host(name, port, &[addr], &[])?;
+        quiet_v4(&h.ns)?;
+        sysctl(&h.ns, "net.ipv6.conf.eth0.disable_ipv6", "1")?;
+        all.push(Vm {
+            name: h.name.clone(),
+            ns: h.ns.clone(),
+            vif: port.to_string(),
+            mac: h.mac.clone(),
+            addrs: h.addrs.clone(),
+        });
+    }
+    let refs: Vec<&Vm> = all.iter().collect();
+    static_mesh(&lab, &refs)?;
+    Ok((lab, all))
+}
+
+/// A UDP socket bound to `0.0.0.0:port` in each VM of `vms`: datagrams to that port are
+/// received quietly (without one, the VM's kernel would answer each with an ICMP error,
+/// a frame of its own among the counted ones). Keep them as long as frames are sent.
+pub fn udp_sinks(vms: &[&Vm], port: u16) -> Result<Vec<std::net::UdpSocket>> {
+    vms.iter()
+        .map(|vm| {
+            in_netns(&vm.ns, || {
+                Ok(std::net::UdpSocket::bind((
+                    std::net::Ipv4Addr::UNSPECIFIED,
+                    port,
+                ))?)
+            })
+            .with_context(|| format!("UDP sink on port {port} in {}", vm.name))
+        })
+        .collect()
+}

@@ -1,0 +1,217 @@
+//! Point 6b: a reconcile that fails (here: the host has more addresses than the kernel's
+//! table of the host's own addresses holds, `limits::MAX_HOST_ADDRS`, which the plan
+//! checks) shows in `/healthz` (503, naming the cause), in `isolator_reconcile_failing`
+//! (1) and `isolator_reconcile_failures_total`, and is retried (1 s doubling to 30 s)
+//! without any further change of the host; meanwhile the previous plan stays in force.
+//! Once the cause is gone, it recovers by itself.
+
+use std::time::Duration;
+
+use isolator_common::limits::MAX_HOST_ADDRS;
+use isolator_tests::failclosed_lab::{await_health, quiet_lab, udp_sinks};
+use isolator_tests::metrics::{DROP_PACKETS, RECONCILE_FAILING, RECONCILE_FAILURES, poll};
+use isolator_tests::netns::ip_n;
+use isolator_tests::{Env, Series, TempDir, Vm};
+
+use super::{Problems, captured, carrying, expect_exactly, settle, udp_frame};
+
+const POLICY: &str = r#"version: 1
+tenants:
+  - name: acme
+    segments:
+      - name: web
+        interfaces: ["vacme-web*"]
+        prefixes: [10.1.1.0/24]
+  - name: globex
+    segments:
+      - name: app
+        interfaces: ["vglobex-app*"]
+        prefixes: [10.2.1.0/24]
+"#;
+
+fn failing() -> Series {
+    Series::new(RECONCILE_FAILING, &[])
+}
+
+fn failures() -> Series {
+    Series::new(RECONCILE_FAILURES, &[])
+}
+
+#[test]
+fn a_failed_reconcile_is_reported_retried_and_recovers_while_enforcement_stays() {
+    let (lab, vms) = quiet_lab(
+        "fc-reconcile",
+        &[
+            ("web1", "vacme-web1", "10.1.1.2/24"),
+            ("web2", "vacme-web2", "10.1.1.3/24"),
+            ("app1", "vglobex-app1", "10.2.1.2/24"),
+        ],
+        &[],
+    )
+    .expect("lab");
+    let (web1, web2, app1) = (&vms[0], &vms[1], &vms[2]);
+    let _sinks = udp_sinks(&[web2, app1], 9).expect("sinks");
+    let env = Env::start(lab, POLICY).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut bad = Problems::new();
+    let host = env.lab().host_ns().to_string();
+    let watched: Vec<&str> = vms.iter().map(|v| v.vif.as_str()).collect();
+    for (series, value) in [(failing(), 0.0), (failures(), 0.0)] {
+        match env.scrape().value(&series) {
+            Ok(v) => bad.check(v == value, || {
+                format!("before: {series} is {v}, expected {value}")
+            }),
+            Err(e) => bad.push(format!("{e:#}")),
+        }
+    }
+
+    // A link of the host (no VM's, no policy's) with MAX_HOST_ADDRS addresses: with the
+    // host's others (127.0.0.1 at least) more than the table holds.
+    ip_n(
+        &host,
+        &[
+            "link", "add", "xaddrs0", "type", "veth", "peer", "name", "xaddrs1",
+        ],
+    )
+    .expect("veth");
+    let tmp = TempDir::new("isot-fc-addrs").expect("tmp");
+    let batch: String = (0..MAX_HOST_ADDRS)
+        .map(|i| {
+            format!(
+                "address add 172.31.{}.{}/32 dev xaddrs0\n",
+                i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    let file = tmp.write("addresses.batch", &batch).expect("batch file");
+    ip_n(&host, &["-batch", &file.to_string_lossy()]).expect("ip -batch");
+
+    let cause = "host addresses";
+    match await_health(
+        env.daemon(),
+        503,
+        &[cause, "retrying"],
+        Duration::from_secs(10),
+    ) {
+        Ok(body) => bad.check(body.contains(&MAX_HOST_ADDRS.to_string()), || {
+            format!("/healthz names the limit ({MAX_HOST_ADDRS}): {body}")
+        }),
+        Err(e) => bad.push(format!(
+            "with {MAX_HOST_ADDRS} more addresses on the host, /healthz must answer 503 naming \
+             the cause: {e:#}"
+        )),
+    }
+    let m = env.scrape();
+    let first_failures = m.value(&failures()).unwrap_or(0.0);
+    bad.check(m.value(&failing()).ok() == Some(1.0), || {
+        format!(
+            "{} must be 1 while reconciles fail: {:?}",
+            failing(),
+            m.value(&failing())
+        )
+    });
+    bad.check(first_failures >= 1.0, || {
+        format!("{} must count the failure: {first_failures}", failures())
+    });
+    // Retried without any change of the host (the first retry is due 1 s after a
+    // failure, the wait doubles up to 30 s): the daemon says so in its log, and the
+    // failure count grows again.
+    const RETRY: &str = "retrying after a failed reconcile";
+    let retried = poll(
+        "the failed reconcile is retried by itself",
+        Duration::from_secs(35),
+        || {
+            let now = env.daemon().scrape()?.value(&failures())?;
+            let retries = env.daemon().log().matches(RETRY).count();
+            Ok(if retries > 0 && now > first_failures {
+                Ok(now)
+            } else {
+                Err(format!(
+                    "{retries} retries in the log, {} {now}",
+                    failures()
+                ))
+            })
+        },
+    );
+    if let Err(e) = retried {
+        bad.push(format!("{e:#}"));
+    }
+
+    // Meanwhile the plan in force is enforced as before.
+    let probe =
+        |bad: &mut Problems, from: &Vm, to: &Vm, moves: &[(&str, &str, f64)], arrives: bool| {
+            let marker = format!("while failing: {} -> {}", from.name, to.name);
+            let frame = udp_frame(from, &to.mac, to.v4(), 9, &marker);
+            let before = settle(&watched, Duration::from_millis(300), || env.scrape());
+            let (_, frames) = captured(&[&to.ns], || {
+                isolator_tests::net::send_frame(&from.ns, "eth0", &frame).expect("send");
+                expect_exactly(bad, env.daemon(), &watched, &before, moves, &marker)
+            });
+            let n = carrying(&frames[0], &marker);
+            bad.check(n == usize::from(arrives), || {
+                format!(
+                    "[{marker}] expected {} copies, {n} arrived",
+                    usize::from(arrives)
+                )
+            });
+        };
+    probe(
+        &mut bad,
+        web1,
+        app1,
+        &[(&web1.vif, "ingress cross_tenant", 1.0)],
+        false,
+    );
+    probe(
+        &mut bad,
+        web1,
+        web2,
+        &[
+            (&web1.vif, "ingress pass", 1.0),
+            (&web2.vif, "egress pass", 1.0),
+        ],
+        true,
+    );
+
+    // The cause goes away: the daemon recovers by itself.
+    ip_n(&host, &["address", "flush", "dev", "xaddrs0"]).expect("remove the addresses");
+    if let Err(e) = await_health(env.daemon(), 200, &[], Duration::from_secs(35)) {
+        bad.push(format!(
+            "with the addresses gone, /healthz must answer 200 again: {e:#}"
+        ));
+    }
+    let m = env.scrape();
+    bad.check(m.value(&failing()).ok() == Some(0.0), || {
+        format!("{} must be 0 again: {:?}", failing(), m.value(&failing()))
+    });
+    probe(
+        &mut bad,
+        web1,
+        app1,
+        &[(&web1.vif, "ingress cross_tenant", 1.0)],
+        false,
+    );
+    probe(
+        &mut bad,
+        web1,
+        web2,
+        &[
+            (&web1.vif, "ingress pass", 1.0),
+            (&web2.vif, "egress pass", 1.0),
+        ],
+        true,
+    );
+    let m = env.scrape();
+    bad.finish(
+        "a failed reconcile",
+        &format!(
+            "policy:\n{POLICY}\n{}: {:?}, {}: {:?}\ndrops now:\n{}",
+            failing(),
+            m.value(&failing()),
+            failures(),
+            m.value(&failures()),
+            m.dump(DROP_PACKETS)
+        ),
+        &env.log_tail(),
+    );
+}
