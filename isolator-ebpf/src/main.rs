@@ -135,11 +135,15 @@ pub fn isolator_tags(ctx: TcContext) -> i32 {
         return TC_PASS_ON;
     }
     let stacked = proto::ether::is_vlan_tag(u16::from_be(inner as u16));
+    let vlan = tci as u16 & proto::ether::VLAN_ID_MASK;
+    // An 802.1p priority tag (VLAN id 0) is no VLAN: the frame is judged as untagged, as
+    // the XDP program judged it.
     let allowed = !stacked
-        && match identify(ifindex) {
-            Some(vif) => vlan_allowed(&vif, (tci & 0x0fff) as u16),
-            None => false,
-        };
+        && (vlan == 0
+            || match identify(ifindex) {
+                Some(vif) => vlan_allowed(&vif, vlan),
+                None => false,
+            });
     if allowed {
         return TC_PASS_ON;
     }

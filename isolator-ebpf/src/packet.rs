@@ -590,7 +590,7 @@ pub fn parse(frame: &impl Frame, p: &mut Packet) -> Result<(), Verdict> {
     let mut l3 = ETH_LEN;
     if ether::is_vlan_tag(ether_type) {
         let tag: &[u8; 4] = at(frame, ETH_LEN).ok_or(Verdict::Malformed)?;
-        p.vlan = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
+        p.vlan = u16::from_be_bytes([tag[0], tag[1]]) & ether::VLAN_ID_MASK;
         // VLAN id 0 is an 802.1p priority tag: the frame belongs to no VLAN.
         p.has_vlan = p.vlan != 0;
         ether_type = u16::from_be_bytes([tag[2], tag[3]]);

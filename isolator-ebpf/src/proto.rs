@@ -9,6 +9,8 @@ pub mod ether {
     pub const VLAN_8021Q: u16 = 0x8100;
     /// 802.1ad (QinQ service) tag.
     pub const VLAN_8021AD: u16 = 0x88a8;
+    /// The VLAN id in a tag control information field (the rest is priority and DEI).
+    pub const VLAN_ID_MASK: u16 = 0x0fff;
 
     /// Whether an EtherType announces a VLAN tag: 802.1Q or 802.1ad.
     #[inline(always)]

@@ -95,11 +95,11 @@ fn vlan_tags_only_as_declared_and_never_stacked() {
             )
             .times(2),
             shot(
-                "priority tag (VLAN id 0), not listed",
+                "priority tag (VLAN id 0, 802.1p): no VLAN, as untagged",
                 w1,
                 w2,
-                tagged(w1, w2, "Dot1Q(vlan=0)", "vlan-0"),
-                Outcome::Dropped(verdict::VLAN),
+                tagged(w1, w2, "Dot1Q(vlan=0, prio=5)", "vlan-0"),
+                Outcome::Delivered,
             ),
             shot(
                 "802.1ad 100 + 802.1Q 100 (stacked)",
