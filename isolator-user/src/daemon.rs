@@ -17,7 +17,7 @@
 //! - the **HTTP server** serves `/metrics` (a scrape from the dataplane thread) and
 //!   `/healthz` (the published status).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -345,6 +345,8 @@ struct KernelScrape {
     uncounted: Vec<isolator_common::Uncounted>,
     faults: [u64; isolator_common::fault::KINDS as usize],
     conntrack: ConntrackStats,
+    /// Links guarded but not classified yet: their drops count under their names.
+    guarded: Vec<(u32, String)>,
 }
 
 enum Command {
@@ -381,7 +383,7 @@ impl KernelHandle {
         let kernel = Kernel {
             dataplane,
             plan: None,
-            guarded: BTreeSet::new(),
+            guarded: BTreeMap::new(),
             swept: 0,
             revoked: 0,
             evicted: 0,
@@ -440,8 +442,8 @@ struct Kernel {
     dataplane: Dataplane,
     /// The plan in force.
     plan: Option<Plan>,
-    /// Links attached before the plan had them ([`Kernel::guard`]).
-    guarded: BTreeSet<u32>,
+    /// Links attached before the plan had them ([`Kernel::guard`]), with their names.
+    guarded: BTreeMap<u32, String>,
     /// Idle connections the sweep removed.
     swept: u64,
     /// Connections removed because a new policy no longer admits them.
@@ -500,7 +502,7 @@ impl Kernel {
             device = name,
             "guarding a new interface: nothing passes it until it is classified"
         );
-        self.guarded.insert(ifindex);
+        self.guarded.insert(ifindex, name.to_string());
         Ok(())
     }
 
@@ -576,14 +578,14 @@ impl Kernel {
 
         let mut refused = Vec::new();
         self.guarded
-            .retain(|i| dp.attachments().any(|(ifindex, _, _)| ifindex == *i));
+            .retain(|i, _| dp.attachments().any(|(ifindex, _, _)| ifindex == *i));
         for vif in &plan.vifs {
             let segment = plan.segment_label(vif.segment);
             if dp
                 .attachments()
                 .any(|(ifindex, _, _)| ifindex == vif.ifindex)
             {
-                if self.guarded.remove(&vif.ifindex) {
+                if self.guarded.remove(&vif.ifindex).is_some() {
                     info!(device = %vif.name, %segment, "classified: enforcing");
                 }
                 continue;
@@ -615,7 +617,7 @@ impl Kernel {
         for q in &plan.quarantined {
             let attached = dp.attachments().any(|(ifindex, _, _)| ifindex == q.ifindex);
             // Said once: when first attached, or when a guarded link turns out to be one.
-            if self.guarded.remove(&q.ifindex) || !attached {
+            if self.guarded.remove(&q.ifindex).is_some() || !attached {
                 error!(device = %q.name, why = %q.why, "NOT enforcing on this interface as a vif: everything it sends or receives is dropped (unknown_interface)");
             }
             if !attached && let Err(e) = dp.attach(&q.name, q.ifindex) {
@@ -668,6 +670,11 @@ impl Kernel {
                 revoked: self.revoked,
                 evicted: self.evicted,
             },
+            guarded: self
+                .guarded
+                .iter()
+                .map(|(ifindex, name)| (*ifindex, name.clone()))
+                .collect(),
         })
     }
 }
@@ -718,7 +725,7 @@ async fn serve_metrics(State(http): State<Http>) -> impl IntoResponse {
         Ok(kernel) => {
             let status = http.status.borrow().clone();
             let scrape = Scrape {
-                inventory: status.inventory,
+                inventory: status.inventory.with_unclassified(kernel.guarded),
                 counters: kernel.counters,
                 uncounted: kernel.uncounted,
                 faults: kernel.faults,

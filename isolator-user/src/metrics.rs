@@ -79,6 +79,20 @@ impl Inventory {
             .collect();
         Inventory { vifs, segments }
     }
+
+    /// With `links` (ifindex, name) that carry the programs but are in no plan yet (a
+    /// link guarded the moment it appeared): their drops count under their names, with no
+    /// tenant or segment, like a quarantined interface's.
+    pub fn with_unclassified(mut self, links: impl IntoIterator<Item = (u32, String)>) -> Self {
+        for (ifindex, device) in links {
+            self.vifs.entry(ifindex).or_insert(VifLabels {
+                device,
+                tenant: String::new(),
+                segment: String::new(),
+            });
+        }
+        self
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -515,6 +529,32 @@ mod tests {
         assert!(text.contains("isolator_conntrack_events_total{event=\"opened\"} 10\n"));
         assert!(text.contains("isolator_policy_reloads_total{result=\"failed\"} 1\n"));
         assert!(text.contains("isolator_policy_reloads_total{result=\"succeeded\"} 2\n"));
+    }
+
+    /// A link guarded before any plan has it: its drops count under its name, with no
+    /// tenant or segment, and it adds to no segment's interface count; a vif of the plan
+    /// keeps its labels.
+    #[test]
+    fn a_guarded_links_drops_count_under_its_name() {
+        let counters = [(
+            key(12, verdict::NO_POLICY),
+            Counter {
+                packets: 6,
+                bytes: 360,
+            },
+        )];
+        let text = render(&Scrape {
+            inventory: inventory()
+                .with_unclassified([(12, "vacme-web9".to_string()), (7, "renamed".to_string())]),
+            counters: counters.to_vec(),
+            ..Scrape::default()
+        });
+        assert!(text.contains("isolator_drop_packets_total{device=\"vacme-web9\",tenant=\"\",segment=\"\",direction=\"ingress\",reason=\"no_policy\"} 6\n"), "{text}");
+        assert!(
+            text.contains("isolator_interfaces{tenant=\"acme\",segment=\"web\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("device=\"renamed\""), "{text}");
     }
 
     fn line<'a>(text: &'a str, prefix: &str) -> &'a str {

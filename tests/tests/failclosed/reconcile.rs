@@ -8,8 +8,10 @@
 use std::time::Duration;
 
 use isolator_common::limits::MAX_HOST_ADDRS;
-use isolator_tests::failclosed_lab::{await_health, quiet_lab, udp_sinks};
+use isolator_tests::failclosed_lab::{LateNetns, await_health, quiet_lab, udp_sinks};
+use isolator_tests::frame::{ip_frame, parse_mac, udp};
 use isolator_tests::metrics::{DROP_PACKETS, RECONCILE_FAILING, RECONCILE_FAILURES, poll};
+use isolator_tests::net::{Capture, send_frame};
 use isolator_tests::netns::ip_n;
 use isolator_tests::{Env, Series, TempDir, Vm};
 
@@ -211,6 +213,183 @@ fn a_failed_reconcile_is_reported_retried_and_recovers_while_enforcement_stays()
             failures(),
             m.value(&failures()),
             m.dump(DROP_PACKETS)
+        ),
+        &env.log_tail(),
+    );
+}
+
+/// Makes every reconcile fail from now on: a link of the host (no VM's, no policy's) with
+/// `MAX_HOST_ADDRS` addresses, with the host's others (127.0.0.1 at least) more than the
+/// kernel's table holds. Removed with the lab.
+fn overflow_host_addresses(host: &str, tmp: &TempDir) {
+    ip_n(
+        host,
+        &[
+            "link", "add", "xaddrs0", "type", "veth", "peer", "name", "xaddrs1",
+        ],
+    )
+    .expect("veth");
+    let batch: String = (0..MAX_HOST_ADDRS)
+        .map(|i| {
+            format!(
+                "address add 172.31.{}.{}/32 dev xaddrs0\n",
+                i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    let file = tmp.write("addresses.batch", &batch).expect("batch file");
+    ip_n(host, &["-batch", &file.to_string_lossy()]).expect("ip -batch");
+}
+
+/// 6c under failure: a vif the policy claims that appears while reconciles fail (so that
+/// no plan will have it until they recover) is guarded all the same, the moment it is
+/// announced: its programs are attached with no entry for it, and nothing it sends
+/// reaches the host or its segment (`no_policy`). Its twin: the same broadcast from a
+/// classified VM of the segment reaches the host. Once the reconciles recover, the vif is
+/// classified and its frames to its segment arrive.
+#[test]
+fn a_new_vif_is_guarded_while_reconciles_fail() {
+    const LATE_VIF: &str = "vacme-web9";
+    const LATE_MAC: &str = "02:15:0b:00:00:19";
+    let (lab, vms) =
+        quiet_lab("fc-guard", &[("web1", "vacme-web1", "10.1.1.2/24")], &[]).expect("lab");
+    let web1 = vms[0].clone();
+    let late_ns = LateNetns::new(&lab, "late").expect("netns");
+    let env = Env::start(lab, POLICY).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut bad = Problems::new();
+    let host = env.lab().host_ns().to_string();
+    let tmp = TempDir::new("isot-fc-guard").expect("tmp");
+    overflow_host_addresses(&host, &tmp);
+    if let Err(e) = await_health(
+        env.daemon(),
+        503,
+        &["host addresses"],
+        Duration::from_secs(10),
+    ) {
+        bad.push(format!("reconciles must fail first: {e:#}"));
+    }
+
+    // The new VM: its vif up and a bridge port in one step, its side up.
+    ip_n(
+        &host,
+        &[
+            "link",
+            "add",
+            "name",
+            LATE_VIF,
+            "master",
+            "br0",
+            "up",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "address",
+            LATE_MAC,
+            "netns",
+            &late_ns.name,
+        ],
+    )
+    .expect("the new vif");
+    ip_n(&late_ns.name, &["link", "set", "eth0", "up"]).expect("eth0 up");
+    let guarded = poll(
+        "the daemon guards the new vif while reconciles fail",
+        Duration::from_secs(5),
+        || {
+            Ok(if env.lab().vif_has_xdp(LATE_VIF)? {
+                Ok(())
+            } else {
+                Err("no program attached".to_string())
+            })
+        },
+    );
+    if let Err(e) = &guarded {
+        bad.push(format!("{e:#}"));
+    }
+
+    let late_mac = parse_mac(LATE_MAC).unwrap();
+    let broadcast = |src_mac, src: &str, marker: &str| {
+        ip_frame(
+            src_mac,
+            [0xff; 6],
+            src.parse().unwrap(),
+            "10.1.1.255".parse().unwrap(),
+            udp(40000, 9),
+            marker.as_bytes(),
+        )
+    };
+    let to_web1 = |marker: &str| {
+        ip_frame(
+            late_mac,
+            parse_mac(&web1.mac).unwrap(),
+            "10.1.1.9".parse().unwrap(),
+            web1.v4(),
+            udp(40000, 9),
+            marker.as_bytes(),
+        )
+    };
+    let at_host = Capture::start(&host, "br0").expect("capture on br0");
+    let ((), at_web1) = captured(&[&web1.ns], || {
+        for _ in 0..3 {
+            send_frame(
+                &late_ns.name,
+                "eth0",
+                &broadcast(late_mac, "10.1.1.9", "guarded: broadcast"),
+            )
+            .expect("send");
+            send_frame(&late_ns.name, "eth0", &to_web1("guarded: to web1")).expect("send");
+        }
+        let web1_mac = parse_mac(&web1.mac).unwrap();
+        send_frame(
+            &web1.ns,
+            "eth0",
+            &broadcast(web1_mac, "10.1.1.2", "classified: broadcast"),
+        )
+        .expect("send");
+    });
+    let at_host = at_host.stop().expect("capture");
+    for (frames, marker, expected, place) in [
+        (&at_host, "guarded: broadcast", 0, "the host (br0)"),
+        (&at_web1[0], "guarded: broadcast", 0, "web1"),
+        (&at_web1[0], "guarded: to web1", 0, "web1"),
+        (&at_host, "classified: broadcast", 1, "the host (br0)"),
+    ] {
+        let n = carrying(frames, marker);
+        bad.check(n == expected, || {
+            format!("[{marker}] {n} copies reached {place}, expected {expected}")
+        });
+    }
+    let drops = env
+        .scrape()
+        .by_reason(&Series::drops(LATE_VIF, isolator_tests::Dir::Ingress));
+    bad.check(
+        drops
+            .as_ref()
+            .is_ok_and(|d| d.get("no_policy").copied().unwrap_or(0.0) >= 6.0),
+        || format!("the guarded vif's frames are counted as no_policy drops: {drops:?}"),
+    );
+
+    // The cause goes away: the vif is classified, its frames to its segment arrive.
+    ip_n(&host, &["address", "flush", "dev", "xaddrs0"]).expect("remove the addresses");
+    if let Err(e) = await_health(env.daemon(), 200, &[], Duration::from_secs(35)) {
+        bad.push(format!(
+            "with the addresses gone, /healthz must answer 200 again: {e:#}"
+        ));
+    }
+    let (_, at_web1) = captured(&[&web1.ns], || {
+        send_frame(&late_ns.name, "eth0", &to_web1("classified: to web1")).expect("send")
+    });
+    let n = carrying(&at_web1[0], "classified: to web1");
+    bad.check(n == 1, || {
+        format!("once classified, the new VM's frame to web1 arrives: {n} copies")
+    });
+    bad.finish(
+        "a new vif while reconciles fail",
+        &format!(
+            "policy:\n{POLICY}\ndrops now:\n{}",
+            env.scrape().dump(DROP_PACKETS)
         ),
         &env.log_tail(),
     );
