@@ -36,6 +36,8 @@ use crate::daemon::{Daemon, HttpResponse, TempDir, isolator_bin, tail};
 use crate::env::METRICS_PORT;
 use crate::lab::{BRIDGE, Lab, Vm};
 use crate::metrics::{Expect, Scrape, Series, poll};
+pub use crate::net::FrameSender;
+use crate::net::{ifindex_here, packet_socket, send_on};
 use crate::netns::{in_netns, ip_n, netns_path, netns_pids, run, sysctl};
 
 /// The daemon on a lab, whatever `/healthz` says. Field order is drop order: the daemon
@@ -179,103 +181,6 @@ pub fn static_mesh(lab: &Lab, vms: &[&Vm]) -> Result<()> {
     Ok(())
 }
 
-/// The ifindex of `ifname` in the calling thread's namespace.
-fn ifindex_here(ifname: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(ifname)?;
-    // SAFETY: a valid NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    ensure!(ifindex != 0, "no interface {ifname}");
-    Ok(ifindex)
-}
-
-/// A packet socket bound to `ifname`, in the calling thread's namespace.
-fn packet_socket(ifname: &str) -> Result<(OwnedFd, u32)> {
-    let ifindex = ifindex_here(ifname)?;
-    // SAFETY: plain syscall; the fd is owned right away.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    Ok((sock, ifindex))
-}
-
-/// Sends `frame` (Ethernet header first) on the packet socket `sock` out of `ifindex`.
-fn send_on(sock: &OwnedFd, ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
-    // SAFETY: zeroed sockaddr_ll is valid.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_ifindex = ifindex as i32;
-    sll.sll_halen = 6;
-    sll.sll_addr[..6].copy_from_slice(&frame[..6.min(frame.len())]);
-    // SAFETY: buffers valid for the lengths given.
-    let rc = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// One packet socket on an interface of a namespace, for many frames in a row.
-pub struct FrameSender {
-    sock: OwnedFd,
-    ifindex: u32,
-    what: String,
-}
-
-impl FrameSender {
-    /// A sender on `ifname` of namespace `ns`.
-    pub fn open(ns: &str, ifname: &str) -> Result<FrameSender> {
-        let (sock, ifindex) = in_netns(ns, || packet_socket(ifname))
-            .with_context(|| format!("packet socket on {ifname} in netns {ns}"))?;
-        Ok(FrameSender {
-            sock,
-            ifindex,
-            what: format!("{ifname} in netns {ns}"),
-        })
-    }
-
-    /// Sends one frame.
-    pub fn send(&self, frame: &[u8]) -> Result<()> {
-        send_on(&self.sock, self.ifindex, frame)
-            .with_context(|| format!("sending a frame on {}", self.what))
-    }
-
-    /// Sends every frame of `frames`, in order. When the kernel's queues are full
-    /// (`ENOBUFS`) it waits a moment and sends that frame again: every frame leaves.
-    pub fn send_all<F: AsRef<[u8]>>(&self, frames: impl IntoIterator<Item = F>) -> Result<usize> {
-        let mut sent = 0;
-        for frame in frames {
-            let frame = frame.as_ref();
-            let mut tries = 0;
-            loop {
-                match send_on(&self.sock, self.ifindex, frame) {
-                    Ok(()) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && tries < 1000 => {
-                        tries += 1;
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("frame {sent} on {}", self.what));
-                    }
-                }
-            }
-            sent += 1;
-        }
-        Ok(sent)
-    }
-}
-
 /// Frames sent over and over from a thread of their own, from the moment their interface
 /// exists and is up, until stopped: [`Stream::start`] may run before the interface is
 /// created. Counts the frames of each kind that the kernel accepted.
@@ -358,6 +263,35 @@ impl Drop for Stream {
             let _ = t.join();
         }
     }
+}
+
+/// A new VM's vif, created while the daemon runs: the veth `vif` in the lab's host
+/// namespace, up and a port of the lab's bridge in one step, its peer `eth0` (with `mac`)
+/// in `ns`, brought up right after. Returns when the vif was created.
+pub fn add_late_vif(lab: &Lab, vif: &str, mac: &str, ns: &LateNetns) -> Result<Instant> {
+    ip_n(
+        lab.host_ns(),
+        &[
+            "link", "add", "name", vif, "master", BRIDGE, "up", "type", "veth", "peer", "name",
+            "eth0", "address", mac, "netns", &ns.name,
+        ],
+    )
+    .with_context(|| format!("the new vif {vif}"))?;
+    let created = Instant::now();
+    ip_n(&ns.name, &["link", "set", "eth0", "up"])?;
+    Ok(created)
+}
+
+/// Waits until the daemon has attached its programs to `vif`, at most `within`; returns
+/// how long after `since` it was.
+pub fn await_attached(lab: &Lab, vif: &str, since: Instant, within: Duration) -> Result<Duration> {
+    poll(&format!("the daemon attaches to {vif}"), within, || {
+        Ok(if lab.vif_has_xdp(vif)? {
+            Ok(since.elapsed())
+        } else {
+            Err("no program attached".to_string())
+        })
+    })
 }
 
 /// A network namespace made outside the [`Lab`] (named after the lab, so that a test

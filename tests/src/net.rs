@@ -451,44 +451,104 @@ impl Drop for Capture {
 /// Sends one raw Ethernet frame (header included) out of `ifname` in namespace `ns`
 /// (AF_PACKET), e.g. to test what isolator does with frames a VM's stack would never build.
 pub fn send_frame(ns: &str, ifname: &str, frame: &[u8]) -> Result<()> {
-    let ifname_c = std::ffi::CString::new(ifname)?;
-    in_netns(ns, || {
-        // SAFETY: plain syscall; the fd is owned right away.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+    FrameSender::open(ns, ifname)?.send(frame)
+}
+
+/// The ifindex of `ifname` in the calling thread's namespace.
+pub(crate) fn ifindex_here(ifname: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(ifname)?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {ifname}");
+    }
+    Ok(ifindex)
+}
+
+/// A packet socket bound to `ifname`, in the calling thread's namespace.
+pub(crate) fn packet_socket(ifname: &str) -> Result<(OwnedFd, u32)> {
+    let ifindex = ifindex_here(ifname)?;
+    // SAFETY: plain syscall; the fd is owned right away.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok((sock, ifindex))
+}
+
+/// Sends `frame` (Ethernet header first) on the packet socket `sock` out of `ifindex`.
+pub(crate) fn send_on(sock: &OwnedFd, ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
+    // SAFETY: zeroed sockaddr_ll is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = ifindex as i32;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&frame[..6.min(frame.len())]);
+    // SAFETY: buffers valid for the lengths given.
+    let rc = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One packet socket on an interface of a namespace, for many frames in a row.
+pub struct FrameSender {
+    sock: OwnedFd,
+    ifindex: u32,
+    what: String,
+}
+
+impl FrameSender {
+    /// A sender on `ifname` of namespace `ns`.
+    pub fn open(ns: &str, ifname: &str) -> Result<FrameSender> {
+        let (sock, ifindex) = in_netns(ns, || packet_socket(ifname))
+            .with_context(|| format!("packet socket on {ifname} in netns {ns}"))?;
+        Ok(FrameSender {
+            sock,
+            ifindex,
+            what: format!("{ifname} in netns {ns}"),
+        })
+    }
+
+    /// Sends one frame.
+    pub fn send(&self, frame: &[u8]) -> Result<()> {
+        send_on(&self.sock, self.ifindex, frame)
+            .with_context(|| format!("sending a frame on {}", self.what))
+    }
+
+    /// Sends every frame of `frames`, in order. When the kernel's queues are full
+    /// (`ENOBUFS`) it waits a moment and sends that frame again: every frame leaves.
+    pub fn send_all<F: AsRef<[u8]>>(&self, frames: impl IntoIterator<Item = F>) -> Result<usize> {
+        let mut sent = 0;
+        for frame in frames {
+            let frame = frame.as_ref();
+            let mut tries = 0;
+            loop {
+                match send_on(&self.sock, self.ifindex, frame) {
+                    Ok(()) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && tries < 1000 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("frame {sent} on {}", self.what));
+                    }
+                }
+            }
+            sent += 1;
         }
-        // SAFETY: fresh fd owned by nobody else.
-        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(ifname_c.as_ptr()) };
-        if ifindex == 0 {
-            bail!("no interface {ifname}");
-        }
-        // SAFETY: zeroed sockaddr_ll is valid.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = ifindex as i32;
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&frame[..6.min(frame.len())]);
-        // SAFETY: buffers valid for the lengths given.
-        let rc = unsafe {
-            libc::sendto(
-                sock.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            bail!(
-                "send frame on {ifname}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(())
-    })
-    .with_context(|| format!("send frame in netns {ns}"))
+        Ok(sent)
+    }
 }

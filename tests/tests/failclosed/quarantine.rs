@@ -10,14 +10,13 @@
 //!   a VM that sends from the first moment its interface exists reaches no other tenant,
 //!   ever, and reaches its own segment once classified.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use isolator_tests::failclosed_lab::{
-    LateNetns, Stream, Watched, await_health, quiet_lab, udp_sinks,
+    LateNetns, Stream, Watched, add_late_vif, await_attached, await_health, quiet_lab, udp_sinks,
 };
 use isolator_tests::frame::{ip_frame, parse_mac, udp};
-use isolator_tests::metrics::{DROP_PACKETS, INTERFACES_REFUSED, poll};
-use isolator_tests::netns::ip_n;
+use isolator_tests::metrics::{DROP_PACKETS, INTERFACES_REFUSED};
 use isolator_tests::{Env, Series, Vm};
 
 use super::{Problems, captured, carrying, changes, expect_exactly, settle, udp_frame};
@@ -302,43 +301,10 @@ fn a_new_vif_leaks_nothing_before_it_is_classified() {
             Duration::from_micros(20),
         )
         .expect("stream");
-        // The new vif, up and a bridge port in one step; then the VM's side up.
-        ip_n(
-            env.lab().host_ns(),
-            &[
-                "link",
-                "add",
-                "name",
-                LATE_VIF,
-                "master",
-                "br0",
-                "up",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "address",
-                LATE_MAC,
-                "netns",
-                &late_ns.name,
-            ],
-        )
-        .expect("the new vif");
-        let created = Instant::now();
-        ip_n(&late_ns.name, &["link", "set", "eth0", "up"]).expect("eth0 up");
-        // Until the daemon has attached to it, and a while longer.
-        let attached = poll(
-            "the daemon attaches to the new vif",
-            Duration::from_secs(10),
-            || {
-                Ok(if env.lab().vif_has_xdp(LATE_VIF)? {
-                    Ok(created.elapsed())
-                } else {
-                    Err("not yet".to_string())
-                })
-            },
-        );
+        // The new vif, up and a bridge port in one step; then the VM's side up. Until the
+        // daemon has attached to it, and a while longer.
+        let created = add_late_vif(env.lab(), LATE_VIF, LATE_MAC, &late_ns).expect("new vif");
+        let attached = await_attached(env.lab(), LATE_VIF, created, Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(500));
         let sent = stream.stop().expect("stream");
         (attached, sent)

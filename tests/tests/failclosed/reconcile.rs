@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use isolator_common::limits::MAX_HOST_ADDRS;
-use isolator_tests::failclosed_lab::{LateNetns, await_health, quiet_lab, udp_sinks};
+use isolator_tests::failclosed_lab::{
+    LateNetns, add_late_vif, await_attached, await_health, quiet_lab, udp_sinks,
+};
 use isolator_tests::frame::{ip_frame, parse_mac, udp};
 use isolator_tests::metrics::{DROP_PACKETS, RECONCILE_FAILING, RECONCILE_FAILURES, poll};
 use isolator_tests::net::{Capture, send_frame};
@@ -66,27 +68,8 @@ fn a_failed_reconcile_is_reported_retried_and_recovers_while_enforcement_stays()
         }
     }
 
-    // A link of the host (no VM's, no policy's) with MAX_HOST_ADDRS addresses: with the
-    // host's others (127.0.0.1 at least) more than the table holds.
-    ip_n(
-        &host,
-        &[
-            "link", "add", "xaddrs0", "type", "veth", "peer", "name", "xaddrs1",
-        ],
-    )
-    .expect("veth");
     let tmp = TempDir::new("isot-fc-addrs").expect("tmp");
-    let batch: String = (0..MAX_HOST_ADDRS)
-        .map(|i| {
-            format!(
-                "address add 172.31.{}.{}/32 dev xaddrs0\n",
-                i / 256,
-                i % 256
-            )
-        })
-        .collect();
-    let file = tmp.write("addresses.batch", &batch).expect("batch file");
-    ip_n(&host, &["-batch", &file.to_string_lossy()]).expect("ip -batch");
+    overflow_host_addresses(&host, &tmp);
 
     let cause = "host addresses";
     match await_health(
@@ -271,40 +254,8 @@ fn a_new_vif_is_guarded_while_reconciles_fail() {
     }
 
     // The new VM: its vif up and a bridge port in one step, its side up.
-    ip_n(
-        &host,
-        &[
-            "link",
-            "add",
-            "name",
-            LATE_VIF,
-            "master",
-            "br0",
-            "up",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "address",
-            LATE_MAC,
-            "netns",
-            &late_ns.name,
-        ],
-    )
-    .expect("the new vif");
-    ip_n(&late_ns.name, &["link", "set", "eth0", "up"]).expect("eth0 up");
-    let guarded = poll(
-        "the daemon guards the new vif while reconciles fail",
-        Duration::from_secs(5),
-        || {
-            Ok(if env.lab().vif_has_xdp(LATE_VIF)? {
-                Ok(())
-            } else {
-                Err("no program attached".to_string())
-            })
-        },
-    );
+    let created = add_late_vif(env.lab(), LATE_VIF, LATE_MAC, &late_ns).expect("new vif");
+    let guarded = await_attached(env.lab(), LATE_VIF, created, Duration::from_secs(5));
     if let Err(e) = &guarded {
         bad.push(format!("{e:#}"));
     }
