@@ -91,7 +91,16 @@ fn from_outside(vif: &Vif, p: &Packet) -> Step {
         // Probes (sender 0.0.0.0) claim nothing.
         let probe = p.src[12..].iter().all(|b| *b == 0);
         if !probe && claims_segment_address(vif, true, &p.src) {
-            return decide(Verdict::ArpSpoof);
+            // Said to this VM (about its address: a request, a reply) or announced
+            // (gratuitous): a claim it could believe. Otherwise a request for someone
+            // else flooded to it: not for this VM.
+            let to_this_vm = place(vif.generation, true, &p.dst) == Place::Segment(vif.segment);
+            let announced = p.src == p.dst;
+            return decide(if to_this_vm || announced {
+                Verdict::ArpSpoof
+            } else {
+                Verdict::NotExposed
+            });
         }
         return decide(Verdict::Pass);
     }

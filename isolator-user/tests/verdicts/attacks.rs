@@ -390,6 +390,18 @@ fn link_local_housekeeping_only_on_the_link() {
                 arp_request(ROUTER_MAC, "10.1.1.7", "10.1.1.2"),
                 verdict::ARP_SPOOF,
             ),
+            out(
+                "a gratuitous ARP from outside claiming another segment's address",
+                "d-aw1",
+                arp_request(ROUTER_MAC, "10.1.2.5", "10.1.2.5"),
+                verdict::ARP_SPOOF,
+            ),
+            out(
+                "a request from db's router for a db VM, flooded to web's vif: not for it",
+                "d-aw1",
+                arp_request(ROUTER_MAC, "10.1.2.1", "10.1.2.5"),
+                verdict::NOT_EXPOSED,
+            ),
             row(
                 "an 802.1p priority tag (VLAN id 0) is no VLAN",
                 "d-aw1",
