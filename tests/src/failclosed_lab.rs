@@ -22,7 +22,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,9 +36,13 @@ use crate::daemon::{Daemon, HttpResponse, TempDir, isolator_bin, tail};
 use crate::env::METRICS_PORT;
 use crate::lab::{BRIDGE, Lab, Vm};
 use crate::metrics::{Expect, Scrape, Series, poll};
-pub use crate::net::FrameSender;
-use crate::net::{ifindex_here, packet_socket, send_on};
+pub use crate::net::{FrameSender, TcpPair};
+use crate::net::{packet_socket, send_on};
 use crate::netns::{in_netns, ip_n, netns_path, netns_pids, run, sysctl};
+use crate::rawbpf::{
+    BPF_FUNC_MAP_LOOKUP_ELEM, BPF_PSEUDO_MAP_FD, attach_tcx_egress, counter_map, insn, load_tc, op,
+    read_counter,
+};
 
 /// The daemon on a lab, whatever `/healthz` says. Field order is drop order: the daemon
 /// stops before the lab's namespaces go, the directory with the policy and the log last.
@@ -438,53 +442,9 @@ impl Macvtap {
     }
 }
 
-/// `BPF_*` commands and constants of the foreign program.
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-const BPF_TCX_EGRESS: u32 = 47;
-const BPF_PSEUDO_MAP_FD: u8 = 1;
-const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
-
-fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<i64> {
-    // SAFETY: `attr` is a zero-padded `union bpf_attr` of the size passed.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(rc)
-}
-
-fn bpf_fd(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<OwnedFd> {
-    let fd = bpf(cmd, attr)?;
-    // SAFETY: a successful MAP_CREATE / PROG_LOAD / LINK_CREATE returns a new fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// One eBPF instruction.
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
-    let mut b = [0u8; 8];
-    b[0] = code;
-    b[1] = (dst & 0x0f) | (src << 4);
-    b[2..4].copy_from_slice(&off.to_le_bytes());
-    b[4..8].copy_from_slice(&imm.to_le_bytes());
-    b
-}
-
 /// `key = 0; v = map_lookup(map, &key); if v { *v += 1 (atomic) }; return TC_ACT_OK`.
 fn counting_program(map_fd: i32) -> Vec<u8> {
-    const ST_MEM_W: u8 = 0x62;
-    const MOV64_X: u8 = 0xbf;
-    const ADD64_K: u8 = 0x07;
-    const LD_IMM64: u8 = 0x18;
-    const CALL: u8 = 0x85;
-    const JEQ_K: u8 = 0x15;
-    const MOV64_K: u8 = 0xb7;
-    const ATOMIC_DW: u8 = 0xdb;
-    const EXIT: u8 = 0x95;
+    use op::{ADD64_K, ATOMIC_DW, CALL, EXIT, JEQ_K, LD_IMM64, MOV64_K, MOV64_X, ST_MEM_W};
     [
         insn(ST_MEM_W, 10, 0, -4, 0),
         insn(MOV64_X, 2, 10, 0, 0),
@@ -517,37 +477,12 @@ impl CountingTcx {
     pub fn attach_egress(ns: &str, ifname: &str) -> Result<CountingTcx> {
         let ifname = ifname.to_string();
         in_netns(ns, move || {
-            let mut attr = [0u8; 128];
-            attr[0..4].copy_from_slice(&BPF_MAP_TYPE_ARRAY.to_ne_bytes());
-            attr[4..8].copy_from_slice(&4u32.to_ne_bytes());
-            attr[8..12].copy_from_slice(&8u32.to_ne_bytes());
-            attr[12..16].copy_from_slice(&1u32.to_ne_bytes());
-            let map = bpf_fd(BPF_MAP_CREATE, &mut attr).context("creating the counter map")?;
-            let insns = counting_program(map.as_raw_fd());
-            let license = c"GPL";
-            let mut log = vec![0u8; 8192];
-            let mut attr = [0u8; 128];
-            attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
-            attr[4..8].copy_from_slice(&((insns.len() / 8) as u32).to_ne_bytes());
-            attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-            attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-            attr[24..28].copy_from_slice(&1u32.to_ne_bytes());
-            attr[28..32].copy_from_slice(&(log.len() as u32).to_ne_bytes());
-            attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_ne_bytes());
-            let prog = bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|e| {
-                let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-                anyhow::anyhow!(
-                    "loading the counting TC program: {e}; verifier log:\n{}",
-                    String::from_utf8_lossy(&log[..end])
-                )
-            })?;
-            let ifindex = ifindex_here(&ifname)?;
-            let mut attr = [0u8; 128];
-            attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
-            attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-            attr[8..12].copy_from_slice(&BPF_TCX_EGRESS.to_ne_bytes());
-            let link = bpf_fd(BPF_LINK_CREATE, &mut attr)
-                .with_context(|| format!("attaching the counting program to {ifname}'s egress"))?;
+            let map = counter_map()?;
+            let prog = load_tc(
+                &counting_program(map.as_raw_fd()),
+                "the counting TC program",
+            )?;
+            let link = attach_tcx_egress(&prog, &ifname, "the counting TC program")?;
             Ok(CountingTcx {
                 map,
                 _link: link,
@@ -559,14 +494,7 @@ impl CountingTcx {
 
     /// How many frames the program has seen.
     pub fn count(&self) -> Result<u64> {
-        let key = 0u32;
-        let mut value = 0u64;
-        let mut attr = [0u8; 128];
-        attr[0..4].copy_from_slice(&(self.map.as_raw_fd() as u32).to_ne_bytes());
-        attr[8..16].copy_from_slice(&(&key as *const u32 as u64).to_ne_bytes());
-        attr[16..24].copy_from_slice(&(&mut value as *mut u64 as u64).to_ne_bytes());
-        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).context("reading the counting program's map")?;
-        Ok(value)
+        read_counter(&self.map)
     }
 }
 
@@ -662,96 +590,6 @@ pub fn await_health(
             )
         },
     )
-}
-
-/// A TCP connection between two lab namespaces whose two ends the test holds: a listener
-/// bound in the server's namespace, a client connected from the client's.
-pub struct TcpPair {
-    pub client: std::net::TcpStream,
-    pub server: std::net::TcpStream,
-    n: u32,
-}
-
-impl TcpPair {
-    /// Binds `target` in `server_ns`, connects to it from `client_ns` within `timeout`,
-    /// accepts. Both ends time out reads and writes after `timeout`.
-    pub fn open(
-        client_ns: &str,
-        server_ns: &str,
-        target: std::net::SocketAddr,
-        timeout: Duration,
-    ) -> Result<TcpPair> {
-        use std::net::{TcpListener, TcpStream};
-        let listener = in_netns(server_ns, || {
-            let l = TcpListener::bind(target).with_context(|| format!("bind {target}"))?;
-            l.set_nonblocking(true)?;
-            Ok(l)
-        })
-        .with_context(|| format!("listener in netns {server_ns}"))?;
-        let client = in_netns(client_ns, || {
-            TcpStream::connect_timeout(&target, timeout)
-                .with_context(|| format!("connect to {target} within {timeout:?}"))
-        })
-        .with_context(|| format!("client in netns {client_ns}"))?;
-        let deadline = Instant::now() + timeout;
-        let server = loop {
-            match listener.accept() {
-                Ok((s, _)) => break s,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => bail!("accept on {target}: {e}"),
-            }
-        };
-        server.set_nonblocking(false)?;
-        for s in [&client, &server] {
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))?;
-            s.set_nodelay(true)?;
-        }
-        Ok(TcpPair {
-            client,
-            server,
-            n: 0,
-        })
-    }
-
-    /// The client's end (address, port).
-    pub fn client_addr(&self) -> std::net::SocketAddr {
-        let a = self.client.local_addr().expect("a connected socket");
-        std::net::SocketAddr::new(a.ip().to_canonical(), a.port())
-    }
-
-    /// A request client -> server and a reply server -> client, each read in full by the
-    /// other end within the pair's timeout.
-    pub fn round_trip(&mut self) -> Result<()> {
-        use std::io::Read;
-        self.n += 1;
-        let request = format!("request {:08}\n", self.n);
-        self.client.write_all(request.as_bytes())?;
-        let mut got = vec![0u8; request.len()];
-        self.server
-            .read_exact(&mut got)
-            .with_context(|| format!("the server reads request {} (client -> server)", self.n))?;
-        ensure!(
-            got == request.as_bytes(),
-            "request {} changed on the way",
-            self.n
-        );
-        let reply = format!("reply   {:08}\n", self.n);
-        self.server.write_all(reply.as_bytes())?;
-        self.client
-            .read_exact(&mut got)
-            .with_context(|| format!("the client reads reply {} (server -> client)", self.n))?;
-        ensure!(
-            got == reply.as_bytes(),
-            "reply {} changed on the way",
-            self.n
-        );
-        Ok(())
-    }
 }
 
 /// Runs the calling thread (and every thread and process it starts while pinned: they

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod net;
 pub mod netns;
 pub mod nmap;
+pub mod rawbpf;
 pub mod scapy;
 pub mod service_lab;
 pub mod signal;

@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::lab::Vm;
 use crate::netns::in_netns;
@@ -455,7 +455,7 @@ pub fn send_frame(ns: &str, ifname: &str, frame: &[u8]) -> Result<()> {
 }
 
 /// The ifindex of `ifname` in the calling thread's namespace.
-pub(crate) fn ifindex_here(ifname: &str) -> Result<u32> {
+fn ifindex_here(ifname: &str) -> Result<u32> {
     let c = std::ffi::CString::new(ifname)?;
     // SAFETY: a valid NUL-terminated name.
     let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -550,5 +550,105 @@ impl FrameSender {
             sent += 1;
         }
         Ok(sent)
+    }
+}
+
+/// A TCP connection between two lab namespaces whose two ends the test holds: a listener
+/// bound in the server's namespace, a client connected from the client's.
+pub struct TcpPair {
+    pub client: std::net::TcpStream,
+    pub server: std::net::TcpStream,
+    n: u32,
+}
+
+impl TcpPair {
+    /// Binds `target` in `server_ns`, connects to it from `client_ns` within `timeout`,
+    /// accepts. Both ends time out reads and writes after `timeout`.
+    pub fn open(
+        client_ns: &str,
+        server_ns: &str,
+        target: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> Result<TcpPair> {
+        use std::net::{TcpListener, TcpStream};
+        let listener = in_netns(server_ns, || {
+            let l = TcpListener::bind(target).with_context(|| format!("bind {target}"))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .with_context(|| format!("listener in netns {server_ns}"))?;
+        let client = in_netns(client_ns, || {
+            TcpStream::connect_timeout(&target, timeout)
+                .with_context(|| format!("connect to {target} within {timeout:?}"))
+        })
+        .with_context(|| format!("client in netns {client_ns}"))?;
+        let deadline = Instant::now() + timeout;
+        let server = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => bail!("accept on {target}: {e}"),
+            }
+        };
+        server.set_nonblocking(false)?;
+        for s in [&client, &server] {
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            s.set_nodelay(true)?;
+        }
+        Ok(TcpPair {
+            client,
+            server,
+            n: 0,
+        })
+    }
+
+    /// The client's end (address, port).
+    pub fn client_addr(&self) -> std::net::SocketAddr {
+        let a = self.client.local_addr().expect("a connected socket");
+        std::net::SocketAddr::new(a.ip().to_canonical(), a.port())
+    }
+
+    /// Reads and writes on both ends time out after `timeout` from now on.
+    pub fn set_io_timeout(&self, timeout: Duration) -> Result<()> {
+        for s in [&self.client, &self.server] {
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+        }
+        Ok(())
+    }
+
+    /// A request client -> server and a reply server -> client, each read in full by the
+    /// other end within the pair's timeout. Returns how long it took.
+    pub fn round_trip(&mut self) -> Result<Duration> {
+        use std::io::{Read, Write};
+        self.n += 1;
+        let start = Instant::now();
+        let request = format!("request {:08}\n", self.n);
+        self.client.write_all(request.as_bytes())?;
+        let mut got = vec![0u8; request.len()];
+        self.server
+            .read_exact(&mut got)
+            .with_context(|| format!("the server reads request {} (client -> server)", self.n))?;
+        ensure!(
+            got == request.as_bytes(),
+            "request {} changed on the way",
+            self.n
+        );
+        let reply = format!("reply   {:08}\n", self.n);
+        self.server.write_all(reply.as_bytes())?;
+        self.client
+            .read_exact(&mut got)
+            .with_context(|| format!("the client reads reply {} (server -> client)", self.n))?;
+        ensure!(
+            got == reply.as_bytes(),
+            "reply {} changed on the way",
+            self.n
+        );
+        Ok(start.elapsed())
     }
 }

@@ -21,14 +21,14 @@
 //! (which the new policy may also refuse).
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::Result;
 use isolator_common::verdict;
 use isolator_tests::metrics::{CONNTRACK_EVENTS, DROP_PACKETS};
-use isolator_tests::netns::in_netns;
+use isolator_tests::net::TcpPair;
 use isolator_tests::service_lab::{OUTSIDE, OUTSIDE_V4, OUTSIDE_V6, ServiceLab, spec};
 use isolator_tests::{Dir, Env, Expect, Scrape, Series, TcpOutcome, tcp_probe};
 
@@ -284,83 +284,40 @@ impl RevokeEnv for Env<ServiceLab> {
 /// One TCP connection between two lab namespaces; the test holds both ends.
 struct Conn {
     what: String,
-    client: TcpStream,
-    server: TcpStream,
-    /// Round trips so far (numbers the messages).
-    n: u32,
+    pair: TcpPair,
 }
 
 impl Conn {
     /// Binds a listener at `target` in `server_ns`, connects to it from `client_ns`, accepts.
     fn open(what: &str, client_ns: &str, server_ns: &str, target: SocketAddr) -> Result<Conn> {
-        let listener = in_netns(server_ns, || {
-            let l = TcpListener::bind(target).with_context(|| format!("bind {target}"))?;
-            l.set_nonblocking(true)?;
-            Ok(l)
-        })
-        .with_context(|| format!("listener in netns {server_ns}"))?;
-        let client = in_netns(client_ns, || {
-            TcpStream::connect_timeout(&target, CONNECT)
-                .with_context(|| format!("connect to {target} within {CONNECT:?}"))
-        })
-        .with_context(|| format!("client in netns {client_ns}"))?;
-        let deadline = Instant::now() + CONNECT;
-        let server = loop {
-            match listener.accept() {
-                Ok((s, _)) => break s,
-                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => bail!("accept on {target}: {e}"),
-            }
-        };
-        server.set_nonblocking(false)?;
-        for s in [&client, &server] {
-            s.set_read_timeout(Some(IO_TIMEOUT))?;
-            s.set_write_timeout(Some(IO_TIMEOUT))?;
-            s.set_nodelay(true)?;
-        }
+        let pair = TcpPair::open(client_ns, server_ns, target, CONNECT)?;
+        pair.set_io_timeout(IO_TIMEOUT)?;
         Ok(Conn {
             what: what.to_string(),
-            client,
-            server,
-            n: 0,
+            pair,
         })
     }
 
     /// A request client -> server and a reply server -> client, each read in full by the
     /// other end within [`IO_TIMEOUT`]. Returns how long it took.
     fn round_trip(&mut self) -> Result<Duration> {
-        self.n += 1;
-        let start = Instant::now();
-        let request = format!("request {:08}\n", self.n);
-        self.client.write_all(request.as_bytes())?;
-        let mut got = vec![0u8; request.len()];
-        self.server
-            .read_exact(&mut got)
-            .with_context(|| format!("server: read request {} (client -> server)", self.n))?;
-        ensure!(got == request.as_bytes(), "request {} changed", self.n);
-        let reply = format!("reply   {:08}\n", self.n);
-        self.server.write_all(reply.as_bytes())?;
-        self.client
-            .read_exact(&mut got)
-            .with_context(|| format!("client: read reply {} (server -> client)", self.n))?;
-        ensure!(got == reply.as_bytes(), "reply {} changed", self.n);
-        Ok(start.elapsed())
+        self.pair.round_trip()
     }
 
     /// Writes a line on each end (client -> server and server -> client), without waiting.
     fn send_both(&mut self) -> Result<()> {
-        self.client
+        self.pair
+            .client
             .write_all(b"after the reload: client -> server\n")?;
-        self.server
+        self.pair
+            .server
             .write_all(b"after the reload: server -> client\n")?;
         Ok(())
     }
 
     /// What has arrived so far, without waiting: (at the server, at the client).
     fn arrived(&mut self) -> Result<(Vec<u8>, Vec<u8>)> {
-        Ok((drain(&mut self.server)?, drain(&mut self.client)?))
+        Ok((drain(&mut self.pair.server)?, drain(&mut self.pair.client)?))
     }
 }
 

@@ -452,7 +452,7 @@ fn only_an_rst_in_the_window_ends_a_connection() {
     // And with the real stacks: the request still reaches the server (an exposed
     // endpoint), its reply does not come back.
     match conn.round_trip() {
-        Ok(()) => bad.push("after the in-window RST, the server's reply still reached the client".into()),
+        Ok(_) => bad.push("after the in-window RST, the server's reply still reached the client".into()),
         Err(e) => bad.check(format!("{e:#}").contains("the client reads reply"), || {
             format!("after the in-window RST, the request must still reach the server (exposed endpoint); got: {e:#}")
         }),

@@ -1,0 +1,120 @@
+//! Tiny TC programs of the lab's own (a VLAN pusher, a foreign counting program), written
+//! as a handful of instructions and loaded with the raw `bpf(2)` syscall: no object file,
+//! nothing for aya to parse. Every fd returned is owned: dropping a link detaches it.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use anyhow::{Context, Result, bail};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_TCX_EGRESS: u32 = 47;
+
+/// `src` of a 64-bit immediate load that names a map by fd.
+pub const BPF_PSEUDO_MAP_FD: u8 = 1;
+/// Helper ids.
+pub const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
+pub const BPF_FUNC_SKB_VLAN_PUSH: i32 = 18;
+
+/// Opcodes the lab's programs use.
+pub mod op {
+    pub const ST_MEM_W: u8 = 0x62;
+    pub const MOV64_X: u8 = 0xbf;
+    pub const MOV64_K: u8 = 0xb7;
+    pub const ADD64_K: u8 = 0x07;
+    pub const LD_IMM64: u8 = 0x18;
+    pub const CALL: u8 = 0x85;
+    pub const JEQ_K: u8 = 0x15;
+    pub const ATOMIC_DW: u8 = 0xdb;
+    pub const EXIT: u8 = 0x95;
+}
+
+/// One eBPF instruction.
+pub fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[0] = code;
+    b[1] = (dst & 0x0f) | (src << 4);
+    b[2..4].copy_from_slice(&off.to_le_bytes());
+    b[4..8].copy_from_slice(&imm.to_le_bytes());
+    b
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a zero-padded `union bpf_attr` of the size passed.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+fn bpf_fd(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<OwnedFd> {
+    let fd = bpf(cmd, attr)?;
+    // SAFETY: a successful MAP_CREATE / PROG_LOAD / LINK_CREATE returns a new fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// An array map of one `u64`, for a program to count in.
+pub fn counter_map() -> Result<OwnedFd> {
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_MAP_TYPE_ARRAY.to_ne_bytes());
+    attr[4..8].copy_from_slice(&4u32.to_ne_bytes());
+    attr[8..12].copy_from_slice(&8u32.to_ne_bytes());
+    attr[12..16].copy_from_slice(&1u32.to_ne_bytes());
+    bpf_fd(BPF_MAP_CREATE, &mut attr).context("creating a counter map")
+}
+
+/// The `u64` in slot 0 of [`counter_map`] `map`.
+pub fn read_counter(map: &OwnedFd) -> Result<u64> {
+    let key = 0u32;
+    let mut value = 0u64;
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(&key as *const u32 as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(&mut value as *mut u64 as u64).to_ne_bytes());
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).context("reading a counter map")?;
+    Ok(value)
+}
+
+/// Loads `insns` as a TC (`sched_cls`) program, in the calling thread's namespace; `what`
+/// names it in errors, with the verifier's log.
+pub fn load_tc(insns: &[u8], what: &str) -> Result<OwnedFd> {
+    let license = c"GPL";
+    let mut log = vec![0u8; 8192];
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
+    attr[4..8].copy_from_slice(&((insns.len() / 8) as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[24..28].copy_from_slice(&1u32.to_ne_bytes());
+    attr[28..32].copy_from_slice(&(log.len() as u32).to_ne_bytes());
+    attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_ne_bytes());
+    bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|e| {
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        anyhow::anyhow!(
+            "loading {what}: {e}; verifier log:\n{}",
+            String::from_utf8_lossy(&log[..end])
+        )
+    })
+}
+
+/// Attaches `prog` to the egress of `ifname` (calling thread's namespace) with a TCX link,
+/// at the end of the chain, as any tool that asks for no position.
+pub fn attach_tcx_egress(prog: &OwnedFd, ifname: &str, what: &str) -> Result<OwnedFd> {
+    let c = std::ffi::CString::new(ifname)?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {ifname}");
+    }
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    attr[8..12].copy_from_slice(&BPF_TCX_EGRESS.to_ne_bytes());
+    bpf_fd(BPF_LINK_CREATE, &mut attr)
+        .with_context(|| format!("attaching {what} to {ifname}'s egress"))
+}
