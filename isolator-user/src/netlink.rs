@@ -56,7 +56,9 @@ impl Netlink {
 
     /// Waits for the next link or address event; `None` when the connection has ended
     /// (the caller opens a new one). `Some` holds the link the event announces, if it
-    /// announces one (a new link, or a change to one).
+    /// announces one (a new link, or a change to one). An overrun of the socket's buffer
+    /// (events were lost) arrives as an event announcing nothing: like every event, it
+    /// leads to a full listing, which catches up on what was lost.
     pub async fn next_event(&mut self) -> Option<Option<Link>> {
         let (message, _) = self.events.next().await?;
         Some(announced(message.payload))
