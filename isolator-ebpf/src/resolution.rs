@@ -90,16 +90,20 @@ fn from_outside(vif: &Vif, p: &Packet) -> Step {
     if p.kind == KIND_ARP {
         // Probes (sender 0.0.0.0) claim nothing.
         let probe = p.src[12..].iter().all(|b| *b == 0);
-        if !probe && claims_segment_address(vif, true, &p.src) {
-            // Said to this VM (about its address: a request, a reply) or announced
-            // (gratuitous): a claim it could believe. Otherwise a request for someone
-            // else flooded to it: not for this VM.
-            let to_this_vm = place(vif.generation, true, &p.dst) == Place::Segment(vif.segment);
-            let announced = p.src == p.dst;
-            return decide(if to_this_vm || announced {
-                Verdict::ArpSpoof
-            } else {
+        if !probe
+            && let Place::Segment(theirs) = place(vif.generation, true, &p.src)
+            && gateway(vif.generation, vif.segment, &p.src).is_none()
+        {
+            // The sender claims an address of some segment, and is no gateway of this
+            // VM's. A declared gateway of the segment its address lies in (another
+            // segment's router, asking for its VMs, flooded here) speaks for itself, to
+            // someone else: not for this VM. Anyone else claims an address no host outside
+            // the segments may speak for, which the VM could believe (Linux refreshes a
+            // cached neighbour from any ARP it receives).
+            return decide(if gateway(vif.generation, theirs, &p.src).is_some() {
                 Verdict::NotExposed
+            } else {
+                Verdict::ArpSpoof
             });
         }
         return decide(Verdict::Pass);

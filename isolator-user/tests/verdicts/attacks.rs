@@ -43,6 +43,8 @@ tenants:
       - name: db
         interfaces: ["d-ad"]
         prefixes: ["10.1.2.0/24", "fd00:1:2::/64"]
+        gateways:
+          - address: 10.1.2.1
   - name: globex
     segments:
       - name: api
@@ -397,10 +399,16 @@ fn link_local_housekeeping_only_on_the_link() {
                 verdict::ARP_SPOOF,
             ),
             out(
-                "a request from db's router for a db VM, flooded to web's vif: not for it",
+                "a request from db's gateway for a db VM, flooded to web's vif: not for it",
                 "d-aw1",
                 arp_request(ROUTER_MAC, "10.1.2.1", "10.1.2.5"),
                 verdict::NOT_EXPOSED,
+            ),
+            out(
+                "the same request claiming a db address no gateway has: a claim web could believe",
+                "d-aw1",
+                arp_request(ROUTER_MAC, "10.1.2.9", "10.1.2.5"),
+                verdict::ARP_SPOOF,
             ),
             row(
                 "an 802.1p priority tag (VLAN id 0) is no VLAN",
