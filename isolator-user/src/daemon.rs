@@ -33,8 +33,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::compile::{Link, Plan};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, KernelLogger};
-use crate::metrics::{self, ConntrackStats, DaemonStats, Inventory, Refused, ReloadStats, Scrape};
-use crate::netlink::Netlink;
+use crate::metrics::{
+    self, ConntrackStats, DaemonStats, Inventory, NetlinkStats, Refused, ReloadStats, Scrape,
+};
+use crate::netlink::{Event, Netlink};
 use crate::policy::Policy;
 use crate::recheck::Recheck;
 use crate::{error_chain, policy};
@@ -52,7 +54,13 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     /// On SIGINT/SIGTERM, leave the programs enforcing for the next daemon.
     pub persist: bool,
+    /// The netlink socket's receive buffer, in bytes.
+    pub netlink_receive_buffer: usize,
 }
+
+/// The netlink socket's receive buffer unless told otherwise: room for the events of
+/// some thousands of links changing at once (a host booting its VMs).
+pub const DEFAULT_NETLINK_RECEIVE_BUFFER: usize = 8 << 20;
 
 /// How often idle tracked connections are swept from the kernel tables.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -78,6 +86,7 @@ struct Status {
     reconcile_error: Option<String>,
     reconcile_failures: u64,
     reloads: ReloadStats,
+    netlink: NetlinkStats,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -97,7 +106,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         })?;
 
     // Subscribe to events before listing anything, so that no change is missed.
-    let netlink = Netlink::open()?;
+    let netlink = Netlink::open(opts.netlink_receive_buffer)?;
 
     let state_dir = opts.state_dir.clone();
     let mut dataplane = tokio::task::spawn_blocking(move || Dataplane::load_pinned(&state_dir))
@@ -121,6 +130,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         config: opts.config.clone(),
         policy,
         netlink,
+        netlink_receive_buffer: opts.netlink_receive_buffer,
         kernel: kernel.clone(),
         status: status_tx,
         failing_since_retry: RETRY_FIRST,
@@ -175,6 +185,7 @@ struct Controller {
     /// The policy in force.
     policy: Policy,
     netlink: Netlink,
+    netlink_receive_buffer: usize,
     kernel: KernelHandle,
     status: watch::Sender<Status>,
     /// The wait before the next retry while reconciles fail.
@@ -198,13 +209,23 @@ impl Controller {
             tokio::select! {
                 _ = stop.changed() => return,
                 event = self.netlink.next_event() => match event {
-                    Some(link) => {
-                        self.guard(link).await;
+                    Some(event) => {
+                        let mut overrun = false;
+                        match event {
+                            Event::Changed(link) => self.guard(link).await,
+                            Event::Overrun => overrun = true,
+                        }
                         // Gather the burst (a VM start brings several events).
                         tokio::time::sleep(EVENT_SETTLE).await;
-                        for link in self.netlink.drain_events() {
+                        let (links, lost) = self.netlink.drain_events();
+                        for link in links {
                             self.guard(Some(link)).await;
                         }
+                        if overrun || lost {
+                            warn!("the netlink socket's receive buffer overflowed: events were lost; listing every link again (raise --netlink-receive-buffer if this repeats)");
+                            self.status.send_modify(|s| s.netlink.overruns += 1);
+                        }
+                        // Every event, a lost one too, leads to a full listing.
                         let _ = self.reconcile(None).await;
                     }
                     None => self.reopen_netlink(&mut stop).await,
@@ -243,9 +264,10 @@ impl Controller {
         warn!("the netlink event stream ended; reconnecting");
         let mut wait = RETRY_FIRST;
         loop {
-            match Netlink::open() {
+            match Netlink::open(self.netlink_receive_buffer) {
                 Ok(netlink) => {
                     self.netlink = netlink;
+                    self.status.send_modify(|s| s.netlink.reconnects += 1);
                     info!("netlink reconnected; resynchronizing");
                     let _ = self.reconcile(None).await;
                     return;
@@ -734,6 +756,7 @@ async fn serve_metrics(State(http): State<Http>) -> impl IntoResponse {
                     reloads: status.reloads,
                     reconcile_failing: status.reconcile_error.is_some(),
                     reconcile_failures: status.reconcile_failures,
+                    netlink: status.netlink,
                     refused: status
                         .refused
                         .iter()

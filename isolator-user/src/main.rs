@@ -44,6 +44,11 @@ enum Command {
         /// the next daemon, as for an upgrade; without it everything is detached.
         #[arg(long)]
         persist: bool,
+        /// The receive buffer of the netlink socket that brings link events, in bytes: a
+        /// burst of VM starts larger than it loses events, which the daemon then catches
+        /// up on with a full listing (see isolator_netlink_overruns_total).
+        #[arg(long, value_name = "BYTES", default_value_t = daemon::DEFAULT_NETLINK_RECEIVE_BUFFER)]
+        netlink_receive_buffer: usize,
     },
 }
 
@@ -70,6 +75,7 @@ fn main() -> ExitCode {
             metrics_addr,
             state_dir,
             persist,
+            netlink_receive_buffer,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -90,6 +96,7 @@ fn main() -> ExitCode {
                 metrics_addr,
                 state_dir,
                 persist,
+                netlink_receive_buffer,
             })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

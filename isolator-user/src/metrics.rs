@@ -182,7 +182,18 @@ pub struct DaemonStats {
     pub reconcile_failing: bool,
     /// Attempts that failed, since the start.
     pub reconcile_failures: u64,
+    pub netlink: NetlinkStats,
     pub refused: Vec<Refused>,
+}
+
+/// The daemon's netlink subscription, since the start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetlinkStats {
+    /// Times the socket's receive buffer overflowed (events were lost; every link was
+    /// listed again).
+    pub overruns: u64,
+    /// Times the event stream ended and a new subscription was opened.
+    pub reconnects: u64,
 }
 
 /// Everything one scrape shows.
@@ -416,6 +427,20 @@ pub fn render(scrape: &Scrape) -> String {
         "reconcile_failures",
         "Attempts to bring the kernel in line with the policy and the host that failed",
         failures,
+    );
+    let overruns = PromCounter::<u64>::default();
+    overruns.inc_by(daemon.netlink.overruns);
+    registry.register(
+        "netlink_overruns",
+        "Times the netlink socket's receive buffer overflowed and link events were lost; each is followed by a full listing of the host's links (raise --netlink-receive-buffer if it grows)",
+        overruns,
+    );
+    let reconnects = PromCounter::<u64>::default();
+    reconnects.inc_by(daemon.netlink.reconnects);
+    registry.register(
+        "netlink_reconnects",
+        "Times the netlink event stream ended and the daemon subscribed again (followed by a full listing)",
+        reconnects,
     );
     let fault_family = Family::<FaultLabels, PromCounter>::default();
     for (what, value) in fault::NAMES.iter().zip(faults.iter()) {

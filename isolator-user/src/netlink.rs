@@ -34,13 +34,19 @@ pub struct Netlink {
 
 impl Netlink {
     /// Opens the connection and subscribes to link and address events (before anything is
-    /// listed, so that no change between the two is missed).
-    pub fn open() -> anyhow::Result<Netlink> {
+    /// listed, so that no change between the two is missed). `receive_buffer` is the
+    /// socket's receive buffer in bytes (set with `SO_RCVBUFFORCE`, so that the host's
+    /// `net.core.rmem_max` does not cap it): the events a burst of VM starts can bring
+    /// before the daemon reads them. When it overflows, events are lost and the next read
+    /// says so ([`Event::Overrun`]).
+    pub fn open(receive_buffer: usize) -> anyhow::Result<Netlink> {
         let (mut connection, handle, events) =
             rtnetlink::new_connection().context("opening a netlink socket")?;
-        connection
-            .socket_mut()
-            .socket_mut()
+        let socket = connection.socket_mut().socket_mut();
+        force_receive_buffer(socket, receive_buffer).with_context(|| {
+            format!("setting the netlink socket's receive buffer to {receive_buffer} bytes")
+        })?;
+        socket
             .bind(&rtnetlink::sys::SocketAddr::new(
                 0,
                 RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR,
@@ -55,22 +61,24 @@ impl Netlink {
     }
 
     /// Waits for the next link or address event; `None` when the connection has ended
-    /// (the caller opens a new one). `Some` holds the link the event announces, if it
-    /// announces one (a new link, or a change to one). An overrun of the socket's buffer
-    /// (events were lost) arrives as an event announcing nothing: like every event, it
-    /// leads to a full listing, which catches up on what was lost.
-    pub async fn next_event(&mut self) -> Option<Option<Link>> {
+    /// (the caller opens a new one).
+    pub async fn next_event(&mut self) -> Option<Event> {
         let (message, _) = self.events.next().await?;
-        Some(announced(message.payload))
+        Some(event_of(message.payload))
     }
 
-    /// Takes every event already queued, without waiting: the links they announce.
-    pub fn drain_events(&mut self) -> Vec<Link> {
+    /// Takes every event already queued, without waiting: the links they announce, and
+    /// whether events were lost ([`Event::Overrun`]) among them.
+    pub fn drain_events(&mut self) -> (Vec<Link>, bool) {
         let mut links = Vec::new();
+        let mut overrun = false;
         while let Ok((message, _)) = self.events.try_recv() {
-            links.extend(announced(message.payload));
+            match event_of(message.payload) {
+                Event::Overrun => overrun = true,
+                Event::Changed(link) => links.extend(link),
+            }
         }
-        links
+        (links, overrun)
     }
 
     /// Every link of the calling process's network namespace, and every address on them:
@@ -79,6 +87,41 @@ impl Netlink {
         let links = list_links(&self.handle).await?;
         let addresses = list_addresses(&self.handle).await?;
         Ok(HostView { links, addresses })
+    }
+}
+
+/// What the kernel announced.
+#[derive(Debug)]
+pub enum Event {
+    /// A link or an address changed; the link the event announces, if it announces one
+    /// (a new link, or a change to one).
+    Changed(Option<Link>),
+    /// The socket's receive buffer overflowed: events were lost. Only a full listing
+    /// catches up with what they said.
+    Overrun,
+}
+
+/// `SO_RCVBUFFORCE` (needs `CAP_NET_ADMIN`, which the daemon has): unlike `SO_RCVBUF`,
+/// not capped by `net.core.rmem_max`.
+fn force_receive_buffer(socket: &rtnetlink::sys::Socket, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let value = libc::c_int::try_from(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "more than 2 GiB"))?;
+    // SAFETY: the descriptor is the socket's own, open for as long as `socket`; the value
+    // is a c_int whose size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -99,6 +142,13 @@ async fn list_links(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Link>> {
         links.extend(link_of(&message));
     }
     Ok(links)
+}
+
+fn event_of(payload: NetlinkPayload<RouteNetlinkMessage>) -> Event {
+    match payload {
+        NetlinkPayload::Overrun(_) => Event::Overrun,
+        payload => Event::Changed(announced(payload)),
+    }
 }
 
 /// The link a netlink message announces (`RTM_NEWLINK`: a new link or a change to one).

@@ -66,8 +66,17 @@ impl<T: Topology> Env<T> {
         Env::start_bin(topo, policy, isolator_bin()?)
     }
 
+    /// [`Env::start`] with `args` added to `isolator run`.
+    pub fn start_args(topo: T, policy: &str, args: &[&str]) -> Result<Env<T>> {
+        Env::start_with(topo, policy, isolator_bin()?, args)
+    }
+
     /// [`Env::start`] with the `isolator` binary `bin`.
     pub fn start_bin(topo: T, policy: &str, bin: PathBuf) -> Result<Env<T>> {
+        Env::start_with(topo, policy, bin, &[])
+    }
+
+    fn start_with(topo: T, policy: &str, bin: PathBuf, args: &[&str]) -> Result<Env<T>> {
         let tmp = TempDir::new("isot")?;
         let config = tmp.write("policy.yaml", policy)?;
         let mut env = Env {
@@ -77,7 +86,7 @@ impl<T: Topology> Env<T> {
             bin,
             config,
         };
-        env.start_daemon(&[])
+        env.start_daemon(args)
             .with_context(|| format!("with this policy:\n{policy}"))?;
         Ok(env)
     }

@@ -36,13 +36,15 @@ pub const RECONCILE_FAILING: &str = "isolator_reconcile_failing";
 pub const RECONCILE_FAILURES: &str = "isolator_reconcile_failures_total";
 pub const KERNEL_FAULTS: &str = "isolator_kernel_faults_total";
 pub const UNCOUNTED_PACKETS: &str = "isolator_uncounted_packets_total";
+pub const NETLINK_OVERRUNS: &str = "isolator_netlink_overruns_total";
+pub const NETLINK_RECONNECTS: &str = "isolator_netlink_reconnects_total";
 
 const DEVICE_REASON: &[&str] = &["device", "tenant", "segment", "direction", "reason"];
 const DEVICE: &[&str] = &["device", "tenant", "segment", "direction"];
 
 /// Every metric family of `docs/metrics.md`: sample name, `# TYPE`, label names in the
 /// order the documentation lists them.
-pub const FAMILIES: [(&str, &str, &[&str]); 16] = [
+pub const FAMILIES: [(&str, &str, &[&str]); 18] = [
     (DROP_PACKETS, "counter", DEVICE_REASON),
     (DROP_BYTES, "counter", DEVICE_REASON),
     (PASS_PACKETS, "counter", DEVICE),
@@ -56,6 +58,8 @@ pub const FAMILIES: [(&str, &str, &[&str]); 16] = [
     (INTERFACES_REFUSED, "gauge", &["device", "reason"]),
     (RECONCILE_FAILING, "gauge", &[]),
     (RECONCILE_FAILURES, "counter", &[]),
+    (NETLINK_OVERRUNS, "counter", &[]),
+    (NETLINK_RECONNECTS, "counter", &[]),
     (KERNEL_FAULTS, "counter", &["what"]),
     (UNCOUNTED_PACKETS, "counter", &["direction", "verdict"]),
     (CONNTRACK_EVENTS, "counter", &["event"]),
