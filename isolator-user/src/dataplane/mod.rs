@@ -41,6 +41,15 @@ pub use self::test_run::{TC_DROP, TC_PASS};
 use crate::compile::Plan;
 use crate::encode::encode;
 
+/// How [`wait_for_readers`] waited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grace {
+    /// For an RCU grace period: every program run that had started has ended.
+    Rcu,
+    /// The kernel refused; [`GRACE_PERIOD`] was waited instead.
+    Fixed,
+}
+
 /// Waits until no program run that may have read the old generation is still running.
 ///
 /// The programs run inside RCU read-side critical sections (XDP and TC run with bottom
@@ -48,19 +57,21 @@ use crate::encode::encode;
 /// returns only after an RCU grace period (the kernel implements it with
 /// `synchronize_rcu()`), so every run that started before the generation flip has ended.
 /// Where the kernel refuses it (`nohz_full` CPUs), [`GRACE_PERIOD`] stands in.
-fn wait_for_readers() {
+pub fn wait_for_readers() -> Grace {
     /// `MEMBARRIER_CMD_GLOBAL` (include/uapi/linux/membarrier.h).
     const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
     // SAFETY: membarrier takes two integer arguments (and a CPU id that GLOBAL ignores)
     // and touches no memory of ours.
     let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-    if rc != 0 {
-        tracing::debug!(
-            error = %std::io::Error::last_os_error(),
-            "membarrier refused; waiting a fixed grace period instead"
-        );
-        std::thread::sleep(GRACE_PERIOD);
+    if rc == 0 {
+        return Grace::Rcu;
     }
+    tracing::debug!(
+        error = %std::io::Error::last_os_error(),
+        "membarrier refused; waiting a fixed grace period instead"
+    );
+    std::thread::sleep(GRACE_PERIOD);
+    Grace::Fixed
 }
 
 /// The kernel's aya-log records, readable when its file descriptor is.
@@ -175,6 +186,10 @@ pub struct Dataplane {
     active: u32,
     attached: BTreeMap<u32, Attachment>,
     pins: Option<Pins>,
+    /// How the last swap waited for the programs still running on the old generation.
+    last_wait: Option<Grace>,
+    /// For tests: called once the swap has waited, before it purges the old generation.
+    observe_before_purge: Option<fn(&Dataplane)>,
 }
 
 pub(crate) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -260,6 +275,8 @@ impl Dataplane {
             active: 0,
             attached: BTreeMap::new(),
             pins,
+            last_wait: None,
+            observe_before_purge: None,
         };
         dp.ingress()?
             .load()
@@ -290,6 +307,20 @@ impl Dataplane {
         program
             .try_into()
             .map_err(prog_err(name, "unexpected program type"))
+    }
+
+    /// For tests: `observe` is called during each swap once it has waited for the
+    /// programs still running on the old generation, just before that generation is
+    /// purged (it sees both generations in the maps).
+    #[doc(hidden)]
+    pub fn observe_before_purge(&mut self, observe: fn(&Dataplane)) {
+        self.observe_before_purge = Some(observe);
+    }
+
+    /// How the last completed swap waited for the programs still running on the old
+    /// generation before purging it (`None` before the first).
+    pub fn last_swap_wait(&self) -> Option<Grace> {
+        self.last_wait
     }
 
     /// The generation the kernel judges packets by.
@@ -325,7 +356,10 @@ impl Dataplane {
             .map_err(map_err(maps::CONFIG, "activating the new generation"))?;
         let old = self.active;
         self.active = next;
-        wait_for_readers();
+        self.last_wait = Some(wait_for_readers());
+        if let Some(observe) = self.observe_before_purge {
+            observe(self);
+        }
         self.purge(old)?;
         // The state tables of vifs the plan no longer has go with them.
         let keep: BTreeSet<u32> = plan.vifs.iter().map(|v| v.ifindex).collect();

@@ -840,6 +840,70 @@ fn withdrawn_addresses_and_vlans_stay_withdrawn_across_generations() {
     });
 }
 
+/// What the swap saw in the maps once it had waited for the programs still running on
+/// the old generation, just before purging it: (active generation, generations present).
+static BEFORE_PURGE: std::sync::Mutex<Vec<(u32, std::collections::BTreeSet<u32>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn record_before_purge(dp: &isolator::dataplane::Dataplane) {
+    let present = dp
+        .generations()
+        .expect("reading the generations")
+        .into_iter()
+        .flat_map(|(_, generations)| generations)
+        .collect();
+    BEFORE_PURGE
+        .lock()
+        .unwrap()
+        .push((dp.active_generation(), present));
+}
+
+/// The swap removes the old generation only after the kernel said that every program run
+/// that could have read it has ended (an RCU grace period through membarrier, not a
+/// fixed sleep): at that moment the new generation is active and the old one is still
+/// whole; a moment later it is gone. A swap that purged first, or did not wait, or
+/// waited a fixed time instead, fails here.
+#[test]
+fn the_old_generation_is_purged_only_after_every_run_on_it_has_ended() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        assert_eq!(
+            isolator::dataplane::wait_for_readers(),
+            isolator::dataplane::Grace::Rcu,
+            "this kernel must wait for an RCU grace period on request (membarrier)"
+        );
+        lab.dp.observe_before_purge(record_before_purge);
+        let policy = isolator::policy::parse(POLICY, "test.yaml").expect("valid policy");
+        let mut plan = Plan::new(&policy, &lab.links).expect("plan");
+        declare(&mut plan);
+        for swap in 0..4 {
+            let old = lab.dp.active_generation();
+            lab.dp.apply(&plan).expect("applying");
+            let new = lab.dp.active_generation();
+            assert_eq!(new, old ^ 1, "swap {swap} flips the generation");
+            assert_eq!(
+                lab.dp.last_swap_wait(),
+                Some(isolator::dataplane::Grace::Rcu),
+                "swap {swap} waited for an RCU grace period"
+            );
+            let seen = std::mem::take(&mut *BEFORE_PURGE.lock().unwrap());
+            let expected = (new, std::collections::BTreeSet::from([0, 1]));
+            assert_eq!(
+                seen,
+                vec![expected],
+                "swap {swap}: once, after the wait and before the purge, the new generation \
+                 ({new}) is active and the old ({old}) still whole"
+            );
+            for (map, generations) in lab.dp.generations().unwrap() {
+                assert!(
+                    generations.iter().all(|g| *g == new),
+                    "after swap {swap}, {map} still holds {generations:?}"
+                );
+            }
+        }
+    });
+}
+
 /// A declared identity is reserved: a VM that declared nothing (d-aw2) may use any MAC
 /// and its segment's addresses, but not the MAC or an address that another interface
 /// (d-aw1) declared, whether as a source, an ARP sender or an advertised target.
