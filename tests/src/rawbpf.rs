@@ -1,14 +1,16 @@
 //! Tiny TC programs of the lab's own (a VLAN pusher, a foreign counting program), written
 //! as a handful of instructions and loaded with the raw `bpf(2)` syscall: no object file,
 //! nothing for aya to parse. Every fd returned is owned: dropping a link detaches it.
+//! Also a test run of any XDP program by fd, from any thread.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use anyhow::{Context, Result, bail};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
@@ -117,4 +119,26 @@ pub fn attach_tcx_egress(prog: &OwnedFd, ifname: &str, what: &str) -> Result<Own
     attr[8..12].copy_from_slice(&BPF_TCX_EGRESS.to_ne_bytes());
     bpf_fd(BPF_LINK_CREATE, &mut attr)
         .with_context(|| format!("attaching {what} to {ifname}'s egress"))
+}
+
+/// Runs the XDP program `prog` once on `frame` as if it arrived on `ifindex` (a device of
+/// the calling thread's network namespace) with BPF_PROG_TEST_RUN, and returns its
+/// action. Unlike aya's test runs it needs no `&mut` to the program: any thread holding
+/// the fd can run it while another changes its maps.
+pub fn test_run_xdp(prog: BorrowedFd<'_>, ifindex: u32, frame: &[u8]) -> Result<u32> {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+    // egress_ifindex.
+    let ctx: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    attr[12..16].copy_from_slice(&(out.len() as u32).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(frame.as_ptr() as u64).to_ne_bytes());
+    attr[24..32].copy_from_slice(&(out.as_mut_ptr() as u64).to_ne_bytes());
+    attr[32..36].copy_from_slice(&1u32.to_ne_bytes());
+    attr[40..44].copy_from_slice(&(size_of_val(&ctx) as u32).to_ne_bytes());
+    attr[48..56].copy_from_slice(&(ctx.as_ptr() as u64).to_ne_bytes());
+    bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN")?;
+    Ok(u32::from_ne_bytes(attr[4..8].try_into().unwrap()))
 }

@@ -77,6 +77,20 @@ fn sk_buff(ifindex: u32, ingress_ifindex: u32) -> SkBuffHead {
 }
 
 impl Dataplane {
+    /// A file descriptor of the loaded program `name` (one of
+    /// [`isolator_common::programs`]), for running it from another thread with
+    /// BPF_PROG_TEST_RUN while this one changes the maps.
+    pub fn program_fd(&self, name: &'static str) -> Result<std::os::fd::OwnedFd, DataplaneError> {
+        let program = self
+            .ebpf
+            .program(name)
+            .ok_or(DataplaneError::MissingProgram(name))?;
+        let fd = program.fd().map_err(prog_err(name, "getting its fd"))?;
+        std::os::fd::AsFd::as_fd(fd)
+            .try_clone_to_owned()
+            .map_err(|e| prog_err(name, "duplicating its fd")(e.into()))
+    }
+
     /// Runs the ingress program once on `frame` as if it arrived on `ifindex`
     /// (BPF_PROG_TEST_RUN) and returns the XDP action. `ifindex` must name a device in
     /// the calling thread's network namespace.

@@ -9,6 +9,7 @@
 //! | `attacks`| what an attacker sends, each next to its twin: the host, gateways,    |
 //! |          | link-scope exceptions, uplinks, quarantine, fragments per vif          |
 //! | `faults` | a full counter map: counted by verdict, the fault counted and logged    |
+//! | `swap`   | I6 during the swap: a thousand swaps under a hammer of test runs        |
 
 mod attacks;
 mod basic;
@@ -16,3 +17,4 @@ mod faults;
 mod fixture;
 mod guards;
 mod policy;
+mod swap;

@@ -1,0 +1,174 @@
+//! Invariant I6 during the swap, not only before and after it: one thread runs a frame
+//! through the loaded ingress program (BPF_PROG_TEST_RUN on the live maps) as fast as it
+//! can while another swaps between two policies that judge the frame differently, about
+//! a thousand times, with a plan the kernel refuses (a map full) among them. Every run
+//! must be judged by one policy or the other, never `no_policy` or anything else, and
+//! after every apply, refused ones included, the policy maps hold only the active
+//! generation.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use isolator::compile::Plan;
+use isolator::policy;
+use isolator_common::{direction, limits, programs, verdict};
+use isolator_tests::frame::echo_request;
+use isolator_tests::rawbpf::test_run_xdp;
+
+use crate::fixture::{Lab, XDP_DROP, XDP_PASS, in_private_netns, ip};
+
+/// Policy A: acme/web and acme/db apart.
+const A: &str = r#"
+version: 1
+tenants:
+  - name: acme
+    segments:
+      - name: web
+        interfaces: ["d-aw*"]
+        prefixes: ["10.1.1.0/24"]
+      - name: db
+        interfaces: ["d-ad"]
+        prefixes: ["10.1.2.0/24"]
+  - name: globex
+    segments:
+      - name: web
+        interfaces: ["d-gw"]
+        prefixes: ["10.2.1.0/24"]
+"#;
+
+/// Policy B: db's prefix belongs to web, so web may reach it.
+fn policy_b() -> String {
+    A.replace("prefixes: [\"10.1.1.0/24\"]", "prefixes: [\"10.1.1.0/24\", \"10.1.2.0/24\"]")
+        .replace("prefixes: [\"10.1.2.0/24\"]", "prefixes: [\"10.1.3.0/24\"]")
+}
+
+const LINKS: &[&str] = &["d-aw1", "d-ad", "d-gw"];
+const SWAPS: usize = 1000;
+/// Every this many swaps, a plan the kernel refuses is tried first.
+const REFUSED_EVERY: usize = 50;
+
+#[test]
+fn every_frame_is_judged_by_one_policy_or_the_other_while_swaps_run() {
+    in_private_netns(|| {
+        let mut lab = Lab::new(A, LINKS);
+        let plan = |text: &str| {
+            let policy = policy::parse(text, "test.yaml").expect("valid policy");
+            Plan::new(&policy, &lab.links).expect("plan")
+        };
+        let (plan_a, plan_b) = (plan(A), plan(&policy_b()));
+        // More IPv4 prefixes than the kernel's table holds for both generations: the
+        // kernel refuses the write part way, and the apply must leave no trace.
+        let mut refused = plan_b.clone();
+        refused.v4.extend((0..=2 * limits::MAX_PREFIXES).map(|i| {
+            let address = std::net::Ipv4Addr::from(0x6440_0000 + i);
+            (ipnet::Ipv4Net::new(address, 32).unwrap(), 0)
+        }));
+        let vif = lab.ifindex("d-aw1");
+        let frame = ip("10.1.1.2", "10.1.2.3", echo_request(1));
+        let program = lab
+            .dp
+            .program_fd(programs::XDP_INGRESS)
+            .expect("the ingress program's fd");
+        let counted = |lab: &Lab| -> BTreeMap<u8, u64> {
+            let mut by_verdict = BTreeMap::new();
+            for (key, counter) in lab.dp.counters().expect("counters") {
+                if key.ifindex == vif && key.direction == direction::INGRESS {
+                    *by_verdict.entry(key.verdict).or_default() += counter.packets;
+                }
+            }
+            by_verdict
+        };
+        let before = counted(&lab);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let hammer = {
+            let stop = stop.clone();
+            // A thread spawned here shares this thread's (private) network namespace.
+            std::thread::spawn(move || {
+                let mut actions: BTreeMap<u32, u64> = BTreeMap::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let action = test_run_xdp(
+                        std::os::fd::AsFd::as_fd(&program),
+                        vif,
+                        &frame,
+                    )
+                    .expect("a test run");
+                    *actions.entry(action).or_default() += 1;
+                }
+                actions
+            })
+        };
+
+        let mut refusals = 0;
+        for swap in 0..SWAPS {
+            if swap % REFUSED_EVERY == REFUSED_EVERY / 2 {
+                let active = lab.dp.active_generation();
+                assert!(
+                    lab.dp.apply(&refused).is_err(),
+                    "a plan beyond the kernel's tables must be refused"
+                );
+                refusals += 1;
+                assert_eq!(lab.dp.active_generation(), active);
+                only_active(&lab, &format!("the refused apply before swap {swap}"));
+            }
+            let next = if swap % 2 == 0 { &plan_b } else { &plan_a };
+            lab.dp.apply(next).expect("applying");
+            only_active(&lab, &format!("swap {swap}"));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let actions = hammer.join().expect("the hammer thread");
+
+        let after = counted(&lab);
+        let delta: BTreeMap<u8, u64> = after
+            .iter()
+            .map(|(v, n)| (*v, n - before.get(v).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let runs: u64 = actions.values().sum();
+        println!(
+            "{SWAPS} swaps and {refusals} refused applies under {runs} test runs: actions \
+             {actions:?}, counted by verdict {delta:?}"
+        );
+        let names: Vec<String> = delta
+            .iter()
+            .map(|(v, n)| format!("{}: {n}", verdict::name(*v).unwrap_or("pass")))
+            .collect();
+        assert!(
+            delta
+                .keys()
+                .all(|v| *v == verdict::PASS || *v == verdict::CROSS_SEGMENT),
+            "every run is judged by policy A (cross_segment) or B (pass); counted: {names:?}"
+        );
+        assert_eq!(
+            delta.values().sum::<u64>(),
+            runs,
+            "every run is counted once; counted: {names:?}"
+        );
+        assert_eq!(
+            delta.get(&verdict::PASS).copied().unwrap_or(0),
+            actions.get(&XDP_PASS).copied().unwrap_or(0),
+            "the passes counted are the runs that passed"
+        );
+        assert_eq!(
+            delta.get(&verdict::CROSS_SEGMENT).copied().unwrap_or(0),
+            actions.get(&XDP_DROP).copied().unwrap_or(0),
+            "the drops counted are the runs that dropped"
+        );
+        assert!(
+            delta.len() == 2,
+            "the runs saw both policies (else the hammer proved nothing): {names:?}"
+        );
+        assert!(runs > SWAPS as u64, "{runs} runs for {SWAPS} swaps: too few");
+    });
+}
+
+fn only_active(lab: &Lab, after: &str) {
+    let active = lab.dp.active_generation();
+    for (map, generations) in lab.dp.generations().expect("generations") {
+        assert!(
+            generations.iter().all(|g| *g == active),
+            "after {after}, {map} holds generations {generations:?} (active: {active})"
+        );
+    }
+}
