@@ -24,6 +24,7 @@ pub mod scapy;
 pub mod service_lab;
 pub mod signal;
 pub mod topology;
+pub mod traffic;
 pub mod vlan_push;
 
 pub use daemon::{Daemon, TempDir, isolator_bin};

@@ -10,6 +10,9 @@ use anyhow::{Context, Result, bail};
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -141,4 +144,44 @@ pub fn test_run_xdp(prog: BorrowedFd<'_>, ifindex: u32, frame: &[u8]) -> Result<
     attr[48..56].copy_from_slice(&(ctx.as_ptr() as u64).to_ne_bytes());
     bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN")?;
     Ok(u32::from_ne_bytes(attr[4..8].try_into().unwrap()))
+}
+
+/// Opens a map or program pinned on bpffs at `path` (to change a daemon's maps behind its
+/// back, as a fault would).
+pub fn obj_get(path: &std::path::Path) -> Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
+    bpf_fd(BPF_OBJ_GET, &mut attr).with_context(|| format!("BPF_OBJ_GET {}", path.display()))
+}
+
+/// Looks `key` up in the map `map`; `None` if it has no such entry.
+pub fn map_lookup(map: &OwnedFd, key: &[u8], value_size: usize) -> Result<Option<Vec<u8>>> {
+    let mut value = vec![0u8; value_size];
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(value.as_mut_ptr() as u64).to_ne_bytes());
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(Some(value)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e).context("BPF_MAP_LOOKUP_ELEM"),
+    }
+}
+
+/// Adds or replaces an entry of the map `map`.
+pub fn map_update(map: &OwnedFd, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(value.as_ptr() as u64).to_ne_bytes());
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
+/// Removes an entry of the map `map`.
+pub fn map_delete(map: &OwnedFd, key: &[u8]) -> std::io::Result<()> {
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
+    bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(|_| ())
 }

@@ -27,4 +27,5 @@ mod lab_smoke;
 mod lifecycle;
 mod policy;
 mod revoke;
+mod underfault;
 mod vlan_offload;

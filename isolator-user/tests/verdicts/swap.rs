@@ -39,8 +39,11 @@ tenants:
 
 /// Policy B: db's prefix belongs to web, so web may reach it.
 fn policy_b() -> String {
-    A.replace("prefixes: [\"10.1.1.0/24\"]", "prefixes: [\"10.1.1.0/24\", \"10.1.2.0/24\"]")
-        .replace("prefixes: [\"10.1.2.0/24\"]", "prefixes: [\"10.1.3.0/24\"]")
+    A.replace(
+        "prefixes: [\"10.1.1.0/24\"]",
+        "prefixes: [\"10.1.1.0/24\", \"10.1.2.0/24\"]",
+    )
+    .replace("prefixes: [\"10.1.2.0/24\"]", "prefixes: [\"10.1.3.0/24\"]")
 }
 
 const LINKS: &[&str] = &["d-aw1", "d-ad", "d-gw"];
@@ -88,12 +91,8 @@ fn every_frame_is_judged_by_one_policy_or_the_other_while_swaps_run() {
             std::thread::spawn(move || {
                 let mut actions: BTreeMap<u32, u64> = BTreeMap::new();
                 while !stop.load(Ordering::Relaxed) {
-                    let action = test_run_xdp(
-                        std::os::fd::AsFd::as_fd(&program),
-                        vif,
-                        &frame,
-                    )
-                    .expect("a test run");
+                    let action = test_run_xdp(std::os::fd::AsFd::as_fd(&program), vif, &frame)
+                        .expect("a test run");
                     *actions.entry(action).or_default() += 1;
                 }
                 actions
@@ -159,7 +158,10 @@ fn every_frame_is_judged_by_one_policy_or_the_other_while_swaps_run() {
             delta.len() == 2,
             "the runs saw both policies (else the hammer proved nothing): {names:?}"
         );
-        assert!(runs > SWAPS as u64, "{runs} runs for {SWAPS} swaps: too few");
+        assert!(
+            runs > SWAPS as u64,
+            "{runs} runs for {SWAPS} swaps: too few"
+        );
     });
 }
 
