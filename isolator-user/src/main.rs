@@ -9,10 +9,17 @@ use clap::{Parser, Subcommand};
 use isolator::{daemon, policy};
 use tracing_subscriber::EnvFilter;
 
+/// The version `--version` prints; a rehearsal build (see Cargo.toml) says so.
+const VERSION: &str = if cfg!(feature = "rehearsal") {
+    concat!(env!("CARGO_PKG_VERSION"), "+rehearsal")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 #[derive(Parser)]
 #[command(
     name = "isolator",
-    version,
+    version = VERSION,
     about = "eBPF/XDP tenant and segment isolation for hypervisor hosts"
 )]
 struct Cli {

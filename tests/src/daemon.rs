@@ -12,6 +12,31 @@ use crate::lab::Lab;
 use crate::metrics::Scrape;
 use crate::netns::in_netns;
 
+/// A second build of the same source whose `--version` ends in `+rehearsal`, started in
+/// place of a running daemon to rehearse an upgrade: `$ISOLATOR_REHEARSAL_BIN`, else
+/// `<target dir>/debug/isolator-rehearsal`. Fails with a clear message if missing.
+pub fn isolator_rehearsal_bin() -> Result<PathBuf> {
+    let p = match std::env::var_os("ISOLATOR_REHEARSAL_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"))
+            .join("debug")
+            .join("isolator-rehearsal"),
+    };
+    if !p.is_file() {
+        bail!(
+            "the rehearsal build of isolator (a second, distinguishable build for the upgrade \
+             tests) is not at {}: `cargo xtask test` builds it; by hand: `cargo build -p \
+             isolator-user --bin isolator --features rehearsal && cp target/debug/isolator \
+             target/debug/isolator-rehearsal`, then build the normal one again (or set \
+             ISOLATOR_REHEARSAL_BIN)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
 /// The `isolator` binary to test: `$ISOLATOR_BIN`, else `<target dir>/debug/isolator` (target
 /// dir = `$CARGO_TARGET_DIR` or `<workspace>/target`). Fails with a clear message if missing.
 pub fn isolator_bin() -> Result<PathBuf> {

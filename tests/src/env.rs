@@ -108,6 +108,11 @@ impl<T: Topology> Env<T> {
         Ok(self.daemon.insert(d))
     }
 
+    /// Daemons started from now on run `bin` (another build, for an upgrade).
+    pub fn use_bin(&mut self, bin: PathBuf) {
+        self.bin = bin;
+    }
+
     /// The running daemon; panics if there is none (a test bug).
     pub fn daemon(&self) -> &Daemon {
         self.daemon.as_ref().expect("the daemon is running")

@@ -27,7 +27,7 @@ pub mod topology;
 pub mod traffic;
 pub mod vlan_push;
 
-pub use daemon::{Daemon, TempDir, isolator_bin};
+pub use daemon::{Daemon, TempDir, isolator_bin, isolator_rehearsal_bin};
 pub use echo::{EchoOutcome, EchoServers, tcp_echo};
 pub use env::Env;
 pub use lab::{Host, Lab, Vm};

@@ -14,6 +14,7 @@ const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
@@ -184,4 +185,29 @@ pub fn map_delete(map: &OwnedFd, key: &[u8]) -> std::io::Result<()> {
     attr[0..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
     bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(|_| ())
+}
+
+/// The ids of a bpf link and of the program inside it, as the kernel reports them
+/// (`BPF_OBJ_GET_INFO_BY_FD`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkIds {
+    pub link: u32,
+    pub program: u32,
+}
+
+/// [`LinkIds`] of the link pinned at `path`.
+pub fn pinned_link_ids(path: &std::path::Path) -> Result<LinkIds> {
+    let link = obj_get(path)?;
+    // struct bpf_link_info: type, id, prog_id, then a union we do not read.
+    let mut info = [0u8; 64];
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(link.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+        .with_context(|| format!("BPF_OBJ_GET_INFO_BY_FD on {}", path.display()))?;
+    Ok(LinkIds {
+        link: u32::from_ne_bytes(info[4..8].try_into().unwrap()),
+        program: u32::from_ne_bytes(info[8..12].try_into().unwrap()),
+    })
 }

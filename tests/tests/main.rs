@@ -14,6 +14,7 @@
 //! | `lifecycle`    | SIGTERM, SIGHUP, hotplug, crash and planned restarts (I7), `check`|
 //! | `policy`       | exposed endpoints, flows, egress, audit, management (scans, data) |
 //! | `revoke`       | reloads cut tracked connections they no longer admit              |
+//! | `underfault::*`| I6 and I7 while it happens: reloads and restarts under traffic    |
 //! | `guards::*`    | source and layer-2 guards (I2), malformed frames, fragments       |
 //! | `vlan_offload` | VLAN tags in offload metadata                                     |
 

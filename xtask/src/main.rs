@@ -47,6 +47,7 @@ fn main() -> anyhow::Result<()> {
             require_root("the tests create network namespaces and load eBPF programs")?;
             setup::run()?;
             lint()?;
+            let rehearsal_bin = build_rehearsal()?;
             let isolator_bin = build_isolator()?;
             println!("test: running every test");
             run_tests(&mut [
@@ -64,7 +65,8 @@ fn main() -> anyhow::Result<()> {
                         // Every test binary runs, so the total line counts every failure.
                         "--no-fail-fast",
                     ])
-                    .env("ISOLATOR_BIN", &isolator_bin),
+                    .env("ISOLATOR_BIN", &isolator_bin)
+                    .env("ISOLATOR_REHEARSAL_BIN", &rehearsal_bin),
             ])
         }
         Verb::Lint => lint(),
@@ -225,6 +227,28 @@ fn build_isolator() -> anyhow::Result<PathBuf> {
         bail!("{} was not built", bin.display());
     }
     Ok(bin)
+}
+
+/// Builds the rehearsal build of `isolator` (the same source, `--features rehearsal`: its
+/// version says so), which the upgrade tests start in place of a running daemon, and
+/// keeps it as `isolator-rehearsal` beside the normal one (built after it, so that
+/// `debug/isolator` is the normal build).
+fn build_rehearsal() -> anyhow::Result<PathBuf> {
+    println!("build: isolator (rehearsal build, for the upgrade tests)");
+    run_cmd(cargo().args([
+        "build",
+        "--package",
+        "isolator-user",
+        "--bin",
+        "isolator",
+        "--features",
+        "rehearsal",
+    ]))?;
+    let built = target_dir().join("debug/isolator");
+    let kept = target_dir().join("debug/isolator-rehearsal");
+    std::fs::copy(&built, &kept)
+        .with_context(|| format!("copying {} to {}", built.display(), kept.display()))?;
+    Ok(kept)
 }
 
 fn require_root(why: &str) -> anyhow::Result<()> {
