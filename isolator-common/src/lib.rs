@@ -127,7 +127,7 @@ pub struct Uncounted {
 /// Version of the map layout (keys, values, sizes). Pinned maps live in a directory named
 /// after it, so that a daemon never reuses maps of another layout; bump it with any
 /// change to the types below or to a map's definition.
-pub const STATE_LAYOUT: u32 = 3;
+pub const STATE_LAYOUT: u32 = 4;
 
 /// Program names in the eBPF object.
 pub mod programs {
@@ -526,12 +526,24 @@ pub mod conntrack {
     pub const EVENT_CREATED: u32 = 0;
     /// Connections ended by RST.
     pub const EVENT_CLOSED: u32 = 1;
-    /// Connections found idle past their timeout and removed.
+    /// Connections found idle past their timeout and removed (by a packet's lookup).
     pub const EVENT_EXPIRED: u32 = 2;
-    // Connections a new policy no longer admits are removed by the daemon, which
-    // counts them itself.
-    /// Number of event counters.
-    pub const EVENTS: u32 = 3;
+    // The daemon writes the counters below (and only it: a per-CPU slot that a program
+    // also wrote could lose counts to the daemon's read-modify-write). They live in the
+    // pinned map with the kernel's, so that a restarted daemon neither resets nor
+    // forgets them.
+    /// Connections idle past their timeout that the daemon's sweep removed.
+    pub const EVENT_SWEPT: u32 = 3;
+    /// Connections removed because a new policy no longer admits them.
+    pub const EVENT_REVOKED: u32 = 4;
+    /// Connections removed with the tables of an interface that went away (or is no
+    /// longer managed).
+    pub const EVENT_RELEASED: u32 = 5;
+    /// The highest eviction count reported so far (evictions are estimated, and the
+    /// estimate can dip while the tables change between its reads; a counter must not).
+    pub const EVENT_EVICTED_REPORTED: u32 = 6;
+    /// Number of event counters (one spare).
+    pub const EVENTS: u32 = 8;
 }
 
 /// Data part of a `VIF_ADDRS_V4` key: prefix length is `64 + prefix length of addr`.

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use axum::{
@@ -406,9 +406,6 @@ impl KernelHandle {
             dataplane,
             plan: None,
             guarded: BTreeMap::new(),
-            swept: 0,
-            revoked: 0,
-            evicted: 0,
         };
         std::thread::Builder::new()
             .name("dataplane".into())
@@ -459,6 +456,14 @@ impl KernelHandle {
     }
 }
 
+/// The ifindex of the link called `name` in the daemon's namespace, if there is one.
+fn ifindex_of(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string; the call reads it and nothing else.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (ifindex != 0).then_some(ifindex)
+}
+
 /// The dataplane thread's state.
 struct Kernel {
     dataplane: Dataplane,
@@ -466,19 +471,20 @@ struct Kernel {
     plan: Option<Plan>,
     /// Links attached before the plan had them ([`Kernel::guard`]), with their names.
     guarded: BTreeMap<u32, String>,
-    /// Idle connections the sweep removed.
-    swept: u64,
-    /// Connections removed because a new policy no longer admits them.
-    revoked: u64,
-    /// Highest eviction estimate reported so far (the estimate can dip while the tables
-    /// change between the reads it is made of; a counter must not).
-    evicted: u64,
 }
 
 impl Kernel {
     fn serve(mut self, inbox: mpsc::Receiver<Command>) {
+        // A deadline, not a timeout per wait: commands (a scrape every few seconds) must
+        // not keep the sweep from ever running.
+        let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
         loop {
-            match inbox.recv_timeout(SWEEP_INTERVAL) {
+            let now = Instant::now();
+            if now >= next_sweep {
+                self.sweep();
+                next_sweep = now + SWEEP_INTERVAL;
+            }
+            match inbox.recv_timeout(next_sweep.saturating_duration_since(now)) {
                 Ok(Command::Apply { plan, force, reply }) => {
                     let _ = reply.send(self.apply(*plan, force));
                 }
@@ -496,7 +502,7 @@ impl Kernel {
                     let _ = reply.send(self.dataplane.shut_down(Some(&state_dir)));
                     return;
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => self.sweep(),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
                 // Every handle is gone (the daemon is exiting): leave everything as it is.
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
@@ -511,6 +517,11 @@ impl Kernel {
                 || plan.quarantined.iter().any(|q| q.ifindex == ifindex)
         });
         if managed || self.dataplane.attachments().any(|(i, _, _)| i == ifindex) {
+            return Ok(());
+        }
+        // An event about a link that is gone already (a deleted link's last change).
+        if ifindex_of(name) != Some(ifindex) {
+            debug!(device = name, "not guarding a link that is gone");
             return Ok(());
         }
         let mode = self.dataplane.attach(name, ifindex)?;
@@ -536,7 +547,6 @@ impl Kernel {
             Ok(0) => {}
             Ok(n) => {
                 debug!(removed = n, "swept idle connections");
-                self.swept += n;
             }
             Err(e) => warn!(error = %error_chain(&e), "sweeping idle connections failed"),
         }
@@ -586,7 +596,6 @@ impl Kernel {
                         count = n,
                         "removed tracked connections the policy no longer admits"
                     );
-                    self.revoked += n;
                 }
                 // The new policy is in force for every new connection; the next swap
                 // re-checks again.
@@ -674,11 +683,24 @@ impl Kernel {
         let uncounted = dp.uncounted()?;
         let faults = dp.faults()?;
         let (entries, capacity, events) = dp.conntrack()?;
-        let opened = events[isolator_common::conntrack::EVENT_CREATED as usize];
-        let reset = events[isolator_common::conntrack::EVENT_CLOSED as usize];
-        let expired = events[isolator_common::conntrack::EVENT_EXPIRED as usize] + self.swept;
-        let evicted = metrics::evicted(opened, reset, expired, self.revoked, entries);
-        self.evicted = self.evicted.max(evicted);
+        use isolator_common::conntrack;
+        let event = |i: u32| events[i as usize];
+        let opened = event(conntrack::EVENT_CREATED);
+        let reset = event(conntrack::EVENT_CLOSED);
+        let expired = event(conntrack::EVENT_EXPIRED) + event(conntrack::EVENT_SWEPT);
+        let revoked = event(conntrack::EVENT_REVOKED);
+        let released = event(conntrack::EVENT_RELEASED);
+        let reported = event(conntrack::EVENT_EVICTED_REPORTED);
+        let estimate = metrics::evicted(opened, reset + expired + revoked + released, entries);
+        let evicted = if estimate > reported {
+            // Kept with the other counts, so that a restart does not start it over.
+            if let Err(e) = self.dataplane.record_evicted_reported(estimate) {
+                warn!(error = %error_chain(&e), "recording the eviction count in the kernel map");
+            }
+            estimate
+        } else {
+            reported
+        };
         Ok(KernelScrape {
             counters,
             uncounted,
@@ -689,8 +711,9 @@ impl Kernel {
                 opened,
                 reset,
                 expired,
-                revoked: self.revoked,
-                evicted: self.evicted,
+                revoked,
+                released,
+                evicted,
             },
             guarded: self
                 .guarded

@@ -132,14 +132,17 @@ pub struct ConntrackStats {
     pub expired: u64,
     /// Connections removed because a new policy no longer admits them.
     pub revoked: u64,
+    /// Connections removed with the tables of an interface that went away.
+    pub released: u64,
     /// Connections evicted because the table was full.
     pub evicted: u64,
 }
 
 /// Connections evicted from a full table, which the kernel does not report: whatever was
-/// opened and is neither live nor ended by an RST, a timeout or a new policy.
-pub fn evicted(opened: u64, reset: u64, expired: u64, revoked: u64, entries: u64) -> u64 {
-    opened.saturating_sub(reset + expired + revoked + entries)
+/// opened and is neither live nor ended otherwise (an RST, a timeout, a new policy, its
+/// interface going away).
+pub fn evicted(opened: u64, ended: u64, entries: u64) -> u64 {
+    opened.saturating_sub(ended + entries)
 }
 
 /// Policy reloads (SIGHUP) by outcome.
@@ -369,6 +372,7 @@ pub fn render(scrape: &Scrape) -> String {
         ("reset", conntrack.reset),
         ("expired", conntrack.expired),
         ("revoked", conntrack.revoked),
+        ("released", conntrack.released),
         ("evicted", conntrack.evicted),
     ] {
         events
@@ -379,7 +383,7 @@ pub fn render(scrape: &Scrape) -> String {
     }
     registry.register(
         "conntrack_events",
-        "Connection tracking events: opened, reset (TCP RST), expired (idle), revoked (no longer admitted by a new policy), evicted (table full)",
+        "Connection tracking events: opened, reset (TCP RST), expired (idle), revoked (no longer admitted by a new policy), released (with the tables of an interface that went away), evicted (table full)",
         events,
     );
     let reload_family = Family::<ResultLabels, PromCounter>::default();
@@ -529,6 +533,7 @@ mod tests {
             reset: 2,
             expired: 4,
             revoked: 5,
+            released: 6,
             evicted: 1,
         };
         let text = render(&Scrape {
@@ -551,6 +556,7 @@ mod tests {
         assert!(text.contains("isolator_conntrack_capacity 262144\n"));
         assert!(text.contains("isolator_conntrack_events_total{event=\"evicted\"} 1\n"));
         assert!(text.contains("isolator_conntrack_events_total{event=\"revoked\"} 5\n"));
+        assert!(text.contains("isolator_conntrack_events_total{event=\"released\"} 6\n"));
         assert!(text.contains("isolator_conntrack_events_total{event=\"opened\"} 10\n"));
         assert!(text.contains("isolator_policy_reloads_total{result=\"failed\"} 1\n"));
         assert!(text.contains("isolator_policy_reloads_total{result=\"succeeded\"} 2\n"));

@@ -13,7 +13,7 @@ use aya::{
 use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH;
 use isolator_common::{ConnKey, ConnState, FragKey, FragState, Settings, conntrack, limits, maps};
 
-use super::error::{DataplaneError, map_err};
+use super::error::{DataplaneError, io_err, map_err};
 use super::{Dataplane, take};
 use crate::recheck::Recheck;
 
@@ -246,6 +246,7 @@ impl Dataplane {
                 removed += 1;
             }
         }
+        self.count_event(conntrack::EVENT_SWEPT, removed)?;
         Ok(removed)
     }
 
@@ -258,6 +259,7 @@ impl Dataplane {
                 removed += 1;
             }
         }
+        self.count_event(conntrack::EVENT_REVOKED, removed)?;
         Ok(removed)
     }
 
@@ -290,9 +292,54 @@ impl Dataplane {
     pub fn prune_vif_state(&mut self, keep: &BTreeSet<u32>) -> Result<usize, DataplaneError> {
         let stale: Vec<u32> = self.state.vifs()?.difference(keep).copied().collect();
         for ifindex in &stale {
+            let mut held = 0;
+            for table in [&self.state.established, &self.state.opening] {
+                if table.vifs()?.contains(ifindex) {
+                    held += table.table(*ifindex)?.keys().count() as u64;
+                }
+            }
             self.state.remove(*ifindex)?;
+            self.count_event(conntrack::EVENT_RELEASED, held)?;
         }
         Ok(stale.len())
+    }
+
+    /// Adds `n` to the daemon's own event counter `event` (one of the `EVENT_*` that only
+    /// the daemon writes), in the pinned map.
+    fn count_event(&mut self, event: u32, n: u64) -> Result<(), DataplaneError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let total = self.event_total(event)?;
+        self.set_event(event, total + n)
+    }
+
+    fn event_total(&self, event: u32) -> Result<u64, DataplaneError> {
+        let per_cpu = self
+            .conntrack_events
+            .get(&event, 0)
+            .map_err(map_err(maps::CONNTRACK_EVENTS, "reading"))?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    /// Sets the daemon's own event counter `event` to `value` (kept in the first CPU's
+    /// slot, the others zero).
+    fn set_event(&mut self, event: u32, value: u64) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| io_err(format!("counting CPUs for {}", maps::CONNTRACK_EVENTS))(e))?;
+        let mut values = vec![0u64; cpus];
+        values[0] = value;
+        let values = aya::maps::PerCpuValues::try_from(values)
+            .map_err(io_err(format!("writing {}", maps::CONNTRACK_EVENTS)))?;
+        self.conntrack_events
+            .set(event, values, 0)
+            .map_err(map_err(maps::CONNTRACK_EVENTS, "writing"))
+    }
+
+    /// Records `value` as the highest eviction count reported (see
+    /// [`conntrack::EVENT_EVICTED_REPORTED`]).
+    pub fn record_evicted_reported(&mut self, value: u64) -> Result<(), DataplaneError> {
+        self.set_event(conntrack::EVENT_EVICTED_REPORTED, value)
     }
 }
 
