@@ -455,8 +455,17 @@ struct Kernel {
 
 impl Kernel {
     fn serve(mut self, inbox: mpsc::Receiver<Command>) {
+        // Sweeps run on their own clock: a command (a scrape every few seconds) must not
+        // put the next sweep off again and again.
+        let mut next_sweep = std::time::Instant::now() + SWEEP_INTERVAL;
         loop {
-            match inbox.recv_timeout(SWEEP_INTERVAL) {
+            if std::time::Instant::now() >= next_sweep {
+                self.sweep();
+                next_sweep = std::time::Instant::now() + SWEEP_INTERVAL;
+            }
+            match inbox
+                .recv_timeout(next_sweep.saturating_duration_since(std::time::Instant::now()))
+            {
                 Ok(Command::Apply { plan, force, reply }) => {
                     let _ = reply.send(self.apply(*plan, force));
                 }
@@ -474,7 +483,8 @@ impl Kernel {
                     let _ = reply.send(self.dataplane.shut_down(Some(&state_dir)));
                     return;
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => self.sweep(),
+                // The sweep is due: it runs at the top of the loop.
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
                 // Every handle is gone (the daemon is exiting): leave everything as it is.
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
