@@ -645,9 +645,9 @@ fn idle_conversations_expire_by_the_sweep_and_on_lookup() {
     bad.check(carrying(&frames, "echo 4300") == 1, || {
         "the outside host's echo reply to web1's request 4300 must arrive".into()
     });
-    // The twin of the UDP conversation (43001) and the ICMP echo (4300) is, at the same
-    // age, the twin of the UDP conversation (43002) kept alive: the fresh conversation
-    // above is the twin of the swept one's late reply.
+    // 43001's exchange is the twin of the swept conversation's late reply; the late
+    // replies of 43001 and of echo 4300 have theirs in 43002's reply (as old, but kept
+    // alive by web1).
     let after = ct.exactly(
         &mut bad,
         &before,
@@ -884,7 +884,8 @@ const LRU_SLACK: f64 = 512.0;
 /// holds 4 096: `evicted` grows by at least 5 001 − 4 096 and at most [`LRU_SLACK`] more,
 /// `isolator_conntrack_entries` stays within the vif's tables, and the oldest, idle
 /// conversation is gone: its reply drops as `not_exposed` and does not arrive, while the
-/// newest conversation's reply, sent right after it, passes.
+/// newest conversation's reply, sent right after it, passes, and so does the reply of a
+/// conversation as old as the victim at another vif (db1): its table is its own.
 #[test]
 fn a_full_table_evicts_its_oldest_connection() {
     let ct = Ct::start("ct-evict", "");
@@ -901,11 +902,25 @@ fn a_full_table_evicts_its_oldest_connection() {
     let _ = recv(&server).map_err(|e| bad.push(format!("the victim's request: {e}")));
     send(&server, "victim reply", victim.local_addr().unwrap());
     let _ = recv(&victim).map_err(|e| bad.push(format!("the victim's first reply: {e}")));
+    // Another vif's established conversation, as old as the victim: from outside to
+    // db1's exposed UDP endpoint.
+    let db = ct.db1.vif.as_str();
+    let db_server = bind(&ct.db1.ns, SocketAddr::new(ct.db1.v4(), EXPOSED_UDP));
+    let db_client = bind(&ct.out.ns, SocketAddr::new(ct.out.v4(), 42000));
+    send(&db_client, "db request", db_server.local_addr().unwrap());
+    let _ = recv(&db_server).map_err(|e| bad.push(format!("db1's request: {e}")));
+    send(&db_server, "db reply", db_client.local_addr().unwrap());
+    let _ = recv(&db_client).map_err(|e| bad.push(format!("db1's first reply: {e}")));
     let start = ct.exactly(
         &mut bad,
         &before,
-        &[(web, "ingress pass", 1.0), (web, "egress pass", 1.0)],
-        "the victim's request and reply",
+        &[
+            (web, "ingress pass", 1.0),
+            (web, "egress pass", 1.0),
+            (db, "egress pass", 1.0),
+            (db, "ingress pass", 1.0),
+        ],
+        "the victim's request and reply, db1's conversation",
     );
 
     let web_mac = parse_mac(&ct.web1.mac).unwrap();
@@ -976,6 +991,10 @@ fn a_full_table_evicts_its_oldest_connection() {
             && flooded.get("egress pass") == Some(&f64::from(FLOOD)),
         || format!("the flood passes whole both ways; web1's counters changed by {flooded:?}"),
     );
+    let other = changes(&start, &last, db);
+    bad.check(other.is_empty(), || {
+        format!("the flood concerns no frame of db1, yet its counters changed by {other:?}")
+    });
     let evicted = last.delta(&start, &event("evicted")).unwrap();
     let least = f64::from(FLOOD + 1) - 4096.0;
     bad.check(evicted >= least && evicted <= least + LRU_SLACK, || {
@@ -1008,11 +1027,30 @@ fn a_full_table_evicts_its_oldest_connection() {
         std::thread::sleep(Duration::from_millis(100));
         (queued(&victim), queued(&sink))
     });
+    send(
+        &db_server,
+        "db reply after the flood",
+        db_client.local_addr().unwrap(),
+    );
+    let db_got = recv(&db_client);
     ct.exactly(
         &mut bad,
         &before,
-        &[(web, "egress not_exposed", 1.0), (web, "egress pass", 1.0)],
-        "the evicted victim's reply and the newest conversation's reply",
+        &[
+            (web, "egress not_exposed", 1.0),
+            (web, "egress pass", 1.0),
+            (db, "ingress pass", 1.0),
+        ],
+        "the evicted victim's reply, the newest conversation's reply, db1's reply",
+    );
+    bad.check(
+        matches!(&db_got, Ok((g, _)) if g == "db reply after the flood"),
+        || {
+            format!(
+                "db1's conversation, as old as the victim but in db1's own table, lives on: its \
+                 reply after web1's flood must arrive: {db_got:?}"
+            )
+        },
     );
     let (victim_got, sink_got) = got;
     bad.check(

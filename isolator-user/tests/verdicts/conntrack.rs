@@ -275,7 +275,11 @@ fn udp_conversations_over_a_flow_egress_and_an_exposed_endpoint() {
 /// The ICMP echo rows of one family.
 fn echo_rows(f: &Family) -> Vec<crate::fixture::Row> {
     let Family {
-        web, db, outside, ..
+        web,
+        db,
+        outside,
+        other_outside,
+        ..
     } = *f;
     vec![
         row(
@@ -294,6 +298,12 @@ fn echo_rows(f: &Family) -> Vec<crate::fixture::Row> {
             "an echo reply with another identifier does not",
             "c-aw1",
             from_outside(outside, web, echo_reply(78)),
+            verdict::NOT_EXPOSED,
+        ),
+        out(
+            "nor the same echo reply from another outside host",
+            "c-aw1",
+            from_outside(other_outside, web, echo_reply(77)),
             verdict::NOT_EXPOSED,
         ),
         out(
