@@ -14,10 +14,10 @@ use isolator::compile::Plan;
 use isolator::policy;
 use isolator_common::{conntrack, verdict};
 use isolator_tests::frame::{
-    ACK, FIN, L4, SYN, SYN_ACK, echo_reply, echo_request, tcp, tcp_at, udp,
+    self, ACK, FIN, L4, SYN, SYN_ACK, echo_reply, echo_request, tcp, tcp_at, udp,
 };
 
-use crate::fixture::{Lab, from_outside, in_private_netns, ip, out, row};
+use crate::fixture::{Lab, ROUTER_MAC, VM_MAC, from_outside, in_private_netns, ip, out, row};
 
 /// The tables' policy with `tracking` as its `connection_tracking` (empty: the defaults).
 ///
@@ -551,6 +551,19 @@ fn udp_reply(sport: u16) -> Vec<u8> {
     from_outside(V4.outside, V4.web, udp(53, sport))
 }
 
+/// A port unreachable from the outside host to web, quoting web's request from `sport`.
+fn unreachable_about(sport: u16) -> Vec<u8> {
+    frame::icmp_error(
+        ROUTER_MAC,
+        VM_MAC,
+        V4.outside,
+        V4.web,
+        3,
+        3,
+        &ip(V4.web, V4.outside, udp(sport, 53))[14..],
+    )
+}
+
 fn echo(l4: L4, reply: bool) -> Vec<u8> {
     if reply {
         from_outside(V4.outside, V4.web, l4)
@@ -605,6 +618,12 @@ fn idle_conversations_expire_on_lookup_and_by_the_sweep() {
             6,
             "six conversations tracked"
         );
+        lab.check(&out(
+            "an ICMP error from the peer about C, while C lives",
+            "c-aw1",
+            unreachable_about(44002),
+            pass,
+        ));
         std::thread::sleep(Duration::from_millis(700));
         lab.check(&row(
             "the VM keeps D alive",
@@ -617,6 +636,18 @@ fn idle_conversations_expire_on_lookup_and_by_the_sweep() {
         let (_, expired_before) = events(&lab);
         let not_exposed = verdict::NOT_EXPOSED;
         lab.check_all(&[
+            out(
+                "the same ICMP error about C, idle past its timeout (not removed: an error only looks)",
+                "c-aw1",
+                unreachable_about(44002),
+                not_exposed,
+            ),
+            out(
+                "an ICMP error about D (kept alive)",
+                "c-aw1",
+                unreachable_about(44003),
+                pass,
+            ),
             out("A's late reply", "c-aw1", udp_reply(44000), not_exposed),
             out(
                 "B's late first reply",
