@@ -502,6 +502,7 @@ impl Kernel {
                     let _ = reply.send(self.dataplane.shut_down(Some(&state_dir)));
                     return;
                 }
+                // The sweep is due: it runs at the top of the loop.
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 // Every handle is gone (the daemon is exiting): leave everything as it is.
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,

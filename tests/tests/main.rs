@@ -13,6 +13,7 @@
 //! | `exposition`   | `/metrics`: promtool, types, label sets, the interfaces gauge     |
 //! | `lifecycle`    | SIGTERM, SIGHUP, hotplug, crash and planned restarts (I7), `check`|
 //! | `policy`       | exposed endpoints, flows, egress, audit, management (scans, data) |
+//! | `conntrack_proofs` | UDP conversations, idle timeouts (sweep and lookup), ICMP echo, FIN closing, `evicted` |
 //! | `revoke`       | reloads cut tracked connections they no longer admit              |
 //! | `underfault::*`| I6 and I7 while it happens: reloads and restarts under traffic    |
 //! | `guards::*`    | source and layer-2 guards (I2), malformed frames, fragments       |
@@ -20,6 +21,7 @@
 
 mod attacks;
 mod common;
+mod conntrack_proofs;
 mod exposition;
 mod failclosed;
 mod guards;

@@ -6,6 +6,7 @@
 //! | `basic`  | segments and tenants apart, parse errors, fail closed, swaps, pins    |
 //! | `guards` | source and layer-2 guards (I2), malformed and evasive frames, fragments|
 //! | `policy` | management, exposures, flows, egress, audit, connection tracking      |
+//! | `conntrack`| UDP conversations, ICMP echo, FIN closing, idle timeouts and the sweep |
 //! | `attacks`| what an attacker sends, each next to its twin: the host, gateways,    |
 //! |          | link-scope exceptions, uplinks, quarantine, fragments per vif          |
 //! | `faults` | a full counter map: counted by verdict, the fault counted and logged    |
@@ -13,6 +14,7 @@
 
 mod attacks;
 mod basic;
+mod conntrack;
 mod faults;
 mod fixture;
 mod guards;
