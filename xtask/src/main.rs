@@ -2,6 +2,7 @@
 
 mod demo;
 mod setup;
+mod watchdog;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,29 +46,7 @@ fn main() -> anyhow::Result<()> {
         }
         Verb::Test => {
             require_root("the tests create network namespaces and load eBPF programs")?;
-            setup::run()?;
-            lint()?;
-            let rehearsal_bin = build_rehearsal()?;
-            let isolator_bin = build_isolator()?;
-            println!("test: running every test");
-            run_tests(&mut [
-                // The eBPF crate's parser, on the host (its programs build for BPF only).
-                cargo().args(["test", "--package", "isolator-ebpf", "--lib"]),
-                cargo()
-                    .args([
-                        "test",
-                        "--workspace",
-                        "--exclude",
-                        "isolator-ebpf",
-                        "--lib",
-                        "--bins",
-                        "--tests",
-                        // Every test binary runs, so the total line counts every failure.
-                        "--no-fail-fast",
-                    ])
-                    .env("ISOLATOR_BIN", &isolator_bin)
-                    .env("ISOLATOR_REHEARSAL_BIN", &rehearsal_bin),
-            ])
+            test()
         }
         Verb::Lint => lint(),
         Verb::Bench => {
@@ -87,27 +66,107 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Runs each `cargo test`, passing their output through (all of them, even after a
-/// failure), and ends with one line that totals every test binary's result.
-fn run_tests(cmds: &mut [&mut Command]) -> anyhow::Result<()> {
+/// How long the whole of `cargo xtask test` may take unless `XTASK_TEST_TIMEOUT_MINUTES`
+/// says otherwise (CI allows 90; a run takes about 15 on two cores).
+const TEST_TIMEOUT_MINUTES: u64 = 45;
+
+/// `cargo xtask test`: set up, lint, build, every test, the demo's own checks. Every phase
+/// after setup runs even when one before it failed (a lint failure hides no test
+/// failure); the run fails if any did, and the last lines say which.
+fn test() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let minutes = match std::env::var("XTASK_TEST_TIMEOUT_MINUTES") {
+        Ok(v) => v
+            .parse::<u64>()
+            .with_context(|| format!("XTASK_TEST_TIMEOUT_MINUTES={v:?}: a whole number"))?,
+        Err(_) => TEST_TIMEOUT_MINUTES,
+    };
+    watchdog::arm(std::time::Duration::from_secs(minutes * 60));
+    watchdog::phase("setup");
+    setup::run()?;
+    let mut report = Vec::new();
+    let mut failed = Vec::new();
+
+    watchdog::phase("lint");
+    match lint() {
+        Ok(()) => report.push("lint: ok".to_string()),
+        Err(e) => {
+            report.push(format!("lint: FAILED: {e:#}"));
+            failed.push("lint");
+        }
+    }
+
+    watchdog::phase("building the isolator binaries");
+    let rehearsal_bin = build_rehearsal()?;
+    let isolator_bin = build_isolator()?;
+
+    watchdog::phase("the tests");
+    println!("test: running every test");
     let mut totals = Totals::default();
     let mut failures = Vec::new();
-    for cmd in cmds.iter_mut() {
+    for cmd in [
+        // The eBPF crate's parser, on the host (its programs build for BPF only).
+        cargo().args(["test", "--package", "isolator-ebpf", "--lib"]),
+        cargo()
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "isolator-ebpf",
+                // No doc-tests: the crates' examples are not written as tests.
+                "--lib",
+                "--bins",
+                "--tests",
+                // Every test binary runs, so the total line counts every failure.
+                "--no-fail-fast",
+            ])
+            .env("ISOLATOR_BIN", &isolator_bin)
+            .env("ISOLATOR_REHEARSAL_BIN", &rehearsal_bin),
+    ] {
         if let Err(e) = run_test_command(cmd, &mut totals) {
             failures.push(format!("{e:#}"));
         }
     }
     let Totals {
         passed,
-        failed,
+        failed: failed_tests,
         ignored,
     } = totals;
-    println!("{passed} passed, {failed} failed, {ignored} skipped");
-    if !failures.is_empty() {
-        bail!("{}", failures.join("; "));
+    if failures.is_empty() && passed > 0 {
+        report.push(format!(
+            "tests: {passed} passed, 0 failed, {ignored} skipped"
+        ));
+    } else {
+        report.push(format!(
+            "tests: FAILED: {passed} passed, {failed_tests} failed, {ignored} skipped{}",
+            if passed == 0 { " (no test ran)" } else { "" }
+        ));
+        failed.push("tests");
     }
-    if passed == 0 {
-        bail!("no test ran");
+
+    watchdog::phase("the demo");
+    println!("test: the demo, with its own checks");
+    match demo::run(demo::DemoOptions {
+        isolator_bin: isolator_bin.clone(),
+    }) {
+        Ok(()) => report.push("demo: ok, every observation matched the policy".to_string()),
+        Err(e) => {
+            report.push(format!("demo: FAILED: {e:#}"));
+            failed.push("demo");
+        }
+    }
+
+    println!();
+    for line in &report {
+        println!("{line}");
+    }
+    println!("{passed} passed, {failed_tests} failed, {ignored} skipped");
+    println!(
+        "xtask test took {:.1} min",
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join(", "));
     }
     Ok(())
 }
@@ -122,10 +181,7 @@ struct Totals {
 fn run_test_command(cmd: &mut Command, totals: &mut Totals) -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader, Write};
     let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {shown}"))?;
+    let mut child = watchdog::spawn(cmd.stdout(std::process::Stdio::piped()))?;
     let stdout = child.stdout.take().expect("piped stdout");
     let Totals {
         passed,
@@ -152,7 +208,7 @@ fn run_test_command(cmd: &mut Command, totals: &mut Totals) -> anyhow::Result<()
             }
         }
     }
-    let status = child.wait().context("waiting for cargo test")?;
+    let status = watchdog::wait(child)?;
     if !status.success() {
         bail!("{shown} failed ({status})");
     }
@@ -172,44 +228,67 @@ fn cargo() -> Command {
     cmd
 }
 
+/// rustfmt, clippy, and clippy on the eBPF crate: all three run, and the error names each
+/// that failed.
 fn lint() -> anyhow::Result<()> {
-    println!("lint: rustfmt");
-    run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
-    println!("lint: clippy");
-    run_cmd(cargo().args([
-        "clippy",
-        "--workspace",
-        "--exclude",
-        "isolator-ebpf",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    println!("lint: clippy on the eBPF crate (nightly, bpfel-unknown-none)");
     let target = target_dir().join("ebpf-lint");
-    // Through rustup: `$CARGO` is the stable toolchain's own cargo, which knows no `+nightly`.
-    run_cmd(
-        Command::new("rustup")
-            .current_dir(workspace_root())
-            .args([
-                "run",
-                "nightly",
-                "cargo",
+    let steps: [(&str, Command); 3] = [
+        ("rustfmt", {
+            let mut c = cargo();
+            c.args(["fmt", "--all", "--check"]);
+            c
+        }),
+        ("clippy", {
+            let mut c = cargo();
+            c.args([
                 "clippy",
-                "--package",
+                "--workspace",
+                "--exclude",
                 "isolator-ebpf",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--release",
+                "--all-targets",
                 "--",
                 "-D",
                 "warnings",
-            ])
-            .env("CARGO_TARGET_DIR", target),
-    )
+            ]);
+            c
+        }),
+        ("clippy on the eBPF crate (nightly, bpfel-unknown-none)", {
+            // Through rustup: `$CARGO` is the stable toolchain's own cargo, which knows
+            // no `+nightly`.
+            let mut c = Command::new("rustup");
+            c.current_dir(workspace_root())
+                .args([
+                    "run",
+                    "nightly",
+                    "cargo",
+                    "clippy",
+                    "--package",
+                    "isolator-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--release",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+                .env("CARGO_TARGET_DIR", target);
+            c
+        }),
+    ];
+    let mut failed = Vec::new();
+    for (what, mut cmd) in steps {
+        println!("lint: {what}");
+        if let Err(e) = watchdog::run(&mut cmd) {
+            eprintln!("lint: {what} failed: {e:#}");
+            failed.push(what);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join(", "));
+    }
+    Ok(())
 }
 
 fn target_dir() -> PathBuf {
@@ -221,7 +300,7 @@ fn target_dir() -> PathBuf {
 /// Builds the `isolator` binary and returns its path.
 fn build_isolator() -> anyhow::Result<PathBuf> {
     println!("build: isolator");
-    run_cmd(cargo().args(["build", "--package", "isolator-user", "--bin", "isolator"]))?;
+    watchdog::run(cargo().args(["build", "--package", "isolator-user", "--bin", "isolator"]))?;
     let bin = target_dir().join("debug/isolator");
     if !bin.exists() {
         bail!("{} was not built", bin.display());
@@ -235,7 +314,7 @@ fn build_isolator() -> anyhow::Result<PathBuf> {
 /// `debug/isolator` is the normal build).
 fn build_rehearsal() -> anyhow::Result<PathBuf> {
     println!("build: isolator (rehearsal build, for the upgrade tests)");
-    run_cmd(cargo().args([
+    watchdog::run(cargo().args([
         "build",
         "--package",
         "isolator-user",
