@@ -258,7 +258,7 @@ pub enum Outcome {
 }
 
 /// One crafted frame: built by scapy in the sender's namespace from `expr`, sent `count`
-/// times while `eth0` (or `ifname`) of the target VM is captured.
+/// times while `eth0` of the target VM is captured.
 pub struct Shot<'a> {
     what: &'a str,
     from: &'a Node,
@@ -290,11 +290,6 @@ pub fn shot<'a>(
 impl<'a> Shot<'a> {
     pub fn times(mut self, count: usize) -> Self {
         self.count = count;
-        self
-    }
-
-    pub fn on(mut self, ifname: &'a str) -> Self {
-        self.ifname = ifname;
         self
     }
 
