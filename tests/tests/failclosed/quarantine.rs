@@ -362,7 +362,8 @@ fn a_new_vif_leaks_nothing_before_it_is_classified() {
                 isolator_tests::Dir::Ingress,
                 reason,
             ))
-            .unwrap_or(0.0)
+            // A missing series is a failure, not a zero.
+            .unwrap_or_else(|e| panic!("{e:#}"))
     };
     let (guarded, late_cross, late_spoofed) = (
         late_drop(isolator_common::verdict::NO_POLICY),
