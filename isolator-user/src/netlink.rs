@@ -63,8 +63,12 @@ impl Netlink {
     /// Waits for the next link or address event; `None` when the connection has ended
     /// (the caller opens a new one).
     pub async fn next_event(&mut self) -> Option<Event> {
-        let (message, _) = self.events.next().await?;
-        Some(event_of(message.payload))
+        loop {
+            let (message, from) = self.events.next().await?;
+            if let Some(event) = from_kernel(message, &from) {
+                return Some(event);
+            }
+        }
     }
 
     /// Takes every event already queued, without waiting: the links they announce, and
@@ -72,10 +76,11 @@ impl Netlink {
     pub fn drain_events(&mut self) -> (Vec<Link>, bool) {
         let mut links = Vec::new();
         let mut overrun = false;
-        while let Ok((message, _)) = self.events.try_recv() {
-            match event_of(message.payload) {
-                Event::Overrun => overrun = true,
-                Event::Changed(link) => links.extend(link),
+        while let Ok((message, from)) = self.events.try_recv() {
+            match from_kernel(message, &from) {
+                None => {}
+                Some(Event::Overrun) => overrun = true,
+                Some(Event::Changed(link)) => links.extend(link),
             }
         }
         (links, overrun)
@@ -142,6 +147,23 @@ async fn list_links(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Link>> {
         links.extend(link_of(&message));
     }
     Ok(links)
+}
+
+/// The event a message from the kernel announces; `None` for a message another process
+/// sent to the daemon's socket (a process with `CAP_NET_ADMIN` can): only the kernel
+/// says what links exist.
+fn from_kernel(
+    message: rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
+    from: &rtnetlink::sys::SocketAddr,
+) -> Option<Event> {
+    if from.port_number() != 0 {
+        tracing::warn!(
+            port = from.port_number(),
+            "ignoring a netlink message another process sent to the daemon's socket"
+        );
+        return None;
+    }
+    Some(event_of(message.payload))
 }
 
 fn event_of(payload: NetlinkPayload<RouteNetlinkMessage>) -> Event {
