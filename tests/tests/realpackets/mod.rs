@@ -6,12 +6,14 @@
 //! | module    | item | what |
 //! |-----------|------|------|
 //! | `link`    | 1, 2 | broadcast and multicast (255.255.255.255, the subnet broadcast, mDNS v4 and v6) stay in the tenant; LLDP is `unknown_ethertype` |
+//! | `outside` | 3    | UDP and ICMPv6 from a host on the bridge that is no VM: only exposed endpoints |
 //!
 //! Helpers beyond the common lab: [`isolator_tests::tap`] (the tap played as the VM),
 //! [`isolator_tests::rawbpf::attach_xdp_link`] (the foreign XDP program), and those of
 //! [`crate::failclosed`].
 
 mod link;
+mod outside;
 
 use isolator_tests::netns::ip_n;
 use isolator_tests::{Lab, Vm};
