@@ -8,6 +8,7 @@
 //! | `link`    | 1, 2 | broadcast and multicast (255.255.255.255, the subnet broadcast, mDNS v4 and v6) stay in the tenant; LLDP is `unknown_ethertype` |
 //! | `outside` | 3    | UDP and ICMPv6 from a host on the bridge that is no VM: only exposed endpoints |
 //! | `routed`  | 4    | a management prefix behind a router (the VM's route via the lab router) is `management`; the outside behind it is reached |
+//! | `tap`     | 5    | a tap vif opened through `/dev/net/tun` as the VM: XDP judges what it writes, TC egress what it is sent |
 //!
 //! Helpers beyond the common lab: [`isolator_tests::tap`] (the tap played as the VM),
 //! [`isolator_tests::rawbpf::attach_xdp_link`] (the foreign XDP program), and those of
@@ -16,6 +17,7 @@
 mod link;
 mod outside;
 mod routed;
+mod tap;
 
 use isolator_tests::netns::ip_n;
 use isolator_tests::{Lab, Vm};
