@@ -9,11 +9,13 @@
 //! | `outside` | 3    | UDP and ICMPv6 from a host on the bridge that is no VM: only exposed endpoints |
 //! | `routed`  | 4    | a management prefix behind a router (the VM's route via the lab router) is `management`; the outside behind it is reached |
 //! | `tap`     | 5    | a tap vif opened through `/dev/net/tun` as the VM: XDP judges what it writes, TC egress what it is sent |
+//! | `daemon`  | 6, 7, 8 | `/healthz` 503 and `attach_failed` for a vif whose XDP hook a foreign program holds; a taken metrics port fails before anything is attached; a reload that stops matching a vif detaches it and drops its series |
 //!
 //! Helpers beyond the common lab: [`isolator_tests::tap`] (the tap played as the VM),
 //! [`isolator_tests::rawbpf::attach_xdp_link`] (the foreign XDP program), and those of
 //! [`crate::failclosed`].
 
+mod daemon;
 mod link;
 mod outside;
 mod routed;
