@@ -8,7 +8,7 @@ use std::time::Duration;
 use isolator_tests::env::METRICS_PORT;
 use isolator_tests::failclosed_lab::{FrameSender, Watched, await_health, quiet_lab, udp_sinks};
 use isolator_tests::metrics::{INTERFACES_REFUSED, poll};
-use isolator_tests::netns::in_netns;
+use isolator_tests::netns::{in_netns, ip_n};
 use isolator_tests::rawbpf::{attach_xdp_link, load_xdp, xdp_pass_program};
 use isolator_tests::{Daemon, Env, Lab, Scrape, Series, TempDir, Vm, isolator_bin};
 
@@ -87,13 +87,14 @@ fn shot(
 /// {device="vacme-web2",reason="attach_failed"}` is 1, web2 carries none of isolator's
 /// programs (all or none: no TC program either), and web1 stays enforced: its frame to
 /// another tenant drops (`ingress cross_tenant`) and does not arrive, its twin to web2
-/// passes and arrives.
+/// passes and arrives. Once the foreign program is gone, the next link event attaches
+/// isolator to web2 and `/healthz` answers 200 again.
 #[test]
 fn a_vif_whose_xdp_hook_is_taken_is_reported_and_the_rest_enforced() {
     let (lab, vms) = lab("rp-attach");
     let (web1, web2, gweb1) = (vm(&vms, "web1"), vm(&vms, "web2"), vm(&vms, "gweb1"));
     let vif2 = web2.vif.clone();
-    let _foreign = in_netns(lab.host_ns(), move || {
+    let foreign = in_netns(lab.host_ns(), move || {
         let prog = load_xdp(&xdp_pass_program(), "a foreign XDP program")?;
         let link = attach_xdp_link(&prog, &vif2, "a foreign XDP program")?;
         Ok((prog, link))
@@ -158,6 +159,25 @@ fn a_vif_whose_xdp_hook_is_taken_is_reported_and_the_rest_enforced() {
         &[(&web1.vif, "ingress pass", 1.0)],
         true,
     );
+    // The cause removed, the next link event (here a new alias) brings a reconcile that
+    // attaches: 503 and the refusal go, web2 carries isolator's programs.
+    drop(foreign);
+    ip_n(
+        fx.lab().host_ns(),
+        &["link", "set", "dev", &web2.vif, "alias", "released"],
+    )
+    .unwrap_or_else(|e| panic!("harness: {e:#}"));
+    if let Err(e) = await_health(fx.daemon(), 200, &[], Duration::from_secs(10)) {
+        bad.push(format!("once the foreign program is gone: {e:#}"));
+    }
+    let m = fx.scrape();
+    bad.check(m.select(&refused(&web2.vif)).is_empty(), || {
+        format!("once web2 is enforced, {} must be gone", refused(&web2.vif))
+    });
+    let programs = fx.lab().vif_programs(&web2.vif).expect("harness: programs");
+    bad.check(programs == ISOLATOR, || {
+        format!("once the foreign program is gone, web2 carries {programs:?}")
+    });
     bad.finish("a vif whose XDP hook is taken", POLICY, &fx.log_tail());
 }
 
