@@ -23,6 +23,7 @@ pub mod rawbpf;
 pub mod scapy;
 pub mod service_lab;
 pub mod signal;
+pub mod tap;
 pub mod topology;
 pub mod traffic;
 pub mod vlan_push;

@@ -1,7 +1,8 @@
 //! Tiny TC programs of the lab's own (a VLAN pusher, a foreign counting program), written
 //! as a handful of instructions and loaded with the raw `bpf(2)` syscall: no object file,
 //! nothing for aya to parse. Every fd returned is owned: dropping a link detaches it.
-//! Also a test run of any XDP program by fd, from any thread.
+//! Also a test run of any XDP program by fd, from any thread. And a foreign XDP program
+//! (passes everything) on a bpf_link, to take an interface's XDP hook before the daemon.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -19,6 +20,10 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_TCX_EGRESS: u32 = 47;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+/// `XDP_FLAGS_DRV_MODE`: native (driver) mode.
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 
 /// `src` of a 64-bit immediate load that names a map by fd.
 pub const BPF_PSEUDO_MAP_FD: u8 = 1;
@@ -123,6 +128,53 @@ pub fn attach_tcx_egress(prog: &OwnedFd, ifname: &str, what: &str) -> Result<Own
     attr[8..12].copy_from_slice(&BPF_TCX_EGRESS.to_ne_bytes());
     bpf_fd(BPF_LINK_CREATE, &mut attr)
         .with_context(|| format!("attaching {what} to {ifname}'s egress"))
+}
+
+/// `r0 = XDP_PASS; exit`: an XDP program that passes every frame.
+pub fn xdp_pass_program() -> Vec<u8> {
+    [insn(op::MOV64_K, 0, 0, 0, 2), insn(op::EXIT, 0, 0, 0, 0)].concat()
+}
+
+/// Loads `insns` as an XDP program, in the calling thread's namespace; `what` names it in
+/// errors, with the verifier's log.
+pub fn load_xdp(insns: &[u8], what: &str) -> Result<OwnedFd> {
+    let license = c"GPL";
+    let mut log = vec![0u8; 8192];
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
+    attr[4..8].copy_from_slice(&((insns.len() / 8) as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[24..28].copy_from_slice(&1u32.to_ne_bytes());
+    attr[28..32].copy_from_slice(&(log.len() as u32).to_ne_bytes());
+    attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_ne_bytes());
+    bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|e| {
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        anyhow::anyhow!(
+            "loading {what}: {e}; verifier log:\n{}",
+            String::from_utf8_lossy(&log[..end])
+        )
+    })
+}
+
+/// Attaches the XDP program `prog` to `ifname` (calling thread's namespace) in native
+/// mode with a bpf_link, as another tool on the host would: while the link lives, the
+/// interface's XDP hook is taken in both modes (the kernel runs native and generic XDP
+/// never at once, and replaces no link). Dropping the fd detaches it.
+pub fn attach_xdp_link(prog: &OwnedFd, ifname: &str, what: &str) -> Result<OwnedFd> {
+    let c = std::ffi::CString::new(ifname)?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {ifname}");
+    }
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    attr[8..12].copy_from_slice(&BPF_XDP.to_ne_bytes());
+    attr[12..16].copy_from_slice(&XDP_FLAGS_DRV_MODE.to_ne_bytes());
+    bpf_fd(BPF_LINK_CREATE, &mut attr)
+        .with_context(|| format!("attaching {what} to {ifname} (native XDP, bpf_link)"))
 }
 
 /// Runs the XDP program `prog` once on `frame` as if it arrived on `ifindex` (a device of

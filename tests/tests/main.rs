@@ -15,6 +15,7 @@
 //! | `policy`       | exposed endpoints, flows, egress, audit, management (scans, data) |
 //! | `conntrack_proofs` | UDP conversations, idle timeouts (sweep and lookup), ICMP echo, FIN closing, `evicted` |
 //! | `revoke`       | reloads cut tracked connections they no longer admit              |
+//! | `realpackets::*` | real packets for broadcast/multicast, LLDP, UDP/ICMPv6 from outside, management behind a router, tap vifs, attach failures, a taken metrics port, a vif a reload lets go |
 //! | `underfault::*`| I6 and I7 while it happens: reloads and restarts under traffic    |
 //! | `guards::*`    | source and layer-2 guards (I2), malformed frames, fragments       |
 //! | `vlan_offload` | VLAN tags in offload metadata                                     |
@@ -29,6 +30,7 @@ mod isolation;
 mod lab_smoke;
 mod lifecycle;
 mod policy;
+mod realpackets;
 mod revoke;
 mod underfault;
 mod vlan_offload;
