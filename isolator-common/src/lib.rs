@@ -138,6 +138,9 @@ pub mod programs {
     /// TC program on the ingress of each vif, after the XDP program: judges the VLAN tag
     /// a frame carries in offload metadata (`skb->vlan_tci`), which XDP cannot see.
     pub const TC_INGRESS_TAGS: &str = "isolator_tags";
+    /// TC program that judges what a VM sends on its vif's ingress, in place of the XDP
+    /// program and the tags program, where another program holds the vif's XDP hook.
+    pub const TC_INGRESS_JUDGE: &str = "isolator_ingress_tc";
     /// XDP program that passes everything: the benchmark baseline, never attached.
     pub const XDP_BASELINE: &str = "isolator_baseline";
 }

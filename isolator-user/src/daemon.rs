@@ -456,6 +456,18 @@ impl KernelHandle {
     }
 }
 
+/// A vif judged at TC ingress because another program holds its XDP hook: reported like
+/// a refused one (`/healthz` 503, `isolator_interfaces_refused{reason="xdp_taken"}`).
+fn xdp_taken(name: &str) -> (String, String, &'static str) {
+    (
+        name.to_string(),
+        "judged at TC ingress: another program holds its XDP hook, and frames it redirects \
+         are not judged"
+            .to_string(),
+        "xdp_taken",
+    )
+}
+
 /// The ifindex of the link called `name` in the daemon's namespace, if there is one.
 fn ifindex_of(name: &str) -> Option<u32> {
     let name = std::ffi::CString::new(name).ok()?;
@@ -613,12 +625,26 @@ impl Kernel {
             .retain(|i, _| dp.attachments().any(|(ifindex, _, _)| ifindex == *i));
         for vif in &plan.vifs {
             let segment = plan.segment_label(vif.segment);
-            if dp
+            let held = dp
                 .attachments()
-                .any(|(ifindex, _, _)| ifindex == vif.ifindex)
-            {
+                .find(|(ifindex, _, _)| *ifindex == vif.ifindex)
+                .map(|(_, _, mode)| mode);
+            if let Some(mode) = held {
                 if self.guarded.remove(&vif.ifindex).is_some() {
                     info!(device = %vif.name, %segment, "classified: enforcing");
+                }
+                if mode == AttachMode::TcIngress {
+                    match dp.retry_xdp(vif.ifindex) {
+                        Ok(Some(_)) => info!(
+                            device = %vif.name, %segment,
+                            "the XDP hook is free again: enforcing at XDP"
+                        ),
+                        Ok(None) => refused.push(xdp_taken(&vif.name)),
+                        Err(e) => {
+                            warn!(device = %vif.name, error = %error_chain(&e), "moving back to XDP failed; still judging at TC ingress");
+                            refused.push(xdp_taken(&vif.name));
+                        }
+                    }
                 }
                 continue;
             }
@@ -634,6 +660,13 @@ impl Kernel {
                     device = %vif.name, %segment,
                     "enforcing (took over the previous daemon's programs without a gap)"
                 ),
+                Ok(AttachMode::TcIngress) => {
+                    error!(
+                        device = %vif.name, %segment,
+                        "another program holds this interface's XDP hook: judging what the VM sends at TC ingress instead; frames that program redirects elsewhere are NOT judged (remove it; isolator moves back to XDP by itself)"
+                    );
+                    refused.push(xdp_taken(&vif.name));
+                }
                 Err(e) => {
                     error!(device = %vif.name, %segment, error = %error_chain(&e), "NOT enforcing on this interface");
                     refused.push((

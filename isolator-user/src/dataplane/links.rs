@@ -12,7 +12,6 @@ use isolator_common::programs;
 
 use super::Dataplane;
 use super::error::{DataplaneError, pin_err, prog_err};
-use super::state::PIN_KINDS;
 
 /// How an XDP program ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +23,10 @@ pub enum AttachMode {
     /// Taken over from a previous daemon: its links were pinned and now run this
     /// daemon's programs (the mode they were attached in is kept).
     TakenOver,
+    /// Another program holds the vif's XDP hook: what the VM sends is judged on the vif's
+    /// TC ingress instead (the same story), after that program; what it redirects
+    /// elsewhere is not judged. Each reconcile tries XDP again.
+    TcIngress,
 }
 
 /// A link the dataplane holds: by its file descriptor alone, or pinned as well, so that
@@ -46,8 +49,10 @@ impl Held {
 
 pub(super) struct Attachment {
     name: String,
-    xdp: Held,
+    /// The XDP link; `None` in [`AttachMode::TcIngress`].
+    xdp: Option<Held>,
     tc: Held,
+    /// The tags program's link, or in [`AttachMode::TcIngress`] the TC ingress judge's.
     tags: Held,
     mode: AttachMode,
 }
@@ -68,25 +73,67 @@ impl Dataplane {
             .as_mut()
             .and_then(|p| p.left.remove(&ifindex))
             .unwrap_or_default();
-        let taken_over = old.xdp.is_some() || old.tc.is_some() || old.tags.is_some();
+        let taken_over =
+            old.xdp.is_some() || old.tc.is_some() || old.tags.is_some() || old.judge.is_some();
 
-        let (xdp, mut mode) = match old.xdp {
-            Some(old) => (self.take_over_xdp(name, old)?, AttachMode::TakenOver),
-            None => self.attach_xdp(name, ifindex)?,
+        // XDP first: a previous daemon's link, or a new one; where another program holds
+        // the hook, the TC ingress judge instead.
+        let (xdp, mut mode, ingress_program, ingress_old) = if let Some(judge) = old.judge {
+            self.load_judge()?;
+            (
+                None,
+                AttachMode::TcIngress,
+                programs::TC_INGRESS_JUDGE,
+                Some(judge),
+            )
+        } else {
+            let attached = match old.xdp {
+                Some(old) => self
+                    .take_over_xdp(name, old)
+                    .map(|l| (l, AttachMode::TakenOver)),
+                None => self.attach_xdp(name, ifindex),
+            };
+            match attached {
+                Ok((link, mode)) => (Some(link), mode, programs::TC_INGRESS_TAGS, old.tags),
+                Err(e) => {
+                    tracing::debug!(device = name, error = %e, "no XDP hook: judging at TC ingress");
+                    self.load_judge()?;
+                    if let Some(tags) = old.tags {
+                        // A previous daemon's tags link has no place beside the judge.
+                        let _ = tags.unpin();
+                    }
+                    (
+                        None,
+                        AttachMode::TcIngress,
+                        programs::TC_INGRESS_JUDGE,
+                        None,
+                    )
+                }
+            }
         };
-        let mut held = vec![xdp];
-        for (program, attach_type, old) in [
-            (programs::TC_EGRESS, TcAttachType::Egress, old.tc),
-            (programs::TC_INGRESS_TAGS, TcAttachType::Ingress, old.tags),
+        let mut held: Vec<(&'static str, Held)> = xdp.into_iter().map(|l| ("xdp", l)).collect();
+        let ingress_kind = if ingress_program == programs::TC_INGRESS_JUDGE {
+            "judge"
+        } else {
+            "tags"
+        };
+        for (kind, program, attach_type, old) in [
+            ("tc", programs::TC_EGRESS, TcAttachType::Egress, old.tc),
+            (
+                ingress_kind,
+                ingress_program,
+                TcAttachType::Ingress,
+                ingress_old,
+            ),
         ] {
             let link = match old {
                 Some(old) => self.take_over_tc(program, name, old),
                 None => self.attach_tc(program, attach_type, name, ifindex),
             };
             match link {
-                Ok(link) => held.push(link),
+                Ok(link) => held.push((kind, link)),
                 Err(e) => {
-                    for link in held {
+                    for (_, link) in held {
                         let _ = link.release();
                     }
                     return Err(e);
@@ -95,7 +142,7 @@ impl Dataplane {
         }
         // Pinned, the links outlive this daemon (a crash leaves the vif enforced).
         let mut pinned = Vec::new();
-        let mut unpinned = PIN_KINDS.into_iter().zip(held);
+        let mut unpinned = held.into_iter();
         while let Some((kind, link)) = unpinned.next() {
             match self.pin(ifindex, kind, link) {
                 Ok(link) => pinned.push(link),
@@ -107,11 +154,16 @@ impl Dataplane {
                 }
             }
         }
-        let [xdp, tc, tags]: [Held; 3] = match pinned.try_into() {
-            Ok(links) => links,
-            Err(_) => unreachable!("three programs, three links"),
+        let mut pinned = pinned.into_iter();
+        let xdp = if mode == AttachMode::TcIngress {
+            None
+        } else {
+            pinned.next()
         };
-        if taken_over {
+        let (Some(tc), Some(tags)) = (pinned.next(), pinned.next()) else {
+            unreachable!("two TC links");
+        };
+        if taken_over && mode != AttachMode::TcIngress {
             mode = AttachMode::TakenOver;
         }
         self.attached.insert(
@@ -125,6 +177,61 @@ impl Dataplane {
             },
         );
         Ok(mode)
+    }
+
+    /// For a vif judged at TC ingress ([`AttachMode::TcIngress`]): tries XDP again, and
+    /// if the hook is free now, attaches XDP and the tags program, then removes the
+    /// judge (in that order: the vif is never without a judgement of what it sends).
+    /// Returns the new mode, or `None` if the hook is still held (or the vif is not in
+    /// that mode).
+    pub fn retry_xdp(&mut self, ifindex: u32) -> Result<Option<AttachMode>, DataplaneError> {
+        let Some(attachment) = self.attached.get(&ifindex) else {
+            return Ok(None);
+        };
+        if attachment.mode != AttachMode::TcIngress {
+            return Ok(None);
+        }
+        let name = attachment.name.clone();
+        let Ok((xdp, mode)) = self.attach_xdp(&name, ifindex) else {
+            return Ok(None);
+        };
+        let xdp = self.pin(ifindex, "xdp", xdp)?;
+        let tags = self
+            .attach_tc(
+                programs::TC_INGRESS_TAGS,
+                TcAttachType::Ingress,
+                &name,
+                ifindex,
+            )
+            .and_then(|link| self.pin(ifindex, "tags", link));
+        let tags = match tags {
+            Ok(link) => link,
+            Err(e) => {
+                let _ = xdp.release();
+                return Err(e);
+            }
+        };
+        let attachment = self.attached.get_mut(&ifindex).expect("checked above");
+        let judge = std::mem::replace(&mut attachment.tags, tags);
+        attachment.xdp = Some(xdp);
+        attachment.mode = mode;
+        judge.release().map_err(|e| {
+            pin_err(format!("removing the TC ingress judge of {name}"))(Box::new(e))
+        })?;
+        Ok(Some(mode))
+    }
+
+    /// Loads the TC ingress judge (once): only where some vif needs it, since verifying
+    /// it takes as long as the XDP program.
+    pub(super) fn load_judge(&mut self) -> Result<(), DataplaneError> {
+        let program = self.classifier(programs::TC_INGRESS_JUDGE)?;
+        if program.fd().is_err() {
+            program.load().map_err(prog_err(
+                programs::TC_INGRESS_JUDGE,
+                "verifying and loading",
+            ))?;
+        }
+        Ok(())
     }
 
     fn attach_xdp(
@@ -252,7 +359,7 @@ impl Dataplane {
         let left = std::mem::take(&mut pins.left);
         let count = left.len();
         for (_, vif) in left {
-            for link in [vif.xdp, vif.tc, vif.tags].into_iter().flatten() {
+            for link in [vif.xdp, vif.tc, vif.tags, vif.judge].into_iter().flatten() {
                 let _ = link.unpin();
             }
         }
@@ -265,7 +372,7 @@ impl Dataplane {
             return Ok(());
         };
         let name = attachment.name;
-        let xdp = attachment.xdp.release();
+        let xdp = attachment.xdp.map_or(Ok(()), Held::release);
         let tc = attachment.tc.release();
         let tags = attachment.tags.release();
         xdp.and(tc)

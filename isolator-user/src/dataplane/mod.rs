@@ -415,11 +415,14 @@ impl Dataplane {
     /// How many instructions the kernel's verifier walked to accept each program: their
     /// distance from its limit of 1 000 000 is what the next change to the programs has.
     pub fn verified_instructions(&mut self) -> Result<Vec<(&'static str, u32)>, DataplaneError> {
+        // The TC ingress judge is loaded only where a vif needs it; here it is, to count.
+        self.load_judge()?;
         let mut out = Vec::new();
         for name in [
             programs::XDP_INGRESS,
             programs::TC_EGRESS,
             programs::TC_INGRESS_TAGS,
+            programs::TC_INGRESS_JUDGE,
         ] {
             let program = self
                 .ebpf

@@ -14,6 +14,8 @@ pub(super) struct LeftVif {
     pub xdp: Option<PinnedLink>,
     pub tc: Option<PinnedLink>,
     pub tags: Option<PinnedLink>,
+    /// The TC ingress judge, where another program held the XDP hook.
+    pub judge: Option<PinnedLink>,
 }
 
 /// Links left by a previous daemon, by ifindex.
@@ -25,9 +27,6 @@ pub(super) struct Pins {
     /// Not yet taken over.
     pub left: LeftLinks,
 }
-
-/// Pin names of a vif's links, in attachment order: `<ifindex>-<kind>`.
-pub(super) const PIN_KINDS: [&str; 3] = ["xdp", "tc", "tags"];
 
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -85,7 +84,7 @@ fn fs_magic(path: &Path) -> Option<i64> {
 }
 
 /// The links pinned under `dir` by a previous daemon, by ifindex: files `<ifindex>-xdp`,
-/// `<ifindex>-tc` and `<ifindex>-tags`.
+/// `<ifindex>-tc` and `<ifindex>-tags`, or `<ifindex>-tc` and `<ifindex>-judge`.
 pub(super) fn read_pinned_links(dir: &Path) -> Result<LeftLinks, DataplaneError> {
     let mut left = LeftLinks::new();
     let entries = std::fs::read_dir(dir)
@@ -111,6 +110,7 @@ pub(super) fn read_pinned_links(dir: &Path) -> Result<LeftLinks, DataplaneError>
             "xdp" => slot.xdp = Some(link),
             "tc" => slot.tc = Some(link),
             "tags" => slot.tags = Some(link),
+            "judge" => slot.judge = Some(link),
             _ => {}
         }
     }

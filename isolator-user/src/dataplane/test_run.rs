@@ -190,4 +190,25 @@ impl Dataplane {
             .map_err(prog_err(programs::TC_EGRESS, "test run"))?;
         Ok(result.return_value as i32)
     }
+
+    /// Runs the TC ingress judge (loading it first if need be) once on `frame` as if the
+    /// VM behind `ifindex` sent it, with BPF_PROG_TEST_RUN, and returns the TC action.
+    pub fn test_run_ingress_tc(
+        &mut self,
+        ifindex: u32,
+        frame: &[u8],
+    ) -> Result<i32, DataplaneError> {
+        self.load_judge()?;
+        let ctx = sk_buff(ifindex, ifindex);
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(ctx.bytes()),
+            ..TestRunOptions::new()
+        };
+        let result = self
+            .classifier(programs::TC_INGRESS_JUDGE)?
+            .test_run(opts)
+            .map_err(prog_err(programs::TC_INGRESS_JUDGE, "test run"))?;
+        Ok(result.return_value as i32)
+    }
 }

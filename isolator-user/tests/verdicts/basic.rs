@@ -149,7 +149,7 @@ fn ipv4_verdicts() {
                 verdict::NO_POLICY,
             ),
         ];
-        lab.check_all(&rows);
+        lab.check_all_both_ingresses(&rows);
     });
 }
 
@@ -213,7 +213,7 @@ fn ipv6_verdicts() {
                 verdict::NO_POLICY,
             ),
         ];
-        lab.check_all(&rows);
+        lab.check_all_both_ingresses(&rows);
     });
 }
 
@@ -259,7 +259,7 @@ fn arp_verdicts() {
                 verdict::MALFORMED,
             ),
         ];
-        lab.check_all(&rows);
+        lab.check_all_both_ingresses(&rows);
     });
 }
 
@@ -280,7 +280,11 @@ fn a_vif_whose_segment_entry_is_missing_fails_closed() {
         plan.v4.push(("10.7.7.0/24".parse().unwrap(), 78));
         let mut dp = Dataplane::load().expect("load");
         dp.apply(&plan).expect("apply");
-        let mut lab = Lab { dp, links };
+        let mut lab = Lab {
+            dp,
+            links,
+            ingress_via_tc: false,
+        };
         lab.check(&row(
             "sender's segment entry missing",
             "d-orphan",

@@ -62,7 +62,7 @@ fn lab() -> Lab {
 fn source_addresses_and_macs() {
     in_private_netns(|| {
         let mut lab = lab();
-        lab.check_all(&[
+        lab.check_all_both_ingresses(&[
             row(
                 "declared MAC and address",
                 "d-aw1",
@@ -161,7 +161,7 @@ fn source_addresses_and_macs() {
 fn arp_and_neighbour_discovery() {
     in_private_netns(|| {
         let mut lab = lab();
-        lab.check_all(&[
+        lab.check_all_both_ingresses(&[
             row(
                 "ARP for itself",
                 "d-aw1",
@@ -313,7 +313,7 @@ fn arp_and_neighbour_discovery() {
 fn router_and_dhcp_guards() {
     in_private_netns(|| {
         let mut lab = lab();
-        lab.check_all(&[
+        lab.check_all_both_ingresses(&[
             row(
                 "router advertisement from a VM",
                 "d-aw2",
@@ -395,7 +395,7 @@ fn vlan_tags() {
     in_private_netns(|| {
         let mut lab = lab();
         let plain = ip_from(M1, PEER_MAC, "10.1.1.2", "10.1.1.3", tcp(1000, 22, 2));
-        lab.check_all(&[
+        lab.check_all_both_ingresses(&[
             row(
                 "a VLAN the interface lists",
                 "d-aw1",
@@ -488,7 +488,7 @@ fn malformed_and_evasive_frames() {
             v.payload[5] = 7; // UDP length 7
             v
         };
-        lab.check_all(&[
+        lab.check_all_both_ingresses(&[
             row(
                 "IPv4 total length beyond the frame",
                 "d-aw2",
