@@ -112,11 +112,13 @@ fn open_with(p: &Packet, key: &mut ConnKey, ifindex: u32, direction: u8, peer: u
 /// conntrack requires) and, sent by the VM, only if that packet was addressed to it.
 #[inline(never)]
 pub fn tracked(frame: &impl Frame, vif: &Vif, p: &Packet, key: &mut ConnKey, sender: u32) -> bool {
-    let Some(settings) = SETTINGS.get(vif.generation) else {
-        return false;
-    };
-    let now = now();
     let ifindex = vif.ifindex;
+    // Each of the vif's tables is found once, then asked for both directions' keys: a
+    // packet that belongs to no connection (most that get here) costs the two tables'
+    // lookups and four probes, nothing more.
+    // SAFETY: the inner tables outlive this run (the outer maps hold them).
+    let (established_table, opening_table) =
+        unsafe { (CONNTRACK.get(&ifindex), CONNTRACK_OPENING.get(&ifindex)) };
     for from_opener in [true, false] {
         let keyed = if from_opener {
             p.forward_key(key)
@@ -126,26 +128,28 @@ pub fn tracked(frame: &impl Frame, vif: &Vif, p: &Packet, key: &mut ConnKey, sen
         if !keyed {
             continue;
         }
-        let seen = Seen {
-            ifindex,
-            settings,
-            now,
-            from_opener,
-        };
-        // SAFETY: the inner table outlives this run (the outer map holds it).
-        if let Some(state) = unsafe { CONNTRACK.get_value_ptr_mut(&ifindex, &*key) } {
+        if let Some(state) = established_table.and_then(|t| t.get_ptr_mut(&*key)) {
             // SAFETY: a live entry, changed in place within this run; concurrent updates
             // of its fields are benign (last writer wins), as for any per-packet state.
             let state = unsafe { &mut *state };
+            let Some(seen) = seen(vif, from_opener) else {
+                return false;
+            };
             return from_peer(state, sender) && established(&seen, key, state, p);
         }
-        // SAFETY: as above.
-        if let Some(state) = unsafe { CONNTRACK_OPENING.get_value_ptr_mut(&ifindex, &*key) } {
+        if let Some(state) = opening_table.and_then(|t| t.get_ptr_mut(&*key)) {
             // SAFETY: as above.
             let state = unsafe { &mut *state };
+            let Some(seen) = seen(vif, from_opener) else {
+                return false;
+            };
             return from_peer(state, sender) && opening(&seen, key, state, p);
         }
     }
+    let Some(settings) = SETTINGS.get(vif.generation) else {
+        return false;
+    };
+    let now = now();
     if p.is_icmp_error() && quoted_key(frame, p, key) {
         if key.src != p.dst {
             return false;
@@ -192,6 +196,19 @@ fn live(ifindex: u32, key: &ConnKey, settings: &Settings, now: u64, sender: u32)
         Some(state) => fresh(state),
         None => false,
     }
+}
+
+/// Where and when the packet of a tracked connection is seen, under the policy in force's
+/// timeouts; `None` without settings (no policy).
+#[inline(always)]
+fn seen(vif: &Vif, from_opener: bool) -> Option<Seen<'static>> {
+    let settings = SETTINGS.get(vif.generation)?;
+    Some(Seen {
+        ifindex: vif.ifindex,
+        settings,
+        now: now(),
+        from_opener,
+    })
 }
 
 /// Where and when a packet of a tracked connection was seen, and in which direction.
