@@ -60,6 +60,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The fault injection points the tests set through FAILPOINTS; in the normal build,
+    // which has none, this does nothing.
+    let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file } => match policy::load(&file) {

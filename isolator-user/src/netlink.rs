@@ -63,6 +63,8 @@ impl Netlink {
     /// Waits for the next link or address event; `None` when the connection has ended
     /// (the caller opens a new one).
     pub async fn next_event(&mut self) -> Option<Event> {
+        // Fault injection for the tests (only the rehearsal build has it): the stream ends.
+        fail::fail_point!("netlink-stream-end", |_| None);
         loop {
             let (message, from) = self.events.next().await?;
             if let Some(event) = from_kernel(message, &from) {

@@ -92,6 +92,20 @@ impl Daemon {
         log_dir: &Path,
         extra: &[&str],
     ) -> Result<Daemon> {
+        Daemon::start_env(lab, bin, config, metrics_port, log_dir, extra, &[])
+    }
+
+    /// [`Daemon::start`] with `envs` set in the daemon's environment (e.g. FAILPOINTS for
+    /// the rehearsal build's fault injection).
+    pub fn start_env(
+        lab: &Lab,
+        bin: &Path,
+        config: &Path,
+        metrics_port: u16,
+        log_dir: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Daemon> {
         let metrics_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, metrics_port));
         let log_path = log_dir.join("isolator.log");
         let log =
@@ -112,6 +126,7 @@ impl Daemon {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.envs(envs.iter().copied());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd
             .spawn()

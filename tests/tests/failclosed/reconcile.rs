@@ -8,16 +8,18 @@
 use std::time::Duration;
 
 use isolator_common::limits::MAX_HOST_ADDRS;
+use isolator_tests::env::METRICS_PORT;
 use isolator_tests::failclosed_lab::{
     LateNetns, add_late_vif, await_attached, await_health, quiet_lab, udp_sinks,
 };
 use isolator_tests::frame::{ip_frame, parse_mac, udp};
 use isolator_tests::metrics::{
-    DROP_PACKETS, INTERFACES, NETLINK_OVERRUNS, RECONCILE_FAILING, RECONCILE_FAILURES, poll,
+    DROP_PACKETS, INTERFACES, NETLINK_OVERRUNS, NETLINK_RECONNECTS, RECONCILE_FAILING,
+    RECONCILE_FAILURES, poll,
 };
 use isolator_tests::net::{Capture, send_frame};
 use isolator_tests::netns::ip_n;
-use isolator_tests::{Env, Series, TempDir, Vm};
+use isolator_tests::{Daemon, Env, Series, TempDir, Vm};
 
 use super::{Problems, captured, carrying, expect_exactly, settle, udp_frame};
 
@@ -485,5 +487,76 @@ fn lost_link_events_are_counted_and_caught_up_by_a_full_listing() {
         "an overrun of link events",
         &format!("policy:\n{POLICY}"),
         &env.log_tail(),
+    );
+}
+
+/// Point 6d: the netlink subscription is restarted when its stream ends. The rehearsal
+/// build has a fault injection point there (FAILPOINTS; the normal build has none): the
+/// daemon's first wait for an event ends the stream. The daemon says so, subscribes again
+/// (`isolator_netlink_reconnects_total` 1), lists everything, and follows the host
+/// through the new subscription: a vif created afterwards is enforced within seconds, not
+/// at the next periodic resync a minute later.
+#[test]
+fn an_ended_netlink_stream_is_reopened_and_the_host_still_followed() {
+    const LATE_VIF: &str = "vacme-web8";
+    const LATE_MAC: &str = "02:15:0b:00:00:28";
+    let (lab, _vms) =
+        quiet_lab("fc-nlend", &[("web1", "vacme-web1", "10.1.1.2/24")], &[]).expect("lab");
+    let late_ns = LateNetns::new(&lab, "late").expect("netns");
+    let tmp = TempDir::new("isot-fc-nlend").expect("tmp");
+    let config = tmp.write("policy.yaml", POLICY).expect("policy");
+    let bin = isolator_tests::isolator_rehearsal_bin().unwrap_or_else(|e| panic!("{e:#}"));
+    let mut daemon = Daemon::start_env(
+        &lab,
+        &bin,
+        &config,
+        METRICS_PORT,
+        tmp.path(),
+        &[],
+        &[("FAILPOINTS", "netlink-stream-end=1*return")],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    daemon
+        .wait_healthy(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut bad = Problems::new();
+    let reconnects = Series::new(NETLINK_RECONNECTS, &[]);
+    let reconnected = poll(
+        "the daemon subscribes again",
+        Duration::from_secs(10),
+        || {
+            let n = daemon.scrape()?.value(&reconnects)?;
+            Ok(if n == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{n} reconnects"))
+            })
+        },
+    );
+    if let Err(e) = reconnected {
+        bad.push(format!("{e:#}"));
+    }
+    let log = daemon.log();
+    for said in [
+        "the netlink event stream ended; reconnecting",
+        "netlink reconnected; resynchronizing",
+    ] {
+        bad.check(log.contains(said), || format!("the log must say {said:?}"));
+    }
+    let created = add_late_vif(&lab, LATE_VIF, LATE_MAC, &late_ns).expect("new vif");
+    match await_attached(&lab, LATE_VIF, created, Duration::from_secs(10)) {
+        Ok(took) => println!("a vif created after the reconnect was attached in {took:?}"),
+        Err(e) => bad.push(format!(
+            "the new subscription must bring the new vif's event: {e:#}"
+        )),
+    }
+    match daemon.scrape().and_then(|m| m.value(&reconnects)) {
+        Ok(n) => bad.check(n == 1.0, || format!("one reconnect, not {n}")),
+        Err(e) => bad.push(format!("{e:#}")),
+    }
+    bad.finish(
+        "an ended netlink stream",
+        &format!("policy:\n{POLICY}"),
+        &daemon.log(),
     );
 }
