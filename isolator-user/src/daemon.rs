@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub persist: bool,
     /// The netlink socket's receive buffer, in bytes.
     pub netlink_receive_buffer: usize,
+    /// How often the whole host is listed again without any event.
+    pub resync_interval: Duration,
 }
 
 /// The netlink socket's receive buffer unless told otherwise: room for the events of
@@ -69,8 +71,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 const EVENT_SETTLE: Duration = Duration::from_millis(20);
 
 /// How often the whole host is listed again even without events (a missed event, or a
-/// change netlink does not report, is caught up with here).
-const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+/// change netlink does not report, is caught up with here), unless told otherwise.
+pub const DEFAULT_RESYNC_SECONDS: u64 = 60;
 
 /// Retries of a failed reconcile: the first after this, doubling up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -131,6 +133,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         policy,
         netlink,
         netlink_receive_buffer: opts.netlink_receive_buffer,
+        resync_interval: opts.resync_interval,
         kernel: kernel.clone(),
         status: status_tx,
         failing_since_retry: RETRY_FIRST,
@@ -186,6 +189,7 @@ struct Controller {
     policy: Policy,
     netlink: Netlink,
     netlink_receive_buffer: usize,
+    resync_interval: Duration,
     kernel: KernelHandle,
     status: watch::Sender<Status>,
     /// The wait before the next retry while reconciles fail.
@@ -201,7 +205,7 @@ impl Controller {
                 return;
             }
         };
-        let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+        let mut resync = tokio::time::interval(self.resync_interval);
         resync.tick().await;
         loop {
             let failing = self.status.borrow().reconcile_error.is_some();

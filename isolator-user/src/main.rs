@@ -56,12 +56,18 @@ enum Command {
         /// up on with a full listing (see isolator_netlink_overruns_total).
         #[arg(long, value_name = "BYTES", default_value_t = daemon::DEFAULT_NETLINK_RECEIVE_BUFFER)]
         netlink_receive_buffer: usize,
+        /// How often, in seconds, every link and address of the host is listed again even
+        /// without any event (what no event reported is caught up with then).
+        #[arg(long, value_name = "SECONDS", default_value_t = daemon::DEFAULT_RESYNC_SECONDS,
+              value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        resync_seconds: u64,
     },
 }
 
 fn main() -> ExitCode {
-    // The fault injection points the tests set through FAILPOINTS; in the normal build,
-    // which has none, this does nothing.
+    // The fault injection points the tests set through FAILPOINTS: the rehearsal build
+    // only; the normal build has none and ignores the variable.
+    #[cfg(feature = "rehearsal")]
     let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
     match cli.command {
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
             state_dir,
             persist,
             netlink_receive_buffer,
+            resync_seconds,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -107,6 +114,7 @@ fn main() -> ExitCode {
                 state_dir,
                 persist,
                 netlink_receive_buffer,
+                resync_interval: std::time::Duration::from_secs(resync_seconds),
             })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

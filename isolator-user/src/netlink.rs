@@ -67,6 +67,11 @@ impl Netlink {
         fail::fail_point!("netlink-stream-end", |_| None);
         loop {
             let (message, from) = self.events.next().await?;
+            // Fault injection for the tests (rehearsal build only): events are lost.
+            #[cfg(feature = "rehearsal")]
+            if fail::eval("netlink-lose-events", |_| ()).is_some() {
+                continue;
+            }
             if let Some(event) = from_kernel(message, &from) {
                 return Some(event);
             }

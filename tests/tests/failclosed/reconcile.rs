@@ -560,3 +560,56 @@ fn an_ended_netlink_stream_is_reopened_and_the_host_still_followed() {
         &daemon.log(),
     );
 }
+
+/// Point 6d: a periodic full resync catches up with what no event reported. Here every
+/// link event is lost (the rehearsal build's `netlink-lose-events`), and the resync runs
+/// every 2 s (`--resync-seconds`): a vif created while the daemon runs is still enforced,
+/// within a few seconds.
+#[test]
+fn the_periodic_resync_enforces_a_vif_whose_events_were_lost() {
+    const LATE_VIF: &str = "vacme-web8";
+    const LATE_MAC: &str = "02:15:0b:00:00:38";
+    let (lab, _vms) =
+        quiet_lab("fc-resync", &[("web1", "vacme-web1", "10.1.1.2/24")], &[]).expect("lab");
+    let late_ns = LateNetns::new(&lab, "late").expect("netns");
+    let tmp = TempDir::new("isot-fc-resync").expect("tmp");
+    let config = tmp.write("policy.yaml", POLICY).expect("policy");
+    let bin = isolator_tests::isolator_rehearsal_bin().unwrap_or_else(|e| panic!("{e:#}"));
+    let mut daemon = Daemon::start_env(
+        &lab,
+        &bin,
+        &config,
+        METRICS_PORT,
+        tmp.path(),
+        &["--resync-seconds", "2"],
+        &[("FAILPOINTS", "netlink-lose-events=return")],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    daemon
+        .wait_healthy(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut bad = Problems::new();
+    let created = add_late_vif(&lab, LATE_VIF, LATE_MAC, &late_ns).expect("new vif");
+    match await_attached(&lab, LATE_VIF, created, Duration::from_secs(8)) {
+        Ok(took) => {
+            println!("with every event lost, the resync attached the new vif in {took:?}");
+            bad.check(took >= Duration::from_millis(100), || {
+                format!(
+                    "attached after {took:?}: that fast, an event (which the fault injection \
+                     should have lost) did it, not the resync"
+                )
+            });
+        }
+        Err(e) => bad.push(format!(
+            "the periodic resync must enforce the new vif: {e:#}"
+        )),
+    }
+    bad.check(!daemon.log().contains("guarding a new interface"), || {
+        "no event may have reached the daemon (the guard acts on events only)".into()
+    });
+    bad.finish(
+        "a resync after lost events",
+        &format!("policy:\n{POLICY}"),
+        &daemon.log(),
+    );
+}
