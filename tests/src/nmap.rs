@@ -219,6 +219,9 @@ fn run_nmap(ns: &str, options: &[&str], targets: &[&str]) -> Result<Scan> {
         targets.iter().all(|t| t.contains(':') == v6),
         "one address family per scan: {targets:?}"
     );
+    for t in targets {
+        ensure_route(ns, t)?;
+    }
     let mut args: Vec<String> = ["netns", "exec", ns, "nmap", "-n"]
         .iter()
         .chain(options)
@@ -249,6 +252,24 @@ fn run_nmap(ns: &str, options: &[&str], targets: &[&str]) -> Result<Scan> {
         up,
         took,
     })
+}
+
+/// Fails unless namespace `ns` has a route to `target` (an address, or a prefix by its
+/// first address): a connect the local stack refuses ("network unreachable") makes nmap
+/// report the port filtered, which would read as "blocked" though nothing was sent.
+fn ensure_route(ns: &str, target: &str) -> Result<()> {
+    let addr = match target.parse::<IpAddr>() {
+        Ok(a) => a,
+        Err(_) => parse_cidr(target)?.0,
+    };
+    crate::netns::ip_n(ns, &["route", "get", &addr.to_string()])
+        .map(|_| ())
+        .with_context(|| {
+            format!(
+                "netns {ns} has no route to {target}: a scan could not send anything there \
+                 (a harness error, not \"filtered\")"
+            )
+        })
 }
 
 /// The open (address, port) pairs and the addresses reported up in nmap's grepable output.

@@ -89,9 +89,7 @@ fn a_failed_reconcile_is_reported_retried_and_recovers_while_enforcement_stays()
         )),
     }
     let m = env.scrape();
-    let first_failures = m
-        .value(&failures())
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let first_failures = m.value(&failures()).unwrap_or_else(|e| panic!("{e:#}"));
     bad.check(m.value(&failing()).ok() == Some(1.0), || {
         format!(
             "{} must be 1 while reconciles fail: {:?}",
