@@ -588,6 +588,7 @@ fn management_host_is_invisible_to_address_resolution_scans() {
             "baseline: a scan from the router finds the management host\n{seen}"
         );
     }
+    let before = env.scrape();
     let arp = host_discovery(env.ns("acme-db1"), &[MGMT_V4]).unwrap();
     let nd = host_discovery(env.ns("acme-db1"), &[MGMT_V6]).unwrap();
     assert!(
@@ -597,6 +598,13 @@ fn management_host_is_invisible_to_address_resolution_scans() {
         fmt_addrs(&arp.up),
         fmt_addrs(&nd.up),
         env.counters()
+    );
+    // Not found because isolator dropped the requests, as management.
+    assert_grew(
+        &before,
+        &env.scrape(),
+        &drop("acme-db1", Dir::Ingress, verdict::MANAGEMENT),
+        "acme-db1 asked for the management host's addresses (ARP, ND)",
     );
 }
 
