@@ -396,11 +396,19 @@ fn removing_a_flow_revokes_its_tracked_connection() {
     let with_flow = Policy::new().flow("web", "db", PORT_REVOKED);
     let env = start("revoke-flow", &with_flow);
     env.static_neighbours("acme-web1", "acme-db1");
+    env.static_neighbours("acme-web1", "acme-web2");
     let mut conn = env.connect(
         "flow web -> db tcp 7001",
         "acme-web1",
         "acme-db1",
         &format!("10.1.2.2:{PORT_REVOKED}"),
+    );
+    // The twin: a connection of the same VM that no policy can revoke.
+    let mut same = env.connect(
+        "same segment (never tracked)",
+        "acme-web1",
+        "acme-web2",
+        &format!("10.1.1.3:{PORT_SAME}"),
     );
     env.assert_entries(
         2,
@@ -420,6 +428,7 @@ fn removing_a_flow_revokes_its_tracked_connection() {
         "the reload removed the only flow web -> db",
     );
     let after = env.scrape();
+    assert_survives(&env, &mut same, "a connection within acme/web");
     env.assert_drops_grew(
         &before,
         &after,
@@ -700,6 +709,15 @@ fn removing_an_exposure_revokes_cross_tenant_and_outside_connections() {
         &exposed,
     );
     env.assert_entries(0, "both revoked connections left the table");
+    // The twin: the exposure the reload kept admits a new connection from the same VM.
+    env.static_neighbours("acme-db1", "globex-api2");
+    let mut kept = env.connect(
+        "exposed 10.2.1.3 tcp 7081 (kept), from another tenant",
+        "acme-db1",
+        "globex-api2",
+        &format!("10.2.1.3:{PORT_OTHER}"),
+    );
+    assert_survives(&env, &mut kept, "the reload kept the exposure of 10.2.1.3");
 }
 
 /// 4. `egress: allow` -> `egress: deny`: acme-web1's connections to the outside host (IPv4
