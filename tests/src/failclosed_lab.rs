@@ -229,8 +229,15 @@ impl Stream {
                     }
                     // The interface went away: wait for it again.
                     Err(e) if e.raw_os_error() == Some(libc::ENXIO) => socket = None,
-                    // Not up yet (ENETDOWN), or its queue is full: not sent, not counted.
-                    Err(_) => {}
+                    // Not up yet (ENETDOWN), or its queue is full or the frame dropped
+                    // on the way out (ENOBUFS, EAGAIN): not sent, not counted.
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ENETDOWN | libc::ENOBUFS | libc::EAGAIN)
+                        ) => {}
+                    // Anything else is a harness error, never "not arrived".
+                    Err(e) => bail!("sending frame {k} on {ifname} in {path}: {e}"),
                 }
                 std::thread::sleep(gap);
             }
