@@ -162,7 +162,15 @@ fn recv_echo_reply(sock: &OwnedFd, dst: IpAddr, id: u16, timeout: Duration) -> R
             &mut from_len,
         )
     };
-    if n <= 0 {
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(None),
+            // The socket itself failed: the harness, not the traffic.
+            _ => Err(e).context("receiving on the raw ICMP socket"),
+        };
+    }
+    if n == 0 {
         return Ok(None);
     }
     let pkt = &buf[..n as usize];
@@ -432,6 +440,13 @@ impl Capture {
                 };
                 // SAFETY: one valid pollfd.
                 let rc = unsafe { libc::poll(&mut pfd, 1, 20) };
+                if rc < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        // A capture that stopped seeing frames cannot say none arrived.
+                        return Err(e).context("polling the capture's socket");
+                    }
+                }
                 if rc <= 0 {
                     if stop2.load(Ordering::SeqCst) {
                         return Ok(frames);
@@ -452,6 +467,13 @@ impl Capture {
                         &mut len,
                     )
                 };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    match e.kind() {
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {}
+                        _ => return Err(e).context("receiving on the capture's socket"),
+                    }
+                }
                 if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
                     frames.push(buf[..n as usize].to_vec());
                 }
