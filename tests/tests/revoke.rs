@@ -178,8 +178,16 @@ trait RevokeEnv {
     /// then until exactly `n` more connections are counted as revoked (and no more come).
     fn reload_revoking(&self, policy: &Policy, n: usize, why: &str) -> Scrape;
     /// A new connection from `client` to `target` (a listener bound there in `server`)
-    /// must not be established.
-    fn assert_new_connection_fails(&self, what: &str, client: &str, server: &str, target: &str);
+    /// must not be established, and its SYNs are dropped where `judged` says: (VM whose
+    /// vif judges them, direction, reason).
+    fn assert_new_connection_fails(
+        &self,
+        what: &str,
+        client: &str,
+        server: &str,
+        target: &str,
+        judged: (&str, Dir, u8),
+    );
     /// Asserts, for each `(vm, direction, reason, why)`, that the drop counter grew between
     /// the two scrapes.
     fn assert_drops_grew(&self, before: &Scrape, after: &Scrape, cases: &[(&str, Dir, u8, &str)]);
@@ -248,8 +256,16 @@ impl RevokeEnv for Env<ServiceLab> {
             .unwrap_or_else(|e| panic!("{why}: {e:#}\n{}", self.report()))
     }
 
-    fn assert_new_connection_fails(&self, what: &str, client: &str, server: &str, target: &str) {
+    fn assert_new_connection_fails(
+        &self,
+        what: &str,
+        client: &str,
+        server: &str,
+        target: &str,
+        judged: (&str, Dir, u8),
+    ) {
         let target: SocketAddr = target.parse().expect("socket address");
+        let before = self.scrape();
         let got = tcp_probe(
             self.ns(client),
             self.ns(server),
@@ -264,6 +280,9 @@ impl RevokeEnv for Env<ServiceLab> {
              {got:?}\n{}",
             self.report()
         );
+        let (vm, dir, reason) = judged;
+        let why = format!("{what}: the new connection's SYNs");
+        self.assert_drops_grew(&before, &self.scrape(), &[(vm, dir, reason, &why)]);
     }
 
     fn assert_drops_grew(&self, before: &Scrape, after: &Scrape, cases: &[(&str, Dir, u8, &str)]) {
@@ -452,6 +471,7 @@ fn removing_a_flow_revokes_its_tracked_connection() {
         "acme-web1",
         "acme-db1",
         &format!("10.1.2.2:{PORT_REVOKED}"),
+        ("acme-web1", Dir::Ingress, verdict::CROSS_SEGMENT),
     );
     env.assert_entries(0, "the revoked connection left the table");
 }
@@ -701,12 +721,14 @@ fn removing_an_exposure_revokes_cross_tenant_and_outside_connections() {
         "acme-db1",
         "globex-api1",
         &exposed,
+        ("acme-db1", Dir::Ingress, verdict::CROSS_TENANT),
     );
     env.assert_new_connection_fails(
         "10.2.1.2 tcp 7080 is no longer exposed",
         OUTSIDE,
         "globex-api1",
         &exposed,
+        ("globex-api1", Dir::Egress, verdict::NOT_EXPOSED),
     );
     env.assert_entries(0, "both revoked connections left the table");
     // The twin: the exposure the reload kept admits a new connection from the same VM.
@@ -783,6 +805,7 @@ fn egress_deny_revokes_connections_to_the_outside() {
         "acme-web1",
         OUTSIDE,
         &format!("{OUTSIDE_V4}:{}", PORT_OUT[0]),
+        ("acme-web1", Dir::Ingress, verdict::EGRESS_DENIED),
     );
     env.assert_entries(1, "only globex-ops1's connection is still tracked");
 }
@@ -844,6 +867,7 @@ fn removing_a_flow_revokes_its_ipv6_connection_and_keeps_the_other() {
         "acme-web1",
         "acme-db1",
         &format!("[fd00:1:2::2]:{PORT_REVOKED}"),
+        ("acme-web1", Dir::Ingress, verdict::CROSS_SEGMENT),
     );
     env.assert_entries(2, "the surviving connection is still tracked, at both vifs");
 }
