@@ -13,8 +13,7 @@ use isolator_tests::failclosed_lab::{
 };
 use isolator_tests::frame::{ip_frame, parse_mac, udp};
 use isolator_tests::metrics::{
-    DEADLINE, DROP_PACKETS, INTERFACES, NETLINK_OVERRUNS, RECONCILE_FAILING, RECONCILE_FAILURES,
-    SETTLE, poll,
+    DROP_PACKETS, INTERFACES, NETLINK_OVERRUNS, RECONCILE_FAILING, RECONCILE_FAILURES, poll,
 };
 use isolator_tests::net::{Capture, send_frame};
 use isolator_tests::netns::ip_n;
@@ -328,7 +327,7 @@ fn a_new_vif_is_guarded_while_reconciles_fail() {
     };
     let counted = poll(
         "the guarded vif counts its frames as no_policy drops",
-        DEADLINE,
+        isolator_tests::metrics::DEADLINE,
         || {
             Ok(match read()? {
                 Ok(d) if d.get("no_policy").is_some_and(|n| *n >= 6.0) => Ok(()),
@@ -340,7 +339,7 @@ fn a_new_vif_is_guarded_while_reconciles_fail() {
     if let Err(e) = counted {
         bad.push(format!("{e:#}"));
     }
-    std::thread::sleep(SETTLE);
+    std::thread::sleep(isolator_tests::metrics::SETTLE);
     let drops = read().expect("scrape");
     bad.check(
         drops
