@@ -179,8 +179,12 @@ fn echo(mut conn: TcpStream, stop: Arc<AtomicBool>) {
 pub enum EchoOutcome {
     /// Connected, and all the bytes sent came back unchanged.
     Echoed { bytes: usize },
-    /// The connection could not be established (timeout, unreachable, refused...).
+    /// The connection could not be established: no answer (timeout), or the neighbour or
+    /// a router on the way could not reach the address (host unreachable).
     ConnectFailed(String),
+    /// A TCP reset answered the SYN (connection refused): the SYN reached a stack with no
+    /// listener there. Not [`EchoOutcome::refused`]: something on the way let it through.
+    Reset(String),
     /// Connected, but the data did not come back complete and unchanged.
     Broken {
         sent: usize,
@@ -195,7 +199,8 @@ impl EchoOutcome {
         matches!(self, EchoOutcome::Echoed { .. })
     }
 
-    /// Whether no connection was established.
+    /// Whether no connection was established and nothing answered the SYN (a reset is
+    /// an answer: see [`EchoOutcome::Reset`]).
     pub fn refused(&self) -> bool {
         matches!(self, EchoOutcome::ConnectFailed(_))
     }
@@ -214,7 +219,13 @@ pub fn tcp_echo(
     in_netns(ns, || {
         let conn = match TcpStream::connect_timeout(&target, timeout) {
             Ok(c) => c,
-            Err(e) => return Ok(EchoOutcome::ConnectFailed(e.to_string())),
+            // A SYN the local stack could not send is a harness error, not "refused".
+            Err(e) => {
+                return Ok(match crate::net::connect_failure(target, e)? {
+                    Ok(failed) => EchoOutcome::ConnectFailed(failed),
+                    Err(reset) => EchoOutcome::Reset(reset),
+                });
+            }
         };
         let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         conn.set_read_timeout(Some(Duration::from_secs(3)))?;

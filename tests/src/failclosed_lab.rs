@@ -229,8 +229,15 @@ impl Stream {
                     }
                     // The interface went away: wait for it again.
                     Err(e) if e.raw_os_error() == Some(libc::ENXIO) => socket = None,
-                    // Not up yet (ENETDOWN), or its queue is full: not sent, not counted.
-                    Err(_) => {}
+                    // Not up yet (ENETDOWN), or its queue is full or the frame dropped
+                    // on the way out (ENOBUFS, EAGAIN): not sent, not counted.
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ENETDOWN | libc::ENOBUFS | libc::EAGAIN)
+                        ) => {}
+                    // Anything else is a harness error, never "not arrived".
+                    Err(e) => bail!("sending frame {k} on {ifname} in {path}: {e}"),
                 }
                 std::thread::sleep(gap);
             }
@@ -429,12 +436,28 @@ impl Macvtap {
             };
             // SAFETY: one valid pollfd.
             let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+            if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    // A device that cannot be read cannot say nothing came.
+                    return Err(e).with_context(|| format!("polling {}", self.name));
+                }
+            }
             if rc <= 0 {
                 continue;
             }
             // SAFETY: the buffer is valid for its length.
             let n =
                 unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) {
+                    return Err(e).with_context(|| format!("reading {}", self.name));
+                }
+            }
             if n > VNET_HDR as isize {
                 frames.push(buf[VNET_HDR..n as usize].to_vec());
             }

@@ -162,7 +162,15 @@ fn recv_echo_reply(sock: &OwnedFd, dst: IpAddr, id: u16, timeout: Duration) -> R
             &mut from_len,
         )
     };
-    if n <= 0 {
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(None),
+            // The socket itself failed: the harness, not the traffic.
+            _ => Err(e).context("receiving on the raw ICMP socket"),
+        };
+    }
+    if n == 0 {
         return Ok(None);
     }
     let pkt = &buf[..n as usize];
@@ -256,10 +264,39 @@ fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
 pub enum TcpOutcome {
     /// Connected, and the listener received exactly the payload.
     Delivered,
-    /// The connection could not be established (timeout, unreachable, refused...).
+    /// The connection could not be established: no answer (timeout), or the neighbour or
+    /// a router on the way could not reach the address (host unreachable).
     ConnectFailed(String),
+    /// A TCP reset answered the SYN (connection refused): the SYN reached a stack that
+    /// has no listener there. Neither delivered to the listener nor blocked.
+    Reset(String),
     /// Connected, but the listener did not receive the payload (it got this instead).
     PayloadLost(String),
+}
+
+/// What a failed `connect` says: `Err` where the local stack could not even send the SYN
+/// (no route, no usable source address...): a harness error, never "blocked";
+/// `Ok(Err(..))` for a reset (the SYN arrived somewhere); `Ok(Ok(..))` for a connection
+/// that got no answer.
+pub(crate) fn connect_failure(
+    target: SocketAddr,
+    e: std::io::Error,
+) -> Result<std::result::Result<String, String>> {
+    match e.raw_os_error() {
+        Some(
+            libc::ENETUNREACH
+            | libc::ENETDOWN
+            | libc::EADDRNOTAVAIL
+            | libc::EAFNOSUPPORT
+            | libc::EINVAL
+            | libc::EACCES
+            | libc::EPERM,
+        ) => Err(anyhow::Error::new(e).context(format!(
+            "could not send a SYN to {target}: the local stack refused it"
+        ))),
+        Some(libc::ECONNREFUSED) => Ok(Err(e.to_string())),
+        _ => Ok(Ok(e.to_string())),
+    }
 }
 
 impl TcpOutcome {
@@ -325,15 +362,18 @@ pub fn tcp_probe(
                     s.shutdown(Shutdown::Write)?;
                     Ok(None)
                 }
-                Err(e) => Ok(Some(e.to_string())),
+                Err(e) => Ok(Some(connect_failure(target, e)?)),
             }
-        })?;
+        })
+        .with_context(|| format!("tcp {target} from netns {from_ns}"));
         let received = match server.join() {
             Ok(r) => r?,
             Err(p) => std::panic::resume_unwind(p),
         };
+        let client = client?;
         Ok(match (client, received) {
-            (Some(err), _) => TcpOutcome::ConnectFailed(err),
+            (Some(Err(reset)), _) => TcpOutcome::Reset(reset),
+            (Some(Ok(err)), _) => TcpOutcome::ConnectFailed(err),
             (None, Some(got)) if got == payload.as_bytes() => TcpOutcome::Delivered,
             (None, Some(got)) => TcpOutcome::PayloadLost(String::from_utf8_lossy(&got).into()),
             (None, None) => TcpOutcome::PayloadLost("<no connection accepted>".into()),
@@ -400,6 +440,13 @@ impl Capture {
                 };
                 // SAFETY: one valid pollfd.
                 let rc = unsafe { libc::poll(&mut pfd, 1, 20) };
+                if rc < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        // A capture that stopped seeing frames cannot say none arrived.
+                        return Err(e).context("polling the capture's socket");
+                    }
+                }
                 if rc <= 0 {
                     if stop2.load(Ordering::SeqCst) {
                         return Ok(frames);
@@ -420,6 +467,13 @@ impl Capture {
                         &mut len,
                     )
                 };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    match e.kind() {
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {}
+                        _ => return Err(e).context("receiving on the capture's socket"),
+                    }
+                }
                 if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
                     frames.push(buf[..n as usize].to_vec());
                 }
@@ -650,5 +704,29 @@ impl TcpPair {
             self.n
         );
         Ok(start.elapsed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SYN the local stack refuses is a harness error; a reset is an answer; a timeout
+    /// or an unreachable neighbour is "no connection".
+    #[test]
+    fn connect_failures_are_told_apart() {
+        let target: SocketAddr = "10.1.1.2:80".parse().unwrap();
+        let e = |code| std::io::Error::from_raw_os_error(code);
+        for code in [libc::ENETUNREACH, libc::EADDRNOTAVAIL, libc::EPERM] {
+            let err = connect_failure(target, e(code)).unwrap_err();
+            assert!(format!("{err:#}").contains("could not send"), "{err:#}");
+        }
+        assert!(matches!(
+            connect_failure(target, e(libc::ECONNREFUSED)),
+            Ok(Err(_))
+        ));
+        for code in [libc::ETIMEDOUT, libc::EHOSTUNREACH] {
+            assert!(matches!(connect_failure(target, e(code)), Ok(Ok(_))));
+        }
     }
 }

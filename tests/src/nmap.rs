@@ -219,6 +219,9 @@ fn run_nmap(ns: &str, options: &[&str], targets: &[&str]) -> Result<Scan> {
         targets.iter().all(|t| t.contains(':') == v6),
         "one address family per scan: {targets:?}"
     );
+    for t in targets {
+        ensure_route(ns, t)?;
+    }
     let mut args: Vec<String> = ["netns", "exec", ns, "nmap", "-n"]
         .iter()
         .chain(options)
@@ -241,6 +244,11 @@ fn run_nmap(ns: &str, options: &[&str], targets: &[&str]) -> Result<Scan> {
     if !out.status.success() {
         bail!("`{command}` failed ({}):\n{output}", out.status);
     }
+    // nmap reports a probe it could not send as a warning and goes on: its targets then
+    // look down or filtered, which would read as "blocked".
+    if let Some(line) = output.lines().find(|l| could_not_send(l)) {
+        bail!("`{command}` could not send its probes ({line:?}): a harness error:\n{output}");
+    }
     let (open, up) = parse_grepable(&output)?;
     Ok(Scan {
         command,
@@ -249,6 +257,33 @@ fn run_nmap(ns: &str, options: &[&str], targets: &[&str]) -> Result<Scan> {
         up,
         took,
     })
+}
+
+/// Fails unless namespace `ns` has a route to `target` (an address, or a prefix by its
+/// first address): a connect the local stack refuses ("network unreachable") makes nmap
+/// report the port filtered, which would read as "blocked" though nothing was sent.
+fn ensure_route(ns: &str, target: &str) -> Result<()> {
+    let addr = match target.parse::<IpAddr>() {
+        Ok(a) => a,
+        Err(_) => parse_cidr(target)?.0,
+    };
+    crate::netns::ip_n(ns, &["route", "get", &addr.to_string()])
+        .map(|_| ())
+        .with_context(|| {
+            format!(
+                "netns {ns} has no route to {target}: a scan could not send anything there \
+                 (a harness error, not \"filtered\")"
+            )
+        })
+}
+
+/// Whether a line of nmap's output says that it could not send a probe.
+fn could_not_send(line: &str) -> bool {
+    let l = line.to_ascii_lowercase();
+    l.contains("sendto in send_")
+        || l.contains("failed to send")
+        || l.contains("network is unreachable")
+        || l.contains("operation not permitted")
 }
 
 /// The open (address, port) pairs and the addresses reported up in nmap's grepable output.
@@ -306,6 +341,20 @@ mod tests {
         assert_eq!(up, addrs(&["10.2.1.2"]));
         assert_eq!(open, endpoints(&[("10.2.1.2", 80), ("fd00:2:1::3", 8080)]));
         assert_eq!(fmt_endpoints(&open), "10.2.1.2:80, [fd00:2:1::3]:8080");
+    }
+
+    #[test]
+    fn probes_nmap_could_not_send_are_recognised() {
+        assert!(could_not_send(
+            "sendto in send_ip_packet_sd: sendto(5, packet, 44, 0, 10.1.1.2, 16) => Operation not permitted"
+        ));
+        assert!(could_not_send("WARNING: Failed to send an ARP request"));
+        assert!(!could_not_send(
+            "Host: 10.2.1.2 ()\tPorts: 22/filtered/tcp//ssh///"
+        ));
+        assert!(!could_not_send(
+            "# Nmap done at ...: 16 IP addresses (2 hosts up)"
+        ));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! that promtool accepts, the documented families with their types and label sets, and
 //! the interfaces gauge.
 
+use isolator_common::verdict;
 use isolator_tests::metrics::{DROP_BYTES, DROP_PACKETS, INTERFACES, PASS_BYTES, PASS_PACKETS};
-use isolator_tests::{Scrape, Series, ping, topology};
+use isolator_tests::{Dir, Scrape, Series, ping, topology};
 
 use crate::common::{assert_well_formed, standard};
 
@@ -29,6 +30,13 @@ fn metrics_pass_promtool_and_are_well_typed() {
         "/metrics Content-Type must be the text format 0.0.4, got {ctype:?}"
     );
     let m = Scrape::parse(&resp.body).unwrap();
+    // The two blocked pings are counted at acme-web1's vif under their reasons (a fresh
+    // daemon: the values are what this test sent).
+    for reason in [verdict::CROSS_SEGMENT, verdict::CROSS_TENANT] {
+        let series = Series::drop(&a.vif, Dir::Ingress, reason);
+        let v = m.value(&series).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(v >= 1.0, "{series} must count the blocked ping, is {v}");
+    }
     assert_well_formed(
         &m,
         &[

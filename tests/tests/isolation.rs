@@ -3,6 +3,7 @@
 //! everything passes; across segments and tenants nothing arrives, and every drop is
 //! counted under the sender's vif, exactly, where the test controls every frame sent.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use isolator_common::verdict;
 use isolator_tests::frame::{self, echo_request, ip_frame, parse_mac, tagged};
 use isolator_tests::net::{PING_PAYLOAD, echo_request_frame_len, send_frame};
 use isolator_tests::topology::{Relation, plan};
-use isolator_tests::{Dir, Env, Expect, Lab, Series, Vm, ping, ping_count, tcp_probe};
+use isolator_tests::{Dir, Env, Expect, Lab, Scrape, Series, Vm, ping, ping_count, tcp_probe};
 
 use crate::common::{about, capture, copies, standard};
 
@@ -144,14 +145,35 @@ fn cross_segment_and_cross_tenant_traffic_is_dropped_and_counted() {
     // advertisement back to the sender is itself dropped (and counted) at the receiver's vif.
 }
 
+/// How each drop reason of `vif`'s ingress grew between two scrapes (non-zero only); a
+/// missing series fails.
+fn drops_grew(before: &Scrape, after: &Scrape, vif: &str) -> BTreeMap<String, f64> {
+    let series = Series::drops(vif, Dir::Ingress);
+    let (b, a) = (
+        before
+            .by_reason(&series)
+            .unwrap_or_else(|e| panic!("{e:#}")),
+        after.by_reason(&series).unwrap_or_else(|e| panic!("{e:#}")),
+    );
+    a.iter()
+        .map(|(k, v)| (k.clone(), v - b.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d != 0.0)
+        .collect()
+}
+
 /// I1 observed at the receiver: a capture on the target VM's eth0 while the sender pings and
 /// connects to it sees a frame from the sender's MAC that concerns the target address
 /// (ARP/ND for it included) if and only if the two are in one segment. Link-local multicast
 /// the sender emits anyway (MLD reports) is "outside every segment" and not counted here.
+/// The sender's vif counts the blocked frames under the relation's reason and nothing
+/// else (how many depends on the stack's ARP/ND and SYN retries: at least one), and
+/// drops nothing of the allowed ones.
 fn assert_frames_arrive(env: &Env, from: &str, to: &str, v6: bool) {
     let (f, t) = (env.vm(from), env.vm(to));
-    let allowed = Relation::of(&plan(from), &plan(to)).allowed();
+    let relation = Relation::of(&plan(from), &plan(to));
+    let allowed = relation.allowed();
     let dst = if v6 { t.v6() } else { t.v4() };
+    let before = env.scrape();
     let ((pinged, tcp), frames) = capture(&t.ns, "eth0", || {
         (
             ping(f, dst).unwrap(),
@@ -165,6 +187,23 @@ fn assert_frames_arrive(env: &Env, from: &str, to: &str, v6: bool) {
         if allowed { "delivered" } else { "blocked" }
     );
     let arrived = about(&frames, &f.mac, dst);
+    let dropped = drops_grew(&before, &env.scrape(), &f.vif);
+    match relation.reason() {
+        None => assert!(
+            dropped.is_empty(),
+            "{from} -> {to} ({dst}) is allowed, yet {}'s ingress drops grew: {dropped:?}",
+            f.vif
+        ),
+        Some(code) => {
+            let reason = isolator_tests::metrics::reason(code);
+            assert!(
+                dropped.len() == 1 && dropped.get(reason).is_some_and(|n| *n >= 1.0),
+                "{from} -> {to} ({dst}) is blocked: {}'s ingress drops must grow under \
+                 {reason} and no other reason, they grew by {dropped:?}",
+                f.vif
+            );
+        }
+    }
     if allowed {
         assert!(
             !arrived.is_empty(),

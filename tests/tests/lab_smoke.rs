@@ -60,6 +60,10 @@ fn bridge_connects_every_vm_v4_and_v6() {
             "{dst}: {err:#}"
         );
     }
+    // The same for a scan: nmap would report the ports of an unroutable target filtered.
+    let err = isolator_tests::nmap::tcp_connect_scan(&a.ns, &["203.0.113.10"], &[22])
+        .expect_err("a scan of 203.0.113.10, which acme-web1 has no route to, must fail");
+    assert!(format!("{err:#}").contains("no route"), "{err:#}");
     // The capture sees what arrives: a ping's request at the target.
     let b = lab.vm("acme-web2");
     let (pinged, frames) = capture(&b.ns, "eth0", || ping(a, b.v4()).unwrap());

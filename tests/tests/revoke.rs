@@ -178,8 +178,16 @@ trait RevokeEnv {
     /// then until exactly `n` more connections are counted as revoked (and no more come).
     fn reload_revoking(&self, policy: &Policy, n: usize, why: &str) -> Scrape;
     /// A new connection from `client` to `target` (a listener bound there in `server`)
-    /// must not be established.
-    fn assert_new_connection_fails(&self, what: &str, client: &str, server: &str, target: &str);
+    /// must not be established, and its SYNs are dropped where `judged` says: (VM whose
+    /// vif judges them, direction, reason).
+    fn assert_new_connection_fails(
+        &self,
+        what: &str,
+        client: &str,
+        server: &str,
+        target: &str,
+        judged: (&str, Dir, u8),
+    );
     /// Asserts, for each `(vm, direction, reason, why)`, that the drop counter grew between
     /// the two scrapes.
     fn assert_drops_grew(&self, before: &Scrape, after: &Scrape, cases: &[(&str, Dir, u8, &str)]);
@@ -248,8 +256,16 @@ impl RevokeEnv for Env<ServiceLab> {
             .unwrap_or_else(|e| panic!("{why}: {e:#}\n{}", self.report()))
     }
 
-    fn assert_new_connection_fails(&self, what: &str, client: &str, server: &str, target: &str) {
+    fn assert_new_connection_fails(
+        &self,
+        what: &str,
+        client: &str,
+        server: &str,
+        target: &str,
+        judged: (&str, Dir, u8),
+    ) {
         let target: SocketAddr = target.parse().expect("socket address");
+        let before = self.scrape();
         let got = tcp_probe(
             self.ns(client),
             self.ns(server),
@@ -264,6 +280,9 @@ impl RevokeEnv for Env<ServiceLab> {
              {got:?}\n{}",
             self.report()
         );
+        let (vm, dir, reason) = judged;
+        let why = format!("{what}: the new connection's SYNs");
+        self.assert_drops_grew(&before, &self.scrape(), &[(vm, dir, reason, &why)]);
     }
 
     fn assert_drops_grew(&self, before: &Scrape, after: &Scrape, cases: &[(&str, Dir, u8, &str)]) {
@@ -396,11 +415,19 @@ fn removing_a_flow_revokes_its_tracked_connection() {
     let with_flow = Policy::new().flow("web", "db", PORT_REVOKED);
     let env = start("revoke-flow", &with_flow);
     env.static_neighbours("acme-web1", "acme-db1");
+    env.static_neighbours("acme-web1", "acme-web2");
     let mut conn = env.connect(
         "flow web -> db tcp 7001",
         "acme-web1",
         "acme-db1",
         &format!("10.1.2.2:{PORT_REVOKED}"),
+    );
+    // The twin: a connection of the same VM that no policy can revoke.
+    let mut same = env.connect(
+        "same segment (never tracked)",
+        "acme-web1",
+        "acme-web2",
+        &format!("10.1.1.3:{PORT_SAME}"),
     );
     env.assert_entries(
         2,
@@ -420,6 +447,7 @@ fn removing_a_flow_revokes_its_tracked_connection() {
         "the reload removed the only flow web -> db",
     );
     let after = env.scrape();
+    assert_survives(&env, &mut same, "a connection within acme/web");
     env.assert_drops_grew(
         &before,
         &after,
@@ -443,6 +471,7 @@ fn removing_a_flow_revokes_its_tracked_connection() {
         "acme-web1",
         "acme-db1",
         &format!("10.1.2.2:{PORT_REVOKED}"),
+        ("acme-web1", Dir::Ingress, verdict::CROSS_SEGMENT),
     );
     env.assert_entries(0, "the revoked connection left the table");
 }
@@ -692,14 +721,25 @@ fn removing_an_exposure_revokes_cross_tenant_and_outside_connections() {
         "acme-db1",
         "globex-api1",
         &exposed,
+        ("acme-db1", Dir::Ingress, verdict::CROSS_TENANT),
     );
     env.assert_new_connection_fails(
         "10.2.1.2 tcp 7080 is no longer exposed",
         OUTSIDE,
         "globex-api1",
         &exposed,
+        ("globex-api1", Dir::Egress, verdict::NOT_EXPOSED),
     );
     env.assert_entries(0, "both revoked connections left the table");
+    // The twin: the exposure the reload kept admits a new connection from the same VM.
+    env.static_neighbours("acme-db1", "globex-api2");
+    let mut kept = env.connect(
+        "exposed 10.2.1.3 tcp 7081 (kept), from another tenant",
+        "acme-db1",
+        "globex-api2",
+        &format!("10.2.1.3:{PORT_OTHER}"),
+    );
+    assert_survives(&env, &mut kept, "the reload kept the exposure of 10.2.1.3");
 }
 
 /// 4. `egress: allow` -> `egress: deny`: acme-web1's connections to the outside host (IPv4
@@ -765,6 +805,7 @@ fn egress_deny_revokes_connections_to_the_outside() {
         "acme-web1",
         OUTSIDE,
         &format!("{OUTSIDE_V4}:{}", PORT_OUT[0]),
+        ("acme-web1", Dir::Ingress, verdict::EGRESS_DENIED),
     );
     env.assert_entries(1, "only globex-ops1's connection is still tracked");
 }
@@ -826,6 +867,7 @@ fn removing_a_flow_revokes_its_ipv6_connection_and_keeps_the_other() {
         "acme-web1",
         "acme-db1",
         &format!("[fd00:1:2::2]:{PORT_REVOKED}"),
+        ("acme-web1", Dir::Ingress, verdict::CROSS_SEGMENT),
     );
     env.assert_entries(2, "the surviving connection is still tracked, at both vifs");
 }

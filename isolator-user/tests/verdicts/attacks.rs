@@ -478,6 +478,27 @@ fn senders_by_entry_interface_uplinks_and_quarantine() {
                 verdict::UNKNOWN_INTERFACE,
             )
             .from("d-rogue"),
+            // The twins: the same frames through a classified vif of web pass.
+            row(
+                "a classified vif sends the same frame (twin)",
+                "d-aw2",
+                ip("10.1.1.9", "10.1.1.2", echo_request(1)),
+                verdict::PASS,
+            ),
+            out(
+                "and receives it (twin)",
+                "d-aw2",
+                ip("10.1.1.2", "10.1.1.9", echo_request(1)),
+                verdict::PASS,
+            )
+            .from("d-aw1"),
+            out(
+                "a frame that entered through it is delivered (twin)",
+                "d-aw1",
+                ip("10.1.1.9", "10.1.1.2", echo_request(1)),
+                verdict::PASS,
+            )
+            .from("d-aw2"),
         ]);
     });
 }

@@ -297,6 +297,13 @@ fn a_vif_whose_segment_entry_is_missing_fails_closed() {
             echo("10.1.1.2", "10.7.7.7"),
             verdict::NO_POLICY,
         ));
+        // The twin: the same sender to its own segment, whose entries are whole, passes.
+        lab.check(&row(
+            "both segment entries present (twin)",
+            "d-aw1",
+            echo("10.1.1.2", "10.1.1.3"),
+            verdict::PASS,
+        ));
     });
 }
 

@@ -7,7 +7,8 @@ use isolator_tests::Expect;
 use super::*;
 
 /// The identity checks and guards hold in audit mode too (docs/policy.md, "Mode"): only the
-/// rules between segments are audited.
+/// rules between segments are audited. The same datagram with the sender's own identity
+/// arrives (the twin).
 #[test]
 fn guards_are_enforced_in_audit_mode() {
     let env = Guards::start("guard-audit", "audit");
@@ -24,6 +25,14 @@ fn guards_are_enforced_in_audit_mode() {
         &env,
         &mut s,
         &[
+            // The twin: the same path with web1's own identity arrives.
+            shot(
+                "web1's own MAC and address (twin)",
+                w1,
+                w3,
+                udp4(w1, &w1.v4, w3, &w3.v4, "aud-twin"),
+                Outcome::Delivered,
+            ),
             shot(
                 "another VM's MAC",
                 w1,

@@ -19,14 +19,25 @@ fn udp_listener(ns: &str, addr: &str, port: u16) -> UdpSocket {
     .unwrap_or_else(|e| panic!("UDP listener {sa} in {ns}: {e:#}"))
 }
 
-/// Every datagram the socket received (until it is quiet for its read timeout).
+/// Every datagram the socket received (until it is quiet for its read timeout). Any
+/// other receive error is the harness's, not "nothing arrived".
 fn received(sock: &UdpSocket) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
-    while let Ok((n, _)) = sock.recv_from(&mut buf) {
-        out.push(buf[..n].to_vec());
+    loop {
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) => out.push(buf[..n].to_vec()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return out;
+            }
+            Err(e) => panic!("receiving on {:?}: {e}", sock.local_addr()),
+        }
     }
-    out
 }
 
 /// Case 7, fragments: within a segment a fragmented datagram passes whole and is

@@ -479,9 +479,10 @@ pub fn dad_ns(from: &Node, target: &str) -> String {
 }
 
 /// The MAC address `ns` has for neighbour `addr` on eth0 (None: no entry, or none with an
-/// address).
+/// address). Panics if `ip` fails: that is the harness's failure, not "no entry".
 pub fn neigh_mac(ns: &str, addr: &str) -> Option<String> {
-    let out = ip_n(ns, &["neigh", "show", addr, "dev", "eth0"]).ok()?;
+    let out = ip_n(ns, &["neigh", "show", addr, "dev", "eth0"])
+        .unwrap_or_else(|e| panic!("reading {ns}'s neighbour entry for {addr}: {e:#}"));
     out.split_whitespace()
         .skip_while(|w| *w != "lladdr")
         .nth(1)
