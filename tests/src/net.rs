@@ -707,6 +707,21 @@ impl TcpPair {
     }
 }
 
+/// `recv_from` that reads again when a signal to the test process interrupted it (a socket
+/// with a read timeout is not restarted by the kernel): an interruption is the harness's,
+/// never an answer about the traffic.
+pub fn recv_from_retrying(
+    sock: &std::net::UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    loop {
+        match sock.recv_from(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

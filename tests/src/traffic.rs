@@ -59,7 +59,9 @@ impl UdpFlow {
                         Err(e)
                             if matches!(
                                 e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                std::io::ErrorKind::WouldBlock
+                                    | std::io::ErrorKind::TimedOut
+                                    | std::io::ErrorKind::Interrupted
                             ) => {}
                         Err(e) => return Err(e).context("receiving"),
                     }

@@ -175,7 +175,7 @@ fn send(sock: &UdpSocket, data: &str, to: SocketAddr) {
 /// The next datagram on `sock` within [`RECV`], or why there was none.
 fn recv(sock: &UdpSocket) -> Result<(String, SocketAddr), String> {
     let mut buf = [0u8; 1500];
-    match sock.recv_from(&mut buf) {
+    match isolator_tests::net::recv_from_retrying(sock, &mut buf) {
         Ok((n, from)) => Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from)),
         Err(e) => Err(e.to_string()),
     }
@@ -189,6 +189,7 @@ fn queued(sock: &UdpSocket) -> Vec<String> {
     loop {
         match sock.recv_from(&mut buf) {
             Ok((n, _)) => out.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) => panic!("harness: reading a UDP socket: {e}"),
         }

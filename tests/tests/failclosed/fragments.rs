@@ -117,6 +117,8 @@ fn received(sock: &UdpSocket) -> Vec<Vec<u8>> {
     loop {
         match sock.recv_from(&mut buf) {
             Ok((n, _)) => out.push(buf[..n].to_vec()),
+            // A signal to the test process (not the traffic): read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e)
                 if matches!(
                     e.kind(),
