@@ -246,12 +246,12 @@ fn ask(client: &UdpSocket, server: &UdpSocket, service: SocketAddr) -> Result<()
         .send_to(b"question", service)
         .map_err(|e| format!("send: {e}"))?;
     let mut buf = [0u8; 64];
-    let (_, peer) = isolator_tests::net::recv_from_retrying(&server, &mut buf)
+    let (_, peer) = isolator_tests::net::recv_from_retrying(server, &mut buf)
         .map_err(|e| format!("the question did not arrive: {e}"))?;
     server
         .send_to(b"answer", peer)
         .map_err(|e| format!("answer: {e}"))?;
-    let (n, from) = isolator_tests::net::recv_from_retrying(&client, &mut buf)
+    let (n, from) = isolator_tests::net::recv_from_retrying(client, &mut buf)
         .map_err(|e| format!("the answer did not arrive: {e}"))?;
     if &buf[..n] != b"answer" || from.ip().to_canonical() != service.ip() {
         return Err(format!("got {:?} from {from}", &buf[..n]));

@@ -143,7 +143,7 @@ fn converse(
         .send_to(b"question", server_addr)
         .map_err(|e| format!("send: {e}"))?;
     let mut buf = [0u8; 64];
-    let (n, peer) = isolator_tests::net::recv_from_retrying(&server, &mut buf)
+    let (n, peer) = isolator_tests::net::recv_from_retrying(server, &mut buf)
         .map_err(|e| format!("the question did not arrive: {e}"))?;
     if &buf[..n] != b"question" {
         return Err(format!("the server got {:?}", &buf[..n]));
@@ -151,7 +151,7 @@ fn converse(
     server
         .send_to(b"answer", peer)
         .map_err(|e| format!("answer: {e}"))?;
-    let (n, from) = isolator_tests::net::recv_from_retrying(&client, &mut buf)
+    let (n, from) = isolator_tests::net::recv_from_retrying(client, &mut buf)
         .map_err(|e| format!("the answer did not arrive: {e}"))?;
     let from_ip: IpAddr = from.ip().to_canonical();
     if &buf[..n] != b"answer" || from_ip != server_addr.ip() {
