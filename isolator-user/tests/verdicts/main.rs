@@ -9,9 +9,11 @@
 //! | `attacks`| what an attacker sends, each next to its twin: the host, gateways,    |
 //! |          | link-scope exceptions, uplinks, quarantine, fragments per vif          |
 //! | `faults` | a full counter map: counted by verdict, the fault counted and logged    |
+//! | `differential` | random policies × frames, the kernel against `isolator::model`  |
 
 mod attacks;
 mod basic;
+mod differential;
 mod faults;
 mod fixture;
 mod guards;
