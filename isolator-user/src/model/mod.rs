@@ -399,7 +399,13 @@ impl<'a> World<'a> {
                             dport: 67
                         }
                     ),
-                    IpAddr::V6(_) => ip.icmp_kind() == Some(icmp6::NEIGHBOUR_SOLICITATION),
+                    // Duplicate address detection: the solicitation, and the MLD report
+                    // joining the solicited-node group before it (RFC 3810 5.2.13; found
+                    // by the differential test).
+                    IpAddr::V6(_) => matches!(
+                        ip.icmp_kind(),
+                        Some(icmp6::NEIGHBOUR_SOLICITATION | icmp6::MLD_V2_REPORT)
+                    ),
                 };
                 let src_ok = if is_unspecified(ip.src) {
                     unspecified_ok
@@ -481,11 +487,13 @@ impl<'a> World<'a> {
             return false;
         }
         let link_scope = is_link_scope_multicast(ip.dst) || is_link_local(ip.dst);
+        // Unicast to an address inside a segment, or to one of the host's own (the VM
+        // checking that its router is reachable; found by the differential test).
         let unicast_in_segment = matches!(
             kind,
             icmp6::NEIGHBOUR_SOLICITATION | icmp6::NEIGHBOUR_ADVERTISEMENT
         ) && !is_multicast_or_broadcast(ip.dst)
-            && self.segment_of(ip.dst).is_some();
+            && (self.segment_of(ip.dst).is_some() || self.host_address(ip.dst));
         match kind {
             icmp6::NEIGHBOUR_SOLICITATION | icmp6::NEIGHBOUR_ADVERTISEMENT => {
                 link_scope || unicast_in_segment
@@ -528,11 +536,10 @@ impl<'a> World<'a> {
             return Err(Verdict::Management);
         }
         // 5. Link-scope housekeeping.
+        let udp_to = |port: u16| matches!(ip.l4, L4::Udp { dport, .. } if dport == port);
         let dhcp_client = match ip.dst {
-            IpAddr::V4(d) => d == Ipv4Addr::BROADCAST && ip.dport() == Some(67),
-            IpAddr::V6(d) => {
-                d == "ff02::1:2".parse::<Ipv6Addr>().expect("literal") && ip.dport() == Some(547)
-            }
+            IpAddr::V4(d) => d == Ipv4Addr::BROADCAST && udp_to(67),
+            IpAddr::V6(d) => d == "ff02::1:2".parse::<Ipv6Addr>().expect("literal") && udp_to(547),
         };
         let mld = ip.is_mld() && is_link_scope_multicast(ip.dst);
         let igmp = matches!(ip.l4, L4::Igmp { .. }) && ip.dst.is_multicast();
@@ -641,18 +648,22 @@ impl<'a> World<'a> {
         // 3. Address resolution.
         if let (Some(kind), L4::Icmp { nd, .. }) = (ip.nd_kind(), &ip.l4) {
             match sender {
+                // Neighbour discovery from another segment is address resolution or
+                // nothing: a solicitation or advertisement with hop limit 255 about an
+                // address of T, between segments that may resolve each other; any other
+                // (hop limit below 255, router solicitations) is `cross_*` (found by the
+                // differential test).
                 Sender::Segment(x) => {
-                    if self.genuine_nd(ip, kind) {
-                        match (kind, nd) {
-                            (icmp6::NEIGHBOUR_SOLICITATION, Some(nd)) => {
-                                return self.resolved_from(x, t, IpAddr::V6(nd.target), ip.src);
-                            }
-                            (icmp6::NEIGHBOUR_ADVERTISEMENT, Some(_)) => {
-                                return self.resolved_from(x, t, ip.dst, ip.src);
-                            }
-                            _ => {}
+                    return match (kind, nd) {
+                        _ if ip.hop_limit != 255 => Err(self.cross(x, t)),
+                        (icmp6::NEIGHBOUR_SOLICITATION, Some(nd)) => {
+                            self.resolved_from(x, t, IpAddr::V6(nd.target), ip.src)
                         }
-                    }
+                        (icmp6::NEIGHBOUR_ADVERTISEMENT, Some(_)) => {
+                            self.resolved_from(x, t, ip.dst, ip.src)
+                        }
+                        _ => Err(self.cross(x, t)),
+                    };
                 }
                 Sender::Outside => {
                     let trusted_source = is_link_local(ip.src)
@@ -673,9 +684,13 @@ impl<'a> World<'a> {
                 }
             }
         }
-        // 4. Not for this VM.
+        // 4. Not for this VM. Link-local destinations (169.254/16, fe80::/10) go on: a VM
+        // has such addresses too (found by the differential test, as the next line).
         let in_t = in_nets(&self.segments[t].1.prefixes, ip.dst);
-        if !is_multicast_or_broadcast(ip.dst) && !in_t {
+        let link_local =
+            is_link_local(ip.dst) || matches!(ip.dst, IpAddr::V4(a) if a.is_link_local());
+        // Nor is the unspecified address a unicast one.
+        if !is_multicast_or_broadcast(ip.dst) && !in_t && !link_local && !is_unspecified(ip.dst) {
             return Err(match sender {
                 Sender::Segment(x) => self.cross(x, t),
                 Sender::Outside => Verdict::NotExposed,
@@ -683,18 +698,12 @@ impl<'a> World<'a> {
         }
         // 5. Housekeeping from outside.
         if sender == Sender::Outside {
-            let dhcp_answer = matches!(
-                ip.l4,
-                L4::Udp {
-                    sport: 67,
-                    dport: 68
-                } | L4::Udp {
-                    sport: 547,
-                    dport: 546
-                }
-            ) && (is_link_local(ip.src)
-                || self.gateway(t, ip.src).is_some()
-                || self.host_address(ip.src));
+            // Per family (found by the differential test).
+            let ports = if ip.is_v6() { (547, 546) } else { (67, 68) };
+            let dhcp_answer = matches!(ip.l4, L4::Udp { sport, dport } if (sport, dport) == ports)
+                && (is_link_local(ip.src)
+                    || self.gateway(t, ip.src).is_some()
+                    || self.host_address(ip.src));
             let mld = ip.is_mld() && is_link_local(ip.src);
             let igmp_query = matches!(
                 ip.l4,

@@ -1393,6 +1393,157 @@ fn fixed_rows() -> Vec<Fixed> {
             },
             expected: "drop spoofed_ip",
         },
+        // Found by the differential test; the model was wrong (design.md now says so):
+        // egress step 4 ("not for this VM") leaves link-local destinations (169.254/16,
+        // fe80::/10) to the later steps: a VM has such addresses too.
+        Fixed {
+            name: "egress: an IGMP query to an IPv4 link-local address, from outside",
+            policy: ONE_SEGMENT,
+            host_addresses: &[],
+            vif: "d-v1",
+            entered: Some("x-uplink"),
+            frame: || {
+                let query = [0x11, 0, 0, 0, 224, 0, 0, 22];
+                let packet = frame::ip_packet(
+                    frame::addr("10.9.0.1"),
+                    frame::addr("169.254.1.1"),
+                    2,
+                    &query,
+                );
+                frame::ethernet(ROUTER, VM0, 0x0800, &packet)
+            },
+            expected: "pass",
+        },
+        // Found by the differential test; the model was wrong (design.md now says so):
+        // the unspecified destination is no unicast address, so egress step 4 leaves it to
+        // the flows.
+        Fixed {
+            name: "egress: UDP to 0.0.0.0 from a segment with a flow",
+            policy: "version: 1
+tenants:
+  - name: t0
+    segments:
+      - name: s0
+        prefixes: [10.1.0.0/24]
+        interfaces: [d-v3]
+      - name: s1
+        prefixes: [10.2.0.0/24]
+        interfaces: [d-v1]
+    flows: [{from: s0, to: t0/s1, protocol: udp}]
+",
+            host_addresses: &[],
+            vif: "d-v1",
+            entered: Some("d-v3"),
+            frame: || frame::ip(VM0, ROUTER, "10.1.0.23", "0.0.0.0", frame::udp(22, 22)),
+            expected: "pass",
+        },
+        // Found by the differential test; design.md did not say (it does now): on
+        // egress, neighbour discovery from another segment is address resolution (hop
+        // limit 255, about an address of T, between segments that may resolve each other)
+        // or `cross_*`, never ordinary ICMPv6 that a flow could pass; the model judged
+        // these two as ordinary ICMPv6 (and let the flow pass them).
+        Fixed {
+            name: "egress: NS with hop limit 64 from a segment with an ICMP flow",
+            policy: "version: 1
+tenants:
+  - name: t0
+    segments:
+      - name: s0
+        prefixes: [10.1.0.0/24, \"fd00:1::/64\"]
+        interfaces: [d-v3]
+      - name: s1
+        prefixes: [10.2.0.0/24]
+        interfaces: [d-v1]
+    flows: [{from: s0, to: t0/s1, protocol: icmp}]
+",
+            host_addresses: &[],
+            vif: "d-v1",
+            entered: Some("d-v3"),
+            frame: || {
+                let options = [(frame::nd_option::SOURCE_LL, VM0)];
+                let ns = frame::nd(
+                    VM0,
+                    frame::ALL_NODES,
+                    frame::icmp::NEIGHBOUR_SOLICITATION,
+                    "fd00:1::23",
+                    "fe80::1",
+                    "fd00:3::23",
+                    &options,
+                );
+                frame::with_hop_limit(&ns, 64)
+            },
+            expected: "drop cross_segment",
+        },
+        // Found by the differential test; design.md did not say (it does now): a unicast
+        // neighbour solicitation to one of the host's own addresses (a VM checking its
+        // router's reachability) is address resolution, not traffic to the host.
+        Fixed {
+            name: "ingress: unicast NS to a host address",
+            policy: "version: 1
+tenants:
+  - name: t0
+    segments:
+      - name: s0
+        prefixes: [\"fd00:1::/64\"]
+        interfaces: [d-v1]
+",
+            host_addresses: &["2001:db8::1"],
+            vif: "d-v1",
+            entered: None,
+            frame: || {
+                frame::nd(
+                    VM0,
+                    ROUTER,
+                    135,
+                    "fd00:1::21",
+                    "2001:db8::1",
+                    "2001:db8::1",
+                    &[],
+                )
+            },
+            expected: "pass",
+        },
+        // Found by the differential test; the model was wrong: DHCP answers are judged
+        // by the ports of their family (547 to 546 for DHCPv6).
+        Fixed {
+            name: "egress: UDP 67 to 68 over IPv6 from outside is no DHCP answer",
+            policy: ONE_SEGMENT,
+            host_addresses: &[],
+            vif: "d-v1",
+            entered: Some("x-uplink"),
+            frame: || frame::ip(ROUTER, VM0, "fe80::1", "ff02::1", frame::udp(67, 68)),
+            expected: "drop not_exposed",
+        },
+        Fixed {
+            name: "egress: a router solicitation with hop limit 64 from a segment with a flow `any`",
+            policy: "version: 1
+tenants:
+  - name: t0
+    segments:
+      - name: s0
+        prefixes: [10.1.0.0/24, \"fd00:1::/64\"]
+        interfaces: [d-v3]
+      - name: s1
+        prefixes: [10.2.0.0/24, \"fd00:2::/64\"]
+        interfaces: [d-v1]
+    flows: [{from: s0, to: t0/s1, protocol: any}]
+",
+            host_addresses: &[],
+            vif: "d-v1",
+            entered: Some("d-v3"),
+            frame: || {
+                let rs = frame::ip_frame(
+                    VM0,
+                    ROUTER,
+                    frame::addr("fe80::23"),
+                    frame::addr("ff02::2"),
+                    frame::icmp(frame::icmp::ROUTER_SOLICITATION),
+                    &[0; 4],
+                );
+                frame::with_hop_limit(&rs, 64)
+            },
+            expected: "drop cross_segment",
+        },
     ]
 }
 
