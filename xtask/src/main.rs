@@ -1,4 +1,4 @@
-//! The verbs a person runs: `cargo xtask setup | demo | test | lint`.
+//! The verbs a person runs: `cargo xtask setup | demo | test | lint | bench | fuzz`.
 
 mod demo;
 mod setup;
@@ -32,6 +32,18 @@ enum Verb {
     /// Measure the ingress verdict per frame against a pass-everything XDP program,
     /// side by side in one run (BPF_PROG_TEST_RUN); prints ratios, never a verdict.
     Bench,
+    /// Hold the kernel programs to the reference model (`isolator::model`): the
+    /// differential test with many more frames than `test` runs (random policies ×
+    /// random frames, BPF_PROG_TEST_RUN against the model); prints the count and the
+    /// time, and on a disagreement the minimal policy and frame.
+    Fuzz {
+        /// How many frames to judge.
+        #[arg(long, default_value_t = 1_000_000)]
+        cases: u64,
+        /// Replay a run: the seed a previous run printed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,7 +94,47 @@ fn main() -> anyhow::Result<()> {
                 "bench",
             ]))
         }
+        Verb::Fuzz { cases, seed } => {
+            require_root(
+                "the differential test creates network namespaces and loads eBPF programs",
+            )?;
+            setup::run()?;
+            fuzz(cases, seed)
+        }
     }
+}
+
+/// Runs the differential test with `cases` frames and reports how many ran and how long.
+fn fuzz(cases: u64, seed: Option<u64>) -> anyhow::Result<()> {
+    println!("fuzz: {cases} frames, kernel against model");
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--package",
+        "isolator-user",
+        "--test",
+        "verdicts",
+        "--",
+        "--exact",
+        "differential::differential_kernel_against_model",
+        "--nocapture",
+    ])
+    .env("ISOLATOR_MODEL_CASES", cases.to_string());
+    if let Some(seed) = seed {
+        cmd.env("ISOLATOR_MODEL_SEED", seed.to_string());
+    }
+    let started = std::time::Instant::now();
+    let result = run_cmd(&mut cmd);
+    println!(
+        "fuzz: {} after {:.0} s (the test's own line above gives the frames judged)",
+        if result.is_ok() {
+            "no disagreement"
+        } else {
+            "DISAGREEMENT"
+        },
+        started.elapsed().as_secs_f64()
+    );
+    result
 }
 
 /// Runs each `cargo test`, passing their output through (all of them, even after a
