@@ -185,6 +185,12 @@ fn admits_ip(service: &Service, ip: &Ip) -> bool {
     admits(service, ip.protocol, ip.dport(), ip.is_v6())
 }
 
+/// An ARP reply, or a request to a unicast MAC (a refresh): where an exposed sender
+/// address lets resolution across segments pass.
+fn arp_answer_or_unicast(f: &Frame, arp: &frame::Arp) -> bool {
+    arp.op == 2 || f.dst_mac[0] & 1 == 0
+}
+
 /// The sender of a frame delivered to a VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Sender {
@@ -357,7 +363,12 @@ impl<'a> World<'a> {
         self.guard(me, f)?;
         let s = me.segment;
         match &f.l3 {
-            L3::Arp(arp) => self.resolution(s, IpAddr::V4(arp.target), IpAddr::V4(arp.sender)),
+            L3::Arp(arp) => self.resolution(
+                s,
+                IpAddr::V4(arp.target),
+                IpAddr::V4(arp.sender),
+                arp_answer_or_unicast(f, arp),
+            ),
             L3::Ip(ip) => self.ingress_ip(me, ip),
         }
     }
@@ -460,8 +471,16 @@ impl<'a> World<'a> {
         }
     }
 
-    /// Ingress step 3 for a frame about `concerned`, from the sender's address `sender`.
-    fn resolution(&self, s: usize, concerned: IpAddr, sender: IpAddr) -> Step {
+    /// Ingress step 3 for a frame about `concerned`, from the sender's address `sender`;
+    /// an exposed sender address counts only for answers and unicast refreshes
+    /// (`answer_or_unicast`; threat model, found again by the differential test).
+    fn resolution(
+        &self,
+        s: usize,
+        concerned: IpAddr,
+        sender: IpAddr,
+        answer_or_unicast: bool,
+    ) -> Step {
         if self.management_protects(concerned, None) {
             return Err(Verdict::Management);
         }
@@ -471,7 +490,7 @@ impl<'a> World<'a> {
             Some(t) => {
                 if self.neighbours(s, t)
                     || self.exposed_address(concerned)
-                    || self.exposed_address(sender)
+                    || (answer_or_unicast && self.exposed_address(sender))
                 {
                     PASS
                 } else {
@@ -515,10 +534,11 @@ impl<'a> World<'a> {
         {
             match (kind, nd) {
                 (icmp6::NEIGHBOUR_SOLICITATION, Some(nd)) => {
-                    return self.resolution(s, IpAddr::V6(nd.target), ip.src);
+                    let unicast = !ip.dst.is_multicast();
+                    return self.resolution(s, IpAddr::V6(nd.target), ip.src, unicast);
                 }
                 (icmp6::NEIGHBOUR_ADVERTISEMENT, Some(_)) => {
-                    return self.resolution(s, ip.dst, ip.src);
+                    return self.resolution(s, ip.dst, ip.src, true);
                 }
                 // Router solicitations, and advertisements and redirects the guard let
                 // through, to link-scope destinations.
@@ -611,16 +631,18 @@ impl<'a> World<'a> {
             return PASS;
         }
         match &f.l3 {
-            L3::Arp(arp) => self.egress_arp(t, sender, arp),
+            L3::Arp(arp) => self.egress_arp(t, sender, f, arp),
             L3::Ip(ip) => self.egress_ip(t, sender, ip),
         }
     }
 
     /// Egress step 3 for ARP.
-    fn egress_arp(&self, t: usize, sender: Sender, arp: &frame::Arp) -> Step {
+    fn egress_arp(&self, t: usize, sender: Sender, f: &Frame, arp: &frame::Arp) -> Step {
         let (target, spa) = (IpAddr::V4(arp.target), IpAddr::V4(arp.sender));
         match sender {
-            Sender::Segment(x) => self.resolved_from(x, t, target, spa),
+            Sender::Segment(x) => {
+                self.resolved_from(x, t, target, spa, arp_answer_or_unicast(f, arp))
+            }
             Sender::Outside => match self.segment_of(spa) {
                 None => PASS,
                 Some(_) if self.gateway(t, spa).is_some() => PASS,
@@ -631,12 +653,19 @@ impl<'a> World<'a> {
     }
 
     /// Resolution from segment `x` about `concerned` delivered to a VM of `t`.
-    fn resolved_from(&self, x: usize, t: usize, concerned: IpAddr, sender: IpAddr) -> Step {
+    fn resolved_from(
+        &self,
+        x: usize,
+        t: usize,
+        concerned: IpAddr,
+        sender: IpAddr,
+        answer_or_unicast: bool,
+    ) -> Step {
         let about_t = in_nets(&self.segments[t].1.prefixes, concerned);
         if about_t
             && (self.neighbours(x, t)
                 || self.exposed_address(concerned)
-                || self.exposed_address(sender))
+                || (answer_or_unicast && self.exposed_address(sender)))
         {
             PASS
         } else {
@@ -656,11 +685,15 @@ impl<'a> World<'a> {
                 Sender::Segment(x) => {
                     return match (kind, nd) {
                         _ if ip.hop_limit != 255 => Err(self.cross(x, t)),
-                        (icmp6::NEIGHBOUR_SOLICITATION, Some(nd)) => {
-                            self.resolved_from(x, t, IpAddr::V6(nd.target), ip.src)
-                        }
+                        (icmp6::NEIGHBOUR_SOLICITATION, Some(nd)) => self.resolved_from(
+                            x,
+                            t,
+                            IpAddr::V6(nd.target),
+                            ip.src,
+                            !ip.dst.is_multicast(),
+                        ),
                         (icmp6::NEIGHBOUR_ADVERTISEMENT, Some(_)) => {
-                            self.resolved_from(x, t, ip.dst, ip.src)
+                            self.resolved_from(x, t, ip.dst, ip.src, true)
                         }
                         _ => Err(self.cross(x, t)),
                     };

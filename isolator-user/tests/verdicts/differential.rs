@@ -1561,8 +1561,63 @@ tenants:
             },
             expected: "drop cross_segment",
         },
+        // Found by the differential test; the model followed ingress step 3's text, the
+        // kernel the threat model ("for exposed addresses: answers and unicast refreshes
+        // only"): an exposed *sender* address lets only ARP replies, unicast ARP requests,
+        // neighbour advertisements and unicast solicitations cross; step 3 says so now.
+        Fixed {
+            name: "ingress: broadcast ARP request from an exposed address for another segment's",
+            policy: EXPOSED_SENDER,
+            host_addresses: &[],
+            vif: "d-v0",
+            entered: None,
+            frame: || frame::arp(VM0, frame::BROADCAST, 1, VM0, "10.1.0.12", "10.2.0.10"),
+            expected: "drop cross_segment",
+        },
+        Fixed {
+            name: "ingress: the same as a unicast refresh",
+            policy: EXPOSED_SENDER,
+            host_addresses: &[],
+            vif: "d-v0",
+            entered: None,
+            frame: || frame::arp(VM0, [0x02, 0, 0, 0, 9, 9], 1, VM0, "10.1.0.12", "10.2.0.10"),
+            expected: "pass",
+        },
+        Fixed {
+            name: "ingress: multicast NS from an exposed address for another segment's",
+            policy: EXPOSED_SENDER,
+            host_addresses: &[],
+            vif: "d-v0",
+            entered: None,
+            frame: || {
+                let group = [0x33, 0x33, 0xff, 0, 0, 0x10];
+                frame::nd(
+                    VM0,
+                    group,
+                    135,
+                    "fd00:1::12",
+                    "ff02::1:ff00:10",
+                    "fd00:2::10",
+                    &[],
+                )
+            },
+            expected: "drop cross_segment",
+        },
     ]
 }
+
+const EXPOSED_SENDER: &str = "version: 1
+tenants:
+  - name: t0
+    segments:
+      - name: s0
+        prefixes: [10.1.0.0/24, \"fd00:1::/64\"]
+        interfaces: [d-v0]
+        expose: [{address: 10.1.0.12, protocol: tcp}, {address: \"fd00:1::12\", protocol: tcp}]
+      - name: s1
+        prefixes: [10.2.0.0/24, \"fd00:2::/64\"]
+        expose: [{address: 10.2.0.12, protocol: tcp}, {address: \"fd00:2::12\", protocol: tcp}]
+";
 
 /// Every fixed row: the model gives the documented verdict, and so does the kernel.
 #[test]
