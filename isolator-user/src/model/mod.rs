@@ -366,7 +366,7 @@ impl<'a> World<'a> {
             L3::Arp(arp) => self.resolution(
                 s,
                 IpAddr::V4(arp.target),
-                IpAddr::V4(arp.sender),
+                &[IpAddr::V4(arp.sender)],
                 arp_answer_or_unicast(f, arp),
             ),
             L3::Ip(ip) => self.ingress_ip(me, ip),
@@ -478,7 +478,7 @@ impl<'a> World<'a> {
         &self,
         s: usize,
         concerned: IpAddr,
-        sender: IpAddr,
+        sender: &[IpAddr],
         answer_or_unicast: bool,
     ) -> Step {
         if self.management_protects(concerned, None) {
@@ -490,7 +490,7 @@ impl<'a> World<'a> {
             Some(t) => {
                 if self.neighbours(s, t)
                     || self.exposed_address(concerned)
-                    || (answer_or_unicast && self.exposed_address(sender))
+                    || (answer_or_unicast && sender.iter().any(|a| self.exposed_address(*a)))
                 {
                     PASS
                 } else {
@@ -535,10 +535,13 @@ impl<'a> World<'a> {
             match (kind, nd) {
                 (icmp6::NEIGHBOUR_SOLICITATION, Some(nd)) => {
                     let unicast = !ip.dst.is_multicast();
-                    return self.resolution(s, IpAddr::V6(nd.target), ip.src, unicast);
+                    return self.resolution(s, IpAddr::V6(nd.target), &[ip.src], unicast);
                 }
-                (icmp6::NEIGHBOUR_ADVERTISEMENT, Some(_)) => {
-                    return self.resolution(s, ip.dst, ip.src, true);
+                // The advertised address is the sender's too (found by the differential
+                // test).
+                (icmp6::NEIGHBOUR_ADVERTISEMENT, Some(nd)) => {
+                    let senders = [ip.src, IpAddr::V6(nd.target)];
+                    return self.resolution(s, ip.dst, &senders, true);
                 }
                 // Router solicitations, and advertisements and redirects the guard let
                 // through, to link-scope destinations.
@@ -641,7 +644,7 @@ impl<'a> World<'a> {
         let (target, spa) = (IpAddr::V4(arp.target), IpAddr::V4(arp.sender));
         match sender {
             Sender::Segment(x) => {
-                self.resolved_from(x, t, target, spa, arp_answer_or_unicast(f, arp))
+                self.resolved_from(x, t, target, &[spa], arp_answer_or_unicast(f, arp))
             }
             Sender::Outside => match self.segment_of(spa) {
                 None => PASS,
@@ -658,14 +661,14 @@ impl<'a> World<'a> {
         x: usize,
         t: usize,
         concerned: IpAddr,
-        sender: IpAddr,
+        sender: &[IpAddr],
         answer_or_unicast: bool,
     ) -> Step {
         let about_t = in_nets(&self.segments[t].1.prefixes, concerned);
         if about_t
             && (self.neighbours(x, t)
                 || self.exposed_address(concerned)
-                || (answer_or_unicast && self.exposed_address(sender)))
+                || (answer_or_unicast && sender.iter().any(|a| self.exposed_address(*a))))
         {
             PASS
         } else {
@@ -689,11 +692,12 @@ impl<'a> World<'a> {
                             x,
                             t,
                             IpAddr::V6(nd.target),
-                            ip.src,
+                            &[ip.src],
                             !ip.dst.is_multicast(),
                         ),
-                        (icmp6::NEIGHBOUR_ADVERTISEMENT, Some(_)) => {
-                            self.resolved_from(x, t, ip.dst, ip.src, true)
+                        (icmp6::NEIGHBOUR_ADVERTISEMENT, Some(nd)) => {
+                            let senders = [ip.src, IpAddr::V6(nd.target)];
+                            self.resolved_from(x, t, ip.dst, &senders, true)
                         }
                         _ => Err(self.cross(x, t)),
                     };

@@ -1603,6 +1603,29 @@ tenants:
             },
             expected: "drop cross_segment",
         },
+        // Found by the differential test; the model was wrong: for a neighbour
+        // advertisement the advertised address (its target, which the guard checked the
+        // VM owns) is the sender's address too, so its exposure admits the answer.
+        Fixed {
+            name: "ingress: NA advertising an exposed address, to another segment",
+            policy: EXPOSED_SENDER,
+            host_addresses: &[],
+            vif: "d-v0",
+            entered: None,
+            frame: || {
+                let peer = [0x02, 0, 0, 0, 9, 9];
+                frame::nd(
+                    VM0,
+                    peer,
+                    136,
+                    "fd00:1::13",
+                    "fd00:2::10",
+                    "fd00:1::12",
+                    &[],
+                )
+            },
+            expected: "pass",
+        },
     ]
 }
 
