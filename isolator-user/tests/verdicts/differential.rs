@@ -651,6 +651,10 @@ enum Mutation {
     },
     /// IPv6 with this many hop-by-hop / destination options headers.
     V6Extensions(u8),
+    /// IPv4: the first fragment of a datagram (more fragments, offset 0), its transport
+    /// header cut to this many bytes (whole if longer). Later fragments are left out: the
+    /// model keeps no fragment state.
+    FirstFragment(u8),
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -663,6 +667,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
             .prop_map(|(ad, vid, stacked)| Mutation::Tag { ad, vid, stacked }),
         1 => any::<bool>().prop_map(|router_alert| Mutation::V4Option { router_alert }),
         1 => (1u8..6).prop_map(Mutation::V6Extensions),
+        1 => prop_oneof![Just(255u8), 0u8..24].prop_map(Mutation::FirstFragment),
     ]
 }
 
@@ -927,6 +932,15 @@ impl Context<'_> {
                 } else {
                     vec![0x07, 0x03, 0x04, 0x00]
                 };
+                bytes = packet.frame(src_mac, dst_mac);
+            }
+            Mutation::FirstFragment(keep) if bytes[12..14] == [0x08, 0x00] => {
+                let mut packet =
+                    frame::V4::new(&src.to_string(), &dst.to_string(), frame::udp(1000, 80));
+                let transport = &bytes[14 + 20..];
+                packet.payload = transport[..transport.len().min(usize::from(keep))].to_vec();
+                packet.protocol = bytes[14 + 9];
+                packet.more_fragments = true;
                 bytes = packet.frame(src_mac, dst_mac);
             }
             Mutation::V6Extensions(count) if bytes[12..14] == [0x86, 0xdd] => {
