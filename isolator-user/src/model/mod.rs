@@ -559,10 +559,14 @@ impl<'a> World<'a> {
             return Err(Verdict::Management);
         }
         // 5. Link-scope housekeeping.
-        let udp_to = |port: u16| matches!(ip.l4, L4::Udp { dport, .. } if dport == port);
+        // A client's message: from the client port to the server port (found by the
+        // differential test).
+        let udp = |ports: (u16, u16)| matches!(ip.l4, L4::Udp { sport, dport } if (sport, dport) == ports);
         let dhcp_client = match ip.dst {
-            IpAddr::V4(d) => d == Ipv4Addr::BROADCAST && udp_to(67),
-            IpAddr::V6(d) => d == "ff02::1:2".parse::<Ipv6Addr>().expect("literal") && udp_to(547),
+            IpAddr::V4(d) => d == Ipv4Addr::BROADCAST && udp((68, 67)),
+            IpAddr::V6(d) => {
+                d == "ff02::1:2".parse::<Ipv6Addr>().expect("literal") && udp((546, 547))
+            }
         };
         let mld = ip.is_mld() && is_link_scope_multicast(ip.dst);
         let igmp = matches!(ip.l4, L4::Igmp { .. }) && ip.dst.is_multicast();

@@ -1640,6 +1640,34 @@ tenants:
             },
             expected: "pass",
         },
+        // Found by the differential test; the model was wrong: a DHCP client message is
+        // UDP from the client port to the server port (68 to 67); to port 67 from any
+        // other port it is ordinary broadcast, judged by `egress`.
+        Fixed {
+            name: "ingress: UDP 22 to 67 at 255.255.255.255 from an egress: deny segment",
+            policy: "version: 1
+tenants:
+  - name: t0
+    segments:
+      - name: s0
+        egress: deny
+        prefixes: [10.1.0.0/24]
+        interfaces: [d-v1]
+",
+            host_addresses: &[],
+            vif: "d-v1",
+            entered: None,
+            frame: || {
+                frame::ip(
+                    VM0,
+                    frame::BROADCAST,
+                    "10.1.0.21",
+                    "255.255.255.255",
+                    frame::udp(22, 67),
+                )
+            },
+            expected: "drop egress_denied",
+        },
     ]
 }
 
