@@ -6,7 +6,13 @@
 //! from the compiled maps: it never calls `compile` or `encode`, so a bug in compiling
 //! the policy into map entries shows as a disagreement with the kernel. The differential
 //! test (`isolator-user/tests/verdicts/differential.rs`) holds the loaded programs to it;
-//! verification and `explain` are meant to reuse it.
+//! verification and `explain` are meant to reuse it. (It takes the host as
+//! [`HostView`], the input `compile` takes too, and nothing `compile` produces.)
+//!
+//! Where the differential test showed that the documents left a case unsaid, and the
+//! kernel's answer was the sound one, the model follows the kernel and design.md was
+//! corrected; each such case is a fixed row of the differential test, marked "found by
+//! the differential test" here too.
 //!
 //! What it covers: identifying the vif (quarantined, unmanaged), the parser's refusals
 //! ([`frame`]), the source guard (VLAN, MAC, addresses, ARP, ND, router advertisements,
@@ -22,6 +28,8 @@
 //! - ICMP errors are judged as ordinary ICMP (their quoted packet is not read).
 //! - the `isolator_tags` program (VLAN tags in offload metadata).
 //! - kernel faults (full counter or state maps).
+//! - link kinds: a link a segment names is taken as a supported vif if its kind is in
+//!   [`VIF_KINDS`], else quarantined; the lab only has veths.
 
 pub mod frame;
 
