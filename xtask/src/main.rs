@@ -40,7 +40,7 @@ enum Verb {
         /// How many frames to judge.
         #[arg(long, default_value_t = 1_000_000)]
         cases: u64,
-        /// Replay a run: the seed a previous run printed.
+        /// Replay a run: the seed a previous run printed (default: a fresh one).
         #[arg(long)]
         seed: Option<u64>,
     },
@@ -120,9 +120,13 @@ fn fuzz(cases: u64, seed: Option<u64>) -> anyhow::Result<()> {
         "--nocapture",
     ])
     .env("ISOLATOR_MODEL_CASES", cases.to_string());
-    if let Some(seed) = seed {
-        cmd.env("ISOLATOR_MODEL_SEED", seed.to_string());
-    }
+    // A fresh seed unless one is given (the test command's own default is fixed).
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    cmd.env("ISOLATOR_MODEL_SEED", seed.to_string());
     let started = std::time::Instant::now();
     let result = run_cmd(&mut cmd);
     println!(
