@@ -503,7 +503,9 @@ pub(crate) fn vif_flags(vif: &ManagedVif, declared: &Declared) -> u32 {
     if vif.mac.is_some() {
         flags |= VifInfo::HAS_MAC;
     }
-    if vif.addresses.iter().any(|a| !is_link_local(a)) {
+    // Declared addresses are the only ones, link-local or not: a vif that declares only
+    // a link-local address may send from no address of its segment (policy.md).
+    if !vif.addresses.is_empty() {
         flags |= VifInfo::HAS_ADDRESSES;
     }
     if vif.addresses.iter().any(is_link_local) {

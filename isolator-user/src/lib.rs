@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod encode;
 pub mod metrics;
+pub mod model;
 pub mod netlink;
 pub mod policy;
 pub mod recheck;

@@ -1,4 +1,4 @@
-//! The verbs a person runs: `cargo xtask setup | demo | test | lint`.
+//! The verbs a person runs: `cargo xtask setup | demo | test | lint | bench | fuzz`.
 
 mod demo;
 mod setup;
@@ -33,6 +33,18 @@ enum Verb {
     /// Measure the ingress verdict per frame against a pass-everything XDP program,
     /// side by side in one run (BPF_PROG_TEST_RUN); prints ratios, never a verdict.
     Bench,
+    /// Hold the kernel programs to the reference model (`isolator::model`): the
+    /// differential test with many more frames than `test` runs (random policies ×
+    /// random frames, BPF_PROG_TEST_RUN against the model); prints the count and the
+    /// time, and on a disagreement the minimal policy and frame.
+    Fuzz {
+        /// How many frames to judge.
+        #[arg(long, default_value_t = 1_000_000)]
+        cases: u64,
+        /// Replay a run: the seed a previous run printed (default: a fresh one).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,7 +75,51 @@ fn main() -> anyhow::Result<()> {
                 "bench",
             ]))
         }
+        Verb::Fuzz { cases, seed } => {
+            require_root(
+                "the differential test creates network namespaces and loads eBPF programs",
+            )?;
+            setup::run()?;
+            fuzz(cases, seed)
+        }
     }
+}
+
+/// Runs the differential test with `cases` frames and reports how many ran and how long.
+fn fuzz(cases: u64, seed: Option<u64>) -> anyhow::Result<()> {
+    println!("fuzz: {cases} frames, kernel against model");
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--package",
+        "isolator-user",
+        "--test",
+        "verdicts",
+        "--",
+        "--exact",
+        "differential::differential_kernel_against_model",
+        "--nocapture",
+    ])
+    .env("ISOLATOR_MODEL_CASES", cases.to_string());
+    // A fresh seed unless one is given (the test command's own default is fixed).
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    cmd.env("ISOLATOR_MODEL_SEED", seed.to_string());
+    let started = std::time::Instant::now();
+    let result = run_cmd(&mut cmd);
+    println!(
+        "fuzz: {} after {:.0} s (the test's own line above gives the frames judged)",
+        if result.is_ok() {
+            "no disagreement"
+        } else {
+            "DISAGREEMENT"
+        },
+        started.elapsed().as_secs_f64()
+    );
+    result
 }
 
 /// How long the whole of `cargo xtask test` may take unless `XTASK_TEST_TIMEOUT_MINUTES`

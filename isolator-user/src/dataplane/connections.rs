@@ -233,6 +233,18 @@ impl Dataplane {
         }
     }
 
+    /// Removes every tracked connection of every vif and returns how many it removed
+    /// (the differential test judges each frame afresh, as the stateless model does).
+    pub fn forget_connections(&mut self) -> Result<u64, DataplaneError> {
+        let mut removed = 0;
+        for t in self.tracked()? {
+            if self.remove_tracked(&t)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes tracked connections idle past their timeout under `settings` (the kernel
     /// removes them only when a packet looks them up) and returns how many it removed.
     pub fn sweep_connections(&mut self, settings: &Settings) -> Result<u64, DataplaneError> {

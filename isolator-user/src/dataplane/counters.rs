@@ -45,6 +45,19 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// One counter, summed over CPUs; zero where the kernel has not counted anything
+    /// under `key` (cheaper than [`Dataplane::counters`] when a caller knows the keys).
+    pub fn counter(&self, key: &CounterKey) -> Result<Counter, DataplaneError> {
+        match self.counters.get(key, 0) {
+            Ok(per_cpu) => Ok(per_cpu.iter().fold(Counter::default(), |total, c| Counter {
+                packets: total.packets.wrapping_add(c.packets),
+                bytes: total.bytes.wrapping_add(c.bytes),
+            })),
+            Err(MapError::KeyNotFound) => Ok(Counter::default()),
+            Err(e) => Err(map_err(maps::COUNTERS, "reading")(e)),
+        }
+    }
+
     /// Frames judged while the counter map was full, by (direction, verdict, audit flag),
     /// summed over CPUs; only slots that counted something.
     pub fn uncounted(&self) -> Result<Vec<isolator_common::Uncounted>, DataplaneError> {

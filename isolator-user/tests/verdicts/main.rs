@@ -11,10 +11,12 @@
 //! |          | link-scope exceptions, uplinks, quarantine, fragments per vif          |
 //! | `faults` | a full counter map: counted by verdict, the fault counted and logged    |
 //! | `swap`   | I6 during the swap: a thousand swaps under a hammer of test runs        |
+//! | `differential` | random policies × frames, the kernel against `isolator::model`  |
 
 mod attacks;
 mod basic;
 mod conntrack;
+mod differential;
 mod faults;
 mod fixture;
 mod guards;
