@@ -722,6 +722,29 @@ pub fn recv_from_retrying(
     }
 }
 
+/// Every datagram `sock` receives until its read timeout passes (the test sets it):
+/// what arrived. A read interrupted by a signal is read again; any other error is the
+/// harness's, a panic, never "nothing arrived".
+pub fn drain_udp(sock: &std::net::UdpSocket) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) => out.push(buf[..n].to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return out;
+            }
+            Err(e) => panic!("receiving on {:?}: {e}", sock.local_addr()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,10 +94,14 @@ pub fn read_counter(map: &OwnedFd) -> Result<u64> {
 /// Loads `insns` as a TC (`sched_cls`) program, in the calling thread's namespace; `what`
 /// names it in errors, with the verifier's log.
 pub fn load_tc(insns: &[u8], what: &str) -> Result<OwnedFd> {
+    load(BPF_PROG_TYPE_SCHED_CLS, insns, what)
+}
+
+fn load(prog_type: u32, insns: &[u8], what: &str) -> Result<OwnedFd> {
     let license = c"GPL";
     let mut log = vec![0u8; 8192];
     let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
+    attr[0..4].copy_from_slice(&prog_type.to_ne_bytes());
     attr[4..8].copy_from_slice(&((insns.len() / 8) as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
     attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
@@ -113,9 +117,9 @@ pub fn load_tc(insns: &[u8], what: &str) -> Result<OwnedFd> {
     })
 }
 
-/// Attaches `prog` to the egress of `ifname` (calling thread's namespace) with a TCX link,
-/// at the end of the chain, as any tool that asks for no position.
-pub fn attach_tcx_egress(prog: &OwnedFd, ifname: &str, what: &str) -> Result<OwnedFd> {
+/// `BPF_LINK_CREATE` of `prog` on `ifname` (calling thread's namespace) for
+/// `attach_type`, with `flags`.
+fn link_create(prog: &OwnedFd, ifname: &str, attach_type: u32, flags: u32) -> Result<OwnedFd> {
     let c = std::ffi::CString::new(ifname)?;
     // SAFETY: a valid NUL-terminated name.
     let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -125,8 +129,15 @@ pub fn attach_tcx_egress(prog: &OwnedFd, ifname: &str, what: &str) -> Result<Own
     let mut attr = [0u8; 128];
     attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
     attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-    attr[8..12].copy_from_slice(&BPF_TCX_EGRESS.to_ne_bytes());
-    bpf_fd(BPF_LINK_CREATE, &mut attr)
+    attr[8..12].copy_from_slice(&attach_type.to_ne_bytes());
+    attr[12..16].copy_from_slice(&flags.to_ne_bytes());
+    Ok(bpf_fd(BPF_LINK_CREATE, &mut attr)?)
+}
+
+/// Attaches `prog` to the egress of `ifname` (calling thread's namespace) with a TCX link,
+/// at the end of the chain, as any tool that asks for no position.
+pub fn attach_tcx_egress(prog: &OwnedFd, ifname: &str, what: &str) -> Result<OwnedFd> {
+    link_create(prog, ifname, BPF_TCX_EGRESS, 0)
         .with_context(|| format!("attaching {what} to {ifname}'s egress"))
 }
 
@@ -138,23 +149,7 @@ pub fn xdp_pass_program() -> Vec<u8> {
 /// Loads `insns` as an XDP program, in the calling thread's namespace; `what` names it in
 /// errors, with the verifier's log.
 pub fn load_xdp(insns: &[u8], what: &str) -> Result<OwnedFd> {
-    let license = c"GPL";
-    let mut log = vec![0u8; 8192];
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
-    attr[4..8].copy_from_slice(&((insns.len() / 8) as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    attr[24..28].copy_from_slice(&1u32.to_ne_bytes());
-    attr[28..32].copy_from_slice(&(log.len() as u32).to_ne_bytes());
-    attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_ne_bytes());
-    bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|e| {
-        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-        anyhow::anyhow!(
-            "loading {what}: {e}; verifier log:\n{}",
-            String::from_utf8_lossy(&log[..end])
-        )
-    })
+    load(BPF_PROG_TYPE_XDP, insns, what)
 }
 
 /// Attaches the XDP program `prog` to `ifname` (calling thread's namespace) in native
@@ -162,18 +157,7 @@ pub fn load_xdp(insns: &[u8], what: &str) -> Result<OwnedFd> {
 /// interface's XDP hook is taken in both modes (the kernel runs native and generic XDP
 /// never at once, and replaces no link). Dropping the fd detaches it.
 pub fn attach_xdp_link(prog: &OwnedFd, ifname: &str, what: &str) -> Result<OwnedFd> {
-    let c = std::ffi::CString::new(ifname)?;
-    // SAFETY: a valid NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if ifindex == 0 {
-        bail!("no interface {ifname}");
-    }
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-    attr[8..12].copy_from_slice(&BPF_XDP.to_ne_bytes());
-    attr[12..16].copy_from_slice(&XDP_FLAGS_DRV_MODE.to_ne_bytes());
-    bpf_fd(BPF_LINK_CREATE, &mut attr)
+    link_create(prog, ifname, BPF_XDP, XDP_FLAGS_DRV_MODE)
         .with_context(|| format!("attaching {what} to {ifname} (native XDP, bpf_link)"))
 }
 

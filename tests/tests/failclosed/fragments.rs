@@ -109,27 +109,9 @@ fn udp_listener(ns: &str, addr: IpAddr, port: u16) -> UdpSocket {
     .unwrap_or_else(|e| panic!("UDP listener {sa} in {ns}: {e:#}"))
 }
 
-/// Every datagram the socket received (until it is quiet for its read timeout). Any
-/// other receive error is the harness's, not "nothing arrived".
+/// Every datagram the socket received (until it is quiet for its read timeout).
 fn received(sock: &UdpSocket) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        match sock.recv_from(&mut buf) {
-            Ok((n, _)) => out.push(buf[..n].to_vec()),
-            // A signal to the test process (not the traffic): read again.
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return out;
-            }
-            Err(e) => panic!("receiving on {:?}: {e}", sock.local_addr()),
-        }
-    }
+    isolator_tests::net::drain_udp(sock)
 }
 
 /// `len` bytes of payload that say what they are.

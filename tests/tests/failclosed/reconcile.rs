@@ -529,25 +529,7 @@ fn lost_link_events_are_counted_and_caught_up_by_a_full_listing() {
 fn an_ended_netlink_stream_is_reopened_and_the_host_still_followed() {
     const LATE_VIF: &str = "vacme-web8";
     const LATE_MAC: &str = "02:15:0b:00:00:28";
-    let (lab, _vms) =
-        quiet_lab("fc-nlend", &[("web1", "vacme-web1", "10.1.1.2/24")], &[]).expect("lab");
-    let late_ns = LateNetns::new(&lab, "late").expect("netns");
-    let tmp = TempDir::new("isot-fc-nlend").expect("tmp");
-    let config = tmp.write("policy.yaml", POLICY).expect("policy");
-    let bin = isolator_tests::isolator_rehearsal_bin().unwrap_or_else(|e| panic!("{e:#}"));
-    let mut daemon = Daemon::start_env(
-        &lab,
-        &bin,
-        &config,
-        METRICS_PORT,
-        tmp.path(),
-        &[],
-        &[("FAILPOINTS", "netlink-stream-end=1*return")],
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    daemon
-        .wait_healthy(Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (lab, late_ns, _tmp, daemon) = with_faults("fc-nlend", &[], "netlink-stream-end=1*return");
     let mut bad = Problems::new();
     let reconnects = Series::new(NETLINK_RECONNECTS, &[]);
     let reconnected = poll(
@@ -598,25 +580,11 @@ fn an_ended_netlink_stream_is_reopened_and_the_host_still_followed() {
 fn the_periodic_resync_enforces_a_vif_whose_events_were_lost() {
     const LATE_VIF: &str = "vacme-web8";
     const LATE_MAC: &str = "02:15:0b:00:00:38";
-    let (lab, _vms) =
-        quiet_lab("fc-resync", &[("web1", "vacme-web1", "10.1.1.2/24")], &[]).expect("lab");
-    let late_ns = LateNetns::new(&lab, "late").expect("netns");
-    let tmp = TempDir::new("isot-fc-resync").expect("tmp");
-    let config = tmp.write("policy.yaml", POLICY).expect("policy");
-    let bin = isolator_tests::isolator_rehearsal_bin().unwrap_or_else(|e| panic!("{e:#}"));
-    let mut daemon = Daemon::start_env(
-        &lab,
-        &bin,
-        &config,
-        METRICS_PORT,
-        tmp.path(),
+    let (lab, late_ns, _tmp, daemon) = with_faults(
+        "fc-resync",
         &["--resync-seconds", "2"],
-        &[("FAILPOINTS", "netlink-lose-events=return")],
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    daemon
-        .wait_healthy(Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        "netlink-lose-events=return",
+    );
     let mut bad = Problems::new();
     let created = add_late_vif(&lab, LATE_VIF, LATE_MAC, &late_ns).expect("new vif");
     match await_attached(&lab, LATE_VIF, created, Duration::from_secs(8)) {
@@ -641,4 +609,32 @@ fn the_periodic_resync_enforces_a_vif_whose_events_were_lost() {
         &format!("policy:\n{POLICY}"),
         &daemon.log(),
     );
+}
+
+/// A lab with web1, a namespace for a VM that comes later, and the rehearsal build of the
+/// daemon running with `args` and the fault injection `failpoints` (FAILPOINTS), healthy.
+fn with_faults(
+    hint: &str,
+    args: &[&str],
+    failpoints: &str,
+) -> (isolator_tests::Lab, LateNetns, TempDir, Daemon) {
+    let (lab, _vms) = quiet_lab(hint, &[("web1", "vacme-web1", "10.1.1.2/24")], &[]).expect("lab");
+    let late_ns = LateNetns::new(&lab, "late").expect("netns");
+    let tmp = TempDir::new(&format!("isot-{hint}")).expect("tmp");
+    let config = tmp.write("policy.yaml", POLICY).expect("policy");
+    let bin = isolator_tests::isolator_rehearsal_bin().unwrap_or_else(|e| panic!("{e:#}"));
+    let mut daemon = Daemon::start_env(
+        &lab,
+        &bin,
+        &config,
+        METRICS_PORT,
+        tmp.path(),
+        args,
+        &[("FAILPOINTS", failpoints)],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    daemon
+        .wait_healthy(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    (lab, late_ns, tmp, daemon)
 }
