@@ -329,9 +329,9 @@ pub fn print(reports: &[PathReport], config: Config) {
     );
     for report in reports {
         println!(
-            "\n{} (isolator {}s it)",
+            "\n{} (isolator {} it)",
             report.path,
-            if report.passes { "pass" } else { "drop" }
+            if report.passes { "passes" } else { "drops" }
         );
         println!(
             "  {:<36} {:>9} {:>10} {:>8} {:>8} {:>21}",
