@@ -189,7 +189,8 @@ fn mount(
 }
 
 /// Runs the live-frames benchmark on `paths` with the dataplane `dp` (its plan applied
-/// for `links`, nothing attached); prints a table per path and returns the medians.
+/// for `links`, nothing attached) and returns the medians per path ([`print`] shows
+/// them). Call in [`private_namespaces`]: it pins the calling thread to its core.
 pub fn run(
     dp: &mut Dataplane,
     links: &[Link],
@@ -266,6 +267,7 @@ pub fn run(
         let mut rows = Vec::new();
         for (a, arm) in Arm::ALL.iter().enumerate() {
             let s = &samples[a][p];
+            // Arm::ALL[0] is the floor.
             let floor = &samples[0][p];
             let ns_per_frame = median(s.iter().map(|x| x.ns_per_frame).collect());
             let ratio_to_floor = median(
