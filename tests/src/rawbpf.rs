@@ -247,3 +247,49 @@ pub fn pinned_link_ids(path: &std::path::Path) -> Result<LinkIds> {
         program: u32::from_ne_bytes(info[8..12].try_into().unwrap()),
     })
 }
+
+/// Helper id of `bpf_redirect`.
+pub const BPF_FUNC_REDIRECT: i32 = 23;
+/// `BPF_F_TEST_XDP_LIVE_FRAMES`: a test run whose frames the kernel really drops, passes,
+/// transmits or redirects.
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+
+/// `r0 = XDP_DROP; exit`: an XDP program that drops every frame (a benchmark's floor).
+pub fn xdp_drop_program() -> Vec<u8> {
+    [insn(op::MOV64_K, 0, 0, 0, 1), insn(op::EXIT, 0, 0, 0, 0)].concat()
+}
+
+/// `return bpf_redirect(ifindex, 0)`: an XDP program that sends every frame out of
+/// `ifindex` (a traffic generator, run with [`xdp_live_frames`]).
+pub fn xdp_redirect_program(ifindex: u32) -> Vec<u8> {
+    [
+        insn(op::MOV64_K, 1, 0, 0, ifindex as i32),
+        insn(op::MOV64_K, 2, 0, 0, 0),
+        insn(op::CALL, 0, 0, 0, BPF_FUNC_REDIRECT),
+        insn(op::EXIT, 0, 0, 0, 0),
+    ]
+    .concat()
+}
+
+/// Runs the XDP program `prog` `repeat` times on copies of `frame` in live-frames mode
+/// (BPF_PROG_TEST_RUN with `BPF_F_TEST_XDP_LIVE_FRAMES`, `batch_size` frames at a time):
+/// the kernel performs each verdict for real, so a program that redirects transmits the
+/// frames. In the calling thread's network namespace. Returns the kernel's average time
+/// per run.
+pub fn xdp_live_frames(
+    prog: BorrowedFd<'_>,
+    frame: &[u8],
+    repeat: u32,
+    batch_size: u32,
+) -> Result<std::time::Duration> {
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(frame.as_ptr() as u64).to_ne_bytes());
+    attr[32..36].copy_from_slice(&repeat.to_ne_bytes());
+    attr[64..68].copy_from_slice(&BPF_F_TEST_XDP_LIVE_FRAMES.to_ne_bytes());
+    attr[72..76].copy_from_slice(&batch_size.to_ne_bytes());
+    bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN (live frames)")?;
+    let ns = u32::from_ne_bytes(attr[36..40].try_into().unwrap());
+    Ok(std::time::Duration::from_nanos(u64::from(ns)))
+}

@@ -30,9 +30,14 @@ enum Verb {
     Test,
     /// Check formatting and clippy only.
     Lint,
-    /// Measure the ingress verdict per frame against a pass-everything XDP program,
-    /// side by side in one run (BPF_PROG_TEST_RUN); prints ratios, never a verdict.
-    Bench,
+    /// Measure each verdict path on live frames (isolator next to an XDP_DROP floor,
+    /// xdp-filter and nftables, interleaved in one run), then the test-run micro numbers;
+    /// prints figures and ratios, never fails on noise. Arguments go to the benchmark:
+    /// `--rounds N`, `--frames N`, `--smoke`.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Hold the kernel programs to the reference model (`isolator::model`): the
     /// differential test with many more frames than `test` runs (random policies ×
     /// random frames, BPF_PROG_TEST_RUN against the model); prints the count and the
@@ -61,19 +66,24 @@ fn main() -> anyhow::Result<()> {
             test()
         }
         Verb::Lint => lint(),
-        Verb::Bench => {
+        Verb::Bench { args } => {
             require_root("the benchmark loads eBPF programs")?;
             setup::run()?;
             println!("bench: building (release) and running");
-            run_cmd(cargo().args([
-                "run",
-                "--release",
-                "--quiet",
-                "--package",
-                "isolator-user",
-                "--example",
-                "bench",
-            ]))
+            run_cmd(
+                cargo()
+                    .args([
+                        "run",
+                        "--release",
+                        "--quiet",
+                        "--package",
+                        "isolator-user",
+                        "--example",
+                        "bench",
+                        "--",
+                    ])
+                    .args(&args),
+            )
         }
         Verb::Fuzz { cases, seed } => {
             require_root(

@@ -7,7 +7,8 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 
 /// Debian packages: LLVM 22 for bpf-linker, and the tools the lab, demo and tests run:
-/// ip and tc, ping, nsenter and mount, nmap, scapy (for /usr/bin/python3), promtool.
+/// ip and tc, ping, nsenter and mount, nmap, scapy (for /usr/bin/python3), promtool; and
+/// the other arms of `cargo xtask bench`: xdp-filter (xdp-tools) and nft (nftables).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -20,6 +21,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "nmap",
     "python3-scapy",
     "prometheus",
+    "xdp-tools",
+    "nftables",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
