@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,42 @@ pub struct RunOptions {
     pub netlink_receive_buffer: usize,
     /// How often the whole host is listed again without any event.
     pub resync_interval: Duration,
+    /// A directory of trusted public keys: every policy loaded must carry a valid
+    /// signature by one of them.
+    pub trusted_keys: Option<PathBuf>,
+}
+
+/// Where the policy in force came from: its file's SHA-256 and who signed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Provenance {
+    pub sha256: String,
+    /// The signer's key id (`None`: the daemon runs without `--trusted-keys`).
+    pub signer: Option<String>,
+}
+
+/// Reads the policy file once, checks its signature against `trusted` (if given) over
+/// the bytes read, and parses those same bytes.
+fn load_policy(
+    config: &Path,
+    trusted: Option<&crate::signing::TrustedKeys>,
+) -> anyhow::Result<(Policy, Provenance)> {
+    let bytes = std::fs::read(config)
+        .with_context(|| format!("reading the policy {}", config.display()))?;
+    let signer = match trusted {
+        Some(keys) => Some(keys.verify(config, &bytes)?),
+        None => None,
+    };
+    let source = std::str::from_utf8(&bytes)
+        .with_context(|| format!("{}: not UTF-8 text", config.display()))?;
+    let policy = policy::parse(source, &config.display().to_string())
+        .map_err(|diagnostics| anyhow!("{diagnostics}the policy is not valid"))?;
+    Ok((
+        policy,
+        Provenance {
+            sha256: crate::signing::digest(&bytes),
+            signer,
+        },
+    ))
 }
 
 /// The netlink socket's receive buffer unless told otherwise: room for the events of
@@ -89,13 +125,31 @@ struct Status {
     reconcile_failures: u64,
     reloads: ReloadStats,
     netlink: NetlinkStats,
+    /// The policy in force: its file's hash and signer.
+    provenance: Provenance,
+    /// Why the last reload was refused, until one succeeds.
+    reload_refused: Option<String>,
+    /// Reloads refused because the signature did not check out.
+    signature_refusals: u64,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let policy = policy::load(&opts.config).map_err(|diagnostics| {
-        anyhow!("{diagnostics}the policy is not valid; nothing was loaded (see `isolator check`)")
-    })?;
-    info!(config = %opts.config.display(), summary = %policy.summary(), "policy is valid");
+    let trusted = match &opts.trusted_keys {
+        Some(dir) => {
+            let keys = crate::signing::TrustedKeys::load(dir)?;
+            Some(keys)
+        }
+        None => None,
+    };
+    let (policy, provenance) = load_policy(&opts.config, trusted.as_ref())
+        .context("nothing was loaded (see `isolator check`)")?;
+    info!(
+        config = %opts.config.display(),
+        summary = %policy.summary(),
+        sha256 = %provenance.sha256,
+        signer = provenance.signer.as_deref().unwrap_or("(not checked: no --trusted-keys)"),
+        "policy is valid"
+    );
 
     // Bind first: a port conflict should fail before anything is attached.
     let listener = tokio::net::TcpListener::bind(opts.metrics_addr)
@@ -127,9 +181,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::spawn(follow_kernel_log(logger));
     }
 
-    let (status_tx, status) = watch::channel(Status::default());
+    let (status_tx, status) = watch::channel(Status {
+        provenance: provenance.clone(),
+        ..Status::default()
+    });
     let mut controller = Controller {
         config: opts.config.clone(),
+        trusted,
         policy,
         netlink,
         netlink_receive_buffer: opts.netlink_receive_buffer,
@@ -185,6 +243,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// The controller: the one place that decides what the kernel should enforce.
 struct Controller {
     config: PathBuf,
+    /// The keys a policy must be signed by (`--trusted-keys`).
+    trusted: Option<crate::signing::TrustedKeys>,
     /// The policy in force.
     policy: Policy,
     netlink: Netlink,
@@ -289,26 +349,45 @@ impl Controller {
         }
     }
 
-    /// SIGHUP: validate the file again and put it into effect, or keep the running policy.
+    /// SIGHUP: check the file's signature (with `--trusted-keys`), validate it again and
+    /// put it into effect, or keep the running policy.
     async fn reload(&mut self) {
         info!(config = %self.config.display(), "SIGHUP: reloading the policy");
-        let outcome = match policy::load(&self.config) {
-            Err(diagnostics) => Err(anyhow!(
-                "{diagnostics}the new policy is not valid; the running policy stays in force"
-            )),
-            Ok(policy) => {
+        let mut unsigned = false;
+        let outcome = match load_policy(&self.config, self.trusted.as_ref()) {
+            Err(e) => {
+                unsigned = self.trusted.is_some() && format!("{e:#}").contains("sign");
+                Err(e.context("the running policy stays in force"))
+            }
+            Ok((policy, provenance)) => {
                 let summary = policy.summary();
-                self.reconcile(Some(policy)).await.map(|()| summary).context(
-                    "the new policy could not be put into effect; the running policy stays in force",
-                )
+                self.reconcile(Some(policy))
+                    .await
+                    .map(|()| (summary, provenance))
+                    .context(
+                        "the new policy could not be put into effect; the running policy stays in force",
+                    )
             }
         };
         self.status.send_modify(|s| match &outcome {
-            Ok(_) => s.reloads.succeeded += 1,
-            Err(_) => s.reloads.failed += 1,
+            Ok((_, provenance)) => {
+                s.reloads.succeeded += 1;
+                s.provenance = provenance.clone();
+                s.reload_refused = None;
+            }
+            Err(e) => {
+                s.reloads.failed += 1;
+                s.signature_refusals += u64::from(unsigned);
+                s.reload_refused = Some(format!("{e:#}"));
+            }
         });
         match outcome {
-            Ok(summary) => info!(%summary, "policy reloaded"),
+            Ok((summary, provenance)) => info!(
+                %summary,
+                sha256 = %provenance.sha256,
+                signer = provenance.signer.as_deref().unwrap_or("(not checked)"),
+                "policy reloaded"
+            ),
             Err(e) => error!("{e:#}"),
         }
     }
@@ -818,6 +897,9 @@ async fn serve_metrics(State(http): State<Http>) -> impl IntoResponse {
                     reconcile_failing: status.reconcile_error.is_some(),
                     reconcile_failures: status.reconcile_failures,
                     netlink: status.netlink,
+                    policy_sha256: status.provenance.sha256.clone(),
+                    policy_signer: status.provenance.signer.clone().unwrap_or_default(),
+                    signature_refusals: status.signature_refusals,
                     refused: status
                         .refused
                         .iter()
@@ -864,10 +946,18 @@ fn health(status: &Status) -> (StatusCode, String) {
             "not in line with the policy and the host (retrying): {cause}"
         ));
     }
+    // What a refused reload left (enforcement is whole: the running policy stays).
+    let notes = match &status.reload_refused {
+        Some(why) => format!("last reload refused (the running policy stays): {why}\n"),
+        None => String::new(),
+    };
     if problems.is_empty() {
-        (StatusCode::OK, "ok\n".to_string())
+        (StatusCode::OK, format!("ok\n{notes}"))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            problems.join("\n") + "\n" + &notes,
+        )
     }
 }
 

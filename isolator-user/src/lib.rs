@@ -10,6 +10,7 @@ pub mod model;
 pub mod netlink;
 pub mod policy;
 pub mod recheck;
+pub mod signing;
 
 /// An error and its sources on one line: "outer: inner: root cause".
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -33,6 +33,25 @@ enum Command {
     Check {
         /// The policy file (YAML, see docs/policy.md).
         file: PathBuf,
+        /// Also check that FILE.sig is a valid signature by one of the public keys in DIR.
+        #[arg(long, value_name = "DIR")]
+        trusted_keys: Option<PathBuf>,
+    },
+    /// Make an ed25519 key pair for signing policies: DIR/NAME.key (secret, mode 0600)
+    /// and DIR/NAME.pub (to put among the hosts' trusted keys).
+    Keygen {
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+        #[arg(long, default_value = "isolator")]
+        name: String,
+    },
+    /// Sign a policy file with a secret key: writes FILE.sig beside it.
+    Sign {
+        /// The secret key file (from `isolator keygen`).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// The policy file.
+        file: PathBuf,
     },
     /// Enforce a policy on this host's interfaces, following them as they come and go;
     /// SIGHUP reloads the policy, SIGINT/SIGTERM detaches everything and exits.
@@ -61,6 +80,11 @@ enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = daemon::DEFAULT_RESYNC_SECONDS,
               value_parser = clap::value_parser!(u64).range(1..=86_400))]
         resync_seconds: u64,
+        /// Trust only policies signed by one of the public keys (*.pub) in DIR: a policy
+        /// without a valid signature (FILE.sig) is refused at start and at reload, and the
+        /// running one stays in force.
+        #[arg(long, value_name = "DIR")]
+        trusted_keys: Option<PathBuf>,
     },
 }
 
@@ -71,8 +95,23 @@ fn main() -> ExitCode {
     let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { file } => match policy::load(&file) {
+        Command::Check { file, trusted_keys } => match policy::load(&file) {
             Ok(policy) => {
+                if let Some(dir) = trusted_keys {
+                    let signed =
+                        std::fs::read(&file)
+                            .map_err(anyhow::Error::from)
+                            .and_then(|bytes| {
+                                isolator::signing::TrustedKeys::load(&dir)?.verify(&file, &bytes)
+                            });
+                    match signed {
+                        Ok(id) => println!("{}: signed by key {id}", file.display()),
+                        Err(e) => {
+                            eprintln!("error: {e:#}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
                 println!("{}: valid: {}", file.display(), policy.summary());
                 ExitCode::SUCCESS
             }
@@ -86,6 +125,33 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Keygen { out, name } => match isolator::signing::keygen(&out, &name) {
+            Ok(id) => {
+                println!(
+                    "key {id}: secret {}, public {}",
+                    out.join(format!("{name}.key")).display(),
+                    out.join(format!("{name}.pub")).display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Sign { key, file } => match isolator::signing::sign(&key, &file) {
+            Ok(id) => {
+                println!(
+                    "{}: signed by key {id}",
+                    isolator::signing::signature_path(&file).display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run {
             config,
             metrics_addr,
@@ -93,6 +159,7 @@ fn main() -> ExitCode {
             persist,
             netlink_receive_buffer,
             resync_seconds,
+            trusted_keys,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -115,6 +182,7 @@ fn main() -> ExitCode {
                 persist,
                 netlink_receive_buffer,
                 resync_interval: std::time::Duration::from_secs(resync_seconds),
+                trusted_keys,
             })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -187,6 +187,18 @@ pub struct DaemonStats {
     pub reconcile_failures: u64,
     pub netlink: NetlinkStats,
     pub refused: Vec<Refused>,
+    /// The policy in force: its file's SHA-256 and its signer's key id (empty without
+    /// `--trusted-keys`).
+    pub policy_sha256: String,
+    pub policy_signer: String,
+    /// Reloads refused because the policy's signature did not check out.
+    pub signature_refusals: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    sha256: String,
+    signer: String,
 }
 
 /// The daemon's netlink subscription, since the start.
@@ -431,6 +443,24 @@ pub fn render(scrape: &Scrape) -> String {
         "reconcile_failures",
         "Attempts to bring the kernel in line with the policy and the host that failed",
         failures,
+    );
+    let info = Family::<PolicyLabels, Gauge>::default();
+    info.get_or_create(&PolicyLabels {
+        sha256: daemon.policy_sha256.clone(),
+        signer: daemon.policy_signer.clone(),
+    })
+    .set(1);
+    registry.register(
+        "policy_info",
+        "The policy in force: the SHA-256 of its file and the key id that signed it (empty without --trusted-keys)",
+        info,
+    );
+    let refusals = PromCounter::<u64>::default();
+    refusals.inc_by(daemon.signature_refusals);
+    registry.register(
+        "policy_signature_refusals",
+        "Reloads refused because the policy had no valid signature by a trusted key (the running policy stayed in force)",
+        refusals,
     );
     let overruns = PromCounter::<u64>::default();
     overruns.inc_by(daemon.netlink.overruns);

@@ -38,13 +38,15 @@ pub const KERNEL_FAULTS: &str = "isolator_kernel_faults_total";
 pub const UNCOUNTED_PACKETS: &str = "isolator_uncounted_packets_total";
 pub const NETLINK_OVERRUNS: &str = "isolator_netlink_overruns_total";
 pub const NETLINK_RECONNECTS: &str = "isolator_netlink_reconnects_total";
+pub const POLICY_INFO: &str = "isolator_policy_info";
+pub const SIGNATURE_REFUSALS: &str = "isolator_policy_signature_refusals_total";
 
 const DEVICE_REASON: &[&str] = &["device", "tenant", "segment", "direction", "reason"];
 const DEVICE: &[&str] = &["device", "tenant", "segment", "direction"];
 
 /// Every metric family of `docs/metrics.md`: sample name, `# TYPE`, label names in the
 /// order the documentation lists them.
-pub const FAMILIES: [(&str, &str, &[&str]); 18] = [
+pub const FAMILIES: [(&str, &str, &[&str]); 20] = [
     (DROP_PACKETS, "counter", DEVICE_REASON),
     (DROP_BYTES, "counter", DEVICE_REASON),
     (PASS_PACKETS, "counter", DEVICE),
@@ -60,6 +62,8 @@ pub const FAMILIES: [(&str, &str, &[&str]); 18] = [
     (RECONCILE_FAILURES, "counter", &[]),
     (NETLINK_OVERRUNS, "counter", &[]),
     (NETLINK_RECONNECTS, "counter", &[]),
+    (POLICY_INFO, "gauge", &["sha256", "signer"]),
+    (SIGNATURE_REFUSALS, "counter", &[]),
     (KERNEL_FAULTS, "counter", &["what"]),
     (UNCOUNTED_PACKETS, "counter", &["direction", "verdict"]),
     (CONNTRACK_EVENTS, "counter", &["event"]),

@@ -15,6 +15,7 @@
 //! | `policy`       | exposed endpoints, flows, egress, audit, management (scans, data) |
 //! | `conntrack_proofs` | UDP conversations, idle timeouts (sweep and lookup), ICMP echo, FIN closing, `evicted` |
 //! | `revoke`       | reloads cut tracked connections they no longer admit              |
+//! | `signed`       | only a policy signed by a trusted key is loaded or reloaded       |
 //! | `realpackets::*` | real packets for broadcast/multicast, LLDP, UDP/ICMPv6 from outside, management behind a router, tap vifs, attach failures, a taken metrics port, a vif a reload lets go |
 //! | `underfault::*`| I6 and I7 while it happens: reloads and restarts under traffic    |
 //! | `guards::*`    | source and layer-2 guards (I2), malformed frames, fragments       |
@@ -32,5 +33,6 @@ mod lifecycle;
 mod policy;
 mod realpackets;
 mod revoke;
+mod signed;
 mod underfault;
 mod vlan_offload;
