@@ -193,6 +193,9 @@ fn test() -> anyhow::Result<()> {
             failures.push(format!("{e:#}"));
         }
     }
+    // Labs of a test binary that died by a signal (and their daemons): gone before the
+    // demo builds its own.
+    isolator_tests::lab::reap_stale();
     let Totals {
         passed,
         failed: failed_tests,

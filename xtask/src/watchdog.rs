@@ -55,6 +55,9 @@ pub fn arm(limit: Duration) {
             // SAFETY: as above.
             unsafe { libc::kill(-group, libc::SIGKILL) };
         }
+        // A test binary killed by a signal leaves its labs, and the daemons it started (in
+        // process groups of their own); remove both.
+        isolator_tests::lab::reap_stale();
         std::process::exit(124);
     });
 }
