@@ -71,22 +71,42 @@ pub struct Provenance {
     pub signer: Option<String>,
 }
 
+/// Why a policy file was not loaded.
+#[derive(Debug)]
+enum LoadError {
+    /// No valid signature by a trusted key (`--trusted-keys`).
+    Signature(anyhow::Error),
+    /// Unreadable, or not a valid policy.
+    Invalid(anyhow::Error),
+}
+
+impl LoadError {
+    fn into_inner(self) -> anyhow::Error {
+        match self {
+            LoadError::Signature(e) | LoadError::Invalid(e) => e,
+        }
+    }
+}
+
 /// Reads the policy file once, checks its signature against `trusted` (if given) over
 /// the bytes read, and parses those same bytes.
 fn load_policy(
     config: &Path,
     trusted: Option<&crate::signing::TrustedKeys>,
-) -> anyhow::Result<(Policy, Provenance)> {
+) -> Result<(Policy, Provenance), LoadError> {
     let bytes = std::fs::read(config)
-        .with_context(|| format!("reading the policy {}", config.display()))?;
+        .with_context(|| format!("reading the policy {}", config.display()))
+        .map_err(LoadError::Invalid)?;
     let signer = match trusted {
-        Some(keys) => Some(keys.verify(config, &bytes)?),
+        Some(keys) => Some(keys.verify(config, &bytes).map_err(LoadError::Signature)?),
         None => None,
     };
     let source = std::str::from_utf8(&bytes)
-        .with_context(|| format!("{}: not UTF-8 text", config.display()))?;
-    let policy = policy::parse(source, &config.display().to_string())
-        .map_err(|diagnostics| anyhow!("{diagnostics}the policy is not valid"))?;
+        .with_context(|| format!("{}: not UTF-8 text", config.display()))
+        .map_err(LoadError::Invalid)?;
+    let policy = policy::parse(source, &config.display().to_string()).map_err(|diagnostics| {
+        LoadError::Invalid(anyhow!("{diagnostics}the policy is not valid"))
+    })?;
     Ok((
         policy,
         Provenance {
@@ -142,6 +162,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         None => None,
     };
     let (policy, provenance) = load_policy(&opts.config, trusted.as_ref())
+        .map_err(LoadError::into_inner)
         .context("nothing was loaded (see `isolator check`)")?;
     info!(
         config = %opts.config.display(),
@@ -356,8 +377,8 @@ impl Controller {
         let mut unsigned = false;
         let outcome = match load_policy(&self.config, self.trusted.as_ref()) {
             Err(e) => {
-                unsigned = self.trusted.is_some() && format!("{e:#}").contains("sign");
-                Err(e.context("the running policy stays in force"))
+                unsigned = matches!(e, LoadError::Signature(_));
+                Err(e.into_inner().context("the running policy stays in force"))
             }
             Ok((policy, provenance)) => {
                 let summary = policy.summary();

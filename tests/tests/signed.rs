@@ -222,6 +222,29 @@ fn only_a_policy_signed_by_a_trusted_key_is_loaded_or_reloaded() {
         );
     }
 
+    // Signed by the trusted key but not a valid policy: refused as invalid, which is no
+    // signature refusal (whatever words its diagnostics hold).
+    std::fs::write(&config, format!("{}design: draft\n", policy(true))).expect("invalid policy");
+    sign(&ops_key);
+    let before = daemon.scrape().expect("scrape");
+    daemon.signal(libc::SIGHUP).expect("SIGHUP");
+    match daemon.expect(
+        &before,
+        &Expect::new().grows(Series::reloads("failed"), 1.0),
+    ) {
+        Ok(after) => {
+            let d = after.value(&refusals).unwrap_or(f64::NAN)
+                - before.value(&refusals).unwrap_or(f64::NAN);
+            bad.check(d == 0.0, || {
+                format!("an invalid, properly signed policy is no signature refusal: +{d}")
+            });
+        }
+        Err(e) => bad.push(format!(
+            "the invalid policy's reload must be refused: {e:#}"
+        )),
+    }
+    std::fs::write(&config, policy(true)).expect("policy B");
+
     // B signed by the trusted key: accepted.
     sign(&ops_key);
     let before = daemon.scrape().expect("scrape");

@@ -112,7 +112,7 @@ impl Dataplane {
             }
         };
         let mut held: Vec<(&'static str, Held)> = xdp.into_iter().map(|l| ("xdp", l)).collect();
-        let ingress_kind = if ingress_program == programs::TC_INGRESS_JUDGE {
+        let ingress_kind = if mode == AttachMode::TcIngress {
             "judge"
         } else {
             "tags"
