@@ -11,29 +11,26 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     /// `HashMap<VifKey, VifInfo>`: which segment a vif (by ifindex) belongs to.
     pub const VIFS: &str = "VIFS";
-    /// `HashMap<SegmentKey, SegmentInfo>`: which tenant a segment belongs to.
-    pub const SEGMENTS: &str = "SEGMENTS";
-    /// `LpmTrie<Ipv4PrefixKey, u32>`: IPv4 prefix -> segment id.
-    pub const PREFIXES_V4: &str = "PREFIXES_V4";
-    /// `LpmTrie<Ipv6PrefixKey, u32>`: IPv6 prefix -> segment id.
-    pub const PREFIXES_V6: &str = "PREFIXES_V6";
+    /// `HashMap<AddrV4Key, AddrClass>`: what the policy says about an IPv4 address, by
+    /// prefix: one entry per prefix of the policy (segments, management, exposures,
+    /// declared addresses) and per address of the host and the gateways, each carrying
+    /// the longest match of every kind (docs/design.md, "Classifying an address").
+    pub const ADDRESSES_V4: &str = "ADDRESSES_V4";
+    /// `HashMap<AddrV6Key, AddrClass>`: the same for IPv6.
+    pub const ADDRESSES_V6: &str = "ADDRESSES_V6";
+    /// `Array<PrefixLengths>` of two entries, indexed by generation: the prefix lengths
+    /// `ADDRESSES_V4`/`_V6` hold, longest first (the lengths a lookup probes).
+    pub const PREFIX_LENGTHS: &str = "PREFIX_LENGTHS";
+    /// `HashMap<RuleKey, RuleSet>`: the services of management prefixes, exposures and
+    /// flows, stored once per distinct set and referred to by index.
+    pub const RULESETS: &str = "RULESETS";
     /// `PerCpuHashMap<CounterKey, Counter>`: packets and bytes per (vif, direction, verdict).
     pub const COUNTERS: &str = "COUNTERS";
     /// `Array<Settings>` of two entries, indexed by generation.
     pub const SETTINGS: &str = "SETTINGS";
-    /// `LpmTrie<Ipv4PrefixKey, RuleSet>`: management prefixes and the services protected.
-    pub const MANAGEMENT_V4: &str = "MANAGEMENT_V4";
-    /// `LpmTrie<Ipv6PrefixKey, RuleSet>`.
-    pub const MANAGEMENT_V6: &str = "MANAGEMENT_V6";
-    /// `LpmTrie<Ipv4PrefixKey, RuleSet>`: exposed endpoints (services merged per prefix).
-    pub const EXPOSED_V4: &str = "EXPOSED_V4";
-    /// `LpmTrie<Ipv6PrefixKey, RuleSet>`.
-    pub const EXPOSED_V6: &str = "EXPOSED_V6";
-    /// `HashMap<PairKey, RuleSet>`: flows from one segment to another.
-    pub const FLOWS: &str = "FLOWS";
-    /// `HashMap<PairKey, u32>`: segment pairs that may resolve each other's addresses
-    /// (ARP, neighbour discovery) because a flow exists in one direction or the other.
-    pub const NEIGHBOURS: &str = "NEIGHBOURS";
+    /// `HashMap<PairKey, PairInfo>`: segment pairs joined by a flow (in either
+    /// direction), with the services the flow from `from` to `to` allows.
+    pub const PAIRS: &str = "PAIRS";
     /// `HashOfMaps<u32, LruHashMap<ConnKey, ConnState>>`: each vif's (by ifindex)
     /// established connections.
     pub const CONNTRACK: &str = "CONNTRACK";
@@ -42,20 +39,11 @@ pub mod maps {
     pub const CONNTRACK_OPENING: &str = "CONNTRACK_OPENING";
     /// `PerCpuArray<u64>`: connection tracking events, indexed by [`conntrack`] event.
     pub const CONNTRACK_EVENTS: &str = "CONNTRACK_EVENTS";
-    /// `LpmTrie<VifAddrV4Key, u8>`: addresses a vif declared (its only allowed sources).
-    pub const VIF_ADDRS_V4: &str = "VIF_ADDRS_V4";
-    /// `LpmTrie<VifAddrV6Key, u8>`.
-    pub const VIF_ADDRS_V6: &str = "VIF_ADDRS_V6";
     /// `HashMap<VlanKey, u8>`: VLAN ids a vif may tag its frames with.
     pub const VIF_VLANS: &str = "VIF_VLANS";
     /// `HashMap<DeclaredMacKey, u32>`: every declared MAC and the vif (ifindex) that
     /// declared it; no other vif may send with it.
     pub const DECLARED_MACS: &str = "DECLARED_MACS";
-    /// `LpmTrie<Ipv4PrefixKey, u32>`: every declared IPv4 address (prefix) and the vif
-    /// that declared it; no other vif may send from it.
-    pub const DECLARED_V4: &str = "DECLARED_V4";
-    /// `LpmTrie<Ipv6PrefixKey, u32>`: the same for IPv6 (link-local included).
-    pub const DECLARED_V6: &str = "DECLARED_V6";
     /// `HashOfMaps<u32, LruHashMap<FragKey, FragState>>`: each vif's fragmented
     /// datagrams whose first fragment it passed.
     pub const FRAGMENTS: &str = "FRAGMENTS";
@@ -66,9 +54,6 @@ pub mod maps {
     pub const LINKS: &str = "LINKS";
     /// `HashMap<UplinkKey, u8>`: (uplink, segment) pairs the policy trusts.
     pub const UPLINKS: &str = "UPLINKS";
-    /// `HashMap<AddrKey, u8>`: the host's own addresses (none of them reachable from a VM
-    /// but as a gateway of its segment).
-    pub const HOST_ADDRS: &str = "HOST_ADDRS";
     /// `HashMap<GatewayKey, RuleSet>`: gateway addresses of each segment and the services
     /// its VMs may use there.
     pub const GATEWAYS: &str = "GATEWAYS";
@@ -127,7 +112,7 @@ pub struct Uncounted {
 /// Version of the map layout (keys, values, sizes). Pinned maps live in a directory named
 /// after it, so that a daemon never reuses maps of another layout; bump it with any
 /// change to the types below or to a map's definition.
-pub const STATE_LAYOUT: u32 = 4;
+pub const STATE_LAYOUT: u32 = 5;
 
 /// Program names in the eBPF object.
 pub mod programs {
@@ -150,18 +135,13 @@ pub mod programs {
 pub mod limits {
     /// Vifs in one policy generation.
     pub const MAX_VIFS: u32 = 8192;
-    /// Segments in one policy generation.
-    pub const MAX_SEGMENTS: u32 = 8192;
-    /// Prefixes per address family in one policy generation.
-    pub const MAX_PREFIXES: u32 = 16384;
+    /// Segments in one policy generation (segment ids are numbered from 0).
+    pub const MAX_SEGMENTS: u32 = 1 << 24;
     /// Distinct (vif, direction, verdict) counter keys.
     pub const MAX_COUNTERS: u32 = 65536;
-    /// Management prefixes per address family in one generation.
-    pub const MAX_MANAGEMENT: u32 = 1024;
-    /// Exposed prefixes per address family in one generation.
-    pub const MAX_EXPOSED: u32 = 16384;
-    /// Segment pairs with flows in one generation.
-    pub const MAX_FLOW_PAIRS: u32 = 16384;
+    /// Distinct prefix lengths `ADDRESSES_V4` or `ADDRESSES_V6` may hold in one
+    /// generation: an address lookup probes at most this many (IPv4 has 33 at most).
+    pub const MAX_PREFIX_LENGTHS: usize = 40;
     /// Services in one rule set (one exposed prefix, one flow pair, one management prefix).
     pub const MAX_RULES: usize = 16;
     /// Established connections per vif (the vif's own table: what one VM, or the outside
@@ -178,8 +158,6 @@ pub mod limits {
     pub const MAX_HOST_ADDRS: u32 = 4096;
     /// Gateway addresses (all segments together) in one generation.
     pub const MAX_GATEWAYS: u32 = 8192;
-    /// Declared source prefixes per address family in one generation, all vifs together.
-    pub const MAX_VIF_ADDRS: u32 = 16384;
     /// Allowed (vif, VLAN) pairs in one generation.
     pub const MAX_VIF_VLANS: u32 = 16384;
     /// Fragmented datagrams in flight per vif.
@@ -225,21 +203,24 @@ pub struct VifInfo {
     /// The declared MAC (when [`VifInfo::HAS_MAC`]).
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// The segment's tenant and settings (one lookup tells the programs everything about
+    /// the vif).
+    pub info: SegmentInfo,
 }
 
 impl VifInfo {
     /// The interface declared the only MAC it may send from.
     pub const HAS_MAC: u32 = 1;
-    /// The interface declared the only addresses it may send from (`VIF_ADDRS_*`);
-    /// otherwise its segment's prefixes apply.
+    /// The interface declared the only addresses it may send from (`ADDRESSES_*` entries
+    /// with it as their owner); otherwise its segment's prefixes apply.
     pub const HAS_ADDRESSES: u32 = 2;
-    /// The interface declared its IPv6 link-local addresses (`VIF_ADDRS_V6`); otherwise
-    /// any link-local source is its own.
+    /// The interface declared its IPv6 link-local addresses; otherwise any link-local
+    /// source is its own.
     pub const HAS_LINK_LOCAL: u32 = 4;
     /// Other interfaces declared MACs (`DECLARED_MACS`) this one must not use. Without
     /// it (nothing declared anywhere) the lookup is skipped.
     pub const OTHERS_DECLARED_MACS: u32 = 8;
-    /// Other interfaces declared addresses (`DECLARED_V4`/`_V6`) this one must not use.
+    /// Other interfaces declared addresses (`ADDRESSES_*` owners) this one must not use.
     pub const OTHERS_DECLARED_ADDRESSES: u32 = 16;
     /// The interface looks like a VM's but is not enforceable as one (the policy does not
     /// classify it, or its link kind is not supported): everything it sends and everything
@@ -269,14 +250,6 @@ pub struct UplinkKey {
     pub segment: u32,
 }
 
-/// Key of the `HOST_ADDRS` map: one address (IPv4-mapped for IPv4).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct AddrKey {
-    pub generation: u32,
-    pub addr: [u8; 16],
-}
-
 /// Key of the `GATEWAYS` map: a gateway address of a segment (IPv4-mapped for IPv4).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -286,15 +259,7 @@ pub struct GatewayKey {
     pub addr: [u8; 16],
 }
 
-/// Key of the `SEGMENTS` map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SegmentKey {
-    pub generation: u32,
-    pub segment: u32,
-}
-
-/// Value of the `SEGMENTS` map.
+/// A segment's tenant and settings (part of [`VifInfo`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentInfo {
@@ -314,27 +279,214 @@ impl SegmentInfo {
     pub const ALLOW_DHCP_SERVER: u32 = 8;
 }
 
-/// Data part of an IPv4 LPM key: the generation is the first 32 bits of every prefix,
-/// so the trie's prefix length is `32 + prefix length of the address`.
+/// Key of the `ADDRESSES_V4` map: a prefix of one length under one generation, the
+/// address masked to the length.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Ipv4PrefixKey {
-    /// Generation, in big-endian byte order.
-    pub generation: [u8; 4],
-    /// Address, network byte order.
+pub struct AddrV4Key {
+    /// [`address_tag`]: generation and prefix length.
+    pub tag: u32,
+    /// Network byte order, bits beyond the prefix length zero.
     pub addr: [u8; 4],
 }
 
-/// Data part of an IPv6 LPM key (see [`Ipv4PrefixKey`]).
+/// Key of the `ADDRESSES_V6` map (see [`AddrV4Key`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Ipv6PrefixKey {
-    pub generation: [u8; 4],
+pub struct AddrV6Key {
+    pub tag: u32,
     pub addr: [u8; 16],
 }
 
-/// Bits of the generation that lead every LPM key.
-pub const GENERATION_PREFIX_BITS: u32 = 32;
+/// The `tag` of an address key: the generation and the prefix length in one word.
+#[inline(always)]
+pub const fn address_tag(generation: u32, len: u8) -> u32 {
+    generation << 8 | len as u32
+}
+
+/// `addr` with the bits beyond the first `len` cleared.
+#[inline(always)]
+pub const fn mask_v4(addr: [u8; 4], len: u8) -> [u8; 4] {
+    let mask = if len == 0 {
+        0
+    } else if len >= 32 {
+        u32::MAX
+    } else {
+        u32::MAX << (32 - len as u32)
+    };
+    (u32::from_be_bytes(addr) & mask).to_be_bytes()
+}
+
+/// `addr` with the bits beyond the first `len` cleared.
+#[inline(always)]
+pub const fn mask_v6(addr: [u8; 16], len: u8) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        let start = (i * 8) as u32;
+        let len = len as u32;
+        out[i] = if len >= start + 8 {
+            addr[i]
+        } else if len <= start {
+            0
+        } else {
+            addr[i] & (0xffu8 << (8 - (len - start)))
+        };
+        i += 1;
+    }
+    out
+}
+
+impl AddrV4Key {
+    /// The entry of prefix `addr/len` under `generation`.
+    #[inline(always)]
+    pub const fn new(generation: u32, addr: [u8; 4], len: u8) -> Self {
+        AddrV4Key {
+            tag: address_tag(generation, len),
+            addr: mask_v4(addr, len),
+        }
+    }
+
+    /// The prefix length this key is for.
+    pub const fn prefix_len(&self) -> u8 {
+        (self.tag & 0xff) as u8
+    }
+}
+
+impl AddrV6Key {
+    /// The entry of prefix `addr/len` under `generation`.
+    #[inline(always)]
+    pub const fn new(generation: u32, addr: [u8; 16], len: u8) -> Self {
+        AddrV6Key {
+            tag: address_tag(generation, len),
+            addr: mask_v6(addr, len),
+        }
+    }
+
+    /// The prefix length this key is for.
+    pub const fn prefix_len(&self) -> u8 {
+        (self.tag & 0xff) as u8
+    }
+}
+
+/// Value of the `ADDRESSES_*` maps: what the policy says about every address whose
+/// longest matching entry this is. Each kind of fact (the segment, management, exposure,
+/// the declaring interface) is the one of that kind's longest prefix containing this
+/// entry's, so one lookup answers every question the programs ask about an address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrClass {
+    /// The segment the address lies in, or [`AddrClass::NO_SEGMENT`].
+    pub segment: u32,
+    /// That segment's tenant.
+    pub tenant: u32,
+    /// [`AddrClass::MANAGEMENT`] and the other flags.
+    pub flags: u32,
+    /// Index of the management rule set in `RULESETS` (with [`AddrClass::MANAGEMENT`]).
+    pub management: u32,
+    /// Index of the exposed services in `RULESETS` (with [`AddrClass::EXPOSED`]).
+    pub exposure: u32,
+    /// The vif (ifindex) that declared the address (with [`AddrClass::DECLARED`]).
+    pub owner: u32,
+}
+
+impl AddrClass {
+    /// `segment` of an address outside every segment.
+    pub const NO_SEGMENT: u32 = u32::MAX;
+    /// In a management prefix (services in `management`).
+    pub const MANAGEMENT: u32 = 1;
+    /// In a management prefix protected for every protocol and port.
+    pub const MANAGEMENT_ALL: u32 = 2;
+    /// An exposed endpoint (services in `exposure`).
+    pub const EXPOSED: u32 = 4;
+    /// One of the host's own addresses.
+    pub const HOST: u32 = 8;
+    /// A gateway address of some segment (`GATEWAYS` says which and for what).
+    pub const GATEWAY: u32 = 16;
+    /// Declared by an interface (`owner`) as its own.
+    pub const DECLARED: u32 = 32;
+
+    /// An address the policy says nothing about.
+    pub const OUTSIDE: AddrClass = AddrClass {
+        segment: Self::NO_SEGMENT,
+        tenant: 0,
+        flags: 0,
+        management: 0,
+        exposure: 0,
+        owner: 0,
+    };
+}
+
+/// Value of the `PREFIX_LENGTHS` map: the prefix lengths each address map holds under
+/// one generation, longest first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixLengths {
+    pub v4_count: u32,
+    pub v6_count: u32,
+    pub v4: [u8; limits::MAX_PREFIX_LENGTHS],
+    pub v6: [u8; limits::MAX_PREFIX_LENGTHS],
+    /// The mask of each IPv4 length, as the 4 bytes of an address in network order read
+    /// as a native integer (the programs mask without swapping bytes).
+    pub v4_masks: [u32; limits::MAX_PREFIX_LENGTHS],
+    /// The mask of each IPv6 length.
+    pub v6_masks: [[u8; 16]; limits::MAX_PREFIX_LENGTHS],
+}
+
+impl Default for PrefixLengths {
+    fn default() -> Self {
+        PrefixLengths {
+            v4_count: 0,
+            v6_count: 0,
+            v4: [0; limits::MAX_PREFIX_LENGTHS],
+            v6: [0; limits::MAX_PREFIX_LENGTHS],
+            v4_masks: [0; limits::MAX_PREFIX_LENGTHS],
+            v6_masks: [[0; 16]; limits::MAX_PREFIX_LENGTHS],
+        }
+    }
+}
+
+impl PrefixLengths {
+    /// The lengths given (each family's longest first; at most
+    /// [`limits::MAX_PREFIX_LENGTHS`] each, more are ignored) with their masks.
+    pub fn new(v4: &[u8], v6: &[u8]) -> Self {
+        let mut out = PrefixLengths::default();
+        for (i, len) in v4.iter().take(limits::MAX_PREFIX_LENGTHS).enumerate() {
+            out.v4[i] = *len;
+            out.v4_masks[i] = u32::from_ne_bytes(mask_v4([0xff; 4], *len));
+            out.v4_count += 1;
+        }
+        for (i, len) in v6.iter().take(limits::MAX_PREFIX_LENGTHS).enumerate() {
+            out.v6[i] = *len;
+            out.v6_masks[i] = mask_v6([0xff; 16], *len);
+            out.v6_count += 1;
+        }
+        out
+    }
+}
+
+/// Key of the `RULESETS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RuleKey {
+    pub generation: u32,
+    pub index: u32,
+}
+
+/// Value of the `PAIRS` map: the pair's segments may resolve each other's addresses (a
+/// flow joins them in one direction or the other); with [`PairInfo::FLOW`], a flow from
+/// `from` to `to` allows the services at `flow` in `RULESETS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairInfo {
+    pub flags: u32,
+    pub flow: u32,
+}
+
+impl PairInfo {
+    /// A flow from `from` to `to` exists.
+    pub const FLOW: u32 = 1;
+}
 
 /// Key of the `COUNTERS` map.
 #[repr(C)]
@@ -387,7 +539,7 @@ pub mod protocol {
 /// One allowed (or protected) service: a protocol and an inclusive port range.
 /// Port range `0..=65535` means every port (and matches packets without ports).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Rule {
     /// One of [`protocol`].
     pub protocol: u8,
@@ -399,7 +551,7 @@ pub struct Rule {
 
 /// Services attached to an exposed prefix, a flow pair or a management prefix.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RuleSet {
     /// How many of `rules` are in use.
     pub count: u32,
@@ -443,7 +595,7 @@ impl RuleSet {
     }
 }
 
-/// Key of the `FLOWS` and `NEIGHBOURS` maps.
+/// Key of the `PAIRS` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PairKey {
@@ -549,29 +701,6 @@ pub mod conntrack {
     pub const EVENTS: u32 = 8;
 }
 
-/// Data part of a `VIF_ADDRS_V4` key: prefix length is `64 + prefix length of addr`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct VifAddrV4Key {
-    /// Generation, big-endian.
-    pub generation: [u8; 4],
-    /// Ifindex, big-endian.
-    pub ifindex: [u8; 4],
-    pub addr: [u8; 4],
-}
-
-/// Data part of a `VIF_ADDRS_V6` key.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct VifAddrV6Key {
-    pub generation: [u8; 4],
-    pub ifindex: [u8; 4],
-    pub addr: [u8; 16],
-}
-
-/// Bits of generation and ifindex that lead every `VIF_ADDRS_*` key.
-pub const VIF_PREFIX_BITS: u32 = 64;
-
 /// Key of the `VIF_VLANS` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -638,26 +767,25 @@ macro_rules! generation_field {
 }
 generation_field!(
     VifKey,
-    SegmentKey,
     PairKey,
     VlanKey,
     DeclaredMacKey,
     UplinkKey,
-    AddrKey,
-    GatewayKey
+    GatewayKey,
+    RuleKey
 );
 
-macro_rules! generation_big_endian {
+macro_rules! generation_in_tag {
     ($($ty:ty),*) => {$(
         impl GenerationKey for $ty {
             #[inline(always)]
             fn generation(&self) -> u32 {
-                u32::from_be_bytes(self.generation)
+                self.tag >> 8
             }
         }
     )*};
 }
-generation_big_endian!(Ipv4PrefixKey, Ipv6PrefixKey, VifAddrV4Key, VifAddrV6Key);
+generation_in_tag!(AddrV4Key, AddrV6Key);
 
 /// An IPv4 address as the maps store it in 16-byte fields: IPv4-mapped (`::ffff:a.b.c.d`).
 #[inline(always)]
@@ -671,88 +799,6 @@ pub const fn mapped(addr: [u8; 4]) -> [u8; 16] {
 #[inline(always)]
 pub const fn unmapped(addr: &[u8; 16]) -> [u8; 4] {
     [addr[12], addr[13], addr[14], addr[15]]
-}
-
-impl Ipv4PrefixKey {
-    /// The trie entry for `addr/len` under `generation`: (trie prefix length, data).
-    #[inline(always)]
-    pub const fn prefix(generation: u32, addr: [u8; 4], len: u8) -> (u32, Self) {
-        (
-            GENERATION_PREFIX_BITS + len as u32,
-            Self {
-                generation: generation.to_be_bytes(),
-                addr,
-            },
-        )
-    }
-
-    /// The trie key that looks up one address under `generation`.
-    #[inline(always)]
-    pub const fn address(generation: u32, addr: [u8; 4]) -> (u32, Self) {
-        Self::prefix(generation, addr, 32)
-    }
-}
-
-impl Ipv6PrefixKey {
-    /// The trie entry for `addr/len` under `generation`: (trie prefix length, data).
-    #[inline(always)]
-    pub const fn prefix(generation: u32, addr: [u8; 16], len: u8) -> (u32, Self) {
-        (
-            GENERATION_PREFIX_BITS + len as u32,
-            Self {
-                generation: generation.to_be_bytes(),
-                addr,
-            },
-        )
-    }
-
-    /// The trie key that looks up one address under `generation`.
-    #[inline(always)]
-    pub const fn address(generation: u32, addr: [u8; 16]) -> (u32, Self) {
-        Self::prefix(generation, addr, 128)
-    }
-}
-
-impl VifAddrV4Key {
-    /// The trie entry for a declared source `addr/len` of vif `ifindex` under `generation`.
-    #[inline(always)]
-    pub const fn prefix(generation: u32, ifindex: u32, addr: [u8; 4], len: u8) -> (u32, Self) {
-        (
-            VIF_PREFIX_BITS + len as u32,
-            Self {
-                generation: generation.to_be_bytes(),
-                ifindex: ifindex.to_be_bytes(),
-                addr,
-            },
-        )
-    }
-
-    /// The trie key that looks up one source address of vif `ifindex`.
-    #[inline(always)]
-    pub const fn address(generation: u32, ifindex: u32, addr: [u8; 4]) -> (u32, Self) {
-        Self::prefix(generation, ifindex, addr, 32)
-    }
-}
-
-impl VifAddrV6Key {
-    /// The trie entry for a declared source `addr/len` of vif `ifindex` under `generation`.
-    #[inline(always)]
-    pub const fn prefix(generation: u32, ifindex: u32, addr: [u8; 16], len: u8) -> (u32, Self) {
-        (
-            VIF_PREFIX_BITS + len as u32,
-            Self {
-                generation: generation.to_be_bytes(),
-                ifindex: ifindex.to_be_bytes(),
-                addr,
-            },
-        )
-    }
-
-    /// The trie key that looks up one source address of vif `ifindex`.
-    #[inline(always)]
-    pub const fn address(generation: u32, ifindex: u32, addr: [u8; 16]) -> (u32, Self) {
-        Self::prefix(generation, ifindex, addr, 128)
-    }
 }
 
 impl Settings {
@@ -790,10 +836,13 @@ mod pod {
     pod!(
         VifKey,
         VifInfo,
-        SegmentKey,
         SegmentInfo,
-        Ipv4PrefixKey,
-        Ipv6PrefixKey,
+        AddrV4Key,
+        AddrV6Key,
+        AddrClass,
+        PrefixLengths,
+        RuleKey,
+        PairInfo,
         CounterKey,
         Counter,
         Settings,
@@ -804,11 +853,8 @@ mod pod {
         ConnState,
         LinkInfo,
         UplinkKey,
-        AddrKey,
         GatewayKey,
         DeclaredMacKey,
-        VifAddrV4Key,
-        VifAddrV6Key,
         VlanKey,
         FragKey,
         FragState,
@@ -823,11 +869,17 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<VifKey>(), 8);
-        assert_eq!(size_of::<VifInfo>(), 16);
-        assert_eq!(size_of::<SegmentKey>(), 8);
+        assert_eq!(size_of::<VifInfo>(), 24);
         assert_eq!(size_of::<SegmentInfo>(), 8);
-        assert_eq!(size_of::<Ipv4PrefixKey>(), 8);
-        assert_eq!(size_of::<Ipv6PrefixKey>(), 20);
+        assert_eq!(size_of::<AddrV4Key>(), 8);
+        assert_eq!(size_of::<AddrV6Key>(), 20);
+        assert_eq!(size_of::<AddrClass>(), 24);
+        assert_eq!(
+            size_of::<PrefixLengths>(),
+            8 + (1 + 1 + 4 + 16) * limits::MAX_PREFIX_LENGTHS
+        );
+        assert_eq!(size_of::<RuleKey>(), 8);
+        assert_eq!(size_of::<PairInfo>(), 8);
         assert_eq!(size_of::<CounterKey>(), 8);
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<Settings>(), 32);
@@ -839,13 +891,30 @@ mod tests {
         assert_eq!(size_of::<FragState>(), 16);
         assert_eq!(size_of::<LinkInfo>(), 4);
         assert_eq!(size_of::<UplinkKey>(), 12);
-        assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<GatewayKey>(), 24);
         assert_eq!(size_of::<DeclaredMacKey>(), 12);
-        assert_eq!(size_of::<VifAddrV4Key>(), 12);
-        assert_eq!(size_of::<VifAddrV6Key>(), 24);
         assert_eq!(size_of::<VlanKey>(), 12);
         assert_eq!(size_of::<FragKey>(), 40);
+    }
+
+    #[test]
+    fn masks_keep_the_prefix_bits_only() {
+        assert_eq!(mask_v4([10, 1, 2, 3], 0), [0, 0, 0, 0]);
+        assert_eq!(mask_v4([10, 1, 2, 3], 8), [10, 0, 0, 0]);
+        assert_eq!(mask_v4([10, 1, 255, 3], 20), [10, 1, 240, 0]);
+        assert_eq!(mask_v4([10, 1, 2, 3], 32), [10, 1, 2, 3]);
+        let a = [0xffu8; 16];
+        for len in 0..=128u8 {
+            let m = u128::from_be_bytes(mask_v6(a, len));
+            assert_eq!(m.count_ones(), u32::from(len));
+            assert_eq!(m.leading_ones(), u32::from(len));
+        }
+        let lengths = PrefixLengths::new(&[32, 24], &[128, 64]);
+        assert_eq!(lengths.v4_count, 2);
+        assert_eq!(lengths.v4_masks[1].to_ne_bytes(), [255, 255, 255, 0]);
+        assert_eq!(lengths.v6_masks[1], mask_v6(a, 64));
+        assert_eq!(AddrV4Key::new(1, [10, 1, 2, 3], 24).generation(), 1);
+        assert_eq!(AddrV4Key::new(1, [10, 1, 2, 3], 24).prefix_len(), 24);
     }
 
     #[test]

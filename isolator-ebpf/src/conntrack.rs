@@ -13,7 +13,6 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use isolator_common::{ConnKey, ConnState, Settings, conntrack, fault};
 
 use crate::faults;
-use crate::guard::owns;
 use crate::maps::{BPF_NOEXIST, CONNTRACK, CONNTRACK_EVENTS, CONNTRACK_OPENING, SETTINGS};
 use crate::packet::{Frame, Packet, quoted_key};
 use crate::proto::{ip, tcp};
@@ -55,7 +54,7 @@ fn advance(end: &mut u32, to: u32) {
 #[inline(always)]
 pub fn peer(place: Place) -> u32 {
     match place {
-        Place::Segment(s) => s,
+        Place::Segment(s) => s.id,
         Place::Outside => ConnState::PEER_OUTSIDE,
     }
 }
@@ -154,7 +153,9 @@ pub fn tracked(frame: &impl Frame, vif: &Vif, p: &Packet, key: &mut ConnKey, sen
         if key.src != p.dst {
             return false;
         }
-        if sender == ConnState::PEER_VM && !owns(vif, p.is_v4(), &key.dst) {
+        // An error the VM sends reports on a packet addressed to the VM: to the address it
+        // sends the error from (which the source guard checked is the VM's own).
+        if sender == ConnState::PEER_VM && key.dst != p.src {
             return false;
         }
         // The quoted packet was sent by this packet's destination: it is either the

@@ -21,7 +21,7 @@ fn key(p: &Packet, frag: &mut FragKey) {
     frag.dst = p.dst;
     frag.id = p.frag_id;
     frag.protocol = p.frag_proto;
-    frag._pad = [0; 3];
+    isolator_ebpf::packet::zero_bytes(&mut frag._pad);
 }
 
 #[inline(always)]

@@ -2,21 +2,19 @@
 //! addresses it owns, ARP and neighbour discovery only about itself, no router or DHCP
 //! server messages unless its segment allows them.
 
-use aya_ebpf::maps::lpm_trie::Key;
-use isolator_common::{
-    DeclaredMacKey, SegmentInfo, Verdict, VifAddrV4Key, VifAddrV6Key, VifInfo, unmapped,
-};
+use isolator_common::{DeclaredMacKey, SegmentInfo, Verdict, VifInfo};
 
-use crate::maps::{DECLARED_MACS, DECLARED_V4, DECLARED_V6, VIF_ADDRS_V4, VIF_ADDRS_V6};
-use crate::packet::{KIND_ARP, KIND_IPV4, Packet};
+use crate::maps::DECLARED_MACS;
+use crate::packet::{KIND_ARP, Packet};
 use crate::proto::icmp6;
-use crate::rules::{Place, lpm_lookup, place};
+use crate::rules::{Class, classify, slot};
 use crate::vif::Vif;
 use crate::{CONTINUE, Step, decide};
 
-/// Checks that the frame's sender is who the vif says it is.
+/// Checks that the frame's sender is who the vif says it is. `src` is the classification
+/// of the frame's source address (the ARP sender address for ARP).
 #[inline(never)]
-pub fn source(vif: &Vif, p: &Packet) -> Step {
+pub fn source(vif: &Vif, p: &Packet, src: Class) -> Step {
     if vif.vif.flags & VifInfo::HAS_MAC != 0 {
         if p.src_mac != vif.vif.mac {
             return decide(Verdict::SpoofedMac);
@@ -27,7 +25,7 @@ pub fn source(vif: &Vif, p: &Packet) -> Step {
     if p.kind == KIND_ARP {
         // ARP probes (sender 0.0.0.0) announce nothing.
         let probe = p.src[12..].iter().all(|b| *b == 0);
-        if p.arp_sha != p.src_mac || (!probe && !owns(vif, true, &p.src)) {
+        if p.arp_sha != p.src_mac || (!probe && !owns(vif, true, &p.src, src)) {
             return decide(Verdict::ArpSpoof);
         }
         return CONTINUE;
@@ -36,7 +34,7 @@ pub fn source(vif: &Vif, p: &Packet) -> Step {
         if !p.unspecified_source_allowed() {
             return decide(Verdict::SpoofedIp);
         }
-    } else if !owns(vif, p.kind == KIND_IPV4, &p.src) {
+    } else if !owns(vif, p.is_v4(), &p.src, src) {
         return decide(Verdict::SpoofedIp);
     }
     if p.is_nd_neighbour() {
@@ -44,7 +42,14 @@ pub fn source(vif: &Vif, p: &Packet) -> Step {
             return decide(Verdict::NdSpoof);
         }
         // An advertisement speaks for its target: it must be the VM's own address.
-        if p.icmp_type == icmp6::NEIGHBOUR_ADVERTISEMENT && !owns(vif, false, &p.nd_target) {
+        if p.icmp_type == icmp6::NEIGHBOUR_ADVERTISEMENT
+            && !owns(
+                vif,
+                false,
+                &p.nd_target,
+                classify(vif.generation, false, slot::OTHER, &p.nd_target),
+            )
+        {
             return decide(Verdict::NdSpoof);
         }
     }
@@ -75,44 +80,27 @@ fn mac_declared_by_another(vif: &Vif, mac: &[u8; 6]) -> bool {
     }
 }
 
-/// An address another interface declared: reserved for it.
-#[inline(always)]
-fn address_declared_by_another(vif: &Vif, v4: bool, addr: &[u8; 16]) -> bool {
-    if vif.vif.flags & VifInfo::OTHERS_DECLARED_ADDRESSES == 0 {
-        return false;
-    }
-    match lpm_lookup(&DECLARED_V4, &DECLARED_V6, vif.generation, v4, addr) {
-        Some(owner) => *owner != vif.ifindex,
-        None => false,
-    }
-}
-
 /// An IPv6 link-local address (fe80::/10).
 #[inline(always)]
 pub fn link_local(addr: &[u8; 16]) -> bool {
     addr[0] == 0xfe && addr[1] & 0xc0 == 0x80
 }
 
-/// Whether the VM behind `vif` owns `addr`: one of its declared addresses, or, when it
-/// declared none, an address of its segment. IPv6 link-local addresses are its own
-/// unless it declared its link-local addresses.
+/// Whether the VM behind `vif` owns `addr` (classified as `class`): one of its declared
+/// addresses, or, when it declared none, an address of its segment that no other
+/// interface declared. IPv6 link-local addresses are its own unless it declared its
+/// link-local addresses, or another interface declared that one.
 #[inline(always)]
-pub fn owns(vif: &Vif, v4: bool, addr: &[u8; 16]) -> bool {
+pub fn owns(vif: &Vif, v4: bool, addr: &[u8; 16], class: Class) -> bool {
     let declared = if !v4 && link_local(addr) {
         VifInfo::HAS_LINK_LOCAL
     } else {
         VifInfo::HAS_ADDRESSES
     };
+    let owner = class.declared_by();
     if vif.vif.flags & declared == 0 {
-        return (declared == VifInfo::HAS_LINK_LOCAL
-            || place(vif.generation, v4, addr) == Place::Segment(vif.segment))
-            && !address_declared_by_another(vif, v4, addr);
+        return (declared == VifInfo::HAS_LINK_LOCAL || class.place().is(vif.segment))
+            && (owner == 0 || owner == vif.ifindex);
     }
-    if v4 {
-        let (len, data) = VifAddrV4Key::address(vif.generation, vif.ifindex, unmapped(addr));
-        VIF_ADDRS_V4.get(&Key::new(len, data)).is_some()
-    } else {
-        let (len, data) = VifAddrV6Key::address(vif.generation, vif.ifindex, *addr);
-        VIF_ADDRS_V6.get(&Key::new(len, data)).is_some()
-    }
+    owner == vif.ifindex
 }

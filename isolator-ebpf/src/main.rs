@@ -52,7 +52,7 @@ use crate::account::{Outcome, account, audit, counted_as, note_audited, uncount}
 use crate::maps::Scratch;
 use crate::packet::KIND_ARP;
 use crate::packet::{Frame, TcFrame, XdpFrame, parse};
-use crate::rules::{HostVerdict, Place, exposed, flow, host, management, place};
+use crate::rules::{Class, HostVerdict, Place, classify, flow, host, neighbours, slot};
 use crate::vif::{Vif, cross, identify, vlan_allowed};
 
 /// What one step of a story says: `Ok(())` (not decided, go on) or `Err(verdict)`
@@ -254,20 +254,23 @@ fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch) -> Step {
     let p = &*p;
     let generation = vif.generation;
     let sender = vif.segment;
+    let src = classify(generation, p.is_v4(), slot::SOURCE, &p.src);
     // 1. The source guard; a later fragment is then judged by its first.
-    guard::source(vif, p)?;
+    guard::source(vif, p, src)?;
     fragments::later(vif.ifindex, p, frag)?;
+    // Every later step asks about the destination: classified once.
+    let dst = classify(generation, p.is_v4(), slot::DESTINATION, &p.dst);
     // 2. Management prefixes and loopback, before every exception.
-    if p.kind != KIND_ARP && management(generation, p) {
+    if p.kind != KIND_ARP && (p.dst_loopback() || dst.management(generation, p)) {
         return decide(Verdict::Management);
     }
     // 3. Address resolution, by the address it concerns, and only on the link.
-    resolution::ingress(vif, p)?;
+    resolution::ingress(vif, p, dst, src)?;
     // 4. The host itself and the segment's gateways: skip the link-scope and segment
     // exceptions; after step 7 (the connections either side opened), a service declared
     // at a gateway opens a connection, anything else is `management`.
-    let to_host = !matches!(host(generation, sender, p), HostVerdict::NotHost);
-    let target = place(generation, p.is_v4(), &p.dst);
+    let to_host = !matches!(host(generation, sender, p, dst), HostVerdict::NotHost);
+    let target = dst.place();
     if !to_host {
         // 5. Link-scope housekeeping, which receivers on the link judge themselves: DHCP
         // discovery to the servers' broadcast addresses, multicast listener and IGMP
@@ -281,8 +284,14 @@ fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch) -> Step {
             return decide(Verdict::Pass);
         }
         // 6. Within the segment.
-        if target == Place::Segment(sender) {
+        if target.is(sender) {
             return decide(Verdict::Pass);
+        }
+        // 8, early: another segment that no connection can join to this one.
+        if let Place::Segment(t) = target
+            && untrackable(generation, sender, t.id, p, dst, src)
+        {
+            return decide(cross(vif, t));
         }
     }
     // 7. A tracked connection, or an ICMP error about one the VM took part in. This comes
@@ -295,7 +304,7 @@ fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch) -> Step {
         // Asked again rather than carried across step 7: the verifier then walks the
         // tracker with one flag, not three states (the lookups are cheap and this path
         // rare).
-        if let HostVerdict::Service = host(generation, sender, p) {
+        if let HostVerdict::Service = host(generation, sender, p, dst) {
             conntrack::open(p, key, vif, direction::INGRESS, Place::Outside);
             return decide(Verdict::Pass);
         }
@@ -303,12 +312,12 @@ fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch) -> Step {
     }
     match target {
         // 8. Another segment: an exposed endpoint or a flow.
-        Place::Segment(s) => {
-            if exposed(generation, p) || flow(generation, sender, s, p) {
+        Place::Segment(t) => {
+            if dst.exposed(generation, p) || flow(generation, sender, t.id, p) {
                 conntrack::open(p, key, vif, direction::INGRESS, target);
                 decide(Verdict::Pass)
             } else {
-                decide(cross(vif, s))
+                decide(cross(vif, t))
             }
         }
         // 9. Outside every segment.
@@ -321,6 +330,24 @@ fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch) -> Step {
             }
         }
     }
+}
+
+/// Whether a frame between segments `a` and `b` (either direction) can belong to no
+/// connection, so that the connection tables need not be asked: no flow joins the two
+/// segments, neither address is exposed, and it is no ICMP error (which may come from
+/// another address of a VM than the connection's). A connection between the two could
+/// only have been admitted by one of those, and one that the policy in force no longer
+/// admits is not to pass (docs/design.md, "Connection tracking").
+#[inline(always)]
+fn untrackable(
+    generation: u32,
+    a: u32,
+    b: u32,
+    p: &packet::Packet,
+    dst: Class,
+    src: Class,
+) -> bool {
+    !p.is_icmp_error() && !dst.exposed_any() && !src.exposed_any() && !neighbours(generation, a, b)
 }
 
 /// Egress: what may reach a VM of segment T (docs/design.md, "Egress").
@@ -337,16 +364,18 @@ fn egress(frame: &impl Frame, vif: &Vif, entered: u32, scratch: &mut Scratch) ->
     let receiver = vif.segment;
     fragments::later(vif.ifindex, p, frag)?;
     // 1. The sender: the interface the frame entered the host through.
-    let source = sender::of(generation, entered, p)?;
+    let src = classify(generation, p.is_v4(), slot::SOURCE, &p.src);
+    let source = sender::of(generation, entered, src)?;
     // 2. From T.
-    if source == Place::Segment(receiver) {
+    if source.is(receiver) {
         return decide(Verdict::Pass);
     }
+    let dst = classify(generation, p.is_v4(), slot::DESTINATION, &p.dst);
     // 3. Address resolution.
-    resolution::egress(vif, source, p)?;
+    resolution::egress(vif, source, p, dst, src)?;
     // 4. A unicast packet for an address outside this segment is not for this VM,
     // however it got its MAC: no connection or exposure of another place applies here.
-    if p.is_unicast_routable() && place(generation, p.is_v4(), &p.dst) != Place::Segment(receiver) {
+    if p.is_unicast_routable() && !dst.place().is(receiver) {
         return match source {
             Place::Segment(s) => decide(cross(vif, s)),
             Place::Outside => decide(Verdict::NotExposed),
@@ -356,24 +385,30 @@ fn egress(frame: &impl Frame, vif: &Vif, entered: u32, scratch: &mut Scratch) ->
     // link-local source, a gateway of T, the host), multicast listener queries from a
     // link-local source, IGMP queries.
     if source == Place::Outside
-        && ((p.is_dhcp_server() && resolution::infrastructure(vif, p))
+        && ((p.is_dhcp_server() && resolution::infrastructure(vif, p, src))
             || (p.is_mld() && p.src_ipv6_link_local())
             || p.is_igmp_query())
     {
         return decide(Verdict::Pass);
+    }
+    // 8, early: from another segment that no connection can join to this one.
+    if let Place::Segment(s) = source
+        && untrackable(generation, s.id, receiver, p, dst, src)
+    {
+        return decide(cross(vif, s));
     }
     // 6. A tracked connection, or an ICMP error about one the VM took part in.
     if conntrack::tracked(frame, vif, p, key, conntrack::peer(source)) {
         return decide(Verdict::Pass);
     }
     // 7. An exposed endpoint of T.
-    if exposed(generation, p) {
+    if dst.exposed(generation, p) {
         conntrack::open(p, key, vif, direction::EGRESS, source);
         return decide(Verdict::Pass);
     }
     // 8. From another segment: a flow; from outside: nothing else.
     match source {
-        Place::Segment(s) if flow(generation, s, receiver, p) => {
+        Place::Segment(s) if flow(generation, s.id, receiver, p) => {
             conntrack::open(p, key, vif, direction::EGRESS, source);
             decide(Verdict::Pass)
         }

@@ -7,13 +7,12 @@
 use aya_ebpf::{
     btf_maps::{HashOfMaps, LruHashMap as BtfLruHashMap},
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
 use isolator_common::{
-    AddrKey, ConnKey, ConnState, Counter, CounterKey, DeclaredMacKey, FragKey, FragState,
-    GatewayKey, Ipv4PrefixKey, Ipv6PrefixKey, LinkInfo, PairKey, RuleSet, SegmentInfo, SegmentKey,
-    Settings, UNCOUNTED_SLOTS, UplinkKey, VifAddrV4Key, VifAddrV6Key, VifInfo, VifKey, VlanKey,
-    conntrack, fault, limits,
+    AddrClass, AddrV4Key, AddrV6Key, ConnKey, ConnState, Counter, CounterKey, DeclaredMacKey,
+    FragKey, FragState, GatewayKey, LinkInfo, PairInfo, PairKey, PrefixLengths, RuleKey, RuleSet,
+    Settings, UNCOUNTED_SLOTS, UplinkKey, VifInfo, VifKey, VlanKey, conntrack, fault, limits,
 };
 
 use crate::packet::Packet;
@@ -29,61 +28,31 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(2, 0);
 #[map]
 pub static VIFS: HashMap<VifKey, VifInfo> = HashMap::with_max_entries(2 * limits::MAX_VIFS, 0);
 
-#[map]
-pub static SEGMENTS: HashMap<SegmentKey, SegmentInfo> =
-    HashMap::with_max_entries(2 * limits::MAX_SEGMENTS, 0);
+/// `BPF_F_NO_PREALLOC`: entries are allocated as they are added, so a map sized for the
+/// largest policy costs only what the policy in force holds.
+const NO_PREALLOC: u32 = 1;
+
+// The sizes of these are placeholders: the daemon sets them at load time
+// (`dataplane::Sizes`, from the policy or the command line).
 
 #[map]
-pub static PREFIXES_V4: LpmTrie<Ipv4PrefixKey, u32> =
-    LpmTrie::with_max_entries(2 * limits::MAX_PREFIXES, 0);
+pub static ADDRESSES_V4: HashMap<AddrV4Key, AddrClass> = HashMap::with_max_entries(1, NO_PREALLOC);
 
 #[map]
-pub static PREFIXES_V6: LpmTrie<Ipv6PrefixKey, u32> =
-    LpmTrie::with_max_entries(2 * limits::MAX_PREFIXES, 0);
+pub static ADDRESSES_V6: HashMap<AddrV6Key, AddrClass> = HashMap::with_max_entries(1, NO_PREALLOC);
 
 #[map]
-pub static MANAGEMENT_V4: LpmTrie<Ipv4PrefixKey, RuleSet> =
-    LpmTrie::with_max_entries(2 * limits::MAX_MANAGEMENT, 0);
+pub static PREFIX_LENGTHS: Array<PrefixLengths> = Array::with_max_entries(2, 0);
 
 #[map]
-pub static MANAGEMENT_V6: LpmTrie<Ipv6PrefixKey, RuleSet> =
-    LpmTrie::with_max_entries(2 * limits::MAX_MANAGEMENT, 0);
+pub static RULESETS: HashMap<RuleKey, RuleSet> = HashMap::with_max_entries(1, NO_PREALLOC);
 
 #[map]
-pub static EXPOSED_V4: LpmTrie<Ipv4PrefixKey, RuleSet> =
-    LpmTrie::with_max_entries(2 * limits::MAX_EXPOSED, 0);
-
-#[map]
-pub static EXPOSED_V6: LpmTrie<Ipv6PrefixKey, RuleSet> =
-    LpmTrie::with_max_entries(2 * limits::MAX_EXPOSED, 0);
-
-#[map]
-pub static FLOWS: HashMap<PairKey, RuleSet> =
-    HashMap::with_max_entries(2 * limits::MAX_FLOW_PAIRS, 0);
-
-#[map]
-pub static NEIGHBOURS: HashMap<PairKey, u32> =
-    HashMap::with_max_entries(4 * limits::MAX_FLOW_PAIRS, 0);
-
-#[map]
-pub static VIF_ADDRS_V4: LpmTrie<VifAddrV4Key, u8> =
-    LpmTrie::with_max_entries(2 * limits::MAX_VIF_ADDRS, 0);
-
-#[map]
-pub static VIF_ADDRS_V6: LpmTrie<VifAddrV6Key, u8> =
-    LpmTrie::with_max_entries(2 * limits::MAX_VIF_ADDRS, 0);
+pub static PAIRS: HashMap<PairKey, PairInfo> = HashMap::with_max_entries(1, NO_PREALLOC);
 
 #[map]
 pub static DECLARED_MACS: HashMap<DeclaredMacKey, u32> =
     HashMap::with_max_entries(2 * limits::MAX_VIFS, 0);
-
-#[map]
-pub static DECLARED_V4: LpmTrie<Ipv4PrefixKey, u32> =
-    LpmTrie::with_max_entries(2 * limits::MAX_VIF_ADDRS, 0);
-
-#[map]
-pub static DECLARED_V6: LpmTrie<Ipv6PrefixKey, u32> =
-    LpmTrie::with_max_entries(2 * limits::MAX_VIF_ADDRS, 0);
 
 #[map]
 pub static VIF_VLANS: HashMap<VlanKey, u8> =
@@ -94,10 +63,6 @@ pub static LINKS: HashMap<VifKey, LinkInfo> = HashMap::with_max_entries(2 * limi
 
 #[map]
 pub static UPLINKS: HashMap<UplinkKey, u8> = HashMap::with_max_entries(2 * limits::MAX_UPLINKS, 0);
-
-#[map]
-pub static HOST_ADDRS: HashMap<AddrKey, u8> =
-    HashMap::with_max_entries(2 * limits::MAX_HOST_ADDRS, 0);
 
 #[map]
 pub static GATEWAYS: HashMap<GatewayKey, RuleSet> =
@@ -141,6 +106,11 @@ pub static KERNEL_FAULTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(fault
 
 #[map]
 pub static FAULTS_LOGGED: PerCpuArray<u64> = PerCpuArray::with_max_entries(fault::KINDS, 0);
+
+/// Per-CPU classifications of the addresses of the frame being judged, by
+/// [`crate::rules::slot`].
+#[map]
+pub static CLASSES: PerCpuArray<AddrClass> = PerCpuArray::with_max_entries(4, 0);
 
 /// Per-CPU working memory: the parsed packet and keys to build lookups in (they do not fit
 /// on the 512-byte BPF stack beside the rest).

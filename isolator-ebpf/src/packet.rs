@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
     programs::{TcContext, XdpContext},
 };
-use isolator_common::{ConnKey, Verdict, mapped};
+use isolator_common::{ConnKey, Verdict};
 use network_types::{
     arp::ArpHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -142,6 +142,50 @@ pub fn at<T>(frame: &impl Frame, offset: usize) -> Option<&T> {
     Some(unsafe { &*ptr })
 }
 
+/// Copies `src` into `dst` byte by byte. Written out so that the compiler keeps it inline:
+/// a plain array copy or run of zero stores becomes a call of `memcpy`, `memmove` or
+/// `memset`, which in BPF are loops of one byte per iteration (several times the cost).
+/// The volatile reads stop the compiler from recognising the idiom.
+#[inline(always)]
+pub fn copy_bytes<const N: usize>(dst: &mut [u8; N], src: &[u8; N]) {
+    for i in 0..N {
+        // SAFETY: `i < N`: a valid byte of `src`.
+        dst[i] = unsafe { core::ptr::read_volatile(&src[i]) };
+    }
+}
+
+/// Sets `dst` to the IPv4-mapped form of `addr` (see [`copy_bytes`]).
+#[inline(always)]
+pub fn set_mapped(dst: &mut [u8; 16], addr: &[u8; 4]) {
+    zero_bytes(dst);
+    // SAFETY: indices within the array.
+    unsafe {
+        core::ptr::write_volatile(&mut dst[10], 0xff);
+        core::ptr::write_volatile(&mut dst[11], 0xff);
+    }
+    for i in 0..4 {
+        // SAFETY: `i < 4`.
+        dst[12 + i] = unsafe { core::ptr::read_volatile(&addr[i]) };
+    }
+}
+
+/// Zeroes `dst` (see [`copy_bytes`]).
+#[inline(always)]
+pub fn zero_bytes<const N: usize>(dst: &mut [u8; N]) {
+    for byte in dst.iter_mut() {
+        // SAFETY: a valid byte of `dst`.
+        unsafe { core::ptr::write_volatile(byte, 0) };
+    }
+}
+
+/// Stores `value` where the compiler may not merge it with its neighbours into a call of
+/// `memset` (see [`copy_bytes`]).
+#[inline(always)]
+fn clear<T>(field: &mut T, value: T) {
+    // SAFETY: a valid, aligned field.
+    unsafe { core::ptr::write_volatile(field, value) };
+}
+
 pub const KIND_IPV4: u8 = 4;
 pub const KIND_IPV6: u8 = 6;
 pub const KIND_ARP: u8 = 1;
@@ -213,29 +257,29 @@ impl Packet {
     /// Clears what the previous packet on this CPU left.
     #[inline(always)]
     pub fn reset(&mut self) {
-        self.kind = 0;
-        self.protocol = 0;
-        self.has_ports = false;
-        self.src_port = 0;
-        self.dst_port = 0;
-        self.tcp_flags = 0;
-        self.icmp_type = 0;
-        self.hop_limit = 0;
-        self.l4_offset = 0;
-        self.nd_target = [0; 16];
-        self.nd_lladdr_foreign = false;
-        self.arp_op = 0;
-        self.has_vlan = false;
-        self.vlan = 0;
-        self.fragment = 0;
-        self.frag_id = 0;
-        self.frag_proto = 0;
-        self.frag_offset = 0;
-        self.frag_part_start = 0;
-        self.l4_header_len = 0;
-        self.tcp_seq = 0;
-        self.tcp_ack = 0;
-        self.tcp_payload = 0;
+        clear(&mut self.kind, 0);
+        clear(&mut self.protocol, 0);
+        clear(&mut self.has_ports, false);
+        clear(&mut self.src_port, 0);
+        clear(&mut self.dst_port, 0);
+        clear(&mut self.tcp_flags, 0);
+        clear(&mut self.icmp_type, 0);
+        clear(&mut self.hop_limit, 0);
+        clear(&mut self.l4_offset, 0);
+        zero_bytes(&mut self.nd_target);
+        clear(&mut self.nd_lladdr_foreign, false);
+        clear(&mut self.arp_op, 0);
+        clear(&mut self.has_vlan, false);
+        clear(&mut self.vlan, 0);
+        clear(&mut self.fragment, 0);
+        clear(&mut self.frag_id, 0);
+        clear(&mut self.frag_proto, 0);
+        clear(&mut self.frag_offset, 0);
+        clear(&mut self.frag_part_start, 0);
+        clear(&mut self.l4_header_len, 0);
+        clear(&mut self.tcp_seq, 0);
+        clear(&mut self.tcp_ack, 0);
+        clear(&mut self.tcp_payload, 0);
     }
 
     #[inline(always)]
@@ -504,12 +548,12 @@ impl Packet {
         if !self.trackable() || self.is_echo_reply() {
             return false;
         }
-        key.src = self.src;
-        key.dst = self.dst;
+        copy_bytes(&mut key.src, &self.src);
+        copy_bytes(&mut key.dst, &self.dst);
         key.protocol = self.protocol;
         key.src_port = self.src_port;
         key.dst_port = if self.is_icmp() { 0 } else { self.dst_port };
-        key._pad = [0; 3];
+        zero_bytes(&mut key._pad);
         true
     }
 
@@ -519,8 +563,8 @@ impl Packet {
         if !self.trackable() || self.is_echo_request() {
             return false;
         }
-        key.src = self.dst;
-        key.dst = self.src;
+        copy_bytes(&mut key.src, &self.dst);
+        copy_bytes(&mut key.dst, &self.src);
         key.protocol = self.protocol;
         // An echo reply carries the request's identifier where a request has its port.
         if self.is_icmp() {
@@ -530,7 +574,7 @@ impl Packet {
             key.src_port = self.dst_port;
             key.dst_port = self.src_port;
         }
-        key._pad = [0; 3];
+        zero_bytes(&mut key._pad);
         true
     }
 
@@ -584,8 +628,13 @@ impl Packet {
 pub fn parse(frame: &impl Frame, p: &mut Packet) -> Result<(), Verdict> {
     // Read as bytes: network-types' EthHdr holds a u16 and so is not byte-aligned.
     let eth: &[u8; ETH_LEN] = at(frame, 0).ok_or(Verdict::Malformed)?;
-    p.dst_mac = [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]];
-    p.src_mac = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
+    for i in 0..6 {
+        // SAFETY: `i < 6`, within the header (see `copy_bytes`).
+        unsafe {
+            p.dst_mac[i] = core::ptr::read_volatile(&eth[i]);
+            p.src_mac[i] = core::ptr::read_volatile(&eth[6 + i]);
+        }
+    }
     let mut ether_type = u16::from_be_bytes([eth[12], eth[13]]);
     let mut l3 = ETH_LEN;
     if ether::is_vlan_tag(ether_type) {
@@ -615,9 +664,9 @@ fn parse_arp(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdic
         return Err(Verdict::Malformed);
     }
     p.kind = KIND_ARP;
-    p.src = mapped(arp.spa);
-    p.dst = mapped(arp.tpa);
-    p.arp_sha = arp.sha;
+    set_mapped(&mut p.src, &arp.spa);
+    set_mapped(&mut p.dst, &arp.tpa);
+    copy_bytes(&mut p.arp_sha, &arp.sha);
     p.arp_op = u16::from_be_bytes(arp.oper);
     Ok(())
 }
@@ -644,8 +693,8 @@ fn parse_ipv4(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdi
         }
     }
     p.kind = KIND_IPV4;
-    p.src = mapped(ip.src_addr);
-    p.dst = mapped(ip.dst_addr);
+    set_mapped(&mut p.src, &ip.src_addr);
+    set_mapped(&mut p.dst, &ip.dst_addr);
     p.protocol = ip.proto;
     p.hop_limit = ip.ttl;
     let offset = ip.frag_offset();
@@ -680,8 +729,8 @@ fn parse_ipv6(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdi
         return Err(Verdict::Malformed);
     }
     p.kind = KIND_IPV6;
-    p.src = ip.src_addr;
-    p.dst = ip.dst_addr;
+    copy_bytes(&mut p.src, &ip.src_addr);
+    copy_bytes(&mut p.dst, &ip.dst_addr);
     p.hop_limit = ip.hop_limit;
     // IPv4-mapped addresses never appear on the wire (RFC 4291, 2.5.5.2); the maps store
     // IPv4 addresses in that form, so such a packet could pose as IPv4 traffic.
@@ -852,7 +901,7 @@ fn parse_nd(
         return Err(Verdict::Malformed);
     }
     let t: &[u8; 16] = at(frame, offset + 8).ok_or(Verdict::Malformed)?;
-    p.nd_target = *t;
+    copy_bytes(&mut p.nd_target, t);
     p.nd_lladdr_foreign = false;
     let mut walked = 24usize;
     for _ in 0..MAX_ND_OPTIONS {
@@ -898,8 +947,8 @@ pub fn quoted_key(frame: &impl Frame, p: &Packet, key: &mut ConnKey) -> bool {
         if ip.version() != 4 || header_len < Ipv4Hdr::LEN {
             return false;
         }
-        key.src = mapped(ip.src_addr);
-        key.dst = mapped(ip.dst_addr);
+        set_mapped(&mut key.src, &ip.src_addr);
+        set_mapped(&mut key.dst, &ip.dst_addr);
         key.protocol = ip.proto;
         l4 = offset + header_len;
     } else {
@@ -910,15 +959,15 @@ pub fn quoted_key(frame: &impl Frame, p: &Packet, key: &mut ConnKey) -> bool {
         if ip.version() != 6 || ipv4_mapped(&ip.src_addr) || ipv4_mapped(&ip.dst_addr) {
             return false;
         }
-        key.src = ip.src_addr;
-        key.dst = ip.dst_addr;
+        copy_bytes(&mut key.src, &ip.src_addr);
+        copy_bytes(&mut key.dst, &ip.dst_addr);
         key.protocol = ip.next_hdr;
         l4 = offset + Ipv6Hdr::LEN;
     }
     let Some(h) = at::<[u8; 8]>(frame, l4) else {
         return false;
     };
-    key._pad = [0; 3];
+    zero_bytes(&mut key._pad);
     match key.protocol {
         ip::TCP | ip::UDP => {
             key.src_port = u16::from_be_bytes([h[0], h[1]]);
@@ -943,6 +992,7 @@ pub fn quoted_key(frame: &impl Frame, p: &Packet, key: &mut ConnKey) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use isolator_common::mapped;
 
     const VM: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
     const PEER: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];

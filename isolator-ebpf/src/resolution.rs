@@ -5,9 +5,7 @@ use isolator_common::Verdict;
 
 use crate::packet::{KIND_ARP, Packet};
 use crate::proto::{arp, icmp6};
-use crate::rules::{
-    Place, exposed_any, gateway, host_address, management_address, neighbours, place,
-};
+use crate::rules::{Class, Place, classify, gateway, neighbours, slot};
 use crate::vif::{Vif, cross};
 use crate::{CONTINUE, Step, decide};
 
@@ -18,10 +16,11 @@ use crate::{CONTINUE, Step, decide};
 /// solicitations and advertisements and ARP are judged by the address they concern;
 /// router solicitations (and advertisements and redirects the guard let through) pass.
 /// Anything else that looks like neighbour discovery is ordinary ICMPv6 to the rules.
+/// `dst` and `src` classify the frame's destination and source addresses.
 #[inline(never)]
-pub fn ingress(vif: &Vif, p: &Packet) -> Step {
+pub fn ingress(vif: &Vif, p: &Packet, dst: Class, src: Class) -> Step {
     if p.kind == KIND_ARP {
-        return by_address_concerned(vif, p);
+        return by_address_concerned(vif, p, dst, src);
     }
     if !p.is_link_nd() {
         return CONTINUE;
@@ -30,11 +29,11 @@ pub fn ingress(vif: &Vif, p: &Packet) -> Step {
     if p.is_nd_neighbour() {
         // Unicast to a neighbour on the link: an address of a segment, a gateway of the
         // VM's segment, or the host itself.
-        let on_link = place(vif.generation, false, &p.dst) != Place::Outside
-            || gateway(vif.generation, vif.segment, &p.dst).is_some()
-            || host_address(vif.generation, &p.dst);
+        let on_link = dst.place() != Place::Outside
+            || gateway(vif.generation, vif.segment, &p.dst, dst).is_some()
+            || dst.host();
         if link_scope || on_link {
-            return by_address_concerned(vif, p);
+            return by_address_concerned(vif, p, dst, src);
         }
         return CONTINUE;
     }
@@ -48,15 +47,17 @@ pub fn ingress(vif: &Vif, p: &Packet) -> Step {
 /// concerns: outside every segment or in the sender's own → pass; in another segment →
 /// only if the two may resolve each other; a management address → never.
 #[inline(always)]
-fn by_address_concerned(vif: &Vif, p: &Packet) -> Step {
-    let about = about(p);
-    if management_address(vif.generation, p.is_v4(), about) {
+fn by_address_concerned(vif: &Vif, p: &Packet, dst: Class, src: Class) -> Step {
+    let about = about(vif, p, dst);
+    if about.management_all() {
         return decide(Verdict::Management);
     }
-    match place(vif.generation, p.is_v4(), about) {
+    match about.place() {
         Place::Outside => decide(Verdict::Pass),
-        Place::Segment(s) if s == vif.segment => decide(Verdict::Pass),
-        Place::Segment(s) if allowed(vif.generation, vif.segment, s, p) => decide(Verdict::Pass),
+        Place::Segment(s) if s.id == vif.segment => decide(Verdict::Pass),
+        Place::Segment(s) if allowed(vif.generation, vif.segment, s.id, p, about, src) => {
+            decide(Verdict::Pass)
+        }
         Place::Segment(s) => decide(cross(vif, s)),
     }
 }
@@ -69,30 +70,32 @@ fn by_address_concerned(vif: &Vif, p: &Packet) -> Step {
 /// limit 255) from a link-local, unspecified, gateway or host source, and an advertisement
 /// may not claim an address of a segment either.
 #[inline(never)]
-pub fn egress(vif: &Vif, sender: Place, p: &Packet) -> Step {
+pub fn egress(vif: &Vif, sender: Place, p: &Packet, dst: Class, src: Class) -> Step {
     if p.kind != KIND_ARP && !p.is_nd() {
         return CONTINUE;
     }
     let Place::Segment(s) = sender else {
-        return from_outside(vif, p);
+        return from_outside(vif, p, src);
     };
-    if (p.kind == KIND_ARP || (p.is_link_nd() && p.is_nd_neighbour()))
-        && place(vif.generation, p.is_v4(), about(p)) == Place::Segment(vif.segment)
-        && allowed(vif.generation, s, vif.segment, p)
-    {
-        return decide(Verdict::Pass);
+    if p.kind == KIND_ARP || (p.is_link_nd() && p.is_nd_neighbour()) {
+        let about = about(vif, p, dst);
+        if about.place().is(vif.segment)
+            && allowed(vif.generation, s.id, vif.segment, p, about, src)
+        {
+            return decide(Verdict::Pass);
+        }
     }
     decide(cross(vif, s))
 }
 
 #[inline(always)]
-fn from_outside(vif: &Vif, p: &Packet) -> Step {
+fn from_outside(vif: &Vif, p: &Packet, src: Class) -> Step {
     if p.kind == KIND_ARP {
         // Probes (sender 0.0.0.0) claim nothing.
         let probe = p.src[12..].iter().all(|b| *b == 0);
         if !probe
-            && let Place::Segment(theirs) = place(vif.generation, true, &p.src)
-            && gateway(vif.generation, vif.segment, &p.src).is_none()
+            && let Place::Segment(theirs) = src.place()
+            && gateway(vif.generation, vif.segment, &p.src, src).is_none()
         {
             // The sender claims an address of some segment, and is no gateway of this
             // VM's. A declared gateway of the segment its address lies in (another
@@ -100,24 +103,24 @@ fn from_outside(vif: &Vif, p: &Packet) -> Step {
             // someone else: not for this VM. Anyone else claims an address no host outside
             // the segments may speak for, which the VM could believe (Linux refreshes a
             // cached neighbour from any ARP it receives).
-            return decide(if gateway(vif.generation, theirs, &p.src).is_some() {
-                Verdict::NotExposed
-            } else {
-                Verdict::ArpSpoof
-            });
+            return decide(
+                if gateway(vif.generation, theirs.id, &p.src, src).is_some() {
+                    Verdict::NotExposed
+                } else {
+                    Verdict::ArpSpoof
+                },
+            );
         }
         return decide(Verdict::Pass);
     }
     if !p.is_link_nd() {
         return CONTINUE;
     }
-    let source_ok = p.source_unspecified() || infrastructure(vif, p);
+    let source_ok = p.source_unspecified() || infrastructure(vif, p, src);
     if !source_ok {
         return CONTINUE;
     }
-    if p.icmp_type == icmp6::NEIGHBOUR_ADVERTISEMENT
-        && claims_segment_address(vif, false, &p.nd_target)
-    {
+    if p.icmp_type == icmp6::NEIGHBOUR_ADVERTISEMENT && claims_segment_address(vif, &p.nd_target) {
         return decide(Verdict::NdSpoof);
     }
     decide(Verdict::Pass)
@@ -127,32 +130,31 @@ fn from_outside(vif: &Vif, p: &Packet) -> Step {
 /// address (routers speak from those), a gateway of its segment, or one of the host's own
 /// addresses.
 #[inline(always)]
-pub fn infrastructure(vif: &Vif, p: &Packet) -> bool {
+pub fn infrastructure(vif: &Vif, p: &Packet, src: Class) -> bool {
     p.src_ipv6_link_local()
-        || gateway(vif.generation, vif.segment, &p.src).is_some()
-        || host_address(vif.generation, &p.src)
+        || gateway(vif.generation, vif.segment, &p.src, src).is_some()
+        || src.host()
 }
 
 /// An address of some segment that is not a gateway of the VM's own: no host outside
 /// the segments may speak for it.
 #[inline(always)]
-fn claims_segment_address(vif: &Vif, v4: bool, addr: &[u8; 16]) -> bool {
-    place(vif.generation, v4, addr) != Place::Outside
-        && gateway(vif.generation, vif.segment, addr).is_none()
+fn claims_segment_address(vif: &Vif, addr: &[u8; 16]) -> bool {
+    let class = classify(vif.generation, false, slot::OTHER, addr);
+    class.place() != Place::Outside && gateway(vif.generation, vif.segment, addr, class).is_none()
 }
 
 /// The address an ARP or neighbour discovery frame concerns on the receiving side: the
 /// ARP target address (a request asks for it; a reply is sent to it), the target of a
 /// neighbour solicitation, and the destination of a neighbour advertisement (whose
 /// target is the sender's own address).
+/// Returned classified (`dst` is the destination's classification).
 #[inline(always)]
-fn about(p: &Packet) -> &[u8; 16] {
-    if p.kind == KIND_ARP {
-        &p.dst
-    } else if p.icmp_type == icmp6::NEIGHBOUR_SOLICITATION {
-        &p.nd_target
+fn about(vif: &Vif, p: &Packet, dst: Class) -> Class {
+    if p.kind != KIND_ARP && p.icmp_type == icmp6::NEIGHBOUR_SOLICITATION {
+        classify(vif.generation, false, slot::CONCERNED, &p.nd_target)
     } else {
-        &p.dst
+        dst
     }
 }
 
@@ -163,8 +165,8 @@ fn about(p: &Packet) -> &[u8; 16] {
 /// or multicast request from it about another segment is refused, or any VM with an
 /// exposed address could map the host at layer 2.
 #[inline(always)]
-fn allowed(generation: u32, from: u32, to: u32, p: &Packet) -> bool {
-    if neighbours(generation, from, to) || exposed_any(generation, p.is_v4(), about(p)) {
+fn allowed(generation: u32, from: u32, to: u32, p: &Packet, about: Class, src: Class) -> bool {
+    if neighbours(generation, from, to) || about.exposed_any() {
         return true;
     }
     let answer = if p.kind == KIND_ARP {
@@ -174,7 +176,7 @@ fn allowed(generation: u32, from: u32, to: u32, p: &Packet) -> bool {
     };
     let unicast = p.dst_mac[0] & 1 == 0;
     (answer || unicast)
-        && (exposed_any(generation, p.is_v4(), &p.src)
+        && (src.exposed_any()
             || (p.icmp_type == icmp6::NEIGHBOUR_ADVERTISEMENT
-                && exposed_any(generation, p.is_v4(), &p.nd_target)))
+                && classify(generation, false, slot::OTHER, &p.nd_target).exposed_any()))
 }

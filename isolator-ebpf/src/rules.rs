@@ -1,52 +1,251 @@
-//! Where addresses lie and what the policy's rules admit: segments by prefix, management
-//! prefixes, the host and gateways, exposed endpoints, flows between segments.
+//! Where addresses lie and what the policy's rules admit: one classification of an
+//! address (its segment and tenant, management, exposure, the host, gateways, the
+//! interface that declared it), the services of rule sets, flows between segments.
 
-use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use isolator_common::{
-    AddrKey, GatewayKey, Ipv4PrefixKey, Ipv6PrefixKey, PairKey, RuleSet, protocol, unmapped,
+    AddrClass, AddrV4Key, AddrV6Key, GatewayKey, PairInfo, PairKey, RuleKey, RuleSet, address_tag,
+    limits, protocol, unmapped,
 };
 
-use crate::maps::{
-    EXPOSED_V4, EXPOSED_V6, FLOWS, GATEWAYS, HOST_ADDRS, MANAGEMENT_V4, MANAGEMENT_V6, NEIGHBOURS,
-};
-use crate::maps::{PREFIXES_V4, PREFIXES_V6};
+use crate::maps::{ADDRESSES_V4, ADDRESSES_V6, CLASSES, GATEWAYS, PAIRS, PREFIX_LENGTHS, RULESETS};
 use crate::packet::Packet;
 use crate::proto::ip;
+
+/// A segment, with its tenant.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub id: u32,
+    pub tenant: u32,
+}
 
 /// Where an address lies.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Place {
-    Segment(u32),
+    Segment(Segment),
     Outside,
 }
 
-/// Longest-prefix lookup of `addr` (IPv4-mapped for IPv4) under `generation` in the map
-/// pair of its family. A BPF subprogram: its two branches build keys of different sizes on
-/// the stack, which inlined would never merge again and double what the verifier walks at
-/// every lookup.
-#[inline(never)]
-pub fn lpm_lookup<'a, V>(
-    v4map: &'a LpmTrie<Ipv4PrefixKey, V>,
-    v6map: &'a LpmTrie<Ipv6PrefixKey, V>,
-    generation: u32,
-    v4: bool,
-    addr: &[u8; 16],
-) -> Option<&'a V> {
-    if v4 {
-        let (len, data) = Ipv4PrefixKey::address(generation, unmapped(addr));
-        v4map.get(&Key::new(len, data))
-    } else {
-        let (len, data) = Ipv6PrefixKey::address(generation, *addr);
-        v6map.get(&Key::new(len, data))
+impl Place {
+    /// The address lies in segment `id`.
+    #[inline(always)]
+    pub fn is(&self, id: u32) -> bool {
+        matches!(self, Place::Segment(s) if s.id == id)
     }
 }
 
-/// The segment an address belongs to.
+/// What the policy says about one address: its entry in `ADDRESSES_V4`/`_V6` (the
+/// longest matching prefix, which carries the longest match of every kind), or nothing
+/// ([`AddrClass::OUTSIDE`]), as [`classify`] left it in its slot of [`CLASSES`]. Only the
+/// slot is carried around (nothing to keep on the 512-byte stack across calls); the
+/// classification is read from it when asked.
+#[derive(Clone, Copy)]
+pub struct Class {
+    slot: u32,
+}
+
+impl Class {
+    #[inline(always)]
+    fn get(&self) -> Option<&'static AddrClass> {
+        CLASSES.get(self.slot)
+    }
+
+    #[inline(always)]
+    fn flags(&self) -> u32 {
+        match self.get() {
+            Some(c) => c.flags,
+            None => 0,
+        }
+    }
+
+    /// The segment the address lies in.
+    #[inline(always)]
+    pub fn place(&self) -> Place {
+        match self.get() {
+            Some(c) if c.segment != AddrClass::NO_SEGMENT => Place::Segment(Segment {
+                id: c.segment,
+                tenant: c.tenant,
+            }),
+            _ => Place::Outside,
+        }
+    }
+
+    /// The packet (to this address) is for a service a management prefix protects.
+    #[inline(always)]
+    pub fn management(&self, generation: u32, p: &Packet) -> bool {
+        match self.get() {
+            Some(c) if c.flags & AddrClass::MANAGEMENT != 0 => {
+                c.flags & AddrClass::MANAGEMENT_ALL != 0 || rules_admit(generation, c.management, p)
+            }
+            _ => false,
+        }
+    }
+
+    /// The address is in a management prefix protected for every protocol: not even its
+    /// existence may be learned from a VM.
+    #[inline(always)]
+    pub fn management_all(&self) -> bool {
+        self.flags() & AddrClass::MANAGEMENT_ALL != 0
+    }
+
+    /// The packet (to this address) is for a service the address exposes.
+    #[inline(always)]
+    pub fn exposed(&self, generation: u32, p: &Packet) -> bool {
+        match self.get() {
+            Some(c) if c.flags & AddrClass::EXPOSED != 0 => rules_admit(generation, c.exposure, p),
+            _ => false,
+        }
+    }
+
+    /// The address is exposed for some service (address resolution may reach it).
+    #[inline(always)]
+    pub fn exposed_any(&self) -> bool {
+        self.flags() & AddrClass::EXPOSED != 0
+    }
+
+    /// One of the host's own addresses.
+    #[inline(always)]
+    pub fn host(&self) -> bool {
+        self.flags() & AddrClass::HOST != 0
+    }
+
+    /// A gateway address of some segment.
+    #[inline(always)]
+    pub fn gateway_of_some_segment(&self) -> bool {
+        self.flags() & AddrClass::GATEWAY != 0
+    }
+
+    /// The interface (ifindex) that declared the address as its own, or 0 (no interface
+    /// has ifindex 0). A plain integer rather than an `Option`: the compiler may leave an
+    /// absent `Option`'s payload register unset, which the verifier refuses to see read.
+    #[inline(always)]
+    pub fn declared_by(&self) -> u32 {
+        match self.get() {
+            Some(c) if c.flags & AddrClass::DECLARED != 0 => c.owner,
+            _ => 0,
+        }
+    }
+}
+
+/// Where a classification is kept for the rest of a run ([`CLASSES`] slots): the source
+/// and destination addresses are classified once, other addresses when asked.
+pub mod slot {
+    pub const SOURCE: u32 = 0;
+    pub const DESTINATION: u32 = 1;
+    /// The address an ARP or neighbour discovery frame concerns, when it is neither.
+    pub const CONCERNED: u32 = 2;
+    /// Read at once after classifying.
+    pub const OTHER: u32 = 3;
+}
+
+/// Classifies `addr` (IPv4-mapped for IPv4) under `generation`, keeping the result in
+/// `slot` of [`CLASSES`] for the rest of the run (until the slot is used again).
 #[inline(always)]
-pub fn place(generation: u32, v4: bool, addr: &[u8; 16]) -> Place {
-    match lpm_lookup(&PREFIXES_V4, &PREFIXES_V6, generation, v4, addr) {
-        Some(segment) => Place::Segment(*segment),
-        None => Place::Outside,
+pub fn classify(generation: u32, v4: bool, slot: u32, addr: &[u8; 16]) -> Class {
+    let addr = addr as *const [u8; 16] as *const Address;
+    isolator_classify(generation, u32::from(v4), slot, addr);
+    Class { slot }
+}
+
+/// An address as [`isolator_classify`] takes it.
+#[repr(C)]
+pub struct Address {
+    pub bytes: [u8; 16],
+}
+
+/// Probes the prefix lengths the policy uses, longest first, one hash lookup each, until
+/// an entry of `ADDRESSES_V4`/`_V6` matches `addr`, and copies it to `slot` of
+/// [`CLASSES`] (else [`AddrClass::OUTSIDE`]): 1 if one matched, else 0. The cost depends on the number of distinct
+/// lengths, not on the number of prefixes (docs/design.md, "Classifying an address").
+///
+/// A global BPF function: the verifier checks it once, on its own, rather than at every
+/// call with every state the caller can be in (its loop would otherwise be walked again
+/// for each of them).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn isolator_classify(
+    generation: u32,
+    v4: u32,
+    slot: u32,
+    addr: *const Address,
+) -> u32 {
+    let Some(out) = CLASSES.get_ptr_mut(slot) else {
+        return 0;
+    };
+    // Nothing found (whatever the reason) is outside every prefix, never what the slot
+    // held for the previous frame.
+    copy_class(out, &AddrClass::OUTSIDE);
+    if addr.is_null() {
+        return 0;
+    }
+    // SAFETY: the verifier checked that the caller passes 16 readable bytes.
+    let addr = unsafe { &(*addr).bytes };
+    let Some(lengths) = PREFIX_LENGTHS.get(generation) else {
+        return 0;
+    };
+    if v4 != 0 {
+        let a = u32::from_ne_bytes(unmapped(addr));
+        let count = lengths.v4_count as usize;
+        for i in 0..limits::MAX_PREFIX_LENGTHS {
+            if i >= count {
+                break;
+            }
+            let key = AddrV4Key {
+                tag: address_tag(generation, lengths.v4[i]),
+                addr: (a & lengths.v4_masks[i]).to_ne_bytes(),
+            };
+            // SAFETY: the entry is only read, within this run.
+            if let Some(class) = unsafe { ADDRESSES_V4.get(&key) } {
+                copy_class(out, class);
+                return 1;
+            }
+        }
+    } else {
+        let count = lengths.v6_count as usize;
+        for i in 0..limits::MAX_PREFIX_LENGTHS {
+            if i >= count {
+                break;
+            }
+            let mask = &lengths.v6_masks[i];
+            let mut key = AddrV6Key {
+                tag: address_tag(generation, lengths.v6[i]),
+                addr: [0; 16],
+            };
+            for j in 0..16 {
+                key.addr[j] = addr[j] & mask[j];
+            }
+            // SAFETY: as above.
+            if let Some(class) = unsafe { ADDRESSES_V6.get(&key) } {
+                copy_class(out, class);
+                return 1;
+            }
+        }
+    }
+    0
+}
+
+/// Copies a classification field by field (a plain copy becomes a byte loop in BPF, see
+/// `packet::copy_bytes`).
+#[inline(always)]
+fn copy_class(out: *mut AddrClass, class: &AddrClass) {
+    // SAFETY: `out` is a per-CPU slot, valid for the whole run; no other run of these
+    // programs interleaves on this CPU.
+    unsafe {
+        core::ptr::write_volatile(&mut (*out).segment, class.segment);
+        core::ptr::write_volatile(&mut (*out).tenant, class.tenant);
+        core::ptr::write_volatile(&mut (*out).flags, class.flags);
+        core::ptr::write_volatile(&mut (*out).management, class.management);
+        core::ptr::write_volatile(&mut (*out).exposure, class.exposure);
+        core::ptr::write_volatile(&mut (*out).owner, class.owner);
+    }
+}
+
+/// Whether the rule set at `index` admits the packet.
+#[inline(always)]
+fn rules_admit(generation: u32, index: u32, p: &Packet) -> bool {
+    // SAFETY: the rule set is read within this run.
+    match unsafe { RULESETS.get(RuleKey { generation, index }) } {
+        Some(rules) => admits(rules, p),
+        None => false,
     }
 }
 
@@ -62,84 +261,45 @@ pub fn admits(rules: &RuleSet, p: &Packet) -> bool {
     rules.admits(class, if has_ports { Some(p.dst_port) } else { None })
 }
 
-/// The destination is a management address for this protocol and port, or a loopback
-/// address (which no frame on a link may carry).
+/// The pair's entry: a flow joins the two segments (in either direction).
 #[inline(always)]
-pub fn management(generation: u32, p: &Packet) -> bool {
-    if p.dst_loopback() {
-        return true;
+fn pair(generation: u32, from: u32, to: u32) -> Option<&'static PairInfo> {
+    // SAFETY: the entry is read within this run.
+    unsafe {
+        PAIRS.get(PairKey {
+            generation,
+            from,
+            to,
+        })
     }
-    match lpm_lookup(
-        &MANAGEMENT_V4,
-        &MANAGEMENT_V6,
-        generation,
-        p.is_v4(),
-        &p.dst,
-    ) {
-        Some(rules) => admits(rules, p),
-        None => false,
-    }
-}
-
-/// The address is in a management prefix protected for every protocol: not even its
-/// existence may be learned from a VM.
-#[inline(always)]
-pub fn management_address(generation: u32, v4: bool, addr: &[u8; 16]) -> bool {
-    match lpm_lookup(&MANAGEMENT_V4, &MANAGEMENT_V6, generation, v4, addr) {
-        Some(rules) => rules.flags & RuleSet::ALL != 0,
-        None => false,
-    }
-}
-
-/// The destination is an exposed endpoint for this protocol and port.
-#[inline(always)]
-pub fn exposed(generation: u32, p: &Packet) -> bool {
-    match lpm_lookup(&EXPOSED_V4, &EXPOSED_V6, generation, p.is_v4(), &p.dst) {
-        Some(rules) => admits(rules, p),
-        None => false,
-    }
-}
-
-/// The address is exposed for some service (address resolution may reach it).
-#[inline(always)]
-pub fn exposed_any(generation: u32, v4: bool, addr: &[u8; 16]) -> bool {
-    lpm_lookup(&EXPOSED_V4, &EXPOSED_V6, generation, v4, addr).is_some()
 }
 
 /// A flow from segment `from` to segment `to` admits the packet.
 #[inline(always)]
 pub fn flow(generation: u32, from: u32, to: u32, p: &Packet) -> bool {
-    // SAFETY: the rule set is read at once, within this run.
-    match unsafe {
-        FLOWS.get(PairKey {
-            generation,
-            from,
-            to,
-        })
-    } {
-        Some(rules) => admits(rules, p),
-        None => false,
+    match pair(generation, from, to) {
+        Some(pair) if pair.flags & PairInfo::FLOW != 0 => rules_admit(generation, pair.flow, p),
+        _ => false,
     }
 }
 
 /// A flow joins the two segments in one direction or the other.
 #[inline(always)]
 pub fn neighbours(generation: u32, a: u32, b: u32) -> bool {
-    // SAFETY: only the presence of the entry is read.
-    unsafe {
-        NEIGHBOURS
-            .get(PairKey {
-                generation,
-                from: a,
-                to: b,
-            })
-            .is_some()
-    }
+    pair(generation, a, b).is_some()
 }
 
 /// The address is a gateway of `segment` (the host's or a router's address there).
 #[inline(always)]
-pub fn gateway(generation: u32, segment: u32, addr: &[u8; 16]) -> Option<&'static RuleSet> {
+pub fn gateway(
+    generation: u32,
+    segment: u32,
+    addr: &[u8; 16],
+    class: Class,
+) -> Option<&'static RuleSet> {
+    if !class.gateway_of_some_segment() {
+        return None;
+    }
     let key = GatewayKey {
         generation,
         segment,
@@ -160,31 +320,19 @@ pub enum HostVerdict {
 }
 
 /// Whether the packet is for the host itself (one of its own addresses) or a gateway of
-/// the sender's segment, and if so whether the service is one the segment may use. A BPF
-/// subprogram of its own.
-#[inline(never)]
-pub fn host(generation: u32, sender: u32, p: &Packet) -> HostVerdict {
-    if let Some(rules) = gateway(generation, sender, &p.dst) {
+/// the sender's segment, and if so whether the service is one the segment may use.
+#[inline(always)]
+pub fn host(generation: u32, sender: u32, p: &Packet, dst: Class) -> HostVerdict {
+    if let Some(rules) = gateway(generation, sender, &p.dst, dst) {
         return if admits(rules, p) {
             HostVerdict::Service
         } else {
             HostVerdict::Protected
         };
     }
-    if host_address(generation, &p.dst) {
+    if dst.host() {
         HostVerdict::Protected
     } else {
         HostVerdict::NotHost
     }
-}
-
-/// One of the host's own addresses.
-#[inline(always)]
-pub fn host_address(generation: u32, addr: &[u8; 16]) -> bool {
-    let key = AddrKey {
-        generation,
-        addr: *addr,
-    };
-    // SAFETY: only the presence of the entry is read.
-    unsafe { HOST_ADDRS.get(key) }.is_some()
 }

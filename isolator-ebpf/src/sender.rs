@@ -12,12 +12,12 @@
 use isolator_common::{LinkInfo, UplinkKey, Verdict, VifInfo, VifKey};
 
 use crate::maps::{LINKS, UPLINKS, VIFS};
-use crate::packet::Packet;
-use crate::rules::{Place, place};
+use crate::rules::{Class, Place, Segment};
 
-/// The place of the sender of a frame that entered the host through `ingress_ifindex`.
+/// The place of the sender of a frame that entered the host through `ingress_ifindex`;
+/// `src` is the classification of its source address.
 #[inline(always)]
-pub fn of(generation: u32, ingress_ifindex: u32, p: &Packet) -> Result<Place, Verdict> {
+pub fn of(generation: u32, ingress_ifindex: u32, src: Class) -> Result<Place, Verdict> {
     if ingress_ifindex == 0 {
         return Ok(Place::Outside);
     }
@@ -30,19 +30,22 @@ pub fn of(generation: u32, ingress_ifindex: u32, p: &Packet) -> Result<Place, Ve
         if vif.flags & VifInfo::QUARANTINED != 0 {
             return Err(Verdict::UnknownInterface);
         }
-        return Ok(Place::Segment(vif.segment));
+        return Ok(Place::Segment(Segment {
+            id: vif.segment,
+            tenant: vif.info.tenant,
+        }));
     }
     // SAFETY: the value is copied out at once.
     let Some(link) = unsafe { LINKS.get(key) }.copied() else {
         return Err(Verdict::UnknownInterface);
     };
     if link.flags & LinkInfo::UPLINK != 0
-        && let Place::Segment(segment) = place(generation, p.is_v4(), &p.src)
+        && let Place::Segment(segment) = src.place()
     {
         let trust = UplinkKey {
             generation,
             ifindex: ingress_ifindex,
-            segment,
+            segment: segment.id,
         };
         // SAFETY: only the presence of the entry is read.
         if unsafe { UPLINKS.get(trust) }.is_some() {

@@ -1,8 +1,9 @@
 //! Which vif a program runs on, and what the active policy says about it.
 
-use isolator_common::{SegmentInfo, SegmentKey, Verdict, VifInfo, VifKey, VlanKey};
+use isolator_common::{SegmentInfo, Verdict, VifInfo, VifKey, VlanKey};
 
-use crate::maps::{CONFIG, SEGMENTS, VIF_VLANS, VIFS};
+use crate::maps::{CONFIG, VIF_VLANS, VIFS};
+use crate::rules::Segment;
 
 /// The vif a program runs on, in the active generation.
 pub struct Vif {
@@ -28,18 +29,7 @@ pub fn identify(ifindex: u32) -> Option<Vif> {
         })
     }?;
     let segment = vif.segment;
-    let info = if vif.flags & VifInfo::QUARANTINED != 0 {
-        // Not in a segment: judged by nothing but its quarantine.
-        SegmentInfo::default()
-    } else {
-        // SAFETY: as above.
-        *unsafe {
-            SEGMENTS.get(SegmentKey {
-                generation,
-                segment,
-            })
-        }?
-    };
+    let info = vif.info;
     Some(Vif {
         generation,
         ifindex,
@@ -74,18 +64,12 @@ pub fn vlan_allowed(vif: &Vif, vlan: u16) -> bool {
 }
 
 /// `cross_segment` or `cross_tenant` for traffic between the vif's own segment and segment
-/// `other` (either direction): the vif's tenant is already known.
+/// `other` (either direction).
 #[inline(always)]
-pub fn cross(vif: &Vif, other: u32) -> Verdict {
-    // SAFETY: only the tenant id is read, at once.
-    match unsafe {
-        SEGMENTS.get(SegmentKey {
-            generation: vif.generation,
-            segment: other,
-        })
-    } {
-        Some(o) if o.tenant == vif.info.tenant => Verdict::CrossSegment,
-        Some(_) => Verdict::CrossTenant,
-        None => Verdict::NoPolicy,
+pub fn cross(vif: &Vif, other: Segment) -> Verdict {
+    if other.tenant == vif.info.tenant {
+        Verdict::CrossSegment
+    } else {
+        Verdict::CrossTenant
     }
 }

@@ -431,37 +431,32 @@ impl Plan {
             limits::MAX_HOST_ADDRS,
         )?;
         check_limit("gateways", plan.gateways.len(), limits::MAX_GATEWAYS)?;
-        check_limit("IPv4 prefixes", plan.v4.len(), limits::MAX_PREFIXES)?;
-        check_limit("IPv6 prefixes", plan.v6.len(), limits::MAX_PREFIXES)?;
+        // An address lookup probes each prefix length in use (docs/design.md, "Classifying
+        // an address"); IPv4 has 33 at most, IPv6 129.
+        let v6_lengths: BTreeSet<u8> = plan
+            .v6
+            .iter()
+            .map(|(n, _)| n.prefix_len())
+            .chain(plan.management_v6.iter().map(|(n, _)| n.prefix_len()))
+            .chain(plan.exposed_v6.iter().map(|(n, _)| n.prefix_len()))
+            .chain(plan.vifs.iter().flat_map(|v| {
+                v.addresses.iter().filter_map(|n| match n {
+                    IpNet::V6(n) => Some(n.prefix_len()),
+                    IpNet::V4(_) => None,
+                })
+            }))
+            .chain(
+                plan.host_addresses
+                    .iter()
+                    .chain(plan.gateways.iter().map(|g| &g.address))
+                    .filter(|a| a.is_ipv6())
+                    .map(|_| 128),
+            )
+            .collect();
         check_limit(
-            "IPv4 exposed prefixes",
-            plan.exposed_v4.len(),
-            limits::MAX_EXPOSED,
-        )?;
-        check_limit(
-            "IPv6 exposed prefixes",
-            plan.exposed_v6.len(),
-            limits::MAX_EXPOSED,
-        )?;
-        check_limit(
-            "IPv4 management prefixes",
-            plan.management_v4.len(),
-            limits::MAX_MANAGEMENT,
-        )?;
-        check_limit(
-            "IPv6 management prefixes",
-            plan.management_v6.len(),
-            limits::MAX_MANAGEMENT,
-        )?;
-        check_limit(
-            "segment pairs with flows",
-            plan.flows.len(),
-            limits::MAX_FLOW_PAIRS,
-        )?;
-        check_limit(
-            "declared interface addresses",
-            plan.vifs.iter().map(|v| v.addresses.len()).sum(),
-            limits::MAX_VIF_ADDRS,
+            "distinct IPv6 prefix lengths",
+            v6_lengths.len(),
+            limits::MAX_PREFIX_LENGTHS as u32,
         )?;
         Ok(plan)
     }
@@ -635,7 +630,7 @@ mod tests {
     use super::*;
     use crate::encode::encode;
     use crate::policy;
-    use isolator_common::{Ipv4PrefixKey, PairKey, SegmentKey, VifKey};
+    use isolator_common::{AddrClass, AddrV4Key, PairInfo, PairKey, VifKey};
 
     const POLICY: &str = r#"
 version: 1
@@ -726,44 +721,100 @@ tenants:
                     flags: 0,
                     mac: [0; 6],
                     _pad: [0; 2],
+                    info: SegmentInfo {
+                        tenant: 0,
+                        flags: SegmentInfo::EGRESS_ALLOW
+                    },
                 }
             )]
         );
-        assert_eq!(
-            encode(&plan, 0).segments[2],
-            (
-                SegmentKey {
-                    generation: 0,
-                    segment: 2
-                },
-                SegmentInfo {
-                    tenant: 1,
-                    flags: SegmentInfo::EGRESS_ALLOW
-                }
-            )
-        );
-        let v4: Vec<(u32, Ipv4PrefixKey, u32)> = encode(&plan, 1)
-            .prefixes_v4
+        let v4: Vec<(AddrV4Key, u32, u32)> = encode(&plan, 1)
+            .addresses_v4
             .iter()
-            .map(|(key, segment)| (key.prefix_len(), key.data(), *segment))
+            .map(|(key, class)| (*key, class.segment, class.tenant))
             .collect();
-        let key = |addr| Ipv4PrefixKey {
-            generation: [0, 0, 0, 1],
-            addr,
-        };
         assert_eq!(
             v4,
             vec![
-                (56, key([10, 1, 1, 0]), 0),
-                (56, key([10, 1, 2, 0]), 1),
-                (56, key([10, 2, 1, 0]), 2),
+                (AddrV4Key::new(1, [10, 1, 1, 0], 24), 0, 0),
+                (AddrV4Key::new(1, [10, 1, 2, 0], 24), 1, 0),
+                (AddrV4Key::new(1, [10, 2, 1, 0], 24), 2, 1),
             ]
         );
-        let v6 = encode(&plan, 0).prefixes_v6;
+        let entries = encode(&plan, 0);
+        let v6 = &entries.addresses_v6;
         assert_eq!(v6.len(), 2);
-        assert_eq!(v6[1].0.prefix_len(), 32 + 64);
-        assert_eq!(&v6[1].0.data().addr[..6], &[0xfd, 0, 0, 2, 0, 1]);
-        assert_eq!(v6[1].1, 2);
+        assert_eq!(v6[1].0.prefix_len(), 64);
+        assert_eq!(v6[1].0.tag >> 8, 0);
+        assert_eq!(&v6[1].0.addr[..6], &[0xfd, 0, 0, 2, 0, 1]);
+        assert_eq!(v6[1].1.segment, 2);
+        assert_eq!(entries.prefix_lengths[0].1.v4[..1], [24]);
+        assert_eq!(entries.prefix_lengths[0].1.v4_count, 1);
+        assert_eq!(entries.prefix_lengths[0].1.v6_count, 1);
+    }
+
+    /// The entry of the longest prefix of `addresses` containing `addr` (what the kernel's
+    /// probe finds).
+    fn class_of(entries: &crate::encode::Entries, addr: [u8; 4]) -> Option<AddrClass> {
+        let lengths = &entries.prefix_lengths[0].1;
+        lengths.v4[..lengths.v4_count as usize]
+            .iter()
+            .find_map(|len| {
+                let key = AddrV4Key::new(entries.prefix_lengths[0].0, addr, *len);
+                entries
+                    .addresses_v4
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, c)| *c)
+            })
+    }
+
+    #[test]
+    fn one_lookup_classifies_an_address_by_the_longest_prefix_of_every_kind() {
+        let plan = full_plan();
+        let entries = encode(&plan, 1);
+        let rules_at = |index: u32| {
+            entries
+                .rulesets
+                .iter()
+                .find(|(k, _)| k.index == index && k.generation == 1)
+                .map(|(_, set)| rules(set))
+                .expect("the rule set an entry refers to exists")
+        };
+        // An exposed address inside an exposed /28 inside a segment: its own services
+        // merged with the /28's, and the segment's place.
+        let exposed = class_of(&entries, [10, 1, 1, 10]).expect("classified");
+        assert_eq!((exposed.segment, exposed.tenant), (0, 0));
+        assert_eq!(exposed.flags, AddrClass::EXPOSED);
+        assert_eq!(
+            rules_at(exposed.exposure),
+            vec![(protocol::ICMP, 0, 65535), (protocol::TCP, 443, 443)]
+        );
+        let in_28 = class_of(&entries, [10, 1, 1, 11]).expect("classified");
+        assert_eq!(in_28.flags, AddrClass::EXPOSED);
+        assert_eq!(rules_at(in_28.exposure), vec![(protocol::ICMP, 0, 65535)]);
+        let plain = class_of(&entries, [10, 1, 1, 200]).expect("classified");
+        assert_eq!((plain.segment, plain.flags), (0, 0));
+        let other_tenant = class_of(&entries, [10, 2, 1, 7]).expect("classified");
+        assert_eq!((other_tenant.segment, other_tenant.tenant), (2, 1));
+        // Management: the /29 inside the /24 protects everything too; the /16 only its
+        // services.
+        let all = class_of(&entries, [192, 168, 100, 9]).expect("classified");
+        assert_eq!(all.flags, AddrClass::MANAGEMENT | AddrClass::MANAGEMENT_ALL);
+        assert_eq!(all.segment, AddrClass::NO_SEGMENT);
+        let some = class_of(&entries, [172, 16, 3, 4]).expect("classified");
+        assert_eq!(some.flags, AddrClass::MANAGEMENT);
+        assert_eq!(
+            rules_at(some.management),
+            vec![(protocol::TCP, 22, 22), (protocol::UDP, 53, 54)]
+        );
+        assert_eq!(class_of(&entries, [8, 8, 8, 8]), None, "outside everything");
+        // Identical rule sets are stored once.
+        let mut sets: Vec<Rules> = entries.rulesets.iter().map(|(_, s)| rules(s)).collect();
+        let count = sets.len();
+        sets.sort();
+        sets.dedup();
+        assert_eq!(sets.len(), count);
     }
 
     #[test]
@@ -932,15 +983,33 @@ tenants:
             ]
         );
         assert_eq!(plan.neighbours, vec![(0, 1), (0, 2), (1, 0), (2, 0)]);
-        let entries = encode(&plan, 1).flows;
+        let entries = encode(&plan, 1);
+        let pairs: Vec<(PairKey, u32)> = entries
+            .pairs
+            .iter()
+            .map(|(k, info)| (*k, info.flags))
+            .collect();
+        let key = |from, to| PairKey {
+            generation: 1,
+            from,
+            to,
+        };
         assert_eq!(
-            entries[1].0,
-            PairKey {
-                generation: 1,
-                from: 0,
-                to: 2
-            }
+            pairs,
+            vec![
+                (key(0, 1), PairInfo::FLOW),
+                (key(0, 2), PairInfo::FLOW),
+                (key(1, 0), 0),
+                (key(2, 0), 0)
+            ]
         );
+        let flow = entries.pairs[1].1.flow;
+        let set = entries
+            .rulesets
+            .iter()
+            .find(|(k, _)| k.index == flow)
+            .expect("the flow's rule set");
+        assert_eq!(rules(&set.1), vec![(protocol::TCP, 8000, 8080)]);
     }
 
     #[test]
@@ -1002,16 +1071,6 @@ tenants:
             "a pattern entry declares nothing, and must keep off what vweb-lb declared"
         );
 
-        let v4: Vec<(u32, [u8; 4])> = entries
-            .vif_addrs_v4
-            .iter()
-            .map(|(key, _)| (key.prefix_len(), key.data().addr))
-            .collect();
-        assert_eq!(v4, vec![(96, [10, 1, 1, 10]), (92, [10, 1, 1, 64])]);
-        let v4_key = entries.vif_addrs_v4[0].0.data();
-        assert_eq!(v4_key.ifindex, 4u32.to_be_bytes());
-        assert_eq!(v4_key.generation, 1u32.to_be_bytes());
-        assert_eq!(entries.vif_addrs_v6.len(), 2);
         let vlans: Vec<(u32, u16)> = encode(&plan, 0)
             .vif_vlans
             .iter()
@@ -1026,30 +1085,20 @@ tenants:
             (macs[0].0.generation, macs[0].0.mac, macs[0].1),
             (1, [0x52, 0x54, 0, 0x12, 0x34, 0x56], 4)
         );
-        let v4: Vec<(u32, [u8; 4], [u8; 4], u32)> = entries
-            .declared_v4
-            .iter()
-            .map(|(key, owner)| {
-                (
-                    key.prefix_len(),
-                    key.data().generation,
-                    key.data().addr,
-                    *owner,
-                )
-            })
-            .collect();
+        let owned = |addr| class_of(&entries, addr).map(|c| (c.flags, c.owner, c.segment));
         assert_eq!(
-            v4,
-            vec![
-                (64, 1u32.to_be_bytes(), [10, 1, 1, 10], 4),
-                (60, 1u32.to_be_bytes(), [10, 1, 1, 64], 4)
-            ]
+            owned([10, 1, 1, 10]),
+            Some((AddrClass::DECLARED, 4, 0)),
+            "declared by vweb-lb, in its segment"
         );
-        let v6: Vec<(u32, u32)> = encode(&plan, 0)
-            .declared_v6
+        assert_eq!(owned([10, 1, 1, 70]), Some((AddrClass::DECLARED, 4, 0)));
+        assert_eq!(owned([10, 1, 1, 11]), Some((0, 0, 0)), "anybody's in web");
+        let v6: Vec<(u8, u32)> = encode(&plan, 0)
+            .addresses_v6
             .iter()
-            .map(|(key, owner)| (key.prefix_len(), *owner))
+            .filter(|(_, class)| class.flags & AddrClass::DECLARED != 0)
+            .map(|(key, class)| (key.prefix_len(), class.owner))
             .collect();
-        assert_eq!(v6, vec![(160, 4), (160, 4)], "fd00:1:1::10 and fe80::10");
+        assert_eq!(v6, vec![(128, 4), (128, 4)], "fd00:1:1::10 and fe80::10");
     }
 }

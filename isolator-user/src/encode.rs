@@ -6,17 +6,17 @@
 //! purge, generations, pins) are both generated from it, so a map cannot be forgotten in
 //! one of those places.
 
-use aya::maps::lpm_trie::Key;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use isolator_common::{
-    AddrKey, DeclaredMacKey, GatewayKey, Ipv4PrefixKey, Ipv6PrefixKey, LinkInfo, PairKey, RuleSet,
-    SegmentInfo, SegmentKey, Settings, UplinkKey, VifAddrV4Key, VifAddrV6Key, VifInfo, VifKey,
-    VlanKey, mapped,
+    AddrClass, AddrV4Key, AddrV6Key, DeclaredMacKey, GatewayKey, LinkInfo, PairInfo, PairKey,
+    PrefixLengths, RuleKey, RuleSet, SegmentInfo, Settings, UplinkKey, VifInfo, VifKey, VlanKey,
+    mapped,
 };
 
-use crate::compile::{Declared, ManagedVif, Plan, vif_flags};
+use crate::compile::{Declared, Plan, vif_flags};
 
 /// Calls `$callback!` with the policy tables, in write order: `field: MAP_NAME =>
 /// Kind<Key, Value>`, where `Kind` is `Array` (indexed by generation), `Hash` (keys carry
@@ -25,24 +25,15 @@ macro_rules! policy_tables {
     ($callback:ident) => {
         $callback! {
             settings: SETTINGS => Array<u32, Settings>,
-            segments: SEGMENTS => Hash<SegmentKey, SegmentInfo>,
-            prefixes_v4: PREFIXES_V4 => Lpm<Ipv4PrefixKey, u32>,
-            prefixes_v6: PREFIXES_V6 => Lpm<Ipv6PrefixKey, u32>,
-            management_v4: MANAGEMENT_V4 => Lpm<Ipv4PrefixKey, RuleSet>,
-            management_v6: MANAGEMENT_V6 => Lpm<Ipv6PrefixKey, RuleSet>,
-            exposed_v4: EXPOSED_V4 => Lpm<Ipv4PrefixKey, RuleSet>,
-            exposed_v6: EXPOSED_V6 => Lpm<Ipv6PrefixKey, RuleSet>,
-            flows: FLOWS => Hash<PairKey, RuleSet>,
-            neighbours: NEIGHBOURS => Hash<PairKey, u32>,
-            vif_addrs_v4: VIF_ADDRS_V4 => Lpm<VifAddrV4Key, u8>,
-            vif_addrs_v6: VIF_ADDRS_V6 => Lpm<VifAddrV6Key, u8>,
+            rulesets: RULESETS => Hash<RuleKey, RuleSet>,
+            addresses_v4: ADDRESSES_V4 => Hash<AddrV4Key, AddrClass>,
+            addresses_v6: ADDRESSES_V6 => Hash<AddrV6Key, AddrClass>,
+            prefix_lengths: PREFIX_LENGTHS => Array<u32, PrefixLengths>,
+            pairs: PAIRS => Hash<PairKey, PairInfo>,
             vif_vlans: VIF_VLANS => Hash<VlanKey, u8>,
             declared_macs: DECLARED_MACS => Hash<DeclaredMacKey, u32>,
-            declared_v4: DECLARED_V4 => Lpm<Ipv4PrefixKey, u32>,
-            declared_v6: DECLARED_V6 => Lpm<Ipv6PrefixKey, u32>,
             links: LINKS => Hash<VifKey, LinkInfo>,
             uplinks: UPLINKS => Hash<UplinkKey, u8>,
-            host_addrs: HOST_ADDRS => Hash<AddrKey, u8>,
             gateways: GATEWAYS => Hash<GatewayKey, RuleSet>,
             vifs: VIFS => Hash<VifKey, VifInfo>,
         }
@@ -52,9 +43,12 @@ pub(crate) use policy_tables;
 
 /// The key type of a table kind's entries.
 macro_rules! entry_key {
-    (Array, $k:ty) => { $k };
-    (Hash, $k:ty) => { $k };
-    (Lpm, $k:ty) => { Key<$k> };
+    (Array, $k:ty) => {
+        $k
+    };
+    (Hash, $k:ty) => {
+        $k
+    };
 }
 pub(crate) use entry_key;
 
@@ -83,64 +77,48 @@ policy_tables!(define_entries);
 /// The entries of `plan` under `generation`.
 pub fn encode(plan: &Plan, generation: u32) -> Entries {
     let declared = Declared::of(plan);
+    let mut rules = RuleSets::new(generation);
+    let addresses = addresses::classify(plan, &mut rules);
+    let prefix_lengths = PrefixLengths::new(&addresses.v4_lengths(), &addresses.v6_lengths());
+    let flows: HashMap<(u32, u32), &RuleSet> = plan
+        .flows
+        .iter()
+        .map(|(pair, rules)| (*pair, rules))
+        .collect();
+    let pairs = plan
+        .neighbours
+        .iter()
+        .map(|(from, to)| {
+            let info = match flows.get(&(*from, *to)) {
+                Some(services) => PairInfo {
+                    flags: PairInfo::FLOW,
+                    flow: rules.index(services),
+                },
+                None => PairInfo::default(),
+            };
+            (pair(generation, *from, *to), info)
+        })
+        .collect();
     Entries {
         settings: vec![(generation, plan.settings)],
-        segments: plan
-            .segments
+        addresses_v4: addresses
+            .v4
             .iter()
-            .map(|s| {
-                (
-                    SegmentKey {
-                        generation,
-                        segment: s.id,
-                    },
-                    SegmentInfo {
-                        tenant: s.tenant_id,
-                        flags: s.flags,
-                    },
-                )
+            .map(|((len, addr), class)| {
+                let octets = ((*addr >> 96) as u32).to_be_bytes();
+                (AddrV4Key::new(generation, octets, *len), *class)
             })
             .collect(),
-        prefixes_v4: v4_keys(&plan.v4, generation),
-        prefixes_v6: v6_keys(&plan.v6, generation),
-        management_v4: v4_keys(&plan.management_v4, generation),
-        management_v6: v6_keys(&plan.management_v6, generation),
-        exposed_v4: v4_keys(&plan.exposed_v4, generation),
-        exposed_v6: v6_keys(&plan.exposed_v6, generation),
-        flows: plan
-            .flows
+        addresses_v6: addresses
+            .v6
             .iter()
-            .map(|((from, to), rules)| (pair(generation, *from, *to), *rules))
+            .map(|((len, addr), class)| {
+                (AddrV6Key::new(generation, addr.to_be_bytes(), *len), *class)
+            })
             .collect(),
-        neighbours: plan
-            .neighbours
-            .iter()
-            .map(|(from, to)| (pair(generation, *from, *to), 1))
-            .collect(),
-        vif_addrs_v4: declared_sources(plan, |vif, net| match net {
-            IpNet::V4(n) => {
-                let (len, data) = VifAddrV4Key::prefix(
-                    generation,
-                    vif.ifindex,
-                    n.network().octets(),
-                    n.prefix_len(),
-                );
-                Some((Key::new(len, data), 1))
-            }
-            IpNet::V6(_) => None,
-        }),
-        vif_addrs_v6: declared_sources(plan, |vif, net| match net {
-            IpNet::V6(n) => {
-                let (len, data) = VifAddrV6Key::prefix(
-                    generation,
-                    vif.ifindex,
-                    n.network().octets(),
-                    n.prefix_len(),
-                );
-                Some((Key::new(len, data), 1))
-            }
-            IpNet::V4(_) => None,
-        }),
+        prefix_lengths: vec![(generation, prefix_lengths)],
+        pairs,
+        rulesets: rules.entries(),
         vif_vlans: plan
             .vifs
             .iter()
@@ -174,24 +152,6 @@ pub fn encode(plan: &Plan, generation: u32) -> Entries {
                 })
             })
             .collect(),
-        declared_v4: declared_sources(plan, |vif, net| match net {
-            IpNet::V4(n) => {
-                let n = n.trunc();
-                let (len, data) =
-                    Ipv4PrefixKey::prefix(generation, n.network().octets(), n.prefix_len());
-                Some((Key::new(len, data), vif.ifindex))
-            }
-            IpNet::V6(_) => None,
-        }),
-        declared_v6: declared_sources(plan, |vif, net| match net {
-            IpNet::V6(n) => {
-                let n = n.trunc();
-                let (len, data) =
-                    Ipv6PrefixKey::prefix(generation, n.network().octets(), n.prefix_len());
-                Some((Key::new(len, data), vif.ifindex))
-            }
-            IpNet::V4(_) => None,
-        }),
         links: plan
             .links
             .iter()
@@ -226,19 +186,6 @@ pub fn encode(plan: &Plan, generation: u32) -> Entries {
                 })
             })
             .collect(),
-        host_addrs: plan
-            .host_addresses
-            .iter()
-            .map(|addr| {
-                (
-                    AddrKey {
-                        generation,
-                        addr: bytes(*addr),
-                    },
-                    1,
-                )
-            })
-            .collect(),
         gateways: plan
             .gateways
             .iter()
@@ -267,6 +214,14 @@ pub fn encode(plan: &Plan, generation: u32) -> Entries {
                         flags: vif_flags(v, &declared),
                         mac: v.mac.unwrap_or_default(),
                         _pad: [0; 2],
+                        info: plan
+                            .segments
+                            .get(v.segment as usize)
+                            .map(|s| SegmentInfo {
+                                tenant: s.tenant_id,
+                                flags: s.flags,
+                            })
+                            .unwrap_or_default(),
                     },
                 )
             })
@@ -281,6 +236,7 @@ pub fn encode(plan: &Plan, generation: u32) -> Entries {
                         flags: VifInfo::QUARANTINED,
                         mac: [0; 6],
                         _pad: [0; 2],
+                        info: SegmentInfo::default(),
                     },
                 )
             }))
@@ -304,37 +260,257 @@ fn pair(generation: u32, from: u32, to: u32) -> PairKey {
     }
 }
 
-/// One entry per declared source address of every vif, as `entry` makes it (or skips it).
-fn declared_sources<E>(plan: &Plan, entry: impl Fn(&ManagedVif, &IpNet) -> Option<E>) -> Vec<E> {
-    plan.vifs
-        .iter()
-        .flat_map(|vif| {
-            vif.addresses
+/// The rule sets of one generation, each distinct set stored once.
+struct RuleSets {
+    generation: u32,
+    index: HashMap<RuleSet, u32>,
+    sets: Vec<RuleSet>,
+}
+
+impl RuleSets {
+    fn new(generation: u32) -> Self {
+        RuleSets {
+            generation,
+            index: HashMap::new(),
+            sets: Vec::new(),
+        }
+    }
+
+    /// The index of `set`, added if new.
+    fn index(&mut self, set: &RuleSet) -> u32 {
+        if let Some(i) = self.index.get(set) {
+            return *i;
+        }
+        let i = self.sets.len() as u32;
+        self.sets.push(*set);
+        self.index.insert(*set, i);
+        i
+    }
+
+    fn entries(&self) -> Vec<(RuleKey, RuleSet)> {
+        self.sets
+            .iter()
+            .enumerate()
+            .map(|(i, set)| {
+                (
+                    RuleKey {
+                        generation: self.generation,
+                        index: i as u32,
+                    },
+                    *set,
+                )
+            })
+            .collect()
+    }
+}
+
+/// The classification of addresses: every prefix of the policy with what the longest
+/// prefix of each kind containing it says (docs/design.md, "Classifying an address").
+mod addresses {
+    use super::*;
+
+    /// A prefix as (length, address), the address left-aligned in 128 bits (an IPv4
+    /// address in the top 32) with the bits beyond the length cleared.
+    pub type Prefix = (u8, u128);
+
+    fn mask(addr: u128, len: u8) -> u128 {
+        if len == 0 {
+            0
+        } else {
+            addr & (u128::MAX << (128 - u32::from(len)))
+        }
+    }
+
+    fn of_net(net: &IpNet) -> (bool, Prefix) {
+        match net {
+            IpNet::V4(n) => (
+                true,
+                (
+                    n.prefix_len(),
+                    mask(u128::from(u32::from(n.network())) << 96, n.prefix_len()),
+                ),
+            ),
+            IpNet::V6(n) => (
+                false,
+                (
+                    n.prefix_len(),
+                    mask(u128::from(n.network()), n.prefix_len()),
+                ),
+            ),
+        }
+    }
+
+    fn of_addr(addr: &IpAddr) -> (bool, Prefix) {
+        match addr {
+            IpAddr::V4(a) => (true, (32, u128::from(u32::from(*a)) << 96)),
+            IpAddr::V6(a) => (false, (128, u128::from(*a))),
+        }
+    }
+
+    /// Prefixes of one kind, found by longest match.
+    struct Kind<V> {
+        entries: HashMap<Prefix, V>,
+        /// Longest first.
+        lengths: Vec<u8>,
+    }
+
+    impl<V: Copy> Kind<V> {
+        fn new(entries: impl IntoIterator<Item = (Prefix, V)>) -> Self {
+            let entries: HashMap<Prefix, V> = entries.into_iter().collect();
+            let mut lengths: Vec<u8> = entries.keys().map(|(len, _)| *len).collect();
+            lengths.sort_unstable_by(|a, b| b.cmp(a));
+            lengths.dedup();
+            Kind { entries, lengths }
+        }
+
+        /// The value of the longest prefix of this kind containing `prefix`.
+        fn longest(&self, (len, addr): Prefix) -> Option<V> {
+            self.lengths
                 .iter()
-                .filter_map(|net| entry(vif, net))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
+                .filter(|l| **l <= len)
+                .find_map(|l| self.entries.get(&(*l, mask(addr, *l))).copied())
+        }
+    }
 
-fn v4_keys<V: Copy>(entries: &[(Ipv4Net, V)], generation: u32) -> Vec<(Key<Ipv4PrefixKey>, V)> {
-    entries
-        .iter()
-        .map(|(net, value)| {
-            let (len, data) =
-                Ipv4PrefixKey::prefix(generation, net.network().octets(), net.prefix_len());
-            (Key::new(len, data), *value)
-        })
-        .collect()
-}
+    /// Both families' entries.
+    pub struct Addresses {
+        pub v4: BTreeMap<Prefix, AddrClass>,
+        pub v6: BTreeMap<Prefix, AddrClass>,
+    }
 
-fn v6_keys<V: Copy>(entries: &[(Ipv6Net, V)], generation: u32) -> Vec<(Key<Ipv6PrefixKey>, V)> {
-    entries
-        .iter()
-        .map(|(net, value)| {
-            let (len, data) =
-                Ipv6PrefixKey::prefix(generation, net.network().octets(), net.prefix_len());
-            (Key::new(len, data), *value)
-        })
-        .collect()
+    fn lengths(classes: &BTreeMap<Prefix, AddrClass>) -> Vec<u8> {
+        let mut lengths: Vec<u8> = classes.keys().map(|(len, _)| *len).collect();
+        lengths.sort_unstable_by(|a, b| b.cmp(a));
+        lengths.dedup();
+        lengths
+    }
+
+    impl Addresses {
+        /// The IPv4 prefix lengths in use, longest first.
+        pub fn v4_lengths(&self) -> Vec<u8> {
+            lengths(&self.v4)
+        }
+
+        /// The IPv6 prefix lengths in use, longest first.
+        pub fn v6_lengths(&self) -> Vec<u8> {
+            lengths(&self.v6)
+        }
+    }
+
+    /// Every kind of prefix of one family.
+    struct Kinds {
+        segments: Kind<u32>,
+        management: Kind<RuleSet>,
+        exposed: Kind<RuleSet>,
+        declared: Kind<u32>,
+        host: Kind<()>,
+        gateways: Kind<()>,
+    }
+
+    impl Kinds {
+        fn all_prefixes(&self) -> impl Iterator<Item = Prefix> + '_ {
+            self.segments
+                .entries
+                .keys()
+                .chain(self.management.entries.keys())
+                .chain(self.exposed.entries.keys())
+                .chain(self.declared.entries.keys())
+                .chain(self.host.entries.keys())
+                .chain(self.gateways.entries.keys())
+                .copied()
+        }
+
+        fn classify(&self, plan: &Plan, rules: &mut RuleSets) -> BTreeMap<Prefix, AddrClass> {
+            let mut out = BTreeMap::new();
+            for prefix in self.all_prefixes() {
+                if out.contains_key(&prefix) {
+                    continue;
+                }
+                let mut class = AddrClass::OUTSIDE;
+                if let Some(segment) = self.segments.longest(prefix) {
+                    class.segment = segment;
+                    class.tenant = plan
+                        .segments
+                        .get(segment as usize)
+                        .map(|s| s.tenant_id)
+                        .unwrap_or_default();
+                }
+                if let Some(services) = self.management.longest(prefix) {
+                    class.flags |= AddrClass::MANAGEMENT;
+                    if services.flags & RuleSet::ALL != 0 {
+                        class.flags |= AddrClass::MANAGEMENT_ALL;
+                    }
+                    class.management = rules.index(&services);
+                }
+                if let Some(services) = self.exposed.longest(prefix) {
+                    class.flags |= AddrClass::EXPOSED;
+                    class.exposure = rules.index(&services);
+                }
+                if let Some(owner) = self.declared.longest(prefix) {
+                    class.flags |= AddrClass::DECLARED;
+                    class.owner = owner;
+                }
+                if self.host.longest(prefix).is_some() {
+                    class.flags |= AddrClass::HOST;
+                }
+                if self.gateways.longest(prefix).is_some() {
+                    class.flags |= AddrClass::GATEWAY;
+                }
+                out.insert(prefix, class);
+            }
+            out
+        }
+    }
+
+    /// The entries of one family of a pair of per-family lists.
+    fn of_family<V: Copy>(
+        v4_list: &[(Ipv4Net, V)],
+        v6_list: &[(Ipv6Net, V)],
+        v4: bool,
+    ) -> Vec<(Prefix, V)> {
+        if v4 {
+            v4_list
+                .iter()
+                .map(|(n, v)| (of_net(&IpNet::V4(*n)).1, *v))
+                .collect()
+        } else {
+            v6_list
+                .iter()
+                .map(|(n, v)| (of_net(&IpNet::V6(*n)).1, *v))
+                .collect()
+        }
+    }
+
+    fn kinds(plan: &Plan, v4: bool) -> Kinds {
+        let family = |(is_v4, prefix): (bool, Prefix)| (is_v4 == v4).then_some(prefix);
+        Kinds {
+            segments: Kind::new(of_family(&plan.v4, &plan.v6, v4)),
+            management: Kind::new(of_family(&plan.management_v4, &plan.management_v6, v4)),
+            exposed: Kind::new(of_family(&plan.exposed_v4, &plan.exposed_v6, v4)),
+            declared: Kind::new(plan.vifs.iter().flat_map(|vif| {
+                vif.addresses
+                    .iter()
+                    .filter_map(|n| family(of_net(n)).map(|p| (p, vif.ifindex)))
+                    .collect::<Vec<_>>()
+            })),
+            host: Kind::new(
+                plan.host_addresses
+                    .iter()
+                    .filter_map(|a| family(of_addr(a)).map(|p| (p, ()))),
+            ),
+            gateways: Kind::new(
+                plan.gateways
+                    .iter()
+                    .filter_map(|g| family(of_addr(&g.address)).map(|p| (p, ()))),
+            ),
+        }
+    }
+
+    /// Classifies every prefix and address of the plan, both families.
+    pub fn classify(plan: &Plan, rules: &mut RuleSets) -> Addresses {
+        Addresses {
+            v4: kinds(plan, true).classify(plan, rules),
+            v6: kinds(plan, false).classify(plan, rules),
+        }
+    }
 }

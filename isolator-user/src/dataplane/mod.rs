@@ -155,19 +155,61 @@ pub struct Sizes {
     /// is full, frames are counted by direction and verdict only (`UNCOUNTED`) and the
     /// fault is counted and logged.
     pub counters: u32,
+    /// Entries of `ADDRESSES_V4`, both generations together (during a swap the new
+    /// policy's entries and the old one's are in the map at once).
+    pub addresses_v4: u32,
+    /// Entries of `ADDRESSES_V6`, both generations together.
+    pub addresses_v6: u32,
+    /// Entries of `RULESETS` (distinct rule sets), both generations together.
+    pub rulesets: u32,
+    /// Entries of `PAIRS` (ordered segment pairs joined by a flow), both generations.
+    pub pairs: u32,
 }
 
 impl Default for Sizes {
     fn default() -> Self {
         Sizes {
             counters: limits::MAX_COUNTERS,
+            addresses_v4: Sizes::MIN_ADDRESSES,
+            addresses_v6: Sizes::MIN_ADDRESSES,
+            rulesets: Sizes::MIN_RULESETS,
+            pairs: Sizes::MIN_PAIRS,
         }
     }
 }
 
 impl Sizes {
+    /// The smallest sizes the daemon gives the policy maps: policies up to half of them
+    /// (both generations live during a swap) fit without sizing.
+    pub const MIN_ADDRESSES: u32 = 1 << 17;
+    pub const MIN_RULESETS: u32 = 1 << 15;
+    pub const MIN_PAIRS: u32 = 1 << 17;
+
     fn apply(&self, loader: &mut EbpfLoader<'_>) {
         loader.map_max_entries(maps::COUNTERS, self.counters);
+        loader.map_max_entries(maps::ADDRESSES_V4, self.addresses_v4);
+        loader.map_max_entries(maps::ADDRESSES_V6, self.addresses_v6);
+        loader.map_max_entries(maps::RULESETS, self.rulesets);
+        loader.map_max_entries(maps::PAIRS, self.pairs);
+    }
+
+    /// Room for `plan`: each sized map holds four times the plan's entries (the old and
+    /// the new generation during a swap, and as much again for policies to grow into
+    /// without a restart), rounded up to a power of two, and never less than the
+    /// defaults.
+    pub fn for_plan(plan: &Plan) -> Sizes {
+        let entries = encode(plan, 0);
+        let room = |count: usize, min: u32| -> u32 {
+            let want = (count as u64 * 4).next_power_of_two();
+            want.clamp(u64::from(min), u64::from(u32::MAX >> 1)) as u32
+        };
+        Sizes {
+            counters: limits::MAX_COUNTERS,
+            addresses_v4: room(entries.addresses_v4.len(), Self::MIN_ADDRESSES),
+            addresses_v6: room(entries.addresses_v6.len(), Self::MIN_ADDRESSES),
+            rulesets: room(entries.rulesets.len(), Self::MIN_RULESETS),
+            pairs: room(entries.pairs.len(), Self::MIN_PAIRS),
+        }
     }
 }
 

@@ -5,12 +5,11 @@ use std::collections::BTreeSet;
 
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
+    maps::{Array, HashMap, MapData, MapError},
 };
 use isolator_common::{
-    AddrKey, DeclaredMacKey, GatewayKey, GenerationKey, Ipv4PrefixKey, Ipv6PrefixKey, LinkInfo,
-    PairKey, RuleSet, SegmentInfo, SegmentKey, Settings, UplinkKey, VifAddrV4Key, VifAddrV6Key,
-    VifInfo, VifKey, VlanKey, maps,
+    AddrClass, AddrV4Key, AddrV6Key, DeclaredMacKey, GatewayKey, GenerationKey, LinkInfo, PairInfo,
+    PairKey, PrefixLengths, RuleKey, RuleSet, Settings, UplinkKey, VifInfo, VifKey, VlanKey, maps,
 };
 
 use super::error::{DataplaneError, map_err};
@@ -69,23 +68,6 @@ impl<K: Pod + GenerationKey, V: Pod> Table for HashMap<MapData, K, V> {
     }
 }
 
-impl<K: Pod + GenerationKey, V: Pod> Table for LpmTrie<MapData, K, V> {
-    type Key = Key<K>;
-    type Value = V;
-    fn put(&mut self, key: &Key<K>, value: &V) -> Result<(), MapError> {
-        self.insert(key, value, 0)
-    }
-    fn delete(&mut self, key: &Key<K>) -> Result<(), MapError> {
-        self.remove(key)
-    }
-    fn all_keys(&self) -> Result<Vec<Key<K>>, MapError> {
-        self.keys().collect()
-    }
-    fn generation_of(key: &Key<K>) -> u32 {
-        key.data().generation()
-    }
-}
-
 fn write<T: Table>(
     table: &mut T,
     name: &'static str,
@@ -126,7 +108,6 @@ fn generations<T: Table>(table: &T, name: &'static str) -> Result<BTreeSet<u32>,
 macro_rules! map_type {
     (Array, $k:ty, $v:ty) => { Array<MapData, $v> };
     (Hash, $k:ty, $v:ty) => { HashMap<MapData, $k, $v> };
-    (Lpm, $k:ty, $v:ty) => { LpmTrie<MapData, $k, $v> };
 }
 
 macro_rules! define_tables {

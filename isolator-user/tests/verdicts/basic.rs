@@ -2,14 +2,13 @@
 //! fail closed, all-or-nothing swaps, counter pruning, pinned maps.
 
 use isolator::compile::{ManagedVif, Plan};
-use isolator::dataplane::Dataplane;
 use isolator::policy;
 use isolator_common::verdict;
 use isolator_tests::frame::{
     echo_request, ethernet, tagged, truncated, with_arp_htype, with_ihl, with_ip_version,
 };
 
-use crate::fixture::{Lab, PEER_MAC, VM_MAC, arp, in_private_netns, ip, row, veths};
+use crate::fixture::{Lab, PEER_MAC, VM_MAC, arp, in_private_netns, ip, row};
 
 const POLICY: &str = r#"
 version: 1
@@ -264,50 +263,6 @@ fn arp_verdicts() {
 }
 
 #[test]
-fn a_vif_whose_segment_entry_is_missing_fails_closed() {
-    in_private_netns(|| {
-        let links = veths(&["d-aw1", "d-orphan"]);
-        let policy = policy::parse(POLICY, "verdicts.yaml").expect("valid policy");
-        let mut plan = Plan::new(&policy, &links).expect("plan");
-        // A vif pointing at a segment that has no entry in the SEGMENTS map.
-        plan.vifs.push(ManagedVif {
-            name: "d-orphan".into(),
-            ifindex: links[1].ifindex,
-            segment: 77,
-            ..ManagedVif::default()
-        });
-        // And a prefix pointing at a segment without an entry.
-        plan.v4.push(("10.7.7.0/24".parse().unwrap(), 78));
-        let mut dp = Dataplane::load().expect("load");
-        dp.apply(&plan).expect("apply");
-        let mut lab = Lab {
-            dp,
-            links,
-            ingress_via_tc: false,
-        };
-        lab.check(&row(
-            "sender's segment entry missing",
-            "d-orphan",
-            echo("10.1.1.9", "10.1.1.2"),
-            verdict::NO_POLICY,
-        ));
-        lab.check(&row(
-            "destination's segment entry missing",
-            "d-aw1",
-            echo("10.1.1.2", "10.7.7.7"),
-            verdict::NO_POLICY,
-        ));
-        // The twin: the same sender to its own segment, whose entries are whole, passes.
-        lab.check(&row(
-            "both segment entries present (twin)",
-            "d-aw1",
-            echo("10.1.1.2", "10.1.1.3"),
-            verdict::PASS,
-        ));
-    });
-}
-
-#[test]
 fn a_policy_swap_is_all_or_nothing() {
     in_private_netns(|| {
         let mut lab = lab();
@@ -401,7 +356,7 @@ fn counters_of_interfaces_that_are_gone_can_be_pruned() {
 }
 
 #[test]
-fn every_map_but_the_scratch_space_is_pinned() {
+fn every_map_but_the_scratch_spaces_is_pinned() {
     let ebpf = aya::Ebpf::load(isolator::dataplane::EBPF_OBJECT).expect("load (needs root)");
     // Sections of global data (`.rodata`, ...) are created anew at each load: not state.
     let mut in_object: Vec<&str> = ebpf
@@ -412,6 +367,7 @@ fn every_map_but_the_scratch_space_is_pinned() {
     in_object.sort();
     let mut expected: Vec<&str> = isolator::dataplane::PINNED_MAPS.to_vec();
     expected.push("SCRATCH");
+    expected.push("CLASSES");
     expected.sort();
     assert_eq!(
         in_object, expected,

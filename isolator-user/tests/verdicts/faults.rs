@@ -44,7 +44,11 @@ impl Write for Captured {
 #[test]
 fn a_full_counter_map_counts_by_verdict_and_says_so() {
     in_private_netns(|| {
-        let dp = Dataplane::load_sized(&Sizes { counters: 2 }).expect("loading the programs");
+        let sizes = Sizes {
+            counters: 2,
+            ..Sizes::default()
+        };
+        let dp = Dataplane::load_sized(&sizes).expect("loading the programs");
         let mut lab = Lab::loaded(dp, POLICY, &["d-aw1", "d-aw2", "d-gw"], |_| {});
         let mut logger = lab
             .dp

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use isolator::compile::Plan;
+use isolator::dataplane::Sizes;
 use isolator::policy;
-use isolator_common::{direction, limits, programs, verdict};
+use isolator_common::{direction, programs, verdict};
 use isolator_tests::frame::echo_request;
 use isolator_tests::rawbpf::test_run_xdp;
 
@@ -63,10 +64,12 @@ fn every_frame_is_judged_by_one_policy_or_the_other_while_swaps_run() {
         // More IPv4 prefixes than the kernel's table holds for both generations: the
         // kernel refuses the write part way, and the apply must leave no trace.
         let mut refused = plan_b.clone();
-        refused.v4.extend((0..=2 * limits::MAX_PREFIXES).map(|i| {
-            let address = std::net::Ipv4Addr::from(0x6440_0000 + i);
-            (ipnet::Ipv4Net::new(address, 32).unwrap(), 0)
-        }));
+        refused
+            .v4
+            .extend((0..=Sizes::default().addresses_v4).map(|i| {
+                let address = std::net::Ipv4Addr::from(0x6440_0000 + i);
+                (ipnet::Ipv4Net::new(address, 32).unwrap(), 0)
+            }));
         let vif = lab.ifindex("d-aw1");
         let frame = ip("10.1.1.2", "10.1.2.3", echo_request(1));
         let program = lab

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use isolator_common::{Ipv4PrefixKey, RuleSet, limits, maps, verdict};
+use isolator_common::{RuleKey, RuleSet, maps, verdict};
 use isolator_tests::failclosed_lab::{quiet_lab, udp_sinks};
 use isolator_tests::metrics::DROP_PACKETS;
 use isolator_tests::netns::in_netns;
@@ -104,8 +104,8 @@ fn a_hundred_reloads_under_traffic_lose_nothing_and_a_refused_one_changes_nothin
     // Reload i installs the flow when i is even: the last (99) left policy A in force.
     let to_app = Series::drop("vacme-web1", Dir::Ingress, verdict::CROSS_SEGMENT);
     let refused_reload = policy(true);
-    // Fill the management table behind the daemon's back: the active generation's one
-    // entry plus junk up to its capacity, so that the next generation's entry finds no room.
+    // Fill the rule set table behind the daemon's back: the active generation's entries
+    // plus junk up to its capacity, so that the next generation's flow finds no room.
     let dir = env.lab().state_dir().expect("state dir");
     let maps_dir = dir.join(format!("maps-v{}", isolator_common::STATE_LAYOUT));
     let config = obj_get(&maps_dir.join(maps::CONFIG)).expect("CONFIG");
@@ -116,27 +116,26 @@ fn a_hundred_reloads_under_traffic_lose_nothing_and_a_refused_one_changes_nothin
             .try_into()
             .unwrap(),
     );
-    let management = obj_get(&maps_dir.join(maps::MANAGEMENT_V4)).expect("MANAGEMENT_V4");
+    let table = obj_get(&maps_dir.join(maps::RULESETS)).expect("RULESETS");
     let junk_key = |i: u32| {
-        let data = Ipv4PrefixKey {
-            generation: active.to_be_bytes(),
-            addr: (0xc612_0000 + i).to_be_bytes(), // 198.18.0.0/15, benchmarking
+        let key = RuleKey {
+            generation: active,
+            index: 1_000_000 + i,
         };
-        let mut key = (32u32 + 32).to_ne_bytes().to_vec();
-        key.extend_from_slice(&data.generation);
-        key.extend_from_slice(&data.addr);
-        key
+        let mut bytes = key.generation.to_ne_bytes().to_vec();
+        bytes.extend_from_slice(&key.index.to_ne_bytes());
+        bytes
     };
     let value = vec![0u8; size_of::<RuleSet>()];
     let mut junk = 0;
-    for i in 0..2 * limits::MAX_MANAGEMENT {
-        match map_update(&management, &junk_key(i), &value) {
+    loop {
+        match map_update(&table, &junk_key(junk), &value) {
             Ok(()) => junk += 1,
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-            Err(e) => panic!("filling MANAGEMENT_V4: {e}"),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)) => break,
+            Err(e) => panic!("filling RULESETS: {e}"),
         }
     }
-    println!("{junk} junk entries fill the management table");
+    println!("{junk} junk entries fill the rule set table");
     let before_refused = env.scrape();
     if let Err(e) = env.reload(&refused_reload, false) {
         bad.push(format!("the reload the kernel refuses: {e:#}"));
@@ -168,7 +167,7 @@ fn a_hundred_reloads_under_traffic_lose_nothing_and_a_refused_one_changes_nothin
         ));
     }
     for i in 0..junk {
-        map_delete(&management, &junk_key(i)).expect("removing the junk");
+        map_delete(&table, &junk_key(i)).expect("removing the junk");
     }
     if let Err(e) = env.reload(&refused_reload, true) {
         bad.push(format!(
