@@ -52,7 +52,7 @@ use crate::account::{Outcome, account, audit, counted_as, note_audited, uncount}
 use crate::maps::Scratch;
 use crate::packet::KIND_ARP;
 use crate::packet::{Frame, TcFrame, XdpFrame, parse};
-use crate::rules::{Class, HostVerdict, Place, classify, flow, host, neighbours, slot};
+use crate::rules::{HostVerdict, Place, classify, connection_possible, flow, host, slot};
 use crate::vif::{Vif, cross, identify, vlan_allowed};
 
 /// What one step of a story says: `Ok(())` (not decided, go on) or `Err(verdict)`
@@ -287,9 +287,10 @@ fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch) -> Step {
         if target.is(sender) {
             return decide(Verdict::Pass);
         }
-        // 8, early: another segment that no connection can join to this one.
+        // 8, early: to another segment, a packet no connection the policy admits can
+        // carry (no flow or exposure admits its service either way).
         if let Place::Segment(t) = target
-            && untrackable(generation, sender, t.id, p, dst, src)
+            && !connection_possible(generation, sender, t.id, p, dst, src)
         {
             return decide(cross(vif, t));
         }
@@ -330,24 +331,6 @@ fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch) -> Step {
             }
         }
     }
-}
-
-/// Whether a frame between segments `a` and `b` (either direction) can belong to no
-/// connection, so that the connection tables need not be asked: no flow joins the two
-/// segments, neither address is exposed, and it is no ICMP error (which may come from
-/// another address of a VM than the connection's). A connection between the two could
-/// only have been admitted by one of those, and one that the policy in force no longer
-/// admits is not to pass (docs/design.md, "Connection tracking").
-#[inline(always)]
-fn untrackable(
-    generation: u32,
-    a: u32,
-    b: u32,
-    p: &packet::Packet,
-    dst: Class,
-    src: Class,
-) -> bool {
-    !p.is_icmp_error() && !dst.exposed_any() && !src.exposed_any() && !neighbours(generation, a, b)
 }
 
 /// Egress: what may reach a VM of segment T (docs/design.md, "Egress").
@@ -391,9 +374,10 @@ fn egress(frame: &impl Frame, vif: &Vif, entered: u32, scratch: &mut Scratch) ->
     {
         return decide(Verdict::Pass);
     }
-    // 8, early: from another segment that no connection can join to this one.
+    // 8, early: from another segment, a packet no connection the policy admits can
+    // carry.
     if let Place::Segment(s) = source
-        && untrackable(generation, s.id, receiver, p, dst, src)
+        && !connection_possible(generation, s.id, receiver, p, dst, src)
     {
         return decide(cross(vif, s));
     }

@@ -96,6 +96,18 @@ impl Class {
         }
     }
 
+    /// The packet, sent from this address, answers one to a service the address exposes
+    /// (judged by the packet's source port).
+    #[inline(always)]
+    pub fn exposed_reply(&self, generation: u32, p: &Packet) -> bool {
+        match self.get() {
+            Some(c) if c.flags & AddrClass::EXPOSED != 0 => {
+                reply_admitted(generation, c.exposure, p)
+            }
+            _ => false,
+        }
+    }
+
     /// The address is exposed for some service (address resolution may reach it).
     #[inline(always)]
     pub fn exposed_any(&self) -> bool {
@@ -246,6 +258,62 @@ fn rules_admit(generation: u32, index: u32, p: &Packet) -> bool {
     match unsafe { RULESETS.get(RuleKey { generation, index }) } {
         Some(rules) => admits(rules, p),
         None => false,
+    }
+}
+
+/// Whether the rule set at `index` admits the service the packet answers (its source port
+/// taken as the service's).
+#[inline(always)]
+fn reply_admitted(generation: u32, index: u32, p: &Packet) -> bool {
+    // SAFETY: the rule set is read within this run.
+    match unsafe { RULESETS.get(RuleKey { generation, index }) } {
+        Some(rules) => admits_reply(rules, p),
+        None => false,
+    }
+}
+
+/// Whether any rule of `rules` admits the service whose answer the packet may be.
+#[inline(never)]
+fn admits_reply(rules: &RuleSet, p: &Packet) -> bool {
+    let class = if p.is_icmp() {
+        protocol::ICMP
+    } else {
+        p.protocol
+    };
+    let has_ports = p.has_ports && (p.protocol == ip::TCP || p.protocol == ip::UDP);
+    rules.admits(class, if has_ports { Some(p.src_port) } else { None })
+}
+
+/// Whether a packet from segment `from` to segment `to` (`src` and `dst` classify its
+/// addresses) may belong to a connection the policy admits, in either direction: opened
+/// by its sender (a flow `from` → `to`, or an exposure of its destination, admits its
+/// service) or answering one its receiver opened (a flow `to` → `from`, or an exposure
+/// of its source, admits the service its source port would be). ICMP errors are asked
+/// about too: they may come from another address than the connection's. When none
+/// holds, no connection the policy admits can carry the packet, and the connection
+/// tables need not be asked.
+#[inline(never)]
+pub fn connection_possible(
+    generation: u32,
+    from: u32,
+    to: u32,
+    p: &Packet,
+    dst: Class,
+    src: Class,
+) -> bool {
+    if p.is_icmp_error() || dst.exposed(generation, p) || src.exposed_reply(generation, p) {
+        return true;
+    }
+    // Either both orders of a pair have an entry (a flow joins them) or neither has.
+    let Some(forward) = pair(generation, from, to) else {
+        return false;
+    };
+    if forward.flags & PairInfo::FLOW != 0 && rules_admit(generation, forward.flow, p) {
+        return true;
+    }
+    match pair(generation, to, from) {
+        Some(back) if back.flags & PairInfo::FLOW != 0 => reply_admitted(generation, back.flow, p),
+        _ => false,
     }
 }
 
