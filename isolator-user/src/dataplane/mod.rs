@@ -36,6 +36,7 @@ use self::error::{io_err, map_err, prog_err};
 pub use self::links::AttachMode;
 use self::links::Attachment;
 use self::state::{Pins, ensure_bpffs, read_pinned_links};
+pub use self::tables::Footprint;
 use self::tables::{POLICY_MAPS, PolicyTables};
 pub use self::test_run::{TC_DROP, TC_PASS};
 use crate::compile::Plan;
@@ -415,6 +416,11 @@ impl Dataplane {
 
     fn purge(&mut self, generation: u32) -> Result<(), DataplaneError> {
         self.tables.purge(generation)
+    }
+
+    /// Each policy map's capacity and the kernel memory it takes now.
+    pub fn footprints(&self) -> Result<Vec<Footprint>, DataplaneError> {
+        self.tables.footprints()
     }
 
     /// The generations that entries of each policy map belong to. After a completed swap

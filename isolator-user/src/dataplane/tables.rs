@@ -3,9 +3,11 @@
 
 use std::collections::BTreeSet;
 
+use std::os::fd::{AsFd, AsRawFd};
+
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, MapData, MapError},
+    maps::{Array, HashMap, IterableMap, MapData, MapError},
 };
 use isolator_common::{
     AddrClass, AddrV4Key, AddrV6Key, DeclaredMacKey, GatewayKey, GenerationKey, LinkInfo, PairInfo,
@@ -24,6 +26,7 @@ trait Table {
     /// Every key holding an entry.
     fn all_keys(&self) -> Result<Vec<Self::Key>, MapError>;
     fn generation_of(key: &Self::Key) -> u32;
+    fn data(&self) -> &MapData;
 }
 
 impl<V: Pod + Default + PartialEq> Table for Array<MapData, V> {
@@ -49,6 +52,9 @@ impl<V: Pod + Default + PartialEq> Table for Array<MapData, V> {
     fn generation_of(key: &u32) -> u32 {
         *key
     }
+    fn data(&self) -> &MapData {
+        self.map()
+    }
 }
 
 impl<K: Pod + GenerationKey, V: Pod> Table for HashMap<MapData, K, V> {
@@ -65,6 +71,9 @@ impl<K: Pod + GenerationKey, V: Pod> Table for HashMap<MapData, K, V> {
     }
     fn generation_of(key: &K) -> u32 {
         key.generation()
+    }
+    fn data(&self) -> &MapData {
+        self.map()
     }
 }
 
@@ -93,6 +102,39 @@ fn purge<T: Table>(
             .map_err(map_err(name, "removing an old entry"))?;
     }
     Ok(())
+}
+
+/// What one map takes: its capacity and the kernel's own account of its memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    pub name: &'static str,
+    /// The most entries it can hold (both generations together).
+    pub capacity: u32,
+    /// Bytes of kernel memory it takes now, as the kernel reports it (`memlock` in the
+    /// map's fdinfo: the buckets, and the entries allocated so far for maps without
+    /// preallocation).
+    pub memory_bytes: u64,
+}
+
+fn footprint<T: Table>(table: &T, name: &'static str) -> Result<Footprint, DataplaneError> {
+    let data = table.data();
+    let info = data
+        .info()
+        .map_err(map_err(name, "reading the map's information"))?;
+    let fd = data.fd().as_fd().as_raw_fd();
+    let memory_bytes = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    Ok(Footprint {
+        name,
+        capacity: info.max_entries(),
+        memory_bytes,
+    })
 }
 
 fn generations<T: Table>(table: &T, name: &'static str) -> Result<BTreeSet<u32>, DataplaneError> {
@@ -148,6 +190,11 @@ macro_rules! define_tables {
                     step()?;
                 }
                 Ok(())
+            }
+
+            /// Each policy map's capacity and kernel memory, in write order.
+            pub fn footprints(&self) -> Result<Vec<Footprint>, DataplaneError> {
+                Ok(vec![$( footprint(&self.$field, maps::$name)?, )*])
             }
 
             /// The generations that entries of each policy map belong to, by map name.
