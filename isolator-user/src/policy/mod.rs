@@ -12,6 +12,7 @@
 
 mod pattern;
 mod raw;
+pub mod synthetic;
 mod validate;
 
 #[cfg(test)]
@@ -21,6 +22,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use serde_saphyr::{
@@ -602,13 +604,44 @@ impl std::error::Error for Diagnostics {}
 /// and yield one diagnostic; otherwise every semantic problem is reported, sorted by
 /// position.
 pub fn parse(source: &str, file_name: &str) -> Result<Policy, Diagnostics> {
+    parse_timed(source, file_name).0
+}
+
+/// How long the two phases of [`parse`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ParseTimes {
+    /// Reading the YAML into the file's structure (with source positions).
+    pub yaml: Duration,
+    /// Checking it, building the [`Policy`] and freeing the file's structure; zero when
+    /// the YAML phase failed.
+    pub validate: Duration,
+}
+
+/// [`parse`], and how long its phases took.
+pub fn parse_timed(source: &str, file_name: &str) -> (Result<Policy, Diagnostics>, ParseTimes) {
+    let mut times = ParseTimes::default();
     let options = serde_saphyr::options! {
         with_snippet: false,
         duplicate_keys: DuplicateKeyPolicy::Error,
     };
-    let raw: raw::RawPolicy = serde_saphyr::from_str_with_options(source, options)
-        .map_err(|e| Diagnostics(vec![yaml_diagnostic(&e, file_name)]))?;
-    validate::validate(&raw, file_name).map_err(Diagnostics)
+    let started = Instant::now();
+    let raw = serde_saphyr::from_str_with_options::<raw::RawPolicy>(source, options);
+    times.yaml = started.elapsed();
+    let raw = match raw {
+        Ok(raw) => raw,
+        Err(e) => {
+            return (
+                Err(Diagnostics(vec![yaml_diagnostic(&e, file_name)])),
+                times,
+            );
+        }
+    };
+    let started = Instant::now();
+    let policy = validate::validate(&raw, file_name).map_err(Diagnostics);
+    // Freeing the file's structure is part of the cost of a load.
+    drop(raw);
+    times.validate = started.elapsed();
+    (policy, times)
 }
 
 /// Reads and parses a policy file. Diagnostics name the file as `path` displays.
