@@ -7,9 +7,12 @@
 //!
 //! Layout: `raw` holds the serde types as written (with source positions), `validate`
 //! turns them into the model below (one module per section of the file), `pattern`
-//! implements interface name patterns. The tests are in `tests`; the diagnostics for
+//! implements interface name patterns (and `pattern::index` finds which of many overlap
+//! one), `nets` finds which of many prefixes overlap one, and [`synthetic`] writes large
+//! valid policies for measurements. The tests are in `tests`; the diagnostics for
 //! invalid files are fixtures in `fixtures` (a policy file and its exact diagnostics).
 
+mod nets;
 mod pattern;
 mod raw;
 pub mod synthetic;
@@ -29,6 +32,8 @@ use serde_saphyr::{
     DuplicateKeyPolicy, Localizer, Location, RenderOptions, SnippetMode, UserMessageFormatter,
 };
 
+pub(crate) use nets::NetIndex;
+pub(crate) use pattern::index::{NameIndex, Term};
 pub use pattern::{IFNAME_MAX_BYTES, InterfacePattern, PatternError};
 
 /// The policy format version this module reads.
