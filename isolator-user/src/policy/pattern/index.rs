@@ -169,8 +169,10 @@ impl<'a> Side<'a> {
         }
     }
 
-    /// The entries whose key begins the query's or that the query's key begins.
-    fn find(&self, key: &[u8]) -> Found {
+    /// The entries whose key begins the query's or that the query's key begins. For a
+    /// `literal` query (one name) only the first kind and the equal ones: an entry whose
+    /// prefix (suffix) is longer than the name cannot match it.
+    fn find(&self, key: &[u8], literal: bool) -> Found {
         let end = self.end;
         let groups = &self.groups;
         let mut found = Found {
@@ -179,7 +181,11 @@ impl<'a> Side<'a> {
         };
         // Keys the query's begins (itself included) sort together, right where it would.
         let first = groups.partition_point(|g| end.cmp(g.key, key) == Ordering::Less);
-        let last = first + groups[first..].partition_point(|g| end.begins(g.key, key));
+        let last = if literal {
+            first + usize::from(groups.get(first).is_some_and(|g| g.key == key))
+        } else {
+            first + groups[first..].partition_point(|g| end.begins(g.key, key))
+        };
         if first < last {
             let range = (groups[first].start, groups[last - 1].end);
             found.count += (range.1 - range.0) as usize;
@@ -220,8 +226,9 @@ impl<'a> NameIndex<'a> {
 
     /// The numbers of the entries that match a common name with `query`, ascending.
     pub(crate) fn overlapping(&self, query: Term<'_>) -> Vec<usize> {
-        let by_prefix = self.prefixes.find(query.prefix());
-        let by_suffix = self.suffixes.find(query.suffix());
+        let literal = query.literal().is_some();
+        let by_prefix = self.prefixes.find(query.prefix(), literal);
+        let by_suffix = self.suffixes.find(query.suffix(), literal);
         let (side, found, other) = if by_prefix.count <= by_suffix.count {
             (&self.prefixes, by_prefix, &self.suffixes)
         } else {
@@ -311,6 +318,44 @@ mod tests {
                     expected,
                     "{query:?} in entries taken literally: {literal_entries}"
                 );
+            }
+        }
+    }
+
+    /// Every pattern of at most 3 characters over {a, b, *, ?}, as entries and as
+    /// queries (patterns and literal names): the index finds exactly what comparing with
+    /// each entry finds.
+    #[test]
+    fn the_index_is_exact_on_every_short_pattern() {
+        let mut all = vec![String::new()];
+        let mut layer = vec![String::new()];
+        for _ in 0..3 {
+            layer = layer
+                .iter()
+                .flat_map(|s| ["a", "b", "*", "?"].map(|c| format!("{s}{c}")))
+                .collect();
+            all.extend(layer.iter().cloned());
+        }
+        for literal_entries in [false, true] {
+            let terms: Vec<Term<'_>> = all
+                .iter()
+                .map(|s| {
+                    if literal_entries {
+                        Term::Literal(s)
+                    } else {
+                        Term::Pattern(s)
+                    }
+                })
+                .collect();
+            let index = NameIndex::new(terms.clone());
+            for query in all
+                .iter()
+                .flat_map(|q| [Term::Pattern(q), Term::Literal(q)])
+            {
+                let expected: Vec<usize> = (0..terms.len())
+                    .filter(|&i| terms[i].overlaps(query))
+                    .collect();
+                assert_eq!(index.overlapping(query), expected, "{query:?}");
             }
         }
     }
