@@ -1,7 +1,7 @@
 //! Compiling a validated policy and the host's live links into the entries of one
 //! policy generation of the kernel maps. Pure: no kernel access, unit-tested.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -10,7 +10,7 @@ use isolator_common::{Rule, RuleSet, SegmentInfo, Settings, VifInfo, limits, pro
 
 const NANOS: u64 = 1_000_000_000;
 
-use crate::policy::{Egress, Mode, Policy, Protocol, Service};
+use crate::policy::{Egress, Mode, NameIndex, Policy, Protocol, Service, Term};
 
 /// A network interface of the host, as netlink reports it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -292,8 +292,8 @@ impl Plan {
                     .iter()
                     .map(|e| (e.prefix, vec![e.service]))
                     .collect();
-                let label = format!("{}/{}", tenant.name, segment.name);
-                for (net, rules) in merge_over_containing(&exposures, &label, "exposed endpoint")? {
+                let label = || format!("{}/{}", tenant.name, segment.name);
+                for (net, rules) in merge_over_containing(&exposures, label, "exposed endpoint")? {
                     match net {
                         IpNet::V4(n) => plan.exposed_v4.push((n, rules)),
                         IpNet::V6(n) => plan.exposed_v6.push((n, rules)),
@@ -307,24 +307,26 @@ impl Plan {
             .iter()
             .map(|m| (m.prefix, m.services.clone()))
             .collect();
-        for (net, rules) in merge_over_containing(&management, "the policy", "management prefix")? {
+        let owner = || "the policy".to_owned();
+        for (net, rules) in merge_over_containing(&management, owner, "management prefix")? {
             match net {
                 IpNet::V4(n) => plan.management_v4.push((n, rules)),
                 IpNet::V6(n) => plan.management_v6.push((n, rules)),
             }
         }
 
+        let mut ids: HashMap<(&str, &str), u32> = HashMap::with_capacity(plan.segments.len());
+        for s in &plan.segments {
+            ids.entry((&s.tenant, &s.name)).or_insert(s.id);
+        }
         let id_of = |tenant: &str, segment: &str| -> Result<u32, PlanError> {
-            plan.segments
-                .iter()
-                .find(|s| s.tenant == tenant && s.name == segment)
-                .map(|s| s.id)
+            ids.get(&(tenant, segment))
+                .copied()
                 .ok_or_else(|| PlanError::UnknownSegment {
                     name: format!("{tenant}/{segment}"),
                 })
         };
-        let mut flows: std::collections::BTreeMap<(u32, u32), Vec<Service>> =
-            std::collections::BTreeMap::new();
+        let mut flows: BTreeMap<(u32, u32), Vec<Service>> = BTreeMap::new();
         for tenant in &policy.tenants {
             for flow in &tenant.flows {
                 let from = id_of(&tenant.name, &flow.from)?;
@@ -332,14 +334,18 @@ impl Plan {
                 flows.entry((from, to)).or_default().push(flow.service);
             }
         }
-        let mut neighbours = std::collections::BTreeSet::new();
+        drop(ids);
+        let mut neighbours = BTreeSet::new();
         for ((from, to), services) in flows {
-            let what = format!(
-                "the flows from {} to {}",
-                plan.segment_label(from),
-                plan.segment_label(to)
-            );
-            plan.flows.push(((from, to), rule_set(&what, &services)?));
+            let set = rules(&services).map_err(|count| {
+                let what = format!(
+                    "the flows from {} to {}",
+                    plan.segment_label(from),
+                    plan.segment_label(to)
+                );
+                too_many_services(what, count)
+            })?;
+            plan.flows.push(((from, to), set));
             neighbours.insert((from, to));
             neighbours.insert((to, from));
         }
@@ -347,20 +353,23 @@ impl Plan {
 
         let mut links: Vec<&Link> = host.links.iter().collect();
         links.sort_by_key(|l| l.ifindex);
-        for link in links {
+        let claims = Claims::new(&links, &by_id);
+        for (l, link) in links.iter().enumerate() {
             let mut owner: Option<(u32, &crate::policy::Interface)> = None;
-            for (id, segment) in &by_id {
-                let Some(interface) = segment.interface_for(&link.name) else {
-                    continue;
-                };
-                if let Some((first, _)) = owner {
+            // The segments whose entries match the link, each once, ascending.
+            let mut matching = claims.interfaces[l].iter().map(|&(id, _, _)| id);
+            if let Some(id) = matching.next() {
+                if let Some(second) = matching.find(|&other| other != id) {
                     return Err(PlanError::AmbiguousLink {
                         link: link.name.clone(),
-                        first: plan.segment_label(first),
-                        second: plan.segment_label(*id),
+                        first: plan.segment_label(id),
+                        second: plan.segment_label(second),
                     });
                 }
-                owner = Some((*id, interface));
+                // The segment's exact-name entry if it has one, else its first pattern
+                // that matches (as `Segment::interface_for` chooses).
+                let (_, _, at) = claims.interfaces[l][0];
+                owner = Some((id, &by_id[id as usize].1.interfaces[at]));
             }
             let quarantine = |why| QuarantinedVif {
                 name: link.name.clone(),
@@ -384,11 +393,7 @@ impl Plan {
             } else if policy.vif_names.iter().any(|p| p.matches(&link.name)) {
                 plan.quarantined.push(quarantine(Quarantine::Unclassified));
             } else {
-                let uplink_for = by_id
-                    .iter()
-                    .filter(|(_, s)| s.uplinks.iter().any(|p| p.matches(&link.name)))
-                    .map(|(id, _)| *id)
-                    .collect();
+                let uplink_for = claims.uplinks[l].clone();
                 plan.links.push(HostLink {
                     name: link.name.clone(),
                     ifindex: link.ifindex,
@@ -400,15 +405,18 @@ impl Plan {
         plan.host_addresses = addresses.into_iter().collect();
         for (id, segment) in &by_id {
             for gateway in &segment.gateways {
-                let what = format!(
-                    "the services of gateway {} of {}",
-                    gateway.address,
-                    plan.segment_label(*id)
-                );
+                let services = allowed_services(&gateway.services).map_err(|count| {
+                    let what = format!(
+                        "the services of gateway {} of {}",
+                        gateway.address,
+                        plan.segment_label(*id)
+                    );
+                    too_many_services(what, count)
+                })?;
                 plan.gateways.push(GatewayPlan {
                     segment: *id,
                     address: gateway.address,
-                    services: allowed_services(&what, &gateway.services)?,
+                    services,
                 });
             }
         }
@@ -555,8 +563,10 @@ fn rule(service: &Service) -> Rule {
     }
 }
 
-/// A kernel rule set for `services`; an empty list means every protocol and port.
-fn rule_set(what: &str, services: &[Service]) -> Result<RuleSet, PlanError> {
+/// A kernel rule set for `services`; an empty list means every protocol and port. `Err`
+/// holds how many distinct services there are when a rule set cannot hold them: the
+/// callers name what has them only then.
+fn rules(services: &[Service]) -> Result<RuleSet, usize> {
     let mut set = RuleSet::default();
     if services.is_empty() {
         set.flags = RuleSet::ALL;
@@ -566,56 +576,142 @@ fn rule_set(what: &str, services: &[Service]) -> Result<RuleSet, PlanError> {
     rules.sort_by_key(|r| (r.protocol, r.first_port, r.last_port));
     rules.dedup();
     if rules.len() > limits::MAX_RULES {
-        return Err(PlanError::TooManyServices {
-            what: what.to_string(),
-            count: rules.len(),
-            limit: limits::MAX_RULES,
-        });
+        return Err(rules.len());
     }
     set.count = rules.len() as u32;
     set.rules[..rules.len()].copy_from_slice(&rules);
     Ok(set)
 }
 
+fn too_many_services(what: String, count: usize) -> PlanError {
+    PlanError::TooManyServices {
+        what,
+        count,
+        limit: limits::MAX_RULES,
+    }
+}
+
 /// The rule set of services a gateway allows: an empty list allows none (unlike a
-/// management prefix's, where it protects every service).
-fn allowed_services(what: &str, services: &[Service]) -> Result<RuleSet, PlanError> {
+/// management prefix's, where it protects every service). `Err` as [`rules`].
+fn allowed_services(services: &[Service]) -> Result<RuleSet, usize> {
     if services.is_empty() {
         return Ok(RuleSet::default());
     }
-    rule_set(what, services)
+    rules(services)
 }
 
 /// For each distinct prefix, the rule set of every entry whose prefix contains it: the
 /// kernel's longest-prefix match then finds all services that apply to an address.
-/// An entry with no services stands for every protocol and port.
+/// An entry with no services stands for every protocol and port. Sorted by prefix.
+///
+/// The prefixes sorted, those containing one come before it, and a stack of them is the
+/// chain of those containing the current one: linear, bar the services merged.
 fn merge_over_containing(
     entries: &[(IpNet, Vec<Service>)],
-    owner: &str,
+    owner: impl Fn() -> String,
     kind: &str,
 ) -> Result<Vec<(IpNet, RuleSet)>, PlanError> {
-    let mut prefixes: Vec<IpNet> = entries.iter().map(|(p, _)| *p).collect();
-    prefixes.sort();
-    prefixes.dedup();
-    let mut out = Vec::new();
-    for prefix in prefixes {
-        let covering: Vec<&(IpNet, Vec<Service>)> = entries
-            .iter()
-            .filter(|(p, _)| p.contains(&prefix))
-            .collect();
-        let what = format!("{kind} {prefix} of {owner}");
-        let set = if covering.iter().any(|(_, services)| services.is_empty()) {
-            rule_set(&what, &[])?
-        } else {
-            let services: Vec<Service> = covering
-                .iter()
-                .flat_map(|(_, services)| services.iter().copied())
-                .collect();
-            rule_set(&what, &services)?
+    let mut sorted: Vec<&(IpNet, Vec<Service>)> = entries.iter().collect();
+    sorted.sort_by_key(|(prefix, _)| *prefix);
+    // Each distinct prefix with the services of its own entries; `None`: every service.
+    let mut distinct: Vec<(IpNet, Option<Vec<Service>>)> = Vec::new();
+    for (prefix, services) in sorted {
+        let own = match distinct.last_mut() {
+            Some((last, own)) if last == prefix => own,
+            _ => {
+                distinct.push((*prefix, Some(Vec::new())));
+                &mut distinct.last_mut().expect("just pushed").1
+            }
         };
-        out.push((prefix, set));
+        match (own.as_mut(), services.is_empty()) {
+            (Some(_), true) => *own = None,
+            (Some(own), false) => own.extend_from_slice(services),
+            (None, _) => {}
+        }
+    }
+    let mut out = Vec::with_capacity(distinct.len());
+    // Indices into `distinct` of the prefixes that contain the current one.
+    let mut open: Vec<usize> = Vec::new();
+    let mut services: Vec<Service> = Vec::new();
+    for (i, (prefix, own)) in distinct.iter().enumerate() {
+        while let Some(&top) = open.last() {
+            if distinct[top].0.contains(prefix) {
+                break;
+            }
+            open.pop();
+        }
+        let covering = || open.iter().map(|&o| &distinct[o].1).chain([own]);
+        let set = if covering().any(Option::is_none) {
+            rules(&[]).expect("every service is one rule set")
+        } else {
+            services.clear();
+            services.extend(covering().flatten().flatten());
+            rules(&services).map_err(|count| {
+                too_many_services(format!("{kind} {prefix} of {}", owner()), count)
+            })?
+        };
+        out.push((*prefix, set));
+        open.push(i);
     }
     Ok(out)
+}
+
+/// Which entries of which segments claim each link, found through an index of the links'
+/// names rather than by matching every link against every entry.
+struct Claims {
+    /// For each link (in the order given), the (segment id, 0 for an exact-name entry and
+    /// 1 for a pattern, position in the segment's `interfaces`) of every entry that
+    /// matches it, sorted: the first is the one that applies.
+    interfaces: Vec<Vec<(u32, u8, usize)>>,
+    /// For each link, the segments that list it as an uplink, ascending, each once.
+    uplinks: Vec<Vec<u32>>,
+}
+
+impl Claims {
+    fn new(links: &[&Link], segments: &[(u32, &crate::policy::Segment)]) -> Claims {
+        let names: HashMap<&str, Vec<usize>> =
+            links
+                .iter()
+                .enumerate()
+                .fold(HashMap::new(), |mut names, (l, link)| {
+                    names.entry(link.name.as_str()).or_default().push(l);
+                    names
+                });
+        let index = NameIndex::new(links.iter().map(|l| Term::Literal(&l.name)).collect());
+        // The links a name or pattern matches: exact names by a hash lookup.
+        let matching = |pattern: &crate::policy::InterfacePattern| -> Vec<usize> {
+            if pattern.is_glob() {
+                index.overlapping(Term::Pattern(pattern.as_str()))
+            } else {
+                names.get(pattern.as_str()).cloned().unwrap_or_default()
+            }
+        };
+        let mut claims = Claims {
+            interfaces: vec![Vec::new(); links.len()],
+            uplinks: vec![Vec::new(); links.len()],
+        };
+        for (id, segment) in segments {
+            for (at, interface) in segment.interfaces.iter().enumerate() {
+                let glob = u8::from(interface.is_glob());
+                for l in matching(&interface.pattern) {
+                    claims.interfaces[l].push((*id, glob, at));
+                }
+            }
+            for uplink in &segment.uplinks {
+                for l in matching(uplink) {
+                    claims.uplinks[l].push(*id);
+                }
+            }
+        }
+        for list in &mut claims.interfaces {
+            list.sort_unstable();
+        }
+        for list in &mut claims.uplinks {
+            list.sort_unstable();
+            list.dedup();
+        }
+        claims
+    }
 }
 
 fn check_limit(what: &'static str, count: usize, limit: u32) -> Result<(), PlanError> {
@@ -703,6 +799,84 @@ tenants:
                 ("vacme-web1", 7, 0),
                 ("vglobex-web1", 8, 2),
             ]
+        );
+    }
+
+    /// Links are matched to entries through an index: the exact-name entry wins over a
+    /// pattern of its segment, an uplink trusted by several segments lists each once,
+    /// and a link two segments claim is refused (a policy made by hand; validation rules
+    /// it out).
+    #[test]
+    fn links_are_claimed_through_the_index_as_by_matching_each_entry() {
+        let text = r#"
+version: 1
+tenants:
+  - name: acme
+    segments:
+      - name: web
+        interfaces: ["vweb*", {name: vweb-lb, vlans: [100]}]
+        uplinks: ["vx*"]
+      - name: db
+        interfaces: ["vdb?"]
+        uplinks: ["vx1", "vx*"]
+  - name: globex
+    segments:
+      - name: api
+        interfaces: ["vapi-*"]
+        uplinks: ["vx2"]
+"#;
+        let mut policy = policy::parse(text, "claims.yaml").expect("valid");
+        let host = links(&[
+            ("vweb-lb", 1),
+            ("vweb-1", 2),
+            ("vdb1", 3),
+            ("vdb12", 4),
+            ("vx1", 5),
+            ("vx2", 6),
+            ("vx3", 7),
+            ("eth0", 8),
+            ("vapi-", 9),
+        ]);
+        let plan = Plan::new(&policy, &host).expect("plan");
+        let vifs: Vec<(&str, u32, Vec<u16>)> = plan
+            .vifs
+            .iter()
+            .map(|v| (v.name.as_str(), v.segment, v.vlans.clone()))
+            .collect();
+        assert_eq!(
+            vifs,
+            vec![
+                ("vweb-lb", 0, vec![100]),
+                ("vweb-1", 0, vec![]),
+                ("vdb1", 1, vec![]),
+                ("vapi-", 2, vec![]),
+            ]
+        );
+        let others: Vec<(&str, Vec<u32>)> = plan
+            .links
+            .iter()
+            .map(|l| (l.name.as_str(), l.uplink_for.clone()))
+            .collect();
+        assert_eq!(
+            others,
+            vec![
+                ("vdb12", vec![]),
+                ("vx1", vec![0, 1]),
+                ("vx2", vec![0, 1, 2]),
+                ("vx3", vec![0, 1]),
+                ("eth0", vec![]),
+            ]
+        );
+
+        let db = policy.tenants[0].segments[1].interfaces[0].clone();
+        policy.tenants[1].segments[0].interfaces.push(db);
+        assert_eq!(
+            Plan::new(&policy, &host),
+            Err(PlanError::AmbiguousLink {
+                link: "vdb1".to_owned(),
+                first: "acme/db".to_owned(),
+                second: "globex/api".to_owned(),
+            })
         );
     }
 
@@ -1023,9 +1197,8 @@ tenants:
                 }),
             })
             .collect();
-        let err = rule_set("the flows from a/b to a/c", &services).unwrap_err();
-        assert!(matches!(err, PlanError::TooManyServices { count: 17, .. }));
-        assert!(rule_set("x", &services[..limits::MAX_RULES]).is_ok());
+        assert!(matches!(super::rules(&services), Err(17)));
+        assert!(super::rules(&services[..limits::MAX_RULES]).is_ok());
     }
 
     #[test]

@@ -9,11 +9,15 @@
 //!    BPF_PROG_TEST_RUN (no live frames), next to a program that passes everything.
 //! 3. The re-check of tracked connections after a policy swap.
 //!
+//! `--loader` measures something else, the userspace path of a policy load at cloud
+//! scale ([`scale`]: read, parse, validate, compile), and needs no privileges.
+//!
 //! Runs in private network and mount namespaces on a thread of its own (veth pairs stand
 //! in for vifs); frames go nowhere else. `--smoke` runs tiny sizes (the tests do, so that
 //! the benchmark cannot rot); `--rounds N` and `--frames N` size the live part.
 
 mod live;
+mod scale;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -109,6 +113,10 @@ impl Options {
                 }
                 "--help" | "-h" => {
                     println!("usage: bench [--smoke] [--rounds N] [--frames N]");
+                    println!(
+                        "       {}",
+                        scale::Config::USAGE.trim_start_matches("usage: ")
+                    );
                     std::process::exit(0);
                 }
                 other => bail!("unknown argument {other:?} (try --help)"),
@@ -119,6 +127,10 @@ impl Options {
 }
 
 fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("--loader") {
+        return scale::run(args.skip(1));
+    }
     let options = Options::from_args()?;
     std::thread::spawn(move || run(options))
         .join()

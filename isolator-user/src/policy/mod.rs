@@ -7,11 +7,15 @@
 //!
 //! Layout: `raw` holds the serde types as written (with source positions), `validate`
 //! turns them into the model below (one module per section of the file), `pattern`
-//! implements interface name patterns. The tests are in `tests`; the diagnostics for
+//! implements interface name patterns (and `pattern::index` finds which of many overlap
+//! one), `nets` finds which of many prefixes overlap one, and [`synthetic`] writes large
+//! valid policies for measurements. The tests are in `tests`; the diagnostics for
 //! invalid files are fixtures in `fixtures` (a policy file and its exact diagnostics).
 
+mod nets;
 mod pattern;
 mod raw;
+pub mod synthetic;
 mod validate;
 
 #[cfg(test)]
@@ -21,12 +25,15 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use serde_saphyr::{
     DuplicateKeyPolicy, Localizer, Location, RenderOptions, SnippetMode, UserMessageFormatter,
 };
 
+pub(crate) use nets::NetIndex;
+pub(crate) use pattern::index::{NameIndex, Term};
 pub use pattern::{IFNAME_MAX_BYTES, InterfacePattern, PatternError};
 
 /// The policy format version this module reads.
@@ -34,6 +41,42 @@ pub const POLICY_VERSION: u64 = 1;
 
 /// Longest tenant or segment name, in characters.
 pub const NAME_MAX_LEN: usize = 63;
+
+/// Largest policy file isolator reads, in bytes (256 MiB). A policy of 100 000 segments
+/// with 1 000 000 prefixes and as many exposed endpoints, as [`synthetic`] writes it,
+/// takes 124 MB.
+pub const MAX_POLICY_BYTES: usize = 256 << 20;
+
+/// Most YAML values (scalars, lists and mappings) a policy may have: 32 000 000, about
+/// three times the 11 200 000 of a policy of 100 000 segments with 1 000 000 prefixes and
+/// as many exposed endpoints. Without aliases a file of [`MAX_POLICY_BYTES`] cannot reach it by
+/// much; with them, it stops an alias bomb (the alias limits below stop it sooner).
+pub const MAX_YAML_NODES: usize = 32_000_000;
+
+/// Deepest nesting of lists and mappings: a policy needs 9 (tenants, segments,
+/// interfaces, addresses); more is a mistake or an attack on the parser's stack.
+pub const MAX_YAML_DEPTH: usize = 32;
+
+/// The YAML parser's limits: sized for a policy of the whole cloud, and far below what
+/// would exhaust the host. Aliases (`*name`) keep serde-saphyr's defaults: at most
+/// 50 000 of them and of anchors, at most 10 aliases per anchor on average once there are
+/// 100, and at most 1 000 000 values copied through them, which is what stops a "billion
+/// laughs".
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        with_snippet: false,
+        duplicate_keys: DuplicateKeyPolicy::Error,
+        budget: serde_saphyr::budget! {
+            max_nodes: MAX_YAML_NODES,
+            // Every node is one event, every list and mapping one more for its end.
+            max_events: 2 * MAX_YAML_NODES,
+            // The parser's own nesting limits stay above it (255 flow collections), so that
+            // this one, which says how deep, is the one that trips.
+            max_depth: MAX_YAML_DEPTH,
+            max_total_scalar_bytes: MAX_POLICY_BYTES,
+        },
+    }
+}
 
 /// A validated policy. Source positions are stripped.
 ///
@@ -602,13 +645,46 @@ impl std::error::Error for Diagnostics {}
 /// and yield one diagnostic; otherwise every semantic problem is reported, sorted by
 /// position.
 pub fn parse(source: &str, file_name: &str) -> Result<Policy, Diagnostics> {
-    let options = serde_saphyr::options! {
-        with_snippet: false,
-        duplicate_keys: DuplicateKeyPolicy::Error,
+    parse_timed(source, file_name).0
+}
+
+/// How long the two phases of [`parse`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ParseTimes {
+    /// Reading the YAML into the file's structure (with source positions).
+    pub yaml: Duration,
+    /// Checking it, building the [`Policy`] and freeing the file's structure; zero when
+    /// the YAML phase failed.
+    pub validate: Duration,
+}
+
+/// [`parse`], and how long its phases took.
+pub fn parse_timed(source: &str, file_name: &str) -> (Result<Policy, Diagnostics>, ParseTimes) {
+    let mut times = ParseTimes::default();
+    if source.len() > MAX_POLICY_BYTES {
+        return (
+            Err(Diagnostics(vec![too_large(file_name, source.len())])),
+            times,
+        );
+    }
+    let started = Instant::now();
+    let raw = serde_saphyr::from_str_with_options::<raw::RawPolicy>(source, yaml_options());
+    times.yaml = started.elapsed();
+    let raw = match raw {
+        Ok(raw) => raw,
+        Err(e) => {
+            return (
+                Err(Diagnostics(vec![yaml_diagnostic(&e, file_name)])),
+                times,
+            );
+        }
     };
-    let raw: raw::RawPolicy = serde_saphyr::from_str_with_options(source, options)
-        .map_err(|e| Diagnostics(vec![yaml_diagnostic(&e, file_name)]))?;
-    validate::validate(&raw, file_name).map_err(Diagnostics)
+    let started = Instant::now();
+    let policy = validate::validate(&raw, file_name).map_err(Diagnostics);
+    // Freeing the file's structure is part of the cost of a load.
+    drop(raw);
+    times.validate = started.elapsed();
+    (policy, times)
 }
 
 /// Reads and parses a policy file. Diagnostics name the file as `path` displays.
@@ -618,6 +694,13 @@ pub fn parse(source: &str, file_name: &str) -> Result<Policy, Diagnostics> {
 /// As [`parse`]; an unreadable file yields one diagnostic at line 0, column 0.
 pub fn load(path: &Path) -> Result<Policy, Diagnostics> {
     let file_name = path.display().to_string();
+    // Refused before it is read, not after.
+    if let Ok(metadata) = std::fs::metadata(path)
+        && let Ok(size) = usize::try_from(metadata.len())
+        && size > MAX_POLICY_BYTES
+    {
+        return Err(Diagnostics(vec![too_large(&file_name, size)]));
+    }
     let source = std::fs::read_to_string(path).map_err(|e| {
         Diagnostics(vec![Diagnostic {
             file: file_name.clone(),
@@ -628,6 +711,117 @@ pub fn load(path: &Path) -> Result<Policy, Diagnostics> {
         }])
     })?;
     parse(&source, &file_name)
+}
+
+/// A file larger than [`MAX_POLICY_BYTES`].
+fn too_large(file_name: &str, size: usize) -> Diagnostic {
+    Diagnostic {
+        file: file_name.to_owned(),
+        line: 0,
+        column: 0,
+        message: format!(
+            "the policy file is {size} bytes long; isolator reads policy files of at most \
+             {MAX_POLICY_BYTES} bytes (256 MiB)"
+        ),
+        help: Some(
+            "check that this is the policy file; a policy of 100 000 segments with 1 000 000 \
+             prefixes and as many exposed endpoints takes about 125 MB"
+                .to_owned(),
+        ),
+    }
+}
+
+/// What is wrong, and what to do, when the YAML breaks one of the limits of
+/// [`yaml_options`]; `None` for any other error.
+fn limit_diagnostic(error: &serde_saphyr::Error) -> Option<(String, String)> {
+    use serde_saphyr::Error as E;
+    use serde_saphyr::budget::BudgetBreach as B;
+    const ALIAS_HELP: &str = "a policy needs no YAML anchors (`&name`) and aliases (`*name`): \
+         write the values out. The limit guards against documents that expand enormously \
+         through aliases (\"billion laughs\")";
+    let nodes = || {
+        (
+            format!(
+                "the policy has more than {MAX_YAML_NODES} YAML values (scalars, lists and \
+                 mappings), the most isolator reads"
+            ),
+            "check that this is the policy file; a policy of 100 000 segments with \
+             1 000 000 prefixes and as many exposed endpoints has about 11 000 000 values \
+             (each use of an alias `*name` counts its anchor's values again)"
+                .to_owned(),
+        )
+    };
+    let aliases = |what: String| {
+        (
+            format!("the policy's YAML aliases {what}"),
+            ALIAS_HELP.to_owned(),
+        )
+    };
+    let mut error = error;
+    while let E::AliasError { error: inner, .. } | E::WithSnippet { error: inner, .. } = error {
+        error = inner;
+    }
+    let depth = |depth: String| {
+        (
+            format!(
+                "the policy nests lists and mappings {depth}deep; isolator reads at most \
+                 {MAX_YAML_DEPTH} levels"
+            ),
+            "a policy nests at most 9 levels (tenants, segments, interfaces, addresses): \
+             check the indentation and the brackets"
+                .to_owned(),
+        )
+    };
+    Some(match error {
+        E::Budget { breach, .. } => match breach {
+            B::Nodes { .. } | B::Events { .. } => nodes(),
+            B::Depth { depth: n } => depth(format!("{n} levels ")),
+            B::ScalarBytes { total_scalar_bytes } => (
+                format!(
+                    "the policy's values hold {total_scalar_bytes} bytes; isolator reads at \
+                     most {MAX_POLICY_BYTES}"
+                ),
+                "check that this is the policy file (each use of an alias `*name` counts its \
+                 anchor's values again)"
+                    .to_owned(),
+            ),
+            B::Aliases { aliases: n } => aliases(format!("are used {n} times, more than allowed")),
+            B::Anchors { anchors } => aliases(format!(
+                "have {anchors} anchors (`&name`), more than allowed"
+            )),
+            B::AliasAnchorRatio {
+                aliases: n,
+                anchors,
+            } => aliases(format!(
+                "are used {n} times for {anchors} anchors (`&name`), more than 10 uses per \
+                 anchor"
+            )),
+            B::RecordedAnchorEvents { .. } => aliases(format!(
+                "expand to more than {} values",
+                serde_saphyr::Budget::default().max_recorded_anchor_events
+            )),
+            B::RecordedAnchorBytes { .. } => aliases(format!(
+                "expand to more than {} bytes",
+                serde_saphyr::Budget::default().max_recorded_anchor_bytes
+            )),
+            _ => return None,
+        },
+        E::AliasReplayLimitExceeded {
+            max_total_replayed_events,
+            ..
+        } => aliases(format!(
+            "expand to more than {max_total_replayed_events} values"
+        )),
+        E::AliasExpansionLimitExceeded { .. } | E::AliasReplayCounterOverflow { .. } => {
+            aliases("expand to more values than allowed".to_owned())
+        }
+        E::AliasReplayStackDepthExceeded { max_depth, .. } => aliases(format!(
+            "nest more than {max_depth} deep (an alias of an anchor that holds an alias ...)"
+        )),
+        // The parser's own nesting limit, should it trip first.
+        _ if error.to_string().starts_with("recursion limit exceeded") => depth("too ".to_owned()),
+        _ => return None,
+    })
 }
 
 /// Renders messages without serde-saphyr's "at line X, column Y" suffix: the position
@@ -644,8 +838,17 @@ fn yaml_diagnostic(error: &serde_saphyr::Error, file_name: &str) -> Diagnostic {
     let formatter = UserMessageFormatter.with_localizer(&NoLocationSuffix);
     let mut options = RenderOptions::new(&formatter);
     options.snippets = SnippetMode::Off;
-    let message = error.render_with_options(options);
     let (line, column) = error.location().map_or((0, 0), |l| (l.line(), l.column()));
+    if let Some((message, help)) = limit_diagnostic(error) {
+        return Diagnostic {
+            file: file_name.to_owned(),
+            line,
+            column,
+            message,
+            help: Some(help),
+        };
+    }
+    let message = error.render_with_options(options);
     Diagnostic {
         file: file_name.to_owned(),
         line,

@@ -4,6 +4,8 @@
 //! Matching works on Unicode scalar values (`char`s); the length limit is in bytes,
 //! as the kernel counts it.
 
+pub(crate) mod index;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
@@ -202,21 +204,26 @@ fn join_and(items: &[String]) -> String {
 
 /// Whether `pattern` (any string; `*` and `?` are wildcards) matches the literal `name`.
 pub(super) fn glob_matches(pattern: &str, name: &str) -> bool {
+    if pattern.is_ascii() && name.is_ascii() {
+        // One byte is one character: no need to decode (nor to allocate).
+        return glob_match(pattern.as_bytes(), name.as_bytes(), b'*', b'?');
+    }
     let p: Vec<char> = pattern.chars().collect();
     let s: Vec<char> = name.chars().collect();
-    glob_match(&p, &s)
+    glob_match(&p, &s, '*', '?')
 }
 
-/// Classic wildcard matching with single-star backtracking; `s` is literal.
-fn glob_match(p: &[char], s: &[char]) -> bool {
+/// Classic wildcard matching with single-star backtracking; `s` is literal. `star_` and
+/// `one` are `*` and `?` as characters or bytes.
+fn glob_match<T: Copy + PartialEq>(p: &[T], s: &[T], star_: T, one: T) -> bool {
     let (mut pi, mut si) = (0, 0);
     // Position after the most recent '*' in `p`, and the position in `s` it is tried at.
     let mut star: Option<(usize, usize)> = None;
     while si < s.len() {
-        if pi < p.len() && p[pi] == '*' {
+        if pi < p.len() && p[pi] == star_ {
             star = Some((pi + 1, si));
             pi += 1;
-        } else if pi < p.len() && (p[pi] == '?' || p[pi] == s[si]) {
+        } else if pi < p.len() && (p[pi] == one || p[pi] == s[si]) {
             pi += 1;
             si += 1;
         } else if let Some((after_star, tried)) = star {
@@ -228,7 +235,7 @@ fn glob_match(p: &[char], s: &[char]) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == star_)
 }
 
 /// Searches the product automaton of two patterns for a string both accept.

@@ -3,13 +3,14 @@
 
 use super::prefixes::parse_endpoint;
 use super::values::check_service;
-use super::{Checker, Outside, Placed, Scope, pos};
+use super::{Checker, FirstSeen, Outside, Placed, Scope, pos};
 use crate::policy::Expose;
 
 /// The exposed endpoints of the segment.
 pub(super) fn check(cx: &mut Checker<'_>, scope: &Scope<'_>) -> Vec<Placed<Expose>> {
     let own = scope.ix;
     let mut seen: Vec<Placed<Expose>> = Vec::new();
+    let mut listed: FirstSeen<Expose> = FirstSeen::new();
     for entry in &scope.raw.expose {
         let prefix = match parse_endpoint(&entry.address.value) {
             Ok(net) => Some(net),
@@ -54,7 +55,7 @@ pub(super) fn check(cx: &mut Checker<'_>, scope: &Scope<'_>) -> Vec<Placed<Expos
             at: entry.address.referenced,
             segment: own,
         };
-        if let Some(first) = seen.iter().find(|e| e.value == placed.value) {
+        if let Some(first) = listed.find(&placed.value).map(|i| &seen[i]) {
             cx.error(
                 &placed.at,
                 format!(
@@ -72,6 +73,7 @@ pub(super) fn check(cx: &mut Checker<'_>, scope: &Scope<'_>) -> Vec<Placed<Expos
             );
             continue;
         }
+        listed.push(placed.value.clone());
         seen.push(placed);
     }
     seen

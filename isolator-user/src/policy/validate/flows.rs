@@ -1,10 +1,12 @@
 //! Flows: each entry of a tenant's `flows` goes from a segment of the tenant to an
 //! existing segment, with a service; none goes to its own segment or is listed twice.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_saphyr::{Location, Spanned};
 
 use super::values::{check_service, closest};
-use super::{Checker, pos};
+use super::{Checker, FirstSeen, pos};
 use crate::policy::raw::RawPolicy;
 use crate::policy::{Flow, SegmentId};
 
@@ -17,8 +19,36 @@ fn segment_names(raw: &RawPolicy, t: usize) -> Vec<&str> {
         .collect()
 }
 
-fn tenant_index(raw: &RawPolicy, name: &str) -> Option<usize> {
-    raw.tenants.iter().position(|t| t.name.value == name)
+/// The tenants and their segments by name, to resolve flows without a search.
+pub(super) struct Directory<'r> {
+    /// Tenant name -> the first tenant of that name.
+    tenants: HashMap<&'r str, usize>,
+    /// The segment names of each tenant.
+    segments: Vec<HashSet<&'r str>>,
+}
+
+impl<'r> Directory<'r> {
+    pub(super) fn new(raw: &'r RawPolicy) -> Directory<'r> {
+        let mut tenants = HashMap::with_capacity(raw.tenants.len());
+        for (t, tenant) in raw.tenants.iter().enumerate() {
+            tenants.entry(tenant.name.value.as_str()).or_insert(t);
+        }
+        let segments = raw
+            .tenants
+            .iter()
+            .map(|t| t.segments.iter().map(|s| s.name.value.as_str()).collect())
+            .collect();
+        Directory { tenants, segments }
+    }
+
+    fn tenant(&self, name: &str) -> Option<usize> {
+        self.tenants.get(name).copied()
+    }
+
+    /// Whether tenant `t` has a segment `name`.
+    fn has(&self, t: usize, name: &str) -> bool {
+        self.segments[t].contains(name)
+    }
 }
 
 /// Most names listed in one message; the rest are counted.
@@ -47,13 +77,14 @@ fn segments_of(raw: &RawPolicy, t: usize) -> String {
 }
 
 /// The flows of tenant `t`.
-pub(super) fn check(cx: &mut Checker<'_>, t: usize) -> Vec<Flow> {
+pub(super) fn check(cx: &mut Checker<'_>, directory: &Directory<'_>, t: usize) -> Vec<Flow> {
     let raw = cx.raw;
     let tenant = &raw.tenants[t].name.value;
     let mut seen: Vec<(Flow, Location)> = Vec::new();
+    let mut listed: FirstSeen<Flow> = FirstSeen::new();
     for entry in &raw.tenants[t].flows {
-        let from = resolve_from(cx, t, &entry.from);
-        let to = resolve_to(cx, t, &entry.to);
+        let from = resolve_from(cx, directory, t, &entry.from);
+        let to = resolve_to(cx, directory, t, &entry.to);
         let service = check_service(cx, &entry.protocol, entry.ports.as_ref());
         let (Some(from), Some(to), Some(service)) = (from, to, service) else {
             continue;
@@ -67,7 +98,7 @@ pub(super) fn check(cx: &mut Checker<'_>, t: usize) -> Vec<Flow> {
             continue;
         }
         let flow = Flow { from, to, service };
-        if let Some((_, first)) = seen.iter().find(|(f, _)| *f == flow) {
+        if let Some((_, first)) = listed.find(&flow).map(|i| &seen[i]) {
             cx.error(
                 &entry.from.referenced,
                 format!(
@@ -81,25 +112,31 @@ pub(super) fn check(cx: &mut Checker<'_>, t: usize) -> Vec<Flow> {
             );
             continue;
         }
+        listed.push(flow.clone());
         seen.push((flow, entry.from.referenced));
     }
     seen.into_iter().map(|(flow, _)| flow).collect()
 }
 
 /// `from:`: a segment of the tenant listing the flow, by its name alone.
-fn resolve_from(cx: &mut Checker<'_>, t: usize, value: &Spanned<String>) -> Option<String> {
+fn resolve_from(
+    cx: &mut Checker<'_>,
+    directory: &Directory<'_>,
+    t: usize,
+    value: &Spanned<String>,
+) -> Option<String> {
     let raw = cx.raw;
     const RULE: &str = "a flow starts at a segment of the tenant that lists it";
     let tenant = &raw.tenants[t].name.value;
     let written = value.value.as_str();
-    let names = segment_names(raw, t);
-    if names.contains(&written) {
+    if directory.has(t, written) {
         return Some(written.to_owned());
     }
+    let names = segment_names(raw, t);
     let (message, help) = if let Some((other, segment)) = written.split_once('/') {
         let help = if other == tenant && names.contains(&segment) {
             format!("write {segment:?}; {RULE}")
-        } else if tenant_index(raw, other).is_some() {
+        } else if directory.tenant(other).is_some() {
             format!(
                 "{RULE}: to allow traffic from {written}, list the flow under the `flows` of \
                  tenant {other}"
@@ -129,20 +166,25 @@ fn resolve_from(cx: &mut Checker<'_>, t: usize, value: &Spanned<String>) -> Opti
 }
 
 /// `to:`: `segment` of the same tenant, or `tenant/segment`.
-fn resolve_to(cx: &mut Checker<'_>, t: usize, value: &Spanned<String>) -> Option<SegmentId> {
+fn resolve_to(
+    cx: &mut Checker<'_>,
+    directory: &Directory<'_>,
+    t: usize,
+    value: &Spanned<String>,
+) -> Option<SegmentId> {
     let raw = cx.raw;
     let tenant = &raw.tenants[t].name.value;
     let written = value.value.as_str();
     let parts: Vec<&str> = written.split('/').collect();
     let (message, help) = match parts.as_slice() {
         [segment] => {
-            let names = segment_names(raw, t);
-            if names.contains(segment) {
+            if directory.has(t, segment) {
                 return Some(SegmentId {
                     tenant: tenant.clone(),
                     segment: (*segment).to_owned(),
                 });
             }
+            let names = segment_names(raw, t);
             let elsewhere = raw.tenants.iter().find(|other| {
                 other.name.value != *tenant
                     && other.segments.iter().any(|s| s.name.value == *segment)
@@ -168,7 +210,7 @@ fn resolve_to(cx: &mut Checker<'_>, t: usize, value: &Spanned<String>) -> Option
             )
         }
         [other, segment] if !other.is_empty() && !segment.is_empty() => {
-            match tenant_index(raw, other) {
+            match directory.tenant(other) {
                 None => {
                     let tenants: Vec<&str> =
                         raw.tenants.iter().map(|t| t.name.value.as_str()).collect();
@@ -183,13 +225,13 @@ fn resolve_to(cx: &mut Checker<'_>, t: usize, value: &Spanned<String>) -> Option
                     )
                 }
                 Some(o) => {
-                    let names = segment_names(raw, o);
-                    if names.contains(segment) {
+                    if directory.has(o, segment) {
                         return Some(SegmentId {
                             tenant: (*other).to_owned(),
                             segment: (*segment).to_owned(),
                         });
                     }
+                    let names = segment_names(raw, o);
                     let help = match closest(segment, names.iter().copied()) {
                         Some(name) => {
                             format!("did you mean \"{other}/{name}\"? {}", segments_of(raw, o))

@@ -12,7 +12,7 @@ use super::identity::Declared;
 use super::prefixes::{is_ipv6_link_local, parse_prefix};
 use super::values::check_services;
 use super::{Checker, Listed, Outside, Placed, Scope, and_more, pos};
-use crate::policy::{Expose, Gateway, Management};
+use crate::policy::{Expose, Gateway, Management, NetIndex};
 
 const ADDRESS_HELP: &str = "write the host's address in the segment, e.g. \"10.1.1.1\", or an \
                             IPv6 link-local address such as \"fe80::1\"";
@@ -72,7 +72,7 @@ pub(super) fn check(
                 None
             }
         };
-        let services = check_services(cx, &entry.services, &format!("gateway {written}"));
+        let services = check_services(cx, &entry.services, &|| format!("gateway {written}"));
         let Some(address) = address else {
             continue;
         };
@@ -165,14 +165,21 @@ pub(super) fn check_host_addresses(
     declared: &[Declared],
     management: &[Listed<Management>],
 ) {
+    let declared_index = NetIndex::new(declared.iter().map(|d| &d.net));
+    let management_index = NetIndex::new(management.iter().map(|m| &m.value.prefix));
     for gateway in gateways {
         let net = IpNet::from(gateway.value.address);
+        let declaring = declared_index.containing(&net);
+        let holding = management_index.containing(&net);
+        if declaring.is_empty() && holding.is_empty() {
+            continue;
+        }
         let this = format!(
             "gateway {} of segment {}",
             gateway.raw,
             cx.qualified(gateway.segment)
         );
-        let mut declaring = declared.iter().filter(|d| d.net.contains(&net));
+        let mut declaring = declaring.iter().map(|&i| &declared[i]);
         if let Some(first) = declaring.next() {
             let relation = if first.net == net {
                 "is an address".to_owned()
@@ -203,7 +210,7 @@ pub(super) fn check_host_addresses(
                 ),
             );
         }
-        let mut holding = management.iter().filter(|m| m.value.prefix.contains(&net));
+        let mut holding = holding.iter().map(|&i| &management[i]);
         if let Some(first) = holding.next() {
             cx.error(
                 &gateway.at,

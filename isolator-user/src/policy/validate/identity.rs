@@ -1,6 +1,8 @@
 //! Interface identities: the `mac`, `addresses` and `vlans` of an interface entry. No
 //! MAC or address may belong to two interfaces anywhere in the file.
 
+use std::collections::HashMap;
+
 use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
 
@@ -8,15 +10,27 @@ use super::interfaces::describe_interface;
 use super::prefixes::{is_ipv6_link_local, parse_endpoint};
 use super::{Checker, Outside, Scope, SegmentIx, and_more, pos};
 use crate::policy::raw::{RawInterfaceEntry, RawInterfaceMapping, RawScalar, RawVlan};
-use crate::policy::{Interface, InterfacePattern, MacAddr};
+use crate::policy::{Interface, InterfacePattern, MacAddr, NetIndex};
 
 /// Identities declared so far anywhere in the file: no MAC or address may belong to two
 /// interfaces.
 #[derive(Default)]
 pub(super) struct Identities {
-    /// (MAC, interface name, position of the `mac` value, segment).
-    macs: Vec<(MacAddr, String, Location, SegmentIx)>,
+    /// MAC -> (interface name, position of the `mac` value, segment).
+    macs: HashMap<MacAddr, (String, Location, SegmentIx)>,
+    /// Declared addresses of interfaces with a valid name, valid and inside their
+    /// segment, in file order: [`check_address_overlaps`] checks them against each other.
+    pending: Vec<Pending>,
+    /// The declared addresses that overlap no other interface's, in file order (after
+    /// [`check_address_overlaps`]).
     pub addresses: Vec<Declared>,
+}
+
+/// A declared address not yet checked against the other interfaces'.
+struct Pending {
+    declared: Declared,
+    /// `interface "name"`, for messages.
+    this: String,
 }
 
 /// A declared address of an interface.
@@ -179,7 +193,7 @@ fn check_mac(
     if !entry.valid {
         return None;
     }
-    if let Some((_, other, at, segment)) = identities.macs.iter().find(|(m, ..)| *m == parsed) {
+    if let Some((other, at, segment)) = identities.macs.get(&parsed) {
         let segment = if *segment == entry.segment {
             String::new()
         } else {
@@ -200,9 +214,10 @@ fn check_mac(
         );
         return None;
     }
-    identities
-        .macs
-        .push((parsed, entry.name.to_owned(), mac.referenced, entry.segment));
+    identities.macs.insert(
+        parsed,
+        (entry.name.to_owned(), mac.referenced, entry.segment),
+    );
     Some(parsed)
 }
 
@@ -296,59 +311,82 @@ fn check_addresses(
         if !entry.valid {
             continue;
         }
-        let mut overlapping = identities
-            .addresses
-            .iter()
-            .filter(|d| d.interface != entry.name || d.segment != own)
-            .filter(|d| d.net.contains(&net) || net.contains(&d.net));
-        if let Some(other) = overlapping.next() {
-            let relation = if other.net == net {
-                "is also declared for"
-            } else if net.contains(&other.net) {
-                "contains address"
-            } else {
-                "lies within address"
-            };
-            let other_address = if other.net == net {
-                String::new()
-            } else {
-                format!(" {:?} of", other.raw)
-            };
-            let segment = if other.segment == own {
-                String::new()
-            } else {
-                format!(" of segment {}", cx.qualified(other.segment))
-            };
-            cx.error(
-                &address.referenced,
-                format!(
-                    "address {written:?} of {this} {relation}{other_address} interface {:?}{segment} \
-                     at {}{}",
-                    other.interface,
-                    pos(&other.at),
-                    and_more(
-                        overlapping.count(),
-                        "overlapping address",
-                        "overlapping addresses"
-                    ),
-                ),
-                Some(
-                    "a source address belongs to one interface, or either VM could send as the \
-                     other; remove the address from one of them, or make the prefixes disjoint"
-                        .to_owned(),
-                ),
-            );
-            continue;
-        }
-        identities.addresses.push(Declared {
-            net,
-            raw: written.to_owned(),
-            interface: entry.name.to_owned(),
-            at: address.referenced,
-            segment: own,
+        identities.pending.push(Pending {
+            declared: Declared {
+                net,
+                raw: written.to_owned(),
+                interface: entry.name.to_owned(),
+                at: address.referenced,
+                segment: own,
+            },
+            this: this.clone(),
         });
     }
     seen.into_iter().map(|(net, ..)| net).collect()
+}
+
+/// Reports each declared address that is, contains or lies within an address another
+/// interface declared before it (and was not itself refused); keeps the others in
+/// [`Identities::addresses`].
+pub(super) fn check_address_overlaps(cx: &mut Checker<'_>, identities: &mut Identities) {
+    let pending = std::mem::take(&mut identities.pending);
+    let index = NetIndex::new(pending.iter().map(|p| &p.declared.net));
+    let mut accepted = vec![false; pending.len()];
+    for (n, (new, earlier)) in pending.iter().zip(index.earlier_overlapping()).enumerate() {
+        let Pending { declared, this } = new;
+        let (net, written, own) = (declared.net, &declared.raw, declared.segment);
+        let mut overlapping = earlier
+            .iter()
+            .map(|&i| i as usize)
+            .filter(|&i| accepted[i])
+            .map(|i| &pending[i].declared)
+            .filter(|d| d.interface != declared.interface || d.segment != own);
+        let Some(other) = overlapping.next() else {
+            accepted[n] = true;
+            continue;
+        };
+        let relation = if other.net == net {
+            "is also declared for"
+        } else if net.contains(&other.net) {
+            "contains address"
+        } else {
+            "lies within address"
+        };
+        let other_address = if other.net == net {
+            String::new()
+        } else {
+            format!(" {:?} of", other.raw)
+        };
+        let segment = if other.segment == own {
+            String::new()
+        } else {
+            format!(" of segment {}", cx.qualified(other.segment))
+        };
+        cx.error(
+            &declared.at,
+            format!(
+                "address {written:?} of {this} {relation}{other_address} interface {:?}{segment} \
+                 at {}{}",
+                other.interface,
+                pos(&other.at),
+                and_more(
+                    overlapping.count(),
+                    "overlapping address",
+                    "overlapping addresses"
+                ),
+            ),
+            Some(
+                "a source address belongs to one interface, or either VM could send as the \
+                 other; remove the address from one of them, or make the prefixes disjoint"
+                    .to_owned(),
+            ),
+        );
+    }
+    identities.addresses = pending
+        .into_iter()
+        .zip(accepted)
+        .filter_map(|(p, accepted)| accepted.then_some(p.declared))
+        .collect();
 }
 
 /// Lowest and highest VLAN id a frame may carry (802.1Q reserves 0 and 4095).

@@ -5,12 +5,12 @@
 use serde_saphyr::Spanned;
 
 use super::{Checker, Conflict, Placed, SegmentIx, and_more, first_conflict, pos};
-use crate::policy::InterfacePattern;
 use crate::policy::raw::{RawInterface, RawInterfaceEntry};
+use crate::policy::{InterfacePattern, NameIndex, Term};
 
-/// The interface names and patterns of segment `ix`, each checked against those of the
-/// segments before it (in `interfaces`, which the valid ones are added to).
-pub(super) fn check_names(
+/// Adds the valid interface names and patterns of segment `ix` to `interfaces`; reports
+/// the invalid ones. [`check_conflicts`] checks them against each other.
+pub(super) fn collect(
     cx: &mut Checker<'_>,
     ix: SegmentIx,
     interfaces: &mut Vec<Placed<InterfacePattern>>,
@@ -30,7 +30,6 @@ pub(super) fn check_names(
                     at: name.referenced,
                     segment: ix,
                 };
-                check_interface(cx, interfaces, &placed);
                 interfaces.push(placed);
             }
         }
@@ -46,11 +45,35 @@ pub(super) fn describe_interface(raw: &str, pattern: &InterfacePattern) -> Strin
     }
 }
 
+/// Reports each entry that an earlier entry of another segment can match a name it
+/// matches, or that is listed twice in its segment. Returns the index of the entries, in
+/// the order of `interfaces`.
+pub(super) fn check_conflicts<'i>(
+    cx: &mut Checker<'_>,
+    interfaces: &'i [Placed<InterfacePattern>],
+) -> NameIndex<'i> {
+    let index = NameIndex::new(
+        interfaces
+            .iter()
+            .map(|i| Term::Pattern(i.value.as_str()))
+            .collect(),
+    );
+    for (n, new) in interfaces.iter().enumerate() {
+        let earlier = index.overlapping(Term::Pattern(new.value.as_str()));
+        let earlier = earlier
+            .iter()
+            .take_while(|&&i| i < n)
+            .map(|&i| &interfaces[i]);
+        check_interface(cx, earlier, new);
+    }
+    index
+}
+
 /// Reports `new` if an earlier entry of another segment can match a name it matches, or
 /// the same entry is listed twice in one segment.
-fn check_interface(
+fn check_interface<'p>(
     cx: &mut Checker<'_>,
-    earlier: &[Placed<InterfacePattern>],
+    earlier: impl Iterator<Item = &'p Placed<InterfacePattern>>,
     new: &Placed<InterfacePattern>,
 ) {
     let Some((old, conflict, more)) = first_conflict(earlier, new, |a, b| {

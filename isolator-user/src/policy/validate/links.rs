@@ -8,8 +8,8 @@ use serde_saphyr::Spanned;
 
 use super::interfaces::describe_interface;
 use super::{Checker, Listed, Placed, Scope, and_more, pos};
-use crate::policy::InterfacePattern;
 use crate::policy::raw::{RawLinkName, RawScalar};
+use crate::policy::{InterfacePattern, NameIndex, Term};
 
 /// What a list of link names is, for [`pattern`].
 struct LinkKey {
@@ -164,18 +164,31 @@ pub(super) fn check_uplinks_against_vifs(
     cx: &mut Checker<'_>,
     uplinks: &[Placed<InterfacePattern>],
     interfaces: &[Placed<InterfacePattern>],
+    interface_index: &NameIndex<'_>,
     vif_names: &[Listed<InterfacePattern>],
 ) {
     for uplink in uplinks {
+        let term = Term::Pattern(uplink.value.as_str());
+        let candidates = interface_index.overlapping(term);
+        if candidates.is_empty()
+            && !vif_names
+                .iter()
+                .any(|vif| term.overlaps(Term::Pattern(vif.value.as_str())))
+        {
+            continue;
+        }
         let this = format!(
             "uplink {:?} of segment {}",
             uplink.raw,
             cx.qualified(uplink.segment)
         );
-        let mut overlapping = interfaces.iter().filter_map(|interface| {
-            let example = uplink.value.overlap_example(&interface.value)?;
-            Some((interface, example))
-        });
+        let mut overlapping = candidates
+            .iter()
+            .map(|&i| &interfaces[i])
+            .filter_map(|interface| {
+                let example = uplink.value.overlap_example(&interface.value)?;
+                Some((interface, example))
+            });
         if let Some((interface, example)) = overlapping.next() {
             cx.error(
                 &uplink.at,

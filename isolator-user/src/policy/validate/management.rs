@@ -6,14 +6,14 @@ use serde_saphyr::Location;
 
 use super::prefixes::parse_prefix;
 use super::values::check_services;
-use super::{Checker, Listed, Placed, and_more, pos};
+use super::{Checker, FilePrefixes, Listed, and_more, pos};
 use crate::policy::raw::RawManagement;
 use crate::policy::{Management, Service};
 
 /// The management prefixes, each checked against every segment's valid prefixes.
 pub(super) fn check(
     cx: &mut Checker<'_>,
-    segment_prefixes: &[Placed<IpNet>],
+    segment_prefixes: &FilePrefixes,
 ) -> Vec<Listed<Management>> {
     let raw = &cx.raw.management;
     let mut out = Vec::with_capacity(raw.len());
@@ -34,9 +34,8 @@ pub(super) fn check(
             continue;
         };
         let mut valid = true;
-        let mut overlapping = segment_prefixes
-            .iter()
-            .filter(|p| p.value.contains(&prefix) || prefix.contains(&p.value));
+        let overlapping = segment_prefixes.index.overlapping(&prefix);
+        let mut overlapping = overlapping.iter().map(|&i| &segment_prefixes.placed[i]);
         if let Some(first) = overlapping.next() {
             valid = false;
             let relation = if first.value == prefix {
@@ -118,5 +117,7 @@ fn check_management_services(
         );
         return None;
     }
-    check_services(cx, &list.value, &format!("management prefix {written:?}"))
+    check_services(cx, &list.value, &|| {
+        format!("management prefix {written:?}")
+    })
 }

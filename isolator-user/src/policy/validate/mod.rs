@@ -9,9 +9,17 @@
 //! kinds several sections share (keywords, protocols and ports, services).
 //!
 //! Validation runs in two passes over the segments. The first collects every segment's
-//! interface names and prefixes; the second checks what refers to them anywhere in the
-//! file (identities, exposed endpoints, gateways, uplinks, flows), one segment at a time,
-//! through a [`Scope`]. Last come the checks between entries of the whole file that
+//! interface names and prefixes, which are then checked against each other; the second
+//! checks what refers to them anywhere in the file (identities, exposed endpoints,
+//! gateways, uplinks, flows), one segment at a time, through a [`Scope`].
+//!
+//! Nothing compares every entry with every other: entries that may conflict are found
+//! through an index ([`NameIndex`](crate::policy::NameIndex) for interface names and
+//! patterns, [`NetIndex`] for prefixes and addresses, hash maps for names, MACs and
+//! repeated entries), so that a policy of the whole cloud (100 000 segments, 1 000 000
+//! prefixes) validates in about O(n log n). A check between entries of the file reports
+//! the same first conflicting entry, and counts the same others, as a comparison with
+//! every earlier entry would. Last come the checks between entries of the whole file that
 //! only the second pass completes: management prefixes, the gateways against the
 //! declared addresses and management prefixes, the uplinks against every interface
 //! entry and `vif_names`.
@@ -28,11 +36,14 @@ pub(super) mod prefixes;
 mod settings;
 pub(super) mod values;
 
+use std::collections::HashMap;
+use std::hash::Hash;
+
 use ipnet::IpNet;
 use serde_saphyr::Location;
 
 use super::raw::{RawPolicy, RawSegment};
-use super::{Diagnostic, Gateway, InterfacePattern, Policy, Segment, Tenant};
+use super::{Diagnostic, Gateway, InterfacePattern, NetIndex, Policy, Segment, Tenant};
 
 /// (tenant index, segment index): identifies a segment within the file.
 type SegmentIx = (usize, usize);
@@ -95,13 +106,15 @@ enum Conflict {
     Overlap(Option<String>),
 }
 
-/// First conflicting earlier entry, and how many more there are.
-fn first_conflict<'p, T>(
-    earlier: &'p [Placed<T>],
+/// First conflicting earlier entry, and how many more there are. `earlier` are the
+/// entries before `new` in file order that may conflict with it (an index finds them),
+/// in file order.
+fn first_conflict<'p, T: 'p>(
+    earlier: impl IntoIterator<Item = &'p Placed<T>>,
     new: &Placed<T>,
     conflict: impl Fn(&T, &T) -> Option<Conflict>,
 ) -> Option<(&'p Placed<T>, Conflict, usize)> {
-    let mut found = earlier.iter().filter_map(|old| {
+    let mut found = earlier.into_iter().filter_map(|old| {
         let c = conflict(&old.value, &new.value)?;
         match c {
             Conflict::Repeated | Conflict::Shared if old.segment == new.segment => {
@@ -117,11 +130,66 @@ fn first_conflict<'p, T>(
     Some((old, c, found.count()))
 }
 
+/// Entries seen so far, to find the first earlier one equal to a new one: by a scan
+/// while there are few (most lists of a segment or tenant), by a hash map beyond.
+struct FirstSeen<K> {
+    keys: Vec<K>,
+    map: HashMap<K, usize>,
+}
+
+impl<K: Eq + Hash + Clone> FirstSeen<K> {
+    /// Longest list scanned.
+    const SCAN: usize = 16;
+
+    fn new() -> Self {
+        FirstSeen {
+            keys: Vec::new(),
+            map: HashMap::new(),
+        }
+    }
+
+    /// The number (in the order added) of the first entry equal to `key`.
+    fn find(&self, key: &K) -> Option<usize> {
+        if self.keys.len() <= Self::SCAN {
+            self.keys.iter().position(|k| k == key)
+        } else {
+            self.map.get(key).copied()
+        }
+    }
+
+    fn push(&mut self, key: K) {
+        if self.keys.len() == Self::SCAN {
+            for (n, k) in self.keys.iter().enumerate() {
+                self.map.entry(k.clone()).or_insert(n);
+            }
+        }
+        if self.keys.len() >= Self::SCAN {
+            self.map.entry(key.clone()).or_insert(self.keys.len());
+        }
+        self.keys.push(key);
+    }
+}
+
 fn and_more(more: usize, one: &str, many: &str) -> String {
     match more {
         0 => String::new(),
         1 => format!(" (and 1 more {one})"),
         n => format!(" (and {n} more {many})"),
+    }
+}
+
+/// Every segment's valid prefixes, in file order, and an index of them.
+struct FilePrefixes {
+    placed: Vec<Placed<IpNet>>,
+    index: NetIndex,
+}
+
+impl FilePrefixes {
+    fn new(placed: Vec<Placed<IpNet>>) -> FilePrefixes {
+        FilePrefixes {
+            index: NetIndex::new(placed.iter().map(|p| &p.value)),
+            placed,
+        }
     }
 }
 
@@ -135,7 +203,7 @@ struct Scope<'a> {
     /// Every segment's valid prefixes, or `None` when some prefix of this segment is
     /// invalid or refused: then whether an address lies inside the segment is unknown
     /// and not checked.
-    file_prefixes: Option<&'a [Placed<IpNet>]>,
+    file_prefixes: Option<&'a FilePrefixes>,
 }
 
 /// How an address or prefix lies outside its segment, found by [`Scope::outside`].
@@ -160,8 +228,11 @@ impl Scope<'_> {
             "is outside"
         };
         let owner = file_prefixes
-            .iter()
-            .find(|p| p.segment != self.ix && p.value.contains(net))
+            .index
+            .containing(net)
+            .into_iter()
+            .map(|i| &file_prefixes.placed[i])
+            .find(|p| p.segment != self.ix)
             .map(|p| p.segment);
         Some(Outside { relation, owner })
     }
@@ -203,8 +274,8 @@ pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagno
         for (s, raw_segment) in raw_tenant.segments.iter().enumerate() {
             let ix = (t, s);
             let options = settings::check_segment(&mut cx, raw_segment, mode);
-            interfaces::check_names(&mut cx, ix, &mut interfaces);
-            let (own_prefixes, all_valid) = prefixes::check(&mut cx, ix, &mut prefixes);
+            interfaces::collect(&mut cx, ix, &mut interfaces);
+            let (own_prefixes, all_valid) = prefixes::collect(&mut cx, ix, &mut prefixes);
             segments.push(Segment {
                 name: raw_segment.name.value.clone(),
                 interfaces: Vec::new(),
@@ -227,8 +298,14 @@ pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagno
         prefixes_complete.push(complete);
     }
 
+    // No interface name in two segments, no address in two segments.
+    let interface_index = interfaces::check_conflicts(&mut cx, &interfaces);
+    let prefixes = FilePrefixes::new(prefixes);
+    prefixes::check_conflicts(&mut cx, &prefixes);
+
     // Second pass: interface identities, exposed endpoints, gateways, uplinks and flows
     // refer to prefixes and segments anywhere in the file.
+    let directory = flows::Directory::new(raw);
     let mut identities = identity::Identities::default();
     let mut gateways: Vec<Placed<Gateway>> = Vec::new();
     let mut uplinks: Vec<Placed<InterfacePattern>> = Vec::new();
@@ -239,7 +316,7 @@ pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagno
                 ix: (t, s),
                 raw: raw_segment,
                 prefixes: &segment.prefixes,
-                file_prefixes: prefixes_complete[t][s].then_some(&prefixes[..]),
+                file_prefixes: prefixes_complete[t][s].then_some(&prefixes),
             };
             let own_interfaces = identity::check(&mut cx, &scope, &mut identities);
             let exposed = expose::check(&mut cx, &scope);
@@ -248,13 +325,14 @@ pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagno
             segment.interfaces = own_interfaces;
             segment.expose = exposed.into_iter().map(|e| e.value).collect();
         }
-        tenants[t].flows = flows::check(&mut cx, t);
+        tenants[t].flows = flows::check(&mut cx, &directory, t);
     }
+    identity::check_address_overlaps(&mut cx, &mut identities);
     let management = management::check(&mut cx, &prefixes);
 
     // The host's side of the segments against the whole file.
     gateways::check_host_addresses(&mut cx, &gateways, &identities.addresses, &management);
-    links::check_uplinks_against_vifs(&mut cx, &uplinks, &interfaces, &vif_names);
+    links::check_uplinks_against_vifs(&mut cx, &uplinks, &interfaces, &interface_index, &vif_names);
     for gateway in gateways {
         let (t, s) = gateway.segment;
         tenants[t].segments[s].gateways.push(gateway.value);
@@ -276,5 +354,25 @@ pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagno
         // Stable: problems at the same position keep the order they were found in.
         cx.diagnostics.sort_by_key(|d| (d.line, d.column));
         Err(cx.diagnostics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FirstSeen;
+
+    /// Past the scanned length, the hash map finds the same first entry a scan does.
+    #[test]
+    fn first_seen_finds_the_first_equal_entry_at_any_length() {
+        let mut seen = FirstSeen::new();
+        let mut keys = Vec::new();
+        for n in 0..50u32 {
+            let key = n % 23;
+            let expected = keys.iter().position(|&k| k == key);
+            assert_eq!(seen.find(&key), expected, "entry {n}");
+            seen.push(key);
+            keys.push(key);
+        }
+        assert_eq!(seen.find(&100), None);
     }
 }

@@ -6,12 +6,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use serde_saphyr::Location;
 
-use super::{Checker, Conflict, Placed, SegmentIx, and_more, first_conflict, pos};
+use super::{Checker, Conflict, FilePrefixes, Placed, SegmentIx, and_more, first_conflict, pos};
 
-/// The valid prefixes of segment `ix`, each checked against those of the segments before
-/// it (in `prefixes`, which the valid ones are added to), and whether all of the
-/// segment's prefixes are valid.
-pub(super) fn check(
+/// The valid prefixes of segment `ix` (also added to `prefixes`), and whether all of the
+/// segment's prefixes are valid; reports the invalid ones. [`check_conflicts`] checks
+/// them against each other.
+pub(super) fn collect(
     cx: &mut Checker<'_>,
     ix: SegmentIx,
     prefixes: &mut Vec<Placed<IpNet>>,
@@ -38,7 +38,6 @@ pub(super) fn check(
                     at: entry.referenced,
                     segment: ix,
                 };
-                check_prefix(cx, prefixes, &placed);
                 prefixes.push(placed);
                 own.push(net);
             }
@@ -159,6 +158,13 @@ fn reserved_overlapping(net: &IpNet) -> Vec<&'static Reserved> {
 /// Whether `net`, written as `written` at `at`, can be a prefix of segment `ix`: it
 /// overlaps no [`RESERVED`] range. Reports it if not.
 fn usable(cx: &mut Checker<'_>, written: &str, net: IpNet, ix: SegmentIx, at: &Location) -> bool {
+    if net.prefix_len() > 0
+        && !RESERVED
+            .iter()
+            .any(|r| r.net.contains(&net) || net.contains(&r.net))
+    {
+        return true;
+    }
     let this = format!("prefix {written:?} of segment {}", cx.qualified(ix));
     if net.prefix_len() == 0 {
         let (family, held, example) = match net {
@@ -247,9 +253,23 @@ fn join_and(items: &[String]) -> String {
     }
 }
 
+/// Reports each prefix that overlaps an earlier prefix of another segment, or that is
+/// listed twice in its segment.
+pub(super) fn check_conflicts(cx: &mut Checker<'_>, prefixes: &FilePrefixes) {
+    let earlier = prefixes.index.earlier_overlapping();
+    for (new, earlier) in prefixes.placed.iter().zip(&earlier) {
+        let earlier = earlier.iter().map(|&i| &prefixes.placed[i as usize]);
+        check_prefix(cx, earlier, new);
+    }
+}
+
 /// Reports `new` if it overlaps a prefix of another segment, or is listed twice in its
 /// segment.
-fn check_prefix(cx: &mut Checker<'_>, earlier: &[Placed<IpNet>], new: &Placed<IpNet>) {
+fn check_prefix<'p>(
+    cx: &mut Checker<'_>,
+    earlier: impl Iterator<Item = &'p Placed<IpNet>>,
+    new: &Placed<IpNet>,
+) {
     let Some((old, conflict, more)) = first_conflict(earlier, new, |a, b| {
         if a == b {
             Some(Conflict::Repeated)

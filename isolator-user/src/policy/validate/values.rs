@@ -184,7 +184,7 @@ pub(super) fn check_service(
 pub(super) fn check_services(
     cx: &mut Checker<'_>,
     list: &[RawService],
-    owner: &str,
+    owner: &dyn Fn() -> String,
 ) -> Option<Vec<Service>> {
     let mut valid = true;
     let mut services: Vec<(Service, Location)> = Vec::new();
@@ -200,7 +200,8 @@ pub(super) fn check_services(
             cx.error(
                 &at,
                 format!(
-                    "service {service} is listed twice for {owner}: first at {}",
+                    "service {service} is listed twice for {}: first at {}",
+                    owner(),
                     pos(first)
                 ),
                 Some("remove one of the two entries".to_owned()),
