@@ -11,6 +11,8 @@
 //!
 //! `--loader` measures something else, the userspace path of a policy load at cloud
 //! scale ([`scale`]: read, parse, validate, compile), and needs no privileges.
+//! `--table-size` measures the per-frame cost and the kernel apply time as the policy
+//! grows from ten addresses to a million ([`table_size`]).
 //!
 //! Runs in private network and mount namespaces on a thread of its own (veth pairs stand
 //! in for vifs); frames go nowhere else. `--smoke` runs tiny sizes (the tests do, so that
@@ -18,6 +20,7 @@
 
 mod live;
 mod scale;
+mod table_size;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -113,6 +116,7 @@ impl Options {
                 }
                 "--help" | "-h" => {
                     println!("usage: bench [--smoke] [--rounds N] [--frames N]");
+                    println!("       bench --table-size [--smoke]");
                     println!(
                         "       {}",
                         scale::Config::USAGE.trim_start_matches("usage: ")
@@ -130,6 +134,12 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1).peekable();
     if args.peek().map(String::as_str) == Some("--loader") {
         return scale::run(args.skip(1));
+    }
+    if args.peek().map(String::as_str) == Some("--table-size") {
+        let smoke = args.nth(1).as_deref() == Some("--smoke");
+        return std::thread::spawn(move || table_sizes(smoke))
+            .join()
+            .map_err(|_| anyhow::anyhow!("the benchmark thread panicked"))?;
     }
     let options = Options::from_args()?;
     std::thread::spawn(move || run(options))
@@ -247,6 +257,19 @@ fn run(options: Options) -> anyhow::Result<()> {
         recheck(&mut dp, &links)?;
     }
     Ok(())
+}
+
+/// `--table-size`: the lab, then [`table_size::run`].
+fn table_sizes(smoke: bool) -> anyhow::Result<()> {
+    let (_dp, links) = lab()?;
+    let policy = policy::parse(POLICY, "bench.yaml").map_err(|d| anyhow::anyhow!("{d}"))?;
+    let base = Plan::new(&policy, &links)?;
+    if smoke {
+        let o = Options::SMOKE;
+        table_size::run(&links, &base, &table_size::SMOKE, o.micro_repeat, o.micro_rounds)
+    } else {
+        table_size::run(&links, &base, &table_size::FULL, 100_000, 5)
+    }
 }
 
 /// The test-run micro table: BPF_PROG_TEST_RUN, no live frames.
@@ -447,6 +470,7 @@ mod tests {
             let reports = live::run(&mut dp, &links, &paths(), options.live)?;
             live::print(&reports, options.live);
             micro(&mut dp, &links, options)?;
+            table_sizes(true)?;
             Ok(reports)
         })
         .join()

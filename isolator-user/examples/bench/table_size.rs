@@ -1,0 +1,193 @@
+//! `--table-size`: what a frame costs as the policy grows from ten addresses to a million,
+//! and what putting such a policy into the kernel takes.
+//!
+//! The bench policy is grown at the plan level (no YAML: `--loader` measures that part)
+//! by extra tenants of one segment each, a /24 apiece (from 11.0.0.0 upwards, up to
+//! 100 000 segments), and beyond that by exposed /32 endpoints inside them (TCP 443). The
+//! prefix lengths in use stay those of the bench policy (/24 and /32), so what grows is
+//! only the number of entries. For each size, on one dataplane sized for the largest:
+//! the time `Dataplane::apply` takes (write the new generation, flip, wait, purge the old
+//! one), the entries and the kernel memory of the address map, and the test-run time of
+//! the ingress verdict for a cross-tenant drop, a same-segment pass and a drop into one
+//! of the extra segments, interleaved with a pass-everything program, medians.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ipnet::Ipv4Net;
+use isolator::compile::{Plan, SegmentRef};
+use isolator::dataplane::{Dataplane, Sizes};
+use isolator::encode::encode;
+use isolator_common::{Rule, RuleSet, SegmentInfo, maps, protocol};
+
+use crate::{WEB, median, tcp};
+
+/// The sizes measured (addresses: segment prefixes plus exposed endpoints).
+pub const FULL: [usize; 4] = [10, 1_000, 100_000, 1_000_000];
+/// Tiny sizes for the smoke test.
+pub const SMOKE: [usize; 2] = [10, 100];
+
+/// The most extra segments added; beyond it, addresses are exposed endpoints.
+const MAX_SEGMENTS: usize = 100_000;
+
+/// The `i`-th extra segment's /24, from 11.0.0.0 upwards.
+fn extra_prefix(i: usize) -> Ipv4Net {
+    let base = u32::from(Ipv4Addr::new(11, 0, 0, 0)) + (i as u32) * 256;
+    Ipv4Net::new(Ipv4Addr::from(base), 24).expect("a /24")
+}
+
+/// `base` with `addresses` more addresses: extra one-segment tenants, then exposed
+/// endpoints in them.
+pub fn grow(base: &Plan, addresses: usize) -> Plan {
+    let mut plan = base.clone();
+    let segments = addresses.min(MAX_SEGMENTS);
+    let first_id = plan.segments.len() as u32;
+    let first_tenant = plan.segments.iter().map(|s| s.tenant_id + 1).max().unwrap_or(0);
+    for i in 0..segments {
+        let id = first_id + i as u32;
+        plan.segments.push(SegmentRef {
+            id,
+            tenant_id: first_tenant + i as u32,
+            tenant: format!("t{i}"),
+            name: "s".into(),
+            flags: SegmentInfo::EGRESS_ALLOW,
+        });
+        plan.v4.push((extra_prefix(i), id));
+    }
+    let mut https = RuleSet::default();
+    https.rules[0] = Rule {
+        protocol: protocol::TCP,
+        first_port: 443,
+        last_port: 443,
+        ..Rule::default()
+    };
+    https.count = 1;
+    for j in 0..addresses - segments {
+        let prefix = extra_prefix(j % segments.max(1));
+        let host = (j / segments.max(1)) as u32 + 1;
+        let addr = Ipv4Addr::from(u32::from(prefix.network()) + host);
+        plan.exposed_v4
+            .push((Ipv4Net::new(addr, 32).expect("a /32"), https));
+    }
+    plan
+}
+
+/// One size's figures.
+struct Row {
+    addresses: usize,
+    entries: usize,
+    apply: Duration,
+    memory: u64,
+    /// (case, isolator ns, baseline ns, verdict)
+    cases: Vec<(&'static str, Duration, Duration, u32)>,
+}
+
+/// Measures every size in `sizes`: `repeat` test runs per measurement, `rounds` rounds.
+pub fn run(
+    links: &[isolator::compile::Link],
+    base: &Plan,
+    sizes: &[usize],
+    repeat: u32,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let largest = grow(base, sizes.iter().copied().max().unwrap_or(0));
+    let mut dp = Dataplane::load_sized(&Sizes::for_plan(&largest))
+        .context("loading a dataplane sized for the largest policy")?;
+    drop(largest);
+    let web = links[WEB].ifindex;
+    let cases: [(&'static str, Vec<u8>); 3] = [
+        (
+            "cross tenant (drop)",
+            tcp("10.1.1.2", "10.2.1.3", 40000, 22, crate::SYN),
+        ),
+        (
+            "same segment (pass)",
+            tcp("10.1.1.2", "10.1.1.3", 40000, 22, crate::ACK),
+        ),
+        (
+            "to an extra tenant (drop)",
+            tcp("10.1.1.2", "11.0.0.77", 40000, 22, crate::SYN),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for &addresses in sizes {
+        let plan = grow(base, addresses);
+        let entries = encode(&plan, 0).addresses_v4.len();
+        let started = Instant::now();
+        dp.apply(&plan)
+            .with_context(|| format!("applying the policy grown by {addresses} addresses"))?;
+        let apply = started.elapsed();
+        let memory = dp
+            .footprints()?
+            .iter()
+            .find(|f| f.name == maps::ADDRESSES_V4)
+            .map(|f| f.memory_bytes)
+            .unwrap_or(0);
+        let mut measured = Vec::new();
+        for (name, frame) in &cases {
+            let (mut own, mut floor) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                floor.push(dp.bench_ingress(web, frame, repeat, true)?);
+                own.push(dp.bench_ingress(web, frame, repeat, false)?);
+            }
+            let verdict = dp.test_run_ingress(web, frame)?;
+            measured.push((*name, median(&mut own), median(&mut floor), verdict));
+        }
+        rows.push(Row {
+            addresses,
+            entries,
+            apply,
+            memory,
+            cases: measured,
+        });
+    }
+    print(&rows, repeat, rounds);
+    Ok(())
+}
+
+fn print(rows: &[Row], repeat: u32, rounds: usize) {
+    println!(
+        "\nper-frame cost against table size (test runs of the ingress verdict, {repeat} runs x \
+         {rounds} rounds, medians; the bench policy grown by one-segment tenants with a /24 \
+         each, then exposed /32s; prefix lengths in use: /24 and /32)"
+    );
+    print!(
+        "{:>10} {:>10} {:>10} {:>10}",
+        "addresses", "entries", "apply ms", "map MiB"
+    );
+    for (name, ..) in &rows[0].cases {
+        print!(" {:>28}", format!("{name} ns (x at 10)"));
+    }
+    println!();
+    for row in rows {
+        print!(
+            "{:>10} {:>10} {:>10.1} {:>10.1}",
+            row.addresses,
+            row.entries,
+            row.apply.as_secs_f64() * 1e3,
+            row.memory as f64 / (1 << 20) as f64
+        );
+        for (i, (_, own, _, verdict)) in row.cases.iter().enumerate() {
+            let first = rows[0].cases[i].1.as_nanos().max(1) as f64;
+            let ns = own.as_nanos();
+            let what = match verdict {
+                1 => "drop",
+                2 => "pass",
+                _ => "other",
+            };
+            print!(
+                " {:>28}",
+                format!("{ns} ({:.2}x) {what}", ns as f64 / first)
+            );
+        }
+        println!();
+    }
+    println!(
+        "(baseline, a pass-everything program, measured alongside: {} ns)",
+        rows.iter()
+            .flat_map(|r| r.cases.iter().map(|c| c.2.as_nanos()))
+            .min()
+            .unwrap_or(0)
+    );
+}
