@@ -32,7 +32,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::compile::{Link, Plan};
-use crate::dataplane::{AttachMode, Dataplane, DataplaneError, KernelLogger};
+use crate::dataplane::{AttachMode, Dataplane, DataplaneError, KernelLogger, Sizes};
 use crate::metrics::{
     self, ConntrackStats, DaemonStats, Inventory, NetlinkStats, Refused, ReloadStats, Scrape,
 };
@@ -185,17 +185,29 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Subscribe to events before listing anything, so that no change is missed.
     let netlink = Netlink::open(opts.netlink_receive_buffer)?;
 
+    // The policy maps are sized from the policy (with room to grow; see `Sizes`).
+    let sizes = crate::compile::Plan::new(&policy, crate::compile::HostView::default())
+        .map(|plan| Sizes::for_plan(&plan))
+        .unwrap_or_default();
+    info!(
+        addresses_v4 = sizes.addresses_v4,
+        addresses_v6 = sizes.addresses_v6,
+        rulesets = sizes.rulesets,
+        pairs = sizes.pairs,
+        "policy map capacities"
+    );
     let state_dir = opts.state_dir.clone();
-    let mut dataplane = tokio::task::spawn_blocking(move || Dataplane::load_pinned(&state_dir))
-        .await
-        .context("loading the kernel programs")?
-        .with_context(|| {
-            format!(
-                "loading the kernel programs with their state in {} (are you root, kernel >= \
+    let mut dataplane =
+        tokio::task::spawn_blocking(move || Dataplane::load_pinned_sized(&state_dir, &sizes))
+            .await
+            .context("loading the kernel programs")?
+            .with_context(|| {
+                format!(
+                    "loading the kernel programs with their state in {} (are you root, kernel >= \
                  6.6, bpffs mounted at /sys/fs/bpf?)",
-                opts.state_dir.display()
-            )
-        })?;
+                    opts.state_dir.display()
+                )
+            })?;
     let kernel_log = dataplane.take_kernel_logger();
     let kernel = KernelHandle::spawn(dataplane);
     if let Some(logger) = kernel_log {
@@ -471,6 +483,8 @@ struct KernelScrape {
     uncounted: Vec<isolator_common::Uncounted>,
     faults: [u64; isolator_common::fault::KINDS as usize],
     conntrack: ConntrackStats,
+    /// Each policy map's capacity and kernel memory.
+    maps: Vec<crate::dataplane::Footprint>,
     /// Links guarded but not classified yet: their drops count under their names.
     guarded: Vec<(u32, String)>,
 }
@@ -821,6 +835,7 @@ impl Kernel {
         let uncounted = dp.uncounted()?;
         let faults = dp.faults()?;
         let (entries, capacity, events) = dp.conntrack()?;
+        let maps = dp.footprints()?;
         use isolator_common::conntrack;
         let event = |i: u32| events[i as usize];
         let opened = event(conntrack::EVENT_CREATED);
@@ -853,6 +868,7 @@ impl Kernel {
                 released,
                 evicted,
             },
+            maps,
             guarded: self
                 .guarded
                 .iter()
@@ -913,6 +929,7 @@ async fn serve_metrics(State(http): State<Http>) -> impl IntoResponse {
                 uncounted: kernel.uncounted,
                 faults: kernel.faults,
                 conntrack: kernel.conntrack,
+                maps: kernel.maps,
                 daemon: DaemonStats {
                     reloads: status.reloads,
                     reconcile_failing: status.reconcile_error.is_some(),

@@ -113,6 +113,34 @@ fn main() -> ExitCode {
                     }
                 }
                 println!("{}: valid: {}", file.display(), policy.summary());
+                // What the kernel maps take for it (without the host's own links and
+                // addresses, which the daemon adds).
+                match isolator::compile::Plan::new(&policy, isolator::compile::HostView::default())
+                {
+                    Ok(plan) => {
+                        let sizes = isolator::dataplane::Sizes::for_plan(&plan);
+                        let estimate = sizes.estimate(&plan);
+                        let total: u64 = estimate.iter().map(|(.., bytes)| bytes).sum();
+                        println!(
+                            "kernel maps sized for it (about {:.1} MiB once in force):",
+                            total as f64 / f64::from(1 << 20)
+                        );
+                        for (map, count, capacity, bytes) in estimate {
+                            println!(
+                                "  {map}: {count} entries, capacity {capacity} (both generations \
+                                 and room to grow), about {:.1} MiB",
+                                bytes as f64 / f64::from(1 << 20)
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "error: {}: the policy cannot be put into the kernel maps: {e}",
+                            file.display()
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(diagnostics) => {

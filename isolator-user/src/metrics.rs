@@ -222,7 +222,14 @@ pub struct Scrape {
     /// What the kernel could not record, by [`fault`] kind.
     pub faults: [u64; fault::KINDS as usize],
     pub conntrack: ConntrackStats,
+    /// Each policy map's capacity and the kernel memory it takes.
+    pub maps: Vec<crate::dataplane::Footprint>,
     pub daemon: DaemonStats,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -252,6 +259,7 @@ pub fn render(scrape: &Scrape) -> String {
         uncounted,
         faults,
         conntrack,
+        maps,
         daemon,
     } = scrape;
     let reloads = &daemon.reloads;
@@ -363,6 +371,30 @@ pub fn render(scrape: &Scrape) -> String {
         "audit_bytes",
         "Bytes of packets audit mode passed (layer 2 frame length)",
         audit_bytes,
+    );
+    let map_memory = Family::<MapLabels, Gauge<i64>>::default();
+    let map_capacity = Family::<MapLabels, Gauge<i64>>::default();
+    for map in maps {
+        let labels = MapLabels {
+            map: map.name.to_ascii_lowercase(),
+        };
+        map_memory
+            .get_or_create(&labels)
+            .set(i64::try_from(map.memory_bytes).unwrap_or(i64::MAX));
+        map_capacity
+            .get_or_create(&labels)
+            .set(i64::from(map.capacity));
+    }
+    registry.register(
+        "policy_map_memory_bytes",
+        "Kernel memory a policy map takes, as the kernel accounts it (its fdinfo memlock)",
+        map_memory,
+    );
+    registry.register(
+        "policy_map_capacity",
+        "Entries a policy map holds at most, both policy generations together (sized from \
+         the policy the daemon started with)",
+        map_capacity,
     );
     let entries = Gauge::<i64>::default();
     entries.set(i64::try_from(conntrack.entries).unwrap_or(i64::MAX));
@@ -570,6 +602,11 @@ mod tests {
             inventory: inventory(),
             counters: counters.to_vec(),
             conntrack: stats,
+            maps: vec![crate::dataplane::Footprint {
+                name: "ADDRESSES_V4",
+                capacity: 131072,
+                memory_bytes: 2_100_000,
+            }],
             daemon: DaemonStats {
                 reloads: ReloadStats {
                     succeeded: 2,
@@ -583,6 +620,8 @@ mod tests {
         assert!(text.contains("isolator_drop_packets_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"egress\",reason=\"not_exposed\"} 0\n"), "{text}");
         assert!(!text.contains("isolator_audit_packets_total{device=\"vacme-web1\",tenant=\"acme\",segment=\"web\",direction=\"ingress\",reason=\"malformed\"}"), "malformed is never audited");
         assert!(text.contains("isolator_conntrack_entries 3\n"));
+        assert!(text.contains("isolator_policy_map_memory_bytes{map=\"addresses_v4\"} 2100000\n"));
+        assert!(text.contains("isolator_policy_map_capacity{map=\"addresses_v4\"} 131072\n"));
         assert!(text.contains("isolator_conntrack_capacity 262144\n"));
         assert!(text.contains("isolator_conntrack_events_total{event=\"evicted\"} 1\n"));
         assert!(text.contains("isolator_conntrack_events_total{event=\"revoked\"} 5\n"));

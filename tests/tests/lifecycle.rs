@@ -116,8 +116,18 @@ fn check_accepts_the_lab_policy_and_rejects_a_bad_one_with_a_position() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    // The verdict, then what the kernel maps take for the policy: its lab has 3 segments'
+    // IPv4 prefixes, their exposures and the management prefix, each an address entry.
+    let addresses = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ADDRESSES_V4: "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<usize>().ok());
     assert!(
-        out.status.success() && stdout.trim().lines().count() == 1,
+        out.status.success()
+            && stdout.lines().next().is_some_and(|l| l.contains(": valid: "))
+            && stdout.contains("kernel maps sized for it")
+            && addresses.is_some_and(|n| n >= 3),
         "`isolator check` on the lab policy: {}\nstdout: {stdout}\nstderr: {}\npolicy:\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr),

@@ -266,7 +266,13 @@ fn table_sizes(smoke: bool) -> anyhow::Result<()> {
     let base = Plan::new(&policy, &links)?;
     if smoke {
         let o = Options::SMOKE;
-        table_size::run(&links, &base, &table_size::SMOKE, o.micro_repeat, o.micro_rounds)
+        table_size::run(
+            &links,
+            &base,
+            &table_size::SMOKE,
+            o.micro_repeat,
+            o.micro_rounds,
+        )
     } else {
         table_size::run(&links, &base, &table_size::FULL, 100_000, 5)
     }

@@ -43,7 +43,12 @@ pub fn grow(base: &Plan, addresses: usize) -> Plan {
     let mut plan = base.clone();
     let segments = addresses.min(MAX_SEGMENTS);
     let first_id = plan.segments.len() as u32;
-    let first_tenant = plan.segments.iter().map(|s| s.tenant_id + 1).max().unwrap_or(0);
+    let first_tenant = plan
+        .segments
+        .iter()
+        .map(|s| s.tenant_id + 1)
+        .max()
+        .unwrap_or(0);
     for i in 0..segments {
         let id = first_id + i as u32;
         plan.segments.push(SegmentRef {

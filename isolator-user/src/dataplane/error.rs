@@ -18,6 +18,18 @@ pub enum DataplaneError {
         count: usize,
         limit: u32,
     },
+    #[error(
+        "the policy needs {needed} entries in {map} while the other generation holds {held}, \
+         more than its {capacity}: the maps were sized for the policy this daemon started \
+         with; restart the daemon to size them for this one (enforcement carries on across \
+         a restart)"
+    )]
+    Capacity {
+        map: &'static str,
+        needed: usize,
+        held: usize,
+        capacity: u32,
+    },
     #[error("map {map}: {what}")]
     Map {
         map: &'static str,

@@ -194,6 +194,102 @@ impl Sizes {
         loader.map_max_entries(maps::PAIRS, self.pairs);
     }
 
+    /// The name of the directory (under the state directory's maps) that holds policy maps
+    /// of these sizes.
+    fn dir_name(&self) -> String {
+        format!(
+            "policy-a4-{}-a6-{}-r-{}-p-{}",
+            self.addresses_v4, self.addresses_v6, self.rulesets, self.pairs
+        )
+    }
+
+    /// The sizes a [`Sizes::dir_name`] names.
+    fn from_dir_name(name: &str) -> Option<Sizes> {
+        let parts: Vec<&str> = name.split('-').collect();
+        match parts.as_slice() {
+            ["policy", "a4", a4, "a6", a6, "r", r, "p", p] => Some(Sizes {
+                counters: limits::MAX_COUNTERS,
+                addresses_v4: a4.parse().ok()?,
+                addresses_v6: a6.parse().ok()?,
+                rulesets: r.parse().ok()?,
+                pairs: p.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether maps of these sizes hold everything maps of `other`'s do.
+    fn covers(&self, other: &Sizes) -> bool {
+        self.addresses_v4 >= other.addresses_v4
+            && self.addresses_v6 >= other.addresses_v6
+            && self.rulesets >= other.rulesets
+            && self.pairs >= other.pairs
+    }
+
+    /// The capacity of a sized map, by name.
+    fn capacity(&self, map: &str) -> Option<u32> {
+        match map {
+            maps::ADDRESSES_V4 => Some(self.addresses_v4),
+            maps::ADDRESSES_V6 => Some(self.addresses_v6),
+            maps::RULESETS => Some(self.rulesets),
+            maps::PAIRS => Some(self.pairs),
+            _ => None,
+        }
+    }
+
+    /// The sized maps of `plan` with these sizes: (map, entries one generation holds,
+    /// capacity, estimated kernel memory in bytes once it is in force). The estimate
+    /// counts the bucket table (16 bytes a slot, slots a power of two) and about 56 bytes of
+    /// overhead per entry besides its key and value, which is what the kernel reported for
+    /// the IPv4 address map on the development machine (88 bytes an entry).
+    pub fn estimate(&self, plan: &Plan) -> Vec<(&'static str, usize, u32, u64)> {
+        use isolator_common::{
+            AddrClass, AddrV4Key, AddrV6Key, PairInfo, PairKey, RuleKey, RuleSet,
+        };
+        let entries = encode(plan, 0);
+        let per_entry =
+            |key: usize, value: usize| (56 + key.div_ceil(8) * 8 + value.div_ceil(8) * 8) as u64;
+        let map = |name, count: usize, capacity: u32, key, value| {
+            let buckets = u64::from(capacity).next_power_of_two() * 16;
+            (
+                name,
+                count,
+                capacity,
+                buckets + count as u64 * per_entry(key, value),
+            )
+        };
+        vec![
+            map(
+                maps::ADDRESSES_V4,
+                entries.addresses_v4.len(),
+                self.addresses_v4,
+                size_of::<AddrV4Key>(),
+                size_of::<AddrClass>(),
+            ),
+            map(
+                maps::ADDRESSES_V6,
+                entries.addresses_v6.len(),
+                self.addresses_v6,
+                size_of::<AddrV6Key>(),
+                size_of::<AddrClass>(),
+            ),
+            map(
+                maps::RULESETS,
+                entries.rulesets.len(),
+                self.rulesets,
+                size_of::<RuleKey>(),
+                size_of::<RuleSet>(),
+            ),
+            map(
+                maps::PAIRS,
+                entries.pairs.len(),
+                self.pairs,
+                size_of::<PairKey>(),
+                size_of::<PairInfo>(),
+            ),
+        ]
+    }
+
     /// Room for `plan`: each sized map holds four times the plan's entries (the old and
     /// the new generation during a swap, and as much again for policies to grow into
     /// without a restart), rounded up to a power of two, and never less than the
@@ -233,6 +329,10 @@ pub struct Dataplane {
     last_wait: Option<Grace>,
     /// For tests: called once the swap has waited, before it purges the old generation.
     observe_before_purge: Option<fn(&Dataplane)>,
+    /// The sizes the policy maps were loaded with.
+    sizes: Sizes,
+    /// How many entries the active generation holds in each sized map.
+    held: Vec<(&'static str, usize)>,
 }
 
 pub(crate) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -257,7 +357,9 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         sizes.apply(&mut loader);
         let ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
-        Self::from_ebpf(ebpf, None)
+        let mut dp = Self::from_ebpf(ebpf, None)?;
+        dp.sizes = *sizes;
+        Ok(dp)
     }
 
     /// Loads the programs with their maps and links kept under `state_dir` (a bpffs
@@ -266,37 +368,76 @@ impl Dataplane {
     /// [`Dataplane::attach`]. Without a previous daemon this is [`Dataplane::load`]
     /// plus pinning.
     pub fn load_pinned(state_dir: &Path) -> Result<Self, DataplaneError> {
+        Self::load_pinned_sized(state_dir, &Sizes::default())
+    }
+
+    /// [`Dataplane::load_pinned`] with policy maps of at least `wanted`'s sizes. State
+    /// maps (connections, counters, fragments) live in the layout's directory; policy
+    /// maps (and `CONFIG`, which names their active generation) in a directory named after
+    /// their sizes inside it. A previous daemon's policy maps are reused if they are at
+    /// least as large; otherwise new ones are made (the previous daemon's programs keep
+    /// theirs, consistent with their `CONFIG`, until this daemon's replace them on every
+    /// link), and the smaller ones go once this daemon has loaded.
+    pub fn load_pinned_sized(state_dir: &Path, wanted: &Sizes) -> Result<Self, DataplaneError> {
         ensure_bpffs(state_dir)?;
         let map_dir = state_dir.join(format!("maps-v{}", isolator_common::STATE_LAYOUT));
         let links = state_dir.join("links");
         for dir in [&map_dir, &links] {
             std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
+        let existing = std::fs::read_dir(&map_dir)
+            .map_err(io_err(format!("listing {}", map_dir.display())))?
+            .flatten()
+            .filter_map(|e| {
+                let sizes = Sizes::from_dir_name(&e.file_name().to_string_lossy())?;
+                Some((e.path(), sizes))
+            })
+            .find(|(_, sizes)| sizes.covers(wanted));
+        let (policy_dir, mut sizes) =
+            existing.unwrap_or_else(|| (map_dir.join(wanted.dir_name()), *wanted));
+        sizes.counters = wanted.counters;
+        std::fs::create_dir_all(&policy_dir)
+            .map_err(io_err(format!("creating {}", policy_dir.display())))?;
         let mut loader = EbpfLoader::new();
-        Sizes::default().apply(&mut loader);
+        sizes.apply(&mut loader);
         for name in PINNED_MAPS {
-            loader.map_pin_path(name, map_dir.join(name));
+            let dir = if name == maps::CONFIG || POLICY_MAPS.contains(&name) {
+                &policy_dir
+            } else {
+                &map_dir
+            };
+            loader.map_pin_path(name, dir.join(name));
         }
         let ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
         let left = read_pinned_links(&links)?;
         let mut dp = Self::from_ebpf(ebpf, Some(Pins { links, left }))?;
+        dp.sizes = sizes;
         // A previous daemon's policy may be in force: continue from its generation.
         dp.active = dp
             .config
             .get(&0, 0)
             .map_err(map_err(maps::CONFIG, "reading the active generation"))?;
-        // Maps of other layouts belong to older versions; their programs are replaced
-        // as this daemon takes their links over, so the maps can go.
-        if let Ok(entries) = std::fs::read_dir(state_dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with("maps-v") && entry.path() != map_dir {
-                    let _ = std::fs::remove_dir_all(entry.path());
+        // Maps of other layouts belong to older versions, and policy maps of other sizes
+        // to an older daemon; their programs are replaced as this daemon takes their links
+        // over, so the pins can go (the maps live on while a program uses them).
+        let stale = |dir: &Path, keep: &Path, prefix: &str| {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    if name.to_string_lossy().starts_with(prefix) && entry.path() != keep {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
                 }
             }
-        }
+        };
+        stale(state_dir, &map_dir, "maps-v");
+        stale(&map_dir, &policy_dir, "policy-");
         Ok(dp)
+    }
+
+    /// The sizes the policy maps were loaded with.
+    pub fn sizes(&self) -> Sizes {
+        self.sizes
     }
 
     fn from_ebpf(mut ebpf: Ebpf, pins: Option<Pins>) -> Result<Self, DataplaneError> {
@@ -320,6 +461,8 @@ impl Dataplane {
             pins,
             last_wait: None,
             observe_before_purge: None,
+            sizes: Sizes::default(),
+            held: Vec::new(),
         };
         dp.ingress()?
             .load()
@@ -385,11 +528,28 @@ impl Dataplane {
             });
         }
         let next = self.active ^ 1;
+        let entries = encode(plan, next);
+        // The sized maps hold both generations during the swap.
+        let counts = entries.counts();
+        for (map, count) in &counts {
+            let Some(capacity) = self.sizes.capacity(map) else {
+                continue;
+            };
+            let held = self.held_in(map);
+            if held + count > capacity as usize {
+                return Err(DataplaneError::Capacity {
+                    map,
+                    needed: *count,
+                    held,
+                    capacity,
+                });
+            }
+        }
         // Leftovers of an earlier, failed apply would otherwise mix into this one.
         self.purge(next)?;
         // Every vif of the plan has its state tables before its entry exists.
         self.state.ensure_all(plan.vifs.iter().map(|v| v.ifindex))?;
-        if let Err(e) = self.write(plan, next) {
+        if let Err(e) = self.tables.write(&entries) {
             // Best effort: the entries are inert while `next` is not active.
             let _ = self.purge(next);
             return Err(e);
@@ -403,6 +563,7 @@ impl Dataplane {
         if let Some(observe) = self.observe_before_purge {
             observe(self);
         }
+        self.held = counts;
         self.purge(old)?;
         // The state tables of vifs the plan no longer has go with them.
         let keep: BTreeSet<u32> = plan.vifs.iter().map(|v| v.ifindex).collect();
@@ -410,8 +571,13 @@ impl Dataplane {
         Ok(())
     }
 
-    fn write(&mut self, plan: &Plan, generation: u32) -> Result<(), DataplaneError> {
-        self.tables.write(&encode(plan, generation))
+    /// Entries the active generation holds in `map` (after a restart, before the first
+    /// apply, unknown: counted from the map).
+    fn held_in(&self, map: &str) -> usize {
+        match self.held.iter().find(|(name, _)| *name == map) {
+            Some((_, count)) => *count,
+            None => self.tables.count_generation(map, self.active).unwrap_or(0),
+        }
     }
 
     fn purge(&mut self, generation: u32) -> Result<(), DataplaneError> {

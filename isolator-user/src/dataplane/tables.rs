@@ -137,6 +137,10 @@ fn footprint<T: Table>(table: &T, name: &'static str) -> Result<Footprint, Datap
     })
 }
 
+fn generation_of<T: Table>(_table: &T, key: &T::Key) -> u32 {
+    T::generation_of(key)
+}
+
 fn generations<T: Table>(table: &T, name: &'static str) -> Result<BTreeSet<u32>, DataplaneError> {
     Ok(table
         .all_keys()
@@ -190,6 +194,17 @@ macro_rules! define_tables {
                     step()?;
                 }
                 Ok(())
+            }
+
+            /// How many entries of `generation` the map named `map` holds.
+            pub fn count_generation(&self, map: &str, generation: u32) -> Result<usize, DataplaneError> {
+                $(
+                    if map == maps::$name {
+                        let keys = self.$field.all_keys().map_err(map_err(maps::$name, "listing keys"))?;
+                        return Ok(keys.iter().filter(|k| generation_of(&self.$field, k) == generation).count());
+                    }
+                )*
+                Ok(0)
             }
 
             /// Each policy map's capacity and kernel memory, in write order.

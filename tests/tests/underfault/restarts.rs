@@ -66,6 +66,9 @@ enum Event {
     /// `--persist` and SIGTERM, the maps moved to an older layout's directory, then a
     /// start: fresh maps.
     LayoutChange,
+    /// `--persist` and SIGTERM, the policy maps named too small for the policy, then a
+    /// start: larger policy maps, the state maps (connections, counters) kept.
+    Resize,
 }
 
 #[test]
@@ -81,6 +84,11 @@ fn enforcement_and_traffic_carry_on_through_an_upgrade_to_another_build() {
 #[test]
 fn a_change_of_state_layout_takes_the_links_over_with_fresh_maps() {
     across(Event::LayoutChange, "uf-layout");
+}
+
+#[test]
+fn policy_maps_too_small_are_replaced_by_larger_ones_keeping_connections_and_counters() {
+    across(Event::Resize, "uf-resize");
 }
 
 fn across(event: Event, hint: &str) {
@@ -107,7 +115,7 @@ fn across(event: Event, hint: &str) {
     );
     let persist: &[&str] = match event {
         Event::Crash => &[],
-        Event::Upgrade | Event::LayoutChange => &["--persist"],
+        Event::Upgrade | Event::LayoutChange | Event::Resize => &["--persist"],
     };
     let mut env = Env::start_args(lab, POLICY, persist).unwrap_or_else(|e| panic!("{e:#}"));
     let mut bad = Problems::new();
@@ -165,7 +173,7 @@ fn across(event: Event, hint: &str) {
             old.signal(libc::SIGKILL).unwrap();
             old.wait_exit(Duration::from_secs(10)).unwrap();
         }
-        Event::Upgrade | Event::LayoutChange => {
+        Event::Upgrade | Event::LayoutChange | Event::Resize => {
             let log = old.log();
             let status = old.stop(Duration::from_secs(10)).unwrap();
             assert!(
@@ -196,6 +204,21 @@ fn across(event: Event, hint: &str) {
         }
         Event::LayoutChange => std::fs::rename(state.join(&layout), state.join(&older))
             .expect("moving the maps to an older layout's directory"),
+        Event::Resize => {
+            // Policy maps too small for the policy: the next daemon makes larger ones.
+            let maps = state.join(&layout);
+            let policy = std::fs::read_dir(&maps)
+                .expect("listing the maps")
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("policy-"))
+                })
+                .expect("the policy maps' directory");
+            std::fs::rename(&policy, maps.join("policy-a4-1-a6-1-r-1-p-1"))
+                .expect("renaming the policy maps as too small");
+        }
     }
     env.start_daemon(&[]).unwrap_or_else(|e| panic!("{e:#}"));
     std::thread::sleep(Duration::from_millis(300));
@@ -226,7 +249,7 @@ fn across(event: Event, hint: &str) {
     let after = env.scrape();
     let counted = after.value(&cross).expect("the cross_tenant series");
     match event {
-        Event::Crash | Event::Upgrade => {
+        Event::Crash | Event::Upgrade | Event::Resize => {
             let grew = counted - start.value(&cross).unwrap();
             bad.check(grew == sent as f64, || {
                 let was = crate::failclosed::counters(&start, &web1.vif);
@@ -255,7 +278,7 @@ fn across(event: Event, hint: &str) {
     held.set_io_timeout(Duration::from_millis(800)).unwrap();
     let echoed = held.round_trip();
     match event {
-        Event::Crash | Event::Upgrade => {
+        Event::Crash | Event::Upgrade | Event::Resize => {
             if let Err(e) = echoed {
                 bad.push(format!("the held connection must still echo: {e:#}"));
             }
@@ -300,6 +323,21 @@ fn across(event: Event, hint: &str) {
     bad.check(links_after.len() == 9, || {
         format!("three vifs with three links each: {links_after:?}")
     });
+    if event == Event::Resize {
+        let maps = state.join(&layout);
+        let policy_dirs: Vec<String> = std::fs::read_dir(&maps)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| n.starts_with("policy-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        bad.check(
+            policy_dirs.len() == 1 && policy_dirs[0] != "policy-a4-1-a6-1-r-1-p-1",
+            || format!("the too small policy maps are replaced by one larger set: {policy_dirs:?}"),
+        );
+    }
     if event == Event::LayoutChange {
         bad.check(
             !state.join(&older).exists() && state.join(&layout).exists(),
