@@ -89,3 +89,18 @@ pub fn assert_well_formed(m: &Scrape, populated: &[&str]) {
         }
     }
 }
+
+/// The directory of the policy maps (and `CONFIG`) a daemon pinned under `state_dir`:
+/// inside the layout's directory, named after their sizes (`policy-a4-…`).
+pub fn policy_maps_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
+    let layout = state_dir.join(format!("maps-v{}", isolator_common::STATE_LAYOUT));
+    std::fs::read_dir(&layout)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", layout.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("policy-"))
+        })
+        .unwrap_or_else(|| panic!("no policy maps' directory in {}", layout.display()))
+}

@@ -125,7 +125,10 @@ fn check_accepts_the_lab_policy_and_rejects_a_bad_one_with_a_position() {
         .and_then(|n| n.parse::<usize>().ok());
     assert!(
         out.status.success()
-            && stdout.lines().next().is_some_and(|l| l.contains(": valid: "))
+            && stdout
+                .lines()
+                .next()
+                .is_some_and(|l| l.contains(": valid: "))
             && stdout.contains("kernel maps sized for it")
             && addresses.is_some_and(|n| n >= 3),
         "`isolator check` on the lab policy: {}\nstdout: {stdout}\nstderr: {}\npolicy:\n{}",

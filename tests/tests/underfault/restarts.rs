@@ -207,15 +207,7 @@ fn across(event: Event, hint: &str) {
         Event::Resize => {
             // Policy maps too small for the policy: the next daemon makes larger ones.
             let maps = state.join(&layout);
-            let policy = std::fs::read_dir(&maps)
-                .expect("listing the maps")
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("policy-"))
-                })
-                .expect("the policy maps' directory");
+            let policy = crate::common::policy_maps_dir(&state);
             std::fs::rename(&policy, maps.join("policy-a4-1-a6-1-r-1-p-1"))
                 .expect("renaming the policy maps as too small");
         }

@@ -107,17 +107,8 @@ fn a_hundred_reloads_under_traffic_lose_nothing_and_a_refused_one_changes_nothin
     // Fill the rule set table behind the daemon's back: the active generation's entries
     // plus junk up to its capacity, so that the next generation's flow finds no room.
     let dir = env.lab().state_dir().expect("state dir");
-    let layout_dir = dir.join(format!("maps-v{}", isolator_common::STATE_LAYOUT));
     // Policy maps (and CONFIG) live in a directory named after their sizes.
-    let maps_dir = std::fs::read_dir(&layout_dir)
-        .expect("listing the maps")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("policy-"))
-        })
-        .expect("the policy maps' directory");
+    let maps_dir = crate::common::policy_maps_dir(&dir);
     let config = obj_get(&maps_dir.join(maps::CONFIG)).expect("CONFIG");
     let active = u32::from_ne_bytes(
         map_lookup(&config, &0u32.to_ne_bytes(), 4)
