@@ -525,6 +525,10 @@ pub struct Settings {
     pub tcp_closing_ns: u64,
     pub udp_idle_ns: u64,
     pub icmp_idle_ns: u64,
+    /// When this generation was put into effect (`CLOCK_BOOTTIME`, nanoseconds): a
+    /// connection admitted under an earlier policy carries an earlier epoch, and is judged
+    /// again by this one on its next packet.
+    pub epoch: u64,
 }
 
 /// Protocol of a [`Rule`]. `ICMP` means ICMP for IPv4 and ICMPv6 for IPv6.
@@ -646,6 +650,8 @@ pub struct ConnState {
     /// elsewhere with the same addresses and ports is not).
     pub peer: u32,
     pub _pad2: u32,
+    /// The [`Settings::epoch`] of the policy that last admitted the connection.
+    pub epoch: u64,
 }
 
 impl ConnState {
@@ -882,12 +888,12 @@ mod tests {
         assert_eq!(size_of::<PairInfo>(), 8);
         assert_eq!(size_of::<CounterKey>(), 8);
         assert_eq!(size_of::<Counter>(), 16);
-        assert_eq!(size_of::<Settings>(), 32);
+        assert_eq!(size_of::<Settings>(), 40);
         assert_eq!(size_of::<Rule>(), 8);
         assert_eq!(size_of::<RuleSet>(), 8 + 8 * limits::MAX_RULES);
         assert_eq!(size_of::<PairKey>(), 12);
         assert_eq!(size_of::<ConnKey>(), 40);
-        assert_eq!(size_of::<ConnState>(), 32);
+        assert_eq!(size_of::<ConnState>(), 40);
         assert_eq!(size_of::<FragState>(), 16);
         assert_eq!(size_of::<LinkInfo>(), 4);
         assert_eq!(size_of::<UplinkKey>(), 12);

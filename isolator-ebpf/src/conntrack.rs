@@ -10,13 +10,15 @@
 //! space, and a FIN closes one direction only: the connection ends when both have.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use isolator_common::{ConnKey, ConnState, Settings, conntrack, fault};
+use isolator_common::{
+    ConnKey, ConnState, SegmentInfo, Settings, conntrack, direction, fault, protocol,
+};
 
 use crate::faults;
-use crate::maps::{BPF_NOEXIST, CONNTRACK, CONNTRACK_EVENTS, CONNTRACK_OPENING, SETTINGS};
-use crate::packet::{Frame, Packet, quoted_key};
+use crate::maps::{BPF_NOEXIST, CONNTRACK, CONNTRACK_EVENTS, CONNTRACK_OPENING, SETTINGS, STALE};
+use crate::packet::{Frame, Packet, ipv4_mapped, quoted_key};
 use crate::proto::{ip, tcp};
-use crate::rules::Place;
+use crate::rules::{Place, Service, classify, flow_admits, gateway_serves, slot};
 use crate::vif::Vif;
 
 /// `-EEXIST`, what an insert with `BPF_NOEXIST` returns for a key that is there.
@@ -65,15 +67,19 @@ pub fn peer(place: Place) -> u32 {
 /// count as part of it only from that peer, and the daemon re-checks it from there.
 #[inline(always)]
 pub fn open(p: &Packet, key: &mut ConnKey, vif: &Vif, direction: u8, peer: Place) {
-    open_with(p, key, vif.ifindex, direction, self::peer(peer));
+    open_with(p, key, vif, direction, self::peer(peer));
 }
 
 /// [`open`], as a BPF subprogram of its own (several steps call it).
 #[inline(never)]
-fn open_with(p: &Packet, key: &mut ConnKey, ifindex: u32, direction: u8, peer: u32) {
+fn open_with(p: &Packet, key: &mut ConnKey, vif: &Vif, direction: u8, peer: u32) {
     if !p.opens_connection() || !p.forward_key(key) {
         return;
     }
+    let ifindex = vif.ifindex;
+    let Some(settings) = SETTINGS.get(vif.generation) else {
+        return;
+    };
     let state = ConnState {
         last_seen_ns: now(),
         state: conntrack::NEW,
@@ -89,6 +95,7 @@ fn open_with(p: &Packet, key: &mut ConnKey, ifindex: u32, direction: u8, peer: u
         responder_end: 0,
         peer,
         _pad2: 0,
+        epoch: settings.epoch,
     };
     // SAFETY: the inner table outlives this run (the outer map holds it).
     let Some(opening) = (unsafe { CONNTRACK_OPENING.get(&ifindex) }) else {
@@ -109,8 +116,27 @@ fn open_with(p: &Packet, key: &mut ConnKey, ifindex: u32, direction: u8, peer: u
 /// a packet delivered to the VM counts only if it comes from the connection's peer. An
 /// ICMP error counts only if it goes to the source of the packet it quotes (as Linux
 /// conntrack requires) and, sent by the VM, only if that packet was addressed to it.
+/// Whether the connection the last [`tracked`] call on this CPU found was admitted under
+/// an earlier policy (then the policy in force must judge it again, [`rejudge`], before
+/// the packet passes; `key` holds its key). Kept in a per-CPU slot rather than returned:
+/// a tracker returning one of two values keeps the verifier's walk of what follows it at
+/// two paths.
+#[inline(always)]
+pub fn found_stale() -> bool {
+    matches!(STALE.get(0), Some(v) if *v != 0)
+}
+
+#[inline(always)]
+fn set_stale(stale: bool) {
+    if let Some(v) = STALE.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot; no other run interleaves on this CPU.
+        unsafe { *v = u32::from(stale) };
+    }
+}
+
 #[inline(never)]
 pub fn tracked(frame: &impl Frame, vif: &Vif, p: &Packet, key: &mut ConnKey, sender: u32) -> bool {
+    set_stale(false);
     let ifindex = vif.ifindex;
     // Each of the vif's tables is found once, then asked for both directions' keys: a
     // packet that belongs to no connection (most that get here) costs the two tables'
@@ -134,6 +160,7 @@ pub fn tracked(frame: &impl Frame, vif: &Vif, p: &Packet, key: &mut ConnKey, sen
             let Some(seen) = seen(vif, from_opener) else {
                 return false;
             };
+            set_stale(state.epoch != seen.settings.epoch);
             return from_peer(state, sender) && established(&seen, key, state, p);
         }
         if let Some(state) = opening_table.and_then(|t| t.get_ptr_mut(&*key)) {
@@ -142,6 +169,7 @@ pub fn tracked(frame: &impl Frame, vif: &Vif, p: &Packet, key: &mut ConnKey, sen
             let Some(seen) = seen(vif, from_opener) else {
                 return false;
             };
+            set_stale(state.epoch != seen.settings.epoch);
             return from_peer(state, sender) && opening(&seen, key, state, p);
         }
     }
@@ -170,6 +198,137 @@ pub fn tracked(frame: &impl Frame, vif: &Vif, p: &Packet, key: &mut ConnKey, sen
         return live(ifindex, key, settings, now, sender);
     }
     false
+}
+
+/// Judges a connection [`found_stale`] again by the policy in force and settles
+/// it: still admitted, it carries the policy's epoch from now on; no longer admitted, it
+/// is removed (`revoked`). Returns whether it is still admitted.
+#[inline(always)]
+pub fn rejudge(vif: &Vif, key: &ConnKey) -> bool {
+    isolator_rejudge(
+        vif.generation,
+        vif.segment,
+        vif.info.flags,
+        vif.ifindex,
+        key as *const ConnKey,
+    ) != 0
+}
+
+/// [`rejudge`] as a global BPF function: the verifier checks it once, on its own, not for
+/// every state the tracker can be called in. It finds the connection again by its key
+/// (in the vif's established table, else its opening one) to learn where it was opened.
+///
+/// The policy in force still admits the connection, keyed by its opening packet, as if
+/// that packet were sent now: the kernel's side of the re-check after a swap
+/// (docs/design.md, "Connection tracking"), which closes the window until the daemon's
+/// own re-check has run. Opened by the VM: not to a management service, to a gateway of
+/// its segment only for the gateway's services and to no other address of the host, else
+/// within its segment, to an exposed endpoint or through a flow, or outside every segment
+/// if its segment may send there. Opened towards the VM: to one of its exposed services,
+/// or from its own segment, or through a flow from the source address's segment.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn isolator_rejudge(
+    generation: u32,
+    segment: u32,
+    segment_flags: u32,
+    ifindex: u32,
+    key: *const ConnKey,
+) -> u32 {
+    if key.is_null() {
+        return 0;
+    }
+    // SAFETY: the verifier checked that the caller passes a whole key.
+    let key = unsafe { &*key };
+    // SAFETY: the inner tables outlive this run; only the direction is read.
+    let found = unsafe {
+        match CONNTRACK.get(&ifindex).and_then(|t| t.get(key)) {
+            Some(state) => Some((true, state.direction)),
+            None => CONNTRACK_OPENING
+                .get(&ifindex)
+                .and_then(|t| t.get(key))
+                .map(|state| (false, state.direction)),
+        }
+    };
+    let Some((established, opened)) = found else {
+        return 0;
+    };
+    let admitted = admitted_now(generation, segment, segment_flags, opened, key);
+    settle(generation, ifindex, key, established, admitted);
+    u32::from(admitted)
+}
+
+#[inline(always)]
+fn admitted_now(generation: u32, segment: u32, flags: u32, opened: u8, key: &ConnKey) -> bool {
+    let service = Service {
+        class: if key.protocol == ip::ICMP || key.protocol == ip::ICMPV6 {
+            protocol::ICMP
+        } else {
+            key.protocol
+        },
+        port: if key.protocol == ip::TCP || key.protocol == ip::UDP {
+            Some(key.dst_port)
+        } else {
+            None
+        },
+    };
+    let v4 = ipv4_mapped(&key.dst);
+    let dst = classify(generation, v4, slot::OTHER, &key.dst);
+    if opened == direction::INGRESS {
+        if dst.management_of(generation, service) {
+            return false;
+        }
+        if let Some(served) = gateway_serves(generation, segment, &key.dst, dst, service) {
+            return served;
+        }
+        if dst.host() {
+            return false;
+        }
+        return match dst.place() {
+            Place::Segment(t) if t.id == segment => true,
+            _ if dst.exposes(generation, service) => true,
+            Place::Segment(t) => flow_admits(generation, segment, t.id, service),
+            Place::Outside => flags & SegmentInfo::EGRESS_ALLOW != 0,
+        };
+    }
+    if dst.exposes(generation, service) {
+        return true;
+    }
+    match classify(generation, v4, slot::OTHER, &key.src).place() {
+        Place::Segment(x) => x.id == segment || flow_admits(generation, x.id, segment, service),
+        Place::Outside => false,
+    }
+}
+
+/// A connection still admitted carries the epoch of the policy in force from now on; one
+/// no longer admitted is removed (`revoked`).
+#[inline(always)]
+fn settle(generation: u32, ifindex: u32, key: &ConnKey, established: bool, admitted: bool) {
+    if !admitted {
+        if established {
+            remove_established(ifindex, key, conntrack::EVENT_REVOKED);
+        } else {
+            remove_opening(ifindex, key, conntrack::EVENT_REVOKED);
+        }
+        return;
+    }
+    let Some(settings) = SETTINGS.get(generation) else {
+        return;
+    };
+    // SAFETY: the inner tables outlive this run.
+    let state = unsafe {
+        if established {
+            CONNTRACK.get(&ifindex).and_then(|t| t.get_ptr_mut(key))
+        } else {
+            CONNTRACK_OPENING
+                .get(&ifindex)
+                .and_then(|t| t.get_ptr_mut(key))
+        }
+    };
+    if let Some(state) = state {
+        // SAFETY: a live entry, changed in place within this run.
+        unsafe { (*state).epoch = settings.epoch };
+    }
 }
 
 /// A packet delivered to the VM is part of a connection only if it came from the

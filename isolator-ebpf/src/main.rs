@@ -298,7 +298,7 @@ fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch) -> Step {
     // 7. A tracked connection, or an ICMP error about one the VM took part in. This comes
     // before a gateway's service opens one, so that the VM's side of a connection to the
     // service (the handshake's last ACK, its data) moves it along.
-    if conntrack::tracked(frame, vif, p, key, ConnState::PEER_VM) {
+    if connection(frame, vif, p, key, ConnState::PEER_VM) {
         return decide(Verdict::Pass);
     }
     if to_host {
@@ -382,7 +382,7 @@ fn egress(frame: &impl Frame, vif: &Vif, entered: u32, scratch: &mut Scratch) ->
         return decide(cross(vif, s));
     }
     // 6. A tracked connection, or an ICMP error about one the VM took part in.
-    if conntrack::tracked(frame, vif, p, key, conntrack::peer(source)) {
+    if connection(frame, vif, p, key, conntrack::peer(source)) {
         return decide(Verdict::Pass);
     }
     // 7. An exposed endpoint of T.
@@ -399,6 +399,22 @@ fn egress(frame: &impl Frame, vif: &Vif, entered: u32, scratch: &mut Scratch) ->
         Place::Segment(s) => decide(cross(vif, s)),
         Place::Outside => decide(Verdict::NotExposed),
     }
+}
+
+/// Whether a tracked connection carries the packet (steps 7 and 6). One admitted under an
+/// earlier policy is judged again by the one in force first, and removed if it no longer
+/// admits it: a revoked connection stops at once, not when the daemon's re-check reaches
+/// it.
+#[inline(always)]
+fn connection(
+    frame: &impl Frame,
+    vif: &Vif,
+    p: &packet::Packet,
+    key: &mut isolator_common::ConnKey,
+    sender: u32,
+) -> bool {
+    conntrack::tracked(frame, vif, p, key, sender)
+        && (!conntrack::found_stale() || conntrack::rejudge(vif, key))
 }
 
 #[cfg(not(test))]

@@ -112,6 +112,11 @@ pub static FAULTS_LOGGED: PerCpuArray<u64> = PerCpuArray::with_max_entries(fault
 #[map]
 pub static CLASSES: PerCpuArray<AddrClass> = PerCpuArray::with_max_entries(4, 0);
 
+/// Per-CPU: whether the connection the tracker just found was admitted under an earlier
+/// policy (`conntrack::found_stale`).
+#[map]
+pub static STALE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU working memory: the parsed packet and keys to build lookups in (they do not fit
 /// on the 512-byte BPF stack beside the rest).
 #[repr(C)]

@@ -108,6 +108,29 @@ impl Class {
         }
     }
 
+    /// A management prefix protects `service` (protocol class, port) at this address.
+    #[inline(always)]
+    pub fn management_of(&self, generation: u32, service: Service) -> bool {
+        match self.get() {
+            Some(c) if c.flags & AddrClass::MANAGEMENT != 0 => {
+                c.flags & AddrClass::MANAGEMENT_ALL != 0
+                    || service_admitted(generation, c.management, service)
+            }
+            _ => false,
+        }
+    }
+
+    /// The address exposes `service`.
+    #[inline(always)]
+    pub fn exposes(&self, generation: u32, service: Service) -> bool {
+        match self.get() {
+            Some(c) if c.flags & AddrClass::EXPOSED != 0 => {
+                service_admitted(generation, c.exposure, service)
+            }
+            _ => false,
+        }
+    }
+
     /// The address is exposed for some service (address resolution may reach it).
     #[inline(always)]
     pub fn exposed_any(&self) -> bool {
@@ -258,6 +281,125 @@ fn rules_admit(generation: u32, index: u32, p: &Packet) -> bool {
     match unsafe { RULESETS.get(RuleKey { generation, index }) } {
         Some(rules) => admits(rules, p),
         None => false,
+    }
+}
+
+/// A service as rule sets judge it: the protocol class (one of `protocol`, ICMP for both
+/// families) and the destination port, if the protocol has ports.
+#[derive(Clone, Copy)]
+pub struct Service {
+    pub class: u8,
+    pub port: Option<u16>,
+}
+
+/// A service's port as the global functions below take it: `NO_PORT` for none.
+const NO_PORT: u32 = u32::MAX;
+
+impl Service {
+    #[inline(always)]
+    fn port_word(&self) -> u32 {
+        match self.port {
+            Some(port) => u32::from(port),
+            None => NO_PORT,
+        }
+    }
+}
+
+/// Whether the rule set at `index` admits `service`.
+#[inline(always)]
+fn service_admitted(generation: u32, index: u32, service: Service) -> bool {
+    isolator_rules_admit(
+        generation,
+        index,
+        u32::from(service.class),
+        service.port_word(),
+    ) != 0
+}
+
+/// [`service_admitted`] as a global BPF function, verified once (the re-judging of
+/// connections after a swap asks it in many places).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn isolator_rules_admit(generation: u32, index: u32, class: u32, port: u32) -> u32 {
+    // SAFETY: the rule set is read within this run.
+    match unsafe { RULESETS.get(RuleKey { generation, index }) } {
+        Some(rules) => u32::from(rules.admits(class as u8, port_of(port))),
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn port_of(word: u32) -> Option<u16> {
+    if word == NO_PORT {
+        None
+    } else {
+        Some(word as u16)
+    }
+}
+
+/// Whether `addr` (classified `class`) is a gateway of `segment` that serves `service`:
+/// `Some(admitted)`, or `None` when it is no gateway of the segment.
+#[inline(always)]
+pub fn gateway_serves(
+    generation: u32,
+    segment: u32,
+    addr: &[u8; 16],
+    class: Class,
+    service: Service,
+) -> Option<bool> {
+    if !class.gateway_of_some_segment() {
+        return None;
+    }
+    let addr = addr as *const [u8; 16] as *const Address;
+    match isolator_gateway_serves(
+        generation,
+        segment,
+        u32::from(service.class),
+        service.port_word(),
+        addr,
+    ) {
+        0 => None,
+        1 => Some(false),
+        _ => Some(true),
+    }
+}
+
+/// [`gateway_serves`] as a global BPF function: 0 no gateway of the segment, 1 a gateway
+/// that does not serve the service, 2 one that does.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn isolator_gateway_serves(
+    generation: u32,
+    segment: u32,
+    class: u32,
+    port: u32,
+    addr: *const Address,
+) -> u32 {
+    if addr.is_null() {
+        return 0;
+    }
+    let key = GatewayKey {
+        generation,
+        segment,
+        // SAFETY: the verifier checked that the caller passes 16 readable bytes.
+        addr: unsafe { (*addr).bytes },
+    };
+    // SAFETY: the rule set is read within this run.
+    match unsafe { GATEWAYS.get(key) } {
+        Some(rules) if rules.admits(class as u8, port_of(port)) => 2,
+        Some(_) => 1,
+        None => 0,
+    }
+}
+
+/// A flow from segment `from` to segment `to` admits `service`.
+#[inline(always)]
+pub fn flow_admits(generation: u32, from: u32, to: u32, service: Service) -> bool {
+    match pair(generation, from, to) {
+        Some(pair) if pair.flags & PairInfo::FLOW != 0 => {
+            service_admitted(generation, pair.flow, service)
+        }
+        _ => false,
     }
 }
 

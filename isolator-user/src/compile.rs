@@ -265,6 +265,8 @@ impl Plan {
                 tcp_closing_ns: u64::from(ct.tcp_closing_seconds) * NANOS,
                 udp_idle_ns: u64::from(ct.udp_idle_seconds) * NANOS,
                 icmp_idle_ns: u64::from(ct.icmp_idle_seconds) * NANOS,
+                // Set when the plan is put into effect.
+                epoch: 0,
             },
             ..Plan::default()
         };

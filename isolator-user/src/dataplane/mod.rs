@@ -528,7 +528,13 @@ impl Dataplane {
             });
         }
         let next = self.active ^ 1;
-        let entries = encode(plan, next);
+        let mut entries = encode(plan, next);
+        // Connections admitted before carry an earlier epoch: the programs judge each
+        // again by this policy on its next packet.
+        let epoch = boottime_ns();
+        for (_, settings) in &mut entries.settings {
+            settings.epoch = epoch;
+        }
         // The sized maps hold both generations during the swap.
         let counts = entries.counts();
         for (map, count) in &counts {
@@ -609,6 +615,18 @@ impl Dataplane {
         }
         failures
     }
+}
+
+/// `CLOCK_BOOTTIME` in nanoseconds: increasing across daemon restarts (tracked
+/// connections do not outlive a reboot).
+fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 pub(crate) fn collect_keys<K>(

@@ -368,6 +368,7 @@ fn every_map_but_the_scratch_spaces_is_pinned() {
     let mut expected: Vec<&str> = isolator::dataplane::PINNED_MAPS.to_vec();
     expected.push("SCRATCH");
     expected.push("CLASSES");
+    expected.push("STALE");
     expected.sort();
     assert_eq!(
         in_object, expected,

@@ -1245,6 +1245,112 @@ fn a_new_policy_revokes_the_connections_it_no_longer_admits() {
     });
 }
 
+/// Revocation without a window: right after a swap, before the daemon's re-check has
+/// looked at any table, the programs judge a connection admitted under the earlier policy
+/// again on its next packet: one the new policy no longer admits stops at once (and is
+/// removed, counted `revoked`), one it still admits goes on under the new policy. (Between
+/// segments, a packet whose service no flow or exposure admits any more is refused before
+/// the tables are asked at all; this is about what that early step lets through: here, a
+/// client outside every segment.)
+#[test]
+fn the_kernel_cuts_a_revoked_connection_on_its_next_packet_before_any_recheck() {
+    use isolator::compile::Plan;
+    use isolator::policy;
+
+    in_private_netns(|| {
+        let mut lab = lab();
+        lab.check_all(&[
+            row(
+                "a flow web -> db opens a connection (at web's ingress)",
+                "d-aw1",
+                ip("10.1.1.2", "10.1.2.5", tcp_at(42000, 5432, SYN, C, 0)),
+                verdict::PASS,
+            ),
+            out(
+                "and at db's egress",
+                "d-ad",
+                ip("10.1.1.2", "10.1.2.5", tcp_at(42000, 5432, SYN, C, 0)),
+                verdict::PASS,
+            )
+            .from("d-aw1"),
+            out(
+                "an outside client opens one to web's exposed endpoint (at web's egress)",
+                "d-aw1",
+                from_outside("198.51.100.7", "10.1.1.10", tcp_at(51000, 443, SYN, C, 0)),
+                verdict::PASS,
+            ),
+        ]);
+        let revoked = |lab: &Lab| {
+            let (_, _, events) = lab.dp.conntrack().expect("connection events");
+            events[isolator_common::conntrack::EVENT_REVOKED as usize]
+        };
+        let before = revoked(&lab);
+        // No longer exposed on 443; no re-check runs.
+        let unexposed = POLICY.replace("ports: 443\n", "ports: 8443\n");
+        assert_ne!(unexposed, POLICY);
+        let plan = Plan::new(
+            &policy::parse(&unexposed, "test.yaml").expect("valid policy"),
+            &lab.links,
+        )
+        .expect("plan");
+        lab.dp.apply(&plan).expect("applying the new policy");
+        assert_eq!(
+            lab.dp.connections().unwrap().len(),
+            3,
+            "nothing removed the connections yet"
+        );
+        let epoch_of = |lab: &Lab, port: u16, direction: u8| {
+            lab.dp
+                .connections()
+                .unwrap()
+                .iter()
+                .find(|(k, st)| k.src_port == port && st.direction == direction)
+                .map(|(_, st)| st.epoch)
+        };
+        let old_epoch = epoch_of(&lab, 42000, isolator_common::direction::EGRESS);
+        lab.check_all(&[
+            out(
+                "the revoked connection's next segment from the client is refused at once",
+                "d-aw1",
+                from_outside(
+                    "198.51.100.7",
+                    "10.1.1.10",
+                    tcp_at(51000, 443, ACK, C + 1, S + 1),
+                ),
+                verdict::NOT_EXPOSED,
+            ),
+            row(
+                "a connection the new policy still admits goes on (twin): db's answer",
+                "d-ad",
+                ip(
+                    "10.1.2.5",
+                    "10.1.1.2",
+                    tcp_at(5432, 42000, SYN_ACK, S, C + 1),
+                ),
+                verdict::PASS,
+            ),
+        ]);
+        let left: Vec<u16> = lab
+            .dp
+            .connections()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.src_port)
+            .collect();
+        assert!(
+            !left.contains(&51000),
+            "the programs removed the revoked connection: {left:?}"
+        );
+        assert_eq!(revoked(&lab) - before, 1, "counted as revoked");
+        let new_epoch = epoch_of(&lab, 42000, isolator_common::direction::EGRESS);
+        assert!(
+            new_epoch.is_some() && new_epoch != old_epoch,
+            "the connection still admitted now carries the new policy's epoch: {old_epoch:?} \
+             -> {new_epoch:?}"
+        );
+    });
+}
+
 /// Each vif has its own connection tables, and connections being opened have a table of
 /// their own: a flood of spoofed SYNs from outside fills only the half-open table of the
 /// VM it targets (the oldest half-open entries go), never its established connections and
