@@ -7,7 +7,6 @@
 //! one of those places.
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use isolator_common::{
@@ -17,6 +16,9 @@ use isolator_common::{
 };
 
 use crate::compile::{Declared, Plan, vif_flags};
+
+/// A hash map with a fast hash: the encoder's keys are the policy's own, not a sender's.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Calls `$callback!` with the policy tables, in write order: `field: MAP_NAME =>
 /// Kind<Key, Value>`, where `Kind` is `Array` (indexed by generation), `Hash` (keys carry
@@ -271,7 +273,7 @@ impl RuleSets {
     fn new(generation: u32) -> Self {
         RuleSets {
             generation,
-            index: HashMap::new(),
+            index: HashMap::default(),
             sets: Vec::new(),
         }
     }
@@ -372,14 +374,14 @@ mod addresses {
         }
     }
 
-    /// Both families' entries.
+    /// Both families' entries, each sorted by prefix.
     pub struct Addresses {
-        pub v4: BTreeMap<Prefix, AddrClass>,
-        pub v6: BTreeMap<Prefix, AddrClass>,
+        pub v4: Vec<(Prefix, AddrClass)>,
+        pub v6: Vec<(Prefix, AddrClass)>,
     }
 
-    fn lengths(classes: &BTreeMap<Prefix, AddrClass>) -> Vec<u8> {
-        let mut lengths: Vec<u8> = classes.keys().map(|(len, _)| *len).collect();
+    fn lengths(classes: &[(Prefix, AddrClass)]) -> Vec<u8> {
+        let mut lengths: Vec<u8> = classes.iter().map(|((len, _), _)| *len).collect();
         lengths.sort_unstable_by(|a, b| b.cmp(a));
         lengths.dedup();
         lengths
@@ -420,10 +422,11 @@ mod addresses {
                 .copied()
         }
 
-        fn classify(&self, plan: &Plan, rules: &mut RuleSets) -> BTreeMap<Prefix, AddrClass> {
-            let mut out = BTreeMap::new();
+        fn classify(&self, plan: &Plan, rules: &mut RuleSets) -> Vec<(Prefix, AddrClass)> {
+            let mut seen: HashMap<Prefix, ()> = HashMap::default();
+            let mut out = Vec::new();
             for prefix in self.all_prefixes() {
-                if out.contains_key(&prefix) {
+                if seen.insert(prefix, ()).is_some() {
                     continue;
                 }
                 let mut class = AddrClass::OUTSIDE;
@@ -456,8 +459,9 @@ mod addresses {
                 if self.gateways.longest(prefix).is_some() {
                     class.flags |= AddrClass::GATEWAY;
                 }
-                out.insert(prefix, class);
+                out.push((prefix, class));
             }
+            out.sort_unstable_by_key(|(prefix, _)| *prefix);
             out
         }
     }

@@ -6,8 +6,9 @@
 //! 100 000 segments), and beyond that by exposed /32 endpoints inside them (TCP 443). The
 //! prefix lengths in use stay those of the bench policy (/24 and /32), so what grows is
 //! only the number of entries. For each size, on one dataplane sized for the largest:
-//! the time `Dataplane::apply` takes (write the new generation, flip, wait, purge the old
-//! one), the entries and the kernel memory of the address map, and the test-run time of
+//! the time `Dataplane::apply` takes (encode the plan's entries, write the new generation,
+//! flip, wait, purge the old one) and how much of it the encoding is, the entries and the
+//! kernel memory of the address map, and the test-run time of
 //! the ingress verdict for a cross-tenant drop, a same-segment pass and a drop into one
 //! of the extra segments, interleaved with a pass-everything program, medians.
 
@@ -82,6 +83,8 @@ pub fn grow(base: &Plan, addresses: usize) -> Plan {
 struct Row {
     addresses: usize,
     entries: usize,
+    /// Of which the plan's entries (pure userspace).
+    encoding: Duration,
     apply: Duration,
     memory: u64,
     /// (case, isolator ns, baseline ns, verdict)
@@ -118,7 +121,9 @@ pub fn run(
     let mut rows = Vec::new();
     for &addresses in sizes {
         let plan = grow(base, addresses);
+        let started = Instant::now();
         let entries = encode(&plan, 0).addresses_v4.len();
+        let encoding = started.elapsed();
         let started = Instant::now();
         dp.apply(&plan)
             .with_context(|| format!("applying the policy grown by {addresses} addresses"))?;
@@ -142,6 +147,7 @@ pub fn run(
         rows.push(Row {
             addresses,
             entries,
+            encoding,
             apply,
             memory,
             cases: measured,
@@ -158,8 +164,8 @@ fn print(rows: &[Row], repeat: u32, rounds: usize) {
          each, then exposed /32s; prefix lengths in use: /24 and /32)"
     );
     print!(
-        "{:>10} {:>10} {:>10} {:>10}",
-        "addresses", "entries", "apply ms", "map MiB"
+        "{:>10} {:>10} {:>10} {:>11} {:>10}",
+        "addresses", "entries", "apply ms", "encoding ms", "map MiB"
     );
     for (name, ..) in &rows[0].cases {
         print!(" {:>28}", format!("{name} ns (x at 10)"));
@@ -167,10 +173,11 @@ fn print(rows: &[Row], repeat: u32, rounds: usize) {
     println!();
     for row in rows {
         print!(
-            "{:>10} {:>10} {:>10.1} {:>10.1}",
+            "{:>10} {:>10} {:>10.1} {:>11.1} {:>10.1}",
             row.addresses,
             row.entries,
             row.apply.as_secs_f64() * 1e3,
+            row.encoding.as_secs_f64() * 1e3,
             row.memory as f64 / (1 << 20) as f64
         );
         for (i, (_, own, _, verdict)) in row.cases.iter().enumerate() {

@@ -10,6 +10,7 @@
 //! first, so it is judged entirely by the old or entirely by the new policy. If writing
 //! the new generation fails, it is removed again and the old policy stays active.
 
+mod batch;
 mod connections;
 mod counters;
 mod error;

@@ -27,6 +27,25 @@ trait Table {
     fn all_keys(&self) -> Result<Vec<Self::Key>, MapError>;
     fn generation_of(key: &Self::Key) -> u32;
     fn data(&self) -> &MapData;
+    /// Adds or replaces every entry.
+    fn put_all(&mut self, entries: &[(Self::Key, Self::Value)]) -> Result<(), MapError> {
+        for (key, value) in entries {
+            self.put(key, value)?;
+        }
+        Ok(())
+    }
+    /// Removes every key (each holding an entry).
+    fn delete_all(&mut self, keys: &[Self::Key]) -> Result<(), MapError> {
+        for key in keys {
+            self.delete(key)?;
+        }
+        Ok(())
+    }
+}
+
+/// A failed batch call as aya reports a failed system call.
+fn batch_err(call: &'static str) -> impl FnOnce(std::io::Error) -> MapError {
+    move |io_error| MapError::SyscallError(aya::sys::SyscallError { call, io_error })
 }
 
 impl<V: Pod + Default + PartialEq> Table for Array<MapData, V> {
@@ -66,14 +85,24 @@ impl<K: Pod + GenerationKey, V: Pod> Table for HashMap<MapData, K, V> {
     fn delete(&mut self, key: &K) -> Result<(), MapError> {
         self.remove(key)
     }
+    /// In batches of thousands (one system call each).
     fn all_keys(&self) -> Result<Vec<K>, MapError> {
-        self.keys().collect()
+        super::batch::keys::<K, V>(self.map().fd().as_fd())
+            .map_err(batch_err("BPF_MAP_LOOKUP_BATCH"))
     }
     fn generation_of(key: &K) -> u32 {
         key.generation()
     }
     fn data(&self) -> &MapData {
         self.map()
+    }
+    fn put_all(&mut self, entries: &[(K, V)]) -> Result<(), MapError> {
+        super::batch::update(self.map().fd().as_fd(), entries)
+            .map_err(batch_err("BPF_MAP_UPDATE_BATCH"))
+    }
+    fn delete_all(&mut self, keys: &[K]) -> Result<(), MapError> {
+        super::batch::delete(self.map().fd().as_fd(), keys)
+            .map_err(batch_err("BPF_MAP_DELETE_BATCH"))
     }
 }
 
@@ -82,12 +111,9 @@ fn write<T: Table>(
     name: &'static str,
     entries: &[(T::Key, T::Value)],
 ) -> Result<(), DataplaneError> {
-    for (key, value) in entries {
-        table
-            .put(key, value)
-            .map_err(map_err(name, "adding an entry"))?;
-    }
-    Ok(())
+    table
+        .put_all(entries)
+        .map_err(map_err(name, "adding entries"))
 }
 
 fn purge<T: Table>(
@@ -95,13 +121,15 @@ fn purge<T: Table>(
     name: &'static str,
     generation: u32,
 ) -> Result<(), DataplaneError> {
-    let keys = table.all_keys().map_err(map_err(name, "listing keys"))?;
-    for key in keys.iter().filter(|k| T::generation_of(k) == generation) {
-        table
-            .delete(key)
-            .map_err(map_err(name, "removing an old entry"))?;
-    }
-    Ok(())
+    let keys: Vec<T::Key> = table
+        .all_keys()
+        .map_err(map_err(name, "listing keys"))?
+        .into_iter()
+        .filter(|k| T::generation_of(k) == generation)
+        .collect();
+    table
+        .delete_all(&keys)
+        .map_err(map_err(name, "removing old entries"))
 }
 
 /// What one map takes: its capacity and the kernel's own account of its memory.
