@@ -13,6 +13,7 @@
 //! in for vifs); frames go nowhere else. `--smoke` runs tiny sizes (the tests do, so that
 //! the benchmark cannot rot); `--rounds N` and `--frames N` size the live part.
 
+mod hotplug;
 mod live;
 
 use std::process::Command;
@@ -68,6 +69,8 @@ struct Options {
     micro_rounds: usize,
     /// Whether to time the re-check after a policy swap (fills a connection table).
     recheck: bool,
+    /// Only the hotplug latency ([`hotplug`]), instead of the rest.
+    hotplug: bool,
 }
 
 impl Options {
@@ -79,6 +82,7 @@ impl Options {
         micro_repeat: 200_000,
         micro_rounds: 5,
         recheck: true,
+        hotplug: false,
     };
     /// Tiny sizes: proves every part runs, measures nothing.
     const SMOKE: Options = Options {
@@ -89,6 +93,7 @@ impl Options {
         micro_repeat: 1_000,
         micro_rounds: 1,
         recheck: false,
+        hotplug: false,
     };
 
     fn from_args() -> anyhow::Result<Options> {
@@ -103,12 +108,13 @@ impl Options {
             };
             match arg.as_str() {
                 "--smoke" => options = Options::SMOKE,
+                "--hotplug" => options.hotplug = true,
                 "--rounds" => options.live.rounds = number("--rounds")?.max(1) as usize,
                 "--frames" => {
                     options.live.frames = number("--frames")?.clamp(1, u32::MAX.into()) as u32
                 }
                 "--help" | "-h" => {
-                    println!("usage: bench [--smoke] [--rounds N] [--frames N]");
+                    println!("usage: bench [--smoke] [--rounds N] [--frames N] [--hotplug]");
                     std::process::exit(0);
                 }
                 other => bail!("unknown argument {other:?} (try --help)"),
@@ -226,6 +232,9 @@ fn pad60(mut frame: Vec<u8>) -> Vec<u8> {
 }
 
 fn run(options: Options) -> anyhow::Result<()> {
+    if options.hotplug {
+        return hotplug::run();
+    }
     let (mut dp, links) = lab()?;
     let reports = live::run(&mut dp, &links, &paths(), options.live)?;
     live::print(&reports, options.live);
