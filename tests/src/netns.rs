@@ -150,33 +150,38 @@ pub fn tcx_prog_counts(ns: &str, ifname: &str) -> Result<(u32, u32)> {
         if ifindex == 0 {
             bail!("no interface {ifname}");
         }
-        let mut counts = [0u32; 2];
-        for (i, attach_type) in [BPF_TCX_INGRESS, BPF_TCX_EGRESS].into_iter().enumerate() {
-            let mut q = BpfProgQuery {
-                target_ifindex: ifindex,
-                attach_type,
-                ..Default::default()
-            };
-            // SAFETY: bpf(BPF_PROG_QUERY) with a valid, fully initialised attr of that size;
-            // prog_ids is NULL, so the kernel only writes the counts into `q`.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_PROG_QUERY,
-                    &mut q as *mut BpfProgQuery,
-                    std::mem::size_of::<BpfProgQuery>() as u32,
-                )
-            };
-            if rc < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::ENOENT) {
-                    continue; // nothing attached
-                }
-                bail!("BPF_PROG_QUERY {ifname} attach type {attach_type}: {err}");
-            }
-            counts[i] = q.prog_cnt;
-        }
-        Ok((counts[0], counts[1]))
+        tcx_prog_counts_of(ifindex)
     })
     .with_context(|| format!("TCX programs of {ifname} in netns {ns}"))
+}
+
+/// [`tcx_prog_counts`] of the interface `ifindex` of the calling thread's namespace.
+pub fn tcx_prog_counts_of(ifindex: u32) -> Result<(u32, u32)> {
+    let mut counts = [0u32; 2];
+    for (i, attach_type) in [BPF_TCX_INGRESS, BPF_TCX_EGRESS].into_iter().enumerate() {
+        let mut q = BpfProgQuery {
+            target_ifindex: ifindex,
+            attach_type,
+            ..Default::default()
+        };
+        // SAFETY: bpf(BPF_PROG_QUERY) with a valid, fully initialised attr of that size;
+        // prog_ids is NULL, so the kernel only writes the counts into `q`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                &mut q as *mut BpfProgQuery,
+                std::mem::size_of::<BpfProgQuery>() as u32,
+            )
+        };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENOENT) {
+                continue; // nothing attached
+            }
+            bail!("BPF_PROG_QUERY ifindex {ifindex} attach type {attach_type}: {err}");
+        }
+        counts[i] = q.prog_cnt;
+    }
+    Ok((counts[0], counts[1]))
 }

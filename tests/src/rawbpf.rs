@@ -15,6 +15,7 @@ const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -181,6 +182,14 @@ pub fn test_run_xdp(prog: BorrowedFd<'_>, ifindex: u32, frame: &[u8]) -> Result<
     attr[48..56].copy_from_slice(&(ctx.as_ptr() as u64).to_ne_bytes());
     bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN")?;
     Ok(u32::from_ne_bytes(attr[4..8].try_into().unwrap()))
+}
+
+/// A file descriptor of the loaded program with id `id` (as `IFLA_XDP` reports the
+/// program attached to an interface), to run it with [`test_run_xdp`].
+pub fn prog_fd_by_id(id: u32) -> Result<OwnedFd> {
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&id.to_ne_bytes());
+    bpf_fd(BPF_PROG_GET_FD_BY_ID, &mut attr).with_context(|| format!("BPF_PROG_GET_FD_BY_ID {id}"))
 }
 
 /// Opens a map or program pinned on bpffs at `path` (to change a daemon's maps behind its

@@ -11,6 +11,7 @@
 //! | `lab_smoke`    | the lab itself, no daemon: one bridge connects all, RAII cleanup  |
 //! | `isolation`    | segments and tenants apart (I1), exact drop counters              |
 //! | `exposition`   | `/metrics`: promtool, types, label sets, the interfaces gauge     |
+//! | `hotplug`      | a burst of new vifs: a new VM reaches no other tenant before its vif is enforced |
 //! | `lifecycle`    | SIGTERM, SIGHUP, hotplug, crash and planned restarts (I7), `check`|
 //! | `policy`       | exposed endpoints, flows, egress, audit, management (scans, data) |
 //! | `conntrack_proofs` | UDP conversations, idle timeouts (sweep and lookup), ICMP echo, FIN closing, `evicted` |
@@ -27,6 +28,7 @@ mod conntrack_proofs;
 mod exposition;
 mod failclosed;
 mod guards;
+mod hotplug;
 mod isolation;
 mod lab_smoke;
 mod lifecycle;

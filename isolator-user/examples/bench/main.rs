@@ -18,6 +18,7 @@
 //! in for vifs); frames go nowhere else. `--smoke` runs tiny sizes (the tests do, so that
 //! the benchmark cannot rot); `--rounds N` and `--frames N` size the live part.
 
+mod hotplug;
 mod live;
 mod scale;
 mod table_size;
@@ -75,6 +76,8 @@ struct Options {
     micro_rounds: usize,
     /// Whether to time the re-check after a policy swap (fills a connection table).
     recheck: bool,
+    /// Only the hotplug latency ([`hotplug`]), instead of the rest.
+    hotplug: bool,
 }
 
 impl Options {
@@ -86,6 +89,7 @@ impl Options {
         micro_repeat: 200_000,
         micro_rounds: 5,
         recheck: true,
+        hotplug: false,
     };
     /// Tiny sizes: proves every part runs, measures nothing.
     const SMOKE: Options = Options {
@@ -96,6 +100,7 @@ impl Options {
         micro_repeat: 1_000,
         micro_rounds: 1,
         recheck: false,
+        hotplug: false,
     };
 
     fn from_args() -> anyhow::Result<Options> {
@@ -110,12 +115,13 @@ impl Options {
             };
             match arg.as_str() {
                 "--smoke" => options = Options::SMOKE,
+                "--hotplug" => options.hotplug = true,
                 "--rounds" => options.live.rounds = number("--rounds")?.max(1) as usize,
                 "--frames" => {
                     options.live.frames = number("--frames")?.clamp(1, u32::MAX.into()) as u32
                 }
                 "--help" | "-h" => {
-                    println!("usage: bench [--smoke] [--rounds N] [--frames N]");
+                    println!("usage: bench [--smoke] [--rounds N] [--frames N] [--hotplug]");
                     println!("       bench --table-size [--smoke]");
                     println!(
                         "       {}",
@@ -248,6 +254,9 @@ fn pad60(mut frame: Vec<u8>) -> Vec<u8> {
 }
 
 fn run(options: Options) -> anyhow::Result<()> {
+    if options.hotplug {
+        return hotplug::run();
+    }
     let (mut dp, links) = lab()?;
     let reports = live::run(&mut dp, &links, &paths(), options.live)?;
     live::print(&reports, options.live);

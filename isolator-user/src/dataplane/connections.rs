@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::marker::PhantomData;
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 
 use aya::{
     Ebpf, Pod,
@@ -13,13 +14,18 @@ use aya::{
 use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH;
 use isolator_common::{ConnKey, ConnState, FragKey, FragState, Settings, conntrack, limits, maps};
 
+use super::Dataplane;
 use super::error::{DataplaneError, io_err, map_err};
-use super::{Dataplane, take};
 use crate::recheck::Recheck;
+
+/// The kernel's `ENOTSUPP` (not in libc: internal, but returned to user space).
+const ENOTSUPP: i32 = 524;
 
 /// One kind of per-vif table: an outer map from a vif's ifindex to its own LRU table.
 pub(super) struct PerVif<K, V> {
     outer: HashOfMaps<MapData, u32, MapData>,
+    /// The outer map's descriptor (a duplicate), for the batch insert aya does not offer.
+    outer_fd: OwnedFd,
     name: &'static str,
     capacity: u32,
     _kv: PhantomData<(K, V)>,
@@ -27,8 +33,22 @@ pub(super) struct PerVif<K, V> {
 
 impl<K: Pod, V: Pod> PerVif<K, V> {
     fn take(ebpf: &mut Ebpf, name: &'static str, capacity: u32) -> Result<Self, DataplaneError> {
+        let map = ebpf
+            .take_map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        // aya's HashOfMaps keeps its MapData to itself: a duplicate of the descriptor.
+        let outer_fd = match &map {
+            Map::HashOfMaps(data) => data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(io_err(format!("duplicating the descriptor of {name}")))?,
+            _ => return Err(DataplaneError::MissingMap(name)),
+        };
+        let outer = HashOfMaps::try_from(map).map_err(map_err(name, "unexpected map type"))?;
         Ok(PerVif {
-            outer: take(ebpf, name)?,
+            outer,
+            outer_fd,
             name,
             capacity,
             _kv: PhantomData,
@@ -44,15 +64,89 @@ impl<K: Pod, V: Pod> PerVif<K, V> {
     }
 
     /// Gives each of `ifindexes` a table of its own if it has none.
+    ///
+    /// The kernel waits for an RCU grace period after every change to a map of maps (so
+    /// that no program still holds what was replaced): about 10 ms here. Inserting a burst
+    /// of new vifs' tables one by one cost one such wait each; they are inserted with one
+    /// `BPF_MAP_UPDATE_BATCH`, which waits once.
     fn ensure_all(&mut self, ifindexes: &BTreeSet<u32>) -> Result<(), DataplaneError> {
         let present: BTreeSet<u32> = self.vifs()?.into_iter().collect();
-        for ifindex in ifindexes.difference(&present) {
-            self.create(*ifindex)?;
+        let missing: Vec<u32> = ifindexes.difference(&present).copied().collect();
+        match missing.as_slice() {
+            [] => Ok(()),
+            [ifindex] => {
+                let table = self.create(*ifindex)?;
+                self.insert(*ifindex, &table)
+            }
+            _ => {
+                let tables = missing
+                    .iter()
+                    .map(|ifindex| self.create(*ifindex))
+                    .collect::<Result<Vec<_>, _>>()?;
+                match self.insert_batch(&missing, &tables) {
+                    Ok(()) => Ok(()),
+                    // A kernel without batch operations on this map type: one by one.
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+                        ) =>
+                    {
+                        for (ifindex, table) in missing.iter().zip(&tables) {
+                            self.insert(*ifindex, table)?;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(io_err(format!(
+                        "adding the tables of {} new vifs to {}",
+                        missing.len(),
+                        self.name
+                    ))(e)),
+                }
+            }
+        }
+    }
+
+    /// `BPF_MAP_UPDATE_BATCH` of `tables` under `ifindexes` into the outer map.
+    fn insert_batch(&self, ifindexes: &[u32], tables: &[MapData]) -> std::io::Result<()> {
+        /// `BPF_MAP_UPDATE_BATCH` of `enum bpf_cmd`.
+        const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+        let fds: Vec<u32> = tables
+            .iter()
+            .map(|t| t.fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        // The `batch` member of `union bpf_attr`: in_batch, out_batch, keys, values,
+        // count, map_fd, elem_flags, flags.
+        let mut attr = [0u8; 56];
+        attr[16..24].copy_from_slice(&(ifindexes.as_ptr() as u64).to_ne_bytes());
+        attr[24..32].copy_from_slice(&(fds.as_ptr() as u64).to_ne_bytes());
+        attr[32..36].copy_from_slice(&(ifindexes.len() as u32).to_ne_bytes());
+        attr[36..40].copy_from_slice(&(self.outer_fd.as_raw_fd() as u32).to_ne_bytes());
+        // SAFETY: `attr` is a zero-padded `batch` member of `union bpf_attr` of the size
+        // passed; `keys` and `values` point to `count` u32s each, alive during the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                attr.as_mut_ptr(),
+                attr.len(),
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
         }
         Ok(())
     }
 
-    fn create(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+    fn insert(&mut self, ifindex: u32, table: &MapData) -> Result<(), DataplaneError> {
+        self.outer.insert(ifindex, table, 0).map_err(map_err(
+            self.name,
+            format!("adding the table of ifindex {ifindex}"),
+        ))
+    }
+
+    /// A new, empty table for `ifindex` (not yet in the outer map).
+    fn create(&self, ifindex: u32) -> Result<MapData, DataplaneError> {
         // The kernel requires every inner table to match the object's template: type,
         // key and value size, capacity and flags.
         let spec = aya_obj::Map::new_from_params(
@@ -62,14 +156,9 @@ impl<K: Pod, V: Pod> PerVif<K, V> {
             self.capacity,
             0,
         );
-        let table = MapData::create(spec, &format!("{}_{ifindex}", self.short_name()), None)
-            .map_err(map_err(
-                self.name,
-                format!("creating the table of ifindex {ifindex}"),
-            ))?;
-        self.outer.insert(ifindex, &table, 0).map_err(map_err(
+        MapData::create(spec, &format!("{}_{ifindex}", self.short_name()), None).map_err(map_err(
             self.name,
-            format!("adding the table of ifindex {ifindex}"),
+            format!("creating the table of ifindex {ifindex}"),
         ))
     }
 
