@@ -27,6 +27,8 @@ pub const PASS_BYTES: &str = "isolator_pass_bytes_total";
 pub const AUDIT_PACKETS: &str = "isolator_audit_packets_total";
 pub const AUDIT_BYTES: &str = "isolator_audit_bytes_total";
 pub const INTERFACES: &str = "isolator_interfaces";
+pub const POLICY_MAP_MEMORY: &str = "isolator_policy_map_memory_bytes";
+pub const POLICY_MAP_CAPACITY: &str = "isolator_policy_map_capacity";
 pub const CONNTRACK_ENTRIES: &str = "isolator_conntrack_entries";
 pub const CONNTRACK_CAPACITY: &str = "isolator_conntrack_capacity";
 pub const POLICY_RELOADS: &str = "isolator_policy_reloads_total";
@@ -46,7 +48,7 @@ const DEVICE: &[&str] = &["device", "tenant", "segment", "direction"];
 
 /// Every metric family of `docs/metrics.md`: sample name, `# TYPE`, label names in the
 /// order the documentation lists them.
-pub const FAMILIES: [(&str, &str, &[&str]); 20] = [
+pub const FAMILIES: [(&str, &str, &[&str]); 22] = [
     (DROP_PACKETS, "counter", DEVICE_REASON),
     (DROP_BYTES, "counter", DEVICE_REASON),
     (PASS_PACKETS, "counter", DEVICE),
@@ -54,6 +56,8 @@ pub const FAMILIES: [(&str, &str, &[&str]); 20] = [
     (AUDIT_PACKETS, "counter", DEVICE_REASON),
     (AUDIT_BYTES, "counter", DEVICE_REASON),
     (INTERFACES, "gauge", &["tenant", "segment"]),
+    (POLICY_MAP_MEMORY, "gauge", &["map"]),
+    (POLICY_MAP_CAPACITY, "gauge", &["map"]),
     (CONNTRACK_ENTRIES, "gauge", &[]),
     (CONNTRACK_CAPACITY, "gauge", &[]),
     (POLICY_RELOADS, "counter", &["result"]),
