@@ -19,7 +19,7 @@ pub mod maps {
     /// `HashMap<AddrV6Key, AddrClass>`: the same for IPv6.
     pub const ADDRESSES_V6: &str = "ADDRESSES_V6";
     /// `Array<PrefixLengths>` of two entries, indexed by generation: the prefix lengths
-    /// `ADDRESSES_V4`/`_V6` hold, longest first (the lengths a lookup probes).
+    /// `ADDRESSES_V4`/`_V6` hold, shortest first (the lengths a lookup probes).
     pub const PREFIX_LENGTHS: &str = "PREFIX_LENGTHS";
     /// `HashMap<RuleKey, RuleSet>`: the services of management prefixes, exposures and
     /// flows, stored once per distinct set and referred to by index.
@@ -405,6 +405,9 @@ impl AddrClass {
     pub const GATEWAY: u32 = 16;
     /// Declared by an interface (`owner`) as its own.
     pub const DECLARED: u32 = 32;
+    /// Some longer entry lies inside this one's prefix: a lookup that matched this one
+    /// probes the longer lengths too.
+    pub const LONGER: u32 = 64;
 
     /// An address the policy says nothing about.
     pub const OUTSIDE: AddrClass = AddrClass {
@@ -418,7 +421,7 @@ impl AddrClass {
 }
 
 /// Value of the `PREFIX_LENGTHS` map: the prefix lengths each address map holds under
-/// one generation, longest first.
+/// one generation, shortest first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrefixLengths {
@@ -447,7 +450,7 @@ impl Default for PrefixLengths {
 }
 
 impl PrefixLengths {
-    /// The lengths given (each family's longest first; at most
+    /// The lengths given (each family's shortest first; at most
     /// [`limits::MAX_PREFIX_LENGTHS`] each, more are ignored) with their masks.
     pub fn new(v4: &[u8], v6: &[u8]) -> Self {
         let mut out = PrefixLengths::default();

@@ -187,9 +187,10 @@ pub struct Address {
     pub bytes: [u8; 16],
 }
 
-/// Probes the prefix lengths the policy uses, longest first, one hash lookup each, until
-/// an entry of `ADDRESSES_V4`/`_V6` matches `addr`, and copies it to `slot` of
-/// [`CLASSES`] (else [`AddrClass::OUTSIDE`]): 1 if one matched, else 0. The cost depends on the number of distinct
+/// Probes the prefix lengths the policy uses, shortest first, one hash lookup each, until
+/// an entry of `ADDRESSES_V4`/`_V6` without longer entries inside matches `addr` (or the
+/// lengths run out), and copies the longest match to `slot` of [`CLASSES`] (else
+/// [`AddrClass::OUTSIDE`]): 1 if one matched, else 0. The cost depends on the number of distinct
 /// lengths, not on the number of prefixes (docs/design.md, "Classifying an address").
 ///
 /// A global BPF function: the verifier checks it once, on its own, rather than at every
@@ -217,6 +218,9 @@ pub extern "C" fn isolator_classify(
     let Some(lengths) = PREFIX_LENGTHS.get(generation) else {
         return 0;
     };
+    // Shortest first: a match without longer entries inside is the longest; one with
+    // them is kept until a longer one matches.
+    let mut found = 0;
     if v4 != 0 {
         let a = u32::from_ne_bytes(unmapped(addr));
         let count = lengths.v4_count as usize;
@@ -231,7 +235,10 @@ pub extern "C" fn isolator_classify(
             // SAFETY: the entry is only read, within this run.
             if let Some(class) = unsafe { ADDRESSES_V4.get(&key) } {
                 copy_class(out, class);
-                return 1;
+                found = 1;
+                if class.flags & AddrClass::LONGER == 0 {
+                    break;
+                }
             }
         }
     } else {
@@ -251,11 +258,14 @@ pub extern "C" fn isolator_classify(
             // SAFETY: as above.
             if let Some(class) = unsafe { ADDRESSES_V6.get(&key) } {
                 copy_class(out, class);
-                return 1;
+                found = 1;
+                if class.flags & AddrClass::LONGER == 0 {
+                    break;
+                }
             }
         }
     }
-    0
+    found
 }
 
 /// Copies a classification field by field (a plain copy becomes a byte loop in BPF, see

@@ -929,20 +929,50 @@ tenants:
         assert_eq!(entries.prefix_lengths[0].1.v6_count, 1);
     }
 
-    /// The entry of the longest prefix of `addresses` containing `addr` (what the kernel's
-    /// probe finds).
+    /// What the kernel's probe finds for `addr`: the lengths shortest first, a match
+    /// without longer entries inside ends the search, the last match wins.
     fn class_of(entries: &crate::encode::Entries, addr: [u8; 4]) -> Option<AddrClass> {
         let lengths = &entries.prefix_lengths[0].1;
-        lengths.v4[..lengths.v4_count as usize]
+        let mut found = None;
+        for len in &lengths.v4[..lengths.v4_count as usize] {
+            let key = AddrV4Key::new(entries.prefix_lengths[0].0, addr, *len);
+            if let Some((_, class)) = entries.addresses_v4.iter().find(|(k, _)| *k == key) {
+                found = Some(*class);
+                if class.flags & AddrClass::LONGER == 0 {
+                    break;
+                }
+            }
+        }
+        found
+    }
+
+    /// The longest entry containing `addr`, by brute force over every entry.
+    fn longest_of(entries: &crate::encode::Entries, addr: [u8; 4]) -> Option<AddrClass> {
+        entries
+            .addresses_v4
             .iter()
-            .find_map(|len| {
-                let key = AddrV4Key::new(entries.prefix_lengths[0].0, addr, *len);
-                entries
-                    .addresses_v4
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .map(|(_, c)| *c)
-            })
+            .filter(|(k, _)| AddrV4Key::new(k.tag >> 8, addr, k.prefix_len()) == *k)
+            .max_by_key(|(k, _)| k.prefix_len())
+            .map(|(_, c)| *c)
+    }
+
+    #[test]
+    fn the_shortest_first_probe_finds_the_longest_entry() {
+        let entries = encode(&full_plan(), 1);
+        for addr in [
+            [10, 1, 1, 10],
+            [10, 1, 1, 11],
+            [10, 1, 1, 200],
+            [10, 2, 1, 7],
+            [192, 168, 100, 9],
+            [192, 168, 100, 200],
+            [172, 16, 3, 4],
+            [8, 8, 8, 8],
+        ] {
+            let probed = class_of(&entries, addr);
+            assert!(probed.is_some() || addr == [8, 8, 8, 8], "{addr:?}");
+            assert_eq!(probed, longest_of(&entries, addr), "{addr:?}");
+        }
     }
 
     #[test]
@@ -967,10 +997,18 @@ tenants:
             vec![(protocol::ICMP, 0, 65535), (protocol::TCP, 443, 443)]
         );
         let in_28 = class_of(&entries, [10, 1, 1, 11]).expect("classified");
-        assert_eq!(in_28.flags, AddrClass::EXPOSED);
+        assert_eq!(
+            in_28.flags,
+            AddrClass::EXPOSED | AddrClass::LONGER,
+            "the /28, which holds 10.1.1.10"
+        );
         assert_eq!(rules_at(in_28.exposure), vec![(protocol::ICMP, 0, 65535)]);
         let plain = class_of(&entries, [10, 1, 1, 200]).expect("classified");
-        assert_eq!((plain.segment, plain.flags), (0, 0));
+        assert_eq!(
+            (plain.segment, plain.flags),
+            (0, AddrClass::LONGER),
+            "the /24, which holds longer entries"
+        );
         let other_tenant = class_of(&entries, [10, 2, 1, 7]).expect("classified");
         assert_eq!((other_tenant.segment, other_tenant.tenant), (2, 1));
         // Management: the /29 inside the /24 protects everything too; the /16 only its
@@ -1267,7 +1305,11 @@ tenants:
             "declared by vweb-lb, in its segment"
         );
         assert_eq!(owned([10, 1, 1, 70]), Some((AddrClass::DECLARED, 4, 0)));
-        assert_eq!(owned([10, 1, 1, 11]), Some((0, 0, 0)), "anybody's in web");
+        assert_eq!(
+            owned([10, 1, 1, 11]),
+            Some((AddrClass::LONGER, 0, 0)),
+            "anybody's in web (whose /24 holds the declared ones)"
+        );
         let v6: Vec<(u8, u32)> = encode(&plan, 0)
             .addresses_v6
             .iter()

@@ -382,20 +382,45 @@ mod addresses {
 
     fn lengths(classes: &[(Prefix, AddrClass)]) -> Vec<u8> {
         let mut lengths: Vec<u8> = classes.iter().map(|((len, _), _)| *len).collect();
-        lengths.sort_unstable_by(|a, b| b.cmp(a));
+        lengths.sort_unstable();
         lengths.dedup();
         lengths
     }
 
     impl Addresses {
-        /// The IPv4 prefix lengths in use, longest first.
+        /// The IPv4 prefix lengths in use, shortest first (the order the programs probe).
         pub fn v4_lengths(&self) -> Vec<u8> {
             lengths(&self.v4)
         }
 
-        /// The IPv6 prefix lengths in use, longest first.
+        /// The IPv6 prefix lengths in use, shortest first.
         pub fn v6_lengths(&self) -> Vec<u8> {
             lengths(&self.v6)
+        }
+    }
+
+    /// Marks each entry that contains a longer one ([`AddrClass::LONGER`]): the programs
+    /// probe the lengths shortest first and stop at a match without the mark, which is
+    /// then the longest.
+    fn mark_longer(classes: &mut [(Prefix, AddrClass)]) {
+        let lengths = lengths(classes);
+        let index: HashMap<Prefix, usize> = classes
+            .iter()
+            .enumerate()
+            .map(|(i, (prefix, _))| (*prefix, i))
+            .collect();
+        let mut marked = vec![false; classes.len()];
+        for ((len, addr), _) in classes.iter() {
+            for shorter in lengths.iter().take_while(|l| **l < *len) {
+                if let Some(i) = index.get(&(*shorter, mask(*addr, *shorter))) {
+                    marked[*i] = true;
+                }
+            }
+        }
+        for ((_, class), marked) in classes.iter_mut().zip(marked) {
+            if marked {
+                class.flags |= AddrClass::LONGER;
+            }
         }
     }
 
@@ -462,6 +487,7 @@ mod addresses {
                 out.push((prefix, class));
             }
             out.sort_unstable_by_key(|(prefix, _)| *prefix);
+            mark_longer(&mut out);
             out
         }
     }
