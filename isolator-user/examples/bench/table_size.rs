@@ -7,7 +7,8 @@
 //! prefix lengths in use stay those of the bench policy (/24 and /32), so what grows is
 //! only the number of entries. For each size, on one dataplane sized for the largest:
 //! the time `Dataplane::apply` takes (encode the plan's entries, write the new generation,
-//! flip, wait, purge the old one) and how much of it the encoding is, the entries and the
+//! flip, wait, purge the old one) and how much of it the encoding is, how many frames a
+//! second thread judging without pause meanwhile saw misjudged, the entries and the
 //! kernel memory of the address map, and the test-run time of
 //! the ingress verdict for a cross-tenant drop, a same-segment pass and a drop into one
 //! of the extra segments, interleaved with a pass-everything program, medians.
@@ -15,12 +16,17 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use anyhow::Context as _;
 use ipnet::Ipv4Net;
 use isolator::compile::{Plan, SegmentRef};
 use isolator::dataplane::{Dataplane, Sizes};
 use isolator::encode::encode;
+use isolator_common::programs;
 use isolator_common::{Rule, RuleSet, SegmentInfo, maps, protocol};
+use isolator_tests::rawbpf::test_run_xdp;
 
 use crate::{WEB, median, tcp};
 
@@ -86,6 +92,10 @@ struct Row {
     /// Of which the plan's entries (pure userspace).
     encoding: Duration,
     apply: Duration,
+    /// Test runs judged while the swap ran, and how many ended otherwise than both
+    /// policies say.
+    runs: u64,
+    misjudged: u64,
     memory: u64,
     /// (case, isolator ns, baseline ns, verdict)
     cases: Vec<(&'static str, Duration, Duration, u32)>,
@@ -118,16 +128,48 @@ pub fn run(
             tcp("10.1.1.2", "11.0.0.77", 40000, 22, crate::SYN),
         ),
     ];
+    // The swaps measured below are from a policy in force, as a reload's are.
+    dp.apply(base).context("applying the bench policy")?;
     let mut rows = Vec::new();
     for &addresses in sizes {
         let plan = grow(base, addresses);
         let started = Instant::now();
         let entries = encode(&plan, 0).addresses_v4.len();
         let encoding = started.elapsed();
+        // While the swap runs, a second thread judges a cross-tenant frame and a
+        // same-segment frame without pause: every run must end in drop and pass
+        // respectively (both policies, old and new, agree on them).
+        let program = dp.program_fd(programs::XDP_INGRESS)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (runs, misjudged) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let judge = {
+            let (stop, runs, misjudged) = (stop.clone(), runs.clone(), misjudged.clone());
+            let frames = [(cases[0].1.clone(), 1), (cases[1].1.clone(), 2)];
+            // A thread spawned here shares this thread's (private) network namespace.
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for (frame, expected) in &frames {
+                        let action = test_run_xdp(std::os::fd::AsFd::as_fd(&program), web, frame);
+                        runs.fetch_add(1, Ordering::Relaxed);
+                        if action.ok() != Some(*expected) {
+                            misjudged.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        };
         let started = Instant::now();
-        dp.apply(&plan)
-            .with_context(|| format!("applying the policy grown by {addresses} addresses"))?;
+        let applied = dp.apply(&plan);
         let apply = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        judge
+            .join()
+            .map_err(|_| anyhow::anyhow!("the judging thread panicked"))?;
+        applied.with_context(|| format!("applying the policy grown by {addresses} addresses"))?;
+        let (runs, misjudged) = (
+            runs.load(Ordering::Relaxed),
+            misjudged.load(Ordering::Relaxed),
+        );
         let memory = dp
             .footprints()?
             .iter()
@@ -149,6 +191,8 @@ pub fn run(
             entries,
             encoding,
             apply,
+            runs,
+            misjudged,
             memory,
             cases: measured,
         });
@@ -164,8 +208,8 @@ fn print(rows: &[Row], repeat: u32, rounds: usize) {
          each, then exposed /32s; prefix lengths in use: /24 and /32)"
     );
     print!(
-        "{:>10} {:>10} {:>10} {:>11} {:>10}",
-        "addresses", "entries", "apply ms", "encoding ms", "map MiB"
+        "{:>10} {:>10} {:>10} {:>11} {:>20} {:>10}",
+        "addresses", "entries", "apply ms", "encoding ms", "misjudged / judged", "map MiB"
     );
     for (name, ..) in &rows[0].cases {
         print!(" {:>28}", format!("{name} ns (x at 10)"));
@@ -173,11 +217,12 @@ fn print(rows: &[Row], repeat: u32, rounds: usize) {
     println!();
     for row in rows {
         print!(
-            "{:>10} {:>10} {:>10.1} {:>11.1} {:>10.1}",
+            "{:>10} {:>10} {:>10.1} {:>11.1} {:>20} {:>10.1}",
             row.addresses,
             row.entries,
             row.apply.as_secs_f64() * 1e3,
             row.encoding.as_secs_f64() * 1e3,
+            format!("{} / {}", row.misjudged, row.runs),
             row.memory as f64 / (1 << 20) as f64
         );
         for (i, (_, own, _, verdict)) in row.cases.iter().enumerate() {
