@@ -19,7 +19,7 @@ pub mod maps {
     /// `HashMap<AddrV6Key, AddrClass>`: the same for IPv6.
     pub const ADDRESSES_V6: &str = "ADDRESSES_V6";
     /// `Array<PrefixLengths>` of two entries, indexed by generation: the prefix lengths
-    /// `ADDRESSES_V4`/`_V6` hold, shortest first (the lengths a lookup probes).
+    /// `ADDRESSES_V4`/`_V6` hold, in the order a lookup probes them.
     pub const PREFIX_LENGTHS: &str = "PREFIX_LENGTHS";
     /// `HashMap<RuleKey, RuleSet>`: the services of management prefixes, exposures and
     /// flows, stored once per distinct set and referred to by index.
@@ -264,7 +264,7 @@ pub struct GatewayKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentInfo {
     pub tenant: u32,
-    /// [`SegmentInfo::EGRESS_ALLOW`], [`SegmentInfo::AUDIT`].
+    /// [`SegmentInfo::EGRESS_ALLOW`], [`SegmentInfo::AUDIT`], ...
     pub flags: u32,
 }
 
@@ -277,6 +277,9 @@ impl SegmentInfo {
     pub const ALLOW_RA: u32 = 4;
     /// The segment's VMs may send DHCP and DHCPv6 server messages.
     pub const ALLOW_DHCP_SERVER: u32 = 8;
+    /// A flow joins the segment to a segment of another tenant (in either direction):
+    /// without it, no `PAIRS` entry joins it to any, and the programs need not look.
+    pub const FOREIGN_NEIGHBOURS: u32 = 16;
 }
 
 /// Key of the `ADDRESSES_V4` map: a prefix of one length under one generation, the
@@ -421,7 +424,7 @@ impl AddrClass {
 }
 
 /// Value of the `PREFIX_LENGTHS` map: the prefix lengths each address map holds under
-/// one generation, shortest first.
+/// one generation, in the order the programs probe them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrefixLengths {
@@ -450,7 +453,7 @@ impl Default for PrefixLengths {
 }
 
 impl PrefixLengths {
-    /// The lengths given (each family's shortest first; at most
+    /// The lengths given (each family's in probing order; at most
     /// [`limits::MAX_PREFIX_LENGTHS`] each, more are ignored) with their masks.
     pub fn new(v4: &[u8], v6: &[u8]) -> Self {
         let mut out = PrefixLengths::default();

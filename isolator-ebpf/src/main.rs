@@ -290,7 +290,7 @@ fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch) -> Step {
         // 8, early: to another segment, a packet no connection the policy admits can
         // carry (no flow or exposure admits its service either way).
         if let Place::Segment(t) = target
-            && !connection_possible(generation, sender, t.id, p, dst, src)
+            && !connection_possible(vif, sender, t.id, p, t.tenant)
         {
             return decide(cross(vif, t));
         }
@@ -377,7 +377,7 @@ fn egress(frame: &impl Frame, vif: &Vif, entered: u32, scratch: &mut Scratch) ->
     // 8, early: from another segment, a packet no connection the policy admits can
     // carry.
     if let Place::Segment(s) = source
-        && !connection_possible(generation, s.id, receiver, p, dst, src)
+        && !connection_possible(vif, s.id, receiver, p, s.tenant)
     {
         return decide(cross(vif, s));
     }

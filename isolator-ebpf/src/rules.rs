@@ -3,13 +3,14 @@
 //! interface that declared it), the services of rule sets, flows between segments.
 
 use isolator_common::{
-    AddrClass, AddrV4Key, AddrV6Key, GatewayKey, PairInfo, PairKey, RuleKey, RuleSet, address_tag,
-    limits, protocol, unmapped,
+    AddrClass, AddrV4Key, AddrV6Key, GatewayKey, PairInfo, PairKey, RuleKey, RuleSet, SegmentInfo,
+    address_tag, limits, protocol, unmapped,
 };
 
 use crate::maps::{ADDRESSES_V4, ADDRESSES_V6, CLASSES, GATEWAYS, PAIRS, PREFIX_LENGTHS, RULESETS};
 use crate::packet::Packet;
 use crate::proto::ip;
+use crate::vif::Vif;
 
 /// A segment, with its tenant.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -187,11 +188,12 @@ pub struct Address {
     pub bytes: [u8; 16],
 }
 
-/// Probes the prefix lengths the policy uses, shortest first, one hash lookup each, until
-/// an entry of `ADDRESSES_V4`/`_V6` without longer entries inside matches `addr` (or the
-/// lengths run out), and copies the longest match to `slot` of [`CLASSES`] (else
-/// [`AddrClass::OUTSIDE`]): 1 if one matched, else 0. The cost depends on the number of distinct
-/// lengths, not on the number of prefixes (docs/design.md, "Classifying an address").
+/// Probes the prefix lengths the policy uses, in the order `PREFIX_LENGTHS` gives, one
+/// hash lookup each, until an entry of `ADDRESSES_V4`/`_V6` without the mark `LONGER`
+/// matches `addr` (or the lengths run out), and copies the longest match to `slot` of
+/// [`CLASSES`] (else [`AddrClass::OUTSIDE`]): 1 if one matched, else 0. The cost depends
+/// on the number of distinct lengths, not on the number of prefixes (docs/design.md,
+/// "Classifying an address", which gives the orders and marks the compiler chooses).
 ///
 /// A global BPF function: the verifier checks it once, on its own, rather than at every
 /// call with every state the caller can be in (its loop would otherwise be walked again
@@ -218,8 +220,8 @@ pub extern "C" fn isolator_classify(
     let Some(lengths) = PREFIX_LENGTHS.get(generation) else {
         return 0;
     };
-    // Shortest first: a match without longer entries inside is the longest; one with
-    // them is kept until a longer one matches.
+    // A match without the mark is the longest; one with it is kept until a longer one
+    // matches.
     let mut found = 0;
     if v4 != 0 {
         let a = u32::from_ne_bytes(unmapped(addr));
@@ -443,18 +445,23 @@ fn admits_reply(rules: &RuleSet, p: &Packet) -> bool {
 /// of its source, admits the service its source port would be). ICMP errors are asked
 /// about too: they may come from another address than the connection's. When none
 /// holds, no connection the policy admits can carry the packet, and the connection
-/// tables need not be asked.
+/// tables need not be asked; nor is `PAIRS` when the segments belong to different
+/// tenants (`other_tenant` is the other segment's) and the vif's segment has no flow to
+/// or from another tenant's.
 #[inline(never)]
-pub fn connection_possible(
-    generation: u32,
-    from: u32,
-    to: u32,
-    p: &Packet,
-    dst: Class,
-    src: Class,
-) -> bool {
+pub fn connection_possible(vif: &Vif, from: u32, to: u32, p: &Packet, other_tenant: u32) -> bool {
+    let generation = vif.generation;
+    let (dst, src) = (
+        Class {
+            slot: slot::DESTINATION,
+        },
+        Class { slot: slot::SOURCE },
+    );
     if p.is_icmp_error() || dst.exposed(generation, p) || src.exposed_reply(generation, p) {
         return true;
+    }
+    if other_tenant != vif.info.tenant && vif.info.flags & SegmentInfo::FOREIGN_NEIGHBOURS == 0 {
+        return false;
     }
     // Either both orders of a pair have an entry (a flow joins them) or neither has.
     let Some(forward) = pair(generation, from, to) else {

@@ -352,6 +352,11 @@ impl Plan {
             neighbours.insert((to, from));
         }
         plan.neighbours = neighbours.into_iter().collect();
+        for &(a, b) in &plan.neighbours {
+            if plan.segments[a as usize].tenant_id != plan.segments[b as usize].tenant_id {
+                plan.segments[a as usize].flags |= SegmentInfo::FOREIGN_NEIGHBOURS;
+            }
+        }
 
         let mut links: Vec<&Link> = host.links.iter().collect();
         links.sort_by_key(|l| l.ifindex);
@@ -929,8 +934,9 @@ tenants:
         assert_eq!(entries.prefix_lengths[0].1.v6_count, 1);
     }
 
-    /// What the kernel's probe finds for `addr`: the lengths shortest first, a match
-    /// without longer entries inside ends the search, the last match wins.
+    /// What the kernel's probe finds for `addr`: the lengths in the order stored (the
+    /// longest, then the others shortest first), a match without longer entries inside
+    /// ends the search, the last match wins.
     fn class_of(entries: &crate::encode::Entries, addr: [u8; 4]) -> Option<AddrClass> {
         let lengths = &entries.prefix_lengths[0].1;
         let mut found = None;
@@ -956,8 +962,56 @@ tenants:
             .map(|(_, c)| *c)
     }
 
+    /// The bench's shape: segment and management /24s, one exposed address, no
+    /// declared ones.
+    const FEW_LONG: &str = r#"
+version: 1
+management:
+  - prefix: 192.168.100.0/24
+tenants:
+  - name: acme
+    segments:
+      - name: web
+        prefixes: ["10.1.1.0/24"]
+        expose:
+          - address: 10.1.1.10
+            protocol: tcp
+            ports: 443
+      - name: db
+        prefixes: ["10.1.2.0/24"]
+  - name: globex
+    segments:
+      - name: web
+        prefixes: ["10.2.1.0/24"]
+"#;
+
     #[test]
-    fn the_shortest_first_probe_finds_the_longest_entry() {
+    fn the_probe_order_is_the_one_with_fewer_lookups() {
+        // Mostly /24s: shortest first, one lookup for an address of db or globex.
+        let policy = policy::parse(FEW_LONG, "few.yaml").expect("valid");
+        let plan = Plan::new(&policy, HostView::default()).expect("plan");
+        let entries = encode(&plan, 1);
+        let lengths = &entries.prefix_lengths[0].1;
+        assert_eq!(lengths.v4[..lengths.v4_count as usize], [24, 32]);
+        for (a, b, c) in [(10, 1, 1), (10, 1, 2), (10, 2, 1), (192, 168, 100)] {
+            for d in 0..=255 {
+                let addr = [a, b, c, d];
+                assert_eq!(class_of(&entries, addr), longest_of(&entries, addr));
+            }
+        }
+        // Many declared addresses (every /32 of FULL): the longest first.
+        let entries = encode(&full_plan(), 1);
+        let lengths = &entries.prefix_lengths[0].1;
+        assert_eq!(
+            lengths.v4[0],
+            32,
+            "{:?}",
+            &lengths.v4[..lengths.v4_count as usize]
+        );
+    }
+
+    #[test]
+    fn the_probe_finds_the_longest_entry() {
         let entries = encode(&full_plan(), 1);
         for addr in [
             [10, 1, 1, 10],
@@ -972,6 +1026,17 @@ tenants:
             let probed = class_of(&entries, addr);
             assert!(probed.is_some() || addr == [8, 8, 8, 8], "{addr:?}");
             assert_eq!(probed, longest_of(&entries, addr), "{addr:?}");
+        }
+        // Every address of the prefixes where lengths nest (/24, /28, /32; /16, /24, /29).
+        for (a, b, c) in [(10, 1, 1), (10, 2, 1), (192, 168, 100), (172, 16, 3)] {
+            for d in 0..=255 {
+                let addr = [a, b, c, d];
+                assert_eq!(
+                    class_of(&entries, addr),
+                    longest_of(&entries, addr),
+                    "{addr:?}"
+                );
+            }
         }
     }
 
@@ -999,8 +1064,9 @@ tenants:
         let in_28 = class_of(&entries, [10, 1, 1, 11]).expect("classified");
         assert_eq!(
             in_28.flags,
-            AddrClass::EXPOSED | AddrClass::LONGER,
-            "the /28, which holds 10.1.1.10"
+            AddrClass::EXPOSED,
+            "the /28, which holds only entries of the longest length (10.1.1.10/32), probed \
+             first"
         );
         assert_eq!(rules_at(in_28.exposure), vec![(protocol::ICMP, 0, 65535)]);
         let plain = class_of(&entries, [10, 1, 1, 200]).expect("classified");
@@ -1117,17 +1183,27 @@ tenants:
     }
 
     #[test]
-    fn segment_flags_follow_egress_and_mode() {
+    fn segment_flags_follow_egress_mode_and_flows_to_other_tenants() {
         let plan = full_plan();
         assert_eq!(
             plan.segments[0].flags,
-            SegmentInfo::AUDIT,
-            "acme/web: deny, audit"
+            SegmentInfo::AUDIT | SegmentInfo::FOREIGN_NEIGHBOURS,
+            "acme/web: deny, audit, a flow to globex/web"
         );
         assert_eq!(
             plan.segments[1].flags,
             SegmentInfo::EGRESS_ALLOW,
-            "acme/db: defaults"
+            "acme/db: defaults; its only flow is from its own tenant's web"
+        );
+        let globex_web = plan
+            .segments
+            .iter()
+            .find(|s| (s.tenant.as_str(), s.name.as_str()) == ("globex", "web"))
+            .expect("globex/web");
+        assert_ne!(
+            globex_web.flags & SegmentInfo::FOREIGN_NEIGHBOURS,
+            0,
+            "the receiving end of acme/web's flow is joined to another tenant too"
         );
         assert_eq!(plan.settings.tcp_idle_ns, 100 * NANOS);
         assert_eq!(plan.settings.udp_idle_ns, 20 * NANOS);

@@ -374,12 +374,28 @@ mod addresses {
         }
     }
 
-    /// Both families' entries, each sorted by prefix.
+    /// Both families' entries, each sorted by prefix, and the order the programs probe
+    /// each family's prefix lengths in.
     pub struct Addresses {
         pub v4: Vec<(Prefix, AddrClass)>,
         pub v6: Vec<(Prefix, AddrClass)>,
+        v4_order: Vec<u8>,
+        v6_order: Vec<u8>,
     }
 
+    impl Addresses {
+        /// The IPv4 prefix lengths in use, in the order the programs probe them.
+        pub fn v4_lengths(&self) -> Vec<u8> {
+            self.v4_order.clone()
+        }
+
+        /// The IPv6 prefix lengths in use, in the order the programs probe them.
+        pub fn v6_lengths(&self) -> Vec<u8> {
+            self.v6_order.clone()
+        }
+    }
+
+    /// The prefix lengths in use, shortest first.
     fn lengths(classes: &[(Prefix, AddrClass)]) -> Vec<u8> {
         let mut lengths: Vec<u8> = classes.iter().map(|((len, _), _)| *len).collect();
         lengths.sort_unstable();
@@ -387,41 +403,71 @@ mod addresses {
         lengths
     }
 
-    impl Addresses {
-        /// The IPv4 prefix lengths in use, shortest first (the order the programs probe).
-        pub fn v4_lengths(&self) -> Vec<u8> {
-            lengths(&self.v4)
-        }
-
-        /// The IPv6 prefix lengths in use, shortest first.
-        pub fn v6_lengths(&self) -> Vec<u8> {
-            lengths(&self.v6)
-        }
-    }
-
-    /// Marks each entry that contains a longer one ([`AddrClass::LONGER`]): the programs
-    /// probe the lengths shortest first and stop at a match without the mark, which is
-    /// then the longest.
-    fn mark_longer(classes: &mut [(Prefix, AddrClass)]) {
-        let lengths = lengths(classes);
+    /// For each entry, whether it contains an entry of a longer length other than
+    /// `except`.
+    fn containing(classes: &[(Prefix, AddrClass)], lengths: &[u8], except: u8) -> Vec<bool> {
         let index: HashMap<Prefix, usize> = classes
             .iter()
             .enumerate()
             .map(|(i, (prefix, _))| (*prefix, i))
             .collect();
         let mut marked = vec![false; classes.len()];
-        for ((len, addr), _) in classes.iter() {
+        for ((len, addr), _) in classes.iter().filter(|((len, _), _)| *len != except) {
             for shorter in lengths.iter().take_while(|l| **l < *len) {
                 if let Some(i) = index.get(&(*shorter, mask(*addr, *shorter))) {
                     marked[*i] = true;
                 }
             }
         }
-        for ((_, class), marked) in classes.iter_mut().zip(marked) {
+        marked
+    }
+
+    /// Chooses the order the programs probe one family's lengths in, and marks the
+    /// entries at which they must go on probing ([`AddrClass::LONGER`]); returns the
+    /// order. The programs stop at the first match without the mark.
+    ///
+    /// Two orders, whichever costs fewer probes summed over the entries (each standing
+    /// for the addresses whose longest match it is):
+    /// - shortest first, an entry marked when it holds a longer one: an address in a
+    ///   segment prefix with nothing longer inside costs one lookup;
+    /// - the longest length first, then the others shortest first, an entry marked when
+    ///   it holds a longer one of a length other than the longest (after a miss at the
+    ///   longest length, those no longer count): an address with an entry of the longest
+    ///   length, typically a VM's declared address, costs one lookup.
+    fn order_and_mark(classes: &mut [(Prefix, AddrClass)]) -> Vec<u8> {
+        let lengths = lengths(classes);
+        let Some(&longest) = lengths.last() else {
+            return lengths;
+        };
+        let n = lengths.len();
+        let position = |len: u8| lengths.iter().position(|l| *l == len).unwrap_or(n);
+        let all = containing(classes, &lengths, u8::MAX);
+        let below_longest = containing(classes, &lengths, longest);
+        let (mut shortest_cost, mut longest_cost) = (0usize, 0usize);
+        for (((len, _), _), (all, below)) in classes.iter().zip(all.iter().zip(&below_longest)) {
+            shortest_cost += if *all { n } else { position(*len) + 1 };
+            longest_cost += if *len == longest {
+                1
+            } else if *below {
+                n
+            } else {
+                // The longest, then the others shortest first (the same positions).
+                1 + position(*len) + 1
+            };
+        }
+        let longest_first = n > 1 && longest_cost < shortest_cost;
+        let marks = if longest_first { below_longest } else { all };
+        for ((_, class), marked) in classes.iter_mut().zip(marks) {
             if marked {
                 class.flags |= AddrClass::LONGER;
             }
         }
+        let mut order = lengths;
+        if longest_first {
+            order.pop();
+            order.insert(0, longest);
+        }
+        order
     }
 
     /// Every kind of prefix of one family.
@@ -447,7 +493,13 @@ mod addresses {
                 .copied()
         }
 
-        fn classify(&self, plan: &Plan, rules: &mut RuleSets) -> Vec<(Prefix, AddrClass)> {
+        /// Every entry of the family, sorted by prefix, and the order the programs probe
+        /// the lengths in.
+        fn classify(
+            &self,
+            plan: &Plan,
+            rules: &mut RuleSets,
+        ) -> (Vec<(Prefix, AddrClass)>, Vec<u8>) {
             let mut seen: HashMap<Prefix, ()> = HashMap::default();
             let mut out = Vec::new();
             for prefix in self.all_prefixes() {
@@ -487,8 +539,8 @@ mod addresses {
                 out.push((prefix, class));
             }
             out.sort_unstable_by_key(|(prefix, _)| *prefix);
-            mark_longer(&mut out);
-            out
+            let order = order_and_mark(&mut out);
+            (out, order)
         }
     }
 
@@ -538,9 +590,13 @@ mod addresses {
 
     /// Classifies every prefix and address of the plan, both families.
     pub fn classify(plan: &Plan, rules: &mut RuleSets) -> Addresses {
+        let (v4, v4_order) = kinds(plan, true).classify(plan, rules);
+        let (v6, v6_order) = kinds(plan, false).classify(plan, rules);
         Addresses {
-            v4: kinds(plan, true).classify(plan, rules),
-            v6: kinds(plan, false).classify(plan, rules),
+            v4,
+            v6,
+            v4_order,
+            v6_order,
         }
     }
 }
