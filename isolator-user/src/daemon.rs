@@ -20,16 +20,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use axum::{
     Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
 };
+use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
+
+use crate::audit::Chronicle;
+use crate::control::{self, Access, Caller, ReloadReport, Request, Response};
 
 use crate::compile::{Link, Plan};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, KernelLogger, Sizes};
@@ -61,6 +65,11 @@ pub struct RunOptions {
     /// A directory of trusted public keys: every policy loaded must carry a valid
     /// signature by one of them.
     pub trusted_keys: Option<PathBuf>,
+    /// The audit log.
+    pub audit: crate::audit::Options,
+    /// The control socket, and the group that may use it besides root.
+    pub control_socket: PathBuf,
+    pub control_group: Option<u32>,
 }
 
 /// Where the policy in force came from: its file's SHA-256 and who signed it.
@@ -151,6 +160,15 @@ struct Status {
     reload_refused: Option<String>,
     /// Reloads refused because the signature did not check out.
     signature_refusals: u64,
+    /// Policies put into effect since start.
+    generation: u64,
+    /// The kernel maps' generation in force.
+    kernel_generation: u32,
+    /// How each attached interface is attached, by ifindex.
+    modes: BTreeMap<u32, &'static str>,
+    /// The policy in force, in a line.
+    summary: String,
+    last_reload: Option<control::LastReload>,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -161,7 +179,25 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let (policy, provenance) = load_policy(&opts.config, trusted.as_ref())
+    let chronicle = Arc::new(Chronicle::open(&opts.audit).with_context(|| {
+        format!(
+            "opening the audit log {} (choose another with --audit-log)",
+            opts.audit.path.display()
+        )
+    })?);
+    audit(
+        &chronicle,
+        "start",
+        json!({ "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(),
+                "config": opts.config.display().to_string() }),
+    );
+    let loaded = load_policy(&opts.config, trusted.as_ref());
+    audit(
+        &chronicle,
+        "policy_load",
+        load_record(&opts.config, &loaded),
+    );
+    let (policy, provenance) = loaded
         .map_err(LoadError::into_inner)
         .context("nothing was loaded (see `isolator check`)")?;
     info!(
@@ -181,6 +217,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 opts.metrics_addr
             )
         })?;
+
+    let control_listener = control::bind(&opts.control_socket, opts.control_group).await?;
 
     // Subscribe to events before listing anything, so that no change is missed.
     let netlink = Netlink::open(opts.netlink_receive_buffer)?;
@@ -216,8 +254,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let (status_tx, status) = watch::channel(Status {
         provenance: provenance.clone(),
+        summary: policy.summary().to_string(),
         ..Status::default()
     });
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     let mut controller = Controller {
         config: opts.config.clone(),
         trusted,
@@ -228,14 +268,31 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         kernel: kernel.clone(),
         status: status_tx,
         failing_since_retry: RETRY_FIRST,
+        chronicle: chronicle.clone(),
+        control_reloads: reload_rx,
     };
     controller
         .reconcile(None)
         .await
         .context("putting the policy into effect")?;
+    controller.status.send_modify(|s| s.generation = 1);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let controller_task = tokio::spawn(controller.run(stop_rx));
+    let control_server = ControlServer {
+        access: Access {
+            // SAFETY: geteuid has no preconditions.
+            owner: unsafe { libc::geteuid() },
+            group: opts.control_group,
+        },
+        kernel: kernel.clone(),
+        status: status.clone(),
+        reloads: reload_tx,
+        chronicle: chronicle.clone(),
+        config: opts.config.clone(),
+    };
+    info!(socket = %opts.control_socket.display(), "control socket ready (isolator status, isolator reload)");
+    let control_task = tokio::spawn(control_server.serve(control_listener));
 
     let app = Router::new()
         .route("/metrics", get(serve_metrics))
@@ -252,6 +309,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let _ = stop_tx.send(true);
     let _ = controller_task.await;
+    control_task.abort();
+    let _ = std::fs::remove_file(&opts.control_socket);
+    audit(&chronicle, "stop", json!({ "persist": opts.persist }));
+    if let Err(e) = chronicle.checkpoint() {
+        error!(error = %format!("{e:#}"), "signing the audit log's last checkpoint failed");
+    }
     if opts.persist {
         info!(
             state_dir = %opts.state_dir.display(),
@@ -287,6 +350,9 @@ struct Controller {
     status: watch::Sender<Status>,
     /// The wait before the next retry while reconciles fail.
     failing_since_retry: Duration,
+    chronicle: Arc<Chronicle>,
+    /// Reloads asked through the control socket, each with where to send the outcome.
+    control_reloads: tokio::sync::mpsc::Receiver<oneshot::Sender<ReloadReport>>,
 }
 
 impl Controller {
@@ -327,7 +393,13 @@ impl Controller {
                     }
                     None => self.reopen_netlink(&mut stop).await,
                 },
-                Some(()) = hangup.recv() => self.reload().await,
+                Some(()) = hangup.recv() => {
+                    self.reload("sighup").await;
+                }
+                Some(reply) = self.control_reloads.recv() => {
+                    let report = self.reload("control").await;
+                    let _ = reply.send(report);
+                }
                 _ = resync.tick() => {
                     debug!("periodic resync");
                     let _ = self.reconcile(None).await;
@@ -382,12 +454,15 @@ impl Controller {
         }
     }
 
-    /// SIGHUP: check the file's signature (with `--trusted-keys`), validate it again and
-    /// put it into effect, or keep the running policy.
-    async fn reload(&mut self) {
-        info!(config = %self.config.display(), "SIGHUP: reloading the policy");
+    /// SIGHUP or a control request (`trigger`): check the file's signature (with
+    /// `--trusted-keys`), validate it again and put it into effect, or keep the running
+    /// policy. Recorded in the audit log either way.
+    async fn reload(&mut self, trigger: &'static str) -> ReloadReport {
+        info!(config = %self.config.display(), trigger, "reloading the policy");
         let mut unsigned = false;
-        let outcome = match load_policy(&self.config, self.trusted.as_ref()) {
+        let loaded = load_policy(&self.config, self.trusted.as_ref());
+        let mut record = load_record(&self.config, &loaded);
+        let outcome = match loaded {
             Err(e) => {
                 unsigned = matches!(e, LoadError::Signature(_));
                 Err(e.into_inner().context("the running policy stays in force"))
@@ -402,27 +477,59 @@ impl Controller {
                     )
             }
         };
-        self.status.send_modify(|s| match &outcome {
-            Ok((_, provenance)) => {
-                s.reloads.succeeded += 1;
-                s.provenance = provenance.clone();
-                s.reload_refused = None;
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        self.status.send_modify(|s| {
+            match &outcome {
+                Ok((summary, provenance)) => {
+                    s.reloads.succeeded += 1;
+                    s.provenance = provenance.clone();
+                    s.reload_refused = None;
+                    s.generation += 1;
+                    s.summary = summary.to_string();
+                }
+                Err(e) => {
+                    s.reloads.failed += 1;
+                    s.signature_refusals += u64::from(unsigned);
+                    s.reload_refused = Some(format!("{e:#}"));
+                }
+            }
+            s.last_reload = Some(control::LastReload {
+                time: time.clone(),
+                result: if outcome.is_ok() { "ok" } else { "refused" }.into(),
+                error: outcome.as_ref().err().map(|e| format!("{e:#}")),
+            });
+        });
+        record["trigger"] = json!(trigger);
+        let report = match &outcome {
+            Ok((summary, provenance)) => {
+                info!(
+                    %summary,
+                    sha256 = %provenance.sha256,
+                    signer = provenance.signer.as_deref().unwrap_or("(not checked)"),
+                    "policy reloaded"
+                );
+                record["result"] = json!("ok");
+                ReloadReport {
+                    result: "ok".into(),
+                    error: None,
+                    sha256: provenance.sha256.clone(),
+                    signer: provenance.signer.clone(),
+                }
             }
             Err(e) => {
-                s.reloads.failed += 1;
-                s.signature_refusals += u64::from(unsigned);
-                s.reload_refused = Some(format!("{e:#}"));
+                error!("{e:#}");
+                record["result"] = json!("refused");
+                record["error"] = json!(format!("{e:#}"));
+                ReloadReport {
+                    result: "refused".into(),
+                    error: Some(format!("{e:#}")),
+                    sha256: record["sha256"].as_str().unwrap_or_default().to_string(),
+                    signer: record["signer"].as_str().map(str::to_string),
+                }
             }
-        });
-        match outcome {
-            Ok((summary, provenance)) => info!(
-                %summary,
-                sha256 = %provenance.sha256,
-                signer = provenance.signer.as_deref().unwrap_or("(not checked)"),
-                "policy reloaded"
-            ),
-            Err(e) => error!("{e:#}"),
-        }
+        };
+        audit(&self.chronicle, "reload", record);
+        report
     }
 
     /// Brings the kernel in line with `policy` (or the policy in force) and the host's
@@ -448,6 +555,8 @@ impl Controller {
                     }
                     s.inventory = applied.inventory;
                     s.refused = applied.refused;
+                    s.kernel_generation = applied.kernel_generation;
+                    s.modes = applied.modes;
                 });
                 Ok(())
             }
@@ -471,10 +580,274 @@ impl Controller {
     }
 }
 
+/// Writes a record to the audit log; a failure is logged (and counted by the chronicle),
+/// never allowed to stop enforcement.
+fn audit(chronicle: &Chronicle, kind: &str, fields: serde_json::Value) {
+    if let Err(e) = chronicle.record(kind, fields) {
+        error!(error = %format!("{e:#}"), kind, "writing to the audit log failed");
+    }
+}
+
+/// The audit record of a policy load: the file, its hash and signer, or why it was
+/// refused.
+fn load_record(
+    config: &Path,
+    loaded: &Result<(Policy, Provenance), LoadError>,
+) -> serde_json::Value {
+    let file = config.display().to_string();
+    match loaded {
+        Ok((policy, provenance)) => json!({
+            "file": file,
+            "sha256": provenance.sha256,
+            "signer": provenance.signer,
+            "summary": policy.summary().to_string(),
+            "result": "ok",
+        }),
+        Err(e) => {
+            // The hash of what was refused, when it could be read.
+            let sha256 = std::fs::read(config)
+                .map(|bytes| crate::signing::digest(&bytes))
+                .ok();
+            let reason = match e {
+                LoadError::Signature(_) => "signature",
+                LoadError::Invalid(_) => "invalid",
+            };
+            let error = match e {
+                LoadError::Signature(e) | LoadError::Invalid(e) => format!("{e:#}"),
+            };
+            json!({
+                "file": file,
+                "sha256": sha256,
+                "result": "refused",
+                "reason": reason,
+                "error": error,
+            })
+        }
+    }
+}
+
+/// Serves the control socket (see [`crate::control`]).
+struct ControlServer {
+    access: Access,
+    kernel: KernelHandle,
+    status: watch::Receiver<Status>,
+    reloads: tokio::sync::mpsc::Sender<oneshot::Sender<ReloadReport>>,
+    chronicle: Arc<Chronicle>,
+    config: PathBuf,
+}
+
+impl ControlServer {
+    async fn serve(self, listener: tokio::net::UnixListener) {
+        let server = Arc::new(self);
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let server = server.clone();
+                    tokio::spawn(async move { server.handle(stream).await });
+                }
+                Err(e) => {
+                    warn!(error = %e, "accepting on the control socket failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, mut stream: tokio::net::UnixStream) {
+        let caller = match stream.peer_cred() {
+            Ok(cred) => Caller {
+                uid: cred.uid(),
+                gid: cred.gid(),
+                pid: cred.pid(),
+            },
+            Err(e) => {
+                warn!(error = %e, "control socket: cannot tell who connected; refused");
+                return;
+            }
+        };
+        let groups = caller.pid.and_then(control::supplementary_groups);
+        let who = json!({ "uid": caller.uid, "gid": caller.gid, "pid": caller.pid });
+        if !self.access.allows(&caller, groups.as_deref()) {
+            warn!(uid = caller.uid, pid = ?caller.pid, "control socket: refused a caller that is neither root nor in the control group");
+            audit(
+                &self.chronicle,
+                "control",
+                json!({ "caller": who, "request": null, "result": "refused",
+                        "error": "not root, the daemon's user, or in its control group" }),
+            );
+            let refused = Response {
+                ok: false,
+                error: Some(format!(
+                    "refused: uid {} is not root and not in the daemon's --control-group",
+                    caller.uid
+                )),
+                ..Response::default()
+            };
+            let _ = control::write_response(&mut stream, &refused).await;
+            return;
+        }
+        let request = match control::read_request(&mut stream).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(uid = caller.uid, pid = ?caller.pid, error = %format!("{e:#}"), "control socket: a bad request");
+                audit(
+                    &self.chronicle,
+                    "control",
+                    json!({ "caller": who, "request": null, "result": "bad_request",
+                            "error": format!("{e:#}") }),
+                );
+                let bad = Response {
+                    ok: false,
+                    error: Some(format!("{e:#}")),
+                    ..Response::default()
+                };
+                let _ = control::write_response(&mut stream, &bad).await;
+                return;
+            }
+        };
+        info!(request = request.name(), uid = caller.uid, pid = ?caller.pid, "control request");
+        let response = match request {
+            Request::Status => match self.status_report().await {
+                Ok(status) => Response {
+                    ok: true,
+                    status: Some(status),
+                    ..Response::default()
+                },
+                Err(e) => Response {
+                    ok: false,
+                    error: Some(format!("{e:#}")),
+                    ..Response::default()
+                },
+            },
+            Request::Reload => {
+                let (reply, answer) = oneshot::channel();
+                let report = match self.reloads.send(reply).await {
+                    Ok(()) => answer
+                        .await
+                        .map_err(|_| anyhow!("the daemon is stopping: no reload")),
+                    Err(_) => Err(anyhow!("the daemon is stopping: no reload")),
+                };
+                match report {
+                    Ok(report) => Response {
+                        ok: report.result == "ok",
+                        error: report.error.clone(),
+                        reload: Some(report),
+                        ..Response::default()
+                    },
+                    Err(e) => Response {
+                        ok: false,
+                        error: Some(format!("{e:#}")),
+                        ..Response::default()
+                    },
+                }
+            }
+        };
+        audit(
+            &self.chronicle,
+            "control",
+            json!({ "caller": who, "request": request.name(),
+                    "result": if response.ok { "ok" } else { "failed" },
+                    "error": response.error }),
+        );
+        if let Err(e) = control::write_response(&mut stream, &response).await {
+            debug!(error = %format!("{e:#}"), "control socket: the caller left before the answer");
+        }
+    }
+
+    async fn status_report(&self) -> anyhow::Result<control::StatusReport> {
+        let kernel = self.kernel.scrape().await?;
+        let status = self.status.borrow().clone();
+        let mut interfaces: Vec<control::InterfaceReport> = Vec::new();
+        let refused: BTreeMap<&str, (&str, &str)> = status
+            .refused
+            .iter()
+            .map(|(device, why, reason)| (device.as_str(), (why.as_str(), *reason)))
+            .collect();
+        for (ifindex, labels) in &status.inventory.vifs {
+            let refusal = refused.get(labels.device.as_str());
+            interfaces.push(control::InterfaceReport {
+                device: labels.device.clone(),
+                ifindex: *ifindex,
+                tenant: (!labels.tenant.is_empty()).then(|| labels.tenant.clone()),
+                segment: (!labels.segment.is_empty()).then(|| labels.segment.clone()),
+                state: if refusal.is_some() {
+                    "refused"
+                } else {
+                    "enforced"
+                }
+                .into(),
+                mode: status.modes.get(ifindex).map(|m| m.to_string()),
+                reason: refusal.map(|(why, reason)| format!("{reason}: {why}")),
+            });
+        }
+        for (device, (why, reason)) in &refused {
+            if !interfaces.iter().any(|i| i.device == *device) {
+                interfaces.push(control::InterfaceReport {
+                    device: device.to_string(),
+                    state: "refused".into(),
+                    reason: Some(format!("{reason}: {why}")),
+                    ..control::InterfaceReport::default()
+                });
+            }
+        }
+        for (ifindex, name) in &kernel.guarded {
+            interfaces.push(control::InterfaceReport {
+                device: name.clone(),
+                ifindex: *ifindex,
+                state: "guarded".into(),
+                mode: status.modes.get(ifindex).map(|m| m.to_string()),
+                ..control::InterfaceReport::default()
+            });
+        }
+        interfaces.sort_by(|a, b| a.device.cmp(&b.device));
+        let mut counters = control::CountersReport::default();
+        for (key, counter) in &kernel.counters {
+            let audited = key.flags & isolator_common::CounterKey::AUDIT != 0;
+            if key.verdict == isolator_common::verdict::PASS && !audited {
+                counters.passed_packets += counter.packets;
+                continue;
+            }
+            counters.dropped_packets += counter.packets;
+            let name = isolator_common::verdict::name(key.verdict).unwrap_or("unknown");
+            let label = if audited {
+                format!("{name} (audited, passed)")
+            } else {
+                name.to_string()
+            };
+            *counters.dropped_by_reason.entry(label).or_default() += counter.packets;
+        }
+        counters.dropped_by_reason.retain(|_, n| *n > 0);
+        let (next_seq, _) = self.chronicle.head();
+        Ok(control::StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            generation: status.generation,
+            kernel_generation: status.kernel_generation,
+            policy: control::PolicyReport {
+                file: self.config.display().to_string(),
+                sha256: status.provenance.sha256.clone(),
+                signer: status.provenance.signer.clone(),
+                summary: status.summary.clone(),
+            },
+            interfaces,
+            last_reload: status.last_reload.clone(),
+            reconcile_error: status.reconcile_error.clone(),
+            counters,
+            audit: Some(control::AuditReport {
+                path: self.chronicle.path().display().to_string(),
+                next_seq,
+                failures: self.chronicle.failures(),
+            }),
+        })
+    }
+}
+
 /// What a successful apply left in force.
 struct Applied {
     inventory: Inventory,
     refused: Vec<(String, String, &'static str)>,
+    kernel_generation: u32,
+    /// How each attached interface is attached, by ifindex.
+    modes: BTreeMap<u32, &'static str>,
 }
 
 /// What a scrape reads from the kernel.
@@ -826,7 +1199,15 @@ impl Kernel {
         }
         let inventory = Inventory::new(&plan, attached);
         self.plan = Some(plan);
-        Ok(Applied { inventory, refused })
+        Ok(Applied {
+            inventory,
+            refused,
+            kernel_generation: dp.active_generation(),
+            modes: dp
+                .attachments()
+                .map(|(ifindex, _, mode)| (ifindex, mode.label()))
+                .collect(),
+        })
     }
 
     fn scrape(&mut self) -> Result<KernelScrape, DataplaneError> {

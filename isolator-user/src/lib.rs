@@ -1,7 +1,9 @@
 //! isolator's userspace: the policy model, its compilation into kernel map entries,
 //! the dataplane (loading, attaching, counters), the metrics exposition and the daemon.
 
+pub mod audit;
 pub mod compile;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod encode;

@@ -85,6 +85,71 @@ enum Command {
         /// running one stays in force.
         #[arg(long, value_name = "DIR")]
         trusted_keys: Option<PathBuf>,
+        /// The audit log: append-only JSON lines, each carrying the SHA-256 of the one
+        /// before (check it with `isolator audit verify`).
+        #[arg(long, value_name = "FILE", default_value = isolator::audit::DEFAULT_PATH)]
+        audit_log: PathBuf,
+        /// The size beyond which the audit log is rotated (FILE.1, FILE.2, ...).
+        #[arg(long, value_name = "BYTES", default_value_t = isolator::audit::DEFAULT_MAX_BYTES)]
+        audit_max_bytes: u64,
+        /// Rotated audit log files kept.
+        #[arg(long, value_name = "N", default_value_t = isolator::audit::DEFAULT_KEEP)]
+        audit_keep: usize,
+        /// A secret key (from `isolator keygen`) that signs a checkpoint of the audit log
+        /// every 1000 records and at start and stop.
+        #[arg(long, value_name = "KEY")]
+        audit_key: Option<PathBuf>,
+        /// The control socket (`isolator status`, `isolator reload`).
+        #[arg(long, value_name = "PATH", default_value = isolator::control::DEFAULT_SOCKET)]
+        control_socket: PathBuf,
+        /// A group (name or number) whose members may use the control socket besides
+        /// root (mode 0660); without it, root only (0600).
+        #[arg(long, value_name = "GROUP")]
+        control_group: Option<String>,
+    },
+    /// What the running daemon enforces: policy (hash, signer), generation, each
+    /// interface's state and mode, the last reload, counters.
+    Status {
+        /// The daemon's control socket.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the running daemon reload its policy file (as SIGHUP does) and say how it
+    /// went: exit 0 if the new policy is in force, 1 if it was refused (the running one
+    /// stays).
+    Reload {
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of an audit log: exit 0 if whole, 1 naming the first broken
+    /// record, 2 if it could not be read. Give the rotated files too, oldest first, or
+    /// --all to take FILE's rotated files beside it.
+    Verify {
+        /// The audit log file(s), oldest first.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Also verify FILE.N .. FILE.1 beside the (single) FILE.
+        #[arg(long)]
+        all: bool,
+        /// Check the checkpoints' signatures against the public keys (*.pub) in DIR.
+        #[arg(long, value_name = "DIR")]
+        trusted_keys: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -188,7 +253,21 @@ fn main() -> ExitCode {
             netlink_receive_buffer,
             resync_seconds,
             trusted_keys,
+            audit_log,
+            audit_max_bytes,
+            audit_keep,
+            audit_key,
+            control_socket,
+            control_group,
         } => {
+            let control_group = match control_group.as_deref().map(isolator::control::group_id) {
+                None => None,
+                Some(Ok(gid)) => Some(gid),
+                Some(Err(e)) => {
+                    eprintln!("error: --control-group: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
             tracing_subscriber::fmt()
                 .with_env_filter(
                     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -211,6 +290,14 @@ fn main() -> ExitCode {
                 netlink_receive_buffer,
                 resync_interval: std::time::Duration::from_secs(resync_seconds),
                 trusted_keys,
+                audit: isolator::audit::Options {
+                    path: audit_log,
+                    max_bytes: audit_max_bytes,
+                    keep: audit_keep,
+                    key: audit_key,
+                },
+                control_socket,
+                control_group,
             })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -219,5 +306,157 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Status { socket, json } => {
+            control_command(socket, isolator::control::Request::Status, json)
+        }
+        Command::Reload { socket, json } => {
+            control_command(socket, isolator::control::Request::Reload, json)
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    files,
+                    all,
+                    trusted_keys,
+                    json,
+                },
+        } => audit_verify(files, all, trusted_keys, json),
+    }
+}
+
+/// `isolator status` and `isolator reload`: one request to the daemon, its answer printed.
+fn control_command(
+    socket: Option<PathBuf>,
+    request: isolator::control::Request,
+    json: bool,
+) -> ExitCode {
+    let socket = isolator::control::socket_path(socket);
+    // A reload waits for the swap: a large policy takes seconds.
+    let timeout = std::time::Duration::from_secs(120);
+    let response = match isolator::control::ask(&socket, request, timeout) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&response) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        if let Some(status) = &response.status {
+            print!("{}", isolator::control::render_status(status));
+        }
+        if let Some(reload) = &response.reload {
+            match &reload.error {
+                None => println!(
+                    "reloaded: policy sha256 {}{} in force",
+                    reload.sha256,
+                    reload
+                        .signer
+                        .as_ref()
+                        .map(|s| format!(" (signed by key {s})"))
+                        .unwrap_or_default()
+                ),
+                Some(e) => eprintln!("reload refused (the running policy stays in force): {e}"),
+            }
+        } else if let Some(e) = &response.error {
+            eprintln!("error: {e}");
+        }
+    }
+    if response.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `isolator audit verify`.
+fn audit_verify(
+    files: Vec<PathBuf>,
+    all: bool,
+    trusted_keys: Option<PathBuf>,
+    json: bool,
+) -> ExitCode {
+    let files = match (all, files.as_slice()) {
+        (true, [one]) => isolator::audit::files_of(one),
+        (true, _) => {
+            eprintln!(
+                "error: --all takes one FILE (the current log); its rotated files are found beside it"
+            );
+            return ExitCode::from(2);
+        }
+        (false, _) => files,
+    };
+    let trusted = match trusted_keys
+        .as_deref()
+        .map(isolator::signing::TrustedKeys::load)
+    {
+        None => None,
+        Some(Ok(keys)) => Some(keys),
+        Some(Err(e)) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let verified = match isolator::audit::verify(&files, trusted.as_ref()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        let broken = verified.broken.as_ref().map(|(file, line, why)| {
+            serde_json::json!({ "file": file.display().to_string(), "line": line, "error": why })
+        });
+        let out = serde_json::json!({
+            "ok": verified.broken.is_none(),
+            "records": verified.records,
+            "checkpoints_verified": verified.checkpoints,
+            "checkpoints_unchecked": verified.unchecked_checkpoints,
+            "continues_from": verified.continues,
+            "head": verified.head,
+            "broken": broken,
+        });
+        println!("{out}");
+    } else {
+        match &verified.broken {
+            Some((file, line, why)) => eprintln!(
+                "{}:{line}: the chain is broken here: {why} ({} record(s) before it are whole)",
+                file.display(),
+                verified.records
+            ),
+            None => {
+                println!(
+                    "ok: {} record(s), chain whole; head {}",
+                    verified.records,
+                    verified.head.as_deref().unwrap_or("(empty)")
+                );
+                if let Some(prev) = &verified.continues {
+                    println!(
+                        "  continues a chain from {prev} (earlier files not given or rotated away)"
+                    );
+                }
+                if trusted.is_some() {
+                    println!("  {} signed checkpoint(s) verified", verified.checkpoints);
+                } else if verified.unchecked_checkpoints > 0 {
+                    println!(
+                        "  {} signed checkpoint(s) not checked (give --trusted-keys DIR)",
+                        verified.unchecked_checkpoints
+                    );
+                }
+            }
+        }
+    }
+    if verified.broken.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -169,6 +169,32 @@ impl TrustedKeys {
     }
 }
 
+impl TrustedKeys {
+    /// Checks that `signature` (base64) is key `id`'s signature of `message`, `id` being
+    /// one of these keys (the audit log's checkpoints).
+    pub fn verify_message(&self, id: &str, message: &[u8], signature: &str) -> anyhow::Result<()> {
+        let Some((_, key)) = self.keys.iter().find(|(k, _)| k == id) else {
+            bail!(
+                "signed by key {id}, which is not among the trusted keys in {}",
+                self.dir.display()
+            );
+        };
+        let sig: [u8; 64] = BASE64
+            .decode(signature)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| anyhow!("the signature is not 64 bytes in base64"))?;
+        key.verify_strict(message, &Signature::from_bytes(&sig))
+            .map_err(|_| anyhow!("key {id}'s signature does not match what it covers"))
+    }
+}
+
+/// Reads a secret key file (from `isolator keygen`): its key id and the key.
+pub fn read_secret_key(path: &Path) -> anyhow::Result<(String, SigningKey)> {
+    let key = read_secret(path)?;
+    Ok((key_id(&key.verifying_key()), key))
+}
+
 fn render(header: &str, id: &str, bytes: &[u8]) -> String {
     format!("{header}\nkey: {id}\n{}\n", BASE64.encode(bytes))
 }

@@ -80,8 +80,9 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `BIN run --config CONFIG --metrics-addr 127.0.0.1:PORT --state-dir ... ARGS`
-    /// in the lab's host namespace, in its own process group (a terminal's Ctrl-C does not
+    /// Starts `BIN run --config CONFIG --metrics-addr 127.0.0.1:PORT --state-dir ...
+    /// --audit-log LOG_DIR/audit.jsonl --control-socket LOG_DIR/control.sock ARGS` (the last
+    /// two unless ARGS has them) in the lab's host namespace, in its own process group (a terminal's Ctrl-C does not
     /// reach it: whoever started it stops it). `log_dir` receives `isolator.log`. Does not
     /// wait: see [`Daemon::wait_healthy`]; [`crate::env::Env`] does both.
     pub fn start(
@@ -118,8 +119,17 @@ impl Daemon {
             .arg("--metrics-addr")
             .arg(metrics_addr.to_string())
             .arg("--state-dir")
-            .arg(&state_dir)
-            .args(extra)
+            .arg(&state_dir);
+        // Each daemon its own audit log and control socket, beside its log, unless the
+        // test names them.
+        if !extra.contains(&"--audit-log") {
+            cmd.arg("--audit-log").arg(log_dir.join("audit.jsonl"));
+        }
+        if !extra.contains(&"--control-socket") {
+            cmd.arg("--control-socket")
+                .arg(log_dir.join("control.sock"));
+        }
+        cmd.args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

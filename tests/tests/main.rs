@@ -17,12 +17,14 @@
 //! | `conntrack_proofs` | UDP conversations, idle timeouts (sweep and lookup), ICMP echo, FIN closing, `evicted` |
 //! | `revoke`       | reloads cut tracked connections they no longer admit              |
 //! | `signed`       | only a policy signed by a trusted key is loaded or reloaded       |
+//! | `chronicle`    | the control socket (status, reload, other users refused) and the audit log's chain |
 //! | `realpackets::*` | real packets for broadcast/multicast, LLDP, UDP/ICMPv6 from outside, management behind a router, tap vifs, attach failures, a taken metrics port, a vif a reload lets go |
 //! | `underfault::*`| I6 and I7 while it happens: reloads and restarts under traffic    |
 //! | `guards::*`    | source and layer-2 guards (I2), malformed frames, fragments       |
 //! | `vlan_offload` | VLAN tags in offload metadata                                     |
 
 mod attacks;
+mod chronicle;
 mod common;
 mod conntrack_proofs;
 mod exposition;

@@ -29,6 +29,18 @@ pub enum AttachMode {
     TcIngress,
 }
 
+impl AttachMode {
+    /// How `isolator status` names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+            AttachMode::TakenOver => "taken_over",
+            AttachMode::TcIngress => "tc_ingress",
+        }
+    }
+}
+
 /// A link the dataplane holds: by its file descriptor alone, or pinned as well, so that
 /// it outlives the daemon.
 pub(super) enum Held {
