@@ -38,6 +38,7 @@ use crate::metrics::{
 };
 use crate::netlink::{Event, Netlink};
 use crate::policy::Policy;
+use crate::policy::diff;
 use crate::recheck::Recheck;
 use crate::{error_chain, policy};
 
@@ -394,16 +395,19 @@ impl Controller {
             }
             Ok((policy, provenance)) => {
                 let summary = policy.summary();
+                // What the reload changes, against the policy in force (logged once it is
+                // in effect).
+                let changes = diff::diff(&self.policy, &policy);
                 self.reconcile(Some(policy))
                     .await
-                    .map(|()| (summary, provenance))
+                    .map(|()| (summary, provenance, changes))
                     .context(
                         "the new policy could not be put into effect; the running policy stays in force",
                     )
             }
         };
         self.status.send_modify(|s| match &outcome {
-            Ok((_, provenance)) => {
+            Ok((_, provenance, _)) => {
                 s.reloads.succeeded += 1;
                 s.provenance = provenance.clone();
                 s.reload_refused = None;
@@ -415,12 +419,28 @@ impl Controller {
             }
         });
         match outcome {
-            Ok((summary, provenance)) => info!(
-                %summary,
-                sha256 = %provenance.sha256,
-                signer = provenance.signer.as_deref().unwrap_or("(not checked)"),
-                "policy reloaded"
-            ),
+            Ok((summary, provenance, changes)) => {
+                info!(
+                    %summary,
+                    sha256 = %provenance.sha256,
+                    signer = provenance.signer.as_deref().unwrap_or("(not checked)"),
+                    "policy reloaded"
+                );
+                info!(
+                    widened = changes.count(diff::Effect::Widened),
+                    narrowed = changes.count(diff::Effect::Narrowed),
+                    other = changes.count(diff::Effect::Changed),
+                    "what the reload changed: {}",
+                    if changes.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        changes.summary()
+                    }
+                );
+                for line in changes.bounded_lines(RELOAD_DIFF_LINES) {
+                    info!("reload: {line}");
+                }
+            }
             Err(e) => error!("{e:#}"),
         }
     }
@@ -470,6 +490,11 @@ impl Controller {
         self.failing_since_retry = (self.failing_since_retry * 2).min(RETRY_MAX);
     }
 }
+
+/// Most changes a reload logs one by one (`isolator diff` shows them all); the rest are
+/// counted in one line, so that a reload of a very different policy does not flood the
+/// log.
+const RELOAD_DIFF_LINES: usize = 50;
 
 /// What a successful apply left in force.
 struct Applied {

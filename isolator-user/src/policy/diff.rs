@@ -121,6 +121,24 @@ impl Diff {
         }
     }
 
+    /// The first `limit` changes as text lines, then `… N more changes` if there are
+    /// more.
+    pub fn bounded_lines(&self, limit: usize) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .changes
+            .iter()
+            .take(limit)
+            .map(ToString::to_string)
+            .collect();
+        let more = self.changes.len().saturating_sub(limit);
+        if more > 0 {
+            lines.push(format!(
+                "… {more} more change(s) (`isolator diff` shows every one)"
+            ));
+        }
+        lines
+    }
+
     /// `3 widened, 1 narrowed, 0 other`.
     pub fn summary(&self) -> String {
         format!(

@@ -287,3 +287,25 @@ fn segments_prefixes_gateways_uplinks_vif_names_and_timeouts() {
     ];
     assert_eq!(lines(&old, &grown), expected);
 }
+
+#[test]
+fn a_long_diff_is_bounded_for_the_log() {
+    let old = policy("", "", "", "");
+    let flows: String = (1..=30)
+        .map(|n| format!("- {{from: web, to: db, protocol: tcp, ports: {}}}\n", 2 * n))
+        .collect();
+    let new = policy("", "", "", &flows);
+    let d = diff(&old, &new);
+    assert_eq!(d.changes.len(), 1, "one pair, one line: {d}");
+    let many = policy("", "", "", &flows.replace("to: db", "to: globex/api"));
+    let both = diff(&new, &many);
+    assert_eq!(both.changes.len(), 2);
+    let lines = both.bounded_lines(1);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0], both.changes[0].to_string());
+    assert_eq!(
+        lines[1],
+        "… 1 more change(s) (`isolator diff` shows every one)"
+    );
+    assert_eq!(both.bounded_lines(5).len(), 2);
+}
