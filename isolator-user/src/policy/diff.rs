@@ -187,6 +187,38 @@ impl Changes {
         });
     }
 
+    /// `+` for the elements `is` has and `was` not (listed, `, `-separated, in
+    /// `widened`), `-` for those it no longer has.
+    fn set<T: Ord + fmt::Display>(
+        &mut self,
+        kind: &'static str,
+        subject: &str,
+        was: &BTreeSet<T>,
+        is: &BTreeSet<T>,
+        widened: impl Fn(String) -> String,
+        narrowed: impl Fn(String) -> String,
+    ) {
+        let list = |items: std::collections::btree_set::Difference<'_, T>| {
+            items
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let added = list(is.difference(was));
+        if !added.is_empty() {
+            self.push(Effect::Widened, kind, subject.to_owned(), widened(added));
+        }
+        let removed = list(was.difference(is));
+        if !removed.is_empty() {
+            self.push(
+                Effect::Narrowed,
+                kind,
+                subject.to_owned(),
+                narrowed(removed),
+            );
+        }
+    }
+
     /// `+` for what `new` admits beyond `old`, `-` for what it no longer admits.
     fn services(&mut self, kind: &'static str, subject: &str, old: &ServiceSet, new: &ServiceSet) {
         let added = new.minus(old);
@@ -399,22 +431,23 @@ fn segments(out: &mut Changes, a: &View<'_>, b: &View<'_>) {
         }
         gateways(out, &subject, old, new);
         let uplinks = |s: Option<&Segment>| -> BTreeSet<String> {
-            s.map(|s| s.uplinks.iter().map(ToString::to_string).collect())
-                .unwrap_or_default()
+            s.map(|s| {
+                s.uplinks
+                    .iter()
+                    .map(|u| format!("{:?}", u.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default()
         };
         let (was, is) = (uplinks(old), uplinks(new));
-        for u in is.difference(&was) {
-            let detail = format!("{u:?} trusted for the segment's source addresses");
-            out.push(Effect::Widened, "uplink", subject.clone(), detail);
-        }
-        for u in was.difference(&is) {
-            out.push(
-                Effect::Narrowed,
-                "uplink",
-                subject.clone(),
-                format!("{u:?} no longer trusted"),
-            );
-        }
+        out.set(
+            "uplink",
+            &subject,
+            &was,
+            &is,
+            |added| format!("{added} trusted for the segment's source addresses"),
+            |removed| format!("{removed} no longer trusted"),
+        );
     }
 }
 
@@ -680,30 +713,14 @@ fn identity(out: &mut Changes, subject: &str, old: &Interface, new: &Interface) 
         old.vlans.iter().copied().collect(),
         new.vlans.iter().copied().collect(),
     );
-    let list = |v: Vec<&u16>| {
-        v.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let added: Vec<&u16> = is.difference(&was).collect();
-    if !added.is_empty() {
-        out.push(
-            Effect::Widened,
-            "interface",
-            subject.to_owned(),
-            format!("may tag VLAN {}", list(added)),
-        );
-    }
-    let removed: Vec<&u16> = was.difference(&is).collect();
-    if !removed.is_empty() {
-        out.push(
-            Effect::Narrowed,
-            "interface",
-            subject.to_owned(),
-            format!("may no longer tag VLAN {}", list(removed)),
-        );
-    }
+    out.set(
+        "interface",
+        subject,
+        &was,
+        &is,
+        |added| format!("may tag VLAN {added}"),
+        |removed| format!("may no longer tag VLAN {removed}"),
+    );
 }
 
 fn vif_names(out: &mut Changes, old: &Policy, new: &Policy) {

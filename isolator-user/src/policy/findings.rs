@@ -384,29 +384,34 @@ fn services_lists(out: &mut Out<'_>, segment: &Segment, name: &str, at: &[(Pos, 
     let none = (Pos::default(), Vec::new());
     for (g, gateway) in segment.gateways.iter().enumerate() {
         let (_, service_at) = at.get(g).unwrap_or(&none);
-        let whats: Vec<String> = gateway
-            .services
-            .iter()
-            .map(|s| format!("service {s} of gateway {} of {name}", gateway.address))
-            .collect();
-        let entries: Vec<Entry<'_, ()>> = gateway
-            .services
-            .iter()
-            .zip(positions(service_at))
-            .zip(&whats)
-            .map(|((service, at), what)| Entry {
-                key: (),
-                services: ServiceSet::of(*service),
-                at,
-                what,
-            })
-            .collect();
-        redundant(
+        services_list(
             out,
-            &entries,
+            &gateway.services,
+            service_at,
+            &format!("gateway {} of {name}", gateway.address),
             "a gateway admits the services of all its entries",
         );
     }
+}
+
+/// `duplicate` and `shadowed` findings of the `services` of one entry (`owner`).
+fn services_list(out: &mut Out<'_>, services: &[Service], at: &[Pos], owner: &str, help: &str) {
+    let whats: Vec<String> = services
+        .iter()
+        .map(|s| format!("service {s} of {owner}"))
+        .collect();
+    let entries: Vec<Entry<'_, ()>> = services
+        .iter()
+        .zip(positions(at))
+        .zip(&whats)
+        .map(|((service, at), what)| Entry {
+            key: (),
+            services: ServiceSet::of(*service),
+            at,
+            what,
+        })
+        .collect();
+    redundant(out, &entries, help);
 }
 
 fn flows(out: &mut Out<'_>, policy: &Policy, t: usize, flow_at: &dyn Fn(usize) -> Pos) {
@@ -513,26 +518,11 @@ fn management(out: &mut Out<'_>, policy: &Policy, locations: &Locations) {
             at: *at,
             what: whats[i].as_str(),
         });
-        let service_whats: Vec<String> = m
-            .services
-            .iter()
-            .map(|s| format!("service {s} of {}", whats[i]))
-            .collect();
-        let services: Vec<Entry<'_, ()>> = m
-            .services
-            .iter()
-            .zip(positions(service_at))
-            .zip(&service_whats)
-            .map(|((service, at), what)| Entry {
-                key: (),
-                services: ServiceSet::of(*service),
-                at,
-                what,
-            })
-            .collect();
-        redundant(
+        services_list(
             out,
-            &services,
+            &m.services,
+            service_at,
+            &whats[i],
             "a management prefix protects the services of all its entries",
         );
     }
