@@ -45,6 +45,11 @@ pub fn run(file: &Path, trusted_keys: Option<&Path>, strict: bool, json: bool) -
             .and_then(|bytes| isolator::signing::TrustedKeys::load(dir)?.verify(file, &bytes));
         match signed {
             Ok(id) => signed_by = Some(id.to_string()),
+            // As text, a bad signature ends the check, as it always did.
+            Err(e) if !json => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
             Err(e) => signature_error = Some(format!("{e:#}")),
         }
     }
@@ -86,9 +91,6 @@ pub fn run(file: &Path, trusted_keys: Option<&Path>, strict: bool, json: bool) -
             "findings": listed,
         }));
     } else {
-        if let Some(e) = &signature_error {
-            eprintln!("error: {e}");
-        }
         if let Some(id) = &signed_by {
             println!("{}: signed by key {id}", file.display());
         }

@@ -208,3 +208,31 @@ fn diff_exit_status_says_whether_reachability_widened() {
     );
     assert_eq!(text(&out.stdout), "");
 }
+
+#[test]
+fn check_json_reports_the_signature() {
+    let files = Files::new();
+    let path = files.write("signed.yaml", &policy(TO_DB));
+    let keys = files.0.join("keys");
+    std::fs::create_dir_all(&keys).expect("key directory");
+    let keys_arg = keys.to_string_lossy().into_owned();
+    let out = isolator(&["keygen", "--out", &keys_arg, "--name", "ops"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let check = || isolator(&["check", "--json", "--trusted-keys", &keys_arg], &[&path]);
+
+    let out = check();
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["signed_by"], Value::Null);
+    assert_eq!(json["findings"][0]["code"], "signature");
+    assert_eq!(json["errors"], 1);
+
+    let secret = keys.join("ops.key");
+    let out = isolator(&["sign", "--key", &secret.to_string_lossy()], &[&path]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(json["signed_by"].is_string(), "{json:#}");
+    assert_eq!(json["findings"], serde_json::json!([]));
+}
