@@ -308,19 +308,17 @@ fn redundant<K: Covers + PartialEq>(out: &mut Out<'_>, entries: &[Entry<'_, K>],
         let together = covering
             .iter()
             .fold(ServiceSet::empty(), |acc, e| acc.union(&e.services));
-        if covering.is_empty() || !together.contains(&entry.services) {
+        let Some((one, rest)) = covering.split_first() else {
+            continue;
+        };
+        if !together.contains(&entry.services) {
             continue;
         }
-        let by = match covering.as_slice() {
-            [one] => format!("{} at {}", one.what, line_col(one.at)),
-            [one, rest @ ..] => format!(
-                "{} at {} and {} more entries",
-                one.what,
-                line_col(one.at),
-                rest.len()
-            ),
-            [] => unreachable!("checked above"),
+        let more = match rest.len() {
+            0 => String::new(),
+            n => format!(" and {n} more entries"),
         };
+        let by = format!("{} at {}{more}", one.what, line_col(one.at));
         out.push(
             Code::Shadowed,
             entry.at,

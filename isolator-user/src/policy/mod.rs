@@ -11,6 +11,12 @@
 //! one), `nets` finds which of many prefixes overlap one, and [`synthetic`] writes large
 //! valid policies for measurements. The tests are in `tests`; the diagnostics for
 //! invalid files are fixtures in `fixtures` (a policy file and its exact diagnostics).
+//!
+//! Beyond validity: [`findings`] reports what a valid policy exposes or admits that an
+//! operator should look at (`isolator check`), at the positions `locations` keeps
+//! ([`parse_located`]); [`diff`] compares two policies by what they make reachable
+//! (`isolator diff`, and the daemon's log of each reload); both compare services
+//! through [`reach::ServiceSet`].
 
 pub mod diff;
 pub mod findings;
