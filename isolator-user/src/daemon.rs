@@ -42,6 +42,7 @@ use crate::metrics::{
 };
 use crate::netlink::{Event, Netlink};
 use crate::policy::Policy;
+use crate::policy::diff;
 use crate::recheck::Recheck;
 use crate::{error_chain, policy};
 
@@ -469,9 +470,12 @@ impl Controller {
             }
             Ok((policy, provenance)) => {
                 let summary = policy.summary();
+                // What the reload changes, against the policy in force (logged once it is
+                // in effect).
+                let changes = diff::diff(&self.policy, &policy);
                 self.reconcile(Some(policy))
                     .await
-                    .map(|()| (summary, provenance))
+                    .map(|()| (summary, provenance, changes))
                     .context(
                         "the new policy could not be put into effect; the running policy stays in force",
                     )
@@ -480,7 +484,7 @@ impl Controller {
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         self.status.send_modify(|s| {
             match &outcome {
-                Ok((summary, provenance)) => {
+                Ok((summary, provenance, _)) => {
                     s.reloads.succeeded += 1;
                     s.provenance = provenance.clone();
                     s.reload_refused = None;
@@ -501,14 +505,39 @@ impl Controller {
         });
         record["trigger"] = json!(trigger);
         let report = match &outcome {
-            Ok((summary, provenance)) => {
+            Ok((summary, provenance, changes)) => {
                 info!(
                     %summary,
                     sha256 = %provenance.sha256,
                     signer = provenance.signer.as_deref().unwrap_or("(not checked)"),
                     "policy reloaded"
                 );
+                let described = if changes.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    changes.summary()
+                };
+                let (widened, narrowed, other) = (
+                    changes.count(diff::Effect::Widened),
+                    changes.count(diff::Effect::Narrowed),
+                    changes.count(diff::Effect::Changed),
+                );
+                info!(
+                    widened,
+                    narrowed, other, "what the reload changed: {described}"
+                );
+                let lines = changes.bounded_lines(RELOAD_DIFF_LINES);
+                for line in &lines {
+                    info!("reload: {line}");
+                }
                 record["result"] = json!("ok");
+                record["diff"] = json!({
+                    "widened": widened,
+                    "narrowed": narrowed,
+                    "other": other,
+                    "summary": described,
+                    "lines": lines,
+                });
                 ReloadReport {
                     result: "ok".into(),
                     error: None,
@@ -579,6 +608,11 @@ impl Controller {
         self.failing_since_retry = (self.failing_since_retry * 2).min(RETRY_MAX);
     }
 }
+
+/// Most changes a reload logs one by one (`isolator diff` shows them all); the rest are
+/// counted in one line, so that a reload of a very different policy does not flood the
+/// log.
+const RELOAD_DIFF_LINES: usize = 50;
 
 /// Writes a record to the audit log; a failure is logged (and counted by the chronicle),
 /// never allowed to stop enforcement.

@@ -1,4 +1,5 @@
-//! The `isolator` binary: `isolator check FILE` and `isolator run --config FILE`.
+//! The `isolator` binary: `isolator check FILE`, `isolator diff OLD NEW` and
+//! `isolator run --config FILE`.
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
@@ -6,8 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use isolator::{daemon, policy};
+use isolator::daemon;
 use tracing_subscriber::EnvFilter;
+
+mod check;
 
 /// The version `--version` prints; a rehearsal build (see Cargo.toml) says so.
 const VERSION: &str = if cfg!(feature = "rehearsal") {
@@ -29,13 +32,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate a policy file: exit 0 with a summary, or 1 with every error found.
+    /// Validate a policy file and report findings (exposures of whole segments, flows
+    /// to every port, cross-tenant flows, redundant entries, reachable management
+    /// services, interface entries no link can match, kernel capacity; see
+    /// docs/policy.md, "Findings"). Exit 0: valid, no finding of severity error (warnings
+    /// are printed); 1: invalid, or a finding of severity error.
     Check {
         /// The policy file (YAML, see docs/policy.md).
         file: PathBuf,
         /// Also check that FILE.sig is a valid signature by one of the public keys in DIR.
         #[arg(long, value_name = "DIR")]
         trusted_keys: Option<PathBuf>,
+        /// Every finding is an error (exit 1), not a warning.
+        #[arg(long)]
+        strict: bool,
+        /// Print one JSON object on stdout instead of text (see docs/policy.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what changing from policy OLD to policy NEW makes reachable (+) and what it
+    /// stops (-). Exit 0: no change; 1: something becomes reachable (widened); 2: the
+    /// policies differ, nothing widened; 3: a policy cannot be read or is invalid.
+    Diff {
+        /// The policy in force.
+        old: PathBuf,
+        /// The policy to compare with it.
+        new: PathBuf,
+        /// Print one JSON object on stdout instead of text (see docs/operations.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Make an ed25519 key pair for signing policies: DIR/NAME.key (secret, mode 0600)
     /// and DIR/NAME.pub (to put among the hosts' trusted keys).
@@ -160,64 +185,13 @@ fn main() -> ExitCode {
     let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { file, trusted_keys } => match policy::load(&file) {
-            Ok(policy) => {
-                if let Some(dir) = trusted_keys {
-                    let signed =
-                        std::fs::read(&file)
-                            .map_err(anyhow::Error::from)
-                            .and_then(|bytes| {
-                                isolator::signing::TrustedKeys::load(&dir)?.verify(&file, &bytes)
-                            });
-                    match signed {
-                        Ok(id) => println!("{}: signed by key {id}", file.display()),
-                        Err(e) => {
-                            eprintln!("error: {e:#}");
-                            return ExitCode::FAILURE;
-                        }
-                    }
-                }
-                println!("{}: valid: {}", file.display(), policy.summary());
-                // What the kernel maps take for it (without the host's own links and
-                // addresses, which the daemon adds).
-                match isolator::compile::Plan::new(&policy, isolator::compile::HostView::default())
-                {
-                    Ok(plan) => {
-                        let sizes = isolator::dataplane::Sizes::for_plan(&plan);
-                        let estimate = sizes.estimate(&plan);
-                        let total: u64 = estimate.iter().map(|(.., bytes)| bytes).sum();
-                        println!(
-                            "kernel maps sized for it (about {:.1} MiB once in force):",
-                            total as f64 / f64::from(1 << 20)
-                        );
-                        for (map, count, capacity, bytes) in estimate {
-                            println!(
-                                "  {map}: {count} entries, capacity {capacity} (both generations \
-                                 and room to grow), about {:.1} MiB",
-                                bytes as f64 / f64::from(1 << 20)
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!(
-                            "error: {}: the policy cannot be put into the kernel maps: {e}",
-                            file.display()
-                        );
-                        return ExitCode::FAILURE;
-                    }
-                }
-                ExitCode::SUCCESS
-            }
-            Err(diagnostics) => {
-                eprint!("{diagnostics}");
-                eprintln!(
-                    "{}: invalid: {} error(s)",
-                    file.display(),
-                    diagnostics.0.len()
-                );
-                ExitCode::FAILURE
-            }
-        },
+        Command::Check {
+            file,
+            trusted_keys,
+            strict,
+            json,
+        } => check::run(&file, trusted_keys.as_deref(), strict, json),
+        Command::Diff { old, new, json } => check::diff(&old, &new, json),
         Command::Keygen { out, name } => match isolator::signing::keygen(&out, &name) {
             Ok(id) => {
                 println!(

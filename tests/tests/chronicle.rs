@@ -214,6 +214,16 @@ fn status_and_reload_through_the_control_socket_are_on_record_in_a_verified_chai
     assert_eq!(reloads.len(), 2, "{reloads:?}");
     assert_eq!(reloads[0]["result"], "ok");
     assert_eq!(reloads[0]["trigger"], "control");
+    assert_eq!(reloads[0]["diff"]["widened"], 1, "{}", reloads[0]);
+    assert!(
+        reloads[0]["diff"]["lines"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|l| l
+                .as_str()
+                .is_some_and(|l| l.contains("flow acme/web -> acme/app")))),
+        "the reload's record says what it widened: {}",
+        reloads[0]
+    );
     assert_eq!(reloads[1]["result"], "refused");
     assert!(reloads[1]["error"].as_str().is_some_and(|e| !e.is_empty()));
     let refused: Vec<&&Value> = control

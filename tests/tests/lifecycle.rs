@@ -253,6 +253,13 @@ fn sighup_reloads_the_policy_and_refuses_a_bad_one() {
     env.reload(&with_flow, true)
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(ping(&w1, d1.v4()).unwrap(), "the new flow is in force");
+    assert!(
+        env.daemon()
+            .log()
+            .contains("reload: + flow acme/web -> acme/db: icmp"),
+        "the log shows what the reload made reachable:\n{}",
+        env.daemon().log()
+    );
     assert_blocked(
         &env,
         &d1,

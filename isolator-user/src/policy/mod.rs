@@ -11,10 +11,20 @@
 //! one), `nets` finds which of many prefixes overlap one, and [`synthetic`] writes large
 //! valid policies for measurements. The tests are in `tests`; the diagnostics for
 //! invalid files are fixtures in `fixtures` (a policy file and its exact diagnostics).
+//!
+//! Beyond validity: [`findings`] reports what a valid policy exposes or admits that an
+//! operator should look at (`isolator check`), at the positions `locations` keeps
+//! ([`parse_located`]); [`diff`] compares two policies by what they make reachable
+//! (`isolator diff`, and the daemon's log of each reload); both compare services
+//! through [`reach::ServiceSet`].
 
+pub mod diff;
+pub mod findings;
+mod locations;
 mod nets;
 mod pattern;
 mod raw;
+pub mod reach;
 pub mod synthetic;
 mod validate;
 
@@ -32,6 +42,7 @@ use serde_saphyr::{
     DuplicateKeyPolicy, Localizer, Location, RenderOptions, SnippetMode, UserMessageFormatter,
 };
 
+pub use locations::{Locations, Pos, SegmentLocations, TenantLocations};
 pub(crate) use nets::NetIndex;
 pub(crate) use pattern::index::{NameIndex, Term};
 pub use pattern::{IFNAME_MAX_BYTES, InterfacePattern, PatternError};
@@ -660,6 +671,31 @@ pub struct ParseTimes {
 
 /// [`parse`], and how long its phases took.
 pub fn parse_timed(source: &str, file_name: &str) -> (Result<Policy, Diagnostics>, ParseTimes) {
+    parse_raw(source, file_name, |raw| {
+        validate::validate(raw, file_name).map_err(Diagnostics)
+    })
+}
+
+/// [`parse`], and where each entry of the policy is written in the file (for
+/// [`findings`], which point at entries of a valid policy).
+///
+/// # Errors
+///
+/// As [`parse`].
+pub fn parse_located(source: &str, file_name: &str) -> Result<(Policy, Locations), Diagnostics> {
+    parse_raw(source, file_name, |raw| {
+        let policy = validate::validate(raw, file_name).map_err(Diagnostics)?;
+        Ok((policy, Locations::new(raw, file_name)))
+    })
+    .0
+}
+
+/// Reads the YAML of a policy and hands it to `check`, timing both phases.
+fn parse_raw<T>(
+    source: &str,
+    file_name: &str,
+    check: impl FnOnce(&raw::RawPolicy) -> Result<T, Diagnostics>,
+) -> (Result<T, Diagnostics>, ParseTimes) {
     let mut times = ParseTimes::default();
     if source.len() > MAX_POLICY_BYTES {
         return (
@@ -680,11 +716,11 @@ pub fn parse_timed(source: &str, file_name: &str) -> (Result<Policy, Diagnostics
         }
     };
     let started = Instant::now();
-    let policy = validate::validate(&raw, file_name).map_err(Diagnostics);
+    let checked = check(&raw);
     // Freeing the file's structure is part of the cost of a load.
     drop(raw);
     times.validate = started.elapsed();
-    (policy, times)
+    (checked, times)
 }
 
 /// Reads and parses a policy file. Diagnostics name the file as `path` displays.
@@ -693,6 +729,22 @@ pub fn parse_timed(source: &str, file_name: &str) -> (Result<Policy, Diagnostics
 ///
 /// As [`parse`]; an unreadable file yields one diagnostic at line 0, column 0.
 pub fn load(path: &Path) -> Result<Policy, Diagnostics> {
+    let (source, file_name) = read(path)?;
+    parse(&source, &file_name)
+}
+
+/// [`load`], and where each entry of the policy is written (see [`parse_located`]).
+///
+/// # Errors
+///
+/// As [`load`].
+pub fn load_located(path: &Path) -> Result<(Policy, Locations), Diagnostics> {
+    let (source, file_name) = read(path)?;
+    parse_located(&source, &file_name)
+}
+
+/// The text of a policy file and its name for diagnostics.
+fn read(path: &Path) -> Result<(String, String), Diagnostics> {
     let file_name = path.display().to_string();
     // Refused before it is read, not after.
     if let Ok(metadata) = std::fs::metadata(path)
@@ -710,7 +762,7 @@ pub fn load(path: &Path) -> Result<Policy, Diagnostics> {
             help: Some("check the path and permissions".to_owned()),
         }])
     })?;
-    parse(&source, &file_name)
+    Ok((source, file_name))
 }
 
 /// A file larger than [`MAX_POLICY_BYTES`].

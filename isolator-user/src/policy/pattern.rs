@@ -78,6 +78,38 @@ impl InterfacePattern {
         self.overlap_example(other).is_some()
     }
 
+    /// Whether every name `other` matches, this entry matches too. Sound (never `true`
+    /// when some name of `other` escapes), and exact for the patterns a policy uses: a
+    /// `*` of this entry absorbs any run of `other`'s characters and wildcards, a `?` one
+    /// character or `?` of it, a literal only the same literal.
+    pub fn covers(&self, other: &InterfacePattern) -> bool {
+        let (a, b): (Vec<char>, Vec<char>) = (other.0.chars().collect(), self.0.chars().collect());
+        // reach[i][j]: a[..i] is absorbed by b[..j].
+        let mut reach = vec![vec![false; b.len() + 1]; a.len() + 1];
+        reach[0][0] = true;
+        for i in 0..=a.len() {
+            for j in 0..=b.len() {
+                if !reach[i][j] || j == b.len() {
+                    continue;
+                }
+                match b[j] {
+                    '*' => {
+                        reach[i][j + 1] = true;
+                        if i < a.len() {
+                            reach[i + 1][j] = true;
+                        }
+                    }
+                    '?' if i < a.len() && a[i] != '*' => reach[i + 1][j + 1] = true,
+                    c if i < a.len() && a[i] == c && !is_wildcard(c) => {
+                        reach[i + 1][j + 1] = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        reach[a.len()][b.len()]
+    }
+
     /// A shortest name matched by both entries, or `None` if they are disjoint.
     pub fn overlap_example(&self, other: &InterfacePattern) -> Option<String> {
         overlap_example(&self.0, &other.0)

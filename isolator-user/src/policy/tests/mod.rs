@@ -3,7 +3,9 @@
 //! parse to, the helpers of the model, loading files, the pattern matcher and the
 //! documentation.
 
+mod diff;
 mod docs;
+mod findings;
 mod fixtures;
 mod host;
 mod identity;
