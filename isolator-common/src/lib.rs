@@ -66,6 +66,107 @@ pub mod maps {
     pub const UNCOUNTED: &str = "UNCOUNTED";
     /// The ring buffer of aya-log records (the kernel's diagnostics).
     pub const AYA_LOGS: &str = "AYA_LOGS";
+    /// `RingBuf` of [`Event`](crate::Event)s: attempts to reach management, and sampled
+    /// drops while someone runs `isolator monitor`.
+    pub const EVENTS: &str = "EVENTS";
+    /// `Array<EventSettings>` of one entry: what the programs report, and how often.
+    pub const EVENT_SETTINGS: &str = "EVENT_SETTINGS";
+    /// `LruPerCpuHashMap<EventKey, EventWindow>`: each interface's reports of each kind
+    /// in the current second (the rate limit).
+    pub const EVENT_WINDOWS: &str = "EVENT_WINDOWS";
+    /// `PerCpuArray<u64>`: reports not made, by [`event::lost`](crate::event::lost).
+    pub const EVENTS_LOST: &str = "EVENTS_LOST";
+    /// `PerCpuArray<u32>` of one entry: drops since the last one sampled.
+    pub const EVENT_SAMPLE: &str = "EVENT_SAMPLE";
+}
+
+/// What the programs report through `EVENTS` (docs/design.md, "Events").
+pub mod event {
+    /// A VM's packet to a management prefix (or the host) was dropped (or, in audit
+    /// mode, passed): always reported, at most `management_rate` a second per interface
+    /// and CPU.
+    pub const MANAGEMENT: u8 = 1;
+    /// A sampled drop, while `monitor_every` is set (someone runs `isolator monitor`).
+    pub const DROP: u8 = 2;
+    /// [`Event::flags`]: the addresses are IPv4 (mapped).
+    pub const V4: u8 = 1;
+    /// [`Event::flags`]: audit mode passed the packet.
+    pub const AUDITED: u8 = 2;
+    /// [`Event::flags`]: the protocol has ports.
+    pub const PORTS: u8 = 4;
+    /// Why a report was not made: indexes of `EVENTS_LOST`.
+    pub mod lost {
+        /// The interface's budget for the second was spent.
+        pub const RATE_LIMITED: u32 = 0;
+        /// The ring buffer was full (userspace behind).
+        pub const RING_FULL: u32 = 1;
+        pub const KINDS: u32 = 2;
+        pub const NAMES: [&str; KINDS as usize] = ["rate_limited", "ring_full"];
+    }
+    /// Nanoseconds of one rate-limit window.
+    pub const WINDOW_NS: u64 = 1_000_000_000;
+}
+
+/// One report in `EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `CLOCK_BOOTTIME` nanoseconds.
+    pub time_ns: u64,
+    pub ifindex: u32,
+    /// One of [`event::MANAGEMENT`], [`event::DROP`].
+    pub kind: u8,
+    /// One of [`direction`].
+    pub direction: u8,
+    /// One of [`verdict`].
+    pub verdict: u8,
+    /// The IP protocol number (0 when not IP).
+    pub protocol: u8,
+    /// IPv4-mapped for IPv4.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// [`event::V4`], [`event::AUDITED`], [`event::PORTS`].
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    /// Reports of this kind on this interface (and CPU) not made since the previous one.
+    pub suppressed: u32,
+    pub _pad2: u32,
+}
+
+/// Value of `EVENT_SETTINGS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventSettings {
+    /// 0: no drop is reported but management attempts; N: one drop in N is.
+    pub monitor_every: u32,
+    /// Sampled drops reported per interface, CPU and second, at most.
+    pub monitor_rate: u32,
+    /// Management attempts reported per interface, CPU and second, at most.
+    pub management_rate: u32,
+    pub _pad: u32,
+}
+
+/// Key of `EVENT_WINDOWS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventKey {
+    pub ifindex: u32,
+    /// One of the [`event`] kinds.
+    pub kind: u32,
+}
+
+/// Value of `EVENT_WINDOWS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventWindow {
+    /// When the current window began (`CLOCK_MONOTONIC_COARSE` ns).
+    pub start_ns: u64,
+    /// Reports made in it.
+    pub count: u32,
+    /// Reports not made since the last one that was.
+    pub suppressed: u32,
 }
 
 /// What the kernel could not record: each is counted in `KERNEL_FAULTS` and logged (at
@@ -870,6 +971,10 @@ mod pod {
         VlanKey,
         FragKey,
         FragState,
+        Event,
+        EventSettings,
+        EventKey,
+        EventWindow,
     );
 }
 
@@ -881,6 +986,10 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<VifKey>(), 8);
+        assert_eq!(size_of::<Event>(), 64);
+        assert_eq!(size_of::<EventSettings>(), 16);
+        assert_eq!(size_of::<EventKey>(), 8);
+        assert_eq!(size_of::<EventWindow>(), 16);
         assert_eq!(size_of::<VifInfo>(), 24);
         assert_eq!(size_of::<SegmentInfo>(), 8);
         assert_eq!(size_of::<AddrV4Key>(), 8);

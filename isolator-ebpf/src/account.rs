@@ -44,9 +44,11 @@ fn counter_key(ifindex: u32, direction: u8, verdict: u8, audited: bool) -> Count
     }
 }
 
-/// Counts the frame under its outcome and says whether it passes.
+/// Counts the frame under its outcome, reports it if it calls for a report
+/// ([`crate::events`]), and says whether it passes.
 #[inline(always)]
 pub fn account(ifindex: u32, direction: u8, outcome: Outcome, bytes: u64) -> bool {
+    crate::events::report(ifindex, direction, outcome);
     add(
         counter_key(ifindex, direction, outcome.verdict as u8, outcome.audited),
         1,

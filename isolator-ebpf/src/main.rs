@@ -31,6 +31,7 @@
 
 mod account;
 mod conntrack;
+mod events;
 mod faults;
 mod fragments;
 mod guard;

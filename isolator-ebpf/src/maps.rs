@@ -7,12 +7,13 @@
 use aya_ebpf::{
     btf_maps::{HashOfMaps, LruHashMap as BtfLruHashMap},
     macros::{btf_map, map},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use isolator_common::{
     AddrClass, AddrV4Key, AddrV6Key, ConnKey, ConnState, Counter, CounterKey, DeclaredMacKey,
-    FragKey, FragState, GatewayKey, LinkInfo, PairInfo, PairKey, PrefixLengths, RuleKey, RuleSet,
-    Settings, UNCOUNTED_SLOTS, UplinkKey, VifInfo, VifKey, VlanKey, conntrack, fault, limits,
+    EventKey, EventSettings, EventWindow, FragKey, FragState, GatewayKey, LinkInfo, PairInfo,
+    PairKey, PrefixLengths, RuleKey, RuleSet, Settings, UNCOUNTED_SLOTS, UplinkKey, VifInfo,
+    VifKey, VlanKey, conntrack, event, fault, limits,
 };
 
 use crate::packet::Packet;
@@ -106,6 +107,24 @@ pub static KERNEL_FAULTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(fault
 
 #[map]
 pub static FAULTS_LOGGED: PerCpuArray<u64> = PerCpuArray::with_max_entries(fault::KINDS, 0);
+
+/// Reports to userspace (`crate::events`): 256 KiB, some 3 600 reports.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[map]
+pub static EVENT_SETTINGS: Array<EventSettings> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static EVENT_WINDOWS: LruPerCpuHashMap<EventKey, EventWindow> =
+    LruPerCpuHashMap::with_max_entries(2 * limits::MAX_VIFS, 0);
+
+#[map]
+pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::lost::KINDS, 0);
+
+/// Per-CPU: drops since the last one sampled for `isolator monitor`.
+#[map]
+pub static EVENT_SAMPLE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU classifications of the addresses of the frame being judged, by
 /// [`crate::rules::slot`].

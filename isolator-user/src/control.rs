@@ -28,20 +28,30 @@ const MAX_REQUEST: usize = 4096;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a client asks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
     /// What the daemon enforces now.
     Status,
     /// Reload the policy file (as SIGHUP does) and say how it went.
     Reload,
+    /// Stream the programs' reports (management attempts, and one drop in `every` while
+    /// the stream is open) that `filter` matches, one JSON line each, after a first
+    /// [`Response`] line; the programs report drops only while a monitor is connected.
+    Monitor {
+        #[serde(default)]
+        filter: crate::events::Filter,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        every: Option<u32>,
+    },
 }
 
 impl Request {
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             Request::Status => "status",
             Request::Reload => "reload",
+            Request::Monitor { .. } => "monitor",
         }
     }
 }
@@ -256,18 +266,79 @@ pub async fn read_request(stream: &mut UnixStream) -> anyhow::Result<Request> {
     }
     serde_json::from_slice(&line).map_err(|e| {
         anyhow!(
-            "not a request ({e}): send one JSON line, {{\"request\":\"status\"}} or \
-             {{\"request\":\"reload\"}}"
+            "not a request ({e}): send one JSON line, {{\"request\":\"status\"}}, \
+             {{\"request\":\"reload\"}} or {{\"request\":\"monitor\"}}"
         )
     })
 }
 
-/// Writes the answer as one JSON line.
+/// Writes the answer as one JSON line and closes the connection.
 pub async fn write_response(stream: &mut UnixStream, response: &Response) -> anyhow::Result<()> {
-    let mut line = serde_json::to_vec(response)?;
+    write_line(stream, response).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// Writes one JSON line.
+pub async fn write_line<W: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut W,
+    value: &impl Serialize,
+) -> anyhow::Result<()> {
+    let mut line = serde_json::to_vec(value)?;
     line.push(b'\n');
     stream.write_all(&line).await?;
-    stream.shutdown().await?;
+    Ok(())
+}
+
+/// A line of the monitor stream: a report, or how many reports a monitor that fell
+/// behind missed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MonitorLine {
+    Missed { missed: u64 },
+    Report(Box<crate::events::Report>),
+}
+
+/// The client side of `isolator monitor`: sends the request, checks the first answer,
+/// then calls `each` with every line until the daemon closes the stream (or `each`
+/// returns false).
+pub fn monitor(
+    socket: &Path,
+    request: &Request,
+    mut each: impl FnMut(MonitorLine) -> bool,
+) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to the daemon's control socket {} (is `isolator run` running, and \
+             are you root or in its --control-group?)",
+            socket.display()
+        )
+    })?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    let sent = (&stream).write_all(&line);
+    let mut reader = std::io::BufReader::new(&stream);
+    let mut first = String::new();
+    let read = reader.read_line(&mut first);
+    if first.is_empty() {
+        sent.context("sending the request")?;
+        read.context("reading the daemon's answer")?;
+        bail!("the daemon closed the connection without answering");
+    }
+    let answer: Response =
+        serde_json::from_str(&first).with_context(|| format!("the daemon's answer: {first:?}"))?;
+    if !answer.ok {
+        bail!("{}", answer.error.unwrap_or_else(|| "refused".into()));
+    }
+    for line in reader.lines() {
+        let line = line.context("reading the stream")?;
+        let parsed: MonitorLine =
+            serde_json::from_str(&line).with_context(|| format!("a monitor line: {line:?}"))?;
+        if !each(parsed) {
+            break;
+        }
+    }
     Ok(())
 }
 
@@ -425,6 +496,25 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::Status).expect("json"),
             r#"{"request":"status"}"#
+        );
+        let m: Request = serde_json::from_str(r#"{"request":"monitor"}"#).expect("parse");
+        assert_eq!(
+            m,
+            Request::Monitor {
+                filter: crate::events::Filter::default(),
+                every: None
+            }
+        );
+        let m: Request = serde_json::from_str(
+            r#"{"request":"monitor","filter":{"tenant":"acme","reason":"cross_tenant"},"every":10}"#,
+        )
+        .expect("parse");
+        let Request::Monitor { filter, every } = m else {
+            panic!("a monitor request");
+        };
+        assert_eq!(
+            (filter.tenant.as_deref(), filter.reason.as_deref(), every),
+            (Some("acme"), Some("cross_tenant"), Some(10))
         );
         let r: Request = serde_json::from_str(r#"{"request":"reload"}"#).expect("parse");
         assert_eq!(r, Request::Reload);

@@ -71,6 +71,10 @@ pub struct RunOptions {
     /// The control socket, and the group that may use it besides root.
     pub control_socket: PathBuf,
     pub control_group: Option<u32>,
+    /// Management attempts recorded per interface (and CPU) and second, at most.
+    pub management_rate: u32,
+    /// Drops shown to `isolator monitor` per interface (and CPU) and second, at most.
+    pub monitor_rate: u32,
 }
 
 /// Where the policy in force came from: its file's SHA-256 and who signed it.
@@ -248,6 +252,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 )
             })?;
     let kernel_log = dataplane.take_kernel_logger();
+    let event_ring = dataplane.take_events();
+    dataplane
+        .set_event_settings(isolator_common::EventSettings {
+            monitor_every: 0,
+            monitor_rate: opts.monitor_rate,
+            management_rate: opts.management_rate,
+            _pad: 0,
+        })
+        .context("setting what the programs report")?;
     let kernel = KernelHandle::spawn(dataplane);
     if let Some(logger) = kernel_log {
         tokio::spawn(follow_kernel_log(logger));
@@ -259,6 +272,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         ..Status::default()
     });
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    let (reports, _) = tokio::sync::broadcast::channel(MONITOR_BACKLOG);
+    if let Some(ring) = event_ring {
+        tokio::spawn(follow_events(
+            ring,
+            status.clone(),
+            chronicle.clone(),
+            reports.clone(),
+        ));
+    }
     let mut controller = Controller {
         config: opts.config.clone(),
         trusted,
@@ -291,6 +313,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         reloads: reload_tx,
         chronicle: chronicle.clone(),
         config: opts.config.clone(),
+        reports,
+        monitors: Arc::new(std::sync::Mutex::new(Vec::new())),
+        monitor_rate: opts.monitor_rate,
+        management_rate: opts.management_rate,
     };
     info!(socket = %opts.control_socket.display(), "control socket ready (isolator status, isolator reload)");
     let control_task = tokio::spawn(control_server.serve(control_listener));
@@ -301,6 +327,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .with_state(Http {
             kernel: kernel.clone(),
             status,
+            chronicle: chronicle.clone(),
         });
     info!(addr = %opts.metrics_addr, "serving /metrics and /healthz");
     axum::serve(listener, app)
@@ -660,6 +687,77 @@ fn load_record(
     }
 }
 
+/// Reports kept for a monitor that is behind before it misses some (it is told how many).
+const MONITOR_BACKLOG: usize = 4096;
+
+/// Reads the programs' reports: management attempts go to the audit log, and every report
+/// to the monitors listening.
+async fn follow_events(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    status: watch::Receiver<Status>,
+    chronicle: Arc<Chronicle>,
+    reports: tokio::sync::broadcast::Sender<Arc<crate::events::Report>>,
+) {
+    // SAFETY: the ring buffer owns its file descriptor (the map's) for as long as it lives,
+    // and the AsyncFd owns the ring buffer.
+    let mut ring = match unsafe { tokio::io::unix::AsyncFd::register(ring) } {
+        Ok(ring) => ring,
+        Err(e) => {
+            error!(error = %e, "cannot follow the programs' reports: management attempts are NOT recorded in the audit log");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut ready) = ring.readable_mut().await else {
+            return;
+        };
+        let mut batch = Vec::new();
+        while let Some(item) = ready.get_inner_mut().next() {
+            if let Some(event) = crate::events::parse(&item) {
+                batch.push(event);
+            }
+        }
+        ready.clear_ready();
+        if batch.is_empty() {
+            continue;
+        }
+        let places: BTreeMap<u32, crate::events::Place> = {
+            let status = status.borrow();
+            batch
+                .iter()
+                .filter_map(|e| {
+                    status.inventory.vifs.get(&e.ifindex).map(|v| {
+                        (
+                            e.ifindex,
+                            crate::events::Place {
+                                device: v.device.clone(),
+                                tenant: v.tenant.clone(),
+                                segment: v.segment.clone(),
+                            },
+                        )
+                    })
+                })
+                .collect()
+        };
+        for event in &batch {
+            let report = crate::events::describe(
+                event,
+                places.get(&event.ifindex),
+                crate::events::boot_to_wall,
+            );
+            if event.kind == isolator_common::event::MANAGEMENT {
+                debug!(device = %report.device, src = %report.src, dst = %report.dst, "management attempt");
+                match serde_json::to_value(&report) {
+                    Ok(fields) => audit(&chronicle, "management_attempt", fields),
+                    Err(e) => error!(error = %e, "encoding a management attempt"),
+                }
+            }
+            // Nobody listening is no error.
+            let _ = reports.send(Arc::new(report));
+        }
+    }
+}
+
 /// Serves the control socket (see [`crate::control`]).
 struct ControlServer {
     access: Access,
@@ -668,6 +766,11 @@ struct ControlServer {
     reloads: tokio::sync::mpsc::Sender<oneshot::Sender<ReloadReport>>,
     chronicle: Arc<Chronicle>,
     config: PathBuf,
+    reports: tokio::sync::broadcast::Sender<Arc<crate::events::Report>>,
+    /// The sampling each connected monitor asked for (one drop in N).
+    monitors: Arc<std::sync::Mutex<Vec<(u64, u32)>>>,
+    monitor_rate: u32,
+    management_rate: u32,
 }
 
 impl ControlServer {
@@ -740,6 +843,17 @@ impl ControlServer {
             }
         };
         info!(request = request.name(), uid = caller.uid, pid = ?caller.pid, "control request");
+        if let Request::Monitor { filter, every } = &request {
+            let every = every.unwrap_or(1).max(1);
+            audit(
+                &self.chronicle,
+                "control",
+                json!({ "caller": who, "request": "monitor", "filter": filter,
+                        "every": every, "result": "ok" }),
+            );
+            self.monitor(stream, filter.clone(), every).await;
+            return;
+        }
         let response = match request {
             Request::Status => match self.status_report().await {
                 Ok(status) => Response {
@@ -753,6 +867,8 @@ impl ControlServer {
                     ..Response::default()
                 },
             },
+            // Answered above.
+            Request::Monitor { .. } => return,
             Request::Reload => {
                 let (reply, answer) = oneshot::channel();
                 let report = match self.reloads.send(reply).await {
@@ -786,6 +902,109 @@ impl ControlServer {
         if let Err(e) = control::write_response(&mut stream, &response).await {
             debug!(error = %format!("{e:#}"), "control socket: the caller left before the answer");
         }
+    }
+
+    /// Streams reports to a monitor until it leaves; the programs report drops (one in
+    /// the smallest `every` any monitor asked for) only while one is connected.
+    async fn monitor(
+        &self,
+        mut stream: tokio::net::UnixStream,
+        filter: crate::events::Filter,
+        every: u32,
+    ) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut reports = self.reports.subscribe();
+        self.monitors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, every));
+        let ready = match self.sample_drops().await {
+            Ok(()) => Response {
+                ok: true,
+                ..Response::default()
+            },
+            Err(e) => Response {
+                ok: false,
+                error: Some(format!("{e:#}")),
+                ..Response::default()
+            },
+        };
+        let started = control::write_line(&mut stream, &ready).await.is_ok() && ready.ok;
+        let shown = if started {
+            Self::stream_reports(stream, &mut reports, &filter).await
+        } else {
+            0
+        };
+        self.monitors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(m, _)| *m != id);
+        if let Err(e) = self.sample_drops().await {
+            warn!(error = %format!("{e:#}"), "could not stop sampling drops for monitors");
+        }
+        info!(shown, "a monitor left");
+    }
+
+    /// Writes the reports `filter` matches to a monitor until it leaves; returns how many.
+    async fn stream_reports(
+        stream: tokio::net::UnixStream,
+        reports: &mut tokio::sync::broadcast::Receiver<Arc<crate::events::Report>>,
+        filter: &crate::events::Filter,
+    ) -> u64 {
+        let (mut from_client, mut to_client) = stream.into_split();
+        let mut shown = 0u64;
+        let mut scratch = [0u8; 256];
+        loop {
+            tokio::select! {
+                // The client leaving (or closing its side) ends the stream.
+                read = tokio::io::AsyncReadExt::read(&mut from_client, &mut scratch) => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+                report = reports.recv() => match report {
+                    Ok(report) => {
+                        if filter.matches(&report) {
+                            let line = control::MonitorLine::Report(Box::new((*report).clone()));
+                            if control::write_line(&mut to_client, &line).await.is_err() {
+                                break;
+                            }
+                            shown += 1;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        let line = control::MonitorLine::Missed { missed };
+                        if control::write_line(&mut to_client, &line).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+        shown
+    }
+
+    /// Tells the programs to sample drops as the connected monitors ask (one in the
+    /// smallest N), or not at all when none is connected.
+    async fn sample_drops(&self) -> anyhow::Result<()> {
+        let every = self
+            .monitors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, every)| *every)
+            .min()
+            .unwrap_or(0);
+        self.kernel
+            .set_events(isolator_common::EventSettings {
+                monitor_every: every,
+                monitor_rate: self.monitor_rate,
+                management_rate: self.management_rate,
+                _pad: 0,
+            })
+            .await
     }
 
     async fn status_report(&self) -> anyhow::Result<control::StatusReport> {
@@ -894,6 +1113,7 @@ struct KernelScrape {
     maps: Vec<crate::dataplane::Footprint>,
     /// Links guarded but not classified yet: their drops count under their names.
     guarded: Vec<(u32, String)>,
+    events_lost: [u64; isolator_common::event::lost::KINDS as usize],
 }
 
 enum Command {
@@ -911,6 +1131,11 @@ enum Command {
     },
     Scrape {
         reply: oneshot::Sender<Result<KernelScrape, DataplaneError>>,
+    },
+    /// What the programs report (`EVENT_SETTINGS`).
+    Events {
+        settings: isolator_common::EventSettings,
+        reply: oneshot::Sender<Result<(), DataplaneError>>,
     },
     ShutDown {
         state_dir: PathBuf,
@@ -975,6 +1200,12 @@ impl KernelHandle {
         Ok(self.ask(|reply| Command::Scrape { reply }).await??)
     }
 
+    async fn set_events(&self, settings: isolator_common::EventSettings) -> anyhow::Result<()> {
+        Ok(self
+            .ask(|reply| Command::Events { settings, reply })
+            .await??)
+    }
+
     async fn shut_down(&self, state_dir: PathBuf) -> anyhow::Result<Vec<(String, DataplaneError)>> {
         self.ask(|reply| Command::ShutDown { state_dir, reply })
             .await
@@ -1034,6 +1265,9 @@ impl Kernel {
                 }
                 Ok(Command::Scrape { reply }) => {
                     let _ = reply.send(self.scrape());
+                }
+                Ok(Command::Events { settings, reply }) => {
+                    let _ = reply.send(self.dataplane.set_event_settings(settings));
                 }
                 Ok(Command::ShutDown { state_dir, reply }) => {
                     let _ = reply.send(self.dataplane.shut_down(Some(&state_dir)));
@@ -1251,6 +1485,7 @@ impl Kernel {
         let faults = dp.faults()?;
         let (entries, capacity, events) = dp.conntrack()?;
         let maps = dp.footprints()?;
+        let events_lost = dp.events_lost()?;
         use isolator_common::conntrack;
         let event = |i: u32| events[i as usize];
         let opened = event(conntrack::EVENT_CREATED);
@@ -1284,6 +1519,7 @@ impl Kernel {
                 evicted,
             },
             maps,
+            events_lost,
             guarded: self
                 .guarded
                 .iter()
@@ -1332,6 +1568,7 @@ async fn shutdown_signal() {
 struct Http {
     kernel: KernelHandle,
     status: watch::Receiver<Status>,
+    chronicle: Arc<Chronicle>,
 }
 
 async fn serve_metrics(State(http): State<Http>) -> impl IntoResponse {
@@ -1345,6 +1582,7 @@ async fn serve_metrics(State(http): State<Http>) -> impl IntoResponse {
                 faults: kernel.faults,
                 conntrack: kernel.conntrack,
                 maps: kernel.maps,
+                events_lost: kernel.events_lost,
                 daemon: DaemonStats {
                     reloads: status.reloads,
                     reconcile_failing: status.reconcile_error.is_some(),
@@ -1353,6 +1591,7 @@ async fn serve_metrics(State(http): State<Http>) -> impl IntoResponse {
                     policy_sha256: status.provenance.sha256.clone(),
                     policy_signer: status.provenance.signer.clone().unwrap_or_default(),
                     signature_refusals: status.signature_refusals,
+                    audit_write_failures: http.chronicle.failures(),
                     refused: status
                         .refused
                         .iter()

@@ -7,6 +7,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod encode;
+pub mod events;
 pub mod metrics;
 pub mod model;
 pub mod netlink;

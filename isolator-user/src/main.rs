@@ -131,6 +131,42 @@ enum Command {
         /// root (mode 0660); without it, root only (0600).
         #[arg(long, value_name = "GROUP")]
         control_group: Option<String>,
+        /// Attempts to reach management recorded in the audit log per interface, CPU
+        /// and second, at most (the rest are counted in
+        /// isolator_audit_events_dropped_total and noted with the next record).
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        audit_management_rate: u32,
+        /// Drops shown to `isolator monitor` per interface, CPU and second, at most.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        monitor_rate: u32,
+    },
+    /// Watch drops live, as the kernel samples them while a monitor is connected (and
+    /// every attempt to reach management): time, device, tenant, segment, direction,
+    /// reason, protocol, addresses and ports. Runs until interrupted.
+    Monitor {
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Only this interface's.
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        segment: Option<String>,
+        /// Only this drop reason (`cross_tenant`, `management`, ...: the `reason` label of
+        /// the metrics).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Report one drop in N (each interface also has a budget per second, see `run
+        /// --monitor-rate`).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        every: u32,
+        /// Stop after N reports.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// What the running daemon enforces: policy (hash, signer), generation, each
     /// interface's state and mode, the last reload, counters.
@@ -233,6 +269,8 @@ fn main() -> ExitCode {
             audit_key,
             control_socket,
             control_group,
+            audit_management_rate,
+            monitor_rate,
         } => {
             let control_group = match control_group.as_deref().map(isolator::control::group_id) {
                 None => None,
@@ -272,6 +310,8 @@ fn main() -> ExitCode {
                 },
                 control_socket,
                 control_group,
+                management_rate: audit_management_rate,
+                monitor_rate,
             })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -285,6 +325,52 @@ fn main() -> ExitCode {
         }
         Command::Reload { socket, json } => {
             control_command(socket, isolator::control::Request::Reload, json)
+        }
+        Command::Monitor {
+            socket,
+            device,
+            tenant,
+            segment,
+            reason,
+            every,
+            count,
+            json,
+        } => {
+            let request = isolator::control::Request::Monitor {
+                filter: isolator::events::Filter {
+                    device,
+                    tenant,
+                    segment,
+                    reason,
+                },
+                every: Some(every.max(1)),
+            };
+            let socket = isolator::control::socket_path(socket);
+            let mut seen = 0u64;
+            let outcome = isolator::control::monitor(&socket, &request, |line| {
+                use isolator::control::MonitorLine;
+                match (&line, json) {
+                    (_, true) => match serde_json::to_string(&line) {
+                        Ok(text) => println!("{text}"),
+                        Err(e) => eprintln!("error: {e}"),
+                    },
+                    (MonitorLine::Report(r), false) => println!("{}", isolator::events::render(r)),
+                    (MonitorLine::Missed { missed }, false) => {
+                        println!("({missed} report(s) missed: this monitor fell behind)")
+                    }
+                }
+                if matches!(line, MonitorLine::Report(_)) {
+                    seen += 1;
+                }
+                count.is_none_or(|c| seen < c)
+            });
+            match outcome {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Audit {
             command:

@@ -193,6 +193,8 @@ pub struct DaemonStats {
     pub policy_signer: String,
     /// Reloads refused because the policy's signature did not check out.
     pub signature_refusals: u64,
+    /// Audit log records that could not be written.
+    pub audit_write_failures: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -224,7 +226,21 @@ pub struct Scrape {
     pub conntrack: ConntrackStats,
     /// Each policy map's capacity and the kernel memory it takes.
     pub maps: Vec<crate::dataplane::Footprint>,
+    /// Reports the kernel did not make, by [`isolator_common::event::lost`].
+    pub events_lost: [u64; isolator_common::event::lost::KINDS as usize],
     pub daemon: DaemonStats,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VifOnlyLabels {
+    device: String,
+    tenant: String,
+    segment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -260,8 +276,41 @@ pub fn render(scrape: &Scrape) -> String {
         faults,
         conntrack,
         maps,
+        events_lost,
         daemon,
     } = scrape;
+    let management_attempts = Family::<VifOnlyLabels, PromCounter>::default();
+    let vif_only = |vif: &VifLabels| VifOnlyLabels {
+        device: vif.device.clone(),
+        tenant: vif.tenant.clone(),
+        segment: vif.segment.clone(),
+    };
+    for vif in inventory.vifs.values() {
+        management_attempts.get_or_create(&vif_only(vif)).inc_by(0);
+    }
+    for (key, value) in counters.iter() {
+        if key.verdict != verdict::MANAGEMENT || key.direction != direction::INGRESS {
+            continue;
+        }
+        if let Some(vif) = inventory.vifs.get(&key.ifindex) {
+            management_attempts
+                .get_or_create(&vif_only(vif))
+                .inc_by(value.packets);
+        }
+    }
+    let events_dropped = Family::<ReasonLabels, PromCounter>::default();
+    for (reason, n) in isolator_common::event::lost::NAMES
+        .iter()
+        .zip(events_lost.iter())
+        .map(|(r, n)| (*r, *n))
+        .chain([("write_failed", daemon.audit_write_failures)])
+    {
+        events_dropped
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc_by(n);
+    }
     let reloads = &daemon.reloads;
     let drop_packets = Family::<DropLabels, PromCounter>::default();
     let drop_bytes = Family::<DropLabels, PromCounter>::default();
@@ -540,6 +589,16 @@ pub fn render(scrape: &Scrape) -> String {
         "uncounted_packets",
         "Frames judged while the counter map was full, so not counted by interface: by direction and verdict (pass or the drop reason)",
         uncounted_family,
+    );
+    registry.register(
+        "management_attempts",
+        "Packets a VM sent to a management prefix or the host's protected services (dropped, or passed in audit mode), by interface; each is also an audit log record, within a rate limit",
+        management_attempts,
+    );
+    registry.register(
+        "audit_events_dropped",
+        "Reports not written to the audit log (management attempts) or shown to a monitor: rate_limited (the interface's budget per second was spent), ring_full (the daemon fell behind), write_failed (the audit log could not be written)",
+        events_dropped,
     );
     let mut out = String::new();
     prometheus_text::encode(&mut out, &registry).expect("writing to a String cannot fail");

@@ -42,13 +42,15 @@ pub const NETLINK_OVERRUNS: &str = "isolator_netlink_overruns_total";
 pub const NETLINK_RECONNECTS: &str = "isolator_netlink_reconnects_total";
 pub const POLICY_INFO: &str = "isolator_policy_info";
 pub const SIGNATURE_REFUSALS: &str = "isolator_policy_signature_refusals_total";
+pub const MANAGEMENT_ATTEMPTS: &str = "isolator_management_attempts_total";
+pub const AUDIT_EVENTS_DROPPED: &str = "isolator_audit_events_dropped_total";
 
 const DEVICE_REASON: &[&str] = &["device", "tenant", "segment", "direction", "reason"];
 const DEVICE: &[&str] = &["device", "tenant", "segment", "direction"];
 
 /// Every metric family of `docs/metrics.md`: sample name, `# TYPE`, label names in the
 /// order the documentation lists them.
-pub const FAMILIES: [(&str, &str, &[&str]); 22] = [
+pub const FAMILIES: [(&str, &str, &[&str]); 24] = [
     (DROP_PACKETS, "counter", DEVICE_REASON),
     (DROP_BYTES, "counter", DEVICE_REASON),
     (PASS_PACKETS, "counter", DEVICE),
@@ -71,6 +73,12 @@ pub const FAMILIES: [(&str, &str, &[&str]); 22] = [
     (KERNEL_FAULTS, "counter", &["what"]),
     (UNCOUNTED_PACKETS, "counter", &["direction", "verdict"]),
     (CONNTRACK_EVENTS, "counter", &["event"]),
+    (
+        MANAGEMENT_ATTEMPTS,
+        "counter",
+        &["device", "tenant", "segment"],
+    ),
+    (AUDIT_EVENTS_DROPPED, "counter", &["reason"]),
 ];
 
 /// How long counters are watched, once they reached the expected value, to see that they

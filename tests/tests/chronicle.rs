@@ -281,3 +281,166 @@ fn status_and_reload_through_the_control_socket_are_on_record_in_a_verified_chai
         text(&out)
     );
 }
+
+const MANAGED: &str = r#"version: 1
+management:
+  - prefix: 192.168.100.0/24
+tenants:
+  - name: acme
+    segments:
+      - name: web
+        interfaces: ["vchm-web*"]
+        prefixes: [10.1.1.0/24]
+      - name: app
+        interfaces: ["vchm-app*"]
+        prefixes: [10.1.2.0/24]
+"#;
+
+#[test]
+fn management_attempts_are_on_record_within_a_budget_and_a_monitor_sees_drops_as_they_happen() {
+    use isolator_tests::Series;
+    use isolator_tests::metrics::{AUDIT_EVENTS_DROPPED, MANAGEMENT_ATTEMPTS, poll};
+    use isolator_tests::net::FrameSender;
+
+    use crate::failclosed::udp_frame;
+
+    let (lab, vms) = quiet_lab(
+        "chrm",
+        &[
+            ("web1", "vchm-web1", "10.1.1.2/24"),
+            ("app1", "vchm-app1", "10.1.2.2/24"),
+        ],
+        &[],
+    )
+    .expect("lab");
+    let (web1, app1) = (&vms[0], &vms[1]);
+    let tmp = TempDir::new("isot-chronicle-m").expect("tmp");
+    let config = tmp.write("policy.yaml", MANAGED).expect("policy");
+    let socket = tmp.path().join("control.sock");
+    let socket_arg = socket.to_string_lossy().into_owned();
+    let log = tmp.path().join("audit.jsonl");
+    let bin = isolator_bin().unwrap_or_else(|e| panic!("{e:#}"));
+    let mut daemon = Daemon::start(
+        &lab,
+        &bin,
+        &config,
+        METRICS_PORT,
+        tmp.path(),
+        &["--audit-management-rate", "5"],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    daemon
+        .wait_healthy(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    // A flood of 300 attempts on ssh of a management address: every one counted, five
+    // per CPU and second on record, the rest counted as not recorded.
+    let sender = FrameSender::open(&web1.ns, "eth0").expect("sender");
+    let management: std::net::IpAddr = "192.168.100.5".parse().expect("address");
+    let attempt = udp_frame(web1, "02:00:00:00:00:99", management, 22, "attempt");
+    sender
+        .send_all(std::iter::repeat_n(&attempt, 300))
+        .expect("flood");
+    let attempts = Series::new(
+        MANAGEMENT_ATTEMPTS,
+        &[
+            ("device", "vchm-web1"),
+            ("tenant", "acme"),
+            ("segment", "web"),
+        ],
+    );
+    let limited = Series::new(AUDIT_EVENTS_DROPPED, &[("reason", "rate_limited")]);
+    let (counted, not_recorded) = poll("the flood counted", Duration::from_secs(10), || {
+        let m = daemon.scrape()?;
+        let (a, l) = (m.value(&attempts)?, m.value(&limited)?);
+        Ok(if a == 300.0 && l > 0.0 {
+            Ok((a, l))
+        } else {
+            Err(format!("attempts {a}, rate_limited {l}"))
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.log()));
+    let recorded = poll("the records written", Duration::from_secs(5), || {
+        let r: Vec<Value> = records(&log)
+            .into_iter()
+            .filter(|r| r["kind"] == "management_attempt")
+            .collect();
+        Ok(if r.len() as f64 + not_recorded == counted {
+            Ok(r)
+        } else {
+            Err(format!("{} records, {not_recorded} not recorded", r.len()))
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        !recorded.is_empty() && recorded.len() <= 5 * cpus * 2,
+        "{} records for a burst within about a second",
+        recorded.len()
+    );
+    for r in &recorded {
+        assert_eq!(r["device"], "vchm-web1", "{r}");
+        assert_eq!(
+            (&r["tenant"], &r["segment"]),
+            (&"acme".into(), &"web".into())
+        );
+        assert_eq!(r["dst"], "192.168.100.5");
+        assert_eq!(r["src"], "10.1.1.2");
+        assert_eq!(
+            (&r["protocol"], &r["dst_port"]),
+            (&"udp".into(), &22.into())
+        );
+        assert_eq!(r["reason"], "management");
+    }
+    let out = verify(&log);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A monitor asks for cross-segment drops of web1: it sees them as they happen, and
+    // nothing else (the management attempts sent meanwhile are filtered out).
+    let mut monitor = Command::new(&bin)
+        .args(["monitor", "--socket", &socket_arg, "--json"])
+        .args(["--device", "vchm-web1", "--reason", "cross_segment"])
+        .args(["--count", "5"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("isolator monitor");
+    let cross = udp_frame(web1, &app1.mac, app1.v4(), 9, "cross");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while monitor.try_wait().expect("wait").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the monitor saw fewer than 5 drops"
+        );
+        sender.send_all([&cross, &attempt]).expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = monitor.wait_with_output().expect("monitor output");
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    for l in &lines {
+        assert_eq!(l["reason"], "cross_segment", "{l}");
+        assert_eq!(l["kind"], "drop", "{l}");
+        assert_eq!(
+            (&l["src"], &l["dst"]),
+            (&"10.1.1.2".into(), &"10.1.2.2".into())
+        );
+        assert_eq!(
+            (&l["tenant"], &l["segment"]),
+            (&"acme".into(), &"web".into())
+        );
+        assert_eq!(l["dst_port"], 9);
+    }
+    // Its request is on record.
+    assert!(
+        records(&log)
+            .iter()
+            .any(|r| r["kind"] == "control" && r["request"] == "monitor"),
+        "the monitor request is audited"
+    );
+    daemon.stop(Duration::from_secs(20)).expect("stop");
+}

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{SchedClassifier, Xdp},
 };
 use isolator_common::{Counter, CounterKey, limits, maps, programs};
@@ -113,7 +113,7 @@ pub const GRACE_PERIOD: Duration = Duration::from_millis(50);
 
 /// The maps that hold state rather than policy: written by the programs (counters,
 /// connections, fragments) or read first by them (`CONFIG`).
-pub const STATE_MAPS: [&str; 10] = [
+pub const STATE_MAPS: [&str; 14] = [
     maps::CONFIG,
     maps::CONNTRACK,
     maps::CONNTRACK_OPENING,
@@ -124,6 +124,10 @@ pub const STATE_MAPS: [&str; 10] = [
     maps::KERNEL_FAULTS,
     maps::FAULTS_LOGGED,
     maps::AYA_LOGS,
+    maps::EVENTS,
+    maps::EVENT_SETTINGS,
+    maps::EVENT_WINDOWS,
+    maps::EVENTS_LOST,
 ];
 
 /// Maps kept in the state directory, so that a restarted daemon finds the policy in
@@ -321,6 +325,10 @@ pub struct Dataplane {
     counters: PerCpuHashMap<MapData, CounterKey, Counter>,
     uncounted: PerCpuArray<MapData, Counter>,
     faults: PerCpuArray<MapData, u64>,
+    event_settings: Array<MapData, isolator_common::EventSettings>,
+    events_lost: PerCpuArray<MapData, u64>,
+    /// The reports' ring buffer, until the daemon takes it ([`Dataplane::take_events`]).
+    events: Option<RingBuf<MapData>>,
     /// The kernel's aya-log records, until the daemon takes it to follow them.
     logger: Option<KernelLogger>,
     active: u32,
@@ -455,6 +463,9 @@ impl Dataplane {
             counters: take(&mut ebpf, maps::COUNTERS)?,
             uncounted: take(&mut ebpf, maps::UNCOUNTED)?,
             faults: take(&mut ebpf, maps::KERNEL_FAULTS)?,
+            event_settings: take(&mut ebpf, maps::EVENT_SETTINGS)?,
+            events_lost: take(&mut ebpf, maps::EVENTS_LOST)?,
+            events: Some(take(&mut ebpf, maps::EVENTS)?),
             logger: Some(logger),
             ebpf,
             active: 0,
@@ -643,6 +654,38 @@ impl Dataplane {
     /// whenever the returned logger's file descriptor is readable).
     pub fn take_kernel_logger(&mut self) -> Option<KernelLogger> {
         self.logger.take()
+    }
+
+    /// The ring buffer of the programs' reports (management attempts, sampled drops), to
+    /// read from another thread; `None` once taken.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// What the programs report, and how often (`EVENT_SETTINGS`).
+    pub fn set_event_settings(
+        &mut self,
+        settings: isolator_common::EventSettings,
+    ) -> Result<(), DataplaneError> {
+        self.event_settings
+            .set(0, settings, 0)
+            .map_err(map_err(maps::EVENT_SETTINGS, "writing"))
+    }
+
+    /// Reports the programs did not make, by [`isolator_common::event::lost`], summed
+    /// over CPUs.
+    pub fn events_lost(
+        &self,
+    ) -> Result<[u64; isolator_common::event::lost::KINDS as usize], DataplaneError> {
+        let mut out = [0; isolator_common::event::lost::KINDS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = self
+                .events_lost
+                .get(&(i as u32), 0)
+                .map_err(map_err(maps::EVENTS_LOST, "reading"))?;
+            *slot = per_cpu.iter().fold(0u64, |a, b| a.wrapping_add(*b));
+        }
+        Ok(out)
     }
 
     /// How many instructions the kernel's verifier walked to accept each program: their

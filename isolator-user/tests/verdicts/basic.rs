@@ -369,6 +369,7 @@ fn every_map_but_the_scratch_spaces_is_pinned() {
     expected.push("SCRATCH");
     expected.push("CLASSES");
     expected.push("STALE");
+    expected.push("EVENT_SAMPLE");
     expected.sort();
     assert_eq!(
         in_object, expected,

@@ -9,6 +9,7 @@
 //! | `conntrack`| UDP conversations, ICMP echo, FIN closing, idle timeouts and the sweep |
 //! | `attacks`| what an attacker sends, each next to its twin: the host, gateways,    |
 //! |          | link-scope exceptions, uplinks, quarantine, fragments per vif          |
+//! | `events` | reports: management attempts within a budget, drops only for a monitor |
 //! | `faults` | a full counter map: counted by verdict, the fault counted and logged    |
 //! | `swap`   | I6 during the swap: a thousand swaps under a hammer of test runs        |
 //! | `differential` | random policies × frames, the kernel against `isolator::model`  |
@@ -17,6 +18,7 @@ mod attacks;
 mod basic;
 mod conntrack;
 mod differential;
+mod events;
 mod faults;
 mod fixture;
 mod guards;
