@@ -18,7 +18,8 @@
 //! grows beyond its limit it is renamed `FILE.1` (older ones shift to `FILE.2`, ...; the
 //! oldest beyond the number kept is removed) and the new file's first record, `rotated`,
 //! carries on the chain. With a signing key, a `checkpoint` record signs the chain's
-//! head every [`CHECKPOINT_EVERY`] records and at start and stop: whoever holds the
+//! head every [`CHECKPOINT_EVERY`] records, at least hourly while records are written,
+//! and at start and stop: whoever holds the
 //! public key can tell that the chain up to there was written by the daemon, not rebuilt
 //! by someone who rewrote the file and its hashes.
 
@@ -39,6 +40,9 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Records between two signed checkpoints (with a key).
 pub const CHECKPOINT_EVERY: u64 = 1000;
+
+/// The longest time between two signed checkpoints while records are written.
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Where the chronicle is written unless `--audit-log` says otherwise.
 pub const DEFAULT_PATH: &str = "/var/log/isolator/audit.jsonl";
@@ -80,6 +84,7 @@ struct Writer {
     keep: usize,
     key: Option<(String, SigningKey)>,
     since_checkpoint: u64,
+    last_checkpoint: std::time::Instant,
     /// Records that could not be written.
     failures: u64,
 }
@@ -124,6 +129,7 @@ impl Chronicle {
                 keep: options.keep.max(1),
                 key,
                 since_checkpoint: 0,
+                last_checkpoint: std::time::Instant::now(),
                 failures: 0,
             }),
         })
@@ -135,7 +141,9 @@ impl Chronicle {
     pub fn record(&self, kind: &str, fields: Value) -> anyhow::Result<()> {
         let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = w.append(kind, fields).and_then(|()| {
-            if w.key.is_some() && w.since_checkpoint >= CHECKPOINT_EVERY {
+            let due = w.since_checkpoint >= CHECKPOINT_EVERY
+                || w.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
+            if w.key.is_some() && due {
                 w.checkpoint()
             } else {
                 Ok(())
@@ -238,6 +246,7 @@ impl Writer {
         });
         self.write_line("checkpoint", fields)?;
         self.since_checkpoint = 0;
+        self.last_checkpoint = std::time::Instant::now();
         Ok(())
     }
 

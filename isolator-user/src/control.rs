@@ -307,27 +307,8 @@ pub fn monitor(
     request: &Request,
     mut each: impl FnMut(MonitorLine) -> bool,
 ) -> anyhow::Result<()> {
-    use std::io::{BufRead as _, Write as _};
-    let stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
-        format!(
-            "connecting to the daemon's control socket {} (is `isolator run` running, and \
-             are you root or in its --control-group?)",
-            socket.display()
-        )
-    })?;
-    let mut line = serde_json::to_vec(request)?;
-    line.push(b'\n');
-    let sent = (&stream).write_all(&line);
-    let mut reader = std::io::BufReader::new(&stream);
-    let mut first = String::new();
-    let read = reader.read_line(&mut first);
-    if first.is_empty() {
-        sent.context("sending the request")?;
-        read.context("reading the daemon's answer")?;
-        bail!("the daemon closed the connection without answering");
-    }
-    let answer: Response =
-        serde_json::from_str(&first).with_context(|| format!("the daemon's answer: {first:?}"))?;
+    use std::io::BufRead as _;
+    let (reader, answer) = send(socket, request, None)?;
     if !answer.ok {
         bail!("{}", answer.error.unwrap_or_else(|| "refused".into()));
     }
@@ -342,8 +323,14 @@ pub fn monitor(
     Ok(())
 }
 
-/// The client side: sends `request` to the daemon at `socket` and returns its answer.
-pub fn ask(socket: &Path, request: Request, timeout: Duration) -> anyhow::Result<Response> {
+/// Connects to the daemon at `socket`, sends `request`, and reads the first answer line
+/// (a caller the daemon refuses gets its answer at once, possibly before the request is
+/// written: the answer is read even when writing failed).
+fn send(
+    socket: &Path,
+    request: &Request,
+    timeout: Option<Duration>,
+) -> anyhow::Result<(std::io::BufReader<std::os::unix::net::UnixStream>, Response)> {
     use std::io::{BufRead as _, Write as _};
     let stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
         format!(
@@ -352,21 +339,27 @@ pub fn ask(socket: &Path, request: Request, timeout: Duration) -> anyhow::Result
             socket.display()
         )
     })?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let mut line = serde_json::to_vec(&request)?;
+    stream.set_read_timeout(timeout)?;
+    stream.set_write_timeout(timeout)?;
+    let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    // A caller the daemon refuses gets its answer at once, possibly before the request
-    // is written: the answer is read even when writing failed.
     let sent = (&stream).write_all(&line);
+    let mut reader = std::io::BufReader::new(stream);
     let mut answer = String::new();
-    let read = std::io::BufReader::new(&stream).read_line(&mut answer);
+    let read = reader.read_line(&mut answer);
     if answer.is_empty() {
         sent.context("sending the request")?;
         read.context("reading the daemon's answer")?;
         bail!("the daemon closed the connection without answering");
     }
-    serde_json::from_str(&answer).with_context(|| format!("the daemon's answer: {answer:?}"))
+    let answer = serde_json::from_str(&answer)
+        .with_context(|| format!("the daemon's answer: {answer:?}"))?;
+    Ok((reader, answer))
+}
+
+/// The client side: sends `request` to the daemon at `socket` and returns its answer.
+pub fn ask(socket: &Path, request: Request, timeout: Duration) -> anyhow::Result<Response> {
+    send(socket, &request, Some(timeout)).map(|(_, answer)| answer)
 }
 
 /// The socket path for a client: `--socket`, else the default.

@@ -196,6 +196,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         json!({ "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(),
                 "config": opts.config.display().to_string() }),
     );
+    if let Err(e) = chronicle.checkpoint() {
+        error!(error = %format!("{e:#}"), "signing the audit log's checkpoint at start failed");
+    }
     let loaded = load_policy(&opts.config, trusted.as_ref());
     audit(
         &chronicle,

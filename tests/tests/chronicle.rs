@@ -111,9 +111,35 @@ fn status_and_reload_through_the_control_socket_are_on_record_in_a_verified_chai
     let socket_arg = socket.to_string_lossy().into_owned();
     let log = tmp.path().join("audit.jsonl");
     let bin = isolator_bin().unwrap_or_else(|e| panic!("{e:#}"));
+    // The audit log's checkpoints are signed by a key whose public half is elsewhere.
+    let keys = tmp.path().join("keys");
+    let trusted = tmp.path().join("trusted");
+    for d in [&keys, &trusted] {
+        std::fs::create_dir_all(d).expect("key dir");
+    }
+    let keygen = isolator(
+        &[
+            "keygen",
+            "--out",
+            &keys.to_string_lossy(),
+            "--name",
+            "audit",
+        ],
+        false,
+    );
+    assert!(keygen.status.success(), "{}", text(&keygen));
+    std::fs::rename(keys.join("audit.pub"), trusted.join("audit.pub")).expect("move");
+    let key = keys.join("audit.key").to_string_lossy().into_owned();
     let start = || {
-        let mut d = Daemon::start(&lab, &bin, &config, METRICS_PORT, tmp.path(), &[])
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        let mut d = Daemon::start(
+            &lab,
+            &bin,
+            &config,
+            METRICS_PORT,
+            tmp.path(),
+            &["--audit-key", &key],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
         d.wait_healthy(Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("{e:#}"));
         d
@@ -201,7 +227,11 @@ fn status_and_reload_through_the_control_socket_are_on_record_in_a_verified_chai
     // Everything is on record, in order, with who asked.
     let r = records(&log);
     let kinds: Vec<&str> = r.iter().filter_map(|r| r["kind"].as_str()).collect();
-    assert_eq!(&kinds[..2], ["start", "policy_load"], "{kinds:?}");
+    assert_eq!(
+        &kinds[..3],
+        ["start", "checkpoint", "policy_load"],
+        "{kinds:?}"
+    );
     let control: Vec<&Value> = r.iter().filter(|r| r["kind"] == "control").collect();
     let me = std::process::id();
     assert!(
@@ -249,9 +279,32 @@ fn status_and_reload_through_the_control_socket_are_on_record_in_a_verified_chai
         .iter()
         .rposition(|r| r["kind"] == "start")
         .expect("a second start");
-    assert_eq!(r[restarted - 1]["kind"], "stop");
+    assert_eq!(
+        (
+            r[restarted - 2]["kind"].as_str(),
+            r[restarted - 1]["kind"].as_str()
+        ),
+        (Some("stop"), Some("checkpoint"))
+    );
     let out = verify(&log);
     assert!(out.status.success(), "after a restart: {}", text(&out));
+    // With the public key, the checkpoints are checked too (start, stop, start).
+    let out = isolator(
+        &[
+            "audit",
+            "verify",
+            "--all",
+            "--trusted-keys",
+            &trusted.to_string_lossy(),
+            "--json",
+            &log.to_string_lossy(),
+        ],
+        false,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["checkpoints_verified"], 3, "{v}");
+    assert_eq!(v["ok"], true);
     daemon.stop(Duration::from_secs(20)).expect("stop");
 
     // A record changed afterwards (a refusal made to look like success) is named.

@@ -33,6 +33,15 @@ fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<Event> {
     out
 }
 
+fn settings(monitor_every: u32, monitor_rate: u32) -> EventSettings {
+    EventSettings {
+        monitor_every,
+        monitor_rate,
+        management_rate: 3,
+        _pad: 0,
+    }
+}
+
 /// Pins the calling thread to one CPU: the budgets are per CPU.
 fn pin_to_one_cpu() {
     // SAFETY: a zeroed cpu_set_t is valid; the calls only change this thread's affinity.
@@ -53,14 +62,7 @@ fn management_attempts_are_reported_within_a_budget_and_other_drops_only_when_as
         pin_to_one_cpu();
         let mut lab = Lab::new(POLICY, &["d-aw1", "d-ad"]);
         let mut ring = lab.dp.take_events().expect("the ring buffer");
-        lab.dp
-            .set_event_settings(EventSettings {
-                monitor_every: 0,
-                monitor_rate: 0,
-                management_rate: 3,
-                _pad: 0,
-            })
-            .expect("settings");
+        lab.dp.set_event_settings(settings(0, 0)).expect("settings");
         let web = lab.ifindex("d-aw1");
         let attempt = row(
             "web -> management ssh",
@@ -118,12 +120,7 @@ fn management_attempts_are_reported_within_a_budget_and_other_drops_only_when_as
         // A monitor asks for one drop in two: drops are reported, passes still not, and
         // management attempts as before.
         lab.dp
-            .set_event_settings(EventSettings {
-                monitor_every: 2,
-                monitor_rate: 100,
-                management_rate: 3,
-                _pad: 0,
-            })
+            .set_event_settings(settings(2, 100))
             .expect("settings");
         for _ in 0..6 {
             lab.check(&cross);
@@ -137,12 +134,7 @@ fn management_attempts_are_reported_within_a_budget_and_other_drops_only_when_as
         }
         // The monitor leaves: drops stop being reported.
         lab.dp
-            .set_event_settings(EventSettings {
-                monitor_every: 0,
-                monitor_rate: 100,
-                management_rate: 3,
-                _pad: 0,
-            })
+            .set_event_settings(settings(0, 100))
             .expect("settings");
         for _ in 0..6 {
             lab.check(&cross);
