@@ -48,6 +48,9 @@ pub struct HostView {
     pub links: Vec<Link>,
     /// The host's own addresses (on any link).
     pub addresses: Vec<IpAddr>,
+    /// How an XDP program is attached to each link that has one (`IFLA_XDP_ATTACHED`):
+    /// `native`, `generic`, `offload` or `multiple`, by ifindex. Not part of any plan.
+    pub xdp_modes: std::collections::BTreeMap<u32, &'static str>,
 }
 
 impl From<&[Link]> for HostView {
@@ -55,7 +58,7 @@ impl From<&[Link]> for HostView {
     fn from(links: &[Link]) -> HostView {
         HostView {
             links: links.to_vec(),
-            addresses: Vec::new(),
+            ..HostView::default()
         }
     }
 }

@@ -75,6 +75,8 @@ pub struct RunOptions {
     pub management_rate: u32,
     /// Drops shown to `isolator monitor` per interface (and CPU) and second, at most.
     pub monitor_rate: u32,
+    /// How finely the per-interface metric families are broken down.
+    pub metrics_detail: metrics::Detail,
 }
 
 /// Where the policy in force came from: its file's SHA-256 and who signed it.
@@ -174,6 +176,17 @@ struct Status {
     /// The policy in force, in a line.
     summary: String,
     last_reload: Option<control::LastReload>,
+    /// When the policy in force was put into effect (Unix milliseconds).
+    last_reload_success_ms: u64,
+    /// Attempts to attach to an interface that failed.
+    attach_failures: u64,
+}
+
+/// Now, in Unix milliseconds.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -301,7 +314,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .reconcile(None)
         .await
         .context("putting the policy into effect")?;
-    controller.status.send_modify(|s| s.generation = 1);
+    controller.status.send_modify(|s| {
+        s.generation = 1;
+        s.last_reload_success_ms = unix_ms();
+    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let controller_task = tokio::spawn(controller.run(stop_rx));
@@ -331,6 +347,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             kernel: kernel.clone(),
             status,
             chronicle: chronicle.clone(),
+            detail: opts.metrics_detail,
         });
     info!(addr = %opts.metrics_addr, "serving /metrics and /healthz");
     axum::serve(listener, app)
@@ -520,6 +537,7 @@ impl Controller {
                     s.reload_refused = None;
                     s.generation += 1;
                     s.summary = summary.to_string();
+                    s.last_reload_success_ms = unix_ms();
                 }
                 Err(e) => {
                     s.reloads.failed += 1;
@@ -599,11 +617,18 @@ impl Controller {
         let outcome = async {
             let host = self.netlink.host_view().await?;
             let plan = Plan::new(policy.as_ref().unwrap_or(&self.policy), &host)?;
-            self.kernel.apply(plan, new_policy).await
+            let applied = self.kernel.apply(plan, new_policy).await?;
+            anyhow::Ok((applied, host.xdp_modes))
         }
         .await;
         match outcome {
-            Ok(applied) => {
+            Ok((mut applied, xdp_modes)) => {
+                // Links taken over from a previous daemon: their mode is the kernel's.
+                for (ifindex, mode) in applied.modes.iter_mut() {
+                    if *mode == AttachMode::TakenOver.label() {
+                        *mode = xdp_modes.get(ifindex).copied().unwrap_or(mode);
+                    }
+                }
                 if let Some(policy) = policy {
                     self.policy = policy;
                 }
@@ -616,6 +641,7 @@ impl Controller {
                     s.refused = applied.refused;
                     s.kernel_generation = applied.kernel_generation;
                     s.modes = applied.modes;
+                    s.attach_failures += applied.attach_failures;
                 });
                 Ok(())
             }
@@ -1104,6 +1130,8 @@ struct Applied {
     kernel_generation: u32,
     /// How each attached interface is attached, by ifindex.
     modes: BTreeMap<u32, &'static str>,
+    /// Attempts to attach that failed.
+    attach_failures: u64,
 }
 
 /// What a scrape reads from the kernel.
@@ -1383,6 +1411,7 @@ impl Kernel {
         }
 
         let mut refused = Vec::new();
+        let mut attach_failures = 0;
         self.guarded
             .retain(|i, _| dp.attachments().any(|(ifindex, _, _)| ifindex == *i));
         for vif in &plan.vifs {
@@ -1430,6 +1459,7 @@ impl Kernel {
                     refused.push(xdp_taken(&vif.name));
                 }
                 Err(e) => {
+                    attach_failures += 1;
                     error!(device = %vif.name, %segment, error = %error_chain(&e), "NOT enforcing on this interface");
                     refused.push((
                         vif.name.clone(),
@@ -1448,6 +1478,7 @@ impl Kernel {
                 error!(device = %q.name, why = %q.why, "NOT enforcing on this interface as a vif: everything it sends or receives is dropped (unknown_interface)");
             }
             if !attached && let Err(e) = dp.attach(&q.name, q.ifindex) {
+                attach_failures += 1;
                 error!(device = %q.name, error = %error_chain(&e), "could not even attach the drop-all programs to it");
             }
             refused.push((q.name.clone(), q.why.to_string(), q.why.label()));
@@ -1478,6 +1509,7 @@ impl Kernel {
                 .attachments()
                 .map(|(ifindex, _, mode)| (ifindex, mode.label()))
                 .collect(),
+            attach_failures,
         })
     }
 
@@ -1572,12 +1604,50 @@ struct Http {
     kernel: KernelHandle,
     status: watch::Receiver<Status>,
     chronicle: Arc<Chronicle>,
+    detail: metrics::Detail,
+}
+
+/// Each interface the policy claims, enforced or not, for `isolator_interface_enforced`:
+/// attached vifs by their mode (a vif judged at TC ingress counts as enforced), and
+/// refused ones (quarantined, attaching failed) as not.
+fn enforcement(status: &Status) -> Vec<metrics::Enforcement> {
+    let mut out = Vec::new();
+    let refused: BTreeMap<&str, &str> = status
+        .refused
+        .iter()
+        .map(|(device, _, reason)| (device.as_str(), *reason))
+        .collect();
+    for (ifindex, vif) in &status.inventory.vifs {
+        let reason = refused.get(vif.device.as_str()).copied();
+        let enforced = matches!(reason, None | Some("xdp_taken"));
+        out.push(metrics::Enforcement {
+            device: vif.device.clone(),
+            mode: if enforced {
+                status.modes.get(ifindex).copied().unwrap_or("none")
+            } else {
+                "none"
+            }
+            .to_string(),
+            enforced,
+        });
+    }
+    for device in refused.keys() {
+        if !out.iter().any(|e| e.device == *device) {
+            out.push(metrics::Enforcement {
+                device: device.to_string(),
+                mode: "none".into(),
+                enforced: false,
+            });
+        }
+    }
+    out
 }
 
 async fn serve_metrics(State(http): State<Http>) -> impl IntoResponse {
     match http.kernel.scrape().await {
         Ok(kernel) => {
             let status = http.status.borrow().clone();
+            let enforcement = enforcement(&status);
             let scrape = Scrape {
                 inventory: status.inventory.with_unclassified(kernel.guarded),
                 counters: kernel.counters,
@@ -1586,6 +1656,7 @@ async fn serve_metrics(State(http): State<Http>) -> impl IntoResponse {
                 conntrack: kernel.conntrack,
                 maps: kernel.maps,
                 events_lost: kernel.events_lost,
+                detail: http.detail,
                 daemon: DaemonStats {
                     reloads: status.reloads,
                     reconcile_failing: status.reconcile_error.is_some(),
@@ -1595,6 +1666,10 @@ async fn serve_metrics(State(http): State<Http>) -> impl IntoResponse {
                     policy_signer: status.provenance.signer.clone().unwrap_or_default(),
                     signature_refusals: status.signature_refusals,
                     audit_write_failures: http.chronicle.failures(),
+                    policy_generation: status.generation,
+                    last_reload_success_ms: status.last_reload_success_ms,
+                    attach_failures: status.attach_failures,
+                    enforcement,
                     refused: status
                         .refused
                         .iter()

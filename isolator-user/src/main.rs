@@ -139,6 +139,11 @@ enum Command {
         /// Drops shown to `isolator monitor` per interface, CPU and second, at most.
         #[arg(long, value_name = "N", default_value_t = 100)]
         monitor_rate: u32,
+        /// The per-interface metric families one series per interface (`device`), or
+        /// summed per segment (`segment`: for hosts with many vifs; the `device` label is
+        /// left empty, `isolator_interface_enforced` stays per interface).
+        #[arg(long, value_enum, default_value_t = isolator::metrics::Detail::Device)]
+        metrics_detail: isolator::metrics::Detail,
     },
     /// Watch drops live, as the kernel samples them while a monitor is connected (and
     /// every attempt to reach management): time, device, tenant, segment, direction,
@@ -271,6 +276,7 @@ fn main() -> ExitCode {
             control_group,
             audit_management_rate,
             monitor_rate,
+            metrics_detail,
         } => {
             let control_group = match control_group.as_deref().map(isolator::control::group_id) {
                 None => None,
@@ -312,6 +318,7 @@ fn main() -> ExitCode {
                 control_group,
                 management_rate: audit_management_rate,
                 monitor_rate,
+                metrics_detail,
             })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

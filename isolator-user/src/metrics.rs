@@ -195,6 +195,14 @@ pub struct DaemonStats {
     pub signature_refusals: u64,
     /// Audit log records that could not be written.
     pub audit_write_failures: u64,
+    /// Policies put into effect since the daemon started.
+    pub policy_generation: u64,
+    /// When the policy in force was put into effect (Unix milliseconds).
+    pub last_reload_success_ms: u64,
+    /// Attempts to attach to an interface that failed, since the start.
+    pub attach_failures: u64,
+    /// Every interface the policy claims.
+    pub enforcement: Vec<Enforcement>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -229,6 +237,39 @@ pub struct Scrape {
     /// Reports the kernel did not make, by [`isolator_common::event::lost`].
     pub events_lost: [u64; isolator_common::event::lost::KINDS as usize],
     pub daemon: DaemonStats,
+    pub detail: Detail,
+}
+
+/// How finely the per-interface families are broken down (`--metrics-detail`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Detail {
+    /// One series per interface, direction and reason (81 per interface from zero).
+    #[default]
+    Device,
+    /// Summed per segment: the `device` label is left empty (81 per segment,
+    /// whatever the number of interfaces). `isolator_interface_enforced` stays per
+    /// interface.
+    Segment,
+}
+
+/// One interface's enforcement, for `isolator_interface_enforced`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enforcement {
+    pub device: String,
+    /// `native`, `generic`, `tc_ingress`, or `none` when not enforced.
+    pub mode: String,
+    pub enforced: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnforcedLabels {
+    device: String,
+    mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -278,7 +319,20 @@ pub fn render(scrape: &Scrape) -> String {
         maps,
         events_lost,
         daemon,
+        detail,
     } = scrape;
+    // With `--metrics-detail segment` the per-interface families are summed per segment.
+    let by_segment;
+    let inventory = if *detail == Detail::Segment {
+        let mut summed = inventory.clone();
+        for vif in summed.vifs.values_mut() {
+            vif.device = String::new();
+        }
+        by_segment = summed;
+        &by_segment
+    } else {
+        inventory
+    };
     let management_attempts = Family::<VifOnlyLabels, PromCounter>::default();
     let vif_only = |vif: &VifLabels| VifOnlyLabels {
         device: vif.device.clone(),
@@ -590,6 +644,48 @@ pub fn render(scrape: &Scrape) -> String {
         "Frames judged while the counter map was full, so not counted by interface: by direction and verdict (pass or the drop reason)",
         uncounted_family,
     );
+    let build = Family::<VersionLabels, Gauge>::default();
+    build
+        .get_or_create(&VersionLabels {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .set(1);
+    registry.register("build_info", "1, labelled with the daemon's version", build);
+    let generation = Gauge::<i64>::default();
+    generation.set(daemon.policy_generation as i64);
+    registry.register(
+        "policy_generation",
+        "Policies put into effect since the daemon started: 1 for the one it started with, one more per successful reload",
+        generation,
+    );
+    let last_success = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    last_success.set(daemon.last_reload_success_ms as f64 / 1000.0);
+    registry.register(
+        "last_reload_success_timestamp_seconds",
+        "When the policy in force was put into effect (at start or by the last successful reload), Unix seconds",
+        last_success,
+    );
+    let enforced = Family::<EnforcedLabels, Gauge>::default();
+    for e in &daemon.enforcement {
+        enforced
+            .get_or_create(&EnforcedLabels {
+                device: e.device.clone(),
+                mode: e.mode.clone(),
+            })
+            .set(i64::from(e.enforced));
+    }
+    registry.register(
+        "interface_enforced",
+        "1 for each interface the policy claims that isolator judges (mode native or generic XDP, or tc_ingress where another program holds the XDP hook), 0 for one it does not (mode none: attaching failed, or it is quarantined); `isolator_interface_enforced == 0` is the alert",
+        enforced,
+    );
+    let attach_failures = PromCounter::<u64>::default();
+    attach_failures.inc_by(daemon.attach_failures);
+    registry.register(
+        "attach_failures",
+        "Attempts to attach isolator's programs to an interface that failed (each retry counts); isolator_interfaces_refused names the interfaces",
+        attach_failures,
+    );
     registry.register(
         "management_attempts",
         "Packets a VM sent to a management prefix or the host's protected services (dropped, or passed in audit mode), by interface; each is also an audit log record, within a rate limit",
@@ -714,6 +810,115 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("device=\"renamed\""), "{text}");
+    }
+
+    /// `n` vifs of acme/web, each with 3 cross-segment drops.
+    fn vifs(n: u32) -> (Inventory, Vec<(CounterKey, Counter)>) {
+        let mut inventory = inventory();
+        let mut counters = Vec::new();
+        for i in 0..n {
+            inventory.vifs.insert(
+                100 + i,
+                VifLabels {
+                    device: format!("vacme-web{}", 100 + i),
+                    tenant: "acme".into(),
+                    segment: "web".into(),
+                },
+            );
+            counters.push((
+                key(100 + i, verdict::CROSS_SEGMENT),
+                Counter {
+                    packets: 3,
+                    bytes: 180,
+                },
+            ));
+        }
+        (inventory, counters)
+    }
+
+    fn series(text: &str) -> usize {
+        text.lines().filter(|l| !l.starts_with('#')).count()
+    }
+
+    /// The cardinality `--metrics-detail` bounds: what one more vif adds, per device and
+    /// per segment (docs/metrics.md quotes these figures).
+    #[test]
+    fn per_segment_detail_sums_interfaces_and_bounds_the_series() {
+        let scrape = |n: u32, detail: Detail| {
+            let (inventory, counters) = vifs(n);
+            render(&Scrape {
+                inventory,
+                counters,
+                detail,
+                ..Scrape::default()
+            })
+        };
+        let per_vif = series(&scrape(11, Detail::Device)) - series(&scrape(10, Detail::Device));
+        assert_eq!(
+            per_vif, 81,
+            "series one more vif adds with --metrics-detail device"
+        );
+        let summed = scrape(10, Detail::Segment);
+        assert_eq!(
+            series(&summed),
+            series(&scrape(1000, Detail::Segment)),
+            "per segment, more vifs of a segment add no series"
+        );
+        assert!(
+            summed.contains("isolator_drop_packets_total{device=\"\",tenant=\"acme\",segment=\"web\",direction=\"ingress\",reason=\"cross_segment\"} 30\n"),
+            "{summed}"
+        );
+        assert!(!summed.contains("device=\"vacme-web100\""), "{summed}");
+    }
+
+    #[test]
+    fn interfaces_enforced_or_not_generation_and_build() {
+        let text = render(&Scrape {
+            inventory: inventory(),
+            daemon: DaemonStats {
+                policy_generation: 3,
+                last_reload_success_ms: 1_700_000_000_500,
+                attach_failures: 2,
+                enforcement: vec![
+                    Enforcement {
+                        device: "vacme-web1".into(),
+                        mode: "native".into(),
+                        enforced: true,
+                    },
+                    Enforcement {
+                        device: "tap9".into(),
+                        mode: "none".into(),
+                        enforced: false,
+                    },
+                ],
+                ..DaemonStats::default()
+            },
+            ..Scrape::default()
+        });
+        assert!(
+            text.contains("isolator_interface_enforced{device=\"vacme-web1\",mode=\"native\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("isolator_interface_enforced{device=\"tap9\",mode=\"none\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("isolator_policy_generation 3\n"), "{text}");
+        assert!(
+            text.contains("isolator_last_reload_success_timestamp_seconds 1700000000.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("isolator_attach_failures_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "isolator_build_info{{version=\"{}\"}} 1\n",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
     }
 
     fn line<'a>(text: &'a str, prefix: &str) -> &'a str {

@@ -96,9 +96,13 @@ impl Netlink {
     /// Every link of the calling process's network namespace, and every address on them:
     /// what a plan is compiled from.
     pub async fn host_view(&self) -> anyhow::Result<HostView> {
-        let links = list_links(&self.handle).await?;
+        let (links, xdp_modes) = list_links(&self.handle).await?;
         let addresses = list_addresses(&self.handle).await?;
-        Ok(HostView { links, addresses })
+        Ok(HostView {
+            links,
+            addresses,
+            xdp_modes,
+        })
     }
 }
 
@@ -143,17 +147,42 @@ impl Drop for Netlink {
     }
 }
 
-async fn list_links(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Link>> {
+/// Every link, and how an XDP program is attached to those that have one.
+async fn list_links(
+    handle: &rtnetlink::Handle,
+) -> anyhow::Result<(Vec<Link>, std::collections::BTreeMap<u32, &'static str>)> {
     let mut stream = handle.link().get().execute();
     let mut links = Vec::new();
+    let mut xdp_modes = std::collections::BTreeMap::new();
     while let Some(message) = stream
         .try_next()
         .await
         .context("listing links over netlink")?
     {
+        if let Some(mode) = xdp_mode_of(&message) {
+            xdp_modes.insert(message.header.index, mode);
+        }
         links.extend(link_of(&message));
     }
-    Ok(links)
+    Ok((links, xdp_modes))
+}
+
+/// How an XDP program is attached to the link (`IFLA_XDP_ATTACHED`), if one is.
+fn xdp_mode_of(message: &LinkMessage) -> Option<&'static str> {
+    use rtnetlink::packet_route::link::{LinkXdp, XdpAttached};
+    message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
+                LinkXdp::Attached(XdpAttached::Driver) => Some("native"),
+                LinkXdp::Attached(XdpAttached::SocketBuffer) => Some("generic"),
+                LinkXdp::Attached(XdpAttached::Hardware) => Some("offload"),
+                LinkXdp::Attached(XdpAttached::Multiple) => Some("multiple"),
+                _ => None,
+            }),
+            _ => None,
+        })
 }
 
 /// The event a message from the kernel announces; `None` for a message another process

@@ -44,13 +44,18 @@ pub const POLICY_INFO: &str = "isolator_policy_info";
 pub const SIGNATURE_REFUSALS: &str = "isolator_policy_signature_refusals_total";
 pub const MANAGEMENT_ATTEMPTS: &str = "isolator_management_attempts_total";
 pub const AUDIT_EVENTS_DROPPED: &str = "isolator_audit_events_dropped_total";
+pub const BUILD_INFO: &str = "isolator_build_info";
+pub const POLICY_GENERATION: &str = "isolator_policy_generation";
+pub const LAST_RELOAD_SUCCESS: &str = "isolator_last_reload_success_timestamp_seconds";
+pub const INTERFACE_ENFORCED: &str = "isolator_interface_enforced";
+pub const ATTACH_FAILURES: &str = "isolator_attach_failures_total";
 
 const DEVICE_REASON: &[&str] = &["device", "tenant", "segment", "direction", "reason"];
 const DEVICE: &[&str] = &["device", "tenant", "segment", "direction"];
 
 /// Every metric family of `docs/metrics.md`: sample name, `# TYPE`, label names in the
 /// order the documentation lists them.
-pub const FAMILIES: [(&str, &str, &[&str]); 24] = [
+pub const FAMILIES: [(&str, &str, &[&str]); 29] = [
     (DROP_PACKETS, "counter", DEVICE_REASON),
     (DROP_BYTES, "counter", DEVICE_REASON),
     (PASS_PACKETS, "counter", DEVICE),
@@ -79,6 +84,11 @@ pub const FAMILIES: [(&str, &str, &[&str]); 24] = [
         &["device", "tenant", "segment"],
     ),
     (AUDIT_EVENTS_DROPPED, "counter", &["reason"]),
+    (BUILD_INFO, "gauge", &["version"]),
+    (POLICY_GENERATION, "gauge", &[]),
+    (LAST_RELOAD_SUCCESS, "gauge", &[]),
+    (INTERFACE_ENFORCED, "gauge", &["device", "mode"]),
+    (ATTACH_FAILURES, "counter", &[]),
 ];
 
 /// How long counters are watched, once they reached the expected value, to see that they

@@ -152,6 +152,7 @@ pub fn host(shape: &synthetic::Shape, vifs: usize) -> HostView {
     HostView {
         links,
         addresses: vec!["192.0.2.1".parse().expect("an address")],
+        ..HostView::default()
     }
 }
 

@@ -36,6 +36,7 @@ fn host() -> HostView {
             Link::veth("eth0", 4),
         ],
         addresses: vec!["192.0.2.1".parse().unwrap()],
+        ..HostView::default()
     }
 }
 

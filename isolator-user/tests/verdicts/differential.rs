@@ -1017,6 +1017,7 @@ impl Bench {
         HostView {
             links: self.links.clone(),
             addresses,
+            ..HostView::default()
         }
     }
 
