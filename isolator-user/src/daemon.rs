@@ -338,6 +338,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         management_rate: opts.management_rate,
     };
     info!(socket = %opts.control_socket.display(), "control socket ready (isolator status, isolator reload)");
+    // systemd: ready once every claimed interface is enforced; the watchdog fed while the
+    // dataplane thread answers.
+    tokio::spawn(announce_readiness(status.clone()));
+    if let Some(interval) = crate::service::watchdog_interval() {
+        let kernel = kernel.clone();
+        tokio::spawn(crate::service::feed_watchdog(interval, move || {
+            let kernel = kernel.clone();
+            async move { kernel.scrape().await.is_ok() }
+        }));
+    }
     let control_task = tokio::spawn(control_server.serve(control_listener));
 
     let app = Router::new()
@@ -355,6 +365,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .await
         .context("serving HTTP")?;
 
+    crate::service::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
     let _ = controller_task.await;
     control_task.abort();
@@ -1697,6 +1708,36 @@ async fn serve_metrics(State(http): State<Http>) -> impl IntoResponse {
 async fn serve_health(State(http): State<Http>) -> impl IntoResponse {
     let status = http.status.borrow().clone();
     health(&status)
+}
+
+/// Tells systemd the service is ready once `/healthz` would answer 200 (every interface
+/// the policy claims enforced, the kernel in line), and keeps its status line current.
+async fn announce_readiness(mut status: watch::Receiver<Status>) {
+    let mut ready = false;
+    loop {
+        let (line, healthy) = {
+            let s = status.borrow_and_update();
+            let (code, text) = health(&s);
+            let healthy = code == StatusCode::OK;
+            let problems = (!healthy).then(|| text.trim().replace('\n', "; "));
+            (
+                crate::service::status_line(s.inventory.vifs.len(), problems.as_deref()),
+                healthy,
+            )
+        };
+        if healthy && !ready {
+            ready = true;
+            crate::service::notify(&[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status(&line),
+            ]);
+        } else {
+            crate::service::notify(&[sd_notify::NotifyState::Status(&line)]);
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// `/healthz`: 200 when every interface that looks like a VM's is enforced and the kernel

@@ -13,6 +13,7 @@ pub mod model;
 pub mod netlink;
 pub mod policy;
 pub mod recheck;
+pub mod service;
 pub mod signing;
 
 /// An error and its sources on one line: "outer: inner: root cause".

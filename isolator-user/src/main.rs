@@ -192,6 +192,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove the enforcement a stopped daemon left in place (`isolator run --persist`,
+    /// as the systemd unit runs it): release every pinned link, which detaches the
+    /// programs from the interfaces, and remove the state directory. Refused while a
+    /// daemon answers on the control socket (stop it first).
+    Teardown {
+        #[arg(long, value_name = "DIR", default_value = daemon::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// The running daemon's control socket, to refuse while it runs.
+        #[arg(long, value_name = "PATH", default_value = isolator::control::DEFAULT_SOCKET)]
+        control_socket: PathBuf,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -376,6 +387,47 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Command::Teardown {
+            state_dir,
+            control_socket,
+        } => {
+            if std::os::unix::net::UnixStream::connect(&control_socket).is_ok() {
+                eprintln!(
+                    "error: a daemon answers on {}: stop it first (systemctl stop isolator); \
+                     teardown removes the enforcement a stopped daemon left",
+                    control_socket.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            match isolator::dataplane::teardown(&state_dir) {
+                Ok(done) if !done.removed => {
+                    println!(
+                        "nothing to tear down: {} does not exist",
+                        state_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(done) => {
+                    println!(
+                        "released {} link(s) on {} interface(s) (ifindex {}); removed {}: \
+                         nothing is enforced until `isolator run` starts again",
+                        done.links,
+                        done.interfaces.len(),
+                        done.interfaces
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        state_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}", isolator::error_chain(&e));
+                    ExitCode::FAILURE
                 }
             }
         }

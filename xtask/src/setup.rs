@@ -23,6 +23,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "prometheus",
     "xdp-tools",
     "nftables",
+    "systemd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -37,6 +37,7 @@ use self::error::{io_err, map_err, prog_err};
 pub use self::links::AttachMode;
 use self::links::Attachment;
 use self::state::{Pins, ensure_bpffs, read_pinned_links};
+pub use self::state::{Teardown, teardown};
 pub use self::tables::Footprint;
 use self::tables::{POLICY_MAPS, PolicyTables};
 pub use self::test_run::{TC_DROP, TC_PASS};

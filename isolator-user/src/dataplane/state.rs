@@ -116,3 +116,41 @@ pub(super) fn read_pinned_links(dir: &Path) -> Result<LeftLinks, DataplaneError>
     }
     Ok(left)
 }
+
+/// What `isolator teardown` released.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Teardown {
+    /// Interfaces whose links were released (their programs detached), by ifindex.
+    pub interfaces: Vec<u32>,
+    /// Links released.
+    pub links: usize,
+    /// The state directory existed and was removed.
+    pub removed: bool,
+}
+
+/// Removes enforcement that a stopped daemon left (`isolator run --persist`): releases
+/// every link pinned in `state_dir` (which detaches its program, no other reference
+/// holding it) and removes the directory with its pinned maps. Nothing here is undone by
+/// a later `isolator run` but by enforcing anew.
+pub fn teardown(state_dir: &Path) -> Result<Teardown, DataplaneError> {
+    let mut out = Teardown::default();
+    if !state_dir.exists() {
+        return Ok(out);
+    }
+    let links = state_dir.join("links");
+    if links.exists() {
+        for (ifindex, vif) in read_pinned_links(&links)? {
+            out.interfaces.push(ifindex);
+            for link in [vif.xdp, vif.tc, vif.tags, vif.judge].into_iter().flatten() {
+                link.unpin().map_err(|e| {
+                    pin_err(format!("releasing a link of ifindex {ifindex}"))(Box::new(e))
+                })?;
+                out.links += 1;
+            }
+        }
+    }
+    std::fs::remove_dir_all(state_dir)
+        .map_err(|e| pin_err(format!("removing {}", state_dir.display()))(Box::new(e)))?;
+    out.removed = true;
+    Ok(out)
+}
