@@ -9,6 +9,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use isolator_tests::env::METRICS_PORT;
+
+use crate::common::text;
 use isolator_tests::failclosed_lab::quiet_lab;
 use isolator_tests::{Daemon, TempDir, isolator_bin};
 use serde_json::Value;
@@ -52,15 +54,6 @@ fn isolator(args: &[&str], as_user: bool) -> Output {
         Command::new(&bin)
     };
     cmd.args(args).output().expect("running isolator")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn status(socket: &str) -> Value {

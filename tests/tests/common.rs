@@ -104,3 +104,13 @@ pub fn policy_maps_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
         })
         .unwrap_or_else(|| panic!("no policy maps' directory in {}", layout.display()))
 }
+
+/// A finished command's exit status and output, for assertion messages.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

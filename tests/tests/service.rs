@@ -11,17 +11,10 @@ use std::time::{Duration, Instant};
 
 use isolator_tests::daemon::workspace_root;
 use isolator_tests::env::METRICS_PORT;
+
+use crate::common::text;
 use isolator_tests::failclosed_lab::quiet_lab;
 use isolator_tests::{Daemon, TempDir, isolator_bin};
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// `systemd-analyze verify` on a copy of the unit whose binary is `bin`: its output.
 fn analyze(unit_text: &str, bin: &Path, tmp: &TempDir, name: &str) -> Output {
