@@ -14,6 +14,7 @@ pub mod netlink;
 pub mod policy;
 pub mod recheck;
 pub mod signing;
+pub mod verify;
 
 /// An error and its sources on one line: "outer: inner: root cause".
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

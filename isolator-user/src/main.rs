@@ -11,6 +11,7 @@ use isolator::daemon;
 use tracing_subscriber::EnvFilter;
 
 mod check;
+mod inspect;
 
 /// The version `--version` prints; a rehearsal build (see Cargo.toml) says so.
 const VERSION: &str = if cfg!(feature = "rehearsal") {
@@ -184,6 +185,26 @@ enum Command {
     Reload {
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inventory the host's virtual network (links, bridges, VLANs, VNIs, veth peers,
+    /// addresses, XDP and TCX programs, the daemon's live maps) and compare it with the
+    /// policy. Exit 0: as the policy says (warnings may be printed); 1: violations; 2: could
+    /// not look (no daemon state, unreadable policy, netlink or BPF refused).
+    Verify {
+        /// The policy file the daemon enforces.
+        #[arg(long, value_name = "FILE", default_value = "/etc/isolator/policy.yaml")]
+        config: PathBuf,
+        /// The daemon's state directory (`isolator run --state-dir`).
+        #[arg(long, value_name = "DIR", default_value = daemon::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Links (names or `*` patterns) that may share a bridge with tenant vifs without
+        /// being managed: routers, bonds, the host's uplink. A segment's `uplinks` are
+        /// declared already.
+        #[arg(long, value_name = "PATTERN")]
+        infrastructure: Vec<String>,
+        /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -372,6 +393,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Verify {
+            config,
+            state_dir,
+            infrastructure,
+            json,
+        } => inspect::verify(&config, &state_dir, &infrastructure, json),
         Command::Audit {
             command:
                 AuditCommand::Verify {

@@ -239,3 +239,98 @@ async fn list_addresses(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<IpAddr
     addresses.dedup();
     Ok(addresses)
 }
+
+/// Every link of the calling process's network namespace in detail (kind, controller,
+/// VLAN id, VNI, `IFLA_LINK` and its namespace, addresses, the XDP program) and the
+/// host's own addresses, over a connection of its own: what `isolator verify`
+/// inventories. The TCX programs are not netlink's to tell; they are left empty.
+pub async fn link_details() -> anyhow::Result<(Vec<crate::verify::LinkDetails>, Vec<IpAddr>)> {
+    use rtnetlink::packet_route::link::{InfoData, InfoVlan, InfoVxlan, LinkXdp};
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("opening a netlink socket")?;
+    let task = tokio::spawn(connection);
+    let mut links = Vec::new();
+    let mut stream = handle.link().get().execute();
+    while let Some(message) = stream
+        .try_next()
+        .await
+        .context("listing links over netlink")?
+    {
+        let Some(base) = link_of(&message) else {
+            continue;
+        };
+        let mut details = crate::verify::LinkDetails {
+            name: base.name,
+            ifindex: base.ifindex,
+            kind: base.kind,
+            ..Default::default()
+        };
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::Controller(i) => details.master = Some(*i),
+                LinkAttribute::Link(i) => details.link = Some(*i),
+                LinkAttribute::LinkNetNsId(i) => details.link_netnsid = Some(*i),
+                LinkAttribute::Xdp(xdp) => {
+                    for x in xdp {
+                        if let LinkXdp::ProgId(id) = x
+                            && *id != 0
+                        {
+                            details.xdp = Some(*id);
+                        }
+                    }
+                }
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Data(InfoData::Vlan(vlan)) => {
+                                for v in vlan {
+                                    if let InfoVlan::Id(id) = v {
+                                        details.vlan_id = Some(*id);
+                                    }
+                                }
+                            }
+                            LinkInfo::Data(InfoData::Vxlan(vxlan)) => {
+                                for v in vxlan {
+                                    if let InfoVxlan::Id(id) = v {
+                                        details.vni = Some(*id);
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        links.push(details);
+    }
+    let mut host = Vec::new();
+    let mut stream = handle.address().get().execute();
+    while let Some(message) = stream
+        .try_next()
+        .await
+        .context("listing addresses over netlink")?
+    {
+        let mut local = None;
+        let mut address = None;
+        for attribute in &message.attributes {
+            match attribute {
+                AddressAttribute::Local(a) => local = Some(*a),
+                AddressAttribute::Address(a) => address = Some(*a),
+                _ => {}
+            }
+        }
+        if let Some(a) = local.or(address) {
+            host.push(a);
+            if let Some(link) = links.iter_mut().find(|l| l.ifindex == message.header.index) {
+                link.addresses
+                    .push(format!("{a}/{}", message.header.prefix_len));
+            }
+        }
+    }
+    task.abort();
+    host.sort();
+    host.dedup();
+    Ok((links, host))
+}

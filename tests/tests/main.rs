@@ -22,6 +22,7 @@
 //! | `underfault::*`| I6 and I7 while it happens: reloads and restarts under traffic    |
 //! | `guards::*`    | source and layer-2 guards (I2), malformed frames, fragments       |
 //! | `vlan_offload` | VLAN tags in offload metadata                                     |
+//! | `verify`       | `isolator verify` finds drift (detached, foreign programs, stray ports, changed maps); `isolator explain` |
 
 mod attacks;
 mod chronicle;
@@ -39,4 +40,5 @@ mod realpackets;
 mod revoke;
 mod signed;
 mod underfault;
+mod verify;
 mod vlan_offload;
