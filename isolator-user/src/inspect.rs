@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use isolator::policy::InterfacePattern;
-use isolator::verify::{Severity, live};
+use isolator::verify::{Severity, explain, live};
 
 /// `verify`'s exit codes: clean, violations, could not look.
 const CLEAN: u8 = 0;
@@ -115,4 +115,130 @@ fn render_inventory(inv: &isolator::verify::Inventory) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `explain`'s exit codes: it ran (the verdict is in the output), could not, or the live
+/// programs and the model disagree.
+const RAN: u8 = 0;
+const DISAGREE: u8 = 3;
+
+/// `isolator explain`.
+pub fn explain(config: &Path, state_dir: &Path, input: &explain::Input, json: bool) -> ExitCode {
+    let found = match explain::explain(config, state_dir, input) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("error: could not explain the frame: {e:#}");
+            return ExitCode::from(COULD_NOT);
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&found) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(COULD_NOT);
+            }
+        }
+    } else {
+        println!("frame: {}", found.summary);
+        for note in &found.notes {
+            println!("  note: {note}");
+        }
+        for step in &found.steps {
+            println!(
+                "{} on {} ({}), program {}: {}",
+                step.direction,
+                step.device,
+                step.segment.as_deref().unwrap_or("-"),
+                step.program,
+                step.live
+            );
+            if let Some(note) = &step.note {
+                println!("  note: {note}");
+            }
+            println!(
+                "  model: {}{}",
+                step.model,
+                if step.agree { "" } else { "  <-- DISAGREES" }
+            );
+            if !step.decided_by.is_empty() {
+                println!("  decided by:");
+                for entry in &step.decided_by {
+                    println!("    {entry}");
+                }
+            }
+        }
+        println!("verdict: {}", found.verdict);
+    }
+    if found.disagree {
+        for step in found.steps.iter().filter(|s| !s.agree) {
+            eprintln!(
+                "DISAGREEMENT: on {} ({}) the live program says {}, the policy model says {}: \
+                 the kernel is not judging as the policy says (run isolator verify)",
+                step.device, step.direction, step.live, step.model
+            );
+        }
+        return ExitCode::from(DISAGREE);
+    }
+    ExitCode::from(RAN)
+}
+
+/// The frame `explain` is given: from fields, hex or a pcap file.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the command line's options, each named"
+)]
+pub fn explain_input(
+    from: Option<String>,
+    to: Option<std::net::IpAddr>,
+    src: Option<std::net::IpAddr>,
+    proto: explain::Proto,
+    port: u16,
+    sport: u16,
+    hex: Option<String>,
+    pcap: Option<std::path::PathBuf>,
+) -> Result<explain::Input, String> {
+    let frame = match (hex, pcap) {
+        (Some(_), Some(_)) => return Err("give --hex or --pcap, not both".into()),
+        (Some(hex), None) => {
+            let clean: String = hex
+                .chars()
+                .filter(|c| !c.is_whitespace() && *c != ':')
+                .collect();
+            if !clean.len().is_multiple_of(2) {
+                return Err("--hex: an odd number of digits".into());
+            }
+            let bytes: Result<Vec<u8>, _> = (0..clean.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&clean[i..i + 2], 16))
+                .collect();
+            Some(bytes.map_err(|e| format!("--hex: {e}"))?)
+        }
+        (None, Some(path)) => {
+            let bytes =
+                std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            Some(
+                explain::first_pcap_frame(&bytes)
+                    .map_err(|e| format!("{}: {e:#}", path.display()))?,
+            )
+        }
+        (None, None) => None,
+    };
+    match (frame, from, to) {
+        (Some(frame), from, None) => Ok(explain::Input::Bytes { from, frame }),
+        (Some(_), _, Some(_)) => {
+            Err("--to describes a frame from fields; a whole frame has its own".into())
+        }
+        (None, Some(from), Some(to)) => Ok(explain::Input::Fields {
+            from,
+            to,
+            src,
+            protocol: proto,
+            port,
+            sport,
+        }),
+        (None, _, _) => {
+            Err("give --from and --to (and --proto, --port), or --hex, or --pcap".into())
+        }
+    }
 }

@@ -83,8 +83,11 @@ fn verify(env: &Env, json: bool) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-/// The JSON report's findings as (severity, kind, objects).
-fn findings(env: &Env) -> (i32, Vec<(String, String, Vec<String>)>, Value) {
+/// A finding as (severity, kind, objects).
+type Found = (String, String, Vec<String>);
+
+/// The JSON report's findings.
+fn findings(env: &Env) -> (i32, Vec<Found>, Value) {
     let (code, text) = verify(env, true);
     let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     let list = json["findings"]
@@ -107,7 +110,7 @@ fn findings(env: &Env) -> (i32, Vec<(String, String, Vec<String>)>, Value) {
     (code, list, json)
 }
 
-fn violations(list: &[(String, String, Vec<String>)]) -> Vec<(String, Vec<String>)> {
+fn violations(list: &[Found]) -> Vec<(String, Vec<String>)> {
     list.iter()
         .filter(|(s, _, _)| s == "violation")
         .map(|(_, k, o)| (k.clone(), o.clone()))
@@ -127,6 +130,7 @@ fn ifindex(lab: &Lab, name: &str) -> u32 {
 fn a_clean_lab_verifies_clean_with_a_warning_for_the_missing_interface() {
     let env = lab("vfy-clean");
     let (code, text) = verify(&env, false);
+    println!("{text}");
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains("vvfy-web1") && text.contains("isolator_egress"),
@@ -229,6 +233,7 @@ fn an_unmanaged_veth_on_the_tenant_bridge_is_reported() {
     )
     .expect("veth");
     ip_n(&host, &["link", "set", "vfy-stray", "master", BRIDGE]).expect("on the bridge");
+    println!("{}", verify(&env, false).1);
     let (code, list, _) = findings(&env);
     assert_eq!(code, 1, "{list:?}");
     let found = violations(&list);
@@ -285,4 +290,116 @@ fn a_map_entry_changed_behind_the_daemons_back_is_reported() {
         detail.contains(&format!("ifindex: {web}")) && detail.contains("expected"),
         "{detail}"
     );
+}
+
+/// `isolator explain ARGS --config … --state-dir …`: exit code, stdout, stderr.
+fn explain(env: &Env, args: &[&str]) -> (i32, String, String) {
+    let config = env.config().to_string_lossy().into_owned();
+    let state = state_dir(env.lab()).to_string_lossy().into_owned();
+    let mut all = vec!["explain", "--config", &config, "--state-dir", &state];
+    all.extend_from_slice(args);
+    let out = isolator(env, &all);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn explain_names_the_deciding_entries_and_says_when_the_kernel_disagrees() {
+    let env = lab("vfy-explain");
+    let config = env.config().to_string_lossy().into_owned();
+
+    // Across tenants: dropped at web1's ingress, for the two segments (POLICY's lines 7
+    // and 15).
+    let (code, out, err) = explain(
+        &env,
+        &[
+            "--from",
+            "vvfy-web1",
+            "--to",
+            "10.2.1.2",
+            "--proto",
+            "tcp",
+            "--port",
+            "443",
+        ],
+    );
+    println!("{out}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verdict: drop cross_tenant"), "{out}");
+    assert!(
+        out.contains(&format!("{config}:7: segment acme/web")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{config}:15: segment globex/db")),
+        "{out}"
+    );
+
+    // A flow: passes both programs, the flow (line 5) named at each.
+    let (code, out, err) = explain(
+        &env,
+        &[
+            "--from", "10.1.1.2", "--to", "10.1.2.2", "--port", "8080", "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let json: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(json["verdict"], "pass", "{json}");
+    assert_eq!(json["disagree"], false, "{json}");
+    let steps = json["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "ingress at web1, egress at app1: {json}");
+    let flow = format!("{config}:5: flow acme/web -> acme/app: tcp 8080");
+    for (step, (direction, device)) in steps
+        .iter()
+        .zip([("ingress", "vvfy-web1"), ("egress", "vvfy-app1")])
+    {
+        assert_eq!(step["direction"], direction, "{step}");
+        assert_eq!(step["device"], device, "{step}");
+        assert_eq!(step["live"], "pass", "{step}");
+        assert_eq!(step["agree"], true, "{step}");
+        let cited: Vec<&str> = step["decided_by"]
+            .as_array()
+            .expect("decided_by")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(cited, [flow.as_str()], "{step}");
+    }
+    // Another port of app: the flow does not admit it (the same frame as a hex dump).
+    let hex = json["frame"]
+        .as_str()
+        .expect("hex")
+        .replacen("1f90", "1f91", 1);
+    let (code, out, err) = explain(&env, &["--from", "vvfy-web1", "--hex", &hex]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verdict: drop cross_segment"), "{out}");
+
+    // web1's entry changed behind the daemon's back (it now claims app's segment): the
+    // live program passes what the policy drops, and explain says so.
+    let web = ifindex(env.lab(), "vvfy-web1");
+    let map_dir = state_dir(env.lab()).join(format!("maps-v{}", isolator_common::STATE_LAYOUT));
+    let policy_dir = std::fs::read_dir(&map_dir)
+        .expect("map dir")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("policy-"))
+        .expect("a policy map directory")
+        .path();
+    let vifs = obj_get(&policy_dir.join("VIFS")).unwrap_or_else(|e| panic!("{e:#}"));
+    let key = [1u32.to_ne_bytes(), web.to_ne_bytes()].concat();
+    let mut value = map_lookup(&vifs, &key, size_of::<isolator_common::VifInfo>())
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .expect("web1's entry");
+    value[0..4].copy_from_slice(&1u32.to_ne_bytes());
+    map_update(&vifs, &key, &value).expect("changing the entry");
+    let (code, out, err) = explain(
+        &env,
+        &["--from", "vvfy-web1", "--to", "10.1.2.2", "--port", "443"],
+    );
+    println!("{out}{err}");
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("DISAGREEMENT"), "{err}");
+    assert!(out.contains("DISAGREES"), "{out}");
 }

@@ -17,6 +17,9 @@ use isolator_common::{
 use super::error::{DataplaneError, map_err};
 use crate::encode::{Entries, entry_key, policy_tables};
 
+/// A table's entries.
+type Entry<T> = Vec<(<T as Table>::Key, <T as Table>::Value)>;
+
 /// A policy map: entries keyed by generation, written, purged and listed by generation.
 trait Table {
     type Key: Pod;
@@ -30,7 +33,7 @@ trait Table {
     /// The value of the entry at `key`, if there is one.
     fn value(&self, key: &Self::Key) -> Result<Option<Self::Value>, MapError>;
     /// Every entry of `generation`.
-    fn entries_of(&self, generation: u32) -> Result<Vec<(Self::Key, Self::Value)>, MapError> {
+    fn entries_of(&self, generation: u32) -> Result<Entry<Self>, MapError> {
         let mut out = Vec::new();
         for key in self.all_keys()? {
             if Self::generation_of(&key) == generation

@@ -182,21 +182,50 @@ impl Report {
     }
 }
 
+/// How often [`verify`] looks again when the maps differ from the policy, and how long it
+/// waits before each look: a link that appeared a moment ago is in this look's plan but
+/// not yet in the daemon's (it gathers events for 20 ms, then writes a new generation).
+const LOOKS: usize = 3;
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// Inventories the host and compares it with the policy in `config` and the daemon's
-/// pinned maps under `state_dir`. An error: it could not look.
+/// pinned maps under `state_dir`. Where the maps differ, it looks again (up to [`LOOKS`]
+/// times, [`SETTLE`] apart) so that a reconcile in progress is not reported as drift. An
+/// error: it could not look.
 pub fn verify(
     config: &Path,
     state_dir: &Path,
     infrastructure: &[InterfacePattern],
 ) -> anyhow::Result<Report> {
     let (policy, _) = load_policy(config)?;
+    let mut look = 1;
+    loop {
+        let report = look_once(&policy, config, state_dir, infrastructure)?;
+        let drift = report
+            .findings
+            .iter()
+            .any(|f| f.kind == super::kind::MAP_DRIFT);
+        if !drift || look == LOOKS {
+            return Ok(report);
+        }
+        look += 1;
+        std::thread::sleep(SETTLE);
+    }
+}
+
+fn look_once(
+    policy: &Policy,
+    config: &Path,
+    state_dir: &Path,
+    infrastructure: &[InterfacePattern],
+) -> anyhow::Result<Report> {
     let inventory = inventory(state_dir)?;
-    let mut findings = compare(&policy, &inventory, infrastructure)
+    let mut findings = compare(policy, &inventory, infrastructure)
         .map_err(|e| anyhow::anyhow!("compiling the policy for this host: {e}"))?;
     let pinned = crate::dataplane::read_pinned_policy(state_dir)
         .map_err(|e| anyhow::anyhow!("{}", crate::error_chain(&e)))
         .context("reading the daemon's pinned policy maps")?;
-    let plan = Plan::new(&policy, inventory.host_view())
+    let plan = Plan::new(policy, inventory.host_view())
         .map_err(|e| anyhow::anyhow!("compiling the policy for this host: {e}"))?;
     let expected = crate::encode::encode(&plan, pinned.generation);
     findings.extend(compare_maps(&expected, &pinned.entries));

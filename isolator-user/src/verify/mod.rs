@@ -5,6 +5,7 @@
 //! `isolator explain` (one frame through the live programs, beside the reference model)
 //! in [`explain`].
 
+pub mod explain;
 pub mod live;
 
 use std::collections::{BTreeMap, BTreeSet};
