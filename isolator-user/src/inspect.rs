@@ -32,12 +32,8 @@ pub fn verify(config: &Path, state_dir: &Path, infrastructure: &[String], json: 
         }
     };
     if json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(COULD_NOT);
-            }
+        if let Err(code) = print_json(&report) {
+            return code;
         }
     } else {
         print!("{}", render_inventory(&report.inventory));
@@ -60,6 +56,20 @@ pub fn verify(config: &Path, state_dir: &Path, infrastructure: &[String], json: 
         );
     }
     ExitCode::from(if report.violated() { VIOLATED } else { CLEAN })
+}
+
+/// Prints `value` as pretty JSON on stdout; on failure says why and gives the exit code.
+fn print_json(value: &impl serde::Serialize) -> Result<(), ExitCode> {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(COULD_NOT))
+        }
+    }
 }
 
 /// The inventory as a table: one line per link.
@@ -132,12 +142,8 @@ pub fn explain(config: &Path, state_dir: &Path, input: &explain::Input, json: bo
         }
     };
     if json {
-        match serde_json::to_string_pretty(&found) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(COULD_NOT);
-            }
+        if let Err(code) = print_json(&found) {
+            return code;
         }
     } else {
         println!("frame: {}", found.summary);

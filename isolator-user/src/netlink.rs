@@ -213,6 +213,20 @@ fn link_of(message: &LinkMessage) -> Option<Link> {
 }
 
 async fn list_addresses(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<IpAddr>> {
+    let mut addresses: Vec<IpAddr> = list_addresses_on_links(handle)
+        .await?
+        .into_iter()
+        .map(|(_, a, _)| a)
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    Ok(addresses)
+}
+
+/// Every address of the namespace: (ifindex, address, prefix length).
+async fn list_addresses_on_links(
+    handle: &rtnetlink::Handle,
+) -> anyhow::Result<Vec<(u32, IpAddr, u8)>> {
     let mut stream = handle.address().get().execute();
     let mut addresses = Vec::new();
     while let Some(message) = stream
@@ -232,11 +246,9 @@ async fn list_addresses(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<IpAddr
             }
         }
         if let Some(a) = local.or(address) {
-            addresses.push(a);
+            addresses.push((message.header.index, a, message.header.prefix_len));
         }
     }
-    addresses.sort();
-    addresses.dedup();
     Ok(addresses)
 }
 
@@ -306,27 +318,10 @@ pub async fn link_details() -> anyhow::Result<(Vec<crate::verify::LinkDetails>, 
         links.push(details);
     }
     let mut host = Vec::new();
-    let mut stream = handle.address().get().execute();
-    while let Some(message) = stream
-        .try_next()
-        .await
-        .context("listing addresses over netlink")?
-    {
-        let mut local = None;
-        let mut address = None;
-        for attribute in &message.attributes {
-            match attribute {
-                AddressAttribute::Local(a) => local = Some(*a),
-                AddressAttribute::Address(a) => address = Some(*a),
-                _ => {}
-            }
-        }
-        if let Some(a) = local.or(address) {
-            host.push(a);
-            if let Some(link) = links.iter_mut().find(|l| l.ifindex == message.header.index) {
-                link.addresses
-                    .push(format!("{a}/{}", message.header.prefix_len));
-            }
+    for (ifindex, a, len) in list_addresses_on_links(&handle).await? {
+        host.push(a);
+        if let Some(link) = links.iter_mut().find(|l| l.ifindex == ifindex) {
+            link.addresses.push(format!("{a}/{len}"));
         }
     }
     task.abort();

@@ -126,6 +126,32 @@ fn ifindex(lab: &Lab, name: &str) -> u32 {
     .expect("ifindex")
 }
 
+/// Changes web1's entry in the daemon's pinned `VIFS` map behind its back, in the
+/// generation in force: web1 moved into segment 1 (app). Returns web1's ifindex.
+fn move_web1_into_app(env: &Env) -> u32 {
+    let web = ifindex(env.lab(), "vvfy-web1");
+    let map_dir = state_dir(env.lab()).join(format!("maps-v{}", isolator_common::STATE_LAYOUT));
+    let policy_dir = std::fs::read_dir(&map_dir)
+        .expect("map dir")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("policy-"))
+        .expect("a policy map directory")
+        .path();
+    let config = obj_get(&policy_dir.join("CONFIG")).unwrap_or_else(|e| panic!("{e:#}"));
+    let generation = map_lookup(&config, &0u32.to_ne_bytes(), 4)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .expect("CONFIG[0]");
+    let vifs = obj_get(&policy_dir.join("VIFS")).unwrap_or_else(|e| panic!("{e:#}"));
+    // VifKey { generation, ifindex } => VifInfo { segment, … }.
+    let key = [&generation[..], &web.to_ne_bytes()[..]].concat();
+    let mut value = map_lookup(&vifs, &key, size_of::<isolator_common::VifInfo>())
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .expect("web1's entry");
+    value[0..4].copy_from_slice(&1u32.to_ne_bytes());
+    map_update(&vifs, &key, &value).expect("changing the entry");
+    web
+}
+
 #[test]
 fn a_clean_lab_verifies_clean_with_a_warning_for_the_missing_interface() {
     let env = lab("vfy-clean");
@@ -255,23 +281,7 @@ fn an_unmanaged_veth_on_the_tenant_bridge_is_reported() {
 #[test]
 fn a_map_entry_changed_behind_the_daemons_back_is_reported() {
     let env = lab("vfy-drift");
-    let web = ifindex(env.lab(), "vvfy-web1");
-    let map_dir = state_dir(env.lab()).join(format!("maps-v{}", isolator_common::STATE_LAYOUT));
-    let policy_dir = std::fs::read_dir(&map_dir)
-        .expect("map dir")
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("policy-"))
-        .expect("a policy map directory")
-        .path();
-    let vifs = obj_get(&policy_dir.join("VIFS")).unwrap_or_else(|e| panic!("{e:#}"));
-    // VifKey { generation: 1, ifindex }: web1 moved into segment 1 (app).
-    let key = [1u32.to_ne_bytes(), web.to_ne_bytes()].concat();
-    let size = size_of::<isolator_common::VifInfo>();
-    let mut value = map_lookup(&vifs, &key, size)
-        .unwrap_or_else(|e| panic!("{e:#}"))
-        .expect("web1's entry");
-    value[0..4].copy_from_slice(&1u32.to_ne_bytes());
-    map_update(&vifs, &key, &value).expect("changing the entry");
+    let web = move_web1_into_app(&env);
     let (code, list, json) = findings(&env);
     assert_eq!(code, 1, "{list:?}");
     assert!(
@@ -379,21 +389,7 @@ fn explain_names_the_deciding_entries_and_says_when_the_kernel_disagrees() {
 
     // web1's entry changed behind the daemon's back (it now claims app's segment): the
     // live program passes what the policy drops, and explain says so.
-    let web = ifindex(env.lab(), "vvfy-web1");
-    let map_dir = state_dir(env.lab()).join(format!("maps-v{}", isolator_common::STATE_LAYOUT));
-    let policy_dir = std::fs::read_dir(&map_dir)
-        .expect("map dir")
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("policy-"))
-        .expect("a policy map directory")
-        .path();
-    let vifs = obj_get(&policy_dir.join("VIFS")).unwrap_or_else(|e| panic!("{e:#}"));
-    let key = [1u32.to_ne_bytes(), web.to_ne_bytes()].concat();
-    let mut value = map_lookup(&vifs, &key, size_of::<isolator_common::VifInfo>())
-        .unwrap_or_else(|e| panic!("{e:#}"))
-        .expect("web1's entry");
-    value[0..4].copy_from_slice(&1u32.to_ne_bytes());
-    map_update(&vifs, &key, &value).expect("changing the entry");
+    move_web1_into_app(&env);
     let (code, out, err) = explain(
         &env,
         &["--from", "vvfy-web1", "--to", "10.1.2.2", "--port", "443"],

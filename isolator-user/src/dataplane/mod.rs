@@ -36,6 +36,7 @@ pub use self::error::DataplaneError;
 use self::error::{io_err, map_err, prog_err};
 pub use self::links::AttachMode;
 use self::links::Attachment;
+pub use self::state::pin_name;
 use self::state::{Pins, ensure_bpffs, read_pinned_links};
 pub use self::tables::Footprint;
 use self::tables::{POLICY_MAPS, PolicyTables};

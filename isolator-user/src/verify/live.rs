@@ -101,10 +101,7 @@ fn pinned_links(state_dir: &Path) -> anyhow::Result<BTreeMap<u32, BTreeMap<Strin
     })?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some((ifindex, kind)) = name.split_once('-') else {
-            continue;
-        };
-        let Ok(ifindex) = ifindex.parse::<u32>() else {
+        let Some((ifindex, kind)) = crate::dataplane::pin_name(&name) else {
             continue;
         };
         let program = pinned_link_program(&entry.path())

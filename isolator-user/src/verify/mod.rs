@@ -198,8 +198,8 @@ struct Hook<'a> {
     pinned: Option<u32>,
 }
 
-const FIX_REATTACH: &str = "find what changed the interface's programs; restart the daemon \
-     (`isolator run`) to attach isolator's programs again";
+const FIX_REATTACH: &str = "find what removed isolator's program: the running daemon does not \
+     re-attach to an interface it holds; restart it (with the same --state-dir) and verify again";
 const FIX_FOREIGN: &str = "remove the other program (or have its owner move it after \
      isolator's); then restart the daemon so that isolator attaches in its place";
 const FIX_STALE: &str = "a program of an earlier daemon is still attached: restart the daemon \
