@@ -15,6 +15,7 @@ pub mod policy;
 pub mod recheck;
 pub mod service;
 pub mod signing;
+pub mod verify;
 
 /// An error and its sources on one line: "outer: inner: root cause".
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

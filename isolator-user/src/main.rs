@@ -11,6 +11,7 @@ use isolator::daemon;
 use tracing_subscriber::EnvFilter;
 
 mod check;
+mod inspect;
 
 /// The version `--version` prints; a rehearsal build (see Cargo.toml) says so.
 const VERSION: &str = if cfg!(feature = "rehearsal") {
@@ -202,6 +203,65 @@ enum Command {
         /// The running daemon's control socket, to refuse while it runs.
         #[arg(long, value_name = "PATH", default_value = isolator::control::DEFAULT_SOCKET)]
         control_socket: PathBuf,
+    },
+    /// Inventory the host's virtual network (links, bridges, VLANs, VNIs, veth peers,
+    /// addresses, XDP and TCX programs, the daemon's live maps) and compare it with the
+    /// policy. Exit 0: as the policy says (warnings may be printed); 1: violations; 2: could
+    /// not look (no daemon state, unreadable policy, netlink or BPF refused).
+    Verify {
+        /// The policy file the daemon enforces.
+        #[arg(long, value_name = "FILE", default_value = "/etc/isolator/policy.yaml")]
+        config: PathBuf,
+        /// The daemon's state directory (`isolator run --state-dir`).
+        #[arg(long, value_name = "DIR", default_value = daemon::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Links (names or `*` patterns) that may share a bridge with tenant vifs without
+        /// being managed: routers, bonds, the host's uplink. A segment's `uplinks` are
+        /// declared already.
+        #[arg(long, value_name = "PATTERN")]
+        infrastructure: Vec<String>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one frame through the programs attached on this host (a test run on the live
+    /// maps: nothing is sent, but the frame is counted at the vif) and through the policy
+    /// model: the verdict, the reason, and the policy entries that decided it (file:line),
+    /// on ingress at the sender's vif and, if it passes, on egress at the receiver's.
+    /// Exit 0: it ran (the verdict is in the output); 2: it could not; 3: the live
+    /// programs and the policy model disagree.
+    Explain {
+        #[arg(long, value_name = "FILE", default_value = "/etc/isolator/policy.yaml")]
+        config: PathBuf,
+        #[arg(long, value_name = "DIR", default_value = daemon::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// The sender: a vif's name, or an address (the vif that declares it or whose
+        /// segment holds it; outside every segment: the host's stack).
+        #[arg(long, value_name = "VIF|ADDR")]
+        from: Option<String>,
+        /// The destination address.
+        #[arg(long, value_name = "ADDR")]
+        to: Option<std::net::IpAddr>,
+        /// The source address when --from is a vif (default: its declared address, else
+        /// the first address of its segment).
+        #[arg(long, value_name = "ADDR")]
+        src: Option<std::net::IpAddr>,
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: isolator::verify::explain::Proto,
+        /// The destination port (TCP, UDP).
+        #[arg(long, default_value_t = 443)]
+        port: u16,
+        /// The source port (TCP, UDP), or the ICMP echo identifier.
+        #[arg(long, default_value_t = 40000)]
+        sport: u16,
+        /// A whole Ethernet frame in hex (with --from: the vif that sends it).
+        #[arg(long, value_name = "HEX")]
+        hex: Option<String>,
+        /// The first frame of a pcap file (with --from: the vif that sends it).
+        #[arg(long, value_name = "FILE")]
+        pcap: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
     /// The audit log.
     Audit {
@@ -431,6 +491,31 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Verify {
+            config,
+            state_dir,
+            infrastructure,
+            json,
+        } => inspect::verify(&config, &state_dir, &infrastructure, json),
+        Command::Explain {
+            config,
+            state_dir,
+            from,
+            to,
+            src,
+            proto,
+            port,
+            sport,
+            hex,
+            pcap,
+            json,
+        } => match inspect::explain_input(from, to, src, proto, port, sport, hex, pcap) {
+            Ok(input) => inspect::explain(&config, &state_dir, &input, json),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Audit {
             command:
                 AuditCommand::Verify {

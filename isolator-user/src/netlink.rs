@@ -242,6 +242,20 @@ fn link_of(message: &LinkMessage) -> Option<Link> {
 }
 
 async fn list_addresses(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<IpAddr>> {
+    let mut addresses: Vec<IpAddr> = list_addresses_on_links(handle)
+        .await?
+        .into_iter()
+        .map(|(_, a, _)| a)
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    Ok(addresses)
+}
+
+/// Every address of the namespace: (ifindex, address, prefix length).
+async fn list_addresses_on_links(
+    handle: &rtnetlink::Handle,
+) -> anyhow::Result<Vec<(u32, IpAddr, u8)>> {
     let mut stream = handle.address().get().execute();
     let mut addresses = Vec::new();
     while let Some(message) = stream
@@ -261,10 +275,86 @@ async fn list_addresses(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<IpAddr
             }
         }
         if let Some(a) = local.or(address) {
-            addresses.push(a);
+            addresses.push((message.header.index, a, message.header.prefix_len));
         }
     }
-    addresses.sort();
-    addresses.dedup();
     Ok(addresses)
+}
+
+/// Every link of the calling process's network namespace in detail (kind, controller,
+/// VLAN id, VNI, `IFLA_LINK` and its namespace, addresses, the XDP program) and the
+/// host's own addresses, over a connection of its own: what `isolator verify`
+/// inventories. The TCX programs are not netlink's to tell; they are left empty.
+pub async fn link_details() -> anyhow::Result<(Vec<crate::verify::LinkDetails>, Vec<IpAddr>)> {
+    use rtnetlink::packet_route::link::{InfoData, InfoVlan, InfoVxlan, LinkXdp};
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("opening a netlink socket")?;
+    let task = tokio::spawn(connection);
+    let mut links = Vec::new();
+    let mut stream = handle.link().get().execute();
+    while let Some(message) = stream
+        .try_next()
+        .await
+        .context("listing links over netlink")?
+    {
+        let Some(base) = link_of(&message) else {
+            continue;
+        };
+        let mut details = crate::verify::LinkDetails {
+            name: base.name,
+            ifindex: base.ifindex,
+            kind: base.kind,
+            ..Default::default()
+        };
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::Controller(i) => details.master = Some(*i),
+                LinkAttribute::Link(i) => details.link = Some(*i),
+                LinkAttribute::LinkNetNsId(i) => details.link_netnsid = Some(*i),
+                LinkAttribute::Xdp(xdp) => {
+                    for x in xdp {
+                        if let LinkXdp::ProgId(id) = x
+                            && *id != 0
+                        {
+                            details.xdp = Some(*id);
+                        }
+                    }
+                }
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Data(InfoData::Vlan(vlan)) => {
+                                for v in vlan {
+                                    if let InfoVlan::Id(id) = v {
+                                        details.vlan_id = Some(*id);
+                                    }
+                                }
+                            }
+                            LinkInfo::Data(InfoData::Vxlan(vxlan)) => {
+                                for v in vxlan {
+                                    if let InfoVxlan::Id(id) = v {
+                                        details.vni = Some(*id);
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        links.push(details);
+    }
+    let mut host = Vec::new();
+    for (ifindex, a, len) in list_addresses_on_links(&handle).await? {
+        host.push(a);
+        if let Some(link) = links.iter_mut().find(|l| l.ifindex == ifindex) {
+            link.addresses.push(format!("{a}/{len}"));
+        }
+    }
+    task.abort();
+    host.sort();
+    host.dedup();
+    Ok((links, host))
 }

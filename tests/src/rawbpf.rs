@@ -18,6 +18,7 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_DETACH: libc::c_long = 34;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_TCX_EGRESS: u32 = 47;
@@ -255,6 +256,18 @@ pub fn pinned_link_ids(path: &std::path::Path) -> Result<LinkIds> {
         link: u32::from_ne_bytes(info[4..8].try_into().unwrap()),
         program: u32::from_ne_bytes(info[8..12].try_into().unwrap()),
     })
+}
+
+/// Detaches the bpf link pinned at `path` from its hook (`BPF_LINK_DETACH`, what
+/// `bpftool link detach` does): the program stops running there, the link object and its
+/// pin stay. `ip link set dev X xdp off` cannot do this to a link (the kernel refuses).
+pub fn detach_pinned_link(path: &std::path::Path) -> Result<()> {
+    let link = obj_get(path)?;
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(link.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_LINK_DETACH, &mut attr)
+        .with_context(|| format!("BPF_LINK_DETACH {}", path.display()))?;
+    Ok(())
 }
 
 /// Helper id of `bpf_redirect`.

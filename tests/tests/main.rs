@@ -23,6 +23,7 @@
 //! | `underfault::*`| I6 and I7 while it happens: reloads and restarts under traffic    |
 //! | `guards::*`    | source and layer-2 guards (I2), malformed frames, fragments       |
 //! | `vlan_offload` | VLAN tags in offload metadata                                     |
+//! | `verify`       | `isolator verify` finds drift (detached, foreign programs, stray ports, changed maps); `isolator explain` |
 
 mod attacks;
 mod chronicle;
@@ -41,4 +42,5 @@ mod revoke;
 mod service;
 mod signed;
 mod underfault;
+mod verify;
 mod vlan_offload;

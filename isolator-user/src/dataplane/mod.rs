@@ -36,11 +36,12 @@ pub use self::error::DataplaneError;
 use self::error::{io_err, map_err, prog_err};
 pub use self::links::AttachMode;
 use self::links::Attachment;
+pub use self::state::pin_name;
 use self::state::{Pins, ensure_bpffs, read_pinned_links};
 pub use self::state::{Teardown, teardown};
 pub use self::tables::Footprint;
 use self::tables::{POLICY_MAPS, PolicyTables};
-pub use self::test_run::{TC_DROP, TC_PASS};
+pub use self::test_run::{LiveContext, TC_DROP, TC_PASS, test_run_live};
 use crate::compile::Plan;
 use crate::encode::encode;
 
@@ -628,6 +629,60 @@ impl Dataplane {
         }
         failures
     }
+}
+
+/// The directory of the state maps (counters, connections) under a state directory.
+pub fn state_map_dir(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join(format!("maps-v{}", isolator_common::STATE_LAYOUT))
+}
+
+/// The policy in force as a running daemon pinned it under its state directory: read,
+/// never written.
+pub struct PinnedPolicy {
+    /// The directory of its policy maps (`…/policy-a4-…`).
+    pub dir: std::path::PathBuf,
+    /// The active generation (`CONFIG[0]`).
+    pub generation: u32,
+    /// The entries of the active generation.
+    pub entries: crate::encode::Entries,
+}
+
+/// Reads the policy in force from the maps pinned under `state_dir`. Where two daemons'
+/// policy maps are pinned (a restart with larger maps, for a moment), the larger ones, the
+/// newer daemon's, are read.
+pub fn read_pinned_policy(state_dir: &Path) -> Result<PinnedPolicy, DataplaneError> {
+    let map_dir = state_map_dir(state_dir);
+    let dir = std::fs::read_dir(&map_dir)
+        .map_err(io_err(format!("listing {}", map_dir.display())))?
+        .flatten()
+        .filter_map(|e| {
+            let sizes = Sizes::from_dir_name(&e.file_name().to_string_lossy())?;
+            Some((e.path(), sizes))
+        })
+        .max_by_key(|(_, s)| (s.addresses_v4, s.addresses_v6, s.rulesets, s.pairs))
+        .map(|(path, _)| path)
+        .ok_or_else(|| {
+            io_err(format!("finding the policy maps in {}", map_dir.display()))(
+                std::io::ErrorKind::NotFound.into(),
+            )
+        })?;
+    let config_path = dir.join(maps::CONFIG);
+    let config = MapData::from_pin(&config_path).map_err(map_err(
+        maps::CONFIG,
+        format!("opening {}", config_path.display()),
+    ))?;
+    let config: Array<MapData, u32> = aya::maps::Map::from_map_data(config)
+        .and_then(|m| m.try_into())
+        .map_err(map_err(maps::CONFIG, "unexpected map type"))?;
+    let generation = config
+        .get(&0, 0)
+        .map_err(map_err(maps::CONFIG, "reading the active generation"))?;
+    let entries = PolicyTables::from_pins(&dir)?.read(generation)?;
+    Ok(PinnedPolicy {
+        dir,
+        generation,
+        entries,
+    })
 }
 
 /// `CLOCK_BOOTTIME` in nanoseconds: increasing across daemon restarts (tracked

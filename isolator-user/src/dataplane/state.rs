@@ -83,6 +83,13 @@ fn fs_magic(path: &Path) -> Option<i64> {
     Some(st.f_type as i64)
 }
 
+/// The ifindex and kind (`xdp`, `tc`, `tags`, `judge`) a link's pin is named after
+/// (`<ifindex>-<kind>`).
+pub fn pin_name(name: &str) -> Option<(u32, &str)> {
+    let (ifindex, kind) = name.split_once('-')?;
+    Some((ifindex.parse().ok()?, kind))
+}
+
 /// The links pinned under `dir` by a previous daemon, by ifindex: files `<ifindex>-xdp`,
 /// `<ifindex>-tc` and `<ifindex>-tags`, or `<ifindex>-tc` and `<ifindex>-judge`.
 pub(super) fn read_pinned_links(dir: &Path) -> Result<LeftLinks, DataplaneError> {
@@ -91,10 +98,7 @@ pub(super) fn read_pinned_links(dir: &Path) -> Result<LeftLinks, DataplaneError>
         .map_err(|e| pin_err(format!("listing {}", dir.display()))(Box::new(e)))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some((ifindex, kind)) = name.split_once('-') else {
-            continue;
-        };
-        let Ok(ifindex) = ifindex.parse::<u32>() else {
+        let Some((ifindex, kind)) = pin_name(&name) else {
             continue;
         };
         let link = match PinnedLink::from_pin(entry.path()) {

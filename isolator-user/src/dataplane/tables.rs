@@ -17,6 +17,9 @@ use isolator_common::{
 use super::error::{DataplaneError, map_err};
 use crate::encode::{Entries, entry_key, policy_tables};
 
+/// A table's entries.
+type Entry<T> = Vec<(<T as Table>::Key, <T as Table>::Value)>;
+
 /// A policy map: entries keyed by generation, written, purged and listed by generation.
 trait Table {
     type Key: Pod;
@@ -27,6 +30,20 @@ trait Table {
     fn all_keys(&self) -> Result<Vec<Self::Key>, MapError>;
     fn generation_of(key: &Self::Key) -> u32;
     fn data(&self) -> &MapData;
+    /// The value of the entry at `key`, if there is one.
+    fn value(&self, key: &Self::Key) -> Result<Option<Self::Value>, MapError>;
+    /// Every entry of `generation`.
+    fn entries_of(&self, generation: u32) -> Result<Entry<Self>, MapError> {
+        let mut out = Vec::new();
+        for key in self.all_keys()? {
+            if Self::generation_of(&key) == generation
+                && let Some(value) = self.value(&key)?
+            {
+                out.push((key, value));
+            }
+        }
+        Ok(out)
+    }
     /// Adds or replaces every entry.
     fn put_all(&mut self, entries: &[(Self::Key, Self::Value)]) -> Result<(), MapError> {
         for (key, value) in entries {
@@ -74,6 +91,9 @@ impl<V: Pod + Default + PartialEq> Table for Array<MapData, V> {
     fn data(&self) -> &MapData {
         self.map()
     }
+    fn value(&self, key: &u32) -> Result<Option<V>, MapError> {
+        self.get(key, 0).map(Some)
+    }
 }
 
 impl<K: Pod + GenerationKey, V: Pod> Table for HashMap<MapData, K, V> {
@@ -95,6 +115,14 @@ impl<K: Pod + GenerationKey, V: Pod> Table for HashMap<MapData, K, V> {
     }
     fn data(&self) -> &MapData {
         self.map()
+    }
+    fn value(&self, key: &K) -> Result<Option<V>, MapError> {
+        match self.get(key, 0) {
+            Ok(value) => Ok(Some(value)),
+            // Removed since it was listed.
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
     fn put_all(&mut self, entries: &[(K, V)]) -> Result<(), MapError> {
         super::batch::update(self.map().fd().as_fd(), entries)
@@ -222,6 +250,29 @@ macro_rules! define_tables {
                     step()?;
                 }
                 Ok(())
+            }
+
+            /// Opens the policy maps pinned in `dir` (another process's: a running daemon's),
+            /// to read them.
+            pub fn from_pins(dir: &std::path::Path) -> Result<Self, DataplaneError> {
+                Ok(PolicyTables {
+                    $( $field: {
+                        let path = dir.join(maps::$name);
+                        let data = MapData::from_pin(&path)
+                            .map_err(map_err(maps::$name, format!("opening {}", path.display())))?;
+                        let map = aya::maps::Map::from_map_data(data)
+                            .map_err(map_err(maps::$name, "unexpected map type"))?;
+                        map.try_into().map_err(map_err(maps::$name, "unexpected map type"))?
+                    }, )*
+                })
+            }
+
+            /// Every entry of `generation`, as [`crate::encode::encode`] would make them.
+            pub fn read(&self, generation: u32) -> Result<Entries, DataplaneError> {
+                Ok(Entries {
+                    $( $field: self.$field.entries_of(generation)
+                        .map_err(map_err(maps::$name, "reading entries"))?, )*
+                })
             }
 
             /// How many entries of `generation` the map named `map` holds.

@@ -1,5 +1,6 @@
 //! Running the loaded programs on a frame with BPF_PROG_TEST_RUN: the verdict tables, the
-//! benchmarks, and (later) `verify`'s live reachability matrix.
+//! benchmarks, and `isolator explain`'s runs of the programs attached on the host
+//! ([`test_run_live`], by file descriptor: another process's programs).
 
 use std::time::Duration;
 
@@ -74,6 +75,94 @@ fn sk_buff(ifindex: u32, ingress_ifindex: u32) -> SkBuffHead {
         ingress_ifindex,
         ..SkBuffHead::default()
     }
+}
+
+/// Where a live test run pretends the frame is: arriving on a vif (XDP, or the TC ingress
+/// judge), or delivered through one after entering the host through `entered`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveContext {
+    /// An XDP program: the frame arrives on `ifindex`.
+    Xdp { ifindex: u32 },
+    /// A TC program on `ifindex`; the frame entered the host through `entered` (for the
+    /// ingress judge, the vif itself; 0: the host's own stack).
+    Tc { ifindex: u32, entered: u32 },
+}
+
+/// `BPF_PROG_TEST_RUN` (include/uapi/linux/bpf.h).
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// The `test` member of `union bpf_attr`, up to `ctx_out`.
+#[repr(C)]
+#[derive(Default)]
+struct TestAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// Runs the program `prog` (any process's, by file descriptor: BPF_PROG_GET_FD_BY_ID) once
+/// on `frame` in `context`, with BPF_PROG_TEST_RUN, and returns its return value (an XDP
+/// action, or a TC action as `u32`). The interfaces must be devices of the calling
+/// thread's network namespace. The program runs on its live maps: it counts the frame and
+/// may open a tracked connection, as for a real frame; nothing is sent.
+pub fn test_run_live(
+    prog: std::os::fd::BorrowedFd<'_>,
+    frame: &[u8],
+    context: LiveContext,
+) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    let xdp;
+    let tc;
+    let ctx: &[u8] = match context {
+        LiveContext::Xdp { ifindex } => {
+            xdp = xdp_md(ifindex, frame);
+            xdp.bytes()
+        }
+        LiveContext::Tc { ifindex, entered } => {
+            tc = sk_buff(ifindex, entered);
+            tc.bytes()
+        }
+    };
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = TestAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ctx_size_in: ctx.len() as u32,
+        ctx_in: ctx.as_ptr() as u64,
+        ..TestAttr::default()
+    };
+    // SAFETY: `attr` is a valid, initialised `bpf_attr` prefix of the size passed; the
+    // buffers it points at (frame, out, ctx) live until the call returns and have the
+    // sizes given.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestAttr,
+            size_of::<TestAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(attr.retval)
 }
 
 impl Dataplane {

@@ -77,6 +77,34 @@ impl std::fmt::Display for Judgement {
     }
 }
 
+/// An entry of the policy that decided a verdict (for `isolator explain`), by its indexes
+/// in the [`Policy`]: `tenant` into `tenants`, `segment` into that tenant's `segments`,
+/// `index` into the list named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cited {
+    /// A segment: the frame's sender or receiver (what a cross-segment or within-segment
+    /// verdict is about).
+    Segment { tenant: usize, segment: usize },
+    /// An exposed endpoint that admitted the frame.
+    Exposure {
+        tenant: usize,
+        segment: usize,
+        index: usize,
+    },
+    /// A flow of the tenant that admitted the frame.
+    Flow { tenant: usize, index: usize },
+    /// A management prefix that protects the destination.
+    Management { index: usize },
+    /// A gateway of the sender's segment that the frame is for.
+    Gateway {
+        tenant: usize,
+        segment: usize,
+        index: usize,
+    },
+    /// The sender's segment's `egress` setting.
+    Egress { tenant: usize, segment: usize },
+}
+
 /// The verdict on `frame` crossing the vif with ifindex `vif` in `direction`, under
 /// `policy` on a host with the links and addresses of `host`.
 pub fn verdict(
@@ -86,25 +114,45 @@ pub fn verdict(
     direction: Direction,
     frame: &[u8],
 ) -> Judgement {
+    explain(policy, host, vif, direction, frame).0
+}
+
+/// [`verdict`], and the policy entries that decided it (in the order the steps consulted
+/// them; empty where no entry did: a guard, the parser, an unmanaged vif).
+pub fn explain(
+    policy: &Policy,
+    host: &HostView,
+    vif: u32,
+    direction: Direction,
+    frame: &[u8],
+) -> (Judgement, Vec<Cited>) {
     let world = World::new(policy, host);
-    let Some(me) = world.vif(vif) else {
-        return enforced(Verdict::NoPolicy);
-    };
-    let Some(me) = me else {
-        return enforced(Verdict::UnknownInterface);
-    };
-    let segment = world.segments[me.segment];
-    let decided = frame::parse(frame).and_then(|frame| match direction {
-        Direction::Ingress => world.ingress(&me, &frame),
-        Direction::Egress { entered } => world.egress(&me, entered, &frame),
-    });
-    let verdict = match decided {
-        Ok(()) => Verdict::Pass,
-        Err(v) => v,
-    };
-    Judgement {
-        verdict,
-        audited: verdict.auditable() && segment.1.mode == Mode::Audit,
+    let judgement = world.judge(vif, direction, frame);
+    (judgement, world.cited.take())
+}
+
+impl World<'_> {
+    fn judge(&self, vif: u32, direction: Direction, frame: &[u8]) -> Judgement {
+        let world = self;
+        let Some(me) = world.vif(vif) else {
+            return enforced(Verdict::NoPolicy);
+        };
+        let Some(me) = me else {
+            return enforced(Verdict::UnknownInterface);
+        };
+        let segment = world.segments[me.segment];
+        let decided = frame::parse(frame).and_then(|frame| match direction {
+            Direction::Ingress => world.ingress(&me, &frame),
+            Direction::Egress { entered } => world.egress(&me, entered, &frame),
+        });
+        let verdict = match decided {
+            Ok(()) => Verdict::Pass,
+            Err(v) => v,
+        };
+        Judgement {
+            verdict,
+            audited: verdict.auditable() && segment.1.mode == Mode::Audit,
+        }
     }
 }
 
@@ -135,6 +183,8 @@ struct World<'a> {
     vifs: Vec<Vif>,
     /// Ifindexes of quarantined links.
     quarantined: Vec<u32>,
+    /// The entries that decided, as the steps consult them.
+    cited: std::cell::RefCell<Vec<Cited>>,
 }
 
 /// Decides (`Err`) or goes on (`Ok`).
@@ -246,6 +296,7 @@ impl<'a> World<'a> {
             segments,
             vifs,
             quarantined,
+            cited: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -266,8 +317,31 @@ impl<'a> World<'a> {
             .position(|(_, s)| in_nets(&s.prefixes, a))
     }
 
+    fn cite(&self, cited: Cited) {
+        self.cited.borrow_mut().push(cited);
+    }
+
+    /// The (tenant, segment) indexes of segment `i` of [`World::segments`].
+    fn indexes(&self, i: usize) -> (usize, usize) {
+        let mut left = i;
+        for (t, tenant) in self.policy.tenants.iter().enumerate() {
+            if left < tenant.segments.len() {
+                return (t, left);
+            }
+            left -= tenant.segments.len();
+        }
+        unreachable!("segment {i} is in the policy")
+    }
+
+    fn cite_segment(&self, i: usize) {
+        let (tenant, segment) = self.indexes(i);
+        self.cite(Cited::Segment { tenant, segment });
+    }
+
     /// `cross_segment` within a tenant, `cross_tenant` across tenants.
     fn cross(&self, from: usize, to: usize) -> Verdict {
+        self.cite_segment(from);
+        self.cite_segment(to);
         if self.segments[from].0.name == self.segments[to].0.name {
             Verdict::CrossSegment
         } else {
@@ -276,21 +350,36 @@ impl<'a> World<'a> {
     }
 
     fn flow_admits(&self, from: usize, to: usize, ip: &Ip) -> bool {
-        self.flows(from, to).any(|s| admits_ip(s, ip))
+        let found = self.indexed_flows(from, to).find(|(_, s)| admits_ip(s, ip));
+        if let Some((index, _)) = found {
+            let tenant = self.indexes(from).0;
+            self.cite(Cited::Flow { tenant, index });
+        }
+        found.is_some()
     }
 
     fn flows(&self, from: usize, to: usize) -> impl Iterator<Item = &'a Service> + '_ {
+        self.indexed_flows(from, to).map(|(_, s)| s)
+    }
+
+    /// The flows from `from` to `to`, with their index in the tenant's `flows`.
+    fn indexed_flows(
+        &self,
+        from: usize,
+        to: usize,
+    ) -> impl Iterator<Item = (usize, &'a Service)> + '_ {
         let (tenant, segment) = self.segments[from];
         let (to_tenant, to_segment) = self.segments[to];
         tenant
             .flows
             .iter()
-            .filter(move |f| {
+            .enumerate()
+            .filter(move |(_, f)| {
                 f.from == segment.name
                     && f.to.tenant == to_tenant.name
                     && f.to.segment == to_segment.name
             })
-            .map(|f| &f.service)
+            .map(|(i, f)| (i, &f.service))
     }
 
     /// A flow joins the two segments, in either direction.
@@ -300,11 +389,20 @@ impl<'a> World<'a> {
 
     /// An exposed endpoint of `segment` admits the packet.
     fn exposed_admits(&self, segment: usize, ip: &Ip) -> bool {
-        self.segments[segment]
+        let found = self.segments[segment]
             .1
             .expose
             .iter()
-            .any(|e| e.prefix.contains(&ip.dst) && admits_ip(&e.service, ip))
+            .position(|e| e.prefix.contains(&ip.dst) && admits_ip(&e.service, ip));
+        if let Some(index) = found {
+            let (tenant, segment) = self.indexes(segment);
+            self.cite(Cited::Exposure {
+                tenant,
+                segment,
+                index,
+            });
+        }
+        found.is_some()
     }
 
     /// The address lies in an exposed endpoint of any segment (for any service).
@@ -317,11 +415,15 @@ impl<'a> World<'a> {
     /// The management prefixes containing `a` protect this packet (`None`: protect
     /// every service, for address resolution).
     fn management_protects(&self, a: IpAddr, ip: Option<&Ip>) -> bool {
-        self.policy.management.iter().any(|m| {
+        let found = self.policy.management.iter().position(|m| {
             m.prefix.contains(&a)
                 && (m.services.is_empty()
                     || ip.is_some_and(|ip| m.services.iter().any(|s| admits_ip(s, ip))))
-        })
+        });
+        if let Some(index) = found {
+            self.cite(Cited::Management { index });
+        }
+        found.is_some()
     }
 
     fn host_address(&self, a: IpAddr) -> bool {
@@ -558,6 +660,14 @@ impl<'a> World<'a> {
         }
         // 4. The host and the gateways.
         if let Some(gateway) = self.gateway(s, ip.dst) {
+            let (tenant, seg) = self.indexes(s);
+            if let Some(index) = segment.gateways.iter().position(|g| g.address == ip.dst) {
+                self.cite(Cited::Gateway {
+                    tenant,
+                    segment: seg,
+                    index,
+                });
+            }
             if gateway.services.iter().any(|svc| admits_ip(svc, ip)) {
                 return PASS;
             }
@@ -589,6 +699,7 @@ impl<'a> World<'a> {
         // 6. Within the segment.
         let target = self.segment_of(ip.dst);
         if target == Some(s) {
+            self.cite_segment(s);
             return PASS;
         }
         // 8. Another segment.
@@ -599,6 +710,11 @@ impl<'a> World<'a> {
             return Err(self.cross(s, t));
         }
         // 9. Outside every segment.
+        let (tenant, seg) = self.indexes(s);
+        self.cite(Cited::Egress {
+            tenant,
+            segment: seg,
+        });
         match segment.egress {
             Egress::Allow => PASS,
             Egress::Deny => Err(Verdict::EgressDenied),
@@ -643,6 +759,7 @@ impl<'a> World<'a> {
         // 1. The sender. 2. From T.
         let sender = self.sender(entered, src)?;
         if sender == Sender::Segment(t) {
+            self.cite_segment(t);
             return PASS;
         }
         match &f.l3 {
@@ -772,7 +889,10 @@ impl<'a> World<'a> {
         match sender {
             Sender::Segment(x) if self.flow_admits(x, t, ip) => PASS,
             Sender::Segment(x) => Err(self.cross(x, t)),
-            Sender::Outside => Err(Verdict::NotExposed),
+            Sender::Outside => {
+                self.cite_segment(t);
+                Err(Verdict::NotExposed)
+            }
         }
     }
 }

@@ -1,0 +1,401 @@
+//! `isolator verify` (issue 10, points 1 and 2) and `isolator explain` (point 5), run beside
+//! a daemon in the lab's host namespace with the daemon's state directory: a clean lab
+//! verifies clean; a program detached by hand, a foreign XDP program, an unmanaged veth
+//! on the tenant bridge and a map entry changed behind the daemon's back are each
+//! reported; a missing policy interface is a warning; explain names the deciding entries.
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use isolator_tests::failclosed_lab::quiet_lab;
+use isolator_tests::lab::BRIDGE;
+use isolator_tests::netns::{in_netns, ip_n};
+use isolator_tests::rawbpf::{
+    attach_xdp_link, detach_pinned_link, load_xdp, map_lookup, map_update, obj_get,
+    xdp_pass_program,
+};
+use isolator_tests::{Env, Lab, isolator_bin};
+use serde_json::Value;
+
+/// web and app of acme, and db of globex; a flow web -> app on TCP 8080; vvfy-gone is
+/// named but never created.
+const POLICY: &str = r#"version: 1
+tenants:
+  - name: acme
+    flows:
+      - {from: web, to: app, protocol: tcp, ports: 8080}
+    segments:
+      - name: web
+        interfaces: ["vvfy-web*"]
+        prefixes: [10.1.1.0/24]
+      - name: app
+        interfaces: ["vvfy-app*", "vvfy-gone"]
+        prefixes: [10.1.2.0/24]
+  - name: globex
+    segments:
+      - name: db
+        interfaces: ["vvfy-db*"]
+        prefixes: [10.2.1.0/24]
+"#;
+
+fn lab(hint: &str) -> Env {
+    let (lab, _) = quiet_lab(
+        hint,
+        &[
+            ("web1", "vvfy-web1", "10.1.1.2/24"),
+            ("app1", "vvfy-app1", "10.1.2.2/24"),
+            ("db1", "vvfy-db1", "10.2.1.2/24"),
+        ],
+        &[],
+    )
+    .expect("lab");
+    Env::start(lab, POLICY).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Runs `isolator ARGS` in the lab's host namespace.
+fn isolator(env: &Env, args: &[&str]) -> Output {
+    let bin = isolator_bin().unwrap_or_else(|e| panic!("{e:#}"));
+    env.lab()
+        .nsenter_host(&bin)
+        .args(args)
+        .output()
+        .expect("running isolator")
+}
+
+fn state_dir(lab: &Lab) -> PathBuf {
+    lab.state_dir().expect("state dir")
+}
+
+/// `isolator verify --config … --state-dir … [--json]`: its exit code and output.
+fn verify(env: &Env, json: bool) -> (i32, String) {
+    let config = env.config().to_string_lossy().into_owned();
+    let state = state_dir(env.lab()).to_string_lossy().into_owned();
+    let mut args = vec!["verify", "--config", &config, "--state-dir", &state];
+    if json {
+        args.push("--json");
+    }
+    let out = isolator(env, &args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A finding as (severity, kind, objects).
+type Found = (String, String, Vec<String>);
+
+/// The JSON report's findings.
+fn findings(env: &Env) -> (i32, Vec<Found>, Value) {
+    let (code, text) = verify(env, true);
+    let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let list = json["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            (
+                f["severity"].as_str().expect("severity").to_string(),
+                f["kind"].as_str().expect("kind").to_string(),
+                f["objects"]
+                    .as_array()
+                    .expect("objects")
+                    .iter()
+                    .map(|o| o.as_str().expect("object").to_string())
+                    .collect(),
+            )
+        })
+        .collect();
+    (code, list, json)
+}
+
+fn violations(list: &[Found]) -> Vec<(String, Vec<String>)> {
+    list.iter()
+        .filter(|(s, _, _)| s == "violation")
+        .map(|(_, k, o)| (k.clone(), o.clone()))
+        .collect()
+}
+
+fn ifindex(lab: &Lab, name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("name");
+    in_netns(lab.host_ns(), || {
+        // SAFETY: a valid NUL-terminated name.
+        Ok(unsafe { libc::if_nametoindex(c.as_ptr()) })
+    })
+    .expect("ifindex")
+}
+
+/// Changes web1's entry in the daemon's pinned `VIFS` map behind its back, in the
+/// generation in force: web1 moved into segment 1 (app). Returns web1's ifindex.
+fn move_web1_into_app(env: &Env) -> u32 {
+    let web = ifindex(env.lab(), "vvfy-web1");
+    let map_dir = state_dir(env.lab()).join(format!("maps-v{}", isolator_common::STATE_LAYOUT));
+    let policy_dir = std::fs::read_dir(&map_dir)
+        .expect("map dir")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("policy-"))
+        .expect("a policy map directory")
+        .path();
+    let config = obj_get(&policy_dir.join("CONFIG")).unwrap_or_else(|e| panic!("{e:#}"));
+    let generation = map_lookup(&config, &0u32.to_ne_bytes(), 4)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .expect("CONFIG[0]");
+    let vifs = obj_get(&policy_dir.join("VIFS")).unwrap_or_else(|e| panic!("{e:#}"));
+    // VifKey { generation, ifindex } => VifInfo { segment, … }.
+    let key = [&generation[..], &web.to_ne_bytes()[..]].concat();
+    let mut value = map_lookup(&vifs, &key, size_of::<isolator_common::VifInfo>())
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .expect("web1's entry");
+    value[0..4].copy_from_slice(&1u32.to_ne_bytes());
+    map_update(&vifs, &key, &value).expect("changing the entry");
+    web
+}
+
+#[test]
+fn a_clean_lab_verifies_clean_with_a_warning_for_the_missing_interface() {
+    let env = lab("vfy-clean");
+    let (code, text) = verify(&env, false);
+    println!("{text}");
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("vvfy-web1") && text.contains("isolator_egress"),
+        "the inventory lists the vifs and their programs:\n{text}"
+    );
+    assert!(
+        text.contains("warning[missing_interface] vvfy-gone"),
+        "{text}"
+    );
+    let (code, list, json) = findings(&env);
+    assert_eq!(code, 0);
+    assert_eq!(
+        list,
+        vec![(
+            "warning".to_string(),
+            "missing_interface".to_string(),
+            vec!["vvfy-gone".to_string()]
+        )]
+    );
+    assert_eq!(json["generation"], 1);
+    let links = json["inventory"]["links"].as_array().expect("links");
+    let web = links
+        .iter()
+        .find(|l| l["name"] == "vvfy-web1")
+        .expect("web1 inventoried");
+    assert_eq!(web["kind"], "veth");
+    assert!(web["xdp"].as_u64().is_some(), "{web}");
+    assert_eq!(web["tcx_egress"].as_array().map(Vec::len), Some(1), "{web}");
+    assert!(
+        web["link_netnsid"].as_i64().is_some(),
+        "the peer's namespace: {web}"
+    );
+
+    // Without the daemon's state it could not look.
+    let config = env.config().to_string_lossy().into_owned();
+    let out = isolator(
+        &env,
+        &["verify", "--config", &config, "--state-dir", "/nonexistent"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn an_xdp_program_detached_by_hand_is_reported() {
+    let env = lab("vfy-detach");
+    let web = ifindex(env.lab(), "vvfy-web1");
+    detach_pinned_link(&state_dir(env.lab()).join(format!("links/{web}-xdp")))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (code, list, _) = findings(&env);
+    assert_eq!(code, 1, "{list:?}");
+    let found = violations(&list);
+    assert!(
+        found.contains(&("not_enforced".to_string(), vec!["vvfy-web1".to_string()])),
+        "{found:?}"
+    );
+    // The bridge joins three segments, one port unjudged.
+    assert!(
+        found
+            .iter()
+            .any(|(k, o)| k == "shared_l2_unenforced" && o.contains(&"vvfy-web1".to_string())),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn a_foreign_xdp_program_on_a_vif_is_reported() {
+    let env = lab("vfy-foreign");
+    let app = ifindex(env.lab(), "vvfy-app1");
+    detach_pinned_link(&state_dir(env.lab()).join(format!("links/{app}-xdp")))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let _foreign = in_netns(env.lab().host_ns(), || {
+        let prog = load_xdp(&xdp_pass_program(), "a foreign XDP program")?;
+        attach_xdp_link(&prog, "vvfy-app1", "a foreign XDP program")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let (code, list, _) = findings(&env);
+    assert_eq!(code, 1, "{list:?}");
+    assert!(
+        violations(&list).contains(&("foreign_program".to_string(), vec!["vvfy-app1".to_string()])),
+        "{list:?}"
+    );
+}
+
+#[test]
+fn an_unmanaged_veth_on_the_tenant_bridge_is_reported() {
+    let env = lab("vfy-stray");
+    let host = env.lab().host_ns().to_string();
+    ip_n(
+        &host,
+        &[
+            "link",
+            "add",
+            "vfy-stray",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vfy-stray-p",
+        ],
+    )
+    .expect("veth");
+    ip_n(&host, &["link", "set", "vfy-stray", "master", BRIDGE]).expect("on the bridge");
+    println!("{}", verify(&env, false).1);
+    let (code, list, _) = findings(&env);
+    assert_eq!(code, 1, "{list:?}");
+    let found = violations(&list);
+    assert!(
+        found.contains(&(
+            "unmanaged_port".to_string(),
+            vec!["vfy-stray".to_string(), BRIDGE.to_string()]
+        )),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|(k, o)| k == "shared_l2_unenforced" && o.contains(&"vfy-stray".to_string())),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn a_map_entry_changed_behind_the_daemons_back_is_reported() {
+    let env = lab("vfy-drift");
+    let web = move_web1_into_app(&env);
+    let (code, list, json) = findings(&env);
+    assert_eq!(code, 1, "{list:?}");
+    assert!(
+        violations(&list).contains(&("map_drift".to_string(), vec!["VIFS".to_string()])),
+        "{list:?}"
+    );
+    let detail = json["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["kind"] == "map_drift")
+        .and_then(|f| f["detail"].as_str())
+        .expect("detail")
+        .to_string();
+    assert!(
+        detail.contains(&format!("ifindex: {web}")) && detail.contains("expected"),
+        "{detail}"
+    );
+}
+
+/// `isolator explain ARGS --config … --state-dir …`: exit code, stdout, stderr.
+fn explain(env: &Env, args: &[&str]) -> (i32, String, String) {
+    let config = env.config().to_string_lossy().into_owned();
+    let state = state_dir(env.lab()).to_string_lossy().into_owned();
+    let mut all = vec!["explain", "--config", &config, "--state-dir", &state];
+    all.extend_from_slice(args);
+    let out = isolator(env, &all);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn explain_names_the_deciding_entries_and_says_when_the_kernel_disagrees() {
+    let env = lab("vfy-explain");
+    let config = env.config().to_string_lossy().into_owned();
+
+    // Across tenants: dropped at web1's ingress, for the two segments (POLICY's lines 7
+    // and 15).
+    let (code, out, err) = explain(
+        &env,
+        &[
+            "--from",
+            "vvfy-web1",
+            "--to",
+            "10.2.1.2",
+            "--proto",
+            "tcp",
+            "--port",
+            "443",
+        ],
+    );
+    println!("{out}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verdict: drop cross_tenant"), "{out}");
+    assert!(
+        out.contains(&format!("{config}:7: segment acme/web")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{config}:15: segment globex/db")),
+        "{out}"
+    );
+
+    // A flow: passes both programs, the flow (line 5) named at each.
+    let (code, out, err) = explain(
+        &env,
+        &[
+            "--from", "10.1.1.2", "--to", "10.1.2.2", "--port", "8080", "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let json: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(json["verdict"], "pass", "{json}");
+    assert_eq!(json["disagree"], false, "{json}");
+    let steps = json["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "ingress at web1, egress at app1: {json}");
+    let flow = format!("{config}:5: flow acme/web -> acme/app: tcp 8080");
+    for (step, (direction, device)) in steps
+        .iter()
+        .zip([("ingress", "vvfy-web1"), ("egress", "vvfy-app1")])
+    {
+        assert_eq!(step["direction"], direction, "{step}");
+        assert_eq!(step["device"], device, "{step}");
+        assert_eq!(step["live"], "pass", "{step}");
+        assert_eq!(step["agree"], true, "{step}");
+        let cited: Vec<&str> = step["decided_by"]
+            .as_array()
+            .expect("decided_by")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(cited, [flow.as_str()], "{step}");
+    }
+    // Another port of app: the flow does not admit it (the same frame as a hex dump).
+    let hex = json["frame"]
+        .as_str()
+        .expect("hex")
+        .replacen("1f90", "1f91", 1);
+    let (code, out, err) = explain(&env, &["--from", "vvfy-web1", "--hex", &hex]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verdict: drop cross_segment"), "{out}");
+
+    // web1's entry changed behind the daemon's back (it now claims app's segment): the
+    // live program passes what the policy drops, and explain says so.
+    move_web1_into_app(&env);
+    let (code, out, err) = explain(
+        &env,
+        &["--from", "vvfy-web1", "--to", "10.1.2.2", "--port", "443"],
+    );
+    println!("{out}{err}");
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("DISAGREEMENT"), "{err}");
+    assert!(out.contains("DISAGREES"), "{out}");
+}
