@@ -263,6 +263,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the manual pages (isolator.1, isolator-SUBCOMMAND.1) and the shell
+    /// completions (bash, zsh, fish) into directories (`cargo xtask package` does).
+    #[command(hide = true)]
+    GenerateDocs {
+        #[arg(long, value_name = "DIR")]
+        man: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        completions: PathBuf,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -516,6 +525,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::GenerateDocs { man, completions } => match generate_docs(&man, &completions) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Audit {
             command:
                 AuditCommand::Verify {
@@ -663,4 +679,26 @@ fn audit_verify(
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The manual pages and shell completions, generated from the command line's definition.
+fn generate_docs(man: &std::path::Path, completions: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use clap::CommandFactory as _;
+    for dir in [man, completions] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd.clone(), man)
+        .with_context(|| format!("writing manual pages into {}", man.display()))?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "isolator", completions).with_context(
+            || format!("writing {shell} completions into {}", completions.display()),
+        )?;
+    }
+    Ok(())
 }

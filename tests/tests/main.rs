@@ -17,6 +17,7 @@
 //! | `conntrack_proofs` | UDP conversations, idle timeouts (sweep and lookup), ICMP echo, FIN closing, `evicted` |
 //! | `revoke`       | reloads cut tracked connections they no longer admit              |
 //! | `signed`       | only a policy signed by a trusted key is loaded or reloaded       |
+//! | `package`      | the Debian package installs, upgrades keeping the configuration, purges clean |
 //! | `service`      | the systemd unit verifies, readiness and the watchdog, teardown |
 //! | `chronicle`    | the control socket (status, reload, other users refused) and the audit log's chain |
 //! | `realpackets::*` | real packets for broadcast/multicast, LLDP, UDP/ICMPv6 from outside, management behind a router, tap vifs, attach failures, a taken metrics port, a vif a reload lets go |
@@ -36,6 +37,7 @@ mod hotplug;
 mod isolation;
 mod lab_smoke;
 mod lifecycle;
+mod package;
 mod policy;
 mod realpackets;
 mod revoke;

@@ -1,6 +1,7 @@
 //! The verbs a person runs: `cargo xtask setup | demo | test | lint | bench | fuzz`.
 
 mod demo;
+mod package;
 mod setup;
 mod watchdog;
 
@@ -40,6 +41,23 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build a Debian package (target/package/isolator_VERSION-REVISION_amd64.deb) with
+    /// the binary, the systemd unit, an example policy, manual pages, completions, the
+    /// docs, the Grafana dashboard and the alert rules.
+    Package {
+        /// The Debian revision.
+        #[arg(long, default_value_t = 1)]
+        revision: u32,
+        /// Where to write it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Package this binary instead of building the release one.
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        /// Do not compress (quicker; for tests).
+        #[arg(long)]
+        uncompressed: bool,
+    },
     /// Hold the kernel programs to the reference model (`isolator::model`): the
     /// differential test with many more frames than `test` runs (random policies ×
     /// random frames, BPF_PROG_TEST_RUN against the model); prints the count and the
@@ -68,6 +86,18 @@ fn main() -> anyhow::Result<()> {
             test()
         }
         Verb::Lint => lint(),
+        Verb::Package {
+            revision,
+            out,
+            bin,
+            uncompressed,
+        } => package::run(&package::PackageOptions {
+            bin,
+            revision,
+            uncompressed,
+            out: out.unwrap_or_else(|| target_dir().join("package")),
+        })
+        .map(|_| ()),
         Verb::Bench { args } => {
             // The loader's benchmark touches no kernel: no root, nothing to set up.
             if args.first().map(String::as_str) != Some("--loader") {
@@ -192,7 +222,9 @@ fn test() -> anyhow::Result<()> {
                 "--no-fail-fast",
             ])
             .env("ISOLATOR_BIN", &isolator_bin)
-            .env("ISOLATOR_REHEARSAL_BIN", &rehearsal_bin),
+            .env("ISOLATOR_REHEARSAL_BIN", &rehearsal_bin)
+            // The package test builds packages with this very xtask.
+            .env("XTASK_BIN", std::env::current_exe()?),
     ] {
         if let Err(e) = run_test_command(cmd, &mut totals) {
             failures.push(format!("{e:#}"));
