@@ -246,3 +246,113 @@ fn teardown_removes_what_a_persisting_stop_left_and_not_while_a_daemon_runs() {
     assert!(again.status.success(), "{}", text(&again));
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to tear down"));
 }
+
+/// A wrapper that runs `bin` as root with only `caps` in its bounding set (no other
+/// capability can be gained): what the unit's `CapabilityBoundingSet=` does.
+fn with_caps(tmp: &TempDir, bin: &Path, caps: &str) -> std::path::PathBuf {
+    let script = tmp
+        .write(
+            &format!("isolator-caps-{}", caps.replace(['+', ',', '-'], "")),
+            &format!(
+                "#!/bin/sh\nexec setpriv --bounding-set -all,{caps} --inh-caps -all -- {} \"$@\"\n",
+                bin.display()
+            ),
+        )
+        .expect("wrapper");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    script
+}
+
+/// The capabilities the unit keeps are enough: the daemon enforces, reloads, answers on
+/// its control socket and serves its metrics (what the watchdog's liveness check reads)
+/// with nothing else; without CAP_NET_ADMIN it cannot attach, and says so; without
+/// CAP_SYS_ADMIN it enforces but cannot read the vifs' connection tables.
+#[test]
+fn the_units_capabilities_are_enough_and_each_is_needed() {
+    use isolator_tests::failclosed_lab::udp_sinks;
+    let unit =
+        std::fs::read_to_string(workspace_root().join("packaging/isolator.service")).expect("unit");
+    let bounding = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet");
+    let caps: Vec<String> = bounding
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert_eq!(
+        caps,
+        ["+bpf", "+net_admin", "+perfmon", "+chown", "+sys_admin"]
+    );
+    let (lab, vms) = quiet_lab(
+        "caps",
+        &[
+            ("web1", "vsvc-web1", "10.1.1.2/24"),
+            ("web2", "vsvc-web2", "10.1.1.3/24"),
+        ],
+        &[],
+    )
+    .expect("lab");
+    let _sinks = udp_sinks(&[&vms[1]], 9).expect("sink");
+    let tmp = TempDir::new("isot-caps").expect("tmp");
+    let config = tmp.write("policy.yaml", POLICY).expect("policy");
+    let bin = isolator_bin().unwrap_or_else(|e| panic!("{e:#}"));
+
+    // Without CAP_NET_ADMIN: nothing can be attached; the daemon says so and exits.
+    let lacking = with_caps(&tmp, &bin, "+bpf,+perfmon,+chown,+sys_admin");
+    let mut refused = Daemon::start(&lab, &lacking, &config, METRICS_PORT, tmp.path(), &[])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let healthy = refused.wait_healthy(Duration::from_secs(10));
+    assert!(
+        healthy.is_err(),
+        "healthy without CAP_NET_ADMIN:\n{}",
+        refused.log()
+    );
+    drop(refused);
+
+    // With the unit's set: enforcing, reloading, answering.
+    let wrapped = with_caps(&tmp, &bin, &caps.join(","));
+    let mut daemon = Daemon::start(&lab, &wrapped, &config, METRICS_PORT, tmp.path(), &[])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    daemon
+        .wait_healthy(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.log()));
+    for vm in &vms {
+        assert_eq!(
+            lab.vif_programs(&vm.vif).expect("programs").len(),
+            3,
+            "{} enforced",
+            vm.vif
+        );
+    }
+    assert!(
+        isolator_tests::ping(&vms[0], vms[1].v4()).expect("ping"),
+        "same segment passes"
+    );
+    daemon.signal(libc::SIGHUP).expect("SIGHUP");
+    let metrics = daemon.get("/metrics").expect("metrics");
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    let socket = tmp.path().join("control.sock");
+    let status = Command::new(&bin)
+        .args(["status", "--json", "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("status");
+    assert!(status.status.success(), "{}", text(&status));
+    daemon.stop(Duration::from_secs(20)).expect("stop");
+
+    // Without CAP_SYS_ADMIN: enforcing, but the connection tables cannot be read.
+    let no_admin = with_caps(&tmp, &bin, "+bpf,+net_admin,+perfmon,+chown");
+    let mut daemon = Daemon::start(&lab, &no_admin, &config, METRICS_PORT, tmp.path(), &[])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    daemon
+        .wait_healthy(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.log()));
+    let metrics = daemon.get("/metrics").expect("metrics");
+    assert_ne!(
+        metrics.status, 200,
+        "the tables were read without CAP_SYS_ADMIN"
+    );
+    daemon.stop(Duration::from_secs(20)).expect("stop");
+}
