@@ -77,6 +77,138 @@ pub struct RunOptions {
     pub monitor_rate: u32,
     /// How finely the per-interface metric families are broken down.
     pub metrics_detail: metrics::Detail,
+    /// How often the host is verified against the policy without any change (besides
+    /// after every reload and every change of interfaces); `None`: only then.
+    pub verify_interval: Option<Duration>,
+    /// Links that may share a bridge with tenant vifs without being managed.
+    pub infrastructure: Vec<crate::policy::InterfacePattern>,
+}
+
+/// What the daemon's own verification found last (`isolator verify`, run in the daemon).
+#[derive(Clone, Debug, Default)]
+struct Verified {
+    /// Findings by kind (every kind present).
+    counts: BTreeMap<&'static str, u64>,
+    /// When the last verification finished (Unix milliseconds; 0: none yet).
+    last_ms: u64,
+}
+
+/// After a change, how long to wait before verifying: a burst of changes is one verify.
+const VERIFY_SETTLE: Duration = Duration::from_millis(500);
+
+/// What the daemon's own verification works with ([`verify_continuously`]).
+struct Verification {
+    changes: tokio::sync::mpsc::Receiver<()>,
+    interval: Option<Duration>,
+    policy: watch::Receiver<Arc<Policy>>,
+    config: PathBuf,
+    state_dir: PathBuf,
+    infrastructure: Vec<crate::policy::InterfacePattern>,
+    chronicle: Arc<Chronicle>,
+    published: watch::Sender<Verified>,
+}
+
+/// Verifies the host against the policy in force after every change it is told of and
+/// every `interval`, on a thread of its own (never in the way of enforcement); logs each
+/// new finding once and each that went away, writes both to the audit log, and publishes
+/// the counts for the metrics.
+async fn verify_continuously(task: Verification) {
+    let Verification {
+        mut changes,
+        interval,
+        policy,
+        config,
+        state_dir,
+        infrastructure,
+        chronicle,
+        published,
+    } = task;
+    let mut known: BTreeMap<String, crate::verify::Finding> = BTreeMap::new();
+    // The first verification at once: the policy was just put into effect.
+    let mut due = true;
+    loop {
+        if !due {
+            let periodic = async {
+                match interval {
+                    Some(every) => tokio::time::sleep(every).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                change = changes.recv() => {
+                    if change.is_none() {
+                        return;
+                    }
+                    tokio::time::sleep(VERIFY_SETTLE).await;
+                    while changes.try_recv().is_ok() {}
+                }
+                () = periodic => {}
+            }
+        }
+        due = false;
+        let in_force = policy.borrow().clone();
+        let (config, state_dir, infra) =
+            (config.clone(), state_dir.clone(), infrastructure.clone());
+        let (tx, rx) = oneshot::channel();
+        // A thread of its own: verification lists the host over netlink with a runtime of
+        // its own and reads the pinned maps, blocking.
+        let spawned = std::thread::Builder::new()
+            .name("verify".into())
+            .spawn(move || {
+                let _ = tx.send(crate::verify::live::verify_policy(
+                    &in_force, &config, &state_dir, &infra,
+                ));
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "could not start a verification");
+            continue;
+        }
+        let report = match rx.await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => {
+                warn!(error = %format!("{e:#}"), "verifying the host against the policy failed");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let now: BTreeMap<String, crate::verify::Finding> = report
+            .findings
+            .into_iter()
+            .map(|f| (format!("{}:{}", f.kind, f.objects.join(",")), f))
+            .collect();
+        for (key, finding) in &now {
+            if !known.contains_key(key) {
+                warn!(kind = finding.kind, objects = %finding.objects.join(", "), fix = %finding.fix, "topology: {}", finding.detail);
+                audit(
+                    &chronicle,
+                    "topology_violation",
+                    json!({ "kind": finding.kind, "severity": finding.severity,
+                            "objects": finding.objects, "detail": finding.detail,
+                            "fix": finding.fix }),
+                );
+            }
+        }
+        for (key, finding) in &known {
+            if !now.contains_key(key) {
+                info!(kind = finding.kind, objects = %finding.objects.join(", "), "topology: resolved");
+                audit(
+                    &chronicle,
+                    "topology_resolved",
+                    json!({ "kind": finding.kind, "objects": finding.objects }),
+                );
+            }
+        }
+        let mut counts: BTreeMap<&'static str, u64> =
+            crate::verify::kind::ALL.iter().map(|k| (*k, 0)).collect();
+        for finding in now.values() {
+            *counts.entry(finding.kind).or_default() += 1;
+        }
+        known = now;
+        published.send_replace(Verified {
+            counts,
+            last_ms: unix_ms(),
+        });
+    }
 }
 
 /// Where the policy in force came from: its file's SHA-256 and who signed it.
@@ -288,6 +420,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         ..Status::default()
     });
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(policy.clone()));
+    let (changed_tx, changed_rx) = tokio::sync::mpsc::channel(1);
+    let (verified_tx, verified) = watch::channel(Verified::default());
     let (reports, _) = tokio::sync::broadcast::channel(MONITOR_BACKLOG);
     if let Some(ring) = event_ring {
         tokio::spawn(follow_events(
@@ -309,6 +444,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         failing_since_retry: RETRY_FIRST,
         chronicle: chronicle.clone(),
         control_reloads: reload_rx,
+        policy_in_force: policy_tx,
+        changed: changed_tx,
     };
     controller
         .reconcile(None)
@@ -319,6 +456,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         s.last_reload_success_ms = unix_ms();
     });
 
+    tokio::spawn(verify_continuously(Verification {
+        changes: changed_rx,
+        interval: opts.verify_interval,
+        policy: policy_rx,
+        config: opts.config.clone(),
+        state_dir: opts.state_dir.clone(),
+        infrastructure: opts.infrastructure.clone(),
+        chronicle: chronicle.clone(),
+        published: verified_tx,
+    }));
     let (stop_tx, stop_rx) = watch::channel(false);
     let controller_task = tokio::spawn(controller.run(stop_rx));
     let control_server = ControlServer {
@@ -358,6 +505,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             status,
             chronicle: chronicle.clone(),
             detail: opts.metrics_detail,
+            verified,
         });
     info!(addr = %opts.metrics_addr, "serving /metrics and /healthz");
     axum::serve(listener, app)
@@ -412,6 +560,10 @@ struct Controller {
     chronicle: Arc<Chronicle>,
     /// Reloads asked through the control socket, each with where to send the outcome.
     control_reloads: tokio::sync::mpsc::Receiver<oneshot::Sender<ReloadReport>>,
+    /// The policy in force, for the verification.
+    policy_in_force: watch::Sender<Arc<Policy>>,
+    /// Tells the verification that the kernel or the host changed.
+    changed: tokio::sync::mpsc::Sender<()>,
 }
 
 impl Controller {
@@ -641,8 +793,11 @@ impl Controller {
                     }
                 }
                 if let Some(policy) = policy {
+                    self.policy_in_force.send_replace(Arc::new(policy.clone()));
                     self.policy = policy;
                 }
+                // Verify again (a full queue: one is due already).
+                let _ = self.changed.try_send(());
                 self.failing_since_retry = RETRY_FIRST;
                 self.status.send_modify(|s| {
                     if s.reconcile_error.take().is_some() {
@@ -1616,6 +1771,7 @@ struct Http {
     status: watch::Receiver<Status>,
     chronicle: Arc<Chronicle>,
     detail: metrics::Detail,
+    verified: watch::Receiver<Verified>,
 }
 
 /// Each interface the policy claims, enforced or not, for `isolator_interface_enforced`:
@@ -1681,6 +1837,13 @@ async fn serve_metrics(State(http): State<Http>) -> impl IntoResponse {
                     last_reload_success_ms: status.last_reload_success_ms,
                     attach_failures: status.attach_failures,
                     enforcement,
+                    topology: {
+                        let v = http.verified.borrow();
+                        metrics::Topology {
+                            violations: v.counts.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+                            last_verify_ms: v.last_ms,
+                        }
+                    },
                     refused: status
                         .refused
                         .iter()

@@ -145,6 +145,14 @@ enum Command {
         /// left empty, `isolator_interface_enforced` stays per interface).
         #[arg(long, value_enum, default_value_t = isolator::metrics::Detail::Device)]
         metrics_detail: isolator::metrics::Detail,
+        /// Verify the host against the policy (as `isolator verify`) every SECONDS as well
+        /// as after every reload and change of interfaces; 0: only after changes.
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+        verify_interval: u64,
+        /// Links (names or `*` patterns) that may share a bridge with tenant vifs without
+        /// being managed (for the verification).
+        #[arg(long, value_name = "PATTERN")]
+        infrastructure: Vec<String>,
     },
     /// Watch drops live, as the kernel samples them while a monitor is connected (and
     /// every attempt to reach management): time, device, tenant, segment, direction,
@@ -357,7 +365,20 @@ fn main() -> ExitCode {
             audit_management_rate,
             monitor_rate,
             metrics_detail,
+            verify_interval,
+            infrastructure,
         } => {
+            let infrastructure = match infrastructure
+                .iter()
+                .map(|p| p.parse::<isolator::policy::InterfacePattern>())
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(patterns) => patterns,
+                Err(e) => {
+                    eprintln!("error: --infrastructure: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let control_group = match control_group.as_deref().map(isolator::control::group_id) {
                 None => None,
                 Some(Ok(gid)) => Some(gid),
@@ -399,6 +420,9 @@ fn main() -> ExitCode {
                 management_rate: audit_management_rate,
                 monitor_rate,
                 metrics_detail,
+                verify_interval: (verify_interval > 0)
+                    .then(|| std::time::Duration::from_secs(verify_interval)),
+                infrastructure,
             })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

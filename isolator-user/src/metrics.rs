@@ -203,6 +203,22 @@ pub struct DaemonStats {
     pub attach_failures: u64,
     /// Every interface the policy claims.
     pub enforcement: Vec<Enforcement>,
+    /// What the daemon's own verification found last.
+    pub topology: Topology,
+}
+
+/// The daemon's verification of the host against the policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// Findings by kind (every kind, from zero).
+    pub violations: Vec<(String, u64)>,
+    /// When it last finished (Unix milliseconds; 0: not yet).
+    pub last_verify_ms: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -685,6 +701,24 @@ pub fn render(scrape: &Scrape) -> String {
         "attach_failures",
         "Attempts to attach isolator's programs to an interface that failed (each retry counts); isolator_interfaces_refused names the interfaces",
         attach_failures,
+    );
+    let violations = Family::<KindLabels, Gauge>::default();
+    for (kind, n) in &daemon.topology.violations {
+        violations
+            .get_or_create(&KindLabels { kind: kind.clone() })
+            .set(*n as i64);
+    }
+    registry.register(
+        "topology_violations",
+        "What the daemon's last verification of the host against the policy found, by kind (missing_interface is a warning; the others are violations): the log and the audit log name each",
+        violations,
+    );
+    let last_verify = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    last_verify.set(daemon.topology.last_verify_ms as f64 / 1000.0);
+    registry.register(
+        "last_verify_timestamp_seconds",
+        "When the daemon last finished verifying the host against the policy, Unix seconds (0: not yet)",
+        last_verify,
     );
     registry.register(
         "management_attempts",

@@ -49,13 +49,15 @@ pub const POLICY_GENERATION: &str = "isolator_policy_generation";
 pub const LAST_RELOAD_SUCCESS: &str = "isolator_last_reload_success_timestamp_seconds";
 pub const INTERFACE_ENFORCED: &str = "isolator_interface_enforced";
 pub const ATTACH_FAILURES: &str = "isolator_attach_failures_total";
+pub const TOPOLOGY_VIOLATIONS: &str = "isolator_topology_violations";
+pub const LAST_VERIFY: &str = "isolator_last_verify_timestamp_seconds";
 
 const DEVICE_REASON: &[&str] = &["device", "tenant", "segment", "direction", "reason"];
 const DEVICE: &[&str] = &["device", "tenant", "segment", "direction"];
 
 /// Every metric family of `docs/metrics.md`: sample name, `# TYPE`, label names in the
 /// order the documentation lists them.
-pub const FAMILIES: [(&str, &str, &[&str]); 29] = [
+pub const FAMILIES: [(&str, &str, &[&str]); 31] = [
     (DROP_PACKETS, "counter", DEVICE_REASON),
     (DROP_BYTES, "counter", DEVICE_REASON),
     (PASS_PACKETS, "counter", DEVICE),
@@ -89,6 +91,8 @@ pub const FAMILIES: [(&str, &str, &[&str]); 29] = [
     (LAST_RELOAD_SUCCESS, "gauge", &[]),
     (INTERFACE_ENFORCED, "gauge", &["device", "mode"]),
     (ATTACH_FAILURES, "counter", &[]),
+    (TOPOLOGY_VIOLATIONS, "gauge", &["kind"]),
+    (LAST_VERIFY, "gauge", &[]),
 ];
 
 /// How long counters are watched, once they reached the expected value, to see that they

@@ -399,3 +399,106 @@ fn explain_names_the_deciding_entries_and_says_when_the_kernel_disagrees() {
     assert!(err.contains("DISAGREEMENT"), "{err}");
     assert!(out.contains("DISAGREES"), "{out}");
 }
+
+/// The daemon verifies the host itself (issue 10, point 4): at start, after every change
+/// of interfaces and every `--verify-interval`; each new finding is logged and on record
+/// once, each that goes away too; the metrics count them by kind.
+#[test]
+fn the_daemon_verifies_after_each_change_and_records_new_and_resolved_findings() {
+    use isolator_tests::Series;
+    use isolator_tests::metrics::{LAST_VERIFY, TOPOLOGY_VIOLATIONS, poll};
+    let (lab, _) = quiet_lab(
+        "vfy-auto",
+        &[
+            ("web1", "vvfy-web1", "10.1.1.2/24"),
+            ("app1", "vvfy-app1", "10.1.2.2/24"),
+        ],
+        &[],
+    )
+    .expect("lab");
+    let env = Env::start_args(lab, POLICY, &["--verify-interval", "1"])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let kind = |k: &'static str| Series::new(TOPOLOGY_VIOLATIONS, &[("kind", k)]);
+    let wait_for = |what: &str, k: &'static str, n: f64| {
+        poll(what, std::time::Duration::from_secs(15), || {
+            let m = env.daemon().scrape()?;
+            let (v, last) = (m.value(&kind(k))?, m.value(&Series::new(LAST_VERIFY, &[]))?);
+            Ok(if v == n && last > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{k} {v}, last verify {last}"))
+            })
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", env.daemon().log()))
+    };
+    wait_for("the first verification", "missing_interface", 1.0);
+    let m = env.daemon().scrape().expect("scrape");
+    for k in [
+        "not_enforced",
+        "unmanaged_port",
+        "map_drift",
+        "foreign_program",
+    ] {
+        assert_eq!(
+            m.value(&kind(k)).expect("series"),
+            0.0,
+            "{k} on a clean lab"
+        );
+    }
+
+    // A stray veth on the tenant bridge: found after the link event.
+    let host = env.lab().host_ns().to_string();
+    ip_n(
+        &host,
+        &[
+            "link",
+            "add",
+            "vfy-auto-x",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vfy-auto-xp",
+        ],
+    )
+    .expect("veth");
+    ip_n(&host, &["link", "set", "vfy-auto-x", "master", BRIDGE]).expect("on the bridge");
+    wait_for("the stray port", "unmanaged_port", 1.0);
+    // Several periodic verifications later it is still on record once.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let audit = env.daemon().log_path().with_file_name("audit.jsonl");
+    let records = || -> Vec<Value> {
+        std::fs::read_to_string(&audit)
+            .expect("audit log")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a record"))
+            .collect()
+    };
+    let about = |r: &Value, kind: &str| {
+        r["kind"] == kind
+            && r["objects"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|x| x == "vfy-auto-x"))
+    };
+    let found = records()
+        .iter()
+        .filter(|r| about(r, "topology_violation"))
+        .count();
+    assert_eq!(
+        found, 2,
+        "unmanaged_port and shared_l2_unenforced, each once"
+    );
+    assert!(
+        env.daemon().log().matches("topology: ").count() >= 2,
+        "each new finding is logged: {}",
+        env.daemon().log()
+    );
+
+    // It goes: resolved, on record.
+    ip_n(&host, &["link", "del", "vfy-auto-x"]).expect("del");
+    wait_for("the stray port gone", "unmanaged_port", 0.0);
+    assert!(
+        records().iter().any(|r| about(r, "topology_resolved")),
+        "the resolution is on record"
+    );
+}

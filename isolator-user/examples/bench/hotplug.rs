@@ -119,7 +119,7 @@ pub fn run() -> anyhow::Result<()> {
 
 /// The `isolator` binary: `$ISOLATOR_BIN`, else the one of the same build profile as this
 /// benchmark (`target/<profile>/isolator`).
-fn isolator_bin() -> anyhow::Result<PathBuf> {
+pub(super) fn isolator_bin() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("ISOLATOR_BIN") {
         return Ok(PathBuf::from(p));
     }
@@ -140,7 +140,11 @@ fn isolator_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-async fn create(netlink: &rtnetlink::Handle, vif: &str, peer: &str) -> anyhow::Result<u32> {
+pub(super) async fn create(
+    netlink: &rtnetlink::Handle,
+    vif: &str,
+    peer: &str,
+) -> anyhow::Result<u32> {
     netlink
         .link()
         .add(rtnetlink::LinkVeth::new(vif, peer).up().build())
@@ -428,13 +432,13 @@ fn print(modes: &[(&str, &Measured)]) {
 }
 
 /// The daemon, stopped (SIGTERM, then SIGKILL) when dropped.
-struct DaemonGuard {
+pub(super) struct DaemonGuard {
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl DaemonGuard {
-    fn start(
+    pub(super) fn start(
         bin: &std::path::Path,
         config: &std::path::Path,
         tmp: &TempDir,
@@ -469,7 +473,7 @@ impl DaemonGuard {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    fn check_running(&self) -> anyhow::Result<()> {
+    pub(super) fn check_running(&self) -> anyhow::Result<()> {
         let pid = self.child.as_ref().map_or(0, |c| c.id() as i32);
         // SAFETY: signal 0 checks only that our child exists.
         if pid == 0 || unsafe { libc::kill(pid, 0) } != 0 {
@@ -478,7 +482,7 @@ impl DaemonGuard {
         Ok(())
     }
 
-    fn wait_healthy(&self, within: Duration) -> anyhow::Result<()> {
+    pub(super) fn wait_healthy(&self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         let mut last = String::new();
         while Instant::now() < deadline {
@@ -497,7 +501,7 @@ impl DaemonGuard {
         )
     }
 
-    fn stop(mut self) -> anyhow::Result<()> {
+    pub(super) fn stop(mut self) -> anyhow::Result<()> {
         let mut child = self.child.take().context("stopped already")?;
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -22,6 +22,7 @@ mod hotplug;
 mod live;
 mod scale;
 mod table_size;
+mod verify_cost;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -78,6 +79,8 @@ struct Options {
     recheck: bool,
     /// Only the hotplug latency ([`hotplug`]), instead of the rest.
     hotplug: bool,
+    /// Only the cost of verifying a large host ([`verify_cost`]).
+    verify_cost: bool,
 }
 
 impl Options {
@@ -90,6 +93,7 @@ impl Options {
         micro_rounds: 5,
         recheck: true,
         hotplug: false,
+        verify_cost: false,
     };
     /// Tiny sizes: proves every part runs, measures nothing.
     const SMOKE: Options = Options {
@@ -101,6 +105,7 @@ impl Options {
         micro_rounds: 1,
         recheck: false,
         hotplug: false,
+        verify_cost: false,
     };
 
     fn from_args() -> anyhow::Result<Options> {
@@ -116,12 +121,15 @@ impl Options {
             match arg.as_str() {
                 "--smoke" => options = Options::SMOKE,
                 "--hotplug" => options.hotplug = true,
+                "--verify-cost" => options.verify_cost = true,
                 "--rounds" => options.live.rounds = number("--rounds")?.max(1) as usize,
                 "--frames" => {
                     options.live.frames = number("--frames")?.clamp(1, u32::MAX.into()) as u32
                 }
                 "--help" | "-h" => {
-                    println!("usage: bench [--smoke] [--rounds N] [--frames N] [--hotplug]");
+                    println!(
+                        "usage: bench [--smoke] [--rounds N] [--frames N] [--hotplug] [--verify-cost]"
+                    );
                     println!("       bench --table-size [--smoke]");
                     println!(
                         "       {}",
@@ -256,6 +264,9 @@ fn pad60(mut frame: Vec<u8>) -> Vec<u8> {
 fn run(options: Options) -> anyhow::Result<()> {
     if options.hotplug {
         return hotplug::run();
+    }
+    if options.verify_cost {
+        return verify_cost::run();
     }
     let (mut dp, links) = lab()?;
     let reports = live::run(&mut dp, &links, &paths(), options.live)?;

@@ -195,9 +195,20 @@ pub fn verify(
     infrastructure: &[InterfacePattern],
 ) -> anyhow::Result<Report> {
     let (policy, _) = load_policy(config)?;
+    verify_policy(&policy, config, state_dir, infrastructure)
+}
+
+/// [`verify`] against `policy`, the one in force (the daemon's own verification: the file
+/// may have changed since it was loaded). Blocking: run it off the async runtime.
+pub fn verify_policy(
+    policy: &Policy,
+    config: &Path,
+    state_dir: &Path,
+    infrastructure: &[InterfacePattern],
+) -> anyhow::Result<Report> {
     let mut look = 1;
     loop {
-        let report = look_once(&policy, config, state_dir, infrastructure)?;
+        let report = look_once(policy, config, state_dir, infrastructure)?;
         let drift = report
             .findings
             .iter()
