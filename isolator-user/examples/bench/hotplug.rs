@@ -66,35 +66,8 @@ pub fn run() -> anyhow::Result<()> {
     super::live::private_namespaces()?;
     let tmp = TempDir::new("isolator-hotplug")?;
     let config = tmp.write("policy.yaml", POLICY)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let netlink = {
-        let _entered = rt.enter();
-        let (connection, handle, _) = rtnetlink::new_connection()?;
-        rt.spawn(connection);
-        handle
-    };
-    rt.block_on(async {
-        let lo = netlink
-            .link()
-            .get()
-            .match_name("lo")
-            .execute()
-            .try_next()
-            .await?
-            .context("no lo")?;
-        netlink
-            .link()
-            .set(
-                rtnetlink::LinkUnspec::new_with_index(lo.header.index)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await?;
-        create(&netlink, "vother", "pother").await
-    })?;
+    let (rt, netlink) = runtime_with_netlink()?;
+    rt.block_on(create(&netlink, "vother", "pother"))?;
 
     let daemon = DaemonGuard::start(&bin, &config, &tmp)?;
     daemon.wait_healthy(Duration::from_secs(60))?;
@@ -138,6 +111,41 @@ pub(super) fn isolator_bin() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+/// A runtime, a netlink handle on it, and the namespace's loopback up.
+pub(super) fn runtime_with_netlink() -> anyhow::Result<(tokio::runtime::Runtime, rtnetlink::Handle)>
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let netlink = {
+        let _entered = rt.enter();
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        rt.spawn(connection);
+        handle
+    };
+    rt.block_on(async {
+        let lo = netlink
+            .link()
+            .get()
+            .match_name("lo")
+            .execute()
+            .try_next()
+            .await?
+            .context("no lo")?;
+        netlink
+            .link()
+            .set(
+                rtnetlink::LinkUnspec::new_with_index(lo.header.index)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await?;
+        anyhow::Ok(())
+    })?;
+    Ok((rt, netlink))
 }
 
 pub(super) async fn create(

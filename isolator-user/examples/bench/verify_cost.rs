@@ -9,10 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use futures::TryStreamExt as _;
 use isolator_tests::TempDir;
 
-use super::hotplug::{DaemonGuard, create, isolator_bin};
+use super::hotplug::{DaemonGuard, create, isolator_bin, runtime_with_netlink};
 
 const VIFS: usize = 500;
 const SEGMENTS: usize = 10_000;
@@ -43,34 +42,9 @@ pub fn run() -> anyhow::Result<()> {
     super::live::private_namespaces()?;
     let tmp = TempDir::new("isolator-verify-cost")?;
     let config = tmp.write("policy.yaml", &policy())?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let netlink = {
-        let _entered = rt.enter();
-        let (connection, handle, _) = rtnetlink::new_connection()?;
-        rt.spawn(connection);
-        handle
-    };
+    let (rt, netlink) = runtime_with_netlink()?;
     let created = Instant::now();
     rt.block_on(async {
-        let lo = netlink
-            .link()
-            .get()
-            .match_name("lo")
-            .execute()
-            .try_next()
-            .await?
-            .context("no lo")?;
-        netlink
-            .link()
-            .set(
-                rtnetlink::LinkUnspec::new_with_index(lo.header.index)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await?;
         for i in 0..VIFS {
             create(&netlink, &format!("vvc{i}"), &format!("pvc{i}")).await?;
         }
