@@ -24,6 +24,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "xdp-tools",
     "nftables",
     "systemd",
+    "fonts-dejavu-core",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

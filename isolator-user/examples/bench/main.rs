@@ -20,6 +20,7 @@
 
 mod hotplug;
 mod live;
+mod plot;
 mod scale;
 mod table_size;
 mod verify_cost;

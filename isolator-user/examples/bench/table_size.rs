@@ -198,7 +198,57 @@ pub fn run(
         });
     }
     print(&rows, repeat, rounds);
-    Ok(())
+    plot(&rows)
+}
+
+/// `table-size-ns.png` (ns per frame against the number of addresses, for each case and
+/// the pass-everything baseline) and `table-size-apply.png` (the apply time against the
+/// number of addresses, and of segments).
+fn plot(rows: &[Row]) -> anyhow::Result<()> {
+    use crate::plot::{Series, dir, lines};
+    let x = |r: &Row| r.addresses.max(1) as f64;
+    let mut series: Vec<Series> = rows[0]
+        .cases
+        .iter()
+        .enumerate()
+        .map(|(i, (name, ..))| Series {
+            label: format!("isolator: {name}"),
+            points: rows
+                .iter()
+                .map(|r| (x(r), r.cases[i].1.as_nanos().max(1) as f64))
+                .collect(),
+        })
+        .collect();
+    series.push(Series {
+        label: "pass-everything program".into(),
+        points: rows
+            .iter()
+            .map(|r| {
+                let floor = r.cases.iter().map(|c| c.2.as_nanos()).min().unwrap_or(1);
+                (x(r), floor.max(1) as f64)
+            })
+            .collect(),
+    });
+    lines(
+        &dir().join("table-size-ns.png"),
+        "Per-frame cost against table size (test runs, medians)",
+        "addresses in the policy",
+        "ns per frame",
+        &series,
+    )?;
+    lines(
+        &dir().join("table-size-apply.png"),
+        "Policy apply time against table size",
+        "addresses (up to 100 000: one-segment tenants, one /24 each; beyond: exposed /32s)",
+        "apply ms (write, flip, wait, purge)",
+        &[Series {
+            label: "Dataplane::apply".into(),
+            points: rows
+                .iter()
+                .map(|r| (x(r), (r.apply.as_secs_f64() * 1e3).max(0.001)))
+                .collect(),
+        }],
+    )
 }
 
 fn print(rows: &[Row], repeat: u32, rounds: usize) {
