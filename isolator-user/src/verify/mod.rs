@@ -7,6 +7,7 @@
 
 pub mod explain;
 pub mod live;
+pub mod matrix;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
