@@ -4,15 +4,21 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use isolator::policy::InterfacePattern;
-use isolator::verify::{Severity, explain, live};
+use isolator::verify::{Severity, explain, live, matrix};
 
 /// `verify`'s exit codes: clean, violations, could not look.
 const CLEAN: u8 = 0;
 const VIOLATED: u8 = 1;
 const COULD_NOT: u8 = 2;
 
-/// `isolator verify`.
-pub fn verify(config: &Path, state_dir: &Path, infrastructure: &[String], json: bool) -> ExitCode {
+/// `isolator verify`, with `matrix` the live reachability matrix too.
+pub fn verify(
+    config: &Path,
+    state_dir: &Path,
+    infrastructure: &[String],
+    matrix: bool,
+    json: bool,
+) -> ExitCode {
     let patterns: Result<Vec<InterfacePattern>, _> = infrastructure
         .iter()
         .map(|p| InterfacePattern::new(p))
@@ -31,8 +37,38 @@ pub fn verify(config: &Path, state_dir: &Path, infrastructure: &[String], json: 
             return ExitCode::from(COULD_NOT);
         }
     };
+    let matrix = if matrix {
+        match explain::Live::load(config, state_dir) {
+            Ok(live) => Some(matrix::run(&live)),
+            Err(e) => {
+                eprintln!("error: could not probe the reachability matrix: {e:#}");
+                return ExitCode::from(COULD_NOT);
+            }
+        }
+    } else {
+        None
+    };
+    let disagreements = matrix.as_ref().map_or(0, |m| m.disagreements);
     if json {
-        if let Err(code) = print_json(&report) {
+        let mut value = match serde_json::to_value(&report) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(COULD_NOT);
+            }
+        };
+        if let (Some(m), Some(object)) = (&matrix, value.as_object_mut()) {
+            match serde_json::to_value(m) {
+                Ok(m) => {
+                    object.insert("matrix".into(), m);
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(COULD_NOT);
+                }
+            }
+        }
+        if let Err(code) = print_json(&value) {
             return code;
         }
     } else {
@@ -41,21 +77,141 @@ pub fn verify(config: &Path, state_dir: &Path, infrastructure: &[String], json: 
         for finding in &report.findings {
             println!("{finding}");
         }
+        if let Some(m) = &matrix {
+            println!();
+            print!("{}", render_matrix(m));
+        }
         let count = |s| report.findings.iter().filter(|f| f.severity == s).count();
+        let probed = matrix.as_ref().map_or(String::new(), |m| {
+            format!(
+                ", {} of {} probe(s) disagree with the policy",
+                m.disagreements, m.probes
+            )
+        });
         println!(
-            "{}: generation {}: {} violation(s), {} warning(s){}",
+            "{}: generation {}: {} violation(s), {} warning(s){probed}{}",
             report.config.display(),
             report.generation,
             count(Severity::Violation),
             count(Severity::Warning),
-            if report.violated() {
+            if report.violated() || disagreements > 0 {
                 ""
             } else {
                 ": the host is as the policy says"
             }
         );
     }
-    ExitCode::from(if report.violated() { VIOLATED } else { CLEAN })
+    if disagreements > 0 {
+        eprintln!(
+            "DISAGREEMENT: {disagreements} probe(s) of the reachability matrix are judged \
+             otherwise by the attached programs than by the policy"
+        );
+    }
+    ExitCode::from(if report.violated() || disagreements > 0 {
+        VIOLATED
+    } else {
+        CLEAN
+    })
+}
+
+/// The matrix as two tables, what passes live and what the policy model passes (`!`
+/// before a cell with a probe on which they disagree), then each disagreeing probe.
+fn render_matrix(m: &matrix::Matrix) -> String {
+    let text = |cell: &matrix::Cell, list: &[String]| {
+        let body = match cell.status {
+            matrix::Status::NoVif => "no vif".to_string(),
+            matrix::Status::NotJudged => "n/a".to_string(),
+            matrix::Status::Probed if list.is_empty() => "-".to_string(),
+            matrix::Status::Probed => list.join(" "),
+        };
+        if cell.agree {
+            body
+        } else {
+            format!("! {body}")
+        }
+    };
+    let table = |title: &str, pick: &dyn Fn(&matrix::Cell) -> &[String]| {
+        let mut grid: Vec<Vec<String>> = vec![
+            std::iter::once("from \\ to".to_string())
+                .chain(m.columns.iter().cloned())
+                .collect(),
+        ];
+        for (r, row) in m.rows.iter().enumerate() {
+            let cells = &m.cells[r * m.columns.len()..(r + 1) * m.columns.len()];
+            grid.push(
+                std::iter::once(row.clone())
+                    .chain(cells.iter().map(|c| text(c, pick(c))))
+                    .collect(),
+            );
+        }
+        let widths: Vec<usize> = (0..grid[0].len())
+            .map(|i| grid.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut out = format!("{title}\n");
+        for row in &grid {
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            out.push_str("  ");
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    };
+    let mut out = table(
+        "reachability, live (what the attached programs pass):",
+        &|c| &c.live,
+    );
+    out.push_str(&table(
+        "reachability, policy (what the policy model passes):",
+        &|c| &c.model,
+    ));
+    let notes: Vec<String> = m
+        .cells
+        .iter()
+        .filter_map(|c| Some(format!("  {} -> {}: {}", c.from, c.to, c.note.as_ref()?)))
+        .collect();
+    if !notes.is_empty() {
+        out.push_str("notes:\n");
+        for note in notes {
+            out.push_str(&note);
+            out.push('\n');
+        }
+    }
+    let disagreeing: Vec<_> = m.disagreeing().collect();
+    if !disagreeing.is_empty() {
+        out.push_str("disagreements:\n");
+    }
+    for (cell, p) in disagreeing {
+        out.push_str(&format!(
+            "  ! {} -> {}: {} {} -> {} ({})\n",
+            cell.from, cell.to, p.service, p.probe.src, p.probe.dst, p.probe.why
+        ));
+        for step in &p.steps {
+            out.push_str(&format!(
+                "      {} on {}, program {}: live {}, model {}{}\n",
+                step.direction,
+                step.device,
+                step.program,
+                step.live,
+                step.model,
+                if step.agree { "" } else { "  <-- DISAGREES" }
+            ));
+            for entry in &step.decided_by {
+                out.push_str(&format!("        model decided by {entry}\n"));
+            }
+        }
+        out.push_str(&format!(
+            "      live: {}; policy model: {}\n",
+            p.live, p.model
+        ));
+        if !p.frame.is_empty() {
+            out.push_str(&format!("      frame: {}\n", p.frame));
+        }
+    }
+    out
 }
 
 /// Prints `value` as pretty JSON on stdout; on failure says why and gives the exit code.
@@ -174,7 +330,14 @@ pub fn explain(config: &Path, state_dir: &Path, input: &explain::Input, json: bo
                 }
             }
         }
-        println!("verdict: {}", found.verdict);
+        if found.verdict == found.model_verdict {
+            println!("verdict: {}", found.verdict);
+        } else {
+            println!(
+                "verdict: {}  (the model: {})  <-- DISAGREES",
+                found.verdict, found.model_verdict
+            );
+        }
     }
     if found.disagree {
         for step in found.steps.iter().filter(|s| !s.agree) {

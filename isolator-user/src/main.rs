@@ -214,8 +214,10 @@ enum Command {
     },
     /// Inventory the host's virtual network (links, bridges, VLANs, VNIs, veth peers,
     /// addresses, XDP and TCX programs, the daemon's live maps) and compare it with the
-    /// policy. Exit 0: as the policy says (warnings may be printed); 1: violations; 2: could
-    /// not look (no daemon state, unreadable policy, netlink or BPF refused).
+    /// policy; with --matrix, also the live reachability matrix. Exit 0: as the policy says
+    /// (warnings may be printed); 1: violations, or the live matrix disagrees with the
+    /// policy's; 2: could not look (no daemon state, unreadable policy, netlink or BPF
+    /// refused).
     Verify {
         /// The policy file the daemon enforces.
         #[arg(long, value_name = "FILE", default_value = "/etc/isolator/policy.yaml")]
@@ -228,6 +230,12 @@ enum Command {
         /// declared already.
         #[arg(long, value_name = "PATTERN")]
         infrastructure: Vec<String>,
+        /// Also probe the reachability matrix: representative frames between every two
+        /// segments, to management, to and from outside, through the attached programs (a
+        /// test run on the live maps: nothing is sent, but the probes are counted at the
+        /// vifs) and through the policy model, side by side.
+        #[arg(long)]
+        matrix: bool,
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -528,8 +536,9 @@ fn main() -> ExitCode {
             config,
             state_dir,
             infrastructure,
+            matrix,
             json,
-        } => inspect::verify(&config, &state_dir, &infrastructure, json),
+        } => inspect::verify(&config, &state_dir, &infrastructure, matrix, json),
         Command::Explain {
             config,
             state_dir,

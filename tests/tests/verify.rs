@@ -400,6 +400,221 @@ fn explain_names_the_deciding_entries_and_says_when_the_kernel_disagrees() {
     assert!(out.contains("DISAGREES"), "{out}");
 }
 
+/// The policy of the matrix tests: POLICY's segments (app still segment 1) with IPv6
+/// prefixes for web and app, app's 10.1.2.2 exposed on TCP 443, web's egress denied, and a
+/// management prefix.
+const MATRIX_POLICY: &str = r#"version: 1
+management:
+  - prefix: 192.168.200.0/24
+tenants:
+  - name: acme
+    flows:
+      - {from: web, to: app, protocol: tcp, ports: 8080}
+    segments:
+      - name: web
+        interfaces: ["vvfy-web*"]
+        prefixes: [10.1.1.0/24, "fd00:1:1::/64"]
+        egress: deny
+      - name: app
+        interfaces: ["vvfy-app*"]
+        prefixes: [10.1.2.0/24, "fd00:1:2::/64"]
+        expose:
+          - {address: 10.1.2.2, protocol: tcp, ports: 443}
+  - name: globex
+    segments:
+      - name: db
+        interfaces: ["vvfy-db*"]
+        prefixes: [10.2.1.0/24]
+"#;
+
+/// `isolator verify --matrix`: exit code, stdout, stderr, and with `json` the object.
+fn verify_matrix(env: &Env, json: bool) -> (i32, String, String, Value) {
+    let config = env.config().to_string_lossy().into_owned();
+    let state = state_dir(env.lab()).to_string_lossy().into_owned();
+    let mut args = vec![
+        "verify",
+        "--matrix",
+        "--config",
+        &config,
+        "--state-dir",
+        &state,
+    ];
+    if json {
+        args.push("--json");
+    }
+    let out = isolator(env, &args);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    let value = if json {
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}{stderr}"))
+    } else {
+        Value::Null
+    };
+    (out.status.code().unwrap_or(-1), stdout, stderr, value)
+}
+
+/// The matrix's cell `from -> to`.
+fn cell<'a>(json: &'a Value, from: &str, to: &str) -> &'a Value {
+    json["matrix"]["cells"]
+        .as_array()
+        .expect("cells")
+        .iter()
+        .find(|c| c["from"] == from && c["to"] == to)
+        .unwrap_or_else(|| panic!("no cell {from} -> {to}"))
+}
+
+fn list<'a>(cell: &'a Value, key: &str) -> Vec<&'a str> {
+    cell[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{key}: {cell}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// Issue 10, point 3: the live reachability matrix beside the policy's. On a clean lab
+/// they agree everywhere: the flow's service and the exposure pass, an unexposed port,
+/// other tenants, management and (web's egress being denied) outside are dropped. With
+/// web1's `VIFS` entry moved into app behind the daemon's back, the attached programs pass
+/// what the policy drops between web and app, and the matrix says so, with exit 1.
+#[test]
+fn the_live_reachability_matrix_agrees_with_the_policy_until_a_map_is_changed() {
+    let (lab, _) = quiet_lab(
+        "vfy-matrix",
+        &[
+            ("web1", "vvfy-web1", "10.1.1.2/24"),
+            ("app1", "vvfy-app1", "10.1.2.2/24"),
+            ("db1", "vvfy-db1", "10.2.1.2/24"),
+        ],
+        &[],
+    )
+    .expect("lab");
+    let env = Env::start(lab, MATRIX_POLICY).unwrap_or_else(|e| panic!("{e:#}"));
+
+    let (code, out, err, _) = verify_matrix(&env, false);
+    println!("{out}{err}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reachability, live"), "{out}");
+    assert!(out.contains("reachability, policy"), "{out}");
+    assert!(out.contains("0 of "), "no probe disagrees: {out}");
+    assert!(!out.contains("disagreements:"), "{out}");
+
+    let (code, out, err, json) = verify_matrix(&env, true);
+    assert_eq!(code, 0, "{out}{err}");
+    let m = &json["matrix"];
+    assert_eq!(m["disagreements"], 0, "{m}");
+    assert!(m["probes"].as_u64().is_some_and(|n| n > 20), "{m}");
+    assert_eq!(
+        m["rows"],
+        serde_json::json!(["acme/web", "acme/app", "globex/db", "outside"])
+    );
+    assert_eq!(
+        m["columns"],
+        serde_json::json!(["acme/web", "acme/app", "globex/db", "management", "outside"])
+    );
+    for c in m["cells"].as_array().expect("cells") {
+        assert_eq!(c["agree"], true, "{c}");
+        assert_eq!(c["live"], c["model"], "{c}");
+    }
+    // web -> app: the flow (both families) and the exposure pass; what neither admits
+    // does not, and each probe says why.
+    let web_app = cell(&json, "acme/web", "acme/app");
+    assert_eq!(list(web_app, "live"), ["tcp/443", "tcp/8080"], "{web_app}");
+    let probes = web_app["probes"].as_array().expect("probes");
+    let tcp9 = probes
+        .iter()
+        .find(|p| p["service"] == "tcp/9" && p["family"] == "ipv4")
+        .expect("a TCP sample");
+    assert_eq!(tcp9["why"], "not_allowed");
+    assert_eq!(tcp9["live"], "drop cross_segment", "{tcp9}");
+    assert_eq!(tcp9["model"], "drop cross_segment", "{tcp9}");
+    let flow = probes
+        .iter()
+        .find(|p| p["service"] == "tcp/8080" && p["family"] == "ipv6")
+        .expect("the flow over IPv6");
+    let steps: Vec<&str> = flow["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["device"].as_str().expect("device"))
+        .collect();
+    assert_eq!(
+        steps,
+        ["vvfy-web1", "vvfy-app1"],
+        "ingress, then egress: {flow}"
+    );
+    // Across tenants, to management and (denied) outside: nothing.
+    for to in ["globex/db", "management", "outside"] {
+        let c = cell(&json, "acme/web", to);
+        assert_eq!(c["status"], "probed", "{c}");
+        assert!(list(c, "live").is_empty(), "{c}");
+        assert!(!c["probes"].as_array().expect("probes").is_empty(), "{c}");
+    }
+    let management = cell(&json, "acme/web", "management");
+    assert!(
+        management["probes"]
+            .as_array()
+            .expect("probes")
+            .iter()
+            .all(|p| p["live"] == "drop management"),
+        "{management}"
+    );
+    // app's egress is allowed; from outside only the exposure passes.
+    assert_eq!(
+        list(cell(&json, "acme/app", "outside"), "live"),
+        ["tcp/443", "udp/53", "icmp"]
+    );
+    assert_eq!(
+        list(cell(&json, "outside", "acme/app"), "live"),
+        ["tcp/443"]
+    );
+    assert_eq!(cell(&json, "outside", "management")["status"], "not_judged");
+
+    // web1 moved into app behind the daemon's back: its source guard now takes web's
+    // addresses for spoofed ones, and the live programs drop what the policy lets web
+    // send (the flow, the exposure, egress to app's... ), which the matrix says.
+    move_web1_into_app(&env);
+    let (code, out, err, _) = verify_matrix(&env, false);
+    println!("{out}{err}");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("disagreements:"), "{out}");
+    assert!(
+        out.contains("! acme/web -> acme/app: tcp/8080 10.1.1.1 -> 10.1.2.1 (flow)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("live drop spoofed_ip, model pass  <-- DISAGREES"),
+        "{out}"
+    );
+    assert!(err.contains("DISAGREEMENT"), "{err}");
+    let (code, out, err, json) = verify_matrix(&env, true);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        json["matrix"]["disagreements"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{}",
+        json["matrix"]
+    );
+    let web_app = cell(&json, "acme/web", "acme/app");
+    assert_eq!(web_app["agree"], false, "{web_app}");
+    assert!(list(web_app, "live").is_empty(), "{web_app}");
+    assert_eq!(list(web_app, "model"), ["tcp/443", "tcp/8080"], "{web_app}");
+    let flow = web_app["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .find(|p| p["service"] == "tcp/8080" && p["family"] == "ipv4")
+        .expect("the flow's probe");
+    assert_eq!(flow["agree"], false, "{flow}");
+    assert_eq!(flow["live"], "drop spoofed_ip", "{flow}");
+    assert_eq!(flow["model"], "pass", "{flow}");
+    // What app itself sends is judged as before.
+    assert_eq!(cell(&json, "acme/app", "outside")["agree"], true);
+}
+
 /// The daemon verifies the host itself (issue 10, point 4): at start, after every change
 /// of interfaces and every `--verify-interval`; each new finding is logged and on record
 /// once, each that goes away too; the metrics count them by kind.

@@ -11,7 +11,7 @@ use isolator_common::{Counter, CounterKey, direction, maps, programs};
 use serde::Serialize;
 
 use super::{Inventory, kernel_name, live};
-use crate::compile::Plan;
+use crate::compile::{ManagedVif, Plan};
 use crate::dataplane::{LiveContext, test_run_live};
 use crate::model::{self, Cited, Direction, Verdict};
 use crate::policy::{Locations, Policy};
@@ -39,7 +39,8 @@ pub enum Input {
 }
 
 /// The protocol of a frame built from fields.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
     Udp,
@@ -77,62 +78,232 @@ pub struct Explanation {
     pub steps: Vec<Step>,
     /// The frame's fate: `pass` or the reason of the drop that ended it.
     pub verdict: String,
-    /// A step where the live programs and the model disagree.
+    /// Its fate as the model judges it along the same path (ingress at the sender, then
+    /// egress at the receiver), whatever the live programs did.
+    pub model_verdict: String,
+    /// A step where the live programs and the model disagree, or a different fate.
     pub disagree: bool,
     /// Assumptions made in building the frame.
     pub notes: Vec<String>,
 }
 
-/// A managed vif as explain needs it.
-struct Vif {
-    name: String,
-    ifindex: u32,
-    segment: u32,
-    mac: Option<[u8; 6]>,
-    addresses: Vec<ipnet::IpNet>,
+/// What a test run of frames through the live programs needs, read once: the policy
+/// (with its entries' positions), the host's inventory, the policy compiled for the host
+/// (for its vifs), and the daemon's counters (to read a drop's reason).
+pub struct Live {
+    pub policy: Policy,
+    pub locations: Locations,
+    pub inv: Inventory,
+    pub plan: Plan,
+    host: crate::compile::HostView,
+    counters: Counters,
 }
 
-fn vifs(policy: &Policy, inv: &Inventory) -> anyhow::Result<(Plan, Vec<Vif>)> {
-    let plan = Plan::new(policy, inv.host_view())
-        .map_err(|e| anyhow::anyhow!("compiling the policy for this host: {e}"))?;
-    let vifs = plan
-        .vifs
-        .iter()
-        .map(|v| Vif {
-            name: v.name.clone(),
-            ifindex: v.ifindex,
-            segment: v.segment,
-            mac: v.mac,
-            addresses: v.addresses.clone(),
+impl Live {
+    /// Reads the policy in `config` and the host, beside the daemon whose state is under
+    /// `state_dir`.
+    pub fn load(config: &Path, state_dir: &Path) -> anyhow::Result<Live> {
+        let (policy, locations) = live::load_policy(config)?;
+        let inv = live::inventory(state_dir)?;
+        let plan = Plan::new(&policy, inv.host_view())
+            .map_err(|e| anyhow::anyhow!("compiling the policy for this host: {e}"))?;
+        let counters = open_counters(state_dir)?;
+        Ok(Live {
+            host: inv.host_view(),
+            policy,
+            locations,
+            inv,
+            plan,
+            counters,
         })
-        .collect();
-    Ok((plan, vifs))
+    }
+
+    /// The managed vifs of the host.
+    pub fn vifs(&self) -> &[ManagedVif] {
+        &self.plan.vifs
+    }
+
+    /// Runs `frame` through the live ingress program of `sender` (none: the frame comes
+    /// from the host's stack) and, if it passes, the live egress program of `receiver`
+    /// (none: no managed vif receives it); beside each, the model's judgement at that
+    /// program. Fails if neither is given, or a program to run is missing.
+    pub fn run(
+        &self,
+        sender: Option<&ManagedVif>,
+        receiver: Option<&ManagedVif>,
+        frame: &[u8],
+        notes: Vec<String>,
+    ) -> anyhow::Result<Explanation> {
+        let (policy, locations, inv) = (&self.policy, &self.locations, &self.inv);
+        let label = |v: &ManagedVif| self.plan.segment_label(v.segment);
+        let entered = sender.map_or(0, |s| s.ifindex);
+        let mut hops = Vec::new();
+        if let Some(vif) = sender {
+            let link = inv.link(vif.ifindex).context("the sender's link is gone")?;
+            let judge = inv
+                .pinned
+                .get(&vif.ifindex)
+                .is_some_and(|p| p.contains_key("judge"));
+            let (program, context) = if judge {
+                (
+                    find(inv, &link.tcx_ingress, programs::TC_INGRESS_JUDGE),
+                    LiveContext::Tc {
+                        ifindex: vif.ifindex,
+                        entered: vif.ifindex,
+                    },
+                )
+            } else {
+                (
+                    find(
+                        inv,
+                        &link.xdp.into_iter().collect::<Vec<_>>(),
+                        programs::XDP_INGRESS,
+                    ),
+                    LiveContext::Xdp {
+                        ifindex: vif.ifindex,
+                    },
+                )
+            };
+            let program = program.with_context(|| {
+                format!(
+                    "{} has no isolator program judging what it sends (see isolator verify)",
+                    vif.name
+                )
+            })?;
+            hops.push((vif, program, context, Direction::Ingress, "ingress"));
+        }
+        if let Some(vif) = receiver {
+            let link = inv
+                .link(vif.ifindex)
+                .context("the receiver's link is gone")?;
+            let program = find(inv, &link.tcx_egress, programs::TC_EGRESS).with_context(|| {
+                format!(
+                    "{} has no isolator program judging what reaches it (see isolator verify)",
+                    vif.name
+                )
+            })?;
+            let context = LiveContext::Tc {
+                ifindex: vif.ifindex,
+                entered,
+            };
+            hops.push((
+                vif,
+                program,
+                context,
+                Direction::Egress { entered },
+                "egress",
+            ));
+        }
+        if hops.is_empty() {
+            bail!(
+                "neither the sender nor the receiver of this frame is a vif the policy manages: no isolator program judges it"
+            );
+        }
+        // The model along the whole path, whatever the live programs did.
+        let judged: Vec<(model::Judgement, Vec<Cited>)> = hops
+            .iter()
+            .map(|(vif, _, _, direction, _)| {
+                model::explain(policy, &self.host, vif.ifindex, *direction, frame)
+            })
+            .collect();
+        let model_verdict = judged
+            .iter()
+            .find(|(j, _)| !j.passes())
+            .map_or_else(|| "pass".to_string(), |(j, _)| j.to_string());
+        let mut steps = Vec::new();
+        for ((vif, program, context, _, dir_label), (judgement, cited)) in
+            hops.into_iter().zip(judged)
+        {
+            let step = run_step(
+                &self.counters,
+                program,
+                context,
+                frame,
+                (vif, label(vif)),
+                dir_label,
+                judgement,
+                &cited,
+                policy,
+                locations,
+            )?;
+            let passed = step.live_passes;
+            steps.push(step);
+            if !passed {
+                break;
+            }
+        }
+        let verdict = steps
+            .iter()
+            .find(|s| !s.live_passes)
+            .map_or_else(|| "pass".to_string(), |s| s.live.clone());
+        let (src, dst) = addresses(frame);
+        let describe = |a: Option<IpAddr>| a.map_or("?".to_string(), |a| a.to_string());
+        let summary = format!(
+            "{} -> {}: from {} to {}",
+            describe(src),
+            describe(dst),
+            sender.map_or("outside (the host's stack)".to_string(), |v| format!(
+                "{} ({})",
+                v.name,
+                label(v)
+            )),
+            receiver.map_or("no managed vif".to_string(), |v| format!(
+                "{} ({})",
+                v.name,
+                label(v)
+            )),
+        );
+        Ok(Explanation {
+            frame: frame.iter().map(|b| format!("{b:02x}")).collect(),
+            summary,
+            disagree: steps.iter().any(|s| !s.agree) || verdict != model_verdict,
+            steps,
+            verdict,
+            model_verdict,
+            notes,
+        })
+    }
+}
+
+/// The source and destination addresses of a frame (an ARP's sender and target).
+fn addresses(frame: &[u8]) -> (Option<IpAddr>, Option<IpAddr>) {
+    match model::frame::parse(frame).ok().map(|f| f.l3) {
+        Some(model::frame::L3::Ip(ip)) => (Some(ip.src), Some(ip.dst)),
+        Some(model::frame::L3::Arp(arp)) => {
+            (Some(IpAddr::V4(arp.sender)), Some(IpAddr::V4(arp.target)))
+        }
+        None => (None, None),
+    }
 }
 
 /// The vif that owns `a`: one that declares it, else the first of the segment whose
 /// prefixes hold it.
-fn vif_of<'a>(policy: &Policy, vifs: &'a [Vif], a: IpAddr) -> Option<&'a Vif> {
+pub fn vif_of<'a>(policy: &Policy, vifs: &'a [ManagedVif], a: IpAddr) -> Option<&'a ManagedVif> {
     if let Some(v) = vifs
         .iter()
         .find(|v| v.addresses.iter().any(|n| n.contains(&a)))
     {
         return Some(v);
     }
-    let segment = policy
+    let segment = segment_of(policy, a)?;
+    vifs.iter().find(|v| v.segment as usize == segment)
+}
+
+/// The index (in policy order, as a plan's segment ids) of the segment whose prefixes
+/// hold `a`.
+pub fn segment_of(policy: &Policy, a: IpAddr) -> Option<usize> {
+    policy
         .tenants
         .iter()
         .flat_map(|t| &t.segments)
-        .position(|s| s.prefixes.iter().any(|p| p.contains(&a)))?;
-    vifs.iter().find(|v| v.segment as usize == segment)
+        .position(|s| s.prefixes.iter().any(|p| p.contains(&a)))
 }
 
 /// Explains `input` under the policy in `config`, with the daemon's state under
 /// `state_dir`.
 pub fn explain(config: &Path, state_dir: &Path, input: &Input) -> anyhow::Result<Explanation> {
-    let (policy, locations) = live::load_policy(config)?;
-    let inv = live::inventory(state_dir)?;
-    let (plan, vifs) = vifs(&policy, &inv)?;
-    let host = inv.host_view();
+    let live = Live::load(config, state_dir)?;
+    let (policy, vifs) = (&live.policy, live.vifs());
     let mut notes = Vec::new();
     let (sender, frame) = match input {
         Input::Fields {
@@ -144,14 +315,14 @@ pub fn explain(config: &Path, state_dir: &Path, input: &Input) -> anyhow::Result
             sport,
         } => {
             let (sender, src) = match from.parse::<IpAddr>() {
-                Ok(a) => (vif_of(&policy, &vifs, a), a),
+                Ok(a) => (vif_of(policy, vifs, a), a),
                 Err(_) => {
                     let Some(vif) = vifs.iter().find(|v| &v.name == from) else {
                         bail!("{from} is neither an address nor an interface the policy manages");
                     };
                     let src = match src {
                         Some(a) => *a,
-                        None => source_of(&policy, vif, to.is_ipv6()).inspect(|a| {
+                        None => source_of(policy, vif, to.is_ipv6()).inspect(|a| {
                             notes.push(format!(
                                 "source address {a} assumed ({} declares none; give --src)",
                                 vif.name
@@ -161,12 +332,15 @@ pub fn explain(config: &Path, state_dir: &Path, input: &Input) -> anyhow::Result
                     (Some(vif), src)
                 }
             };
-            let receiver = vif_of(&policy, &vifs, *to);
-            let src_mac = sender.and_then(|v| v.mac).unwrap_or([0x02, 0, 0, 0, 0, 1]);
-            let dst_mac = receiver
-                .and_then(|v| v.mac)
-                .unwrap_or([0x02, 0, 0, 0, 0, 2]);
-            let frame = build_frame(src_mac, dst_mac, src, *to, *protocol, *sport, *port)?;
+            let receiver = vif_of(policy, vifs, *to);
+            let frame = build_frame(
+                macs(sender, receiver),
+                (src, *to),
+                *protocol,
+                Opening::Yes,
+                *sport,
+                *port,
+            )?;
             (sender, frame)
         }
         Input::Bytes { from, frame } => {
@@ -181,136 +355,18 @@ pub fn explain(config: &Path, state_dir: &Path, input: &Input) -> anyhow::Result
             (sender, frame.clone())
         }
     };
-    let parsed = model::frame::parse(&frame).ok();
-    let (src, dst) = match parsed.as_ref().map(|f| &f.l3) {
-        Some(model::frame::L3::Ip(ip)) => (Some(ip.src), Some(ip.dst)),
-        Some(model::frame::L3::Arp(arp)) => {
-            (Some(IpAddr::V4(arp.sender)), Some(IpAddr::V4(arp.target)))
-        }
-        None => (None, None),
-    };
-    let receiver = dst.and_then(|d| vif_of(&policy, &vifs, d));
-    let counters = open_counters(state_dir)?;
-    let label = |v: &Vif| plan.segment_label(v.segment);
-    let mut steps = Vec::new();
-    let mut passed = true;
-    if let Some(vif) = sender {
-        let link = inv.link(vif.ifindex).context("the sender's link is gone")?;
-        let judge = inv
-            .pinned
-            .get(&vif.ifindex)
-            .is_some_and(|p| p.contains_key("judge"));
-        let (program, context) = if judge {
-            (
-                find(&inv, &link.tcx_ingress, programs::TC_INGRESS_JUDGE),
-                LiveContext::Tc {
-                    ifindex: vif.ifindex,
-                    entered: vif.ifindex,
-                },
-            )
-        } else {
-            (
-                find(
-                    &inv,
-                    &link.xdp.into_iter().collect::<Vec<_>>(),
-                    programs::XDP_INGRESS,
-                ),
-                LiveContext::Xdp {
-                    ifindex: vif.ifindex,
-                },
-            )
-        };
-        let program = program.with_context(|| {
-            format!(
-                "{} has no isolator program judging what it sends (see isolator verify)",
-                vif.name
-            )
-        })?;
-        let (judgement, cited) =
-            model::explain(&policy, &host, vif.ifindex, Direction::Ingress, &frame);
-        let step = run_step(
-            &counters,
-            program,
-            context,
-            &frame,
-            (vif, label(vif)),
-            "ingress",
-            judgement,
-            &cited,
-            &policy,
-            &locations,
-        )?;
-        passed = step.live_passes;
-        steps.push(step);
-    }
-    if passed && let Some(vif) = receiver {
-        let link = inv
-            .link(vif.ifindex)
-            .context("the receiver's link is gone")?;
-        let program = find(&inv, &link.tcx_egress, programs::TC_EGRESS).with_context(|| {
-            format!(
-                "{} has no isolator program judging what reaches it (see isolator verify)",
-                vif.name
-            )
-        })?;
-        let entered = sender.map_or(0, |s| s.ifindex);
-        let (judgement, cited) = model::explain(
-            &policy,
-            &host,
-            vif.ifindex,
-            Direction::Egress { entered },
-            &frame,
-        );
-        let step = run_step(
-            &counters,
-            program,
-            LiveContext::Tc {
-                ifindex: vif.ifindex,
-                entered,
-            },
-            &frame,
-            (vif, label(vif)),
-            "egress",
-            judgement,
-            &cited,
-            &policy,
-            &locations,
-        )?;
-        steps.push(step);
-    }
-    if steps.is_empty() {
-        bail!(
-            "neither the sender nor the receiver of this frame is a vif the policy manages: no isolator program judges it"
-        );
-    }
-    let verdict = steps
-        .iter()
-        .find(|s| !s.live_passes)
-        .map_or_else(|| "pass".to_string(), |s| s.live.clone());
-    let describe = |a: Option<IpAddr>| a.map_or("?".to_string(), |a| a.to_string());
-    let summary = format!(
-        "{} -> {}: from {} to {}",
-        describe(src),
-        describe(dst),
-        sender.map_or("outside (the host's stack)".to_string(), |v| format!(
-            "{} ({})",
-            v.name,
-            label(v)
-        )),
-        receiver.map_or("no managed vif".to_string(), |v| format!(
-            "{} ({})",
-            v.name,
-            label(v)
-        )),
-    );
-    Ok(Explanation {
-        frame: frame.iter().map(|b| format!("{b:02x}")).collect(),
-        summary,
-        disagree: steps.iter().any(|s| !s.agree),
-        steps,
-        verdict,
-        notes,
-    })
+    let receiver = addresses(&frame).1.and_then(|d| vif_of(policy, vifs, d));
+    live.run(sender, receiver, &frame, notes)
+}
+
+/// The MACs of a frame from `sender` to `receiver`: their declared ones, else made up.
+pub fn macs(sender: Option<&ManagedVif>, receiver: Option<&ManagedVif>) -> ([u8; 6], [u8; 6]) {
+    (
+        sender.and_then(|v| v.mac).unwrap_or([0x02, 0, 0, 0, 0, 1]),
+        receiver
+            .and_then(|v| v.mac)
+            .unwrap_or([0x02, 0, 0, 0, 0, 2]),
+    )
 }
 
 /// isolator's program `name` among `ids`, as (id, kernel name).
@@ -323,7 +379,7 @@ fn find(inv: &Inventory, ids: &[u32], name: &str) -> Option<(u32, String)> {
 
 /// A source address for `vif`: its first declared one of the family, else the first
 /// address of its segment's first prefix of the family.
-fn source_of(policy: &Policy, vif: &Vif, v6: bool) -> anyhow::Result<IpAddr> {
+fn source_of(policy: &Policy, vif: &ManagedVif, v6: bool) -> anyhow::Result<IpAddr> {
     if let Some(n) = vif.addresses.iter().find(|n| n.addr().is_ipv6() == v6) {
         return Ok(n.addr());
     }
@@ -374,7 +430,7 @@ fn run_step(
     (id, name): (u32, String),
     context: LiveContext,
     frame: &[u8],
-    (vif, segment): (&Vif, String),
+    (vif, segment): (&ManagedVif, String),
     dir_label: &'static str,
     judgement: model::Judgement,
     cited: &[Cited],
@@ -577,14 +633,26 @@ fn checksum(parts: &[&[u8]]) -> u16 {
     !(sum as u16)
 }
 
-/// An Ethernet frame from `src` to `dst`: a TCP SYN, a UDP datagram (4 bytes of payload)
-/// or an ICMP echo request, with correct lengths and checksums.
+/// Whether a frame built from fields is one that opens a tracked connection where it
+/// passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opening {
+    /// A TCP SYN, an ICMP echo request.
+    Yes,
+    /// A TCP ACK, an ICMP echo reply: the rules judge them as the opening ones (the
+    /// reference model does not look at TCP flags or the echo's direction), but they open
+    /// nothing. (Every UDP datagram opens a connection where it passes.)
+    No,
+}
+
+/// An Ethernet frame between `macs` (source, destination) from `addresses.0` to
+/// `addresses.1`: a TCP SYN (or ACK), a UDP datagram (4 bytes of payload) or an ICMP echo
+/// request (or reply), with correct lengths and checksums.
 pub fn build_frame(
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    src: IpAddr,
-    dst: IpAddr,
+    (src_mac, dst_mac): ([u8; 6], [u8; 6]),
+    (src, dst): (IpAddr, IpAddr),
     protocol: Proto,
+    opening: Opening,
     sport: u16,
     dport: u16,
 ) -> anyhow::Result<Vec<u8>> {
@@ -600,7 +668,8 @@ pub fn build_frame(
             h[2..4].copy_from_slice(&dport.to_be_bytes());
             h[4..8].copy_from_slice(&1u32.to_be_bytes());
             h[12] = 5 << 4;
-            h[13] = 0x02; // SYN
+            // SYN, or ACK.
+            h[13] = if opening == Opening::Yes { 0x02 } else { 0x10 };
             h[14..16].copy_from_slice(&64240u16.to_be_bytes());
             (6u8, h)
         }
@@ -614,7 +683,12 @@ pub fn build_frame(
         }
         Proto::Icmp => {
             let mut h = vec![0u8; 8];
-            h[0] = if v6 { 128 } else { 8 };
+            h[0] = match (v6, opening) {
+                (true, Opening::Yes) => 128,
+                (true, Opening::No) => 129,
+                (false, Opening::Yes) => 8,
+                (false, Opening::No) => 0,
+            };
             h[4..6].copy_from_slice(&sport.to_be_bytes());
             h[6..8].copy_from_slice(&1u16.to_be_bytes());
             (if v6 { 58 } else { 1 }, h)
@@ -711,11 +785,10 @@ mod tests {
     #[test]
     fn a_built_frame_parses_as_what_it_was_built_from() {
         let frame = build_frame(
-            [2, 0, 0, 0, 0, 1],
-            [2, 0, 0, 0, 0, 2],
-            "10.1.1.2".parse().unwrap(),
-            "10.2.1.2".parse().unwrap(),
+            ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]),
+            ("10.1.1.2".parse().unwrap(), "10.2.1.2".parse().unwrap()),
             Proto::Tcp,
+            Opening::Yes,
             40000,
             443,
         )
@@ -731,11 +804,10 @@ mod tests {
         assert_eq!(checksum(&[&frame[14..34]]), 0);
         for proto in [Proto::Udp, Proto::Icmp] {
             let v6 = build_frame(
-                [2, 0, 0, 0, 0, 1],
-                [2, 0, 0, 0, 0, 2],
-                "fd00::1".parse().unwrap(),
-                "fd00::2".parse().unwrap(),
+                ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]),
+                ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap()),
                 proto,
+                Opening::No,
                 1,
                 53,
             )

@@ -3,10 +3,12 @@
 //! 4). The comparison is pure ([`compare`], [`compare_maps`]) over an [`Inventory`]; what
 //! touches the kernel (netlink, BPF_PROG_QUERY, pinned links and maps) is in [`live`], and
 //! `isolator explain` (one frame through the live programs, beside the reference model)
-//! in [`explain`].
+//! in [`explain`], and the reachability matrix of `verify --matrix` (probes between every
+//! two places, run the same way) in [`matrix`].
 
 pub mod explain;
 pub mod live;
+pub mod matrix;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
