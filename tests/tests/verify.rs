@@ -637,7 +637,11 @@ fn the_daemon_verifies_after_each_change_and_records_new_and_resolved_findings()
     let wait_for = |what: &str, k: &'static str, n: f64| {
         poll(what, std::time::Duration::from_secs(15), || {
             let m = env.daemon().scrape()?;
-            let (v, last) = (m.value(&kind(k))?, m.value(&Series::new(LAST_VERIFY, &[]))?);
+            let last = m.value(&Series::new(LAST_VERIFY, &[]))?;
+            // Until the first verification has finished, the kinds have no series yet.
+            let Ok(v) = m.value(&kind(k)) else {
+                return Ok(Err(format!("no {k} series yet, last verify {last}")));
+            };
             Ok(if v == n && last > 0.0 {
                 Ok(())
             } else {
