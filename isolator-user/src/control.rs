@@ -252,7 +252,7 @@ pub async fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListene
     Ok(listener)
 }
 
-/// Reads one request from a connection, within [`REQUEST_TIMEOUT`] and [`MAX_REQUEST`].
+/// Reads one request from a connection, within 5 s and 4 KiB.
 pub async fn read_request(stream: &mut UnixStream) -> anyhow::Result<Request> {
     let limited = tokio::io::AsyncReadExt::take(&mut *stream, MAX_REQUEST as u64);
     let mut reader = BufReader::new(limited);

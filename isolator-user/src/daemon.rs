@@ -3,19 +3,28 @@
 //! `/metrics` and `/healthz`, and detach everything on SIGINT/SIGTERM (or, with
 //! `--persist`, leave it enforcing for the next daemon).
 //!
-//! Three parts, and no lock shared between them:
+//! Its parts share no lock; they talk through channels and published snapshots:
 //!
 //! - the **dataplane thread** owns the kernel side ([`Dataplane`]): every blocking kernel
-//!   call runs there, one command at a time (apply a plan, scrape the counters, stop), and
-//!   it sweeps idle connections in between;
+//!   call runs there, one command at a time (apply a plan, scrape the counters, set what
+//!   the programs report, stop), and it sweeps idle connections in between;
 //! - the **controller** task owns the policy and the one netlink connection: link and
-//!   address events (gathered for a moment), SIGHUP, a periodic full resync, and retries
-//!   after a failure each lead to one reconcile: list the host, compile a plan, hand it to
-//!   the dataplane thread, publish the outcome. A policy that does not validate, or a plan
-//!   the kernel refuses, leaves the running policy in force; a reconcile that fails shows
-//!   in `/healthz` and the metrics and is retried;
+//!   address events (gathered for a moment), SIGHUP, reloads asked on the control socket,
+//!   a periodic full resync, and retries after a failure each lead to one reconcile: list
+//!   the host, compile a plan, hand it to the dataplane thread, publish the outcome. A
+//!   policy that does not validate, or a plan the kernel refuses, leaves the running
+//!   policy in force; a reconcile that fails shows in `/healthz` and the metrics and is
+//!   retried. Every load and reload goes to the audit log ([`Chronicle`]);
 //! - the **HTTP server** serves `/metrics` (a scrape from the dataplane thread) and
-//!   `/healthz` (the published status).
+//!   `/healthz` (the published status);
+//! - the **control server** answers `isolator status`, `reload` and `monitor` on a Unix
+//!   socket ([`crate::control`]), checking each caller and recording each request;
+//! - the **reports reader** takes the programs' reports from their ring buffer: management
+//!   attempts to the audit log, every report to the monitors connected;
+//! - the **verification** checks the host against the policy in force after changes and
+//!   periodically, on a thread of its own ([`crate::verify`]);
+//! - **systemd**: readiness once every claimed interface is enforced, and the watchdog
+//!   ([`crate::service`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -186,8 +186,8 @@ const LOOKS: usize = 3;
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Inventories the host and compares it with the policy in `config` and the daemon's
-/// pinned maps under `state_dir`. Where the maps differ, it looks again (up to [`LOOKS`]
-/// times, [`SETTLE`] apart) so that a reconcile in progress is not reported as drift. An
+/// pinned maps under `state_dir`. Where the maps differ, it looks again (up to 3
+/// times, 300 ms apart) so that a reconcile in progress is not reported as drift. An
 /// error: it could not look.
 pub fn verify(
     config: &Path,
