@@ -925,21 +925,13 @@ async fn follow_events(
         if batch.is_empty() {
             continue;
         }
-        let places: BTreeMap<u32, crate::events::Place> = {
+        let places: BTreeMap<u32, metrics::VifLabels> = {
             let status = status.borrow();
             batch
                 .iter()
                 .filter_map(|e| {
-                    status.inventory.vifs.get(&e.ifindex).map(|v| {
-                        (
-                            e.ifindex,
-                            crate::events::Place {
-                                device: v.device.clone(),
-                                tenant: v.tenant.clone(),
-                                segment: v.segment.clone(),
-                            },
-                        )
-                    })
+                    let vif = status.inventory.vifs.get(&e.ifindex)?;
+                    Some((e.ifindex, vif.clone()))
                 })
                 .collect()
         };

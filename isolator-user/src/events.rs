@@ -7,6 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use isolator_common::{Event, direction, event, verdict};
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::VifLabels;
+
 /// Reads one report from the ring buffer's bytes; `None` if they are not one.
 pub fn parse(bytes: &[u8]) -> Option<Event> {
     if bytes.len() < size_of::<Event>() {
@@ -54,19 +56,11 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// Where a vif is: its name, tenant and segment (empty when unknown).
-#[derive(Clone, Debug, Default)]
-pub struct Place {
-    pub device: String,
-    pub tenant: String,
-    pub segment: String,
-}
-
 /// Turns a report into words. `place` names its interface; `boot_to_wall` converts the
 /// kernel's `CLOCK_BOOTTIME` nanoseconds to wall-clock time.
 pub fn describe(
     e: &Event,
-    place: Option<&Place>,
+    place: Option<&VifLabels>,
     boot_to_wall: impl Fn(u64) -> chrono::DateTime<chrono::Utc>,
 ) -> Report {
     let v4 = e.flags & event::V4 != 0;
@@ -126,14 +120,7 @@ pub fn describe(
 
 /// Converts `CLOCK_BOOTTIME` nanoseconds to wall-clock time, by the two clocks now.
 pub fn boot_to_wall(boot_ns: u64) -> chrono::DateTime<chrono::Utc> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    let now_boot = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    let ago = now_boot.saturating_sub(boot_ns);
+    let ago = crate::dataplane::boottime_ns().saturating_sub(boot_ns);
     chrono::Utc::now() - chrono::Duration::nanoseconds(ago.min(i64::MAX as u64) as i64)
 }
 
@@ -230,7 +217,7 @@ mod tests {
         .to_vec();
         assert_eq!(parse(&bytes), Some(e));
         assert_eq!(parse(&bytes[..10]), None);
-        let place = Place {
+        let place = VifLabels {
             device: "vm1".into(),
             tenant: "acme".into(),
             segment: "web".into(),
@@ -258,7 +245,7 @@ mod tests {
     fn filters_match_every_field_given() {
         let r = describe(
             &event(),
-            Some(&Place {
+            Some(&VifLabels {
                 device: "vm1".into(),
                 tenant: "acme".into(),
                 segment: "web".into(),

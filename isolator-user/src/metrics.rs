@@ -19,8 +19,8 @@ use crate::compile::Plan;
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
-/// Labels of one managed vif.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Labels of one managed vif (those of `isolator_management_attempts_total`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VifLabels {
     pub device: String,
     pub tenant: String,
@@ -289,13 +289,6 @@ struct VersionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VifOnlyLabels {
-    device: String,
-    tenant: String,
-    segment: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -349,23 +342,16 @@ pub fn render(scrape: &Scrape) -> String {
     } else {
         inventory
     };
-    let management_attempts = Family::<VifOnlyLabels, PromCounter>::default();
-    let vif_only = |vif: &VifLabels| VifOnlyLabels {
-        device: vif.device.clone(),
-        tenant: vif.tenant.clone(),
-        segment: vif.segment.clone(),
-    };
+    let management_attempts = Family::<VifLabels, PromCounter>::default();
     for vif in inventory.vifs.values() {
-        management_attempts.get_or_create(&vif_only(vif)).inc_by(0);
+        management_attempts.get_or_create(vif).inc_by(0);
     }
     for (key, value) in counters.iter() {
         if key.verdict != verdict::MANAGEMENT || key.direction != direction::INGRESS {
             continue;
         }
         if let Some(vif) = inventory.vifs.get(&key.ifindex) {
-            management_attempts
-                .get_or_create(&vif_only(vif))
-                .inc_by(value.packets);
+            management_attempts.get_or_create(vif).inc_by(value.packets);
         }
     }
     let events_dropped = Family::<ReasonLabels, PromCounter>::default();

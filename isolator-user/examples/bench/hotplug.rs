@@ -113,9 +113,8 @@ pub(super) fn isolator_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// A runtime, a netlink handle on it, and the namespace's loopback up.
-pub(super) fn runtime_with_netlink() -> anyhow::Result<(tokio::runtime::Runtime, rtnetlink::Handle)>
-{
+/// A single-threaded runtime and a netlink handle on it.
+fn runtime_and_netlink() -> anyhow::Result<(tokio::runtime::Runtime, rtnetlink::Handle)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -125,6 +124,13 @@ pub(super) fn runtime_with_netlink() -> anyhow::Result<(tokio::runtime::Runtime,
         rt.spawn(connection);
         handle
     };
+    Ok((rt, netlink))
+}
+
+/// A runtime, a netlink handle on it, and the namespace's loopback up.
+pub(super) fn runtime_with_netlink() -> anyhow::Result<(tokio::runtime::Runtime, rtnetlink::Handle)>
+{
+    let (rt, netlink) = runtime_and_netlink()?;
     rt.block_on(async {
         let lo = netlink
             .link()
@@ -201,15 +207,7 @@ struct Probe {
 
 impl Probe {
     fn new() -> anyhow::Result<Probe> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let netlink = {
-            let _entered = rt.enter();
-            let (connection, handle, _) = rtnetlink::new_connection()?;
-            rt.spawn(connection);
-            handle
-        };
+        let (rt, netlink) = runtime_and_netlink()?;
         let frame = frame::ip(
             [0x02, 0, 0, 0, 0x09, 1],
             [0x02, 0, 0, 0, 0x09, 2],

@@ -687,7 +687,7 @@ pub fn read_pinned_policy(state_dir: &Path) -> Result<PinnedPolicy, DataplaneErr
 
 /// `CLOCK_BOOTTIME` in nanoseconds: increasing across daemon restarts (tracked
 /// connections do not outlive a reboot).
-fn boottime_ns() -> u64 {
+pub(crate) fn boottime_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
