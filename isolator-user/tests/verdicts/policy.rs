@@ -795,6 +795,24 @@ fn egress_rules() {
                 verdict::PASS,
             )
             .from("d-aw1"),
+            // The receiving end of a cross-tenant flow judges by its own segment's flags
+            // (a flow to another tenant): delivered inside the flow's ports, refused
+            // (audited: globex/api is in audit mode) one port beyond.
+            out(
+                "from another tenant over a cross-tenant flow into this one",
+                "d-ga",
+                ip("10.1.1.5", "10.2.1.5", udp(43000, 5010)),
+                verdict::PASS,
+            )
+            .from("d-aw1"),
+            out(
+                "from another tenant, outside the cross-tenant flow's ports",
+                "d-ga",
+                ip("10.1.1.5", "10.2.1.5", udp(43000, 5011)),
+                verdict::CROSS_TENANT,
+            )
+            .from("d-aw1")
+            .audited(),
             out(
                 "from outside to an exposed endpoint",
                 "d-aw1",
