@@ -86,8 +86,34 @@ pub struct StatusReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconcile_error: Option<String>,
     pub counters: CountersReport,
+    /// A fleet daemon's bundle source (`--policy-source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditReport>,
+}
+
+/// Where a fleet daemon's policy comes from, and how its connection to etcd is.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FleetReport {
+    /// The bundle's key, this host's name and group.
+    pub key: String,
+    pub host: String,
+    pub group: String,
+    /// The revision in force (0: none from etcd) and where it came from (`etcd`, `cache`).
+    pub revision: i64,
+    pub source: String,
+    /// The revision refused last, while no later one is in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_revision: Option<i64>,
+    /// Whether etcd answers now, since when (Unix milliseconds), and the last failure.
+    pub connected: bool,
+    pub since_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Watches compacted away (the bundle read again), and reconnections.
+    pub rereads: u64,
+    pub reconnects: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -409,6 +435,35 @@ pub fn render_status(status: &StatusReport) -> String {
         let _ = writeln!(
             out,
             "NOT IN LINE with the policy and the host (retrying): {e}"
+        );
+    }
+    if let Some(f) = &status.fleet {
+        let _ = writeln!(
+            out,
+            "fleet: host {} in group {}, following {}: revision {} in force (from {}){}",
+            f.host,
+            f.group,
+            f.key,
+            f.revision,
+            f.source,
+            f.refused_revision
+                .map(|r| format!(", revision {r} refused"))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            out,
+            "  etcd: {}{} ({} re-reads after compaction, {} reconnects)",
+            if f.connected {
+                "connected"
+            } else {
+                "UNREACHABLE, the policy in force stays"
+            },
+            f.error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default(),
+            f.rereads,
+            f.reconnects
         );
     }
     let _ = writeln!(out, "interfaces: {}", status.interfaces.len());

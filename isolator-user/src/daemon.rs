@@ -62,7 +62,10 @@ pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9647";
 pub const DEFAULT_STATE_DIR: &str = "/sys/fs/bpf/isolator";
 
 pub struct RunOptions {
+    /// The policy file; with a fleet source, how the bundle's key is shown.
     pub config: PathBuf,
+    /// Follow a policy bundle in etcd instead of the file (`--policy-source etcd://...`).
+    pub fleet: Option<FleetOptions>,
     pub metrics_addr: SocketAddr,
     /// A bpffs directory for pinned maps and links (one per daemon).
     pub state_dir: PathBuf,
@@ -91,6 +94,23 @@ pub struct RunOptions {
     pub verify_interval: Option<Duration>,
     /// Links that may share a bridge with tenant vifs without being managed.
     pub infrastructure: Vec<crate::policy::InterfacePattern>,
+}
+
+/// Where a fleet daemon follows its policy, and how it reports (`--policy-source`,
+/// `--fleet-*`).
+pub struct FleetOptions {
+    pub location: crate::fleet::Location,
+    pub tls: crate::fleet::TlsArgs,
+    /// The group whose bundle this host follows.
+    pub group: String,
+    /// This host's name in the fleet.
+    pub host: String,
+    /// Where the last good bundle is kept.
+    pub cache_dir: PathBuf,
+    /// The status key's lease, in seconds.
+    pub lease_seconds: i64,
+    /// How long to wait for etcd at start before enforcing the cached bundle.
+    pub start_timeout: Duration,
 }
 
 /// What the daemon's own verification found last (`isolator verify`, run in the daemon).
@@ -273,6 +293,216 @@ fn load_policy(
     ))
 }
 
+/// Checks a fleet bundle as [`load_policy`] checks a file: its signature (with
+/// `--trusted-keys`) over the policy's bytes, then the policy itself.
+fn load_bundle(
+    candidate: &crate::fleet::Candidate,
+    trusted: Option<&crate::signing::TrustedKeys>,
+) -> Result<(Policy, Provenance), LoadError> {
+    let name = candidate.name();
+    let bytes = candidate.bundle.policy.as_bytes();
+    let signer = match (trusted, &candidate.bundle.signature) {
+        (Some(keys), Some(signature)) => Some(
+            keys.verify_signature(&name, bytes, &format!("{name} (signature)"), signature)
+                .map_err(LoadError::Signature)?,
+        ),
+        (Some(_), None) => {
+            return Err(LoadError::Signature(anyhow!(
+                "{name} is not signed (publish it with `isolator publish --trusted-keys DIR` \
+                 after `isolator sign`)"
+            )));
+        }
+        (None, _) => None,
+    };
+    let policy = policy::parse(&candidate.bundle.policy, &name).map_err(|diagnostics| {
+        LoadError::Invalid(anyhow!("{diagnostics}the policy is not valid"))
+    })?;
+    Ok((
+        policy,
+        Provenance {
+            sha256: crate::signing::digest(bytes),
+            signer,
+        },
+    ))
+}
+
+/// The audit record of a fleet bundle's load.
+fn bundle_record(
+    key: &str,
+    revision: i64,
+    source: &str,
+    loaded: Result<&(Policy, Provenance), &LoadError>,
+    sha256: Option<&str>,
+) -> serde_json::Value {
+    match loaded {
+        Ok((policy, provenance)) => json!({
+            "key": key, "revision": revision, "source": source,
+            "sha256": provenance.sha256, "signer": provenance.signer,
+            "summary": policy.summary().to_string(), "result": "ok",
+        }),
+        Err(e) => json!({
+            "key": key, "revision": revision, "source": source, "sha256": sha256,
+            "result": "refused",
+            "reason": match e { LoadError::Signature(_) => "signature", LoadError::Invalid(_) => "invalid" },
+            "error": match e { LoadError::Signature(e) | LoadError::Invalid(e) => format!("{e:#}") },
+        }),
+    }
+}
+
+/// What a fleet daemon starts with: the policy, where it came from, and where to follow
+/// from.
+struct FleetStart {
+    client: etcd_client::Client,
+    /// The revision in force, and whether it came from the cache.
+    revision: i64,
+    from_cache: bool,
+    /// The revision to watch from (0: read first).
+    watch_from: i64,
+    /// A revision in etcd refused at start, and why.
+    refused: Option<(i64, String)>,
+}
+
+/// A fleet daemon's start: the bundle in etcd if it answers within the start timeout and
+/// the bundle checks out, else the cached last good bundle (checked again), else nothing.
+/// Every load is on record in the audit log.
+async fn fleet_start(
+    fleet: &FleetOptions,
+    trusted: Option<&crate::signing::TrustedKeys>,
+    chronicle: &Chronicle,
+) -> anyhow::Result<((Policy, Provenance), FleetStart)> {
+    let mut client = crate::fleet::connect(&fleet.location, &fleet.tls).await?;
+    let key = fleet.location.policy_key(&fleet.group);
+    let mut start = FleetStart {
+        client: client.clone(),
+        revision: 0,
+        from_cache: false,
+        watch_from: 0,
+        refused: None,
+    };
+    let cached = match crate::fleet::cache::load(&fleet.cache_dir) {
+        Ok(cached) => cached,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "the fleet cache cannot be used");
+            None
+        }
+    };
+    let fetched = tokio::time::timeout(fleet.start_timeout, client.get(key.clone(), None)).await;
+    let mut from_etcd = None;
+    let why_not = match fetched {
+        Ok(Ok(response)) => {
+            start.watch_from = response.header().map_or(0, |h| h.revision()) + 1;
+            match response.kvs().first() {
+                None => format!("nothing is published at {key} (isolator publish)"),
+                Some(kv) => {
+                    let revision = kv.mod_revision();
+                    let loaded = match crate::fleet::Bundle::decode(kv.value()) {
+                        Ok(bundle) => {
+                            let candidate = crate::fleet::Candidate {
+                                key: key.clone(),
+                                revision,
+                                bundle,
+                            };
+                            load_bundle(&candidate, trusted)
+                                .map(|loaded| (loaded, candidate.bundle))
+                        }
+                        Err(e) => Err(LoadError::Invalid(anyhow!("etcd:{key}@{revision}: {e:#}"))),
+                    };
+                    audit(
+                        chronicle,
+                        "policy_load",
+                        bundle_record(
+                            &key,
+                            revision,
+                            "etcd",
+                            loaded.as_ref().map(|(l, _)| l),
+                            None,
+                        ),
+                    );
+                    match loaded {
+                        Ok((loaded, bundle)) => {
+                            from_etcd = Some((loaded, revision, bundle));
+                            String::new()
+                        }
+                        Err(e) => {
+                            let e = e.into_inner();
+                            error!(key = %key, revision, "{e:#}");
+                            start.refused = Some((revision, format!("{e:#}")));
+                            format!("the bundle at {key} (revision {revision}) was refused")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Err(e)) => format!(
+            "etcd at {} is unreachable ({})",
+            fleet.location,
+            crate::fleet::describe(&e)
+        ),
+        Err(_) => format!(
+            "etcd at {} did not answer within {} s",
+            fleet.location,
+            fleet.start_timeout.as_secs_f64()
+        ),
+    };
+    if let Some(((policy, provenance), revision, bundle)) = from_etcd {
+        let newer_cache = cached
+            .as_ref()
+            .filter(|(c, _)| c.key == key && c.revision > revision);
+        if newer_cache.is_none() {
+            info!(key = %key, revision, "the policy bundle comes from etcd");
+            start.revision = revision;
+            if let Err(e) = crate::fleet::cache::store(
+                &fleet.cache_dir,
+                &crate::fleet::Candidate {
+                    key: key.clone(),
+                    revision,
+                    bundle,
+                },
+            ) {
+                warn!(error = %format!("{e:#}"), "could not cache the bundle in force");
+            }
+            return Ok(((policy, provenance), start));
+        }
+        warn!(key = %key, revision, "etcd holds an older revision than the cached bundle (a restored cluster?); the cached bundle stays in force until a newer revision is published");
+    }
+    let Some((candidate, stored_ms)) = cached else {
+        anyhow::bail!(
+            "{why_not}, and there is no cached bundle in {} to enforce meanwhile",
+            fleet.cache_dir.display()
+        );
+    };
+    if candidate.key != key {
+        anyhow::bail!(
+            "{why_not}, and the cached bundle in {} is {}'s, not {key}'s (another group or \
+             prefix): remove it or start with the group it was cached for",
+            fleet.cache_dir.display(),
+            candidate.key
+        );
+    }
+    let loaded = load_bundle(&candidate, trusted);
+    audit(
+        chronicle,
+        "policy_load",
+        bundle_record(
+            &key,
+            candidate.revision,
+            "cache",
+            loaded.as_ref(),
+            Some(&candidate.bundle.sha256),
+        ),
+    );
+    let loaded = loaded
+        .map_err(LoadError::into_inner)
+        .with_context(|| format!("{why_not}, and the cached bundle does not check out"))?;
+    let age = crate::fleet::unix_ms().saturating_sub(stored_ms) / 1000;
+    if !why_not.is_empty() {
+        warn!(reason = %why_not, revision = candidate.revision, cached_seconds_ago = age, "enforcing the cached policy bundle; following etcd as soon as it answers");
+    }
+    start.revision = candidate.revision;
+    start.from_cache = true;
+    Ok((loaded, start))
+}
+
 /// The netlink socket's receive buffer unless told otherwise: room for the events of
 /// some thousands of links changing at once (a host booting its VMs).
 pub const DEFAULT_NETLINK_RECEIVE_BUFFER: usize = 8 << 20;
@@ -321,6 +551,12 @@ struct Status {
     last_reload_success_ms: u64,
     /// Attempts to attach to an interface that failed.
     attach_failures: u64,
+    /// A fleet daemon's bundle revision in force (0: none from etcd), where it came from
+    /// (`etcd`, `cache`; empty for a policy file), and the revision refused last while no
+    /// later one is in force.
+    fleet_revision: i64,
+    fleet_source: &'static str,
+    fleet_refused: Option<i64>,
 }
 
 /// Now, in Unix milliseconds.
@@ -353,15 +589,27 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if let Err(e) = chronicle.checkpoint() {
         error!(error = %format!("{e:#}"), "signing the audit log's checkpoint at start failed");
     }
-    let loaded = load_policy(&opts.config, trusted.as_ref());
-    audit(
-        &chronicle,
-        "policy_load",
-        load_record(&opts.config, &loaded),
-    );
-    let (policy, provenance) = loaded
-        .map_err(LoadError::into_inner)
-        .context("nothing was loaded (see `isolator check`)")?;
+    let mut fleet_started = None;
+    let (policy, provenance) = match &opts.fleet {
+        None => {
+            let loaded = load_policy(&opts.config, trusted.as_ref());
+            audit(
+                &chronicle,
+                "policy_load",
+                load_record(&opts.config, &loaded),
+            );
+            loaded
+                .map_err(LoadError::into_inner)
+                .context("nothing was loaded (see `isolator check`)")?
+        }
+        Some(fleet) => {
+            let (loaded, start) = fleet_start(fleet, trusted.as_ref(), &chronicle)
+                .await
+                .context("nothing was loaded")?;
+            fleet_started = Some(start);
+            loaded
+        }
+    };
     info!(
         config = %opts.config.display(),
         summary = %policy.summary(),
@@ -426,8 +674,26 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let (status_tx, status) = watch::channel(Status {
         provenance: provenance.clone(),
         summary: policy.summary().to_string(),
+        fleet_revision: fleet_started.as_ref().map_or(0, |f| f.revision),
+        fleet_source: match &fleet_started {
+            None => "",
+            Some(f) if f.from_cache => "cache",
+            Some(_) => "etcd",
+        },
+        fleet_refused: fleet_started
+            .as_ref()
+            .and_then(|f| f.refused.as_ref().map(|(revision, _)| *revision)),
+        reload_refused: fleet_started
+            .as_ref()
+            .and_then(|f| f.refused.as_ref().map(|(_, why)| why.clone())),
         ..Status::default()
     });
+    // A fleet daemon: offers of new revisions go to the controller; reloads ask for a new
+    // read.
+    let (offers_tx, offers_rx) = tokio::sync::mpsc::channel(1);
+    let refresh = Arc::new(tokio::sync::Notify::new());
+    let (link_tx, link_rx) = watch::channel(crate::fleet::follow::LinkState::default());
+    let fleet_link = opts.fleet.as_ref().map(|_| link_rx);
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     let (policy_tx, policy_rx) = watch::channel(Arc::new(policy.clone()));
     let (changed_tx, changed_rx) = tokio::sync::mpsc::channel(1);
@@ -455,6 +721,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         control_reloads: reload_rx,
         policy_in_force: policy_tx,
         changed: changed_tx,
+        fleet: match (&opts.fleet, &fleet_started) {
+            (Some(fleet), Some(start)) => Some(FleetControl {
+                key: fleet.location.policy_key(&fleet.group),
+                cache_dir: fleet.cache_dir.clone(),
+                offers: offers_rx,
+                refresh: refresh.clone(),
+                in_force: start.revision,
+            }),
+            _ => None,
+        },
     };
     controller
         .reconcile(None)
@@ -475,6 +751,45 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         chronicle: chronicle.clone(),
         published: verified_tx,
     }));
+    if let (Some(fleet), Some(start)) = (&opts.fleet, fleet_started) {
+        tokio::spawn(
+            crate::fleet::follow::Follower {
+                client: start.client.clone(),
+                key: fleet.location.policy_key(&fleet.group),
+                submit: offers_tx,
+                in_force: start.revision,
+                watch_from: start.watch_from,
+                refresh,
+                link: link_tx,
+                backoff: crate::fleet::follow::Backoff::new(
+                    Duration::from_millis(500),
+                    crate::fleet::follow::BACKOFF_MAX,
+                ),
+            }
+            .run(),
+        );
+        let (host_tx, host_rx) = watch::channel(crate::fleet::HostStatus::default());
+        tokio::spawn(report_host(
+            status.clone(),
+            verified.clone(),
+            crate::fleet::HostStatus {
+                host: fleet.host.clone(),
+                group: fleet.group.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                pid: std::process::id(),
+                ..crate::fleet::HostStatus::default()
+            },
+            host_tx,
+        ));
+        tokio::spawn(crate::fleet::follow::publish_status(
+            start.client,
+            fleet.location.clone(),
+            fleet.host.clone(),
+            fleet.group.clone(),
+            fleet.lease_seconds,
+            host_rx,
+        ));
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let controller_task = tokio::spawn(controller.run(stop_rx));
     let control_server = ControlServer {
@@ -492,6 +807,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         monitors: Arc::new(std::sync::Mutex::new(Vec::new())),
         monitor_rate: opts.monitor_rate,
         management_rate: opts.management_rate,
+        fleet: opts
+            .fleet
+            .as_ref()
+            .zip(fleet_link.clone())
+            .map(|(fleet, link)| {
+                (
+                    fleet.location.policy_key(&fleet.group),
+                    fleet.host.clone(),
+                    fleet.group.clone(),
+                    link,
+                )
+            }),
     };
     info!(socket = %opts.control_socket.display(), "control socket ready (isolator status, isolator reload)");
     // systemd: ready once every claimed interface is enforced; the watchdog fed while the
@@ -515,6 +842,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             chronicle: chronicle.clone(),
             detail: opts.metrics_detail,
             verified,
+            fleet: fleet_link.clone(),
         });
     info!(addr = %opts.metrics_addr, "serving /metrics and /healthz");
     axum::serve(listener, app)
@@ -573,6 +901,29 @@ struct Controller {
     policy_in_force: watch::Sender<Arc<Policy>>,
     /// Tells the verification that the kernel or the host changed.
     changed: tokio::sync::mpsc::Sender<()>,
+    /// A fleet daemon's bundle source.
+    fleet: Option<FleetControl>,
+}
+
+/// The controller's side of the fleet source.
+struct FleetControl {
+    /// The bundle's key.
+    key: String,
+    cache_dir: PathBuf,
+    /// New revisions from the follower.
+    offers: tokio::sync::mpsc::Receiver<crate::fleet::follow::Submission>,
+    /// Asks the follower to read the key again (a reload).
+    refresh: Arc<tokio::sync::Notify>,
+    /// The revision in force.
+    in_force: i64,
+}
+
+/// The next offer of a fleet daemon's follower; never, for a daemon following a file.
+async fn next_offer(fleet: &mut Option<FleetControl>) -> Option<crate::fleet::follow::Submission> {
+    match fleet {
+        Some(fleet) => fleet.offers.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Controller {
@@ -619,6 +970,10 @@ impl Controller {
                 Some(reply) = self.control_reloads.recv() => {
                     let report = self.reload("control").await;
                     let _ = reply.send(report);
+                }
+                Some((offer, reply)) = next_offer(&mut self.fleet) => {
+                    let outcome = self.take_offer(offer).await;
+                    let _ = reply.send(outcome);
                 }
                 _ = resync.tick() => {
                     debug!("periodic resync");
@@ -678,10 +1033,102 @@ impl Controller {
     /// `--trusted-keys`), validate it again and put it into effect, or keep the running
     /// policy. Recorded in the audit log either way.
     async fn reload(&mut self, trigger: &'static str) -> ReloadReport {
+        if let Some(fleet) = &self.fleet {
+            // The policy follows etcd: a reload reads the bundle again (a revision newer
+            // than the one in force is put into effect as it arrives).
+            info!(key = %fleet.key, trigger, in_force = fleet.in_force, "reload: reading the policy bundle from etcd again");
+            fleet.refresh.notify_one();
+            let status = self.status.borrow();
+            return ReloadReport {
+                result: "ok".into(),
+                error: None,
+                sha256: status.provenance.sha256.clone(),
+                signer: status.provenance.signer.clone(),
+            };
+        }
         info!(config = %self.config.display(), trigger, "reloading the policy");
-        let mut unsigned = false;
         let loaded = load_policy(&self.config, self.trusted.as_ref());
-        let mut record = load_record(&self.config, &loaded);
+        let record = load_record(&self.config, &loaded);
+        self.put_into_effect(trigger, loaded, record).await
+    }
+
+    /// A new revision from etcd: put into effect as a reload is (signature, validation,
+    /// all-or-nothing swap), cached once in force; refused (and the policy in force kept)
+    /// otherwise; ignored if it is not newer than the one in force.
+    async fn take_offer(
+        &mut self,
+        offer: crate::fleet::follow::Offer,
+    ) -> crate::fleet::follow::Outcome {
+        use crate::fleet::follow::Outcome;
+        let Some(fleet) = &self.fleet else {
+            return Outcome::Stale;
+        };
+        if offer.revision <= fleet.in_force {
+            return Outcome::Stale;
+        }
+        info!(key = %offer.key, revision = offer.revision, in_force = fleet.in_force, "etcd: a new policy bundle");
+        let (loaded, candidate) = match offer.bundle {
+            Ok(bundle) => {
+                let candidate = crate::fleet::Candidate {
+                    key: offer.key.clone(),
+                    revision: offer.revision,
+                    bundle,
+                };
+                (
+                    load_bundle(&candidate, self.trusted.as_ref()),
+                    Some(candidate),
+                )
+            }
+            Err(why) => (
+                Err(LoadError::Invalid(anyhow!(
+                    "etcd:{}@{}: {why}",
+                    offer.key,
+                    offer.revision
+                ))),
+                None,
+            ),
+        };
+        let record = bundle_record(
+            &offer.key,
+            offer.revision,
+            "etcd",
+            loaded.as_ref(),
+            candidate.as_ref().map(|c| c.bundle.sha256.as_str()),
+        );
+        let report = self.put_into_effect("etcd", loaded, record).await;
+        let applied = report.result == "ok";
+        self.status.send_modify(|s| {
+            if applied {
+                s.fleet_revision = offer.revision;
+                s.fleet_source = "etcd";
+                s.fleet_refused = None;
+            } else {
+                s.fleet_refused = Some(offer.revision);
+            }
+        });
+        if !applied {
+            return Outcome::Refused(report.error.unwrap_or_default());
+        }
+        if let Some(fleet) = &mut self.fleet {
+            fleet.in_force = offer.revision;
+            if let Some(candidate) = &candidate
+                && let Err(e) = crate::fleet::cache::store(&fleet.cache_dir, candidate)
+            {
+                warn!(error = %format!("{e:#}"), "could not cache the bundle in force; a start while etcd is unreachable would enforce an older one");
+            }
+        }
+        Outcome::Applied
+    }
+
+    /// Puts a loaded policy (or a refusal) into effect as a reload: the swap, the status,
+    /// the log and the audit record `record` (completed here).
+    async fn put_into_effect(
+        &mut self,
+        trigger: &'static str,
+        loaded: Result<(Policy, Provenance), LoadError>,
+        mut record: serde_json::Value,
+    ) -> ReloadReport {
+        let mut unsigned = false;
         let outcome = match loaded {
             Err(e) => {
                 unsigned = matches!(e, LoadError::Signature(_));
@@ -891,6 +1338,67 @@ fn load_record(
     }
 }
 
+/// Keeps a fleet daemon's [`crate::fleet::HostStatus`] in line with its status and its
+/// last verification; the publisher writes it to etcd whenever it changes.
+async fn report_host(
+    mut status: watch::Receiver<Status>,
+    mut verified: watch::Receiver<Verified>,
+    base: crate::fleet::HostStatus,
+    out: watch::Sender<crate::fleet::HostStatus>,
+) {
+    loop {
+        let host = {
+            let status = status.borrow_and_update();
+            let verified = verified.borrow_and_update();
+            let refused: BTreeSet<&str> = status.refused.iter().map(|r| r.0.as_str()).collect();
+            crate::fleet::HostStatus {
+                revision: status.fleet_revision,
+                sha256: status.provenance.sha256.clone(),
+                signer: status.provenance.signer.clone(),
+                generation: status.generation,
+                source: status.fleet_source.to_string(),
+                enforced: status
+                    .inventory
+                    .vifs
+                    .values()
+                    .map(|labels| labels.device.clone())
+                    .filter(|device| !refused.contains(device.as_str()))
+                    .collect(),
+                failed: status
+                    .refused
+                    .iter()
+                    .map(|(device, why, reason)| crate::fleet::FailedInterface {
+                        device: device.clone(),
+                        reason: format!("{reason}: {why}"),
+                    })
+                    .collect(),
+                last_error: status
+                    .reload_refused
+                    .clone()
+                    .or_else(|| status.reconcile_error.clone()),
+                refused_revision: status.fleet_refused,
+                verify: (verified.last_ms > 0).then(|| crate::fleet::VerifySummary {
+                    findings: verified.counts.values().sum(),
+                    at_ms: verified.last_ms,
+                }),
+                applied_at_ms: status.last_reload_success_ms,
+                ..base.clone()
+            }
+        };
+        out.send_if_modified(|old| {
+            let changed = *old != host;
+            if changed {
+                *old = host;
+            }
+            changed
+        });
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return },
+            changed = verified.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 /// Reports kept for a monitor that is behind before it misses some (it is told how many).
 const MONITOR_BACKLOG: usize = 4096;
 
@@ -967,6 +1475,13 @@ struct ControlServer {
     monitors: Arc<std::sync::Mutex<Vec<(u64, u32)>>>,
     monitor_rate: u32,
     management_rate: u32,
+    /// A fleet daemon's key, host and group, and its connection to etcd.
+    fleet: Option<(
+        String,
+        String,
+        String,
+        watch::Receiver<crate::fleet::follow::LinkState>,
+    )>,
 }
 
 impl ControlServer {
@@ -1281,6 +1796,22 @@ impl ControlServer {
             last_reload: status.last_reload.clone(),
             reconcile_error: status.reconcile_error.clone(),
             counters,
+            fleet: self.fleet.as_ref().map(|(key, host, group, link)| {
+                let link = link.borrow();
+                control::FleetReport {
+                    key: key.clone(),
+                    host: host.clone(),
+                    group: group.clone(),
+                    revision: status.fleet_revision,
+                    source: status.fleet_source.to_string(),
+                    refused_revision: status.fleet_refused,
+                    connected: link.connected,
+                    since_ms: link.since_ms,
+                    error: link.error.clone(),
+                    rereads: link.rereads,
+                    reconnects: link.reconnects,
+                }
+            }),
             audit: Some(control::AuditReport {
                 path: self.chronicle.path().display().to_string(),
                 next_seq,
@@ -1773,6 +2304,8 @@ struct Http {
     chronicle: Arc<Chronicle>,
     detail: metrics::Detail,
     verified: watch::Receiver<Verified>,
+    /// A fleet daemon's connection to etcd.
+    fleet: Option<watch::Receiver<crate::fleet::follow::LinkState>>,
 }
 
 /// Each interface the policy claims, enforced or not, for `isolator_interface_enforced`:
@@ -1838,6 +2371,10 @@ async fn serve_metrics(State(http): State<Http>) -> impl IntoResponse {
                     last_reload_success_ms: status.last_reload_success_ms,
                     attach_failures: status.attach_failures,
                     enforcement,
+                    fleet: http.fleet.as_ref().map(|link| metrics::Fleet {
+                        revision: status.fleet_revision,
+                        connected: link.borrow().connected,
+                    }),
                     topology: {
                         let v = http.verified.borrow();
                         metrics::Topology {

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod encode;
 pub mod events;
+pub mod fleet;
 pub mod metrics;
 pub mod model;
 pub mod netlink;

@@ -31,6 +31,68 @@ struct Cli {
     command: Command,
 }
 
+/// `isolator run`'s fleet source: a policy bundle in etcd instead of a file.
+#[derive(clap::Args)]
+struct FleetRunArgs {
+    /// Follow a signed policy bundle in etcd instead of a file:
+    /// etcd://HOST:PORT[,HOST:PORT...]/PREFIX (etcds:// for TLS). The daemon reads
+    /// PREFIX/policy/GROUP, watches it, puts each new revision into effect as a reload,
+    /// caches the last good one (--fleet-cache) for starts while etcd is away, and
+    /// keeps its status under PREFIX/status/HOST (docs/operations.md, "Fleet").
+    #[arg(long, value_name = "URL")]
+    policy_source: Option<String>,
+    /// The group whose bundle this host follows (a canary group, or a group of one).
+    #[arg(long, value_name = "NAME", default_value = isolator::fleet::DEFAULT_GROUP,
+          requires = "policy_source")]
+    fleet_group: String,
+    /// This host's name in the fleet (its status key); the host name unless given.
+    #[arg(long, value_name = "NAME", requires = "policy_source")]
+    fleet_host: Option<String>,
+    /// Where the last good bundle is kept, for a start while etcd is unreachable.
+    #[arg(long, value_name = "DIR", default_value = isolator::fleet::DEFAULT_CACHE_DIR,
+          requires = "policy_source")]
+    fleet_cache: PathBuf,
+    /// How long the host's status outlives the daemon in etcd (its lease), in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = isolator::fleet::DEFAULT_LEASE_SECONDS,
+          value_parser = clap::value_parser!(i64).range(3..=3600), requires = "policy_source")]
+    fleet_lease_seconds: i64,
+    /// How long to wait for etcd at start before enforcing the cached bundle, in
+    /// seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 5.0,
+        requires = "policy_source"
+    )]
+    fleet_start_timeout: f64,
+    #[command(flatten)]
+    etcd_tls: isolator::fleet::TlsArgs,
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Every host with the revision, policy and generation it runs, its interfaces and
+    /// its last error, flagged ok, behind (older than its group's bundle), failing
+    /// (refused bundle or interfaces, verification findings) or gone (status expired).
+    /// Exit 0: all ok; 1: some host is not; 2: etcd could not be read.
+    Status {
+        #[arg(long, value_name = "URL")]
+        etcd: String,
+        #[command(flatten)]
+        etcd_tls: isolator::fleet::TlsArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a host that left the fleet for good (no longer listed as gone).
+    Forget {
+        #[arg(long, value_name = "URL")]
+        etcd: String,
+        #[command(flatten)]
+        etcd_tls: isolator::fleet::TlsArgs,
+        host: String,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Validate a policy file and report findings (exposures of whole segments, flows
@@ -83,8 +145,15 @@ enum Command {
     /// SIGHUP reloads the policy, SIGINT/SIGTERM detaches everything and exits.
     Run {
         /// The policy file (YAML, see docs/policy.md).
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "policy_source",
+            conflicts_with = "policy_source"
+        )]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        fleet: Box<FleetRunArgs>,
         /// Address for /metrics and /healthz.
         #[arg(long, value_name = "ADDR", default_value = daemon::DEFAULT_METRICS_ADDR)]
         metrics_addr: SocketAddr,
@@ -200,6 +269,45 @@ enum Command {
         socket: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+    /// Publish a policy to the fleet: validate FILE, check its signature (FILE.sig) against
+    /// --trusted-keys, show what changes against the bundle in etcd, and write the new
+    /// bundle in one transaction that fails if someone published meanwhile. Exit 0:
+    /// published (or shown, with --dry-run); 1: someone published meanwhile, nothing was
+    /// written; 2: invalid, unsigned or unreachable, nothing was written.
+    Publish {
+        /// The cluster and prefix: etcd://HOST:PORT[,HOST:PORT...]/PREFIX (etcds:// for
+        /// TLS).
+        #[arg(long, value_name = "URL")]
+        etcd: String,
+        #[command(flatten)]
+        etcd_tls: isolator::fleet::TlsArgs,
+        /// The group to publish to (hosts follow their --fleet-group).
+        #[arg(long, value_name = "NAME", default_value = isolator::fleet::DEFAULT_GROUP)]
+        group: String,
+        /// The public keys FILE's signature must be by (the hosts' --trusted-keys).
+        #[arg(long, value_name = "DIR")]
+        trusted_keys: Option<PathBuf>,
+        /// Publish without a signature, for a fleet whose daemons run without
+        /// --trusted-keys.
+        #[arg(long)]
+        unsigned: bool,
+        /// Publish only if the bundle in etcd is still at this revision (0: none), as
+        /// shown by an earlier --dry-run.
+        #[arg(long, value_name = "REVISION")]
+        expect_revision: Option<i64>,
+        /// Show the diff against the bundle in etcd, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// The fleet's hosts as they report themselves in etcd.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
     },
     /// Remove the enforcement a stopped daemon left in place (`isolator run --persist`,
     /// as the systemd unit runs it): release every pinned link, which detaches the
@@ -358,6 +466,7 @@ fn main() -> ExitCode {
         },
         Command::Run {
             config,
+            fleet,
             metrics_addr,
             state_dir,
             persist,
@@ -395,6 +504,43 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let FleetRunArgs {
+                policy_source,
+                fleet_group,
+                fleet_host,
+                fleet_cache,
+                fleet_lease_seconds,
+                fleet_start_timeout,
+                etcd_tls,
+            } = *fleet;
+            let fleet = match policy_source {
+                None => None,
+                Some(url) => match fleet_options(
+                    &url,
+                    etcd_tls,
+                    fleet_group,
+                    fleet_host,
+                    fleet_cache,
+                    fleet_lease_seconds,
+                    fleet_start_timeout,
+                ) {
+                    Ok(fleet) => Some(fleet),
+                    Err(e) => {
+                        eprintln!("error: --policy-source: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            let config = match (config, &fleet) {
+                (Some(config), _) => config,
+                (None, Some(fleet)) => {
+                    PathBuf::from(format!("{}/policy/{}", fleet.location, fleet.group))
+                }
+                (None, None) => {
+                    eprintln!("error: give --config FILE or --policy-source URL");
+                    return ExitCode::FAILURE;
+                }
+            };
             tracing_subscriber::fmt()
                 .with_env_filter(
                     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -411,6 +557,7 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(daemon::run(daemon::RunOptions {
                 config,
+                fleet,
                 metrics_addr,
                 state_dir,
                 persist,
@@ -491,6 +638,62 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Publish {
+            etcd,
+            etcd_tls,
+            group,
+            trusted_keys,
+            unsigned,
+            expect_revision,
+            dry_run,
+            json,
+            file,
+        } => {
+            let location = match etcd.parse::<isolator::fleet::Location>() {
+                Ok(location) => location,
+                Err(e) => {
+                    eprintln!("error: --etcd: {e:#}");
+                    return ExitCode::from(isolator::fleet::cli::FAILED);
+                }
+            };
+            block_on(isolator::fleet::cli::publish(
+                isolator::fleet::cli::Publish {
+                    location: &location,
+                    tls: &etcd_tls,
+                    group: &group,
+                    file: &file,
+                    trusted_keys: trusted_keys.as_deref(),
+                    unsigned,
+                    expect_revision,
+                    dry_run,
+                    json,
+                },
+            ))
+        }
+        Command::Fleet { command } => match command {
+            FleetCommand::Status {
+                etcd,
+                etcd_tls,
+                json,
+            } => match etcd.parse::<isolator::fleet::Location>() {
+                Ok(location) => block_on(isolator::fleet::cli::status(&location, &etcd_tls, json)),
+                Err(e) => {
+                    eprintln!("error: --etcd: {e:#}");
+                    ExitCode::from(2)
+                }
+            },
+            FleetCommand::Forget {
+                etcd,
+                etcd_tls,
+                host,
+            } => match etcd.parse::<isolator::fleet::Location>() {
+                Ok(location) => block_on(isolator::fleet::cli::forget(&location, &etcd_tls, &host)),
+                Err(e) => {
+                    eprintln!("error: --etcd: {e:#}");
+                    ExitCode::from(2)
+                }
+            },
+        },
         Command::Teardown {
             state_dir,
             control_socket,
@@ -734,4 +937,46 @@ fn generate_docs(man: &std::path::Path, completions: &std::path::Path) -> anyhow
         )?;
     }
     Ok(())
+}
+
+/// Runs a client command's future on a runtime of its own.
+fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(future),
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `isolator run`'s fleet options, checked.
+fn fleet_options(
+    url: &str,
+    tls: isolator::fleet::TlsArgs,
+    group: String,
+    host: Option<String>,
+    cache_dir: PathBuf,
+    lease_seconds: i64,
+    start_timeout: f64,
+) -> anyhow::Result<daemon::FleetOptions> {
+    let location: isolator::fleet::Location = url.parse()?;
+    isolator::fleet::check_name("--fleet-group", &group)?;
+    let host = match host {
+        Some(host) => host,
+        None => isolator::fleet::hostname()?,
+    };
+    isolator::fleet::check_name("--fleet-host", &host)?;
+    if !(0.1..=3600.0).contains(&start_timeout) {
+        anyhow::bail!("--fleet-start-timeout {start_timeout}: give 0.1 to 3600 seconds");
+    }
+    Ok(daemon::FleetOptions {
+        location,
+        tls,
+        group,
+        host,
+        cache_dir,
+        lease_seconds,
+        start_timeout: std::time::Duration::from_secs_f64(start_timeout),
+    })
 }

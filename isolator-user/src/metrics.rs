@@ -205,6 +205,17 @@ pub struct DaemonStats {
     pub enforcement: Vec<Enforcement>,
     /// What the daemon's own verification found last.
     pub topology: Topology,
+    /// A fleet daemon's source (`--policy-source`); `None` for a policy file.
+    pub fleet: Option<Fleet>,
+}
+
+/// A fleet daemon's bundle source.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fleet {
+    /// The bundle revision in force (0: none from etcd).
+    pub revision: i64,
+    /// Whether the daemon follows etcd now (its last request or watch succeeded).
+    pub connected: bool,
 }
 
 /// The daemon's verification of the host against the policy.
@@ -706,6 +717,22 @@ pub fn render(scrape: &Scrape) -> String {
         "When the daemon last finished verifying the host against the policy, Unix seconds (0: not yet)",
         last_verify,
     );
+    if let Some(fleet) = &daemon.fleet {
+        let revision = Gauge::<i64>::default();
+        revision.set(fleet.revision);
+        registry.register(
+            "fleet_revision",
+            "The etcd revision of the policy bundle in force (--policy-source); 0: none from etcd yet",
+            revision,
+        );
+        let connected = Gauge::<i64>::default();
+        connected.set(i64::from(fleet.connected));
+        registry.register(
+            "fleet_connected",
+            "1 while the daemon follows its policy bundle in etcd, 0 while etcd is unreachable (the policy in force stays)",
+            connected,
+        );
+    }
     registry.register(
         "management_attempts",
         "Packets a VM sent to a management prefix or the host's protected services (dropped, or passed in audit mode), by interface; each is also an audit log record, within a rate limit",
@@ -889,6 +916,24 @@ mod tests {
             "{summed}"
         );
         assert!(!summed.contains("device=\"vacme-web100\""), "{summed}");
+    }
+
+    #[test]
+    fn the_fleet_families_are_there_for_a_fleet_daemon_only() {
+        let file = render(&Scrape::default());
+        assert!(!file.contains("isolator_fleet_"), "{file}");
+        let fleet = render(&Scrape {
+            daemon: DaemonStats {
+                fleet: Some(Fleet {
+                    revision: 42,
+                    connected: false,
+                }),
+                ..DaemonStats::default()
+            },
+            ..Scrape::default()
+        });
+        assert!(fleet.contains("isolator_fleet_revision 42\n"), "{fleet}");
+        assert!(fleet.contains("isolator_fleet_connected 0\n"), "{fleet}");
     }
 
     #[test]

@@ -146,23 +146,42 @@ impl TrustedKeys {
                 policy.display()
             );
         }
-        let (id, sig) = parse_file(&path, SIGNATURE_HEADER)?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        self.verify_signature(
+            &policy.display().to_string(),
+            bytes,
+            &path.display().to_string(),
+            &text,
+        )
+    }
+
+    /// Checks that `signature` (the text of a signature file, named `signature_name` in
+    /// errors) is a valid signature of `bytes` (the policy `what`) by one of these keys;
+    /// returns the signer's key id. For policies that do not come from a file (a fleet
+    /// bundle).
+    pub fn verify_signature(
+        &self,
+        what: &str,
+        bytes: &[u8],
+        signature_name: &str,
+        signature: &str,
+    ) -> anyhow::Result<String> {
+        let (id, sig) = parse_text(signature_name, signature, SIGNATURE_HEADER)?;
         let sig: [u8; 64] = sig
             .try_into()
-            .map_err(|_| anyhow!("{}:3: a signature is 64 bytes", path.display()))?;
+            .map_err(|_| anyhow!("{signature_name}:3: a signature is 64 bytes"))?;
         let Some((_, key)) = self.keys.iter().find(|(k, _)| *k == id) else {
             bail!(
-                "{} is signed by key {id}, which is not among the trusted keys in {}",
-                policy.display(),
+                "{what} is signed by key {id}, which is not among the trusted keys in {}",
                 self.dir.display()
             );
         };
         key.verify_strict(bytes, &Signature::from_bytes(&sig))
             .map_err(|_| {
                 anyhow!(
-                    "{}'s signature by key {id} does not match its contents (changed after \
-                     signing?)",
-                    policy.display()
+                    "{what}'s signature by key {id} does not match its contents (changed after \
+                     signing?)"
                 )
             })?;
         Ok(id)
@@ -203,23 +222,29 @@ fn render(header: &str, id: &str, bytes: &[u8]) -> String {
 fn parse_file(path: &Path, header: &str) -> anyhow::Result<(String, Vec<u8>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_text(&path.display().to_string(), &text, header)
+}
+
+/// The text of a key or signature file (`name` in errors): its key id and bytes, after
+/// checking its header.
+fn parse_text(name: &str, text: &str, header: &str) -> anyhow::Result<(String, Vec<u8>)> {
     let mut lines = text.lines();
     let first = lines.next().unwrap_or_default();
     if first != header {
-        bail!("{}:1: expected {header:?}, found {first:?}", path.display());
+        bail!("{name}:1: expected {header:?}, found {first:?}");
     }
     let id = lines
         .next()
         .and_then(|l| l.strip_prefix("key: "))
         .filter(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| anyhow!("{}:2: expected \"key: \" and 16 hex digits", path.display()))?
+        .ok_or_else(|| anyhow!("{name}:2: expected \"key: \" and 16 hex digits"))?
         .to_string();
     let bytes = lines
         .next()
         .and_then(|l| BASE64.decode(l.trim()).ok())
-        .ok_or_else(|| anyhow!("{}:3: expected the bytes in base64", path.display()))?;
+        .ok_or_else(|| anyhow!("{name}:3: expected the bytes in base64"))?;
     if lines.any(|l| !l.trim().is_empty()) {
-        bail!("{}:4: nothing may follow the third line", path.display());
+        bail!("{name}:4: nothing may follow the third line");
     }
     Ok((id, bytes))
 }
@@ -320,6 +345,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not among the trusted keys"), "{e}");
+    }
+
+    #[test]
+    fn a_signature_carried_as_text_verifies_like_a_file_and_names_what_it_covers() {
+        let d = Dir::new("text");
+        let (policy, id) = signed(&d.0);
+        let keys = TrustedKeys::load(&d.0).unwrap();
+        let bytes = std::fs::read(&policy).unwrap();
+        let text = std::fs::read_to_string(signature_path(&policy)).unwrap();
+        assert_eq!(
+            keys.verify_signature("etcd:/p/policy/default@7", &bytes, "sig", &text)
+                .unwrap(),
+            id
+        );
+        let mut changed = bytes.clone();
+        changed.push(b'\n');
+        let e = keys
+            .verify_signature("etcd:/p/policy/default@7", &changed, "sig", &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("etcd:/p/policy/default@7's signature")
+                && e.contains("changed after signing"),
+            "{e}"
+        );
+        let e = keys
+            .verify_signature(
+                "b",
+                &bytes,
+                "etcd:/p/policy/default@7 (signature)",
+                "garbage",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("etcd:/p/policy/default@7 (signature):1:"),
+            "{e}"
+        );
     }
 
     #[test]

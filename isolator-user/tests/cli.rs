@@ -236,3 +236,104 @@ fn check_json_reports_the_signature() {
     assert!(json["signed_by"].is_string(), "{json:#}");
     assert_eq!(json["findings"], serde_json::json!([]));
 }
+
+#[test]
+fn publish_refuses_before_reaching_etcd_what_it_must_not_send() {
+    let files = Files::new();
+    let good = files.write("good.yaml", &policy(""));
+    let invalid = files.write(
+        "bad.yaml",
+        &policy("").replace("10.1.1.0/24", "10.1.1.0/33"),
+    );
+    let (good, invalid) = (good.to_str().unwrap(), invalid.to_str().unwrap());
+    // Port 9 of loopback: nothing listens; none of these may get that far.
+    let url = "etcd://127.0.0.1:9/isolator";
+    for (args, says) in [
+        (
+            vec!["publish", "--etcd", url, good],
+            "give --trusted-keys DIR",
+        ),
+        (
+            vec!["publish", "--etcd", url, "--unsigned", invalid],
+            "invalid: 1 error(s)",
+        ),
+        (
+            vec![
+                "publish",
+                "--etcd",
+                "http://127.0.0.1:9/x",
+                "--unsigned",
+                good,
+            ],
+            "expected etcd://",
+        ),
+        (
+            vec![
+                "publish",
+                "--etcd",
+                url,
+                "--unsigned",
+                "--group",
+                "a/b",
+                good,
+            ],
+            "group \"a/b\"",
+        ),
+        (
+            vec![
+                "publish",
+                "--etcd",
+                url,
+                "--unsigned",
+                "--etcd-ca",
+                good,
+                good,
+            ],
+            "write the cluster as etcds://",
+        ),
+    ] {
+        let out = isolator(&args, &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(says),
+            "{args:?}: expected {says:?} in {stderr}"
+        );
+        assert!(
+            stderr.contains("nothing was published") || stderr.contains("--etcd"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn run_with_a_bad_policy_source_says_what_is_wrong_before_loading_anything() {
+    for (source, says) in [
+        ("etcd://127.0.0.1:2379", "no /PREFIX"),
+        ("etcd://127.0.0.1/isolator", "has no :PORT"),
+        ("file:///etc/isolator/policy.yaml", "expected etcd://"),
+    ] {
+        let out = isolator(&["run", "--policy-source", source], &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{source}: {stderr}");
+        assert!(
+            stderr.contains("--policy-source") && stderr.contains(says),
+            "{source}: {stderr}"
+        );
+    }
+    let out = isolator(
+        &[
+            "run",
+            "--policy-source",
+            "etcd://127.0.0.1:2379/i",
+            "--fleet-host",
+            "a b",
+        ],
+        &[],
+    );
+    assert!(
+        text(&out.stderr).contains("--fleet-host \"a b\""),
+        "{}",
+        text(&out.stderr)
+    );
+}

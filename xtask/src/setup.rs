@@ -8,7 +8,8 @@ use anyhow::{Context as _, bail};
 
 /// Debian packages: LLVM 22 for bpf-linker, and the tools the lab, demo and tests run:
 /// ip and tc, ping, nsenter and mount, nmap, scapy (for /usr/bin/python3), promtool; and
-/// the other arms of `cargo xtask bench`: xdp-filter (xdp-tools) and nft (nftables).
+/// the other arms of `cargo xtask bench`: xdp-filter (xdp-tools) and nft (nftables); protoc
+/// for the etcd client's build, and etcd itself and openssl for the fleet tests.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,6 +26,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "nftables",
     "systemd",
     "fonts-dejavu-core",
+    "protobuf-compiler",
+    "etcd-server",
+    "openssl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
