@@ -107,16 +107,41 @@ impl Daemon {
         extra: &[&str],
         envs: &[(&str, &str)],
     ) -> Result<Daemon> {
+        Daemon::spawn(lab, bin, Some(config), metrics_port, log_dir, extra, envs)
+    }
+
+    /// [`Daemon::start`] without `--config`: `extra` names the policy's source
+    /// (`--policy-source etcd://...`).
+    pub fn start_source(
+        lab: &Lab,
+        bin: &Path,
+        metrics_port: u16,
+        log_dir: &Path,
+        extra: &[&str],
+    ) -> Result<Daemon> {
+        Daemon::spawn(lab, bin, None, metrics_port, log_dir, extra, &[])
+    }
+
+    fn spawn(
+        lab: &Lab,
+        bin: &Path,
+        config: Option<&Path>,
+        metrics_port: u16,
+        log_dir: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Daemon> {
         let metrics_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, metrics_port));
         let log_path = log_dir.join("isolator.log");
         let log =
             File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
         let state_dir = lab.state_dir()?;
         let mut cmd = lab.nsenter_host(bin);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(config)
-            .arg("--metrics-addr")
+        cmd.arg("run");
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.arg("--metrics-addr")
             .arg(metrics_addr.to_string())
             .arg("--state-dir")
             .arg(&state_dir);

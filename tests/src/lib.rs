@@ -12,6 +12,7 @@ pub mod attack_lab;
 pub mod daemon;
 pub mod echo;
 pub mod env;
+pub mod etcd;
 pub mod failclosed_lab;
 pub mod frame;
 pub mod lab;

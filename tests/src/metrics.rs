@@ -51,13 +51,15 @@ pub const INTERFACE_ENFORCED: &str = "isolator_interface_enforced";
 pub const ATTACH_FAILURES: &str = "isolator_attach_failures_total";
 pub const TOPOLOGY_VIOLATIONS: &str = "isolator_topology_violations";
 pub const LAST_VERIFY: &str = "isolator_last_verify_timestamp_seconds";
+pub const FLEET_REVISION: &str = "isolator_fleet_revision";
+pub const FLEET_CONNECTED: &str = "isolator_fleet_connected";
 
 const DEVICE_REASON: &[&str] = &["device", "tenant", "segment", "direction", "reason"];
 const DEVICE: &[&str] = &["device", "tenant", "segment", "direction"];
 
 /// Every metric family of `docs/metrics.md`: sample name, `# TYPE`, label names in the
 /// order the documentation lists them.
-pub const FAMILIES: [(&str, &str, &[&str]); 31] = [
+pub const FAMILIES: [(&str, &str, &[&str]); 33] = [
     (DROP_PACKETS, "counter", DEVICE_REASON),
     (DROP_BYTES, "counter", DEVICE_REASON),
     (PASS_PACKETS, "counter", DEVICE),
@@ -93,6 +95,8 @@ pub const FAMILIES: [(&str, &str, &[&str]); 31] = [
     (ATTACH_FAILURES, "counter", &[]),
     (TOPOLOGY_VIOLATIONS, "gauge", &["kind"]),
     (LAST_VERIFY, "gauge", &[]),
+    (FLEET_REVISION, "gauge", &[]),
+    (FLEET_CONNECTED, "gauge", &[]),
 ];
 
 /// How long counters are watched, once they reached the expected value, to see that they

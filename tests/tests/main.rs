@@ -19,6 +19,7 @@
 //! | `signed`       | only a policy signed by a trusted key is loaded or reloaded       |
 //! | `package`      | the Debian package installs, upgrades keeping the configuration, purges clean |
 //! | `service`      | the systemd unit verifies, readiness and the watchdog, teardown |
+//! | `fleet`        | twenty daemons follow one signed bundle in a real etcd: convergence, refusals, outages, partitions with compaction, TLS, publish conflicts |
 //! | `chronicle`    | the control socket (status, reload, other users refused) and the audit log's chain |
 //! | `realpackets::*` | real packets for broadcast/multicast, LLDP, UDP/ICMPv6 from outside, management behind a router, tap vifs, attach failures, a taken metrics port, a vif a reload lets go |
 //! | `underfault::*`| I6 and I7 while it happens: reloads and restarts under traffic    |
@@ -32,6 +33,7 @@ mod common;
 mod conntrack_proofs;
 mod exposition;
 mod failclosed;
+mod fleet;
 mod guards;
 mod hotplug;
 mod isolation;

@@ -15,8 +15,8 @@ use isolator_tests::{Daemon, Dir, Expect, Series, TempDir, Vm, isolator_bin};
 
 use crate::failclosed::{Problems, captured, carrying, udp_frame};
 
-/// A: web and app apart. B: a flow web -> app, UDP 9.
-fn policy(flow: bool) -> String {
+/// A: web and app apart. B: a flow web -> app, UDP 9 (the fleet tests' policies too).
+pub fn policy(flow: bool) -> String {
     let flows = if flow {
         "    flows:\n      - {from: web, to: app, protocol: udp, ports: 9}\n"
     } else {
