@@ -758,6 +758,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 key: fleet.location.policy_key(&fleet.group),
                 submit: offers_tx,
                 in_force: start.revision,
+                refused: start.refused.as_ref().map_or(0, |(revision, _)| *revision),
                 watch_from: start.watch_from,
                 refresh,
                 link: link_tx,

@@ -102,6 +102,9 @@ pub struct Follower {
     pub submit: mpsc::Sender<Submission>,
     /// The revision in force (0: none from etcd yet).
     pub in_force: i64,
+    /// The newest revision the controller refused: not offered again (a new read after a
+    /// reconnection finds it still there), the next one is.
+    pub refused: i64,
     /// The revision to watch from; 0: read the key first.
     pub watch_from: i64,
     /// Asks for the key to be read again now (a reload).
@@ -283,6 +286,14 @@ impl Follower {
             );
             return true;
         }
+        if offer.revision <= self.refused {
+            debug!(
+                revision = offer.revision,
+                refused = self.refused,
+                "etcd: refused already"
+            );
+            return true;
+        }
         let revision = offer.revision;
         let (reply, answer) = oneshot::channel();
         if self.submit.send((offer, reply)).await.is_err() {
@@ -290,8 +301,8 @@ impl Follower {
         }
         match answer.await {
             Ok(Outcome::Applied) => self.in_force = revision,
-            // Refused revisions are not offered again; the next one is.
-            Ok(Outcome::Refused(_)) | Ok(Outcome::Stale) => {}
+            Ok(Outcome::Refused(_)) => self.refused = revision,
+            Ok(Outcome::Stale) => {}
             Err(_) => return false,
         }
         true
