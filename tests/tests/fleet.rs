@@ -37,6 +37,8 @@ struct Hv {
     daemon: Option<Daemon>,
     /// Its link's number at etcd (for partitions).
     link: usize,
+    /// The group it follows (`--fleet-group`).
+    group: String,
     _sinks: Vec<std::net::UdpSocket>,
 }
 
@@ -124,6 +126,7 @@ impl Fleet {
                 app: vms[1].clone(),
                 daemon: None,
                 link: i + 1,
+                group: "default".into(),
                 _sinks: sinks,
             });
         }
@@ -276,6 +279,8 @@ impl Fleet {
             &url,
             "--fleet-host",
             &hv.name,
+            "--fleet-group",
+            &hv.group,
             "--fleet-cache",
             &cache.to_string_lossy(),
             "--trusted-keys",
@@ -723,7 +728,9 @@ fn group_revision(view: &serde_json::Value) -> i64 {
 
 #[test]
 fn over_tls_publish_refuses_strangers_and_stale_writes_and_fleet_status_sees_a_host_go() {
-    let mut fleet = Fleet::new_with(1, "tls", true);
+    let mut fleet = Fleet::new_with(2, "tls", true);
+    // hv01 is a canary: it follows its own group's bundle.
+    fleet.hosts[1].group = "canary".into();
     let mut bad = Problems::new();
     // etcd takes a moment to elect itself: the first publish may find it not ready yet.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -823,18 +830,78 @@ fn over_tls_publish_refuses_strangers_and_stale_writes_and_fleet_status_sees_a_h
         format!("nothing may have been written: {view:#}")
     });
 
-    // A daemon over TLS with a client certificate follows the bundle.
-    fleet.start_daemon(0);
-    fleet.await_healthy(0);
-    let all = fleet.all();
-    fleet.await_status(&all, "the TLS host runs A", Duration::from_secs(30), |s| {
-        s["revision"] == a
+    // Daemons over TLS with a client certificate follow their group's bundle: A for both.
+    let group_args = |file: &std::path::Path, group: &str| -> Vec<String> {
+        let mut args = publish_args(file);
+        args.extend(["--group".to_string(), group.to_string()]);
+        args
+    };
+    let run = |fleet: &Fleet, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = fleet.cli(&args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    };
+    run(&fleet, group_args(&policy_a, "canary"));
+    let (_, view) = fleet.fleet_status();
+    let canary_a = view["groups"]["canary"]["revision"]
+        .as_i64()
+        .expect("canary published");
+    for i in 0..2 {
+        fleet.start_daemon(i);
+    }
+    for i in 0..2 {
+        fleet.await_healthy(i);
+    }
+    fleet.await_status(
+        &[0],
+        "the default host runs A",
+        Duration::from_secs(30),
+        |s| s["revision"] == a,
+    );
+    fleet.await_status(&[1], "the canary runs A", Duration::from_secs(30), |s| {
+        s["revision"] == canary_a && s["group"] == "canary"
     });
-    fleet.expect_enforcing(&mut bad, &all, false, "A over TLS");
+    fleet.expect_enforcing(&mut bad, &[0, 1], false, "A over TLS");
+
+    // B to the canary first: only the canary changes; then to everyone.
+    let policy_b0 = fleet
+        .tmp
+        .write("b0.yaml", &policy(true, "B0"))
+        .expect("file");
+    sign(&policy_b0);
+    run(&fleet, group_args(&policy_b0, "canary"));
+    let (_, view) = fleet.fleet_status();
+    let canary_b = view["groups"]["canary"]["revision"]
+        .as_i64()
+        .expect("canary published");
+    fleet.await_status(&[1], "the canary runs B", Duration::from_secs(30), |s| {
+        s["revision"] == canary_b
+    });
+    fleet.expect_enforcing(&mut bad, &[1], true, "B on the canary");
+    fleet.expect_enforcing(&mut bad, &[0], false, "A kept beside the canary");
+    let (all_ok, view) = fleet.fleet_status();
+    bad.check(
+        all_ok && state_of(&view, "hv00") == "ok" && state_of(&view, "hv01") == "ok",
+        || format!("each host is ok against its own group: {view:#}"),
+    );
+    run(&fleet, group_args(&policy_b0, "default"));
+    fleet.await_status(
+        &[0],
+        "the default host runs B after the canary",
+        Duration::from_secs(30),
+        |s| s["sha256"] == fleet.statuses()["hv01"]["sha256"],
+    );
+    fleet.expect_enforcing(&mut bad, &[0], true, "B everywhere");
+    let (_, view) = fleet.fleet_status();
+    let a = group_revision(&view);
 
     // --dry-run shows the diff and writes nothing; a publish over a revision that moved
     // since is refused, and so is one whose transaction finds the key changed.
-    let policy_b = fleet.tmp.write("b.yaml", &policy(true, "B")).expect("file");
+    // (B is everywhere: this one takes the flow away again.)
+    let policy_b = fleet
+        .tmp
+        .write("b.yaml", &policy(false, "B"))
+        .expect("file");
     sign(&policy_b);
     let mut dry = publish_args(&policy_b);
     dry.push("--dry-run".into());
@@ -845,7 +912,7 @@ fn over_tls_publish_refuses_strangers_and_stale_writes_and_fleet_status_sees_a_h
         format!("--dry-run: {}", text(&out))
     });
     bad.check(
-        stdout.contains("+ flow acme/web -> acme/app: udp 9")
+        stdout.contains("- flow acme/web -> acme/app: udp 9")
             && stdout.contains("not published (--dry-run)")
             && stdout.contains(&format!("--expect-revision {a}")),
         || format!("--dry-run must show the diff and the revision it saw: {stdout}"),
@@ -879,7 +946,7 @@ fn over_tls_publish_refuses_strangers_and_stale_writes_and_fleet_status_sees_a_h
     bad.check(group_revision(&view) == c, || {
         format!("C must stay published: {view:#}")
     });
-    fleet.await_status(&all, "the TLS host runs C", Duration::from_secs(30), |s| {
+    fleet.await_status(&[0], "the TLS host runs C", Duration::from_secs(30), |s| {
         s["revision"] == c
     });
 
