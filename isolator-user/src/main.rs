@@ -41,30 +41,26 @@ struct FleetRunArgs {
     /// keeps its status under PREFIX/status/HOST (docs/operations.md, "Fleet").
     #[arg(long, value_name = "URL")]
     policy_source: Option<String>,
-    /// The group whose bundle this host follows (a canary group, or a group of one).
-    #[arg(long, value_name = "NAME", default_value = isolator::fleet::DEFAULT_GROUP,
-          requires = "policy_source")]
-    fleet_group: String,
-    /// This host's name in the fleet (its status key); the host name unless given.
+    /// The group whose bundle this host follows (a canary group, or a group of one)
+    /// [default: default].
+    #[arg(long, value_name = "NAME", requires = "policy_source")]
+    fleet_group: Option<String>,
+    /// This host's name in the fleet (its status key) [default: the host name].
     #[arg(long, value_name = "NAME", requires = "policy_source")]
     fleet_host: Option<String>,
-    /// Where the last good bundle is kept, for a start while etcd is unreachable.
-    #[arg(long, value_name = "DIR", default_value = isolator::fleet::DEFAULT_CACHE_DIR,
-          requires = "policy_source")]
-    fleet_cache: PathBuf,
-    /// How long the host's status outlives the daemon in etcd (its lease), in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = isolator::fleet::DEFAULT_LEASE_SECONDS,
-          value_parser = clap::value_parser!(i64).range(3..=3600), requires = "policy_source")]
-    fleet_lease_seconds: i64,
-    /// How long to wait for etcd at start before enforcing the cached bundle, in
-    /// seconds.
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        default_value_t = 5.0,
-        requires = "policy_source"
-    )]
-    fleet_start_timeout: f64,
+    /// Where the last good bundle is kept, for a start while etcd is unreachable
+    /// [default: /var/lib/isolator/fleet].
+    #[arg(long, value_name = "DIR", requires = "policy_source")]
+    fleet_cache: Option<PathBuf>,
+    /// How long the host's status outlives the daemon in etcd (its lease), in seconds
+    /// [default: 15].
+    #[arg(long, value_name = "SECONDS", requires = "policy_source",
+          value_parser = clap::value_parser!(i64).range(3..=3600))]
+    fleet_lease_seconds: Option<i64>,
+    /// How long to wait for etcd at start before enforcing the cached bundle, in seconds
+    /// [default: 5].
+    #[arg(long, value_name = "SECONDS", requires = "policy_source")]
+    fleet_start_timeout: Option<f64>,
     #[command(flatten)]
     etcd_tls: isolator::fleet::TlsArgs,
 }
@@ -513,7 +509,22 @@ fn main() -> ExitCode {
                 fleet_start_timeout,
                 etcd_tls,
             } = *fleet;
+            let fleet_given = fleet_group.is_some()
+                || fleet_host.is_some()
+                || fleet_cache.is_some()
+                || fleet_lease_seconds.is_some()
+                || fleet_start_timeout.is_some()
+                || etcd_tls.etcd_ca.is_some()
+                || etcd_tls.etcd_cert.is_some()
+                || etcd_tls.etcd_domain.is_some();
             let fleet = match policy_source {
+                None if fleet_given => {
+                    eprintln!(
+                        "error: the --fleet-* and --etcd-* options are for --policy-source \
+                         etcd://...; a daemon following --config FILE takes none of them"
+                    );
+                    return ExitCode::FAILURE;
+                }
                 None => None,
                 Some(url) => match fleet_options(
                     &url,
@@ -950,23 +961,25 @@ fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-/// `isolator run`'s fleet options, checked.
+/// `isolator run`'s fleet options, checked, defaults filled in.
 fn fleet_options(
     url: &str,
     tls: isolator::fleet::TlsArgs,
-    group: String,
+    group: Option<String>,
     host: Option<String>,
-    cache_dir: PathBuf,
-    lease_seconds: i64,
-    start_timeout: f64,
+    cache_dir: Option<PathBuf>,
+    lease_seconds: Option<i64>,
+    start_timeout: Option<f64>,
 ) -> anyhow::Result<daemon::FleetOptions> {
     let location: isolator::fleet::Location = url.parse()?;
+    let group = group.unwrap_or_else(|| isolator::fleet::DEFAULT_GROUP.to_string());
     isolator::fleet::check_name("--fleet-group", &group)?;
     let host = match host {
         Some(host) => host,
         None => isolator::fleet::hostname()?,
     };
     isolator::fleet::check_name("--fleet-host", &host)?;
+    let start_timeout = start_timeout.unwrap_or(5.0);
     if !(0.1..=3600.0).contains(&start_timeout) {
         anyhow::bail!("--fleet-start-timeout {start_timeout}: give 0.1 to 3600 seconds");
     }
@@ -975,8 +988,8 @@ fn fleet_options(
         tls,
         group,
         host,
-        cache_dir,
-        lease_seconds,
+        cache_dir: cache_dir.unwrap_or_else(|| PathBuf::from(isolator::fleet::DEFAULT_CACHE_DIR)),
+        lease_seconds: lease_seconds.unwrap_or(isolator::fleet::DEFAULT_LEASE_SECONDS),
         start_timeout: std::time::Duration::from_secs_f64(start_timeout),
     })
 }

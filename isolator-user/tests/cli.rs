@@ -331,6 +331,17 @@ fn run_with_a_bad_policy_source_says_what_is_wrong_before_loading_anything() {
         ],
         &[],
     );
+    for extra in [&["--fleet-group", "canary"][..], &["--etcd-ca", "ca.pem"]] {
+        let mut args = vec!["run", "--config", "/nonexistent.yaml"];
+        args.extend(extra);
+        let out = isolator(&args, &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("are for --policy-source"),
+            "{args:?}: {stderr}"
+        );
+    }
     assert!(
         text(&out.stderr).contains("--fleet-host \"a b\""),
         "{}",
