@@ -1494,7 +1494,7 @@ impl Kernel {
             debug!(device = name, "not guarding a link that is gone");
             return Ok(());
         }
-        let mode = self.dataplane.attach(name, ifindex)?;
+        let mode = self.dataplane.guard(name, ifindex)?;
         if mode == AttachMode::Generic {
             warn!(
                 device = name,
