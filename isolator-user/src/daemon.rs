@@ -9,7 +9,7 @@
 //!   call runs there, one command at a time (apply a plan, scrape the counters, set what
 //!   the programs report, stop), and it sweeps idle connections in between;
 //! - the **controller** task owns the policy and the one netlink connection: link and
-//!   address events (gathered for a moment), SIGHUP, reloads asked on the control socket,
+//!   address events (queued ones together), SIGHUP, reloads asked on the control socket,
 //!   a periodic full resync, and retries after a failure each lead to one reconcile: list
 //!   the host, compile a plan, hand it to the dataplane thread, publish the outcome. A
 //!   policy that does not validate, or a plan the kernel refuses, leaves the running
@@ -279,9 +279,6 @@ pub const DEFAULT_NETLINK_RECEIVE_BUFFER: usize = 8 << 20;
 
 /// How often idle tracked connections are swept from the kernel tables.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
-
-/// How long link and address events are gathered before one reconcile handles them all.
-const EVENT_SETTLE: Duration = Duration::from_millis(20);
 
 /// How often the whole host is listed again even without events (a missed event, or a
 /// change netlink does not report, is caught up with here), unless told otherwise.
@@ -598,8 +595,10 @@ impl Controller {
                             Event::Changed(link) => self.guard(link).await,
                             Event::Overrun => overrun = true,
                         }
-                        // Gather the burst (a VM start brings several events).
-                        tokio::time::sleep(EVENT_SETTLE).await;
+                        // Whatever else is queued already joins this reconcile; what
+                        // comes while it runs, the next one. No waiting for more: a lone
+                        // new link is enforced as soon as it can be.
+                        tokio::task::yield_now().await;
                         let (links, lost) = self.netlink.drain_events();
                         for link in links {
                             self.guard(Some(link)).await;
