@@ -431,9 +431,21 @@ impl Dataplane {
     /// Removes the tracked connections the policy in `recheck` would not admit (see
     /// [`Recheck`]) and returns how many it removed. Run after every policy swap.
     pub fn revoke_connections(&mut self, recheck: &Recheck) -> Result<u64, DataplaneError> {
+        // The connections of vifs whose tables the swap still to be retired drops are
+        // released with them there, not revoked here.
+        let leaving = |vif: u32| {
+            self.retiring
+                .as_ref()
+                .is_some_and(|retiring| !retiring.keep.contains(&vif))
+        };
+        let revoked: Vec<Tracked> = self
+            .tracked()?
+            .into_iter()
+            .filter(|t| !leaving(t.vif) && !recheck.admits(&t.key, &t.state))
+            .collect();
         let mut removed = 0;
-        for t in self.tracked()? {
-            if !recheck.admits(&t.key, &t.state) && self.remove_tracked(&t)? {
+        for t in revoked {
+            if self.remove_tracked(&t)? {
                 removed += 1;
             }
         }
