@@ -9,7 +9,7 @@
 //!   call runs there, one command at a time (apply a plan, scrape the counters, set what
 //!   the programs report, stop), and it sweeps idle connections in between;
 //! - the **controller** task owns the policy and the one netlink connection: link and
-//!   address events (gathered for a moment), SIGHUP, reloads asked on the control socket,
+//!   address events (queued ones together), SIGHUP, reloads asked on the control socket,
 //!   a periodic full resync, and retries after a failure each lead to one reconcile: list
 //!   the host, compile a plan, hand it to the dataplane thread, publish the outcome. A
 //!   policy that does not validate, or a plan the kernel refuses, leaves the running
@@ -510,9 +510,6 @@ pub const DEFAULT_NETLINK_RECEIVE_BUFFER: usize = 8 << 20;
 /// How often idle tracked connections are swept from the kernel tables.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// How long link and address events are gathered before one reconcile handles them all.
-const EVENT_SETTLE: Duration = Duration::from_millis(20);
-
 /// How often the whole host is listed again even without events (a missed event, or a
 /// change netlink does not report, is caught up with here), unless told otherwise.
 pub const DEFAULT_RESYNC_SECONDS: u64 = 60;
@@ -950,8 +947,10 @@ impl Controller {
                             Event::Changed(link) => self.guard(link).await,
                             Event::Overrun => overrun = true,
                         }
-                        // Gather the burst (a VM start brings several events).
-                        tokio::time::sleep(EVENT_SETTLE).await;
+                        // Whatever else is queued already joins this reconcile; what
+                        // comes while it runs, the next one. No waiting for more: a lone
+                        // new link is enforced as soon as it can be.
+                        tokio::task::yield_now().await;
                         let (links, lost) = self.netlink.drain_events();
                         for link in links {
                             self.guard(Some(link)).await;
@@ -1852,7 +1851,12 @@ enum Command {
         /// The policy changed: swap even if the plan's entries did not.
         force: bool,
         reply: oneshot::Sender<anyhow::Result<Applied>>,
+        /// The way back to the dataplane thread, for [`Command::Retire`].
+        inbox: mpsc::Sender<Command>,
     },
+    /// The wait after the last swap is over: remove the old generation
+    /// ([`Kernel::retire`]).
+    Retire,
     /// Attach to a link the plan does not have yet (nothing passes it until it does).
     Guard {
         name: String,
@@ -1886,6 +1890,7 @@ impl KernelHandle {
             dataplane,
             plan: None,
             guarded: BTreeMap::new(),
+            grace: None,
         };
         std::thread::Builder::new()
             .name("dataplane".into())
@@ -1908,10 +1913,12 @@ impl KernelHandle {
     }
 
     async fn apply(&self, plan: Plan, force: bool) -> anyhow::Result<Applied> {
+        let inbox = self.commands.clone();
         self.ask(|reply| Command::Apply {
             plan: Box::new(plan),
             force,
             reply,
+            inbox,
         })
         .await?
     }
@@ -1969,6 +1976,12 @@ struct Kernel {
     plan: Option<Plan>,
     /// Links attached before the plan had them ([`Kernel::guard`]), with their names.
     guarded: BTreeMap<u32, String>,
+    /// The swap waiting for the programs to leave its old generation, and the answer of
+    /// the thread that waits ([`Kernel::retire_later`]).
+    grace: Option<(
+        crate::dataplane::Swap,
+        mpsc::Receiver<crate::dataplane::Grace>,
+    )>,
 }
 
 impl Kernel {
@@ -1983,15 +1996,22 @@ impl Kernel {
                 next_sweep = now + SWEEP_INTERVAL;
             }
             match inbox.recv_timeout(next_sweep.saturating_duration_since(now)) {
-                Ok(Command::Apply { plan, force, reply }) => {
+                Ok(Command::Apply {
+                    plan,
+                    force,
+                    reply,
+                    inbox,
+                }) => {
                     let _ = reply.send(self.apply(*plan, force));
+                    self.retire_later(inbox);
                 }
+                Ok(Command::Retire) => self.retire(),
                 Ok(Command::Guard {
                     name,
                     ifindex,
                     reply,
                 }) => {
-                    let _ = reply.send(self.guard(&name, ifindex));
+                    let _ = reply.send(self.guard(&name, ifindex, true));
                 }
                 Ok(Command::Scrape { reply }) => {
                     let _ = reply.send(self.scrape());
@@ -2012,8 +2032,10 @@ impl Kernel {
     }
 
     /// Attaches to a link the plan in force does not manage (yet): with no entry for it,
-    /// the programs drop everything it sends and everything sent to it.
-    fn guard(&mut self, name: &str, ifindex: u32) -> Result<(), DataplaneError> {
+    /// the programs drop everything it sends and everything sent to it. `announced`: an
+    /// event announced the link (else a listing found it first, just before the swap that
+    /// classifies it).
+    fn guard(&mut self, name: &str, ifindex: u32, announced: bool) -> Result<(), DataplaneError> {
         let managed = self.plan.as_ref().is_some_and(|plan| {
             plan.vifs.iter().any(|v| v.ifindex == ifindex)
                 || plan.quarantined.iter().any(|q| q.ifindex == ifindex)
@@ -2026,19 +2048,68 @@ impl Kernel {
             debug!(device = name, "not guarding a link that is gone");
             return Ok(());
         }
-        let mode = self.dataplane.attach(name, ifindex)?;
+        let mode = self.dataplane.guard(name, ifindex)?;
         if mode == AttachMode::Generic {
             warn!(
                 device = name,
                 "generic XDP mode: the driver refused native mode; correct but slower"
             );
         }
-        info!(
-            device = name,
-            "guarding a new interface: nothing passes it until it is classified"
-        );
+        if announced {
+            info!(
+                device = name,
+                "guarding a new interface: nothing passes it until it is classified"
+            );
+        } else {
+            info!(
+                device = name,
+                "attached to a new interface just before the swap that classifies it (no event announced it)"
+            );
+        }
         self.guarded.insert(ifindex, name.to_string());
         Ok(())
+    }
+
+    /// The wait after a swap (an RCU grace period, 8 to 16 ms here) passes on a thread of
+    /// its own, which then asks this thread to remove the old generation
+    /// ([`Command::Retire`]): meanwhile this thread is free, so that a new link is guarded
+    /// without waiting for it. (A swap that begins before then first waits for that same
+    /// wait to end and retires the previous one: [`Kernel::retire`].)
+    fn retire_later(&mut self, inbox: mpsc::Sender<Command>) {
+        let Some(swap) = self.dataplane.retiring() else {
+            return;
+        };
+        let (done, waited) = mpsc::channel();
+        let waiter = std::thread::Builder::new()
+            .name("grace".into())
+            .spawn(move || {
+                let _ = done.send(crate::dataplane::wait_for_readers());
+                let _ = inbox.send(Command::Retire);
+            });
+        match waiter {
+            Ok(_) => self.grace = Some((swap, waited)),
+            // Not retired now: the next swap retires it first, after a wait of its own.
+            Err(e) => {
+                warn!(error = %e, "could not start a thread to wait for the programs to leave the old policy")
+            }
+        }
+    }
+
+    /// Removes the old generation of the last swap once the wait begun after it is over
+    /// (blocking until then: a swap that begins sooner waits for the same grace period
+    /// rather than for one of its own).
+    fn retire(&mut self) {
+        let Some((swap, waited)) = self.grace.take() else {
+            return;
+        };
+        // A waiter that died without an answer: the next swap waits itself.
+        let Ok(grace) = waited.recv() else {
+            return;
+        };
+        if let Err(e) = self.dataplane.retire(swap, grace) {
+            // The next swap purges the generation it writes first.
+            warn!(error = %error_chain(&e), "removing the previous policy's entries failed");
+        }
     }
 
     fn sweep(&mut self) {
@@ -2057,6 +2128,7 @@ impl Kernel {
     /// Detaches from interfaces the plan no longer has, swaps the plan in (unless nothing
     /// changed), re-checks tracked connections, attaches to new interfaces.
     fn apply(&mut self, plan: Plan, force: bool) -> anyhow::Result<Applied> {
+        self.retire();
         let dp = &mut self.dataplane;
         // Detach from interfaces the new plan no longer has (gone, renamed, or dropped
         // from the policy) before the swap; attach to new ones after it, so that a
@@ -2087,8 +2159,30 @@ impl Kernel {
             }
         }
 
+        // A lone new vif that no event announced yet (this reconcile listed it first) is
+        // guarded before the swap (attached with no entry yet: everything it sends or
+        // receives drops until the swap), which gives it its state tables while its
+        // programs attach: enforced at the swap, one grace period sooner than attached
+        // after it. Several are attached after the swap instead, each enforced as soon as
+        // it is attached rather than all of them once the last is.
+        let unattached: Vec<(String, u32)> = plan
+            .vifs
+            .iter()
+            .filter(|v| !self.dataplane.attachments().any(|(i, _, _)| i == v.ifindex))
+            .map(|v| (v.name.clone(), v.ifindex))
+            .collect();
+        if let [(name, ifindex)] = unattached.as_slice() {
+            let (name, ifindex) = (name.clone(), *ifindex);
+            if let Err(e) = self.guard(&name, ifindex, false) {
+                // Tried again after the swap, where a failure is reported.
+                debug!(device = %name, error = %error_chain(&e), "guarding a new interface before the swap failed");
+            }
+        }
+        let dp = &mut self.dataplane;
         if force || self.plan.as_ref() != Some(&plan) {
-            dp.apply(&plan)
+            // In force from here on; the old generation is removed once the programs have
+            // left it ([`Kernel::retire_later`]).
+            dp.swap(&plan)
                 .context("writing the policy into the kernel maps")?;
             // Connections the old policy admitted are judged again by the new one.
             match dp.revoke_connections(&Recheck::new(&plan)) {

@@ -24,7 +24,8 @@ const ENOTSUPP: i32 = 524;
 /// One kind of per-vif table: an outer map from a vif's ifindex to its own LRU table.
 pub(super) struct PerVif<K, V> {
     outer: HashOfMaps<MapData, u32, MapData>,
-    /// The outer map's descriptor (a duplicate), for the batch insert aya does not offer.
+    /// The outer map's descriptor (a duplicate), for inserts on other threads and the
+    /// batch insert aya does not offer.
     outer_fd: OwnedFd,
     name: &'static str,
     capacity: u32,
@@ -63,86 +64,28 @@ impl<K: Pod, V: Pod> PerVif<K, V> {
             .map_err(map_err(self.name, "listing the vifs' tables"))
     }
 
-    /// Gives each of `ifindexes` a table of its own if it has none.
-    ///
-    /// The kernel waits for an RCU grace period after every change to a map of maps (so
-    /// that no program still holds what was replaced): about 10 ms here. Inserting a burst
-    /// of new vifs' tables one by one cost one such wait each; they are inserted with one
-    /// `BPF_MAP_UPDATE_BATCH`, which waits once.
-    fn ensure_all(&mut self, ifindexes: &BTreeSet<u32>) -> Result<(), DataplaneError> {
+    /// New tables for those of `ifindexes` that have none, made but not yet in the outer
+    /// map (`None`: every one has its table): [`NewTables::insert`] puts them there.
+    fn prepare(&self, ifindexes: &BTreeSet<u32>) -> Result<Option<Insert>, DataplaneError> {
         let present: BTreeSet<u32> = self.vifs()?.into_iter().collect();
         let missing: Vec<u32> = ifindexes.difference(&present).copied().collect();
-        match missing.as_slice() {
-            [] => Ok(()),
-            [ifindex] => {
-                let table = self.create(*ifindex)?;
-                self.insert(*ifindex, &table)
-            }
-            _ => {
-                let tables = missing
-                    .iter()
-                    .map(|ifindex| self.create(*ifindex))
-                    .collect::<Result<Vec<_>, _>>()?;
-                match self.insert_batch(&missing, &tables) {
-                    Ok(()) => Ok(()),
-                    // A kernel without batch operations on this map type: one by one.
-                    Err(e)
-                        if matches!(
-                            e.raw_os_error(),
-                            Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
-                        ) =>
-                    {
-                        for (ifindex, table) in missing.iter().zip(&tables) {
-                            self.insert(*ifindex, table)?;
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(io_err(format!(
-                        "adding the tables of {} new vifs to {}",
-                        missing.len(),
-                        self.name
-                    ))(e)),
-                }
-            }
+        if missing.is_empty() {
+            return Ok(None);
         }
-    }
-
-    /// `BPF_MAP_UPDATE_BATCH` of `tables` under `ifindexes` into the outer map.
-    fn insert_batch(&self, ifindexes: &[u32], tables: &[MapData]) -> std::io::Result<()> {
-        /// `BPF_MAP_UPDATE_BATCH` of `enum bpf_cmd`.
-        const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-        let fds: Vec<u32> = tables
+        let tables = missing
             .iter()
-            .map(|t| t.fd().as_fd().as_raw_fd() as u32)
-            .collect();
-        // The `batch` member of `union bpf_attr`: in_batch, out_batch, keys, values,
-        // count, map_fd, elem_flags, flags.
-        let mut attr = [0u8; 56];
-        attr[16..24].copy_from_slice(&(ifindexes.as_ptr() as u64).to_ne_bytes());
-        attr[24..32].copy_from_slice(&(fds.as_ptr() as u64).to_ne_bytes());
-        attr[32..36].copy_from_slice(&(ifindexes.len() as u32).to_ne_bytes());
-        attr[36..40].copy_from_slice(&(self.outer_fd.as_raw_fd() as u32).to_ne_bytes());
-        // SAFETY: `attr` is a zero-padded `batch` member of `union bpf_attr` of the size
-        // passed; `keys` and `values` point to `count` u32s each, alive during the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_BATCH,
-                attr.as_mut_ptr(),
-                attr.len(),
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    fn insert(&mut self, ifindex: u32, table: &MapData) -> Result<(), DataplaneError> {
-        self.outer.insert(ifindex, table, 0).map_err(map_err(
-            self.name,
-            format!("adding the table of ifindex {ifindex}"),
-        ))
+            .map(|ifindex| self.create(*ifindex))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outer = self.outer_fd.try_clone().map_err(io_err(format!(
+            "duplicating the descriptor of {}",
+            self.name
+        )))?;
+        Ok(Some(Insert {
+            outer,
+            name: self.name,
+            ifindexes: missing,
+            tables,
+        }))
     }
 
     /// A new, empty table for `ifindex` (not yet in the outer map).
@@ -223,6 +166,123 @@ impl<K: Pod, V: Pod> PerVif<K, V> {
     }
 }
 
+/// New tables of one kind, to be put into their outer map.
+struct Insert {
+    /// A duplicate of the outer map's descriptor.
+    outer: OwnedFd,
+    name: &'static str,
+    ifindexes: Vec<u32>,
+    tables: Vec<MapData>,
+}
+
+impl Insert {
+    /// Puts the tables into the outer map. The kernel waits for an RCU grace period after
+    /// every change to a map of maps (so that no program still holds what was replaced):
+    /// about 10 ms here. One `BPF_MAP_UPDATE_BATCH` waits once for all of them; where
+    /// the kernel has no batch operations on this map type, one update each.
+    fn run(self) -> Result<(), DataplaneError> {
+        let fds: Vec<u32> = self
+            .tables
+            .iter()
+            .map(|t| t.fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        let outcome = match self.ifindexes.as_slice() {
+            [ifindex] => update_elem(&self.outer, ifindex, &fds[0]),
+            _ => match update_batch(&self.outer, &self.ifindexes, &fds) {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+                    ) =>
+                {
+                    self.ifindexes
+                        .iter()
+                        .zip(&fds)
+                        .try_for_each(|(ifindex, fd)| update_elem(&self.outer, ifindex, fd))
+                }
+                other => other,
+            },
+        };
+        outcome.map_err(|e| {
+            io_err(format!(
+                "adding the tables of {} vif(s) (ifindex {:?}) to {}",
+                self.ifindexes.len(),
+                self.ifindexes,
+                self.name
+            ))(e)
+        })
+    }
+}
+
+/// New per-vif tables of every kind, made but not yet in their outer maps
+/// ([`VifState::prepare`]). Inserting them waits for RCU grace periods, and needs nothing
+/// of the dataplane: it can run on another thread while the dataplane does other work.
+pub(super) struct NewTables(Vec<Insert>);
+
+impl NewTables {
+    /// Puts every new table into its outer map, each kind on a thread of its own, so that
+    /// their grace periods pass together (one wait rather than one per kind).
+    pub(super) fn insert(self) -> Result<(), DataplaneError> {
+        let mut inserts = self.0;
+        let Some(last) = inserts.pop() else {
+            return Ok(());
+        };
+        std::thread::scope(|scope| {
+            let others: Vec<_> = inserts
+                .into_iter()
+                .map(|insert| scope.spawn(move || insert.run()))
+                .collect();
+            let mut outcome = last.run();
+            for other in others {
+                let joined = other
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                outcome = outcome.and(joined);
+            }
+            outcome
+        })
+    }
+}
+
+/// `BPF_MAP_UPDATE_ELEM` of `value` under `key` in the map `map`.
+fn update_elem(map: &OwnedFd, key: &u32, value: &u32) -> std::io::Result<()> {
+    /// `BPF_MAP_UPDATE_ELEM` of `enum bpf_cmd`.
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    // The element member of `union bpf_attr`: map_fd (and padding), key, value, flags.
+    let mut attr = [0u8; 32];
+    attr[0..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(std::ptr::from_ref(key) as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(std::ptr::from_ref(value) as u64).to_ne_bytes());
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+}
+
+/// `BPF_MAP_UPDATE_BATCH` of `values` under `keys` in the map `map`.
+fn update_batch(map: &OwnedFd, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+    /// `BPF_MAP_UPDATE_BATCH` of `enum bpf_cmd`.
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    // The `batch` member of `union bpf_attr`: in_batch, out_batch, keys, values,
+    // count, map_fd, elem_flags, flags.
+    let mut attr = [0u8; 56];
+    attr[16..24].copy_from_slice(&(keys.as_ptr() as u64).to_ne_bytes());
+    attr[24..32].copy_from_slice(&(values.as_ptr() as u64).to_ne_bytes());
+    attr[32..36].copy_from_slice(&(keys.len().min(values.len()) as u32).to_ne_bytes());
+    attr[36..40].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_MAP_UPDATE_BATCH, &mut attr)
+}
+
+/// The `bpf` system call with `attr` (a zero-padded member of `union bpf_attr` whose
+/// pointers stay valid during the call).
+fn bpf(command: libc::c_long, attr: &mut [u8]) -> std::io::Result<()> {
+    // SAFETY: `attr` is a zero-padded member of `union bpf_attr` of the size passed; the
+    // callers' pointers in it (keys and values, `count` u32s each) are alive during the
+    // call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, command, attr.as_mut_ptr(), attr.len()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The per-vif state tables of the object.
 pub(super) struct VifState {
     established: PerVif<ConnKey, ConnState>,
@@ -244,10 +304,22 @@ impl VifState {
         &mut self,
         ifindexes: impl IntoIterator<Item = u32>,
     ) -> Result<(), DataplaneError> {
+        self.prepare(ifindexes)?.insert()
+    }
+
+    /// The tables the vifs that have none need, made but not yet in place: the waits of
+    /// [`NewTables::insert`] can then pass on another thread.
+    pub(super) fn prepare(
+        &self,
+        ifindexes: impl IntoIterator<Item = u32>,
+    ) -> Result<NewTables, DataplaneError> {
         let ifindexes: BTreeSet<u32> = ifindexes.into_iter().collect();
-        self.established.ensure_all(&ifindexes)?;
-        self.opening.ensure_all(&ifindexes)?;
-        self.fragments.ensure_all(&ifindexes)
+        let inserts = [
+            self.established.prepare(&ifindexes)?,
+            self.opening.prepare(&ifindexes)?,
+            self.fragments.prepare(&ifindexes)?,
+        ];
+        Ok(NewTables(inserts.into_iter().flatten().collect()))
     }
 
     /// Drops a vif's tables: its connections and fragments end with it.
@@ -278,6 +350,11 @@ pub struct Tracked {
 }
 
 impl Dataplane {
+    /// The vifs that have their state tables (connections, fragments).
+    pub fn vifs_with_state(&self) -> Result<BTreeSet<u32>, DataplaneError> {
+        self.state.vifs()
+    }
+
     /// Every tracked connection, in every vif's tables.
     pub fn tracked(&self) -> Result<Vec<Tracked>, DataplaneError> {
         let established = self
@@ -354,9 +431,21 @@ impl Dataplane {
     /// Removes the tracked connections the policy in `recheck` would not admit (see
     /// [`Recheck`]) and returns how many it removed. Run after every policy swap.
     pub fn revoke_connections(&mut self, recheck: &Recheck) -> Result<u64, DataplaneError> {
+        // The connections of vifs whose tables the swap still to be retired drops are
+        // released with them there, not revoked here.
+        let leaving = |vif: u32| {
+            self.retiring
+                .as_ref()
+                .is_some_and(|retiring| !retiring.keep.contains(&vif))
+        };
+        let revoked: Vec<Tracked> = self
+            .tracked()?
+            .into_iter()
+            .filter(|t| !leaving(t.vif) && !recheck.admits(&t.key, &t.state))
+            .collect();
         let mut removed = 0;
-        for t in self.tracked()? {
-            if !recheck.admits(&t.key, &t.state) && self.remove_tracked(&t)? {
+        for t in revoked {
+            if self.remove_tracked(&t)? {
                 removed += 1;
             }
         }

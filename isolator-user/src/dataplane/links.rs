@@ -191,6 +191,34 @@ impl Dataplane {
         Ok(mode)
     }
 
+    /// [`Dataplane::attach`] for a new vif the plan in force does not have yet (with no
+    /// entry, the programs drop everything it sends and everything sent to it), which
+    /// also gives it its state tables (connections, fragments) at the same time, on other
+    /// threads: the next swap that classifies it then finds them in place. Both the
+    /// attachments (each TCX one) and the tables' inserts wait for RCU grace periods; this
+    /// way they pass together. Failing to make the tables is no failure of the guard: the
+    /// swap makes them (or reports why it cannot) before the vif gets an entry.
+    pub fn guard(&mut self, name: &str, ifindex: u32) -> Result<AttachMode, DataplaneError> {
+        if let Some(existing) = self.attached.get(&ifindex) {
+            return Ok(existing.mode);
+        }
+        let tables = self.state.prepare([ifindex]);
+        let (attached, inserted) = std::thread::scope(|scope| {
+            let inserting = tables.map(|tables| scope.spawn(move || tables.insert()));
+            let attached = self.attach(name, ifindex);
+            let inserted = inserting.and_then(|inserting| {
+                inserting
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            });
+            (attached, inserted)
+        });
+        if let Err(e) = inserted {
+            tracing::warn!(device = name, error = %crate::error_chain(&e), "could not give a guarded interface its state tables yet; the swap that classifies it will");
+        }
+        attached
+    }
+
     /// For a vif judged at TC ingress ([`AttachMode::TcIngress`]): tries XDP again, and
     /// if the hook is free now, attaches XDP and the tags program, then removes the
     /// judge (in that order: the vif is never without a judgement of what it sends).

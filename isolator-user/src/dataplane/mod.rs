@@ -344,6 +344,25 @@ pub struct Dataplane {
     sizes: Sizes,
     /// How many entries the active generation holds in each sized map.
     held: Vec<(&'static str, usize)>,
+    /// Swaps made so far (numbers them).
+    swaps: u64,
+    /// The last swap, until its old generation is removed ([`Dataplane::retire`]).
+    retiring: Option<Retiring>,
+}
+
+/// A swap made by [`Dataplane::swap`], to be retired with [`Dataplane::retire`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Swap(u64);
+
+/// What [`Dataplane::retire`] removes once the programs have left the old generation.
+pub(crate) struct Retiring {
+    swap: Swap,
+    /// The old generation.
+    old: u32,
+    /// The vifs of the plan swapped in: their state tables stay.
+    pub(crate) keep: BTreeSet<u32>,
+    /// The quarantined links of that plan: attached, but without state tables.
+    quarantined: BTreeSet<u32>,
 }
 
 pub(crate) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -477,6 +496,8 @@ impl Dataplane {
             observe_before_purge: None,
             sizes: Sizes::default(),
             held: Vec::new(),
+            swaps: 0,
+            retiring: None,
         };
         dp.ingress()?
             .load()
@@ -531,6 +552,20 @@ impl Dataplane {
     /// Puts `plan` into effect all at once (see the module documentation). On error the
     /// previously active policy is still in force, untouched.
     pub fn apply(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
+        let swap = self.swap(plan)?;
+        self.retire(swap, wait_for_readers())
+    }
+
+    /// The first half of [`Dataplane::apply`]: writes `plan` under the other generation
+    /// and flips `CONFIG` to it. From its return on, the new policy is in force; the old
+    /// generation stays in the maps until [`Dataplane::retire`] removes it, which must be
+    /// given what a [`wait_for_readers`] that began after this returned said. Meanwhile
+    /// the dataplane may do other work (attach to links); a swap still to be retired when
+    /// the next one begins is retired first, after a wait of its own.
+    pub fn swap(&mut self, plan: &Plan) -> Result<Swap, DataplaneError> {
+        if let Some(pending) = self.retiring.as_ref().map(|r| r.swap) {
+            self.retire(pending, wait_for_readers())?;
+        }
         // A plan beyond the kernel's capacity is refused before anything changes (one
         // from `Plan::new` never is; this guards plans made otherwise).
         let interfaces = plan.vifs.len() + plan.quarantined.len();
@@ -579,16 +614,50 @@ impl Dataplane {
             .map_err(map_err(maps::CONFIG, "activating the new generation"))?;
         let old = self.active;
         self.active = next;
-        self.last_wait = Some(wait_for_readers());
+        self.held = counts;
+        self.swaps += 1;
+        let swap = Swap(self.swaps);
+        self.retiring = Some(Retiring {
+            swap,
+            old,
+            keep: plan.vifs.iter().map(|v| v.ifindex).collect(),
+            quarantined: plan.quarantined.iter().map(|q| q.ifindex).collect(),
+        });
+        Ok(swap)
+    }
+
+    /// The second half of [`Dataplane::apply`], once every program run that may have read
+    /// the old generation has ended (`grace`: how a [`wait_for_readers`] begun after
+    /// [`Dataplane::swap`] returned waited): removes the old generation's entries, and the
+    /// state tables of vifs that neither the plan nor a guard ([`Dataplane::guard`]) since
+    /// has. Nothing to do if `swap` was retired already (by the next swap).
+    pub fn retire(&mut self, swap: Swap, grace: Grace) -> Result<(), DataplaneError> {
+        if self.retiring.as_ref().map(|r| r.swap) != Some(swap) {
+            return Ok(());
+        }
+        let Some(retiring) = self.retiring.take() else {
+            return Ok(());
+        };
+        self.last_wait = Some(grace);
         if let Some(observe) = self.observe_before_purge {
             observe(self);
         }
-        self.held = counts;
-        self.purge(old)?;
-        // The state tables of vifs the plan no longer has go with them.
-        let keep: BTreeSet<u32> = plan.vifs.iter().map(|v| v.ifindex).collect();
+        self.purge(retiring.old)?;
+        // The state tables of vifs the plan no longer has go with them; a link guarded
+        // since the swap keeps the tables its guard gave it.
+        let mut keep = retiring.keep;
+        keep.extend(
+            self.attached
+                .keys()
+                .filter(|ifindex| !retiring.quarantined.contains(ifindex)),
+        );
         self.prune_vif_state(&keep)?;
         Ok(())
+    }
+
+    /// The swap still to be retired, if there is one.
+    pub fn retiring(&self) -> Option<Swap> {
+        self.retiring.as_ref().map(|r| r.swap)
     }
 
     /// Entries the active generation holds in `map` (after a restart, before the first

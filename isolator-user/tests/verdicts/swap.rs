@@ -177,3 +177,109 @@ fn only_active(lab: &Lab, after: &str) {
         );
     }
 }
+
+/// The swap in two halves, as the daemon runs it ([`Dataplane::swap`], then
+/// [`Dataplane::retire`] once a wait begun after it is over, the dataplane free for other
+/// work in between): a link guarded in between ([`Dataplane::guard`]: attached, with no
+/// entry, given its state tables while its programs attach) keeps its tables when the
+/// swap is retired; a retirement that names a swap retired already (by the next swap,
+/// which retires the pending one first) removes nothing; and each completed swap leaves
+/// only the active generation. A guard without the tables, or a retirement that pruned the
+/// guarded link's tables or purged another swap's old generation, fails here.
+#[test]
+fn a_link_guarded_between_a_swap_and_its_retirement_keeps_its_tables() {
+    use isolator::dataplane::wait_for_readers;
+    in_private_netns(|| {
+        let mut lab = Lab::new(A, LINKS);
+        let policy = policy::parse(A, "test.yaml").expect("valid policy");
+        let plan = Plan::new(&policy, &lab.links).expect("plan");
+        let generations = |lab: &Lab| {
+            lab.dp
+                .generations()
+                .expect("reading the generations")
+                .into_iter()
+                .flat_map(|(_, generations)| generations)
+                .collect::<std::collections::BTreeSet<u32>>()
+        };
+        let only_active =
+            |lab: &Lab| std::collections::BTreeSet::from([lab.dp.active_generation()]);
+
+        let new = crate::fixture::veths(&["d-aw9"]).remove(0);
+        let old = lab.dp.active_generation();
+        let swap = lab.dp.swap(&plan).expect("swapping");
+        assert_eq!(
+            lab.dp.active_generation(),
+            old ^ 1,
+            "the swap flips at once"
+        );
+        assert_eq!(
+            generations(&lab),
+            std::collections::BTreeSet::from([0, 1]),
+            "the old generation stays until the swap is retired"
+        );
+        lab.dp
+            .guard(&new.name, new.ifindex)
+            .expect("guarding the new link");
+        assert!(
+            lab.dp
+                .attachments()
+                .any(|(ifindex, _, _)| ifindex == new.ifindex),
+            "the guarded link is attached"
+        );
+        assert!(
+            lab.dp.vifs_with_state().unwrap().contains(&new.ifindex),
+            "the guard gave the new link its state tables"
+        );
+        lab.dp.retire(swap, wait_for_readers()).expect("retiring");
+        assert_eq!(
+            generations(&lab),
+            only_active(&lab),
+            "retired: one generation"
+        );
+        assert!(
+            lab.dp.vifs_with_state().unwrap().contains(&new.ifindex),
+            "retiring the swap left the link guarded since with its tables"
+        );
+
+        // A swap still pending when the next begins is retired by it; its own retirement
+        // then removes nothing (the next swap's old generation stays until that one's).
+        let first = lab.dp.swap(&plan).expect("swapping");
+        let second = lab.dp.swap(&plan).expect("swapping again");
+        assert_eq!(lab.dp.retiring(), Some(second));
+        lab.dp
+            .retire(first, wait_for_readers())
+            .expect("retiring the first");
+        assert_eq!(
+            generations(&lab),
+            std::collections::BTreeSet::from([0, 1]),
+            "the first swap's retirement left the second's old generation alone"
+        );
+        lab.dp
+            .retire(second, wait_for_readers())
+            .expect("retiring the second");
+        assert_eq!(
+            generations(&lab),
+            only_active(&lab),
+            "retired: one generation"
+        );
+        assert_eq!(lab.dp.retiring(), None);
+
+        // Classified at last, the guarded link passes within its segment.
+        let mut links = lab.links.clone();
+        links.push(new.clone());
+        let classified = Plan::new(&policy, &links).expect("plan");
+        lab.dp.apply(&classified).expect("applying");
+        let frame = ip("10.1.1.9", "10.1.1.3", echo_request(1));
+        let program = lab
+            .dp
+            .program_fd(programs::XDP_INGRESS)
+            .expect("the program");
+        assert_eq!(
+            test_run_xdp(std::os::fd::AsFd::as_fd(&program), new.ifindex, &frame)
+                .expect("test run"),
+            XDP_PASS,
+            "the classified link passes a frame within its segment"
+        );
+        assert!(lab.dp.vifs_with_state().unwrap().contains(&new.ifindex));
+    });
+}
