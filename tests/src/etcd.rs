@@ -320,50 +320,39 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `openssl req` making a P-256 key `NAME.key` and, with `output`, a self-signed
+/// certificate (`-x509`) or a request for `CN=NAME`.
+fn request(dir: &Path, name: &str, output: &[&str]) -> Result<()> {
+    let (key, subject) = (format!("{name}.key"), format!("/CN={name}"));
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-subj",
+        &subject,
+    ];
+    args.extend(output);
+    openssl(dir, &args)
+}
+
 /// A CA `NAME.pem`/`NAME.key`.
 fn make_ca(dir: &Path, name: &str) -> Result<()> {
-    openssl(
+    request(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-        ],
+        name,
+        &["-x509", "-days", "2", "-out", &format!("{name}.pem")],
     )
 }
 
 /// A certificate `NAME.pem`/`NAME.key` signed by the CA `ca`, with extensions `ext`.
 fn make_cert(dir: &Path, ca: &str, name: &str, ext: &str) -> Result<()> {
     std::fs::write(dir.join(format!("{name}.ext")), ext)?;
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    )?;
+    request(dir, name, &["-out", &format!("{name}.csr")])?;
     openssl(
         dir,
         &[
