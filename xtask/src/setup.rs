@@ -27,6 +27,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "systemd",
     "fonts-dejavu-core",
     "protobuf-compiler",
+    // The well-known types (descriptor.proto) etcd-client's build imports: only a
+    // recommendation of protobuf-compiler, which `--no-install-recommends` leaves out.
+    "libprotobuf-dev",
     "etcd-server",
     "openssl",
 ];
