@@ -213,7 +213,7 @@ pub struct Uncounted {
 /// Version of the map layout (keys, values, sizes). Pinned maps live in a directory named
 /// after it, so that a daemon never reuses maps of another layout; bump it with any
 /// change to the types below or to a map's definition.
-pub const STATE_LAYOUT: u32 = 5;
+pub const STATE_LAYOUT: u32 = 6;
 
 /// Program names in the eBPF object.
 pub mod programs {
@@ -492,6 +492,34 @@ pub struct AddrClass {
     pub exposure: u32,
     /// The vif (ifindex) that declared the address (with [`AddrClass::DECLARED`]).
     pub owner: u32,
+    /// With [`AddrClass::LONGER`]: a filter of the addresses the longer entries inside
+    /// cover, a bit each ([`inside_bit_v4`], [`inside_bit_v6`]). A lookup that matched this
+    /// entry probes the longer lengths only if the address's bit is set: a clear bit
+    /// proves that no longer entry holds the address.
+    pub inside: u64,
+}
+
+/// The bit of an [`AddrClass::inside`] filter an IPv4 address falls on (a fold of its
+/// last three bytes: addresses next to each other fall on different bits).
+#[inline(always)]
+pub fn inside_bit_v4(addr: [u8; 4]) -> u64 {
+    let x = addr[3] ^ addr[2].rotate_left(3) ^ addr[1].rotate_left(5);
+    1u64 << (x & 63)
+}
+
+/// The bit of an [`AddrClass::inside`] filter an IPv6 address falls on (a fold of its
+/// interface identifier).
+#[inline(always)]
+pub fn inside_bit_v6(addr: &[u8; 16]) -> u64 {
+    let x = addr[15]
+        ^ addr[14].rotate_left(3)
+        ^ addr[13].rotate_left(5)
+        ^ addr[12].rotate_left(1)
+        ^ addr[11].rotate_left(4)
+        ^ addr[10].rotate_left(2)
+        ^ addr[9].rotate_left(6)
+        ^ addr[8].rotate_left(7);
+    1u64 << (x & 63)
 }
 
 impl AddrClass {
@@ -510,7 +538,7 @@ impl AddrClass {
     /// Declared by an interface (`owner`) as its own.
     pub const DECLARED: u32 = 32;
     /// Some longer entry lies inside this one's prefix: a lookup that matched this one
-    /// probes the longer lengths too.
+    /// probes the longer lengths too, if the address's bit is set in `inside`.
     pub const LONGER: u32 = 64;
 
     /// An address the policy says nothing about.
@@ -521,6 +549,7 @@ impl AddrClass {
         management: 0,
         exposure: 0,
         owner: 0,
+        inside: 0,
     };
 }
 
@@ -586,13 +615,103 @@ pub struct RuleKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PairInfo {
+    /// [`PairInfo::FLOW`], [`PairInfo::BACK`].
     pub flags: u32,
+    /// The services of the flow `from` -> `to` (with [`PairInfo::FLOW`]).
     pub flow: u32,
+    /// The services of the flow `to` -> `from` (with [`PairInfo::BACK`]): one lookup
+    /// tells whether a packet opens a connection either way or answers one.
+    pub back: u32,
+    pub _pad: u32,
+    /// What the rule set at `flow` may admit at most: a packet it rules out needs no
+    /// lookup of the rule set.
+    pub flow_summary: Summary,
+    /// The same for `back`.
+    pub back_summary: Summary,
 }
 
 impl PairInfo {
     /// A flow from `from` to `to` exists.
     pub const FLOW: u32 = 1;
+    /// A flow from `to` to `from` exists.
+    pub const BACK: u32 = 2;
+}
+
+/// What a rule set may admit at most, small enough to travel in another map's value:
+/// the protocol classes of its rules, the span of their ports, and whether a packet
+/// without ports can match. [`Summary::may_admit`] is false only when
+/// [`RuleSet::admits`] is false too; the programs ask the summary first and look the rule
+/// set up only when it says maybe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Summary {
+    /// A bit per protocol class: [`Summary::ICMP`], [`Summary::TCP`], [`Summary::UDP`],
+    /// [`Summary::OTHER`] (any other protocol).
+    pub protocols: u8,
+    /// 1 when some rule admits packets without ports (it covers every port).
+    pub portless: u8,
+    /// The lowest first port and the highest last port of the rules.
+    pub first_port: u16,
+    pub last_port: u16,
+    pub _pad: u16,
+}
+
+impl Summary {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 2;
+    pub const UDP: u8 = 4;
+    pub const OTHER: u8 = 8;
+
+    #[inline(always)]
+    fn bit(class: u8) -> u8 {
+        match class {
+            protocol::ICMP => Summary::ICMP,
+            protocol::TCP => Summary::TCP,
+            protocol::UDP => Summary::UDP,
+            protocol::ANY => Summary::ICMP | Summary::TCP | Summary::UDP | Summary::OTHER,
+            _ => Summary::OTHER,
+        }
+    }
+
+    /// The summary of `rules`.
+    pub fn of(rules: &RuleSet) -> Summary {
+        if rules.flags & RuleSet::ALL != 0 {
+            return Summary {
+                protocols: Summary::bit(protocol::ANY),
+                portless: 1,
+                first_port: 0,
+                last_port: u16::MAX,
+                _pad: 0,
+            };
+        }
+        let mut out = Summary {
+            protocols: 0,
+            portless: 0,
+            first_port: u16::MAX,
+            last_port: 0,
+            _pad: 0,
+        };
+        for r in rules.rules.iter().take(rules.count as usize) {
+            out.protocols |= Summary::bit(r.protocol);
+            if r.first_port == 0 && r.last_port == u16::MAX {
+                out.portless = 1;
+            }
+            out.first_port = out.first_port.min(r.first_port);
+            out.last_port = out.last_port.max(r.last_port);
+        }
+        out
+    }
+
+    /// Whether the rule set summarised may admit a packet of protocol class `class` (as
+    /// [`RuleSet::admits`] takes it) to `port`.
+    #[inline(always)]
+    pub fn may_admit(&self, class: u8, port: Option<u16>) -> bool {
+        self.protocols & Summary::bit(class) != 0
+            && match port {
+                Some(port) => port >= self.first_port && port <= self.last_port,
+                None => self.portless != 0,
+            }
+    }
 }
 
 /// Key of the `COUNTERS` map.
@@ -980,8 +1099,11 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
     use core::mem::size_of;
+    use std::vec;
 
     #[test]
     fn layouts_have_no_implicit_padding() {
@@ -994,13 +1116,13 @@ mod tests {
         assert_eq!(size_of::<SegmentInfo>(), 8);
         assert_eq!(size_of::<AddrV4Key>(), 8);
         assert_eq!(size_of::<AddrV6Key>(), 20);
-        assert_eq!(size_of::<AddrClass>(), 24);
+        assert_eq!(size_of::<AddrClass>(), 32);
         assert_eq!(
             size_of::<PrefixLengths>(),
             8 + (1 + 1 + 4 + 16) * limits::MAX_PREFIX_LENGTHS
         );
         assert_eq!(size_of::<RuleKey>(), 8);
-        assert_eq!(size_of::<PairInfo>(), 8);
+        assert_eq!(size_of::<PairInfo>(), 32);
         assert_eq!(size_of::<CounterKey>(), 8);
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<Settings>(), 40);
@@ -1103,5 +1225,81 @@ mod tests {
         let mut stale = web;
         stale.count = 1;
         assert!(!stale.admits(ICMP, None));
+    }
+
+    /// A summary never rules out what its rule set admits, and does rule out some
+    /// packets (else it would save no lookup).
+    #[test]
+    fn a_summary_rules_out_only_what_its_rule_set_refuses() {
+        let rule = |protocol, first_port, last_port| Rule {
+            protocol,
+            _pad: 0,
+            first_port,
+            last_port,
+            _pad2: 0,
+        };
+        let candidates = [
+            rule(protocol::TCP, 5432, 5432),
+            rule(protocol::TCP, 80, 443),
+            rule(protocol::UDP, 53, 53),
+            rule(protocol::UDP, 0, u16::MAX),
+            rule(protocol::ICMP, 0, u16::MAX),
+            rule(47, 0, u16::MAX),
+            rule(protocol::ANY, 1000, 2000),
+            rule(protocol::ANY, 0, u16::MAX),
+        ];
+        let classes = [protocol::ICMP, protocol::TCP, protocol::UDP, 47, 132];
+        let ports = [
+            None,
+            Some(0),
+            Some(53),
+            Some(79),
+            Some(80),
+            Some(300),
+            Some(443),
+            Some(1500),
+            Some(5432),
+            Some(u16::MAX),
+        ];
+        let mut ruled_out = 0;
+        // Every set of up to three of the candidates, and the set admitting everything.
+        let mut sets = vec![RuleSet {
+            count: 0,
+            flags: RuleSet::ALL,
+            rules: [Rule::default(); limits::MAX_RULES],
+        }];
+        for a in 0..candidates.len() {
+            for b in a..candidates.len() {
+                for c in b..candidates.len() {
+                    for n in 1..=3 {
+                        let mut set = RuleSet::default();
+                        for (i, r) in [a, b, c].iter().take(n).enumerate() {
+                            set.rules[i] = candidates[*r];
+                        }
+                        set.count = n as u32;
+                        sets.push(set);
+                    }
+                }
+            }
+        }
+        for set in &sets {
+            let summary = Summary::of(set);
+            for class in classes {
+                for port in ports {
+                    let may = summary.may_admit(class, port);
+                    assert!(
+                        may || !set.admits(class, port),
+                        "{set:?} admits {class}/{port:?} but its summary {summary:?} rules it out"
+                    );
+                    if !may {
+                        ruled_out += 1;
+                    }
+                }
+            }
+        }
+        assert!(
+            ruled_out > sets.len(),
+            "summaries ruled out only {ruled_out} packets"
+        );
     }
 }

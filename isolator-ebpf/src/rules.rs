@@ -4,7 +4,7 @@
 
 use isolator_common::{
     AddrClass, AddrV4Key, AddrV6Key, GatewayKey, PairInfo, PairKey, RuleKey, RuleSet, SegmentInfo,
-    address_tag, limits, protocol, unmapped,
+    address_tag, inside_bit_v4, inside_bit_v6, limits, protocol, unmapped,
 };
 
 use crate::maps::{ADDRESSES_V4, ADDRESSES_V6, CLASSES, GATEWAYS, PAIRS, PREFIX_LENGTHS, RULESETS};
@@ -189,8 +189,9 @@ pub struct Address {
 }
 
 /// Probes the prefix lengths the policy uses, in the order `PREFIX_LENGTHS` gives, one
-/// hash lookup each, until an entry of `ADDRESSES_V4`/`_V6` without the mark `LONGER`
-/// matches `addr` (or the lengths run out), and copies the longest match to `slot` of
+/// hash lookup each, until an entry of `ADDRESSES_V4`/`_V6` matches `addr` without the
+/// mark `LONGER`, or with it but with `addr`'s bit clear in its `inside` filter (or the
+/// lengths run out), and copies the longest match to `slot` of
 /// [`CLASSES`] (else [`AddrClass::OUTSIDE`]): 1 if one matched, else 0. The cost depends
 /// on the number of distinct lengths, not on the number of prefixes (docs/design.md,
 /// "Classifying an address", which gives the orders and marks the compiler chooses).
@@ -224,7 +225,9 @@ pub extern "C" fn isolator_classify(
     // matches.
     let mut found = 0;
     if v4 != 0 {
-        let a = u32::from_ne_bytes(unmapped(addr));
+        let octets = unmapped(addr);
+        let bit = inside_bit_v4(octets);
+        let a = u32::from_ne_bytes(octets);
         let count = lengths.v4_count as usize;
         for i in 0..limits::MAX_PREFIX_LENGTHS {
             if i >= count {
@@ -238,12 +241,13 @@ pub extern "C" fn isolator_classify(
             if let Some(class) = unsafe { ADDRESSES_V4.get(&key) } {
                 copy_class(out, class);
                 found = 1;
-                if class.flags & AddrClass::LONGER == 0 {
+                if class.flags & AddrClass::LONGER == 0 || class.inside & bit == 0 {
                     break;
                 }
             }
         }
     } else {
+        let bit = inside_bit_v6(addr);
         let count = lengths.v6_count as usize;
         for i in 0..limits::MAX_PREFIX_LENGTHS {
             if i >= count {
@@ -261,7 +265,7 @@ pub extern "C" fn isolator_classify(
             if let Some(class) = unsafe { ADDRESSES_V6.get(&key) } {
                 copy_class(out, class);
                 found = 1;
-                if class.flags & AddrClass::LONGER == 0 {
+                if class.flags & AddrClass::LONGER == 0 || class.inside & bit == 0 {
                     break;
                 }
             }
@@ -271,7 +275,7 @@ pub extern "C" fn isolator_classify(
 }
 
 /// Copies a classification field by field (a plain copy becomes a byte loop in BPF, see
-/// `packet::copy_bytes`).
+/// `packet::copy_bytes`); `inside` only steers the probing and is left out.
 #[inline(always)]
 fn copy_class(out: *mut AddrClass, class: &AddrClass) {
     // SAFETY: `out` is a per-CPU slot, valid for the whole run; no other run of these
@@ -463,17 +467,71 @@ pub fn connection_possible(vif: &Vif, from: u32, to: u32, p: &Packet, other_tena
     if other_tenant != vif.info.tenant && vif.info.flags & SegmentInfo::FOREIGN_NEIGHBOURS == 0 {
         return false;
     }
-    // Either both orders of a pair have an entry (a flow joins them) or neither has.
-    let Some(forward) = pair(generation, from, to) else {
-        return false;
+    pair_admits(generation, from, to, p, REPLIES)
+}
+
+/// Asks [`isolator_pair_admits`] about the packet.
+#[inline(always)]
+fn pair_admits(generation: u32, from: u32, to: u32, p: &Packet, replies: u32) -> bool {
+    let (class, has_ports) = service_class(p);
+    let class_word = u32::from(class) | if has_ports { HAS_PORTS } else { 0 } | replies;
+    let ports = (u32::from(p.dst_port) << 16) | u32::from(p.src_port);
+    isolator_pair_admits(generation, from, to, class_word, ports) != 0
+}
+
+/// In [`isolator_pair_admits`]'s class word: the packet carries ports.
+const HAS_PORTS: u32 = 1 << 8;
+/// In [`isolator_pair_admits`]'s class word: a reply in a flow `to` → `from` counts too.
+const REPLIES: u32 = 1 << 9;
+
+/// Whether a flow `from` → `to` admits a packet of protocol class `class_word & 0xff` to
+/// destination port `ports >> 16`, or (with [`REPLIES`]) a flow `to` → `from` admits the
+/// service its source port (`ports & 0xffff`) would be (the ports count only with
+/// [`HAS_PORTS`]): 1 or 0.
+/// One entry of `PAIRS` tells both directions' flows; a rule set is looked up only when
+/// its summary does not rule the packet out. A global BPF function, verified once.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn isolator_pair_admits(
+    generation: u32,
+    from: u32,
+    to: u32,
+    class_word: u32,
+    ports: u32,
+) -> u32 {
+    let Some(pair) = pair(generation, from, to) else {
+        return 0;
     };
-    if forward.flags & PairInfo::FLOW != 0 && rules_admit(generation, forward.flow, p) {
-        return true;
+    let class = class_word as u8;
+    let has_ports = class_word & HAS_PORTS != 0;
+    let (dst_port, src_port) = ((ports >> 16) as u16, ports as u16);
+    let port = |port: u16| if has_ports { Some(port) } else { None };
+    let word = |port: u16| if has_ports { u32::from(port) } else { NO_PORT };
+    if pair.flags & PairInfo::FLOW != 0
+        && pair.flow_summary.may_admit(class, port(dst_port))
+        && isolator_rules_admit(generation, pair.flow, u32::from(class), word(dst_port)) != 0
+    {
+        return 1;
     }
-    match pair(generation, to, from) {
-        Some(back) if back.flags & PairInfo::FLOW != 0 => reply_admitted(generation, back.flow, p),
-        _ => false,
-    }
+    u32::from(
+        class_word & REPLIES != 0
+            && pair.flags & PairInfo::BACK != 0
+            && pair.back_summary.may_admit(class, port(src_port))
+            && isolator_rules_admit(generation, pair.back, u32::from(class), word(src_port)) != 0,
+    )
+}
+
+/// The protocol class rule sets judge the packet by, and whether it carries ports they
+/// judge (see [`admits`]).
+#[inline(always)]
+fn service_class(p: &Packet) -> (u8, bool) {
+    let class = if p.is_icmp() {
+        protocol::ICMP
+    } else {
+        p.protocol
+    };
+    let has_ports = p.has_ports && (p.protocol == ip::TCP || p.protocol == ip::UDP);
+    (class, has_ports)
 }
 
 /// Whether any rule of `rules` admits the packet.
@@ -504,10 +562,7 @@ fn pair(generation: u32, from: u32, to: u32) -> Option<&'static PairInfo> {
 /// A flow from segment `from` to segment `to` admits the packet.
 #[inline(always)]
 pub fn flow(generation: u32, from: u32, to: u32, p: &Packet) -> bool {
-    match pair(generation, from, to) {
-        Some(pair) if pair.flags & PairInfo::FLOW != 0 => rules_admit(generation, pair.flow, p),
-        _ => false,
-    }
+    pair_admits(generation, from, to, p, 0)
 }
 
 /// A flow joins the two segments in one direction or the other.

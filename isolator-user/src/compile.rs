@@ -937,22 +937,31 @@ tenants:
         assert_eq!(entries.prefix_lengths[0].1.v6_count, 1);
     }
 
-    /// What the kernel's probe finds for `addr`: the lengths in the order stored (the
-    /// longest, then the others shortest first), a match without longer entries inside
-    /// ends the search, the last match wins.
+    /// What the kernel's probe finds for `addr`: the lengths in the order stored, a match
+    /// without longer entries inside, or whose filter rules the address out, ends the
+    /// search, the last match wins.
     fn class_of(entries: &crate::encode::Entries, addr: [u8; 4]) -> Option<AddrClass> {
+        probe(entries, addr).0
+    }
+
+    /// [`class_of`], and how many lookups it took.
+    fn probe(entries: &crate::encode::Entries, addr: [u8; 4]) -> (Option<AddrClass>, usize) {
         let lengths = &entries.prefix_lengths[0].1;
         let mut found = None;
+        let mut probes = 0;
         for len in &lengths.v4[..lengths.v4_count as usize] {
+            probes += 1;
             let key = AddrV4Key::new(entries.prefix_lengths[0].0, addr, *len);
             if let Some((_, class)) = entries.addresses_v4.iter().find(|(k, _)| *k == key) {
                 found = Some(*class);
-                if class.flags & AddrClass::LONGER == 0 {
+                if class.flags & AddrClass::LONGER == 0
+                    || class.inside & isolator_common::inside_bit_v4(addr) == 0
+                {
                     break;
                 }
             }
         }
-        found
+        (found, probes)
     }
 
     /// The longest entry containing `addr`, by brute force over every entry.
@@ -1002,15 +1011,37 @@ tenants:
                 assert_eq!(class_of(&entries, addr), longest_of(&entries, addr));
             }
         }
-        // Many declared addresses (every /32 of FULL): the longest first.
-        let entries = encode(&full_plan(), 1);
-        let lengths = &entries.prefix_lengths[0].1;
-        assert_eq!(
-            lengths.v4[0],
-            32,
-            "{:?}",
-            &lengths.v4[..lengths.v4_count as usize]
+        // web's /24 holds the exposed /32: its filter sends only the addresses that share
+        // 10.1.1.10's bit on to the second lookup.
+        assert_eq!(probe(&entries, [10, 1, 1, 10]).1, 2);
+        assert_eq!(probe(&entries, [10, 1, 1, 200]).1, 1);
+        let two = (0..=255)
+            .filter(|d| probe(&entries, [10, 1, 1, *d]).1 == 2)
+            .count();
+        assert!(two <= 8, "{two} addresses of web's /24 need two lookups");
+        // Mostly /32s (forty exposed addresses in one /24): the longest first, one lookup
+        // for each of them.
+        let mut text = String::from(
+            "version: 1\ntenants:\n  - name: acme\n    segments:\n      - name: web\n        \
+             prefixes: [\"10.1.1.0/24\"]\n        expose:\n",
         );
+        for d in 1..=40 {
+            text.push_str(&format!(
+                "          - address: 10.1.1.{d}\n            protocol: tcp\n            ports: 443\n"
+            ));
+        }
+        let policy = policy::parse(&text, "many.yaml").expect("valid");
+        let entries = encode(&Plan::new(&policy, HostView::default()).expect("plan"), 1);
+        let lengths = &entries.prefix_lengths[0].1;
+        assert_eq!(lengths.v4[..lengths.v4_count as usize], [32, 24]);
+        for d in 0..=255 {
+            let addr = [10, 1, 1, d];
+            let (class, probes) = probe(&entries, addr);
+            assert_eq!(class, longest_of(&entries, addr), "{addr:?}");
+            if (1..=40).contains(&d) {
+                assert_eq!(probes, 1, "{addr:?}");
+            }
+        }
     }
 
     #[test]
@@ -1066,10 +1097,9 @@ tenants:
         );
         let in_28 = class_of(&entries, [10, 1, 1, 11]).expect("classified");
         assert_eq!(
-            in_28.flags,
+            in_28.flags & !AddrClass::LONGER,
             AddrClass::EXPOSED,
-            "the /28, which holds only entries of the longest length (10.1.1.10/32), probed \
-             first"
+            "the /28"
         );
         assert_eq!(rules_at(in_28.exposure), vec![(protocol::ICMP, 0, 65535)]);
         let plain = class_of(&entries, [10, 1, 1, 200]).expect("classified");
@@ -1078,6 +1108,7 @@ tenants:
             (0, AddrClass::LONGER),
             "the /24, which holds longer entries"
         );
+        assert_ne!(plain.inside, 0, "the /24's filter of what lies inside");
         let other_tenant = class_of(&entries, [10, 2, 1, 7]).expect("classified");
         assert_eq!((other_tenant.segment, other_tenant.tenant), (2, 1));
         // Management: the /29 inside the /24 protects everything too; the /16 only its
@@ -1292,9 +1323,22 @@ tenants:
             vec![
                 (key(0, 1), PairInfo::FLOW),
                 (key(0, 2), PairInfo::FLOW),
-                (key(1, 0), 0),
-                (key(2, 0), 0)
+                (key(1, 0), PairInfo::BACK),
+                (key(2, 0), PairInfo::BACK)
             ]
+        );
+        // Each order's entry carries the other's flow too, with the same rule set.
+        assert_eq!(entries.pairs[1].1.flow, entries.pairs[3].1.back);
+        assert_eq!(entries.pairs[0].1.flow, entries.pairs[2].1.back);
+        assert_eq!(
+            entries.pairs[3].1.back_summary,
+            isolator_common::Summary {
+                protocols: isolator_common::Summary::TCP,
+                portless: 0,
+                first_port: 8000,
+                last_port: 8080,
+                _pad: 0,
+            }
         );
         let flow = entries.pairs[1].1.flow;
         let set = entries

@@ -11,8 +11,8 @@ use std::net::IpAddr;
 
 use isolator_common::{
     AddrClass, AddrV4Key, AddrV6Key, DeclaredMacKey, GatewayKey, LinkInfo, PairInfo, PairKey,
-    PrefixLengths, RuleKey, RuleSet, SegmentInfo, Settings, UplinkKey, VifInfo, VifKey, VlanKey,
-    mapped,
+    PrefixLengths, RuleKey, RuleSet, SegmentInfo, Settings, Summary, UplinkKey, VifInfo, VifKey,
+    VlanKey, inside_bit_v4, inside_bit_v6, mapped,
 };
 
 use crate::compile::{Declared, Plan, vif_flags};
@@ -91,13 +91,17 @@ pub fn encode(plan: &Plan, generation: u32) -> Entries {
         .neighbours
         .iter()
         .map(|(from, to)| {
-            let info = match flows.get(&(*from, *to)) {
-                Some(services) => PairInfo {
-                    flags: PairInfo::FLOW,
-                    flow: rules.index(services),
-                },
-                None => PairInfo::default(),
-            };
+            let mut info = PairInfo::default();
+            if let Some(services) = flows.get(&(*from, *to)) {
+                info.flags |= PairInfo::FLOW;
+                info.flow = rules.index(services);
+                info.flow_summary = Summary::of(services);
+            }
+            if let Some(services) = flows.get(&(*to, *from)) {
+                info.flags |= PairInfo::BACK;
+                info.back = rules.index(services);
+                info.back_summary = Summary::of(services);
+            }
             (pair(generation, *from, *to), info)
         })
         .collect();
@@ -403,63 +407,108 @@ mod addresses {
         lengths
     }
 
+    /// The [`AddrClass::inside`] bits of every address of `prefix`: each one's bit when
+    /// it holds fewer than 64, else every bit.
+    fn filter_of((len, addr): Prefix, v4: bool) -> u64 {
+        let host_bits = if v4 {
+            32 - u32::from(len)
+        } else {
+            128 - u32::from(len)
+        };
+        if host_bits >= 6 {
+            return u64::MAX;
+        }
+        let mut bits = 0;
+        for i in 0..1u32 << host_bits {
+            bits |= if v4 {
+                inside_bit_v4(((addr >> 96) as u32 + i).to_be_bytes())
+            } else {
+                inside_bit_v6(&(addr + u128::from(i)).to_be_bytes())
+            };
+        }
+        bits
+    }
+
     /// For each entry, whether it contains an entry of a longer length other than
-    /// `except`.
-    fn containing(classes: &[(Prefix, AddrClass)], lengths: &[u8], except: u8) -> Vec<bool> {
+    /// `except` (`Some(filter)`: the [`AddrClass::inside`] bits of what they cover), or
+    /// not (`None`).
+    fn containing(
+        classes: &[(Prefix, AddrClass)],
+        lengths: &[u8],
+        except: u8,
+        v4: bool,
+    ) -> Vec<Option<u64>> {
         let index: HashMap<Prefix, usize> = classes
             .iter()
             .enumerate()
             .map(|(i, (prefix, _))| (*prefix, i))
             .collect();
-        let mut marked = vec![false; classes.len()];
+        let mut marked = vec![None; classes.len()];
         for ((len, addr), _) in classes.iter().filter(|((len, _), _)| *len != except) {
+            let mut bits = None;
             for shorter in lengths.iter().take_while(|l| **l < *len) {
                 if let Some(i) = index.get(&(*shorter, mask(*addr, *shorter))) {
-                    marked[*i] = true;
+                    let bits = *bits.get_or_insert_with(|| filter_of((*len, *addr), v4));
+                    marked[*i] = Some(marked[*i].unwrap_or(0) | bits);
                 }
             }
         }
         marked
     }
 
+    /// The share of addresses whose bit a filter holds.
+    fn share(filter: u64) -> f64 {
+        f64::from(filter.count_ones()) / 64.0
+    }
+
     /// Chooses the order the programs probe one family's lengths in, and marks the
-    /// entries at which they must go on probing ([`AddrClass::LONGER`]); returns the
-    /// order. The programs stop at the first match without the mark.
+    /// entries at which they must go on probing ([`AddrClass::LONGER`], with the filter
+    /// of the addresses that need it in [`AddrClass::inside`]); returns the order. The
+    /// programs stop at the first match without the mark, or whose filter rules the
+    /// address out.
     ///
     /// Two orders, whichever costs fewer probes summed over the entries (each standing
-    /// for the addresses whose longest match it is):
+    /// for the addresses whose longest match it is; a marked entry's further probes
+    /// weighed by the share of addresses its filter lets through):
     /// - shortest first, an entry marked when it holds a longer one: an address in a
     ///   segment prefix with nothing longer inside costs one lookup;
     /// - the longest length first, then the others shortest first, an entry marked when
     ///   it holds a longer one of a length other than the longest (after a miss at the
     ///   longest length, those no longer count): an address with an entry of the longest
     ///   length, typically a VM's declared address, costs one lookup.
-    fn order_and_mark(classes: &mut [(Prefix, AddrClass)]) -> Vec<u8> {
+    fn order_and_mark(classes: &mut [(Prefix, AddrClass)], v4: bool) -> Vec<u8> {
         let lengths = lengths(classes);
         let Some(&longest) = lengths.last() else {
             return lengths;
         };
         let n = lengths.len();
         let position = |len: u8| lengths.iter().position(|l| *l == len).unwrap_or(n);
-        let all = containing(classes, &lengths, u8::MAX);
-        let below_longest = containing(classes, &lengths, longest);
-        let (mut shortest_cost, mut longest_cost) = (0usize, 0usize);
+        let all = containing(classes, &lengths, u8::MAX, v4);
+        let below_longest = containing(classes, &lengths, longest, v4);
+        let (mut shortest_cost, mut longest_cost) = (0f64, 0f64);
         for (((len, _), _), (all, below)) in classes.iter().zip(all.iter().zip(&below_longest)) {
-            shortest_cost += if *all { n } else { position(*len) + 1 };
+            let first = position(*len) + 1;
+            shortest_cost += match all {
+                Some(filter) => first as f64 + share(*filter) * (n - first) as f64,
+                None => first as f64,
+            };
+            // The longest, then the others shortest first (the same positions).
             longest_cost += if *len == longest {
-                1
-            } else if *below {
-                n
+                1.0
             } else {
-                // The longest, then the others shortest first (the same positions).
-                1 + position(*len) + 1
+                let probes = 1 + first;
+                match below {
+                    Some(filter) => probes as f64 + share(*filter) * (n - probes) as f64,
+                    None => probes as f64,
+                }
             };
         }
         let longest_first = n > 1 && longest_cost < shortest_cost;
         let marks = if longest_first { below_longest } else { all };
         for ((_, class), marked) in classes.iter_mut().zip(marks) {
-            if marked {
+            if let Some(filter) = marked {
                 class.flags |= AddrClass::LONGER;
+                class.inside = filter;
             }
         }
         let mut order = lengths;
@@ -472,6 +521,7 @@ mod addresses {
 
     /// Every kind of prefix of one family.
     struct Kinds {
+        v4: bool,
         segments: Kind<u32>,
         management: Kind<RuleSet>,
         exposed: Kind<RuleSet>,
@@ -539,7 +589,7 @@ mod addresses {
                 out.push((prefix, class));
             }
             out.sort_unstable_by_key(|(prefix, _)| *prefix);
-            let order = order_and_mark(&mut out);
+            let order = order_and_mark(&mut out, self.v4);
             (out, order)
         }
     }
@@ -566,6 +616,7 @@ mod addresses {
     fn kinds(plan: &Plan, v4: bool) -> Kinds {
         let family = |(is_v4, prefix): (bool, Prefix)| (is_v4 == v4).then_some(prefix);
         Kinds {
+            v4,
             segments: Kind::new(of_family(&plan.v4, &plan.v6, v4)),
             management: Kind::new(of_family(&plan.management_v4, &plan.management_v6, v4)),
             exposed: Kind::new(of_family(&plan.exposed_v4, &plan.exposed_v6, v4)),
