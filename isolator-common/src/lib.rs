@@ -307,6 +307,17 @@ pub struct VifInfo {
     /// The segment's tenant and settings (one lookup tells the programs everything about
     /// the vif).
     pub info: SegmentInfo,
+    /// With [`VifInfo::HAS_HOME`]: the IPv4 prefix the vif's frames come from (its first
+    /// declared IPv4 address or prefix, else its segment's first IPv4 prefix), as the 4
+    /// bytes of the network address, and its mask (the bytes in network order read as a
+    /// native integer, as in [`PrefixLengths::v4_masks`]).
+    pub home: [u8; 4],
+    pub home_mask: u32,
+    /// The entry of `ADDRESSES_V4` for `home`, under the same generation: an address in
+    /// `home` that no longer entry inside holds (not [`AddrClass::LONGER`], or its bit
+    /// clear in `inside`) has this class, which spares the programs the lookups of the
+    /// frame's source.
+    pub home_class: AddrClass,
 }
 
 impl VifInfo {
@@ -327,6 +338,20 @@ impl VifInfo {
     /// classify it, or its link kind is not supported): everything it sends and everything
     /// sent to it is dropped (`unknown_interface`). Its `segment` means nothing.
     pub const QUARANTINED: u32 = 32;
+    /// `home` and `home_class` hold an entry of `ADDRESSES_V4`.
+    pub const HAS_HOME: u32 = 64;
+
+    /// The class of IPv4 address `addr` (4 bytes in network order) if the vif's home
+    /// entry tells it: `addr` lies in `home` and no longer entry inside holds it. The
+    /// class is then the one the probe would find (the longest entry holding `addr`).
+    #[inline(always)]
+    pub fn home_class_of(&self, addr: [u8; 4]) -> Option<&AddrClass> {
+        let class = &self.home_class;
+        (self.flags & VifInfo::HAS_HOME != 0
+            && u32::from_ne_bytes(addr) & self.home_mask == u32::from_ne_bytes(self.home)
+            && (class.flags & AddrClass::LONGER == 0 || class.inside & inside_bit_v4(addr) == 0))
+            .then_some(class)
+    }
 }
 
 /// Value of the `LINKS` map.
@@ -1112,7 +1137,7 @@ mod tests {
         assert_eq!(size_of::<EventSettings>(), 16);
         assert_eq!(size_of::<EventKey>(), 8);
         assert_eq!(size_of::<EventWindow>(), 16);
-        assert_eq!(size_of::<VifInfo>(), 24);
+        assert_eq!(size_of::<VifInfo>(), 64);
         assert_eq!(size_of::<SegmentInfo>(), 8);
         assert_eq!(size_of::<AddrV4Key>(), 8);
         assert_eq!(size_of::<AddrV6Key>(), 20);

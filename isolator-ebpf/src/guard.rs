@@ -15,8 +15,8 @@ use crate::{CONTINUE, Step, decide};
 /// of the frame's source address (the ARP sender address for ARP).
 #[inline(never)]
 pub fn source(vif: &Vif, p: &Packet, src: Class) -> Step {
-    if vif.vif.flags & VifInfo::HAS_MAC != 0 {
-        if p.src_mac != vif.vif.mac {
+    if vif.flags & VifInfo::HAS_MAC != 0 {
+        if p.src_mac != vif.mac {
             return decide(Verdict::SpoofedMac);
         }
     } else if mac_declared_by_another(vif, &p.src_mac) {
@@ -65,7 +65,7 @@ pub fn source(vif: &Vif, p: &Packet, src: Class) -> Step {
 /// A MAC another interface declared: reserved for it.
 #[inline(always)]
 fn mac_declared_by_another(vif: &Vif, mac: &[u8; 6]) -> bool {
-    if vif.vif.flags & VifInfo::OTHERS_DECLARED_MACS == 0 {
+    if vif.flags & VifInfo::OTHERS_DECLARED_MACS == 0 {
         return false;
     }
     let key = DeclaredMacKey {
@@ -98,7 +98,7 @@ pub fn owns(vif: &Vif, v4: bool, addr: &[u8; 16], class: Class) -> bool {
         VifInfo::HAS_ADDRESSES
     };
     let owner = class.declared_by();
-    if vif.vif.flags & declared == 0 {
+    if vif.flags & declared == 0 {
         return (declared == VifInfo::HAS_LINK_LOCAL || class.place().is(vif.segment))
             && (owner == 0 || owner == vif.ifindex);
     }

@@ -53,7 +53,9 @@ use crate::account::{Outcome, account, audit, counted_as, note_audited, uncount}
 use crate::maps::Scratch;
 use crate::packet::KIND_ARP;
 use crate::packet::{Frame, TcFrame, XdpFrame, parse};
-use crate::rules::{HostVerdict, Place, classify, connection_possible, flow, host, slot};
+use crate::rules::{
+    Class, HostVerdict, Place, classify, connection_possible, flow, host, keep_home_source, slot,
+};
 use crate::vif::{Vif, cross, identify, vlan_allowed};
 
 /// What one step of a story says: `Ok(())` (not decided, go on) or `Err(verdict)`
@@ -216,7 +218,7 @@ fn judge(frame: &impl Frame, ifindex: u32, dir: u8, entered: u32) -> Outcome {
         verdict,
         audited: false,
     };
-    let Some(vif) = identify(ifindex) else {
+    let Some((vif, entry)) = vif::entry(ifindex) else {
         return refuse(Verdict::NoPolicy);
     };
     if vif.quarantined() {
@@ -231,7 +233,10 @@ fn judge(frame: &impl Frame, ifindex: u32, dir: u8, entered: u32) -> Outcome {
         Ok(()) if scratch.packet.has_vlan && !vlan_allowed(&vif, scratch.packet.vlan) => {
             Verdict::Vlan
         }
-        Ok(()) if dir == direction::INGRESS => verdict_of(ingress(frame, &vif, scratch)),
+        Ok(()) if dir == direction::INGRESS => {
+            let src_known = keep_home_source(entry, &scratch.packet);
+            verdict_of(ingress(frame, &vif, scratch, src_known))
+        }
         Ok(()) => verdict_of(egress(frame, &vif, entered, scratch)),
     };
     let outcome = audit(verdict, &vif);
@@ -244,8 +249,9 @@ fn judge(frame: &impl Frame, ifindex: u32, dir: u8, entered: u32) -> Outcome {
 /// Ingress: what a VM of segment S may send (docs/design.md, "Ingress"). A BPF subprogram
 /// of its own (as is [`egress`]): the verifier then walks each story's branches apart from
 /// the rest of the program, which keeps it well inside its budget.
+/// `src_known`: the source's class is already in its slot ([`keep_home_source`]).
 #[inline(never)]
-fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch) -> Step {
+fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch, src_known: bool) -> Step {
     let Scratch {
         packet: p,
         key,
@@ -255,7 +261,11 @@ fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch) -> Step {
     let p = &*p;
     let generation = vif.generation;
     let sender = vif.segment;
-    let src = classify(generation, p.is_v4(), slot::SOURCE, &p.src);
+    let src = if src_known {
+        Class::kept(slot::SOURCE)
+    } else {
+        classify(generation, p.is_v4(), slot::SOURCE, &p.src)
+    };
     // 1. The source guard; a later fragment is then judged by its first.
     guard::source(vif, p, src)?;
     fragments::later(vif.ifindex, p, frag)?;

@@ -4,7 +4,7 @@
 
 use isolator_common::{
     AddrClass, AddrV4Key, AddrV6Key, GatewayKey, PairInfo, PairKey, RuleKey, RuleSet, SegmentInfo,
-    address_tag, inside_bit_v4, inside_bit_v6, limits, protocol, unmapped,
+    VifInfo, address_tag, inside_bit_v4, inside_bit_v6, limits, protocol, unmapped,
 };
 
 use crate::maps::{ADDRESSES_V4, ADDRESSES_V6, CLASSES, GATEWAYS, PAIRS, PREFIX_LENGTHS, RULESETS};
@@ -160,6 +160,32 @@ impl Class {
             _ => 0,
         }
     }
+}
+
+impl Class {
+    /// The classification already kept in `slot`.
+    #[inline(always)]
+    pub fn kept(slot: u32) -> Class {
+        Class { slot }
+    }
+}
+
+/// Keeps, in the source slot, the class of the frame's IPv4 source address if the vif's
+/// entry tells it ([`VifInfo::home_class_of`]): the class the probe would find, without
+/// its lookups. Says whether it did.
+#[inline(always)]
+pub fn keep_home_source(entry: &VifInfo, p: &Packet) -> bool {
+    if !p.is_v4() {
+        return false;
+    }
+    let Some(class) = entry.home_class_of(unmapped(&p.src)) else {
+        return false;
+    };
+    let Some(out) = CLASSES.get_ptr_mut(slot::SOURCE) else {
+        return false;
+    };
+    copy_class(out, class);
+    true
 }
 
 /// Where a classification is kept for the rest of a run ([`CLASSES`] slots): the source

@@ -25,8 +25,8 @@ pub fn of(generation: u32, ingress_ifindex: u32, src: Class) -> Result<Place, Ve
         generation,
         ifindex: ingress_ifindex,
     };
-    // SAFETY: the value is copied out at once.
-    if let Some(vif) = unsafe { VIFS.get(key) }.copied() {
+    // SAFETY: the fields are read at once.
+    if let Some(vif) = unsafe { VIFS.get(key) } {
         if vif.flags & VifInfo::QUARANTINED != 0 {
             return Err(Verdict::UnknownInterface);
         }

@@ -10,8 +10,9 @@ pub struct Vif {
     pub generation: u32,
     pub ifindex: u32,
     pub segment: u32,
-    /// The vif's declared identity.
-    pub vif: VifInfo,
+    /// The vif's declared identity: [`VifInfo`]'s flags and MAC.
+    pub flags: u32,
+    pub mac: [u8; 6],
     /// Its segment's tenant and flags.
     pub info: SegmentInfo,
 }
@@ -19,31 +20,40 @@ pub struct Vif {
 /// The vif's segment and its settings in the active generation; `None` fails closed.
 #[inline(always)]
 pub fn identify(ifindex: u32) -> Option<Vif> {
+    entry(ifindex).map(|(vif, _)| vif)
+}
+
+/// [`identify`], and the vif's entry itself (valid for the whole run: entries of the
+/// active generation are not removed while a program can run on it, docs/design.md,
+/// the swap).
+#[inline(always)]
+pub fn entry(ifindex: u32) -> Option<(Vif, &'static VifInfo)> {
     let generation = *CONFIG.get(0)?;
-    // SAFETY: the value is copied out at once; entries of the active generation are not
-    // removed while a program can run on it (docs/design.md, the swap).
-    let vif = *unsafe {
+    // SAFETY: see above; the fields the steps use are copied out at once.
+    let entry = unsafe {
         VIFS.get(VifKey {
             generation,
             ifindex,
         })
     }?;
-    let segment = vif.segment;
-    let info = vif.info;
-    Some(Vif {
-        generation,
-        ifindex,
-        segment,
-        vif,
-        info,
-    })
+    Some((
+        Vif {
+            generation,
+            ifindex,
+            segment: entry.segment,
+            flags: entry.flags,
+            mac: entry.mac,
+            info: entry.info,
+        },
+        entry,
+    ))
 }
 
 impl Vif {
     /// The vif looks like a VM's but is not enforceable as one: everything drops.
     #[inline(always)]
     pub fn quarantined(&self) -> bool {
-        self.vif.flags & VifInfo::QUARANTINED != 0
+        self.flags & VifInfo::QUARANTINED != 0
     }
 }
 

@@ -902,12 +902,19 @@ tenants:
                 },
                 VifInfo {
                     segment: 1,
-                    flags: 0,
+                    flags: VifInfo::HAS_HOME,
                     mac: [0; 6],
                     _pad: [0; 2],
                     info: SegmentInfo {
                         tenant: 0,
                         flags: SegmentInfo::EGRESS_ALLOW
+                    },
+                    // Its segment's /24, and that entry's class.
+                    home: [10, 1, 2, 0],
+                    home_mask: u32::from_ne_bytes([255, 255, 255, 0]),
+                    home_class: AddrClass {
+                        segment: 1,
+                        ..AddrClass::OUTSIDE
                     },
                 }
             )]
@@ -962,6 +969,55 @@ tenants:
             }
         }
         (found, probes)
+    }
+
+    /// What a class says about an address, without what steers the probing.
+    fn facts(mut class: AddrClass) -> AddrClass {
+        class.flags &= !AddrClass::LONGER;
+        class.inside = 0;
+        class
+    }
+
+    /// A home entry answers only for addresses no longer entry holds, whichever order the
+    /// lengths are probed in: with the longest first, the /24 itself is not marked for
+    /// the /32 inside it, but its home copy is.
+    #[test]
+    fn a_home_entry_never_answers_for_an_address_a_longer_entry_holds() {
+        let text = r#"
+version: 1
+tenants:
+  - name: acme
+    segments:
+      - name: web
+        interfaces: ["d-aw*"]
+        prefixes: ["10.1.1.0/24"]
+        expose:
+          - address: 10.1.1.10
+            protocol: tcp
+            ports: 443
+          - address: 10.1.1.0/24
+            protocol: icmp
+"#;
+        let policy = policy::parse(text, "home.yaml").expect("valid");
+        let plan = Plan::new(&policy, &links(&[("d-aw1", 3)])).expect("plan");
+        let entries = encode(&plan, 1);
+        let lengths = &entries.prefix_lengths[0].1;
+        assert_eq!(lengths.v4[..lengths.v4_count as usize], [32, 24]);
+        let vif = entries.vifs[0].1;
+        assert_eq!(vif.home, [10, 1, 1, 0]);
+        assert!(
+            vif.home_class_of([10, 1, 1, 10]).is_none(),
+            "the exposed /32"
+        );
+        let mut answered = 0;
+        for d in 0..=255 {
+            let addr = [10, 1, 1, d];
+            if let Some(class) = vif.home_class_of(addr) {
+                answered += 1;
+                assert_eq!(Some(facts(*class)), longest_of(&entries, addr).map(facts));
+            }
+        }
+        assert!(answered >= 240, "{answered}");
     }
 
     /// The longest entry containing `addr`, by brute force over every entry.
@@ -1397,15 +1453,52 @@ tenants:
         assert_eq!(key.ifindex, 4);
         assert_eq!(
             info.flags,
-            VifInfo::HAS_MAC | VifInfo::HAS_ADDRESSES | VifInfo::HAS_LINK_LOCAL
+            VifInfo::HAS_MAC | VifInfo::HAS_ADDRESSES | VifInfo::HAS_LINK_LOCAL | VifInfo::HAS_HOME
         );
         assert_eq!(info.mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        // Its home is its first declared IPv4 address.
+        assert_eq!(
+            (info.home, info.home_mask),
+            ([10, 1, 1, 10], u32::MAX),
+            "vweb-lb's home"
+        );
         let plain = entries.vifs[1].1;
         assert_eq!(
             plain.flags,
-            VifInfo::OTHERS_DECLARED_MACS | VifInfo::OTHERS_DECLARED_ADDRESSES,
+            VifInfo::OTHERS_DECLARED_MACS | VifInfo::OTHERS_DECLARED_ADDRESSES | VifInfo::HAS_HOME,
             "a pattern entry declares nothing, and must keep off what vweb-lb declared"
         );
+        // vweb-1's home is its segment's /24, which holds what vweb-lb declared.
+        assert_eq!(
+            (plain.home, plain.home_mask),
+            ([10, 1, 1, 0], u32::from_ne_bytes([255, 255, 255, 0]))
+        );
+        // Wherever the home entry answers, it answers what the probe finds; and it
+        // answers for most of the /24 (not for what vweb-lb declared).
+        for (_, vif) in &entries.vifs {
+            let mut answered = 0;
+            for d in 0..=255u8 {
+                let addr = [10, 1, 1, d];
+                if let Some(class) = vif.home_class_of(addr) {
+                    answered += 1;
+                    assert_eq!(Some(facts(*class)), longest_of(&entries, addr).map(facts));
+                    assert_eq!(Some(facts(*class)), class_of(&entries, addr).map(facts));
+                }
+            }
+            assert!(answered >= 1, "{vif:?}");
+            if vif.home_mask != u32::MAX {
+                // The /24's filter holds 17 bits (the /28 and the /32): about a quarter of
+                // its addresses go on to a lookup.
+                assert!(
+                    answered >= 150,
+                    "the /24's home answered for {answered} addresses"
+                );
+                assert!(
+                    vif.home_class_of([10, 1, 1, 70]).is_none(),
+                    "declared by vweb-lb"
+                );
+            }
+        }
 
         let vlans: Vec<(u32, u16)> = encode(&plan, 0)
             .vif_vlans

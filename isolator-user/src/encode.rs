@@ -215,19 +215,30 @@ pub fn encode(plan: &Plan, generation: u32) -> Entries {
                         generation,
                         ifindex: v.ifindex,
                     },
-                    VifInfo {
-                        segment: v.segment,
-                        flags: vif_flags(v, &declared),
-                        mac: v.mac.unwrap_or_default(),
-                        _pad: [0; 2],
-                        info: plan
-                            .segments
-                            .get(v.segment as usize)
-                            .map(|s| SegmentInfo {
-                                tenant: s.tenant_id,
-                                flags: s.flags,
-                            })
-                            .unwrap_or_default(),
+                    {
+                        let home = home(plan, v, &addresses.v4, &addresses.v4_inside);
+                        VifInfo {
+                            segment: v.segment,
+                            flags: vif_flags(v, &declared)
+                                | if home.is_some() { VifInfo::HAS_HOME } else { 0 },
+                            mac: v.mac.unwrap_or_default(),
+                            _pad: [0; 2],
+                            info: plan
+                                .segments
+                                .get(v.segment as usize)
+                                .map(|s| SegmentInfo {
+                                    tenant: s.tenant_id,
+                                    flags: s.flags,
+                                })
+                                .unwrap_or_default(),
+                            home: home
+                                .map(|(net, _)| net.network().octets())
+                                .unwrap_or_default(),
+                            home_mask: home
+                                .map(|(net, _)| u32::from_ne_bytes(net.netmask().octets()))
+                                .unwrap_or_default(),
+                            home_class: home.map(|(_, class)| class).unwrap_or(AddrClass::OUTSIDE),
+                        }
                     },
                 )
             })
@@ -243,11 +254,52 @@ pub fn encode(plan: &Plan, generation: u32) -> Entries {
                         mac: [0; 6],
                         _pad: [0; 2],
                         info: SegmentInfo::default(),
+                        home: [0; 4],
+                        home_mask: 0,
+                        home_class: AddrClass::OUTSIDE,
                     },
                 )
             }))
             .collect(),
     }
+}
+
+/// The IPv4 prefix a vif's frames come from, with its entry among `v4` (the encoded
+/// IPv4 classes, sorted by prefix): its first declared IPv4 address or prefix, else its
+/// segment's first IPv4 prefix. `None` when it has neither.
+fn home(
+    plan: &Plan,
+    vif: &crate::compile::ManagedVif,
+    v4: &[(addresses::Prefix, AddrClass)],
+    inside: &[Option<u64>],
+) -> Option<(Ipv4Net, AddrClass)> {
+    let declared = vif.addresses.iter().find_map(|net| match net {
+        IpNet::V4(n) => Some(*n),
+        IpNet::V6(_) => None,
+    });
+    let net = declared.or_else(|| {
+        plan.v4
+            .iter()
+            .find(|(_, segment)| *segment == vif.segment)
+            .map(|(net, _)| *net)
+    })?;
+    let net = net.trunc();
+    let prefix = (net.prefix_len(), u128::from(u32::from(net.network())) << 96);
+    let at = v4.binary_search_by_key(&prefix, |(p, _)| *p).ok()?;
+    // Marked by what lies inside whatever the probing order: with the longest length
+    // probed first, the entry itself is not marked for entries of that length.
+    let mut class = v4[at].1;
+    match inside.get(at).copied().flatten() {
+        Some(filter) => {
+            class.flags |= AddrClass::LONGER;
+            class.inside = filter;
+        }
+        None => {
+            class.flags &= !AddrClass::LONGER;
+            class.inside = 0;
+        }
+    }
+    Some((net, class))
 }
 
 /// An address as the maps store it: 16 bytes, IPv4 IPv4-mapped.
@@ -384,6 +436,9 @@ mod addresses {
         pub v4: Vec<(Prefix, AddrClass)>,
         pub v6: Vec<(Prefix, AddrClass)>,
         v4_order: Vec<u8>,
+        /// For each IPv4 entry, the filter of every longer entry inside it, whatever the
+        /// probing order (`None`: nothing inside).
+        pub v4_inside: Vec<Option<u64>>,
         v6_order: Vec<u8>,
     }
 
@@ -463,9 +518,10 @@ mod addresses {
 
     /// Chooses the order the programs probe one family's lengths in, and marks the
     /// entries at which they must go on probing ([`AddrClass::LONGER`], with the filter
-    /// of the addresses that need it in [`AddrClass::inside`]); returns the order. The
-    /// programs stop at the first match without the mark, or whose filter rules the
-    /// address out.
+    /// of the addresses that need it in [`AddrClass::inside`]); returns the order, and for
+    /// each entry the filter of every longer entry inside it, whatever the order (`None`:
+    /// nothing inside). The programs stop at the first match without the mark, or whose
+    /// filter rules the address out.
     ///
     /// Two orders, whichever costs fewer probes summed over the entries (each standing
     /// for the addresses whose longest match it is; a marked entry's further probes
@@ -476,10 +532,13 @@ mod addresses {
     ///   it holds a longer one of a length other than the longest (after a miss at the
     ///   longest length, those no longer count): an address with an entry of the longest
     ///   length, typically a VM's declared address, costs one lookup.
-    fn order_and_mark(classes: &mut [(Prefix, AddrClass)], v4: bool) -> Vec<u8> {
+    fn order_and_mark(
+        classes: &mut [(Prefix, AddrClass)],
+        v4: bool,
+    ) -> (Vec<u8>, Vec<Option<u64>>) {
         let lengths = lengths(classes);
         let Some(&longest) = lengths.last() else {
-            return lengths;
+            return (lengths, vec![None; classes.len()]);
         };
         let n = lengths.len();
         let position = |len: u8| lengths.iter().position(|l| *l == len).unwrap_or(n);
@@ -504,7 +563,11 @@ mod addresses {
             };
         }
         let longest_first = n > 1 && longest_cost < shortest_cost;
-        let marks = if longest_first { below_longest } else { all };
+        let marks = if longest_first {
+            below_longest
+        } else {
+            all.clone()
+        };
         for ((_, class), marked) in classes.iter_mut().zip(marks) {
             if let Some(filter) = marked {
                 class.flags |= AddrClass::LONGER;
@@ -516,7 +579,7 @@ mod addresses {
             order.pop();
             order.insert(0, longest);
         }
-        order
+        (order, all)
     }
 
     /// Every kind of prefix of one family.
@@ -549,7 +612,7 @@ mod addresses {
             &self,
             plan: &Plan,
             rules: &mut RuleSets,
-        ) -> (Vec<(Prefix, AddrClass)>, Vec<u8>) {
+        ) -> (Vec<(Prefix, AddrClass)>, Vec<u8>, Vec<Option<u64>>) {
             let mut seen: HashMap<Prefix, ()> = HashMap::default();
             let mut out = Vec::new();
             for prefix in self.all_prefixes() {
@@ -589,8 +652,8 @@ mod addresses {
                 out.push((prefix, class));
             }
             out.sort_unstable_by_key(|(prefix, _)| *prefix);
-            let order = order_and_mark(&mut out, self.v4);
-            (out, order)
+            let (order, inside) = order_and_mark(&mut out, self.v4);
+            (out, order, inside)
         }
     }
 
@@ -641,12 +704,13 @@ mod addresses {
 
     /// Classifies every prefix and address of the plan, both families.
     pub fn classify(plan: &Plan, rules: &mut RuleSets) -> Addresses {
-        let (v4, v4_order) = kinds(plan, true).classify(plan, rules);
-        let (v6, v6_order) = kinds(plan, false).classify(plan, rules);
+        let (v4, v4_order, v4_inside) = kinds(plan, true).classify(plan, rules);
+        let (v6, v6_order, _) = kinds(plan, false).classify(plan, rules);
         Addresses {
             v4,
             v6,
             v4_order,
+            v4_inside,
             v6_order,
         }
     }
