@@ -11,6 +11,10 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     /// `HashMap<VifKey, VifInfo>`: which segment a vif (by ifindex) belongs to.
     pub const VIFS: &str = "VIFS";
+    /// `Array<VifInfo>`: the same entries for vifs whose ifindex is below
+    /// [`limits::VIF_SLOTS`](crate::limits::VIF_SLOTS), at [`vif_slot`](crate::vif_slot):
+    /// the programs find those without a hash lookup.
+    pub const VIF_SLOTS: &str = "VIF_SLOTS";
     /// `HashMap<AddrV4Key, AddrClass>`: what the policy says about an IPv4 address, by
     /// prefix: one entry per prefix of the policy (segments, management, exposures,
     /// declared addresses) and per address of the host and the gateways, each carrying
@@ -236,6 +240,8 @@ pub mod programs {
 pub mod limits {
     /// Vifs in one policy generation.
     pub const MAX_VIFS: u32 = 8192;
+    /// Ifindexes below this have their vif's entry in `VIF_SLOTS` too (per generation).
+    pub const VIF_SLOTS: u32 = 16384;
     /// Segments in one policy generation (segment ids are numbered from 0).
     pub const MAX_SEGMENTS: u32 = 1 << 24;
     /// Distinct (vif, direction, verdict) counter keys.
@@ -294,9 +300,10 @@ pub struct VifKey {
     pub ifindex: u32,
 }
 
-/// Value of the `VIFS` map.
+/// Value of the `VIFS` map (and of `VIF_SLOTS`, where all zeroes, the default, is an
+/// empty slot).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VifInfo {
     pub segment: u32,
     /// [`VifInfo::HAS_MAC`], [`VifInfo::HAS_ADDRESSES`].
@@ -340,6 +347,8 @@ impl VifInfo {
     pub const QUARANTINED: u32 = 32;
     /// `home` and `home_class` hold an entry of `ADDRESSES_V4`.
     pub const HAS_HOME: u32 = 64;
+    /// Set in every entry: an empty slot of `VIF_SLOTS` (all zeroes) is no vif.
+    pub const PRESENT: u32 = 128;
 
     /// The class of IPv4 address `addr` (4 bytes in network order) if the vif's home
     /// entry tells it: `addr` lies in `home` and no longer entry inside holds it. The
@@ -352,6 +361,14 @@ impl VifInfo {
             && (class.flags & AddrClass::LONGER == 0 || class.inside & inside_bit_v4(addr) == 0))
             .then_some(class)
     }
+}
+
+/// The index of `ifindex`'s entry in `VIF_SLOTS` under `generation` (0 or 1), if it has
+/// one there.
+#[inline(always)]
+pub fn vif_slot(generation: u32, ifindex: u32) -> Option<u32> {
+    (ifindex < limits::VIF_SLOTS && generation < 2)
+        .then_some(generation * limits::VIF_SLOTS + ifindex)
 }
 
 /// Value of the `LINKS` map.
@@ -503,7 +520,7 @@ impl AddrV6Key {
 /// the declaring interface) is the one of that kind's longest prefix containing this
 /// entry's, so one lookup answers every question the programs ask about an address.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AddrClass {
     /// The segment the address lies in, or [`AddrClass::NO_SEGMENT`].
     pub segment: u32,

@@ -218,7 +218,7 @@ fn judge(frame: &impl Frame, ifindex: u32, dir: u8, entered: u32) -> Outcome {
         verdict,
         audited: false,
     };
-    let Some((vif, entry)) = vif::entry(ifindex) else {
+    let Some(vif) = identify(ifindex) else {
         return refuse(Verdict::NoPolicy);
     };
     if vif.quarantined() {
@@ -234,6 +234,8 @@ fn judge(frame: &impl Frame, ifindex: u32, dir: u8, entered: u32) -> Outcome {
             Verdict::Vlan
         }
         Ok(()) if dir == direction::INGRESS => {
+            // The copy of the vif's entry `identify` made.
+            let entry = &scratch.vifs[vif::slot::RUNS_ON as usize];
             let src_known = keep_home_source(entry, &scratch.packet);
             verdict_of(ingress(frame, &vif, scratch, src_known))
         }

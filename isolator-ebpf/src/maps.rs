@@ -29,6 +29,11 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(2, 0);
 #[map]
 pub static VIFS: HashMap<VifKey, VifInfo> = HashMap::with_max_entries(2 * limits::MAX_VIFS, 0);
 
+/// `VIFS`' entries of vifs with an ifindex below `limits::VIF_SLOTS`, by
+/// `isolator_common::vif_slot`.
+#[map]
+pub static VIF_SLOTS: Array<VifInfo> = Array::with_max_entries(2 * limits::VIF_SLOTS, 0);
+
 /// `BPF_F_NO_PREALLOC`: entries are allocated as they are added, so a map sized for the
 /// largest policy costs only what the policy in force holds.
 const NO_PREALLOC: u32 = 1;
@@ -146,6 +151,10 @@ pub struct Scratch {
     /// Faults this run recorded, a bit per [`isolator_common::fault`] kind (reported at the
     /// program's exit).
     pub faults: u32,
+    pub _pad: u32,
+    /// Copies of vif entries (`crate::vif::lookup`): the vif the program runs on, and
+    /// the vif a delivered frame came from.
+    pub vifs: [VifInfo; 2],
 }
 
 #[map]

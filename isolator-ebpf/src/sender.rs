@@ -11,7 +11,7 @@
 
 use isolator_common::{LinkInfo, UplinkKey, Verdict, VifInfo, VifKey};
 
-use crate::maps::{LINKS, UPLINKS, VIFS};
+use crate::maps::{LINKS, UPLINKS};
 use crate::rules::{Class, Place, Segment};
 
 /// The place of the sender of a frame that entered the host through `ingress_ifindex`;
@@ -25,8 +25,7 @@ pub fn of(generation: u32, ingress_ifindex: u32, src: Class) -> Result<Place, Ve
         generation,
         ifindex: ingress_ifindex,
     };
-    // SAFETY: the fields are read at once.
-    if let Some(vif) = unsafe { VIFS.get(key) } {
+    if let Some(vif) = crate::vif::lookup(generation, ingress_ifindex, crate::vif::slot::SENDER) {
         if vif.flags & VifInfo::QUARANTINED != 0 {
             return Err(Verdict::UnknownInterface);
         }

@@ -902,7 +902,7 @@ tenants:
                 },
                 VifInfo {
                     segment: 1,
-                    flags: VifInfo::HAS_HOME,
+                    flags: VifInfo::HAS_HOME | VifInfo::PRESENT,
                     mac: [0; 6],
                     _pad: [0; 2],
                     info: SegmentInfo {
@@ -918,6 +918,12 @@ tenants:
                     },
                 }
             )]
+        );
+        // VIF_SLOTS mirrors VIFS, at the slot of generation 1 (ifindex 6 is small).
+        let entries = encode(&plan, 1);
+        assert_eq!(
+            entries.vif_slots,
+            vec![(limits::VIF_SLOTS + 6, entries.vifs[0].1)]
         );
         let v4: Vec<(AddrV4Key, u32, u32)> = encode(&plan, 1)
             .addresses_v4
@@ -1453,7 +1459,11 @@ tenants:
         assert_eq!(key.ifindex, 4);
         assert_eq!(
             info.flags,
-            VifInfo::HAS_MAC | VifInfo::HAS_ADDRESSES | VifInfo::HAS_LINK_LOCAL | VifInfo::HAS_HOME
+            VifInfo::HAS_MAC
+                | VifInfo::HAS_ADDRESSES
+                | VifInfo::HAS_LINK_LOCAL
+                | VifInfo::HAS_HOME
+                | VifInfo::PRESENT
         );
         assert_eq!(info.mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
         // Its home is its first declared IPv4 address.
@@ -1465,7 +1475,10 @@ tenants:
         let plain = entries.vifs[1].1;
         assert_eq!(
             plain.flags,
-            VifInfo::OTHERS_DECLARED_MACS | VifInfo::OTHERS_DECLARED_ADDRESSES | VifInfo::HAS_HOME,
+            VifInfo::OTHERS_DECLARED_MACS
+                | VifInfo::OTHERS_DECLARED_ADDRESSES
+                | VifInfo::HAS_HOME
+                | VifInfo::PRESENT,
             "a pattern entry declares nothing, and must keep off what vweb-lb declared"
         );
         // vweb-1's home is its segment's /24, which holds what vweb-lb declared.

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use isolator_common::{
     AddrClass, AddrV4Key, AddrV6Key, DeclaredMacKey, GatewayKey, LinkInfo, PairInfo, PairKey,
     PrefixLengths, RuleKey, RuleSet, SegmentInfo, Settings, Summary, UplinkKey, VifInfo, VifKey,
-    VlanKey, inside_bit_v4, inside_bit_v6, mapped,
+    VlanKey, inside_bit_v4, inside_bit_v6, mapped, vif_slot,
 };
 
 use crate::compile::{Declared, Plan, vif_flags};
@@ -22,7 +22,7 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 
 /// Calls `$callback!` with the policy tables, in write order: `field: MAP_NAME =>
 /// Kind<Key, Value>`, where `Kind` is `Array` (indexed by generation), `Hash` (keys carry
-/// the generation) or `Lpm` (trie keys whose data carries the generation).
+/// the generation) or `Slots` (an array indexed by `isolator_common::vif_slot`).
 macro_rules! policy_tables {
     ($callback:ident) => {
         $callback! {
@@ -38,6 +38,7 @@ macro_rules! policy_tables {
             uplinks: UPLINKS => Hash<UplinkKey, u8>,
             gateways: GATEWAYS => Hash<GatewayKey, RuleSet>,
             vifs: VIFS => Hash<VifKey, VifInfo>,
+            vif_slots: VIF_SLOTS => Slots<u32, VifInfo>,
         }
     };
 }
@@ -49,6 +50,9 @@ macro_rules! entry_key {
         $k
     };
     (Hash, $k:ty) => {
+        $k
+    };
+    (Slots, $k:ty) => {
         $k
     };
 }
@@ -78,6 +82,17 @@ policy_tables!(define_entries);
 
 /// The entries of `plan` under `generation`.
 pub fn encode(plan: &Plan, generation: u32) -> Entries {
+    let mut entries = encode_tables(plan, generation);
+    entries.vif_slots = entries
+        .vifs
+        .iter()
+        .filter_map(|(key, info)| vif_slot(key.generation, key.ifindex).map(|slot| (slot, *info)))
+        .collect();
+    entries
+}
+
+/// Every table's entries but `VIF_SLOTS`, which mirrors `VIFS`.
+fn encode_tables(plan: &Plan, generation: u32) -> Entries {
     let declared = Declared::of(plan);
     let mut rules = RuleSets::new(generation);
     let addresses = addresses::classify(plan, &mut rules);
@@ -220,6 +235,7 @@ pub fn encode(plan: &Plan, generation: u32) -> Entries {
                         VifInfo {
                             segment: v.segment,
                             flags: vif_flags(v, &declared)
+                                | VifInfo::PRESENT
                                 | if home.is_some() { VifInfo::HAS_HOME } else { 0 },
                             mac: v.mac.unwrap_or_default(),
                             _pad: [0; 2],
@@ -250,7 +266,7 @@ pub fn encode(plan: &Plan, generation: u32) -> Entries {
                     },
                     VifInfo {
                         segment: u32::MAX,
-                        flags: VifInfo::QUARANTINED,
+                        flags: VifInfo::QUARANTINED | VifInfo::PRESENT,
                         mac: [0; 6],
                         _pad: [0; 2],
                         info: SegmentInfo::default(),
@@ -261,6 +277,7 @@ pub fn encode(plan: &Plan, generation: u32) -> Entries {
                 )
             }))
             .collect(),
+        vif_slots: Vec::new(),
     }
 }
 
@@ -582,6 +599,10 @@ mod addresses {
         (order, all)
     }
 
+    /// One family's entries sorted by prefix, the order the programs probe the lengths
+    /// in, and each entry's filter of every longer entry inside it.
+    type Classified = (Vec<(Prefix, AddrClass)>, Vec<u8>, Vec<Option<u64>>);
+
     /// Every kind of prefix of one family.
     struct Kinds {
         v4: bool,
@@ -608,11 +629,7 @@ mod addresses {
 
         /// Every entry of the family, sorted by prefix, and the order the programs probe
         /// the lengths in.
-        fn classify(
-            &self,
-            plan: &Plan,
-            rules: &mut RuleSets,
-        ) -> (Vec<(Prefix, AddrClass)>, Vec<u8>, Vec<Option<u64>>) {
+        fn classify(&self, plan: &Plan, rules: &mut RuleSets) -> Classified {
             let mut seen: HashMap<Prefix, ()> = HashMap::default();
             let mut out = Vec::new();
             for prefix in self.all_prefixes() {

@@ -89,8 +89,14 @@ pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
 
 /// Every key of a hash map.
 pub fn keys<K: Pod, V: Pod>(map: BorrowedFd<'_>) -> io::Result<Vec<K>> {
+    Ok(entries::<K, V>(map)?.into_iter().map(|(k, _)| k).collect())
+}
+
+/// Every entry of a map (of an array: every slot).
+pub fn entries<K: Pod, V: Pod>(map: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>> {
     let mut out = Vec::new();
-    // The batch position is opaque to userspace: the hash map's uses a u32 bucket index.
+    // The batch position is opaque to userspace: a hash map's is a u32 bucket index, an
+    // array's the u32 index.
     let mut position = 0u64;
     let mut first = true;
     loop {
@@ -123,7 +129,7 @@ pub fn keys<K: Pod, V: Pod>(map: BorrowedFd<'_>) -> io::Result<Vec<K>> {
             keys.set_len((attr.count as usize).min(CHUNK));
             values.set_len((attr.count as usize).min(CHUNK));
         }
-        out.extend(keys);
+        out.extend(keys.into_iter().zip(values));
         if done {
             return Ok(out);
         }

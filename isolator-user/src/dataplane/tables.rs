@@ -32,6 +32,11 @@ trait Table {
     fn data(&self) -> &MapData;
     /// The value of the entry at `key`, if there is one.
     fn value(&self, key: &Self::Key) -> Result<Option<Self::Value>, MapError>;
+    /// The keys of `generation` to remove, given the keys of `VIFS` of that generation;
+    /// `None`: every key holding an entry of it (the default, a listing of the map).
+    fn purge_keys(&self, _generation: u32, _vifs: &[VifKey]) -> Option<Vec<Self::Key>> {
+        None
+    }
     /// Every entry of `generation`.
     fn entries_of(&self, generation: u32) -> Result<Entry<Self>, MapError> {
         let mut out = Vec::new();
@@ -57,6 +62,69 @@ trait Table {
             self.delete(key)?;
         }
         Ok(())
+    }
+}
+
+/// An array indexed by [`isolator_common::vif_slot`] (`VIF_SLOTS`): a slot holds an
+/// entry when it is not all zeroes; the slot tells the generation.
+pub struct SlotArray<V: Pod>(Array<MapData, V>);
+
+impl<V: Pod> TryFrom<aya::maps::Map> for SlotArray<V> {
+    type Error = MapError;
+    fn try_from(map: aya::maps::Map) -> Result<Self, MapError> {
+        Ok(SlotArray(Array::try_from(map)?))
+    }
+}
+
+impl<V: Pod + Default + PartialEq> Table for SlotArray<V> {
+    type Key = u32;
+    type Value = V;
+    fn put(&mut self, key: &u32, value: &V) -> Result<(), MapError> {
+        self.0.set(*key, *value, 0)
+    }
+    /// A slot cannot be removed: it is reset to all zeroes.
+    fn delete(&mut self, key: &u32) -> Result<(), MapError> {
+        self.0.set(*key, V::default(), 0)
+    }
+    /// The slots that hold an entry, read in batches.
+    fn all_keys(&self) -> Result<Vec<u32>, MapError> {
+        Ok(super::batch::entries::<u32, V>(self.0.map().fd().as_fd())
+            .map_err(batch_err("BPF_MAP_LOOKUP_BATCH"))?
+            .into_iter()
+            // All zeroes, the state of a slot never written or cleared, is no entry.
+            .filter(|(_, value)| *value != V::default())
+            .map(|(key, _)| key)
+            .collect())
+    }
+    fn generation_of(key: &u32) -> u32 {
+        key / isolator_common::limits::VIF_SLOTS
+    }
+    /// The slots of the generation's `VIFS` entries, without listing the whole array (a
+    /// purge is on every swap's path): the daemon writes a vif's slot after its `VIFS`
+    /// entry and clears it before, so every slot in use has one (a slot changed behind
+    /// the daemon's back is `isolator verify`'s to find, which reads the whole array).
+    fn purge_keys(&self, generation: u32, vifs: &[VifKey]) -> Option<Vec<u32>> {
+        Some(
+            vifs.iter()
+                .filter(|key| key.generation == generation)
+                .filter_map(|key| isolator_common::vif_slot(key.generation, key.ifindex))
+                .collect(),
+        )
+    }
+    fn data(&self) -> &MapData {
+        self.0.map()
+    }
+    fn value(&self, key: &u32) -> Result<Option<V>, MapError> {
+        let value = self.0.get(key, 0)?;
+        Ok((value != V::default()).then_some(value))
+    }
+    fn put_all(&mut self, entries: &[(u32, V)]) -> Result<(), MapError> {
+        super::batch::update(self.0.map().fd().as_fd(), entries)
+            .map_err(batch_err("BPF_MAP_UPDATE_BATCH"))
+    }
+    fn delete_all(&mut self, keys: &[u32]) -> Result<(), MapError> {
+        let zeroes: Vec<(u32, V)> = keys.iter().map(|key| (*key, V::default())).collect();
+        self.put_all(&zeroes)
     }
 }
 
@@ -148,13 +216,17 @@ fn purge<T: Table>(
     table: &mut T,
     name: &'static str,
     generation: u32,
+    vifs: &[VifKey],
 ) -> Result<(), DataplaneError> {
-    let keys: Vec<T::Key> = table
-        .all_keys()
-        .map_err(map_err(name, "listing keys"))?
-        .into_iter()
-        .filter(|k| T::generation_of(k) == generation)
-        .collect();
+    let keys: Vec<T::Key> = match table.purge_keys(generation, vifs) {
+        Some(keys) => keys,
+        None => table
+            .all_keys()
+            .map_err(map_err(name, "listing keys"))?
+            .into_iter()
+            .filter(|k| T::generation_of(k) == generation)
+            .collect(),
+    };
     table
         .delete_all(&keys)
         .map_err(map_err(name, "removing old entries"))
@@ -210,6 +282,7 @@ fn generations<T: Table>(table: &T, name: &'static str) -> Result<BTreeSet<u32>,
 macro_rules! map_type {
     (Array, $k:ty, $v:ty) => { Array<MapData, $v> };
     (Hash, $k:ty, $v:ty) => { HashMap<MapData, $k, $v> };
+    (Slots, $k:ty, $v:ty) => { SlotArray<$v> };
 }
 
 macro_rules! define_tables {
@@ -240,10 +313,16 @@ macro_rules! define_tables {
             /// so that a straggling packet of that generation fails closed rather than
             /// finding half of a policy).
             pub fn purge(&mut self, generation: u32) -> Result<(), DataplaneError> {
+                // VIF_SLOTS' slots in use are those of VIFS' entries (see `purge_keys`).
+                let vifs = self
+                    .vifs
+                    .all_keys()
+                    .map_err(map_err(maps::VIFS, "listing keys"))?;
+                let vifs = &vifs;
                 let mut steps: Vec<&mut dyn FnMut() -> Result<(), DataplaneError>> = Vec::new();
                 $(
                     let table = &mut self.$field;
-                    let mut step = move || purge(table, maps::$name, generation);
+                    let mut step = move || purge(table, maps::$name, generation, vifs);
                     steps.push(&mut step);
                 )*
                 for step in steps.into_iter().rev() {

@@ -262,6 +262,78 @@ fn arp_verdicts() {
     });
 }
 
+/// A vif whose ifindex is beyond `VIF_SLOTS` has its entry only in `VIFS`: it is judged
+/// as any other, as the vif a frame is sent from and as the one it is delivered to; an
+/// unnamed link with such an ifindex is still refused.
+#[test]
+fn a_vif_beyond_the_slots_is_judged_like_any_other() {
+    use crate::fixture::{high_ifindex, out};
+    in_private_netns(|| {
+        let policy = POLICY.replace(
+            r#"interfaces: ["d-aw*"]"#,
+            r#"interfaces: ["d-aw*", "d-hi1"]"#,
+        );
+        let mut lab = Lab::new(&policy, &["d-aw1", "d-gw", "d-hi1", "d-hi2"]);
+        let high = lab.ifindex("d-hi1");
+        assert_eq!(Some(high), high_ifindex("d-hi1"));
+        assert!(high >= isolator_common::limits::VIF_SLOTS);
+        lab.check_all(&[
+            row(
+                "within its segment",
+                "d-hi1",
+                echo("10.1.1.5", "10.1.1.6"),
+                verdict::PASS,
+            ),
+            row(
+                "to another tenant",
+                "d-hi1",
+                echo("10.1.1.5", "10.2.1.5"),
+                verdict::CROSS_TENANT,
+            ),
+            row(
+                "a source outside its segment",
+                "d-hi1",
+                echo("10.1.2.5", "10.1.1.6"),
+                verdict::SPOOFED_IP,
+            ),
+            out(
+                "to it, from its segment",
+                "d-hi1",
+                echo("10.1.1.6", "10.1.1.5"),
+                verdict::PASS,
+            )
+            .from("d-aw1"),
+            out(
+                "to it, from another tenant",
+                "d-hi1",
+                echo("10.2.1.5", "10.1.1.5"),
+                verdict::CROSS_TENANT,
+            )
+            .from("d-gw"),
+            out(
+                "from it, to its segment",
+                "d-aw1",
+                echo("10.1.1.5", "10.1.1.6"),
+                verdict::PASS,
+            )
+            .from("d-hi1"),
+            out(
+                "from it, to another tenant",
+                "d-gw",
+                echo("10.1.1.5", "10.2.1.5"),
+                verdict::CROSS_TENANT,
+            )
+            .from("d-hi1"),
+            row(
+                "a link no policy names, beyond the slots",
+                "d-hi2",
+                echo("10.1.1.7", "10.1.1.6"),
+                verdict::NO_POLICY,
+            ),
+        ]);
+    });
+}
+
 #[test]
 fn a_policy_swap_is_all_or_nothing() {
     in_private_netns(|| {

@@ -56,14 +56,27 @@ pub fn in_private_netns<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'st
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
+/// The ifindex a link named `d-hiN` gets: beyond `limits::VIF_SLOTS`, so that the
+/// programs find its entry in `VIFS` rather than `VIF_SLOTS`.
+pub fn high_ifindex(name: &str) -> Option<u32> {
+    let n: u32 = name.strip_prefix("d-hi")?.parse().ok()?;
+    Some(isolator_common::limits::VIF_SLOTS + 1000 + n)
+}
+
 /// Creates a veth pair per name in the calling thread's (private) namespace (this kernel
-/// has no dummy driver) and returns the named ends.
+/// has no dummy driver) and returns the named ends. A name `d-hiN` gets the ifindex
+/// [`high_ifindex`] says.
 pub fn veths(names: &[&str]) -> Vec<Link> {
     names
         .iter()
         .map(|name| {
-            let status = Command::new("ip")
-                .args(["link", "add", name, "type", "veth", "peer", "name"])
+            let mut ip = Command::new("ip");
+            ip.args(["link", "add", name]);
+            if let Some(index) = high_ifindex(name) {
+                ip.args(["index", &index.to_string()]);
+            }
+            let status = ip
+                .args(["type", "veth", "peer", "name"])
                 .arg(format!("{name}-p"))
                 .status()
                 .expect("running ip");
