@@ -54,7 +54,7 @@ use crate::maps::Scratch;
 use crate::packet::KIND_ARP;
 use crate::packet::{Frame, TcFrame, XdpFrame, parse};
 use crate::rules::{
-    Class, HostVerdict, Place, classify, connection_possible, flow, host, keep_home_source, slot,
+    HostVerdict, Place, classified, connection_possible, flow, host, keep_home, known, slot,
 };
 use crate::vif::{Vif, cross, identify, vlan_allowed};
 
@@ -233,13 +233,16 @@ fn judge(frame: &impl Frame, ifindex: u32, dir: u8, entered: u32) -> Outcome {
         Ok(()) if scratch.packet.has_vlan && !vlan_allowed(&vif, scratch.packet.vlan) => {
             Verdict::Vlan
         }
-        Ok(()) if dir == direction::INGRESS => {
+        Ok(()) => {
             // The copy of the vif's entry `identify` made.
             let entry = &scratch.vifs[vif::slot::RUNS_ON as usize];
-            let src_known = keep_home_source(entry, &scratch.packet);
-            verdict_of(ingress(frame, &vif, scratch, src_known))
+            let kept = keep_home(entry, &scratch.packet);
+            if dir == direction::INGRESS {
+                verdict_of(ingress(frame, &vif, scratch, kept))
+            } else {
+                verdict_of(egress(frame, &vif, entered, scratch, kept))
+            }
         }
-        Ok(()) => verdict_of(egress(frame, &vif, entered, scratch)),
     };
     let outcome = audit(verdict, &vif);
     if outcome.passes() {
@@ -251,9 +254,9 @@ fn judge(frame: &impl Frame, ifindex: u32, dir: u8, entered: u32) -> Outcome {
 /// Ingress: what a VM of segment S may send (docs/design.md, "Ingress"). A BPF subprogram
 /// of its own (as is [`egress`]): the verifier then walks each story's branches apart from
 /// the rest of the program, which keeps it well inside its budget.
-/// `src_known`: the source's class is already in its slot ([`keep_home_source`]).
+/// `kept`: the addresses whose classes are in their slots already ([`keep_home`]).
 #[inline(never)]
-fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch, src_known: bool) -> Step {
+fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch, kept: u32) -> Step {
     let Scratch {
         packet: p,
         key,
@@ -263,16 +266,25 @@ fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch, src_known: bool
     let p = &*p;
     let generation = vif.generation;
     let sender = vif.segment;
-    let src = if src_known {
-        Class::kept(slot::SOURCE)
-    } else {
-        classify(generation, p.is_v4(), slot::SOURCE, &p.src)
-    };
+    let v4 = p.is_v4();
+    let src = classified(
+        generation,
+        v4,
+        slot::SOURCE,
+        &p.src,
+        kept & known::SOURCE != 0,
+    );
     // 1. The source guard; a later fragment is then judged by its first.
     guard::source(vif, p, src)?;
     fragments::later(vif.ifindex, p, frag)?;
     // Every later step asks about the destination: classified once.
-    let dst = classify(generation, p.is_v4(), slot::DESTINATION, &p.dst);
+    let dst = classified(
+        generation,
+        v4,
+        slot::DESTINATION,
+        &p.dst,
+        kept & known::DESTINATION != 0,
+    );
     // 2. Management prefixes and loopback, before every exception.
     if p.kind != KIND_ARP && (p.dst_loopback() || dst.management(generation, p)) {
         return decide(Verdict::Management);
@@ -346,9 +358,10 @@ fn ingress(frame: &impl Frame, vif: &Vif, scratch: &mut Scratch, src_known: bool
     }
 }
 
-/// Egress: what may reach a VM of segment T (docs/design.md, "Egress").
+/// Egress: what may reach a VM of segment T (docs/design.md, "Egress"). `kept` as for
+/// [`ingress`].
 #[inline(never)]
-fn egress(frame: &impl Frame, vif: &Vif, entered: u32, scratch: &mut Scratch) -> Step {
+fn egress(frame: &impl Frame, vif: &Vif, entered: u32, scratch: &mut Scratch, kept: u32) -> Step {
     let Scratch {
         packet: p,
         key,
@@ -360,13 +373,26 @@ fn egress(frame: &impl Frame, vif: &Vif, entered: u32, scratch: &mut Scratch) ->
     let receiver = vif.segment;
     fragments::later(vif.ifindex, p, frag)?;
     // 1. The sender: the interface the frame entered the host through.
-    let src = classify(generation, p.is_v4(), slot::SOURCE, &p.src);
+    let v4 = p.is_v4();
+    let src = classified(
+        generation,
+        v4,
+        slot::SOURCE,
+        &p.src,
+        kept & known::SOURCE != 0,
+    );
     let source = sender::of(generation, entered, src)?;
     // 2. From T.
     if source.is(receiver) {
         return decide(Verdict::Pass);
     }
-    let dst = classify(generation, p.is_v4(), slot::DESTINATION, &p.dst);
+    let dst = classified(
+        generation,
+        v4,
+        slot::DESTINATION,
+        &p.dst,
+        kept & known::DESTINATION != 0,
+    );
     // 3. Address resolution.
     resolution::egress(vif, source, p, dst, src)?;
     // 4. A unicast packet for an address outside this segment is not for this VM,

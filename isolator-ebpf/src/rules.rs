@@ -162,30 +162,46 @@ impl Class {
     }
 }
 
-impl Class {
-    /// The classification already kept in `slot`.
-    #[inline(always)]
-    pub fn kept(slot: u32) -> Class {
-        Class { slot }
+/// Keeps, in the source and destination slots, the classes of the frame's IPv4 source
+/// and destination addresses that the vif's entry tells ([`VifInfo::home_class_of`]):
+/// the classes the probe would find, without its lookups. Says which it kept, a bit per
+/// slot ([`known`]).
+#[inline(always)]
+pub fn keep_home(entry: &VifInfo, p: &Packet) -> u32 {
+    if !p.is_v4() {
+        return 0;
     }
+    let mut kept = 0;
+    if let Some(class) = entry.home_class_of(unmapped(&p.src))
+        && let Some(out) = CLASSES.get_ptr_mut(slot::SOURCE)
+    {
+        copy_class(out, class);
+        kept |= known::SOURCE;
+    }
+    if let Some(class) = entry.home_class_of(unmapped(&p.dst))
+        && let Some(out) = CLASSES.get_ptr_mut(slot::DESTINATION)
+    {
+        copy_class(out, class);
+        kept |= known::DESTINATION;
+    }
+    kept
 }
 
-/// Keeps, in the source slot, the class of the frame's IPv4 source address if the vif's
-/// entry tells it ([`VifInfo::home_class_of`]): the class the probe would find, without
-/// its lookups. Says whether it did.
+/// Which addresses [`keep_home`] classified.
+pub mod known {
+    pub const SOURCE: u32 = 1;
+    pub const DESTINATION: u32 = 2;
+}
+
+/// The class of `addr` in `slot`: kept there already if `known` says so, else
+/// classified now.
 #[inline(always)]
-pub fn keep_home_source(entry: &VifInfo, p: &Packet) -> bool {
-    if !p.is_v4() {
-        return false;
+pub fn classified(generation: u32, v4: bool, slot: u32, addr: &[u8; 16], kept: bool) -> Class {
+    if kept {
+        Class { slot }
+    } else {
+        classify(generation, v4, slot, addr)
     }
-    let Some(class) = entry.home_class_of(unmapped(&p.src)) else {
-        return false;
-    };
-    let Some(out) = CLASSES.get_ptr_mut(slot::SOURCE) else {
-        return false;
-    };
-    copy_class(out, class);
-    true
 }
 
 /// Where a classification is kept for the rest of a run ([`CLASSES`] slots): the source

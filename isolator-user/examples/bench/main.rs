@@ -82,6 +82,8 @@ struct Options {
     hotplug: bool,
     /// Only the cost of verifying a large host ([`verify_cost`]).
     verify_cost: bool,
+    /// Only the test-run micro numbers (a quick look at the program's own cost).
+    micro_only: bool,
 }
 
 impl Options {
@@ -95,6 +97,7 @@ impl Options {
         recheck: true,
         hotplug: false,
         verify_cost: false,
+        micro_only: false,
     };
     /// Tiny sizes: proves every part runs, measures nothing.
     const SMOKE: Options = Options {
@@ -107,6 +110,7 @@ impl Options {
         recheck: false,
         hotplug: false,
         verify_cost: false,
+        micro_only: false,
     };
 
     fn from_args() -> anyhow::Result<Options> {
@@ -123,13 +127,14 @@ impl Options {
                 "--smoke" => options = Options::SMOKE,
                 "--hotplug" => options.hotplug = true,
                 "--verify-cost" => options.verify_cost = true,
+                "--micro" => options.micro_only = true,
                 "--rounds" => options.live.rounds = number("--rounds")?.max(1) as usize,
                 "--frames" => {
                     options.live.frames = number("--frames")?.clamp(1, u32::MAX.into()) as u32
                 }
                 "--help" | "-h" => {
                     println!(
-                        "usage: bench [--smoke] [--rounds N] [--frames N] [--hotplug] [--verify-cost]"
+                        "usage: bench [--smoke] [--rounds N] [--frames N] [--micro] [--hotplug] [--verify-cost]"
                     );
                     println!("       bench --table-size [--smoke]");
                     println!(
@@ -270,6 +275,9 @@ fn run(options: Options) -> anyhow::Result<()> {
         return verify_cost::run();
     }
     let (mut dp, links) = lab()?;
+    if options.micro_only {
+        return micro(&mut dp, &links, options);
+    }
     let reports = live::run(&mut dp, &links, &paths(), options.live)?;
     live::print(&reports, options.live);
     println!();
