@@ -154,9 +154,10 @@ pub fn copy_bytes<const N: usize>(dst: &mut [u8; N], src: &[u8; N]) {
     }
 }
 
-/// Sets `dst` to the IPv4-mapped form of `addr` (see [`copy_bytes`]).
+/// Sets `dst` to the IPv4-mapped form of `addr`, byte by byte (see [`copy_bytes`]; for
+/// places not known to be aligned; [`set_mapped`] for the packet's own addresses).
 #[inline(always)]
-pub fn set_mapped(dst: &mut [u8; 16], addr: &[u8; 4]) {
+pub fn set_mapped_bytes(dst: &mut [u8; 16], addr: &[u8; 4]) {
     zero_bytes(dst);
     // SAFETY: indices within the array.
     unsafe {
@@ -167,6 +168,32 @@ pub fn set_mapped(dst: &mut [u8; 16], addr: &[u8; 4]) {
         // SAFETY: `i < 4`.
         dst[12 + i] = unsafe { core::ptr::read_volatile(&addr[i]) };
     }
+}
+
+/// Sets address `which` of `p` to the IPv4-mapped form of `addr` (`::ffff:a.b.c.d`).
+#[inline(always)]
+pub fn set_mapped(p: &mut Packet, which: Address, addr: &[u8; 4]) {
+    let mut bytes = [0, 0, 0xff, 0xff, 0, 0, 0, 0];
+    for i in 0..4 {
+        // SAFETY: `i < 4`: a valid byte of `addr` (read one at a time: the frame's bytes
+        // are not aligned).
+        bytes[4 + i] = unsafe { core::ptr::read_volatile(&addr[i]) };
+    }
+    p.set_address(which, 0, u64::from_ne_bytes(bytes));
+}
+
+/// Sets address `which` of `p` to the 16 bytes at `addr` (an IPv6 address in the frame).
+#[inline(always)]
+pub fn set_copied(p: &mut Packet, which: Address, addr: &[u8; 16]) {
+    let (mut lo, mut hi) = ([0u8; 8], [0u8; 8]);
+    for i in 0..8 {
+        // SAFETY: `i < 8`: valid bytes of `addr` (one at a time: not aligned).
+        unsafe {
+            lo[i] = core::ptr::read_volatile(&addr[i]);
+            hi[i] = core::ptr::read_volatile(&addr[8 + i]);
+        }
+    }
+    p.set_address(which, u64::from_ne_bytes(lo), u64::from_ne_bytes(hi));
 }
 
 /// Zeroes `dst` (see [`copy_bytes`]).
@@ -196,13 +223,18 @@ const MAX_IPV6_EXTENSIONS: usize = 4;
 /// What the programs need to know about a frame (kept in a per-CPU scratch map: it does
 /// not fit on the BPF stack alongside everything else). Addresses are 16 bytes, IPv4 ones
 /// IPv4-mapped; for ARP, `src`/`dst` are the sender and target protocol addresses.
-#[repr(C)]
+///
+/// The three addresses come first, 8-byte aligned, so that they are written a word at a
+/// time ([`Packet::set_address`]).
+#[repr(C, align(8))]
 pub struct Packet {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Target address of an IPv6 neighbour solicitation or advertisement.
+    pub nd_target: [u8; 16],
     pub kind: u8,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
     /// IP protocol of the transport header (after IPv6 extension headers).
     pub protocol: u8,
     /// Whether the transport header was parsed (false for non-first fragments and
@@ -217,8 +249,6 @@ pub struct Packet {
     pub hop_limit: u8,
     /// Offset of the transport header.
     pub l4_offset: usize,
-    /// Target address of an IPv6 neighbour solicitation or advertisement.
-    pub nd_target: [u8; 16],
     /// A neighbour solicitation or advertisement carries a link-layer address option
     /// other than the frame's source MAC (or more options than the parser walks).
     pub nd_lladdr_foreign: bool,
@@ -253,7 +283,41 @@ pub const FRAGMENT_FIRST: u8 = 1;
 /// A later fragment (no transport header).
 pub const FRAGMENT_LATER: u8 = 2;
 
+/// Which address of a [`Packet`] [`Packet::set_address`] writes.
+#[derive(Clone, Copy)]
+pub enum Address {
+    Source,
+    Destination,
+    NdTarget,
+}
+
+// The addresses are 8-byte aligned (see `Packet::set_address`).
+const _: () = assert!(
+    core::mem::align_of::<Packet>() >= 8
+        && core::mem::offset_of!(Packet, src).is_multiple_of(8)
+        && core::mem::offset_of!(Packet, dst).is_multiple_of(8)
+        && core::mem::offset_of!(Packet, nd_target).is_multiple_of(8)
+);
+
 impl Packet {
+    /// Sets one of the addresses to the 16 bytes `[lo, hi]` (as native words), two
+    /// stores instead of sixteen (see [`copy_bytes`]).
+    #[inline(always)]
+    pub fn set_address(&mut self, which: Address, lo: u64, hi: u64) {
+        let field = match which {
+            Address::Source => &mut self.src,
+            Address::Destination => &mut self.dst,
+            Address::NdTarget => &mut self.nd_target,
+        };
+        let words = field as *mut [u8; 16] as *mut u64;
+        // SAFETY: the field is 16 bytes at an 8-byte aligned offset of an 8-byte aligned
+        // struct (asserted above): two aligned words.
+        unsafe {
+            core::ptr::write_volatile(words, lo);
+            core::ptr::write_volatile(words.add(1), hi);
+        }
+    }
+
     /// Clears what the previous packet on this CPU left.
     #[inline(always)]
     pub fn reset(&mut self) {
@@ -266,7 +330,7 @@ impl Packet {
         clear(&mut self.icmp_type, 0);
         clear(&mut self.hop_limit, 0);
         clear(&mut self.l4_offset, 0);
-        zero_bytes(&mut self.nd_target);
+        self.set_address(Address::NdTarget, 0, 0);
         clear(&mut self.nd_lladdr_foreign, false);
         clear(&mut self.arp_op, 0);
         clear(&mut self.has_vlan, false);
@@ -664,8 +728,8 @@ fn parse_arp(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdic
         return Err(Verdict::Malformed);
     }
     p.kind = KIND_ARP;
-    set_mapped(&mut p.src, &arp.spa);
-    set_mapped(&mut p.dst, &arp.tpa);
+    set_mapped(p, Address::Source, &arp.spa);
+    set_mapped(p, Address::Destination, &arp.tpa);
     copy_bytes(&mut p.arp_sha, &arp.sha);
     p.arp_op = u16::from_be_bytes(arp.oper);
     Ok(())
@@ -693,8 +757,8 @@ fn parse_ipv4(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdi
         }
     }
     p.kind = KIND_IPV4;
-    set_mapped(&mut p.src, &ip.src_addr);
-    set_mapped(&mut p.dst, &ip.dst_addr);
+    set_mapped(p, Address::Source, &ip.src_addr);
+    set_mapped(p, Address::Destination, &ip.dst_addr);
     p.protocol = ip.proto;
     p.hop_limit = ip.ttl;
     let offset = ip.frag_offset();
@@ -729,8 +793,8 @@ fn parse_ipv6(frame: &impl Frame, p: &mut Packet, l3: usize) -> Result<(), Verdi
         return Err(Verdict::Malformed);
     }
     p.kind = KIND_IPV6;
-    copy_bytes(&mut p.src, &ip.src_addr);
-    copy_bytes(&mut p.dst, &ip.dst_addr);
+    set_copied(p, Address::Source, &ip.src_addr);
+    set_copied(p, Address::Destination, &ip.dst_addr);
     p.hop_limit = ip.hop_limit;
     // IPv4-mapped addresses never appear on the wire (RFC 4291, 2.5.5.2); the maps store
     // IPv4 addresses in that form, so such a packet could pose as IPv4 traffic.
@@ -901,7 +965,7 @@ fn parse_nd(
         return Err(Verdict::Malformed);
     }
     let t: &[u8; 16] = at(frame, offset + 8).ok_or(Verdict::Malformed)?;
-    copy_bytes(&mut p.nd_target, t);
+    set_copied(p, Address::NdTarget, t);
     p.nd_lladdr_foreign = false;
     let mut walked = 24usize;
     for _ in 0..MAX_ND_OPTIONS {
@@ -947,8 +1011,8 @@ pub fn quoted_key(frame: &impl Frame, p: &Packet, key: &mut ConnKey) -> bool {
         if ip.version() != 4 || header_len < Ipv4Hdr::LEN {
             return false;
         }
-        set_mapped(&mut key.src, &ip.src_addr);
-        set_mapped(&mut key.dst, &ip.dst_addr);
+        set_mapped_bytes(&mut key.src, &ip.src_addr);
+        set_mapped_bytes(&mut key.dst, &ip.dst_addr);
         key.protocol = ip.proto;
         l4 = offset + header_len;
     } else {
