@@ -126,8 +126,9 @@ fn ifindex(lab: &Lab, name: &str) -> u32 {
     .expect("ifindex")
 }
 
-/// Changes web1's entry in the daemon's pinned `VIFS` map behind its back, in the
-/// generation in force: web1 moved into segment 1 (app). Returns web1's ifindex.
+/// Changes web1's entry in the daemon's pinned `VIFS` and `VIF_SLOTS` maps behind its
+/// back, in the generation in force: web1 moved into segment 1 (app). Returns web1's
+/// ifindex.
 fn move_web1_into_app(env: &Env) -> u32 {
     let web = ifindex(env.lab(), "vvfy-web1");
     let map_dir = state_dir(env.lab()).join(format!("maps-v{}", isolator_common::STATE_LAYOUT));
@@ -149,6 +150,11 @@ fn move_web1_into_app(env: &Env) -> u32 {
         .expect("web1's entry");
     value[0..4].copy_from_slice(&1u32.to_ne_bytes());
     map_update(&vifs, &key, &value).expect("changing the entry");
+    // The programs find web1 in VIF_SLOTS (its ifindex is small): the same change there.
+    let generation = u32::from_ne_bytes(generation[..4].try_into().expect("4 bytes"));
+    let slot = isolator_common::vif_slot(generation, web).expect("web1 has a slot");
+    let slots = obj_get(&policy_dir.join("VIF_SLOTS")).unwrap_or_else(|e| panic!("{e:#}"));
+    map_update(&slots, &slot.to_ne_bytes(), &value).expect("changing the slot");
     web
 }
 
@@ -286,6 +292,10 @@ fn a_map_entry_changed_behind_the_daemons_back_is_reported() {
     assert_eq!(code, 1, "{list:?}");
     assert!(
         violations(&list).contains(&("map_drift".to_string(), vec!["VIFS".to_string()])),
+        "{list:?}"
+    );
+    assert!(
+        violations(&list).contains(&("map_drift".to_string(), vec!["VIF_SLOTS".to_string()])),
         "{list:?}"
     );
     let detail = json["findings"]
