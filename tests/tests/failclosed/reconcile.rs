@@ -131,6 +131,13 @@ fn a_failed_reconcile_is_reported_retried_and_recovers_while_enforcement_stays()
         |bad: &mut Problems, from: &Vm, to: &Vm, moves: &[(&str, &str, f64)], arrives: bool| {
             let marker = format!("while failing: {} -> {}", from.name, to.name);
             let frame = udp_frame(from, &to.mac, to.v4(), 9, &marker);
+            if arrives {
+                // The bridge learns the receiver's MAC first (from a frame it sends):
+                // otherwise a probe sent before it has sent anything is flooded, and the
+                // copies other tenants' vifs drop move their counters.
+                let learn = udp_frame(to, &from.mac, from.v4(), 9, "learn");
+                isolator_tests::net::send_frame(&to.ns, "eth0", &learn).expect("send");
+            }
             let before = settle(&watched, Duration::from_millis(300), || env.scrape());
             let (_, frames) = captured(&[&to.ns], || {
                 isolator_tests::net::send_frame(&from.ns, "eth0", &frame).expect("send");
