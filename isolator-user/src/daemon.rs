@@ -135,6 +135,41 @@ struct Verification {
     infrastructure: Vec<crate::policy::InterfacePattern>,
     chronicle: Arc<Chronicle>,
     published: watch::Sender<Verified>,
+    /// Told when the maps drifted: the next swap writes the whole policy.
+    kernel: KernelHandle,
+}
+
+/// The generation not in force against what the dataplane wrote there (the next swap
+/// changes only what differs from it): one `map_drift` finding per map that differs. None
+/// when the dataplane changed that generation meanwhile (the next verification looks
+/// again), or could not be read (the verification of the policy in force says why).
+fn other_generation_drift(
+    kernel: &KernelHandle,
+    state_dir: &std::path::Path,
+) -> Vec<crate::verify::Finding> {
+    let Some((generation, expected)) = kernel.other_generation() else {
+        return Vec::new();
+    };
+    let Ok(live) = crate::dataplane::read_pinned_generation(state_dir, generation) else {
+        return Vec::new();
+    };
+    let unchanged = kernel
+        .other_generation()
+        .is_some_and(|(g, e)| g == generation && Arc::ptr_eq(&e, &expected));
+    if !unchanged {
+        return Vec::new();
+    }
+    crate::verify::compare_maps(&expected, &live.entries)
+        .into_iter()
+        .map(|mut finding| {
+            finding.detail = format!(
+                "in the generation not in force ({generation}), which the next reload \
+                 builds on: {}",
+                finding.detail
+            );
+            finding
+        })
+        .collect()
 }
 
 /// Verifies the host against the policy in force after every change it is told of and
@@ -151,6 +186,7 @@ async fn verify_continuously(task: Verification) {
         infrastructure,
         chronicle,
         published,
+        kernel,
     } = task;
     let mut known: BTreeMap<String, crate::verify::Finding> = BTreeMap::new();
     // The first verification at once: the policy was just put into effect.
@@ -179,14 +215,22 @@ async fn verify_continuously(task: Verification) {
         let (config, state_dir, infra) =
             (config.clone(), state_dir.clone(), infrastructure.clone());
         let (tx, rx) = oneshot::channel();
+        let dataplane = kernel.clone();
         // A thread of its own: verification lists the host over netlink with a runtime of
         // its own and reads the pinned maps, blocking.
         let spawned = std::thread::Builder::new()
             .name("verify".into())
             .spawn(move || {
-                let _ = tx.send(crate::verify::live::verify_policy(
+                let report = crate::verify::live::verify_policy(
                     &in_force, &config, &state_dir, &infra,
-                ));
+                )
+                .map(|mut report| {
+                    report
+                        .findings
+                        .extend(other_generation_drift(&dataplane, &state_dir));
+                    report
+                });
+                let _ = tx.send(report);
             });
         if let Err(e) = spawned {
             warn!(error = %e, "could not start a verification");
@@ -200,6 +244,16 @@ async fn verify_continuously(task: Verification) {
             }
             Err(_) => continue,
         };
+        // The maps differ from what the daemon wrote: the next swap must not build on
+        // them. It removes the other generation and writes the policy whole, so a reload
+        // repairs the drift.
+        if report
+            .findings
+            .iter()
+            .any(|f| f.kind == crate::verify::kind::MAP_DRIFT)
+        {
+            kernel.forget_contents();
+        }
         let now: BTreeMap<String, crate::verify::Finding> = report
             .findings
             .into_iter()
@@ -747,6 +801,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         infrastructure: opts.infrastructure.clone(),
         chronicle: chronicle.clone(),
         published: verified_tx,
+        kernel: kernel.clone(),
     }));
     if let (Some(fleet), Some(start)) = (&opts.fleet, fleet_started) {
         tokio::spawn(
@@ -1857,6 +1912,9 @@ enum Command {
     /// The wait after the last swap is over: remove the old generation
     /// ([`Kernel::retire`]).
     Retire,
+    /// The maps drifted from what the daemon wrote: the next swap writes the whole
+    /// policy ([`Dataplane::forget_contents`]).
+    Forget,
     /// Attach to a link the plan does not have yet (nothing passes it until it does).
     Guard {
         name: String,
@@ -1881,22 +1939,30 @@ enum Command {
 #[derive(Clone)]
 struct KernelHandle {
     commands: mpsc::Sender<Command>,
+    /// The generation not in force and what the dataplane wrote there, as of the last
+    /// command it finished ([`Dataplane::other_generation`]).
+    other: Arc<std::sync::Mutex<OtherGeneration>>,
 }
+
+/// See [`KernelHandle::other_generation`].
+type OtherGeneration = Option<(u32, Arc<crate::encode::Entries>)>;
 
 impl KernelHandle {
     fn spawn(dataplane: Dataplane) -> KernelHandle {
         let (commands, inbox) = mpsc::channel();
+        let other = Arc::new(std::sync::Mutex::new(None));
         let kernel = Kernel {
             dataplane,
             plan: None,
             guarded: BTreeMap::new(),
             grace: None,
+            other: other.clone(),
         };
         std::thread::Builder::new()
             .name("dataplane".into())
             .spawn(move || kernel.serve(inbox))
             .expect("spawning the dataplane thread");
-        KernelHandle { commands }
+        KernelHandle { commands, other }
     }
 
     async fn ask<T>(
@@ -1910,6 +1976,17 @@ impl KernelHandle {
         answer
             .await
             .map_err(|_| anyhow!("the dataplane thread stopped without answering"))
+    }
+
+    /// See [`Command::Forget`]. Nothing to do once the dataplane thread has stopped.
+    fn forget_contents(&self) {
+        let _ = self.commands.send(Command::Forget);
+    }
+
+    /// The generation not in force and what the next swap expects to find there (`None`:
+    /// nothing it builds on).
+    fn other_generation(&self) -> OtherGeneration {
+        self.other.lock().map(|o| o.clone()).unwrap_or(None)
     }
 
     async fn apply(&self, plan: Plan, force: bool) -> anyhow::Result<Applied> {
@@ -1982,6 +2059,8 @@ struct Kernel {
         crate::dataplane::Swap,
         mpsc::Receiver<crate::dataplane::Grace>,
     )>,
+    /// Published after every command ([`KernelHandle::other_generation`]).
+    other: Arc<std::sync::Mutex<OtherGeneration>>,
 }
 
 impl Kernel {
@@ -1990,6 +2069,10 @@ impl Kernel {
         // not keep the sweep from ever running.
         let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
         loop {
+            if let Ok(mut other) = self.other.lock() {
+                let (generation, contents) = self.dataplane.other_generation();
+                *other = contents.map(|contents| (generation, contents));
+            }
             let now = Instant::now();
             if now >= next_sweep {
                 self.sweep();
@@ -2006,6 +2089,7 @@ impl Kernel {
                     self.retire_later(inbox);
                 }
                 Ok(Command::Retire) => self.retire(),
+                Ok(Command::Forget) => self.dataplane.forget_contents(),
                 Ok(Command::Guard {
                     name,
                     ifindex,

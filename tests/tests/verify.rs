@@ -52,6 +52,20 @@ fn lab(hint: &str) -> Env {
     Env::start(lab, POLICY).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// web1 and app1, with a daemon verifying the host every second.
+fn verifying_daemon(hint: &str) -> Env {
+    let (lab, _) = quiet_lab(
+        hint,
+        &[
+            ("web1", "vvfy-web1", "10.1.1.2/24"),
+            ("app1", "vvfy-app1", "10.1.2.2/24"),
+        ],
+        &[],
+    )
+    .expect("lab");
+    Env::start_args(lab, POLICY, &["--verify-interval", "1"]).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 /// Runs `isolator ARGS` in the lab's host namespace.
 fn isolator(env: &Env, args: &[&str]) -> Output {
     let bin = isolator_bin().unwrap_or_else(|e| panic!("{e:#}"));
@@ -130,6 +144,11 @@ fn ifindex(lab: &Lab, name: &str) -> u32 {
 /// back, in the generation in force: web1 moved into segment 1 (app). Returns web1's
 /// ifindex.
 fn move_web1_into_app(env: &Env) -> u32 {
+    move_web1_into_app_in(env, false)
+}
+
+/// [`move_web1_into_app`] in the generation in force, or (`other`) in the other one.
+fn move_web1_into_app_in(env: &Env, other: bool) -> u32 {
     let web = ifindex(env.lab(), "vvfy-web1");
     let map_dir = state_dir(env.lab()).join(format!("maps-v{}", isolator_common::STATE_LAYOUT));
     let policy_dir = std::fs::read_dir(&map_dir)
@@ -139,9 +158,12 @@ fn move_web1_into_app(env: &Env) -> u32 {
         .expect("a policy map directory")
         .path();
     let config = obj_get(&policy_dir.join("CONFIG")).unwrap_or_else(|e| panic!("{e:#}"));
-    let generation = map_lookup(&config, &0u32.to_ne_bytes(), 4)
+    let mut generation = map_lookup(&config, &0u32.to_ne_bytes(), 4)
         .unwrap_or_else(|e| panic!("{e:#}"))
         .expect("CONFIG[0]");
+    if other {
+        generation[0] ^= 1;
+    }
     let vifs = obj_get(&policy_dir.join("VIFS")).unwrap_or_else(|e| panic!("{e:#}"));
     // VifKey { generation, ifindex } => VifInfo { segment, … }.
     let key = [&generation[..], &web.to_ne_bytes()[..]].concat();
@@ -310,6 +332,49 @@ fn a_map_entry_changed_behind_the_daemons_back_is_reported() {
         detail.contains(&format!("ifindex: {web}")) && detail.contains("expected"),
         "{detail}"
     );
+}
+
+/// A reload changes only what differs from the policy the generation not in force holds.
+/// A change made there behind the daemon's back is found by the daemon's own
+/// verification, and the next reload then writes the whole policy: nothing of the change
+/// comes into force. A reload that built on the changed generation would put web1 into
+/// app (and `isolator verify` would then find the drift in force); one that was never
+/// told of the change would not count it.
+#[test]
+fn a_change_to_the_generation_not_in_force_is_found_and_not_built_on() {
+    use isolator_tests::Series;
+    use isolator_tests::metrics::{TOPOLOGY_VIOLATIONS, poll};
+    let env = verifying_daemon("vfy-other");
+    // After a reload both generations hold the policy.
+    env.reload(POLICY, true).unwrap_or_else(|e| panic!("{e:#}"));
+    let drift = Series::new(TOPOLOGY_VIOLATIONS, &[("kind", "map_drift")]);
+    let wait_for = |what: &str, n: f64| {
+        poll(what, std::time::Duration::from_secs(15), || {
+            let v = env.daemon().scrape()?.value(&drift).unwrap_or(-1.0);
+            Ok(if v == n {
+                Ok(())
+            } else {
+                Err(format!("map_drift {v}"))
+            })
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", env.daemon().log()))
+    };
+    wait_for("the first verification", 0.0);
+    let web = move_web1_into_app_in(&env, true);
+    // VIFS and VIF_SLOTS.
+    wait_for("the change in the other generation", 2.0);
+    let log = env.daemon().log();
+    assert!(
+        log.contains("generation not in force") && log.contains(&format!("ifindex: {web}")),
+        "the daemon names the generation and the entry:\n{log}"
+    );
+    env.reload(POLICY, true).unwrap_or_else(|e| panic!("{e:#}"));
+    let (_, list, _) = findings(&env);
+    assert!(
+        !list.iter().any(|(_, kind, _)| kind == "map_drift"),
+        "the reload wrote the policy whole: nothing of the change is in force: {list:?}"
+    );
+    wait_for("the drift resolved", 0.0);
 }
 
 /// `isolator explain ARGS --config … --state-dir …`: exit code, stdout, stderr.
@@ -632,17 +697,7 @@ fn the_live_reachability_matrix_agrees_with_the_policy_until_a_map_is_changed() 
 fn the_daemon_verifies_after_each_change_and_records_new_and_resolved_findings() {
     use isolator_tests::Series;
     use isolator_tests::metrics::{LAST_VERIFY, TOPOLOGY_VIOLATIONS, poll};
-    let (lab, _) = quiet_lab(
-        "vfy-auto",
-        &[
-            ("web1", "vvfy-web1", "10.1.1.2/24"),
-            ("app1", "vvfy-app1", "10.1.2.2/24"),
-        ],
-        &[],
-    )
-    .expect("lab");
-    let env = Env::start_args(lab, POLICY, &["--verify-interval", "1"])
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let env = verifying_daemon("vfy-auto");
     let kind = |k: &'static str| Series::new(TOPOLOGY_VIOLATIONS, &[("kind", k)]);
     let wait_for = |what: &str, k: &'static str, n: f64| {
         poll(what, std::time::Duration::from_secs(15), || {

@@ -6,10 +6,13 @@
 //! 100 000 segments), and beyond that by exposed /32 endpoints inside them (TCP 443). The
 //! prefix lengths in use stay those of the bench policy (/24 and /32), so what grows is
 //! only the number of entries. For each size, on one dataplane sized for the largest:
-//! the time `Dataplane::apply` takes (encode the plan's entries, write the new generation,
-//! flip, wait, purge the old one) and how much of it the encoding is, how many frames a
-//! second thread judging without pause meanwhile saw misjudged, the entries and the
-//! kernel memory of the address map, and the test-run time of
+//! the time `Dataplane::apply` takes to put the policy into the kernel whole (encode the
+//! plan's entries, remove what the other generation held, write it, flip, wait, remove the
+//! old one: what a reload cost before reloads wrote only what changed) and how much of it
+//! the encoding is; the time a reload that changes one segment's prefix takes (it writes
+//! only the entries that differ) and the entries it writes; how many frames a second
+//! thread judging without pause during both saw misjudged; the entries and the kernel
+//! memory of the address map; and the test-run time of
 //! the ingress verdict for a cross-tenant drop, a same-segment pass and a drop into one
 //! of the extra segments, interleaved with a pass-everything program, medians.
 
@@ -91,7 +94,11 @@ struct Row {
     entries: usize,
     /// Of which the plan's entries (pure userspace).
     encoding: Duration,
+    /// Putting the policy into the kernel whole.
     apply: Duration,
+    /// A reload that changes one segment's prefix, and the entries it wrote and removed.
+    one_segment: Duration,
+    one_segment_entries: usize,
     /// Test runs judged while the swap ran, and how many ended otherwise than both
     /// policies say.
     runs: u64,
@@ -136,40 +143,25 @@ pub fn run(
         let started = Instant::now();
         let entries = encode(&plan, 0).addresses_v4.len();
         let encoding = started.elapsed();
-        // While the swap runs, a second thread judges a cross-tenant frame and a
-        // same-segment frame without pause: every run must end in drop and pass
-        // respectively (both policies, old and new, agree on them).
         let program = dp.program_fd(programs::XDP_INGRESS)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (runs, misjudged) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let judge = {
-            let (stop, runs, misjudged) = (stop.clone(), runs.clone(), misjudged.clone());
-            let frames = [(cases[0].1.clone(), 1), (cases[1].1.clone(), 2)];
-            // A thread spawned here shares this thread's (private) network namespace.
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    for (frame, expected) in &frames {
-                        let action = test_run_xdp(std::os::fd::AsFd::as_fd(&program), web, frame);
-                        runs.fetch_add(1, Ordering::Relaxed);
-                        if action.ok() != Some(*expected) {
-                            misjudged.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        };
-        let started = Instant::now();
-        let applied = dp.apply(&plan);
-        let apply = started.elapsed();
-        stop.store(true, Ordering::Relaxed);
-        judge
-            .join()
-            .map_err(|_| anyhow::anyhow!("the judging thread panicked"))?;
-        applied.with_context(|| format!("applying the policy grown by {addresses} addresses"))?;
-        let (runs, misjudged) = (
-            runs.load(Ordering::Relaxed),
-            misjudged.load(Ordering::Relaxed),
-        );
+        let frames = [(cases[0].1.clone(), 1), (cases[1].1.clone(), 2)];
+        // As a reload whose policy the daemon does not know the maps to hold: whole.
+        dp.forget_contents();
+        let (apply, mut runs, mut misjudged) = judged_apply(&mut dp, &plan, &program, web, &frames)
+            .with_context(|| format!("applying the policy grown by {addresses} addresses"))?;
+        // The other generation now holds nothing; once it holds this policy too, a reload
+        // that moves one segment's prefix elsewhere.
+        dp.apply(&plan).context("applying the same policy again")?;
+        let mut moved = plan.clone();
+        if let Some((prefix, _)) = moved.v4.last_mut() {
+            *prefix = Ipv4Net::new(Ipv4Addr::new(12, 0, 0, 0), 24).expect("a /24");
+        }
+        let (one_segment, more_runs, more_misjudged) =
+            judged_apply(&mut dp, &moved, &program, web, &frames)
+                .context("applying a policy with one segment changed")?;
+        runs += more_runs;
+        misjudged += more_misjudged;
+        let one_segment_entries = dp.last_written().map(|w| w.put + w.removed).unwrap_or(0);
         let memory = dp
             .footprints()?
             .iter()
@@ -191,6 +183,8 @@ pub fn run(
             entries,
             encoding,
             apply,
+            one_segment,
+            one_segment_entries,
             runs,
             misjudged,
             memory,
@@ -199,6 +193,50 @@ pub fn run(
     }
     print(&rows, repeat, rounds);
     plot(&rows)
+}
+
+/// `dp.apply(plan)`, timed, while a second thread judges `frames` on `vif` without pause:
+/// every run must end as given (both policies, old and new, agree on them). The time, the
+/// runs, and how many ended otherwise.
+fn judged_apply(
+    dp: &mut Dataplane,
+    plan: &Plan,
+    program: &std::os::fd::OwnedFd,
+    vif: u32,
+    frames: &[(Vec<u8>, u32)],
+) -> anyhow::Result<(Duration, u64, u64)> {
+    let program = program.try_clone()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (runs, misjudged) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let judge = {
+        let (stop, runs, misjudged) = (stop.clone(), runs.clone(), misjudged.clone());
+        let frames = frames.to_vec();
+        // A thread spawned here shares this thread's (private) network namespace.
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for (frame, expected) in &frames {
+                    let action = test_run_xdp(std::os::fd::AsFd::as_fd(&program), vif, frame);
+                    runs.fetch_add(1, Ordering::Relaxed);
+                    if action.ok() != Some(*expected) {
+                        misjudged.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    let applied = dp.apply(plan);
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    judge
+        .join()
+        .map_err(|_| anyhow::anyhow!("the judging thread panicked"))?;
+    applied?;
+    Ok((
+        took,
+        runs.load(Ordering::Relaxed),
+        misjudged.load(Ordering::Relaxed),
+    ))
 }
 
 /// `table-size-ns.png` (ns per frame against the number of addresses, for each case and
@@ -240,14 +278,23 @@ fn plot(rows: &[Row]) -> anyhow::Result<()> {
         &dir().join("table-size-apply.png"),
         "Policy apply time against table size",
         "addresses (up to 100 000: one-segment tenants, one /24 each; beyond: exposed /32s)",
-        "apply ms (write, flip, wait, purge)",
-        &[Series {
-            label: "Dataplane::apply".into(),
-            points: rows
-                .iter()
-                .map(|r| (x(r), (r.apply.as_secs_f64() * 1e3).max(0.001)))
-                .collect(),
-        }],
+        "apply ms (write, flip, wait)",
+        &[
+            Series {
+                label: "the whole policy".into(),
+                points: rows
+                    .iter()
+                    .map(|r| (x(r), (r.apply.as_secs_f64() * 1e3).max(0.001)))
+                    .collect(),
+            },
+            Series {
+                label: "a reload changing one segment".into(),
+                points: rows
+                    .iter()
+                    .map(|r| (x(r), (r.one_segment.as_secs_f64() * 1e3).max(0.001)))
+                    .collect(),
+            },
+        ],
     )
 }
 
@@ -258,8 +305,15 @@ fn print(rows: &[Row], repeat: u32, rounds: usize) {
          each, then exposed /32s; prefix lengths in use: /24 and /32)"
     );
     print!(
-        "{:>10} {:>10} {:>10} {:>11} {:>20} {:>10}",
-        "addresses", "entries", "apply ms", "encoding ms", "misjudged / judged", "map MiB"
+        "{:>10} {:>10} {:>10} {:>11} {:>14} {:>8} {:>20} {:>10}",
+        "addresses",
+        "entries",
+        "apply ms",
+        "encoding ms",
+        "1 segment ms",
+        "written",
+        "misjudged / judged",
+        "map MiB"
     );
     for (name, ..) in &rows[0].cases {
         print!(" {:>28}", format!("{name} ns (x at 10)"));
@@ -267,11 +321,13 @@ fn print(rows: &[Row], repeat: u32, rounds: usize) {
     println!();
     for row in rows {
         print!(
-            "{:>10} {:>10} {:>10.1} {:>11.1} {:>20} {:>10.1}",
+            "{:>10} {:>10} {:>10.1} {:>11.1} {:>14.1} {:>8} {:>20} {:>10.1}",
             row.addresses,
             row.entries,
             row.apply.as_secs_f64() * 1e3,
             row.encoding.as_secs_f64() * 1e3,
+            row.one_segment.as_secs_f64() * 1e3,
+            row.one_segment_entries,
             format!("{} / {}", row.misjudged, row.runs),
             row.memory as f64 / (1 << 20) as f64
         );

@@ -5,10 +5,15 @@
 //!
 //! The swap (see docs/design.md): every policy map key carries a generation (0 or 1). A
 //! new policy is written under the generation that is not active, then the single
-//! `CONFIG` entry is flipped to it, then, after a grace period longer than any program
-//! run, the old generation's entries are removed. A packet reads the generation once,
-//! first, so it is judged entirely by the old or entirely by the new policy. If writing
-//! the new generation fails, it is removed again and the old policy stays active.
+//! `CONFIG` entry is flipped to it. A packet reads the generation once, first, so it is
+//! judged entirely by the old or entirely by the new policy. The old generation stays as
+//! it is, unread, until the next swap: that one changes only the entries that differ
+//! between the old generation's policy and its own (a reload that changes one segment
+//! writes that segment's entries), once a grace period longer than any program run has
+//! passed since the flip. Where the old generation's content is not known (maps taken
+//! over from an earlier daemon, a write that failed part way, drift found by the
+//! verification), it is removed and written whole instead. If writing the new
+//! generation fails, it is removed and the old policy stays active.
 
 mod batch;
 mod connections;
@@ -21,6 +26,7 @@ mod test_run;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aya::{
@@ -39,11 +45,11 @@ use self::links::Attachment;
 pub use self::state::pin_name;
 use self::state::{Pins, ensure_bpffs, read_pinned_links};
 pub use self::state::{Teardown, teardown};
-pub use self::tables::Footprint;
+pub use self::tables::{Footprint, Written};
 use self::tables::{POLICY_MAPS, PolicyTables};
 pub use self::test_run::{LiveContext, TC_DROP, TC_PASS, test_run_live};
 use crate::compile::Plan;
-use crate::encode::encode;
+use crate::encode::{Entries, encode};
 
 /// How [`wait_for_readers`] waited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -338,8 +344,13 @@ pub struct Dataplane {
     pins: Option<Pins>,
     /// How the last swap waited for the programs still running on the old generation.
     last_wait: Option<Grace>,
-    /// For tests: called once the swap has waited, before it purges the old generation.
-    observe_before_purge: Option<fn(&Dataplane)>,
+    /// For tests: called once the programs have left the generation that is not active,
+    /// before it is changed.
+    observe_before_change: Option<fn(&Dataplane)>,
+    /// What each generation holds, as this daemon wrote it (`None`: not known).
+    contents: [Option<Arc<Entries>>; 2],
+    /// What the last swap wrote.
+    last_written: Option<Written>,
     /// The sizes the policy maps were loaded with.
     sizes: Sizes,
     /// How many entries the active generation holds in each sized map.
@@ -476,6 +487,12 @@ impl Dataplane {
                 what: "following the kernel's log records".into(),
                 source: Box::new(e),
             })?;
+        // Maps made for this daemon are empty; pinned ones are known once written.
+        let contents = if pins.is_some() {
+            [None, None]
+        } else {
+            [Some(Arc::default()), Some(Arc::default())]
+        };
         let mut dp = Dataplane {
             config: take(&mut ebpf, maps::CONFIG)?,
             tables: PolicyTables::take(&mut ebpf)?,
@@ -493,7 +510,9 @@ impl Dataplane {
             attached: BTreeMap::new(),
             pins,
             last_wait: None,
-            observe_before_purge: None,
+            observe_before_change: None,
+            contents,
+            last_written: None,
             sizes: Sizes::default(),
             held: Vec::new(),
             swaps: 0,
@@ -530,12 +549,36 @@ impl Dataplane {
             .map_err(prog_err(name, "unexpected program type"))
     }
 
-    /// For tests: `observe` is called during each swap once it has waited for the
-    /// programs still running on the old generation, just before that generation is
-    /// purged (it sees both generations in the maps).
+    /// For tests: `observe` is called once the programs still running on the generation
+    /// that is not active have left it, just before it is changed (by the next swap, or
+    /// purged by a retirement: it still holds what it held).
     #[doc(hidden)]
-    pub fn observe_before_purge(&mut self, observe: fn(&Dataplane)) {
-        self.observe_before_purge = Some(observe);
+    pub fn observe_before_change(&mut self, observe: fn(&Dataplane)) {
+        self.observe_before_change = Some(observe);
+    }
+
+    /// What the last swap wrote into the policy maps.
+    pub fn last_written(&self) -> Option<Written> {
+        self.last_written
+    }
+
+    /// Forgets what the generation that is not active holds: the next swap removes it
+    /// and writes the new policy whole (after drift was found in the maps: something
+    /// other than this daemon changed them).
+    pub fn forget_contents(&mut self) {
+        self.contents = [None, None];
+    }
+
+    /// The generation not in force and what it holds, as this daemon wrote it (`None`:
+    /// not known, and removed before the next swap writes it whole).
+    pub fn other_generation(&self) -> (u32, Option<Arc<Entries>>) {
+        let other = self.active ^ 1;
+        (other, self.contents[other as usize].clone())
+    }
+
+    /// Every entry the maps hold under `generation`, read from the kernel.
+    pub fn read_generation(&self, generation: u32) -> Result<Entries, DataplaneError> {
+        self.tables.read(generation)
     }
 
     /// How the last completed swap waited for the programs still running on the old
@@ -557,11 +600,13 @@ impl Dataplane {
     }
 
     /// The first half of [`Dataplane::apply`]: writes `plan` under the other generation
-    /// and flips `CONFIG` to it. From its return on, the new policy is in force; the old
-    /// generation stays in the maps until [`Dataplane::retire`] removes it, which must be
-    /// given what a [`wait_for_readers`] that began after this returned said. Meanwhile
-    /// the dataplane may do other work (attach to links); a swap still to be retired when
-    /// the next one begins is retired first, after a wait of its own.
+    /// (changing only what differs from the policy that generation held, where that is
+    /// known; see [`Dataplane::last_written`]) and flips `CONFIG` to it. From its return
+    /// on, the new policy is in force. [`Dataplane::retire`] must then be given what a
+    /// [`wait_for_readers`] that began after this returned said; meanwhile the dataplane
+    /// may do other work (attach to links). A swap still to be retired when the next one
+    /// begins is retired first, after a wait of its own: a generation is changed only
+    /// once no program run can still be reading it.
     pub fn swap(&mut self, plan: &Plan) -> Result<Swap, DataplaneError> {
         if let Some(pending) = self.retiring.as_ref().map(|r| r.swap) {
             self.retire(pending, wait_for_readers())?;
@@ -600,21 +645,45 @@ impl Dataplane {
                 });
             }
         }
-        // Leftovers of an earlier, failed apply would otherwise mix into this one.
-        self.purge(next)?;
         // Every vif of the plan has its state tables before its entry exists.
         self.state.ensure_all(plan.vifs.iter().map(|v| v.ifindex))?;
-        if let Err(e) = self.tables.write(&entries) {
-            // Best effort: the entries are inert while `next` is not active.
-            let _ = self.purge(next);
-            return Err(e);
+        if let Some(observe) = self.observe_before_change {
+            observe(self);
         }
+        let written = match self.contents[next as usize].take() {
+            // The previous policy's entries: change what differs.
+            Some(base) => self.tables.write_changes(&base, &entries).map(|mut w| {
+                w.whole = base.counts().iter().all(|(_, n)| *n == 0);
+                w
+            }),
+            // Not known (leftovers of an earlier daemon or of a failed apply): remove
+            // whatever is there, then write everything.
+            None => self.purge(next).and_then(|()| {
+                self.tables.write(&entries).map(|()| Written {
+                    put: counts.iter().map(|(_, n)| n).sum(),
+                    removed: 0,
+                    whole: true,
+                })
+            }),
+        };
+        let written = match written {
+            Ok(written) => written,
+            Err(e) => {
+                // Best effort: the entries are inert while `next` is not active.
+                if self.purge(next).is_ok() {
+                    self.contents[next as usize] = Some(Arc::default());
+                }
+                return Err(e);
+            }
+        };
         self.config
             .set(0, next, 0)
             .map_err(map_err(maps::CONFIG, "activating the new generation"))?;
         let old = self.active;
         self.active = next;
         self.held = counts;
+        self.contents[next as usize] = Some(Arc::new(entries));
+        self.last_written = Some(written);
         self.swaps += 1;
         let swap = Swap(self.swaps);
         self.retiring = Some(Retiring {
@@ -628,9 +697,11 @@ impl Dataplane {
 
     /// The second half of [`Dataplane::apply`], once every program run that may have read
     /// the old generation has ended (`grace`: how a [`wait_for_readers`] begun after
-    /// [`Dataplane::swap`] returned waited): removes the old generation's entries, and the
-    /// state tables of vifs that neither the plan nor a guard ([`Dataplane::guard`]) since
-    /// has. Nothing to do if `swap` was retired already (by the next swap).
+    /// [`Dataplane::swap`] returned waited): from then on the next swap may change the old
+    /// generation (which it is left for; removed now where what it holds is not known),
+    /// and the state tables of vifs that neither the plan nor a guard
+    /// ([`Dataplane::guard`]) since has go. Nothing to do if `swap` was retired already (by
+    /// the next swap).
     pub fn retire(&mut self, swap: Swap, grace: Grace) -> Result<(), DataplaneError> {
         if self.retiring.as_ref().map(|r| r.swap) != Some(swap) {
             return Ok(());
@@ -639,10 +710,15 @@ impl Dataplane {
             return Ok(());
         };
         self.last_wait = Some(grace);
-        if let Some(observe) = self.observe_before_purge {
-            observe(self);
+        // The old generation stays for the next swap to change, unless what it holds is
+        // not known: then it goes now.
+        if self.contents[retiring.old as usize].is_none() {
+            if let Some(observe) = self.observe_before_change {
+                observe(self);
+            }
+            self.purge(retiring.old)?;
+            self.contents[retiring.old as usize] = Some(Arc::default());
         }
-        self.purge(retiring.old)?;
         // The state tables of vifs the plan no longer has go with them; a link guarded
         // since the swap keeps the tables its guard gave it.
         let mut keep = retiring.keep;
@@ -720,6 +796,19 @@ pub struct PinnedPolicy {
 /// policy maps are pinned (a restart with larger maps, for a moment), the larger ones, the
 /// newer daemon's, are read.
 pub fn read_pinned_policy(state_dir: &Path) -> Result<PinnedPolicy, DataplaneError> {
+    read_pinned(state_dir, None)
+}
+
+/// The entries the maps pinned under `state_dir` hold under `generation` (the one not in
+/// force, say): [`read_pinned_policy`] for another generation.
+pub fn read_pinned_generation(
+    state_dir: &Path,
+    generation: u32,
+) -> Result<PinnedPolicy, DataplaneError> {
+    read_pinned(state_dir, Some(generation))
+}
+
+fn read_pinned(state_dir: &Path, generation: Option<u32>) -> Result<PinnedPolicy, DataplaneError> {
     let map_dir = state_map_dir(state_dir);
     let dir = std::fs::read_dir(&map_dir)
         .map_err(io_err(format!("listing {}", map_dir.display())))?
@@ -743,9 +832,12 @@ pub fn read_pinned_policy(state_dir: &Path) -> Result<PinnedPolicy, DataplaneErr
     let config: Array<MapData, u32> = aya::maps::Map::from_map_data(config)
         .and_then(|m| m.try_into())
         .map_err(map_err(maps::CONFIG, "unexpected map type"))?;
-    let generation = config
-        .get(&0, 0)
-        .map_err(map_err(maps::CONFIG, "reading the active generation"))?;
+    let generation = match generation {
+        Some(generation) => generation,
+        None => config
+            .get(&0, 0)
+            .map_err(map_err(maps::CONFIG, "reading the active generation"))?,
+    };
     let entries = PolicyTables::from_pins(&dir)?.read(generation)?;
     Ok(PinnedPolicy {
         dir,

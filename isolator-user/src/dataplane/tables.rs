@@ -212,6 +212,64 @@ fn write<T: Table>(
         .map_err(map_err(name, "adding entries"))
 }
 
+/// The bytes of a plain value, to compare and index by.
+fn bytes_of<T: Pod>(value: &T) -> &[u8] {
+    // SAFETY: `T: Pod` is plain old data (`#[repr(C)]` integers and byte arrays with
+    // explicit padding): every byte is initialised; the slice borrows `value`.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+/// The entries to add or replace in a table, and the keys to remove.
+type Changes<K, V> = (Vec<(K, V)>, Vec<K>);
+
+/// What turns a table's `base` entries into `entries`.
+fn changes<K: Pod, V: Pod>(base: &[(K, V)], entries: &[(K, V)]) -> Changes<K, V> {
+    type Index<'a, V> = std::collections::HashMap<&'a [u8], &'a V, foldhash::fast::RandomState>;
+    let mut old: Index<'_, V> = Index::with_capacity_and_hasher(base.len(), Default::default());
+    for (key, value) in base {
+        old.insert(bytes_of(key), value);
+    }
+    let mut put = Vec::new();
+    for (key, value) in entries {
+        match old.remove(bytes_of(key)) {
+            Some(was) if bytes_of(was) == bytes_of(value) => {}
+            _ => put.push((*key, *value)),
+        }
+    }
+    let removed = if old.is_empty() {
+        Vec::new()
+    } else {
+        base.iter()
+            .filter(|(key, _)| old.contains_key(bytes_of(key)))
+            .map(|(key, _)| *key)
+            .collect()
+    };
+    (put, removed)
+}
+
+fn remove<T: Table>(
+    table: &mut T,
+    name: &'static str,
+    keys: &[T::Key],
+) -> Result<(), DataplaneError> {
+    table.delete_all(keys).map_err(map_err(
+        name,
+        "removing entries the new policy does not have",
+    ))
+}
+
+/// What a swap wrote into the kernel maps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Entries added or replaced.
+    pub put: usize,
+    /// Entries removed.
+    pub removed: usize,
+    /// Whether the generation was written from nothing (its content was not known, or
+    /// it was empty), rather than changed from the previous policy's entries.
+    pub whole: bool,
+}
+
 fn purge<T: Table>(
     table: &mut T,
     name: &'static str,
@@ -309,6 +367,40 @@ macro_rules! define_tables {
                 Ok(())
             }
 
+            /// Turns the entries of a generation that hold `base` into `entries` (both
+            /// under the same generation), writing only what differs: removals first, in
+            /// reverse write order (so the map never holds both at once), then additions
+            /// and replacements in write order. The generation must not be active.
+            pub fn write_changes(
+                &mut self,
+                base: &Entries,
+                entries: &Entries,
+            ) -> Result<Written, DataplaneError> {
+                let mut written = Written::default();
+                $( let $field = changes(&base.$field, &entries.$field); )*
+                {
+                    let mut steps: Vec<&mut dyn FnMut() -> Result<usize, DataplaneError>> =
+                        Vec::new();
+                    $(
+                        let table = &mut self.$field;
+                        let keys = &$field.1;
+                        let mut step = move || {
+                            remove(table, maps::$name, keys)?;
+                            Ok(keys.len())
+                        };
+                        steps.push(&mut step);
+                    )*
+                    for step in steps.into_iter().rev() {
+                        written.removed += step()?;
+                    }
+                }
+                $(
+                    write(&mut self.$field, maps::$name, &$field.0)?;
+                    written.put += $field.0.len();
+                )*
+                Ok(written)
+            }
+
             /// Removes every entry of `generation`, in reverse write order (vifs first,
             /// so that a straggling packet of that generation fails closed rather than
             /// finding half of a policy).
@@ -383,3 +475,22 @@ macro_rules! define_tables {
     };
 }
 policy_tables!(define_tables);
+
+#[cfg(test)]
+mod tests {
+    use super::changes;
+
+    /// Added, replaced and removed entries, and unchanged ones left alone, in the order
+    /// of the new entries (additions) and of the old ones (removals).
+    #[test]
+    fn changes_hold_what_differs_and_nothing_else() {
+        let base = [(1u32, 10u64), (2, 20), (3, 30), (4, 40)];
+        let entries = [(5u32, 50u64), (3, 31), (1, 10), (6, 60)];
+        let (put, removed) = changes(&base, &entries);
+        assert_eq!(put, vec![(5, 50), (3, 31), (6, 60)]);
+        assert_eq!(removed, vec![2, 4]);
+        assert_eq!(changes(&base, &base), (vec![], vec![]));
+        assert_eq!(changes::<u32, u64>(&[], &base), (base.to_vec(), vec![]));
+        assert_eq!(changes::<u32, u64>(&base, &[]), (vec![], vec![1, 2, 3, 4]));
+    }
+}

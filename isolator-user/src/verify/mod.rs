@@ -540,8 +540,9 @@ fn diff_table<K: aya::Pod + Debug, V: aya::Pod + Debug>(
         kind::MAP_DRIFT,
         vec![map.to_string()],
         detail,
-        "something changed the daemon's maps behind its back: find it; `isolator reload` \
-         writes the whole policy again",
+        "something changed the daemon's maps behind its back: find it; once the daemon's \
+         own verification has seen the drift, its next reload (`isolator reload`) writes \
+         the whole policy again",
     ));
 }
 

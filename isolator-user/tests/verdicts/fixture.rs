@@ -219,6 +219,23 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// How the entries the kernel holds under `generation` differ from what `plan`
+    /// encodes to under it (`None`: nothing), the epoch aside: one line per map that
+    /// differs, empty when they agree.
+    pub fn differences(&self, generation: u32, plan: Option<&Plan>) -> Vec<String> {
+        let live = self
+            .dp
+            .read_generation(generation)
+            .expect("reading a generation's entries");
+        let expected = plan
+            .map(|plan| isolator::encode::encode(plan, generation))
+            .unwrap_or_default();
+        isolator::verify::compare_maps(&expected, &live)
+            .into_iter()
+            .map(|finding| format!("{}: {}", finding.objects.join(","), finding.detail))
+            .collect()
+    }
+
     /// Loads the programs and applies `policy_text` with `names` as the host's links.
     pub fn new(policy_text: &str, names: &[&str]) -> Lab {
         Lab::with_plan(policy_text, names, |_| {})

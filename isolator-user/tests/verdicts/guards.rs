@@ -826,13 +826,19 @@ fn withdrawn_addresses_and_vlans_stay_withdrawn_across_generations() {
                     verdict::VLAN,
                 ),
             ]);
-            // Every policy map holds the active generation and nothing else.
+            // The active generation holds the new policy exactly: nothing of an earlier
+            // one left in it. (After the same policy again, so does the other one.)
             let active = lab.dp.active_generation();
-            for (map, generations) in lab.dp.generations().unwrap() {
-                assert!(
-                    generations.iter().all(|g| *g == active),
-                    "after {swap}, {map} still holds generations {generations:?} \
-                     (active: {active})"
+            assert_eq!(
+                lab.differences(active, Some(&narrower)),
+                Vec::<String>::new(),
+                "after {swap}, the active generation differs from the policy"
+            );
+            if swap == "the same policy again" {
+                assert_eq!(
+                    lab.differences(active ^ 1, Some(&narrower)),
+                    Vec::<String>::new(),
+                    "after {swap}, the other generation differs from the previous policy"
                 );
             }
         }
@@ -853,31 +859,39 @@ fn withdrawn_addresses_and_vlans_stay_withdrawn_across_generations() {
     });
 }
 
-/// What the swap saw in the maps once it had waited for the programs still running on
-/// the old generation, just before purging it: (active generation, generations present).
-static BEFORE_PURGE: std::sync::Mutex<Vec<(u32, std::collections::BTreeSet<u32>)>> =
-    std::sync::Mutex::new(Vec::new());
+/// What a swap saw just before it changed the generation that is not active: (active
+/// generation, whether the previous swap had been retired, how its wait went, what the
+/// generation about to be changed held).
+type BeforeChange = (
+    u32,
+    bool,
+    Option<isolator::dataplane::Grace>,
+    isolator::encode::Entries,
+);
+static BEFORE_CHANGE: std::sync::Mutex<Vec<BeforeChange>> = std::sync::Mutex::new(Vec::new());
 
-fn record_before_purge(dp: &isolator::dataplane::Dataplane) {
-    let present = dp
-        .generations()
-        .expect("reading the generations")
-        .into_iter()
-        .flat_map(|(_, generations)| generations)
-        .collect();
-    BEFORE_PURGE
-        .lock()
-        .unwrap()
-        .push((dp.active_generation(), present));
+fn record_before_change(dp: &isolator::dataplane::Dataplane) {
+    let active = dp.active_generation();
+    let held = dp
+        .read_generation(active ^ 1)
+        .expect("reading the generation about to change");
+    BEFORE_CHANGE.lock().unwrap().push((
+        active,
+        dp.retiring().is_none(),
+        dp.last_swap_wait(),
+        held,
+    ));
 }
 
-/// The swap removes the old generation only after the kernel said that every program run
-/// that could have read it has ended (an RCU grace period through membarrier, not a
-/// fixed sleep): at that moment the new generation is active and the old one is still
-/// whole; a moment later it is gone. A swap that purged first, or did not wait, or
-/// waited a fixed time instead, fails here.
+/// A swap changes the generation that is not active only after the kernel said that
+/// every program run that could have read it has ended (an RCU grace period through
+/// membarrier, not a fixed sleep, waited by the retirement of the swap that left it):
+/// at that moment it still holds, whole, the policy of the swap before last, and the
+/// swap writes only what differs from it. A swap that changed it before the wait, or
+/// did not wait, or waited a fixed time instead, or wrote more than the difference,
+/// fails here.
 #[test]
-fn the_old_generation_is_purged_only_after_every_run_on_it_has_ended() {
+fn a_generation_is_changed_only_after_every_run_on_it_has_ended() {
     in_private_netns(|| {
         let mut lab = lab();
         assert_eq!(
@@ -885,33 +899,69 @@ fn the_old_generation_is_purged_only_after_every_run_on_it_has_ended() {
             isolator::dataplane::Grace::Rcu,
             "this kernel must wait for an RCU grace period on request (membarrier)"
         );
-        lab.dp.observe_before_purge(record_before_purge);
+        lab.dp.observe_before_change(record_before_change);
         let policy = isolator::policy::parse(POLICY, "test.yaml").expect("valid policy");
-        let mut plan = Plan::new(&policy, &lab.links).expect("plan");
-        declare(&mut plan);
-        for swap in 0..4 {
+        let mut first = Plan::new(&policy, &lab.links).expect("plan");
+        declare(&mut first);
+        // The lab's own plan, with another address declared for d-aw1.
+        let mut second = first.clone();
+        let aw1 = second.vifs.iter_mut().find(|v| v.name == "d-aw1").unwrap();
+        aw1.addresses = vec!["10.1.1.9/32".parse().unwrap()];
+        let plans = [&first, &second, &first, &second];
+        for (swap, plan) in plans.iter().enumerate() {
             let old = lab.dp.active_generation();
-            lab.dp.apply(&plan).expect("applying");
+            lab.dp.apply(plan).expect("applying");
             let new = lab.dp.active_generation();
             assert_eq!(new, old ^ 1, "swap {swap} flips the generation");
+            let seen = std::mem::take(&mut *BEFORE_CHANGE.lock().unwrap());
             assert_eq!(
-                lab.dp.last_swap_wait(),
+                seen.len(),
+                1,
+                "swap {swap}: observed once before the change"
+            );
+            let (active, retired, wait, held) = &seen[0];
+            assert_eq!(*active, old, "swap {swap}: changed before the flip");
+            assert!(
+                *retired,
+                "swap {swap}: the swap before it was retired (its wait over) first"
+            );
+            assert_eq!(
+                *wait,
                 Some(isolator::dataplane::Grace::Rcu),
-                "swap {swap} waited for an RCU grace period"
+                "swap {swap}: after an RCU grace period"
             );
-            let seen = std::mem::take(&mut *BEFORE_PURGE.lock().unwrap());
-            let expected = (new, std::collections::BTreeSet::from([0, 1]));
+            // What the generation held: nothing at first (maps made for this lab; the lab's
+            // own plan went into the other one), then the plan of the swap before last
+            // (the lab's, `first`, for swap 1).
+            let base = match swap {
+                0 => None,
+                1 => Some(&first),
+                _ => Some(plans[swap - 2]),
+            };
+            let expected = base
+                .map(|p| isolator::encode::encode(p, new))
+                .unwrap_or_default();
             assert_eq!(
-                seen,
-                vec![expected],
-                "swap {swap}: once, after the wait and before the purge, the new generation \
-                 ({new}) is active and the old ({old}) still whole"
+                isolator::verify::compare_maps(&expected, held).len(),
+                0,
+                "swap {swap}: the generation about to change still held the policy of the \
+                 swap before last, whole"
             );
-            for (map, generations) in lab.dp.generations().unwrap() {
-                assert!(
-                    generations.iter().all(|g| *g == new),
-                    "after swap {swap}, {map} still holds {generations:?}"
-                );
+            assert_eq!(
+                lab.differences(new, Some(plan)),
+                Vec::<String>::new(),
+                "after swap {swap}, the active generation holds its policy exactly"
+            );
+            let written = lab.dp.last_written().expect("a swap wrote");
+            match swap {
+                0 => assert!(written.whole, "swap 0 wrote into an empty generation"),
+                // The same plan as the generation held: only the settings' epoch changes.
+                2 | 3 => assert_eq!(
+                    (written.put, written.removed, written.whole),
+                    (1, 0, false),
+                    "swap {swap}: the same policy again writes the epoch and nothing else"
+                ),
+                _ => assert!(!written.whole, "swap {swap} changed what differs"),
             }
         }
     });
