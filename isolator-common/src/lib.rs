@@ -259,11 +259,14 @@ pub mod limits {
     pub const OPENING_PER_VIF: u32 = 1024;
     /// Links of the host that are not attached vifs, in one generation.
     pub const MAX_LINKS: u32 = 8192;
-    /// Trusted (uplink, segment) pairs in one generation.
+    /// Trusted (uplink, segment) pairs in one generation, in maps of the smallest size
+    /// (the daemon sizes `UPLINKS` for the host's policy: `Sizes` in the user crate).
     pub const MAX_UPLINKS: u32 = 8192;
     /// Addresses of the host itself in one generation.
     pub const MAX_HOST_ADDRS: u32 = 4096;
-    /// Gateway addresses (all segments together) in one generation.
+    /// Gateway addresses (all segments together) in one generation, in maps of the
+    /// smallest size (the daemon sizes `GATEWAYS` for the policy: `Sizes` in the user
+    /// crate).
     pub const MAX_GATEWAYS: u32 = 8192;
     /// Allowed (vif, VLAN) pairs in one generation.
     pub const MAX_VIF_VLANS: u32 = 16384;

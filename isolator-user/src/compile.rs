@@ -439,16 +439,10 @@ impl Plan {
         )?;
         check_limit("other links", plan.links.len(), limits::MAX_LINKS)?;
         check_limit(
-            "trusted uplinks",
-            plan.links.iter().map(|l| l.uplink_for.len()).sum(),
-            limits::MAX_UPLINKS,
-        )?;
-        check_limit(
             "host addresses",
             plan.host_addresses.len(),
             limits::MAX_HOST_ADDRS,
         )?;
-        check_limit("gateways", plan.gateways.len(), limits::MAX_GATEWAYS)?;
         // An address lookup probes each prefix length in use (docs/design.md, "Classifying
         // an address"); IPv4 has 33 at most, IPv6 129.
         let v6_lengths: BTreeSet<u8> = plan

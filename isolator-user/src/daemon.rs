@@ -212,6 +212,7 @@ async fn verify_continuously(task: Verification) {
         }
         due = false;
         let in_force = policy.borrow().clone();
+        let checked = in_force.clone();
         let (config, state_dir, infra) =
             (config.clone(), state_dir.clone(), infrastructure.clone());
         let (tx, rx) = oneshot::channel();
@@ -237,6 +238,12 @@ async fn verify_continuously(task: Verification) {
             continue;
         }
         let report = match rx.await {
+            // A new policy came into force while this one was verified: the maps were
+            // compared with the wrong one. Again, with the new one.
+            Ok(Ok(_)) if !Arc::ptr_eq(&checked, &policy.borrow()) => {
+                due = true;
+                continue;
+            }
             Ok(Ok(report)) => report,
             Ok(Err(e)) => {
                 warn!(error = %format!("{e:#}"), "verifying the host against the policy failed");
@@ -320,11 +327,14 @@ impl LoadError {
 }
 
 /// Reads the policy file once, checks its signature against `trusted` (if given) over
-/// the bytes read, and parses those same bytes.
+/// the bytes read, and parses those same bytes (through `cache`: the tenants the last
+/// file read through it had are not parsed again).
 fn load_policy(
     config: &Path,
     trusted: Option<&crate::signing::TrustedKeys>,
+    cache: &mut policy::Cache,
 ) -> Result<(Policy, Provenance), LoadError> {
+    let started = Instant::now();
     let bytes = std::fs::read(config)
         .with_context(|| format!("reading the policy {}", config.display()))
         .map_err(LoadError::Invalid)?;
@@ -335,16 +345,23 @@ fn load_policy(
     let source = std::str::from_utf8(&bytes)
         .with_context(|| format!("{}: not UTF-8 text", config.display()))
         .map_err(LoadError::Invalid)?;
-    let policy = policy::parse(source, &config.display().to_string()).map_err(|diagnostics| {
+    let read = started.elapsed();
+    let (policy, times, reuse) = cache.parse_timed(source, &config.display().to_string());
+    let policy = policy.map_err(|diagnostics| {
         LoadError::Invalid(anyhow!("{diagnostics}the policy is not valid"))
     })?;
-    Ok((
-        policy,
-        Provenance {
-            sha256: crate::signing::digest(&bytes),
-            signer,
-        },
-    ))
+    let sha256 = crate::signing::digest(&bytes);
+    debug!(
+        read_ms = read.as_millis() as u64,
+        yaml_ms = times.yaml.as_millis() as u64,
+        validate_ms = times.validate.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        tenants_parsed = reuse.parsed,
+        tenants_reused = reuse.reused,
+        whole = reuse.whole,
+        "policy loaded"
+    );
+    Ok((policy, Provenance { sha256, signer }))
 }
 
 /// Checks a fleet bundle as [`load_policy`] checks a file: its signature (with
@@ -352,6 +369,7 @@ fn load_policy(
 fn load_bundle(
     candidate: &crate::fleet::Candidate,
     trusted: Option<&crate::signing::TrustedKeys>,
+    cache: &mut policy::Cache,
 ) -> Result<(Policy, Provenance), LoadError> {
     let name = candidate.name();
     let bytes = candidate.bundle.policy.as_bytes();
@@ -368,7 +386,8 @@ fn load_bundle(
         }
         (None, _) => None,
     };
-    let policy = policy::parse(&candidate.bundle.policy, &name).map_err(|diagnostics| {
+    let (policy, _, _) = cache.parse_timed(&candidate.bundle.policy, &name);
+    let policy = policy.map_err(|diagnostics| {
         LoadError::Invalid(anyhow!("{diagnostics}the policy is not valid"))
     })?;
     Ok((
@@ -456,7 +475,7 @@ async fn fleet_start(
                                 revision,
                                 bundle,
                             };
-                            load_bundle(&candidate, trusted)
+                            load_bundle(&candidate, trusted, &mut policy::Cache::new())
                                 .map(|loaded| (loaded, candidate.bundle))
                         }
                         Err(e) => Err(LoadError::Invalid(anyhow!("etcd:{key}@{revision}: {e:#}"))),
@@ -533,7 +552,7 @@ async fn fleet_start(
             candidate.key
         );
     }
-    let loaded = load_bundle(&candidate, trusted);
+    let loaded = load_bundle(&candidate, trusted, &mut policy::Cache::new());
     audit(
         chronicle,
         "policy_load",
@@ -641,9 +660,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         error!(error = %format!("{e:#}"), "signing the audit log's checkpoint at start failed");
     }
     let mut fleet_started = None;
+    // Reloads parse only the tenants that changed since the last file read through it.
+    let mut policy_cache = policy::Cache::new();
     let (policy, provenance) = match &opts.fleet {
         None => {
-            let loaded = load_policy(&opts.config, trusted.as_ref());
+            let loaded = load_policy(&opts.config, trusted.as_ref(), &mut policy_cache);
             audit(
                 &chronicle,
                 "policy_load",
@@ -684,15 +705,21 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Subscribe to events before listing anything, so that no change is missed.
     let netlink = Netlink::open(opts.netlink_receive_buffer)?;
 
-    // The policy maps are sized from the policy (with room to grow; see `Sizes`).
-    let sizes = crate::compile::Plan::new(&policy, crate::compile::HostView::default())
+    // The policy maps are sized from the policy on this host as it is now (with room to
+    // grow; see `Sizes`): the trusted uplinks depend on the host's links.
+    let host = netlink.host_view().await.unwrap_or_default();
+    let sizes = crate::compile::Plan::new(&policy, &host)
+        .or_else(|_| crate::compile::Plan::new(&policy, crate::compile::HostView::default()))
         .map(|plan| Sizes::for_plan(&plan))
         .unwrap_or_default();
+    drop(host);
     info!(
         addresses_v4 = sizes.addresses_v4,
         addresses_v6 = sizes.addresses_v6,
         rulesets = sizes.rulesets,
         pairs = sizes.pairs,
+        gateways = sizes.gateways,
+        uplinks = sizes.uplinks,
         "policy map capacities"
     );
     let state_dir = opts.state_dir.clone();
@@ -762,6 +789,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         config: opts.config.clone(),
         trusted,
         policy,
+        policy_cache,
         netlink,
         netlink_receive_buffer: opts.netlink_receive_buffer,
         resync_interval: opts.resync_interval,
@@ -940,6 +968,8 @@ struct Controller {
     trusted: Option<crate::signing::TrustedKeys>,
     /// The policy in force.
     policy: Policy,
+    /// The tenants of the last policy read (see [`policy::Cache`]).
+    policy_cache: policy::Cache,
     netlink: Netlink,
     netlink_receive_buffer: usize,
     resync_interval: Duration,
@@ -1102,7 +1132,7 @@ impl Controller {
             };
         }
         info!(config = %self.config.display(), trigger, "reloading the policy");
-        let loaded = load_policy(&self.config, self.trusted.as_ref());
+        let loaded = load_policy(&self.config, self.trusted.as_ref(), &mut self.policy_cache);
         let record = load_record(&self.config, &loaded);
         self.put_into_effect(trigger, loaded, record).await
     }
@@ -1130,7 +1160,7 @@ impl Controller {
                     bundle,
                 };
                 (
-                    load_bundle(&candidate, self.trusted.as_ref()),
+                    load_bundle(&candidate, self.trusted.as_ref(), &mut self.policy_cache),
                     Some(candidate),
                 )
             }
@@ -1191,12 +1221,21 @@ impl Controller {
             }
             Ok((policy, provenance)) => {
                 let summary = policy.summary();
-                // What the reload changes, against the policy in force (logged once it is
-                // in effect).
-                let changes = diff::diff(&self.policy, &policy);
+                // What the reload changed, against the policy that was in force: worked
+                // out once the new one is in force (logged and on record then).
                 self.reconcile(Some(policy))
                     .await
-                    .map(|()| (summary, provenance, changes))
+                    .map(|previous| {
+                        let changes = previous
+                            .as_ref()
+                            .map(|previous| diff::diff(previous, &self.policy))
+                            .unwrap_or_default();
+                        // Freeing a large policy takes a while: not on this task's way.
+                        if let Some(previous) = previous {
+                            drop_later(previous);
+                        }
+                        (summary, provenance, changes)
+                    })
                     .context(
                         "the new policy could not be put into effect; the running policy stays in force",
                     )
@@ -1285,13 +1324,23 @@ impl Controller {
 
     /// Brings the kernel in line with `policy` (or the policy in force) and the host's
     /// links and addresses as they are now. On error the kernel's policy is unchanged,
-    /// the failure is published, and (for the policy in force) retried.
-    async fn reconcile(&mut self, policy: Option<Policy>) -> anyhow::Result<()> {
+    /// the failure is published, and (for the policy in force) retried. With a new
+    /// policy put into effect: the one it replaced.
+    async fn reconcile(&mut self, policy: Option<Policy>) -> anyhow::Result<Option<Policy>> {
         let new_policy = policy.is_some();
         let outcome = async {
+            let started = Instant::now();
             let host = self.netlink.host_view().await?;
+            let listed = started.elapsed();
             let plan = Plan::new(policy.as_ref().unwrap_or(&self.policy), &host)?;
+            let planned = started.elapsed();
             let applied = self.kernel.apply(plan, new_policy).await?;
+            debug!(
+                list_ms = listed.as_millis() as u64,
+                plan_ms = (planned - listed).as_millis() as u64,
+                apply_ms = (started.elapsed() - planned).as_millis() as u64,
+                "reconciled"
+            );
             anyhow::Ok((applied, host.xdp_modes))
         }
         .await;
@@ -1303,10 +1352,10 @@ impl Controller {
                         *mode = xdp_modes.get(ifindex).copied().unwrap_or(mode);
                     }
                 }
-                if let Some(policy) = policy {
+                let previous = policy.map(|policy| {
                     self.policy_in_force.send_replace(Arc::new(policy.clone()));
-                    self.policy = policy;
-                }
+                    std::mem::replace(&mut self.policy, policy)
+                });
                 // Verify again (a full queue: one is due already).
                 let _ = self.changed.try_send(());
                 self.failing_since_retry = RETRY_FIRST;
@@ -1320,7 +1369,7 @@ impl Controller {
                     s.modes = applied.modes;
                     s.attach_failures += applied.attach_failures;
                 });
-                Ok(())
+                Ok(previous)
             }
             // A new policy that cannot be put into effect is a refused reload: the policy
             // in force stays, and stays in line with the host.
@@ -1340,6 +1389,15 @@ impl Controller {
         });
         self.failing_since_retry = (self.failing_since_retry * 2).min(RETRY_MAX);
     }
+}
+
+/// Drops `value` on a thread of its own (freeing a policy of 100 000 segments takes
+/// a few hundred milliseconds); here if no thread can be started.
+fn drop_later<T: Send + 'static>(value: T) {
+    // On error the closure, and `value` with it, is dropped here.
+    let _ = std::thread::Builder::new()
+        .name("free".into())
+        .spawn(move || drop(value));
 }
 
 /// Most changes a reload logs one by one (`isolator diff` shows them all); the rest are
@@ -2264,10 +2322,19 @@ impl Kernel {
         }
         let dp = &mut self.dataplane;
         if force || self.plan.as_ref() != Some(&plan) {
-            // In force from here on; the old generation is removed once the programs have
-            // left it ([`Kernel::retire_later`]).
+            // In force from here on; the old generation is changed by the next swap only
+            // once the programs have left it ([`Kernel::retire_later`]).
+            let started = Instant::now();
             dp.swap(&plan)
                 .context("writing the policy into the kernel maps")?;
+            let written = dp.last_written().unwrap_or_default();
+            debug!(
+                swap_ms = started.elapsed().as_millis() as u64,
+                put = written.put,
+                removed = written.removed,
+                whole = written.whole,
+                "swapped"
+            );
             // Connections the old policy admitted are judged again by the new one.
             match dp.revoke_connections(&Recheck::new(&plan)) {
                 Ok(0) => {}

@@ -197,7 +197,7 @@ struct Measured {
 }
 
 /// Looks at links from outside the daemon.
-struct Probe {
+pub(super) struct Probe {
     rt: tokio::runtime::Runtime,
     netlink: rtnetlink::Handle,
     /// A frame from a VM of the segment to another address of it: passed once the vif's
@@ -206,7 +206,7 @@ struct Probe {
 }
 
 impl Probe {
-    fn new() -> anyhow::Result<Probe> {
+    pub(super) fn new() -> anyhow::Result<Probe> {
         let (rt, netlink) = runtime_and_netlink()?;
         let frame = frame::ip(
             [0x02, 0, 0, 0, 0x09, 1],
@@ -219,7 +219,7 @@ impl Probe {
     }
 
     /// The id of the XDP program attached to `ifindex` (`IFLA_XDP`), if any.
-    fn xdp_program(&self, ifindex: u32) -> anyhow::Result<Option<u32>> {
+    pub(super) fn xdp_program(&self, ifindex: u32) -> anyhow::Result<Option<u32>> {
         let message = self.rt.block_on(async {
             self.netlink
                 .link()
@@ -473,6 +473,16 @@ impl DaemonGuard {
         })
     }
 
+    /// The daemon's process id.
+    pub(super) fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// The daemon's whole output so far.
+    pub(super) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     fn output(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
@@ -542,10 +552,27 @@ impl Drop for DaemonGuard {
 
 /// `GET /healthz`: the status line and body.
 fn health() -> anyhow::Result<String> {
+    get("/healthz")
+}
+
+/// `GET path` from the daemon's metrics address: the status line and body.
+fn get(path: &str) -> anyhow::Result<String> {
     let mut stream = std::net::TcpStream::connect(METRICS_ADDR)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
     Ok(answer)
+}
+
+/// The value of the metric line that starts with `series` (name and labels), if any.
+pub(super) fn metric(series: &str) -> anyhow::Result<Option<f64>> {
+    let page = get("/metrics")?;
+    Ok(page.lines().find_map(|line| {
+        line.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    }))
 }

@@ -12,7 +12,9 @@
 //! `--loader` measures something else, the userspace path of a policy load at cloud
 //! scale ([`scale`]: read, parse, validate, compile), and needs no privileges.
 //! `--table-size` measures the per-frame cost and the kernel apply time as the policy
-//! grows from ten addresses to a million ([`table_size`]).
+//! grows from ten addresses to a million ([`table_size`]). `--reload` measures the time
+//! from SIGHUP to a changed policy in force with the real daemon at 1 000 to 100 000
+//! segments, and the frames misjudged meanwhile ([`reload`]).
 //!
 //! Runs in private network and mount namespaces on a thread of its own (veth pairs stand
 //! in for vifs); frames go nowhere else. `--smoke` runs tiny sizes (the tests do, so that
@@ -21,6 +23,7 @@
 mod hotplug;
 mod live;
 mod plot;
+mod reload;
 mod scale;
 mod table_size;
 mod verify_cost;
@@ -139,6 +142,10 @@ impl Options {
                     println!("       bench --table-size [--smoke]");
                     println!(
                         "       {}",
+                        reload::Config::USAGE.trim_start_matches("usage: ")
+                    );
+                    println!(
+                        "       {}",
                         scale::Config::USAGE.trim_start_matches("usage: ")
                     );
                     std::process::exit(0);
@@ -154,6 +161,12 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1).peekable();
     if args.peek().map(String::as_str) == Some("--loader") {
         return scale::run(args.skip(1));
+    }
+    if args.peek().map(String::as_str) == Some("--reload") {
+        let config = reload::Config::from_args(args.skip(1))?;
+        return std::thread::spawn(move || reload::run(&config))
+            .join()
+            .map_err(|_| anyhow::anyhow!("the benchmark thread panicked"))?;
     }
     if args.peek().map(String::as_str) == Some("--table-size") {
         let smoke = args.nth(1).as_deref() == Some("--smoke");

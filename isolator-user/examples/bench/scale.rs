@@ -27,6 +27,18 @@ pub struct Config {
     pub vifs: usize,
 }
 
+/// A count written with optional `_` separators (`100_000`).
+pub fn number(what: &str, v: &str) -> anyhow::Result<usize> {
+    v.replace('_', "")
+        .parse()
+        .with_context(|| format!("{what} {v:?}: a number"))
+}
+
+/// `--sizes N,N,...`.
+pub fn sizes(v: &str) -> anyhow::Result<Vec<usize>> {
+    v.split(',').map(|n| number("--sizes", n)).collect()
+}
+
 impl Config {
     pub fn full() -> Config {
         Config {
@@ -56,20 +68,9 @@ impl Config {
         while let Some(arg) = args.next() {
             let mut value =
                 |what: &str| args.next().with_context(|| format!("{what} needs a value"));
-            let number = |what: &str, v: &str| -> anyhow::Result<usize> {
-                v.replace('_', "")
-                    .parse()
-                    .with_context(|| format!("{what} {v:?}: a number"))
-            };
             match arg.as_str() {
                 "--smoke" => config = Config::smoke(),
-                "--sizes" => {
-                    let v = value("--sizes")?;
-                    config.sizes = v
-                        .split(',')
-                        .map(|n| number("--sizes", n))
-                        .collect::<anyhow::Result<_>>()?;
-                }
+                "--sizes" => config.sizes = sizes(&value("--sizes")?)?,
                 "--runs" => config.runs = number("--runs", &value("--runs")?)?.max(1),
                 "--vifs" => config.vifs = number("--vifs", &value("--vifs")?)?,
                 "--no-million" => config.million = false,
@@ -113,6 +114,11 @@ pub struct Row {
     pub parse: Duration,
     pub validate: Duration,
     pub compile: Duration,
+    /// Reading the file again through a `policy::Cache` after one segment changed (the
+    /// YAML of one tenant, and validation of the whole), and the reload's `diff` of the
+    /// two policies.
+    pub reread: Duration,
+    pub diff: Duration,
     /// `ok (N vifs)`, or why the plan was refused (after all of its work).
     pub plan: String,
 }
@@ -189,8 +195,20 @@ fn measure_one(
     let file_name = path.display().to_string();
     let (mut read, mut parse, mut validate, mut compile) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut reread, mut diffs) = (Vec::new(), Vec::new());
     let mut plan_status = String::new();
-    for _ in 0..config.runs {
+    // The file with segment 0 given one more prefix: each run reads the other one of the
+    // two through the cache, which holds the last one read.
+    let original = std::fs::read_to_string(&path)?;
+    let marker = "prefixes: [\"10.0.0.0/28\"";
+    if !original.contains(marker) {
+        bail!("the synthetic policy's first segment changed: no {marker}");
+    }
+    let changed = original.replacen(marker, "prefixes: [\"10.0.0.0/28\", \"10.255.255.0/28\"", 1);
+    let mut cache = policy::Cache::new();
+    let _ = cache.parse_timed(&original, &file_name);
+    drop(original);
+    for run in 0..config.runs {
         let started = Instant::now();
         let source = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
@@ -222,6 +240,23 @@ fn measure_one(
         };
         // Freed outside the measurements: the daemon keeps both.
         drop(plan);
+        let source = if run % 2 == 0 {
+            &changed
+        } else {
+            &std::fs::read_to_string(&path)?
+        };
+        let started = Instant::now();
+        let (again, _, reuse) = cache.parse_timed(source, &file_name);
+        reread.push(started.elapsed());
+        let again = again.map_err(|d| anyhow::anyhow!("{d}"))?;
+        if reuse.whole || reuse.parsed != 1 {
+            bail!("the changed file was read whole or more than one tenant parsed: {reuse:?}");
+        }
+        let started = Instant::now();
+        let changes = isolator::policy::diff::diff(&policy, &again);
+        diffs.push(started.elapsed());
+        drop(changes);
+        drop(again);
         drop(policy);
     }
     Ok(Row {
@@ -232,6 +267,8 @@ fn measure_one(
         parse: median(&mut parse),
         validate: median(&mut validate),
         compile: median(&mut compile),
+        reread: median(&mut reread),
+        diff: median(&mut diffs),
         plan: plan_status,
     })
 }
@@ -254,7 +291,7 @@ pub fn print(config: &Config, rows: &[Row]) {
         std::thread::available_parallelism().map_or(0, usize::from),
     );
     println!(
-        "{:<16} {:>8} {:>9} {:>8} {:>7} {:>8} {:>9} {:>11} {:>10} {:>9}  plan",
+        "{:<16} {:>8} {:>9} {:>8} {:>7} {:>8} {:>9} {:>11} {:>10} {:>9} {:>9} {:>8}  plan",
         "shape",
         "segments",
         "prefixes",
@@ -264,11 +301,13 @@ pub fn print(config: &Config, rows: &[Row]) {
         "parse ms",
         "validate ms",
         "compile ms",
-        "total ms"
+        "total ms",
+        "reread ms",
+        "diff ms"
     );
     for row in rows {
         println!(
-            "{:<16} {:>8} {:>9} {:>8} {:>7.1} {:>8} {:>9} {:>11} {:>10} {:>9}  {}",
+            "{:<16} {:>8} {:>9} {:>8} {:>7.1} {:>8} {:>9} {:>11} {:>10} {:>9} {:>9} {:>8}  {}",
             row.label,
             row.shape.segments,
             row.shape.prefixes(),
@@ -279,6 +318,8 @@ pub fn print(config: &Config, rows: &[Row]) {
             ms(row.validate),
             ms(row.compile),
             ms(row.total()),
+            ms(row.reread),
+            ms(row.diff),
             row.plan
         );
     }

@@ -178,6 +178,10 @@ pub struct Sizes {
     pub rulesets: u32,
     /// Entries of `PAIRS` (ordered segment pairs joined by a flow), both generations.
     pub pairs: u32,
+    /// Entries of `GATEWAYS` (gateway addresses of all segments), both generations.
+    pub gateways: u32,
+    /// Entries of `UPLINKS` (trusted (uplink, segment) pairs), both generations.
+    pub uplinks: u32,
 }
 
 impl Default for Sizes {
@@ -188,6 +192,8 @@ impl Default for Sizes {
             addresses_v6: Sizes::MIN_ADDRESSES,
             rulesets: Sizes::MIN_RULESETS,
             pairs: Sizes::MIN_PAIRS,
+            gateways: Sizes::MIN_GATEWAYS,
+            uplinks: Sizes::MIN_UPLINKS,
         }
     }
 }
@@ -198,6 +204,8 @@ impl Sizes {
     pub const MIN_ADDRESSES: u32 = 1 << 17;
     pub const MIN_RULESETS: u32 = 1 << 15;
     pub const MIN_PAIRS: u32 = 1 << 17;
+    pub const MIN_GATEWAYS: u32 = 2 * limits::MAX_GATEWAYS;
+    pub const MIN_UPLINKS: u32 = 2 * limits::MAX_UPLINKS;
 
     fn apply(&self, loader: &mut EbpfLoader<'_>) {
         loader.map_max_entries(maps::COUNTERS, self.counters);
@@ -205,14 +213,21 @@ impl Sizes {
         loader.map_max_entries(maps::ADDRESSES_V6, self.addresses_v6);
         loader.map_max_entries(maps::RULESETS, self.rulesets);
         loader.map_max_entries(maps::PAIRS, self.pairs);
+        loader.map_max_entries(maps::GATEWAYS, self.gateways);
+        loader.map_max_entries(maps::UPLINKS, self.uplinks);
     }
 
     /// The name of the directory (under the state directory's maps) that holds policy maps
     /// of these sizes.
     fn dir_name(&self) -> String {
         format!(
-            "policy-a4-{}-a6-{}-r-{}-p-{}",
-            self.addresses_v4, self.addresses_v6, self.rulesets, self.pairs
+            "policy-a4-{}-a6-{}-r-{}-p-{}-g-{}-u-{}",
+            self.addresses_v4,
+            self.addresses_v6,
+            self.rulesets,
+            self.pairs,
+            self.gateways,
+            self.uplinks
         )
     }
 
@@ -220,12 +235,14 @@ impl Sizes {
     fn from_dir_name(name: &str) -> Option<Sizes> {
         let parts: Vec<&str> = name.split('-').collect();
         match parts.as_slice() {
-            ["policy", "a4", a4, "a6", a6, "r", r, "p", p] => Some(Sizes {
+            ["policy", "a4", a4, "a6", a6, "r", r, "p", p, "g", g, "u", u] => Some(Sizes {
                 counters: limits::MAX_COUNTERS,
                 addresses_v4: a4.parse().ok()?,
                 addresses_v6: a6.parse().ok()?,
                 rulesets: r.parse().ok()?,
                 pairs: p.parse().ok()?,
+                gateways: g.parse().ok()?,
+                uplinks: u.parse().ok()?,
             }),
             _ => None,
         }
@@ -237,6 +254,8 @@ impl Sizes {
             && self.addresses_v6 >= other.addresses_v6
             && self.rulesets >= other.rulesets
             && self.pairs >= other.pairs
+            && self.gateways >= other.gateways
+            && self.uplinks >= other.uplinks
     }
 
     /// The capacity of a sized map, by name.
@@ -246,6 +265,8 @@ impl Sizes {
             maps::ADDRESSES_V6 => Some(self.addresses_v6),
             maps::RULESETS => Some(self.rulesets),
             maps::PAIRS => Some(self.pairs),
+            maps::GATEWAYS => Some(self.gateways),
+            maps::UPLINKS => Some(self.uplinks),
             _ => None,
         }
     }
@@ -257,7 +278,8 @@ impl Sizes {
     /// the IPv4 address map on the development machine (88 bytes an entry).
     pub fn estimate(&self, plan: &Plan) -> Vec<(&'static str, usize, u32, u64)> {
         use isolator_common::{
-            AddrClass, AddrV4Key, AddrV6Key, PairInfo, PairKey, RuleKey, RuleSet,
+            AddrClass, AddrV4Key, AddrV6Key, GatewayKey, PairInfo, PairKey, RuleKey, RuleSet,
+            UplinkKey,
         };
         let entries = encode(plan, 0);
         let per_entry =
@@ -300,6 +322,20 @@ impl Sizes {
                 size_of::<PairKey>(),
                 size_of::<PairInfo>(),
             ),
+            map(
+                maps::GATEWAYS,
+                entries.gateways.len(),
+                self.gateways,
+                size_of::<GatewayKey>(),
+                size_of::<RuleSet>(),
+            ),
+            map(
+                maps::UPLINKS,
+                entries.uplinks.len(),
+                self.uplinks,
+                size_of::<UplinkKey>(),
+                size_of::<u8>(),
+            ),
         ]
     }
 
@@ -319,6 +355,8 @@ impl Sizes {
             addresses_v6: room(entries.addresses_v6.len(), Self::MIN_ADDRESSES),
             rulesets: room(entries.rulesets.len(), Self::MIN_RULESETS),
             pairs: room(entries.pairs.len(), Self::MIN_PAIRS),
+            gateways: room(entries.gateways.len(), Self::MIN_GATEWAYS),
+            uplinks: room(entries.uplinks.len(), Self::MIN_UPLINKS),
         }
     }
 }
@@ -817,7 +855,16 @@ fn read_pinned(state_dir: &Path, generation: Option<u32>) -> Result<PinnedPolicy
             let sizes = Sizes::from_dir_name(&e.file_name().to_string_lossy())?;
             Some((e.path(), sizes))
         })
-        .max_by_key(|(_, s)| (s.addresses_v4, s.addresses_v6, s.rulesets, s.pairs))
+        .max_by_key(|(_, s)| {
+            (
+                s.addresses_v4,
+                s.addresses_v6,
+                s.rulesets,
+                s.pairs,
+                s.gateways,
+                s.uplinks,
+            )
+        })
         .map(|(path, _)| path)
         .ok_or_else(|| {
             io_err(format!("finding the policy maps in {}", map_dir.display()))(

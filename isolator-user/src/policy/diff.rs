@@ -161,7 +161,46 @@ impl fmt::Display for Diff {
 }
 
 /// What changes from `old` to `new`.
+///
+/// Where the management prefixes are the same, only the tenants that differ (or are in
+/// one policy only) can change anything: the rest is compared without them, which keeps
+/// the diff of a reload that changes one tenant of a large policy short.
 pub fn diff(old: &Policy, new: &Policy) -> Diff {
+    if old.management == new.management {
+        let (old_part, new_part) = differing_tenants(old, new);
+        return diff_of(&old_part, &new_part, old, new);
+    }
+    diff_of(old, new, old, new)
+}
+
+/// `old` and `new` with only the tenants that differ between them (by name).
+fn differing_tenants(old: &Policy, new: &Policy) -> (Policy, Policy) {
+    let by_name = |p: &Policy| -> HashMap<String, usize> {
+        p.tenants
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect()
+    };
+    let (in_old, in_new) = (by_name(old), by_name(new));
+    let keep = |p: &Policy, other: &Policy, index: &HashMap<String, usize>| Policy {
+        tenants: p
+            .tenants
+            .iter()
+            .filter(|t| index.get(&t.name).is_none_or(|&i| other.tenants[i] != **t))
+            .cloned()
+            .collect(),
+        mode: p.mode,
+        management: p.management.clone(),
+        connection_tracking: p.connection_tracking,
+        vif_names: p.vif_names.clone(),
+    };
+    (keep(old, new, &in_new), keep(new, old, &in_old))
+}
+
+/// [`diff`] of `old` and `new` (all of two policies, or the tenants of them that
+/// differ); the settings of the whole policies from `old_whole` and `new_whole`.
+pub(super) fn diff_of(old: &Policy, new: &Policy, old_whole: &Policy, new_whole: &Policy) -> Diff {
     let (a, b) = (View::new(old), View::new(new));
     let mut out = Changes::default();
     segments(&mut out, &a, &b);
@@ -169,8 +208,8 @@ pub fn diff(old: &Policy, new: &Policy) -> Diff {
     exposed(&mut out, &a, &b);
     management(&mut out, &a, &b);
     interfaces(&mut out, &a, &b);
-    vif_names(&mut out, old, new);
-    connection_tracking(&mut out, old, new);
+    vif_names(&mut out, old_whole, new_whole);
+    connection_tracking(&mut out, old_whole, new_whole);
     Diff { changes: out.0 }
 }
 
@@ -351,8 +390,12 @@ fn segments(out: &mut Changes, a: &View<'_>, b: &View<'_>) {
         }
     }
     for id in &ids {
-        let subject = id.to_string();
         let (old, new) = (a.segment(id), b.segment(id));
+        // Everything below compares parts of the two segments: equal, nothing changed.
+        if old.is_some() && old == new {
+            continue;
+        }
+        let subject = id.to_string();
         // A segment that does not exist reaches nothing, in enforce mode.
         let (was, is) = (a.egress(id), b.egress(id));
         if was != is {
@@ -491,9 +534,12 @@ fn gateways(out: &mut Changes, subject: &str, old: Option<&Segment>, new: Option
 fn flows(out: &mut Changes, a: &View<'_>, b: &View<'_>) {
     let none = ServiceSet::empty();
     for pair in keys(&a.flows, &b.flows) {
-        let subject = format!("{} -> {}", pair.0, pair.1);
         let old = a.flows.get(&pair).unwrap_or(&none);
         let new = b.flows.get(&pair).unwrap_or(&none);
+        if old == new {
+            continue;
+        }
+        let subject = format!("{} -> {}", pair.0, pair.1);
         out.services("flow", &subject, old, new);
     }
 }
@@ -503,6 +549,10 @@ fn exposed(out: &mut Changes, a: &View<'_>, b: &View<'_>) {
     for id in keys(&a.exposed, &b.exposed) {
         let old = a.exposed.get(&id).unwrap_or(&empty);
         let new = b.exposed.get(&id).unwrap_or(&empty);
+        // The same entries admit the same.
+        if old == new {
+            continue;
+        }
         let prefixes: BTreeSet<&IpNet> = old.keys().chain(new.keys()).collect();
         for prefix in prefixes {
             let subject = format!("{id} {}", shown(prefix));
@@ -540,6 +590,12 @@ fn management(out: &mut Changes, a: &View<'_>, b: &View<'_>) {
         .copied()
         .collect();
     let ids = keys(&a.segments, &b.segments);
+    // Where a prefix protects the same in both, only a segment whose egress changed
+    // reaches it differently.
+    let egress_changed: Vec<&SegmentId> = ids
+        .iter()
+        .filter(|id| a.egress(id) != b.egress(id))
+        .collect();
     for prefix in &prefixes {
         let (was, is) = (a.protected(prefix), b.protected(prefix));
         let subject = prefix.to_string();
@@ -565,7 +621,12 @@ fn management(out: &mut Changes, a: &View<'_>, b: &View<'_>) {
         // with `egress: allow` reach it. Grouped by what changes, not by segment.
         let (open_was, open_is) = (ServiceSet::all().minus(&was), ServiceSet::all().minus(&is));
         let mut reach: BTreeMap<(Effect, String), Vec<&SegmentId>> = BTreeMap::new();
-        for id in &ids {
+        let segments: Vec<&SegmentId> = if was == is {
+            egress_changed.clone()
+        } else {
+            ids.iter().collect()
+        };
+        for id in segments {
             let old = if a.egress(id) {
                 open_was.clone()
             } else {
@@ -614,8 +675,12 @@ fn interfaces(out: &mut Changes, a: &View<'_>, b: &View<'_>) {
         .copied()
         .collect();
     for pattern in patterns {
+        let (old, new) = (a.interfaces.get(pattern), b.interfaces.get(pattern));
+        if old.is_some() && old == new {
+            continue;
+        }
         let subject = format!("{:?}", pattern.as_str());
-        match (a.interfaces.get(pattern), b.interfaces.get(pattern)) {
+        match (old, new) {
             (None, Some((id, _))) => out.push(
                 Effect::Widened,
                 "interface",

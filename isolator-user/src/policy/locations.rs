@@ -73,7 +73,11 @@ impl Locations {
     pub(super) fn new(raw: &RawPolicy, file: &str) -> Locations {
         Locations {
             file: file.to_owned(),
-            tenants: raw.tenants.iter().map(TenantLocations::new).collect(),
+            tenants: raw
+                .tenants
+                .iter()
+                .map(|t| TenantLocations::new(t))
+                .collect(),
             management: raw
                 .management
                 .iter()

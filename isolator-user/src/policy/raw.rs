@@ -24,9 +24,10 @@ pub(super) struct RawPolicy {
     pub management: Vec<RawManagement>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub vif_names: Vec<Spanned<RawLinkName>>,
-    /// Required, but may be empty (`tenants: []`, or `tenants:` with no entries).
+    /// Required, but may be empty (`tenants: []`, or `tenants:` with no entries). Shared:
+    /// a [`super::incremental::Cache`] keeps the tenants of the last file it read.
     #[serde(deserialize_with = "null_as_empty")]
-    pub tenants: Vec<RawTenant>,
+    pub tenants: Vec<std::sync::Arc<RawTenant>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -208,7 +208,7 @@ fn across(event: Event, hint: &str) {
             // Policy maps too small for the policy: the next daemon makes larger ones.
             let maps = state.join(&layout);
             let policy = crate::common::policy_maps_dir(&state);
-            std::fs::rename(&policy, maps.join("policy-a4-1-a6-1-r-1-p-1"))
+            std::fs::rename(&policy, maps.join("policy-a4-1-a6-1-r-1-p-1-g-1-u-1"))
                 .expect("renaming the policy maps as too small");
         }
     }
@@ -326,7 +326,7 @@ fn across(event: Event, hint: &str) {
             })
             .unwrap_or_default();
         bad.check(
-            policy_dirs.len() == 1 && policy_dirs[0] != "policy-a4-1-a6-1-r-1-p-1",
+            policy_dirs.len() == 1 && policy_dirs[0] != "policy-a4-1-a6-1-r-1-p-1-g-1-u-1",
             || format!("the too small policy maps are replaced by one larger set: {policy_dirs:?}"),
         );
     }

@@ -1,9 +1,11 @@
 //! I6 with real packets: continuous same-segment traffic (allowed by both policies)
 //! across a hundred SIGHUP reloads alternating between two policies loses nothing, and
 //! no frame anywhere is dropped as `no_policy`. A reload that validates but that the
-//! kernel refuses (its management table is full: filled behind the daemon's back through
-//! the pinned map, as a fault would) keeps the old policy in force, is counted as failed,
-//! and the next reload after the fault is gone succeeds.
+//! kernel refuses (its rule set table is full: filled behind the daemon's back through
+//! the pinned map, as a fault would, and the new policy needs a rule set neither
+//! generation holds: a swap writes only what differs from the policy the other
+//! generation holds) keeps the old policy in force, is counted as failed, and the next
+//! reload after the fault is gone succeeds.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -103,7 +105,13 @@ fn a_hundred_reloads_under_traffic_lose_nothing_and_a_refused_one_changes_nothin
 
     // Reload i installs the flow when i is even: the last (99) left policy A in force.
     let to_app = Series::drop("vacme-web1", Dir::Ingress, verdict::CROSS_SEGMENT);
-    let refused_reload = policy(true);
+    // B with one more flow: a rule set that neither generation holds (the other one
+    // holds B), which the full table refuses.
+    let refused_reload = policy(true).replace(
+        "        ports: 9\n",
+        "        ports: 9\n      - from: app\n        to: web\n        protocol: tcp\n        ports: 22\n",
+    );
+    assert_ne!(refused_reload, policy(true));
     // Fill the rule set table behind the daemon's back: the active generation's entries
     // plus junk up to its capacity, so that the next generation's flow finds no room.
     let dir = env.lab().state_dir().expect("state dir");

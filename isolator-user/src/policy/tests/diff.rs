@@ -309,3 +309,52 @@ fn a_long_diff_is_bounded_for_the_log() {
     );
     assert_eq!(both.bounded_lines(5).len(), 2);
 }
+
+/// The diff of the tenants that differ is the diff of the whole policies: every pair of a
+/// set of variants (a tenant changed, added, removed or renamed, an interface moved to
+/// another tenant, egress opened, management changed) gives the same lines both ways.
+#[test]
+fn comparing_only_the_tenants_that_differ_changes_nothing() {
+    use crate::policy::diff::diff_of;
+    use crate::policy::synthetic::{Shape, generate};
+    let cloud = generate(&Shape::cloud(12));
+    let edits: [(&str, &str); 6] = [
+        ("", ""),
+        ("\"10.0.0.16/28\"", "\"10.0.0.16/28\", \"10.200.0.0/28\""),
+        ("egress: deny", "egress: allow"),
+        ("  - name: t1\n", "  - name: t1renamed\n"),
+        ("- {from: s0, to: s1,", "- {from: s1, to: s0,"),
+        ("\"v3-*\"", "\"v3-*\", \"moved*\""),
+    ];
+    let mut variants: Vec<Policy> = Vec::new();
+    for (from, to) in edits {
+        let text = if from.is_empty() {
+            cloud.clone()
+        } else {
+            cloud.replacen(from, to, 1)
+        };
+        match parse(&text, FILE) {
+            Ok(p) => variants.push(p),
+            // An edit the generator's text does not allow: left out, but most must work.
+            Err(_) => continue,
+        }
+    }
+    assert!(variants.len() >= 4, "{} variants", variants.len());
+    // A tenant removed, and the management prefixes changed.
+    let mut fewer = variants[0].clone();
+    fewer.tenants.remove(2);
+    variants.push(fewer);
+    let mut management = variants[0].clone();
+    management.management.pop();
+    variants.push(management);
+    variants.push(policy("", "", "", FLOW));
+    let mut differing = 0;
+    for old in &variants {
+        for new in &variants {
+            let fast = diff(old, new);
+            assert_eq!(fast, diff_of(old, new, old, new), "{fast}");
+            differing += usize::from(!fast.changes.is_empty());
+        }
+    }
+    assert!(differing > 20, "{differing} pairs differ");
+}

@@ -1,0 +1,259 @@
+//! Reading a policy again after a change to a few of its tenants: a [`Cache`] keeps the
+//! tenants of the last file it read, by their text, so that a reload parses the YAML of
+//! the tenants that changed and reuses the others. The YAML parser is most of the cost of
+//! a large policy (about 4 s of 100 000 segments here); validation still sees the whole
+//! policy every time.
+//!
+//! The file is cut at its top-level `tenants:` block sequence: the text before and after
+//! the block, with the `tenants:` line, is one document (the settings, management,
+//! `vif_names`), and each entry of the block (a line that starts with the block's
+//! indentation and `- `, up to the next such line) another. Each is parsed on its own. The
+//! cut is taken only where it cannot change what the file means, and otherwise the whole
+//! file is parsed as [`super::parse`] does:
+//!
+//! - exactly one line starts with `tenants` at the left margin, and it is `tenants:` with
+//!   nothing after it but a comment; its first entry starts with `- ` on a line of its
+//!   own indentation (no flow style `[...]`);
+//! - no anchor or alias may be written anywhere (`&` or `*` at the start of a value): an
+//!   alias in one entry to an anchor in another would not resolve on its own, and the
+//!   parser's limits on what aliases expand to apply to one document;
+//! - no tab starts a line, no line at the left margin starts with `%`, `---` or `...`;
+//! - each entry parses as a sequence of exactly one tenant, and the rest as a policy with
+//!   no tenant.
+//!
+//! Where a cut went through something the whole file's parse would read otherwise (a
+//! quoted string over several lines, say), one of the pieces does not parse and the whole
+//! file is read instead. Source positions of the pieces are relative to them, so a policy
+//! with any problem is read again whole, and the diagnostics are those of
+//! [`super::parse`], positions included: the cut is only ever used for a valid policy,
+//! which carries no positions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::raw::{RawPolicy, RawTenant};
+use super::{Diagnostics, ParseTimes, Policy};
+
+/// A hash map with a fast hash: its keys are the operator's own file.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Tenants by the text of their entry.
+type ByText = Map<Box<str>, Arc<RawTenant>>;
+
+/// The tenants of the last policy read through the cut, by the text of their entry.
+#[derive(Default)]
+pub struct Cache {
+    tenants: ByText,
+}
+
+/// What the last [`Cache::parse_timed`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reuse {
+    /// Tenants taken from the cache, and tenants parsed.
+    pub reused: usize,
+    pub parsed: usize,
+    /// Whether the file was read whole (it could not be cut, or it has problems).
+    pub whole: bool,
+}
+
+impl Cache {
+    /// A cache that holds nothing yet.
+    pub fn new() -> Cache {
+        Cache::default()
+    }
+
+    /// [`super::parse_timed`], reusing the tenants of the last file read through this
+    /// cache whose text is unchanged. The result is the same as [`super::parse_timed`]'s
+    /// for the same file, diagnostics included.
+    pub fn parse_timed(
+        &mut self,
+        source: &str,
+        file_name: &str,
+    ) -> (Result<Policy, Diagnostics>, ParseTimes, Reuse) {
+        if source.len() <= super::MAX_POLICY_BYTES
+            && let Some(cut) = Cut::of(source)
+        {
+            let started = Instant::now();
+            if let Some((raw, tenants, reuse)) = self.read(&cut) {
+                let yaml = started.elapsed();
+                let started = Instant::now();
+                if let Ok(policy) = super::validate::validate(&raw, file_name) {
+                    let times = ParseTimes {
+                        yaml,
+                        validate: started.elapsed(),
+                    };
+                    // Only this file's tenants stay.
+                    self.tenants = tenants;
+                    super::free_in_background(source.len(), raw);
+                    return (Ok(policy), times, reuse);
+                }
+            }
+        }
+        let (result, times) = super::parse_timed(source, file_name);
+        let reuse = Reuse {
+            whole: true,
+            ..Reuse::default()
+        };
+        (result, times, reuse)
+    }
+
+    /// The file's structure from its pieces, the cached tenants used where their text
+    /// is unchanged; with the tenants by text (for the next read) and what was reused.
+    /// `None`: a piece does not parse on its own as it should.
+    fn read(&self, cut: &Cut<'_>) -> Option<(RawPolicy, ByText, Reuse)> {
+        let mut rest: RawPolicy =
+            serde_saphyr::from_str_with_options(&cut.rest, super::yaml_options()).ok()?;
+        if !rest.tenants.is_empty() {
+            return None;
+        }
+        let mut reuse = Reuse::default();
+        let mut tenants = ByText::with_capacity_and_hasher(cut.entries.len(), Default::default());
+        let mut list = Vec::with_capacity(cut.entries.len());
+        for entry in &cut.entries {
+            let tenant = match self.tenants.get(*entry) {
+                Some(tenant) => {
+                    reuse.reused += 1;
+                    tenant.clone()
+                }
+                None => {
+                    reuse.parsed += 1;
+                    let mut one: Vec<RawTenant> =
+                        serde_saphyr::from_str_with_options(entry, super::yaml_options()).ok()?;
+                    if one.len() != 1 {
+                        return None;
+                    }
+                    Arc::new(one.pop()?)
+                }
+            };
+            tenants.insert((*entry).into(), tenant.clone());
+            list.push(tenant);
+        }
+        rest.tenants = list;
+        Some((rest, tenants, reuse))
+    }
+}
+
+/// A file cut at its `tenants:` block: the rest (everything else, the `tenants:` line
+/// included) and each entry's text.
+#[derive(Debug, PartialEq, Eq)]
+struct Cut<'a> {
+    rest: String,
+    entries: Vec<&'a str>,
+}
+
+impl<'a> Cut<'a> {
+    /// `None` where the file cannot be cut safely (see the module documentation).
+    fn of(source: &'a str) -> Option<Cut<'a>> {
+        if may_alias(source) {
+            return None;
+        }
+        // (start, end) byte offsets of each line, its newline included.
+        let mut lines = Vec::new();
+        let mut start = 0;
+        for (i, byte) in source.bytes().enumerate() {
+            if byte == b'\n' {
+                lines.push((start, i + 1));
+                start = i + 1;
+            }
+        }
+        if start < source.len() {
+            lines.push((start, source.len()));
+        }
+        let text = |(s, e): (usize, usize)| &source[s..e];
+        let mut key = None;
+        for (i, &line) in lines.iter().enumerate() {
+            let l = text(line);
+            if l.starts_with('\t')
+                || l.starts_with('%')
+                || l.starts_with("---")
+                || l.starts_with("...")
+            {
+                return None;
+            }
+            if l.starts_with("tenants") || l.starts_with("\"tenants") || l.starts_with("'tenants") {
+                if key.is_some() || !is_tenants_key(l) {
+                    return None;
+                }
+                key = Some(i);
+            }
+        }
+        let key = key?;
+        // The block: from the first entry to the first line that is neither blank, nor
+        // a comment, nor indented deeper than the entries, nor an entry.
+        let first = (key + 1..lines.len()).find(|&i| !blank_or_comment(text(lines[i])))?;
+        let indent = entry_indent(text(lines[first]))?;
+        let mut end = first;
+        let mut starts = Vec::new();
+        while end < lines.len() {
+            let l = text(lines[end]);
+            if entry_indent(l) == Some(indent) {
+                starts.push(end);
+            } else if !blank_or_comment(l) && indentation(l) <= indent {
+                break;
+            }
+            end += 1;
+        }
+        let mut entries = Vec::with_capacity(starts.len());
+        for (k, &s) in starts.iter().enumerate() {
+            let e = starts.get(k + 1).copied().unwrap_or(end);
+            entries.push(&source[lines[s].0..lines[e - 1].1]);
+        }
+        let block_start = lines[first].0;
+        let block_end = if end < lines.len() {
+            lines[end].0
+        } else {
+            source.len()
+        };
+        let mut rest = String::with_capacity(source.len() - (block_end - block_start) + 1);
+        rest.push_str(&source[..block_start]);
+        if !rest.ends_with('\n') {
+            rest.push('\n');
+        }
+        rest.push_str(&source[block_end..]);
+        Some(Cut { rest, entries })
+    }
+}
+
+/// `tenants:` alone on its line but for a comment.
+fn is_tenants_key(line: &str) -> bool {
+    let Some(after) = line.strip_prefix("tenants:") else {
+        return false;
+    };
+    let after = after.trim_end_matches(['\n', '\r']);
+    let after = after.trim_start_matches(' ');
+    after.is_empty() || after.starts_with('#')
+}
+
+fn indentation(line: &str) -> usize {
+    line.len() - line.trim_start_matches(' ').len()
+}
+
+fn blank_or_comment(line: &str) -> bool {
+    let t = line.trim_start_matches(' ').trim_end_matches(['\n', '\r']);
+    t.is_empty() || t.starts_with('#')
+}
+
+/// The indentation of a line that starts a block sequence entry (`- ` or a lone `-`).
+fn entry_indent(line: &str) -> Option<usize> {
+    let n = indentation(line);
+    let after = line[n..].strip_prefix('-')?;
+    match after.bytes().next() {
+        None | Some(b' ' | b'\n' | b'\r') => Some(n),
+        _ => None,
+    }
+}
+
+/// Whether an anchor or alias may be written: `&` or `*` where a value can start (the
+/// start of a line's text, or after a space, `[`, `{` or `,`). Also true for such
+/// characters inside quoted strings: a false alarm reads the file whole.
+fn may_alias(source: &str) -> bool {
+    let bytes = source.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        (b == b'&' || b == b'*')
+            && (i == 0 || matches!(bytes[i - 1], b' ' | b'\n' | b'[' | b'{' | b',' | b'\t'))
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,175 @@
+use std::fs;
+
+use super::{Cache, Cut};
+use crate::policy::synthetic::{Shape, generate};
+use crate::policy::{Diagnostics, Policy, parse};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/policy/fixtures");
+
+/// What a result shows: the policy, or every diagnostic as printed.
+fn shown(result: &Result<Policy, Diagnostics>) -> Result<&Policy, String> {
+    result.as_ref().map_err(|d| d.to_string())
+}
+
+/// Every fixture (the diagnostics' test cases, each a policy with problems) reads the same
+/// through a cache as whole: through a new cache, through one that read another file,
+/// and again through one that read this very file.
+#[test]
+fn every_fixture_reads_as_the_whole_file_does() {
+    let mut sources = Vec::new();
+    for entry in fs::read_dir(FIXTURES).expect("the fixtures") {
+        let path = entry.expect("an entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            sources.push((name, fs::read_to_string(&path).expect("a fixture")));
+        }
+    }
+    assert!(sources.len() > 20, "{} fixtures", sources.len());
+    let mut shared = Cache::new();
+    let mut cut = 0;
+    for (name, source) in &sources {
+        let whole = parse(source, name);
+        let (fresh, _, reuse) = Cache::new().parse_timed(source, name);
+        assert_eq!(shown(&fresh), shown(&whole), "{name}, a new cache");
+        let (after_other, _, _) = shared.parse_timed(source, name);
+        assert_eq!(
+            shown(&after_other),
+            shown(&whole),
+            "{name}, after another file"
+        );
+        let (again, _, _) = shared.parse_timed(source, name);
+        assert_eq!(shown(&again), shown(&whole), "{name}, the same file again");
+        // Every fixture has a problem: read whole in the end, after a cut where one
+        // could be made.
+        assert!(reuse.whole, "{name}");
+        cut += usize::from(Cut::of(source).is_some());
+    }
+    assert!(cut > 20, "only {cut} fixtures could be cut");
+}
+
+/// A cloud of 400 segments: read whole through the cut the first time; after one
+/// segment's prefix changed, only its tenant is parsed, and the policy is the one the
+/// whole file gives.
+#[test]
+fn a_change_to_one_tenant_parses_that_tenant() {
+    let shape = Shape::cloud(400);
+    let first = generate(&shape);
+    let mut cache = Cache::new();
+    let (policy, _, reuse) = cache.parse_timed(&first, "cloud.yaml");
+    assert_eq!(shown(&policy), shown(&parse(&first, "cloud.yaml")));
+    assert_eq!((reuse.reused, reuse.parsed, reuse.whole), (0, 100, false));
+
+    // One segment gets another /28.
+    let old = "\"10.0.2.128/28\"";
+    assert!(first.contains(old), "the generator's address plan changed");
+    let second = first.replacen(old, "\"10.0.2.128/28\", \"10.200.0.0/28\"", 1);
+    let (policy, _, reuse) = cache.parse_timed(&second, "cloud.yaml");
+    let whole = parse(&second, "cloud.yaml");
+    assert_eq!(shown(&policy), shown(&whole));
+    assert_eq!((reuse.reused, reuse.parsed, reuse.whole), (99, 1, false));
+    let policy = policy.expect("valid");
+    assert!(
+        policy
+            .tenants
+            .iter()
+            .flat_map(|t| &t.segments)
+            .any(|s| s.prefixes.iter().any(|p| p.to_string() == "10.200.0.0/28")),
+        "the change is in the policy read"
+    );
+
+    // A problem in one tenant: the diagnostics of the whole file, positions included,
+    // and the cache keeps the last valid file's tenants.
+    let broken = second.replacen("10.200.0.0/28", "10.200.0.0/33", 1);
+    assert_ne!(broken, second);
+    let (result, _, reuse) = cache.parse_timed(&broken, "cloud.yaml");
+    assert!(reuse.whole);
+    let expected = parse(&broken, "cloud.yaml")
+        .expect_err("invalid")
+        .to_string();
+    assert_eq!(shown(&result), Err(expected.clone()));
+    assert!(expected.contains("cloud.yaml:"), "{expected}");
+    let (_, _, reuse) = cache.parse_timed(&second, "cloud.yaml");
+    assert_eq!((reuse.reused, reuse.parsed), (100, 0));
+}
+
+/// The documented example and the packaged policy read the same through the cut.
+#[test]
+fn the_documented_policies_read_as_the_whole_file_does() {
+    let doc = include_str!("../../../../docs/policy.md");
+    let example = doc
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/policy.md has a yaml block");
+    let packaged = include_str!("../../../../packaging/policy.yaml");
+    for (name, source) in [("docs/policy.md", example), ("policy.yaml", packaged)] {
+        let (result, _, reuse) = Cache::new().parse_timed(source, name);
+        assert!(!reuse.whole, "{name} is read through the cut");
+        assert_eq!(shown(&result), shown(&parse(source, name)), "{name}");
+        assert!(result.is_ok(), "{name} is valid");
+    }
+}
+
+/// Where the cut is not safe, the file is read whole.
+#[test]
+fn files_the_cut_could_misread_are_read_whole() {
+    let base = "version: 1\ntenants:\n  - name: a\n    segments:\n      - name: s\n        prefixes: [10.1.0.0/24]\n  - name: b\n";
+    let cases = [
+        (
+            "an anchor and an alias",
+            format!("{base}    segments: &x []\n  - name: c\n    segments: *x\n"),
+        ),
+        (
+            "flow style",
+            "version: 1\ntenants: [{name: a}]\n".to_string(),
+        ),
+        ("tenants twice", format!("{base}tenants: []\n")),
+        (
+            "a comment after the key is fine, a value is not",
+            "version: 1\ntenants: # t\n  - name: a\n".to_string(),
+        ),
+        (
+            "a quoted string over two lines",
+            "version: 1\ntenants:\n  - name: \"a\n  - b\"\n".to_string(),
+        ),
+        ("a tab", format!("{base}\t\n")),
+        ("a second document", format!("{base}---\nversion: 1\n")),
+    ];
+    for (what, source) in &cases {
+        let whole = parse(source, "t.yaml");
+        let (result, _, reuse) = Cache::new().parse_timed(source, "t.yaml");
+        assert_eq!(shown(&result), shown(&whole), "{what}");
+        let expected_cut = *what == "a comment after the key is fine, a value is not";
+        assert_eq!(!reuse.whole, expected_cut, "{what}: {reuse:?}");
+    }
+}
+
+/// The pieces: the rest keeps the `tenants:` line and what follows the block; each entry
+/// runs to the next line at its indentation that starts one, comments and blank lines
+/// included.
+#[test]
+fn the_cut_keeps_the_rest_and_each_entry_whole() {
+    let source = "version: 1\n# head\ntenants:\n  # before\n  - name: a\n    flows: []\n\n  # between\n  - name: b\nmode: audit\n";
+    let cut = Cut::of(source).expect("a cut");
+    assert_eq!(
+        cut.rest,
+        "version: 1\n# head\ntenants:\n  # before\nmode: audit\n"
+    );
+    assert_eq!(
+        cut.entries,
+        vec![
+            "  - name: a\n    flows: []\n\n  # between\n",
+            "  - name: b\n"
+        ]
+    );
+    // Entries at the left margin, a last line without a newline.
+    let cut = Cut::of("tenants:\n- name: a\n- name: b").expect("a cut");
+    assert_eq!(cut.rest, "tenants:\n");
+    assert_eq!(cut.entries, vec!["- name: a\n", "- name: b"]);
+    // Interface patterns are not aliases.
+    assert!(
+        Cut::of("tenants:\n- name: a\n  segments: [{name: s, interfaces: [vm-*, \"x*\"]}]\n")
+            .is_some()
+    );
+    assert!(Cut::of("tenants:\n- name: a\n  segments: [*s]\n").is_none());
+}
