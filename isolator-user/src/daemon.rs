@@ -135,7 +135,7 @@ struct Verification {
     infrastructure: Vec<crate::policy::InterfacePattern>,
     chronicle: Arc<Chronicle>,
     published: watch::Sender<Verified>,
-    /// Told when the maps drifted: the next swap writes the whole policy.
+    /// Told when the maps drifted: the next swap reads them from the kernel first.
     kernel: KernelHandle,
 }
 
@@ -251,9 +251,9 @@ async fn verify_continuously(task: Verification) {
             }
             Err(_) => continue,
         };
-        // The maps differ from what the daemon wrote: the next swap must not build on
-        // them. It removes the other generation and writes the policy whole, so a reload
-        // repairs the drift.
+        // The maps differ from what the daemon wrote: the next swap must not build on its
+        // own record of them. It reads the generation it writes from the kernel and
+        // rewrites whatever differs from the policy, so a reload repairs the drift.
         if report
             .findings
             .iter()
@@ -1970,8 +1970,8 @@ enum Command {
     /// The wait after the last swap is over: remove the old generation
     /// ([`Kernel::retire`]).
     Retire,
-    /// The maps drifted from what the daemon wrote: the next swap writes the whole
-    /// policy ([`Dataplane::forget_contents`]).
+    /// The maps drifted from what the daemon wrote: the next swap reads them from the
+    /// kernel first ([`Dataplane::forget_contents`]).
     Forget,
     /// Attach to a link the plan does not have yet (nothing passes it until it does).
     Guard {

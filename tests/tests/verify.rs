@@ -336,8 +336,8 @@ fn a_map_entry_changed_behind_the_daemons_back_is_reported() {
 
 /// A reload changes only what differs from the policy the generation not in force holds.
 /// A change made there behind the daemon's back is found by the daemon's own
-/// verification, and the next reload then writes the whole policy: nothing of the change
-/// comes into force. A reload that built on the changed generation would put web1 into
+/// verification, and the next reload then reads that generation from the kernel and
+/// rewrites what differs: nothing of the change comes into force. A reload that built on the changed generation would put web1 into
 /// app (and `isolator verify` would then find the drift in force); one that was never
 /// told of the change would not count it.
 #[test]
@@ -372,7 +372,7 @@ fn a_change_to_the_generation_not_in_force_is_found_and_not_built_on() {
     let (_, list, _) = findings(&env);
     assert!(
         !list.iter().any(|(_, kind, _)| kind == "map_drift"),
-        "the reload wrote the policy whole: nothing of the change is in force: {list:?}"
+        "the reload rewrote what differs: nothing of the change is in force: {list:?}"
     );
     wait_for("the drift resolved", 0.0);
 }

@@ -11,9 +11,9 @@
 //! between the old generation's policy and its own (a reload that changes one segment
 //! writes that segment's entries), once a grace period longer than any program run has
 //! passed since the flip. Where the old generation's content is not known (maps taken
-//! over from an earlier daemon, a write that failed part way, drift found by the
-//! verification), it is removed and written whole instead. If writing the new
-//! generation fails, it is removed and the old policy stays active.
+//! over from an earlier daemon, drift found by the verification), it is read from the
+//! kernel first. If writing the new generation fails, it is removed and the old policy
+//! stays active.
 
 mod batch;
 mod connections;
@@ -600,15 +600,15 @@ impl Dataplane {
         self.last_written
     }
 
-    /// Forgets what the generation that is not active holds: the next swap removes it
-    /// and writes the new policy whole (after drift was found in the maps: something
-    /// other than this daemon changed them).
+    /// Forgets what the generations hold: the next swap reads the one it writes from the
+    /// kernel and changes whatever differs from the new policy there, entries changed
+    /// behind this daemon's back included (after drift was found in the maps).
     pub fn forget_contents(&mut self) {
         self.contents = [None, None];
     }
 
     /// The generation not in force and what it holds, as this daemon wrote it (`None`:
-    /// not known, and removed before the next swap writes it whole).
+    /// not known: the next swap reads it from the kernel first).
     pub fn other_generation(&self) -> (u32, Option<Arc<Entries>>) {
         let other = self.active ^ 1;
         (other, self.contents[other as usize].clone())
@@ -688,22 +688,18 @@ impl Dataplane {
         if let Some(observe) = self.observe_before_change {
             observe(self);
         }
-        let written = match self.contents[next as usize].take() {
-            // The previous policy's entries: change what differs.
-            Some(base) => self.tables.write_changes(&base, &entries).map(|mut w| {
+        // What `next` holds: as this daemon wrote it, or else (maps an earlier daemon
+        // left, drift the verification found) as the kernel has it now.
+        let base = match self.contents[next as usize].take() {
+            Some(base) => Ok(base),
+            None => self.tables.read(next).map(Arc::new),
+        };
+        let written = base.and_then(|base| {
+            self.tables.write_changes(&base, &entries).map(|mut w| {
                 w.whole = base.counts().iter().all(|(_, n)| *n == 0);
                 w
-            }),
-            // Not known (leftovers of an earlier daemon or of a failed apply): remove
-            // whatever is there, then write everything.
-            None => self.purge(next).and_then(|()| {
-                self.tables.write(&entries).map(|()| Written {
-                    put: counts.iter().map(|(_, n)| n).sum(),
-                    removed: 0,
-                    whole: true,
-                })
-            }),
-        };
+            })
+        });
         let written = match written {
             Ok(written) => written,
             Err(e) => {
@@ -748,14 +744,11 @@ impl Dataplane {
             return Ok(());
         };
         self.last_wait = Some(grace);
-        // The old generation stays for the next swap to change, unless what it holds is
-        // not known: then it goes now.
+        // The old generation stays for the next swap to change; where what it holds is
+        // not known (maps an earlier daemon left), it is read now, so that the next swap
+        // writes only what differs from it.
         if self.contents[retiring.old as usize].is_none() {
-            if let Some(observe) = self.observe_before_change {
-                observe(self);
-            }
-            self.purge(retiring.old)?;
-            self.contents[retiring.old as usize] = Some(Arc::default());
+            self.contents[retiring.old as usize] = Some(Arc::new(self.tables.read(retiring.old)?));
         }
         // The state tables of vifs the plan no longer has go with them; a link guarded
         // since the swap keeps the tables its guard gave it.

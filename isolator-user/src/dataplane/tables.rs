@@ -118,6 +118,14 @@ impl<V: Pod + Default + PartialEq> Table for SlotArray<V> {
         let value = self.0.get(key, 0)?;
         Ok((value != V::default()).then_some(value))
     }
+    /// Read in batches.
+    fn entries_of(&self, generation: u32) -> Result<Entry<Self>, MapError> {
+        Ok(super::batch::entries::<u32, V>(self.0.map().fd().as_fd())
+            .map_err(batch_err("BPF_MAP_LOOKUP_BATCH"))?
+            .into_iter()
+            .filter(|(key, value)| Self::generation_of(key) == generation && *value != V::default())
+            .collect())
+    }
     fn put_all(&mut self, entries: &[(u32, V)]) -> Result<(), MapError> {
         super::batch::update(self.0.map().fd().as_fd(), entries)
             .map_err(batch_err("BPF_MAP_UPDATE_BATCH"))
@@ -191,6 +199,14 @@ impl<K: Pod + GenerationKey, V: Pod> Table for HashMap<MapData, K, V> {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+    /// Read in batches.
+    fn entries_of(&self, generation: u32) -> Result<Entry<Self>, MapError> {
+        Ok(super::batch::entries::<K, V>(self.map().fd().as_fd())
+            .map_err(batch_err("BPF_MAP_LOOKUP_BATCH"))?
+            .into_iter()
+            .filter(|(key, _)| Self::generation_of(key) == generation)
+            .collect())
     }
     fn put_all(&mut self, entries: &[(K, V)]) -> Result<(), MapError> {
         super::batch::update(self.map().fd().as_fd(), entries)
@@ -359,12 +375,6 @@ macro_rules! define_tables {
                 Ok(PolicyTables {
                     $( $field: super::take(ebpf, maps::$name)?, )*
                 })
-            }
-
-            /// Writes every entry, table by table in write order (vifs last).
-            pub fn write(&mut self, entries: &Entries) -> Result<(), DataplaneError> {
-                $( write(&mut self.$field, maps::$name, &entries.$field)?; )*
-                Ok(())
             }
 
             /// Turns the entries of a generation that hold `base` into `entries` (both

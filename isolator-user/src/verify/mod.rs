@@ -541,8 +541,8 @@ fn diff_table<K: aya::Pod + Debug, V: aya::Pod + Debug>(
         vec![map.to_string()],
         detail,
         "something changed the daemon's maps behind its back: find it; once the daemon's \
-         own verification has seen the drift, its next reload (`isolator reload`) writes \
-         the whole policy again",
+         own verification has seen the drift, its next reload (`isolator reload`) reads \
+         the maps and rewrites what differs from the policy",
     ));
 }
 

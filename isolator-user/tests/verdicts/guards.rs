@@ -859,6 +859,17 @@ fn withdrawn_addresses_and_vlans_stay_withdrawn_across_generations() {
     });
 }
 
+/// The lab's own plan, and the same with another address declared for d-aw1.
+fn two_plans(lab: &Lab) -> (Plan, Plan) {
+    let policy = isolator::policy::parse(POLICY, "test.yaml").expect("valid policy");
+    let mut first = Plan::new(&policy, &lab.links).expect("plan");
+    declare(&mut first);
+    let mut second = first.clone();
+    let aw1 = second.vifs.iter_mut().find(|v| v.name == "d-aw1").unwrap();
+    aw1.addresses = vec!["10.1.1.9/32".parse().unwrap()];
+    (first, second)
+}
+
 /// What a swap saw just before it changed the generation that is not active: (active
 /// generation, whether the previous swap had been retired, how its wait went, what the
 /// generation about to be changed held).
@@ -900,13 +911,7 @@ fn a_generation_is_changed_only_after_every_run_on_it_has_ended() {
             "this kernel must wait for an RCU grace period on request (membarrier)"
         );
         lab.dp.observe_before_change(record_before_change);
-        let policy = isolator::policy::parse(POLICY, "test.yaml").expect("valid policy");
-        let mut first = Plan::new(&policy, &lab.links).expect("plan");
-        declare(&mut first);
-        // The lab's own plan, with another address declared for d-aw1.
-        let mut second = first.clone();
-        let aw1 = second.vifs.iter_mut().find(|v| v.name == "d-aw1").unwrap();
-        aw1.addresses = vec!["10.1.1.9/32".parse().unwrap()];
+        let (first, second) = two_plans(&lab);
         let plans = [&first, &second, &first, &second];
         for (swap, plan) in plans.iter().enumerate() {
             let old = lab.dp.active_generation();
@@ -964,6 +969,60 @@ fn a_generation_is_changed_only_after_every_run_on_it_has_ended() {
                 _ => assert!(!written.whole, "swap {swap} changed what differs"),
             }
         }
+    });
+}
+
+/// Where the dataplane does not know what a generation holds (maps taken over from an
+/// earlier daemon, drift the verification found: `forget_contents`), the swap reads it
+/// from the kernel and writes only what differs from it; the generation left behind is
+/// read at the retirement. A swap that wrote the whole policy instead, or built on a
+/// wrong record, fails here.
+#[test]
+fn a_generation_not_known_is_read_and_changed_where_it_differs() {
+    in_private_netns(|| {
+        let mut lab = lab();
+        let (first, second) = two_plans(&lab);
+        lab.dp.apply(&first).expect("applying");
+        lab.dp.apply(&second).expect("applying");
+        // The other generation holds `first`: nothing but the epoch to write.
+        lab.dp.forget_contents();
+        lab.dp.apply(&first).expect("applying");
+        let written = lab.dp.last_written().expect("written");
+        assert_eq!((written.put, written.removed, written.whole), (1, 0, false));
+        let active = lab.dp.active_generation();
+        assert_eq!(lab.differences(active, Some(&first)), Vec::<String>::new());
+        assert_eq!(
+            lab.differences(active ^ 1, Some(&second)),
+            Vec::<String>::new()
+        );
+        // The other generation holds `second` (read at the retirement): the difference.
+        lab.dp.forget_contents();
+        lab.dp.apply(&first).expect("applying");
+        let written = lab.dp.last_written().expect("written");
+        // The entries that differ between the two policies (missing, extra or changed, the
+        // epoch aside), and the settings, whose epoch changes with every swap.
+        let differing: usize = isolator::verify::compare_maps(
+            &isolator::encode::encode(&first, active ^ 1),
+            &isolator::encode::encode(&second, active ^ 1),
+        )
+        .iter()
+        .map(|finding| {
+            let count = finding.detail.split(' ').next().unwrap_or_default();
+            count.parse::<usize>().expect("a count of entries")
+        })
+        .sum();
+        assert!(!written.whole);
+        assert_eq!(
+            written.put + written.removed,
+            differing + 1,
+            "the difference between the two policies and the epoch: {written:?}"
+        );
+        let active = lab.dp.active_generation();
+        assert_eq!(lab.differences(active, Some(&first)), Vec::<String>::new());
+        assert_eq!(
+            lab.differences(active ^ 1, Some(&first)),
+            Vec::<String>::new()
+        );
     });
 }
 
