@@ -140,7 +140,41 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         rows.push(measure(&bin, &probe, segments, config.runs, a, b)?);
     }
     print(&rows, &bin);
-    Ok(())
+    plot(&rows)
+}
+
+/// `reload.png`: SIGHUP to in force against the number of segments, for the first
+/// reload after the daemon's start (written whole) and the median of the later ones.
+fn plot(rows: &[Row]) -> anyhow::Result<()> {
+    use crate::plot::{Series, dir, lines};
+    let ms = |d: &Duration| (d.as_secs_f64() * 1e3).max(0.001);
+    let median = |row: &Row| {
+        let mut later: Vec<f64> = row.reloads.iter().skip(1).map(ms).collect();
+        later.sort_by(f64::total_cmp);
+        later.get(later.len() / 2).copied()
+    };
+    lines(
+        &dir().join("reload.png"),
+        "SIGHUP to the changed policy in force (one segment changed)",
+        "segments in the policy",
+        "ms",
+        &[
+            Series {
+                label: "first reload after the start (written whole)".into(),
+                points: rows
+                    .iter()
+                    .filter_map(|r| Some((r.segments as f64, ms(r.reloads.first()?))))
+                    .collect(),
+            },
+            Series {
+                label: "later reloads (median)".into(),
+                points: rows
+                    .iter()
+                    .filter_map(|r| Some((r.segments as f64, median(r)?)))
+                    .collect(),
+            },
+        ],
+    )
 }
 
 fn measure(
