@@ -123,6 +123,8 @@ struct Row {
     reloads: Vec<Duration>,
     runs: u64,
     misjudged: u64,
+    /// The daemon's resident memory after the reloads, in bytes (`VmRSS`).
+    rss: u64,
 }
 
 /// Runs the measurement and prints its table. Call on a thread of its own: it enters
@@ -271,6 +273,16 @@ fn measure(
         .join()
         .map_err(|_| anyhow::anyhow!("the judging thread panicked"))?;
     outcome?;
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
     // With the daemon's debug log on (RUST_LOG=isolator=debug), where its time went.
     if std::env::var_os("RUST_LOG").is_some() {
         for line in daemon.log().lines().filter(|l| {
@@ -288,6 +300,7 @@ fn measure(
         reloads,
         runs: judged.load(Ordering::Relaxed),
         misjudged: misjudged.load(Ordering::Relaxed),
+        rss,
     })
 }
 
@@ -303,15 +316,16 @@ fn print(rows: &[Row], bin: &std::path::Path) {
             .trim()
     );
     println!(
-        "{:>9} {:>8} {:>22} {:>8} {:>9} {:>9} {:>9} {:>22}",
+        "{:>9} {:>8} {:>22} {:>8} {:>9} {:>9} {:>9} {:>22} {:>10}",
         "segments",
         "file MB",
-        "first two (whole) ms",
+        "first two ms",
         "later",
         "min ms",
         "p50 ms",
         "max ms",
-        "misjudged / judged"
+        "misjudged / judged",
+        "daemon MB"
     );
     for row in rows {
         let ms = |d: &Duration| d.as_secs_f64() * 1e3;
@@ -334,7 +348,7 @@ fn print(rows: &[Row], bin: &std::path::Path) {
             }
         };
         println!(
-            "{:>9} {:>8.1} {:>22} {:>8} {:>9} {:>9} {:>9} {:>22}",
+            "{:>9} {:>8.1} {:>22} {:>8} {:>9} {:>9} {:>9} {:>22} {:>10.0}",
             row.segments,
             row.bytes as f64 / 1e6,
             whole.join(", "),
@@ -342,7 +356,8 @@ fn print(rows: &[Row], bin: &std::path::Path) {
             at(0.0),
             at(0.5),
             at(1.0),
-            format!("{} / {}", row.misjudged, row.runs)
+            format!("{} / {}", row.misjudged, row.runs),
+            row.rss as f64 / 1e6
         );
     }
 }
