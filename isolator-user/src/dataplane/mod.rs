@@ -169,8 +169,8 @@ pub struct Sizes {
     /// is full, frames are counted by direction and verdict only (`UNCOUNTED`) and the
     /// fault is counted and logged.
     pub counters: u32,
-    /// Entries of `ADDRESSES_V4`, both generations together (during a swap the new
-    /// policy's entries and the old one's are in the map at once).
+    /// Entries of `ADDRESSES_V4`, both generations together (the policy in force and,
+    /// in the other generation, the previous one, which the next swap changes).
     pub addresses_v4: u32,
     /// Entries of `ADDRESSES_V6`, both generations together.
     pub addresses_v6: u32,
@@ -200,7 +200,7 @@ impl Default for Sizes {
 
 impl Sizes {
     /// The smallest sizes the daemon gives the policy maps: policies up to half of them
-    /// (both generations live during a swap) fit without sizing.
+    /// (both generations live in the maps) fit without sizing.
     pub const MIN_ADDRESSES: u32 = 1 << 17;
     pub const MIN_RULESETS: u32 = 1 << 15;
     pub const MIN_PAIRS: u32 = 1 << 17;
@@ -339,10 +339,9 @@ impl Sizes {
         ]
     }
 
-    /// Room for `plan`: each sized map holds four times the plan's entries (the old and
-    /// the new generation during a swap, and as much again for policies to grow into
-    /// without a restart), rounded up to a power of two, and never less than the
-    /// defaults.
+    /// Room for `plan`: each sized map holds four times the plan's entries (both
+    /// generations, and as much again for policies to grow into without a restart),
+    /// rounded up to a power of two, and never less than the defaults.
     pub fn for_plan(plan: &Plan) -> Sizes {
         let entries = encode(plan, 0);
         let room = |count: usize, min: u32| -> u32 {
@@ -667,7 +666,7 @@ impl Dataplane {
         for (_, settings) in &mut entries.settings {
             settings.epoch = epoch;
         }
-        // The sized maps hold both generations during the swap.
+        // The sized maps hold both generations: the one in force, and the new policy.
         let counts = entries.counts();
         for (map, count) in &counts {
             let Some(capacity) = self.sizes.capacity(map) else {
