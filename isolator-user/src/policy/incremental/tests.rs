@@ -173,3 +173,27 @@ fn the_cut_keeps_the_rest_and_each_entry_whole() {
     );
     assert!(Cut::of("tenants:\n- name: a\n  segments: [*s]\n").is_none());
 }
+
+/// Keys after the `tenants:` block, and Windows line ends: read through the cut, the same
+/// policy as whole.
+#[test]
+fn keys_after_the_block_and_crlf_line_ends_read_as_the_whole_file_does() {
+    let source = "version: 1\ntenants:\n  - name: a\n    segments:\n      - name: s\n        \
+                  interfaces: [\"va*\"]\n        prefixes: [10.1.0.0/24]\n  - name: b\n    \
+                  segments:\n      - name: s\n        prefixes: [10.2.0.0/24]\n        \
+                  egress: allow\nmanagement:\n  - prefix: 192.168.100.0/24\nmode: audit\n";
+    for (what, text) in [
+        ("keys after the block", source.to_string()),
+        ("CRLF line ends", source.replace('\n', "\r\n")),
+    ] {
+        let whole = parse(&text, "t.yaml");
+        assert!(whole.is_ok(), "{what}: {:?}", shown(&whole));
+        let mut cache = Cache::new();
+        let (result, _, reuse) = cache.parse_timed(&text, "t.yaml");
+        assert!(!reuse.whole, "{what}: read through the cut");
+        assert_eq!(shown(&result), shown(&whole), "{what}");
+        let (again, _, reuse) = cache.parse_timed(&text, "t.yaml");
+        assert_eq!((reuse.reused, reuse.parsed), (2, 0), "{what}");
+        assert_eq!(shown(&again), shown(&whole), "{what}");
+    }
+}
