@@ -13,6 +13,10 @@ use tracing_subscriber::EnvFilter;
 mod check;
 mod inspect;
 
+/// mimalloc, not glibc's malloc: see Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The version `--version` prints; a rehearsal build (see Cargo.toml) says so.
 const VERSION: &str = if cfg!(feature = "rehearsal") {
     concat!(env!("CARGO_PKG_VERSION"), "+rehearsal")

@@ -28,6 +28,10 @@ mod scale;
 mod table_size;
 mod verify_cost;
 
+/// The daemon's allocator, so that the loader's figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
