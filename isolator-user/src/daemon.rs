@@ -2333,6 +2333,8 @@ impl Kernel {
                 put = written.put,
                 removed = written.removed,
                 whole = written.whole,
+                encode_ms = written.encode.as_millis() as u64,
+                compare_ms = written.compare.as_millis() as u64,
                 "swapped"
             );
             // Connections the old policy admitted are judged again by the new one.

@@ -120,6 +120,12 @@ fn encode_tables(plan: &Plan, generation: u32) -> Entries {
             (pair(generation, *from, *to), info)
         })
         .collect();
+    // Each segment's first IPv4 prefix, for the homes of vifs that declare no IPv4
+    // address: one pass over the plan's prefixes, not one a vif.
+    let mut first_v4: HashMap<u32, Ipv4Net> = HashMap::default();
+    for (net, segment) in &plan.v4 {
+        first_v4.entry(*segment).or_insert(*net);
+    }
     Entries {
         settings: vec![(generation, plan.settings)],
         addresses_v4: addresses
@@ -231,7 +237,7 @@ fn encode_tables(plan: &Plan, generation: u32) -> Entries {
                         ifindex: v.ifindex,
                     },
                     {
-                        let home = home(plan, v, &addresses.v4, &addresses.v4_inside);
+                        let home = home(v, &first_v4, &addresses.v4, &addresses.v4_inside);
                         VifInfo {
                             segment: v.segment,
                             flags: vif_flags(v, &declared)
@@ -284,9 +290,10 @@ fn encode_tables(plan: &Plan, generation: u32) -> Entries {
 /// The IPv4 prefix a vif's frames come from, with its entry among `v4` (the encoded
 /// IPv4 classes, sorted by prefix): its first declared IPv4 address or prefix, else its
 /// segment's first IPv4 prefix. `None` when it has neither.
+/// `first_v4`: each segment's first IPv4 prefix in the plan.
 fn home(
-    plan: &Plan,
     vif: &crate::compile::ManagedVif,
+    first_v4: &HashMap<u32, Ipv4Net>,
     v4: &[(addresses::Prefix, AddrClass)],
     inside: &[Option<u64>],
 ) -> Option<(Ipv4Net, AddrClass)> {
@@ -294,12 +301,7 @@ fn home(
         IpNet::V4(n) => Some(*n),
         IpNet::V6(_) => None,
     });
-    let net = declared.or_else(|| {
-        plan.v4
-            .iter()
-            .find(|(_, segment)| *segment == vif.segment)
-            .map(|(net, _)| *net)
-    })?;
+    let net = declared.or_else(|| first_v4.get(&vif.segment).copied())?;
     let net = net.trunc();
     let prefix = (net.prefix_len(), u128::from(u32::from(net.network())) << 96);
     let at = v4.binary_search_by_key(&prefix, |(p, _)| *p).ok()?;
@@ -338,8 +340,30 @@ fn pair(generation: u32, from: u32, to: u32) -> PairKey {
 /// The rule sets of one generation, each distinct set stored once.
 struct RuleSets {
     generation: u32,
-    index: HashMap<RuleSet, u32>,
+    index: HashMap<SetBytes, u32>,
     sets: Vec<RuleSet>,
+}
+
+/// A rule set as a map key, hashed by the rules in use, one word each: the derived
+/// `Hash` writes every field of all `MAX_RULES` rules one at a time, and a cloud-scale
+/// plan looks up hundreds of thousands of sets (the flows of every segment pair). Equal
+/// sets have the same rules in use, so they hash alike.
+#[derive(PartialEq, Eq)]
+struct SetBytes(RuleSet);
+
+impl std::hash::Hash for SetBytes {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let set = &self.0;
+        state.write_u64(u64::from(set.count) | u64::from(set.flags) << 32);
+        let used = (set.count as usize).min(set.rules.len());
+        for rule in &set.rules[..used] {
+            state.write_u64(
+                u64::from(rule.protocol)
+                    | u64::from(rule.first_port) << 16
+                    | u64::from(rule.last_port) << 32,
+            );
+        }
+    }
 }
 
 impl RuleSets {
@@ -353,13 +377,15 @@ impl RuleSets {
 
     /// The index of `set`, added if new.
     fn index(&mut self, set: &RuleSet) -> u32 {
-        if let Some(i) = self.index.get(set) {
-            return *i;
-        }
         let i = self.sets.len() as u32;
-        self.sets.push(*set);
-        self.index.insert(*set, i);
-        i
+        match self.index.entry(SetBytes(*set)) {
+            std::collections::hash_map::Entry::Occupied(found) => *found.get(),
+            std::collections::hash_map::Entry::Vacant(new) => {
+                new.insert(i);
+                self.sets.push(*set);
+                i
+            }
+        }
     }
 
     fn entries(&self) -> Vec<(RuleKey, RuleSet)> {

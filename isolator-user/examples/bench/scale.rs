@@ -1,6 +1,6 @@
 //! `bench --loader`: the userspace path of a policy load at cloud scale, without the
-//! kernel: read the file, parse the YAML, validate, compile the plan for a host. Needs no
-//! privileges and no network namespace.
+//! kernel: read the file, parse the YAML, validate, compile the plan for a host, encode its
+//! kernel entries. Needs no privileges and no network namespace.
 //!
 //! The policies come from `isolator::policy::synthetic`, valid by construction: for each
 //! size, `segments` segments of 2 prefixes (IPv4 and IPv6) and 2 exposed endpoints each,
@@ -114,6 +114,8 @@ pub struct Row {
     pub parse: Duration,
     pub validate: Duration,
     pub compile: Duration,
+    /// The plan's kernel entries (`encode`), as a swap makes them.
+    pub encode: Duration,
     /// Reading the file again through a `policy::Cache` after one segment changed (the
     /// YAML of one tenant, and validation of the whole), and the reload's `diff` of the
     /// two policies.
@@ -125,7 +127,7 @@ pub struct Row {
 
 impl Row {
     pub fn total(&self) -> Duration {
-        self.read + self.parse + self.validate + self.compile
+        self.read + self.parse + self.validate + self.compile + self.encode
     }
 }
 
@@ -195,7 +197,7 @@ fn measure_one(
     let file_name = path.display().to_string();
     let (mut read, mut parse, mut validate, mut compile) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut reread, mut diffs) = (Vec::new(), Vec::new());
+    let (mut reread, mut diffs, mut encoding) = (Vec::new(), Vec::new(), Vec::new());
     let mut plan_status = String::new();
     // The file with segment 0 given one more prefix: each run reads the other one of the
     // two through the cache, which holds the last one read.
@@ -228,6 +230,7 @@ fn measure_one(
                     first.unwrap_or_default()
                 );
                 compile.push(Duration::ZERO);
+                encoding.push(Duration::ZERO);
                 continue;
             }
         };
@@ -238,6 +241,14 @@ fn measure_one(
             Ok(plan) => format!("ok ({} vifs)", plan.vifs.len()),
             Err(e) => format!("refused: {e}"),
         };
+        if let Ok(plan) = &plan {
+            let started = Instant::now();
+            let entries = isolator::encode::encode(plan, 0);
+            encoding.push(started.elapsed());
+            drop(entries);
+        } else {
+            encoding.push(Duration::ZERO);
+        }
         // Freed outside the measurements: the daemon keeps both.
         drop(plan);
         let source = if run % 2 == 0 {
@@ -267,6 +278,7 @@ fn measure_one(
         parse: median(&mut parse),
         validate: median(&mut validate),
         compile: median(&mut compile),
+        encode: median(&mut encoding),
         reread: median(&mut reread),
         diff: median(&mut diffs),
         plan: plan_status,
@@ -279,7 +291,7 @@ fn ms(d: Duration) -> String {
 
 pub fn print(config: &Config, rows: &[Row]) {
     println!(
-        "policy loader (read, parse, validate, compile; no kernel), median of {} run(s), {} \
+        "policy loader (read, parse, validate, compile, encode; no kernel), median of {} run(s), {} \
          vifs on the host, {} build, {} CPUs",
         config.runs,
         config.vifs,
@@ -291,7 +303,7 @@ pub fn print(config: &Config, rows: &[Row]) {
         std::thread::available_parallelism().map_or(0, usize::from),
     );
     println!(
-        "{:<16} {:>8} {:>9} {:>8} {:>7} {:>8} {:>9} {:>11} {:>10} {:>9} {:>9} {:>8}  plan",
+        "{:<16} {:>8} {:>9} {:>8} {:>7} {:>8} {:>9} {:>11} {:>10} {:>9} {:>9} {:>9} {:>8}  plan",
         "shape",
         "segments",
         "prefixes",
@@ -301,13 +313,14 @@ pub fn print(config: &Config, rows: &[Row]) {
         "parse ms",
         "validate ms",
         "compile ms",
+        "encode ms",
         "total ms",
         "reread ms",
         "diff ms"
     );
     for row in rows {
         println!(
-            "{:<16} {:>8} {:>9} {:>8} {:>7.1} {:>8} {:>9} {:>11} {:>10} {:>9} {:>9} {:>8}  {}",
+            "{:<16} {:>8} {:>9} {:>8} {:>7.1} {:>8} {:>9} {:>11} {:>10} {:>9} {:>9} {:>9} {:>8}  {}",
             row.label,
             row.shape.segments,
             row.shape.prefixes(),
@@ -317,6 +330,7 @@ pub fn print(config: &Config, rows: &[Row]) {
             ms(row.parse),
             ms(row.validate),
             ms(row.compile),
+            ms(row.encode),
             ms(row.total()),
             ms(row.reread),
             ms(row.diff),

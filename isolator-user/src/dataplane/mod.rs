@@ -659,7 +659,9 @@ impl Dataplane {
             });
         }
         let next = self.active ^ 1;
+        let started = std::time::Instant::now();
         let mut entries = encode(plan, next);
+        let encoding = started.elapsed();
         // Connections admitted before carry an earlier epoch: the programs judge each
         // again by this policy on its next packet.
         let epoch = boottime_ns();
@@ -696,6 +698,7 @@ impl Dataplane {
         let written = base.and_then(|base| {
             self.tables.write_changes(&base, &entries).map(|mut w| {
                 w.whole = base.counts().iter().all(|(_, n)| *n == 0);
+                w.encode = encoding;
                 w
             })
         });

@@ -284,6 +284,10 @@ pub struct Written {
     /// Whether the generation was written from nothing (its content was not known, or
     /// it was empty), rather than changed from the previous policy's entries.
     pub whole: bool,
+    /// How long encoding the plan into entries took.
+    pub encode: std::time::Duration,
+    /// How long finding what differs from the generation's entries took.
+    pub compare: std::time::Duration,
 }
 
 fn purge<T: Table>(
@@ -387,7 +391,9 @@ macro_rules! define_tables {
                 entries: &Entries,
             ) -> Result<Written, DataplaneError> {
                 let mut written = Written::default();
+                let started = std::time::Instant::now();
                 $( let $field = changes(&base.$field, &entries.$field); )*
+                written.compare = started.elapsed();
                 {
                     let mut steps: Vec<&mut dyn FnMut() -> Result<usize, DataplaneError>> =
                         Vec::new();
