@@ -730,7 +730,7 @@ mod tests {
     use super::*;
     use crate::encode::encode;
     use crate::policy;
-    use isolator_common::{AddrClass, AddrV4Key, PairInfo, PairKey, VifKey};
+    use isolator_common::{AddrClass, AddrV4Key, PairInfo, PairKey, VifInfo, VifKey};
 
     const POLICY: &str = r#"
 version: 1
@@ -1018,6 +1018,85 @@ tenants:
             }
         }
         assert!(answered >= 240, "{answered}");
+    }
+
+    /// A vif that declares no IPv4 address has its own segment's first IPv4 prefix as its
+    /// home, however many prefixes the policy holds before and after it.
+    #[test]
+    fn a_vif_without_an_address_has_its_segments_first_ipv4_prefix_as_home() {
+        let text = r#"
+version: 1
+tenants:
+  - name: acme
+    segments:
+      - name: web
+        interfaces: ["d-aw*"]
+        prefixes: ["10.1.1.0/24", "10.1.9.0/24"]
+      - name: db
+        interfaces: ["d-ad*"]
+        prefixes: ["fd00:1:2::/64", "10.1.2.0/24", "10.1.3.0/24"]
+      - name: logs
+        interfaces: ["d-al*"]
+        prefixes: ["fd00:1:4::/64"]
+"#;
+        let policy = policy::parse(text, "homes.yaml").expect("valid");
+        let plan =
+            Plan::new(&policy, &links(&[("d-aw1", 3), ("d-ad1", 4), ("d-al1", 5)])).expect("plan");
+        let entries = encode(&plan, 0);
+        let vif = |ifindex: u32| {
+            entries
+                .vifs
+                .iter()
+                .find(|(k, _)| k.ifindex == ifindex)
+                .map(|(_, v)| *v)
+                .expect("vif entry")
+        };
+        assert_eq!(vif(3).home, [10, 1, 1, 0]);
+        assert_eq!(vif(4).home, [10, 1, 2, 0]);
+        assert_eq!(vif(4).home_mask, u32::from_ne_bytes([255, 255, 255, 0]));
+        assert_ne!(vif(4).flags & VifInfo::HAS_HOME, 0);
+        assert_eq!(
+            vif(5).flags & VifInfo::HAS_HOME,
+            0,
+            "no IPv4 prefix: no home"
+        );
+    }
+
+    /// Equal rule sets are stored once and shared by index; different ones are not.
+    #[test]
+    fn equal_rule_sets_share_one_entry() {
+        let text = r#"
+version: 1
+tenants:
+  - name: acme
+    flows:
+      - {from: web, to: db, protocol: tcp, ports: 5432}
+      - {from: db, to: logs, protocol: tcp, ports: 5432}
+      - {from: web, to: logs, protocol: tcp, ports: 80}
+    segments:
+      - name: web
+        prefixes: ["10.1.1.0/24"]
+      - name: db
+        prefixes: ["10.1.2.0/24"]
+      - name: logs
+        prefixes: ["10.1.3.0/24"]
+"#;
+        let policy = policy::parse(text, "sets.yaml").expect("valid");
+        let plan = Plan::new(&policy, HostView::default()).expect("plan");
+        let entries = encode(&plan, 0);
+        let flow = |from: u32, to: u32| {
+            entries
+                .pairs
+                .iter()
+                .find(|(k, _)| k.from == from && k.to == to)
+                .map(|(_, info)| (info.flags & PairInfo::FLOW != 0).then_some(info.flow))
+                .expect("pair entry")
+                .expect("a flow")
+        };
+        // Segments in policy order: web 0, db 1, logs 2.
+        assert_eq!(flow(0, 1), flow(1, 2));
+        assert_ne!(flow(0, 1), flow(0, 2));
+        assert_eq!(entries.rulesets.len(), 2);
     }
 
     /// The longest entry containing `addr`, by brute force over every entry.
