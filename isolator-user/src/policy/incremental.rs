@@ -38,8 +38,9 @@ use super::{Diagnostics, ParseTimes, Policy};
 /// A hash map with a fast hash: its keys are the operator's own file.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Tenants by the text of their entry.
-type ByText = Map<Box<str>, Arc<RawTenant>>;
+/// Tenants by the text of their entry (shared with the next map: an unchanged entry's
+/// text is not copied again).
+type ByText = Map<Arc<str>, Arc<RawTenant>>;
 
 /// The tenants of the last policy read through the cut, by the text of their entry.
 #[derive(Default)]
@@ -111,10 +112,10 @@ impl Cache {
         let mut tenants = ByText::with_capacity_and_hasher(cut.entries.len(), Default::default());
         let mut list = Vec::with_capacity(cut.entries.len());
         for entry in &cut.entries {
-            let tenant = match self.tenants.get(*entry) {
-                Some(tenant) => {
+            let (text, tenant) = match self.tenants.get_key_value(*entry) {
+                Some((text, tenant)) => {
                     reuse.reused += 1;
-                    tenant.clone()
+                    (text.clone(), tenant.clone())
                 }
                 None => {
                     reuse.parsed += 1;
@@ -123,10 +124,10 @@ impl Cache {
                     if one.len() != 1 {
                         return None;
                     }
-                    Arc::new(one.pop()?)
+                    (Arc::from(*entry), Arc::new(one.pop()?))
                 }
             };
-            tenants.insert((*entry).into(), tenant.clone());
+            tenants.insert(text, tenant.clone());
             list.push(tenant);
         }
         rest.tenants = list;
@@ -144,67 +145,86 @@ struct Cut<'a> {
 
 impl<'a> Cut<'a> {
     /// `None` where the file cannot be cut safely (see the module documentation).
+    ///
+    /// One pass over the lines (a large policy has millions), keeping only the offsets of
+    /// the block's entries: every line is checked for what makes the cut unsafe, and the
+    /// lines after the `tenants:` key are followed through the block.
     fn of(source: &'a str) -> Option<Cut<'a>> {
         if may_alias(source) {
             return None;
         }
-        // (start, end) byte offsets of each line, its newline included.
-        let mut lines = Vec::new();
-        let mut start = 0;
-        for (i, byte) in source.bytes().enumerate() {
-            if byte == b'\n' {
-                lines.push((start, i + 1));
-                start = i + 1;
-            }
+        /// Where the lines after the `tenants:` key stand.
+        enum Block {
+            /// No `tenants:` key yet.
+            Before,
+            /// After the key, before the first line that is not blank or a comment.
+            Key,
+            /// In the block, whose entries are indented by this much.
+            In(usize),
+            /// After the block; the offset of its end.
+            After(usize),
         }
-        if start < source.len() {
-            lines.push((start, source.len()));
-        }
-        let text = |(s, e): (usize, usize)| &source[s..e];
-        let mut key = None;
-        for (i, &line) in lines.iter().enumerate() {
-            let l = text(line);
-            if l.starts_with('\t')
-                || l.starts_with('%')
-                || l.starts_with("---")
-                || l.starts_with("...")
-            {
-                return None;
-            }
-            if l.starts_with("tenants") || l.starts_with("\"tenants") || l.starts_with("'tenants") {
-                if key.is_some() || !is_tenants_key(l) {
+        let mut block = Block::Before;
+        let mut starts: Vec<usize> = Vec::new();
+        let mut offset = 0;
+        for l in source.split_inclusive('\n') {
+            let at = offset;
+            offset += l.len();
+            // Most lines start with a space: only the others can be unsafe or the key.
+            if matches!(
+                l.as_bytes().first(),
+                Some(b'\t' | b'%' | b'-' | b'.' | b't' | b'"' | b'\'')
+            ) {
+                if l.starts_with('\t')
+                    || l.starts_with('%')
+                    || l.starts_with("---")
+                    || l.starts_with("...")
+                {
                     return None;
                 }
-                key = Some(i);
+                if l.starts_with("tenants")
+                    || l.starts_with("\"tenants")
+                    || l.starts_with("'tenants")
+                {
+                    if !matches!(block, Block::Before) || !is_tenants_key(l) {
+                        return None;
+                    }
+                    block = Block::Key;
+                    continue;
+                }
+            }
+            match block {
+                Block::Before | Block::After(_) => {}
+                Block::Key => {
+                    if !blank_or_comment(l) {
+                        let indent = entry_indent(l)?;
+                        starts.push(at);
+                        block = Block::In(indent);
+                    }
+                }
+                Block::In(indent) => {
+                    // As `entry_indent(l) == Some(indent)`, then `!blank_or_comment(l)
+                    // && indentation(l) <= indent`, with the indentation counted once.
+                    let n = indentation(l);
+                    if n == indent && entry_indent(&l[n..]) == Some(0) {
+                        starts.push(at);
+                    } else if n <= indent && !blank_or_comment(&l[n..]) {
+                        block = Block::After(at);
+                    }
+                }
             }
         }
-        let key = key?;
-        // The block: from the first entry to the first line that is neither blank, nor
-        // a comment, nor indented deeper than the entries, nor an entry.
-        let first = (key + 1..lines.len()).find(|&i| !blank_or_comment(text(lines[i])))?;
-        let indent = entry_indent(text(lines[first]))?;
-        let mut end = first;
-        let mut starts = Vec::new();
-        while end < lines.len() {
-            let l = text(lines[end]);
-            if entry_indent(l) == Some(indent) {
-                starts.push(end);
-            } else if !blank_or_comment(l) && indentation(l) <= indent {
-                break;
-            }
-            end += 1;
-        }
-        let mut entries = Vec::with_capacity(starts.len());
-        for (k, &s) in starts.iter().enumerate() {
-            let e = starts.get(k + 1).copied().unwrap_or(end);
-            entries.push(&source[lines[s].0..lines[e - 1].1]);
-        }
-        let block_start = lines[first].0;
-        let block_end = if end < lines.len() {
-            lines[end].0
-        } else {
-            source.len()
+        let block_end = match block {
+            Block::Before | Block::Key => return None,
+            Block::In(_) => source.len(),
+            Block::After(end) => end,
         };
+        let block_start = *starts.first()?;
+        let entries = starts
+            .iter()
+            .enumerate()
+            .map(|(k, &s)| &source[s..starts.get(k + 1).copied().unwrap_or(block_end)])
+            .collect();
         let mut rest = String::with_capacity(source.len() - (block_end - block_start) + 1);
         rest.push_str(&source[..block_start]);
         if !rest.ends_with('\n') {
@@ -249,10 +269,8 @@ fn entry_indent(line: &str) -> Option<usize> {
 /// characters inside quoted strings: a false alarm reads the file whole.
 fn may_alias(source: &str) -> bool {
     let bytes = source.as_bytes();
-    bytes.iter().enumerate().any(|(i, &b)| {
-        (b == b'&' || b == b'*')
-            && (i == 0 || matches!(bytes[i - 1], b' ' | b'\n' | b'[' | b'{' | b',' | b'\t'))
-    })
+    memchr::memchr2_iter(b'&', b'*', bytes)
+        .any(|i| i == 0 || matches!(bytes[i - 1], b' ' | b'\n' | b'[' | b'{' | b',' | b'\t'))
 }
 
 #[cfg(test)]

@@ -197,3 +197,152 @@ fn keys_after_the_block_and_crlf_line_ends_read_as_the_whole_file_does() {
         assert_eq!(shown(&again), shown(&whole), "{what}");
     }
 }
+
+/// The cut as it was first written (a list of every line's offsets, then a second pass
+/// from the `tenants:` key): the oracle for the one-pass [`Cut::of`].
+fn cut_in_two_passes(source: &str) -> Option<Cut<'_>> {
+    use super::{blank_or_comment, entry_indent, indentation, is_tenants_key};
+    let bytes = source.as_bytes();
+    let may_alias = bytes.iter().enumerate().any(|(i, &b)| {
+        (b == b'&' || b == b'*')
+            && (i == 0 || matches!(bytes[i - 1], b' ' | b'\n' | b'[' | b'{' | b',' | b'\t'))
+    });
+    if may_alias {
+        return None;
+    }
+    let mut lines = Vec::new();
+    let mut start = 0;
+    for (i, byte) in source.bytes().enumerate() {
+        if byte == b'\n' {
+            lines.push((start, i + 1));
+            start = i + 1;
+        }
+    }
+    if start < source.len() {
+        lines.push((start, source.len()));
+    }
+    let text = |(s, e): (usize, usize)| &source[s..e];
+    let mut key = None;
+    for (i, &line) in lines.iter().enumerate() {
+        let l = text(line);
+        if l.starts_with('\t') || l.starts_with('%') || l.starts_with("---") || l.starts_with("...")
+        {
+            return None;
+        }
+        if l.starts_with("tenants") || l.starts_with("\"tenants") || l.starts_with("'tenants") {
+            if key.is_some() || !is_tenants_key(l) {
+                return None;
+            }
+            key = Some(i);
+        }
+    }
+    let key = key?;
+    let first = (key + 1..lines.len()).find(|&i| !blank_or_comment(text(lines[i])))?;
+    let indent = entry_indent(text(lines[first]))?;
+    let mut end = first;
+    let mut starts = Vec::new();
+    while end < lines.len() {
+        let l = text(lines[end]);
+        if entry_indent(l) == Some(indent) {
+            starts.push(end);
+        } else if !blank_or_comment(l) && indentation(l) <= indent {
+            break;
+        }
+        end += 1;
+    }
+    let mut entries = Vec::with_capacity(starts.len());
+    for (k, &s) in starts.iter().enumerate() {
+        let e = starts.get(k + 1).copied().unwrap_or(end);
+        entries.push(&source[lines[s].0..lines[e - 1].1]);
+    }
+    let block_start = lines[first].0;
+    let block_end = if end < lines.len() {
+        lines[end].0
+    } else {
+        source.len()
+    };
+    let mut rest = String::with_capacity(source.len() - (block_end - block_start) + 1);
+    rest.push_str(&source[..block_start]);
+    if !rest.ends_with('\n') {
+        rest.push('\n');
+    }
+    rest.push_str(&source[block_end..]);
+    Some(Cut { rest, entries })
+}
+
+/// The one-pass cut finds what the two-pass one did: on every fixture, the documented
+/// policies and a synthetic cloud, and on each of them with one line changed in ways
+/// that move the block's end or make the cut unsafe (a tab, a directive, a document
+/// marker, a second key, an entry less indented, a line at the margin, CRLF, no final
+/// newline).
+#[test]
+fn the_cut_in_one_pass_finds_what_two_passes_did() {
+    let mut sources = vec![generate(&Shape::cloud(40))];
+    for entry in fs::read_dir(FIXTURES).expect("the fixtures") {
+        let path = entry.expect("an entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            sources.push(fs::read_to_string(&path).expect("a fixture"));
+        }
+    }
+    let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/policy.md");
+    let docs = fs::read_to_string(docs).expect("docs/policy.md");
+    sources.extend(
+        docs.split("```yaml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .map(str::to_owned),
+    );
+    let inserts = [
+        "\tx: 1\n",
+        "%YAML 1.2\n",
+        "---\n",
+        "...\n",
+        "tenants:\n",
+        "tenants: []\n",
+        "- name: z\n",
+        " - name: z\n",
+        "  - name: z\n",
+        "    - name: z\n",
+        "x: 1\n",
+        "  x: 1\n",
+        "# a comment\n",
+        "\n",
+        "   \n",
+        "  # indented comment\n",
+        "  a: &x 1\n",
+        "*x\n",
+        "  b: [*x]\n",
+        "  c: \"a*b&c\"\n",
+        "&x\n",
+        "  d: x*y\n",
+    ];
+    let mut compared = 0;
+    let mut cut = 0;
+    for source in &sources {
+        let mut variants = vec![
+            source.clone(),
+            source.replace('\n', "\r\n"),
+            source.trim_end_matches('\n').to_owned(),
+        ];
+        let offsets: Vec<usize> = std::iter::once(0)
+            .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        // A few positions of each file: its start, end, and lines spread in between.
+        let step = (offsets.len() / 12).max(1);
+        for &at in offsets.iter().step_by(step).chain(offsets.last()) {
+            for insert in inserts {
+                variants.push(format!("{}{insert}{}", &source[..at], &source[at..]));
+            }
+        }
+        for variant in &variants {
+            let one = Cut::of(variant);
+            assert_eq!(one, cut_in_two_passes(variant), "{variant}");
+            compared += 1;
+            cut += usize::from(one.is_some());
+        }
+    }
+    assert!(
+        compared > 5000 && cut > 1000,
+        "{compared} compared, {cut} cut"
+    );
+}
