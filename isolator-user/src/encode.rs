@@ -340,7 +340,7 @@ fn pair(generation: u32, from: u32, to: u32) -> PairKey {
 /// The rule sets of one generation, each distinct set stored once.
 struct RuleSets {
     generation: u32,
-    index: HashMap<SetBytes, u32>,
+    index: HashMap<SetKey, u32>,
     sets: Vec<RuleSet>,
 }
 
@@ -349,9 +349,9 @@ struct RuleSets {
 /// plan looks up hundreds of thousands of sets (the flows of every segment pair). Equal
 /// sets have the same rules in use, so they hash alike.
 #[derive(PartialEq, Eq)]
-struct SetBytes(RuleSet);
+struct SetKey(RuleSet);
 
-impl std::hash::Hash for SetBytes {
+impl std::hash::Hash for SetKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         let set = &self.0;
         state.write_u64(u64::from(set.count) | u64::from(set.flags) << 32);
@@ -378,7 +378,7 @@ impl RuleSets {
     /// The index of `set`, added if new.
     fn index(&mut self, set: &RuleSet) -> u32 {
         let i = self.sets.len() as u32;
-        match self.index.entry(SetBytes(*set)) {
+        match self.index.entry(SetKey(*set)) {
             std::collections::hash_map::Entry::Occupied(found) => *found.get(),
             std::collections::hash_map::Entry::Vacant(new) => {
                 new.insert(i);
