@@ -359,6 +359,7 @@ fn load_policy(
         tenants_parsed = reuse.parsed,
         tenants_reused = reuse.reused,
         whole = reuse.whole,
+        delta = reuse.delta,
         "policy loaded"
     );
     Ok((policy, Provenance { sha256, signer }))

@@ -260,8 +260,11 @@ fn measure_one(
         let (again, _, reuse) = cache.parse_timed(source, &file_name);
         reread.push(started.elapsed());
         let again = again.map_err(|d| anyhow::anyhow!("{d}"))?;
-        if reuse.whole || reuse.parsed != 1 {
-            bail!("the changed file was read whole or more than one tenant parsed: {reuse:?}");
+        if reuse.whole || reuse.parsed != 1 || !reuse.delta {
+            bail!(
+                "the changed file was read whole, more than one tenant parsed, or the whole \
+                 policy validated: {reuse:?}"
+            );
         }
         let started = Instant::now();
         let changes = isolator::policy::diff::diff(&policy, &again);

@@ -1,8 +1,10 @@
 //! Reading a policy again after a change to a few of its tenants: a [`Cache`] keeps the
 //! tenants of the last file it read, by their text, so that a reload parses the YAML of
 //! the tenants that changed and reuses the others. The YAML parser is most of the cost of
-//! a large policy (about 4 s of 100 000 segments here); validation still sees the whole
-//! policy every time.
+//! a large policy (about 4 s of 100 000 segments here). It also keeps what validation
+//! made of each tenant of the last valid policy, so that the tenants that changed are
+//! validated against the others rather than the whole policy again
+//! ([`super::validate::delta`]).
 //!
 //! The file is cut at its top-level `tenants:` block sequence: the text before and after
 //! the block, with the `tenants:` line, is one document (the settings, management,
@@ -33,19 +35,29 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::raw::{RawPolicy, RawTenant};
-use super::{Diagnostics, ParseTimes, Policy};
+use super::{Diagnostics, ParseTimes, Policy, Tenant};
 
 /// A hash map with a fast hash: its keys are the operator's own file.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// A tenant of the last valid policy read through the cut: its structure, and what
+/// validation made of it.
+struct Kept {
+    raw: Arc<RawTenant>,
+    valid: Arc<Tenant>,
+}
+
 /// Tenants by the text of their entry (shared with the next map: an unchanged entry's
 /// text is not copied again).
-type ByText = Map<Arc<str>, Arc<RawTenant>>;
+type ByText = Map<Arc<str>, Kept>;
 
-/// The tenants of the last policy read through the cut, by the text of their entry.
+/// The tenants of the last valid policy read through the cut, by the text of their
+/// entry, and the text around them.
 #[derive(Default)]
 pub struct Cache {
     tenants: ByText,
+    /// The rest of that file (see [`Cut`]); `None` before the first.
+    rest: Option<String>,
 }
 
 /// What the last [`Cache::parse_timed`] did.
@@ -56,6 +68,17 @@ pub struct Reuse {
     pub parsed: usize,
     /// Whether the file was read whole (it could not be cut, or it has problems).
     pub whole: bool,
+    /// Whether only the changed tenants were validated, and checked against the others
+    /// (see [`super::validate::delta`]), rather than the whole policy.
+    pub delta: bool,
+}
+
+/// One entry of the tenants block as [`Cache::read`] found it: its text, its structure,
+/// and its validated form when the text is one of the last valid policy's.
+struct Entry {
+    text: Arc<str>,
+    raw: Arc<RawTenant>,
+    valid: Option<Arc<Tenant>>,
 }
 
 impl Cache {
@@ -76,16 +99,25 @@ impl Cache {
             && let Some(cut) = Cut::of(source)
         {
             let started = Instant::now();
-            if let Some((raw, tenants, reuse)) = self.read(&cut) {
+            if let Some((mut raw, entries, mut reuse)) = self.read(&cut) {
                 let yaml = started.elapsed();
                 let started = Instant::now();
-                if let Ok(policy) = super::validate::validate(&raw, file_name) {
+                let mut policy = None;
+                if self.rest.as_deref() == Some(cut.rest.as_str()) {
+                    policy = self.validate_delta(&mut raw, file_name, &entries);
+                    reuse.delta = policy.is_some();
+                }
+                let policy = match policy {
+                    Some(policy) => Ok(policy),
+                    None => super::validate::validate(&raw, file_name),
+                };
+                if let Ok(policy) = policy {
                     let times = ParseTimes {
                         yaml,
                         validate: started.elapsed(),
                     };
                     // Only this file's tenants stay.
-                    self.tenants = tenants;
+                    self.keep(entries, &policy, cut.rest);
                     super::free_in_background(source.len(), raw);
                     return (Ok(policy), times, reuse);
                 }
@@ -99,23 +131,70 @@ impl Cache {
         (result, times, reuse)
     }
 
+    /// [`super::validate::delta::validate`] of the file's structure against the tenants
+    /// kept; `None` where it does not show the policy valid, or may not be used (the same
+    /// text twice).
+    fn validate_delta(
+        &self,
+        raw: &mut RawPolicy,
+        file_name: &str,
+        entries: &[Entry],
+    ) -> Option<Policy> {
+        let mut present: Map<&str, ()> =
+            Map::with_capacity_and_hasher(entries.len(), Default::default());
+        for entry in entries {
+            if present.insert(&entry.text, ()).is_some() {
+                return None;
+            }
+        }
+        let prior: Vec<Option<&Tenant>> = entries.iter().map(|e| e.valid.as_deref()).collect();
+        let gone = self
+            .tenants
+            .iter()
+            .filter(|(text, _)| !present.contains_key(&***text))
+            .map(|(_, kept)| &*kept.valid);
+        super::validate::delta::validate(raw, file_name, &prior, gone)
+    }
+
+    /// Keeps the tenants of a valid policy read through the cut, and the text around
+    /// them, for the next read.
+    fn keep(&mut self, entries: Vec<Entry>, policy: &Policy, rest: String) {
+        let mut tenants = ByText::with_capacity_and_hasher(entries.len(), Default::default());
+        for (entry, tenant) in entries.into_iter().zip(&policy.tenants) {
+            let valid = entry.valid.unwrap_or_else(|| Arc::new(tenant.clone()));
+            tenants.insert(
+                entry.text,
+                Kept {
+                    raw: entry.raw,
+                    valid,
+                },
+            );
+        }
+        self.tenants = tenants;
+        self.rest = Some(rest);
+    }
+
     /// The file's structure from its pieces, the cached tenants used where their text
-    /// is unchanged; with the tenants by text (for the next read) and what was reused.
-    /// `None`: a piece does not parse on its own as it should.
-    fn read(&self, cut: &Cut<'_>) -> Option<(RawPolicy, ByText, Reuse)> {
+    /// is unchanged; with each entry of the tenants block and what was reused. `None`: a
+    /// piece does not parse on its own as it should.
+    fn read(&self, cut: &Cut<'_>) -> Option<(RawPolicy, Vec<Entry>, Reuse)> {
         let mut rest: RawPolicy =
             serde_saphyr::from_str_with_options(&cut.rest, super::yaml_options()).ok()?;
         if !rest.tenants.is_empty() {
             return None;
         }
         let mut reuse = Reuse::default();
-        let mut tenants = ByText::with_capacity_and_hasher(cut.entries.len(), Default::default());
+        let mut entries = Vec::with_capacity(cut.entries.len());
         let mut list = Vec::with_capacity(cut.entries.len());
         for entry in &cut.entries {
-            let (text, tenant) = match self.tenants.get_key_value(*entry) {
-                Some((text, tenant)) => {
+            let entry = match self.tenants.get_key_value(*entry) {
+                Some((text, kept)) => {
                     reuse.reused += 1;
-                    (text.clone(), tenant.clone())
+                    Entry {
+                        text: text.clone(),
+                        raw: kept.raw.clone(),
+                        valid: Some(kept.valid.clone()),
+                    }
                 }
                 None => {
                     reuse.parsed += 1;
@@ -124,14 +203,18 @@ impl Cache {
                     if one.len() != 1 {
                         return None;
                     }
-                    (Arc::from(*entry), Arc::new(one.pop()?))
+                    Entry {
+                        text: Arc::from(*entry),
+                        raw: Arc::new(one.pop()?),
+                        valid: None,
+                    }
                 }
             };
-            tenants.insert(text, tenant.clone());
-            list.push(tenant);
+            list.push(entry.raw.clone());
+            entries.push(entry);
         }
         rest.tenants = list;
-        Some((rest, tenants, reuse))
+        Some((rest, entries, reuse))
     }
 }
 
@@ -273,5 +356,7 @@ fn may_alias(source: &str) -> bool {
         .any(|i| i == 0 || matches!(bytes[i - 1], b' ' | b'\n' | b'[' | b'{' | b',' | b'\t'))
 }
 
+#[cfg(test)]
+mod delta_tests;
 #[cfg(test)]
 mod tests;

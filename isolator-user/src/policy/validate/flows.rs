@@ -8,7 +8,7 @@ use serde_saphyr::{Location, Spanned};
 use super::values::{check_service, closest};
 use super::{Checker, FirstSeen, pos};
 use crate::policy::raw::RawPolicy;
-use crate::policy::{Flow, SegmentId};
+use crate::policy::{Flow, SegmentId, Tenant};
 
 /// Segment names of tenant `t`, in file order.
 fn segment_names(raw: &RawPolicy, t: usize) -> Vec<&str> {
@@ -19,16 +19,22 @@ fn segment_names(raw: &RawPolicy, t: usize) -> Vec<&str> {
         .collect()
 }
 
+/// Validated tenants of the policy that are not in the file being checked, by name: a
+/// flow may go to one of their segments (see [`super::delta`]).
+pub(super) type Beside<'b> = HashMap<&'b str, &'b Tenant>;
+
 /// The tenants and their segments by name, to resolve flows without a search.
 pub(super) struct Directory<'r> {
     /// Tenant name -> the first tenant of that name.
     tenants: HashMap<&'r str, usize>,
     /// The segment names of each tenant.
     segments: Vec<HashSet<&'r str>>,
+    /// Tenants beside the file's, for names none of the file's tenants has.
+    beside: Option<&'r Beside<'r>>,
 }
 
 impl<'r> Directory<'r> {
-    pub(super) fn new(raw: &'r RawPolicy) -> Directory<'r> {
+    pub(super) fn new(raw: &'r RawPolicy, beside: Option<&'r Beside<'r>>) -> Directory<'r> {
         let mut tenants = HashMap::with_capacity(raw.tenants.len());
         for (t, tenant) in raw.tenants.iter().enumerate() {
             tenants.entry(tenant.name.value.as_str()).or_insert(t);
@@ -38,7 +44,18 @@ impl<'r> Directory<'r> {
             .iter()
             .map(|t| t.segments.iter().map(|s| s.name.value.as_str()).collect())
             .collect();
-        Directory { tenants, segments }
+        Directory {
+            tenants,
+            segments,
+            beside,
+        }
+    }
+
+    /// Whether a tenant beside the file's is named `tenant` and has a segment `segment`.
+    fn beside_has(&self, tenant: &str, segment: &str) -> bool {
+        self.beside
+            .and_then(|beside| beside.get(tenant))
+            .is_some_and(|t| t.segments.iter().any(|s| s.name == segment))
     }
 
     fn tenant(&self, name: &str) -> Option<usize> {
@@ -211,6 +228,12 @@ fn resolve_to(
         }
         [other, segment] if !other.is_empty() && !segment.is_empty() => {
             match directory.tenant(other) {
+                None if directory.beside_has(other, segment) => {
+                    return Some(SegmentId {
+                        tenant: (*other).to_owned(),
+                        segment: (*segment).to_owned(),
+                    });
+                }
                 None => {
                     let tenants: Vec<&str> =
                         raw.tenants.iter().map(|t| t.name.value.as_str()).collect();

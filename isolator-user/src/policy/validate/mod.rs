@@ -24,6 +24,7 @@
 //! declared addresses and management prefixes, the uplinks against every interface
 //! entry and `vif_names`.
 
+pub(super) mod delta;
 mod expose;
 pub(super) mod flows;
 mod gateways;
@@ -249,6 +250,17 @@ impl Scope<'_> {
 }
 
 pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagnostic>> {
+    validate_beside(raw, file, None)
+}
+
+/// [`validate`], with the flows resolved among the tenants of the file and, for names
+/// that none of them has, among `beside` (validated tenants of the same policy that are
+/// not in `raw`: see [`delta`]).
+fn validate_beside(
+    raw: &RawPolicy,
+    file: &str,
+    beside: Option<&flows::Beside<'_>>,
+) -> Result<Policy, Vec<Diagnostic>> {
     let mut cx = Checker {
         file,
         raw,
@@ -305,7 +317,7 @@ pub(super) fn validate(raw: &RawPolicy, file: &str) -> Result<Policy, Vec<Diagno
 
     // Second pass: interface identities, exposed endpoints, gateways, uplinks and flows
     // refer to prefixes and segments anywhere in the file.
-    let directory = flows::Directory::new(raw);
+    let directory = flows::Directory::new(raw, beside);
     let mut identities = identity::Identities::default();
     let mut gateways: Vec<Placed<Gateway>> = Vec::new();
     let mut uplinks: Vec<Placed<InterfacePattern>> = Vec::new();
