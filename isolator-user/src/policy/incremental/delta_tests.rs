@@ -39,8 +39,8 @@ struct Spec {
     segment: String,
     prefixes: Vec<String>,
     interfaces: Vec<String>,
-    /// The identified interface: name, MAC, addresses (one IPv4 inside the segment, one
-    /// IPv6 link-local).
+    /// The identified interface: name, MAC, addresses (one IPv4 inside the segment, an
+    /// IPv6 link-local address and prefix).
     vm: String,
     mac: String,
     addresses: Vec<String>,
@@ -61,7 +61,11 @@ impl Spec {
             interfaces: vec![format!("vm-{i}-*")],
             vm: format!("lb-{i}"),
             mac: format!("52:54:00:00:{i:02x}:01"),
-            addresses: vec![format!("10.{i}.0.10"), format!("fe80::a:{i}")],
+            addresses: vec![
+                format!("10.{i}.0.10"),
+                format!("fe80::a:{i}"),
+                format!("fe80::b:{i}00/120"),
+            ],
             gateways: vec![format!("10.{i}.0.1"), format!("fe80::1:{i}")],
             uplinks: vec![format!("up-{i}")],
             flows: vec![format!("t{}/web", (i + 1) % n)],
@@ -171,7 +175,21 @@ fn edit(rng: &mut Rng, tenants: &mut Vec<Spec>, fresh: &mut usize) {
         }
         return;
     }
-    match rng.below(16) {
+    match rng.below(20) {
+        // Patterns whose literal end is shorter than a name they match.
+        16 => t.interfaces.push(format!("*{}", &other.vm[1..])),
+        17 => t
+            .interfaces
+            .push(format!("{}*", &other.vm[..other.vm.len() - 1])),
+        // A gateway inside another interface's declared prefix.
+        18 => t.gateways.push(format!("fe80::b:{oi}05")),
+        // A declared prefix that holds another tenant's link-local gateway (and one
+        // more address).
+        19 => {
+            if let Ok(group) = u32::from_str_radix(&oi, 16) {
+                t.addresses.push(format!("fe80::1:{:x}/127", group & !1));
+            }
+        }
         0 => t.name = other.name,
         1 => t.interfaces.push(format!("vm-{oi}-7")),
         2 => t.interfaces.push("vm-*".to_owned()),
@@ -199,6 +217,18 @@ fn edit(rng: &mut Rng, tenants: &mut Vec<Spec>, fresh: &mut usize) {
 /// A valid file is validated by its changed tenants alone; an invalid one never passes.
 #[test]
 fn validating_the_changed_tenants_gives_what_the_whole_file_gives() {
+    walk(0x1507_a70e);
+}
+
+/// The same walk, the changed tenants' entries always looked up through indexes (as
+/// when many tenants change) rather than scanned.
+#[test]
+fn validating_the_changed_tenants_through_indexes_gives_what_the_whole_file_gives() {
+    crate::policy::validate::delta::SCAN_IN_TESTS.with(|scan| scan.set(Some(0)));
+    walk(0x2b0b_5eed);
+}
+
+fn walk(seed: u64) {
     const STEPS: usize = 800;
     let n = 8;
     let mut valid: Vec<Spec> = (0..n).map(|i| Spec::base(i, n)).collect();
@@ -208,7 +238,7 @@ fn validating_the_changed_tenants_gives_what_the_whole_file_gives() {
     assert_eq!(shown(&result), shown(&parse(&first, "walk.yaml")));
     assert!(result.is_ok() && !reuse.whole && !reuse.delta, "{reuse:?}");
 
-    let mut rng = Rng(0x1507_a70e);
+    let mut rng = Rng(seed);
     let (mut fresh, mut by_delta, mut refused) = (0, 0, 0);
     for step in 0..STEPS {
         let mut tenants = valid.clone();

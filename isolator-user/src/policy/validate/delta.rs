@@ -103,20 +103,128 @@ fn beside<'p>(raw: &RawPolicy, changed: &[usize], prior: &[Option<&'p Tenant>]) 
     beside
 }
 
+/// Interface names and patterns of the changed tenants, to look entries up in: while
+/// there are few, a scan that first compares the literal ends every matched name has
+/// (see [`NameIndex`]); an index beyond.
+struct Names<'c> {
+    patterns: Vec<&'c InterfacePattern>,
+    /// Each pattern's literal prefix and suffix, for the scan.
+    ends: Vec<(&'c [u8], &'c [u8])>,
+    index: Option<NameIndex<'c>>,
+}
+
+/// Most entries scanned rather than indexed.
+const SCAN: usize = 32;
+
+#[cfg(test)]
+thread_local! {
+    /// The tests' choice of [`SCAN`], to cover both ways of looking entries up.
+    pub(in crate::policy) static SCAN_IN_TESTS: std::cell::Cell<Option<usize>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// [`SCAN`], or the tests' choice.
+fn scan() -> usize {
+    #[cfg(test)]
+    if let Some(scan) = SCAN_IN_TESTS.with(std::cell::Cell::get) {
+        return scan;
+    }
+    SCAN
+}
+
+/// The bytes every name `pattern` matches starts with, and ends with.
+fn literal_ends(pattern: &str) -> (&[u8], &[u8]) {
+    let wildcard = |c: char| c == '*' || c == '?';
+    let bytes = pattern.as_bytes();
+    let first = pattern.find(wildcard).unwrap_or(bytes.len());
+    // Both wildcards are one byte long.
+    let last = pattern.rfind(wildcard).map_or(0, |i| i + 1);
+    (&bytes[..first], &bytes[last..])
+}
+
+impl<'c> Names<'c> {
+    fn new(patterns: Vec<&'c InterfacePattern>) -> Names<'c> {
+        let index = (patterns.len() > scan())
+            .then(|| NameIndex::new(patterns.iter().map(|p| Term::Pattern(p.as_str())).collect()));
+        Names {
+            ends: patterns.iter().map(|p| literal_ends(p.as_str())).collect(),
+            patterns,
+            index,
+        }
+    }
+
+    /// Whether one of the entries can match a name that `pattern` matches.
+    fn meet(&self, pattern: &InterfacePattern) -> bool {
+        let term = Term::Pattern(pattern.as_str());
+        if let Some(index) = &self.index {
+            return !index.overlapping(term).is_empty();
+        }
+        if self.patterns.is_empty() {
+            return false;
+        }
+        let (prefix, suffix) = literal_ends(pattern.as_str());
+        self.patterns.iter().zip(&self.ends).any(|(other, (p, s))| {
+            (p.starts_with(prefix) || prefix.starts_with(p))
+                && (s.ends_with(suffix) || suffix.ends_with(s))
+                && Term::Pattern(other.as_str()).overlaps(term)
+        })
+    }
+}
+
+/// Prefixes of the changed tenants, to look prefixes up in: a scan while there are
+/// few, an index beyond.
+struct Nets {
+    nets: Vec<IpNet>,
+    index: Option<NetIndex>,
+}
+
+impl Nets {
+    fn new(nets: Vec<IpNet>) -> Nets {
+        Nets {
+            index: (nets.len() > scan()).then(|| NetIndex::new(&nets)),
+            nets,
+        }
+    }
+
+    /// Whether one of the prefixes is `net`, contains it or lies within it.
+    fn overlap(&self, net: &IpNet) -> bool {
+        match &self.index {
+            Some(index) => !index.overlapping(net).is_empty(),
+            None => self.nets.iter().any(|n| n.contains(net) || net.contains(n)),
+        }
+    }
+
+    /// Whether one of the prefixes contains `net` (or is it).
+    fn hold(&self, net: &IpNet) -> bool {
+        match &self.index {
+            Some(index) => !index.containing(net).is_empty(),
+            None => self.nets.iter().any(|n| n.contains(net)),
+        }
+    }
+
+    /// Whether one of the prefixes lies within `net` (or is it).
+    fn within(&self, net: &IpNet) -> bool {
+        match &self.index {
+            Some(index) => index
+                .overlapping(net)
+                .into_iter()
+                .any(|i| net.contains(&self.nets[i])),
+            None => self.nets.iter().any(|n| net.contains(n)),
+        }
+    }
+}
+
 /// What the changed tenants hold that an unchanged tenant's entries may conflict with.
 struct Changed<'c> {
     names: HashSet<&'c str>,
-    interfaces: Vec<&'c InterfacePattern>,
-    interface_index: NameIndex<'c>,
-    uplinks: Vec<&'c InterfacePattern>,
-    uplink_index: NameIndex<'c>,
-    prefixes: NetIndex,
+    interfaces: Names<'c>,
+    uplinks: Names<'c>,
+    prefixes: Nets,
     macs: HashSet<MacAddr>,
     /// Declared addresses of interfaces.
-    addresses: NetIndex,
+    addresses: Nets,
     /// Gateways, as /32 or /128 prefixes.
-    gateways: Vec<IpNet>,
-    gateway_index: NetIndex,
+    gateways: Nets,
     /// The segments of the changed tenants.
     segments: HashSet<(&'c str, &'c str)>,
 }
@@ -124,36 +232,36 @@ struct Changed<'c> {
 impl<'c> Changed<'c> {
     fn of(tenants: &'c [Tenant]) -> Changed<'c> {
         let segments = || tenants.iter().flat_map(|t| &t.segments);
-        let interfaces: Vec<&InterfacePattern> = segments()
-            .flat_map(|s| &s.interfaces)
-            .map(|i| &i.pattern)
-            .collect();
-        let uplinks: Vec<&InterfacePattern> = segments().flat_map(|s| &s.uplinks).collect();
-        let addresses: Vec<IpNet> = segments()
-            .flat_map(|s| &s.interfaces)
-            .flat_map(|i| i.addresses.iter().copied())
-            .collect();
-        let gateways: Vec<IpNet> = segments()
-            .flat_map(|s| &s.gateways)
-            .map(|g| IpNet::from(g.address))
-            .collect();
-        let terms = |patterns: &[&'c InterfacePattern]| {
-            patterns.iter().map(|p| Term::Pattern(p.as_str())).collect()
-        };
         Changed {
             names: tenants.iter().map(|t| t.name.as_str()).collect(),
-            interface_index: NameIndex::new(terms(&interfaces)),
-            interfaces,
-            uplink_index: NameIndex::new(terms(&uplinks)),
-            uplinks,
-            prefixes: NetIndex::new(segments().flat_map(|s| &s.prefixes)),
+            interfaces: Names::new(
+                segments()
+                    .flat_map(|s| &s.interfaces)
+                    .map(|i| &i.pattern)
+                    .collect(),
+            ),
+            uplinks: Names::new(segments().flat_map(|s| &s.uplinks).collect()),
+            prefixes: Nets::new(
+                segments()
+                    .flat_map(|s| s.prefixes.iter().copied())
+                    .collect(),
+            ),
             macs: segments()
                 .flat_map(|s| &s.interfaces)
                 .filter_map(|i| i.mac)
                 .collect(),
-            addresses: NetIndex::new(&addresses),
-            gateway_index: NetIndex::new(&gateways),
-            gateways,
+            addresses: Nets::new(
+                segments()
+                    .flat_map(|s| &s.interfaces)
+                    .flat_map(|i| i.addresses.iter().copied())
+                    .collect(),
+            ),
+            gateways: Nets::new(
+                segments()
+                    .flat_map(|s| &s.gateways)
+                    .map(|g| IpNet::from(g.address))
+                    .collect(),
+            ),
             segments: tenants
                 .iter()
                 .flat_map(|t| {
@@ -174,79 +282,40 @@ impl<'c> Changed<'c> {
             }
             for segment in &tenant.segments {
                 for interface in &segment.interfaces {
-                    if self.meets_interface(&interface.pattern)
+                    // An interface entry that a changed interface entry (the same, or one
+                    // that can match a common name) or a changed uplink can match a name
+                    // it matches; a MAC of a changed interface; a declared address that
+                    // is, contains or lies within a changed one, or holds a changed
+                    // gateway.
+                    if self.interfaces.meet(&interface.pattern)
+                        || self.uplinks.meet(&interface.pattern)
                         || interface.mac.is_some_and(|mac| self.macs.contains(&mac))
                         || interface
                             .addresses
                             .iter()
-                            .any(|address| self.meets_address(address))
+                            .any(|a| self.addresses.overlap(a) || self.gateways.within(a))
                     {
                         return false;
                     }
                 }
-                if segment
-                    .prefixes
-                    .iter()
-                    .any(|prefix| !self.prefixes.overlapping(prefix).is_empty())
-                {
+                if segment.prefixes.iter().any(|p| self.prefixes.overlap(p)) {
                     return false;
                 }
                 // A gateway that a changed interface declares, or lies within.
-                if segment.gateways.iter().any(|g| {
-                    !self
-                        .addresses
-                        .containing(&IpNet::from(g.address))
-                        .is_empty()
-                }) {
+                if segment
+                    .gateways
+                    .iter()
+                    .any(|g| self.addresses.hold(&IpNet::from(g.address)))
+                {
                     return false;
                 }
-                if segment
-                    .uplinks
-                    .iter()
-                    .any(|uplink| self.meets_uplink(uplink))
-                {
+                // An uplink that can match a name a changed interface entry matches.
+                if segment.uplinks.iter().any(|u| self.interfaces.meet(u)) {
                     return false;
                 }
             }
         }
         true
-    }
-
-    /// An interface entry that a changed interface entry (the same, or one that can
-    /// match a common name) or a changed uplink can match a name it matches.
-    fn meets_interface(&self, pattern: &InterfacePattern) -> bool {
-        let term = Term::Pattern(pattern.as_str());
-        let same = |found: Vec<usize>, patterns: &[&InterfacePattern]| {
-            found
-                .into_iter()
-                .any(|i| patterns[i] == pattern || patterns[i].overlap_example(pattern).is_some())
-        };
-        (!self.interfaces.is_empty()
-            && same(self.interface_index.overlapping(term), &self.interfaces))
-            || (!self.uplinks.is_empty()
-                && same(self.uplink_index.overlapping(term), &self.uplinks))
-    }
-
-    /// A declared address that is, contains or lies within a changed declared address,
-    /// or that holds a changed gateway.
-    fn meets_address(&self, address: &IpNet) -> bool {
-        !self.addresses.overlapping(address).is_empty()
-            || (!self.gateways.is_empty()
-                && self
-                    .gateway_index
-                    .overlapping(address)
-                    .into_iter()
-                    .any(|g| address.contains(&self.gateways[g])))
-    }
-
-    /// An uplink that can match a name a changed interface entry matches.
-    fn meets_uplink(&self, uplink: &InterfacePattern) -> bool {
-        !self.interfaces.is_empty()
-            && self
-                .interface_index
-                .overlapping(Term::Pattern(uplink.as_str()))
-                .into_iter()
-                .any(|i| uplink.overlap_example(self.interfaces[i]).is_some())
     }
 
     /// Whether every flow of the `unchanged` tenants still names a segment: none names
