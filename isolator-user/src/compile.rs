@@ -1,7 +1,11 @@
 //! Compiling a validated policy and the host's live links into the entries of one
 //! policy generation of the kernel maps. Pure: no kernel access, unit-tested.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A hash map with a fast hash: its keys are names from the operator's policy and the
+/// host's links.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -320,7 +324,8 @@ impl Plan {
             }
         }
 
-        let mut ids: HashMap<(&str, &str), u32> = HashMap::with_capacity(plan.segments.len());
+        let mut ids: HashMap<(&str, &str), u32> =
+            HashMap::with_capacity_and_hasher(plan.segments.len(), Default::default());
         for s in &plan.segments {
             ids.entry((&s.tenant, &s.name)).or_insert(s.id);
         }
@@ -677,7 +682,7 @@ impl Claims {
             links
                 .iter()
                 .enumerate()
-                .fold(HashMap::new(), |mut names, (l, link)| {
+                .fold(HashMap::default(), |mut names, (l, link)| {
                     names.entry(link.name.as_str()).or_default().push(l);
                     names
                 });

@@ -529,18 +529,14 @@ mod addresses {
 
     /// For each entry, whether it contains an entry of a longer length other than
     /// `except` (`Some(filter)`: the [`AddrClass::inside`] bits of what they cover), or
-    /// not (`None`).
+    /// not (`None`). `index`: each entry's position in `classes`.
     fn containing(
         classes: &[(Prefix, AddrClass)],
+        index: &HashMap<Prefix, usize>,
         lengths: &[u8],
         except: u8,
         v4: bool,
     ) -> Vec<Option<u64>> {
-        let index: HashMap<Prefix, usize> = classes
-            .iter()
-            .enumerate()
-            .map(|(i, (prefix, _))| (*prefix, i))
-            .collect();
         let mut marked = vec![None; classes.len()];
         for ((len, addr), _) in classes.iter().filter(|((len, _), _)| *len != except) {
             let mut bits = None;
@@ -585,8 +581,14 @@ mod addresses {
         };
         let n = lengths.len();
         let position = |len: u8| lengths.iter().position(|l| *l == len).unwrap_or(n);
-        let all = containing(classes, &lengths, u8::MAX, v4);
-        let below_longest = containing(classes, &lengths, longest, v4);
+        let index: HashMap<Prefix, usize> = classes
+            .iter()
+            .enumerate()
+            .map(|(i, (prefix, _))| (*prefix, i))
+            .collect();
+        let all = containing(classes, &index, &lengths, u8::MAX, v4);
+        let below_longest = containing(classes, &index, &lengths, longest, v4);
+        drop(index);
         let (mut shortest_cost, mut longest_cost) = (0f64, 0f64);
         for (((len, _), _), (all, below)) in classes.iter().zip(all.iter().zip(&below_longest)) {
             let first = position(*len) + 1;
@@ -656,12 +658,13 @@ mod addresses {
         /// Every entry of the family, sorted by prefix, and the order the programs probe
         /// the lengths in.
         fn classify(&self, plan: &Plan, rules: &mut RuleSets) -> Classified {
-            let mut seen: HashMap<Prefix, ()> = HashMap::default();
-            let mut out = Vec::new();
-            for prefix in self.all_prefixes() {
-                if seen.insert(prefix, ()).is_some() {
-                    continue;
-                }
+            // Sorted and deduplicated: the entries come out sorted, and their rule sets
+            // are numbered in that order.
+            let mut prefixes: Vec<Prefix> = self.all_prefixes().collect();
+            prefixes.sort_unstable();
+            prefixes.dedup();
+            let mut out = Vec::with_capacity(prefixes.len());
+            for prefix in prefixes {
                 let mut class = AddrClass::OUTSIDE;
                 if let Some(segment) = self.segments.longest(prefix) {
                     class.segment = segment;
@@ -694,7 +697,6 @@ mod addresses {
                 }
                 out.push((prefix, class));
             }
-            out.sort_unstable_by_key(|(prefix, _)| *prefix);
             let (order, inside) = order_and_mark(&mut out, self.v4);
             (out, order, inside)
         }
