@@ -448,31 +448,6 @@ mod addresses {
         }
     }
 
-    /// Prefixes of one kind, found by longest match.
-    struct Kind<V> {
-        entries: HashMap<Prefix, V>,
-        /// Longest first.
-        lengths: Vec<u8>,
-    }
-
-    impl<V: Copy> Kind<V> {
-        fn new(entries: impl IntoIterator<Item = (Prefix, V)>) -> Self {
-            let entries: HashMap<Prefix, V> = entries.into_iter().collect();
-            let mut lengths: Vec<u8> = entries.keys().map(|(len, _)| *len).collect();
-            lengths.sort_unstable_by(|a, b| b.cmp(a));
-            lengths.dedup();
-            Kind { entries, lengths }
-        }
-
-        /// The value of the longest prefix of this kind containing `prefix`.
-        fn longest(&self, (len, addr): Prefix) -> Option<V> {
-            self.lengths
-                .iter()
-                .filter(|l| **l <= len)
-                .find_map(|l| self.entries.get(&(*l, mask(addr, *l))).copied())
-        }
-    }
-
     /// Both families' entries, each sorted by prefix, and the order the programs probe
     /// each family's prefix lengths in.
     pub struct Addresses {
@@ -527,29 +502,6 @@ mod addresses {
         bits
     }
 
-    /// For each entry, whether it contains an entry of a longer length other than
-    /// `except` (`Some(filter)`: the [`AddrClass::inside`] bits of what they cover), or
-    /// not (`None`). `index`: each entry's position in `classes`.
-    fn containing(
-        classes: &[(Prefix, AddrClass)],
-        index: &HashMap<Prefix, usize>,
-        lengths: &[u8],
-        except: u8,
-        v4: bool,
-    ) -> Vec<Option<u64>> {
-        let mut marked = vec![None; classes.len()];
-        for ((len, addr), _) in classes.iter().filter(|((len, _), _)| *len != except) {
-            let mut bits = None;
-            for shorter in lengths.iter().take_while(|l| **l < *len) {
-                if let Some(i) = index.get(&(*shorter, mask(*addr, *shorter))) {
-                    let bits = *bits.get_or_insert_with(|| filter_of((*len, *addr), v4));
-                    marked[*i] = Some(marked[*i].unwrap_or(0) | bits);
-                }
-            }
-        }
-        marked
-    }
-
     /// The share of addresses whose bit a filter holds.
     fn share(filter: u64) -> f64 {
         f64::from(filter.count_ones()) / 64.0
@@ -571,9 +523,12 @@ mod addresses {
     ///   it holds a longer one of a length other than the longest (after a miss at the
     ///   longest length, those no longer count): an address with an entry of the longest
     ///   length, typically a VM's declared address, costs one lookup.
+    ///
+    /// `all` and `below_longest` are [`Swept`]'s, for `classes`.
     fn order_and_mark(
         classes: &mut [(Prefix, AddrClass)],
-        v4: bool,
+        all: Vec<Option<u64>>,
+        below_longest: Vec<Option<u64>>,
     ) -> (Vec<u8>, Vec<Option<u64>>) {
         let lengths = lengths(classes);
         let Some(&longest) = lengths.last() else {
@@ -581,14 +536,6 @@ mod addresses {
         };
         let n = lengths.len();
         let position = |len: u8| lengths.iter().position(|l| *l == len).unwrap_or(n);
-        let index: HashMap<Prefix, usize> = classes
-            .iter()
-            .enumerate()
-            .map(|(i, (prefix, _))| (*prefix, i))
-            .collect();
-        let all = containing(classes, &index, &lengths, u8::MAX, v4);
-        let below_longest = containing(classes, &index, &lengths, longest, v4);
-        drop(index);
         let (mut shortest_cost, mut longest_cost) = (0f64, 0f64);
         for (((len, _), _), (all, below)) in classes.iter().zip(all.iter().zip(&below_longest)) {
             let first = position(*len) + 1;
@@ -631,74 +578,161 @@ mod addresses {
     /// in, and each entry's filter of every longer entry inside it.
     type Classified = (Vec<(Prefix, AddrClass)>, Vec<u8>, Vec<Option<u64>>);
 
-    /// Every kind of prefix of one family.
-    struct Kinds {
-        v4: bool,
-        segments: Kind<u32>,
-        management: Kind<RuleSet>,
-        exposed: Kind<RuleSet>,
-        declared: Kind<u32>,
-        host: Kind<()>,
-        gateways: Kind<()>,
+    /// The kinds of entries, as indexes of [`Found`].
+    const SEGMENT: usize = 0;
+    const MANAGEMENT: usize = 1;
+    const EXPOSED: usize = 2;
+    const DECLARED: usize = 3;
+    const HOST: usize = 4;
+    const GATEWAY: usize = 5;
+    const KINDS: usize = 6;
+
+    /// For a prefix, the position (in its kind's list) of the longest entry of each kind
+    /// that contains it or is it.
+    type Found = [Option<u32>; KINDS];
+
+    /// An entry of one kind: its address, its length, its kind, its position in its
+    /// kind's list. Sorted, containing prefixes come before what they contain.
+    type Entry = (u128, u8, u8, u32);
+
+    /// Every prefix of one family, by kind, in the plan's order.
+    struct Lists {
+        segments: Vec<(Prefix, u32)>,
+        management: Vec<(Prefix, RuleSet)>,
+        exposed: Vec<(Prefix, RuleSet)>,
+        declared: Vec<(Prefix, u32)>,
+        host: Vec<Prefix>,
+        gateways: Vec<Prefix>,
     }
 
-    impl Kinds {
-        fn all_prefixes(&self) -> impl Iterator<Item = Prefix> + '_ {
-            self.segments
-                .entries
-                .keys()
-                .chain(self.management.entries.keys())
-                .chain(self.exposed.entries.keys())
-                .chain(self.declared.entries.keys())
-                .chain(self.host.entries.keys())
-                .chain(self.gateways.entries.keys())
-                .copied()
+    impl Lists {
+        fn of(plan: &Plan, v4: bool) -> Lists {
+            let family = |(is_v4, prefix): (bool, Prefix)| (is_v4 == v4).then_some(prefix);
+            Lists {
+                segments: of_family(&plan.v4, &plan.v6, v4),
+                management: of_family(&plan.management_v4, &plan.management_v6, v4),
+                exposed: of_family(&plan.exposed_v4, &plan.exposed_v6, v4),
+                declared: plan
+                    .vifs
+                    .iter()
+                    .flat_map(|vif| {
+                        vif.addresses
+                            .iter()
+                            .filter_map(move |n| family(of_net(n)).map(|p| (p, vif.ifindex)))
+                    })
+                    .collect(),
+                host: plan
+                    .host_addresses
+                    .iter()
+                    .filter_map(|a| family(of_addr(a)))
+                    .collect(),
+                gateways: plan
+                    .gateways
+                    .iter()
+                    .filter_map(|g| family(of_addr(&g.address)))
+                    .collect(),
+            }
         }
 
-        /// Every entry of the family, sorted by prefix, and the order the programs probe
-        /// the lengths in.
-        fn classify(&self, plan: &Plan, rules: &mut RuleSets) -> Classified {
-            // Sorted and deduplicated: the entries come out sorted, and their rule sets
-            // are numbered in that order.
-            let mut prefixes: Vec<Prefix> = self.all_prefixes().collect();
-            prefixes.sort_unstable();
-            prefixes.dedup();
-            let mut out = Vec::with_capacity(prefixes.len());
-            for prefix in prefixes {
-                let mut class = AddrClass::OUTSIDE;
-                if let Some(segment) = self.segments.longest(prefix) {
-                    class.segment = segment;
-                    class.tenant = plan
-                        .segments
-                        .get(segment as usize)
-                        .map(|s| s.tenant_id)
-                        .unwrap_or_default();
-                }
-                if let Some(services) = self.management.longest(prefix) {
-                    class.flags |= AddrClass::MANAGEMENT;
-                    if services.flags & RuleSet::ALL != 0 {
-                        class.flags |= AddrClass::MANAGEMENT_ALL;
-                    }
-                    class.management = rules.index(&services);
-                }
-                if let Some(services) = self.exposed.longest(prefix) {
-                    class.flags |= AddrClass::EXPOSED;
-                    class.exposure = rules.index(&services);
-                }
-                if let Some(owner) = self.declared.longest(prefix) {
-                    class.flags |= AddrClass::DECLARED;
-                    class.owner = owner;
-                }
-                if self.host.longest(prefix).is_some() {
-                    class.flags |= AddrClass::HOST;
-                }
-                if self.gateways.longest(prefix).is_some() {
-                    class.flags |= AddrClass::GATEWAY;
-                }
-                out.push((prefix, class));
+        fn entries(&self) -> Vec<Entry> {
+            fn add<'a>(
+                out: &mut Vec<Entry>,
+                kind: usize,
+                prefixes: impl Iterator<Item = &'a Prefix>,
+            ) {
+                out.extend(
+                    prefixes
+                        .enumerate()
+                        .map(|(at, (len, addr))| (*addr, *len, kind as u8, at as u32)),
+                );
             }
-            let (order, inside) = order_and_mark(&mut out, self.v4);
-            (out, order, inside)
+            let mut out = Vec::with_capacity(
+                self.segments.len()
+                    + self.management.len()
+                    + self.exposed.len()
+                    + self.declared.len()
+                    + self.host.len()
+                    + self.gateways.len(),
+            );
+            add(&mut out, SEGMENT, self.segments.iter().map(|(p, _)| p));
+            add(&mut out, MANAGEMENT, self.management.iter().map(|(p, _)| p));
+            add(&mut out, EXPOSED, self.exposed.iter().map(|(p, _)| p));
+            add(&mut out, DECLARED, self.declared.iter().map(|(p, _)| p));
+            add(&mut out, HOST, self.host.iter());
+            add(&mut out, GATEWAY, self.gateways.iter());
+            out
+        }
+    }
+
+    /// One family's distinct prefixes, sorted by prefix, with what [`sweep`] found.
+    struct Swept {
+        prefixes: Vec<Prefix>,
+        found: Vec<Found>,
+        /// For each, the [`AddrClass::inside`] bits of every longer entry inside it
+        /// (`None`: nothing inside)...
+        all: Vec<Option<u64>>,
+        /// ... and of those of a length other than the longest in use.
+        below_longest: Vec<Option<u64>>,
+    }
+
+    /// Finds, in one pass over the entries sorted by address (a prefix before the longer
+    /// ones inside it), each distinct prefix's longest entry of each kind containing it
+    /// and the filters of the entries inside it: the prefixes that contain the current
+    /// one are the stack of those not yet closed. Of two entries of one kind with the same
+    /// prefix, the later in its list counts.
+    fn sweep(mut entries: Vec<Entry>, v4: bool) -> Swept {
+        entries.sort_unstable();
+        let longest = entries.iter().map(|e| e.1).max().unwrap_or(0);
+        let mut nodes: Vec<(Prefix, Found)> = Vec::new();
+        let (mut all, mut below): (Vec<Option<u64>>, Vec<Option<u64>>) = (Vec::new(), Vec::new());
+        let mut open: Vec<usize> = Vec::new();
+        let mut i = 0;
+        while i < entries.len() {
+            let (addr, len, _, _) = entries[i];
+            let mut found: Found = [None; KINDS];
+            while let Some(&(a, l, kind, at)) = entries.get(i) {
+                if (a, l) != (addr, len) {
+                    break;
+                }
+                found[usize::from(kind)] = Some(at);
+                i += 1;
+            }
+            while let Some(&top) = open.last() {
+                let (top_len, top_addr) = nodes[top].0;
+                if top_len <= len && mask(addr, top_len) == top_addr {
+                    break;
+                }
+                open.pop();
+            }
+            if let Some(&parent) = open.last() {
+                // The longest entry of a kind that the parent has found contains this one
+                // too, and is the longest such that is not this one.
+                let inherited = nodes[parent].1;
+                for (own, from_parent) in found.iter_mut().zip(inherited) {
+                    if own.is_none() {
+                        *own = from_parent;
+                    }
+                }
+                // Marking the parent is enough: its filter covers every address of this
+                // entry, so the prefixes around it hold these bits already.
+                let bits = filter_of((len, addr), v4);
+                all[parent] = Some(all[parent].unwrap_or(0) | bits);
+                if len != longest {
+                    below[parent] = Some(below[parent].unwrap_or(0) | bits);
+                }
+            }
+            open.push(nodes.len());
+            nodes.push(((len, addr), found));
+            all.push(None);
+            below.push(None);
+        }
+        let mut order: Vec<usize> = (0..nodes.len()).collect();
+        order.sort_unstable_by_key(|&n| nodes[n].0);
+        Swept {
+            prefixes: order.iter().map(|&n| nodes[n].0).collect(),
+            found: order.iter().map(|&n| nodes[n].1).collect(),
+            all: order.iter().map(|&n| all[n]).collect(),
+            below_longest: order.iter().map(|&n| below[n]).collect(),
         }
     }
 
@@ -721,42 +755,145 @@ mod addresses {
         }
     }
 
-    fn kinds(plan: &Plan, v4: bool) -> Kinds {
-        let family = |(is_v4, prefix): (bool, Prefix)| (is_v4 == v4).then_some(prefix);
-        Kinds {
-            v4,
-            segments: Kind::new(of_family(&plan.v4, &plan.v6, v4)),
-            management: Kind::new(of_family(&plan.management_v4, &plan.management_v6, v4)),
-            exposed: Kind::new(of_family(&plan.exposed_v4, &plan.exposed_v6, v4)),
-            declared: Kind::new(plan.vifs.iter().flat_map(|vif| {
-                vif.addresses
-                    .iter()
-                    .filter_map(|n| family(of_net(n)).map(|p| (p, vif.ifindex)))
-                    .collect::<Vec<_>>()
-            })),
-            host: Kind::new(
-                plan.host_addresses
-                    .iter()
-                    .filter_map(|a| family(of_addr(a)).map(|p| (p, ()))),
-            ),
-            gateways: Kind::new(
-                plan.gateways
-                    .iter()
-                    .filter_map(|g| family(of_addr(&g.address)).map(|p| (p, ()))),
-            ),
+    /// Every entry of the family, sorted by prefix, and the order the programs probe the
+    /// lengths in.
+    fn classify_family(plan: &Plan, v4: bool, rules: &mut RuleSets) -> Classified {
+        let lists = Lists::of(plan, v4);
+        let swept = sweep(lists.entries(), v4);
+        let mut out = Vec::with_capacity(swept.prefixes.len());
+        for (prefix, found) in swept.prefixes.iter().zip(&swept.found) {
+            let at = |kind: usize| found[kind].map(|at| at as usize);
+            let mut class = AddrClass::OUTSIDE;
+            if let Some(at) = at(SEGMENT) {
+                let segment = lists.segments[at].1;
+                class.segment = segment;
+                class.tenant = plan
+                    .segments
+                    .get(segment as usize)
+                    .map(|s| s.tenant_id)
+                    .unwrap_or_default();
+            }
+            if let Some(at) = at(MANAGEMENT) {
+                let services = &lists.management[at].1;
+                class.flags |= AddrClass::MANAGEMENT;
+                if services.flags & RuleSet::ALL != 0 {
+                    class.flags |= AddrClass::MANAGEMENT_ALL;
+                }
+                class.management = rules.index(services);
+            }
+            if let Some(at) = at(EXPOSED) {
+                class.flags |= AddrClass::EXPOSED;
+                class.exposure = rules.index(&lists.exposed[at].1);
+            }
+            if let Some(at) = at(DECLARED) {
+                class.flags |= AddrClass::DECLARED;
+                class.owner = lists.declared[at].1;
+            }
+            if found[HOST].is_some() {
+                class.flags |= AddrClass::HOST;
+            }
+            if found[GATEWAY].is_some() {
+                class.flags |= AddrClass::GATEWAY;
+            }
+            out.push((*prefix, class));
         }
+        let (order, inside) = order_and_mark(&mut out, swept.all, swept.below_longest);
+        (out, order, inside)
     }
 
     /// Classifies every prefix and address of the plan, both families.
     pub fn classify(plan: &Plan, rules: &mut RuleSets) -> Addresses {
-        let (v4, v4_order, v4_inside) = kinds(plan, true).classify(plan, rules);
-        let (v6, v6_order, _) = kinds(plan, false).classify(plan, rules);
+        let (v4, v4_order, v4_inside) = classify_family(plan, true, rules);
+        let (v6, v6_order, _) = classify_family(plan, false, rules);
         Addresses {
             v4,
             v6,
             v4_order,
             v4_inside,
             v6_order,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// A small deterministic generator (SplitMix64).
+        struct Rng(u64);
+
+        impl Rng {
+            fn next(&mut self) -> u64 {
+                self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = self.0;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^ (z >> 31)
+            }
+        }
+
+        fn contains((outer_len, outer): Prefix, (len, addr): Prefix) -> bool {
+            outer_len <= len && mask(addr, outer_len) == outer
+        }
+
+        /// The sweep finds, for every prefix, what comparing it with every entry finds:
+        /// the longest entry of each kind containing it (the later of equal ones), and the
+        /// filters of the entries inside it. Random entries of both families, crowded
+        /// into a few addresses so that they nest, repeat and share prefixes across
+        /// kinds.
+        #[test]
+        fn the_sweep_finds_what_comparing_every_pair_finds() {
+            let mut rng = Rng(0x5eed);
+            for round in 0..300 {
+                let v4 = round % 2 == 0;
+                let (base, bits) = if v4 {
+                    (0x0a00_0000u128 << 96, 32u8)
+                } else {
+                    (0xfd00u128 << 112, 128u8)
+                };
+                let count = 1 + (rng.next() % 60) as usize;
+                let mut entries: Vec<Entry> = Vec::new();
+                let mut next_at = [0u32; KINDS];
+                for _ in 0..count {
+                    // Lengths within 8 of the full length, addresses within 256 of base.
+                    let len = bits - (rng.next() % 9) as u8;
+                    let offset = u128::from(rng.next() % 256) << (128 - u32::from(bits));
+                    let addr = mask(base + offset, len);
+                    let kind = (rng.next() % KINDS as u64) as usize;
+                    entries.push((addr, len, kind as u8, next_at[kind]));
+                    next_at[kind] += 1;
+                }
+                let swept = sweep(entries.clone(), v4);
+
+                let mut distinct: Vec<Prefix> = entries.iter().map(|e| (e.1, e.0)).collect();
+                distinct.sort_unstable();
+                distinct.dedup();
+                assert_eq!(swept.prefixes, distinct, "round {round}");
+                let longest = entries.iter().map(|e| e.1).max().unwrap_or(0);
+                for (n, prefix) in distinct.iter().enumerate() {
+                    let found: Found = std::array::from_fn(|kind| {
+                        // Longest first; of equal ones the later in the list.
+                        entries
+                            .iter()
+                            .filter(|e| usize::from(e.2) == kind && contains((e.1, e.0), *prefix))
+                            .max_by_key(|e| (e.1, e.3))
+                            .map(|e| e.3)
+                    });
+                    assert_eq!(swept.found[n], found, "round {round}, {prefix:?}");
+                    let inside = |skip: u8| {
+                        distinct
+                            .iter()
+                            .filter(|p| p.0 > prefix.0 && p.0 != skip && contains(*prefix, **p))
+                            .map(|p| filter_of(*p, v4))
+                            .reduce(|a, b| a | b)
+                    };
+                    assert_eq!(swept.all[n], inside(u8::MAX), "round {round}, {prefix:?}");
+                    assert_eq!(
+                        swept.below_longest[n],
+                        inside(longest),
+                        "round {round}, {prefix:?}"
+                    );
+                }
+            }
         }
     }
 }
