@@ -878,7 +878,9 @@ tenants:
         );
 
         let db = policy.tenants[0].segments[1].interfaces[0].clone();
-        policy.tenants[1].segments[0].interfaces.push(db);
+        std::sync::Arc::make_mut(&mut policy.tenants[1]).segments[0]
+            .interfaces
+            .push(db);
         assert_eq!(
             Plan::new(&policy, &host),
             Err(PlanError::AmbiguousLink {

@@ -261,7 +261,7 @@ impl<'a> World<'a> {
         let segments: Vec<_> = policy
             .tenants
             .iter()
-            .flat_map(|t| t.segments.iter().map(move |s| (t, s)))
+            .flat_map(|t| t.segments.iter().map(move |s| (&**t, s)))
             .collect();
         let mut vifs = Vec::new();
         let mut quarantined = Vec::new();

@@ -147,7 +147,7 @@ impl Cache {
                 return None;
             }
         }
-        let prior: Vec<Option<&Tenant>> = entries.iter().map(|e| e.valid.as_deref()).collect();
+        let prior: Vec<Option<&Arc<Tenant>>> = entries.iter().map(|e| e.valid.as_ref()).collect();
         let gone = self
             .tenants
             .iter()
@@ -161,7 +161,7 @@ impl Cache {
     fn keep(&mut self, entries: Vec<Entry>, policy: &Policy, rest: String) {
         let mut tenants = ByText::with_capacity_and_hasher(entries.len(), Default::default());
         for (entry, tenant) in entries.into_iter().zip(&policy.tenants) {
-            let valid = entry.valid.unwrap_or_else(|| Arc::new(tenant.clone()));
+            let valid = entry.valid.unwrap_or_else(|| Arc::clone(tenant));
             tenants.insert(
                 entry.text,
                 Kept {

@@ -36,6 +36,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -105,7 +106,8 @@ fn yaml_options() -> serde_saphyr::Options {
 /// 1..=[`TIMEOUT_MAX_SECONDS`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Policy {
-    pub tenants: Vec<Tenant>,
+    /// Shared: a reload keeps the tenants whose text did not change (see [`Cache`]).
+    pub tenants: Vec<Arc<Tenant>>,
     /// The global default mode (`mode:` at the top level). Each segment's resolved
     /// mode is in [`Segment::mode`]; use that one for enforcement.
     pub mode: Mode,
@@ -526,7 +528,7 @@ impl Policy {
                 .segments
                 .iter()
                 .find(|segment| segment.interfaces.iter().any(|p| p.matches(ifname)))
-                .map(|segment| (tenant, segment))
+                .map(|segment| (&**tenant, segment))
         })
     }
 

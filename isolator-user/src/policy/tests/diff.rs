@@ -218,8 +218,12 @@ fn management_protection_and_who_reaches_it() {
 fn interfaces_added_removed_moved_and_their_identity() {
     let old = policy("", "", "", "");
     let mut moved = old.clone();
-    let entry = moved.tenants[0].segments[0].interfaces.remove(0);
-    moved.tenants[0].segments[1].interfaces.push(entry);
+    let entry = std::sync::Arc::make_mut(&mut moved.tenants[0]).segments[0]
+        .interfaces
+        .remove(0);
+    std::sync::Arc::make_mut(&mut moved.tenants[0]).segments[1]
+        .interfaces
+        .push(entry);
     assert_eq!(
         lines(&old, &moved),
         ["+ interface \"tap-web*\": moved from acme/web to acme/db"]
@@ -227,7 +231,9 @@ fn interfaces_added_removed_moved_and_their_identity() {
     // Identities are built by hand: the YAML helper already lists `interfaces`.
     let mut pinned = old.clone();
     let mut lb = Interface::new(pat("tap-web-lb"));
-    pinned.tenants[0].segments[0].interfaces.push(lb.clone());
+    std::sync::Arc::make_mut(&mut pinned.tenants[0]).segments[0]
+        .interfaces
+        .push(lb.clone());
     assert_eq!(
         lines(&old, &pinned),
         ["+ interface \"tap-web-lb\": added to acme/web"]
@@ -240,7 +246,9 @@ fn interfaces_added_removed_moved_and_their_identity() {
     lb.mac = Some(MacAddr([0x52, 0x54, 0, 0, 0, 1]));
     lb.addresses = vec![net("10.1.1.10/32")];
     lb.vlans = vec![100];
-    narrowed.tenants[0].segments[0].interfaces.push(lb);
+    std::sync::Arc::make_mut(&mut narrowed.tenants[0]).segments[0]
+        .interfaces
+        .push(lb);
     assert_eq!(
         lines(&pinned, &narrowed),
         [
@@ -263,7 +271,9 @@ fn segments_prefixes_gateways_uplinks_vif_names_and_timeouts() {
         "",
         "",
     );
-    new.tenants[0].segments[0].prefixes.push(net("10.1.3.0/24"));
+    std::sync::Arc::make_mut(&mut new.tenants[0]).segments[0]
+        .prefixes
+        .push(net("10.1.3.0/24"));
     let d = lines(&old, &new);
     let mut expected = vec![
         "~ prefix acme/web: added 10.1.3.0/24",
@@ -279,7 +289,9 @@ fn segments_prefixes_gateways_uplinks_vif_names_and_timeouts() {
     segment.name = "batch".into();
     segment.interfaces.clear();
     segment.prefixes = vec![net("10.2.1.0/24")];
-    grown.tenants[1].segments.push(segment);
+    std::sync::Arc::make_mut(&mut grown.tenants[1])
+        .segments
+        .push(segment);
     expected = vec![
         "~ segment globex/batch: added",
         "+ egress globex/batch: (no segment) -> allow",

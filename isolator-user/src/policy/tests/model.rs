@@ -1,6 +1,7 @@
 //! Valid files and the model they parse to; the model's helpers.
 
 use super::*;
+use std::sync::Arc;
 
 #[test]
 fn valid_file_parses_to_model() {
@@ -20,7 +21,7 @@ fn valid_file_parses_to_model() {
         "#);
     let expected = Policy {
         tenants: vec![
-            Tenant {
+            Arc::new(Tenant {
                 name: "acme".into(),
                 segments: vec![
                     Segment {
@@ -49,12 +50,12 @@ fn valid_file_parses_to_model() {
                     },
                 ],
                 flows: vec![],
-            },
-            Tenant {
+            }),
+            Arc::new(Tenant {
                 name: "9lives".into(),
                 segments: vec![],
                 flows: vec![],
-            },
+            }),
         ],
         mode: Mode::Enforce,
         management: vec![],
@@ -143,7 +144,7 @@ fn full_policy_parses_to_model() {
         "#);
     let expected = Policy {
         tenants: vec![
-            Tenant {
+            Arc::new(Tenant {
                 name: "acme".into(),
                 segments: vec![
                     Segment {
@@ -201,8 +202,8 @@ fn full_policy_parses_to_model() {
                         service: svc(Protocol::Any, None),
                     },
                 ],
-            },
-            Tenant {
+            }),
+            Arc::new(Tenant {
                 name: "globex".into(),
                 segments: vec![Segment {
                     name: "api".into(),
@@ -217,7 +218,7 @@ fn full_policy_parses_to_model() {
                     uplinks: vec![],
                 }],
                 flows: vec![],
-            },
+            }),
         ],
         mode: Mode::Audit,
         management: vec![

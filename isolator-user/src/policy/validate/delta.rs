@@ -28,6 +28,7 @@
 //! other settings.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -49,12 +50,13 @@ use crate::policy::{
 pub(in crate::policy) fn validate<'p>(
     raw: &mut RawPolicy,
     file: &str,
-    prior: &[Option<&'p Tenant>],
+    prior: &[Option<&'p Arc<Tenant>>],
     gone: impl Iterator<Item = &'p Tenant>,
 ) -> Option<Policy> {
     debug_assert_eq!(prior.len(), raw.tenants.len());
     let changed: Vec<usize> = (0..prior.len()).filter(|&t| prior[t].is_none()).collect();
-    let beside = beside(raw, &changed, prior);
+    let known: Vec<Option<&Tenant>> = prior.iter().map(|t| t.map(|t| &**t)).collect();
+    let beside = beside(raw, &changed, &known);
 
     // The changed tenants as a file of their own.
     let all = std::mem::take(&mut raw.tenants);
@@ -64,10 +66,10 @@ pub(in crate::policy) fn validate<'p>(
     let mut checked = checked.ok()?;
 
     let new = Changed::of(&checked.tenants);
-    if !new.meets_none(prior.iter().flatten().copied()) {
+    if !new.meets_none(known.iter().flatten().copied()) {
         return None;
     }
-    if !new.keeps_every_flow(gone, prior.iter().flatten().copied()) {
+    if !new.keeps_every_flow(gone, known.iter().flatten().copied()) {
         return None;
     }
 
@@ -75,7 +77,7 @@ pub(in crate::policy) fn validate<'p>(
     let mut tenants = Vec::with_capacity(prior.len());
     for known in prior {
         tenants.push(match known {
-            Some(tenant) => (*tenant).clone(),
+            Some(tenant) => Arc::clone(tenant),
             None => fresh.next()?,
         });
     }
@@ -230,7 +232,7 @@ struct Changed<'c> {
 }
 
 impl<'c> Changed<'c> {
-    fn of(tenants: &'c [Tenant]) -> Changed<'c> {
+    fn of(tenants: &'c [Arc<Tenant>]) -> Changed<'c> {
         let segments = || tenants.iter().flat_map(|t| &t.segments);
         Changed {
             names: tenants.iter().map(|t| t.name.as_str()).collect(),

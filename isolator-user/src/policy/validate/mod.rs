@@ -356,7 +356,7 @@ fn validate_beside(
 
     if cx.diagnostics.is_empty() {
         Ok(Policy {
-            tenants,
+            tenants: tenants.into_iter().map(std::sync::Arc::new).collect(),
             mode,
             management: management.into_iter().map(|m| m.value).collect(),
             connection_tracking,
