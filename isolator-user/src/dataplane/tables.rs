@@ -238,8 +238,30 @@ fn bytes_of<T: Pod>(value: &T) -> &[u8] {
 /// The entries to add or replace in a table, and the keys to remove.
 type Changes<K, V> = (Vec<(K, V)>, Vec<K>);
 
-/// What turns a table's `base` entries into `entries`.
+/// What turns a table's `base` entries into `entries` (each with a key at most once).
+///
+/// Entries at the start and at the end that are the same in both (key and value, at
+/// the same place from that end) are skipped first: encoding is deterministic, so a
+/// change to a few segments leaves most of each table's list in place. Only the rest is
+/// compared by key; a key of the rest cannot be among the skipped entries, which both
+/// lists share and hold each key once.
 fn changes<K: Pod, V: Pod>(base: &[(K, V)], entries: &[(K, V)]) -> Changes<K, V> {
+    let same = |(a, b): (&(K, V), &(K, V))| {
+        bytes_of(&a.0) == bytes_of(&b.0) && bytes_of(&a.1) == bytes_of(&b.1)
+    };
+    let start = base
+        .iter()
+        .zip(entries)
+        .take_while(|&pair| same(pair))
+        .count();
+    let (base, entries) = (&base[start..], &entries[start..]);
+    let end = base
+        .iter()
+        .rev()
+        .zip(entries.iter().rev())
+        .take_while(|&pair| same(pair))
+        .count();
+    let (base, entries) = (&base[..base.len() - end], &entries[..entries.len() - end]);
     type Index<'a, V> = std::collections::HashMap<&'a [u8], &'a V, foldhash::fast::RandomState>;
     let mut old: Index<'_, V> = Index::with_capacity_and_hasher(base.len(), Default::default());
     for (key, value) in base {
@@ -508,5 +530,61 @@ mod tests {
         assert_eq!(changes(&base, &base), (vec![], vec![]));
         assert_eq!(changes::<u32, u64>(&[], &base), (base.to_vec(), vec![]));
         assert_eq!(changes::<u32, u64>(&base, &[]), (vec![], vec![1, 2, 3, 4]));
+    }
+
+    /// What turns `base` into `entries`, by comparing every key (the definition).
+    fn by_every_key(base: &[(u32, u64)], entries: &[(u32, u64)]) -> (Vec<(u32, u64)>, Vec<u32>) {
+        let put = entries
+            .iter()
+            .filter(|e| !base.contains(e))
+            .copied()
+            .collect();
+        let removed = base
+            .iter()
+            .filter(|(k, _)| !entries.iter().any(|(key, _)| key == k))
+            .map(|(k, _)| *k)
+            .collect();
+        (put, removed)
+    }
+
+    /// Skipping what both lists share at their ends finds what comparing every key
+    /// finds: random lists with keys once each, changed here and there (values changed,
+    /// entries added, removed or moved), at the ends too.
+    #[test]
+    fn skipping_the_shared_ends_finds_what_every_key_finds() {
+        let mut seed = 0x007a_b1e5_u64;
+        let mut next = move |n: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) % n
+        };
+        let mut fresh = 1000u32;
+        for round in 0..2000 {
+            let len = next(40);
+            let base: Vec<(u32, u64)> = (0..len).map(|k| (k as u32 * 3, next(4))).collect();
+            let mut entries = base.clone();
+            for _ in 0..next(4) {
+                let at = next(entries.len() as u64 + 1) as usize;
+                match next(4) {
+                    0 if at < entries.len() => entries[at].1 += 1,
+                    1 if at < entries.len() => {
+                        entries.remove(at);
+                    }
+                    2 if at < entries.len() => {
+                        let moved = entries.remove(at);
+                        let to = next(entries.len() as u64 + 1) as usize;
+                        entries.insert(to, moved);
+                    }
+                    _ => {
+                        fresh += 1;
+                        entries.insert(at, (fresh, 7));
+                    }
+                }
+            }
+            assert_eq!(
+                changes(&base, &entries),
+                by_every_key(&base, &entries),
+                "round {round}: {base:?} -> {entries:?}"
+            );
+        }
     }
 }
