@@ -817,19 +817,7 @@ mod addresses {
     #[cfg(test)]
     mod tests {
         use super::*;
-
-        /// A small deterministic generator (SplitMix64).
-        struct Rng(u64);
-
-        impl Rng {
-            fn next(&mut self) -> u64 {
-                self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let mut z = self.0;
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                z ^ (z >> 31)
-            }
-        }
+        use crate::testing::Rng;
 
         fn contains((outer_len, outer): Prefix, (len, addr): Prefix) -> bool {
             outer_len <= len && mask(addr, outer_len) == outer

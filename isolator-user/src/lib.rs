@@ -16,6 +16,8 @@ pub mod policy;
 pub mod recheck;
 pub mod service;
 pub mod signing;
+#[cfg(test)]
+mod testing;
 pub mod verify;
 
 /// An error and its sources on one line: "outer: inner: root cause".
