@@ -13,6 +13,7 @@
 //! | `maps` | every map |
 //! | `account` | counting, audit mode, the pass/drop decision |
 //! | `vif` | which vif, its segment and tenant |
+//! | `fast` | the short way to a drop (step 8, early, before the parser) |
 //! | `guard` | the source guard (I2) |
 //! | `sender` | where a delivered frame comes from |
 //! | `rules` | where addresses lie; management, exposures, flows |
@@ -32,6 +33,7 @@
 mod account;
 mod conntrack;
 mod events;
+mod fast;
 mod faults;
 mod fragments;
 mod guard;
@@ -84,7 +86,13 @@ fn verdict_of(story: Step) -> Verdict {
 pub fn isolator_ingress(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let outcome = judge(&XdpFrame::new(&ctx), ifindex, direction::INGRESS, ifindex);
+    // The short way to a drop, for what it is sure of; the story for the rest.
+    let decided = fast::isolator_short_way(ctx.ctx, ifindex, bytes as u32);
+    if decided & fast::UNDECIDED == 0 {
+        return decided;
+    }
+    let frame = XdpFrame::new(&ctx);
+    let outcome = judge(&frame, ifindex, direction::INGRESS, ifindex, decided);
     let passes = account(ifindex, direction::INGRESS, outcome, bytes);
     faults::flush();
     if passes {
@@ -109,7 +117,7 @@ pub fn isolator_egress(ctx: TcContext) -> i32 {
     // Make the headers linear so that they can be read directly.
     let want = if ctx.len() < 256 { ctx.len() } else { 256 };
     let _ = ctx.pull_data(want);
-    let outcome = judge(&TcFrame::new(&ctx), ifindex, direction::EGRESS, entered);
+    let outcome = judge(&TcFrame::new(&ctx), ifindex, direction::EGRESS, entered, 0);
     let passes = account(ifindex, direction::EGRESS, outcome, bytes);
     faults::flush();
     if passes { TC_PASS_ON } else { TC_ACT_SHOT }
@@ -189,7 +197,7 @@ pub fn isolator_ingress_tc(ctx: TcContext) -> i32 {
     let outcome = if offloaded_tag_allowed(present, tci, ifindex, inner) {
         let want = if ctx.len() < 256 { ctx.len() } else { 256 };
         let _ = ctx.pull_data(want);
-        judge(&TcFrame::new(&ctx), ifindex, direction::INGRESS, ifindex)
+        judge(&TcFrame::new(&ctx), ifindex, direction::INGRESS, ifindex, 0)
     } else {
         Outcome {
             verdict: Verdict::Vlan,
@@ -212,13 +220,20 @@ pub fn isolator_baseline(_ctx: XdpContext) -> u32 {
 /// tags in the bytes, later fragments), then the direction's story; remembers a first
 /// fragment that passes so that its later fragments may follow. `entered` is the
 /// interface the frame entered the host through (the vif itself on ingress).
+/// `handed`: what the short way left for the story ([`fast::UNDECIDED`] and its flags),
+/// else 0.
 #[inline(always)]
-fn judge(frame: &impl Frame, ifindex: u32, dir: u8, entered: u32) -> Outcome {
+fn judge(frame: &impl Frame, ifindex: u32, dir: u8, entered: u32, handed: u32) -> Outcome {
     let refuse = |verdict| Outcome {
         verdict,
         audited: false,
     };
-    let Some(vif) = identify(ifindex) else {
+    let vif = if handed & fast::IDENTIFIED != 0 {
+        vif::identified(handed & 1, ifindex)
+    } else {
+        identify(ifindex)
+    };
+    let Some(vif) = vif else {
         return refuse(Verdict::NoPolicy);
     };
     if vif.quarantined() {
@@ -228,6 +243,7 @@ fn judge(frame: &impl Frame, ifindex: u32, dir: u8, entered: u32) -> Outcome {
     let Some(scratch) = maps::scratch() else {
         return fail_closed;
     };
+    scratch.packet.reset();
     let verdict = match parse(frame, &mut scratch.packet) {
         Err(verdict) => verdict,
         Ok(()) if scratch.packet.has_vlan && !vlan_allowed(&vif, scratch.packet.vlan) => {
@@ -236,7 +252,10 @@ fn judge(frame: &impl Frame, ifindex: u32, dir: u8, entered: u32) -> Outcome {
         Ok(()) => {
             // The copy of the vif's entry `identify` made.
             let entry = &scratch.vifs[vif::slot::RUNS_ON as usize];
-            let kept = keep_home(entry, &scratch.packet);
+            let mut kept = keep_home(entry, &scratch.packet);
+            if handed & fast::DESTINATION_KNOWN != 0 {
+                kept |= known::DESTINATION;
+            }
             if dir == direction::INGRESS {
                 verdict_of(ingress(frame, &vif, scratch, kept))
             } else {

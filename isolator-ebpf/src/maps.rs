@@ -148,8 +148,8 @@ pub struct Scratch {
     pub packet: Packet,
     pub key: ConnKey,
     pub frag: FragKey,
-    /// Faults this run recorded, a bit per [`isolator_common::fault`] kind (reported at the
-    /// program's exit).
+    /// Faults recorded and not reported yet, a bit per [`isolator_common::fault`] kind
+    /// (reported at a program's exit, `faults::flush`).
     pub faults: u32,
     pub _pad: u32,
     /// Copies of vif entries (`crate::vif::lookup`): the vif the program runs on, and
@@ -163,14 +163,13 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// `BPF_NOEXIST`: insert only if the key is absent.
 pub const BPF_NOEXIST: u64 = 1;
 
-/// This CPU's scratch space, with the previous packet's fields cleared.
+/// This CPU's scratch space. The packet still holds the previous frame's fields
+/// ([`Packet::reset`] clears them); the faults are those recorded since the last
+/// program exit that reported them (`faults::flush`).
 #[inline(always)]
 pub fn scratch() -> Option<&'static mut Scratch> {
     let s = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU array slot, valid for the whole run. XDP and TC run with bottom
     // halves disabled, so no other run of these programs interleaves on this CPU.
-    let s = unsafe { &mut *s };
-    s.packet.reset();
-    s.faults = 0;
-    Some(s)
+    Some(unsafe { &mut *s })
 }

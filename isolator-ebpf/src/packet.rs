@@ -37,6 +37,12 @@ impl XdpFrame {
         XdpFrame(ctx.ctx as usize)
     }
 
+    /// The frame of the XDP context `ctx` (a global BPF function's argument).
+    #[inline(always)]
+    pub fn from_context(ctx: *mut xdp_md) -> XdpFrame {
+        XdpFrame(ctx as usize)
+    }
+
     #[inline(always)]
     fn md(&self) -> &xdp_md {
         // SAFETY: the context the kernel handed the program, valid for the whole run.

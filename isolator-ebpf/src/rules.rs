@@ -516,15 +516,26 @@ pub fn connection_possible(vif: &Vif, from: u32, to: u32, p: &Packet, other_tena
 #[inline(always)]
 fn pair_admits(generation: u32, from: u32, to: u32, p: &Packet, replies: u32) -> bool {
     let (class, has_ports) = service_class(p);
-    let class_word = u32::from(class) | if has_ports { HAS_PORTS } else { 0 } | replies;
-    let ports = (u32::from(p.dst_port) << 16) | u32::from(p.src_port);
-    isolator_pair_admits(generation, from, to, class_word, ports) != 0
+    let (class_word, ports) = pair_service(class, has_ports, p.dst_port, p.src_port);
+    isolator_pair_admits(generation, from, to, class_word | replies, ports) != 0
 }
+
+/// [`isolator_pair_admits`]'s class word (without [`REPLIES`]) and ports for a packet of
+/// protocol class `class`, with or without ports.
+#[inline(always)]
+pub fn pair_service(class: u8, has_ports: bool, dst_port: u16, src_port: u16) -> (u32, u32) {
+    let class_word = u32::from(class) | if has_ports { HAS_PORTS } else { 0 };
+    (
+        class_word,
+        (u32::from(dst_port) << 16) | u32::from(src_port),
+    )
+}
+
+/// In [`isolator_pair_admits`]'s class word: a reply in a flow `to` → `from` counts too.
+pub const REPLIES: u32 = 1 << 9;
 
 /// In [`isolator_pair_admits`]'s class word: the packet carries ports.
 const HAS_PORTS: u32 = 1 << 8;
-/// In [`isolator_pair_admits`]'s class word: a reply in a flow `to` → `from` counts too.
-const REPLIES: u32 = 1 << 9;
 
 /// Whether a flow `from` → `to` admits a packet of protocol class `class_word & 0xff` to
 /// destination port `ports >> 16`, or (with [`REPLIES`]) a flow `to` → `from` admits the

@@ -24,14 +24,17 @@ pub struct Vif {
 pub fn identify(ifindex: u32) -> Option<Vif> {
     let generation = *CONFIG.get(0)?;
     let entry = lookup(generation, ifindex, slot::RUNS_ON)?;
-    Some(Vif {
-        generation,
-        ifindex,
-        segment: entry.segment,
-        flags: entry.flags,
-        mac: entry.mac,
-        info: entry.info,
-    })
+    Some(Vif::of(generation, ifindex, entry))
+}
+
+/// The vif a program runs on, from the copy of its entry under `generation` that
+/// [`identify`] left in this CPU's scratch space earlier in the same run.
+#[inline(always)]
+pub fn identified(generation: u32, ifindex: u32) -> Option<Vif> {
+    let scratch = SCRATCH.get_ptr(0)?;
+    // SAFETY: this CPU's scratch space, valid for the whole run.
+    let entry = unsafe { &(*scratch).vifs[slot::RUNS_ON as usize] };
+    Some(Vif::of(generation, ifindex, entry))
 }
 
 /// Which copy of a vif entry [`lookup`] makes (`Scratch::vifs`).
@@ -99,6 +102,19 @@ pub extern "C" fn isolator_vif(generation: u32, ifindex: u32, which: u32) -> u32
 }
 
 impl Vif {
+    /// The vif `ifindex` as `entry` (under `generation`) describes it.
+    #[inline(always)]
+    fn of(generation: u32, ifindex: u32, entry: &VifInfo) -> Vif {
+        Vif {
+            generation,
+            ifindex,
+            segment: entry.segment,
+            flags: entry.flags,
+            mac: entry.mac,
+            info: entry.info,
+        }
+    }
+
     /// The vif looks like a VM's but is not enforceable as one: everything drops.
     #[inline(always)]
     pub fn quarantined(&self) -> bool {

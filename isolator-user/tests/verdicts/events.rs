@@ -131,6 +131,11 @@ fn management_attempts_are_reported_within_a_budget_and_other_drops_only_when_as
         for e in &got {
             assert_eq!((e.kind, e.verdict), (event::DROP, verdict::CROSS_SEGMENT));
             assert_eq!((e.src_port, e.dst_port), (5000, 53));
+            // The dropped packet's own addresses, not those of the pass judged before it
+            // (the short way to a drop writes what the report reads; docs/design.md).
+            assert_eq!((e.protocol, e.flags), (17, event::V4 | event::PORTS));
+            assert_eq!(&e.src[12..], &[10, 1, 1, 2]);
+            assert_eq!(&e.dst[12..], &[10, 1, 2, 2]);
         }
         // The monitor leaves: drops stop being reported.
         lab.dp

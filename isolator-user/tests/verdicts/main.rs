@@ -11,6 +11,7 @@
 //! |          | link-scope exceptions, uplinks, quarantine, fragments per vif          |
 //! | `events` | reports: management attempts within a budget, drops only for a monitor |
 //! | `faults` | a full counter map: counted by verdict, the fault counted and logged    |
+//! | `short_way` | the short way to a drop, each row next to twins the story keeps |
 //! | `swap`   | I6 during the swap: a thousand swaps under a hammer of test runs        |
 //! | `differential` | random policies × frames, the kernel against `isolator::model`  |
 
@@ -23,4 +24,5 @@ mod faults;
 mod fixture;
 mod guards;
 mod policy;
+mod short_way;
 mod swap;
