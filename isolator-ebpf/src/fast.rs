@@ -149,6 +149,14 @@ fn judged(
     {
         return None;
     }
+    let dst = [h[16], h[17], h[18], h[19]];
+    // Within the vif's own segment (its home tells it without a lookup): the story's
+    // step 6 passes it unless something before refuses it; nothing for the short way.
+    if let Some(class) = entry.home_class_of(dst)
+        && class.segment == entry.segment
+    {
+        return None;
+    }
     let available = total - IPV4_LEN;
     let protocol = h[9];
     let ports: &[u8; 4] = match protocol {
@@ -177,7 +185,6 @@ fn judged(
         return None;
     }
     let src = [h[12], h[13], h[14], h[15]];
-    let dst = [h[16], h[17], h[18], h[19]];
     // A source the vif owns, told by its home: the guard's address check. An unspecified
     // source (the guard's own rule) never lies in a home the short way accepts.
     if src[0] == 0 {
