@@ -36,6 +36,8 @@ pub type Endpoint = (IpAddr, u16);
 /// The result of one scan.
 #[derive(Clone, Debug)]
 pub struct Scan {
+    /// The namespace it ran in.
+    pub ns: String,
     /// The command line, for messages.
     pub command: String,
     /// nmap's grepable output (and stderr).
@@ -251,6 +253,7 @@ fn run_nmap(ns: &str, options: &[&str], targets: &[&str]) -> Result<Scan> {
     }
     let (open, up) = parse_grepable(&output)?;
     Ok(Scan {
+        ns: ns.to_string(),
         command,
         output,
         open,
