@@ -289,7 +289,9 @@ pub fn add_late_vif(lab: &Lab, vif: &str, mac: &str, ns: &LateNetns) -> Result<I
     )
     .with_context(|| format!("the new vif {vif}"))?;
     let created = Instant::now();
-    ip_n(&ns.name, &["link", "set", "eth0", "up"])?;
+    // At once, not by another `ip`: the daemon may classify the vif within tens of
+    // milliseconds, and a test wants the VM's frames from the moment before.
+    crate::netns::set_up_now(&ns.name, "eth0")?;
     Ok(created)
 }
 
