@@ -214,10 +214,12 @@ pub struct Uncounted {
     pub frames: Counter,
 }
 
-/// Version of the map layout (keys, values, sizes). Pinned maps live in a directory named
-/// after it, so that a daemon never reuses maps of another layout; bump it with any
-/// change to the types below or to a map's definition.
-pub const STATE_LAYOUT: u32 = 6;
+/// Version of the map layout (keys, values, sizes, and what their numbers mean). Pinned
+/// maps live in a directory named after it, so that a daemon never reuses maps of another
+/// layout; bump it with any change to the types below, to a map's definition, or to how
+/// ids are given (7: segment, tenant and rule set ids follow from names and rules, not
+/// from places, so a connection's `peer` recorded under 6 names another segment).
+pub const STATE_LAYOUT: u32 = 7;
 
 /// Program names in the eBPF object.
 pub mod programs {

@@ -174,8 +174,10 @@ pub struct ManagedVif {
 /// Everything one policy generation puts into the kernel, plus the names metrics need.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Indexed by segment id.
+    /// In policy order; [`Plan::segment`] finds one by its id.
     pub segments: Vec<SegmentRef>,
+    /// (segment id, position in `segments`), sorted by id: see [`Plan::index_segments`].
+    pub segment_index: Vec<(u32, u32)>,
     /// Sorted by ifindex.
     pub vifs: Vec<ManagedVif>,
     pub v4: Vec<(Ipv4Net, u32)>,
@@ -277,14 +279,22 @@ impl Plan {
             },
             ..Plan::default()
         };
-        // The policy's segments with their ids, in policy order.
-        let mut by_id = Vec::new();
-        for (tenant_id, tenant) in policy.tenants.iter().enumerate() {
+        // The policy's segments with their ids, in policy order. The ids follow from the
+        // names alone (see `stable_ids`), so that a reload that adds or removes a segment
+        // or a tenant leaves every other one's entries as they were.
+        let tenant_ids = stable_ids(policy.tenants.iter().map(|t| [t.name.as_str(), ""]));
+        let segment_ids = stable_ids(policy.tenants.iter().flat_map(|t| {
+            t.segments
+                .iter()
+                .map(|s| [t.name.as_str(), s.name.as_str()])
+        }));
+        let mut by_id = Vec::with_capacity(segment_ids.len());
+        for (tenant, &tenant_id) in policy.tenants.iter().zip(&tenant_ids) {
             for segment in &tenant.segments {
-                let id = plan.segments.len() as u32;
+                let id = segment_ids[by_id.len()];
                 plan.segments.push(SegmentRef {
                     id,
-                    tenant_id: tenant_id as u32,
+                    tenant_id,
                     tenant: tenant.name.clone(),
                     name: segment.name.clone(),
                     flags: segment_flags(segment),
@@ -310,6 +320,8 @@ impl Plan {
                 }
             }
         }
+
+        plan.index_segments();
 
         let management: Vec<(IpNet, Vec<Service>)> = policy
             .management
@@ -361,8 +373,11 @@ impl Plan {
         }
         plan.neighbours = neighbours.into_iter().collect();
         for &(a, b) in &plan.neighbours {
-            if plan.segments[a as usize].tenant_id != plan.segments[b as usize].tenant_id {
-                plan.segments[a as usize].flags |= SegmentInfo::FOREIGN_NEIGHBOURS;
+            let (Some(at), Some(other)) = (plan.position(a), plan.position(b)) else {
+                continue;
+            };
+            if plan.segments[at].tenant_id != plan.segments[other].tenant_id {
+                plan.segments[at].flags |= SegmentInfo::FOREIGN_NEIGHBOURS;
             }
         }
 
@@ -371,20 +386,24 @@ impl Plan {
         let claims = Claims::new(&links, &by_id);
         for (l, link) in links.iter().enumerate() {
             let mut owner: Option<(u32, &crate::policy::Interface)> = None;
-            // The segments whose entries match the link, each once, ascending.
-            let mut matching = claims.interfaces[l].iter().map(|&(id, _, _)| id);
-            if let Some(id) = matching.next() {
-                if let Some(second) = matching.find(|&other| other != id) {
+            // The segments whose entries match the link (by position), each once, in
+            // policy order.
+            let mut matching = claims.interfaces[l]
+                .iter()
+                .map(|&(position, _, _)| position);
+            if let Some(first) = matching.next() {
+                if let Some(second) = matching.find(|&other| other != first) {
                     return Err(PlanError::AmbiguousLink {
                         link: link.name.clone(),
-                        first: plan.segment_label(id),
-                        second: plan.segment_label(second),
+                        first: plan.segment_label(by_id[first].0),
+                        second: plan.segment_label(by_id[second].0),
                     });
                 }
                 // The segment's exact-name entry if it has one, else its first pattern
                 // that matches (as `Segment::interface_for` chooses).
                 let (_, _, at) = claims.interfaces[l][0];
-                owner = Some((id, &by_id[id as usize].1.interfaces[at]));
+                let (id, segment) = by_id[first];
+                owner = Some((id, &segment.interfaces[at]));
             }
             let quarantine = |why| QuarantinedVif {
                 name: link.name.clone(),
@@ -408,7 +427,9 @@ impl Plan {
             } else if policy.vif_names.iter().any(|p| p.matches(&link.name)) {
                 plan.quarantined.push(quarantine(Quarantine::Unclassified));
             } else {
-                let uplink_for = claims.uplinks[l].clone();
+                let mut uplink_for: Vec<u32> =
+                    claims.uplinks[l].iter().map(|&at| by_id[at].0).collect();
+                uplink_for.sort_unstable();
                 plan.links.push(HostLink {
                     name: link.name.clone(),
                     ifindex: link.ifindex,
@@ -480,11 +501,77 @@ impl Plan {
 
     /// `tenant/segment` of a segment id.
     pub fn segment_label(&self, id: u32) -> String {
-        match self.segments.get(id as usize) {
+        match self.segment(id) {
             Some(s) => format!("{}/{}", s.tenant, s.name),
             None => format!("#{id}"),
         }
     }
+
+    /// The segment with id `id`.
+    pub fn segment(&self, id: u32) -> Option<&SegmentRef> {
+        self.position(id).map(|at| &self.segments[at])
+    }
+
+    /// Where in `segments` (policy order) the segment with id `id` is.
+    pub fn position(&self, id: u32) -> Option<usize> {
+        let found = self
+            .segment_index
+            .binary_search_by_key(&id, |&(id, _)| id)
+            .ok()?;
+        Some(self.segment_index[found].1 as usize)
+    }
+
+    /// Builds [`Plan::segment_index`] from `segments`: a plan made otherwise than by
+    /// [`Plan::new`] calls it after changing `segments`.
+    pub fn index_segments(&mut self) {
+        self.segment_index = self
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(at, s)| (s.id, at as u32))
+            .collect();
+        self.segment_index.sort_unstable();
+    }
+}
+
+/// The ids of a list of names (each `[tenant, segment]`, or `[tenant, ""]` for a tenant),
+/// in the list's order: a function of the set of names alone, not of their order or of
+/// the names around them, so that the kernel entries of what a reload keeps are the same
+/// before and after it. Each name's id is its FNV-1a hash folded into 1..2^31 (never 0,
+/// never `AddrClass::NO_SEGMENT`); names whose hashes collide take the next free ids, in
+/// the order of (hash, name), so a collision moves at most the names of that collision.
+/// At 100 000 segments about two pairs collide.
+pub fn stable_ids<'a>(names: impl Iterator<Item = [&'a str; 2]>) -> Vec<u32> {
+    const SPACE: u32 = 1 << 31;
+    let hashed: Vec<(u32, [&str; 2])> = names
+        .map(|name| {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for (i, part) in name.iter().enumerate() {
+                if i > 0 {
+                    // A separator no name contains: ["ab", "c"] and ["a", "bc"] differ.
+                    h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+                }
+                for b in part.bytes() {
+                    h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                }
+            }
+            let folded = ((h >> 32) ^ h) as u32 % (SPACE - 1);
+            (folded + 1, name)
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..hashed.len()).collect();
+    order.sort_unstable_by(|&a, &b| hashed[a].cmp(&hashed[b]));
+    let mut taken: std::collections::HashSet<u32, foldhash::fast::RandomState> =
+        std::collections::HashSet::with_capacity_and_hasher(hashed.len(), Default::default());
+    let mut ids = vec![0; hashed.len()];
+    for at in order {
+        let mut id = hashed[at].0;
+        while !taken.insert(id) {
+            id = if id == SPACE - 1 { 1 } else { id + 1 };
+        }
+        ids[at] = id;
+    }
+    ids
 }
 
 /// How many vifs of a plan declared a MAC, and addresses.
@@ -668,12 +755,14 @@ fn merge_over_containing(
 /// Which entries of which segments claim each link, found through an index of the links'
 /// names rather than by matching every link against every entry.
 struct Claims {
-    /// For each link (in the order given), the (segment id, 0 for an exact-name entry and
-    /// 1 for a pattern, position in the segment's `interfaces`) of every entry that
-    /// matches it, sorted: the first is the one that applies.
-    interfaces: Vec<Vec<(u32, u8, usize)>>,
-    /// For each link, the segments that list it as an uplink, ascending, each once.
-    uplinks: Vec<Vec<u32>>,
+    /// For each link (in the order given), the (segment's position in the list given, 0
+    /// for an exact-name entry and 1 for a pattern, position in the segment's
+    /// `interfaces`) of every entry that matches it, sorted: the first is the one that
+    /// applies.
+    interfaces: Vec<Vec<(usize, u8, usize)>>,
+    /// For each link, the segments (positions) that list it as an uplink, ascending, each
+    /// once.
+    uplinks: Vec<Vec<usize>>,
 }
 
 impl Claims {
@@ -699,16 +788,16 @@ impl Claims {
             interfaces: vec![Vec::new(); links.len()],
             uplinks: vec![Vec::new(); links.len()],
         };
-        for (id, segment) in segments {
+        for (position, (_, segment)) in segments.iter().enumerate() {
             for (at, interface) in segment.interfaces.iter().enumerate() {
                 let glob = u8::from(interface.is_glob());
                 for l in matching(&interface.pattern) {
-                    claims.interfaces[l].push((*id, glob, at));
+                    claims.interfaces[l].push((position, glob, at));
                 }
             }
             for uplink in &segment.uplinks {
                 for l in matching(uplink) {
-                    claims.uplinks[l].push(*id);
+                    claims.uplinks[l].push(position);
                 }
             }
         }
@@ -735,7 +824,7 @@ mod tests {
     use super::*;
     use crate::encode::encode;
     use crate::policy;
-    use isolator_common::{AddrClass, AddrV4Key, PairInfo, PairKey, VifInfo, VifKey};
+    use isolator_common::{AddrClass, AddrV4Key, PairInfo, VifInfo, VifKey};
 
     const POLICY: &str = r#"
 version: 1
@@ -764,23 +853,83 @@ tenants:
         Plan::new(&policy, &links(links_)).expect("plan")
     }
 
+    /// The id `plan` gives segment `label` (`tenant/segment`).
+    fn id(plan: &Plan, label: &str) -> u32 {
+        plan.segments
+            .iter()
+            .find(|s| format!("{}/{}", s.tenant, s.name) == label)
+            .unwrap_or_else(|| panic!("no segment {label}"))
+            .id
+    }
+
     #[test]
-    fn segments_are_numbered_in_policy_order_with_their_tenants() {
+    fn segments_are_listed_in_policy_order_with_their_tenants() {
         let plan = plan(&[]);
-        let got: Vec<(u32, u32, &str, &str)> = plan
+        let got: Vec<(&str, &str)> = plan
             .segments
             .iter()
-            .map(|s| (s.id, s.tenant_id, s.tenant.as_str(), s.name.as_str()))
+            .map(|s| (s.tenant.as_str(), s.name.as_str()))
             .collect();
         assert_eq!(
             got,
-            vec![
-                (0, 0, "acme", "web"),
-                (1, 0, "acme", "db"),
-                (2, 1, "globex", "web")
-            ]
+            vec![("acme", "web"), ("acme", "db"), ("globex", "web")]
         );
-        assert_eq!(plan.segment_label(2), "globex/web");
+        let ids: BTreeSet<u32> = plan.segments.iter().map(|s| s.id).collect();
+        assert_eq!(ids.len(), 3, "distinct ids: {:?}", plan.segments);
+        assert!(ids.iter().all(|&id| id != 0 && id < 1 << 31), "{ids:?}");
+        let (acme, globex) = (plan.segments[0].tenant_id, plan.segments[2].tenant_id);
+        assert_eq!(plan.segments[1].tenant_id, acme);
+        assert_ne!(acme, globex);
+        for s in &plan.segments {
+            assert_eq!(plan.segment(s.id), Some(s));
+            assert_eq!(plan.segment_label(s.id), format!("{}/{}", s.tenant, s.name));
+        }
+    }
+
+    /// Ids follow from the names alone: a plan of the policy with a segment and a tenant
+    /// added before the others, and the tenants in another order, gives every segment
+    /// and tenant it keeps the id it had; and names whose hashes collide still get
+    /// distinct ids, whatever their order.
+    #[test]
+    fn ids_follow_from_the_names_not_from_the_order_or_the_names_around() {
+        let before = plan(&[]);
+        let grown = POLICY.replacen(
+            "tenants:\n",
+            "tenants:\n  - name: aardvark\n    segments:\n      - name: first\n        interfaces: [\"vaa*\"]\n        prefixes: [10.77.0.0/24]\n",
+            1,
+        );
+        let grown = grown.replacen(
+            "    segments:\n      - name: web\n",
+            "    segments:\n      - name: new\n        interfaces: [\"vnew*\"]\n        prefixes: [10.78.0.0/24]\n      - name: web\n",
+            1,
+        );
+        let grown = policy::parse(&grown, "grown.yaml").expect("valid");
+        let mut reordered = grown.clone();
+        reordered.tenants.reverse();
+        for policy in [&grown, &reordered] {
+            let after = Plan::new(policy, HostView::default()).expect("plan");
+            assert_eq!(after.segments.len(), 5);
+            for s in &before.segments {
+                let label = format!("{}/{}", s.tenant, s.name);
+                assert_eq!(id(&after, &label), s.id, "{label}");
+                let kept = after.segment(s.id).expect("kept");
+                assert_eq!(kept.tenant_id, s.tenant_id, "{label}'s tenant");
+            }
+        }
+        // Collisions: the same name listed many times takes as many ids, each once, and
+        // the same ones in any order.
+        let names: Vec<[&str; 2]> = (0..64).map(|_| ["t", "s"]).collect();
+        let ids = stable_ids(names.iter().copied());
+        let distinct: BTreeSet<u32> = ids.iter().copied().collect();
+        assert_eq!(distinct.len(), 64);
+        assert_eq!(ids.windows(2).filter(|w| w[1] == w[0] + 1).count(), 63);
+        let mixed = stable_ids([["a", "b"], ["t", "s"], ["c", "d"]].into_iter());
+        let alone = stable_ids([["c", "d"], ["a", "b"]].into_iter());
+        assert_eq!((mixed[0], mixed[2]), (alone[1], alone[0]));
+        assert_ne!(
+            stable_ids([["ab", "c"]].into_iter()),
+            stable_ids([["a", "bc"]].into_iter())
+        );
     }
 
     #[test]
@@ -795,18 +944,19 @@ tenants:
             ("vglobex-web1", 8),
             ("vglobex-web12", 10),
         ]);
-        let got: Vec<(&str, u32, u32)> = plan
+        let got: Vec<(&str, u32, String)> = plan
             .vifs
             .iter()
-            .map(|v| (v.name.as_str(), v.ifindex, v.segment))
+            .map(|v| (v.name.as_str(), v.ifindex, plan.segment_label(v.segment)))
             .collect();
+        let at = |name: &'static str, ifindex, label: &str| (name, ifindex, label.to_owned());
         assert_eq!(
             got,
             vec![
-                ("vacme-web22", 5, 0),
-                ("vacme-db1", 6, 1),
-                ("vacme-web1", 7, 0),
-                ("vglobex-web1", 8, 2),
+                at("vacme-web22", 5, "acme/web"),
+                at("vacme-db1", 6, "acme/db"),
+                at("vacme-web1", 7, "acme/web"),
+                at("vglobex-web1", 8, "globex/web"),
             ]
         );
     }
@@ -847,18 +997,25 @@ tenants:
             ("vapi-", 9),
         ]);
         let plan = Plan::new(&policy, &host).expect("plan");
-        let vifs: Vec<(&str, u32, Vec<u16>)> = plan
+        let vifs: Vec<(&str, String, Vec<u16>)> = plan
             .vifs
             .iter()
-            .map(|v| (v.name.as_str(), v.segment, v.vlans.clone()))
+            .map(|v| {
+                (
+                    v.name.as_str(),
+                    plan.segment_label(v.segment),
+                    v.vlans.clone(),
+                )
+            })
             .collect();
+        let vif = |name, label: &str, vlans| (name, label.to_owned(), vlans);
         assert_eq!(
             vifs,
             vec![
-                ("vweb-lb", 0, vec![100]),
-                ("vweb-1", 0, vec![]),
-                ("vdb1", 1, vec![]),
-                ("vapi-", 2, vec![]),
+                vif("vweb-lb", "acme/web", vec![100]),
+                vif("vweb-1", "acme/web", vec![]),
+                vif("vdb1", "acme/db", vec![]),
+                vif("vapi-", "globex/api", vec![]),
             ]
         );
         let others: Vec<(&str, Vec<u32>)> = plan
@@ -866,13 +1023,18 @@ tenants:
             .iter()
             .map(|l| (l.name.as_str(), l.uplink_for.clone()))
             .collect();
+        let ids = |labels: &[&str]| {
+            let mut ids: Vec<u32> = labels.iter().map(|l| id(&plan, l)).collect();
+            ids.sort_unstable();
+            ids
+        };
         assert_eq!(
             others,
             vec![
                 ("vdb12", vec![]),
-                ("vx1", vec![0, 1]),
-                ("vx2", vec![0, 1, 2]),
-                ("vx3", vec![0, 1]),
+                ("vx1", ids(&["acme/web", "acme/db"])),
+                ("vx2", ids(&["acme/web", "acme/db", "globex/api"])),
+                ("vx3", ids(&["acme/web", "acme/db"])),
                 ("eth0", vec![]),
             ]
         );
@@ -894,6 +1056,12 @@ tenants:
     #[test]
     fn map_entries_carry_the_generation() {
         let plan = plan(&[("vacme-db1", 6)]);
+        let (web, db, globex) = (
+            id(&plan, "acme/web"),
+            id(&plan, "acme/db"),
+            id(&plan, "globex/web"),
+        );
+        let (acme_t, globex_t) = (plan.segments[0].tenant_id, plan.segments[2].tenant_id);
         assert_eq!(
             encode(&plan, 1).vifs,
             vec![(
@@ -902,19 +1070,20 @@ tenants:
                     ifindex: 6
                 },
                 VifInfo {
-                    segment: 1,
+                    segment: db,
                     flags: VifInfo::HAS_HOME | VifInfo::PRESENT,
                     mac: [0; 6],
                     _pad: [0; 2],
                     info: SegmentInfo {
-                        tenant: 0,
+                        tenant: acme_t,
                         flags: SegmentInfo::EGRESS_ALLOW
                     },
                     // Its segment's /24, and that entry's class.
                     home: [10, 1, 2, 0],
                     home_mask: u32::from_ne_bytes([255, 255, 255, 0]),
                     home_class: AddrClass {
-                        segment: 1,
+                        segment: db,
+                        tenant: acme_t,
                         ..AddrClass::OUTSIDE
                     },
                 }
@@ -934,9 +1103,9 @@ tenants:
         assert_eq!(
             v4,
             vec![
-                (AddrV4Key::new(1, [10, 1, 1, 0], 24), 0, 0),
-                (AddrV4Key::new(1, [10, 1, 2, 0], 24), 1, 0),
-                (AddrV4Key::new(1, [10, 2, 1, 0], 24), 2, 1),
+                (AddrV4Key::new(1, [10, 1, 1, 0], 24), web, acme_t),
+                (AddrV4Key::new(1, [10, 1, 2, 0], 24), db, acme_t),
+                (AddrV4Key::new(1, [10, 2, 1, 0], 24), globex, globex_t),
             ]
         );
         let entries = encode(&plan, 0);
@@ -945,7 +1114,7 @@ tenants:
         assert_eq!(v6[1].0.prefix_len(), 64);
         assert_eq!(v6[1].0.tag >> 8, 0);
         assert_eq!(&v6[1].0.addr[..6], &[0xfd, 0, 0, 2, 0, 1]);
-        assert_eq!(v6[1].1.segment, 2);
+        assert_eq!(v6[1].1.segment, globex);
         assert_eq!(entries.prefix_lengths[0].1.v4[..1], [24]);
         assert_eq!(entries.prefix_lengths[0].1.v4_count, 1);
         assert_eq!(entries.prefix_lengths[0].1.v6_count, 1);
@@ -1100,10 +1269,29 @@ tenants:
                 .expect("pair entry")
                 .expect("a flow")
         };
-        // Segments in policy order: web 0, db 1, logs 2.
-        assert_eq!(flow(0, 1), flow(1, 2));
-        assert_ne!(flow(0, 1), flow(0, 2));
+        let (web, db, logs) = (
+            id(&plan, "acme/web"),
+            id(&plan, "acme/db"),
+            id(&plan, "acme/logs"),
+        );
+        assert_eq!(flow(web, db), flow(db, logs));
+        assert_ne!(flow(web, db), flow(web, logs));
         assert_eq!(entries.rulesets.len(), 2);
+        // A set's id follows from its rules: a policy without the shared set's flows
+        // keeps the other's id.
+        let fewer = text
+            .replace(
+                "      - {from: web, to: db, protocol: tcp, ports: 5432}\n",
+                "",
+            )
+            .replace(
+                "      - {from: db, to: logs, protocol: tcp, ports: 5432}\n",
+                "",
+            );
+        let fewer = policy::parse(&fewer, "fewer.yaml").expect("valid");
+        let fewer = encode(&Plan::new(&fewer, HostView::default()).expect("plan"), 0);
+        assert_eq!(fewer.rulesets.len(), 1);
+        assert_eq!(fewer.rulesets[0].0.index, flow(web, logs));
     }
 
     /// The longest entry containing `addr`, by brute force over every entry.
@@ -1230,8 +1418,9 @@ tenants:
         };
         // An exposed address inside an exposed /28 inside a segment: its own services
         // merged with the /28's, and the segment's place.
+        let segment = |at: usize| (plan.segments[at].id, plan.segments[at].tenant_id);
         let exposed = class_of(&entries, [10, 1, 1, 10]).expect("classified");
-        assert_eq!((exposed.segment, exposed.tenant), (0, 0));
+        assert_eq!((exposed.segment, exposed.tenant), segment(0));
         assert_eq!(exposed.flags, AddrClass::EXPOSED);
         assert_eq!(
             rules_at(exposed.exposure),
@@ -1247,12 +1436,12 @@ tenants:
         let plain = class_of(&entries, [10, 1, 1, 200]).expect("classified");
         assert_eq!(
             (plain.segment, plain.flags),
-            (0, AddrClass::LONGER),
+            (segment(0).0, AddrClass::LONGER),
             "the /24, which holds longer entries"
         );
         assert_ne!(plain.inside, 0, "the /24's filter of what lies inside");
         let other_tenant = class_of(&entries, [10, 2, 1, 7]).expect("classified");
-        assert_eq!((other_tenant.segment, other_tenant.tenant), (2, 1));
+        assert_eq!((other_tenant.segment, other_tenant.tenant), segment(2));
         // Management: the /29 inside the /24 protects everything too; the /16 only its
         // services.
         let all = class_of(&entries, [192, 168, 100, 9]).expect("classified");
@@ -1436,44 +1625,49 @@ tenants:
     #[test]
     fn flows_are_grouped_per_segment_pair_and_neighbours_go_both_ways() {
         let plan = full_plan();
-        let flows: Vec<((u32, u32), Rules)> =
+        let (a, b, c) = (
+            plan.segments[0].id,
+            plan.segments[1].id,
+            plan.segments[2].id,
+        );
+        let flows: BTreeMap<(u32, u32), Rules> =
             plan.flows.iter().map(|(k, set)| (*k, rules(set))).collect();
         assert_eq!(
             flows,
-            vec![
+            BTreeMap::from([
                 (
-                    (0, 1),
+                    (a, b),
                     vec![(protocol::ICMP, 0, 65535), (protocol::TCP, 5432, 5432)]
                 ),
-                ((0, 2), vec![(protocol::TCP, 8000, 8080)]),
-            ]
+                ((a, c), vec![(protocol::TCP, 8000, 8080)]),
+            ])
         );
-        assert_eq!(plan.neighbours, vec![(0, 1), (0, 2), (1, 0), (2, 0)]);
+        let mut neighbours = vec![(a, b), (a, c), (b, a), (c, a)];
+        neighbours.sort_unstable();
+        assert_eq!(plan.neighbours, neighbours);
         let entries = encode(&plan, 1);
-        let pairs: Vec<(PairKey, u32)> = entries
+        let pairs: BTreeMap<(u32, u32), PairInfo> = entries
             .pairs
             .iter()
-            .map(|(k, info)| (*k, info.flags))
+            .map(|(k, info)| {
+                assert_eq!(k.generation, 1);
+                ((k.from, k.to), *info)
+            })
             .collect();
-        let key = |from, to| PairKey {
-            generation: 1,
-            from,
-            to,
-        };
-        assert_eq!(
-            pairs,
-            vec![
-                (key(0, 1), PairInfo::FLOW),
-                (key(0, 2), PairInfo::FLOW),
-                (key(1, 0), PairInfo::BACK),
-                (key(2, 0), PairInfo::BACK)
-            ]
-        );
+        let flags: Vec<((u32, u32), u32)> = pairs.iter().map(|(k, i)| (*k, i.flags)).collect();
+        let mut expected = vec![
+            ((a, b), PairInfo::FLOW),
+            ((a, c), PairInfo::FLOW),
+            ((b, a), PairInfo::BACK),
+            ((c, a), PairInfo::BACK),
+        ];
+        expected.sort_unstable();
+        assert_eq!(flags, expected);
         // Each order's entry carries the other's flow too, with the same rule set.
-        assert_eq!(entries.pairs[1].1.flow, entries.pairs[3].1.back);
-        assert_eq!(entries.pairs[0].1.flow, entries.pairs[2].1.back);
+        assert_eq!(pairs[&(a, c)].flow, pairs[&(c, a)].back);
+        assert_eq!(pairs[&(a, b)].flow, pairs[&(b, a)].back);
         assert_eq!(
-            entries.pairs[3].1.back_summary,
+            pairs[&(c, a)].back_summary,
             isolator_common::Summary {
                 protocols: isolator_common::Summary::TCP,
                 portless: 0,
@@ -1482,7 +1676,7 @@ tenants:
                 _pad: 0,
             }
         );
-        let flow = entries.pairs[1].1.flow;
+        let flow = pairs[&(a, c)].flow;
         let set = entries
             .rulesets
             .iter()
@@ -1608,15 +1802,16 @@ tenants:
             (1, [0x52, 0x54, 0, 0x12, 0x34, 0x56], 4)
         );
         let owned = |addr| class_of(&entries, addr).map(|c| (c.flags, c.owner, c.segment));
+        let web = id(&plan, "acme/web");
         assert_eq!(
             owned([10, 1, 1, 10]),
-            Some((AddrClass::DECLARED, 4, 0)),
+            Some((AddrClass::DECLARED, 4, web)),
             "declared by vweb-lb, in its segment"
         );
-        assert_eq!(owned([10, 1, 1, 70]), Some((AddrClass::DECLARED, 4, 0)));
+        assert_eq!(owned([10, 1, 1, 70]), Some((AddrClass::DECLARED, 4, web)));
         assert_eq!(
             owned([10, 1, 1, 11]),
-            Some((AddrClass::LONGER, 0, 0)),
+            Some((AddrClass::LONGER, 0, web)),
             "anybody's in web (whose /24 holds the declared ones)"
         );
         let v6: Vec<(u8, u32)> = encode(&plan, 0)

@@ -246,8 +246,7 @@ fn encode_tables(plan: &Plan, generation: u32) -> Entries {
                             mac: v.mac.unwrap_or_default(),
                             _pad: [0; 2],
                             info: plan
-                                .segments
-                                .get(v.segment as usize)
+                                .segment(v.segment)
                                 .map(|s| SegmentInfo {
                                     tenant: s.tenant_id,
                                     flags: s.flags,
@@ -337,11 +336,14 @@ fn pair(generation: u32, from: u32, to: u32) -> PairKey {
     }
 }
 
-/// The rule sets of one generation, each distinct set stored once.
+/// The rule sets of one generation, each distinct set stored once, under an id that
+/// follows from its rules (see [`RuleSets::index`]).
 struct RuleSets {
     generation: u32,
     index: HashMap<SetKey, u32>,
-    sets: Vec<RuleSet>,
+    /// (id, set), in the order first asked for.
+    sets: Vec<(u32, RuleSet)>,
+    taken: std::collections::HashSet<u32, foldhash::fast::RandomState>,
 }
 
 /// A rule set as a map key, hashed by the rules in use, one word each: the derived
@@ -351,17 +353,25 @@ struct RuleSets {
 #[derive(PartialEq, Eq)]
 struct SetKey(RuleSet);
 
-impl std::hash::Hash for SetKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+impl SetKey {
+    /// The words [`SetKey`] hashes: what the set says, nothing of its unused rules.
+    fn words(&self) -> impl Iterator<Item = u64> + '_ {
         let set = &self.0;
-        state.write_u64(u64::from(set.count) | u64::from(set.flags) << 32);
         let used = (set.count as usize).min(set.rules.len());
-        for rule in &set.rules[..used] {
-            state.write_u64(
+        std::iter::once(u64::from(set.count) | u64::from(set.flags) << 32).chain(
+            set.rules[..used].iter().map(|rule| {
                 u64::from(rule.protocol)
                     | u64::from(rule.first_port) << 16
-                    | u64::from(rule.last_port) << 32,
-            );
+                    | u64::from(rule.last_port) << 32
+            }),
+        )
+    }
+}
+
+impl std::hash::Hash for SetKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for word in self.words() {
+            state.write_u64(word);
         }
     }
 }
@@ -372,33 +382,45 @@ impl RuleSets {
             generation,
             index: HashMap::default(),
             sets: Vec::new(),
+            taken: Default::default(),
         }
     }
 
-    /// The index of `set`, added if new.
+    /// The id of `set`, added if new. The id is the FNV-1a hash of its rules, folded into
+    /// 1..2^31, or the next free one if another set has it: a reload that adds or removes
+    /// a set leaves the ids of the others, and so the address entries that name them, as
+    /// they were (but for sets whose hashes collide, which take ids in the order asked).
     fn index(&mut self, set: &RuleSet) -> u32 {
-        let i = self.sets.len() as u32;
-        match self.index.entry(SetKey(*set)) {
-            std::collections::hash_map::Entry::Occupied(found) => *found.get(),
-            std::collections::hash_map::Entry::Vacant(new) => {
-                new.insert(i);
-                self.sets.push(*set);
-                i
+        const SPACE: u32 = 1 << 31;
+        let key = SetKey(*set);
+        if let Some(&id) = self.index.get(&key) {
+            return id;
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for word in key.words() {
+            for byte in word.to_le_bytes() {
+                h = (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
             }
         }
+        let mut id = ((h >> 32) ^ h) as u32 % (SPACE - 1) + 1;
+        while !self.taken.insert(id) {
+            id = if id == SPACE - 1 { 1 } else { id + 1 };
+        }
+        self.index.insert(key, id);
+        self.sets.push((id, *set));
+        id
     }
 
     fn entries(&self) -> Vec<(RuleKey, RuleSet)> {
         self.sets
             .iter()
-            .enumerate()
-            .map(|(i, set)| {
+            .map(|&(index, set)| {
                 (
                     RuleKey {
                         generation: self.generation,
-                        index: i as u32,
+                        index,
                     },
-                    *set,
+                    set,
                 )
             })
             .collect()
@@ -768,8 +790,7 @@ mod addresses {
                 let segment = lists.segments[at].1;
                 class.segment = segment;
                 class.tenant = plan
-                    .segments
-                    .get(segment as usize)
+                    .segment(segment)
                     .map(|s| s.tenant_id)
                     .unwrap_or_default();
             }

@@ -45,7 +45,9 @@ impl Inventory {
             .iter()
             .filter(|v| attached.contains(&v.ifindex))
             .map(|v| {
-                let s = &plan.segments[v.segment as usize];
+                let s = plan
+                    .segment(v.segment)
+                    .expect("a plan's vifs belong to its segments");
                 (
                     v.ifindex,
                     VifLabels {

@@ -148,8 +148,8 @@ impl<V: Clone> Family<V> {
 pub struct Recheck {
     /// Managed vifs: ifindex → segment.
     vifs: HashMap<u32, u32>,
-    /// By segment id.
-    egress_allowed: Vec<bool>,
+    /// The segments (ids) that may send outside every segment.
+    egress_allowed: HashSet<u32>,
     segments: Family<u32>,
     management: Family<RuleSet>,
     exposed: Family<RuleSet>,
@@ -167,7 +167,8 @@ impl Recheck {
             egress_allowed: plan
                 .segments
                 .iter()
-                .map(|s| s.flags & SegmentInfo::EGRESS_ALLOW != 0)
+                .filter(|s| s.flags & SegmentInfo::EGRESS_ALLOW != 0)
+                .map(|s| s.id)
                 .collect(),
             segments: Family::new(&plan.v4, &plan.v6),
             management: Family::new(&plan.management_v4, &plan.management_v6),
@@ -233,11 +234,7 @@ impl Recheck {
                 match self.segments.get(dst).copied() {
                     Some(t) if t == sender => true,
                     Some(t) => exposed() || flow(sender, t),
-                    None => self
-                        .egress_allowed
-                        .get(sender as usize)
-                        .copied()
-                        .unwrap_or(false),
+                    None => self.egress_allowed.contains(&sender),
                 }
             }
             direction::EGRESS => {
@@ -343,6 +340,17 @@ tenants:
         }
     }
 
+    /// The id a plan of [`POLICY`] gives `tenant`/`segment`.
+    fn segment_id(tenant: &str, segment: &str) -> u32 {
+        let policy = policy::parse(POLICY, "policy.yaml").expect("a valid policy");
+        let plan = Plan::new(&policy, crate::compile::HostView::default()).expect("a plan");
+        plan.segments
+            .iter()
+            .find(|s| s.tenant == tenant && s.name == segment)
+            .expect("a segment of the policy")
+            .id
+    }
+
     /// Opened at the receiver's egress by a VM of segment `peer` (the sender as the kernel
     /// placed it, by the interface its packet entered through).
     fn from_segment(ifindex: u32, peer: u32) -> ConnState {
@@ -424,7 +432,7 @@ tenants:
             (
                 "flow into db, opened at db's egress by a web VM",
                 conn("10.1.0.5", "10.2.0.7", 6, 5432),
-                from_segment(DB, 0),
+                from_segment(DB, segment_id("acme", "web")),
                 true,
             ),
             (

@@ -52,7 +52,8 @@ fn extra_prefix(i: usize) -> Ipv4Net {
 pub fn grow(base: &Plan, addresses: usize) -> Plan {
     let mut plan = base.clone();
     let segments = addresses.min(MAX_SEGMENTS);
-    let first_id = plan.segments.len() as u32;
+    // Above every id of the base plan's (ids follow from names: see `stable_ids`).
+    let first_id = plan.segments.iter().map(|s| s.id + 1).max().unwrap_or(1);
     let first_tenant = plan
         .segments
         .iter()
@@ -70,6 +71,7 @@ pub fn grow(base: &Plan, addresses: usize) -> Plan {
         });
         plan.v4.push((extra_prefix(i), id));
     }
+    plan.index_segments();
     let mut https = RuleSet::default();
     https.rules[0] = Rule {
         protocol: protocol::TCP,

@@ -587,4 +587,74 @@ mod tests {
             );
         }
     }
+
+    /// How many entries of each table a swap from a plan of `before` to one of `after`
+    /// writes or removes (all tables, through `changes`), by map name: only those with
+    /// any.
+    fn written(before: &str, after: &str) -> Vec<(&'static str, usize)> {
+        use crate::compile::{HostView, Plan};
+        let encode = |text: &str| {
+            let policy = crate::policy::parse(text, "policy.yaml").expect("a valid policy");
+            crate::encode::encode(&Plan::new(&policy, HostView::default()).expect("plan"), 1)
+        };
+        let (a, b) = (encode(before), encode(after));
+        let mut out = Vec::new();
+        macro_rules! count {
+            ($($field:ident: $name:ident => $kind:ident<$k:ty, $v:ty>,)*) => {
+                $(
+                    let (put, removed) = changes(&a.$field, &b.$field);
+                    if put.len() + removed.len() > 0 {
+                        out.push((isolator_common::maps::$name, put.len() + removed.len()));
+                    }
+                )*
+            };
+        }
+        crate::encode::policy_tables!(count);
+        out
+    }
+
+    /// Issue 13, point 4: a reload that adds a segment, or a tenant, before all the others
+    /// of a cloud of 400 segments writes that segment's entry and nothing else (ids
+    /// follow from names, not from places: `compile::stable_ids`); its twin at the end of
+    /// the file writes the same; the same tenants in another order write nothing. Before
+    /// the ids did, the first wrote every address entry after it (1 200 and 800) and
+    /// half the segment pairs.
+    #[test]
+    fn adding_a_segment_anywhere_writes_only_its_own_entries() {
+        use crate::policy::synthetic::{Shape, generate};
+        let cloud = generate(&Shape::cloud(400));
+        let segment = "      - name: snew\n        interfaces: [\"vnew*\"]\n        prefixes: [\"10.250.0.0/28\", \"fd00:250::/64\"]\n";
+        let first = "  - name: t0\n    segments:\n";
+        let last = "  - name: t99\n    segments:\n";
+        assert!(cloud.contains(first) && cloud.contains(last));
+        let expected = vec![
+            (isolator_common::maps::ADDRESSES_V4, 1),
+            (isolator_common::maps::ADDRESSES_V6, 1),
+        ];
+        let in_first = cloud.replacen(first, &format!("{first}{segment}"), 1);
+        assert_eq!(written(&cloud, &in_first), expected, "in the first tenant");
+        let in_last = cloud.replacen(last, &format!("{last}{segment}"), 1);
+        assert_eq!(written(&cloud, &in_last), expected, "in the last tenant");
+        let tenant = format!("  - name: anew\n    segments:\n{segment}");
+        let new_first = cloud.replacen(first, &format!("{tenant}{first}"), 1);
+        assert_eq!(written(&cloud, &new_first), expected, "a new first tenant");
+        assert_eq!(written(&in_first, &cloud), expected, "and removed again");
+        // The tenants in reverse order: the same policy.
+        let (head, tenants) = cloud.split_at(cloud.find(first).expect("tenants"));
+        let mut entries: Vec<&str> = tenants.split_inclusive("\n  - name: ").collect();
+        let mut reversed = String::from(head);
+        if let Some(last_entry) = entries.pop() {
+            reversed.push_str("  - name: ");
+            reversed.push_str(last_entry.strip_prefix("  - name: ").unwrap_or(last_entry));
+            reversed.push('\n');
+        }
+        for entry in entries.iter().rev() {
+            let entry = entry.strip_suffix("\n  - name: ").unwrap_or(entry);
+            reversed.push_str("  - name: ");
+            reversed.push_str(entry.strip_prefix("  - name: ").unwrap_or(entry));
+            reversed.push('\n');
+        }
+        assert_ne!(reversed, cloud);
+        assert_eq!(written(&cloud, &reversed), vec![], "the tenants reordered");
+    }
 }

@@ -278,19 +278,20 @@ fn addresses(frame: &[u8]) -> (Option<IpAddr>, Option<IpAddr>) {
 
 /// The vif that owns `a`: one that declares it, else the first of the segment whose
 /// prefixes hold it.
-pub fn vif_of<'a>(policy: &Policy, vifs: &'a [ManagedVif], a: IpAddr) -> Option<&'a ManagedVif> {
+pub fn vif_of<'a>(policy: &Policy, plan: &'a Plan, a: IpAddr) -> Option<&'a ManagedVif> {
+    let vifs = &plan.vifs;
     if let Some(v) = vifs
         .iter()
         .find(|v| v.addresses.iter().any(|n| n.contains(&a)))
     {
         return Some(v);
     }
-    let segment = segment_of(policy, a)?;
-    vifs.iter().find(|v| v.segment as usize == segment)
+    let segment = plan.segments.get(segment_of(policy, a)?)?.id;
+    vifs.iter().find(|v| v.segment == segment)
 }
 
-/// The index (in policy order, as a plan's segment ids) of the segment whose prefixes
-/// hold `a`.
+/// The index (in policy order, as `Plan::segments`) of the segment whose prefixes hold
+/// `a`.
 pub fn segment_of(policy: &Policy, a: IpAddr) -> Option<usize> {
     policy
         .tenants
@@ -303,7 +304,7 @@ pub fn segment_of(policy: &Policy, a: IpAddr) -> Option<usize> {
 /// `state_dir`.
 pub fn explain(config: &Path, state_dir: &Path, input: &Input) -> anyhow::Result<Explanation> {
     let live = Live::load(config, state_dir)?;
-    let (policy, vifs) = (&live.policy, live.vifs());
+    let (policy, plan, vifs) = (&live.policy, &live.plan, live.vifs());
     let mut notes = Vec::new();
     let (sender, frame) = match input {
         Input::Fields {
@@ -315,14 +316,14 @@ pub fn explain(config: &Path, state_dir: &Path, input: &Input) -> anyhow::Result
             sport,
         } => {
             let (sender, src) = match from.parse::<IpAddr>() {
-                Ok(a) => (vif_of(policy, vifs, a), a),
+                Ok(a) => (vif_of(policy, plan, a), a),
                 Err(_) => {
                     let Some(vif) = vifs.iter().find(|v| &v.name == from) else {
                         bail!("{from} is neither an address nor an interface the policy manages");
                     };
                     let src = match src {
                         Some(a) => *a,
-                        None => source_of(policy, vif, to.is_ipv6()).inspect(|a| {
+                        None => source_of(policy, plan, vif, to.is_ipv6()).inspect(|a| {
                             notes.push(format!(
                                 "source address {a} assumed ({} declares none; give --src)",
                                 vif.name
@@ -332,7 +333,7 @@ pub fn explain(config: &Path, state_dir: &Path, input: &Input) -> anyhow::Result
                     (Some(vif), src)
                 }
             };
-            let receiver = vif_of(policy, vifs, *to);
+            let receiver = vif_of(policy, plan, *to);
             let frame = build_frame(
                 macs(sender, receiver),
                 (src, *to),
@@ -355,7 +356,7 @@ pub fn explain(config: &Path, state_dir: &Path, input: &Input) -> anyhow::Result
             (sender, frame.clone())
         }
     };
-    let receiver = addresses(&frame).1.and_then(|d| vif_of(policy, vifs, d));
+    let receiver = addresses(&frame).1.and_then(|d| vif_of(policy, plan, d));
     live.run(sender, receiver, &frame, notes)
 }
 
@@ -379,15 +380,16 @@ fn find(inv: &Inventory, ids: &[u32], name: &str) -> Option<(u32, String)> {
 
 /// A source address for `vif`: its first declared one of the family, else the first
 /// address of its segment's first prefix of the family.
-fn source_of(policy: &Policy, vif: &ManagedVif, v6: bool) -> anyhow::Result<IpAddr> {
+fn source_of(policy: &Policy, plan: &Plan, vif: &ManagedVif, v6: bool) -> anyhow::Result<IpAddr> {
     if let Some(n) = vif.addresses.iter().find(|n| n.addr().is_ipv6() == v6) {
         return Ok(n.addr());
     }
+    let at = plan.position(vif.segment).context("the vif's segment")?;
     let segment = policy
         .tenants
         .iter()
         .flat_map(|t| &t.segments)
-        .nth(vif.segment as usize)
+        .nth(at)
         .context("the vif's segment")?;
     segment
         .prefixes

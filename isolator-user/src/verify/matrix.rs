@@ -410,6 +410,8 @@ fn management_probes(policy: &Policy, (sender, src): (&ManagedVif, IpAddr), out:
 /// every segment, then management, then outside; IPv4 and IPv6 wherever both ends have
 /// addresses of the family. A segment sends from its first vif on this host (its declared
 /// address, else the first of its prefixes); one without a vif is not probed as a sender.
+///
+/// `vifs`' `segment` is the segment's place in the policy (`Plan::segments`), not its id.
 pub fn plan(policy: &Policy, vifs: &[ManagedVif]) -> Vec<CellPlan> {
     let count = segments(policy).len();
     let mut out = Vec::new();
@@ -603,7 +605,21 @@ pub fn run(live: &Live) -> Matrix {
     let policy = &live.policy;
     let vifs = live.vifs();
     let by_index = |i: u32| vifs.iter().find(|v| v.ifindex == i);
-    let label = |s: usize| live.plan.segment_label(s as u32);
+    // [`plan`] names segments by their place in the policy, the plan's vifs by id.
+    let placed: Vec<ManagedVif> = vifs
+        .iter()
+        .filter_map(|v| {
+            let at = live.plan.position(v.segment)?;
+            Some(ManagedVif {
+                segment: at as u32,
+                ..v.clone()
+            })
+        })
+        .collect();
+    let label = |s: usize| match live.plan.segments.get(s) {
+        Some(segment) => live.plan.segment_label(segment.id),
+        None => format!("#{s}"),
+    };
     let count = segments(policy).len();
     let rows: Vec<String> = (0..count).map(label).chain(["outside".into()]).collect();
     let columns: Vec<String> = (0..count)
@@ -611,7 +627,7 @@ pub fn run(live: &Live) -> Matrix {
         .chain(["management".into(), "outside".into()])
         .collect();
     let mut cells = Vec::new();
-    for plan in plan(policy, vifs) {
+    for plan in plan(policy, &placed) {
         let probes: Vec<ProbeResult> = plan
             .probes
             .into_iter()
