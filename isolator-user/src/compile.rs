@@ -176,8 +176,8 @@ pub struct ManagedVif {
 pub struct Plan {
     /// In policy order; [`Plan::segment`] finds one by its id.
     pub segments: Vec<SegmentRef>,
-    /// (segment id, position in `segments`), sorted by id: see [`Plan::index_segments`].
-    pub segment_index: Vec<(u32, u32)>,
+    /// Segment id -> position in `segments`: see [`Plan::index_segments`].
+    pub segment_index: HashMap<u32, u32>,
     /// Sorted by ifindex.
     pub vifs: Vec<ManagedVif>,
     pub v4: Vec<(Ipv4Net, u32)>,
@@ -514,11 +514,7 @@ impl Plan {
 
     /// Where in `segments` (policy order) the segment with id `id` is.
     pub fn position(&self, id: u32) -> Option<usize> {
-        let found = self
-            .segment_index
-            .binary_search_by_key(&id, |&(id, _)| id)
-            .ok()?;
-        Some(self.segment_index[found].1 as usize)
+        self.segment_index.get(&id).map(|&at| at as usize)
     }
 
     /// Builds [`Plan::segment_index`] from `segments`: a plan made otherwise than by
@@ -530,7 +526,6 @@ impl Plan {
             .enumerate()
             .map(|(at, s)| (s.id, at as u32))
             .collect();
-        self.segment_index.sort_unstable();
     }
 }
 
@@ -543,8 +538,12 @@ impl Plan {
 /// At 100 000 segments about two pairs collide.
 pub fn stable_ids<'a>(names: impl Iterator<Item = [&'a str; 2]>) -> Vec<u32> {
     const SPACE: u32 = 1 << 31;
-    let hashed: Vec<(u32, [&str; 2])> = names
-        .map(|name| {
+    let names: Vec<[&str; 2]> = names.collect();
+    // (hash, index), ordered by hash, then by name where hashes are equal.
+    let mut order: Vec<(u32, u32)> = names
+        .iter()
+        .enumerate()
+        .map(|(at, name)| {
             let mut h: u64 = 0xcbf2_9ce4_8422_2325;
             for (i, part) in name.iter().enumerate() {
                 if i > 0 {
@@ -555,21 +554,46 @@ pub fn stable_ids<'a>(names: impl Iterator<Item = [&'a str; 2]>) -> Vec<u32> {
                     h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
                 }
             }
-            let folded = ((h >> 32) ^ h) as u32 % (SPACE - 1);
-            (folded + 1, name)
+            (((h >> 32) ^ h) as u32 % (SPACE - 1) + 1, at as u32)
         })
         .collect();
-    let mut order: Vec<usize> = (0..hashed.len()).collect();
-    order.sort_unstable_by(|&a, &b| hashed[a].cmp(&hashed[b]));
-    let mut taken: std::collections::HashSet<u32, foldhash::fast::RandomState> =
-        std::collections::HashSet::with_capacity_and_hasher(hashed.len(), Default::default());
-    let mut ids = vec![0; hashed.len()];
-    for at in order {
-        let mut id = hashed[at].0;
-        while !taken.insert(id) {
-            id = if id == SPACE - 1 { 1 } else { id + 1 };
+    order.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| names[a.1 as usize].cmp(&names[b.1 as usize]))
+    });
+    assign_ids(&order, SPACE)
+}
+
+/// The ids of `order`'s entries ((hash, index), in the order of [`stable_ids`]), hashes
+/// in 1..`space`: in that order each takes the first free id from its hash on. Ids are
+/// taken in ascending order, so that is its hash or the one after the last taken; past
+/// the top of the space, the lowest free ids from 1.
+fn assign_ids(order: &[(u32, u32)], space: u32) -> Vec<u32> {
+    let mut ids = vec![0; order.len()];
+    let mut last = 0u32;
+    let mut over = Vec::new();
+    for &(hash, at) in order {
+        if last >= space - 1 {
+            over.push(at);
+            continue;
         }
-        ids[at] = id;
+        last = hash.max(last + 1);
+        ids[at as usize] = last;
+    }
+    if !over.is_empty() {
+        let mut taken: Vec<u32> = ids.iter().copied().filter(|&id| id != 0).collect();
+        taken.sort_unstable();
+        let (mut candidate, mut next) = (1u32, 0usize);
+        for at in over {
+            while next < taken.len() && taken[next] <= candidate {
+                if taken[next] == candidate {
+                    candidate += 1;
+                }
+                next += 1;
+            }
+            ids[at as usize] = candidate;
+            candidate += 1;
+        }
     }
     ids
 }
@@ -930,6 +954,12 @@ tenants:
             stable_ids([["ab", "c"]].into_iter()),
             stable_ids([["a", "bc"]].into_iter())
         );
+        // At the top of the space (here 1..8): the ones past it take the lowest free
+        // ids.
+        let order = [(1, 3), (2, 4), (7, 0), (7, 1), (7, 2)];
+        assert_eq!(super::assign_ids(&order, 8), vec![7, 3, 4, 1, 2]);
+        let order = [(5, 0), (5, 1), (6, 2)];
+        assert_eq!(super::assign_ids(&order, 1 << 31), vec![5, 6, 7]);
     }
 
     #[test]
