@@ -6,7 +6,11 @@
 //! uplinks) of 1 000, 10 000 and 100 000 segments, plus a tenant `bench` whose segments
 //! `a` and `b` hold the two vifs of this host (`rla`, `rlb`, veths in the benchmark's
 //! private namespaces). Each reload moves `b`'s prefix (172.16.1.0/24 <-> 172.16.2.0/24):
-//! one segment of the whole plan changes. The time is from just before `kill(SIGHUP)`
+//! one segment of the whole plan changes. With `--front` the tenant `bench` comes first
+//! in the file and every reload also adds a segment before `b`, so that every segment
+//! after it is in another place in the file than in the policy the swap compares with
+//! (the other generation's, two reloads before): what a reload writes then shows whether
+//! ids follow from places. The time is from just before `kill(SIGHUP)`
 //! (the file is written before) to the moment the program attached to `rlb` judges a
 //! frame from 172.16.1.2 by the new policy (`BPF_PROG_TEST_RUN` of that program, every
 //! 200 us): passed under the first policy, dropped as spoofed under the second. So it
@@ -49,6 +53,10 @@ pub struct Config {
     pub sizes: Vec<usize>,
     /// Reloads per size.
     pub runs: usize,
+    /// The tenant `bench` first in the file, and every reload adds a segment before `b`:
+    /// every segment after it is in another place than in the policy before, and than
+    /// in the one the other generation holds (two reloads before).
+    pub front: bool,
 }
 
 impl Config {
@@ -56,6 +64,7 @@ impl Config {
         Config {
             sizes: vec![1_000, 10_000, 100_000],
             runs: 6,
+            front: false,
         }
     }
 
@@ -64,10 +73,12 @@ impl Config {
         Config {
             sizes: vec![10],
             runs: 2,
+            front: false,
         }
     }
 
-    pub const USAGE: &str = "usage: bench --reload [--smoke] [--sizes N,N,...] [--runs N]";
+    pub const USAGE: &str =
+        "usage: bench --reload [--smoke] [--sizes N,N,...] [--runs N] [--front]";
 
     pub fn from_args(args: impl Iterator<Item = String>) -> anyhow::Result<Config> {
         let mut config = Config::full();
@@ -76,7 +87,13 @@ impl Config {
             let mut value =
                 |what: &str| args.next().with_context(|| format!("{what} needs a value"));
             match arg.as_str() {
-                "--smoke" => config = Config::smoke(),
+                "--smoke" => {
+                    config = Config {
+                        front: config.front,
+                        ..Config::smoke()
+                    }
+                }
+                "--front" => config.front = true,
                 "--sizes" => config.sizes = crate::scale::sizes(&value("--sizes")?)?,
                 "--runs" => config.runs = crate::scale::number("--runs", &value("--runs")?)?.max(1),
                 other => bail!("unknown argument {other:?}; {}", Config::USAGE),
@@ -86,15 +103,25 @@ impl Config {
     }
 }
 
-/// The tenant of this host's two vifs; `b_prefix` is segment `b`'s.
-fn bench_tenant(b_prefix: &str) -> String {
+/// The tenant of this host's two vifs; `b_prefix` is segment `b`'s; `added` more
+/// segments (`c1`, `c2`, ..., no vif on this host) between `a` and `b`.
+fn bench_tenant(b_prefix: &str, added: usize) -> String {
+    let added: String = (1..=added)
+        .map(|k| {
+            format!(
+                "      - name: c{k}\n        interfaces: [\"rlc{k}\"]\n        prefixes: [\"172.17.{}.{}/28\"]\n",
+                k / 16,
+                (k % 16) * 16
+            )
+        })
+        .collect();
     format!(
         r#"  - name: bench
     segments:
       - name: a
         interfaces: ["rla"]
         prefixes: ["172.16.0.0/24"]
-      - name: b
+{added}      - name: b
         interfaces: ["rlb"]
         prefixes: ["{b_prefix}"]
 "#
@@ -139,9 +166,17 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let probe = Probe::new()?;
     let mut rows = Vec::new();
     for &segments in &config.sizes {
-        rows.push(measure(&bin, &probe, segments, config.runs, a, b)?);
+        rows.push(measure(
+            &bin,
+            &probe,
+            segments,
+            config.runs,
+            config.front,
+            a,
+            b,
+        )?);
     }
-    print(&rows, &bin);
+    print(&rows, &bin, config.front);
     plot(&rows)
 }
 
@@ -184,13 +219,21 @@ fn measure(
     probe: &Probe,
     segments: usize,
     runs: usize,
+    front: bool,
     a: u32,
     b: u32,
 ) -> anyhow::Result<Row> {
     let shape = Shape::cloud(segments);
     shape.check().map_err(|e| anyhow::anyhow!(e))?;
     let cloud = generate(&shape);
-    let policy = |i: usize| format!("{cloud}{}", bench_tenant(POLICIES[i % 2].0));
+    let policy = |i: usize| {
+        if front {
+            let tenant = bench_tenant(POLICIES[i % 2].0, i);
+            cloud.replacen("tenants:\n", &format!("tenants:\n{tenant}"), 1)
+        } else {
+            format!("{cloud}{}", bench_tenant(POLICIES[i % 2].0, 0))
+        }
+    };
     let tmp = TempDir::new("isolator-reload")?;
     let config = tmp.write("policy.yaml", &policy(0))?;
     let bytes = policy(0).len();
@@ -304,10 +347,15 @@ fn measure(
     })
 }
 
-fn print(rows: &[Row], bin: &std::path::Path) {
+fn print(rows: &[Row], bin: &std::path::Path, front: bool) {
     println!(
-        "\nreload: SIGHUP to a changed policy in force (one segment's prefix moved), real \
+        "\nreload: SIGHUP to a changed policy in force (one segment's prefix moved{}), real \
          daemon {}, {} CPUs, kernel {}",
+        if front {
+            "; the changed tenant first, each reload a segment added before it"
+        } else {
+            ""
+        },
         bin.display(),
         // SAFETY: no preconditions.
         unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) },
