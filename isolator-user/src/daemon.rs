@@ -125,6 +125,35 @@ struct Verified {
 /// After a change, how long to wait before verifying: a burst of changes is one verify.
 const VERIFY_SETTLE: Duration = Duration::from_millis(500);
 
+/// The nice value of the daemon's verification thread (and the threads it starts): on a
+/// busy host it gives way to what enforces (a reload, a new vif, the re-check of
+/// connections), and still goes on beside the VMs' work.
+const VERIFY_NICE: i32 = 10;
+
+/// Starts `work` on the verification thread: named `verify`, at [`VERIFY_NICE`] (on Linux
+/// a thread's nice value is its own, and the threads it starts inherit it). Where the
+/// priority cannot be lowered the work runs as it is, and that is logged.
+fn spawn_verification<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name("verify".into())
+        .spawn(move || {
+            // SAFETY: neither call takes a pointer.
+            let tid = unsafe { libc::gettid() };
+            // SAFETY: as above.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, VERIFY_NICE) } != 0
+            {
+                warn!(
+                    error = %std::io::Error::last_os_error(),
+                    nice = VERIFY_NICE,
+                    "could not lower the verification thread's priority"
+                );
+            }
+            work()
+        })
+}
+
 /// What the daemon's own verification works with ([`verify_continuously`]).
 struct Verification {
     changes: tokio::sync::mpsc::Receiver<()>,
@@ -219,20 +248,16 @@ async fn verify_continuously(task: Verification) {
         let dataplane = kernel.clone();
         // A thread of its own: verification lists the host over netlink with a runtime of
         // its own and reads the pinned maps, blocking.
-        let spawned = std::thread::Builder::new()
-            .name("verify".into())
-            .spawn(move || {
-                let report = crate::verify::live::verify_policy(
-                    &in_force, &config, &state_dir, &infra,
-                )
+        let spawned = spawn_verification(move || {
+            let report = crate::verify::live::verify_policy(&in_force, &config, &state_dir, &infra)
                 .map(|mut report| {
                     report
                         .findings
                         .extend(other_generation_drift(&dataplane, &state_dir));
                     report
                 });
-                let _ = tx.send(report);
-            });
+            let _ = tx.send(report);
+        });
         if let Err(e) = spawned {
             warn!(error = %e, "could not start a verification");
             continue;
@@ -2748,5 +2773,36 @@ mod tests {
             text.contains("retrying): the policy needs 9000 interfaces"),
             "{text}"
         );
+    }
+
+    /// This thread's nice value.
+    fn own_nice() -> i32 {
+        // SAFETY: neither call takes a pointer; `getpriority` may return -1 as a value, so
+        // errno is cleared first and checked after.
+        unsafe {
+            *libc::__errno_location() = 0;
+            let nice = libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t);
+            assert_eq!(*libc::__errno_location(), 0, "getpriority failed");
+            nice
+        }
+    }
+
+    #[test]
+    fn the_verification_thread_gives_way_to_enforcement() {
+        let before = own_nice();
+        let (name, nice, started) = spawn_verification(|| {
+            let name = std::thread::current().name().map(str::to_owned);
+            // What verification starts (the netlink runtime's threads) runs as it does.
+            let started = std::thread::spawn(own_nice).join().expect("a thread");
+            (name, own_nice(), started)
+        })
+        .expect("spawned")
+        .join()
+        .expect("joined");
+        assert_eq!(name.as_deref(), Some("verify"));
+        assert_eq!(nice, VERIFY_NICE);
+        assert_eq!(started, VERIFY_NICE);
+        // The daemon's other threads keep theirs.
+        assert_eq!(own_nice(), before);
     }
 }
