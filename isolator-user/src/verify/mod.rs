@@ -486,41 +486,90 @@ pub fn compare(
 /// Differences in one map, at most this many listed (the rest counted).
 pub const MAP_DRIFT_SHOWN: usize = 10;
 
-/// The bytes of a plain value, to compare and index by.
-fn bytes_of<T: aya::Pod>(value: &T) -> Vec<u8> {
+/// The bytes of a plain value, borrowed: to compare and order by.
+fn raw<T: aya::Pod>(value: &T) -> &[u8] {
     // SAFETY: `T: Pod` is plain old data (`#[repr(C)]` integers and byte arrays with
     // explicit padding): every byte is initialised; the slice borrows `value`.
-    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
 }
 
-fn diff_table<K: aya::Pod + Debug, V: aya::Pod + Debug>(
+/// Whether two values of a table say the same: their bytes, but for the `epoch` of
+/// `SETTINGS` (when the daemon put the generation into effect), which is not compared.
+fn same_value<V: aya::Pod + 'static>(a: &V, b: &V) -> bool {
+    let (any_a, any_b): (&dyn std::any::Any, &dyn std::any::Any) = (a, b);
+    match (
+        any_a.downcast_ref::<isolator_common::Settings>(),
+        any_b.downcast_ref::<isolator_common::Settings>(),
+    ) {
+        (Some(a), Some(b)) => {
+            let epochless =
+                |s: &isolator_common::Settings| isolator_common::Settings { epoch: 0, ..*s };
+            raw(&epochless(a)) == raw(&epochless(b))
+        }
+        _ => raw(a) == raw(b),
+    }
+}
+
+/// A table's entries ordered by their keys' bytes; of entries with equal keys, the last
+/// (as a map would keep it).
+fn by_key<K: aya::Pod, V>(entries: &[(K, V)]) -> Vec<&(K, V)> {
+    let mut sorted: Vec<&(K, V)> = entries.iter().collect();
+    // Stable: equal keys stay in their order, so the last of them is kept below.
+    sorted.sort_by(|a, b| raw(&a.0).cmp(raw(&b.0)));
+    let mut out: Vec<&(K, V)> = Vec::with_capacity(sorted.len());
+    for entry in sorted {
+        match out.last_mut() {
+            Some(last) if raw(&last.0) == raw(&entry.0) => *last = entry,
+            _ => out.push(entry),
+        }
+    }
+    out
+}
+
+/// Adds a finding for `map` if the live entries differ from the expected ones: each side
+/// ordered by key once, then walked together (no copy of an entry, no allocation per
+/// key: a table of a large policy holds hundreds of thousands).
+fn diff_table<K: aya::Pod + Debug, V: aya::Pod + Debug + 'static>(
     map: &'static str,
     expected: &[(K, V)],
     live: &[(K, V)],
     out: &mut Vec<Finding>,
 ) {
-    let index = |entries: &[(K, V)]| -> BTreeMap<Vec<u8>, (K, V)> {
-        entries
-            .iter()
-            .map(|(k, v)| (bytes_of(k), (*k, *v)))
-            .collect()
-    };
-    let (expected, live) = (index(expected), index(live));
-    let mut lines = Vec::new();
-    for (bytes, (key, value)) in &expected {
-        match live.get(bytes) {
-            None => lines.push(format!("missing {key:?} => {value:?}")),
-            Some((_, got)) if bytes_of(got) != bytes_of(value) => {
-                lines.push(format!("{key:?}: expected {value:?}, found {got:?}"))
+    let (expected, live) = (by_key(expected), by_key(live));
+    // Missing and changed entries in the expected order, then the extra ones.
+    let (mut lines, mut extra) = (Vec::new(), Vec::new());
+    let (mut e, mut l) = (expected.iter().peekable(), live.iter().peekable());
+    loop {
+        match (e.peek(), l.peek()) {
+            (None, None) => break,
+            (Some((key, value)), None) => {
+                lines.push(format!("missing {key:?} => {value:?}"));
+                e.next();
             }
-            Some(_) => {}
+            (None, Some((key, value))) => {
+                extra.push(format!("extra {key:?} => {value:?}"));
+                l.next();
+            }
+            (Some((key, value)), Some((live_key, got))) => match raw(key).cmp(raw(live_key)) {
+                std::cmp::Ordering::Less => {
+                    lines.push(format!("missing {key:?} => {value:?}"));
+                    e.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    extra.push(format!("extra {live_key:?} => {got:?}"));
+                    l.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if !same_value(value, got) {
+                        lines.push(format!("{key:?}: expected {value:?}, found {got:?}"));
+                    }
+                    e.next();
+                    l.next();
+                }
+            },
         }
     }
-    for (bytes, (key, value)) in &live {
-        if !expected.contains_key(bytes) {
-            lines.push(format!("extra {key:?} => {value:?}"));
-        }
-    }
+    lines.append(&mut extra);
     if lines.is_empty() {
         return;
     }
@@ -553,14 +602,6 @@ macro_rules! define_compare_maps {
         /// (when the daemon put the generation into effect) is not compared.
         pub fn compare_maps(expected: &Entries, live: &Entries) -> Vec<Finding> {
             let mut out = Vec::new();
-            let without_epoch = |e: &Entries| {
-                let mut e = e.clone();
-                for (_, s) in &mut e.settings {
-                    s.epoch = 0;
-                }
-                e
-            };
-            let (expected, live) = (without_epoch(expected), without_epoch(live));
             $( diff_table(isolator_common::maps::$name, &expected.$field, &live.$field, &mut out); )*
             out
         }

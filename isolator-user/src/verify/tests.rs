@@ -236,6 +236,89 @@ fn a_vlan_device_on_a_vif_is_an_unmanaged_port() {
     );
 }
 
+/// The map comparison finds, for random tables with entries missing, changed, extra and
+/// keyed twice, the lines that indexing both sides by key finds (the comparison before
+/// the walk over sorted entries), in the same order.
+#[test]
+fn the_map_comparison_finds_what_indexing_both_sides_finds() {
+    use isolator_common::RuleKey;
+    fn oracle(expected: &[(RuleKey, u32)], live: &[(RuleKey, u32)]) -> Vec<String> {
+        let bytes = |k: &RuleKey| [k.generation.to_ne_bytes(), k.index.to_ne_bytes()].concat();
+        let index = |entries: &[(RuleKey, u32)]| -> BTreeMap<Vec<u8>, (RuleKey, u32)> {
+            entries.iter().map(|(k, v)| (bytes(k), (*k, *v))).collect()
+        };
+        let (expected, live) = (index(expected), index(live));
+        let mut lines = Vec::new();
+        for (b, (key, value)) in &expected {
+            match live.get(b) {
+                None => lines.push(format!("missing {key:?} => {value:?}")),
+                Some((_, got)) if got != value => {
+                    lines.push(format!("{key:?}: expected {value:?}, found {got:?}"))
+                }
+                Some(_) => {}
+            }
+        }
+        for (b, (key, value)) in &live {
+            if !expected.contains_key(b) {
+                lines.push(format!("extra {key:?} => {value:?}"));
+            }
+        }
+        lines
+    }
+    let mut rng = crate::testing::Rng(0xd1f7);
+    for round in 0..400 {
+        let key = |rng: &mut crate::testing::Rng| RuleKey {
+            generation: (rng.next() % 2) as u32,
+            index: (rng.next() % 300) as u32,
+        };
+        let count = (rng.next() % 40) as usize;
+        let expected: Vec<(RuleKey, u32)> = (0..count)
+            .map(|_| (key(&mut rng), (rng.next() % 3) as u32))
+            .collect();
+        let mut live = Vec::new();
+        for &(k, v) in &expected {
+            match rng.next() % 6 {
+                0 => {}
+                1 => live.push((k, v + 1)),
+                2 => {
+                    live.push((k, v));
+                    live.push((key(&mut rng), v));
+                }
+                _ => live.push((k, v)),
+            }
+        }
+        // Reversed: the kernel lists entries in its own order.
+        live.reverse();
+        let mut found = Vec::new();
+        diff_table("RULES", &expected, &live, &mut found);
+        let want = oracle(&expected, &live);
+        match found.first() {
+            None => assert!(want.is_empty(), "round {round}: {want:?}"),
+            Some(finding) => {
+                assert_eq!(found.len(), 1);
+                let shown: Vec<&str> = finding.detail.lines().skip(1).map(str::trim).collect();
+                let expected_shown: Vec<String> =
+                    want.iter().take(MAP_DRIFT_SHOWN).cloned().collect();
+                assert_eq!(
+                    shown.len().min(MAP_DRIFT_SHOWN),
+                    expected_shown.len(),
+                    "round {round}"
+                );
+                assert_eq!(
+                    &shown[..expected_shown.len()],
+                    &expected_shown[..],
+                    "round {round}"
+                );
+                assert!(
+                    finding.detail.starts_with(&format!("{} entr", want.len())),
+                    "round {round}: {}",
+                    finding.detail
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn map_drift_names_the_map_and_the_entries() {
     let policy = policy();
