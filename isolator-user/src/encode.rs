@@ -748,8 +748,23 @@ mod addresses {
             all.push(None);
             below.push(None);
         }
-        let mut order: Vec<usize> = (0..nodes.len()).collect();
-        order.sort_unstable_by_key(|&n| nodes[n].0);
+        // The nodes are in address order (and, for one address, shorter first), each
+        // (length, address) once: placing them by length, in that order, sorts them by
+        // (length, address) in one pass (a counting sort, no comparisons).
+        let mut starts = [0usize; 130];
+        for ((len, _), _) in &nodes {
+            starts[usize::from(*len) + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut order = vec![0usize; nodes.len()];
+        for (n, ((len, _), _)) in nodes.iter().enumerate() {
+            let at = &mut starts[usize::from(*len)];
+            order[*at] = n;
+            *at += 1;
+        }
+        debug_assert!(order.windows(2).all(|w| nodes[w[0]].0 < nodes[w[1]].0));
         Swept {
             prefixes: order.iter().map(|&n| nodes[n].0).collect(),
             found: order.iter().map(|&n| nodes[n].1).collect(),
