@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::{Finding, Inventory, compare, compare_maps};
+use super::{Finding, Inventory, compare_maps, compare_plan};
 use crate::compile::Plan;
 use crate::policy::{InterfacePattern, Locations, Policy};
 
@@ -228,13 +228,13 @@ fn look_once(
     infrastructure: &[InterfacePattern],
 ) -> anyhow::Result<Report> {
     let inventory = inventory(state_dir)?;
-    let mut findings = compare(policy, &inventory, infrastructure)
+    // Compiled once, for the host's links and for the maps.
+    let plan = Plan::new(policy, inventory.host_view())
         .map_err(|e| anyhow::anyhow!("compiling the policy for this host: {e}"))?;
+    let mut findings = compare_plan(policy, &plan, &inventory, infrastructure);
     let pinned = crate::dataplane::read_pinned_policy(state_dir)
         .map_err(|e| anyhow::anyhow!("{}", crate::error_chain(&e)))
         .context("reading the daemon's pinned policy maps")?;
-    let plan = Plan::new(policy, inventory.host_view())
-        .map_err(|e| anyhow::anyhow!("compiling the policy for this host: {e}"))?;
     let expected = crate::encode::encode(&plan, pinned.generation);
     findings.extend(compare_maps(&expected, &pinned.entries));
     findings.sort_by(|a, b| (a.severity, a.kind).cmp(&(b.severity, b.kind)));

@@ -294,7 +294,18 @@ pub fn compare(
     infrastructure: &[InterfacePattern],
 ) -> Result<Vec<Finding>, crate::compile::PlanError> {
     let plan = Plan::new(policy, inv.host_view())?;
-    let managed = managed(&plan);
+    Ok(compare_plan(policy, &plan, inv, infrastructure))
+}
+
+/// [`compare`] with `policy` already compiled for this host (`plan`: `Plan::new` of it
+/// and `inv.host_view()`).
+pub fn compare_plan(
+    policy: &Policy,
+    plan: &Plan,
+    inv: &Inventory,
+    infrastructure: &[InterfacePattern],
+) -> Vec<Finding> {
+    let managed = managed(plan);
     let mut out = Vec::new();
 
     // Attachments.
@@ -480,7 +491,7 @@ pub fn compare(
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// Differences in one map, at most this many listed (the rest counted).
