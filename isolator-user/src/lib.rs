@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod encode;
 pub mod events;
 pub mod fleet;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod netlink;

@@ -426,6 +426,8 @@ enum AuditCommand {
 fn main() -> ExitCode {
     // The fault injection points the tests set through FAILPOINTS: the rehearsal build
     // only; the normal build has none and ignores the variable.
+    // Before anything large is allocated (see `isolator::memory`).
+    let small_pages = isolator::memory::small_pages_only();
     #[cfg(feature = "rehearsal")]
     let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
@@ -563,6 +565,9 @@ fn main() -> ExitCode {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::stderr().is_terminal())
                 .init();
+            if let Err(e) = &small_pages {
+                tracing::warn!(error = %e, "could not turn transparent huge pages off for the daemon; a large policy loads and reloads more slowly");
+            }
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

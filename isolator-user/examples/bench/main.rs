@@ -162,6 +162,8 @@ impl Options {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the daemon does (see `isolator::memory`), so that the loader's figures are its.
+    isolator::memory::small_pages_only().context("turning transparent huge pages off")?;
     let mut args = std::env::args().skip(1).peekable();
     if args.peek().map(String::as_str) == Some("--loader") {
         return scale::run(args.skip(1));
