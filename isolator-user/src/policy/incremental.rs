@@ -31,6 +31,7 @@
 //! which carries no positions.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,22 +41,29 @@ use super::{Diagnostics, ParseTimes, Policy, Tenant};
 /// A hash map with a fast hash: its keys are the operator's own file.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// A tenant of the last valid policy read through the cut: its structure, and what
-/// validation made of it.
+/// A tenant of the last valid policy read through the cut: the text of its entry, its
+/// structure, and what validation made of it.
 struct Kept {
+    text: Arc<str>,
     raw: Arc<RawTenant>,
     valid: Arc<Tenant>,
 }
 
-/// Tenants by the text of their entry (shared with the next map: an unchanged entry's
-/// text is not copied again).
-type ByText = Map<Arc<str>, Kept>;
-
 /// The tenants of the last valid policy read through the cut, by the text of their
 /// entry, and the text around them.
+///
+/// Each entry's text is hashed once per read (a policy of 100 000 segments is 54 MB of
+/// them): `by_hash` finds a kept tenant by that hash, and the texts are compared where
+/// the hashes are equal. Of two kept texts with one hash (about one chance in 10^9 at a
+/// million tenants), the second is not found and its tenant is parsed again: slower,
+/// never wrong.
 #[derive(Default)]
 pub struct Cache {
-    tenants: ByText,
+    tenants: Vec<Kept>,
+    /// Positions in `tenants`, by the hash of their text.
+    by_hash: Map<u64, usize>,
+    /// The hash of the entries' texts: the same for the life of the cache.
+    hasher: foldhash::fast::RandomState,
     /// The rest of that file (see [`Cut`]); `None` before the first.
     rest: Option<String>,
 }
@@ -73,12 +81,15 @@ pub struct Reuse {
     pub delta: bool,
 }
 
-/// One entry of the tenants block as [`Cache::read`] found it: its text, its structure,
-/// and its validated form when the text is one of the last valid policy's.
+/// One entry of the tenants block as [`Cache::read`] found it: its text and that text's
+/// hash, its structure, and its validated form and position in the cache when the text
+/// is one of the last valid policy's.
 struct Entry {
+    hash: u64,
     text: Arc<str>,
     raw: Arc<RawTenant>,
     valid: Option<Arc<Tenant>>,
+    kept: Option<usize>,
 }
 
 impl Cache {
@@ -140,10 +151,17 @@ impl Cache {
         file_name: &str,
         entries: &[Entry],
     ) -> Option<Policy> {
-        let mut present: Map<&str, ()> =
-            Map::with_capacity_and_hasher(entries.len(), Default::default());
+        // Which kept tenants the file still has (equal texts find the same one), and the
+        // hashes of the texts it does not: the same text twice is refused either way. Two
+        // new texts with one hash are refused too (validated whole: never wrong).
+        let mut still = vec![false; self.tenants.len()];
+        let mut new: Map<u64, ()> = Map::default();
         for entry in entries {
-            if present.insert(&entry.text, ()).is_some() {
+            let seen = match entry.kept {
+                Some(at) => std::mem::replace(&mut still[at], true),
+                None => new.insert(entry.hash, ()).is_some(),
+            };
+            if seen {
                 return None;
             }
         }
@@ -151,27 +169,37 @@ impl Cache {
         let gone = self
             .tenants
             .iter()
-            .filter(|(text, _)| !present.contains_key(&***text))
-            .map(|(_, kept)| &*kept.valid);
+            .zip(&still)
+            .filter(|(_, still)| !**still)
+            .map(|(kept, _)| &*kept.valid);
         super::validate::delta::validate(raw, file_name, &prior, gone)
     }
 
     /// Keeps the tenants of a valid policy read through the cut, and the text around
     /// them, for the next read.
     fn keep(&mut self, entries: Vec<Entry>, policy: &Policy, rest: String) {
-        let mut tenants = ByText::with_capacity_and_hasher(entries.len(), Default::default());
+        let mut tenants = Vec::with_capacity(entries.len());
+        let mut by_hash = Map::with_capacity_and_hasher(entries.len(), Default::default());
         for (entry, tenant) in entries.into_iter().zip(&policy.tenants) {
             let valid = entry.valid.unwrap_or_else(|| Arc::clone(tenant));
-            tenants.insert(
-                entry.text,
-                Kept {
-                    raw: entry.raw,
-                    valid,
-                },
-            );
+            by_hash.entry(entry.hash).or_insert(tenants.len());
+            tenants.push(Kept {
+                text: entry.text,
+                raw: entry.raw,
+                valid,
+            });
         }
         self.tenants = tenants;
+        self.by_hash = by_hash;
         self.rest = Some(rest);
+    }
+
+    /// The kept tenant whose text is `text` (of hash `hash`), by its position.
+    fn find(&self, hash: u64, text: &str) -> Option<usize> {
+        self.by_hash
+            .get(&hash)
+            .copied()
+            .filter(|&at| *self.tenants[at].text == *text)
     }
 
     /// The file's structure from its pieces, the cached tenants used where their text
@@ -186,27 +214,33 @@ impl Cache {
         let mut reuse = Reuse::default();
         let mut entries = Vec::with_capacity(cut.entries.len());
         let mut list = Vec::with_capacity(cut.entries.len());
-        for entry in &cut.entries {
-            let entry = match self.tenants.get_key_value(*entry) {
-                Some((text, kept)) => {
+        for text in &cut.entries {
+            let hash = self.hasher.hash_one(*text);
+            let entry = match self.find(hash, text) {
+                Some(at) => {
                     reuse.reused += 1;
+                    let kept = &self.tenants[at];
                     Entry {
-                        text: text.clone(),
+                        hash,
+                        text: kept.text.clone(),
                         raw: kept.raw.clone(),
                         valid: Some(kept.valid.clone()),
+                        kept: Some(at),
                     }
                 }
                 None => {
                     reuse.parsed += 1;
                     let mut one: Vec<RawTenant> =
-                        serde_saphyr::from_str_with_options(entry, super::yaml_options()).ok()?;
+                        serde_saphyr::from_str_with_options(text, super::yaml_options()).ok()?;
                     if one.len() != 1 {
                         return None;
                     }
                     Entry {
-                        text: Arc::from(*entry),
+                        hash,
+                        text: Arc::from(*text),
                         raw: Arc::new(one.pop()?),
                         valid: None,
+                        kept: None,
                     }
                 }
             };

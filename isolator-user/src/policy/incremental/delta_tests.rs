@@ -286,3 +286,49 @@ fn the_same_tenant_twice_validates_the_whole_file() {
     assert_eq!(shown(&result), shown(&whole));
     assert!(!reuse.delta, "{reuse:?}");
 }
+
+/// A new tenant written twice, word for word: neither copy is kept, and together they
+/// are a duplicate, which only the whole file's validation sees.
+#[test]
+fn a_new_tenant_twice_validates_the_whole_file() {
+    let tenants: Vec<Spec> = (0..4).map(|i| Spec::base(i, 4)).collect();
+    let mut cache = Cache::new();
+    let first = file(&tenants);
+    assert!(cache.parse_timed(&first, "p.yaml").0.is_ok());
+    let new = Spec::base(4, 5).text();
+    let second = format!("{first}{new}{new}");
+    let (result, _, reuse) = cache.parse_timed(&second, "p.yaml");
+    let whole = parse(&second, "p.yaml");
+    assert!(whole.is_err(), "t4 twice");
+    assert_eq!(shown(&result), shown(&whole));
+    assert!(!reuse.delta, "{reuse:?}");
+}
+
+/// A kept tenant whose text the cache cannot find by its hash (as the second of two kept
+/// texts with one hash): parsed again, validated as a tenant gone and come back, and
+/// the policy is the whole file's.
+#[test]
+fn a_kept_text_not_found_by_its_hash_is_read_again() {
+    let tenants: Vec<Spec> = (0..4).map(|i| Spec::base(i, 4)).collect();
+    let mut cache = Cache::new();
+    let first = file(&tenants);
+    assert!(cache.parse_timed(&first, "p.yaml").0.is_ok());
+    let lost = cache
+        .by_hash
+        .iter()
+        .find(|(_, at)| cache.tenants[**at].text.contains("name: t2"))
+        .map(|(hash, _)| *hash)
+        .expect("t2 is kept");
+    cache.by_hash.remove(&lost);
+    let second = first.replacen("10.0.0.10", "10.0.0.11", 1);
+    assert_ne!(first, second);
+    let (result, _, reuse) = cache.parse_timed(&second, "p.yaml");
+    let whole = parse(&second, "p.yaml");
+    assert_eq!(shown(&result), shown(&whole));
+    assert!(result.is_ok() && reuse.delta, "{reuse:?}");
+    assert_eq!((reuse.reused, reuse.parsed), (2, 2), "{reuse:?}");
+    // Kept again, and found next time.
+    let (result, _, reuse) = cache.parse_timed(&first, "p.yaml");
+    assert_eq!(shown(&result), shown(&parse(&first, "p.yaml")));
+    assert_eq!((reuse.reused, reuse.parsed), (3, 1), "{reuse:?}");
+}
