@@ -175,19 +175,27 @@ pub fn diff(old: &Policy, new: &Policy) -> Diff {
 
 /// `old` and `new` with only the tenants that differ between them (by name).
 fn differing_tenants(old: &Policy, new: &Policy) -> (Policy, Policy) {
-    let by_name = |p: &Policy| -> HashMap<String, usize> {
+    /// Tenants by name: borrowed names and a fast hash (the names are the operator's).
+    type ByName<'a> = HashMap<&'a str, usize, foldhash::fast::RandomState>;
+    fn by_name(p: &Policy) -> ByName<'_> {
         p.tenants
             .iter()
             .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
+            .map(|(i, t)| (t.name.as_str(), i))
             .collect()
-    };
+    }
     let (in_old, in_new) = (by_name(old), by_name(new));
-    let keep = |p: &Policy, other: &Policy, index: &HashMap<String, usize>| Policy {
+    // `Arc`'s equality compares the pointers first: a tenant a reload kept costs no
+    // deeper comparison.
+    let keep = |p: &Policy, other: &Policy, index: &ByName<'_>| Policy {
         tenants: p
             .tenants
             .iter()
-            .filter(|t| index.get(&t.name).is_none_or(|&i| other.tenants[i] != **t))
+            .filter(|t| {
+                index
+                    .get(t.name.as_str())
+                    .is_none_or(|&i| other.tenants[i] != **t)
+            })
             .cloned()
             .collect(),
         mode: p.mode,
