@@ -97,25 +97,27 @@ fn encode_tables(plan: &Plan, generation: u32) -> Entries {
     let mut rules = RuleSets::new(generation);
     let addresses = addresses::classify(plan, &mut rules);
     let prefix_lengths = PrefixLengths::new(&addresses.v4_lengths(), &addresses.v6_lengths());
-    let flows: HashMap<(u32, u32), &RuleSet> = plan
+    // Each flow's rule set id and summary, worked out once (each pair entry names the
+    // flows of both directions, so every flow is asked for twice).
+    let flows: HashMap<(u32, u32), (u32, Summary)> = plan
         .flows
         .iter()
-        .map(|(pair, rules)| (*pair, rules))
+        .map(|(pair, services)| (*pair, (rules.index(services), Summary::of(services))))
         .collect();
     let pairs = plan
         .neighbours
         .iter()
         .map(|(from, to)| {
             let mut info = PairInfo::default();
-            if let Some(services) = flows.get(&(*from, *to)) {
+            if let Some(&(id, summary)) = flows.get(&(*from, *to)) {
                 info.flags |= PairInfo::FLOW;
-                info.flow = rules.index(services);
-                info.flow_summary = Summary::of(services);
+                info.flow = id;
+                info.flow_summary = summary;
             }
-            if let Some(services) = flows.get(&(*to, *from)) {
+            if let Some(&(id, summary)) = flows.get(&(*to, *from)) {
                 info.flags |= PairInfo::BACK;
-                info.back = rules.index(services);
-                info.back_summary = Summary::of(services);
+                info.back = id;
+                info.back_summary = summary;
             }
             (pair(generation, *from, *to), info)
         })
@@ -705,8 +707,12 @@ mod addresses {
     fn sweep(mut entries: Vec<Entry>, v4: bool) -> Swept {
         entries.sort_unstable();
         let longest = entries.iter().map(|e| e.1).max().unwrap_or(0);
-        let mut nodes: Vec<(Prefix, Found)> = Vec::new();
-        let (mut all, mut below): (Vec<Option<u64>>, Vec<Option<u64>>) = (Vec::new(), Vec::new());
+        // At most one node per entry: no growing (and copying) of the lists on the way.
+        let mut nodes: Vec<(Prefix, Found)> = Vec::with_capacity(entries.len());
+        let (mut all, mut below): (Vec<Option<u64>>, Vec<Option<u64>>) = (
+            Vec::with_capacity(entries.len()),
+            Vec::with_capacity(entries.len()),
+        );
         let mut open: Vec<usize> = Vec::new();
         let mut i = 0;
         while i < entries.len() {
@@ -797,17 +803,31 @@ mod addresses {
     fn classify_family(plan: &Plan, v4: bool, rules: &mut RuleSets) -> Classified {
         let lists = Lists::of(plan, v4);
         let swept = sweep(lists.entries(), v4);
+        // The tenant of each segment prefix, looked up once a segment: the plan lists a
+        // segment's prefixes together.
+        let mut last: Option<(u32, u32)> = None;
+        let tenant_of: Vec<u32> = lists
+            .segments
+            .iter()
+            .map(|&(_, segment)| match last {
+                Some((id, tenant)) if id == segment => tenant,
+                _ => {
+                    let tenant = plan
+                        .segment(segment)
+                        .map(|s| s.tenant_id)
+                        .unwrap_or_default();
+                    last = Some((segment, tenant));
+                    tenant
+                }
+            })
+            .collect();
         let mut out = Vec::with_capacity(swept.prefixes.len());
         for (prefix, found) in swept.prefixes.iter().zip(&swept.found) {
             let at = |kind: usize| found[kind].map(|at| at as usize);
             let mut class = AddrClass::OUTSIDE;
             if let Some(at) = at(SEGMENT) {
-                let segment = lists.segments[at].1;
-                class.segment = segment;
-                class.tenant = plan
-                    .segment(segment)
-                    .map(|s| s.tenant_id)
-                    .unwrap_or_default();
+                class.segment = lists.segments[at].1;
+                class.tenant = tenant_of[at];
             }
             if let Some(at) = at(MANAGEMENT) {
                 let services = &lists.management[at].1;
