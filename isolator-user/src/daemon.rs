@@ -169,26 +169,26 @@ struct Verification {
 }
 
 /// The generation not in force against what the dataplane wrote there (the next swap
-/// changes only what differs from it): one `map_drift` finding per map that differs. None
-/// when the dataplane changed that generation meanwhile (the next verification looks
-/// again), or could not be read (the verification of the policy in force says why).
+/// changes only what differs from it): one `map_drift` finding per map that differs.
+/// `written` is what the dataplane held there before the verification read the maps,
+/// `read` what the verification read. None when the dataplane changed that generation
+/// meanwhile (the next verification looks again), or did not know what it holds.
 fn other_generation_drift(
     kernel: &KernelHandle,
-    state_dir: &std::path::Path,
+    written: OtherGeneration,
+    read: &crate::verify::live::OtherGeneration,
 ) -> Vec<crate::verify::Finding> {
-    let Some((generation, expected)) = kernel.other_generation() else {
+    let Some((generation, expected)) = written else {
         return Vec::new();
     };
-    let Ok(live) = crate::dataplane::read_pinned_generation(state_dir, generation) else {
-        return Vec::new();
-    };
-    let unchanged = kernel
-        .other_generation()
-        .is_some_and(|(g, e)| g == generation && Arc::ptr_eq(&e, &expected));
+    let unchanged = generation == read.generation
+        && kernel
+            .other_generation()
+            .is_some_and(|(g, e)| g == generation && Arc::ptr_eq(&e, &expected));
     if !unchanged {
         return Vec::new();
     }
-    crate::verify::compare_maps(&expected, &live.entries)
+    crate::verify::compare_maps(&expected, &read.entries)
         .into_iter()
         .map(|mut finding| {
             finding.detail = format!(
@@ -249,13 +249,18 @@ async fn verify_continuously(task: Verification) {
         // A thread of its own: verification lists the host over netlink with a runtime of
         // its own and reads the pinned maps, blocking.
         let spawned = spawn_verification(move || {
-            let report = crate::verify::live::verify_policy(&in_force, &config, &state_dir, &infra)
-                .map(|mut report| {
-                    report
-                        .findings
-                        .extend(other_generation_drift(&dataplane, &state_dir));
-                    report
-                });
+            // What the dataplane wrote into the generation not in force, before the maps
+            // are read (both generations at once).
+            let written = dataplane.other_generation();
+            let report = crate::verify::live::verify_policy_reading_both(
+                &in_force, &config, &state_dir, &infra,
+            )
+            .map(|(mut report, other)| {
+                report
+                    .findings
+                    .extend(other_generation_drift(&dataplane, written, &other));
+                report
+            });
             let _ = tx.send(report);
         });
         if let Err(e) = spawned {

@@ -823,25 +823,16 @@ pub struct PinnedPolicy {
     pub generation: u32,
     /// The entries of the active generation.
     pub entries: crate::encode::Entries,
+    /// The entries of the other generation (the one not in force, which the next swap
+    /// builds on), from the same reading of the maps.
+    pub other: crate::encode::Entries,
 }
 
-/// Reads the policy in force from the maps pinned under `state_dir`. Where two daemons'
-/// policy maps are pinned (a restart with larger maps, for a moment), the larger ones, the
-/// newer daemon's, are read.
+/// Reads the policy in force from the maps pinned under `state_dir`, and in the same
+/// reading the generation not in force. Where two daemons' policy maps are pinned (a
+/// restart with larger maps, for a moment), the larger ones, the newer daemon's, are
+/// read.
 pub fn read_pinned_policy(state_dir: &Path) -> Result<PinnedPolicy, DataplaneError> {
-    read_pinned(state_dir, None)
-}
-
-/// The entries the maps pinned under `state_dir` hold under `generation` (the one not in
-/// force, say): [`read_pinned_policy`] for another generation.
-pub fn read_pinned_generation(
-    state_dir: &Path,
-    generation: u32,
-) -> Result<PinnedPolicy, DataplaneError> {
-    read_pinned(state_dir, Some(generation))
-}
-
-fn read_pinned(state_dir: &Path, generation: Option<u32>) -> Result<PinnedPolicy, DataplaneError> {
     let map_dir = state_map_dir(state_dir);
     let dir = std::fs::read_dir(&map_dir)
         .map_err(io_err(format!("listing {}", map_dir.display())))?
@@ -874,17 +865,23 @@ fn read_pinned(state_dir: &Path, generation: Option<u32>) -> Result<PinnedPolicy
     let config: Array<MapData, u32> = aya::maps::Map::from_map_data(config)
         .and_then(|m| m.try_into())
         .map_err(map_err(maps::CONFIG, "unexpected map type"))?;
-    let generation = match generation {
-        Some(generation) => generation,
-        None => config
-            .get(&0, 0)
-            .map_err(map_err(maps::CONFIG, "reading the active generation"))?,
+    let generation = config
+        .get(&0, 0)
+        .map_err(map_err(maps::CONFIG, "reading the active generation"))?;
+    let [zero, one] = PolicyTables::from_pins(&dir)?.read_both()?;
+    let (entries, other) = match generation {
+        0 => (zero, one),
+        1 => (one, zero),
+        _ => (
+            crate::encode::Entries::default(),
+            crate::encode::Entries::default(),
+        ),
     };
-    let entries = PolicyTables::from_pins(&dir)?.read(generation)?;
     Ok(PinnedPolicy {
         dir,
         generation,
         entries,
+        other,
     })
 }
 

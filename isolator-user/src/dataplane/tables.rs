@@ -37,14 +37,15 @@ trait Table {
     fn purge_keys(&self, _generation: u32, _vifs: &[VifKey]) -> Option<Vec<Self::Key>> {
         None
     }
-    /// Every entry of `generation`.
-    fn entries_of(&self, generation: u32) -> Result<Entry<Self>, MapError> {
-        let mut out = Vec::new();
+    /// Every entry of generation 0 and every entry of generation 1, from one reading of
+    /// the map (entries of any other generation are left out).
+    fn entries_by_generation(&self) -> Result<[Entry<Self>; 2], MapError> {
+        let mut out = [Vec::new(), Vec::new()];
         for key in self.all_keys()? {
-            if Self::generation_of(&key) == generation
+            if let Some(list) = out.get_mut(Self::generation_of(&key) as usize)
                 && let Some(value) = self.value(&key)?
             {
-                out.push((key, value));
+                list.push((key, value));
             }
         }
         Ok(out)
@@ -119,12 +120,13 @@ impl<V: Pod + Default + PartialEq> Table for SlotArray<V> {
         Ok((value != V::default()).then_some(value))
     }
     /// Read in batches.
-    fn entries_of(&self, generation: u32) -> Result<Entry<Self>, MapError> {
-        Ok(super::batch::entries::<u32, V>(self.0.map().fd().as_fd())
-            .map_err(batch_err("BPF_MAP_LOOKUP_BATCH"))?
-            .into_iter()
-            .filter(|(key, value)| Self::generation_of(key) == generation && *value != V::default())
-            .collect())
+    fn entries_by_generation(&self) -> Result<[Entry<Self>; 2], MapError> {
+        let all = super::batch::entries::<u32, V>(self.0.map().fd().as_fd())
+            .map_err(batch_err("BPF_MAP_LOOKUP_BATCH"))?;
+        Ok(by_generation(
+            all.into_iter().filter(|(_, value)| *value != V::default()),
+            Self::generation_of,
+        ))
     }
     fn put_all(&mut self, entries: &[(u32, V)]) -> Result<(), MapError> {
         super::batch::update(self.0.map().fd().as_fd(), entries)
@@ -134,6 +136,21 @@ impl<V: Pod + Default + PartialEq> Table for SlotArray<V> {
         let zeroes: Vec<(u32, V)> = keys.iter().map(|key| (*key, V::default())).collect();
         self.put_all(&zeroes)
     }
+}
+
+/// `entries` split by generation (`generation_of` their key), 0 and 1, each in the order
+/// given; entries of any other generation are left out.
+fn by_generation<K, V>(
+    entries: impl IntoIterator<Item = (K, V)>,
+    generation_of: impl Fn(&K) -> u32,
+) -> [Vec<(K, V)>; 2] {
+    let mut out = [Vec::new(), Vec::new()];
+    for (key, value) in entries {
+        if let Some(list) = out.get_mut(generation_of(&key) as usize) {
+            list.push((key, value));
+        }
+    }
+    out
 }
 
 /// A failed batch call as aya reports a failed system call.
@@ -201,12 +218,10 @@ impl<K: Pod + GenerationKey, V: Pod> Table for HashMap<MapData, K, V> {
         }
     }
     /// Read in batches.
-    fn entries_of(&self, generation: u32) -> Result<Entry<Self>, MapError> {
-        Ok(super::batch::entries::<K, V>(self.map().fd().as_fd())
-            .map_err(batch_err("BPF_MAP_LOOKUP_BATCH"))?
-            .into_iter()
-            .filter(|(key, _)| Self::generation_of(key) == generation)
-            .collect())
+    fn entries_by_generation(&self) -> Result<[Entry<Self>; 2], MapError> {
+        let all = super::batch::entries::<K, V>(self.map().fd().as_fd())
+            .map_err(batch_err("BPF_MAP_LOOKUP_BATCH"))?;
+        Ok(by_generation(all, Self::generation_of))
     }
     fn put_all(&mut self, entries: &[(K, V)]) -> Result<(), MapError> {
         super::batch::update(self.map().fd().as_fd(), entries)
@@ -478,10 +493,25 @@ macro_rules! define_tables {
 
             /// Every entry of `generation`, as [`crate::encode::encode`] would make them.
             pub fn read(&self, generation: u32) -> Result<Entries, DataplaneError> {
-                Ok(Entries {
-                    $( $field: self.$field.entries_of(generation)
-                        .map_err(map_err(maps::$name, "reading entries"))?, )*
+                let [zero, one] = self.read_both()?;
+                Ok(match generation {
+                    0 => zero,
+                    1 => one,
+                    _ => Entries::default(),
                 })
+            }
+
+            /// Every entry of generations 0 and 1, each map read once (a read returns
+            /// both generations' entries anyway).
+            pub fn read_both(&self) -> Result<[Entries; 2], DataplaneError> {
+                let (mut zero, mut one) = (Entries::default(), Entries::default());
+                $(
+                    let [a, b] = self.$field.entries_by_generation()
+                        .map_err(map_err(maps::$name, "reading entries"))?;
+                    zero.$field = a;
+                    one.$field = b;
+                )*
+                Ok([zero, one])
             }
 
             /// How many entries of `generation` the map named `map` holds.
@@ -516,7 +546,24 @@ policy_tables!(define_tables);
 
 #[cfg(test)]
 mod tests {
-    use super::changes;
+    use super::{by_generation, changes};
+
+    /// One reading of a map split by generation: each entry in its generation's list, in
+    /// the order read; a key of another generation (none is written) in neither.
+    #[test]
+    fn a_reading_splits_into_both_generations_in_order() {
+        let read = [
+            (10u32, 'a'),
+            (21, 'b'),
+            (11, 'c'),
+            (35, 'x'),
+            (20, 'd'),
+            (12, 'e'),
+        ];
+        let [zero, one] = by_generation(read, |key| key / 10 - 1);
+        assert_eq!(zero, vec![(10, 'a'), (11, 'c'), (12, 'e')]);
+        assert_eq!(one, vec![(21, 'b'), (20, 'd')]);
+    }
 
     /// Added, replaced and removed entries, and unchanged ones left alone, in the order
     /// of the new entries (additions) and of the old ones (removals).

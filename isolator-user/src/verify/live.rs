@@ -206,15 +206,33 @@ pub fn verify_policy(
     state_dir: &Path,
     infrastructure: &[InterfacePattern],
 ) -> anyhow::Result<Report> {
+    verify_policy_reading_both(policy, config, state_dir, infrastructure).map(|(report, _)| report)
+}
+
+/// The generation not in force, as a verification read it (with the one in force, in
+/// one reading of the maps).
+pub struct OtherGeneration {
+    pub generation: u32,
+    pub entries: crate::encode::Entries,
+}
+
+/// [`verify_policy`], and what the maps hold in the generation not in force, from the
+/// same reading (the daemon compares it with what it wrote there).
+pub fn verify_policy_reading_both(
+    policy: &Policy,
+    config: &Path,
+    state_dir: &Path,
+    infrastructure: &[InterfacePattern],
+) -> anyhow::Result<(Report, OtherGeneration)> {
     let mut look = 1;
     loop {
-        let report = look_once(policy, config, state_dir, infrastructure)?;
+        let (report, other) = look_once(policy, config, state_dir, infrastructure)?;
         let drift = report
             .findings
             .iter()
             .any(|f| f.kind == super::kind::MAP_DRIFT);
         if !drift || look == LOOKS {
-            return Ok(report);
+            return Ok((report, other));
         }
         look += 1;
         std::thread::sleep(SETTLE);
@@ -226,7 +244,7 @@ fn look_once(
     config: &Path,
     state_dir: &Path,
     infrastructure: &[InterfacePattern],
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<(Report, OtherGeneration)> {
     let inventory = inventory(state_dir)?;
     // Compiled once, for the host's links and for the maps.
     let plan = Plan::new(policy, inventory.host_view())
@@ -238,11 +256,16 @@ fn look_once(
     let expected = crate::encode::encode(&plan, pinned.generation);
     findings.extend(compare_maps(&expected, &pinned.entries));
     findings.sort_by(|a, b| (a.severity, a.kind).cmp(&(b.severity, b.kind)));
-    Ok(Report {
+    let other = OtherGeneration {
+        generation: pinned.generation ^ 1,
+        entries: pinned.other,
+    };
+    let report = Report {
         config: config.to_path_buf(),
         state_dir: state_dir.to_path_buf(),
         generation: pinned.generation,
         findings,
         inventory,
-    })
+    };
+    Ok((report, other))
 }
