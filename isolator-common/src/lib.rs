@@ -28,8 +28,14 @@ pub mod maps {
     /// `HashMap<RuleKey, RuleSet>`: the services of management prefixes, exposures and
     /// flows, stored once per distinct set and referred to by index.
     pub const RULESETS: &str = "RULESETS";
-    /// `PerCpuHashMap<CounterKey, Counter>`: packets and bytes per (vif, direction, verdict).
+    /// `PerCpuHashMap<CounterKey, Counter>`: packets and bytes per (vif, direction, verdict),
+    /// for what [`COUNTER_BLOCKS`] does not count.
     pub const COUNTERS: &str = "COUNTERS";
+    /// `PerCpuArray<CounterBlock>` of [`limits::COUNTER_BLOCKS`](crate::limits::COUNTER_BLOCKS)
+    /// entries: the counters of an interface whose ifindex is below that, at its ifindex,
+    /// by [`counter_block_index`](crate::counter_block_index) (direction, verdict).
+    /// Frames audit mode passed are counted in `COUNTERS` only.
+    pub const COUNTER_BLOCKS: &str = "COUNTER_BLOCKS";
     /// `Array<Settings>` of two entries, indexed by generation.
     pub const SETTINGS: &str = "SETTINGS";
     /// `HashMap<PairKey, PairInfo>`: segment pairs joined by a flow (in either
@@ -202,6 +208,32 @@ pub const fn uncounted_index(direction: u8, verdict: u8, audited: bool) -> u32 {
 /// Entries of `UNCOUNTED`: two directions × audit flag × 32 verdict codes.
 pub const UNCOUNTED_SLOTS: u32 = 128;
 
+/// Index in a [`CounterBlock`] of a (direction, verdict).
+#[inline(always)]
+pub const fn counter_block_index(direction: u8, verdict: u8) -> usize {
+    (direction as usize & 1) << 5 | (verdict as usize & 0x1f)
+}
+
+/// Counters in a [`CounterBlock`]: two directions × 32 verdict codes.
+pub const COUNTER_BLOCK_LEN: usize = 64;
+
+/// Value of the `COUNTER_BLOCKS` map: one interface's counters by
+/// [`counter_block_index`] (one per CPU; userspace sums them). An array slot, so the
+/// programs count a frame without the hash lookup `COUNTERS` costs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterBlock {
+    pub counters: [Counter; COUNTER_BLOCK_LEN],
+}
+
+impl Default for CounterBlock {
+    fn default() -> Self {
+        CounterBlock {
+            counters: [Counter::default(); COUNTER_BLOCK_LEN],
+        }
+    }
+}
+
 /// What one `UNCOUNTED` slot counted, summed over CPUs (userspace's view).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Uncounted {
@@ -248,6 +280,9 @@ pub mod limits {
     pub const MAX_SEGMENTS: u32 = 1 << 24;
     /// Distinct (vif, direction, verdict) counter keys.
     pub const MAX_COUNTERS: u32 = 65536;
+    /// Interfaces with an ifindex below this are counted in `COUNTER_BLOCKS` (an array,
+    /// one block at each ifindex) rather than in `COUNTERS` (a hash). 1 KiB per CPU each.
+    pub const COUNTER_BLOCKS: u32 = 1024;
     /// Distinct prefix lengths `ADDRESSES_V4` or `ADDRESSES_V6` may hold in one
     /// generation: an address lookup probes at most this many (IPv4 has 33 at most).
     pub const MAX_PREFIX_LENGTHS: usize = 40;
@@ -1124,6 +1159,7 @@ mod pod {
         PairInfo,
         CounterKey,
         Counter,
+        CounterBlock,
         Settings,
         Rule,
         RuleSet,
@@ -1172,6 +1208,7 @@ mod tests {
         assert_eq!(size_of::<PairInfo>(), 32);
         assert_eq!(size_of::<CounterKey>(), 8);
         assert_eq!(size_of::<Counter>(), 16);
+        assert_eq!(size_of::<CounterBlock>(), 16 * COUNTER_BLOCK_LEN);
         assert_eq!(size_of::<Settings>(), 40);
         assert_eq!(size_of::<Rule>(), 8);
         assert_eq!(size_of::<RuleSet>(), 8 + 8 * limits::MAX_RULES);

@@ -3,10 +3,12 @@
 //! The verdict, the reason and the counters can therefore never disagree (invariant I5).
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_meta, programs::XdpContext};
-use isolator_common::{Counter, CounterKey, SegmentInfo, Verdict, fault, uncounted_index};
+use isolator_common::{
+    Counter, CounterKey, SegmentInfo, Verdict, counter_block_index, fault, limits, uncounted_index,
+};
 
 use crate::faults;
-use crate::maps::{BPF_NOEXIST, COUNTERS, UNCOUNTED};
+use crate::maps::{BPF_NOEXIST, COUNTER_BLOCKS, COUNTERS, UNCOUNTED};
 use crate::vif::Vif;
 
 /// A verdict with what audit mode made of it: `audited` when a drop was counted as such
@@ -69,8 +71,21 @@ pub fn uncount(ifindex: u32, direction: u8, verdict: u8, audited: bool, bytes: u
     );
 }
 
+/// Adds to the counter of `key`: in the interface's block of `COUNTER_BLOCKS` (an array
+/// slot) if it has one and the frame was not audited, else in `COUNTERS` (a hash).
 #[inline(always)]
 fn add(key: CounterKey, packets: u64, bytes: u64) {
+    if key.flags == 0
+        && key.ifindex < limits::COUNTER_BLOCKS
+        && let Some(block) = COUNTER_BLOCKS.get_ptr_mut(key.ifindex)
+    {
+        let at = counter_block_index(key.direction, key.verdict);
+        // SAFETY: this CPU's block of a live array slot; `at` is below the block's
+        // length (its mask).
+        let counter = unsafe { &mut (*block).counters[at & 63] as *mut Counter };
+        bump(counter, packets, bytes);
+        return;
+    }
     if let Some(counter) = COUNTERS.get_ptr_mut(key) {
         bump(counter, packets, bytes);
         return;

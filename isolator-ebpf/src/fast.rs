@@ -303,13 +303,7 @@ struct Destination {
 /// entry holds it.
 #[inline(always)]
 fn classified(generation: u32, addr: [u8; 4]) -> Option<Destination> {
-    let mut mapped = Address { bytes: [0; 16] };
-    mapped.bytes[10] = 0xff;
-    mapped.bytes[11] = 0xff;
-    mapped.bytes[12] = addr[0];
-    mapped.bytes[13] = addr[1];
-    mapped.bytes[14] = addr[2];
-    mapped.bytes[15] = addr[3];
+    let mapped = Address::mapped_v4(addr);
     if isolator_classify(generation, 1, slot::DESTINATION, &mapped) == 0 {
         return None;
     }

@@ -10,10 +10,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use isolator_common::{
-    AddrClass, AddrV4Key, AddrV6Key, ConnKey, ConnState, Counter, CounterKey, DeclaredMacKey,
-    EventKey, EventSettings, EventWindow, FragKey, FragState, GatewayKey, LinkInfo, PairInfo,
-    PairKey, PrefixLengths, RuleKey, RuleSet, Settings, UNCOUNTED_SLOTS, UplinkKey, VifInfo,
-    VifKey, VlanKey, conntrack, event, fault, limits,
+    AddrClass, AddrV4Key, AddrV6Key, ConnKey, ConnState, Counter, CounterBlock, CounterKey,
+    DeclaredMacKey, EventKey, EventSettings, EventWindow, FragKey, FragState, GatewayKey, LinkInfo,
+    PairInfo, PairKey, PrefixLengths, RuleKey, RuleSet, Settings, UNCOUNTED_SLOTS, UplinkKey,
+    VifInfo, VifKey, VlanKey, conntrack, event, fault, limits,
 };
 
 use crate::packet::Packet;
@@ -103,6 +103,12 @@ pub static CONNTRACK_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(co
 #[map]
 pub static COUNTERS: PerCpuHashMap<CounterKey, Counter> =
     PerCpuHashMap::with_max_entries(limits::MAX_COUNTERS, 0);
+
+/// The counters of interfaces with a small ifindex, at the ifindex: an array slot instead
+/// of `COUNTERS`' hash lookup on every frame (`crate::account`).
+#[map]
+pub static COUNTER_BLOCKS: PerCpuArray<CounterBlock> =
+    PerCpuArray::with_max_entries(limits::COUNTER_BLOCKS, 0);
 
 #[map]
 pub static UNCOUNTED: PerCpuArray<Counter> = PerCpuArray::with_max_entries(UNCOUNTED_SLOTS, 0);

@@ -80,6 +80,7 @@ impl Dataplane {
         if let Some(existing) = self.attached.get(&ifindex) {
             return Ok(existing.mode);
         }
+        self.note_counted([ifindex]);
         let old = self
             .pins
             .as_mut()

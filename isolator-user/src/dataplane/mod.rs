@@ -121,13 +121,14 @@ pub const GRACE_PERIOD: Duration = Duration::from_millis(50);
 
 /// The maps that hold state rather than policy: written by the programs (counters,
 /// connections, fragments) or read first by them (`CONFIG`).
-pub const STATE_MAPS: [&str; 14] = [
+pub const STATE_MAPS: [&str; 15] = [
     maps::CONFIG,
     maps::CONNTRACK,
     maps::CONNTRACK_OPENING,
     maps::CONNTRACK_EVENTS,
     maps::FRAGMENTS,
     maps::COUNTERS,
+    maps::COUNTER_BLOCKS,
     maps::UNCOUNTED,
     maps::KERNEL_FAULTS,
     maps::FAULTS_LOGGED,
@@ -368,6 +369,11 @@ pub struct Dataplane {
     state: VifState,
     conntrack_events: PerCpuArray<MapData, u64>,
     counters: PerCpuHashMap<MapData, CounterKey, Counter>,
+    counter_blocks: PerCpuArray<MapData, isolator_common::CounterBlock>,
+    /// The ifindexes whose block of `COUNTER_BLOCKS` may have counted something: the
+    /// links of the plans swapped in and the links attached to, until their counters are
+    /// pruned ([`Dataplane::prune_counters`]).
+    counted: BTreeSet<u32>,
     uncounted: PerCpuArray<MapData, Counter>,
     faults: PerCpuArray<MapData, u64>,
     event_settings: Array<MapData, isolator_common::EventSettings>,
@@ -495,6 +501,8 @@ impl Dataplane {
             .config
             .get(&0, 0)
             .map_err(map_err(maps::CONFIG, "reading the active generation"))?;
+        // A previous daemon's counters: reported, and pruned with the others.
+        dp.counted = dp.blocks_in_use()?;
         // Maps of other layouts belong to older versions, and policy maps of other sizes
         // to an older daemon; their programs are replaced as this daemon takes their links
         // over, so the pins can go (the maps live on while a program uses them).
@@ -536,6 +544,8 @@ impl Dataplane {
             state: VifState::take(&mut ebpf)?,
             conntrack_events: take(&mut ebpf, maps::CONNTRACK_EVENTS)?,
             counters: take(&mut ebpf, maps::COUNTERS)?,
+            counter_blocks: take(&mut ebpf, maps::COUNTER_BLOCKS)?,
+            counted: BTreeSet::new(),
             uncounted: take(&mut ebpf, maps::UNCOUNTED)?,
             faults: take(&mut ebpf, maps::KERNEL_FAULTS)?,
             event_settings: take(&mut ebpf, maps::EVENT_SETTINGS)?,
@@ -686,6 +696,9 @@ impl Dataplane {
         }
         // Every vif of the plan has its state tables before its entry exists.
         self.state.ensure_all(plan.vifs.iter().map(|v| v.ifindex))?;
+        self.note_counted(plan.links.iter().map(|l| l.ifindex));
+        self.note_counted(plan.vifs.iter().map(|v| v.ifindex));
+        self.note_counted(plan.quarantined.iter().map(|q| q.ifindex));
         if let Some(observe) = self.observe_before_change {
             observe(self);
         }

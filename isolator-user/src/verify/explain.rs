@@ -6,8 +6,10 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use aya::maps::{MapData, PerCpuHashMap};
-use isolator_common::{Counter, CounterKey, direction, maps, programs};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use isolator_common::{
+    Counter, CounterBlock, CounterKey, counter_block_index, direction, limits, maps, programs,
+};
 use serde::Serialize;
 
 use super::{Inventory, kernel_name, live};
@@ -399,27 +401,57 @@ fn source_of(policy: &Policy, plan: &Plan, vif: &ManagedVif, v6: bool) -> anyhow
         .with_context(|| format!("{} has no address of that family; give --src", vif.name))
 }
 
-type Counters = PerCpuHashMap<MapData, CounterKey, Counter>;
+/// The running daemon's counter maps, as pinned: the hash and the per-interface blocks.
+struct Counters {
+    hashed: PerCpuHashMap<MapData, CounterKey, Counter>,
+    blocks: PerCpuArray<MapData, CounterBlock>,
+}
 
 fn open_counters(state_dir: &Path) -> anyhow::Result<Counters> {
-    let path = crate::dataplane::state_map_dir(state_dir).join(maps::COUNTERS);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    aya::maps::Map::from_map_data(data)
-        .and_then(|m| m.try_into())
-        .with_context(|| format!("{} is no counter map", path.display()))
+    let dir = crate::dataplane::state_map_dir(state_dir);
+    let open = |name: &str| -> anyhow::Result<aya::maps::Map> {
+        let path = dir.join(name);
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        aya::maps::Map::from_map_data(data).with_context(|| format!("opening {}", path.display()))
+    };
+    Ok(Counters {
+        hashed: open(maps::COUNTERS)?
+            .try_into()
+            .context("COUNTERS is no counter map")?,
+        blocks: open(maps::COUNTER_BLOCKS)?
+            .try_into()
+            .context("COUNTER_BLOCKS is no counter block map")?,
+    })
 }
 
 /// Packets counted so far at `ifindex` in `dir`, by (verdict, flags).
 fn counted(counters: &Counters, ifindex: u32, dir: u8) -> anyhow::Result<Vec<((u8, u8), u64)>> {
-    let mut out = Vec::new();
-    for entry in counters.iter() {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in counters.hashed.iter() {
         let (key, values) = entry.context("reading the counters")?;
         if key.ifindex == ifindex && key.direction == dir {
             let packets = values.iter().fold(0u64, |a, c| a.wrapping_add(c.packets));
-            out.push(((key.verdict, key.flags), packets));
+            out.insert((key.verdict, key.flags), packets);
         }
     }
-    Ok(out)
+    if ifindex < limits::COUNTER_BLOCKS {
+        let blocks = counters
+            .blocks
+            .get(&ifindex, 0)
+            .context("reading the counter blocks")?;
+        for verdict in 0..32u8 {
+            let at = counter_block_index(dir, verdict);
+            let packets = blocks
+                .iter()
+                .fold(0u64, |a, b| a.wrapping_add(b.counters[at].packets));
+            if packets != 0 {
+                let total = out.entry((verdict, 0)).or_insert(0u64);
+                *total = total.wrapping_add(packets);
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
 }
 
 fn verdict_text(verdict: Verdict, audited: bool) -> String {
