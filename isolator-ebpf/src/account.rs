@@ -31,7 +31,13 @@ impl Outcome {
 /// vif's own segment applies (the sender's on ingress, the receiver's on egress).
 #[inline(always)]
 pub fn audit(verdict: Verdict, vif: &Vif) -> Outcome {
-    let audited = verdict.auditable() && vif.info.flags & SegmentInfo::AUDIT != 0;
+    audit_by(verdict, vif.info.flags)
+}
+
+/// [`audit`] by the flags of the vif's segment (`SegmentInfo::flags`).
+#[inline(always)]
+pub fn audit_by(verdict: Verdict, segment_flags: u32) -> Outcome {
+    let audited = verdict.auditable() && segment_flags & SegmentInfo::AUDIT != 0;
     Outcome { verdict, audited }
 }
 

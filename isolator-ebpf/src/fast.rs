@@ -20,17 +20,17 @@ use aya_ebpf::{
     bindings::{xdp_action, xdp_md},
     programs::XdpContext,
 };
-use isolator_common::{AddrClass, SegmentInfo, Verdict, VifInfo, direction};
+use isolator_common::{AddrClass, SegmentInfo, Verdict, VifInfo, direction, vif_slot};
 
-use crate::account::{account, audit, note_audited};
-use crate::maps;
+use crate::account::{account, audit_by, note_audited};
 use crate::packet::{Address as PacketAddress, Frame, KIND_IPV4, Packet, XdpFrame, at, set_mapped};
 use crate::proto::{dhcp, ip};
 use crate::rules::{
     Address, REPLIES, isolator_classify, isolator_pair_admits, isolator_rules_admit, pair_service,
     slot,
 };
-use crate::vif::{self, identify};
+use crate::vif;
+use crate::{events, maps};
 
 /// Ethernet header: destination and source MAC, EtherType.
 const ETH_LEN: usize = 14;
@@ -58,12 +58,17 @@ const CROSS_TENANT: u32 = 1;
 const CROSS_SEGMENT: u32 = 2;
 const MANAGEMENT: u32 = 3;
 
-/// The XDP program's short way: for a frame it refuses (see the module), identifies the
-/// vif, counts and reports the frame as the story's exit does ([`account`], audit mode
-/// included), and returns the XDP action; [`UNDECIDED`] for every other frame, which the
-/// program then judges from the start, with what it already knows ([`IDENTIFIED`],
+/// The XDP program's short way: for a frame it refuses (see the module), counts and
+/// reports the frame as the story's exit does ([`account`], audit mode included), and
+/// returns the XDP action; [`UNDECIDED`] for every other frame, which the program then
+/// judges from the start, with what it already knows ([`IDENTIFIED`],
 /// [`DESTINATION_KNOWN`]). A global BPF function: the verifier checks it
 /// once, on its own, and walks the story after it as it did without it.
+///
+/// It reads the vif's entry where it lies in `VIF_SLOTS` (in the scratch space only for
+/// a vif found in `VIFS`), and copies it into the scratch space only for a frame it leaves
+/// to the story; it writes the fields a report reads only for a drop that may be reported
+/// ([`events::reported`]). A drop thus costs no copy.
 ///
 /// A fault it records (a full counter map) is counted at once and logged at the next
 /// exit of a program on this CPU: the log's record is large, and the verifier would walk
@@ -74,35 +79,57 @@ pub extern "C" fn isolator_short_way(ctx: *mut xdp_md, ifindex: u32, bytes: u32)
     if ctx.is_null() {
         return UNDECIDED;
     }
-    let Some(vif) = identify(ifindex) else {
+    let Some(&generation) = maps::CONFIG.get(0) else {
         return UNDECIDED;
     };
-    let identified = UNDECIDED | IDENTIFIED | (vif.generation & 1);
-    if vif.quarantined() {
-        return identified;
-    }
-    let Some(scratch) = maps::scratch() else {
-        return identified;
+    // The vif's entry where it lies when it has a slot (a drop needs no copy), else its
+    // copy in the scratch space.
+    let (entry, copied) = match vif_slot(generation, ifindex) {
+        Some(at) => match maps::VIF_SLOTS.get(at) {
+            Some(entry) if entry.flags & VifInfo::PRESENT != 0 => (entry, false),
+            _ => return UNDECIDED,
+        },
+        None => match vif::lookup(generation, ifindex, vif::slot::RUNS_ON) {
+            Some(entry) => (entry, true),
+            None => return UNDECIDED,
+        },
     };
-    let frame = XdpFrame::from_context(ctx);
-    let entry = &scratch.vifs[vif::slot::RUNS_ON as usize];
     let mut probed = false;
-    let code = judged(
-        &frame,
-        vif.generation,
-        ifindex,
-        entry,
-        &mut scratch.packet,
-        &mut probed,
-    );
-    let verdict = match code {
-        Some(CROSS_TENANT) => Verdict::CrossTenant,
-        Some(CROSS_SEGMENT) => Verdict::CrossSegment,
-        Some(_) => Verdict::Management,
-        None if probed => return identified | DESTINATION_KNOWN,
-        None => return identified,
+    let refusal = if entry.flags & VifInfo::QUARANTINED != 0 {
+        None
+    } else {
+        judged(
+            &XdpFrame::from_context(ctx),
+            generation,
+            ifindex,
+            entry,
+            &mut probed,
+        )
     };
-    let outcome = audit(verdict, &vif);
+    let Some(refusal) = refusal else {
+        // The story takes over the vif's entry from the scratch space.
+        if !copied && vif::isolator_vif(generation, ifindex, vif::slot::RUNS_ON) == 0 {
+            return UNDECIDED;
+        }
+        let identified = UNDECIDED | IDENTIFIED | (generation & 1);
+        return if probed {
+            identified | DESTINATION_KNOWN
+        } else {
+            identified
+        };
+    };
+    let verdict = match refusal.code {
+        CROSS_TENANT => Verdict::CrossTenant,
+        CROSS_SEGMENT => Verdict::CrossSegment,
+        _ => Verdict::Management,
+    };
+    // What a report reads ([`crate::events`]), only if there will be one.
+    if events::reported(verdict)
+        && let Some(scratch) = maps::scratch()
+    {
+        refusal.describe(&mut scratch.packet);
+    }
+    let outcome = audit_by(verdict, entry.info.flags);
     if account(ifindex, direction::INGRESS, outcome, u64::from(bytes)) {
         note_audited(&XdpContext::new(ctx), verdict);
         xdp_action::XDP_PASS
@@ -111,17 +138,40 @@ pub extern "C" fn isolator_short_way(ctx: *mut xdp_md, ifindex: u32, bytes: u32)
     }
 }
 
-/// The module's conditions, checked against the frame and the vif's entry: the drop's
-/// code if they all hold. Sets `probed` when it classified the destination by the probe.
+/// A drop the short way decided: its reason, and what a report of it says.
+struct Refusal {
+    code: u32,
+    protocol: u8,
+    src_port: u16,
+    dst_port: u16,
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+impl Refusal {
+    /// Writes the packet's fields a report reads into `p`, as the parser would have.
+    #[inline(always)]
+    fn describe(&self, p: &mut Packet) {
+        p.kind = KIND_IPV4;
+        p.protocol = self.protocol;
+        p.has_ports = true;
+        p.src_port = self.src_port;
+        p.dst_port = self.dst_port;
+        set_mapped(p, PacketAddress::Source, &self.src);
+        set_mapped(p, PacketAddress::Destination, &self.dst);
+    }
+}
+
+/// The module's conditions, checked against the frame and the vif's entry: the drop
+/// if they all hold. Sets `probed` when it classified the destination by the probe.
 #[inline(always)]
 fn judged(
     frame: &impl Frame,
     generation: u32,
     ifindex: u32,
     entry: &VifInfo,
-    p: &mut Packet,
     probed: &mut bool,
-) -> Option<u32> {
+) -> Option<Refusal> {
     let eth: &[u8; ETH_LEN] = at(frame, 0)?;
     // IPv4, untagged.
     if eth[12] != 0x08 || eth[13] != 0x00 {
@@ -205,20 +255,19 @@ fn judged(
     if !owned || source.flags & AddrClass::EXPOSED != 0 {
         return None;
     }
-    let refused = |p: &mut Packet, code: u32| {
-        // What a report reads ([`crate::events`]).
-        p.kind = KIND_IPV4;
-        p.protocol = protocol;
-        p.has_ports = true;
-        p.src_port = src_port;
-        p.dst_port = dst_port;
-        set_mapped(p, PacketAddress::Source, &src);
-        set_mapped(p, PacketAddress::Destination, &dst);
-        Some(code)
+    let refused = |code: u32| {
+        Some(Refusal {
+            code,
+            protocol,
+            src_port,
+            dst_port,
+            src,
+            dst,
+        })
     };
     // Step 2: loopback, before every exception.
     if dst[0] == 127 {
-        return refused(p, MANAGEMENT);
+        return refused(MANAGEMENT);
     }
     // A routable unicast destination: not multicast, the limited broadcast, link-local or
     // 0/8 (the story's link-scope steps).
@@ -249,11 +298,7 @@ fn judged(
                 u32::from(protocol),
                 u32::from(dst_port),
             ) != 0;
-        return if protected {
-            refused(p, MANAGEMENT)
-        } else {
-            None
-        };
+        return if protected { refused(MANAGEMENT) } else { None };
     }
     if class.segment == AddrClass::NO_SEGMENT
         || class.segment == entry.segment
@@ -287,7 +332,7 @@ fn judged(
             return None;
         }
     }
-    refused(p, other)
+    refused(other)
 }
 
 /// What the short way reads of the destination's class.
