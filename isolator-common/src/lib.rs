@@ -449,6 +449,13 @@ pub struct SegmentInfo {
     pub tenant: u32,
     /// [`SegmentInfo::EGRESS_ALLOW`], [`SegmentInfo::AUDIT`], ...
     pub flags: u32,
+    /// The summaries of every flow from the segment to another, united: a packet it rules
+    /// out is admitted by no flow from the segment (the programs then need not look up
+    /// the segment pair).
+    pub flows_out: Summary,
+    /// The same of every flow from another segment to this one: a packet whose source
+    /// port it rules out answers no connection such a flow admits.
+    pub flows_in: Summary,
 }
 
 impl SegmentInfo {
@@ -782,6 +789,23 @@ impl Summary {
             out.last_port = out.last_port.max(r.last_port);
         }
         out
+    }
+
+    /// A summary of both rule sets summarised: it may admit whatever either may.
+    pub fn union(self, other: Summary) -> Summary {
+        if self.protocols == 0 {
+            return other;
+        }
+        if other.protocols == 0 {
+            return self;
+        }
+        Summary {
+            protocols: self.protocols | other.protocols,
+            portless: self.portless | other.portless,
+            first_port: self.first_port.min(other.first_port),
+            last_port: self.last_port.max(other.last_port),
+            _pad: 0,
+        }
     }
 
     /// Whether the rule set summarised may admit a packet of protocol class `class` (as
@@ -1195,8 +1219,8 @@ mod tests {
         assert_eq!(size_of::<EventSettings>(), 16);
         assert_eq!(size_of::<EventKey>(), 8);
         assert_eq!(size_of::<EventWindow>(), 16);
-        assert_eq!(size_of::<VifInfo>(), 64);
-        assert_eq!(size_of::<SegmentInfo>(), 8);
+        assert_eq!(size_of::<VifInfo>(), 80);
+        assert_eq!(size_of::<SegmentInfo>(), 24);
         assert_eq!(size_of::<AddrV4Key>(), 8);
         assert_eq!(size_of::<AddrV6Key>(), 20);
         assert_eq!(size_of::<AddrClass>(), 32);

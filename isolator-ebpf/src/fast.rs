@@ -324,8 +324,12 @@ fn judged(
         CROSS_TENANT
     };
     // Step 8, early: no flow between the two segments admits the packet either way (a
-    // segment with no flow to another tenant has no entry with any of theirs to ask).
-    if !(other == CROSS_TENANT && entry.info.flags & SegmentInfo::FOREIGN_NEIGHBOURS == 0) {
+    // segment with no flow to another tenant has no entry with any of theirs to ask; one
+    // whose flows, out and in, all rule the service out has none to ask at all).
+    let asked = entry.info.flows_out.may_admit(protocol, Some(dst_port))
+        || entry.info.flows_in.may_admit(protocol, Some(src_port));
+    if asked && !(other == CROSS_TENANT && entry.info.flags & SegmentInfo::FOREIGN_NEIGHBOURS == 0)
+    {
         let (class_word, ports) = pair_service(protocol, true, dst_port, src_port);
         let (from, to) = (entry.segment, class.segment);
         if isolator_pair_admits(generation, from, to, class_word | REPLIES, ports) != 0 {

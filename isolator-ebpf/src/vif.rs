@@ -85,7 +85,7 @@ pub extern "C" fn isolator_vif(generation: u32, ifindex: u32, which: u32) -> u32
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    // Word by word (a plain copy becomes a byte loop in BPF): the entry is 64 bytes,
+    // Word by word (a plain copy becomes a byte loop in BPF): the entry is 80 bytes,
     // 8-byte aligned in the map and in the scratch space.
     const WORDS: usize = core::mem::size_of::<VifInfo>() / 8;
     const _: () = assert!(core::mem::size_of::<VifInfo>().is_multiple_of(8));

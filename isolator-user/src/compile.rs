@@ -1106,7 +1106,8 @@ tenants:
                     _pad: [0; 2],
                     info: SegmentInfo {
                         tenant: acme_t,
-                        flags: SegmentInfo::EGRESS_ALLOW
+                        flags: SegmentInfo::EGRESS_ALLOW,
+                        ..SegmentInfo::default()
                     },
                     // Its segment's /24, and that entry's class.
                     home: [10, 1, 2, 0],
@@ -1713,6 +1714,56 @@ tenants:
             .find(|(k, _)| k.index == flow)
             .expect("the flow's rule set");
         assert_eq!(rules(&set.1), vec![(protocol::TCP, 8000, 8080)]);
+    }
+
+    #[test]
+    fn a_vif_entry_unites_the_flows_out_of_and_into_its_segment() {
+        let mut plan = full_plan();
+        let (a, b, c) = (
+            plan.segments[0].id,
+            plan.segments[1].id,
+            plan.segments[2].id,
+        );
+        for (ifindex, segment) in [(11, a), (12, b), (13, c)] {
+            plan.vifs.push(ManagedVif {
+                name: format!("v{ifindex}"),
+                ifindex,
+                segment,
+                ..ManagedVif::default()
+            });
+        }
+        let entries = encode(&plan, 1);
+        let info = |ifindex: u32| {
+            entries
+                .vifs
+                .iter()
+                .find(|(k, _)| k.ifindex == ifindex)
+                .map(|(_, v)| v.info)
+                .expect("the vif's entry")
+        };
+        let summary = |protocols, portless, first_port, last_port| isolator_common::Summary {
+            protocols,
+            portless,
+            first_port,
+            last_port,
+            _pad: 0,
+        };
+        use isolator_common::Summary as S;
+        // a -> b: ICMP and TCP 5432; a -> c: TCP 8000-8080. Nothing comes into a.
+        assert_eq!(info(11).flows_out, summary(S::ICMP | S::TCP, 1, 0, 65535));
+        assert_eq!(info(11).flows_in, S::default());
+        assert_eq!(info(12).flows_out, S::default());
+        assert_eq!(info(12).flows_in, summary(S::ICMP | S::TCP, 1, 0, 65535));
+        assert_eq!(info(13).flows_in, summary(S::TCP, 0, 8000, 8080));
+        // What c's VMs send to another segment: only a reply from 8000-8080 may belong to
+        // a flow (the short way asks the pair only then).
+        let c_info = info(13);
+        let asked = |src_port: u16| {
+            c_info.flows_out.may_admit(protocol::TCP, Some(22))
+                || c_info.flows_in.may_admit(protocol::TCP, Some(src_port))
+        };
+        assert!(asked(8080));
+        assert!(!asked(40000));
     }
 
     #[test]

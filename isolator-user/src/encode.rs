@@ -104,6 +104,14 @@ fn encode_tables(plan: &Plan, generation: u32) -> Entries {
         .iter()
         .map(|(pair, services)| (*pair, (rules.index(services), Summary::of(services))))
         .collect();
+    // Each segment's flows out and in, their summaries united.
+    let mut segment_flows: HashMap<u32, (Summary, Summary)> = HashMap::default();
+    for (&(from, to), &(_, summary)) in &flows {
+        let out = segment_flows.entry(from).or_default();
+        out.0 = out.0.union(summary);
+        let back = segment_flows.entry(to).or_default();
+        back.1 = back.1.union(summary);
+    }
     let pairs = plan
         .neighbours
         .iter()
@@ -249,9 +257,15 @@ fn encode_tables(plan: &Plan, generation: u32) -> Entries {
                             _pad: [0; 2],
                             info: plan
                                 .segment(v.segment)
-                                .map(|s| SegmentInfo {
-                                    tenant: s.tenant_id,
-                                    flags: s.flags,
+                                .map(|s| {
+                                    let (flows_out, flows_in) =
+                                        segment_flows.get(&s.id).copied().unwrap_or_default();
+                                    SegmentInfo {
+                                        tenant: s.tenant_id,
+                                        flags: s.flags,
+                                        flows_out,
+                                        flows_in,
+                                    }
                                 })
                                 .unwrap_or_default(),
                             home: home
