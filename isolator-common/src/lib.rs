@@ -84,6 +84,10 @@ pub mod maps {
     /// `LruPerCpuHashMap<EventKey, EventWindow>`: each interface's reports of each kind
     /// in the current second (the rate limit).
     pub const EVENT_WINDOWS: &str = "EVENT_WINDOWS";
+    /// `PerCpuArray<EventWindows>` of [`limits::COUNTER_BLOCKS`](crate::limits::COUNTER_BLOCKS)
+    /// entries: the windows of interfaces with an ifindex below that, at the ifindex (an
+    /// array slot where `EVENT_WINDOWS` costs a hash lookup).
+    pub const EVENT_WINDOW_SLOTS: &str = "EVENT_WINDOW_SLOTS";
     /// `PerCpuArray<u64>`: reports not made, by [`event::lost`](crate::event::lost).
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
     /// `PerCpuArray<u32>` of one entry: drops since the last one sampled.
@@ -177,6 +181,22 @@ pub struct EventWindow {
     pub count: u32,
     /// Reports not made since the last one that was.
     pub suppressed: u32,
+}
+
+/// Value of `EVENT_WINDOW_SLOTS`: one interface's windows, by [`event`] kind
+/// ([`EventWindows::index`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventWindows {
+    pub windows: [EventWindow; 2],
+}
+
+impl EventWindows {
+    /// The index of [`event`] kind `kind`'s window.
+    #[inline(always)]
+    pub const fn index(kind: u8) -> usize {
+        (kind as usize).wrapping_sub(1) & 1
+    }
 }
 
 /// What the kernel could not record: each is counted in `KERNEL_FAULTS` and logged (at
@@ -1201,6 +1221,7 @@ mod pod {
         EventSettings,
         EventKey,
         EventWindow,
+        EventWindows,
     );
 }
 
@@ -1219,6 +1240,11 @@ mod tests {
         assert_eq!(size_of::<EventSettings>(), 16);
         assert_eq!(size_of::<EventKey>(), 8);
         assert_eq!(size_of::<EventWindow>(), 16);
+        assert_eq!(size_of::<EventWindows>(), 32);
+        assert_ne!(
+            EventWindows::index(event::MANAGEMENT),
+            EventWindows::index(event::DROP)
+        );
         assert_eq!(size_of::<VifInfo>(), 80);
         assert_eq!(size_of::<SegmentInfo>(), 24);
         assert_eq!(size_of::<AddrV4Key>(), 8);

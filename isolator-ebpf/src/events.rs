@@ -8,11 +8,13 @@
 //! `management` reads one array entry to learn that no one listens.
 
 use aya_ebpf::helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns};
-use isolator_common::{Event, EventKey, EventWindow, Verdict, event};
+use isolator_common::{Event, EventKey, EventWindow, EventWindows, Verdict, event, limits};
 use isolator_ebpf::packet::copy_bytes;
 
 use crate::account::Outcome;
-use crate::maps::{EVENT_SAMPLE, EVENT_SETTINGS, EVENT_WINDOWS, EVENTS, EVENTS_LOST, SCRATCH};
+use crate::maps::{
+    EVENT_SAMPLE, EVENT_SETTINGS, EVENT_WINDOW_SLOTS, EVENT_WINDOWS, EVENTS, EVENTS_LOST, SCRATCH,
+};
 
 /// Whether a frame judged `verdict` may be reported (see the module): only then does
 /// [`report`] read the packet's fields in the scratch space.
@@ -43,6 +45,19 @@ pub fn report(ifindex: u32, direction: u8, outcome: Outcome) {
         u32::from(outcome.verdict as u8),
         u32::from(outcome.audited),
     );
+}
+
+/// The window of kind `kind` of an interface with a small ifindex: an array slot
+/// (`EVENT_WINDOW_SLOTS`), where others' are in the LRU hash `EVENT_WINDOWS`. A slot
+/// starts zeroed, a window long past, which the first report opens anew.
+#[inline(always)]
+fn window_slot(ifindex: u32, kind: u8) -> Option<*mut EventWindow> {
+    if ifindex >= limits::COUNTER_BLOCKS {
+        return None;
+    }
+    let windows = EVENT_WINDOW_SLOTS.get_ptr_mut(ifindex)?;
+    // SAFETY: this CPU's value of a live array slot; the index is 0 or 1.
+    Some(unsafe { &mut (*windows).windows[EventWindows::index(kind)] as *mut EventWindow })
 }
 
 /// Counts a report not made.
@@ -87,24 +102,29 @@ pub extern "C" fn isolator_event(ifindex: u32, direction: u32, verdict: u32, aud
     // read): a flood that is over budget pays one lookup and no clock read.
     // SAFETY: the helpers take no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let key = EventKey {
-        ifindex,
-        kind: u32::from(kind),
-    };
-    let window = match EVENT_WINDOWS.get_ptr_mut(&key) {
+    let window = match window_slot(ifindex, kind) {
         Some(w) => w,
         None => {
-            let fresh = EventWindow {
-                start_ns: now,
-                count: 0,
-                suppressed: 0,
+            let key = EventKey {
+                ifindex,
+                kind: u32::from(kind),
             };
-            if EVENT_WINDOWS.insert(&key, &fresh, 0).is_err() {
-                return 0;
-            }
             match EVENT_WINDOWS.get_ptr_mut(&key) {
                 Some(w) => w,
-                None => return 0,
+                None => {
+                    let fresh = EventWindow {
+                        start_ns: now,
+                        count: 0,
+                        suppressed: 0,
+                    };
+                    if EVENT_WINDOWS.insert(&key, &fresh, 0).is_err() {
+                        return 0;
+                    }
+                    match EVENT_WINDOWS.get_ptr_mut(&key) {
+                        Some(w) => w,
+                        None => return 0,
+                    }
+                }
             }
         }
     };

@@ -11,9 +11,9 @@ use aya_ebpf::{
 };
 use isolator_common::{
     AddrClass, AddrV4Key, AddrV6Key, ConnKey, ConnState, Counter, CounterBlock, CounterKey,
-    DeclaredMacKey, EventKey, EventSettings, EventWindow, FragKey, FragState, GatewayKey, LinkInfo,
-    PairInfo, PairKey, PrefixLengths, RuleKey, RuleSet, Settings, UNCOUNTED_SLOTS, UplinkKey,
-    VifInfo, VifKey, VlanKey, conntrack, event, fault, limits,
+    DeclaredMacKey, EventKey, EventSettings, EventWindow, EventWindows, FragKey, FragState,
+    GatewayKey, LinkInfo, PairInfo, PairKey, PrefixLengths, RuleKey, RuleSet, Settings,
+    UNCOUNTED_SLOTS, UplinkKey, VifInfo, VifKey, VlanKey, conntrack, event, fault, limits,
 };
 
 use crate::packet::Packet;
@@ -129,6 +129,11 @@ pub static EVENT_SETTINGS: Array<EventSettings> = Array::with_max_entries(1, 0);
 #[map]
 pub static EVENT_WINDOWS: LruPerCpuHashMap<EventKey, EventWindow> =
     LruPerCpuHashMap::with_max_entries(2 * limits::MAX_VIFS, 0);
+
+/// The windows of interfaces with a small ifindex, at the ifindex (`crate::events`).
+#[map]
+pub static EVENT_WINDOW_SLOTS: PerCpuArray<EventWindows> =
+    PerCpuArray::with_max_entries(limits::COUNTER_BLOCKS, 0);
 
 #[map]
 pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::lost::KINDS, 0);

@@ -121,7 +121,7 @@ pub const GRACE_PERIOD: Duration = Duration::from_millis(50);
 
 /// The maps that hold state rather than policy: written by the programs (counters,
 /// connections, fragments) or read first by them (`CONFIG`).
-pub const STATE_MAPS: [&str; 15] = [
+pub const STATE_MAPS: [&str; 16] = [
     maps::CONFIG,
     maps::CONNTRACK,
     maps::CONNTRACK_OPENING,
@@ -136,6 +136,7 @@ pub const STATE_MAPS: [&str; 15] = [
     maps::EVENTS,
     maps::EVENT_SETTINGS,
     maps::EVENT_WINDOWS,
+    maps::EVENT_WINDOW_SLOTS,
     maps::EVENTS_LOST,
 ];
 

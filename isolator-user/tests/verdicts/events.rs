@@ -17,7 +17,7 @@ tenants:
   - name: acme
     segments:
       - name: web
-        interfaces: ["d-aw*"]
+        interfaces: ["d-aw*", "d-hi*"]
         prefixes: ["10.1.1.0/24"]
       - name: db
         interfaces: ["d-ad"]
@@ -145,5 +145,38 @@ fn management_attempts_are_reported_within_a_budget_and_other_drops_only_when_as
             lab.check(&cross);
         }
         assert!(drain(&mut ring).is_empty());
+    });
+}
+
+/// The budget holds for every interface, whichever map keeps its window: an array slot
+/// for a small ifindex (`EVENT_WINDOW_SLOTS`), the LRU hash (`EVENT_WINDOWS`) beyond
+/// `limits::COUNTER_BLOCKS`; and each interface has its own.
+#[test]
+fn each_interface_has_its_own_budget_in_either_map() {
+    in_private_netns(|| {
+        pin_to_one_cpu();
+        let mut lab = Lab::new(POLICY, &["d-aw1", "d-hi1"]);
+        let mut ring = lab.dp.take_events().expect("the ring buffer");
+        lab.dp.set_event_settings(settings(0, 0)).expect("settings");
+        let (small, high) = (lab.ifindex("d-aw1"), lab.ifindex("d-hi1"));
+        assert!(small < isolator_common::limits::COUNTER_BLOCKS);
+        assert!(high >= isolator_common::limits::COUNTER_BLOCKS);
+        let attempt = |vif| {
+            row(
+                "web -> management ssh",
+                vif,
+                ip("10.1.1.2", "192.168.100.5", tcp(40000, 22, SYN)),
+                verdict::MANAGEMENT,
+            )
+        };
+        for _ in 0..5 {
+            lab.check(&attempt("d-aw1"));
+            lab.check(&attempt("d-hi1"));
+        }
+        let mut from: Vec<u32> = drain(&mut ring).iter().map(|e| e.ifindex).collect();
+        from.sort();
+        let mut expected = vec![small, small, small, high, high, high];
+        expected.sort();
+        assert_eq!(from, expected, "three reports of each interface, no more");
     });
 }
