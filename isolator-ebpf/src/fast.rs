@@ -26,8 +26,7 @@ use crate::account::{account, audit_by, note_audited};
 use crate::packet::{Address as PacketAddress, Frame, KIND_IPV4, Packet, XdpFrame, at, set_mapped};
 use crate::proto::{dhcp, ip};
 use crate::rules::{
-    Address, REPLIES, isolator_classify, isolator_pair_admits, isolator_rules_admit, pair_service,
-    slot,
+    REPLIES, copy_class, isolator_pair_admits, isolator_rules_admit, pair_service, probe_v4, slot,
 };
 use crate::vif;
 use crate::{events, maps};
@@ -65,10 +64,12 @@ const MANAGEMENT: u32 = 3;
 /// [`DESTINATION_KNOWN`]). A global BPF function: the verifier checks it
 /// once, on its own, and walks the story after it as it did without it.
 ///
-/// It reads the vif's entry where it lies in `VIF_SLOTS` (in the scratch space only for
-/// a vif found in `VIFS`), and copies it into the scratch space only for a frame it leaves
-/// to the story; it writes the fields a report reads only for a drop that may be reported
-/// ([`events::reported`]). A drop thus costs no copy.
+/// It reads the vif's entry where it lies in `VIF_SLOTS` (a vif found only in `VIFS` is
+/// left to the story), and the destination's class where it lies in its address map (or
+/// in the vif's entry, its home); it copies the entry into the scratch space, and the
+/// class into its slot, only for a frame it leaves to the story; it writes the fields a
+/// report reads only for a drop that may be reported ([`events::reported`]). A drop thus
+/// costs no copy.
 ///
 /// A fault it records (a full counter map) is counted at once and logged at the next
 /// exit of a program on this CPU: the log's record is large, and the verifier would walk
@@ -82,19 +83,14 @@ pub extern "C" fn isolator_short_way(ctx: *mut xdp_md, ifindex: u32, bytes: u32)
     let Some(&generation) = maps::CONFIG.get(0) else {
         return UNDECIDED;
     };
-    // The vif's entry where it lies when it has a slot (a drop needs no copy), else its
-    // copy in the scratch space.
-    let (entry, copied) = match vif_slot(generation, ifindex) {
-        Some(at) => match maps::VIF_SLOTS.get(at) {
-            Some(entry) if entry.flags & VifInfo::PRESENT != 0 => (entry, false),
-            _ => return UNDECIDED,
-        },
-        None => match vif::lookup(generation, ifindex, vif::slot::RUNS_ON) {
-            Some(entry) => (entry, true),
-            None => return UNDECIDED,
-        },
+    // The vif's entry where it lies in its slot. A vif without one (an ifindex of 16384
+    // or more, in `VIFS`) is left to the story: the verifier would walk the short way
+    // once more for an entry in the scratch space.
+    let entry = match vif_slot(generation, ifindex).and_then(|at| maps::VIF_SLOTS.get(at)) {
+        Some(entry) if entry.flags & VifInfo::PRESENT != 0 => entry,
+        _ => return UNDECIDED,
     };
-    let mut probed = false;
+    let mut probed = Probed::No;
     let refusal = if entry.flags & VifInfo::QUARANTINED != 0 {
         None
     } else {
@@ -107,16 +103,18 @@ pub extern "C" fn isolator_short_way(ctx: *mut xdp_md, ifindex: u32, bytes: u32)
         )
     };
     let Some(refusal) = refusal else {
-        // The story takes over the vif's entry from the scratch space.
-        if !copied && vif::isolator_vif(generation, ifindex, vif::slot::RUNS_ON) == 0 {
+        // The story takes over the destination's class, in its slot as the probe of
+        // `rules::isolator_classify` leaves it, ...
+        let known = match probed {
+            Probed::No => 0,
+            Probed::Found(class) => slot_class(class),
+            Probed::Nothing => slot_class(&AddrClass::OUTSIDE),
+        };
+        // ... and the vif's entry from the scratch space.
+        if vif::isolator_vif(generation, ifindex, vif::slot::RUNS_ON) == 0 {
             return UNDECIDED;
         }
-        let identified = UNDECIDED | IDENTIFIED | (generation & 1);
-        return if probed {
-            identified | DESTINATION_KNOWN
-        } else {
-            identified
-        };
+        return UNDECIDED | IDENTIFIED | (generation & 1) | known;
     };
     let verdict = match refusal.code {
         CROSS_TENANT => Verdict::CrossTenant,
@@ -135,6 +133,64 @@ pub extern "C" fn isolator_short_way(ctx: *mut xdp_md, ifindex: u32, bytes: u32)
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
+    }
+}
+
+/// What the short way reads of the destination's class.
+struct Destination {
+    segment: u32,
+    tenant: u32,
+    flags: u32,
+    management: u32,
+    exposure: u32,
+}
+
+impl Destination {
+    /// Read here, each field once (volatile reads: the compiler would otherwise carry
+    /// the pointer on and read where a field is used).
+    #[inline(always)]
+    fn of(class: &AddrClass) -> Destination {
+        // SAFETY: reads of a valid reference's fields.
+        unsafe {
+            Destination {
+                segment: core::ptr::read_volatile(&class.segment),
+                tenant: core::ptr::read_volatile(&class.tenant),
+                flags: core::ptr::read_volatile(&class.flags),
+                management: core::ptr::read_volatile(&class.management),
+                exposure: core::ptr::read_volatile(&class.exposure),
+            }
+        }
+    }
+}
+
+/// The class of IPv4 address `addr`, by the probe ([`probe_v4`]): `None` when no entry
+/// holds it. A subprogram of its own (not a global function: the verifier checks it at
+/// each call, and it returns the entry where it lies), so that the verifier goes on after
+/// the probe's loop from one state per outcome rather than from each of its exits.
+#[inline(never)]
+fn probed_class(generation: u32, addr: [u8; 4]) -> Option<&'static AddrClass> {
+    let lengths = maps::PREFIX_LENGTHS.get(generation)?;
+    probe_v4(generation, lengths, addr)
+}
+
+/// Whether [`judged`] probed for the destination's class, and what it found.
+#[derive(Clone, Copy)]
+enum Probed {
+    No,
+    Found(&'static AddrClass),
+    Nothing,
+}
+
+/// Puts a destination's class into its slot for the story; [`DESTINATION_KNOWN`] if it
+/// could.
+#[inline(always)]
+fn slot_class(class: &AddrClass) -> u32 {
+    match maps::CLASSES.get_ptr_mut(slot::DESTINATION) {
+        Some(out) => {
+            copy_class(out, class);
+            DESTINATION_KNOWN
+        }
+        None => 0,
     }
 }
 
@@ -170,7 +226,7 @@ fn judged(
     generation: u32,
     ifindex: u32,
     entry: &VifInfo,
-    probed: &mut bool,
+    probed: &mut Probed,
 ) -> Option<Refusal> {
     let eth: &[u8; ETH_LEN] = at(frame, 0)?;
     // IPv4, untagged.
@@ -207,6 +263,27 @@ fn judged(
     {
         return None;
     }
+    // The destination's class, before the checks below, which tell the verifier about
+    // the frame in ways that would have it walk the probe once for each. Loopback and
+    // link-scope destinations are not looked up (the steps below decide them).
+    let loopback = dst[0] == 127;
+    let link_scope = dst[0] == 0 || dst[0] >= 224 || (dst[0] == 169 && dst[1] == 254);
+    let class = if loopback || link_scope {
+        None
+    } else {
+        // Read into a value: the class lies in the vif's entry or in the address map.
+        match entry.home_class_of(dst) {
+            Some(class) => Some(Destination::of(class)),
+            None => {
+                let found = probed_class(generation, dst);
+                *probed = match found {
+                    Some(class) => Probed::Found(class),
+                    None => Probed::Nothing,
+                };
+                Some(Destination::of(found?))
+            }
+        }
+    };
     let available = total - IPV4_LEN;
     let protocol = h[9];
     let ports: &[u8; 4] = match protocol {
@@ -266,28 +343,12 @@ fn judged(
         })
     };
     // Step 2: loopback, before every exception.
-    if dst[0] == 127 {
+    if loopback {
         return refused(MANAGEMENT);
     }
     // A routable unicast destination: not multicast, the limited broadcast, link-local or
     // 0/8 (the story's link-scope steps).
-    if dst[0] == 0 || dst[0] >= 224 || (dst[0] == 169 && dst[1] == 254) {
-        return None;
-    }
-    let class = match entry.home_class_of(dst) {
-        Some(class) => Destination {
-            segment: class.segment,
-            tenant: class.tenant,
-            flags: class.flags,
-            management: class.management,
-            exposure: class.exposure,
-        },
-        None => {
-            // The probe leaves the class in the destination's slot, found or not.
-            *probed = true;
-            classified(generation, dst)?
-        }
-    };
+    let class = class?;
     // Step 2: a management prefix that protects the service (every service, or one its
     // rule set admits); else the story goes on past it.
     if class.flags & AddrClass::MANAGEMENT != 0 {
@@ -337,31 +398,4 @@ fn judged(
         }
     }
     refused(other)
-}
-
-/// What the short way reads of the destination's class.
-struct Destination {
-    segment: u32,
-    tenant: u32,
-    flags: u32,
-    management: u32,
-    exposure: u32,
-}
-
-/// What the short way reads of IPv4 address `addr`'s class, by the probe: `None` when no
-/// entry holds it.
-#[inline(always)]
-fn classified(generation: u32, addr: [u8; 4]) -> Option<Destination> {
-    let mapped = Address::mapped_v4(addr);
-    if isolator_classify(generation, 1, slot::DESTINATION, &mapped) == 0 {
-        return None;
-    }
-    let class = crate::maps::CLASSES.get(slot::DESTINATION)?;
-    Some(Destination {
-        segment: class.segment,
-        tenant: class.tenant,
-        flags: class.flags,
-        management: class.management,
-        exposure: class.exposure,
-    })
 }

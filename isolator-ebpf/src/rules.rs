@@ -3,8 +3,9 @@
 //! interface that declared it), the services of rule sets, flows between segments.
 
 use isolator_common::{
-    AddrClass, AddrV4Key, AddrV6Key, GatewayKey, PairInfo, PairKey, RuleKey, RuleSet, SegmentInfo,
-    VifInfo, address_tag, inside_bit_v4, inside_bit_v6, limits, protocol, unmapped,
+    AddrClass, AddrV4Key, AddrV6Key, GatewayKey, PairInfo, PairKey, PrefixLengths, RuleKey,
+    RuleSet, SegmentInfo, VifInfo, address_tag, inside_bit_v4, inside_bit_v6, limits, protocol,
+    unmapped,
 };
 
 use crate::maps::{ADDRESSES_V4, ADDRESSES_V6, CLASSES, GATEWAYS, PAIRS, PREFIX_LENGTHS, RULESETS};
@@ -230,19 +231,6 @@ pub struct Address {
     pub bytes: [u8; 16],
 }
 
-impl Address {
-    /// IPv4 address `addr` mapped into IPv6 (`::ffff:a.b.c.d`), written as two words: a
-    /// byte array filled in place becomes a call of BPF's `memset`, a loop of one byte per
-    /// iteration (a profile of the short way found it there).
-    #[inline(always)]
-    pub fn mapped_v4(addr: [u8; 4]) -> Address {
-        let low = u64::from_ne_bytes([0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]);
-        let words: [u64; 2] = [0, low];
-        // SAFETY: `Address` is 16 bytes, aligned as `u64`, valid for any bit pattern.
-        unsafe { core::mem::transmute::<[u64; 2], Address>(words) }
-    }
-}
-
 /// Probes the prefix lengths the policy uses, in the order `PREFIX_LENGTHS` gives, one
 /// hash lookup each, until an entry of `ADDRESSES_V4`/`_V6` matches `addr` without the
 /// mark `LONGER`, or with it but with `addr`'s bit clear in its `inside` filter (or the
@@ -280,26 +268,9 @@ pub extern "C" fn isolator_classify(
     // matches.
     let mut found = 0;
     if v4 != 0 {
-        let octets = unmapped(addr);
-        let bit = inside_bit_v4(octets);
-        let a = u32::from_ne_bytes(octets);
-        let count = lengths.v4_count as usize;
-        for i in 0..limits::MAX_PREFIX_LENGTHS {
-            if i >= count {
-                break;
-            }
-            let key = AddrV4Key {
-                tag: address_tag(generation, lengths.v4[i]),
-                addr: (a & lengths.v4_masks[i]).to_ne_bytes(),
-            };
-            // SAFETY: the entry is only read, within this run.
-            if let Some(class) = unsafe { ADDRESSES_V4.get(&key) } {
-                copy_class(out, class);
-                found = 1;
-                if class.flags & AddrClass::LONGER == 0 || class.inside & bit == 0 {
-                    break;
-                }
-            }
+        if let Some(class) = probe_v4(generation, lengths, unmapped(addr)) {
+            copy_class(out, class);
+            found = 1;
         }
     } else {
         let bit = inside_bit_v6(addr);
@@ -329,10 +300,44 @@ pub extern "C" fn isolator_classify(
     found
 }
 
+/// The class of IPv4 address `addr` in `ADDRESSES_V4` under `generation`, by the probe
+/// of the lengths in use in the order `lengths` gives: the first match without the mark
+/// of longer entries (or whose filter rules the address out), else the last match;
+/// `None` when no entry holds it. The entry itself, where it lies: nothing is copied.
+#[inline(always)]
+pub fn probe_v4(
+    generation: u32,
+    lengths: &PrefixLengths,
+    addr: [u8; 4],
+) -> Option<&'static AddrClass> {
+    let bit = inside_bit_v4(addr);
+    let a = u32::from_ne_bytes(addr);
+    let count = lengths.v4_count as usize;
+    let mut found = None;
+    // Lengths 0 to 32: no more than 33 probes to walk.
+    for i in 0..33 {
+        if i >= count {
+            break;
+        }
+        let key = AddrV4Key {
+            tag: address_tag(generation, lengths.v4[i]),
+            addr: (a & lengths.v4_masks[i]).to_ne_bytes(),
+        };
+        // SAFETY: the entry is only read, within this run.
+        if let Some(class) = unsafe { ADDRESSES_V4.get(&key) } {
+            found = Some(class);
+            if class.flags & AddrClass::LONGER == 0 || class.inside & bit == 0 {
+                break;
+            }
+        }
+    }
+    found
+}
+
 /// Copies a classification field by field (a plain copy becomes a byte loop in BPF, see
 /// `packet::copy_bytes`); `inside` only steers the probing and is left out.
 #[inline(always)]
-fn copy_class(out: *mut AddrClass, class: &AddrClass) {
+pub fn copy_class(out: *mut AddrClass, class: &AddrClass) {
     // SAFETY: `out` is a per-CPU slot, valid for the whole run; no other run of these
     // programs interleaves on this CPU.
     unsafe {
