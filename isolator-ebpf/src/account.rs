@@ -57,6 +57,12 @@ fn counter_key(ifindex: u32, direction: u8, verdict: u8, audited: bool) -> Count
 #[inline(always)]
 pub fn account(ifindex: u32, direction: u8, outcome: Outcome, bytes: u64) -> bool {
     crate::events::report(ifindex, direction, outcome);
+    count(ifindex, direction, outcome, bytes)
+}
+
+/// [`account`] without the report: for a caller that reports the frame itself.
+#[inline(always)]
+pub fn count(ifindex: u32, direction: u8, outcome: Outcome, bytes: u64) -> bool {
     add(
         counter_key(ifindex, direction, outcome.verdict as u8, outcome.audited),
         1,

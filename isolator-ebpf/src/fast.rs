@@ -22,8 +22,8 @@ use aya_ebpf::{
 };
 use isolator_common::{AddrClass, SegmentInfo, Verdict, VifInfo, direction, vif_slot};
 
-use crate::account::{account, audit_by, note_audited};
-use crate::packet::{Address as PacketAddress, Frame, KIND_IPV4, Packet, XdpFrame, at, set_mapped};
+use crate::account::{audit_by, count, note_audited};
+use crate::packet::{Frame, XdpFrame, at};
 use crate::proto::{dhcp, ip};
 use crate::rules::{
     REPLIES, copy_class, isolator_pair_admits, isolator_rules_admit, pair_service, probe_v4, slot,
@@ -67,9 +67,9 @@ const MANAGEMENT: u32 = 3;
 /// It reads the vif's entry where it lies in `VIF_SLOTS` (a vif found only in `VIFS` is
 /// left to the story), and the destination's class where it lies in its address map (or
 /// in the vif's entry, its home); it copies the entry into the scratch space, and the
-/// class into its slot, only for a frame it leaves to the story; it writes the fields a
-/// report reads only for a drop that may be reported ([`events::reported`]). A drop thus
-/// costs no copy.
+/// class into its slot, only for a frame it leaves to the story; a report of a drop
+/// takes the packet's fields as arguments ([`events::report_v4`]), written only into a
+/// report the budget admits. A drop thus costs no copy.
 ///
 /// A fault it records (a full counter map) is counted at once and logged at the next
 /// exit of a program on this CPU: the log's record is large, and the verifier would walk
@@ -121,14 +121,11 @@ pub extern "C" fn isolator_short_way(ctx: *mut xdp_md, ifindex: u32, bytes: u32)
         CROSS_SEGMENT => Verdict::CrossSegment,
         _ => Verdict::Management,
     };
-    // What a report reads ([`crate::events`]), only if there will be one.
-    if events::reported(verdict)
-        && let Some(scratch) = maps::scratch()
-    {
-        refusal.describe(&mut scratch.packet);
-    }
     let outcome = audit_by(verdict, entry.info.flags);
-    if account(ifindex, direction::INGRESS, outcome, u64::from(bytes)) {
+    // Reported as the story's exit would, with the packet's fields as arguments: nothing
+    // is written for a report the budget refuses.
+    events::report_v4(ifindex, direction::INGRESS, outcome, refusal.fields);
+    if count(ifindex, direction::INGRESS, outcome, u64::from(bytes)) {
         note_audited(&XdpContext::new(ctx), verdict);
         xdp_action::XDP_PASS
     } else {
@@ -197,25 +194,7 @@ fn slot_class(class: &AddrClass) -> u32 {
 /// A drop the short way decided: its reason, and what a report of it says.
 struct Refusal {
     code: u32,
-    protocol: u8,
-    src_port: u16,
-    dst_port: u16,
-    src: [u8; 4],
-    dst: [u8; 4],
-}
-
-impl Refusal {
-    /// Writes the packet's fields a report reads into `p`, as the parser would have.
-    #[inline(always)]
-    fn describe(&self, p: &mut Packet) {
-        p.kind = KIND_IPV4;
-        p.protocol = self.protocol;
-        p.has_ports = true;
-        p.src_port = self.src_port;
-        p.dst_port = self.dst_port;
-        set_mapped(p, PacketAddress::Source, &self.src);
-        set_mapped(p, PacketAddress::Destination, &self.dst);
-    }
+    fields: events::V4Fields,
 }
 
 /// The module's conditions, checked against the frame and the vif's entry: the drop
@@ -335,11 +314,13 @@ fn judged(
     let refused = |code: u32| {
         Some(Refusal {
             code,
-            protocol,
-            src_port,
-            dst_port,
-            src,
-            dst,
+            fields: events::V4Fields {
+                protocol,
+                src,
+                dst,
+                src_port,
+                dst_port,
+            },
         })
     };
     // Step 2: loopback, before every exception.
