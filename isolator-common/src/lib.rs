@@ -949,6 +949,46 @@ impl RuleSet {
         }
         false
     }
+
+    /// Ids of rule sets (`RuleKey::index`) with this bit are sets of one rule written out
+    /// in the id itself ([`RuleSet::inline_id`]); other ids are below it.
+    pub const INLINE: u32 = 1 << 31;
+    /// In an inline id: the rule covers every port (else the id's low 16 bits are its one
+    /// port).
+    const INLINE_EVERY_PORT: u32 = 1 << 24;
+
+    /// The set's inline id, if it has one: a set of one rule (no [`RuleSet::ALL`]) for
+    /// one port or every port, the commonest exposure, flow and management service. The
+    /// id says all the set says, so the programs judge a service by it without looking
+    /// the set up ([`RuleSet::inline_admits`]); the same ids in two plans are the same
+    /// sets.
+    pub fn inline_id(&self) -> Option<u32> {
+        if self.flags != 0 || self.count != 1 {
+            return None;
+        }
+        let rule = &self.rules[0];
+        let protocol = u32::from(rule.protocol) << 16;
+        if rule.first_port == 0 && rule.last_port == u16::MAX {
+            Some(Self::INLINE | Self::INLINE_EVERY_PORT | protocol)
+        } else if rule.first_port == rule.last_port {
+            Some(Self::INLINE | protocol | u32::from(rule.first_port))
+        } else {
+            None
+        }
+    }
+
+    /// For an inline id ([`RuleSet::inline_id`]), what [`RuleSet::admits`] says of the
+    /// set it stands for; `None` for any other id, whose set must be looked up.
+    #[inline(always)]
+    pub fn inline_admits(id: u32, class: u8, dst_port: Option<u16>) -> Option<bool> {
+        if id & Self::INLINE == 0 {
+            return None;
+        }
+        let protocol = (id >> 16) as u8;
+        let protocol_ok = protocol == protocol::ANY || protocol == class;
+        let port_ok = id & Self::INLINE_EVERY_PORT != 0 || dst_port == Some(id as u16);
+        Some(protocol_ok && port_ok)
+    }
 }
 
 /// Key of the `PAIRS` map.
@@ -1362,9 +1402,10 @@ mod tests {
     }
 
     /// A summary never rules out what its rule set admits, and does rule out some
-    /// packets (else it would save no lookup).
+    /// packets (else it would save no lookup); an inline id says exactly what its set
+    /// says, and two sets share one only if they are the same.
     #[test]
-    fn a_summary_rules_out_only_what_its_rule_set_refuses() {
+    fn summaries_and_inline_ids_say_what_their_rule_sets_say() {
         let rule = |protocol, first_port, last_port| Rule {
             protocol,
             _pad: 0,
@@ -1416,10 +1457,29 @@ mod tests {
                 }
             }
         }
+        let mut inline = std::collections::BTreeMap::new();
         for set in &sets {
             let summary = Summary::of(set);
+            let id = set.inline_id();
+            if let Some(id) = id {
+                let rules = set.rules[..set.count as usize].to_vec();
+                let before = inline.insert(id, rules.clone());
+                assert!(
+                    before.is_none() || before == Some(rules),
+                    "two sets share the inline id {id:#x}"
+                );
+            }
             for class in classes {
                 for port in ports {
+                    match id {
+                        Some(id) => assert_eq!(
+                            RuleSet::inline_admits(id, class, port),
+                            Some(set.admits(class, port)),
+                            "{set:?} as {id:#x}, {class}/{port:?}"
+                        ),
+                        // An id of the hash's range.
+                        None => assert_eq!(RuleSet::inline_admits(0x7fff_ffff, class, port), None),
+                    }
                     let may = summary.may_admit(class, port);
                     assert!(
                         may || !set.admits(class, port),
@@ -1435,5 +1495,7 @@ mod tests {
             ruled_out > sets.len(),
             "summaries ruled out only {ruled_out} packets"
         );
+        // The single rules of one port or every port (six of the eight candidates).
+        assert_eq!(inline.len(), 6, "{inline:?}");
     }
 }

@@ -26,7 +26,7 @@ use crate::account::{audit_by, count, note_audited};
 use crate::packet::{Frame, XdpFrame, at};
 use crate::proto::{dhcp, ip};
 use crate::rules::{
-    REPLIES, copy_class, isolator_pair_admits, isolator_rules_admit, pair_service, probe_v4, slot,
+    REPLIES, copy_class, isolator_pair_admits, pair_service, probe_v4, set_admits, slot,
 };
 use crate::vif;
 use crate::{events, maps};
@@ -334,12 +334,7 @@ fn judged(
     // rule set admits); else the story goes on past it.
     if class.flags & AddrClass::MANAGEMENT != 0 {
         let protected = class.flags & AddrClass::MANAGEMENT_ALL != 0
-            || isolator_rules_admit(
-                generation,
-                class.management,
-                u32::from(protocol),
-                u32::from(dst_port),
-            ) != 0;
+            || set_admits(generation, class.management, protocol, Some(dst_port));
         return if protected { refused(MANAGEMENT) } else { None };
     }
     if class.segment == AddrClass::NO_SEGMENT
@@ -351,12 +346,7 @@ fn judged(
     // An exposed endpoint of the other segment: the story's steps 7 and 8 pass what its
     // rule set admits; anything else it refuses as if nothing were exposed there.
     if class.flags & AddrClass::EXPOSED != 0
-        && isolator_rules_admit(
-            generation,
-            class.exposure,
-            u32::from(protocol),
-            u32::from(dst_port),
-        ) != 0
+        && set_admits(generation, class.exposure, protocol, Some(dst_port))
     {
         return None;
     }

@@ -353,6 +353,11 @@ pub fn copy_class(out: *mut AddrClass, class: &AddrClass) {
 /// Whether the rule set at `index` admits the packet.
 #[inline(always)]
 fn rules_admit(generation: u32, index: u32, p: &Packet) -> bool {
+    let (class, has_ports) = service_class(p);
+    let port = if has_ports { Some(p.dst_port) } else { None };
+    if let Some(admitted) = RuleSet::inline_admits(index, class, port) {
+        return admitted;
+    }
     // SAFETY: the rule set is read within this run.
     match unsafe { RULESETS.get(RuleKey { generation, index }) } {
         Some(rules) => admits(rules, p),
@@ -384,12 +389,24 @@ impl Service {
 /// Whether the rule set at `index` admits `service`.
 #[inline(always)]
 fn service_admitted(generation: u32, index: u32, service: Service) -> bool {
-    isolator_rules_admit(
-        generation,
-        index,
-        u32::from(service.class),
-        service.port_word(),
-    ) != 0
+    set_admits(generation, index, service.class, service.port)
+}
+
+/// Whether the rule set at `index` admits a packet of protocol class `class` to `port`:
+/// told by an inline id ([`RuleSet::inline_admits`]) without a lookup, else by
+/// [`isolator_rules_admit`].
+#[inline(always)]
+pub fn set_admits(generation: u32, index: u32, class: u8, port: Option<u16>) -> bool {
+    match RuleSet::inline_admits(index, class, port) {
+        Some(admitted) => admitted,
+        None => {
+            let word = match port {
+                Some(port) => u32::from(port),
+                None => NO_PORT,
+            };
+            isolator_rules_admit(generation, index, u32::from(class), word) != 0
+        }
+    }
 }
 
 /// [`service_admitted`] as a global BPF function, verified once (the re-judging of
@@ -483,6 +500,11 @@ pub fn flow_admits(generation: u32, from: u32, to: u32, service: Service) -> boo
 /// taken as the service's).
 #[inline(always)]
 fn reply_admitted(generation: u32, index: u32, p: &Packet) -> bool {
+    let (class, has_ports) = service_class(p);
+    let port = if has_ports { Some(p.src_port) } else { None };
+    if let Some(admitted) = RuleSet::inline_admits(index, class, port) {
+        return admitted;
+    }
     // SAFETY: the rule set is read within this run.
     match unsafe { RULESETS.get(RuleKey { generation, index }) } {
         Some(rules) => admits_reply(rules, p),
@@ -577,10 +599,9 @@ pub extern "C" fn isolator_pair_admits(
     let has_ports = class_word & HAS_PORTS != 0;
     let (dst_port, src_port) = ((ports >> 16) as u16, ports as u16);
     let port = |port: u16| if has_ports { Some(port) } else { None };
-    let word = |port: u16| if has_ports { u32::from(port) } else { NO_PORT };
     if pair.flags & PairInfo::FLOW != 0
         && pair.flow_summary.may_admit(class, port(dst_port))
-        && isolator_rules_admit(generation, pair.flow, u32::from(class), word(dst_port)) != 0
+        && set_admits(generation, pair.flow, class, port(dst_port))
     {
         return 1;
     }
@@ -588,7 +609,7 @@ pub extern "C" fn isolator_pair_admits(
         class_word & REPLIES != 0
             && pair.flags & PairInfo::BACK != 0
             && pair.back_summary.may_admit(class, port(src_port))
-            && isolator_rules_admit(generation, pair.back, u32::from(class), word(src_port)) != 0,
+            && set_admits(generation, pair.back, class, port(src_port)),
     )
 }
 

@@ -1464,6 +1464,17 @@ tenants:
             "the /28"
         );
         assert_eq!(rules_at(in_28.exposure), vec![(protocol::ICMP, 0, 65535)]);
+        // A set of one rule for every port (or one port) has the id that says it, the
+        // programs judging by the id alone; the two-rule set has an id of the hash's range.
+        assert!(exposed.exposure < RuleSet::INLINE);
+        assert_eq!(
+            RuleSet::inline_admits(in_28.exposure, protocol::ICMP, None),
+            Some(true)
+        );
+        assert_eq!(
+            RuleSet::inline_admits(in_28.exposure, protocol::TCP, Some(443)),
+            Some(false)
+        );
         let plain = class_of(&entries, [10, 1, 1, 200]).expect("classified");
         assert_eq!(
             (plain.segment, plain.flags),

@@ -402,14 +402,26 @@ impl RuleSets {
         }
     }
 
-    /// The id of `set`, added if new. The id is the FNV-1a hash of its rules, folded into
-    /// 1..2^31, or the next free one if another set has it: a reload that adds or removes
-    /// a set leaves the ids of the others, and so the address entries that name them, as
-    /// they were (but for sets whose hashes collide, which take ids in the order asked).
+    /// The id of `set`, added if new. A set of one rule for one port or every port has
+    /// its inline id, which says the rule itself (`RuleSet::inline_id`: the programs
+    /// judge by it without reading the set, written all the same so that the map holds
+    /// every set the plan names). Any other set's id is the FNV-1a hash of its rules,
+    /// folded into 1..2^31, or the next free one if another set has it. Either way a
+    /// reload that adds or removes a set leaves the ids of the others, and so the address
+    /// entries that name them, as they were (but for sets whose hashes collide, which
+    /// take ids in the order asked).
     fn index(&mut self, set: &RuleSet) -> u32 {
-        const SPACE: u32 = 1 << 31;
+        const SPACE: u32 = RuleSet::INLINE;
         let key = SetKey(*set);
         if let Some(&id) = self.index.get(&key) {
+            return id;
+        }
+        if let Some(id) = set.inline_id() {
+            self.index.insert(key, id);
+            // Once, should two sets differ only in rules not in use.
+            if self.taken.insert(id) {
+                self.sets.push((id, *set));
+            }
             return id;
         }
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
