@@ -1,7 +1,8 @@
 //! Compiling a validated policy and the host's live links into the entries of one
 //! policy generation of the kernel maps. Pure: no kernel access, unit-tested.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 
 /// A hash map with a fast hash: its keys are names from the operator's policy and the
 /// host's links.
@@ -289,6 +290,22 @@ impl Plan {
                 .map(|s| [t.name.as_str(), s.name.as_str()])
         }));
         let mut by_id = Vec::with_capacity(segment_ids.len());
+        // Room for every segment, prefix and exposure up front: at cloud scale growing
+        // the lists copies each of them several times over.
+        let (mut prefixes, mut exposures) = ([0usize; 2], [0usize; 2]);
+        for segment in policy.tenants.iter().flat_map(|t| &t.segments) {
+            for prefix in &segment.prefixes {
+                prefixes[usize::from(prefix.addr().is_ipv6())] += 1;
+            }
+            for exposure in &segment.expose {
+                exposures[usize::from(exposure.prefix.addr().is_ipv6())] += 1;
+            }
+        }
+        plan.segments.reserve(segment_ids.len());
+        plan.v4.reserve(prefixes[0]);
+        plan.v6.reserve(prefixes[1]);
+        plan.exposed_v4.reserve(exposures[0]);
+        plan.exposed_v6.reserve(exposures[1]);
         for (tenant, &tenant_id) in policy.tenants.iter().zip(&tenant_ids) {
             for segment in &tenant.segments {
                 let id = segment_ids[by_id.len()];
@@ -306,10 +323,10 @@ impl Plan {
                         IpNet::V6(p) => plan.v6.push((*p, id)),
                     }
                 }
-                let exposures: Vec<(IpNet, Vec<Service>)> = segment
+                let exposures: Vec<(IpNet, [Service; 1])> = segment
                     .expose
                     .iter()
-                    .map(|e| (e.prefix, vec![e.service]))
+                    .map(|e| (e.prefix, [e.service]))
                     .collect();
                 let label = || format!("{}/{}", tenant.name, segment.name);
                 for (net, rules) in merge_over_containing(&exposures, label, "exposed endpoint")? {
@@ -348,17 +365,29 @@ impl Plan {
                     name: format!("{tenant}/{segment}"),
                 })
         };
-        let mut flows: BTreeMap<(u32, u32), Vec<Service>> = BTreeMap::new();
+        // Every flow by its pair, the pairs in order and each pair's services in policy
+        // order (a stable sort of one list, not a tree of lists).
+        let mut flows: Vec<((u32, u32), Service)> = Vec::new();
         for tenant in &policy.tenants {
             for flow in &tenant.flows {
                 let from = id_of(&tenant.name, &flow.from)?;
                 let to = id_of(&flow.to.tenant, &flow.to.segment)?;
-                flows.entry((from, to)).or_default().push(flow.service);
+                flows.push(((from, to), flow.service));
             }
         }
         drop(ids);
+        flows.sort_by_key(|(pair, _)| *pair);
+        plan.flows.reserve(flows.len());
         let mut neighbours = BTreeSet::new();
-        for ((from, to), services) in flows {
+        let mut services: Vec<Service> = Vec::new();
+        for (at, &((from, to), service)) in flows.iter().enumerate() {
+            services.push(service);
+            if flows
+                .get(at + 1)
+                .is_some_and(|(next, _)| *next == (from, to))
+            {
+                continue;
+            }
             let set = rules(&services).map_err(|count| {
                 let what = format!(
                     "the flows from {} to {}",
@@ -367,6 +396,7 @@ impl Plan {
                 );
                 too_many_services(what, count)
             })?;
+            services.clear();
             plan.flows.push(((from, to), set));
             neighbours.insert((from, to));
             neighbours.insert((to, from));
@@ -692,6 +722,26 @@ fn rules(services: &[Service]) -> Result<RuleSet, usize> {
         set.flags = RuleSet::ALL;
         return Ok(set);
     }
+    // Most sets are small: sorted in place in the set itself, without a list.
+    if services.len() <= limits::MAX_RULES {
+        for (slot, service) in set.rules.iter_mut().zip(services) {
+            *slot = rule(service);
+        }
+        let used = &mut set.rules[..services.len()];
+        used.sort_unstable_by_key(|r| (r.protocol, r.first_port, r.last_port));
+        let mut count = 0;
+        for i in 0..used.len() {
+            if count == 0 || used[i] != used[count - 1] {
+                used[count] = used[i];
+                count += 1;
+            }
+        }
+        for stale in &mut set.rules[count..] {
+            *stale = Rule::default();
+        }
+        set.count = count as u32;
+        return Ok(set);
+    }
     let mut rules: Vec<Rule> = services.iter().map(rule).collect();
     rules.sort_by_key(|r| (r.protocol, r.first_port, r.last_port));
     rules.dedup();
@@ -726,16 +776,17 @@ fn allowed_services(services: &[Service]) -> Result<RuleSet, usize> {
 ///
 /// The prefixes sorted, those containing one come before it, and a stack of them is the
 /// chain of those containing the current one: linear, bar the services merged.
-fn merge_over_containing(
-    entries: &[(IpNet, Vec<Service>)],
+fn merge_over_containing<S: AsRef<[Service]>>(
+    entries: &[(IpNet, S)],
     owner: impl Fn() -> String,
     kind: &str,
 ) -> Result<Vec<(IpNet, RuleSet)>, PlanError> {
-    let mut sorted: Vec<&(IpNet, Vec<Service>)> = entries.iter().collect();
+    let mut sorted: Vec<&(IpNet, S)> = entries.iter().collect();
     sorted.sort_by_key(|(prefix, _)| *prefix);
     // Each distinct prefix with the services of its own entries; `None`: every service.
     let mut distinct: Vec<(IpNet, Option<Vec<Service>>)> = Vec::new();
     for (prefix, services) in sorted {
+        let services = services.as_ref();
         let own = match distinct.last_mut() {
             Some((last, own)) if last == prefix => own,
             _ => {
@@ -800,12 +851,17 @@ impl Claims {
                     names
                 });
         let index = NameIndex::new(links.iter().map(|l| Term::Literal(&l.name)).collect());
-        // The links a name or pattern matches: exact names by a hash lookup.
-        let matching = |pattern: &crate::policy::InterfacePattern| -> Vec<usize> {
+        // The links a name or pattern matches: exact names by a hash lookup (the list
+        // borrowed, not copied: most entries of a cloud's policy are names).
+        let matching = |pattern: &crate::policy::InterfacePattern| -> Cow<'_, [usize]> {
             if pattern.is_glob() {
-                index.overlapping(Term::Pattern(pattern.as_str()))
+                Cow::Owned(index.overlapping(Term::Pattern(pattern.as_str())))
             } else {
-                names.get(pattern.as_str()).cloned().unwrap_or_default()
+                names
+                    .get(pattern.as_str())
+                    .map_or(Cow::Borrowed(&[][..]), |links| {
+                        Cow::Borrowed(links.as_slice())
+                    })
             }
         };
         let mut claims = Claims {
@@ -815,12 +871,12 @@ impl Claims {
         for (position, (_, segment)) in segments.iter().enumerate() {
             for (at, interface) in segment.interfaces.iter().enumerate() {
                 let glob = u8::from(interface.is_glob());
-                for l in matching(&interface.pattern) {
+                for &l in matching(&interface.pattern).iter() {
                     claims.interfaces[l].push((position, glob, at));
                 }
             }
             for uplink in &segment.uplinks {
-                for l in matching(uplink) {
+                for &l in matching(uplink).iter() {
                     claims.uplinks[l].push(position);
                 }
             }
@@ -849,6 +905,7 @@ mod tests {
     use crate::encode::encode;
     use crate::policy;
     use isolator_common::{AddrClass, AddrV4Key, PairInfo, VifInfo, VifKey};
+    use std::collections::BTreeMap;
 
     const POLICY: &str = r#"
 version: 1
@@ -1790,6 +1847,30 @@ tenants:
             .collect();
         assert!(matches!(super::rules(&services), Err(17)));
         assert!(super::rules(&services[..limits::MAX_RULES]).is_ok());
+        // More services than rules, but duplicates: one rule each, in order.
+        let mut doubled: Vec<Service> = services[..9].iter().rev().copied().collect();
+        doubled.extend_from_slice(&services[..9]);
+        let set = super::rules(&doubled).expect("9 distinct services");
+        assert_eq!(set, super::rules(&services[..9]).expect("9 services"));
+        assert_eq!(set.count, 9);
+        assert!(
+            set.rules[..9]
+                .windows(2)
+                .all(|w| w[0].first_port < w[1].first_port)
+        );
+        // Within a set's room: sorted, each once, the rest of the set empty.
+        let few = [services[3], Service::ANY, services[1], services[3]];
+        let set = super::rules(&few).expect("3 distinct services");
+        assert_eq!(set.count, 3);
+        let ports: Vec<(u8, u16)> = set.rules[..3]
+            .iter()
+            .map(|r| (r.protocol, r.first_port))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![(protocol::TCP, 2), (protocol::TCP, 4), (protocol::ANY, 0)]
+        );
+        assert!(set.rules[3..].iter().all(|r| *r == Rule::default()));
     }
 
     #[test]
