@@ -824,9 +824,16 @@ mod addresses {
         }
     }
 
-    /// Every entry of the family, sorted by prefix, and the order the programs probe the
-    /// lengths in.
-    fn classify_family(plan: &Plan, v4: bool, rules: &mut RuleSets) -> Classified {
+    /// One family's prefixes by kind, swept, with the tenant of each segment prefix: the
+    /// part of [`classify_family`] that names no rule set, so that the two families'
+    /// can be worked out side by side.
+    struct Prepared {
+        lists: Lists,
+        swept: Swept,
+        tenant_of: Vec<u32>,
+    }
+
+    fn prepare_family(plan: &Plan, v4: bool) -> Prepared {
         let lists = Lists::of(plan, v4);
         let swept = sweep(lists.entries(), v4);
         // The tenant of each segment prefix, looked up once a segment: the plan lists a
@@ -847,6 +854,22 @@ mod addresses {
                 }
             })
             .collect();
+        Prepared {
+            lists,
+            swept,
+            tenant_of,
+        }
+    }
+
+    /// Every entry of the family, sorted by prefix, and the order the programs probe the
+    /// lengths in: the classes of what [`prepare_family`] found, their rule sets named
+    /// (ids taken in this order).
+    fn classify_family(prepared: Prepared, rules: &mut RuleSets) -> Classified {
+        let Prepared {
+            lists,
+            swept,
+            tenant_of,
+        } = prepared;
         let mut out = Vec::with_capacity(swept.prefixes.len());
         for (prefix, found) in swept.prefixes.iter().zip(&swept.found) {
             let at = |kind: usize| found[kind].map(|at| at as usize);
@@ -883,10 +906,20 @@ mod addresses {
         (out, order, inside)
     }
 
-    /// Classifies every prefix and address of the plan, both families.
+    /// Classifies every prefix and address of the plan, both families: their sweeps side
+    /// by side (the IPv6 one on a thread of its own), then their classes, IPv4 first, so
+    /// that rule set ids are taken in the same order whatever the timing.
     pub fn classify(plan: &Plan, rules: &mut RuleSets) -> Addresses {
-        let (v4, v4_order, v4_inside) = classify_family(plan, true, rules);
-        let (v6, v6_order, _) = classify_family(plan, false, rules);
+        let (v4, v6) = std::thread::scope(|scope| {
+            let v6 = scope.spawn(|| prepare_family(plan, false));
+            let v4 = prepare_family(plan, true);
+            match v6.join() {
+                Ok(v6) => (v4, v6),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        });
+        let (v4, v4_order, v4_inside) = classify_family(v4, rules);
+        let (v6, v6_order, _) = classify_family(v6, rules);
         Addresses {
             v4,
             v6,
