@@ -598,7 +598,7 @@ pub fn stable_ids<'a>(names: impl Iterator<Item = [&'a str; 2]>) -> Vec<u32> {
 /// in 1..`space`: in that order each takes the first free id from its hash on. Ids are
 /// taken in ascending order, so that is its hash or the one after the last taken; past
 /// the top of the space, the lowest free ids from 1.
-fn assign_ids(order: &[(u32, u32)], space: u32) -> Vec<u32> {
+pub(crate) fn assign_ids(order: &[(u32, u32)], space: u32) -> Vec<u32> {
     let mut ids = vec![0; order.len()];
     let mut last = 0u32;
     let mut over = Vec::new();

@@ -2146,8 +2146,9 @@ fn ifindex_of(name: &str) -> Option<u32> {
 /// The dataplane thread's state.
 struct Kernel {
     dataplane: Dataplane,
-    /// The plan in force.
-    plan: Option<Plan>,
+    /// The plan in force (the dataplane's encoder holds it too, to encode the next one
+    /// from the change).
+    plan: Option<Arc<Plan>>,
     /// Links attached before the plan had them ([`Kernel::guard`]), with their names.
     guarded: BTreeMap<u32, String>,
     /// The swap waiting for the programs to leave its old generation, and the answer of
@@ -2309,6 +2310,7 @@ impl Kernel {
     /// Detaches from interfaces the plan no longer has, swaps the plan in (unless nothing
     /// changed), re-checks tracked connections, attaches to new interfaces.
     fn apply(&mut self, plan: Plan, force: bool) -> anyhow::Result<Applied> {
+        let plan = Arc::new(plan);
         self.retire();
         let dp = &mut self.dataplane;
         // Detach from interfaces the new plan no longer has (gone, renamed, or dropped
@@ -2360,11 +2362,11 @@ impl Kernel {
             }
         }
         let dp = &mut self.dataplane;
-        if force || self.plan.as_ref() != Some(&plan) {
+        if force || self.plan.as_deref() != Some(&*plan) {
             // In force from here on; the old generation is changed by the next swap only
             // once the programs have left it ([`Kernel::retire_later`]).
             let started = Instant::now();
-            dp.swap(&plan)
+            dp.swap_shared(&plan)
                 .context("writing the policy into the kernel maps")?;
             let written = dp.last_written().unwrap_or_default();
             debug!(
@@ -2373,6 +2375,7 @@ impl Kernel {
                 removed = written.removed,
                 whole = written.whole,
                 encode_ms = written.encode.as_millis() as u64,
+                followed = written.followed,
                 compare_ms = written.compare.as_millis() as u64,
                 "swapped"
             );

@@ -49,7 +49,7 @@ pub use self::tables::{Footprint, Written};
 use self::tables::{POLICY_MAPS, PolicyTables};
 pub use self::test_run::{LiveContext, TC_DROP, TC_PASS, test_run_live};
 use crate::compile::Plan;
-use crate::encode::{Entries, encode};
+use crate::encode::{Encoder, Entries, encode};
 
 /// How [`wait_for_readers`] waited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -395,6 +395,9 @@ pub struct Dataplane {
     contents: [Option<Arc<Entries>>; 2],
     /// What the last swap wrote.
     last_written: Option<Written>,
+    /// The plan the last [`Dataplane::swap_shared`] encoded, with what encoding it kept
+    /// to encode the next one from the change ([`Encoder::next`]).
+    encoder: Option<(Arc<Plan>, Encoder)>,
     /// The sizes the policy maps were loaded with.
     sizes: Sizes,
     /// How many entries the active generation holds in each sized map.
@@ -561,6 +564,7 @@ impl Dataplane {
             observe_before_change: None,
             contents,
             last_written: None,
+            encoder: None,
             sizes: Sizes::default(),
             held: Vec::new(),
             swaps: 0,
@@ -656,6 +660,22 @@ impl Dataplane {
     /// begins is retired first, after a wait of its own: a generation is changed only
     /// once no program run can still be reading it.
     pub fn swap(&mut self, plan: &Plan) -> Result<Swap, DataplaneError> {
+        self.swap_with(plan, None)
+    }
+
+    /// [`Dataplane::swap`] of a plan that the caller keeps (the daemon's): the entries are
+    /// worked out from what changed since the last plan swapped in this way, where the
+    /// encoder follows the change ([`Encoder::next`]), rather than from the whole plan.
+    /// The entries are the same either way.
+    pub fn swap_shared(&mut self, plan: &Arc<Plan>) -> Result<Swap, DataplaneError> {
+        self.swap_with(plan, Some(plan))
+    }
+
+    fn swap_with(
+        &mut self,
+        plan: &Plan,
+        shared: Option<&Arc<Plan>>,
+    ) -> Result<Swap, DataplaneError> {
         if let Some(pending) = self.retiring.as_ref().map(|r| r.swap) {
             self.retire(pending, wait_for_readers())?;
         }
@@ -671,7 +691,24 @@ impl Dataplane {
         }
         let next = self.active ^ 1;
         let started = std::time::Instant::now();
-        let mut entries = encode(plan, next);
+        // The encoder follows the plan even if this swap fails below: what it gives is a
+        // function of the plan alone.
+        let (encoder, mut entries, followed) = match (self.encoder.take(), shared) {
+            (Some((before, encoder)), Some(_)) => match encoder.next(&before, plan, next) {
+                Some((encoder, entries)) => (encoder, entries, true),
+                None => {
+                    let (encoder, entries) = Encoder::new(plan, next);
+                    (encoder, entries, false)
+                }
+            },
+            _ => {
+                let (encoder, entries) = Encoder::new(plan, next);
+                (encoder, entries, false)
+            }
+        };
+        if let Some(shared) = shared {
+            self.encoder = Some((Arc::clone(shared), encoder));
+        }
         let encoding = started.elapsed();
         // Connections admitted before carry an earlier epoch: the programs judge each
         // again by this policy on its next packet.
@@ -713,6 +750,7 @@ impl Dataplane {
             self.tables.write_changes(&base, &entries).map(|mut w| {
                 w.whole = base.counts().iter().all(|(_, n)| *n == 0);
                 w.encode = encoding;
+                w.followed = followed;
                 w
             })
         });

@@ -323,6 +323,9 @@ pub struct Written {
     pub whole: bool,
     /// How long encoding the plan into entries took.
     pub encode: std::time::Duration,
+    /// Whether the entries were worked out from what changed since the last plan, rather
+    /// than from the whole plan.
+    pub followed: bool,
     /// How long finding what differs from the generation's entries took.
     pub compare: std::time::Duration,
 }
