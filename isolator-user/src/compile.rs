@@ -15,7 +15,7 @@ use isolator_common::{Rule, RuleSet, SegmentInfo, Settings, VifInfo, limits, pro
 
 const NANOS: u64 = 1_000_000_000;
 
-use crate::policy::{Egress, Mode, NameIndex, Policy, Protocol, Service, Term};
+use crate::policy::{Egress, InterfacePattern, Mode, NameIndex, Policy, Protocol, Service, Term};
 
 /// A network interface of the host, as netlink reports it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -172,6 +172,9 @@ pub struct ManagedVif {
     pub vlans: Vec<u16>,
 }
 
+/// A flow of a plan: (from segment, to segment) and the services allowed.
+pub type Flow = ((u32, u32), RuleSet);
+
 /// Everything one policy generation puts into the kernel, plus the names metrics need.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -193,7 +196,7 @@ pub struct Plan {
     pub exposed_v4: Vec<(Ipv4Net, RuleSet)>,
     pub exposed_v6: Vec<(Ipv6Net, RuleSet)>,
     /// Flows: (from segment, to segment) and the services allowed.
-    pub flows: Vec<((u32, u32), RuleSet)>,
+    pub flows: Vec<Flow>,
     /// Segment pairs joined by a flow in either direction, both orders.
     pub neighbours: Vec<(u32, u32)>,
     /// Interfaces that look like VMs' but are not enforceable as such, sorted by ifindex:
@@ -205,6 +208,10 @@ pub struct Plan {
     pub host_addresses: Vec<IpAddr>,
     /// Gateways of the segments.
     pub gateways: Vec<GatewayPlan>,
+    /// For each tenant of the policy, in its order, the lengths of `segments`, `v4`,
+    /// `v6`, `exposed_v4`, `exposed_v6` and `gateways` after its entries: where a
+    /// tenant's entries are, for [`Plan::update`].
+    pub tenant_ends: Vec<[u32; 6]>,
 }
 
 /// Why a policy cannot be put into the kernel maps as it is.
@@ -306,36 +313,11 @@ impl Plan {
         plan.v6.reserve(prefixes[1]);
         plan.exposed_v4.reserve(exposures[0]);
         plan.exposed_v6.reserve(exposures[1]);
+        plan.tenant_ends.reserve(policy.tenants.len());
         for (tenant, &tenant_id) in policy.tenants.iter().zip(&tenant_ids) {
-            for segment in &tenant.segments {
-                let id = segment_ids[by_id.len()];
-                plan.segments.push(SegmentRef {
-                    id,
-                    tenant_id,
-                    tenant: tenant.name.clone(),
-                    name: segment.name.clone(),
-                    flags: segment_flags(segment),
-                });
-                by_id.push((id, segment));
-                for prefix in &segment.prefixes {
-                    match prefix {
-                        IpNet::V4(p) => plan.v4.push((*p, id)),
-                        IpNet::V6(p) => plan.v6.push((*p, id)),
-                    }
-                }
-                let exposures: Vec<(IpNet, [Service; 1])> = segment
-                    .expose
-                    .iter()
-                    .map(|e| (e.prefix, [e.service]))
-                    .collect();
-                let label = || format!("{}/{}", tenant.name, segment.name);
-                for (net, rules) in merge_over_containing(&exposures, label, "exposed endpoint")? {
-                    match net {
-                        IpNet::V4(n) => plan.exposed_v4.push((n, rules)),
-                        IpNet::V6(n) => plan.exposed_v6.push((n, rules)),
-                    }
-                }
-            }
+            let ids = &segment_ids[by_id.len()..by_id.len() + tenant.segments.len()];
+            plan.push_tenant(tenant, tenant_id, ids)?;
+            by_id.extend(ids.iter().copied().zip(&tenant.segments));
         }
 
         plan.index_segments();
@@ -377,38 +359,10 @@ impl Plan {
         }
         drop(ids);
         flows.sort_by_key(|(pair, _)| *pair);
-        plan.flows.reserve(flows.len());
-        let mut neighbours = BTreeSet::new();
-        let mut services: Vec<Service> = Vec::new();
-        for (at, &((from, to), service)) in flows.iter().enumerate() {
-            services.push(service);
-            if flows
-                .get(at + 1)
-                .is_some_and(|(next, _)| *next == (from, to))
-            {
-                continue;
-            }
-            let set = rules(&services).map_err(|count| {
-                let what = format!(
-                    "the flows from {} to {}",
-                    plan.segment_label(from),
-                    plan.segment_label(to)
-                );
-                too_many_services(what, count)
-            })?;
-            services.clear();
-            plan.flows.push(((from, to), set));
-            neighbours.insert((from, to));
-            neighbours.insert((to, from));
-        }
-        plan.neighbours = neighbours.into_iter().collect();
-        for &(a, b) in &plan.neighbours {
-            let (Some(at), Some(other)) = (plan.position(a), plan.position(b)) else {
-                continue;
-            };
-            if plan.segments[at].tenant_id != plan.segments[other].tenant_id {
-                plan.segments[at].flags |= SegmentInfo::FOREIGN_NEIGHBOURS;
-            }
+        plan.flows = plan.flow_sets(&flows)?;
+        plan.neighbours = neighbours(&plan.flows);
+        for at in 0..plan.segments.len() {
+            plan.mark_foreign_neighbours(at);
         }
 
         let mut links: Vec<&Link> = host.links.iter().collect();
@@ -435,98 +389,214 @@ impl Plan {
                 let (id, segment) = by_id[first];
                 owner = Some((id, &segment.interfaces[at]));
             }
-            let quarantine = |why| QuarantinedVif {
-                name: link.name.clone(),
-                ifindex: link.ifindex,
-                why,
-            };
-            if let Some((segment, interface)) = owner {
-                if !VIF_KINDS.contains(&link.kind.as_str()) {
-                    plan.quarantined
-                        .push(quarantine(Quarantine::UnsupportedKind(link.kind.clone())));
-                    continue;
-                }
-                plan.vifs.push(ManagedVif {
-                    name: link.name.clone(),
-                    ifindex: link.ifindex,
-                    segment,
-                    mac: interface.mac.map(|m| m.0),
-                    addresses: interface.addresses.clone(),
-                    vlans: interface.vlans.clone(),
-                });
-            } else if policy.vif_names.iter().any(|p| p.matches(&link.name)) {
-                plan.quarantined.push(quarantine(Quarantine::Unclassified));
-            } else {
-                let mut uplink_for: Vec<u32> =
-                    claims.uplinks[l].iter().map(|&at| by_id[at].0).collect();
-                uplink_for.sort_unstable();
-                plan.links.push(HostLink {
-                    name: link.name.clone(),
-                    ifindex: link.ifindex,
-                    uplink_for,
-                });
-            }
+            let uplink_for = claims.uplinks[l].iter().map(|&at| by_id[at].0).collect();
+            plan.place_link(link, owner, &policy.vif_names, uplink_for);
         }
         let addresses: BTreeSet<IpAddr> = host.addresses.iter().copied().collect();
         plan.host_addresses = addresses.into_iter().collect();
-        for (id, segment) in &by_id {
+        plan.check()?;
+        Ok(plan)
+    }
+
+    /// Appends a tenant's segments (with their ids `ids`, in its order), their prefixes,
+    /// exposures (merged over containing ones) and gateways to the plan's lists, and the
+    /// lists' lengths after them to `tenant_ends`.
+    fn push_tenant(
+        &mut self,
+        tenant: &crate::policy::Tenant,
+        tenant_id: u32,
+        ids: &[u32],
+    ) -> Result<(), PlanError> {
+        for (segment, &id) in tenant.segments.iter().zip(ids) {
+            self.segments.push(SegmentRef {
+                id,
+                tenant_id,
+                tenant: tenant.name.clone(),
+                name: segment.name.clone(),
+                flags: segment_flags(segment),
+            });
+            for prefix in &segment.prefixes {
+                match prefix {
+                    IpNet::V4(p) => self.v4.push((*p, id)),
+                    IpNet::V6(p) => self.v6.push((*p, id)),
+                }
+            }
+            let exposures: Vec<(IpNet, [Service; 1])> = segment
+                .expose
+                .iter()
+                .map(|e| (e.prefix, [e.service]))
+                .collect();
+            let label = || format!("{}/{}", tenant.name, segment.name);
+            for (net, rules) in merge_over_containing(&exposures, label, "exposed endpoint")? {
+                match net {
+                    IpNet::V4(n) => self.exposed_v4.push((n, rules)),
+                    IpNet::V6(n) => self.exposed_v6.push((n, rules)),
+                }
+            }
             for gateway in &segment.gateways {
                 let services = allowed_services(&gateway.services).map_err(|count| {
                     let what = format!(
-                        "the services of gateway {} of {}",
-                        gateway.address,
-                        plan.segment_label(*id)
+                        "the services of gateway {} of {}/{}",
+                        gateway.address, tenant.name, segment.name
                     );
                     too_many_services(what, count)
                 })?;
-                plan.gateways.push(GatewayPlan {
-                    segment: *id,
+                self.gateways.push(GatewayPlan {
+                    segment: id,
                     address: gateway.address,
                     services,
                 });
             }
         }
+        self.tenant_ends.push(self.ends());
+        Ok(())
+    }
 
-        check_limit("segments", plan.segments.len(), limits::MAX_SEGMENTS)?;
+    /// The lengths of the lists a tenant adds to (see [`Plan::tenant_ends`]).
+    fn ends(&self) -> [u32; 6] {
+        [
+            self.segments.len(),
+            self.v4.len(),
+            self.v6.len(),
+            self.exposed_v4.len(),
+            self.exposed_v6.len(),
+            self.gateways.len(),
+        ]
+        .map(|n| n as u32)
+    }
+
+    /// Whether the plan fits the kernel maps' limits.
+    fn check(&self) -> Result<(), PlanError> {
+        check_limit("segments", self.segments.len(), limits::MAX_SEGMENTS)?;
         check_limit(
             "interfaces",
-            plan.vifs.len() + plan.quarantined.len(),
+            self.vifs.len() + self.quarantined.len(),
             limits::MAX_VIFS,
         )?;
-        check_limit("other links", plan.links.len(), limits::MAX_LINKS)?;
+        check_limit("other links", self.links.len(), limits::MAX_LINKS)?;
         check_limit(
             "host addresses",
-            plan.host_addresses.len(),
+            self.host_addresses.len(),
             limits::MAX_HOST_ADDRS,
         )?;
         // An address lookup probes each prefix length in use (docs/design.md, "Classifying
         // an address"); IPv4 has 33 at most, IPv6 129.
-        let v6_lengths: BTreeSet<u8> = plan
-            .v6
+        let mut v6_lengths = [false; 129];
+        self.v6
             .iter()
             .map(|(n, _)| n.prefix_len())
-            .chain(plan.management_v6.iter().map(|(n, _)| n.prefix_len()))
-            .chain(plan.exposed_v6.iter().map(|(n, _)| n.prefix_len()))
-            .chain(plan.vifs.iter().flat_map(|v| {
+            .chain(self.management_v6.iter().map(|(n, _)| n.prefix_len()))
+            .chain(self.exposed_v6.iter().map(|(n, _)| n.prefix_len()))
+            .chain(self.vifs.iter().flat_map(|v| {
                 v.addresses.iter().filter_map(|n| match n {
                     IpNet::V6(n) => Some(n.prefix_len()),
                     IpNet::V4(_) => None,
                 })
             }))
             .chain(
-                plan.host_addresses
+                self.host_addresses
                     .iter()
-                    .chain(plan.gateways.iter().map(|g| &g.address))
+                    .chain(self.gateways.iter().map(|g| &g.address))
                     .filter(|a| a.is_ipv6())
                     .map(|_| 128),
             )
-            .collect();
+            .for_each(|len| v6_lengths[usize::from(len)] = true);
         check_limit(
             "distinct IPv6 prefix lengths",
-            v6_lengths.len(),
+            v6_lengths.iter().filter(|used| **used).count(),
             limits::MAX_PREFIX_LENGTHS as u32,
         )?;
-        Ok(plan)
+        Ok(())
+    }
+
+    /// Each pair's rule set from the flows of `flows` (sorted by pair, each pair's
+    /// services in policy order).
+    fn flow_sets(&self, flows: &[((u32, u32), Service)]) -> Result<Vec<Flow>, PlanError> {
+        let mut out = Vec::with_capacity(flows.len());
+        let mut services: Vec<Service> = Vec::new();
+        for (at, &((from, to), service)) in flows.iter().enumerate() {
+            services.push(service);
+            if flows
+                .get(at + 1)
+                .is_some_and(|(next, _)| *next == (from, to))
+            {
+                continue;
+            }
+            let set = rules(&services).map_err(|count| {
+                let what = format!(
+                    "the flows from {} to {}",
+                    self.segment_label(from),
+                    self.segment_label(to)
+                );
+                too_many_services(what, count)
+            })?;
+            services.clear();
+            out.push(((from, to), set));
+        }
+        Ok(out)
+    }
+
+    /// Sets or clears [`SegmentInfo::FOREIGN_NEIGHBOURS`] of the segment at `at` by its
+    /// neighbours (`neighbours` and `segment_index` made already).
+    fn mark_foreign_neighbours(&mut self, at: usize) {
+        let (id, tenant) = (self.segments[at].id, self.segments[at].tenant_id);
+        let first = self.neighbours.partition_point(|&(a, _)| a < id);
+        let foreign = self.neighbours[first..]
+            .iter()
+            .take_while(|&&(a, _)| a == id)
+            .any(|&(_, b)| {
+                self.position(b)
+                    .is_some_and(|other| self.segments[other].tenant_id != tenant)
+            });
+        let flags = &mut self.segments[at].flags;
+        if foreign {
+            *flags |= SegmentInfo::FOREIGN_NEIGHBOURS;
+        } else {
+            *flags &= !SegmentInfo::FOREIGN_NEIGHBOURS;
+        }
+    }
+
+    /// Adds a link of the host (links come in ifindex order) as what it is: a vif of the
+    /// segment whose entry `owner` names it (quarantined if its kind cannot be enforced),
+    /// quarantined if `vif_names` matches it, else the host's own link, an uplink for
+    /// `uplink_for`.
+    fn place_link(
+        &mut self,
+        link: &Link,
+        owner: Option<(u32, &crate::policy::Interface)>,
+        vif_names: &[InterfacePattern],
+        mut uplink_for: Vec<u32>,
+    ) {
+        let quarantine = |why| QuarantinedVif {
+            name: link.name.clone(),
+            ifindex: link.ifindex,
+            why,
+        };
+        if let Some((segment, interface)) = owner {
+            if !VIF_KINDS.contains(&link.kind.as_str()) {
+                self.quarantined
+                    .push(quarantine(Quarantine::UnsupportedKind(link.kind.clone())));
+                return;
+            }
+            self.vifs.push(ManagedVif {
+                name: link.name.clone(),
+                ifindex: link.ifindex,
+                segment,
+                mac: interface.mac.map(|m| m.0),
+                addresses: interface.addresses.clone(),
+                vlans: interface.vlans.clone(),
+            });
+        } else if vif_names.iter().any(|p| p.matches(&link.name)) {
+            self.quarantined.push(quarantine(Quarantine::Unclassified));
+        } else {
+            uplink_for.sort_unstable();
+            uplink_for.dedup();
+            self.links.push(HostLink {
+                name: link.name.clone(),
+                ifindex: link.ifindex,
+                uplink_for,
+            });
+        }
     }
 
     /// `tenant/segment` of a segment id.
@@ -557,6 +627,17 @@ impl Plan {
             .map(|(at, s)| (s.id, at as u32))
             .collect();
     }
+}
+
+/// The segment pairs joined by a flow in either direction, both orders, sorted.
+fn neighbours(flows: &[Flow]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = flows
+        .iter()
+        .flat_map(|&((from, to), _)| [(from, to), (to, from)])
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// The ids of a list of names (each `[tenant, segment]`, or `[tenant, ""]` for a tenant),
@@ -627,6 +708,8 @@ pub(crate) fn assign_ids(order: &[(u32, u32)], space: u32) -> Vec<u32> {
     }
     ids
 }
+
+mod update;
 
 /// How many vifs of a plan declared a MAC, and addresses.
 pub(crate) struct Declared {

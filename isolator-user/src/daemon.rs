@@ -829,6 +829,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         trusted,
         policy,
         policy_cache,
+        planned: None,
         netlink,
         netlink_receive_buffer: opts.netlink_receive_buffer,
         resync_interval: opts.resync_interval,
@@ -1009,6 +1010,9 @@ struct Controller {
     policy: Policy,
     /// The tenants of the last policy read (see [`policy::Cache`]).
     policy_cache: policy::Cache,
+    /// The last plan made, with the policy and the host it was made of: the next one is
+    /// worked out from it where only a few tenants changed ([`Plan::update`]).
+    planned: Option<Planned>,
     netlink: Netlink,
     netlink_receive_buffer: usize,
     resync_interval: Duration,
@@ -1025,6 +1029,13 @@ struct Controller {
     changed: tokio::sync::mpsc::Sender<()>,
     /// A fleet daemon's bundle source.
     fleet: Option<FleetControl>,
+}
+
+/// A plan, with the policy and the host's links and addresses it was made of.
+struct Planned {
+    plan: Arc<Plan>,
+    policy: Policy,
+    host: crate::compile::HostView,
 }
 
 /// The controller's side of the fleet source.
@@ -1371,7 +1382,23 @@ impl Controller {
             let started = Instant::now();
             let host = self.netlink.host_view().await?;
             let listed = started.elapsed();
-            let plan = Plan::new(policy.as_ref().unwrap_or(&self.policy), &host)?;
+            let target = policy.as_ref().unwrap_or(&self.policy);
+            // The links and addresses: what the plan is made of (not the XDP modes).
+            let same_host = |before: &crate::compile::HostView| {
+                before.links == host.links && before.addresses == host.addresses
+            };
+            let plan = match self.planned.take() {
+                Some(before) if same_host(&before.host) => {
+                    Plan::update(&before.plan, &before.policy, target, &host)?
+                }
+                _ => Plan::new(target, &host)?,
+            };
+            let plan = Arc::new(plan);
+            self.planned = Some(Planned {
+                plan: Arc::clone(&plan),
+                policy: target.clone(),
+                host: host.clone(),
+            });
             let planned = started.elapsed();
             let applied = self.kernel.apply(plan, new_policy).await?;
             debug!(
@@ -1999,7 +2026,7 @@ struct KernelScrape {
 
 enum Command {
     Apply {
-        plan: Box<Plan>,
+        plan: Arc<Plan>,
         /// The policy changed: swap even if the plan's entries did not.
         force: bool,
         reply: oneshot::Sender<anyhow::Result<Applied>>,
@@ -2086,10 +2113,10 @@ impl KernelHandle {
         self.other.lock().map(|o| o.clone()).unwrap_or(None)
     }
 
-    async fn apply(&self, plan: Plan, force: bool) -> anyhow::Result<Applied> {
+    async fn apply(&self, plan: Arc<Plan>, force: bool) -> anyhow::Result<Applied> {
         let inbox = self.commands.clone();
         self.ask(|reply| Command::Apply {
-            plan: Box::new(plan),
+            plan,
             force,
             reply,
             inbox,
@@ -2183,7 +2210,7 @@ impl Kernel {
                     reply,
                     inbox,
                 }) => {
-                    let _ = reply.send(self.apply(*plan, force));
+                    let _ = reply.send(self.apply(plan, force));
                     self.retire_later(inbox);
                 }
                 Ok(Command::Retire) => self.retire(),
@@ -2309,8 +2336,7 @@ impl Kernel {
 
     /// Detaches from interfaces the plan no longer has, swaps the plan in (unless nothing
     /// changed), re-checks tracked connections, attaches to new interfaces.
-    fn apply(&mut self, plan: Plan, force: bool) -> anyhow::Result<Applied> {
-        let plan = Arc::new(plan);
+    fn apply(&mut self, plan: Arc<Plan>, force: bool) -> anyhow::Result<Applied> {
         self.retire();
         let dp = &mut self.dataplane;
         // Detach from interfaces the new plan no longer has (gone, renamed, or dropped

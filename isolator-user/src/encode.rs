@@ -108,7 +108,7 @@ fn window<'a, T: PartialEq>(before: &'a [T], after: &'a [T]) -> (usize, &'a [T],
 }
 
 /// [`window`], with `same` telling which items are the same.
-fn window_by<'a, T>(
+pub(crate) fn window_by<'a, T>(
     before: &'a [T],
     after: &'a [T],
     same: impl Fn(&T, &T) -> bool,
