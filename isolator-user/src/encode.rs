@@ -102,12 +102,8 @@ pub struct Encoder {
 }
 
 /// The parts of two lists that differ: where they start, and the part of each between
-/// what the two have in common at the start and at the end.
-fn window<'a, T: PartialEq>(before: &'a [T], after: &'a [T]) -> (usize, &'a [T], &'a [T]) {
-    window_by(before, after, |a, b| a == b)
-}
-
-/// [`window`], with `same` telling which items are the same.
+/// what the two have in common at the start and at the end (`same` tells which items are
+/// the same).
 pub(crate) fn window_by<'a, T>(
     before: &'a [T],
     after: &'a [T],
@@ -134,14 +130,16 @@ pub(crate) fn window_by<'a, T>(
 
 /// Adds to `change` (removed, added) the address entries (`src` of each item, with
 /// whether it is of `after`) of the items of one of a plan's prefix lists that differ
-/// between `before` and `after`. `None` where `src` says so.
-fn changed<N: Copy + Into<IpNet> + PartialEq, T: PartialEq>(
+/// between `before` and `after` (their values compared by `same`). `None` where `src`
+/// says so.
+fn changed<N: Copy + Into<IpNet> + PartialEq, T>(
     before: &[(N, T)],
     after: &[(N, T)],
     change: &mut (Vec<addresses::Src>, Vec<addresses::Src>),
+    same: impl Fn(&T, &T) -> bool,
     src: &mut impl FnMut(IpNet, &T, bool) -> Option<addresses::Src>,
 ) -> Option<()> {
-    let (_, was, now) = window(before, after);
+    let (_, was, now) = window_by(before, after, |a, b| a.0 == b.0 && same(&a.1, &b.1));
     for (net, value) in was {
         change.0.push(src((*net).into(), value, false)?);
     }
@@ -149,6 +147,12 @@ fn changed<N: Copy + Into<IpNet> + PartialEq, T: PartialEq>(
         change.1.push(src((*net).into(), value, true)?);
     }
     Some(())
+}
+
+/// Whether two rule sets are the same, byte for byte (they are plain data: this is their
+/// `==`, without comparing each field of each rule).
+fn same_set(a: &RuleSet, b: &RuleSet) -> bool {
+    crate::dataplane::bytes_of(a) == crate::dataplane::bytes_of(b)
 }
 
 /// More address entries changed than this share of a family's (1/n) is encoded whole.
@@ -216,8 +220,8 @@ impl Encoder {
             let tenant = tenant(if after { plan } else { before }, *segment);
             Some(Src::segment(&net, *segment, tenant))
         };
-        changed(&before.v4, &plan.v4, four, &mut segment)?;
-        changed(&before.v6, &plan.v6, six, &mut segment)?;
+        changed(&before.v4, &plan.v4, four, u32::eq, &mut segment)?;
+        changed(&before.v6, &plan.v6, six, u32::eq, &mut segment)?;
         // Exposures: the sets of those that went are named no more, those that came are.
         let rules = &mut self.rules;
         let mut exposed = |net: IpNet, set: &RuleSet, after: bool| {
@@ -228,9 +232,24 @@ impl Encoder {
             };
             Some(Src::exposed(&net, number))
         };
-        changed(&before.exposed_v4, &plan.exposed_v4, four, &mut exposed)?;
-        changed(&before.exposed_v6, &plan.exposed_v6, six, &mut exposed)?;
-        let (_, was, now) = window(&before.gateways, &plan.gateways);
+        changed(
+            &before.exposed_v4,
+            &plan.exposed_v4,
+            four,
+            same_set,
+            &mut exposed,
+        )?;
+        changed(
+            &before.exposed_v6,
+            &plan.exposed_v6,
+            six,
+            same_set,
+            &mut exposed,
+        )?;
+        // Only their addresses make address entries.
+        let (_, was, now) = window_by(&before.gateways, &plan.gateways, |a, b| {
+            a.address == b.address
+        });
         for (gateway, side) in was.iter().map(|g| (g, 0)).chain(now.iter().map(|g| (g, 1))) {
             let (v4, src) = Src::gateway(&gateway.address);
             let family = &mut change[usize::from(!v4)];
@@ -274,17 +293,28 @@ impl Encoder {
         });
         v4?;
         v6?;
-        // The flows that changed, by their place in the plan's list.
-        let (start, was, now) = window(&before.flows, &plan.flows);
-        for (at, _) in was.iter().enumerate() {
-            let (number, _) = self.flows[start + at];
+        // The flows: both lists sorted by pair, so one pass finds the pairs whose set
+        // changed, went or came, wherever they are (a changed tenant's pairs are spread
+        // over the list: their ids are hashes).
+        let mut flows = Vec::with_capacity(plan.flows.len());
+        let mut old = before.flows.iter().zip(&self.flows).peekable();
+        for (pair, set) in &plan.flows {
+            while let Some(((_, _), &(number, _))) = old.next_if(|((p, _), _)| p < pair) {
+                self.rules.release_number(number);
+            }
+            match old.next_if(|((p, _), _)| p == pair) {
+                Some(((_, was), &kept)) if same_set(was, set) => flows.push(kept),
+                Some((_, &(number, _))) => {
+                    flows.push((self.rules.add(set), Summary::of(set)));
+                    self.rules.release_number(number);
+                }
+                None => flows.push((self.rules.add(set), Summary::of(set))),
+            }
+        }
+        for (_, &(number, _)) in old {
             self.rules.release_number(number);
         }
-        let came: Vec<(u32, Summary)> = now
-            .iter()
-            .map(|(_, set)| (self.rules.add(set), Summary::of(set)))
-            .collect();
-        self.flows.splice(start..start + was.len(), came);
+        self.flows = flows;
         let entries = self.entries(plan, generation);
         Some((self, entries))
     }

@@ -22,6 +22,7 @@ mod error;
 mod links;
 mod state;
 mod tables;
+pub(crate) use tables::bytes_of;
 mod test_run;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -244,7 +244,7 @@ fn write<T: Table>(
 }
 
 /// The bytes of a plain value, to compare and index by.
-fn bytes_of<T: Pod>(value: &T) -> &[u8] {
+pub(crate) fn bytes_of<T: Pod>(value: &T) -> &[u8] {
     // SAFETY: `T: Pod` is plain old data (`#[repr(C)]` integers and byte arrays with
     // explicit padding): every byte is initialised; the slice borrows `value`.
     unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
