@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use isolator_common::{Rule, RuleSet, SegmentInfo, Settings, VifInfo, limits, protocol};
@@ -151,8 +152,9 @@ pub struct GatewayPlan {
 pub struct SegmentRef {
     pub id: u32,
     pub tenant_id: u32,
-    pub tenant: String,
-    pub name: String,
+    /// Shared: a plan worked out from the last one copies its segments cheaply.
+    pub tenant: Arc<str>,
+    pub name: Arc<str>,
     /// [`SegmentInfo`] flags: egress allowed, audit mode.
     pub flags: u32,
 }
@@ -407,12 +409,13 @@ impl Plan {
         tenant_id: u32,
         ids: &[u32],
     ) -> Result<(), PlanError> {
+        let name: Arc<str> = Arc::from(tenant.name.as_str());
         for (segment, &id) in tenant.segments.iter().zip(ids) {
             self.segments.push(SegmentRef {
                 id,
                 tenant_id,
-                tenant: tenant.name.clone(),
-                name: segment.name.clone(),
+                tenant: Arc::clone(&name),
+                name: Arc::from(segment.name.as_str()),
                 flags: segment_flags(segment),
             });
             for prefix in &segment.prefixes {
@@ -1032,7 +1035,7 @@ tenants:
         let got: Vec<(&str, &str)> = plan
             .segments
             .iter()
-            .map(|s| (s.tenant.as_str(), s.name.as_str()))
+            .map(|s| (&*s.tenant, &*s.name))
             .collect();
         assert_eq!(
             got,
@@ -1745,7 +1748,7 @@ tenants:
         let globex_web = plan
             .segments
             .iter()
-            .find(|s| (s.tenant.as_str(), s.name.as_str()) == ("globex", "web"))
+            .find(|s| (&*s.tenant, &*s.name) == ("globex", "web"))
             .expect("globex/web");
         assert_ne!(
             globex_web.flags & SegmentInfo::FOREIGN_NEIGHBOURS,

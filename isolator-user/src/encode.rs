@@ -1533,8 +1533,8 @@ mod tests {
             plan.segments.push(SegmentRef {
                 id,
                 tenant_id: 100 + (n / 3) as u32,
-                tenant: format!("t{}", n / 3),
-                name: format!("s{n}"),
+                tenant: format!("t{}", n / 3).into(),
+                name: format!("s{n}").into(),
                 flags: 0,
             });
             for _ in 0..rng.below(4) {

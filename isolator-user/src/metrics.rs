@@ -52,8 +52,8 @@ impl Inventory {
                     v.ifindex,
                     VifLabels {
                         device: v.name.clone(),
-                        tenant: s.tenant.clone(),
-                        segment: s.name.clone(),
+                        tenant: s.tenant.to_string(),
+                        segment: s.name.to_string(),
                     },
                 )
             })
@@ -77,7 +77,7 @@ impl Inventory {
         let segments = plan
             .segments
             .iter()
-            .map(|s| (s.tenant.clone(), s.name.clone()))
+            .map(|s| (s.tenant.to_string(), s.name.to_string()))
             .collect();
         Inventory { vifs, segments }
     }

@@ -346,7 +346,7 @@ tenants:
         let plan = Plan::new(&policy, crate::compile::HostView::default()).expect("a plan");
         plan.segments
             .iter()
-            .find(|s| s.tenant == tenant && s.name == segment)
+            .find(|s| &*s.tenant == tenant && &*s.name == segment)
             .expect("a segment of the policy")
             .id
     }

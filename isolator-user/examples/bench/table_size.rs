@@ -65,7 +65,7 @@ pub fn grow(base: &Plan, addresses: usize) -> Plan {
         plan.segments.push(SegmentRef {
             id,
             tenant_id: first_tenant + i as u32,
-            tenant: format!("t{i}"),
+            tenant: format!("t{i}").into(),
             name: "s".into(),
             flags: SegmentInfo::EGRESS_ALLOW,
         });

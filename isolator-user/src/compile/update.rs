@@ -170,7 +170,7 @@ fn follow(before: &Plan, before_policy: &Policy, policy: &Policy, host: &HostVie
         .collect();
     let came: Map<(&str, &str), u32> = plan.segments[seg_from..seg_after]
         .iter()
-        .map(|s| ((s.tenant.as_str(), s.name.as_str()), s.id))
+        .map(|s| ((&*s.tenant, &*s.name), s.id))
         .collect();
     // A flow of another tenant to a changed segment: that segment must still be there,
     // under the same name and id.
@@ -185,7 +185,7 @@ fn follow(before: &Plan, before_policy: &Policy, policy: &Policy, host: &HostVie
             .filter(|at| (seg_from..seg_to).contains(at))
         {
             let old = &before.segments[at];
-            if came.get(&(old.tenant.as_str(), old.name.as_str())) != Some(to) {
+            if came.get(&(&*old.tenant, &*old.name)) != Some(to) {
                 return None;
             }
         }
@@ -200,7 +200,7 @@ fn follow(before: &Plan, before_policy: &Policy, policy: &Policy, host: &HostVie
         let id = stable_ids(std::iter::once([tenant, segment]))[0];
         let at = plan.position(id)?;
         let s = &plan.segments[at];
-        (s.tenant == tenant && s.name == segment && !(seg_from..seg_after).contains(&at))
+        (&*s.tenant == tenant && &*s.name == segment && !(seg_from..seg_after).contains(&at))
             .then_some(id)
     };
     let mut flows: Vec<((u32, u32), Service)> = Vec::new();

@@ -50,7 +50,7 @@ fn declare(plan: &mut Plan) {
         "fe80::a1/128".parse().unwrap(),
     ];
     aw1.vlans = vec![100];
-    let db = plan.segments.iter_mut().find(|s| s.name == "db").unwrap();
+    let db = plan.segments.iter_mut().find(|s| &*s.name == "db").unwrap();
     db.flags |= SegmentInfo::ALLOW_RA | SegmentInfo::ALLOW_DHCP_SERVER;
 }
 
