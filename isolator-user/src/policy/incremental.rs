@@ -23,6 +23,15 @@
 //! - each entry parses as a sequence of exactly one tenant, and the rest as a policy with
 //!   no tenant.
 //!
+//! The next file is cut from the last one kept where it can be ([`Cache::follow`]):
+//! what the two have in common at the start (the text before the block, then whole kept
+//! entries, each followed by the start of an entry) and at the end (the text after the
+//! block, then whole kept entries, each after a line break) is taken as it was, its
+//! entries known to be the kept tenants without hashing their text; only the lines
+//! between are cut, and only if they are all entries of the block (an entry's start, a
+//! deeper line, a blank line or a comment) without an anchor or alias. Otherwise the
+//! whole file is cut. A test holds that cut to the whole file's.
+//!
 //! Where a cut went through something the whole file's parse would read otherwise (a
 //! quoted string over several lines, say), one of the pieces does not parse and the whole
 //! file is read instead. Source positions of the pieces are relative to them, so a policy
@@ -44,6 +53,8 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// A tenant of the last valid policy read through the cut: the text of its entry, its
 /// structure, and what validation made of it.
 struct Kept {
+    /// The hash of `text` (with [`Cache::hasher`]).
+    hash: u64,
     text: Arc<str>,
     raw: Arc<RawTenant>,
     valid: Arc<Tenant>,
@@ -66,6 +77,10 @@ pub struct Cache {
     hasher: foldhash::fast::RandomState,
     /// The rest of that file (see [`Cut`]); `None` before the first.
     rest: Option<String>,
+    /// The text of that file before and after its tenants block, and the indentation of
+    /// the block's entries: what [`Cache::follow`] needs to find the kept tenants in the
+    /// next file without cutting it whole.
+    around: Option<(String, String, usize)>,
 }
 
 /// What the last [`Cache::parse_timed`] did.
@@ -107,7 +122,7 @@ impl Cache {
         file_name: &str,
     ) -> (Result<Policy, Diagnostics>, ParseTimes, Reuse) {
         if source.len() <= super::MAX_POLICY_BYTES
-            && let Some(cut) = Cut::of(source)
+            && let Some(cut) = self.follow(source).or_else(|| Cut::of(source))
         {
             let started = Instant::now();
             if let Some((mut raw, entries, mut reuse)) = self.read(&cut) {
@@ -128,7 +143,7 @@ impl Cache {
                         validate: started.elapsed(),
                     };
                     // Only this file's tenants stay.
-                    self.keep(entries, &policy, cut.rest);
+                    self.keep(entries, &policy, cut);
                     super::free_in_background(source.len(), raw);
                     return (Ok(policy), times, reuse);
                 }
@@ -177,13 +192,14 @@ impl Cache {
 
     /// Keeps the tenants of a valid policy read through the cut, and the text around
     /// them, for the next read.
-    fn keep(&mut self, entries: Vec<Entry>, policy: &Policy, rest: String) {
+    fn keep(&mut self, entries: Vec<Entry>, policy: &Policy, cut: Cut<'_>) {
         let mut tenants = Vec::with_capacity(entries.len());
         let mut by_hash = Map::with_capacity_and_hasher(entries.len(), Default::default());
         for (entry, tenant) in entries.into_iter().zip(&policy.tenants) {
             let valid = entry.valid.unwrap_or_else(|| Arc::clone(tenant));
             by_hash.entry(entry.hash).or_insert(tenants.len());
             tenants.push(Kept {
+                hash: entry.hash,
                 text: entry.text,
                 raw: entry.raw,
                 valid,
@@ -191,7 +207,110 @@ impl Cache {
         }
         self.tenants = tenants;
         self.by_hash = by_hash;
-        self.rest = Some(rest);
+        self.rest = Some(cut.rest);
+        self.around = Some((cut.head.to_owned(), cut.tail.to_owned(), cut.indent));
+    }
+
+    /// The file cut as [`Cut::of`] cuts it, found from the last file kept rather than
+    /// from every line: what the two files have in common at the start (the text before
+    /// the block, then kept tenants' texts, each followed by the start of an entry) and
+    /// at the end (the text after the block, then kept tenants' texts, each after a line
+    /// break) is taken as it was, and only the lines between are cut, as [`Cut::of`]
+    /// follows a block's lines. `None` where that is not the whole answer (the text
+    /// around the block changed, or the lines between could end the block or make the
+    /// cut unsafe): the caller cuts the whole file.
+    fn follow<'a>(&self, source: &'a str) -> Option<Cut<'a>> {
+        let (head, tail, indent) = self.around.as_ref()?;
+        let indent = *indent;
+        let body_end = source.len().checked_sub(tail.len())?;
+        if body_end < head.len()
+            || !source.starts_with(head.as_str())
+            || !source.ends_with(tail.as_str())
+        {
+            return None;
+        }
+        // Whether an entry of the block starts at `at` (or the block ends there).
+        let entry_at = |at: usize| {
+            at == body_end || {
+                let line = &source[at..body_end];
+                let line = &line[..line.find('\n').map_or(line.len(), |n| n + 1)];
+                indentation(line) == indent && entry_indent(&line[indent..]) == Some(0)
+            }
+        };
+        let n = self.tenants.len();
+        let (mut from, mut front) = (head.len(), 0);
+        while front < n {
+            let text = &*self.tenants[front].text;
+            if !source[from..body_end].starts_with(text) || !entry_at(from + text.len()) {
+                break;
+            }
+            from += text.len();
+            front += 1;
+        }
+        let (mut to, mut back) = (body_end, 0);
+        while front + back < n {
+            let text = &*self.tenants[n - 1 - back].text;
+            if !source[from..to].ends_with(text) {
+                break;
+            }
+            let start = to - text.len();
+            if start > from && source.as_bytes()[start - 1] != b'\n' {
+                break;
+            }
+            to = start;
+            back += 1;
+        }
+        // The lines between: entries of the block only, nothing that could end it or make
+        // the cut unsafe.
+        let between = &source[from..to];
+        if may_alias(between) {
+            return None;
+        }
+        let mut starts: Vec<usize> = Vec::new();
+        let mut offset = from;
+        for l in between.split_inclusive('\n') {
+            let at = offset;
+            offset += l.len();
+            let n = indentation(l);
+            if l.starts_with('\t') {
+                return None;
+            }
+            if n == indent && entry_indent(&l[n..]) == Some(0) {
+                starts.push(at);
+            } else if n <= indent && !blank_or_comment(&l[n..]) {
+                return None;
+            }
+        }
+        if from < to && starts.first() != Some(&from) {
+            return None;
+        }
+        let mut entries = Vec::with_capacity(n + starts.len());
+        let mut known = Vec::with_capacity(n + starts.len());
+        let mut at = head.len();
+        for (k, kept) in self.tenants[..front].iter().enumerate() {
+            entries.push(&source[at..at + kept.text.len()]);
+            known.push(Some(k));
+            at += kept.text.len();
+        }
+        for (k, &s) in starts.iter().enumerate() {
+            entries.push(&source[s..starts.get(k + 1).copied().unwrap_or(to)]);
+            known.push(None);
+        }
+        let mut at = to;
+        for k in n - back..n {
+            let len = self.tenants[k].text.len();
+            entries.push(&source[at..at + len]);
+            known.push(Some(k));
+            at += len;
+        }
+        Some(Cut {
+            rest: self.rest.clone()?,
+            entries,
+            head: &source[..head.len()],
+            tail: &source[body_end..],
+            indent,
+            known,
+        })
     }
 
     /// The kept tenant whose text is `text` (of hash `hash`), by its position.
@@ -214,9 +333,16 @@ impl Cache {
         let mut reuse = Reuse::default();
         let mut entries = Vec::with_capacity(cut.entries.len());
         let mut list = Vec::with_capacity(cut.entries.len());
-        for text in &cut.entries {
-            let hash = self.hasher.hash_one(*text);
-            let entry = match self.find(hash, text) {
+        for (i, text) in cut.entries.iter().enumerate() {
+            // Where the cut found it among the kept tenants, it is theirs: no hash.
+            let (hash, at) = match cut.known.get(i).copied().flatten() {
+                Some(at) => (self.tenants[at].hash, Some(at)),
+                None => {
+                    let hash = self.hasher.hash_one(*text);
+                    (hash, self.find(hash, text))
+                }
+            };
+            let entry = match at {
                 Some(at) => {
                     reuse.reused += 1;
                     let kept = &self.tenants[at];
@@ -258,6 +384,14 @@ impl Cache {
 struct Cut<'a> {
     rest: String,
     entries: Vec<&'a str>,
+    /// The text before the block's first entry, and after its end.
+    head: &'a str,
+    tail: &'a str,
+    /// The indentation of the block's entries.
+    indent: usize,
+    /// For each entry, the kept tenant whose text it is, where [`Cache::follow`] found it
+    /// so; empty from [`Cut::of`].
+    known: Vec<Option<usize>>,
 }
 
 impl<'a> Cut<'a> {
@@ -336,19 +470,39 @@ impl<'a> Cut<'a> {
             Block::In(_) => source.len(),
             Block::After(end) => end,
         };
+        let indent = indentation(&source[*starts.first()?..]);
         let block_start = *starts.first()?;
         let entries = starts
             .iter()
             .enumerate()
             .map(|(k, &s)| &source[s..starts.get(k + 1).copied().unwrap_or(block_end)])
             .collect();
+        Some(Cut::new(source, block_start, block_end, entries, indent))
+    }
+
+    /// The cut of `source` whose block (of entries `entries`, indented by `indent`) runs
+    /// from `block_start` to `block_end`.
+    fn new(
+        source: &'a str,
+        block_start: usize,
+        block_end: usize,
+        entries: Vec<&'a str>,
+        indent: usize,
+    ) -> Cut<'a> {
         let mut rest = String::with_capacity(source.len() - (block_end - block_start) + 1);
         rest.push_str(&source[..block_start]);
         if !rest.ends_with('\n') {
             rest.push('\n');
         }
         rest.push_str(&source[block_end..]);
-        Some(Cut { rest, entries })
+        Cut {
+            rest,
+            entries,
+            head: &source[..block_start],
+            tail: &source[block_end..],
+            indent,
+            known: Vec::new(),
+        }
     }
 }
 

@@ -261,14 +261,36 @@ fn cut_in_two_passes(source: &str) -> Option<Cut<'_>> {
     } else {
         source.len()
     };
-    let mut rest = String::with_capacity(source.len() - (block_end - block_start) + 1);
-    rest.push_str(&source[..block_start]);
-    if !rest.ends_with('\n') {
-        rest.push('\n');
-    }
-    rest.push_str(&source[block_end..]);
-    Some(Cut { rest, entries })
+    Some(Cut::new(source, block_start, block_end, entries, indent))
 }
+
+/// Lines put into a file to move its block's end or make the cut unsafe (a tab, a
+/// directive, a document marker, a second key, an entry less indented, a line at the
+/// margin, anchors and aliases).
+const INSERTS: &[&str] = &[
+    "\tx: 1\n",
+    "%YAML 1.2\n",
+    "---\n",
+    "...\n",
+    "tenants:\n",
+    "tenants: []\n",
+    "- name: z\n",
+    " - name: z\n",
+    "  - name: z\n",
+    "    - name: z\n",
+    "x: 1\n",
+    "  x: 1\n",
+    "# a comment\n",
+    "\n",
+    "   \n",
+    "  # indented comment\n",
+    "  a: &x 1\n",
+    "*x\n",
+    "  b: [*x]\n",
+    "  c: \"a*b&c\"\n",
+    "&x\n",
+    "  d: x*y\n",
+];
 
 /// The one-pass cut finds what the two-pass one did: on every fixture, the documented
 /// policies and a synthetic cloud, and on each of them with one line changed in ways
@@ -284,38 +306,7 @@ fn the_cut_in_one_pass_finds_what_two_passes_did() {
             sources.push(fs::read_to_string(&path).expect("a fixture"));
         }
     }
-    let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/policy.md");
-    let docs = fs::read_to_string(docs).expect("docs/policy.md");
-    sources.extend(
-        docs.split("```yaml\n")
-            .skip(1)
-            .filter_map(|b| b.split("```").next())
-            .map(str::to_owned),
-    );
-    let inserts = [
-        "\tx: 1\n",
-        "%YAML 1.2\n",
-        "---\n",
-        "...\n",
-        "tenants:\n",
-        "tenants: []\n",
-        "- name: z\n",
-        " - name: z\n",
-        "  - name: z\n",
-        "    - name: z\n",
-        "x: 1\n",
-        "  x: 1\n",
-        "# a comment\n",
-        "\n",
-        "   \n",
-        "  # indented comment\n",
-        "  a: &x 1\n",
-        "*x\n",
-        "  b: [*x]\n",
-        "  c: \"a*b&c\"\n",
-        "&x\n",
-        "  d: x*y\n",
-    ];
+    sources.extend(documented());
     let mut compared = 0;
     let mut cut = 0;
     for source in &sources {
@@ -324,16 +315,7 @@ fn the_cut_in_one_pass_finds_what_two_passes_did() {
             source.replace('\n', "\r\n"),
             source.trim_end_matches('\n').to_owned(),
         ];
-        let offsets: Vec<usize> = std::iter::once(0)
-            .chain(source.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
-        // A few positions of each file: its start, end, and lines spread in between.
-        let step = (offsets.len() / 12).max(1);
-        for &at in offsets.iter().step_by(step).chain(offsets.last()) {
-            for insert in inserts {
-                variants.push(format!("{}{insert}{}", &source[..at], &source[at..]));
-            }
-        }
+        variants.extend(with_inserts(source, INSERTS));
         for variant in &variants {
             let one = Cut::of(variant);
             assert_eq!(one, cut_in_two_passes(variant), "{variant}");
@@ -345,4 +327,108 @@ fn the_cut_in_one_pass_finds_what_two_passes_did() {
         compared > 5000 && cut > 1000,
         "{compared} compared, {cut} cut"
     );
+}
+
+/// The cut found from the last file kept ([`Cache::follow`]) is the cut of the whole
+/// file, where it is found at all: a valid cloud and the documented valid policies kept,
+/// then each with lines put in at places spread over it (the inserts of the test above,
+/// and an entry's line changed), and with a tenant moved, removed and doubled.
+#[test]
+fn the_cut_found_from_the_last_file_is_the_cut_of_the_whole_file() {
+    let mut sources = vec![generate(&Shape::cloud(40))];
+    sources.extend(
+        documented()
+            .into_iter()
+            .filter(|b| parse(b, "p.yaml").is_ok() && Cut::of(b).is_some()),
+    );
+    // Deeper lines, and some that are not whole lines: they join the line they are put
+    // before.
+    let deeper = [
+        "      x: 1\n",
+        "      a: &x 1\n",
+        "      b: [*x]\n",
+        "    ",
+        "x",
+        "      x: 1",
+    ];
+    let inserts: Vec<&str> = INSERTS.iter().copied().chain(deeper).collect();
+    let (mut followed, mut compared) = (0, 0);
+    for source in &sources {
+        let mut cache = Cache::new();
+        let (kept, _, reuse) = cache.parse_timed(source, "p.yaml");
+        assert!(kept.is_ok() && !reuse.whole, "{source}");
+        let cut = Cut::of(source).expect("a cut");
+        let mut variants = vec![source.clone(), source.trim_end_matches('\n').to_owned()];
+        variants.extend(with_inserts(source, &inserts));
+        // Whole entries moved, removed and doubled.
+        let (first, last) = (cut.entries[0], cut.entries[cut.entries.len() - 1]);
+        let body: String = cut.entries.concat();
+        let around = |body: &str| format!("{}{body}{}", cut.head, cut.tail);
+        variants.push(around(&body.replacen(first, "", 1)));
+        variants.push(around(&format!("{}{first}", body.replacen(first, "", 1))));
+        variants.push(around(&format!("{body}{last}")));
+        variants.push(around(&format!("{first}{body}")));
+        for variant in &variants {
+            compared += 1;
+            let Some(found) = cache.follow(variant) else {
+                continue;
+            };
+            followed += 1;
+            let whole = Cut::of(variant).expect("found from the last file, so it cuts");
+            assert_eq!(
+                (
+                    &found.rest,
+                    &found.entries,
+                    found.head,
+                    found.tail,
+                    found.indent
+                ),
+                (
+                    &whole.rest,
+                    &whole.entries,
+                    whole.head,
+                    whole.tail,
+                    whole.indent
+                ),
+                "{variant}"
+            );
+            assert_eq!(found.known.len(), found.entries.len());
+            for (entry, known) in found.entries.iter().zip(&found.known) {
+                if let Some(at) = known {
+                    assert_eq!(*entry, &*cache.tenants[*at].text, "{variant}");
+                }
+            }
+        }
+    }
+    assert!(
+        followed > 100 && followed < compared,
+        "{followed} of {compared} followed"
+    );
+}
+
+/// The YAML examples of docs/policy.md.
+fn documented() -> Vec<String> {
+    let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/policy.md");
+    let docs = fs::read_to_string(docs).expect("docs/policy.md");
+    docs.split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `source` with each of `inserts` put in at a few places: its start, its end, and lines
+/// spread in between.
+fn with_inserts(source: &str, inserts: &[&str]) -> Vec<String> {
+    let offsets: Vec<usize> = std::iter::once(0)
+        .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let step = (offsets.len() / 12).max(1);
+    let mut out = Vec::new();
+    for &at in offsets.iter().step_by(step).chain(offsets.last()) {
+        for insert in inserts {
+            out.push(format!("{}{insert}{}", &source[..at], &source[at..]));
+        }
+    }
+    out
 }
