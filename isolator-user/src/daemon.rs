@@ -339,6 +339,31 @@ pub struct Provenance {
     pub signer: Option<String>,
 }
 
+/// A policy's provenance, its digest perhaps still being worked out on a thread of its
+/// own: the digest is for the log, the status and the audit record, none of which is on
+/// the way to enforcement (a signature, with `--trusted-keys`, is checked before the
+/// policy is even parsed).
+enum Pending {
+    Known(Provenance),
+    Digesting {
+        digest: std::thread::JoinHandle<String>,
+        signer: Option<String>,
+    },
+}
+
+impl Pending {
+    /// The provenance, once the digest is worked out.
+    fn resolve(self) -> Provenance {
+        match self {
+            Pending::Known(provenance) => provenance,
+            Pending::Digesting { digest, signer } => match digest.join() {
+                Ok(sha256) => Provenance { sha256, signer },
+                Err(panic) => std::panic::resume_unwind(panic),
+            },
+        }
+    }
+}
+
 /// Why a policy file was not loaded.
 #[derive(Debug)]
 enum LoadError {
@@ -364,6 +389,16 @@ fn load_policy(
     trusted: Option<&crate::signing::TrustedKeys>,
     cache: &mut policy::Cache,
 ) -> Result<(Policy, Provenance), LoadError> {
+    load_policy_pending(config, trusted, cache).map(|(policy, pending)| (policy, pending.resolve()))
+}
+
+/// [`load_policy`], the file's digest left to work out on a thread of its own (at cloud
+/// scale it takes tens of milliseconds, as much as the rest of a reload's reading).
+fn load_policy_pending(
+    config: &Path,
+    trusted: Option<&crate::signing::TrustedKeys>,
+    cache: &mut policy::Cache,
+) -> Result<(Policy, Pending), LoadError> {
     let started = Instant::now();
     let bytes = std::fs::read(config)
         .with_context(|| format!("reading the policy {}", config.display()))
@@ -372,20 +407,21 @@ fn load_policy(
         Some(keys) => Some(keys.verify(config, &bytes).map_err(LoadError::Signature)?),
         None => None,
     };
-    let source = std::str::from_utf8(&bytes)
+    std::str::from_utf8(&bytes)
         .with_context(|| format!("{}: not UTF-8 text", config.display()))
         .map_err(LoadError::Invalid)?;
     let read = started.elapsed();
-    // The digest (for the log and the audit record) beside the parse, on a thread of its
-    // own: at cloud scale both take tens of milliseconds of a reload.
-    let ((policy, times, reuse), sha256) = std::thread::scope(|scope| {
-        let digest = scope.spawn(|| crate::signing::digest(&bytes));
-        let parsed = cache.parse_timed(source, &config.display().to_string());
-        match digest.join() {
-            Ok(sha256) => (parsed, sha256),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    });
+    let bytes = Arc::new(bytes);
+    let digest = {
+        let bytes = Arc::clone(&bytes);
+        std::thread::Builder::new()
+            .name("policy-digest".into())
+            .spawn(move || crate::signing::digest(&bytes))
+            .map_err(|e| LoadError::Invalid(anyhow!("starting the policy's digest: {e}")))?
+    };
+    // Checked above.
+    let source = std::str::from_utf8(&bytes).unwrap_or_default();
+    let (policy, times, reuse) = cache.parse_timed(source, &config.display().to_string());
     let policy = policy.map_err(|diagnostics| {
         LoadError::Invalid(anyhow!("{diagnostics}the policy is not valid"))
     })?;
@@ -400,7 +436,7 @@ fn load_policy(
         delta = reuse.delta,
         "policy loaded"
     );
-    Ok((policy, Provenance { sha256, signer }))
+    Ok((policy, Pending::Digesting { digest, signer }))
 }
 
 /// Checks a fleet bundle as [`load_policy`] checks a file: its signature (with
@@ -703,13 +739,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut policy_cache = policy::Cache::new();
     let (policy, provenance) = match &opts.fleet {
         None => {
-            let loaded = load_policy(&opts.config, trusted.as_ref(), &mut policy_cache);
+            let loaded = load_policy(&opts.config, trusted.as_ref(), &mut policy_cache)
+                .map(|(policy, provenance)| (policy, Pending::Known(provenance)));
             audit(
                 &chronicle,
                 "policy_load",
                 load_record(&opts.config, &loaded),
             );
             loaded
+                .map(|(policy, pending)| (policy, pending.resolve()))
                 .map_err(LoadError::into_inner)
                 .context("nothing was loaded (see `isolator check`)")?
         }
@@ -1182,7 +1220,9 @@ impl Controller {
             };
         }
         info!(config = %self.config.display(), trigger, "reloading the policy");
-        let loaded = load_policy(&self.config, self.trusted.as_ref(), &mut self.policy_cache);
+        let loaded =
+            load_policy_pending(&self.config, self.trusted.as_ref(), &mut self.policy_cache);
+        // The record's digest is filled in once known (after the swap).
         let record = load_record(&self.config, &loaded);
         self.put_into_effect(trigger, loaded, record).await
     }
@@ -1230,6 +1270,7 @@ impl Controller {
             loaded.as_ref(),
             candidate.as_ref().map(|c| c.bundle.sha256.as_str()),
         );
+        let loaded = loaded.map(|(policy, provenance)| (policy, Pending::Known(provenance)));
         let report = self.put_into_effect("etcd", loaded, record).await;
         let applied = report.result == "ok";
         self.status.send_modify(|s| {
@@ -1260,7 +1301,7 @@ impl Controller {
     async fn put_into_effect(
         &mut self,
         trigger: &'static str,
-        loaded: Result<(Policy, Provenance), LoadError>,
+        loaded: Result<(Policy, Pending), LoadError>,
         mut record: serde_json::Value,
     ) -> ReloadReport {
         let mut unsigned = false;
@@ -1269,12 +1310,17 @@ impl Controller {
                 unsigned = matches!(e, LoadError::Signature(_));
                 Err(e.into_inner().context("the running policy stays in force"))
             }
-            Ok((policy, provenance)) => {
+            Ok((policy, pending)) => {
                 let summary = policy.summary();
+                let result = self.reconcile(Some(policy)).await;
+                // Worked out beside the reload: known now, whatever came of it.
+                let provenance = pending.resolve();
+                if record["sha256"].is_null() {
+                    record["sha256"] = json!(provenance.sha256);
+                }
                 // What the reload changed, against the policy that was in force: worked
                 // out once the new one is in force (logged and on record then).
-                self.reconcile(Some(policy))
-                    .await
+                result
                     .map(|previous| {
                         let changes = previous
                             .as_ref()
@@ -1481,19 +1527,22 @@ fn audit(chronicle: &Chronicle, kind: &str, fields: serde_json::Value) {
 
 /// The audit record of a policy load: the file, its hash and signer, or why it was
 /// refused.
-fn load_record(
-    config: &Path,
-    loaded: &Result<(Policy, Provenance), LoadError>,
-) -> serde_json::Value {
+fn load_record(config: &Path, loaded: &Result<(Policy, Pending), LoadError>) -> serde_json::Value {
     let file = config.display().to_string();
     match loaded {
-        Ok((policy, provenance)) => json!({
-            "file": file,
-            "sha256": provenance.sha256,
-            "signer": provenance.signer,
-            "summary": policy.summary().to_string(),
-            "result": "ok",
-        }),
+        Ok((policy, pending)) => {
+            let (sha256, signer) = match pending {
+                Pending::Known(p) => (Some(p.sha256.clone()), p.signer.clone()),
+                Pending::Digesting { signer, .. } => (None, signer.clone()),
+            };
+            json!({
+                "file": file,
+                "sha256": sha256,
+                "signer": signer,
+                "summary": policy.summary().to_string(),
+                "result": "ok",
+            })
+        }
         Err(e) => {
             // The hash of what was refused, when it could be read.
             let sha256 = std::fs::read(config)

@@ -237,6 +237,8 @@ fn status_and_reload_through_the_control_socket_are_on_record_in_a_verified_chai
     assert_eq!(reloads.len(), 2, "{reloads:?}");
     assert_eq!(reloads[0]["result"], "ok");
     assert_eq!(reloads[0]["trigger"], "control");
+    // The digest, worked out beside the reload, is on record: policy B's.
+    assert_eq!(reloads[0]["sha256"], in_force.as_str(), "{}", reloads[0]);
     assert_eq!(reloads[0]["diff"]["widened"], 1, "{}", reloads[0]);
     assert!(
         reloads[0]["diff"]["lines"]
