@@ -92,17 +92,40 @@ fn follow(before: &Plan, before_policy: &Policy, policy: &Policy, host: &HostVie
     };
     let [seg_from, seg_to] = [from[0] as usize, to[0] as usize];
 
-    // The ids, all worked out again (a function of the names alone): those of the
-    // tenants that did not change must be as they were.
+    // The ids (a function of the names alone): those of the tenants that did not change
+    // must be as they were. Where every segment's id was its name's own, the changed
+    // segments' are theirs too unless one is taken (then all are worked out again).
     let tenant_ids = stable_ids(policy.tenants.iter().map(|t| [t.name.as_str(), ""]));
-    let segment_ids = stable_ids(policy.tenants.iter().flat_map(|t| {
-        t.segments
-            .iter()
-            .map(|s| [t.name.as_str(), s.name.as_str()])
-    }));
     let new_segments: usize = now.iter().map(|t| t.segments.len()).sum();
     let seg_after = seg_from + new_segments;
     let tail = before.segments.len() - seg_to;
+    let own = || -> Option<Vec<u32>> {
+        let mut ids = Vec::with_capacity(seg_after + tail);
+        ids.extend(before.segments[..seg_from].iter().map(|s| s.id));
+        let mut fresh: Map<u32, ()> = Map::default();
+        for tenant in now {
+            for segment in &tenant.segments {
+                let id = super::name_id([&tenant.name, &segment.name]);
+                let taken = before
+                    .position(id)
+                    .is_some_and(|at| !(seg_from..seg_to).contains(&at));
+                if taken || fresh.insert(id, ()).is_some() {
+                    return None;
+                }
+                ids.push(id);
+            }
+        }
+        ids.extend(before.segments[seg_to..].iter().map(|s| s.id));
+        Some(ids)
+    };
+    let (segment_ids, exact) = match before.segment_ids_are_names.then(own).flatten() {
+        Some(ids) => (ids, true),
+        None => super::stable_ids_exact(policy.tenants.iter().flat_map(|t| {
+            t.segments
+                .iter()
+                .map(|s| [t.name.as_str(), s.name.as_str()])
+        })),
+    };
     if segment_ids.len() != seg_after + tail {
         return None;
     }
@@ -130,6 +153,7 @@ fn follow(before: &Plan, before_policy: &Policy, policy: &Policy, host: &HostVie
     // The per-tenant lists: what did not change copied, the changed tenants' made anew.
     let mut plan = Plan {
         settings: before.settings,
+        segment_ids_are_names: exact,
         management_v4: before.management_v4.clone(),
         management_v6: before.management_v6.clone(),
         host_addresses: before.host_addresses.clone(),

@@ -6,6 +6,7 @@
 use super::*;
 use crate::policy::Cache;
 use crate::testing::Rng;
+use std::collections::HashMap;
 
 const REST: &str = "version: 1\nmanagement:\n  - prefix: 192.168.100.0/24\nvif_names: [\"tap*\", \"vm*\"]\ntenants:\n";
 
@@ -272,4 +273,46 @@ fn updating_the_plan_gives_what_making_it_whole_gives() {
     // itself.
     eprintln!("followed {followed} of {steps}");
     assert!(followed * 2 > steps, "followed {followed} of {steps}");
+}
+
+/// A changed segment whose name's hash is another segment's id: the ids are worked out
+/// again for the whole policy (one of the two takes the next id, perhaps the one that did
+/// not change), as `Plan::new` numbers them; and the plan after knows its ids are not
+/// all their names' own.
+#[test]
+fn a_changed_name_whose_hash_is_taken_is_numbered_as_a_whole_plan_numbers_it() {
+    // Two tenants whose segment `s0` has one hash: searched among t0, t1, ...
+    let mut seen: HashMap<u32, usize> = HashMap::new();
+    let (a, b) = (0..)
+        .find_map(|i: usize| {
+            let id = crate::compile::name_id([&format!("t{i}"), "s0"]);
+            seen.insert(id, i).map(|j| (j, i))
+        })
+        .expect("a collision");
+    let tenant = |n: usize, net: u8| {
+        format!(
+            "  - name: t{n}\n    segments:\n      - name: s0\n        interfaces: [\"x{n}\"]\n        prefixes: [\"10.{net}.0.0/24\"]\n"
+        )
+    };
+    let before_text = format!("version: 1\ntenants:\n{}{}", tenant(a, 1), tenant(7, 3));
+    let after_text = format!("{before_text}{}", tenant(b, 2));
+    let host = HostView::default();
+    let mut cache = Cache::new();
+    let (before_policy, _, _) = cache.parse_timed(&before_text, "p.yaml");
+    let before_policy = before_policy.expect("valid");
+    let before = Plan::new(&before_policy, &host).expect("plan");
+    assert!(before.segment_ids_are_names);
+    let (policy, _, _) = cache.parse_timed(&after_text, "p.yaml");
+    let policy = policy.expect("valid");
+    let whole = Plan::new(&policy, &host).expect("plan");
+    assert!(!whole.segment_ids_are_names, "t{a}/s0 and t{b}/s0 collide");
+    assert_eq!(
+        Plan::update(&before, &before_policy, &policy, &host),
+        Ok(whole.clone())
+    );
+    // And back: from a plan whose ids are not all their names' own.
+    assert_eq!(
+        Plan::update(&whole, &policy, &before_policy, &host),
+        Ok(before.clone())
+    );
 }
