@@ -214,9 +214,9 @@ pub struct Plan {
     /// `v6`, `exposed_v4`, `exposed_v6` and `gateways` after its entries: where a
     /// tenant's entries are, for [`Plan::update`].
     pub tenant_ends: Vec<[u32; 6]>,
-    /// Whether every segment's id is its name's own ([`name_id`]: no two names' hashes are
-    /// the same), so that [`Plan::update`] works out the ids of the changed segments alone.
-    pub segment_ids_are_names: bool,
+    /// Whether a segment's id is below its name's hash ([`stable_ids_checked`]): where
+    /// none is, [`Plan::update`] can work out the ids of the changed segments alone.
+    pub segment_ids_wrapped: bool,
 }
 
 /// Why a policy cannot be put into the kernel maps as it is.
@@ -296,12 +296,12 @@ impl Plan {
         // names alone (see `stable_ids`), so that a reload that adds or removes a segment
         // or a tenant leaves every other one's entries as they were.
         let tenant_ids = stable_ids(policy.tenants.iter().map(|t| [t.name.as_str(), ""]));
-        let (segment_ids, exact) = stable_ids_exact(policy.tenants.iter().flat_map(|t| {
+        let (segment_ids, wrapped) = stable_ids_checked(policy.tenants.iter().flat_map(|t| {
             t.segments
                 .iter()
                 .map(|s| [t.name.as_str(), s.name.as_str()])
         }));
-        plan.segment_ids_are_names = exact;
+        plan.segment_ids_wrapped = wrapped;
         let mut by_id = Vec::with_capacity(segment_ids.len());
         // Room for every segment, prefix and exposure up front: at cloud scale growing
         // the lists copies each of them several times over.
@@ -655,7 +655,7 @@ fn neighbours(flows: &[Flow]) -> Vec<(u32, u32)> {
 /// the order of (hash, name), so a collision moves at most the names of that collision.
 /// At 100 000 segments about two pairs collide.
 pub fn stable_ids<'a>(names: impl Iterator<Item = [&'a str; 2]>) -> Vec<u32> {
-    stable_ids_exact(names).0
+    stable_ids_checked(names).0
 }
 
 /// The ids' space: 1..2^31.
@@ -677,9 +677,11 @@ pub(crate) fn name_id(name: [&str; 2]) -> u32 {
     ((h >> 32) ^ h) as u32 % (ID_SPACE - 1) + 1
 }
 
-/// [`stable_ids`], and whether every name's id is its [`name_id`] (no two names' hashes
-/// are the same, so none took another id).
-pub(crate) fn stable_ids_exact<'a>(names: impl Iterator<Item = [&'a str; 2]>) -> (Vec<u32>, bool) {
+/// [`stable_ids`], and whether a name's id is below its hash (its run of colliding names
+/// went past the top of the space, and it took the lowest free id).
+pub(crate) fn stable_ids_checked<'a>(
+    names: impl Iterator<Item = [&'a str; 2]>,
+) -> (Vec<u32>, bool) {
     let names: Vec<[&str; 2]> = names.collect();
     // (hash, index), ordered by hash, then by name where hashes are equal.
     let mut order: Vec<(u32, u32)> = names
@@ -692,8 +694,8 @@ pub(crate) fn stable_ids_exact<'a>(names: impl Iterator<Item = [&'a str; 2]>) ->
             .then_with(|| names[a.1 as usize].cmp(&names[b.1 as usize]))
     });
     let ids = assign_ids(&order, ID_SPACE);
-    let exact = order.iter().all(|&(hash, at)| ids[at as usize] == hash);
-    (ids, exact)
+    let wrapped = order.iter().any(|&(hash, at)| ids[at as usize] < hash);
+    (ids, wrapped)
 }
 
 /// The ids of `order`'s entries ((hash, index), in the order of [`stable_ids`]), hashes

@@ -92,23 +92,40 @@ fn follow(before: &Plan, before_policy: &Policy, policy: &Policy, host: &HostVie
     };
     let [seg_from, seg_to] = [from[0] as usize, to[0] as usize];
 
-    // The ids (a function of the names alone): those of the tenants that did not change
-    // must be as they were. Where every segment's id was its name's own, the changed
-    // segments' are theirs too unless one is taken (then all are worked out again).
+    // The ids (a function of the names alone, `stable_ids`): those of the tenants that
+    // did not change must be as they were. Tenant ids are worked out again. The changed
+    // segments' ids are found alone where the change moves no other id: no id went past
+    // the top of the space; a segment that goes frees its id, which no segment that stays
+    // wanted (the one on the next id up, past those that go, has its name's own); a
+    // segment that comes takes its name's hash, which is free. Otherwise every segment id
+    // is worked out again.
     let tenant_ids = stable_ids(policy.tenants.iter().map(|t| [t.name.as_str(), ""]));
     let new_segments: usize = now.iter().map(|t| t.segments.len()).sum();
     let seg_after = seg_from + new_segments;
     let tail = before.segments.len() - seg_to;
+    let going = seg_from..seg_to;
     let own = || -> Option<Vec<u32>> {
+        for s in &before.segments[going.clone()] {
+            let mut next = s.id.checked_add(1)?;
+            while let Some(at) = before.position(next) {
+                if going.contains(&at) {
+                    next = next.checked_add(1)?;
+                    continue;
+                }
+                let stays = &before.segments[at];
+                if stays.id != super::name_id([&stays.tenant, &stays.name]) {
+                    return None;
+                }
+                break;
+            }
+        }
         let mut ids = Vec::with_capacity(seg_after + tail);
         ids.extend(before.segments[..seg_from].iter().map(|s| s.id));
         let mut fresh: Map<u32, ()> = Map::default();
         for tenant in now {
             for segment in &tenant.segments {
                 let id = super::name_id([&tenant.name, &segment.name]);
-                let taken = before
-                    .position(id)
-                    .is_some_and(|at| !(seg_from..seg_to).contains(&at));
+                let taken = before.position(id).is_some_and(|at| !going.contains(&at));
                 if taken || fresh.insert(id, ()).is_some() {
                     return None;
                 }
@@ -118,17 +135,14 @@ fn follow(before: &Plan, before_policy: &Policy, policy: &Policy, host: &HostVie
         ids.extend(before.segments[seg_to..].iter().map(|s| s.id));
         Some(ids)
     };
-    let (segment_ids, exact) = match before.segment_ids_are_names.then(own).flatten() {
-        Some(ids) => (ids, true),
-        None => super::stable_ids_exact(policy.tenants.iter().flat_map(|t| {
+    let (segment_ids, wrapped) = match (!before.segment_ids_wrapped).then(own).flatten() {
+        Some(ids) => (ids, false),
+        None => super::stable_ids_checked(policy.tenants.iter().flat_map(|t| {
             t.segments
                 .iter()
                 .map(|s| [t.name.as_str(), s.name.as_str()])
         })),
     };
-    if segment_ids.len() != seg_after + tail {
-        return None;
-    }
     let mut tenant_of_segment = Vec::with_capacity(segment_ids.len());
     for (tenant, &id) in policy.tenants.iter().zip(&tenant_ids) {
         tenant_of_segment.extend(std::iter::repeat_n(id, tenant.segments.len()));
@@ -153,7 +167,7 @@ fn follow(before: &Plan, before_policy: &Policy, policy: &Policy, host: &HostVie
     // The per-tenant lists: what did not change copied, the changed tenants' made anew.
     let mut plan = Plan {
         settings: before.settings,
-        segment_ids_are_names: exact,
+        segment_ids_wrapped: wrapped,
         management_v4: before.management_v4.clone(),
         management_v6: before.management_v6.clone(),
         host_addresses: before.host_addresses.clone(),

@@ -275,12 +275,11 @@ fn updating_the_plan_gives_what_making_it_whole_gives() {
     assert!(followed * 2 > steps, "followed {followed} of {steps}");
 }
 
-/// A changed segment whose name's hash is another segment's id: the ids are worked out
-/// again for the whole policy (one of the two takes the next id, perhaps the one that did
-/// not change), as `Plan::new` numbers them; and the plan after knows its ids are not
-/// all their names' own.
+/// Segments whose names' hashes collide: one takes the next id. A change that adds or
+/// removes one of them, or leaves them be, numbers every segment as `Plan::new` does, in
+/// whichever order the two names sort.
 #[test]
-fn a_changed_name_whose_hash_is_taken_is_numbered_as_a_whole_plan_numbers_it() {
+fn colliding_names_are_numbered_as_a_whole_plan_numbers_them() {
     // Two tenants whose segment `s0` has one hash: searched among t0, t1, ...
     let mut seen: HashMap<u32, usize> = HashMap::new();
     let (a, b) = (0..)
@@ -294,25 +293,48 @@ fn a_changed_name_whose_hash_is_taken_is_numbered_as_a_whole_plan_numbers_it() {
             "  - name: t{n}\n    segments:\n      - name: s0\n        interfaces: [\"x{n}\"]\n        prefixes: [\"10.{net}.0.0/24\"]\n"
         )
     };
-    let before_text = format!("version: 1\ntenants:\n{}{}", tenant(a, 1), tenant(7, 3));
-    let after_text = format!("{before_text}{}", tenant(b, 2));
     let host = HostView::default();
-    let mut cache = Cache::new();
-    let (before_policy, _, _) = cache.parse_timed(&before_text, "p.yaml");
-    let before_policy = before_policy.expect("valid");
-    let before = Plan::new(&before_policy, &host).expect("plan");
-    assert!(before.segment_ids_are_names);
-    let (policy, _, _) = cache.parse_timed(&after_text, "p.yaml");
-    let policy = policy.expect("valid");
-    let whole = Plan::new(&policy, &host).expect("plan");
-    assert!(!whole.segment_ids_are_names, "t{a}/s0 and t{b}/s0 collide");
-    assert_eq!(
-        Plan::update(&before, &before_policy, &policy, &host),
-        Ok(whole.clone())
-    );
-    // And back: from a plan whose ids are not all their names' own.
-    assert_eq!(
-        Plan::update(&whole, &policy, &before_policy, &host),
-        Ok(before.clone())
-    );
+    let mut checked = 0;
+    for (first, second) in [(a, b), (b, a)] {
+        let texts = [
+            format!("version: 1\ntenants:\n{}{}", tenant(first, 1), tenant(7, 3)),
+            format!(
+                "version: 1\ntenants:\n{}{}{}",
+                tenant(first, 1),
+                tenant(7, 3),
+                tenant(second, 2)
+            ),
+            // An unrelated tenant changed beside the collision.
+            format!(
+                "version: 1\ntenants:\n{}{}{}",
+                tenant(first, 1),
+                tenant(8, 4),
+                tenant(second, 2)
+            ),
+            format!(
+                "version: 1\ntenants:\n{}{}",
+                tenant(8, 4),
+                tenant(second, 2)
+            ),
+            format!("version: 1\ntenants:\n{}{}", tenant(first, 1), tenant(7, 3)),
+        ];
+        let mut cache = Cache::new();
+        let (policy, _, _) = cache.parse_timed(&texts[0], "p.yaml");
+        let mut policy = policy.expect("valid");
+        let mut plan = Plan::new(&policy, &host).expect("plan");
+        for text in &texts[1..] {
+            let (next, _, _) = cache.parse_timed(text, "p.yaml");
+            let next = next.expect("valid");
+            let whole = Plan::new(&next, &host).expect("plan");
+            assert_eq!(
+                Plan::update(&plan, &policy, &next, &host),
+                Ok(whole.clone()),
+                "{text}"
+            );
+            checked += 1;
+            policy = next;
+            plan = whole;
+        }
+    }
+    assert_eq!(checked, 8);
 }
