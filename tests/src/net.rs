@@ -625,12 +625,30 @@ impl TcpPair {
         timeout: Duration,
     ) -> Result<TcpPair> {
         use std::net::{TcpListener, TcpStream};
-        let listener = in_netns(server_ns, || {
-            let l = TcpListener::bind(target).with_context(|| format!("bind {target}"))?;
-            l.set_nonblocking(true)?;
-            Ok(l)
-        })
-        .with_context(|| format!("listener in netns {server_ns}"))?;
+        // A listener on `target` closed just before (the last pair's) may still be open in
+        // a process another test thread forked and has not yet exec'd (its descriptors are
+        // close-on-exec, not close-on-fork): the address is in use until it execs. Tried
+        // again for a while.
+        let deadline = Instant::now() + timeout;
+        let listener = loop {
+            let bound = in_netns(server_ns, || {
+                let l = TcpListener::bind(target).with_context(|| format!("bind {target}"))?;
+                l.set_nonblocking(true)?;
+                Ok(l)
+            });
+            match bound {
+                Err(e)
+                    if Instant::now() < deadline
+                        && e.chain().any(|c| {
+                            c.downcast_ref::<std::io::Error>()
+                                .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+                        }) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.with_context(|| format!("listener in netns {server_ns}"))?,
+            }
+        };
         let client = in_netns(client_ns, || {
             TcpStream::connect_timeout(&target, timeout)
                 .with_context(|| format!("connect to {target} within {timeout:?}"))
