@@ -92,6 +92,15 @@ pub mod maps {
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
     /// `PerCpuArray<u32>` of one entry: drops since the last one sampled.
     pub const EVENT_SAMPLE: &str = "EVENT_SAMPLE";
+    /// `HashMap<u32, u32>` of [`limits::MAX_VIFS`](crate::limits::MAX_VIFS) entries, by
+    /// ifindex: vifs whose TC hooks are being handed from the first, quick attachment (a
+    /// `cls_bpf` filter) to the lasting one (TCX). On them a TC program ends the hook's
+    /// chain where it passes a frame, so that the other attachment does not judge it again
+    /// (docs/design.md, "A new vif's first attachment"). Not pinned: each daemon's own.
+    pub const HANDOFF: &str = "HANDOFF";
+    /// `Array<u32>` of one entry: how many entries `HANDOFF` has; while 0, the programs do
+    /// not look it up.
+    pub const HANDOFF_COUNT: &str = "HANDOFF_COUNT";
 }
 
 /// What the programs report through `EVENTS` (docs/design.md, "Events").

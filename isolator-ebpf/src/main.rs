@@ -44,7 +44,7 @@ mod sender;
 mod vif;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -105,9 +105,21 @@ pub fn isolator_ingress(ctx: XdpContext) -> u32 {
     }
 }
 
-/// What the TC programs return for a frame they let pass: `TCX_NEXT`, so that programs
-/// attached after isolator's (it attaches first) still judge it; a drop is final.
-const TC_PASS_ON: i32 = TCX_NEXT;
+/// What the TC programs return for a frame they let pass on `ifindex`: `TCX_NEXT`, so
+/// that programs attached after isolator's (it attaches first) still judge it; a drop is
+/// final. While the vif's hooks are handed over from the quick `cls_bpf` attachment to
+/// TCX (`maps::HANDOFF`), both run isolator's program: there `TC_ACT_OK`, which ends the
+/// chain under TCX (`TCX_PASS`) and passes under `cls_bpf`, so that no frame is judged
+/// (and counted) twice.
+#[inline(always)]
+fn tc_pass_on(ifindex: u32) -> i32 {
+    let handing = maps::HANDOFF_COUNT.get(0).is_some_and(|n| *n != 0);
+    if handing && maps::HANDOFF.get_ptr(&ifindex).is_some() {
+        TC_ACT_OK
+    } else {
+        TCX_NEXT
+    }
+}
 
 #[classifier]
 pub fn isolator_egress(ctx: TcContext) -> i32 {
@@ -120,7 +132,11 @@ pub fn isolator_egress(ctx: TcContext) -> i32 {
     let outcome = judge(&TcFrame::new(&ctx), ifindex, direction::EGRESS, entered, 0);
     let passes = account(ifindex, direction::EGRESS, outcome, bytes);
     faults::flush();
-    if passes { TC_PASS_ON } else { TC_ACT_SHOT }
+    if passes {
+        tc_pass_on(ifindex)
+    } else {
+        TC_ACT_SHOT
+    }
 }
 
 /// The VLAN guard for tags outside the frame bytes. A kernel VLAN device (or bridge, or
@@ -143,7 +159,7 @@ pub fn isolator_tags(ctx: TcContext) -> i32 {
         )
     };
     if offloaded_tag_allowed(present, tci, ifindex, inner) {
-        return TC_PASS_ON;
+        return tc_pass_on(ifindex);
     }
     let bytes = ctx.len() as u64;
     // SAFETY: as above.
@@ -206,7 +222,11 @@ pub fn isolator_ingress_tc(ctx: TcContext) -> i32 {
     };
     let passes = account(ifindex, direction::INGRESS, outcome, bytes);
     faults::flush();
-    if passes { TC_PASS_ON } else { TC_ACT_SHOT }
+    if passes {
+        tc_pass_on(ifindex)
+    } else {
+        TC_ACT_SHOT
+    }
 }
 
 /// A program that passes everything: the baseline `cargo xtask bench` measures the

@@ -31,6 +31,14 @@ pub static VIFS: HashMap<VifKey, VifInfo> = HashMap::with_max_entries(2 * limits
 
 /// `VIFS`' entries of vifs with an ifindex below `limits::VIF_SLOTS`, by
 /// `isolator_common::vif_slot`.
+/// Vifs whose TC hooks are being handed over from a `cls_bpf` filter to TCX, by ifindex
+/// (`isolator_common::maps::HANDOFF`), and how many there are.
+#[map]
+pub static HANDOFF: HashMap<u32, u32> = HashMap::with_max_entries(limits::MAX_VIFS, 0);
+
+#[map]
+pub static HANDOFF_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map]
 pub static VIF_SLOTS: Array<VifInfo> = Array::with_max_entries(2 * limits::VIF_SLOTS, 0);
 

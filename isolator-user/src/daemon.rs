@@ -75,6 +75,9 @@ pub struct RunOptions {
     pub netlink_receive_buffer: usize,
     /// How often the whole host is listed again without any event.
     pub resync_interval: Duration,
+    /// How long the dataplane waits with no new link before it hands a quick TC
+    /// attachment over to TCX ([`DEFAULT_HANDOVER_QUIET_MS`]).
+    pub handover_quiet: Duration,
     /// A directory of trusted public keys: every policy loaded must carry a valid
     /// signature by one of them.
     pub trusted_keys: Option<PathBuf>,
@@ -657,6 +660,11 @@ pub const DEFAULT_NETLINK_RECEIVE_BUFFER: usize = 8 << 20;
 
 /// How often idle tracked connections are swept from the kernel tables.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How long, by default, the dataplane thread has had no link to guard and no plan to
+/// swap in before it hands a quick TC attachment over to TCX (`Dataplane::settle`): each
+/// handover holds the RTNL lock for an RCU grace period, which a new link's creation and
+/// attachment would wait for.
+pub const DEFAULT_HANDOVER_QUIET_MS: u64 = 100;
 
 /// How often the whole host is listed again even without events (a missed event, or a
 /// change netlink does not report, is caught up with here), unless told otherwise.
@@ -821,7 +829,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _pad: 0,
         })
         .context("setting what the programs report")?;
-    let kernel = KernelHandle::spawn(dataplane);
+    let kernel = KernelHandle::spawn(dataplane, opts.handover_quiet);
     if let Some(logger) = kernel_log {
         tokio::spawn(follow_kernel_log(logger));
     }
@@ -1116,18 +1124,19 @@ impl Controller {
                 event = self.netlink.next_event() => match event {
                     Some(event) => {
                         let mut overrun = false;
+                        let mut new = Vec::new();
                         match event {
-                            Event::Changed(link) => self.guard(link).await,
+                            Event::Changed(link) => new.extend(link),
                             Event::Overrun => overrun = true,
                         }
-                        // Whatever else is queued already joins this reconcile; what
+                        // Whatever else is queued already is guarded with it (one grace
+                        // period for all their tables) and joins this reconcile; what
                         // comes while it runs, the next one. No waiting for more: a lone
                         // new link is enforced as soon as it can be.
                         tokio::task::yield_now().await;
                         let (links, lost) = self.netlink.drain_events();
-                        for link in links {
-                            self.guard(Some(link)).await;
-                        }
+                        new.extend(links);
+                        self.guard(new).await;
                         if overrun || lost {
                             warn!("the netlink socket's receive buffer overflowed: events were lost; listing every link again (raise --netlink-receive-buffer if this repeats)");
                             self.status.send_modify(|s| s.netlink.overruns += 1);
@@ -1164,15 +1173,24 @@ impl Controller {
     /// the reconcile that classifies it: the programs are attached with no entry for it
     /// yet, so that everything it sends or receives drops (`no_policy`) until its entries
     /// are in place (or until a failing reconcile recovers).
-    async fn guard(&mut self, link: Option<Link>) {
-        let Some(link) = link else {
-            return;
-        };
-        if !self.policy.claims(&link.name) {
+    async fn guard(&mut self, links: Vec<Link>) {
+        let claimed: Vec<(String, u32)> = links
+            .into_iter()
+            .filter(|link| self.policy.claims(&link.name))
+            .map(|link| (link.name, link.ifindex))
+            .collect();
+        if claimed.is_empty() {
             return;
         }
-        if let Err(e) = self.kernel.guard(link.name.clone(), link.ifindex).await {
-            warn!(device = %link.name, error = %format!("{e:#}"), "could not guard a new interface before classifying it");
+        match self.kernel.guard(claimed).await {
+            Ok(failed) => {
+                for (name, e) in failed {
+                    warn!(device = %name, error = %error_chain(&e), "could not guard a new interface before classifying it");
+                }
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "could not guard new interfaces before classifying them");
+            }
         }
     }
 
@@ -2090,9 +2108,8 @@ enum Command {
     Forget,
     /// Attach to a link the plan does not have yet (nothing passes it until it does).
     Guard {
-        name: String,
-        ifindex: u32,
-        reply: oneshot::Sender<Result<(), DataplaneError>>,
+        links: Vec<(String, u32)>,
+        reply: oneshot::Sender<Vec<(String, DataplaneError)>>,
     },
     Scrape {
         reply: oneshot::Sender<Result<KernelScrape, DataplaneError>>,
@@ -2121,7 +2138,7 @@ struct KernelHandle {
 type OtherGeneration = Option<(u32, Arc<crate::encode::Entries>)>;
 
 impl KernelHandle {
-    fn spawn(dataplane: Dataplane) -> KernelHandle {
+    fn spawn(dataplane: Dataplane, handover_quiet: Duration) -> KernelHandle {
         let (commands, inbox) = mpsc::channel();
         let other = Arc::new(std::sync::Mutex::new(None));
         let kernel = Kernel {
@@ -2130,6 +2147,9 @@ impl KernelHandle {
             guarded: BTreeMap::new(),
             grace: None,
             other: other.clone(),
+            busy: Instant::now(),
+            handover_quiet,
+            unsettling: BTreeSet::new(),
         };
         std::thread::Builder::new()
             .name("dataplane".into())
@@ -2173,14 +2193,12 @@ impl KernelHandle {
         .await?
     }
 
-    async fn guard(&self, name: String, ifindex: u32) -> anyhow::Result<()> {
-        Ok(self
-            .ask(|reply| Command::Guard {
-                name,
-                ifindex,
-                reply,
-            })
-            .await??)
+    /// Guards links (see [`Kernel::guard`]); the ones that failed, with why.
+    async fn guard(
+        &self,
+        links: Vec<(String, u32)>,
+    ) -> anyhow::Result<Vec<(String, DataplaneError)>> {
+        self.ask(|reply| Command::Guard { links, reply }).await
     }
 
     async fn scrape(&self) -> anyhow::Result<KernelScrape> {
@@ -2235,6 +2253,13 @@ struct Kernel {
     )>,
     /// Published after every command ([`KernelHandle::other_generation`]).
     other: Arc<std::sync::Mutex<OtherGeneration>>,
+    /// When the thread last guarded a link or swapped a plan in.
+    busy: Instant,
+    /// How long after that it hands quick TC attachments over to TCX.
+    handover_quiet: Duration,
+    /// Vifs whose quick TC attachment could not be handed over to TCX: not tried again
+    /// while attached (the filter judges on, and they are reported).
+    unsettling: BTreeSet<u32>,
 }
 
 impl Kernel {
@@ -2252,24 +2277,39 @@ impl Kernel {
                 self.sweep();
                 next_sweep = now + SWEEP_INTERVAL;
             }
-            match inbox.recv_timeout(next_sweep.saturating_duration_since(now)) {
+            let mut deadline = next_sweep;
+            if let Some(ifindex) = self.unsettled() {
+                let due = self.busy + self.handover_quiet;
+                if now >= due {
+                    self.settle(ifindex);
+                    // Commands first: one hook per turn.
+                    deadline = now;
+                } else {
+                    deadline = deadline.min(due);
+                }
+            }
+            match inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(Command::Apply {
                     plan,
                     force,
                     reply,
                     inbox,
                 }) => {
-                    let _ = reply.send(self.apply(plan, force));
+                    let applied = self.apply(plan, force);
+                    // Links that come from now on are attached the quick way (the ones
+                    // found at the start were attached through TCX).
+                    if applied.is_ok() {
+                        self.dataplane.attach_quickly(true);
+                    }
+                    let _ = reply.send(applied);
                     self.retire_later(inbox);
+                    self.busy = Instant::now();
                 }
                 Ok(Command::Retire) => self.retire(),
                 Ok(Command::Forget) => self.dataplane.forget_contents(),
-                Ok(Command::Guard {
-                    name,
-                    ifindex,
-                    reply,
-                }) => {
-                    let _ = reply.send(self.guard(&name, ifindex, true));
+                Ok(Command::Guard { links, reply }) => {
+                    let _ = reply.send(self.guard(links, true));
+                    self.busy = Instant::now();
                 }
                 Ok(Command::Scrape { reply }) => {
                     let _ = reply.send(self.scrape());
@@ -2289,43 +2329,96 @@ impl Kernel {
         }
     }
 
-    /// Attaches to a link the plan in force does not manage (yet): with no entry for it,
-    /// the programs drop everything it sends and everything sent to it. `announced`: an
-    /// event announced the link (else a listing found it first, just before the swap that
-    /// classifies it).
-    fn guard(&mut self, name: &str, ifindex: u32, announced: bool) -> Result<(), DataplaneError> {
-        let managed = self.plan.as_ref().is_some_and(|plan| {
-            plan.vifs.iter().any(|v| v.ifindex == ifindex)
-                || plan.quarantined.iter().any(|q| q.ifindex == ifindex)
-        });
-        if managed || self.dataplane.attachments().any(|(i, _, _)| i == ifindex) {
-            return Ok(());
+    /// A vif whose TC hooks hold a quick attachment still, not given up on.
+    fn unsettled(&mut self) -> Option<u32> {
+        let attached: BTreeSet<u32> = self.dataplane.attachments().map(|(i, _, _)| i).collect();
+        self.unsettling.retain(|i| attached.contains(i));
+        self.dataplane
+            .unsettled()
+            .find(|i| !self.unsettling.contains(i))
+    }
+
+    /// Hands one of `ifindex`'s quick TC attachments over to TCX.
+    fn settle(&mut self, ifindex: u32) {
+        let started = Instant::now();
+        match self.dataplane.settle(ifindex) {
+            Ok(more) => debug!(
+                ifindex,
+                more,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "handed a quick TC attachment over to TCX"
+            ),
+            Err(e) => {
+                self.unsettling.insert(ifindex);
+                warn!(ifindex, error = %error_chain(&e), "could not hand a quick TC attachment over to TCX; the cls_bpf filter judges on (after any TCX program of the hook)");
+            }
         }
-        // An event about a link that is gone already (a deleted link's last change).
-        if ifindex_of(name) != Some(ifindex) {
-            debug!(device = name, "not guarding a link that is gone");
-            return Ok(());
+    }
+
+    /// Attaches to links the plan in force does not manage (yet): with no entry for them,
+    /// the programs drop everything they send and everything sent to them. Their state
+    /// tables are inserted together ([`Dataplane::guard_all`]). `announced`: events
+    /// announced the links (else a listing found one first, just before the swap that
+    /// classifies it). Returns the links that could not be guarded, with why.
+    fn guard(
+        &mut self,
+        links: Vec<(String, u32)>,
+        announced: bool,
+    ) -> Vec<(String, DataplaneError)> {
+        let mut seen = BTreeSet::new();
+        let wanted: Vec<(String, u32)> = links
+            .into_iter()
+            // A link's events may come more than once in a batch.
+            .filter(|(_, ifindex)| seen.insert(*ifindex))
+            .filter(|(name, ifindex)| {
+                let managed = self.plan.as_ref().is_some_and(|plan| {
+                    plan.vifs.iter().any(|v| v.ifindex == *ifindex)
+                        || plan.quarantined.iter().any(|q| q.ifindex == *ifindex)
+                });
+                if managed || self.dataplane.attachments().any(|(i, _, _)| i == *ifindex) {
+                    return false;
+                }
+                // An event about a link that is gone already (a deleted link's last change).
+                if ifindex_of(name) != Some(*ifindex) {
+                    debug!(device = %name, "not guarding a link that is gone");
+                    return false;
+                }
+                true
+            })
+            .collect();
+        let mut failed = Vec::new();
+        if wanted.is_empty() {
+            return failed;
         }
-        let mode = self.dataplane.guard(name, ifindex)?;
-        if mode == AttachMode::Generic {
-            warn!(
-                device = name,
-                "generic XDP mode: the driver refused native mode; correct but slower"
-            );
+        let guarded = self.dataplane.guard_all(&wanted);
+        for ((name, _), (ifindex, mode)) in wanted.into_iter().zip(guarded) {
+            let mode = match mode {
+                Ok(mode) => mode,
+                Err(e) => {
+                    failed.push((name, e));
+                    continue;
+                }
+            };
+            if mode == AttachMode::Generic {
+                warn!(
+                    device = %name,
+                    "generic XDP mode: the driver refused native mode; correct but slower"
+                );
+            }
+            if announced {
+                info!(
+                    device = %name,
+                    "guarding a new interface: nothing passes it until it is classified"
+                );
+            } else {
+                info!(
+                    device = %name,
+                    "attached to a new interface just before the swap that classifies it (no event announced it)"
+                );
+            }
+            self.guarded.insert(ifindex, name);
         }
-        if announced {
-            info!(
-                device = name,
-                "guarding a new interface: nothing passes it until it is classified"
-            );
-        } else {
-            info!(
-                device = name,
-                "attached to a new interface just before the swap that classifies it (no event announced it)"
-            );
-        }
-        self.guarded.insert(ifindex, name.to_string());
-        Ok(())
+        failed
     }
 
     /// The wait after a swap (an RCU grace period, 8 to 16 ms here) passes on a thread of
@@ -2430,8 +2523,7 @@ impl Kernel {
             .map(|v| (v.name.clone(), v.ifindex))
             .collect();
         if let [(name, ifindex)] = unattached.as_slice() {
-            let (name, ifindex) = (name.clone(), *ifindex);
-            if let Err(e) = self.guard(&name, ifindex, false) {
+            for (name, e) in self.guard(vec![(name.clone(), *ifindex)], false) {
                 // Tried again after the swap, where a failure is reported.
                 debug!(device = %name, error = %error_chain(&e), "guarding a new interface before the swap failed");
             }

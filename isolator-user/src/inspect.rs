@@ -271,7 +271,12 @@ fn render_inventory(inv: &isolator::verify::Inventory) -> String {
         if let Some(id) = link.xdp {
             parts.push(format!("xdp {}", program(&id)));
         }
-        for (hook, ids) in [("tcx-in", &link.tcx_ingress), ("tcx-out", &link.tcx_egress)] {
+        for (hook, ids) in [
+            ("tcx-in", &link.tcx_ingress),
+            ("tcx-out", &link.tcx_egress),
+            ("tc-in", &link.filters_ingress),
+            ("tc-out", &link.filters_egress),
+        ] {
             if !ids.is_empty() {
                 let names: Vec<String> = ids.iter().map(program).collect();
                 parts.push(format!("{hook} {}", names.join(",")));

@@ -175,6 +175,13 @@ enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = daemon::DEFAULT_RESYNC_SECONDS,
               value_parser = clap::value_parser!(u64).range(1..=86_400))]
         resync_seconds: u64,
+        /// A link that comes while the daemon runs is attached at once with its TC
+        /// programs as cls_bpf filters (no wait for an RCU grace period), then handed over
+        /// to TCX once no new link has come for this many milliseconds (each handover
+        /// holds the RTNL lock for a grace period). See docs/operations.md.
+        #[arg(long, value_name = "MS", default_value_t = daemon::DEFAULT_HANDOVER_QUIET_MS,
+              value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+        handover_quiet_ms: u64,
         /// Trust only policies signed by one of the public keys (*.pub) in DIR: a policy
         /// without a valid signature (FILE.sig) is refused at start and at reload, and the
         /// running one stays in force.
@@ -474,6 +481,7 @@ fn main() -> ExitCode {
             persist,
             netlink_receive_buffer,
             resync_seconds,
+            handover_quiet_ms,
             trusted_keys,
             audit_log,
             audit_max_bytes,
@@ -583,6 +591,7 @@ fn main() -> ExitCode {
                 persist,
                 netlink_receive_buffer,
                 resync_interval: std::time::Duration::from_secs(resync_seconds),
+                handover_quiet: std::time::Duration::from_millis(handover_quiet_ms),
                 trusted_keys,
                 audit: isolator::audit::Options {
                     path: audit_log,

@@ -346,6 +346,14 @@ pub async fn link_details() -> anyhow::Result<(Vec<crate::verify::LinkDetails>, 
         }
         links.push(details);
     }
+    for link in &mut links {
+        link.filters_ingress = bpf_filters(&handle, link.ifindex, true)
+            .await
+            .with_context(|| format!("listing the tc ingress filters of {}", link.name))?;
+        link.filters_egress = bpf_filters(&handle, link.ifindex, false)
+            .await
+            .with_context(|| format!("listing the tc egress filters of {}", link.name))?;
+    }
     let mut host = Vec::new();
     for (ifindex, a, len) in list_addresses_on_links(&handle).await? {
         host.push(a);
@@ -357,4 +365,48 @@ pub async fn link_details() -> anyhow::Result<(Vec<crate::verify::LinkDetails>, 
     host.sort();
     host.dedup();
     Ok((links, host))
+}
+
+/// The programs of the `cls_bpf` filters on `ifindex`'s `clsact` hook (`ingress` or
+/// egress), by id, in the order they run (after every TCX program of the hook). Empty
+/// where the link has no `clsact` qdisc.
+pub async fn bpf_filters(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    ingress: bool,
+) -> anyhow::Result<Vec<u32>> {
+    use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
+    let request = handle.traffic_filter(ifindex as i32).get();
+    let request = if ingress {
+        request.ingress()
+    } else {
+        request.egress()
+    };
+    let mut stream = request.execute();
+    let mut ids = Vec::new();
+    loop {
+        let message = match stream.try_next().await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            // No clsact qdisc (or the link went meanwhile): no filters.
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.code.is_some_and(|c| {
+                    matches!(-c.get(), libc::EINVAL | libc::ENOENT | libc::ENODEV)
+                }) =>
+            {
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for attribute in &message.attributes {
+            if let TcAttribute::Options(options) = attribute {
+                for option in options {
+                    if let TcOption::Bpf(TcFilterBpfOption::ProgId(id)) = option {
+                        ids.push(*id);
+                    }
+                }
+            }
+        }
+    }
+    Ok(ids)
 }

@@ -565,7 +565,11 @@ impl Lab {
                 Command::new("tc").args(["-n", &self.host, "filter", "show", "dev", vif, hook])
             )?;
             let text = String::from_utf8_lossy(&out.stdout);
-            for line in text.lines().filter(|l| l.contains("bpf")) {
+            // A filter's own line (with its handle), not its priority's header line.
+            for line in text
+                .lines()
+                .filter(|l| l.contains("bpf") && l.contains(" handle "))
+            {
                 found.push(format!("tc {hook}: {}", line.trim()));
             }
         }

@@ -298,3 +298,182 @@ fn a_burst_of_new_vifs_leaks_nothing_to_another_tenant() {
         &env.log_tail(),
     );
 }
+
+/// The programs on `vif` once they stop changing: `quick` (TC programs as `cls_bpf`
+/// filters) or handed over to TCX.
+fn await_programs(env: &Env<isolator_tests::lab::Lab>, vif: &str, quick: bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let programs = env.lab().vif_programs(vif).expect("programs");
+        let filters = programs.iter().filter(|p| p.starts_with("tc ")).count();
+        let tcx = programs.iter().filter(|p| p.starts_with("tcx ")).count();
+        let done = programs.first().map(String::as_str) == Some("xdp")
+            && programs.len() == 3
+            && if quick {
+                filters == 2 && tcx == 0
+            } else {
+                tcx == 2 && filters == 0
+            };
+        if done || Instant::now() > deadline {
+            return programs;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Frames web1 sends to the new VM `to` (its vif `vif`) while `during` runs, one every
+/// 50 µs: each is judged at web1's ingress, then once at the new vif's egress, and none
+/// reaches the VM unjudged. Returns a description of what went wrong, if anything.
+fn judged_once(
+    env: &Env<isolator_tests::lab::Lab>,
+    web1: &isolator_tests::lab::Vm,
+    (vif, mac, ip, ns): (&str, &str, &str, &str),
+    during: impl FnOnce(),
+) -> Option<String> {
+    let frame = ip_frame(
+        parse_mac(&web1.mac).unwrap(),
+        parse_mac(mac).unwrap(),
+        web1.v4(),
+        ip.parse().unwrap(),
+        udp(40000, 9),
+        b"handover",
+    );
+    let before = settle(&[&web1.vif, vif], Duration::from_millis(300), || {
+        env.scrape()
+    });
+    let (sent, frames) = captured(&[ns], || {
+        let stream = Stream::start(&web1.ns, "eth0", vec![frame], Duration::from_micros(50))
+            .expect("stream");
+        during();
+        stream.stop().expect("stream")
+    });
+    let after = settle(&[&web1.vif, vif], Duration::from_millis(300), || {
+        env.scrape()
+    });
+    let sender = changes(&before, &after, &web1.vif);
+    let receiver = changes(&before, &after, vif);
+    let passed_at_web1 = sender.get("ingress pass").copied().unwrap_or(0.0);
+    let judged_at_vif: f64 = receiver
+        .iter()
+        .filter(|(k, _)| k.starts_with("egress "))
+        .map(|(_, v)| *v)
+        .sum();
+    let passed_at_vif = receiver.get("egress pass").copied().unwrap_or(0.0);
+    let delivered = frames[0]
+        .iter()
+        .filter(|f| f.windows(8).any(|w| w == b"handover"))
+        .count() as f64;
+    let total: u64 = sent.iter().sum();
+    if passed_at_web1 < 100.0 || judged_at_vif > passed_at_web1 || passed_at_vif < delivered {
+        return Some(format!(
+            "{total} frames sent, {passed_at_web1} passed web1's ingress, {judged_at_vif} judged at \
+             {vif}'s egress ({passed_at_vif} passed), {delivered} delivered: each must be judged \
+             once at the egress (never more often than web1 passed them) and none delivered \
+             unjudged; web1 {sender:?}, {vif} {receiver:?}"
+        ));
+    }
+    None
+}
+
+/// A link that comes while the daemon runs gets its TC programs the quick way, as
+/// `cls_bpf` filters (no RCU grace period under the RTNL lock), and is handed over to TCX
+/// once no new link has come for `--handover-quiet-ms`: every frame to it is judged once,
+/// the quick way, during the handover and after it. A daemon killed while the vif holds
+/// quick attachments leaves it enforced (I7); the next one takes it over through TCX and
+/// removes the filters.
+#[test]
+fn a_new_vif_is_attached_the_quick_way_then_handed_over_to_tcx() {
+    let (lab, vms) = quiet_lab(
+        "hp-quick",
+        &[
+            ("web1", "vacme-web1", "10.1.1.2/24"),
+            ("app1", "vglobex-app1", "10.2.1.2/24"),
+        ],
+        &[],
+    )
+    .expect("lab");
+    let web1 = vms[0].clone();
+    let late = [
+        LateNetns::new(&lab, "q9").expect("netns"),
+        LateNetns::new(&lab, "q8").expect("netns"),
+    ];
+    // No handover while the first daemon runs.
+    let mut env = Env::start_args(lab, POLICY, &["--handover-quiet-ms", "3600000"])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut bad = Problems::new();
+    let new_vif = |env: &Env<isolator_tests::lab::Lab>, vif: &str, mac: &str, ns: &LateNetns| {
+        let at = add_late_vif(env.lab(), vif, mac, ns).expect("new vif");
+        await_attached(env.lab(), vif, at, Duration::from_secs(30)).expect("attached");
+        run_ok(std::process::Command::new("bridge").args([
+            "-n",
+            env.lab().host_ns(),
+            "fdb",
+            "replace",
+            mac,
+            "dev",
+            vif,
+            "master",
+            "static",
+        ]))
+        .expect("static fdb entry");
+    };
+    let nine = (
+        "vacme-web9",
+        "02:15:0b:00:02:09",
+        "10.1.1.9",
+        late[0].name.as_str(),
+    );
+    new_vif(&env, nine.0, nine.1, &late[0]);
+    let programs = await_programs(&env, nine.0, true);
+    bad.check(
+        programs.iter().filter(|p| p.starts_with("tc ")).count() == 2
+            && !programs.iter().any(|p| p.starts_with("tcx")),
+        || format!("a new vif first carries XDP and two cls_bpf filters: {programs:?}"),
+    );
+    if let Some(e) = judged_once(&env, &web1, nine, || {
+        std::thread::sleep(Duration::from_millis(300))
+    }) {
+        bad.push(format!("the quick attachment: {e}"));
+    }
+
+    // Killed while the vif holds quick attachments: still enforced.
+    let mut crashed = env.take_daemon();
+    crashed.signal(libc::SIGKILL).expect("SIGKILL");
+    crashed.wait_exit(Duration::from_secs(10)).expect("exit");
+    let programs = env.lab().vif_programs(nine.0).expect("programs");
+    bad.check(
+        programs.iter().filter(|p| p.starts_with("tc ")).count() == 2,
+        || format!("a killed daemon's quick attachments stay: {programs:?}"),
+    );
+    env.start_daemon(&["--handover-quiet-ms", "1000"])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let programs = await_programs(&env, nine.0, false);
+    bad.check(programs == ["xdp", "tcx ingress", "tcx egress"], || {
+        format!("the next daemon takes the vif over through TCX, filters removed: {programs:?}")
+    });
+    if let Some(e) = judged_once(&env, &web1, nine, || {
+        std::thread::sleep(Duration::from_millis(300))
+    }) {
+        bad.push(format!("after the restart: {e}"));
+    }
+
+    // A vif that comes now is handed over about a second later, frames flowing.
+    let eight = (
+        "vacme-web8",
+        "02:15:0b:00:02:08",
+        "10.1.1.8",
+        late[1].name.as_str(),
+    );
+    new_vif(&env, eight.0, eight.1, &late[1]);
+    let mut during = Vec::new();
+    if let Some(e) = judged_once(&env, &web1, eight, || {
+        during = await_programs(&env, eight.0, false);
+        std::thread::sleep(Duration::from_millis(300));
+    }) {
+        bad.push(format!("across the handover: {e}"));
+    }
+    bad.check(during == ["xdp", "tcx ingress", "tcx egress"], || {
+        format!("the new vif is handed over to TCX: {during:?}")
+    });
+    bad.finish("quick attachments", "", &env.log_tail());
+}

@@ -9,7 +9,8 @@
 //! request that creates it:
 //!
 //! - **guarded**: the vif carries an XDP program (`IFLA_XDP`, read over netlink) and a
-//!   program on each of its TCX hooks (`BPF_PROG_QUERY`): from then on every frame it sends
+//!   program on each of its TC hooks (TCX, `BPF_PROG_QUERY`, or a `cls_bpf` filter, read
+//!   over netlink): from then on every frame it sends
 //!   or receives is judged (dropped as `no_policy` until classified);
 //! - **enforced**: the XDP program attached to it passes a frame within its segment
 //!   (`BPF_PROG_TEST_RUN` of that program with the vif as the ingress interface): its
@@ -248,7 +249,19 @@ impl Probe {
                 return Ok(false);
             };
             let (ingress, egress) = tcx_prog_counts_of(link.ifindex)?;
-            if ingress == 0 || egress == 0 {
+            // A TC hook counts through TCX or a `cls_bpf` filter (the daemon's quick
+            // attachment of a new link, handed over to TCX later).
+            let filtered = |ingress: bool| -> anyhow::Result<bool> {
+                Ok(!self
+                    .rt
+                    .block_on(isolator::netlink::bpf_filters(
+                        &self.netlink,
+                        link.ifindex,
+                        ingress,
+                    ))?
+                    .is_empty())
+            };
+            if (ingress == 0 && !filtered(true)?) || (egress == 0 && !filtered(false)?) {
                 return Ok(false);
             }
             link.guarded = Some(link.created.elapsed());
@@ -400,8 +413,9 @@ fn percentile(samples: &[Duration], p: f64) -> f64 {
 
 fn print(modes: &[(&str, &Measured)]) {
     println!(
-        "from just before the netlink request creating the vif to: guarded (XDP and both TCX \
-         programs attached, seen over netlink and BPF_PROG_QUERY: every frame judged, \
+        "from just before the netlink request creating the vif to: guarded (XDP and both TC \
+         programs attached, through TCX or as cls_bpf filters, seen over netlink and \
+         BPF_PROG_QUERY: every frame judged, \
          no_policy until classified) and enforced (the attached XDP program passes a frame \
          within the vif's segment under BPF_PROG_TEST_RUN: its segment's policy in force)"
     );
@@ -449,7 +463,9 @@ impl DaemonGuard {
         config: &std::path::Path,
         tmp: &TempDir,
     ) -> anyhow::Result<Self> {
-        let log = tmp.path().join("isolator.log");
+        // `$BENCH_DAEMON_LOG` keeps the daemon's output after the run.
+        let log = std::env::var_os("BENCH_DAEMON_LOG")
+            .map_or_else(|| tmp.path().join("isolator.log"), PathBuf::from);
         let file = std::fs::File::create(&log)?;
         // Spawned from this thread, the daemon lives in its private namespaces.
         let child = Command::new(bin)

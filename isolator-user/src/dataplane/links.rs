@@ -4,8 +4,7 @@
 use aya::programs::{
     TcAttachType, XdpMode,
     links::{FdLink, LinkOrder, PinnedLink},
-    tc::SchedClassifierLink,
-    tc::TcAttachOptions,
+    tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     xdp::XdpLink,
 };
 use isolator_common::programs;
@@ -41,23 +40,79 @@ impl AttachMode {
     }
 }
 
+/// The priority of isolator's quick attachments ([`Held::Filter`]): first among the
+/// classic filters of the hook.
+const FILTER_PRIORITY: u16 = 1;
+/// Their handle.
+const FILTER_HANDLE: TcHandle = TcHandle::new(0, 0x150);
+
 /// A link the dataplane holds: by its file descriptor alone, or pinned as well, so that
-/// it outlives the daemon.
+/// it outlives the daemon; or, on a TC hook of a new vif until [`Dataplane::settle`]
+/// hands it to TCX, a `cls_bpf` filter.
 pub(super) enum Held {
     Owned(FdLink),
     Pinned(PinnedLink),
+    /// The program as a `cls_bpf` filter (direct action) on the vif's `clsact` qdisc:
+    /// attached without waiting for an RCU grace period, where a TCX attachment waits for
+    /// one holding the RTNL lock. No bpf_link: it outlives the daemon without a pin (the
+    /// next daemon finds it by its program's name), and runs after every TCX program of
+    /// the hook.
+    Filter {
+        program: &'static str,
+        attach_type: TcAttachType,
+        device: String,
+    },
 }
 
 impl Held {
-    /// Detaches the link (and removes its pin).
+    /// Detaches the link (and removes its pin, or the filter).
     pub(super) fn release(self) -> std::io::Result<()> {
         match self {
             Held::Owned(link) => drop(link),
             Held::Pinned(link) => drop(link.unpin()?),
+            Held::Filter {
+                program,
+                attach_type,
+                device,
+            } => remove_filters(&device, attach_type, program)?,
         }
         Ok(())
     }
+
+    fn is_filter(&self) -> bool {
+        matches!(self, Held::Filter { .. })
+    }
 }
+
+/// Removes the `cls_bpf` filters running `program` from `device`'s hook; none there is no
+/// error (nor is a device that is gone, which took them along).
+fn remove_filters(device: &str, attach_type: TcAttachType, program: &str) -> std::io::Result<()> {
+    match aya::programs::tc::qdisc_detach_program(device, attach_type, program) {
+        Ok(()) => Ok(()),
+        Err(TcError::IoError(e))
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENODEV) =>
+        {
+            Ok(())
+        }
+        Err(TcError::NetlinkError(e))
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ENODEV | libc::EINVAL)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(std::io::Error::other(e)),
+    }
+}
+
+/// The TC programs isolator attaches, with the hook of each.
+const TC_PROGRAMS: [(&str, TcAttachType); 3] = [
+    (programs::TC_EGRESS, TcAttachType::Egress),
+    (programs::TC_INGRESS_TAGS, TcAttachType::Ingress),
+    (programs::TC_INGRESS_JUDGE, TcAttachType::Ingress),
+];
 
 pub(super) struct Attachment {
     name: String,
@@ -67,6 +122,13 @@ pub(super) struct Attachment {
     /// The tags program's link, or in [`AttachMode::TcIngress`] the TC ingress judge's.
     tags: Held,
     mode: AttachMode,
+}
+
+impl Attachment {
+    /// Whether a TC hook holds a quick attachment still ([`Held::Filter`]).
+    fn quick(&self) -> bool {
+        self.tc.is_filter() || self.tags.is_filter()
+    }
 }
 
 impl Dataplane {
@@ -88,7 +150,29 @@ impl Dataplane {
             .unwrap_or_default();
         let taken_over =
             old.xdp.is_some() || old.tc.is_some() || old.tags.is_some() || old.judge.is_some();
+        if !taken_over {
+            return self.attach_new(name, ifindex, old, false);
+        }
+        // A previous daemon that stopped while handing this vif over to TCX may have left
+        // its quick attachments beside the links taken over: until they are removed, the
+        // vif is in `HANDOFF`, so that they judge nothing the TCX links passed.
+        self.hand_over(ifindex, true)?;
+        let attached = self.attach_new(name, ifindex, old, true);
+        if attached.is_ok() {
+            self.remove_quick_leftovers(name);
+        }
+        self.hand_over(ifindex, false)?;
+        attached
+    }
 
+    /// [`Dataplane::attach`] once the previous daemon's links (`old`) are known.
+    fn attach_new(
+        &mut self,
+        name: &str,
+        ifindex: u32,
+        old: super::state::LeftVif,
+        taken_over: bool,
+    ) -> Result<AttachMode, DataplaneError> {
         // XDP first: a previous daemon's link, or a new one; where another program holds
         // the hook, the TC ingress judge instead.
         let (xdp, mut mode, ingress_program, ingress_old) = if let Some(judge) = old.judge {
@@ -139,8 +223,17 @@ impl Dataplane {
                 ingress_old,
             ),
         ] {
+            // Once the daemon runs ([`Dataplane::attach_quickly`]), a new attachment is
+            // quick ([`Held::Filter`]), handed to TCX later ([`Dataplane::settle`]); where
+            // the quick way fails, TCX at once.
             let link = match old {
                 Some(old) => self.take_over_tc(program, name, old),
+                None if self.quick => self
+                    .attach_filter(program, attach_type, name, ifindex)
+                    .or_else(|e| {
+                        tracing::debug!(device = name, program, error = %e, "no quick TC attachment: attaching through TCX");
+                        self.attach_tc(program, attach_type, name, ifindex)
+                    }),
                 None => self.attach_tc(program, attach_type, name, ifindex),
             };
             match link {
@@ -200,13 +293,29 @@ impl Dataplane {
     /// way they pass together. Failing to make the tables is no failure of the guard: the
     /// swap makes them (or reports why it cannot) before the vif gets an entry.
     pub fn guard(&mut self, name: &str, ifindex: u32) -> Result<AttachMode, DataplaneError> {
-        if let Some(existing) = self.attached.get(&ifindex) {
-            return Ok(existing.mode);
-        }
-        let tables = self.state.prepare([ifindex]);
+        let mut guarded = self.guard_all(&[(name.to_string(), ifindex)]);
+        guarded.pop().expect("one link").1
+    }
+
+    /// [`Dataplane::guard`] for several new vifs at once: their tables are inserted
+    /// together, so that a burst of new links waits for one grace period rather than one
+    /// each. The answer for each, in order.
+    pub fn guard_all(
+        &mut self,
+        links: &[(String, u32)],
+    ) -> Vec<(u32, Result<AttachMode, DataplaneError>)> {
+        let new: Vec<u32> = links
+            .iter()
+            .map(|(_, ifindex)| *ifindex)
+            .filter(|ifindex| !self.attached.contains_key(ifindex))
+            .collect();
+        let tables = self.state.prepare(new);
         let (attached, inserted) = std::thread::scope(|scope| {
             let inserting = tables.map(|tables| scope.spawn(move || tables.insert()));
-            let attached = self.attach(name, ifindex);
+            let attached: Vec<_> = links
+                .iter()
+                .map(|(name, ifindex)| (*ifindex, self.attach(name, *ifindex)))
+                .collect();
             let inserted = inserting.and_then(|inserting| {
                 inserting
                     .join()
@@ -215,7 +324,7 @@ impl Dataplane {
             (attached, inserted)
         });
         if let Err(e) = inserted {
-            tracing::warn!(device = name, error = %crate::error_chain(&e), "could not give a guarded interface its state tables yet; the swap that classifies it will");
+            tracing::warn!(links = links.len(), error = %crate::error_chain(&e), "could not give guarded interfaces their state tables yet; the swap that classifies them will");
         }
         attached
     }
@@ -331,6 +440,185 @@ impl Dataplane {
         Ok(Held::Owned(link))
     }
 
+    /// Attaches a TC program the quick way: a `cls_bpf` filter on the vif's `clsact`
+    /// qdisc (made here if the vif has none), at isolator's priority and handle. One that
+    /// a previous daemon left there is replaced, atomically.
+    fn attach_filter(
+        &mut self,
+        program_name: &'static str,
+        attach_type: TcAttachType,
+        name: &str,
+        ifindex: u32,
+    ) -> Result<Held, DataplaneError> {
+        // Already there (isolator's, or another tool's) is fine.
+        let _ = aya::programs::tc::qdisc_add_clsact(name);
+        let program = self.classifier(program_name)?;
+        let options = NlOptions {
+            priority: FILTER_PRIORITY,
+            handle: FILTER_HANDLE,
+            classid: None,
+        };
+        let what = || {
+            format!(
+                "attaching to the {attach_type:?} of {name} (ifindex {ifindex}) as a cls_bpf filter"
+            )
+        };
+        let id =
+            match program.attach_with_options(name, attach_type, TcAttachOptions::Netlink(options))
+            {
+                Ok(id) => id,
+                Err(aya::programs::ProgramError::TcError(TcError::NetlinkError(e)))
+                    if e.raw_os_error() == Some(libc::EEXIST) =>
+                {
+                    let left = SchedClassifierLink::attached(
+                        name,
+                        attach_type,
+                        FILTER_PRIORITY,
+                        FILTER_HANDLE,
+                        None,
+                    )
+                    .map_err(|e| prog_err(program_name, what())(e.into()))?;
+                    program
+                        .attach_to_link(left)
+                        .map_err(prog_err(program_name, what()))?
+                }
+                Err(e) => return Err(prog_err(program_name, what())(e)),
+            };
+        // Held as what it is, not as aya's link, whose drop would detach it: the filter
+        // stays where this daemon stops or fails (I7).
+        let link = program
+            .take_link(id)
+            .map_err(prog_err(program_name, "taking the link"))?;
+        std::mem::forget(link);
+        Ok(Held::Filter {
+            program: program_name,
+            attach_type,
+            device: name.to_string(),
+        })
+    }
+
+    /// Hands one of a vif's TC hooks that still hold a quick attachment
+    /// ([`Held::Filter`]) over to TCX: the hook gets the program through TCX, first in its
+    /// chain, pinned; then the filter goes. From the first hook's handover to the last
+    /// one's, the vif is in `HANDOFF`, where the programs end the hook's chain at a pass
+    /// (`TCX_PASS`), so that the filter, which runs after every TCX program, does not
+    /// judge a frame again: every frame judged, none twice. A TCX attachment waits for an
+    /// RCU grace period holding the RTNL lock, which every new link's creation and
+    /// attachment wait for too: the daemon hands over one hook at a time, when no new
+    /// link is waiting. Returns whether a hook of the vif still holds a quick attachment.
+    pub fn settle(&mut self, ifindex: u32) -> Result<bool, DataplaneError> {
+        let Some(attachment) = self.attached.get(&ifindex) else {
+            return Ok(false);
+        };
+        let (kind, program, attach_type) = if attachment.tc.is_filter() {
+            ("tc", programs::TC_EGRESS, TcAttachType::Egress)
+        } else if attachment.tags.is_filter() {
+            if attachment.mode == AttachMode::TcIngress {
+                ("judge", programs::TC_INGRESS_JUDGE, TcAttachType::Ingress)
+            } else {
+                ("tags", programs::TC_INGRESS_TAGS, TcAttachType::Ingress)
+            }
+        } else {
+            return Ok(false);
+        };
+        let name = attachment.name.clone();
+        self.hand_over(ifindex, true)?;
+        let link = self
+            .attach_tc(program, attach_type, &name, ifindex)
+            .and_then(|link| self.pin(ifindex, kind, link));
+        let link = match link {
+            Ok(link) => link,
+            Err(e) => {
+                // The filter judges alone, as before.
+                self.hand_over(ifindex, false)?;
+                return Err(e);
+            }
+        };
+        let attachment = self.attached.get_mut(&ifindex).expect("checked above");
+        let slot = if kind == "tc" {
+            &mut attachment.tc
+        } else {
+            &mut attachment.tags
+        };
+        let filter = std::mem::replace(slot, link);
+        let quick = attachment.quick();
+        if let Err(e) = filter.release() {
+            // The filter stays beside the TCX link: the vif stays in `HANDOFF` (until it
+            // is detached), where the filter judges nothing again.
+            return Err(pin_err(format!(
+                "removing the quick TC attachment of {name}"
+            ))(Box::new(e)));
+        }
+        if !quick {
+            self.hand_over(ifindex, false)?;
+        }
+        Ok(quick)
+    }
+
+    /// Whether new attachments are made the quick way (`cls_bpf` filters, handed over to
+    /// TCX later by [`Dataplane::settle`]): for links that come while the daemon runs,
+    /// not for those it finds when it starts, which it attaches through TCX at once.
+    pub fn attach_quickly(&mut self, on: bool) {
+        self.quick = on;
+    }
+
+    /// The vifs whose TC hooks hold a quick attachment still ([`Dataplane::settle`]).
+    pub fn unsettled(&self) -> impl Iterator<Item = u32> + '_ {
+        self.attached
+            .iter()
+            .filter(|(_, a)| a.quick())
+            .map(|(i, _)| *i)
+    }
+
+    /// For tests: puts a vif into `HANDOFF` or takes it out, as [`Dataplane::settle`] does
+    /// around a handover.
+    #[doc(hidden)]
+    pub fn set_handing_over(&mut self, ifindex: u32, on: bool) -> Result<(), DataplaneError> {
+        self.hand_over(ifindex, on)
+    }
+
+    /// Puts a vif into `HANDOFF` or takes it out, with `HANDOFF_COUNT` counting them: up
+    /// before an entry goes in, down after one went.
+    fn hand_over(&mut self, ifindex: u32, on: bool) -> Result<(), DataplaneError> {
+        use isolator_common::maps as m;
+        let changed = if on {
+            self.handing.insert(ifindex)
+        } else {
+            self.handing.remove(&ifindex)
+        };
+        if !changed {
+            return Ok(());
+        }
+        if !on {
+            let _ = self.handoff.remove(&ifindex);
+        }
+        self.handoff_count
+            .set(0, self.handing.len() as u32, 0)
+            .map_err(super::error::map_err(
+                m::HANDOFF_COUNT,
+                "counting the vifs handed over",
+            ))?;
+        if on {
+            self.handoff
+                .insert(ifindex, 1, 0)
+                .map_err(super::error::map_err(
+                    m::HANDOFF,
+                    "marking a vif handed over",
+                ))?;
+        }
+        Ok(())
+    }
+
+    /// Removes isolator's quick attachments that a previous daemon left on `name`'s TC
+    /// hooks (the caller has the vif in `HANDOFF`).
+    fn remove_quick_leftovers(&mut self, name: &str) {
+        for (program, attach_type) in TC_PROGRAMS {
+            if let Err(e) = remove_filters(name, attach_type, program) {
+                tracing::warn!(device = name, program, error = %e, "could not remove a quick TC attachment a previous daemon left");
+            }
+        }
+    }
+
     fn take_over_xdp(&mut self, name: &str, old: PinnedLink) -> Result<Held, DataplaneError> {
         let link = old
             .unpin()
@@ -398,7 +686,14 @@ impl Dataplane {
             return 0;
         };
         let left = std::mem::take(&mut pins.left);
-        let count = left.len();
+        let mut count = left.len();
+        if !self.swept_filters {
+            // Quick attachments have no pins: a previous daemon's are found on the links
+            // themselves, once.
+            self.swept_filters = true;
+            let attached: std::collections::BTreeSet<u32> = self.attached.keys().copied().collect();
+            count += remove_all_quick_attachments(|ifindex| !attached.contains(&ifindex));
+        }
         for (_, vif) in left {
             for link in [vif.xdp, vif.tc, vif.tags, vif.judge].into_iter().flatten() {
                 let _ = link.unpin();
@@ -413,6 +708,7 @@ impl Dataplane {
             return Ok(());
         };
         let name = attachment.name;
+        let _ = self.hand_over(ifindex, false);
         let xdp = attachment.xdp.map_or(Ok(()), Held::release);
         let tc = attachment.tc.release();
         let tags = attachment.tags.release();
@@ -440,4 +736,48 @@ impl Dataplane {
             .iter()
             .map(|(i, a)| (*i, a.name.as_str(), a.mode))
     }
+}
+
+/// Removes isolator's quick attachments (`cls_bpf` filters running its TC programs) from
+/// every link of the namespace for which `wanted` says so; returns how many links had
+/// some. Links are listed with `if_nameindex(3)`.
+pub(super) fn remove_all_quick_attachments(wanted: impl Fn(u32) -> bool) -> usize {
+    let mut removed = 0;
+    for (ifindex, name) in namespace_links() {
+        if !wanted(ifindex) {
+            continue;
+        }
+        let mut any = false;
+        for (program, attach_type) in TC_PROGRAMS {
+            // Nothing there (no clsact, no such filter) is the common answer.
+            if aya::programs::tc::qdisc_detach_program(&name, attach_type, program).is_ok() {
+                any = true;
+            }
+        }
+        removed += usize::from(any);
+    }
+    removed
+}
+
+/// The links of the calling thread's network namespace: (ifindex, name).
+fn namespace_links() -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    // SAFETY: if_nameindex returns an array ended by a zero entry, or null; it is freed
+    // with if_freenameindex once read.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return out;
+        }
+        let mut at = list;
+        while (*at).if_index != 0 && !(*at).if_name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*at).if_name)
+                .to_string_lossy()
+                .into_owned();
+            out.push(((*at).if_index, name));
+            at = at.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out
 }

@@ -48,7 +48,7 @@ use self::state::{Pins, ensure_bpffs, read_pinned_links};
 pub use self::state::{Teardown, teardown};
 pub use self::tables::{Footprint, Written};
 use self::tables::{POLICY_MAPS, PolicyTables};
-pub use self::test_run::{LiveContext, TC_DROP, TC_PASS, test_run_live};
+pub use self::test_run::{LiveContext, TC_DROP, TC_PASS, TC_PASS_END, test_run_live};
 use crate::compile::Plan;
 use crate::encode::{Encoder, Entries, encode};
 
@@ -387,6 +387,15 @@ pub struct Dataplane {
     active: u32,
     attached: BTreeMap<u32, Attachment>,
     pins: Option<Pins>,
+    /// `HANDOFF` and `HANDOFF_COUNT`, and the vifs in `HANDOFF` ([`Dataplane::settle`]).
+    handoff: aya::maps::HashMap<MapData, u32, u32>,
+    handoff_count: Array<MapData, u32>,
+    handing: BTreeSet<u32>,
+    /// Whether the links of the namespace were searched once for quick attachments
+    /// (`cls_bpf` filters) that an earlier daemon left ([`Dataplane::release_leftovers`]).
+    swept_filters: bool,
+    /// Whether new TC attachments are quick ([`Dataplane::attach_quickly`]).
+    quick: bool,
     /// How the last swap waited for the programs still running on the old generation.
     last_wait: Option<Grace>,
     /// For tests: called once the programs have left the generation that is not active,
@@ -543,6 +552,8 @@ impl Dataplane {
         } else {
             [Some(Arc::default()), Some(Arc::default())]
         };
+        let handoff = take(&mut ebpf, maps::HANDOFF)?;
+        let handoff_count = take(&mut ebpf, maps::HANDOFF_COUNT)?;
         let mut dp = Dataplane {
             config: take(&mut ebpf, maps::CONFIG)?,
             tables: PolicyTables::take(&mut ebpf)?,
@@ -561,6 +572,11 @@ impl Dataplane {
             active: 0,
             attached: BTreeMap::new(),
             pins,
+            handoff,
+            handoff_count,
+            handing: BTreeSet::new(),
+            swept_filters: false,
+            quick: false,
             last_wait: None,
             observe_before_change: None,
             contents,

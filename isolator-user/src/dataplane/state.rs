@@ -141,6 +141,8 @@ pub fn teardown(state_dir: &Path) -> Result<Teardown, DataplaneError> {
     if !state_dir.exists() {
         return Ok(out);
     }
+    // Quick attachments (`cls_bpf` filters) have no pins: found on the links.
+    out.links += super::links::remove_all_quick_attachments(|_| true);
     let links = state_dir.join("links");
     if links.exists() {
         for (ifindex, vif) in read_pinned_links(&links)? {

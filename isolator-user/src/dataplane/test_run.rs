@@ -13,6 +13,10 @@ use super::error::{DataplaneError, prog_err};
 /// What the TC programs return for a frame they pass: `TCX_NEXT`, so that programs
 /// attached after isolator's still judge it.
 pub const TC_PASS: i32 = -1;
+/// What the TC programs return for a frame they pass on a vif whose hooks are being handed
+/// over from the quick `cls_bpf` attachment to TCX: `TC_ACT_OK` (under TCX, `TCX_PASS`:
+/// the chain ends there).
+pub const TC_PASS_END: i32 = 0;
 /// What the TC programs return for a frame they drop: `TC_ACT_SHOT`.
 pub const TC_DROP: i32 = 2;
 
@@ -232,6 +236,22 @@ impl Dataplane {
             .test_run(opts)
             .map_err(prog_err(name, "benchmark run"))?;
         Ok(result.duration)
+    }
+
+    /// Runs the tags program (TC ingress, after XDP) once on `frame` arriving on
+    /// `ifindex`, with BPF_PROG_TEST_RUN, and returns the TC action.
+    pub fn test_run_tags(&mut self, ifindex: u32, frame: &[u8]) -> Result<i32, DataplaneError> {
+        let ctx = sk_buff(ifindex, 0);
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(ctx.bytes()),
+            ..TestRunOptions::new()
+        };
+        let result = self
+            .classifier(programs::TC_INGRESS_TAGS)?
+            .test_run(opts)
+            .map_err(prog_err(programs::TC_INGRESS_TAGS, "test run"))?;
+        Ok(result.return_value as i32)
     }
 
     /// Times `repeat` runs of the TC ingress program (VLAN tags in offload metadata) on

@@ -148,7 +148,7 @@ impl Live {
                 .is_some_and(|p| p.contains_key("judge"));
             let (program, context) = if judge {
                 (
-                    find(inv, &link.tcx_ingress, programs::TC_INGRESS_JUDGE),
+                    find(inv, &link.tc_ingress(), programs::TC_INGRESS_JUDGE),
                     LiveContext::Tc {
                         ifindex: vif.ifindex,
                         entered: vif.ifindex,
@@ -178,7 +178,7 @@ impl Live {
             let link = inv
                 .link(vif.ifindex)
                 .context("the receiver's link is gone")?;
-            let program = find(inv, &link.tcx_egress, programs::TC_EGRESS).with_context(|| {
+            let program = find(inv, &link.tc_egress(), programs::TC_EGRESS).with_context(|| {
                 format!(
                     "{} has no isolator program judging what reaches it (see isolator verify)",
                     vif.name

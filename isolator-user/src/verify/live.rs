@@ -130,7 +130,14 @@ pub fn inventory(state_dir: &Path) -> anyhow::Result<Inventory> {
     let pinned = pinned_links(state_dir)?;
     let wanted: std::collections::BTreeSet<u32> = links
         .iter()
-        .flat_map(|l| l.xdp.iter().chain(&l.tcx_ingress).chain(&l.tcx_egress))
+        .flat_map(|l| {
+            l.xdp
+                .iter()
+                .chain(&l.tcx_ingress)
+                .chain(&l.tcx_egress)
+                .chain(&l.filters_ingress)
+                .chain(&l.filters_egress)
+        })
         .chain(pinned.values().flat_map(|p| p.values()))
         .copied()
         .collect();

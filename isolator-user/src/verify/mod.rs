@@ -46,6 +46,34 @@ pub struct LinkDetails {
     /// The programs on its TCX ingress and egress hooks, in the order they run.
     pub tcx_ingress: Vec<u32>,
     pub tcx_egress: Vec<u32>,
+    /// The programs of the `cls_bpf` filters on its `clsact` ingress and egress hooks, in
+    /// the order they run (after the TCX ones): isolator's quick attachment of a new vif
+    /// until the daemon hands it over to TCX, or another tool's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters_ingress: Vec<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters_egress: Vec<u32>,
+}
+
+impl LinkDetails {
+    /// The programs that judge what the link receives from its VM (TC ingress), in the
+    /// order they run: the TCX ones, then the `cls_bpf` filters.
+    pub fn tc_ingress(&self) -> Vec<u32> {
+        self.tcx_ingress
+            .iter()
+            .chain(&self.filters_ingress)
+            .copied()
+            .collect()
+    }
+
+    /// The same for TC egress.
+    pub fn tc_egress(&self) -> Vec<u32> {
+        self.tcx_egress
+            .iter()
+            .chain(&self.filters_egress)
+            .copied()
+            .collect()
+    }
 }
 
 /// Everything `verify` looked at.
@@ -195,6 +223,9 @@ struct Hook<'a> {
     label: &'static str,
     /// What runs there, in order.
     attached: &'a [u32],
+    /// Where in `attached` the `cls_bpf` filters begin (TC hooks): isolator's program
+    /// there is a quick attachment, with no pinned link to compare.
+    filters_from: usize,
     /// isolator's program expected there.
     expected: &'static str,
     /// The program behind the daemon's pinned link for this hook.
@@ -258,18 +289,20 @@ fn check_hook(inv: &Inventory, vif: &str, hook: &Hook<'_>, out: &mut Vec<Finding
             ),
             FIX_REATTACH,
         )),
-        Some(i) if Some(hook.attached[i]) != hook.pinned => out.push(violation(
-            kind::STALE_PROGRAM,
-            vec![vif.to_string()],
-            format!(
-                "its {} runs {}, not the daemon's ({})",
-                hook.label,
-                inv.program(hook.attached[i]),
-                hook.pinned
-                    .map_or("no pinned link".to_string(), |id| format!("program {id}"))
-            ),
-            FIX_STALE,
-        )),
+        Some(i) if i < hook.filters_from && Some(hook.attached[i]) != hook.pinned => {
+            out.push(violation(
+                kind::STALE_PROGRAM,
+                vec![vif.to_string()],
+                format!(
+                    "its {} runs {}, not the daemon's ({})",
+                    hook.label,
+                    inv.program(hook.attached[i]),
+                    hook.pinned
+                        .map_or("no pinned link".to_string(), |id| format!("program {id}"))
+                ),
+                FIX_STALE,
+            ))
+        }
         Some(_) => {}
     }
 }
@@ -317,9 +350,11 @@ pub fn compare_plan(
         let pin = |kind: &str| pinned.and_then(|p| p.get(kind)).copied();
         let xdp: Vec<u32> = link.xdp.into_iter().collect();
         let judged_at_tc = pin("judge").is_some();
+        let (tc_ingress, tc_egress) = (link.tc_ingress(), link.tc_egress());
         let mut hooks = vec![Hook {
             label: "tcx egress",
-            attached: &link.tcx_egress,
+            attached: &tc_egress,
+            filters_from: link.tcx_egress.len(),
             expected: programs::TC_EGRESS,
             pinned: pin("tc"),
         }];
@@ -343,7 +378,8 @@ pub fn compare_plan(
             }
             hooks.push(Hook {
                 label: "tcx ingress",
-                attached: &link.tcx_ingress,
+                attached: &tc_ingress,
+                filters_from: link.tcx_ingress.len(),
                 expected: programs::TC_INGRESS_JUDGE,
                 pinned: pin("judge"),
             });
@@ -351,12 +387,14 @@ pub fn compare_plan(
             hooks.push(Hook {
                 label: "xdp",
                 attached: &xdp,
+                filters_from: xdp.len(),
                 expected: programs::XDP_INGRESS,
                 pinned: pin("xdp"),
             });
             hooks.push(Hook {
                 label: "tcx ingress",
-                attached: &link.tcx_ingress,
+                attached: &tc_ingress,
+                filters_from: link.tcx_ingress.len(),
                 expected: programs::TC_INGRESS_TAGS,
                 pinned: pin("tags"),
             });

@@ -141,6 +141,34 @@ fn a_foreign_tcx_program_counts_only_before_isolators() {
     );
 }
 
+/// A vif that came while the daemon runs holds its TC programs as `cls_bpf` filters
+/// (no pinned links) until the daemon hands them over to TCX: enforced all the same, but
+/// any TCX program on the hook runs before the filter.
+#[test]
+fn a_quick_attachment_enforces_with_nothing_on_tcx_before_it() {
+    let mut inv = clean();
+    inv.programs.insert(21, "isolator_egress".into());
+    inv.programs.insert(22, "isolator_tags".into());
+    inv.links[1].tcx_egress = vec![];
+    inv.links[1].tcx_ingress = vec![];
+    inv.links[1].filters_egress = vec![21];
+    inv.links[1].filters_ingress = vec![22];
+    let pins = inv.pinned.get_mut(&2).expect("pinned");
+    pins.remove("tc");
+    pins.remove("tags");
+    assert!(findings(&inv).is_empty(), "{:?}", findings(&inv));
+    // A foreign TCX program runs before every filter.
+    inv.links[1].tcx_egress = vec![90];
+    assert_eq!(
+        findings(&inv)[0],
+        (kind::FOREIGN_PROGRAM, strings(&["vweb1"]))
+    );
+    // Neither TCX nor a filter: not enforced.
+    inv.links[1].tcx_egress = vec![];
+    inv.links[1].filters_egress = vec![];
+    assert_eq!(findings(&inv)[0], (kind::NOT_ENFORCED, strings(&["vweb1"])));
+}
+
 #[test]
 fn an_isolator_program_other_than_the_pinned_one_is_stale() {
     let mut inv = clean();

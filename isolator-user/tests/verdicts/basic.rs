@@ -442,6 +442,9 @@ fn every_map_but_the_scratch_spaces_is_pinned() {
     expected.push("CLASSES");
     expected.push("STALE");
     expected.push("EVENT_SAMPLE");
+    // Each daemon's own: which of its vifs it is handing over from cls_bpf to TCX.
+    expected.push("HANDOFF");
+    expected.push("HANDOFF_COUNT");
     expected.sort();
     assert_eq!(
         in_object, expected,
@@ -466,6 +469,71 @@ fn the_programs_stay_well_inside_the_verifier_s_budget() {
             assert!(
                 count < 500_000,
                 "{program}: the verifier walked {count} instructions, over half its limit"
+            );
+        }
+    });
+}
+
+/// While a vif's TC hooks are handed over from the quick `cls_bpf` attachment to TCX (the
+/// vif in `HANDOFF`), both run isolator's program, the filter after every TCX program: the
+/// TC programs then end the hook's chain where they pass a frame (`TC_ACT_OK`, which TCX
+/// reads as `TCX_PASS`), so that the filter does not judge (and count) it again; on other
+/// vifs, and on this one before and after, they pass it on (`TCX_NEXT`). A drop stays a
+/// drop. Each run counts its frame once, whatever the return value.
+#[test]
+fn a_vif_handed_over_to_tcx_ends_its_chain_where_it_passes_a_frame() {
+    use isolator::dataplane::{TC_DROP, TC_PASS, TC_PASS_END};
+    use isolator_common::{CounterKey, direction};
+    in_private_netns(|| {
+        let mut lab = lab();
+        let (aw1, aw2, gw) = (
+            lab.ifindex("d-aw1"),
+            lab.ifindex("d-aw2"),
+            lab.ifindex("d-gw"),
+        );
+        let to_aw1 = echo("10.1.1.3", "10.1.1.2");
+        let to_aw2 = echo("10.1.1.2", "10.1.1.3");
+        let cross = echo("10.2.1.5", "10.1.1.2");
+        let sent_by_aw1 = echo("10.1.1.2", "10.1.1.3");
+        let passed = |lab: &Lab, ifindex: u32, dir: u8| -> u64 {
+            lab.dp
+                .counters()
+                .expect("counters")
+                .into_iter()
+                .filter(|(k, _): &(CounterKey, _)| {
+                    k.ifindex == ifindex && k.direction == dir && k.verdict == verdict::PASS
+                })
+                .map(|(_, c)| c.packets)
+                .sum()
+        };
+        for (step, handing) in [("before", false), ("during", true), ("after", false)] {
+            lab.dp.set_handing_over(aw1, handing).expect("HANDOFF");
+            let on_aw1 = if handing { TC_PASS_END } else { TC_PASS };
+            let before = passed(&lab, aw1, direction::EGRESS);
+            assert_eq!(
+                lab.dp.test_run_egress(aw1, aw2, &to_aw1).unwrap(),
+                on_aw1,
+                "{step} the handover: a frame d-aw1's egress passes"
+            );
+            assert_eq!(
+                passed(&lab, aw1, direction::EGRESS),
+                before + 1,
+                "{step} the handover: counted once"
+            );
+            assert_eq!(
+                lab.dp.test_run_egress(aw1, gw, &cross).unwrap(),
+                TC_DROP,
+                "{step} the handover: another tenant's frame to d-aw1"
+            );
+            assert_eq!(
+                lab.dp.test_run_tags(aw1, &sent_by_aw1).unwrap(),
+                on_aw1,
+                "{step} the handover: an untagged frame at d-aw1's TC ingress"
+            );
+            assert_eq!(
+                lab.dp.test_run_egress(aw2, aw1, &to_aw2).unwrap(),
+                TC_PASS,
+                "{step} the handover of d-aw1: d-aw2 (not handed over) passes a frame on"
             );
         }
     });
