@@ -665,6 +665,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// handover holds the RTNL lock for an RCU grace period, which a new link's creation and
 /// attachment would wait for.
 pub const DEFAULT_HANDOVER_QUIET_MS: u64 = 100;
+/// How many of the next ifindexes get state tables ahead of their links (a VM's veth
+/// takes two, a tap one).
+const SPARE_TABLES: u32 = 8;
 
 /// How often the whole host is listed again even without events (a missed event, or a
 /// change netlink does not report, is caught up with here), unless told otherwise.
@@ -2148,6 +2151,7 @@ impl KernelHandle {
             grace: None,
             other: other.clone(),
             busy: Instant::now(),
+            highest: 0,
             handover_quiet,
             unsettling: BTreeSet::new(),
         };
@@ -2255,6 +2259,10 @@ struct Kernel {
     other: Arc<std::sync::Mutex<OtherGeneration>>,
     /// When the thread last guarded a link or swapped a plan in.
     busy: Instant,
+    /// The highest ifindex the thread has seen (in plans and guards): the kernel gives
+    /// new links the ones above it, which get spare state tables
+    /// ([`Dataplane::prepare_spares`]).
+    highest: u32,
     /// How long after that it hands quick TC attachments over to TCX.
     handover_quiet: Duration,
     /// Vifs whose quick TC attachment could not be handed over to TCX: not tried again
@@ -2295,6 +2303,13 @@ impl Kernel {
                     reply,
                     inbox,
                 }) => {
+                    let seen = plan
+                        .links
+                        .iter()
+                        .map(|l| l.ifindex)
+                        .chain(plan.vifs.iter().map(|v| v.ifindex))
+                        .chain(plan.quarantined.iter().map(|q| q.ifindex))
+                        .max();
                     let applied = self.apply(plan, force);
                     // Links that come from now on are attached the quick way (the ones
                     // found at the start were attached through TCX).
@@ -2304,12 +2319,15 @@ impl Kernel {
                     let _ = reply.send(applied);
                     self.retire_later(inbox);
                     self.busy = Instant::now();
+                    self.spare_tables(seen);
                 }
                 Ok(Command::Retire) => self.retire(),
                 Ok(Command::Forget) => self.dataplane.forget_contents(),
                 Ok(Command::Guard { links, reply }) => {
+                    let seen = links.iter().map(|(_, ifindex)| *ifindex).max();
                     let _ = reply.send(self.guard(links, true));
                     self.busy = Instant::now();
+                    self.spare_tables(seen);
                 }
                 Ok(Command::Scrape { reply }) => {
                     let _ = reply.send(self.scrape());
@@ -2326,6 +2344,21 @@ impl Kernel {
                 // Every handle is gone (the daemon is exiting): leave everything as it is.
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
+        }
+    }
+
+    /// Keeps [`SPARE_TABLES`] ifindexes above the highest seen (now at least `seen`)
+    /// with spare state tables, once the daemon runs (after its first plan).
+    fn spare_tables(&mut self, seen: Option<u32>) {
+        self.highest = self.highest.max(seen.unwrap_or(0));
+        if self.plan.is_none() {
+            return;
+        }
+        self.dataplane.forget_spares_up_to(self.highest);
+        let next = self.highest.saturating_add(1);
+        let wanted = next..next.saturating_add(SPARE_TABLES);
+        if let Err(e) = self.dataplane.prepare_spares(wanted) {
+            debug!(error = %error_chain(&e), "could not make spare state tables; new vifs get theirs when they come");
         }
     }
 
@@ -2479,7 +2512,6 @@ impl Kernel {
     /// Detaches from interfaces the plan no longer has, swaps the plan in (unless nothing
     /// changed), re-checks tracked connections, attaches to new interfaces.
     fn apply(&mut self, plan: Arc<Plan>, force: bool) -> anyhow::Result<Applied> {
-        self.retire();
         let dp = &mut self.dataplane;
         // Detach from interfaces the new plan no longer has (gone, renamed, or dropped
         // from the policy) before the swap; attach to new ones after it, so that a
@@ -2528,8 +2560,34 @@ impl Kernel {
                 debug!(device = %name, error = %error_chain(&e), "guarding a new interface before the swap failed");
             }
         }
-        let dp = &mut self.dataplane;
-        if force || self.plan.as_deref() != Some(&*plan) {
+        // A plan that only adds links to the one in force (more interfaces than it) may go
+        // in without a swap, so without waiting for the last swap's grace period
+        // (`Dataplane::add_in_place`); anything else is swapped in.
+        let grows = self.plan.as_ref().is_some_and(|old| {
+            plan.vifs.len() + plan.quarantined.len() > old.vifs.len() + old.quarantined.len()
+        });
+        let started = Instant::now();
+        let added = if !force && grows {
+            match self.dataplane.add_in_place(&plan) {
+                Ok(added) => added,
+                Err(e) => {
+                    debug!(error = %error_chain(&e), "adding new links' entries in place failed; swapping");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(written) = added {
+            debug!(
+                ms = started.elapsed().as_millis() as u64,
+                put = written.put,
+                encode_ms = written.encode.as_millis() as u64,
+                "added new links' entries in place"
+            );
+        } else if force || self.plan.as_deref() != Some(&*plan) {
+            self.retire();
+            let dp = &mut self.dataplane;
             // In force from here on; the old generation is changed by the next swap only
             // once the programs have left it ([`Kernel::retire_later`]).
             let started = Instant::now();
@@ -2565,6 +2623,7 @@ impl Kernel {
             }
         }
 
+        let dp = &mut self.dataplane;
         let mut refused = Vec::new();
         let mut attach_failures = 0;
         self.guarded

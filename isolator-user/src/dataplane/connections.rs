@@ -220,6 +220,11 @@ impl Insert {
 pub(super) struct NewTables(Vec<Insert>);
 
 impl NewTables {
+    /// Whether there is nothing to insert.
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Puts every new table into its outer map, each kind on a thread of its own, so that
     /// their grace periods pass together (one wait rather than one per kind).
     pub(super) fn insert(self) -> Result<(), DataplaneError> {
@@ -461,7 +466,12 @@ impl Dataplane {
         let mut entries = 0;
         let mut capacity = 0;
         for table in [&self.state.established, &self.state.opening] {
-            for vif in table.vifs()? {
+            // Tables made ahead of links hold nothing and belong to no vif yet.
+            for vif in table
+                .vifs()?
+                .into_iter()
+                .filter(|v| !self.spares.contains(v))
+            {
                 entries += table.table(vif)?.keys().count() as u64;
                 capacity += u64::from(table.capacity);
             }
@@ -542,4 +552,91 @@ fn monotonic_ns() -> u64 {
     // SAFETY: ts is a valid timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Dataplane {
+    /// Gives the ifindexes `wanted` (the next ones the kernel will give new links) empty
+    /// state tables ahead of any link, on a thread of its own: their insertion waits for
+    /// an RCU grace period, which a new vif then does not wait for (its guard and the swap
+    /// that classifies it find its tables in place). Tables are keyed by ifindex and only
+    /// the programs attached to that ifindex use them, so a spare that another kind of
+    /// link takes stays empty, and goes at the next retirement once
+    /// [`Dataplane::forget_spares_up_to`] has let it go. One batch at a time; returns
+    /// how many tables' ifindexes it started on.
+    pub fn prepare_spares(
+        &mut self,
+        wanted: impl IntoIterator<Item = u32>,
+    ) -> Result<usize, DataplaneError> {
+        self.collect_spares(false)?;
+        if self.sparing.is_some() {
+            return Ok(0);
+        }
+        let wanted: BTreeSet<u32> = wanted
+            .into_iter()
+            .filter(|i| !self.attached.contains_key(i) && !self.spares.contains(i))
+            .collect();
+        let tables = self.state.prepare(wanted.iter().copied())?;
+        if tables.is_empty() {
+            // Present already (a restarted daemon's, say): spares all the same.
+            self.spares.extend(wanted);
+            return Ok(0);
+        }
+        let count = wanted.len();
+        let thread = std::thread::Builder::new()
+            .name("spares".into())
+            .spawn(move || tables.insert())
+            .map_err(super::error::io_err(
+                "starting the thread that inserts spare tables",
+            ))?;
+        self.sparing = Some((wanted, thread));
+        Ok(count)
+    }
+
+    /// Takes the spare batch's outcome once its thread is done (or, with `wait`, waits
+    /// for it).
+    pub(super) fn collect_spares(&mut self, wait: bool) -> Result<(), DataplaneError> {
+        let done = self
+            .sparing
+            .as_ref()
+            .is_some_and(|(_, thread)| wait || thread.is_finished());
+        if !done {
+            return Ok(());
+        }
+        let (batch, thread) = self.sparing.take().expect("checked above");
+        let outcome = thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        outcome?;
+        self.spares.extend(batch);
+        Ok(())
+    }
+
+    /// Waits for the spare batch if it is making tables for one of `ifindexes` (about to
+    /// be given tables of their own).
+    pub(super) fn await_spares_of(&mut self, ifindexes: impl IntoIterator<Item = u32>) {
+        let wanted = self
+            .sparing
+            .as_ref()
+            .is_some_and(|(batch, _)| ifindexes.into_iter().any(|i| batch.contains(&i)));
+        if wanted && let Err(e) = self.collect_spares(true) {
+            tracing::debug!(error = %crate::error_chain(&e), "spare state tables failed; made when needed");
+        }
+    }
+
+    /// Spares at or below `highest` (the highest ifindex the daemon has seen) that no vif
+    /// took: another link took the ifindex, so they go at the next retirement.
+    pub fn forget_spares_up_to(&mut self, highest: u32) {
+        let attached = &self.attached;
+        self.spares
+            .retain(|i| *i > highest && !attached.contains_key(i));
+    }
+
+    /// The ifindexes with spare tables (inserted, or being inserted).
+    pub fn spares(&self) -> BTreeSet<u32> {
+        let mut out = self.spares.clone();
+        if let Some((batch, _)) = &self.sparing {
+            out.extend(batch);
+        }
+        out
+    }
 }

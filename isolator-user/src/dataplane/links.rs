@@ -142,6 +142,8 @@ impl Dataplane {
         if let Some(existing) = self.attached.get(&ifindex) {
             return Ok(existing.mode);
         }
+        // A vif's tables are its own now, no spare.
+        self.spares.remove(&ifindex);
         self.note_counted([ifindex]);
         let old = self
             .pins
@@ -309,6 +311,7 @@ impl Dataplane {
             .map(|(_, ifindex)| *ifindex)
             .filter(|ifindex| !self.attached.contains_key(ifindex))
             .collect();
+        self.await_spares_of(new.iter().copied());
         let tables = self.state.prepare(new);
         let (attached, inserted) = std::thread::scope(|scope| {
             let inserting = tables.map(|tables| scope.spawn(move || tables.insert()));

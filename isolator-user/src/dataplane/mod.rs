@@ -363,6 +363,12 @@ impl Sizes {
     }
 }
 
+/// Spare state tables being inserted on a thread of their own, for these ifindexes.
+type SpareBatch = (
+    BTreeSet<u32>,
+    std::thread::JoinHandle<Result<(), DataplaneError>>,
+);
+
 /// The loaded programs and their maps.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -396,6 +402,10 @@ pub struct Dataplane {
     swept_filters: bool,
     /// Whether new TC attachments are quick ([`Dataplane::attach_quickly`]).
     quick: bool,
+    /// Ifindexes whose state tables were made ahead of any link
+    /// ([`Dataplane::prepare_spares`]), and the batch being inserted.
+    spares: BTreeSet<u32>,
+    sparing: Option<SpareBatch>,
     /// How the last swap waited for the programs still running on the old generation.
     last_wait: Option<Grace>,
     /// For tests: called once the programs have left the generation that is not active,
@@ -577,6 +587,8 @@ impl Dataplane {
             handing: BTreeSet::new(),
             swept_filters: false,
             quick: false,
+            spares: BTreeSet::new(),
+            sparing: None,
             last_wait: None,
             observe_before_change: None,
             contents,
@@ -688,6 +700,79 @@ impl Dataplane {
         self.swap_with(plan, Some(plan))
     }
 
+    /// Puts `plan` into effect without a swap where it differs from the plan in force
+    /// (the last one [`Dataplane::swap_shared`] or this swapped in) only by new links'
+    /// own entries (a new vif, its VLANs and declared MAC, a new link that is no vif):
+    /// those are added to the generation in force, in place
+    /// ([`PolicyTables::add_in_place`]), the vif's entry last, so no program run sees
+    /// anything but the policy in force and some of the new links' entries. No wait for
+    /// the programs to leave a generation: a new vif is enforced as soon as its entries
+    /// are written, while the previous swap may still be retiring. The other generation
+    /// gets them with the next swap. `None` where the change is anything else (nothing
+    /// written; [`Dataplane::swap_shared`] then writes it), or where what the generation
+    /// in force holds is not known.
+    pub fn add_in_place(&mut self, plan: &Arc<Plan>) -> Result<Option<Written>, DataplaneError> {
+        let active = self.active;
+        let (Some(base), Some(other)) = (
+            self.contents[active as usize].clone(),
+            self.contents[(active ^ 1) as usize].clone(),
+        ) else {
+            return Ok(None);
+        };
+        if plan.vifs.len() + plan.quarantined.len() > limits::MAX_VIFS as usize {
+            return Ok(None);
+        }
+        let Some((before, encoder)) = self.encoder.take() else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        let Some((encoder, mut entries)) = encoder.next(&before, plan, active) else {
+            // Not followed: the next swap encodes the plan whole.
+            return Ok(None);
+        };
+        self.encoder = Some((Arc::clone(plan), encoder));
+        let encoding = started.elapsed();
+        // The epoch stays: no connection's admission changes.
+        if entries.settings.len() == base.settings.len() {
+            for ((_, new), (_, old)) in entries.settings.iter_mut().zip(&base.settings) {
+                new.epoch = old.epoch;
+            }
+        }
+        // The sized maps hold this generation and the other one.
+        for (map, count) in entries.counts() {
+            let Some(capacity) = self.sizes.capacity(map) else {
+                continue;
+            };
+            let beside = other
+                .counts()
+                .iter()
+                .find(|(m, _)| *m == map)
+                .map_or(0, |(_, n)| *n);
+            if beside + count > capacity as usize {
+                return Ok(None);
+            }
+        }
+        // Every vif of the plan has its state tables before its entry exists.
+        self.await_spares_of(plan.vifs.iter().map(|v| v.ifindex));
+        self.state.ensure_all(plan.vifs.iter().map(|v| v.ifindex))?;
+        let Some(mut written) = self.tables.add_in_place(&base, &entries)? else {
+            return Ok(None);
+        };
+        written.encode = encoding;
+        written.followed = true;
+        self.note_counted(plan.links.iter().map(|l| l.ifindex));
+        self.note_counted(plan.vifs.iter().map(|v| v.ifindex));
+        self.note_counted(plan.quarantined.iter().map(|q| q.ifindex));
+        self.held = entries.counts();
+        self.contents[active as usize] = Some(Arc::new(entries));
+        self.last_written = Some(written);
+        if let Some(retiring) = self.retiring.as_mut() {
+            // Its tables stay when the swap before retires.
+            retiring.keep.extend(plan.vifs.iter().map(|v| v.ifindex));
+        }
+        Ok(Some(written))
+    }
+
     fn swap_with(
         &mut self,
         plan: &Plan,
@@ -750,6 +835,7 @@ impl Dataplane {
             }
         }
         // Every vif of the plan has its state tables before its entry exists.
+        self.await_spares_of(plan.vifs.iter().map(|v| v.ifindex));
         self.state.ensure_all(plan.vifs.iter().map(|v| v.ifindex))?;
         self.note_counted(plan.links.iter().map(|l| l.ifindex));
         self.note_counted(plan.vifs.iter().map(|v| v.ifindex));
@@ -829,6 +915,8 @@ impl Dataplane {
                 .keys()
                 .filter(|ifindex| !retiring.quarantined.contains(ifindex)),
         );
+        // And the spares, ahead of the links that will take them.
+        keep.extend(self.spares());
         self.prune_vif_state(&keep)?;
         Ok(())
     }

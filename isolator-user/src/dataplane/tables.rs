@@ -396,6 +396,17 @@ fn generations<T: Table>(table: &T, name: &'static str) -> Result<BTreeSet<u32>,
         .collect())
 }
 
+/// The tables to which a new link adds entries of its own, and nothing else does
+/// ([`PolicyTables::add_in_place`]): a vif's VLANs, its declared MAC, a link that is no
+/// vif, the vif's entry and its slot.
+const ADDED_IN_PLACE: [&str; 5] = [
+    maps::VIF_VLANS,
+    maps::DECLARED_MACS,
+    maps::LINKS,
+    maps::VIFS,
+    maps::VIF_SLOTS,
+];
+
 /// The aya map type of a table kind.
 macro_rules! map_type {
     (Array, $k:ty, $v:ty) => { Array<MapData, $v> };
@@ -455,6 +466,67 @@ macro_rules! define_tables {
                     written.put += $field.0.len();
                 )*
                 Ok(written)
+            }
+
+            /// Adds to a generation in force, in place, what turns `base` (what it holds)
+            /// into `entries`, where that is only new keys in the tables a new link adds
+            /// to ([`ADDED_IN_PLACE`]); `None` (nothing written) otherwise. Every state in
+            /// between is the policy in force plus some of the new link's entries, the
+            /// vif's own entry last: until it is there, the programs drop everything the
+            /// vif sends or receives. A `VIF_SLOTS` slot is written twice, first without
+            /// `PRESENT` (a program that reads it meanwhile takes the vif's `VIFS` entry,
+            /// written before), then whole: its other bytes are the same in both writes, so
+            /// no read of it mixes two values that differ.
+            pub fn add_in_place(
+                &mut self,
+                base: &Entries,
+                entries: &Entries,
+            ) -> Result<Option<Written>, DataplaneError> {
+                let started = std::time::Instant::now();
+                let mut added = true;
+                $(
+                    let $field = changes(&base.$field, &entries.$field);
+                    if !$field.1.is_empty() {
+                        added = false;
+                    }
+                    if added && !$field.0.is_empty() {
+                        if !ADDED_IN_PLACE.contains(&maps::$name) {
+                            added = false;
+                        } else {
+                            let held: std::collections::HashSet<&[u8]> =
+                                base.$field.iter().map(|(k, _)| bytes_of(k)).collect();
+                            if $field.0.iter().any(|(k, _)| held.contains(bytes_of(k))) {
+                                added = false;
+                            }
+                        }
+                    }
+                )*
+                if !added {
+                    return Ok(None);
+                }
+                let mut written = Written {
+                    compare: started.elapsed(),
+                    ..Written::default()
+                };
+                $(
+                    if maps::$name != maps::VIF_SLOTS {
+                        write(&mut self.$field, maps::$name, &$field.0)?;
+                        written.put += $field.0.len();
+                    }
+                )*
+                let slots = changes(&base.vif_slots, &entries.vif_slots).0;
+                let hidden: Vec<_> = slots
+                    .iter()
+                    .map(|(k, v)| {
+                        let mut v = *v;
+                        v.flags &= !VifInfo::PRESENT;
+                        (*k, v)
+                    })
+                    .collect();
+                write(&mut self.vif_slots, maps::VIF_SLOTS, &hidden)?;
+                write(&mut self.vif_slots, maps::VIF_SLOTS, &slots)?;
+                written.put += slots.len();
+                Ok(Some(written))
             }
 
             /// Removes every entry of `generation`, in reverse write order (vifs first,

@@ -304,3 +304,98 @@ fn a_link_guarded_between_a_swap_and_its_retirement_keeps_its_tables() {
         assert!(lab.dp.vifs_with_state().unwrap().contains(&new.ifindex));
     });
 }
+
+/// A plan that differs from the one in force only by a new vif's own entries goes in
+/// without a swap (`Dataplane::add_in_place`): the generation in force gets them, so the
+/// vif is judged by its segment's policy at once, with no wait for the last swap's grace
+/// period; before, everything it sends drops (`no_policy`). The maps then hold exactly
+/// the new plan's whole encoding (the epoch aside). A plan that changes anything else (a
+/// vif gone, a prefix more) is refused and writes nothing; the next swap gives the other
+/// generation the new vif too.
+#[test]
+fn a_new_vif_is_added_in_place_and_nothing_else_is() {
+    in_private_netns(|| {
+        let mut names = vec!["d-aw1", "d-aw2", "d-ad", "d-gw", "d-aw9"];
+        names.push(crate::fixture::UPLINK);
+        let links = crate::fixture::veths(&names);
+        let without: Vec<_> = links
+            .iter()
+            .filter(|l| l.name != "d-aw9")
+            .cloned()
+            .collect();
+        let policy_a = policy::parse(A, "a.yaml").expect("valid policy");
+        let before = Arc::new(Plan::new(&policy_a, &without).expect("plan"));
+        let after = Arc::new(Plan::new(&policy_a, &links).expect("plan"));
+        let mut lab = Lab {
+            dp: isolator::dataplane::Dataplane::load().expect("loading the programs"),
+            links,
+            ingress_via_tc: false,
+        };
+        let swap = lab.dp.swap_shared(&before).expect("swap");
+        lab.dp
+            .retire(swap, isolator::dataplane::wait_for_readers())
+            .expect("retire");
+        let generation = lab.dp.active_generation();
+        let new = lab.ifindex("d-aw9");
+        let same_segment = ip("10.1.1.9", "10.1.1.2", echo_request(1));
+        let cross_tenant = ip("10.1.1.9", "10.2.1.5", echo_request(1));
+        assert_eq!(
+            lab.dp.test_run_ingress(new, &same_segment).unwrap(),
+            XDP_DROP,
+            "before: the new vif has no entry"
+        );
+
+        // Anything but new links' entries: refused, nothing written.
+        let policy_b = policy::parse(&policy_b(), "b.yaml").expect("valid policy");
+        let other = Arc::new(Plan::new(&policy_b, &lab.links).expect("plan"));
+        assert!(
+            lab.dp.add_in_place(&other).expect("no error").is_none(),
+            "a prefix moved between segments is no mere addition"
+        );
+        assert_eq!(
+            lab.differences(generation, Some(&before)),
+            Vec::<String>::new(),
+            "a refused addition writes nothing"
+        );
+
+        let written = lab
+            .dp
+            .add_in_place(&after)
+            .expect("no error")
+            .expect("a new vif is added in place");
+        assert!(written.put > 0 && written.removed == 0, "{written:?}");
+        assert_eq!(lab.dp.active_generation(), generation, "no swap");
+        assert_eq!(
+            lab.differences(generation, Some(&after)),
+            Vec::<String>::new(),
+            "the generation in force holds the new plan"
+        );
+        assert_eq!(
+            lab.dp.test_run_ingress(new, &same_segment).unwrap(),
+            XDP_PASS,
+            "after: its segment's policy"
+        );
+        assert_eq!(
+            lab.dp.test_run_ingress(new, &cross_tenant).unwrap(),
+            XDP_DROP,
+            "after: another tenant"
+        );
+        assert!(
+            lab.dp.add_in_place(&before).expect("no error").is_none(),
+            "a vif gone is no addition"
+        );
+
+        // The next swap writes the other generation from what it held: the new vif too.
+        let swap = lab.dp.swap_shared(&after).expect("swap");
+        lab.dp
+            .retire(swap, isolator::dataplane::wait_for_readers())
+            .expect("retire");
+        let active = lab.dp.active_generation();
+        assert_ne!(active, generation);
+        assert_eq!(lab.differences(active, Some(&after)), Vec::<String>::new());
+        assert_eq!(
+            lab.dp.test_run_ingress(new, &same_segment).unwrap(),
+            XDP_PASS
+        );
+    });
+}
