@@ -623,6 +623,39 @@ impl Dataplane {
         }
     }
 
+    /// The ifindexes of the spare batch being inserted.
+    pub(super) fn spares_pending(&self) -> BTreeSet<u32> {
+        self.sparing
+            .as_ref()
+            .map(|(batch, _)| batch.clone())
+            .unwrap_or_default()
+    }
+
+    /// Gives `ifindexes` their state tables where they have none: those the spare batch
+    /// being inserted is making are waited for while the others' are inserted, so that
+    /// both grace periods pass together.
+    pub(super) fn ensure_tables(&mut self, ifindexes: &[u32]) -> Result<(), DataplaneError> {
+        let pending = self.spares_pending();
+        let tables = self
+            .state
+            .prepare(ifindexes.iter().copied().filter(|i| !pending.contains(i)))?;
+        if !ifindexes.iter().any(|i| pending.contains(i)) {
+            return tables.insert();
+        }
+        let inserting = std::thread::Builder::new()
+            .name("tables".into())
+            .spawn(move || tables.insert())
+            .map_err(super::error::io_err(
+                "starting the thread that inserts state tables",
+            ))?;
+        self.await_spares_of(ifindexes.iter().copied());
+        inserting
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        // Where the spare batch failed, they are made now.
+        self.state.ensure_all(ifindexes.iter().copied())
+    }
+
     /// Spares at or below `highest` (the highest ifindex the daemon has seen) that no vif
     /// took: another link took the ifindex, so they go at the next retirement.
     pub fn forget_spares_up_to(&mut self, highest: u32) {

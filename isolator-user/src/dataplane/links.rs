@@ -311,8 +311,12 @@ impl Dataplane {
             .map(|(_, ifindex)| *ifindex)
             .filter(|ifindex| !self.attached.contains_key(ifindex))
             .collect();
-        self.await_spares_of(new.iter().copied());
-        let tables = self.state.prepare(new);
+        // Spares being inserted for some of them are waited for after the attachments;
+        // the others' tables are inserted meanwhile.
+        let pending = self.spares_pending();
+        let tables = self
+            .state
+            .prepare(new.iter().copied().filter(|i| !pending.contains(i)));
         let (attached, inserted) = std::thread::scope(|scope| {
             let inserting = tables.map(|tables| scope.spawn(move || tables.insert()));
             let attached: Vec<_> = links
@@ -326,6 +330,7 @@ impl Dataplane {
             });
             (attached, inserted)
         });
+        self.await_spares_of(new.iter().copied());
         if let Err(e) = inserted {
             tracing::warn!(links = links.len(), error = %crate::error_chain(&e), "could not give guarded interfaces their state tables yet; the swap that classifies them will");
         }

@@ -753,8 +753,8 @@ impl Dataplane {
             }
         }
         // Every vif of the plan has its state tables before its entry exists.
-        self.await_spares_of(plan.vifs.iter().map(|v| v.ifindex));
-        self.state.ensure_all(plan.vifs.iter().map(|v| v.ifindex))?;
+        let vifs: Vec<u32> = plan.vifs.iter().map(|v| v.ifindex).collect();
+        self.ensure_tables(&vifs)?;
         let Some(mut written) = self.tables.add_in_place(&base, &entries)? else {
             return Ok(None);
         };
@@ -835,8 +835,8 @@ impl Dataplane {
             }
         }
         // Every vif of the plan has its state tables before its entry exists.
-        self.await_spares_of(plan.vifs.iter().map(|v| v.ifindex));
-        self.state.ensure_all(plan.vifs.iter().map(|v| v.ifindex))?;
+        let vifs: Vec<u32> = plan.vifs.iter().map(|v| v.ifindex).collect();
+        self.ensure_tables(&vifs)?;
         self.note_counted(plan.links.iter().map(|l| l.ifindex));
         self.note_counted(plan.vifs.iter().map(|v| v.ifindex));
         self.note_counted(plan.quarantined.iter().map(|q| q.ifindex));
