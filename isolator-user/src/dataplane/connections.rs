@@ -67,15 +67,21 @@ impl<K: Pod, V: Pod> PerVif<K, V> {
     /// New tables for those of `ifindexes` that have none, made but not yet in the outer
     /// map (`None`: every one has its table): [`NewTables::insert`] puts them there.
     fn prepare(&self, ifindexes: &BTreeSet<u32>) -> Result<Option<Insert>, DataplaneError> {
+        let Some(mut insert) = self.prepare_unmade(ifindexes)? else {
+            return Ok(None);
+        };
+        insert.make()?;
+        Ok(Some(insert))
+    }
+
+    /// [`PerVif::prepare`], the tables to be made where they are inserted
+    /// ([`Insert::run`]): making a preallocated LRU table takes a while.
+    fn prepare_unmade(&self, ifindexes: &BTreeSet<u32>) -> Result<Option<Insert>, DataplaneError> {
         let present: BTreeSet<u32> = self.vifs()?.into_iter().collect();
         let missing: Vec<u32> = ifindexes.difference(&present).copied().collect();
         if missing.is_empty() {
             return Ok(None);
         }
-        let tables = missing
-            .iter()
-            .map(|ifindex| self.create(*ifindex))
-            .collect::<Result<Vec<_>, _>>()?;
         let outer = self.outer_fd.try_clone().map_err(io_err(format!(
             "duplicating the descriptor of {}",
             self.name
@@ -83,26 +89,11 @@ impl<K: Pod, V: Pod> PerVif<K, V> {
         Ok(Some(Insert {
             outer,
             name: self.name,
+            short_name: self.short_name(),
+            sizes: (size_of::<K>() as u32, size_of::<V>() as u32, self.capacity),
             ifindexes: missing,
-            tables,
+            tables: Vec::new(),
         }))
-    }
-
-    /// A new, empty table for `ifindex` (not yet in the outer map).
-    fn create(&self, ifindex: u32) -> Result<MapData, DataplaneError> {
-        // The kernel requires every inner table to match the object's template: type,
-        // key and value size, capacity and flags.
-        let spec = aya_obj::Map::new_from_params(
-            BPF_MAP_TYPE_LRU_HASH as u32,
-            size_of::<K>() as u32,
-            size_of::<V>() as u32,
-            self.capacity,
-            0,
-        );
-        MapData::create(spec, &format!("{}_{ifindex}", self.short_name()), None).map_err(map_err(
-            self.name,
-            format!("creating the table of ifindex {ifindex}"),
-        ))
     }
 
     /// A kernel map name (at most 15 characters) for a vif's table.
@@ -171,16 +162,48 @@ struct Insert {
     /// A duplicate of the outer map's descriptor.
     outer: OwnedFd,
     name: &'static str,
+    /// The prefix of the tables' kernel names.
+    short_name: &'static str,
+    /// Key size, value size and capacity of a table.
+    sizes: (u32, u32, u32),
     ifindexes: Vec<u32>,
+    /// Made (one per ifindex), or still to be made.
     tables: Vec<MapData>,
 }
 
 impl Insert {
+    /// Makes the tables, new and empty, not yet in the outer map.
+    fn make(&mut self) -> Result<(), DataplaneError> {
+        if !self.tables.is_empty() {
+            return Ok(());
+        }
+        let (key, value, capacity) = self.sizes;
+        for ifindex in &self.ifindexes {
+            // The kernel requires every inner table to match the object's template: type,
+            // key and value size, capacity and flags.
+            let spec = aya_obj::Map::new_from_params(
+                BPF_MAP_TYPE_LRU_HASH as u32,
+                key,
+                value,
+                capacity,
+                0,
+            );
+            let table = MapData::create(spec, &format!("{}_{ifindex}", self.short_name), None)
+                .map_err(map_err(
+                    self.name,
+                    format!("creating the table of ifindex {ifindex}"),
+                ))?;
+            self.tables.push(table);
+        }
+        Ok(())
+    }
+
     /// Puts the tables into the outer map. The kernel waits for an RCU grace period after
     /// every change to a map of maps (so that no program still holds what was replaced):
     /// about 10 ms here. One `BPF_MAP_UPDATE_BATCH` waits once for all of them; where
     /// the kernel has no batch operations on this map type, one update each.
-    fn run(self) -> Result<(), DataplaneError> {
+    fn run(mut self) -> Result<(), DataplaneError> {
+        self.make()?;
         let fds: Vec<u32> = self
             .tables
             .iter()
@@ -323,6 +346,20 @@ impl VifState {
             self.established.prepare(&ifindexes)?,
             self.opening.prepare(&ifindexes)?,
             self.fragments.prepare(&ifindexes)?,
+        ];
+        Ok(NewTables(inserts.into_iter().flatten().collect()))
+    }
+
+    /// [`VifState::prepare`], the tables made where they are inserted.
+    pub(super) fn prepare_unmade(
+        &self,
+        ifindexes: impl IntoIterator<Item = u32>,
+    ) -> Result<NewTables, DataplaneError> {
+        let ifindexes: BTreeSet<u32> = ifindexes.into_iter().collect();
+        let inserts = [
+            self.established.prepare_unmade(&ifindexes)?,
+            self.opening.prepare_unmade(&ifindexes)?,
+            self.fragments.prepare_unmade(&ifindexes)?,
         ];
         Ok(NewTables(inserts.into_iter().flatten().collect()))
     }
@@ -575,7 +612,7 @@ impl Dataplane {
             .into_iter()
             .filter(|i| !self.attached.contains_key(i) && !self.spares.contains(i))
             .collect();
-        let tables = self.state.prepare(wanted.iter().copied())?;
+        let tables = self.state.prepare_unmade(wanted.iter().copied())?;
         if tables.is_empty() {
             // Present already (a restarted daemon's, say): spares all the same.
             self.spares.extend(wanted);
