@@ -503,11 +503,12 @@ impl Dataplane {
         let mut entries = 0;
         let mut capacity = 0;
         for table in [&self.state.established, &self.state.opening] {
-            // Tables made ahead of links hold nothing and belong to no vif yet.
+            // The tables of the links attached to: not spares made ahead of links (empty,
+            // no vif's yet), nor those of a vif gone that the next retirement drops.
             for vif in table
                 .vifs()?
                 .into_iter()
-                .filter(|v| !self.spares.contains(v))
+                .filter(|v| self.attached.contains_key(v))
             {
                 entries += table.table(vif)?.keys().count() as u64;
                 capacity += u64::from(table.capacity);
