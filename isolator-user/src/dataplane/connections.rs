@@ -503,13 +503,13 @@ impl Dataplane {
         let mut entries = 0;
         let mut capacity = 0;
         for table in [&self.state.established, &self.state.opening] {
-            // The tables of the links attached to: not spares made ahead of links (empty,
-            // no vif's yet), nor those of a vif gone that the next retirement drops.
-            for vif in table
-                .vifs()?
-                .into_iter()
-                .filter(|v| self.attached.contains_key(v))
-            {
+            // Not the spares made ahead of links (empty, no vif's yet), nor those another
+            // link took, which the next retirement drops.
+            let spares = self.spares();
+            for vif in table.vifs()?.into_iter().filter(|v| {
+                !spares.contains(v)
+                    && (self.attached.contains_key(v) || !self.spares_taken.contains(v))
+            }) {
                 entries += table.table(vif)?.keys().count() as u64;
                 capacity += u64::from(table.capacity);
             }
@@ -698,8 +698,14 @@ impl Dataplane {
     /// took: another link took the ifindex, so they go at the next retirement.
     pub fn forget_spares_up_to(&mut self, highest: u32) {
         let attached = &self.attached;
-        self.spares
-            .retain(|i| *i > highest && !attached.contains_key(i));
+        let taken = &mut self.spares_taken;
+        self.spares.retain(|i| {
+            let keep = *i > highest && !attached.contains_key(i);
+            if !keep && !attached.contains_key(i) {
+                taken.insert(*i);
+            }
+            keep
+        });
     }
 
     /// The ifindexes with spare tables (inserted, or being inserted).

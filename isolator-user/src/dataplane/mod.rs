@@ -406,6 +406,8 @@ pub struct Dataplane {
     /// ([`Dataplane::prepare_spares`]), and the batch being inserted.
     spares: BTreeSet<u32>,
     sparing: Option<SpareBatch>,
+    /// Spares that a link other than a vif took, until a retirement drops their tables.
+    spares_taken: BTreeSet<u32>,
     /// How the last swap waited for the programs still running on the old generation.
     last_wait: Option<Grace>,
     /// For tests: called once the programs have left the generation that is not active,
@@ -589,6 +591,7 @@ impl Dataplane {
             quick: false,
             spares: BTreeSet::new(),
             sparing: None,
+            spares_taken: BTreeSet::new(),
             last_wait: None,
             observe_before_change: None,
             contents,
@@ -918,6 +921,8 @@ impl Dataplane {
         // And the spares, ahead of the links that will take them.
         keep.extend(self.spares());
         self.prune_vif_state(&keep)?;
+        // Dropped now, or a vif's since.
+        self.spares_taken.clear();
         Ok(())
     }
 
