@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
+use std::time::Duration;
 
 use aya::{
     Ebpf, Pod,
@@ -248,6 +249,43 @@ impl NewTables {
         self.0.is_empty()
     }
 
+    /// Makes and inserts the tables, each kind on a thread of its own, and returns at
+    /// once: [`Inserting::await_in_place`] waits until the programs can use them.
+    /// `delays` (for tests, [`Dataplane::delay_table_insertions`]): a pause before each
+    /// insertion, and one after it that stands for a long grace period.
+    pub(super) fn start(
+        self,
+        delays: Option<(Duration, Duration)>,
+    ) -> Result<Inserting, DataplaneError> {
+        let mut inserting = Inserting {
+            watch: Vec::with_capacity(self.0.len()),
+            threads: Vec::with_capacity(self.0.len()),
+        };
+        for insert in self.0 {
+            let outer = insert.outer.try_clone().map_err(io_err(format!(
+                "duplicating the descriptor of {}",
+                insert.name
+            )))?;
+            inserting
+                .watch
+                .push((outer, insert.name, insert.ifindexes.clone()));
+            let thread = std::thread::Builder::new()
+                .name("tables".into())
+                .spawn(move || {
+                    let Some((before, after)) = delays else {
+                        return insert.run();
+                    };
+                    std::thread::sleep(before);
+                    let outcome = insert.run();
+                    std::thread::sleep(after);
+                    outcome
+                })
+                .map_err(io_err("starting a thread that inserts state tables"))?;
+            inserting.threads.push(thread);
+        }
+        Ok(inserting)
+    }
+
     /// Puts every new table into its outer map, each kind on a thread of its own, so that
     /// their grace periods pass together (one wait rather than one per kind).
     pub(super) fn insert(self) -> Result<(), DataplaneError> {
@@ -269,6 +307,102 @@ impl NewTables {
             }
             outcome
         })
+    }
+}
+
+/// State tables being inserted on threads of their own ([`NewTables::start`]). A table
+/// is in its outer map, and the programs use it, as soon as the kernel has put it there;
+/// the system call then waits for an RCU grace period (tens of milliseconds on a busy
+/// host) before it returns, which nothing here needs: [`Inserting::await_in_place`]
+/// watches the outer maps instead, and the threads finish in the background.
+pub(super) struct Inserting {
+    /// For each kind: a duplicate of the outer map's descriptor, its name, and the
+    /// ifindexes whose tables are not yet seen in it.
+    watch: Vec<(OwnedFd, &'static str, Vec<u32>)>,
+    threads: Vec<std::thread::JoinHandle<Result<(), DataplaneError>>>,
+}
+
+impl Inserting {
+    /// Whether every insertion is over (its grace period passed, or it failed).
+    pub(super) fn is_finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+
+    /// Waits for the insertions to end: their outcome.
+    pub(super) fn finish(&mut self) -> Result<(), DataplaneError> {
+        let mut outcome = Ok(());
+        for thread in std::mem::take(&mut self.threads) {
+            let joined = thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            outcome = outcome.and(joined);
+        }
+        outcome
+    }
+
+    /// Waits until every table is in its outer map, not for the grace periods after. An
+    /// insertion that fails is waited for, and its error returned.
+    pub(super) fn await_in_place(&mut self) -> Result<(), DataplaneError> {
+        let mut pause = Duration::from_micros(20);
+        loop {
+            if self.in_place()? {
+                return Ok(());
+            }
+            if self.is_finished() {
+                self.finish()?;
+                if self.in_place()? {
+                    return Ok(());
+                }
+                let (_, name, missing) = self
+                    .watch
+                    .iter()
+                    .find(|(_, _, missing)| !missing.is_empty())
+                    .expect("not in place");
+                return Err(io_err(format!(
+                    "adding the tables of ifindex {missing:?} to {name}"
+                ))(std::io::Error::other(
+                    "inserted, but not in the map (removed meanwhile?)",
+                )));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(1));
+        }
+    }
+
+    /// Whether every table is in its outer map now (those seen once stay seen: only the
+    /// dataplane removes them).
+    fn in_place(&mut self) -> Result<bool, DataplaneError> {
+        for (outer, name, missing) in &mut self.watch {
+            // The batch inserts in order: the last is the last to come.
+            while let Some(ifindex) = missing.last() {
+                let present = lookup_elem(outer, ifindex).map_err(io_err(format!(
+                    "looking up the table of ifindex {ifindex} in {name}"
+                )))?;
+                if !present {
+                    return Ok(false);
+                }
+                missing.pop();
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// `BPF_MAP_LOOKUP_ELEM` of `key` in the map of maps `map`: whether a table is there.
+fn lookup_elem(map: &OwnedFd, key: &u32) -> std::io::Result<bool> {
+    /// `BPF_MAP_LOOKUP_ELEM` of `enum bpf_cmd`.
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    // The inner map's id.
+    let mut id = 0u32;
+    // The element member of `union bpf_attr`: map_fd (and padding), key, value, flags.
+    let mut attr = [0u8; 32];
+    attr[0..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(std::ptr::from_ref(key) as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(std::ptr::from_mut(&mut id) as u64).to_ne_bytes());
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -395,6 +529,20 @@ impl Dataplane {
     /// The vifs that have their state tables (connections, fragments).
     pub fn vifs_with_state(&self) -> Result<BTreeSet<u32>, DataplaneError> {
         self.state.vifs()
+    }
+
+    /// The vifs that have every kind of state table (connections being opened and
+    /// established, fragments).
+    pub fn vifs_with_every_table(&self) -> Result<BTreeSet<u32>, DataplaneError> {
+        let opening: BTreeSet<u32> = self.state.opening.vifs()?.into_iter().collect();
+        let fragments: BTreeSet<u32> = self.state.fragments.vifs()?.into_iter().collect();
+        Ok(self
+            .state
+            .established
+            .vifs()?
+            .into_iter()
+            .filter(|i| opening.contains(i) && fragments.contains(i))
+            .collect())
     }
 
     /// Every tracked connection, in every vif's tables.
@@ -594,12 +742,10 @@ fn monotonic_ns() -> u64 {
 
 impl Dataplane {
     /// Gives the ifindexes `wanted` (the next ones the kernel will give new links) empty
-    /// state tables ahead of any link, on a thread of its own: their insertion waits for
-    /// an RCU grace period, which a new vif then does not wait for (its guard and the swap
-    /// that classifies it find its tables in place). Tables are keyed by ifindex and only
-    /// the programs attached to that ifindex use them, so a spare that another kind of
-    /// link takes stays empty, and goes at the next retirement once
-    /// [`Dataplane::forget_spares_up_to`] has let it go. One batch at a time; returns
+    /// state tables ahead of any link, made and inserted on threads of their own. Tables
+    /// are keyed by ifindex and only the programs attached to that ifindex use them, so a
+    /// spare that another kind of link takes stays empty, and goes at the next retirement
+    /// once [`Dataplane::forget_spares_up_to`] has let it go. One batch at a time; returns
     /// how many tables' ifindexes it started on.
     pub fn prepare_spares(
         &mut self,
@@ -620,45 +766,48 @@ impl Dataplane {
             return Ok(0);
         }
         let count = wanted.len();
-        let thread = std::thread::Builder::new()
-            .name("spares".into())
-            .spawn(move || tables.insert())
-            .map_err(super::error::io_err(
-                "starting the thread that inserts spare tables",
-            ))?;
-        self.sparing = Some((wanted, thread));
+        self.sparing = Some((wanted, tables.start(self.insert_delays)?));
         Ok(count)
     }
 
-    /// Takes the spare batch's outcome once its thread is done (or, with `wait`, waits
-    /// for it).
+    /// Takes the spare batch's outcome once its insertions are over (or, with `wait`,
+    /// waits for them).
     pub(super) fn collect_spares(&mut self, wait: bool) -> Result<(), DataplaneError> {
         let done = self
             .sparing
             .as_ref()
-            .is_some_and(|(_, thread)| wait || thread.is_finished());
+            .is_some_and(|(_, inserting)| wait || inserting.is_finished());
         if !done {
             return Ok(());
         }
-        let (batch, thread) = self.sparing.take().expect("checked above");
-        let outcome = thread
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        outcome?;
+        let (batch, mut inserting) = self.sparing.take().expect("checked above");
+        inserting.finish()?;
         self.spares.extend(batch);
         Ok(())
     }
 
-    /// Waits for the spare batch if it is making tables for one of `ifindexes` (about to
-    /// be given tables of their own).
+    /// Waits until the spare batch's tables are in place if it is making tables for one
+    /// of `ifindexes` (about to be given tables of their own). Not for its grace periods:
+    /// a burst of new links whose first ones are among the spares does not wait for them.
     pub(super) fn await_spares_of(&mut self, ifindexes: impl IntoIterator<Item = u32>) {
-        let wanted = self
-            .sparing
-            .as_ref()
-            .is_some_and(|(batch, _)| ifindexes.into_iter().any(|i| batch.contains(&i)));
-        if wanted && let Err(e) = self.collect_spares(true) {
-            tracing::debug!(error = %crate::error_chain(&e), "spare state tables failed; made when needed");
+        let Some((batch, inserting)) = self.sparing.as_mut() else {
+            return;
+        };
+        if !ifindexes.into_iter().any(|i| batch.contains(&i)) {
+            return;
         }
+        if let Err(e) = inserting.await_in_place() {
+            // Over (a failed insertion is waited for): its tables are made when needed.
+            tracing::debug!(error = %crate::error_chain(&e), "spare state tables failed; made when needed");
+            self.sparing = None;
+        }
+    }
+
+    /// For tests: each insertion of state tables waits `before` on its thread, and its
+    /// thread `after` it (as a long RCU grace period would).
+    #[doc(hidden)]
+    pub fn delay_table_insertions(&mut self, before: Duration, after: Duration) {
+        self.insert_delays = Some((before, after));
     }
 
     /// The ifindexes of the spare batch being inserted.
@@ -669,29 +818,57 @@ impl Dataplane {
             .unwrap_or_default()
     }
 
-    /// Gives `ifindexes` their state tables where they have none: those the spare batch
-    /// being inserted is making are waited for while the others' are inserted, so that
-    /// both grace periods pass together.
+    /// Ends the insertions whose grace periods have passed, and says if one failed (its
+    /// tables were seen in place, so this is not expected).
+    pub(super) fn reap_insertions(&mut self) {
+        self.finishing.retain_mut(|inserting| {
+            if !inserting.is_finished() {
+                return true;
+            }
+            if let Err(e) = inserting.finish() {
+                tracing::warn!(error = %crate::error_chain(&e), "inserting state tables failed after they were in place");
+            }
+            false
+        });
+    }
+
+    /// Waits until `inserting`'s tables are in place, then keeps it until its grace
+    /// periods have passed.
+    pub(super) fn await_in_place(
+        &mut self,
+        mut inserting: Inserting,
+    ) -> Result<(), DataplaneError> {
+        let outcome = inserting.await_in_place();
+        if !inserting.is_finished() {
+            self.finishing.push(inserting);
+        }
+        outcome
+    }
+
+    /// Gives `ifindexes` their state tables where they have none, and returns once the
+    /// tables are in place (their insertions' grace periods pass on other threads). Those
+    /// the spare batch is making are waited for alike.
     pub(super) fn ensure_tables(&mut self, ifindexes: &[u32]) -> Result<(), DataplaneError> {
+        self.reap_insertions();
         let pending = self.spares_pending();
         let tables = self
             .state
-            .prepare(ifindexes.iter().copied().filter(|i| !pending.contains(i)))?;
-        if !ifindexes.iter().any(|i| pending.contains(i)) {
-            return tables.insert();
-        }
-        let inserting = std::thread::Builder::new()
-            .name("tables".into())
-            .spawn(move || tables.insert())
-            .map_err(super::error::io_err(
-                "starting the thread that inserts state tables",
-            ))?;
+            .prepare_unmade(ifindexes.iter().copied().filter(|i| !pending.contains(i)))?;
+        let inserting = if tables.is_empty() {
+            None
+        } else {
+            Some(tables.start(self.insert_delays)?)
+        };
+        let spared = ifindexes.iter().any(|i| pending.contains(i));
         self.await_spares_of(ifindexes.iter().copied());
-        inserting
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-        // Where the spare batch failed, they are made now.
-        self.state.ensure_all(ifindexes.iter().copied())
+        if let Some(inserting) = inserting {
+            self.await_in_place(inserting)?;
+        }
+        if spared {
+            // Where the spare batch failed, they are made now.
+            self.state.ensure_all(ifindexes.iter().copied())?;
+        }
+        Ok(())
     }
 
     /// Spares at or below `highest` (the highest ifindex the daemon has seen) that no vif

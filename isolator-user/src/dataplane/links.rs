@@ -311,26 +311,20 @@ impl Dataplane {
             .map(|(_, ifindex)| *ifindex)
             .filter(|ifindex| !self.attached.contains_key(ifindex))
             .collect();
-        // Spares being inserted for some of them are waited for after the attachments;
-        // the others' tables are inserted meanwhile.
+        // The others' tables are made and inserted while the links are attached; those of
+        // the spare batch being inserted are waited for after.
+        self.reap_insertions();
         let pending = self.spares_pending();
-        let tables = self
+        let inserting = self
             .state
-            .prepare(new.iter().copied().filter(|i| !pending.contains(i)));
-        let (attached, inserted) = std::thread::scope(|scope| {
-            let inserting = tables.map(|tables| scope.spawn(move || tables.insert()));
-            let attached: Vec<_> = links
-                .iter()
-                .map(|(name, ifindex)| (*ifindex, self.attach(name, *ifindex)))
-                .collect();
-            let inserted = inserting.and_then(|inserting| {
-                inserting
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            });
-            (attached, inserted)
-        });
+            .prepare_unmade(new.iter().copied().filter(|i| !pending.contains(i)))
+            .and_then(|tables| tables.start(self.insert_delays));
+        let attached: Vec<_> = links
+            .iter()
+            .map(|(name, ifindex)| (*ifindex, self.attach(name, *ifindex)))
+            .collect();
         self.await_spares_of(new.iter().copied());
+        let inserted = inserting.and_then(|inserting| self.await_in_place(inserting));
         if let Err(e) = inserted {
             tracing::warn!(links = links.len(), error = %crate::error_chain(&e), "could not give guarded interfaces their state tables yet; the swap that classifies them will");
         }

@@ -363,11 +363,8 @@ impl Sizes {
     }
 }
 
-/// Spare state tables being inserted on a thread of their own, for these ifindexes.
-type SpareBatch = (
-    BTreeSet<u32>,
-    std::thread::JoinHandle<Result<(), DataplaneError>>,
-);
+/// Spare state tables being inserted on threads of their own, for these ifindexes.
+type SpareBatch = (BTreeSet<u32>, connections::Inserting);
 
 /// The loaded programs and their maps.
 pub struct Dataplane {
@@ -406,6 +403,11 @@ pub struct Dataplane {
     /// ([`Dataplane::prepare_spares`]), and the batch being inserted.
     spares: BTreeSet<u32>,
     sparing: Option<SpareBatch>,
+    /// Insertions of state tables that are in place, waiting for their grace periods
+    /// ([`connections::Inserting`]).
+    finishing: Vec<connections::Inserting>,
+    /// For tests ([`Dataplane::delay_table_insertions`]).
+    insert_delays: Option<(Duration, Duration)>,
     /// Spares that a link other than a vif took, until a retirement drops their tables.
     spares_taken: BTreeSet<u32>,
     /// How the last swap waited for the programs still running on the old generation.
@@ -591,6 +593,8 @@ impl Dataplane {
             quick: false,
             spares: BTreeSet::new(),
             sparing: None,
+            finishing: Vec::new(),
+            insert_delays: None,
             spares_taken: BTreeSet::new(),
             last_wait: None,
             observe_before_change: None,

@@ -203,6 +203,79 @@ fn settled(lab: &Lab, current: &Plan, previous: Option<&Plan>, after: &str) {
     );
 }
 
+/// A guard returns once the new links' state tables are in their outer maps, not after
+/// the grace periods their insertion waits for: of every kind, for a burst of links
+/// guarded together, and for links whose tables the spare batch was still inserting
+/// (ifindexes made ready before the links came). Each insertion here waits 300 ms before
+/// it begins, and its thread 4 s after it (a long grace period): a guard that returned
+/// before the tables were in place, or watched the wrong maps, fails here, and so does
+/// one that waited for the grace period.
+#[test]
+fn guarded_links_have_every_state_table_in_place_when_the_guard_returns() {
+    in_private_netns(|| {
+        let mut lab = Lab::new(A, LINKS);
+        let policy = policy::parse(A, "test.yaml").expect("valid policy");
+        let grace = std::time::Duration::from_secs(4);
+        lab.dp
+            .delay_table_insertions(std::time::Duration::from_millis(300), grace);
+        let began = std::time::Instant::now();
+        let highest = lab.links.iter().map(|l| l.ifindex).max().unwrap_or(0);
+        // Spares for the ifindexes the next links get (the namespace gives them in
+        // order; a peer takes one too, so more than the links).
+        let started = lab
+            .dp
+            .prepare_spares(highest + 1..highest + 9)
+            .expect("preparing spares");
+        assert!(started > 0, "the spare batch started");
+        let burst: Vec<_> = crate::fixture::veths(&["d-aw5", "d-aw6", "d-aw7", "d-aw8"]);
+        let spared: Vec<u32> = burst
+            .iter()
+            .map(|l| l.ifindex)
+            .filter(|i| *i <= highest + 8)
+            .collect();
+        assert!(!spared.is_empty(), "some new links took spare ifindexes");
+        let guarded = lab.dp.guard_all(
+            &burst
+                .iter()
+                .map(|l| (l.name.clone(), l.ifindex))
+                .collect::<Vec<_>>(),
+        );
+        for (ifindex, outcome) in guarded {
+            outcome.unwrap_or_else(|e| panic!("guarding ifindex {ifindex}: {e}"));
+        }
+        let took = began.elapsed();
+        let in_place = lab.dp.vifs_with_every_table().expect("listing tables");
+        assert!(
+            took < grace,
+            "the guard returned in {took:?}, before the insertions' grace periods ({grace:?})"
+        );
+        for link in &burst {
+            assert!(
+                in_place.contains(&link.ifindex),
+                "{} (ifindex {}, spare: {}) has every state table when its guard returns",
+                link.name,
+                link.ifindex,
+                spared.contains(&link.ifindex)
+            );
+        }
+        // Classified, a new link passes within its segment.
+        let mut links = lab.links.clone();
+        links.extend(burst.iter().cloned());
+        let classified = Plan::new(&policy, &links).expect("plan");
+        lab.dp.apply(&classified).expect("applying");
+        let program = lab
+            .dp
+            .program_fd(programs::XDP_INGRESS)
+            .expect("the program");
+        let frame = ip("10.1.1.9", "10.1.1.3", echo_request(1));
+        assert_eq!(
+            test_run_xdp(std::os::fd::AsFd::as_fd(&program), burst[3].ifindex, &frame)
+                .expect("test run"),
+            XDP_PASS
+        );
+    });
+}
+
 /// The swap in two halves, as the daemon runs it ([`Dataplane::swap`], then
 /// [`Dataplane::retire`] once a wait begun after it is over, the dataplane free for other
 /// work in between): a link guarded in between ([`Dataplane::guard`]: attached, with no
