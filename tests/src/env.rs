@@ -213,6 +213,11 @@ impl<T: Topology> Env<T> {
         result
     }
 
+    /// The daemon's whole output (or the last daemon's, once taken).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("isolator.log")).unwrap_or_default()
+    }
+
     /// The last lines of the daemon's output (or of the last daemon's, once taken).
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.tmp.path().join("isolator.log"))

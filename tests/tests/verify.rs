@@ -786,3 +786,57 @@ fn the_daemon_verifies_after_each_change_and_records_new_and_resolved_findings()
         "the resolution is on record"
     );
 }
+
+/// New links that come while `isolator verify` looks (a burst of VMs: the daemon attaches
+/// to each and adds its entries within milliseconds) are no drift of the maps and no
+/// unenforced interface: a look during which the host's links changed looks again, and
+/// at the last look leaves them to the next verification. Links come every 15 ms here,
+/// so every look overlaps one; a verification that compared the maps with the plan of
+/// another moment reports `map_drift` (and the daemon's own would read its maps again).
+#[test]
+fn links_that_come_while_verifying_are_no_drift() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = lab("vfy-churn");
+    let host = env.lab().host_ns().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut k = 0;
+            while !stop.load(Ordering::Relaxed) && k < 400 {
+                let (name, peer) = (format!("vvfy-web{}", 100 + k), format!("vfc{k}"));
+                ip_n(
+                    &host,
+                    &[
+                        "link", "add", "name", &name, "type", "veth", "peer", "name", &peer,
+                    ],
+                )
+                .expect("a new vif");
+                k += 1;
+                std::thread::sleep(std::time::Duration::from_millis(15));
+            }
+            k
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (_, list, _) = findings(&env);
+    stop.store(true, Ordering::Relaxed);
+    let created = churn.join().expect("churn");
+    let churned: Vec<&Found> = list
+        .iter()
+        .filter(|(_, kind, _)| kind == "map_drift" || kind == "not_enforced")
+        .collect();
+    assert!(
+        churned.is_empty(),
+        "{created} links came while verifying; reported: {churned:?}"
+    );
+    // Once the links stop coming, the daemon's maps match the policy.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (_, list, _) = findings(&env);
+    assert!(
+        list.iter()
+            .all(|(_, kind, _)| kind != "map_drift" && kind != "not_enforced"),
+        "after the churn: {list:?}"
+    );
+}

@@ -314,6 +314,7 @@ impl Dataplane {
         // The others' tables are made and inserted while the links are attached; those of
         // the spare batch being inserted are waited for after.
         self.reap_insertions();
+        let started = std::time::Instant::now();
         let pending = self.spares_pending();
         let inserting = self
             .state
@@ -323,8 +324,15 @@ impl Dataplane {
             .iter()
             .map(|(name, ifindex)| (*ifindex, self.attach(name, *ifindex)))
             .collect();
+        let attaching = started.elapsed();
         self.await_spares_of(new.iter().copied());
         let inserted = inserting.and_then(|inserting| self.await_in_place(inserting));
+        tracing::debug!(
+            links = links.len(),
+            attach_ms = attaching.as_secs_f64() * 1e3,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "guarded new links; their state tables in place"
+        );
         if let Err(e) = inserted {
             tracing::warn!(links = links.len(), error = %crate::error_chain(&e), "could not give guarded interfaces their state tables yet; the swap that classifies them will");
         }
@@ -762,7 +770,7 @@ pub(super) fn remove_all_quick_attachments(wanted: impl Fn(u32) -> bool) -> usiz
 }
 
 /// The links of the calling thread's network namespace: (ifindex, name).
-fn namespace_links() -> Vec<(u32, String)> {
+pub fn namespace_links() -> Vec<(u32, String)> {
     let mut out = Vec::new();
     // SAFETY: if_nameindex returns an array ended by a zero entry, or null; it is freed
     // with if_freenameindex once read.

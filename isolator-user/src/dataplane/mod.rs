@@ -41,8 +41,8 @@ pub use self::connections::Tracked;
 use self::connections::VifState;
 pub use self::error::DataplaneError;
 use self::error::{io_err, map_err, prog_err};
-pub use self::links::AttachMode;
 use self::links::Attachment;
+pub use self::links::{AttachMode, namespace_links};
 pub use self::state::pin_name;
 use self::state::{Pins, ensure_bpffs, read_pinned_links};
 pub use self::state::{Teardown, teardown};
@@ -505,6 +505,9 @@ impl Dataplane {
                 Some((e.path(), sizes))
             })
             .find(|(_, sizes)| sizes.covers(wanted));
+        // Policy maps made now hold nothing in either generation: known without reading
+        // them, so that a link that comes right after the first swap is added in place.
+        let fresh = existing.is_none();
         let (policy_dir, mut sizes) =
             existing.unwrap_or_else(|| (map_dir.join(wanted.dir_name()), *wanted));
         sizes.counters = wanted.counters;
@@ -524,6 +527,9 @@ impl Dataplane {
         let left = read_pinned_links(&links)?;
         let mut dp = Self::from_ebpf(ebpf, Some(Pins { links, left }))?;
         dp.sizes = sizes;
+        if fresh {
+            dp.contents = [Some(Arc::default()), Some(Arc::default())];
+        }
         // A previous daemon's policy may be in force: continue from its generation.
         dp.active = dp
             .config
