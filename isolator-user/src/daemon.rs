@@ -2628,12 +2628,25 @@ impl Kernel {
         let mut attach_failures = 0;
         self.guarded
             .retain(|i, _| dp.attachments().any(|(ifindex, _, _)| ifindex == *i));
+        // The new vifs are attached together ([`Dataplane::attach_batch`]): their entries
+        // are in force already, so each is enforced once its programs are on.
+        let held: BTreeSet<u32> = dp.attachments().map(|(ifindex, _, _)| ifindex).collect();
+        let unattached: Vec<(String, u32)> = plan
+            .vifs
+            .iter()
+            .filter(|v| !held.contains(&v.ifindex))
+            .map(|v| (v.name.clone(), v.ifindex))
+            .collect();
+        let mut newly: BTreeMap<u32, Result<AttachMode, DataplaneError>> =
+            dp.attach_batch(&unattached).into_iter().collect();
         for vif in &plan.vifs {
             let segment = plan.segment_label(vif.segment);
+            let attached = newly.remove(&vif.ifindex);
             let held = dp
                 .attachments()
                 .find(|(ifindex, _, _)| *ifindex == vif.ifindex)
-                .map(|(_, _, mode)| mode);
+                .map(|(_, _, mode)| mode)
+                .filter(|_| attached.is_none());
             if let Some(mode) = held {
                 if self.guarded.remove(&vif.ifindex).is_some() {
                     info!(device = %vif.name, %segment, "classified: enforcing");
@@ -2653,7 +2666,10 @@ impl Kernel {
                 }
                 continue;
             }
-            match dp.attach(&vif.name, vif.ifindex) {
+            let Some(attached) = attached else {
+                continue;
+            };
+            match attached {
                 Ok(AttachMode::Native) => {
                     info!(device = %vif.name, %segment, "enforcing (native XDP)")
                 }

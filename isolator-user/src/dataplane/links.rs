@@ -11,6 +11,8 @@ use isolator_common::programs;
 
 use super::Dataplane;
 use super::error::{DataplaneError, pin_err, prog_err};
+use super::quick;
+use std::os::fd::AsFd as _;
 
 /// How an XDP program ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,6 +167,168 @@ impl Dataplane {
         }
         self.hand_over(ifindex, false)?;
         attached
+    }
+
+    /// [`Dataplane::attach`] for several vifs at once, the answer for each in order. While
+    /// new attachments are quick ([`Dataplane::attach_quickly`]), the new vifs' TC hooks
+    /// get their `cls_bpf` filters from worker threads ([`quick::attach_filters`]) while
+    /// this thread attaches their XDP programs, so that the batch's requests hold several
+    /// places in the RTNL lock's queue, beside the link creations of a burst, rather than
+    /// one. A vif that cannot be attached that way (another program holds its XDP hook, a
+    /// request failed) is attached as [`Dataplane::attach`] does, after the others.
+    pub fn attach_batch(
+        &mut self,
+        links: &[(String, u32)],
+    ) -> Vec<(u32, Result<AttachMode, DataplaneError>)> {
+        let mut seen = std::collections::BTreeSet::new();
+        let quick: Vec<usize> = if self.quick {
+            (0..links.len())
+                .filter(|&k| {
+                    let ifindex = links[k].1;
+                    seen.insert(ifindex)
+                        && !self.attached.contains_key(&ifindex)
+                        && !self
+                            .pins
+                            .as_ref()
+                            .is_some_and(|p| p.left.contains_key(&ifindex))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut answers: Vec<Option<Result<AttachMode, DataplaneError>>> =
+            (0..links.len()).map(|_| None).collect();
+        if quick.len() > 1 {
+            match self.attach_quick_batch(links, &quick) {
+                Ok(attached) => {
+                    for (k, mode) in attached {
+                        answers[k] = Some(Ok(mode));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %crate::error_chain(&e), "no batch of quick attachments: attaching one vif after another");
+                }
+            }
+        }
+        links
+            .iter()
+            .zip(answers)
+            .map(|((name, ifindex), answer)| {
+                (
+                    *ifindex,
+                    answer.unwrap_or_else(|| self.attach(name, *ifindex)),
+                )
+            })
+            .collect()
+    }
+
+    /// The quick part of [`Dataplane::attach_batch`] for `links[k]`, `k` in `which`: the
+    /// vifs attached, by position, with their mode. The others are left as they were
+    /// (anything made for them undone).
+    fn attach_quick_batch(
+        &mut self,
+        links: &[(String, u32)],
+        which: &[usize],
+    ) -> Result<Vec<(usize, AttachMode)>, DataplaneError> {
+        let fd_of = |dp: &mut Dataplane, name: &'static str| -> Result<_, DataplaneError> {
+            dp.classifier(name)?
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(Into::into))
+                .map_err(prog_err(name, "duplicating the program's descriptor"))
+        };
+        let egress = fd_of(self, programs::TC_EGRESS)?;
+        let tags = fd_of(self, programs::TC_INGRESS_TAGS)?;
+        let egress_name = std::ffi::CString::new(programs::TC_EGRESS).expect("no NUL");
+        let tags_name = std::ffi::CString::new(programs::TC_INGRESS_TAGS).expect("no NUL");
+        let filters = [
+            quick::Filter {
+                program: egress.as_fd(),
+                name: &egress_name,
+                hook: quick::Hook::Egress,
+                priority: FILTER_PRIORITY,
+                handle: u32::from(FILTER_HANDLE),
+            },
+            quick::Filter {
+                program: tags.as_fd(),
+                name: &tags_name,
+                hook: quick::Hook::Ingress,
+                priority: FILTER_PRIORITY,
+                handle: u32::from(FILTER_HANDLE),
+            },
+        ];
+        let ifindexes: Vec<u32> = which.iter().map(|&k| links[k].1).collect();
+        for &ifindex in &ifindexes {
+            // A vif's tables are its own now, no spare.
+            self.spares.remove(&ifindex);
+        }
+        self.note_counted(ifindexes.iter().copied());
+        let (filtered, xdp) = std::thread::scope(|scope| {
+            let filtering = scope.spawn(|| quick::attach_filters(&ifindexes, &filters));
+            let xdp: Vec<_> = which
+                .iter()
+                .map(|&k| self.attach_xdp(&links[k].0, links[k].1))
+                .collect();
+            let filtered = filtering.join().unwrap_or_else(|_| {
+                ifindexes
+                    .iter()
+                    .map(|_| Err(std::io::Error::other("the attaching thread panicked")))
+                    .collect()
+            });
+            (filtered, xdp)
+        });
+        let mut attached = Vec::new();
+        for ((&k, filtered), xdp) in which.iter().zip(filtered).zip(xdp) {
+            let (name, ifindex) = (&links[k].0, links[k].1);
+            let undo_filters = || {
+                for (program, attach_type) in [
+                    (programs::TC_EGRESS, TcAttachType::Egress),
+                    (programs::TC_INGRESS_TAGS, TcAttachType::Ingress),
+                ] {
+                    let _ = remove_filters(name, attach_type, program);
+                }
+            };
+            let (xdp, mode) = match (xdp, filtered) {
+                (Ok(xdp), Ok(())) => xdp,
+                (xdp, filtered) => {
+                    // Another program on the XDP hook (judged at TC ingress instead), or a
+                    // request that failed: attached one by one, as before.
+                    if let Ok((link, _)) = xdp {
+                        let _ = link.release();
+                    }
+                    if let Err(e) = filtered {
+                        tracing::debug!(device = %name, error = %e, "no quick TC attachment from the batch");
+                    }
+                    undo_filters();
+                    continue;
+                }
+            };
+            match self.pin(ifindex, "xdp", xdp) {
+                Ok(xdp) => {
+                    self.attached.insert(
+                        ifindex,
+                        Attachment {
+                            name: name.clone(),
+                            xdp: Some(xdp),
+                            tc: Held::Filter {
+                                program: programs::TC_EGRESS,
+                                attach_type: TcAttachType::Egress,
+                                device: name.clone(),
+                            },
+                            tags: Held::Filter {
+                                program: programs::TC_INGRESS_TAGS,
+                                attach_type: TcAttachType::Ingress,
+                                device: name.clone(),
+                            },
+                            mode,
+                        },
+                    );
+                    attached.push((k, mode));
+                }
+                // The pin failed and the XDP link is gone with it: one by one, as before.
+                Err(_) => undo_filters(),
+            }
+        }
+        Ok(attached)
     }
 
     /// [`Dataplane::attach`] once the previous daemon's links (`old`) are known.
@@ -323,10 +487,7 @@ impl Dataplane {
             .state
             .prepare_unmade(new.iter().copied().filter(|i| !pending.contains(i)))
             .and_then(|tables| tables.start(self.insert_delays));
-        let attached: Vec<_> = links
-            .iter()
-            .map(|(name, ifindex)| (*ifindex, self.attach(name, *ifindex)))
-            .collect();
+        let attached = self.attach_batch(links);
         let attaching = started.elapsed();
         self.await_spares_of(new.iter().copied());
         let inserted = inserting.and_then(|inserting| self.await_in_place(inserting));

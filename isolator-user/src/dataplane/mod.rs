@@ -20,6 +20,7 @@ mod connections;
 mod counters;
 mod error;
 mod links;
+mod quick;
 mod state;
 mod tables;
 pub(crate) use tables::bytes_of;

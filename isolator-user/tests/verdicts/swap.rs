@@ -472,3 +472,87 @@ fn a_new_vif_is_added_in_place_and_nothing_else_is() {
         );
     });
 }
+
+/// A batch of new vifs attached the quick way, as the daemon does once it runs
+/// ([`Dataplane::attach_batch`]: worker threads make the `cls_bpf` filters while the
+/// dataplane thread attaches XDP): each vif gets isolator's egress program on its egress
+/// hook and the tags program on its ingress hook, and the daemon finds those filters again
+/// by their program's name, as it does aya's own: handed over to TCX, or detached, a vif
+/// keeps no filter. A filter written under another name, priority or handle would stay
+/// behind here (judging on with the daemon gone, and twice after the handover).
+#[test]
+fn a_batch_of_quick_attachments_is_found_again_and_removed() {
+    in_private_netns(|| {
+        let mut lab = Lab::new(A, LINKS);
+        lab.dp.attach_quickly(true);
+        let burst = crate::fixture::veths(&["d-qb1", "d-qb2", "d-qb3"]);
+        let links: Vec<(String, u32)> = burst.iter().map(|l| (l.name.clone(), l.ifindex)).collect();
+        for (ifindex, outcome) in lab.dp.attach_batch(&links) {
+            assert_eq!(
+                outcome.unwrap_or_else(|e| panic!("attaching ifindex {ifindex}: {e}")),
+                isolator::dataplane::AttachMode::Native
+            );
+        }
+        let unsettled: std::collections::BTreeSet<u32> = lab.dp.unsettled().collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let (connection, handle, _) = {
+            let _entered = rt.enter();
+            rtnetlink::new_connection().expect("netlink")
+        };
+        let task = rt.spawn(connection);
+        let names = |ifindex: u32, ingress: bool| -> Vec<String> {
+            let ids = rt
+                .block_on(isolator::netlink::bpf_filters(&handle, ifindex, ingress))
+                .expect("listing filters");
+            ids.iter()
+                .map(|id| {
+                    aya::programs::loaded_programs()
+                        .filter_map(Result::ok)
+                        .find(|p| p.id() == *id)
+                        .and_then(|p| p.name_as_str().map(str::to_string))
+                        .unwrap_or_else(|| format!("program {id}"))
+                })
+                .collect()
+        };
+        for link in &burst {
+            assert!(
+                unsettled.contains(&link.ifindex),
+                "{} attached quickly",
+                link.name
+            );
+            assert_eq!(
+                names(link.ifindex, false),
+                [programs::TC_EGRESS],
+                "{} egress",
+                link.name
+            );
+            assert_eq!(
+                names(link.ifindex, true),
+                [programs::TC_INGRESS_TAGS],
+                "{} ingress",
+                link.name
+            );
+        }
+        // Handed over to TCX: the filters are gone.
+        while lab.dp.settle(burst[0].ifindex).expect("handing over") {}
+        // Detached: the filters are gone.
+        lab.dp.detach(burst[1].ifindex).expect("detaching");
+        for link in &burst[..2] {
+            assert!(
+                names(link.ifindex, false).is_empty(),
+                "{} egress filter left",
+                link.name
+            );
+            assert!(
+                names(link.ifindex, true).is_empty(),
+                "{} ingress filter left",
+                link.name
+            );
+        }
+        assert_eq!(names(burst[2].ifindex, false), [programs::TC_EGRESS]);
+        task.abort();
+    });
+}
