@@ -475,11 +475,12 @@ fn a_new_vif_is_added_in_place_and_nothing_else_is() {
 
 /// A batch of new vifs attached the quick way, as the daemon does once it runs
 /// ([`Dataplane::attach_batch`]: worker threads make the `cls_bpf` filters while the
-/// dataplane thread attaches XDP): each vif gets isolator's egress program on its egress
-/// hook and the tags program on its ingress hook, and the daemon finds those filters again
-/// by their program's name, as it does aya's own: handed over to TCX, or detached, a vif
-/// keeps no filter. A filter written under another name, priority or handle would stay
-/// behind here (judging on with the daemon gone, and twice after the handover).
+/// dataplane thread attaches XDP): each vif gets isolator's XDP program, its egress program on the egress hook
+/// and the tags program on the ingress hook, and the daemon finds those filters again by
+/// their program's name, as it does aya's own: handed over to TCX, or detached, a vif
+/// keeps no filter (and, detached, no XDP program). A filter written under another name,
+/// priority or handle would stay behind here (judging on with the daemon gone, and twice
+/// after the handover).
 #[test]
 fn a_batch_of_quick_attachments_is_found_again_and_removed() {
     in_private_netns(|| {
@@ -503,24 +504,53 @@ fn a_batch_of_quick_attachments_is_found_again_and_removed() {
             rtnetlink::new_connection().expect("netlink")
         };
         let task = rt.spawn(connection);
+        let name_of = |id: u32| {
+            aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .find(|p| p.id() == id)
+                .and_then(|p| p.name_as_str().map(str::to_string))
+                .unwrap_or_else(|| format!("program {id}"))
+        };
         let names = |ifindex: u32, ingress: bool| -> Vec<String> {
             let ids = rt
                 .block_on(isolator::netlink::bpf_filters(&handle, ifindex, ingress))
                 .expect("listing filters");
-            ids.iter()
-                .map(|id| {
-                    aya::programs::loaded_programs()
-                        .filter_map(Result::ok)
-                        .find(|p| p.id() == *id)
-                        .and_then(|p| p.name_as_str().map(str::to_string))
-                        .unwrap_or_else(|| format!("program {id}"))
-                })
-                .collect()
+            ids.into_iter().map(name_of).collect()
         };
+        // The XDP program's name (the kernel keeps 15 bytes of it), if one is attached.
+        let xdp = |ifindex: u32| -> Option<String> {
+            use futures::TryStreamExt as _;
+            use rtnetlink::packet_route::link::{LinkAttribute, LinkXdp};
+            let message = rt
+                .block_on(
+                    handle
+                        .link()
+                        .get()
+                        .match_index(ifindex)
+                        .execute()
+                        .try_next(),
+                )
+                .expect("reading the link")
+                .expect("the link");
+            message.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
+                    LinkXdp::ProgId(id) if *id != 0 => Some(name_of(*id)),
+                    _ => None,
+                }),
+                _ => None,
+            })
+        };
+        let ingress = &programs::XDP_INGRESS[..15];
         for link in &burst {
             assert!(
                 unsettled.contains(&link.ifindex),
                 "{} attached quickly",
+                link.name
+            );
+            assert_eq!(
+                xdp(link.ifindex).as_deref(),
+                Some(ingress),
+                "{} XDP",
                 link.name
             );
             assert_eq!(
@@ -540,6 +570,8 @@ fn a_batch_of_quick_attachments_is_found_again_and_removed() {
         while lab.dp.settle(burst[0].ifindex).expect("handing over") {}
         // Detached: the filters are gone.
         lab.dp.detach(burst[1].ifindex).expect("detaching");
+        assert_eq!(xdp(burst[0].ifindex).as_deref(), Some(ingress));
+        assert_eq!(xdp(burst[1].ifindex), None, "XDP left on a detached vif");
         for link in &burst[..2] {
             assert!(
                 names(link.ifindex, false).is_empty(),
