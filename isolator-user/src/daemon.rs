@@ -2542,20 +2542,23 @@ impl Kernel {
             }
         }
 
-        // A lone new vif that no event announced yet (this reconcile listed it first) is
-        // guarded before the swap (attached with no entry yet: everything it sends or
-        // receives drops until the swap), which gives it its state tables while its
-        // programs attach: enforced at the swap, one grace period sooner than attached
-        // after it. Several are attached after the swap instead, each enforced as soon as
-        // it is attached rather than all of them once the last is.
+        // New vifs that no event announced yet (this reconcile listed them first) are
+        // guarded before the swap (attached with no entry yet: everything they send or
+        // receive drops until the swap), which gives them their state tables while their
+        // programs attach (one batch: [`Dataplane::guard_all`]), where attached after it
+        // they would first wait for their tables, then attach: enforced at the swap or the
+        // addition in place.
         let unattached: Vec<(String, u32)> = plan
             .vifs
             .iter()
             .filter(|v| !self.dataplane.attachments().any(|(i, _, _)| i == v.ifindex))
             .map(|v| (v.name.clone(), v.ifindex))
             .collect();
-        if let [(name, ifindex)] = unattached.as_slice() {
-            for (name, e) in self.guard(vec![(name.clone(), *ifindex)], false) {
+        // Not at the first swap, where most links are the ones a previous daemon enforces
+        // (taken over after the swap, so that its programs judge by its entries until this
+        // daemon's are in force), unless there is only one.
+        if unattached.len() == 1 || (self.plan.is_some() && !unattached.is_empty()) {
+            for (name, e) in self.guard(unattached, false) {
                 // Tried again after the swap, where a failure is reported.
                 debug!(device = %name, error = %error_chain(&e), "guarding a new interface before the swap failed");
             }

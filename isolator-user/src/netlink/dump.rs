@@ -9,8 +9,14 @@
 //! leave the statistics out (`RTEXT_FILTER_SKIP_STATS`).
 //!
 //! A dump that the kernel marks inconsistent (`NLM_F_DUMP_INTR`: links came or went
-//! while it ran) is taken again, up to [`ATTEMPTS`] times; the last one is kept as it
-//! is (a link it missed is announced by its own event, which leads to the next listing).
+//! while it ran) is taken once more, and the second is kept whatever it says: during a
+//! burst of new links nearly every dump is marked, and each costs a few milliseconds
+//! then. What such a dump can get wrong depends on the kernel: since Linux 6.7 links are
+//! dumped in ifindex order, resuming after the last one sent, so only links that came or
+//! went during the dump may be missing (each announced by its own event, which leads to
+//! the next listing); an older kernel, walking a hash table, may also skip a link that
+//! stayed, or send one twice (kept once here). The listing through `netlink-packet-route`
+//! that this replaced kept every dump as it was.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -43,8 +49,8 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 /// A dump's messages come in datagrams of at most 32 KiB (`netlink_recvmsg` caps what
 /// it sizes them to there).
 const RECEIVE_BUFFER: usize = 64 * 1024;
-/// How many times a dump the kernel marks inconsistent is taken.
-const ATTEMPTS: usize = 3;
+/// How many times a dump is taken while the kernel marks it inconsistent.
+const ATTEMPTS: usize = 2;
 
 /// Every link of the calling thread's network namespace, and how an XDP program is
 /// attached to those that have one (`native`, `generic`, `offload`, `multiple`).
@@ -59,7 +65,13 @@ pub fn links() -> io::Result<(Vec<Link>, BTreeMap<u32, &'static str>)> {
                     "links kept changing during the listing; keeping the last one"
                 );
             }
-            return Ok((listed.links, listed.xdp_modes));
+            let mut links = listed.links;
+            // An inconsistent dump may send a link twice: the last message is kept.
+            let mut seen = std::collections::BTreeSet::new();
+            links.reverse();
+            links.retain(|l| seen.insert(l.ifindex));
+            links.reverse();
+            return Ok((links, listed.xdp_modes));
         }
         attempt += 1;
     }
